@@ -1,0 +1,201 @@
+//! The TAP device between the tunnel and the XDP data path.
+//!
+//! A TAP (not TUN) device because only TAP has native XDP and `ndo_xdp_xmit` in the tun
+//! driver: frames the agent writes run the TAP's XDP program natively, and the target
+//! interfaces' XDP program can redirect replies into it. See docs/architecture.md.
+use std::{
+    fs::{File, OpenOptions},
+    io,
+    net::Ipv4Addr,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::OpenOptionsExt,
+    },
+};
+
+use ipnet::Ipv4Net;
+use thiserror::Error;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+
+#[derive(Debug, Error)]
+pub enum TapError {
+    #[error("cannot open /dev/net/tun: {0} (is the tun driver available, and are you root?)")]
+    OpenTun(io::Error),
+    #[error("cannot create TAP device {name}: {source} (a name of at most 15 characters, not used by another kind of device, and CAP_NET_ADMIN are needed)")]
+    Create { name: String, source: io::Error },
+    #[error("TAP device name {0:?} is longer than 15 bytes")]
+    NameTooLong(String),
+    #[error("configuring TAP device {name} over rtnetlink: {msg}")]
+    Netlink { name: String, msg: String },
+}
+
+/// `struct ifreq` as far as TUNSETIFF reads it.
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// A multi-queue TAP device; one file per queue (one worker per queue).
+#[derive(Debug)]
+pub struct Tap {
+    pub name: String,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub queues: Vec<File>,
+}
+
+/// The MAC the agent gives the TAP: locally administered, derived from the gateway address
+/// so captures are readable. Client pseudo-MACs use the same prefix with client addresses,
+/// which never equal the gateway address.
+pub fn tap_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let o = gateway.octets();
+    [0x02, 0x50, o[0], o[1], o[2], o[3]]
+}
+
+fn open_queue(name: &str) -> Result<File, TapError> {
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(TapError::NameTooLong(name.to_string()));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(TapError::OpenTun)?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `IfReq` lays out.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+    if rc < 0 {
+        return Err(TapError::Create {
+            name: name.to_string(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(file)
+}
+
+impl Tap {
+    /// Create (or re-open, after a restart) the TAP device with `queues` queues, mark it
+    /// persistent so its XDP link outlives an agent restart, and configure it: the gateway
+    /// address on the client CIDR, NOARP (clients never answer ARP), up.
+    pub async fn open(
+        name: &str,
+        queues: usize,
+        gateway: Ipv4Addr,
+        client_cidr: Ipv4Net,
+        mtu: u32,
+    ) -> Result<Tap, TapError> {
+        let mut files = Vec::with_capacity(queues.max(1));
+        for _ in 0..queues.max(1) {
+            files.push(open_queue(name)?);
+        }
+        // SAFETY: plain ioctl on a tun fd with an integer argument.
+        unsafe { libc::ioctl(files[0].as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) };
+        let ifindex = crate::datapath::ifindex(name).ok_or_else(|| TapError::Netlink {
+            name: name.to_string(),
+            msg: "device vanished right after creation".into(),
+        })?;
+        let mac = tap_mac(gateway);
+        // Packets the TAP program passes after SNAT (next hop not resolved yet) carry the
+        // gateway's own egress address as source: the kernel must accept (accept_local,
+        // no rp_filter) and forward them, which also resolves the neighbour for the next
+        // packets that XDP redirects.
+        for (key, val) in [
+            ("forwarding", "1"),
+            ("accept_local", "1"),
+            ("rp_filter", "0"),
+        ] {
+            let path = format!("/proc/sys/net/ipv4/conf/{name}/{key}");
+            std::fs::write(&path, val).map_err(|e| TapError::Netlink {
+                name: name.to_string(),
+                msg: format!("writing {path}: {e}"),
+            })?;
+        }
+        configure(name, ifindex, mac, gateway, client_cidr.prefix_len(), mtu)
+            .await
+            .map_err(|msg| TapError::Netlink {
+                name: name.to_string(),
+                msg,
+            })?;
+        Ok(Tap {
+            name: name.to_string(),
+            ifindex,
+            mac,
+            queues: files,
+        })
+    }
+
+    /// Clear the persist flag: the device disappears when the last queue closes.
+    pub fn unpersist(&self) {
+        if let Some(f) = self.queues.first() {
+            // SAFETY: plain ioctl on a tun fd with an integer argument.
+            unsafe { libc::ioctl(f.as_raw_fd(), TUNSETPERSIST, 0 as libc::c_ulong) };
+        }
+    }
+
+    /// Duplicate a queue's fd (for a worker that owns its own handle).
+    pub fn queue_fd(&self, i: usize) -> io::Result<OwnedFd> {
+        let fd = self.queues[i].as_raw_fd();
+        // SAFETY: dup of a valid fd; the result is owned by the returned OwnedFd.
+        let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if new < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `new` is a fresh fd we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(new) })
+    }
+}
+
+async fn configure(
+    name: &str,
+    ifindex: u32,
+    mac: [u8; 6],
+    gateway: Ipv4Addr,
+    prefix: u8,
+    mtu: u32,
+) -> Result<(), String> {
+    use rtnetlink::LinkUnspec;
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
+    let task = tokio::spawn(conn);
+    let result = async {
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(ifindex)
+                    .address(mac.to_vec())
+                    .mtu(mtu)
+                    .arp(false)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| format!("setting {name} up: {e}"))?;
+        match handle
+            .address()
+            .add(ifindex, gateway.into(), prefix)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            // Re-adopting a TAP after a restart: the address is already there.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+            Err(e) => Err(format!("adding {gateway}/{prefix} to {name}: {e}")),
+        }
+    }
+    .await;
+    task.abort();
+    result
+}

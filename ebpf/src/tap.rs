@@ -1,0 +1,287 @@
+//! Client → network: the program on the TAP device.
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, xdp_action},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns},
+    programs::XdpContext,
+    EbpfContext,
+};
+use portcullis_common::{
+    ct_flags, CtEntry, DropReason, Event, FlowKey, FAMILY_V4, NO_SLOT, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP,
+};
+
+use crate::{
+    csum, ct,
+    packet::{
+        self, be16, ptr_at, set_be16, EthHdr, IcmpHdr, L4Ports, Parsed, ICMP_ECHO_REQUEST, L4_OFF,
+        TCP_ACK, TCP_CSUM_OFF, TCP_SYN, UDP_CSUM_OFF,
+    },
+    policy, stats, CLIENTS, CONNTRACK, EGRESS_PORTS, GATEWAY_ADDR, NAT_REV, TAP_MAC,
+};
+
+const AF_INET: u8 = 2;
+const FIB_SUCCESS: i64 = 0;
+const FIB_NO_NEIGH: i64 = 7;
+
+/// The flow key and TCP flags of a parsed packet.
+pub struct L4 {
+    pub key: FlowKey,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+}
+
+/// Parse the L4 header far enough for CONNTRACK, checked against the IP total length.
+#[inline(always)]
+pub fn parse_l4(ctx: &XdpContext, p: &Parsed) -> Result<L4, DropReason> {
+    let need = packet::l4_min_len(p.proto);
+    if (p.tot_len as usize) < packet::IP_LEN + need {
+        return Err(DropReason::Malformed);
+    }
+    let mut key = FlowKey {
+        src: ct::v4(p.src),
+        dst: ct::v4(p.dst),
+        sport: 0,
+        dport: 0,
+        proto: p.proto,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    };
+    let mut tcp_flags = 0;
+    let mut icmp_type = 0;
+    match p.proto {
+        PROTO_TCP | PROTO_UDP => {
+            let ports: *mut L4Ports = ptr_at(ctx, L4_OFF)?;
+            key.sport = be16(unsafe { &raw const (*ports).sport });
+            key.dport = be16(unsafe { &raw const (*ports).dport });
+            if p.proto == PROTO_TCP {
+                let doff: *mut [u8; 2] = ptr_at(ctx, L4_OFF + 12)?;
+                let (off, flags) = unsafe { ((*doff)[0] >> 4, (*doff)[1]) };
+                if off < 5 || (off as usize) * 4 > p.tot_len as usize - packet::IP_LEN {
+                    return Err(DropReason::Malformed);
+                }
+                tcp_flags = flags;
+            }
+        }
+        PROTO_ICMP => {
+            let icmp: *mut IcmpHdr = ptr_at(ctx, L4_OFF)?;
+            icmp_type = unsafe { (*icmp).ty };
+            if icmp_type == ICMP_ECHO_REQUEST {
+                key.sport = be16(unsafe { &raw const (*icmp).id });
+            }
+        }
+        _ => {}
+    }
+    Ok(L4 {
+        key,
+        tcp_flags,
+        icmp_type,
+    })
+}
+
+#[inline(always)]
+fn deny(key: &FlowKey, slot: u32, r: DropReason) -> DropReason {
+    stats::deny(key, slot, r);
+    r
+}
+
+pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
+    let p = packet::parse_ipv4(ctx)?;
+    let client_key = ct::client_key(p.src);
+    let Some(client) = (unsafe { CLIENTS.get(client_key) }) else {
+        let l4 = parse_l4(ctx, &p).unwrap_or(L4 {
+            key: FlowKey::default(),
+            tcp_flags: 0,
+            icmp_type: 0,
+        });
+        return Err(deny(&l4.key, NO_SLOT, DropReason::Spoofed));
+    };
+    let l4 = parse_l4(ctx, &p)?;
+    let key = l4.key;
+    if p.dst == GATEWAY_ADDR.load() || p.ttl <= 1 {
+        // The host answers (ICMP time exceeded, its own services); it does not forward these.
+        stats::event(Event::PassLocal);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let g = policy::active();
+    let now = unsafe { bpf_ktime_get_ns() };
+    let bytes = u64::from(p.tot_len);
+
+    // Conntrack first: established flows pay one hash lookup.
+    if let Some(e) = CONNTRACK.get_ptr_mut(&key) {
+        let e_ref = unsafe { &*e };
+        if e_ref.generation != g.number || ct::expired(e_ref, key.proto, now) {
+            if ct::expired(e_ref, key.proto, now) {
+                stats::event(Event::Revived);
+            }
+            ct::revalidate(e, &key, g).map_err(|r| deny(&key, client.slot, r))?;
+        } else if e_ref.flags & ct_flags::REVOKED != 0 {
+            return Err(deny(&key, client.slot, DropReason::PolicyRevoked));
+        }
+        stats::event(Event::FastPath);
+        ct::track_forward(e, key.proto, l4.tcp_flags);
+        unsafe {
+            (*e).last_seen_ns = now;
+            (*e).packets_out += 1;
+            (*e).bytes_out += bytes;
+        }
+        stats::ingress(client.slot, bytes);
+        let entry = unsafe { *e };
+        return forward(ctx, &p, &key, &entry);
+    }
+
+    // A reply inside a client-to-client flow opened by the other client.
+    if let Some(r) = unsafe { NAT_REV.get(&key) } {
+        let fwd = r.fwd;
+        if let Some(e) = CONNTRACK.get_ptr_mut(&fwd) {
+            if unsafe { (*e).flags } & ct_flags::LOCAL != 0 {
+                if unsafe { (*e).generation } != g.number {
+                    ct::revalidate(e, &fwd, g).map_err(|r| deny(&key, client.slot, r))?;
+                } else if unsafe { (*e).flags } & ct_flags::REVOKED != 0 {
+                    return Err(deny(&key, client.slot, DropReason::PolicyRevoked));
+                }
+                ct::track_reply(e, key.proto, l4.tcp_flags);
+                unsafe {
+                    (*e).last_seen_ns = now;
+                    (*e).packets_in += 1;
+                    (*e).bytes_in += bytes;
+                }
+                stats::egress(unsafe { (*e).slot }, bytes);
+                return to_client(ctx, &p, p.dst);
+            }
+        }
+    }
+
+    // New flow: rules, then route, then security groups, then what NAT can carry.
+    let target_idx = policy::check(g, client, p.dst, key.proto, key.dport)
+        .map_err(|r| deny(&key, client.slot, r))?;
+    let natable = match key.proto {
+        PROTO_TCP | PROTO_UDP => true,
+        PROTO_ICMP => l4.icmp_type == ICMP_ECHO_REQUEST,
+        _ => false,
+    };
+    if !natable {
+        return Err(deny(&key, client.slot, DropReason::UnsupportedProtocol));
+    }
+    if key.proto == PROTO_TCP && l4.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return Err(deny(&key, client.slot, DropReason::TcpNoSyn));
+    }
+    let entry = ct::create(ctx, &key, client, target_idx, g, now, bytes)
+        .map_err(|r| deny(&key, client.slot, r))?;
+    stats::ingress(client.slot, bytes);
+    forward(ctx, &p, &key, &entry)
+}
+
+/// Send an admitted packet on: back into the TAP for client-to-client flows, otherwise
+/// SNAT, FIB lookup and redirect to the target interface.
+#[inline(always)]
+fn forward(ctx: &XdpContext, p: &Parsed, key: &FlowKey, e: &CtEntry) -> Result<u32, DropReason> {
+    if e.flags & ct_flags::LOCAL != 0 {
+        return to_client(ctx, p, p.dst);
+    }
+    snat(ctx, p, key, e)?;
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = key.proto;
+    fib.sport = e.nat_port.to_be();
+    fib.dport = key.dport.to_be();
+    fib.__bindgen_anon_1.tot_len = p.tot_len;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    unsafe {
+        fib.__bindgen_anon_2.tos = (*p.ip).tos;
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ct::v4_of(&e.nat_addr));
+        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(p.dst);
+    }
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc == FIB_NO_NEIGH {
+        // The kernel forwards this one and resolves the neighbour; later packets redirect.
+        stats::event(Event::PassNoNeighbour);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    if rc != FIB_SUCCESS {
+        return Err(DropReason::FibLookupFailed);
+    }
+    packet::dec_ttl(p.ip);
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    unsafe {
+        (*eth).dst = fib.dmac;
+        (*eth).src = fib.smac;
+    }
+    EGRESS_PORTS
+        .redirect(fib.ifindex, 0)
+        .map_err(|_| DropReason::RedirectFailed)
+}
+
+/// Rewrite source address and port to the flow's translation, patching checksums.
+#[inline(always)]
+fn snat(ctx: &XdpContext, p: &Parsed, key: &FlowKey, e: &CtEntry) -> Result<(), DropReason> {
+    let new_src = ct::v4_of(&e.nat_addr);
+    let ip = p.ip;
+    unsafe {
+        let c = csum::replace4(be16(&raw const (*ip).csum), p.src, new_src);
+        set_be16(&raw mut (*ip).csum, c);
+        (*ip).src = new_src;
+    }
+    let port_changed = e.nat_port != key.sport;
+    match key.proto {
+        PROTO_TCP | PROTO_UDP => {
+            let off = if key.proto == PROTO_TCP {
+                TCP_CSUM_OFF
+            } else {
+                UDP_CSUM_OFF
+            };
+            let cs: *mut u16 = ptr_at(ctx, L4_OFF + off)?;
+            let old = be16(cs);
+            let mut c = csum::replace4(old, p.src, new_src);
+            if port_changed {
+                c = csum::replace2(c, key.sport, e.nat_port);
+                let ports: *mut L4Ports = ptr_at(ctx, L4_OFF)?;
+                set_be16(unsafe { &raw mut (*ports).sport }, e.nat_port);
+            }
+            if key.proto == PROTO_UDP {
+                c = csum::udp_fixup(old, c);
+            }
+            set_be16(cs, c);
+        }
+        _ => {
+            if port_changed {
+                let icmp: *mut IcmpHdr = ptr_at(ctx, L4_OFF)?;
+                unsafe {
+                    let c = csum::replace2(be16(&raw const (*icmp).csum), key.sport, e.nat_port);
+                    set_be16(&raw mut (*icmp).csum, c);
+                    set_be16(&raw mut (*icmp).id, e.nat_port);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Hand a packet to the agent through the TAP (XDP_TX on a TAP queues it for the reader),
+/// addressed to the client `dst`.
+#[inline(always)]
+pub fn to_client(ctx: &XdpContext, p: &Parsed, dst: [u8; 4]) -> Result<u32, DropReason> {
+    packet::dec_ttl(p.ip);
+    set_client_macs(ctx, dst)?;
+    stats::event(Event::ClientToClient);
+    Ok(xdp_action::XDP_TX)
+}
+
+/// Ethernet header for a frame the agent reads from the TAP: the agent strips it, but a
+/// stable per-client MAC keeps captures readable.
+#[inline(always)]
+pub fn set_client_macs(ctx: &XdpContext, client: [u8; 4]) -> Result<(), DropReason> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    let mac = TAP_MAC.load();
+    unsafe {
+        (*eth).dst = [0x02, 0x50, client[0], client[1], client[2], client[3]];
+        (*eth).src = [mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]];
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! `cargo xtask demo`: set up, build the agent in release mode and hand over to
+//! `portcullis demo`, whose exit status becomes ours.
+
+use std::{ffi::OsString, os::unix::process::CommandExt, path::PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::{
+    setup,
+    util::{self, cargo, command},
+};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Arguments passed on to `portcullis demo`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
+}
+
+/// The workspace's target directory (honours CARGO_TARGET_DIR and build.target-dir).
+fn target_dir() -> Result<PathBuf> {
+    let json = util::output(cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
+    let metadata: serde_json::Value =
+        serde_json::from_str(&json).context("parsing cargo metadata")?;
+    metadata["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata has no target_directory")
+}
+
+pub fn run(args: DemoArgs) -> Result<()> {
+    setup::run()?;
+    util::run(cargo().args(["build", "--release", "--package", "portcullis-agent"]))?;
+    let binary = target_dir()?.join("release/portcullis");
+    let mut cmd = command(&binary);
+    cmd.arg("demo").args(&args.args);
+    println!("+ {}", util::display(&cmd));
+    // exec: signals (Ctrl-C) and the exit status belong to the demo itself.
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("could not run {}", binary.display()))
+}

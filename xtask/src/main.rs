@@ -1,0 +1,58 @@
+//! `cargo xtask`: the developer and CI entry point for Portcullis.
+//!
+//! This crate must never depend on the agent, `common` or anything that builds eBPF: the
+//! agent's build script needs the BPF toolchain that `cargo xtask setup` installs, so
+//! `cargo xtask` has to compile on a machine that has none of it yet.
+
+mod cleanup;
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Portcullis developer tasks: setup, test, cleanup, demo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing (apt packages, bpf-linker) and mount bpffs. Needs root.
+    /// Idempotent: a second run only checks and takes about a second.
+    Setup,
+    /// Run setup, then fmt, clippy, the unprivileged tests and the privileged
+    /// integration tests (serially, as root), and print a summary.
+    Test(test::TestArgs),
+    /// Remove test leftovers: network namespaces and links named `pct-*`, pinned
+    /// directories /sys/fs/bpf/portcullis-test*. Needs root.
+    Cleanup,
+    /// Run setup, build the agent (release) and run `portcullis demo [ARGS]...`.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Test(args) => test::run(&args),
+        Command::Cleanup => cleanup::run(),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The chain of causes, without anyhow's backtrace: these are user-facing errors.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `cargo xtask setup`: install what is missing, never what is present.
+//!
+//! Everything the project needs from the machine is listed here and nowhere else; see
+//! docs/toolchain.md for why the eBPF build uses Debian's rustc and bpf-linker.
+
+use std::{fs, path::Path};
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{self, command};
+
+/// Debian packages the build, the tests and the demo need.
+pub const APT_PACKAGES: &[&str] = &[
+    // Debian's rustc 1.96 (LLVM 22) with a precompiled `core` for bpfel-unknown-none:
+    // the eBPF compiler, no build-std needed.
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    // The LLVM that bpf-linker links against (same major version as the rustc above).
+    "llvm-22-dev",
+    // Inspecting the data path and building test topologies.
+    "bpftool",
+    "ethtool",
+    "iproute2",
+    "nftables",
+    // Real peers for the end-to-end tests.
+    "openvpn",
+    "iperf3",
+    "tcpdump",
+];
+
+/// bpf-linker release series that matches LLVM 22 (`cargo install` picks the newest 0.13.x).
+const BPF_LINKER_SERIES: &str = "0.13";
+const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// Files the agent's build script needs; they come from the packages above.
+const BPF_RUSTC: &str = "/usr/bin/rustc";
+const BPF_CORE: &str = "/usr/lib/rustlib/bpfel-unknown-none";
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+fn report(item: &str, state: &str) {
+    println!("setup: {item:<28} {state}");
+}
+
+pub fn run() -> Result<()> {
+    util::require_root(
+        "cargo xtask setup",
+        "it installs apt packages and bpf-linker and mounts bpffs",
+    )?;
+    apt_packages()?;
+    bpf_toolchain_files()?;
+    bpf_linker()?;
+    bpffs()?;
+    Ok(())
+}
+
+fn dpkg_installed(package: &str) -> Result<bool> {
+    let out = command("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .context("could not run dpkg-query (setup expects a Debian-like system)")?;
+    // Exit status 1 with "no packages found" means never installed.
+    Ok(out.status.success()
+        && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
+}
+
+fn apt_packages() -> Result<()> {
+    let mut missing = Vec::new();
+    for package in APT_PACKAGES {
+        if !dpkg_installed(package)? {
+            missing.push(*package);
+        }
+    }
+    if !missing.is_empty() {
+        println!("setup: installing {}", missing.join(" "));
+        util::run(command("apt-get").args(["update", "-q"]))?;
+        util::run(
+            command("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q"])
+                .args(&missing),
+        )?;
+    }
+    for package in APT_PACKAGES {
+        if !dpkg_installed(package)? {
+            bail!("apt package {package} is still not installed after `apt-get install`");
+        }
+        report(
+            package,
+            if missing.contains(package) {
+                "installed"
+            } else {
+                "present"
+            },
+        );
+    }
+    Ok(())
+}
+
+fn bpf_toolchain_files() -> Result<()> {
+    for path in [BPF_RUSTC, BPF_CORE] {
+        if !Path::new(path).exists() {
+            bail!(
+                "{path} is missing although rustc-web and libstd-rust-web-dev-bpf are installed; \
+                 reinstall them: apt-get install --reinstall -y rustc-web libstd-rust-web-dev-bpf"
+            );
+        }
+    }
+    report("bpfel-unknown-none core", "present");
+    Ok(())
+}
+
+/// The installed bpf-linker's version, if it runs.
+fn bpf_linker_version() -> Option<String> {
+    let out = command("bpf-linker").arg("--version").output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    // "bpf-linker 0.13.0"
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.split_whitespace().nth(1).map(str::to_owned)
+}
+
+fn bpf_linker_ok(version: &Option<String>) -> bool {
+    version.as_deref().is_some_and(|v| {
+        v.strip_prefix(BPF_LINKER_SERIES)
+            .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
+fn bpf_linker() -> Result<()> {
+    let found = bpf_linker_version();
+    if bpf_linker_ok(&found) {
+        report(
+            "bpf-linker",
+            &format!("present ({})", found.unwrap_or_default()),
+        );
+        return Ok(());
+    }
+    match &found {
+        Some(v) => println!("setup: bpf-linker {v} is not {BPF_LINKER_SERIES}.x, reinstalling"),
+        None => {
+            println!("setup: bpf-linker is missing or does not run, installing (about a minute)")
+        }
+    }
+    // --force: a bpf-linker of the right version that no longer runs (say, its LLVM was
+    // removed) is otherwise reported as "already installed" and left broken.
+    util::run(
+        util::cargo()
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--no-default-features",
+            ])
+            .args(["--features", BPF_LINKER_LLVM_FEATURE])
+            .args(["--version", &format!("^{BPF_LINKER_SERIES}")]),
+    )?;
+    let installed = bpf_linker_version();
+    if !bpf_linker_ok(&installed) {
+        bail!(
+            "bpf-linker still does not report version {BPF_LINKER_SERIES}.x after `cargo install` \
+             (found {installed:?}); is {} on PATH?",
+            util::cargo_bin_dir().display()
+        );
+    }
+    report(
+        "bpf-linker",
+        &format!("installed ({})", installed.unwrap_or_default()),
+    );
+    Ok(())
+}
+
+pub fn bpffs_mounted() -> Result<bool> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    Ok(mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let (_src, target, fstype) = (fields.next(), fields.next(), fields.next());
+        target == Some(BPFFS) && fstype == Some("bpf")
+    }))
+}
+
+fn bpffs() -> Result<()> {
+    let item = format!("bpffs at {BPFFS}");
+    if bpffs_mounted()? {
+        report(&item, "present");
+        return Ok(());
+    }
+    fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    util::run(command("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
+    if !bpffs_mounted()? {
+        bail!("mounted bpffs at {BPFFS} but /proc/mounts does not show it");
+    }
+    report(&item, "mounted");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bpf_linker_version_series() {
+        assert!(bpf_linker_ok(&Some("0.13.0".into())));
+        assert!(bpf_linker_ok(&Some("0.13.12".into())));
+        assert!(!bpf_linker_ok(&Some("0.130.0".into())));
+        assert!(!bpf_linker_ok(&Some("0.12.9".into())));
+        assert!(!bpf_linker_ok(&None));
+    }
+}
