@@ -5,3 +5,8 @@ pub mod policy;
 pub mod reconcile;
 pub mod relay;
 pub mod status;
+
+/// Parse TOML into any config type (re-exported so tests need no toml dependency).
+pub fn toml_from_str<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, toml::de::Error> {
+    toml::from_str(s)
+}

@@ -63,6 +63,8 @@ pub mod map_names {
 /// Program names (the Rust function names in `ebpf/src/main.rs`).
 pub const PROG_TAP: &str = "portcullis_tap";
 pub const PROG_EGRESS: &str = "portcullis_egress";
+/// An XDP program that only returns XDP_PASS: the baseline in benchmarks.
+pub const PROG_BASELINE: &str = "portcullis_baseline_pass";
 
 /// Load-time globals (set with `EbpfLoader::override_global`).
 pub mod globals {

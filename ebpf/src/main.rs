@@ -148,6 +148,12 @@ pub fn portcullis_egress(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Benchmark baseline: the cost of running any XDP program at all.
+#[xdp]
+pub fn portcullis_baseline_pass(_ctx: XdpContext) -> u32 {
+    aya_ebpf::bindings::xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

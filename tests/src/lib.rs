@@ -161,3 +161,230 @@ pub fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
     }
     mac
 }
+
+pub mod gateway {
+    //! A gateway namespace running the real data path, with a private network behind it.
+    //!
+    //! ```text
+    //!  test thread (inside gw ns)          gw ns                       net ns
+    //!  writes frames to the TAP  ──►  [pct-tap: XDP tap prog]
+    //!                                  [pct-gw0: XDP egress]  ◄──veth──►  eth0 10.0.0.10/24 (+ extra)
+    //!                                   10.0.0.1/24
+    //! ```
+    use std::{net::Ipv4Addr, path::PathBuf};
+
+    use aya::programs::XdpMode;
+    use portcullis::{
+        datapath::{tap::Tap, Datapath, DatapathOptions},
+        policy::{compile, CompiledPolicy, PolicyInput},
+        reconcile,
+    };
+    use portcullis_common::{ClientInfo, DEFAULT_FLOWS_PER_CLIENT};
+
+    use super::{mac_of, unique, NetNs, NsGuard};
+
+    pub const GW_IF: &str = "pct-gw0";
+    pub const TAP: &str = "pct-tap";
+    pub const GW_NET_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+    pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+
+    /// A policy with one target network behind `GW_IF`, a route for 10.0.0.0/24 and an
+    /// all-users rule for it; tests edit it before building the gateway.
+    pub fn base_policy() -> PolicyInput {
+        toml_policy(&format!(
+            r#"
+client_cidr = "10.100.0.0/24"
+gateway_addr = "10.100.0.1"
+[[target_networks]]
+name = "private"
+interface = "{GW_IF}"
+snat_address = "10.0.0.1"
+[[routes]]
+destination = "10.0.0.0/24"
+target_network = "private"
+[[authorization_rules]]
+destination = "10.0.0.0/24"
+all_users = true
+"#
+        ))
+    }
+
+    pub fn toml_policy(s: &str) -> PolicyInput {
+        portcullis::toml_from_str(s).expect("test policy parses")
+    }
+
+    /// Removes a test pin root on drop.
+    pub struct PinRoot(pub PathBuf);
+    impl Drop for PinRoot {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    pub struct Options {
+        /// Extra addresses for the server namespace's eth0 (besides 10.0.0.10/24).
+        pub extra_server_addrs: Vec<Ipv4Addr>,
+        pub max_flows: Option<u32>,
+        pub deny_events_per_sec: u64,
+    }
+
+    impl Default for Options {
+        fn default() -> Self {
+            Options {
+                extra_server_addrs: Vec::new(),
+                max_flows: None,
+                deny_events_per_sec: 1000,
+            }
+        }
+    }
+
+    /// Field order matters for drop order: data path first, then the TAP, then leaving the
+    /// namespace, then the namespaces and pins.
+    pub struct Gateway {
+        pub dp: Datapath,
+        pub tap: Tap,
+        pub compiled: CompiledPolicy,
+        pub policy: PolicyInput,
+        pub server_mac: [u8; 6],
+        pub gw_mac: [u8; 6],
+        guard: Option<NsGuard>,
+        pub net: NetNs,
+        pub gw: NetNs,
+        _pins: PinRoot,
+    }
+
+    impl Gateway {
+        /// Build the topology, enter the gateway namespace on this thread, create the TAP,
+        /// load and attach the data path and apply `policy`.
+        pub fn new(policy: PolicyInput, opts: Options) -> Gateway {
+            let gw = NetNs::new("g");
+            let net = NetNs::new("n");
+            gw.ip(&["link", "add", GW_IF, "type", "veth", "peer", "name", "eth0", "netns", &net.name]);
+            gw.ip(&["addr", "add", "10.0.0.1/24", "dev", GW_IF]);
+            net.ip(&["addr", "add", "10.0.0.10/24", "dev", "eth0"]);
+            for a in &opts.extra_server_addrs {
+                net.ip(&["addr", "add", &format!("{a}/24"), "dev", "eth0"]);
+            }
+            gw.ip(&["link", "set", GW_IF, "up"]);
+            net.ip(&["link", "set", "eth0", "up"]);
+            // Redirected frames need GRO on the veth peer; complete checksums (no tx offload)
+            // are what a real NIC or tunnel delivers.
+            net.exec(&["ethtool", "-K", "eth0", "gro", "on", "tx", "off"]);
+            gw.exec(&["ethtool", "-K", GW_IF, "tx", "off"]);
+            gw.sysctl("net.ipv4.ip_forward", "1");
+            for ns in [&gw, &net] {
+                ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+                ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+            }
+            let server_mac = mac_of(&net, "eth0");
+            let gw_mac = mac_of(&gw, GW_IF);
+            // Static neighbours: the FIB lookup succeeds from the first packet, and the
+            // server answers without ARP.
+            let smac = fmt_mac(&server_mac);
+            gw.ip(&["neigh", "replace", &SERVER.to_string(), "lladdr", &smac, "dev", GW_IF, "nud", "permanent"]);
+            for a in &opts.extra_server_addrs {
+                gw.ip(&["neigh", "replace", &a.to_string(), "lladdr", &smac, "dev", GW_IF, "nud", "permanent"]);
+            }
+            net.ip(&["neigh", "replace", "10.0.0.1", "lladdr", &fmt_mac(&gw_mac), "dev", "eth0", "nud", "permanent"]);
+            // Replies to translated flows go back to the SNAT address on the gateway.
+            net.ip(&["route", "add", "default", "via", "10.0.0.1"]);
+
+            let pins = PinRoot(PathBuf::from(format!("/sys/fs/bpf/portcullis-test-{}", unique("p"))));
+            let guard = gw.enter();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let tap = rt
+                .block_on(Tap::open(TAP, 1, policy.gateway_addr, policy.client_cidr, 1500))
+                .expect("create TAP");
+            let mut dp = Datapath::load(DatapathOptions {
+                endpoint: "test".into(),
+                pin_root: pins.0.clone(),
+                tap_ifindex: tap.ifindex,
+                tap_name: TAP.into(),
+                tap_mac: tap.mac,
+                gateway: policy.gateway_addr,
+                targets: policy.target_networks.iter().map(|t| t.interface.clone()).collect(),
+                max_flows: opts.max_flows,
+                deny_events_per_sec: opts.deny_events_per_sec,
+                mode: XdpMode::Driver,
+            })
+            .expect("load data path");
+            let compiled = compile(&policy, &|n| portcullis::datapath::ifindex(n)).expect("policy compiles");
+            reconcile::reconcile(&mut dp.maps, &compiled).expect("apply policy");
+            Gateway {
+                dp,
+                tap,
+                compiled,
+                policy,
+                server_mac,
+                gw_mac,
+                guard: Some(guard),
+                net,
+                gw,
+                _pins: pins,
+            }
+        }
+
+        /// Register a session: `addr` with `groups` in session slot `slot`.
+        pub fn add_client(&mut self, addr: Ipv4Addr, groups: &[&str], slot: u32) {
+            self.add_client_with_quota(addr, groups, slot, DEFAULT_FLOWS_PER_CLIENT);
+        }
+
+        pub fn add_client_with_quota(&mut self, addr: Ipv4Addr, groups: &[&str], slot: u32, max_flows: u32) {
+            self.dp.maps.reset_session_stats(slot).unwrap();
+            self.dp
+                .maps
+                .upsert_client(
+                    addr,
+                    ClientInfo {
+                        groups: self.compiled.groups_bitmap(groups.iter().copied()),
+                        slot,
+                        max_flows,
+                    },
+                )
+                .unwrap();
+        }
+
+        /// Compile and apply a new policy generation (keeping group bits stable).
+        pub fn set_policy(&mut self, policy: PolicyInput) -> u32 {
+            let compiled = portcullis::policy::compile_with_previous(
+                &policy,
+                &|n| portcullis::datapath::ifindex(n),
+                Some(&self.compiled.group_bits),
+            )
+            .expect("policy compiles");
+            let g = reconcile::reconcile(&mut self.dp.maps, &compiled).expect("apply policy");
+            self.compiled = compiled;
+            self.policy = policy;
+            g
+        }
+
+        /// Run `f` on a thread inside the server namespace.
+        pub fn in_net<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+            let name = self.net.name.clone();
+            std::thread::spawn(move || {
+                let ns = NetNs { name };
+                let _g = ns.enter();
+                let r = f();
+                std::mem::forget(ns); // owned by the Gateway
+                r
+            })
+            .join()
+            .expect("server thread")
+        }
+    }
+
+    impl Drop for Gateway {
+        fn drop(&mut self) {
+            // Leave the namespace before it is deleted.
+            self.guard.take();
+        }
+    }
+
+    pub fn fmt_mac(m: &[u8; 6]) -> String {
+        m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    }
+}

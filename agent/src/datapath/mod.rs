@@ -19,7 +19,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use portcullis_common::{globals, map_names, PROG_EGRESS, PROG_TAP};
+use portcullis_common::{globals, map_names, PROG_BASELINE, PROG_EGRESS, PROG_TAP};
 use thiserror::Error;
 
 pub use maps::Maps;
@@ -187,7 +187,7 @@ impl Datapath {
             .load(BPF_OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e), dir.clone()))?;
 
-        for name in [PROG_TAP, PROG_EGRESS] {
+        for name in [PROG_TAP, PROG_EGRESS, PROG_BASELINE] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(DatapathError::Other(format!(
