@@ -318,3 +318,23 @@ fn attach(
     fd_link.pin(&path).map_err(|e| link_err(e.to_string()))?;
     Ok(path)
 }
+
+/// Add `ranges` (inclusive) to `net.ipv4.ip_local_reserved_ports` of the current network
+/// namespace, keeping what is there, so the host's own sockets never take a PAT port.
+pub fn reserve_ports(ranges: &[(u16, u16)]) -> Result<(), DatapathError> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let cur = fs::read_to_string(PATH).map_err(|e| DatapathError::Other(format!("reading {PATH}: {e}")))?;
+    let mut parts: Vec<String> = cur
+        .trim()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    for (lo, hi) in ranges {
+        let r = if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") };
+        if !parts.contains(&r) {
+            parts.push(r);
+        }
+    }
+    fs::write(PATH, parts.join(",")).map_err(|e| DatapathError::Other(format!("writing {PATH}: {e}")))
+}

@@ -137,6 +137,13 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         )
     })?;
     let generation = reconcile::reconcile(&mut dp.maps, &compiled)?;
+    datapath::reserve_ports(
+        &compiled
+            .targets
+            .iter()
+            .map(|t| (t.port_min, t.port_max))
+            .collect::<Vec<_>>(),
+    )?;
     println!(
         "gateway: XDP on {TAP} (clients) and pc-dgw0 (private network), policy generation {generation}, maps pinned in {}/{ENDPOINT}",
         datapath::DEFAULT_PIN_ROOT
