@@ -1,0 +1,19 @@
+//! The OpenVPN 2.x protocol, server side, sans-IO: bytes and `now` in, datagrams, events and
+//! timers out. No sockets, no clocks, no randomness inside (all injected), so every state
+//! machine is testable without a network. Facts: ../shared/docs/openvpn-protocol.md.
+//!
+//! Layout:
+//! - [`packet`]: wire codec of control and data packets (opcodes, session ids, ack arrays).
+//! - [`reliable`]: the control channel's reliability layer (acks, windows, retransmission).
+//! - [`tls_crypt`]: `tls-crypt` v1 wrapping of control packets.
+//! - [`cookie`]: the HMAC-cookie stateless handshake of 2.6 servers.
+//! - [`crypto`]: data-channel AEAD (AES-128/256-GCM, ChaCha20-Poly1305), packet ids, replay window.
+//! - [`keys`]: key-method 2 messages and key derivation (TLS-EKM and the legacy TLS 1.0 PRF).
+//! - [`options`]: option strings, `IV_*` peer info, NCP negotiation, push replies.
+pub mod cookie;
+pub mod crypto;
+pub mod keys;
+pub mod options;
+pub mod packet;
+pub mod reliable;
+pub mod tls_crypt;

@@ -1,0 +1,1039 @@
+//! Option strings and control messages: the client's `IV_*` peer info, NCP cipher negotiation,
+//! the options-consistency string, PUSH_REPLY (with continuation) and AUTH_FAILED, and the
+//! printable-ASCII rules for control-channel strings.
+//!
+//! Facts: docs/openvpn-protocol.md §5.5 (peer info, IV_PROTO bits), §6.2 (when EKM applies),
+//! §8 (control messages, PUSH_REPLY, AUTH_FAILED), §10 (options string).
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::crypto::{Cipher, NO_PEER_ID};
+
+/// Largest control message the client reads in one unit, including the NUL (§5.6, §8.1).
+pub const CONTROL_MESSAGE_MAX: usize = 2048;
+/// Largest PUSH_REPLY part the 2.6 server sends, including the NUL (`PUSH_BUNDLE_SIZE`, §8.3).
+pub const PUSH_BUNDLE_SIZE: usize = 1024;
+/// Largest single pushed option (`OPTION_PARM_SIZE` 256 incl. NUL, §8.3).
+pub const PUSH_OPTION_MAX: usize = 255;
+/// Peer-info entries kept; the rest are ignored (a 2.6 client sends about ten, §5.5).
+pub const PEER_INFO_MAX_ENTRIES: usize = 64;
+
+const CONTINUATION_MORE: &str = ",push-continuation 2";
+const CONTINUATION_LAST: &str = ",push-continuation 1";
+
+/// Errors building or reading option strings and control messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    #[error("control message contains a non-printable byte at offset {0}")]
+    NonPrintable(usize),
+    #[error("control message is not NUL-terminated")]
+    Unterminated,
+    #[error("control message of {0} bytes exceeds 2048 including the NUL")]
+    TooLong(usize),
+    #[error("pushed option {0:?} is empty, too long, or contains a comma or non-printable byte")]
+    BadPushOption(String),
+    #[error("peer id {0:#x} is not a valid 24-bit peer id")]
+    BadPeerId(u32),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Printable ASCII (§8.1)
+
+/// OpenVPN's receiver keeps only messages made of printable ASCII (C-locale `isprint`:
+/// 0x20..=0x7E); everything else, including UTF-8, makes it drop the message (§8.1).
+pub fn is_printable(s: &[u8]) -> bool {
+    s.iter().all(|b| (0x20..=0x7E).contains(b))
+}
+
+fn first_non_printable(s: &[u8]) -> Option<usize> {
+    s.iter().position(|b| !(0x20..=0x7E).contains(b))
+}
+
+/// Makes an arbitrary text (an LDAP error, say) safe to send in AUTH_FAILED: non-printable
+/// bytes become `?`, and it is cut to `max` bytes. Used for *outgoing* reasons only, where
+/// failing to tell the client anything would be worse than a mangled reason.
+pub fn sanitize_text(s: &str, max: usize) -> String {
+    s.bytes()
+        .take(max)
+        .map(|b| {
+            if (0x20..=0x7E).contains(&b) {
+                char::from(b)
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Incoming control messages (§8.1, §8.4)
+
+/// A control message from the client, after the key exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlMessage<'a> {
+    /// `PUSH_REQUEST` (§8.2).
+    PushRequest,
+    /// `EXIT`: the client is leaving (cc-exit, §8.4).
+    Exit,
+    /// `CR_RESPONSE,<base64>`: dynamic challenge response.
+    CrResponse(&'a str),
+    /// Anything else, already checked to be printable: log and ignore.
+    Other(&'a str),
+}
+
+impl<'a> ControlMessage<'a> {
+    /// Classifies one message (without its NUL). The text must already be printable.
+    fn classify(text: &'a str) -> Self {
+        match text {
+            "PUSH_REQUEST" => ControlMessage::PushRequest,
+            "EXIT" => ControlMessage::Exit,
+            _ => match text.strip_prefix("CR_RESPONSE,") {
+                Some(r) => ControlMessage::CrResponse(r),
+                None => ControlMessage::Other(text),
+            },
+        }
+    }
+}
+
+/// Splits a unit of TLS plaintext into control messages the way the 2.6 receiver does (§8.1):
+/// cut at NULs, strip trailing CR/LF, reject non-printable messages, skip empty ones, and
+/// report trailing bytes without a NUL as [`OptionsError::Unterminated`]. Bad messages are
+/// yielded as errors so the caller can count them; the good ones around them still come out.
+pub fn control_messages(buf: &[u8]) -> ControlMessages<'_> {
+    ControlMessages { rest: buf }
+}
+
+/// Iterator returned by [`control_messages`].
+#[derive(Debug, Clone)]
+pub struct ControlMessages<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for ControlMessages<'a> {
+    type Item = Result<ControlMessage<'a>, OptionsError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.rest.is_empty() {
+                return None;
+            }
+            let Some(nul) = self.rest.iter().position(|&b| b == 0) else {
+                let len = self.rest.len();
+                self.rest = &[];
+                return Some(Err(if len >= CONTROL_MESSAGE_MAX {
+                    OptionsError::TooLong(len)
+                } else {
+                    OptionsError::Unterminated
+                }));
+            };
+            let mut msg = &self.rest[..nul];
+            self.rest = &self.rest[nul + 1..];
+            if nul + 1 > CONTROL_MESSAGE_MAX {
+                return Some(Err(OptionsError::TooLong(nul + 1)));
+            }
+            while let [head @ .., b'\r' | b'\n'] = msg {
+                msg = head;
+            }
+            if msg.is_empty() {
+                continue;
+            }
+            if let Some(i) = first_non_printable(msg) {
+                return Some(Err(OptionsError::NonPrintable(i)));
+            }
+            // Printable ASCII is valid UTF-8.
+            let text = std::str::from_utf8(msg).ok()?;
+            return Some(Ok(ControlMessage::classify(text)));
+        }
+    }
+}
+
+/// Encodes an outgoing control message: printable ASCII plus one NUL, at most 2048 bytes.
+/// Send the result with a single TLS write so it is one record (§5.6, §8.1).
+pub fn encode_control_message(msg: &str) -> Result<Vec<u8>, OptionsError> {
+    if let Some(i) = first_non_printable(msg.as_bytes()) {
+        return Err(OptionsError::NonPrintable(i));
+    }
+    if msg.len() + 1 > CONTROL_MESSAGE_MAX {
+        return Err(OptionsError::TooLong(msg.len() + 1));
+    }
+    let mut out = Vec::with_capacity(msg.len() + 1);
+    out.extend_from_slice(msg.as_bytes());
+    out.push(0);
+    Ok(out)
+}
+
+/// Longest reason we put after `AUTH_FAILED,` so the message stays far below 2048.
+pub const AUTH_FAILED_REASON_MAX: usize = 256;
+
+/// `AUTH_FAILED` or `AUTH_FAILED,<reason>` (§8.4). The reason is sanitised, not rejected: the
+/// client must hear about the failure even if the reason text came out of some backend mangled.
+/// Send it after our key-method-2 reply, then keep the session a few seconds (pitfall 26).
+pub fn auth_failed(reason: Option<&str>) -> String {
+    match reason {
+        Some(r) if !r.is_empty() => {
+            format!("AUTH_FAILED,{}", sanitize_text(r, AUTH_FAILED_REASON_MAX))
+        }
+        _ => "AUTH_FAILED".to_owned(),
+    }
+}
+
+/// A temporary failure, `AUTH_FAILED,TEMP[backoff N]:<reason>` (§8.4): the client retries after
+/// the backoff instead of exiting. Only clients with IV_PROTO bit 8 understand it; for others
+/// this falls back to a plain AUTH_FAILED with the reason.
+pub fn auth_failed_temp(peer: IvProto, backoff_secs: Option<u32>, reason: &str) -> String {
+    if !peer.auth_fail_temp() {
+        return auth_failed(Some(reason));
+    }
+    let flags = backoff_secs.map_or(String::new(), |b| format!("[backoff {b}]"));
+    format!(
+        "AUTH_FAILED,TEMP{flags}:{}",
+        sanitize_text(reason, AUTH_FAILED_REASON_MAX)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peer info (§5.5)
+
+/// The IV_PROTO bit field (§5.5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IvProto(pub u32);
+
+impl IvProto {
+    pub const DATA_V2: u32 = 1 << 1;
+    pub const REQUEST_PUSH: u32 = 1 << 2;
+    pub const TLS_KEY_EXPORT: u32 = 1 << 3;
+    pub const AUTH_PENDING_KW: u32 = 1 << 4;
+    pub const NCP_P2P: u32 = 1 << 5;
+    pub const DNS_OPTION: u32 = 1 << 6;
+    pub const CC_EXIT_NOTIFY: u32 = 1 << 7;
+    pub const AUTH_FAIL_TEMP: u32 = 1 << 8;
+    pub const DYN_TLS_CRYPT: u32 = 1 << 9;
+
+    fn has(self, bit: u32) -> bool {
+        self.0 & bit != 0
+    }
+    /// Assign and push a peer-id; the client then sends P_DATA_V2.
+    pub fn data_v2(self) -> bool {
+        self.has(Self::DATA_V2)
+    }
+    /// PUSH_REPLY may be sent without waiting for PUSH_REQUEST.
+    pub fn request_push(self) -> bool {
+        self.has(Self::REQUEST_PUSH)
+    }
+    /// The client can derive keys with TLS-EKM.
+    pub fn tls_key_export(self) -> bool {
+        self.has(Self::TLS_KEY_EXPORT)
+    }
+    pub fn auth_pending_kw(self) -> bool {
+        self.has(Self::AUTH_PENDING_KW)
+    }
+    /// A P2P peer: it will not accept pushed ciphers.
+    pub fn ncp_p2p(self) -> bool {
+        self.has(Self::NCP_P2P)
+    }
+    pub fn dns_option(self) -> bool {
+        self.has(Self::DNS_OPTION)
+    }
+    /// The client understands `protocol-flags` and sends EXIT on the control channel.
+    pub fn cc_exit_notify(self) -> bool {
+        self.has(Self::CC_EXIT_NOTIFY)
+    }
+    pub fn auth_fail_temp(self) -> bool {
+        self.has(Self::AUTH_FAIL_TEMP)
+    }
+    pub fn dyn_tls_crypt(self) -> bool {
+        self.has(Self::DYN_TLS_CRYPT)
+    }
+}
+
+/// The client's peer info (§5.5). Parsing is lenient, like OpenVPN's: malformed or
+/// non-printable lines are skipped and counted, never fatal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// All well-formed `KEY=VALUE` entries in order (at most [`PEER_INFO_MAX_ENTRIES`]).
+    pub entries: Vec<(String, String)>,
+    /// Lines skipped: no `=`, empty key, non-printable bytes, or over the entry limit.
+    pub skipped_lines: usize,
+    pub proto: IvProto,
+}
+
+impl PeerInfo {
+    pub fn parse(text: &str) -> PeerInfo {
+        let mut info = PeerInfo::default();
+        for line in text.split('\n') {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.is_empty() {
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                info.skipped_lines += 1;
+                continue;
+            };
+            if k.is_empty()
+                || !is_printable(line.as_bytes())
+                || info.entries.len() >= PEER_INFO_MAX_ENTRIES
+            {
+                info.skipped_lines += 1;
+                continue;
+            }
+            info.entries.push((k.to_owned(), v.to_owned()));
+        }
+        info.proto = IvProto(
+            info.get("IV_PROTO")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        );
+        info
+    }
+
+    /// The value of the first entry named `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `IV_VER`, informational.
+    pub fn version(&self) -> Option<&str> {
+        self.get("IV_VER")
+    }
+
+    /// `IV_PLAT`, informational.
+    pub fn platform(&self) -> Option<&str> {
+        self.get("IV_PLAT")
+    }
+
+    /// `IV_CIPHERS` split at colons, if present. This is the list to negotiate from.
+    pub fn ciphers(&self) -> Option<impl Iterator<Item = &str>> {
+        self.get("IV_CIPHERS")
+            .map(|v| v.split(':').filter(|c| !c.is_empty()))
+    }
+
+    /// `IV_NCP=n`, the legacy NCP level (2 = AES-256-GCM and AES-128-GCM are fine).
+    pub fn ncp(&self) -> Option<u32> {
+        self.get("IV_NCP").and_then(|v| v.parse().ok())
+    }
+
+    /// `IV_MTU=n`: the largest `tun-mtu` the client accepts from a push.
+    pub fn mtu(&self) -> Option<u32> {
+        self.get("IV_MTU").and_then(|v| v.parse().ok())
+    }
+
+    /// `IV_TCPNL=1`: no strictly consecutive data ids needed over TCP.
+    pub fn tcpnl(&self) -> bool {
+        self.get("IV_TCPNL") == Some("1")
+    }
+
+    /// The client only has compression stubs: push no compression option (§7.5).
+    pub fn compression_stub_only(&self) -> bool {
+        ["IV_LZO_STUB", "IV_COMP_STUB", "IV_COMP_STUBv2"]
+            .iter()
+            .any(|k| self.get(k) == Some("1"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cipher negotiation (§5.5, §8.3, pitfall 17)
+
+/// No cipher is acceptable to both sides.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("data channel cipher negotiation failed (no shared cipher; client offers {offered:?})")]
+pub struct NcpError {
+    /// What the client offered, for the log.
+    pub offered: String,
+}
+
+impl NcpError {
+    /// The AUTH_FAILED message to send for it.
+    pub fn auth_failed_message(&self) -> String {
+        auth_failed(Some(
+            "Data channel cipher negotiation failed (no shared cipher)",
+        ))
+    }
+}
+
+/// Picks the data cipher: the first of `server_prefs` that the client supports (§5.5 rule).
+///
+/// The client's list is `IV_CIPHERS` when present. Without it (pre-2.5 clients) the list is
+/// what `IV_NCP>=2` implies (AES-256-GCM, AES-128-GCM) plus the `cipher` item of the client's
+/// options string ("poor man's NCP"). Names compare case-insensitively; names we do not know
+/// (BF-CBC, AES-256-CBC…) are ignored.
+pub fn negotiate_cipher(
+    server_prefs: &[Cipher],
+    peer: &PeerInfo,
+    client_options: &str,
+) -> Result<Cipher, NcpError> {
+    let mut offered: Vec<Cipher> = Vec::new();
+    let offered_text;
+    if let Some(list) = peer.ciphers() {
+        offered.extend(list.filter_map(Cipher::from_name));
+        offered_text = peer.get("IV_CIPHERS").unwrap_or_default().to_owned();
+    } else {
+        if peer.ncp().is_some_and(|n| n >= 2) {
+            offered.extend([Cipher::Aes256Gcm, Cipher::Aes128Gcm]);
+        }
+        let opt_cipher = options_string_item(client_options, "cipher");
+        offered.extend(opt_cipher.and_then(Cipher::from_name));
+        offered_text = format!(
+            "IV_NCP={:?}, options cipher {:?}",
+            peer.ncp(),
+            opt_cipher.unwrap_or("")
+        );
+    }
+    server_prefs
+        .iter()
+        .copied()
+        .find(|c| offered.contains(c))
+        .ok_or(NcpError {
+            offered: sanitize_text(&offered_text, 256),
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key derivation choice and protocol flags (§6.2)
+
+/// How this key's data-channel keys are derived; fixed at the first push for the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyDerivation {
+    /// TLS keying-material exporter (needs IV_PROTO bit 3 and must be pushed).
+    TlsEkm,
+    /// The TLS 1.0 PRF over the key-method-2 randoms (legacy; nothing is pushed).
+    LegacyPrf,
+}
+
+/// The client lacks TLS-EKM and the server does not allow the legacy PRF.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("client does not support TLS keying-material export (IV_PROTO bit 3)")]
+pub struct EkmRequired;
+
+impl EkmRequired {
+    pub fn auth_failed_message(&self) -> String {
+        auth_failed(Some(
+            "Client does not support TLS key material export (upgrade to OpenVPN 2.6)",
+        ))
+    }
+}
+
+/// EKM when the client can; otherwise the legacy PRF if allowed, else a refusal (§6.2
+/// recommends requiring bit 3 and sending AUTH_FAILED, as `--force-tls-key-material-export`).
+pub fn choose_key_derivation(
+    peer: IvProto,
+    allow_legacy_prf: bool,
+) -> Result<KeyDerivation, EkmRequired> {
+    if peer.tls_key_export() {
+        Ok(KeyDerivation::TlsEkm)
+    } else if allow_legacy_prf {
+        Ok(KeyDerivation::LegacyPrf)
+    } else {
+        Err(EkmRequired)
+    }
+}
+
+/// The option that tells the client how to derive keys and whether to send EXIT on the control
+/// channel (§6.2, §8.3): `protocol-flags cc-exit tls-ekm` for clients with bit 7,
+/// `key-derivation tls-ekm` for EKM clients without it, nothing otherwise. Deriving with EKM
+/// without pushing this (or the reverse) breaks every data packet (pitfall 15).
+pub fn protocol_flags_option(peer: IvProto, derivation: KeyDerivation) -> Option<String> {
+    let ekm = derivation == KeyDerivation::TlsEkm;
+    if peer.cc_exit_notify() {
+        Some(if ekm {
+            "protocol-flags cc-exit tls-ekm".to_owned()
+        } else {
+            "protocol-flags cc-exit".to_owned()
+        })
+    } else if ekm {
+        Some("key-derivation tls-ekm".to_owned())
+    } else {
+        None
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options-consistency string (§10)
+
+/// Transport of the client's connection, as the options string names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// The value of `name` in a `V4,item,item…` options string (e.g. `cipher` → `AES-256-GCM`).
+pub fn options_string_item<'a>(options: &'a str, name: &str) -> Option<&'a str> {
+    options.split(',').skip(1).find_map(|item| {
+        item.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+    })
+}
+
+/// The options string for our key-method-2 reply. Mismatches only cause client warnings
+/// (§10), but the recommendation is to send exactly what the client expects: its own string
+/// with `tls-client` → `tls-server` and `TCPv4_CLIENT` → `TCPv4_SERVER`. If the client's string
+/// is unusable we send the 2.6 default for `transport`.
+pub fn server_options_string(client_options: &str, transport: Transport) -> String {
+    let usable = client_options.starts_with("V4,")
+        && client_options.len() < super::keys::OPTIONS_STRING_MAX
+        && is_printable(client_options.as_bytes())
+        && client_options.split(',').any(|i| i == "tls-client");
+    if usable {
+        return client_options
+            .split(',')
+            .map(|item| match item {
+                "tls-client" => "tls-server",
+                "proto TCPv4_CLIENT" => "proto TCPv4_SERVER",
+                "proto TCPv6_CLIENT" => "proto TCPv6_SERVER",
+                other => other,
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    let (mtu, proto) = match transport {
+        Transport::Udp => (1549, "UDPv4"),
+        Transport::Tcp => (1551, "TCPv4_SERVER"),
+    };
+    format!(
+        "V4,dev-type tun,link-mtu {mtu},tun-mtu 1500,proto {proto},cipher AES-256-GCM,\
+         auth [null-digest],keysize 256,key-method 2,tls-server"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// PUSH_REPLY (§8.3)
+
+/// `redirect-gateway def1 [bypass-dhcp]`: full tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedirectGateway {
+    pub bypass_dhcp: bool,
+}
+
+/// Everything a PUSH_REPLY carries for one client. Build it per session, then [`Self::build`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushReply {
+    /// Split-tunnel routes (`route <net> <mask>`).
+    pub routes: Vec<Ipv4Net>,
+    /// `dhcp-option DNS <ip>` per server.
+    pub dns: Vec<Ipv4Addr>,
+    /// Full tunnel.
+    pub redirect_gateway: Option<RedirectGateway>,
+    /// The server's tun address; needed by routes in subnet topology (§8.3).
+    pub route_gateway: Ipv4Addr,
+    /// Client address and prefix, pushed as `ifconfig <addr> <netmask>` after
+    /// `topology subnet` (always pushed: the client default is net30).
+    pub ifconfig: Ipv4Net,
+    /// `ping N` / `ping-restart M` (keepalive N M/… on the server side, §9.4).
+    pub ping: u32,
+    pub ping_restart: u32,
+    /// `peer-id N`, for clients with IV_PROTO bit 1 (DCO needs it, §7.7).
+    pub peer_id: Option<u32>,
+    /// Always pushed with its canonical name (pitfall 17).
+    pub cipher: Cipher,
+    /// `protocol-flags …` / `key-derivation tls-ekm`, see [`protocol_flags_option`].
+    pub protocol_flags: Option<String>,
+    /// `tun-mtu N`: only for clients that sent IV_MTU (§8.3).
+    pub tun_mtu: Option<u32>,
+    /// `session-timeout N`: the client disconnects after N seconds (OPT_P_TIMER, §8.3).
+    pub session_timeout: Option<u32>,
+    /// `auth-token <tok>`: sent instead of the password on renegotiation (§8.3).
+    pub auth_token: Option<String>,
+}
+
+impl PushReply {
+    /// The options in the order the 2.6 server uses (§8.3 observed reply).
+    pub fn options(&self) -> Result<Vec<String>, OptionsError> {
+        let mut o = Vec::new();
+        for r in &self.routes {
+            o.push(format!("route {} {}", r.network(), r.netmask()));
+        }
+        for d in &self.dns {
+            o.push(format!("dhcp-option DNS {d}"));
+        }
+        if let Some(rg) = self.redirect_gateway {
+            o.push(if rg.bypass_dhcp {
+                "redirect-gateway def1 bypass-dhcp".to_owned()
+            } else {
+                "redirect-gateway def1".to_owned()
+            });
+        }
+        o.push(format!("route-gateway {}", self.route_gateway));
+        o.push("topology subnet".to_owned());
+        o.push(format!("ping {}", self.ping));
+        o.push(format!("ping-restart {}", self.ping_restart));
+        o.push(format!(
+            "ifconfig {} {}",
+            self.ifconfig.addr(),
+            self.ifconfig.netmask()
+        ));
+        if let Some(id) = self.peer_id {
+            if id >= NO_PEER_ID {
+                return Err(OptionsError::BadPeerId(id));
+            }
+            o.push(format!("peer-id {id}"));
+        }
+        o.push(format!("cipher {}", self.cipher.name()));
+        if let Some(f) = &self.protocol_flags {
+            o.push(f.clone());
+        }
+        if let Some(m) = self.tun_mtu {
+            o.push(format!("tun-mtu {m}"));
+        }
+        if let Some(t) = self.session_timeout {
+            o.push(format!("session-timeout {t}"));
+        }
+        if let Some(tok) = &self.auth_token {
+            o.push(format!("auth-token {tok}"));
+        }
+        for opt in &o {
+            validate_push_option(opt)?;
+        }
+        Ok(o)
+    }
+
+    /// The PUSH_REPLY message(s), each to be sent with [`encode_control_message`] as its own TLS
+    /// record, in order. Split with `push-continuation` when one message would exceed
+    /// [`PUSH_BUNDLE_SIZE`] (§8.3).
+    pub fn build(&self) -> Result<Vec<String>, OptionsError> {
+        split_push_reply(&self.options()?, PUSH_BUNDLE_SIZE)
+    }
+}
+
+/// A pushed option must be non-empty printable ASCII without commas (the separator), at most
+/// 255 bytes (§8.3).
+pub fn validate_push_option(opt: &str) -> Result<(), OptionsError> {
+    let ok = !opt.is_empty()
+        && opt.len() <= PUSH_OPTION_MAX
+        && is_printable(opt.as_bytes())
+        && !opt.contains(',');
+    if ok {
+        Ok(())
+    } else {
+        Err(OptionsError::BadPushOption(sanitize_text(opt, 64)))
+    }
+}
+
+/// Packs options into `PUSH_REPLY,…` messages of at most `bundle` bytes including the NUL.
+/// One message needs no marker; several end in `,push-continuation 2` except the last, which
+/// ends in `,push-continuation 1` (§8.3).
+pub fn split_push_reply(options: &[String], bundle: usize) -> Result<Vec<String>, OptionsError> {
+    for o in options {
+        validate_push_option(o)?;
+    }
+    const HEAD: &str = "PUSH_REPLY";
+    let all_len = HEAD.len() + options.iter().map(|o| 1 + o.len()).sum::<usize>();
+    if all_len < bundle {
+        let mut m = String::with_capacity(all_len);
+        m.push_str(HEAD);
+        for o in options {
+            m.push(',');
+            m.push_str(o);
+        }
+        return Ok(vec![m]);
+    }
+    // Room for options in each part: the header, the marker and the NUL are fixed costs.
+    let budget = bundle.saturating_sub(HEAD.len() + CONTINUATION_MORE.len() + 1);
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = String::from(HEAD);
+    for o in options {
+        if cur.len() > HEAD.len() && cur.len() - HEAD.len() + 1 + o.len() > budget {
+            parts.push(std::mem::replace(&mut cur, String::from(HEAD)));
+        }
+        if 1 + o.len() > budget {
+            // Only possible with a tiny `bundle`; options are ≤ 255 bytes.
+            return Err(OptionsError::TooLong(HEAD.len() + 1 + o.len() + 1));
+        }
+        cur.push(',');
+        cur.push_str(o);
+    }
+    parts.push(cur);
+    let n = parts.len();
+    for (i, p) in parts.iter_mut().enumerate() {
+        p.push_str(if i + 1 == n {
+            CONTINUATION_LAST
+        } else {
+            CONTINUATION_MORE
+        });
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAPTURE_PEER_INFO: &str = "IV_VER=2.6.14\nIV_PLAT=linux\nIV_TCPNL=1\nIV_MTU=1600\n\
+        IV_NCP=2\nIV_CIPHERS=AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305\nIV_PROTO=990\n\
+        IV_LZO_STUB=1\nIV_COMP_STUB=1\nIV_COMP_STUBv2=1\n";
+    const CAPTURE_CLIENT_OPTIONS_UDP: &str = "V4,dev-type tun,link-mtu 1549,tun-mtu 1500,\
+        proto UDPv4,cipher AES-256-GCM,auth [null-digest],keysize 256,key-method 2,tls-client";
+    /// client.log line 717: the PUSH_REPLY of the stock 2.6.14 server in run (a).
+    const CAPTURE_PUSH_REPLY: &str = "PUSH_REPLY,route 10.100.0.0 255.255.0.0,\
+        dhcp-option DNS 10.99.0.1,redirect-gateway def1 bypass-dhcp,route-gateway 10.99.0.1,\
+        topology subnet,ping 10,ping-restart 60,ifconfig 10.99.0.2 255.255.255.0,peer-id 0,\
+        cipher AES-256-GCM,protocol-flags cc-exit tls-ekm dyn-tls-crypt,tun-mtu 1500";
+
+    #[test]
+    fn capture_peer_info() {
+        let p = PeerInfo::parse(CAPTURE_PEER_INFO);
+        assert_eq!(p.skipped_lines, 0);
+        assert_eq!(p.entries.len(), 10);
+        assert_eq!(p.version(), Some("2.6.14"));
+        assert_eq!(p.platform(), Some("linux"));
+        assert_eq!(p.ncp(), Some(2));
+        assert_eq!(p.mtu(), Some(1600));
+        assert!(p.tcpnl());
+        assert!(p.compression_stub_only());
+        assert_eq!(
+            p.ciphers().unwrap().collect::<Vec<_>>(),
+            ["AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305"]
+        );
+        // 990 = 2+4+8+16+64+128+256+512 (§5.5).
+        let b = p.proto;
+        assert_eq!(b, IvProto(990));
+        assert!(b.data_v2() && b.request_push() && b.tls_key_export() && b.auth_pending_kw());
+        assert!(b.dns_option() && b.cc_exit_notify() && b.auth_fail_temp() && b.dyn_tls_crypt());
+        assert!(!b.ncp_p2p());
+    }
+
+    #[test]
+    fn garbage_peer_info_is_skipped_not_fatal() {
+        let p = PeerInfo::parse(
+            "no equals sign\n=novalue\nIV_PLAT=li\x01nux\nIV_PROTO=abc\r\nIV_VER=2.6.0\r\n\n",
+        );
+        assert_eq!(p.skipped_lines, 3);
+        assert_eq!(p.version(), Some("2.6.0"));
+        assert_eq!(p.platform(), None);
+        assert_eq!(
+            p.proto,
+            IvProto(0),
+            "non-numeric IV_PROTO counts as no bits"
+        );
+        let many: String = (0..500).map(|i| format!("K{i}=v\n")).collect();
+        let p = PeerInfo::parse(&many);
+        assert_eq!(p.entries.len(), PEER_INFO_MAX_ENTRIES);
+        assert_eq!(p.skipped_lines, 500 - PEER_INFO_MAX_ENTRIES);
+        assert_eq!(PeerInfo::parse(""), PeerInfo::default());
+    }
+
+    #[test]
+    fn ncp_first_server_cipher_in_iv_ciphers() {
+        let p = PeerInfo::parse(CAPTURE_PEER_INFO);
+        let o = CAPTURE_CLIENT_OPTIONS_UDP;
+        assert_eq!(negotiate_cipher(&Cipher::ALL, &p, o), Ok(Cipher::Aes256Gcm));
+        assert_eq!(
+            negotiate_cipher(&[Cipher::ChaCha20Poly1305, Cipher::Aes256Gcm], &p, o),
+            Ok(Cipher::ChaCha20Poly1305)
+        );
+        let p = PeerInfo::parse("IV_CIPHERS=AES-128-GCM\n");
+        assert_eq!(negotiate_cipher(&Cipher::ALL, &p, o), Ok(Cipher::Aes128Gcm));
+        // With IV_CIPHERS present, IV_NCP and the options string do not widen the list.
+        let p = PeerInfo::parse("IV_NCP=2\nIV_CIPHERS=CHACHA20-POLY1305\n");
+        assert_eq!(
+            negotiate_cipher(&[Cipher::Aes256Gcm], &p, o).map_err(|_| ()),
+            Err(())
+        );
+    }
+
+    #[test]
+    fn ncp_unknown_ciphers() {
+        let p = PeerInfo::parse("IV_CIPHERS=BF-CBC:AES-256-CBC:::FOO\n");
+        let e = negotiate_cipher(&Cipher::ALL, &p, CAPTURE_CLIENT_OPTIONS_UDP).unwrap_err();
+        assert!(e.offered.contains("BF-CBC"));
+        assert_eq!(
+            e.auth_failed_message(),
+            "AUTH_FAILED,Data channel cipher negotiation failed (no shared cipher)"
+        );
+        // Case-insensitive names, unknown ones mixed in.
+        let p = PeerInfo::parse("IV_CIPHERS=BF-CBC:chacha20-poly1305\n");
+        assert_eq!(
+            negotiate_cipher(&Cipher::ALL, &p, ""),
+            Ok(Cipher::ChaCha20Poly1305)
+        );
+    }
+
+    #[test]
+    fn ncp_fallbacks_without_iv_ciphers() {
+        // IV_NCP=2 implies both GCM ciphers.
+        let p = PeerInfo::parse("IV_NCP=2\n");
+        assert_eq!(
+            negotiate_cipher(&[Cipher::ChaCha20Poly1305, Cipher::Aes128Gcm], &p, ""),
+            Ok(Cipher::Aes128Gcm)
+        );
+        // Then the options string's cipher ("poor man's NCP").
+        let p = PeerInfo::parse("IV_VER=2.3.18\n");
+        let o = "V4,dev-type tun,cipher CHACHA20-POLY1305,key-method 2,tls-client";
+        assert_eq!(
+            negotiate_cipher(&Cipher::ALL, &p, o),
+            Ok(Cipher::ChaCha20Poly1305)
+        );
+        let o = "V4,dev-type tun,cipher BF-CBC,key-method 2,tls-client";
+        assert!(negotiate_cipher(&Cipher::ALL, &p, o).is_err());
+        assert!(negotiate_cipher(&Cipher::ALL, &p, "").is_err());
+        assert!(negotiate_cipher(&[], &PeerInfo::parse(CAPTURE_PEER_INFO), "").is_err());
+    }
+
+    #[test]
+    fn key_derivation_and_protocol_flags() {
+        let full = IvProto(990);
+        assert_eq!(
+            choose_key_derivation(full, false),
+            Ok(KeyDerivation::TlsEkm)
+        );
+        assert_eq!(choose_key_derivation(IvProto(2), false), Err(EkmRequired));
+        assert_eq!(
+            choose_key_derivation(IvProto(2), true),
+            Ok(KeyDerivation::LegacyPrf)
+        );
+        assert!(EkmRequired
+            .auth_failed_message()
+            .starts_with("AUTH_FAILED,"));
+        assert_eq!(
+            protocol_flags_option(full, KeyDerivation::TlsEkm).as_deref(),
+            Some("protocol-flags cc-exit tls-ekm")
+        );
+        assert_eq!(
+            protocol_flags_option(IvProto(8), KeyDerivation::TlsEkm).as_deref(),
+            Some("key-derivation tls-ekm")
+        );
+        assert_eq!(
+            protocol_flags_option(IvProto(128), KeyDerivation::LegacyPrf).as_deref(),
+            Some("protocol-flags cc-exit")
+        );
+        assert_eq!(
+            protocol_flags_option(IvProto(2), KeyDerivation::LegacyPrf),
+            None
+        );
+    }
+
+    fn capture_like_reply() -> PushReply {
+        let peer = PeerInfo::parse(CAPTURE_PEER_INFO);
+        PushReply {
+            routes: vec!["10.100.0.0/16".parse().unwrap()],
+            dns: vec![Ipv4Addr::new(10, 99, 0, 1)],
+            redirect_gateway: Some(RedirectGateway { bypass_dhcp: true }),
+            route_gateway: Ipv4Addr::new(10, 99, 0, 1),
+            ifconfig: "10.99.0.2/24".parse().unwrap(),
+            ping: 10,
+            ping_restart: 60,
+            peer_id: Some(0),
+            cipher: negotiate_cipher(&Cipher::ALL, &peer, CAPTURE_CLIENT_OPTIONS_UDP).unwrap(),
+            protocol_flags: protocol_flags_option(peer.proto, KeyDerivation::TlsEkm),
+            tun_mtu: peer.mtu().map(|_| 1500),
+            session_timeout: None,
+            auth_token: None,
+        }
+    }
+
+    #[test]
+    fn push_reply_matches_capture() {
+        // Same configuration as run (a)'s server. The only difference from the stock server is
+        // `dyn-tls-crypt`, which we must not push until it is implemented (§11.5).
+        let msgs = capture_like_reply().build().unwrap();
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0], CAPTURE_PUSH_REPLY.replace(" dyn-tls-crypt", ""));
+        let wire = encode_control_message(&msgs[0]).unwrap();
+        assert_eq!(wire.last(), Some(&0));
+    }
+
+    #[test]
+    fn push_reply_split_tunnel_and_extras() {
+        let mut r = capture_like_reply();
+        r.redirect_gateway = None;
+        r.routes.push("192.168.7.0/24".parse().unwrap());
+        r.peer_id = None;
+        r.protocol_flags = None;
+        r.tun_mtu = None;
+        r.session_timeout = Some(28800);
+        r.auth_token = Some("SESS_ID_abc123".into());
+        let m = &r.build().unwrap()[0];
+        assert!(m.starts_with(
+            "PUSH_REPLY,route 10.100.0.0 255.255.0.0,route 192.168.7.0 255.255.255.0,"
+        ));
+        assert!(!m.contains("redirect-gateway") && !m.contains("peer-id"));
+        assert!(m.ends_with(",session-timeout 28800,auth-token SESS_ID_abc123"));
+    }
+
+    #[test]
+    fn push_reply_continuation() {
+        let mut r = capture_like_reply();
+        r.routes = (0..200u32)
+            .map(|i| Ipv4Net::new(Ipv4Addr::from(0x0A00_0000 | (i << 8)), 24).unwrap())
+            .collect();
+        let msgs = r.build().unwrap();
+        assert!(msgs.len() > 1);
+        let n = msgs.len();
+        let mut rebuilt = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            assert!(m.len() < PUSH_BUNDLE_SIZE, "part {i} is {} bytes", m.len());
+            assert!(m.starts_with("PUSH_REPLY,"));
+            let marker = if i + 1 == n {
+                ",push-continuation 1"
+            } else {
+                ",push-continuation 2"
+            };
+            let body = m.strip_suffix(marker).expect("marker");
+            rebuilt.extend(body.split(',').skip(1).map(str::to_owned));
+        }
+        assert_eq!(rebuilt, r.options().unwrap(), "nothing lost or reordered");
+        // A reply exactly at the limit is not split; one byte more is.
+        let opts: Vec<String> = vec!["x".repeat(100); 3];
+        let one = split_push_reply(&opts, 10 + 3 * 101 + 1).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(split_push_reply(&opts, 10 + 3 * 101).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_push_options_are_refused() {
+        let mut r = capture_like_reply();
+        r.auth_token = Some("tok,route 0.0.0.0 0.0.0.0".into());
+        assert!(matches!(r.build(), Err(OptionsError::BadPushOption(_))));
+        r.auth_token = Some("tok\nHALT".into());
+        assert!(matches!(r.build(), Err(OptionsError::BadPushOption(_))));
+        r.auth_token = Some("t".repeat(300));
+        assert!(matches!(r.build(), Err(OptionsError::BadPushOption(_))));
+        r.auth_token = None;
+        r.peer_id = Some(NO_PEER_ID);
+        assert_eq!(r.build(), Err(OptionsError::BadPeerId(NO_PEER_ID)));
+        assert!(validate_push_option("").is_err());
+    }
+
+    #[test]
+    fn control_messages_split_and_classify() {
+        let buf = b"PUSH_REQUEST\0EXIT\r\n\0\0CR_RESPONSE,dGVzdA==\0INFO,hello\0";
+        let v: Vec<_> = control_messages(buf).collect();
+        assert_eq!(
+            v,
+            vec![
+                Ok(ControlMessage::PushRequest),
+                Ok(ControlMessage::Exit),
+                Ok(ControlMessage::CrResponse("dGVzdA==")),
+                Ok(ControlMessage::Other("INFO,hello")),
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_control_messages_are_rejected() {
+        let buf = b"PUSH_\x01REQUEST\0caf\xc3\xa9\0\xff\xfe\0PUSH_REQUEST\0tail";
+        let v: Vec<_> = control_messages(buf).collect();
+        assert_eq!(
+            v,
+            vec![
+                Err(OptionsError::NonPrintable(5)),
+                Err(OptionsError::NonPrintable(3)),
+                Err(OptionsError::NonPrintable(0)),
+                Ok(ControlMessage::PushRequest),
+                Err(OptionsError::Unterminated),
+            ]
+        );
+        // A buffer without any NUL is dropped whole.
+        assert_eq!(
+            control_messages(b"PUSH_REQUEST").collect::<Vec<_>>(),
+            vec![Err(OptionsError::Unterminated)]
+        );
+        let big = vec![b'A'; 3000];
+        assert_eq!(
+            control_messages(&big).collect::<Vec<_>>(),
+            vec![Err(OptionsError::TooLong(3000))]
+        );
+        let mut big_term = big.clone();
+        big_term.push(0);
+        big_term.extend_from_slice(b"EXIT\0");
+        assert_eq!(
+            control_messages(&big_term).collect::<Vec<_>>(),
+            vec![Err(OptionsError::TooLong(3001)), Ok(ControlMessage::Exit)]
+        );
+        assert_eq!(control_messages(b"").count(), 0);
+        assert_eq!(control_messages(b"\0\0\r\n\0").count(), 0);
+        // Deterministic pseudo-random garbage never panics.
+        let mut x: u32 = 1;
+        let g: Vec<u8> = (0..4096)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect();
+        for m in control_messages(&g).flatten() {
+            if let ControlMessage::Other(s) = m {
+                assert!(is_printable(s.as_bytes()));
+            }
+        }
+    }
+
+    #[test]
+    fn outgoing_control_messages() {
+        assert_eq!(encode_control_message("EXIT").unwrap(), b"EXIT\0");
+        assert_eq!(
+            encode_control_message("AUTH\nFAILED"),
+            Err(OptionsError::NonPrintable(4))
+        );
+        assert_eq!(
+            encode_control_message("ü"),
+            Err(OptionsError::NonPrintable(0))
+        );
+        assert!(encode_control_message(&"a".repeat(2047)).is_ok());
+        assert_eq!(
+            encode_control_message(&"a".repeat(2048)),
+            Err(OptionsError::TooLong(2049))
+        );
+    }
+
+    #[test]
+    fn auth_failed_messages() {
+        // Run (c) observed the bare form.
+        assert_eq!(auth_failed(None), "AUTH_FAILED");
+        assert_eq!(auth_failed(Some("")), "AUTH_FAILED");
+        assert_eq!(
+            auth_failed(Some("certificate revoked")),
+            "AUTH_FAILED,certificate revoked"
+        );
+        let m = auth_failed(Some("bad\0user\n\u{e9}"));
+        assert_eq!(m, "AUTH_FAILED,bad?user???");
+        assert!(encode_control_message(&m).is_ok());
+        assert!(auth_failed(Some(&"x".repeat(5000))).len() < 300);
+        assert_eq!(
+            auth_failed_temp(IvProto(990), Some(30), "ldap down"),
+            "AUTH_FAILED,TEMP[backoff 30]:ldap down"
+        );
+        assert_eq!(
+            auth_failed_temp(IvProto(990), None, "ldap down"),
+            "AUTH_FAILED,TEMP:ldap down"
+        );
+        assert_eq!(
+            auth_failed_temp(IvProto(2), Some(30), "ldap down"),
+            "AUTH_FAILED,ldap down"
+        );
+    }
+
+    #[test]
+    fn options_string_mirrors_client() {
+        assert_eq!(
+            server_options_string(CAPTURE_CLIENT_OPTIONS_UDP, Transport::Udp),
+            "V4,dev-type tun,link-mtu 1549,tun-mtu 1500,proto UDPv4,cipher AES-256-GCM,\
+             auth [null-digest],keysize 256,key-method 2,tls-server"
+        );
+        // Run (c)'s TCP client, and its logged "Expected Remote Options String".
+        let tcp = "V4,dev-type tun,link-mtu 1551,tun-mtu 1500,proto TCPv4_CLIENT,\
+            cipher AES-256-GCM,auth [null-digest],keysize 256,key-method 2,tls-client";
+        assert_eq!(
+            server_options_string(tcp, Transport::Tcp),
+            "V4,dev-type tun,link-mtu 1551,tun-mtu 1500,proto TCPv4_SERVER,\
+             cipher AES-256-GCM,auth [null-digest],keysize 256,key-method 2,tls-server"
+        );
+        // Garbage from the client: fall back to the default, never echo it.
+        for bad in ["", "V3,tls-client", "V4,\x07,tls-client", "V4,dev-type tun"] {
+            let s = server_options_string(bad, Transport::Udp);
+            assert!(s.starts_with("V4,dev-type tun,link-mtu 1549") && s.ends_with("tls-server"));
+        }
+        assert_eq!(
+            options_string_item(CAPTURE_CLIENT_OPTIONS_UDP, "cipher"),
+            Some("AES-256-GCM")
+        );
+        assert_eq!(
+            options_string_item(CAPTURE_CLIENT_OPTIONS_UDP, "auth"),
+            Some("[null-digest]")
+        );
+        assert_eq!(options_string_item("V4", "cipher"), None);
+    }
+}
