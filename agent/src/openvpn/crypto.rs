@@ -28,8 +28,7 @@ pub const V2_HEADER_LEN: usize = 4;
 pub const OPCODE_DATA_V1: u8 = 6;
 /// Opcode of P_DATA_V2 (§1.2).
 pub const OPCODE_DATA_V2: u8 = 9;
-/// Peer-id value meaning "no peer id" (§1.5); never assign it to a client.
-pub const NO_PEER_ID: u32 = 0x00FF_FFFF;
+pub use super::packet::NO_PEER_ID;
 /// Size of the sliding replay window in packets (`replay-window 64 15`, §7.4).
 pub const REPLAY_WINDOW: u32 = 64;
 /// Seconds an unseen id inside the window stays acceptable (`time_backtrack`, §7.4).

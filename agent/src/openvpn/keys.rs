@@ -27,7 +27,7 @@ pub const EKM_LABEL: &str = "EXPORTER-OpenVPN-datakeys";
 pub const PRF_MASTER_LABEL: &[u8] = b"OpenVPN master secret";
 pub const PRF_EXPANSION_LABEL: &[u8] = b"OpenVPN key expansion";
 /// Session id length (§1.3).
-pub const SESSION_ID_LEN: usize = 8;
+pub use super::packet::SESSION_ID_LEN;
 
 /// Errors in key-method-2 messages. All are fatal for the key state (the peer reconnects), except
 /// that unusable credentials are reported through [`ClientKeyMethod2::credentials_invalid`].
@@ -324,12 +324,7 @@ impl ServerKeyMethod2 {
     }
 }
 
-/// Which end of the TLS connection we are; decides which half of the key block we send with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Server,
-    Client,
-}
+pub use super::packet::Role;
 
 /// Which `struct key` of the block (§6.1): keys[0] is client→server, keys[1] server→client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
