@@ -206,7 +206,17 @@ fn icmp_error(ctx: &XdpContext, p: &packet::Parsed) -> Result<u32, DropReason> {
     let Some(e) = CONNTRACK.get_ptr_mut(&fwd) else {
         return Ok(pass_host());
     };
-    if unsafe { (*e).flags } & (ct_flags::REVOKED | ct_flags::LOCAL) != 0 || p.ttl <= 1 {
+    // Same admission as a reply: an expired mapping, or one the active policy no longer
+    // allows (re-checked here if the generation changed), translates nothing back.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if ct::expired(unsafe { &*e }, fwd.proto, now)
+        || unsafe { (*e).flags } & (ct_flags::REVOKED | ct_flags::LOCAL) != 0
+        || p.ttl <= 1
+    {
+        return Ok(pass_host());
+    }
+    let g = policy::active();
+    if unsafe { (*e).generation } != g.number && ct::revalidate(e, &fwd, g).is_err() {
         return Ok(pass_host());
     }
     let client = ct::v4_of(&fwd.src);
@@ -232,6 +242,17 @@ fn icmp_error(ctx: &XdpContext, p: &packet::Parsed) -> Result<u32, DropReason> {
             let old_port = u16::from_be((*inner_l4w)[0]);
             (*inner_l4w)[0] = fwd.sport.to_be();
             icsum = csum::replace2(icsum, old_port, fwd.sport);
+            // The inner TCP checksum, when the quote reaches it (Linux quotes up to 576
+            // bytes): it covers the pseudo-header address and the port just restored.
+            if iproto == PROTO_TCP {
+                if let Ok(tc) = ptr_at::<u16>(ctx, INNER_L4 + TCP_CSUM_OFF) {
+                    let old_tc = be16(tc);
+                    let new_tc =
+                        csum::replace2(csum::replace4(old_tc, isrc, client), old_port, fwd.sport);
+                    set_be16(tc, new_tc);
+                    icsum = csum::replace2(icsum, old_tc, new_tc);
+                }
+            }
             if iproto == PROTO_UDP {
                 let old_uc = u16::from_be((*inner_l4w)[3]);
                 if old_uc != 0 {

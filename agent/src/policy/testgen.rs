@@ -168,6 +168,19 @@ pub fn arb_policy() -> impl Strategy<Value = PolicyInput> {
         })
 }
 
+/// [`arb_policy`] with every target network on `interface`: for a test topology that has
+/// one real egress interface (the XDP differential test). Names, SNAT addresses, PAT
+/// ranges and routes are those of [`arb_policy`], so verdicts are the same.
+pub fn arb_policy_on(interface: &str) -> impl Strategy<Value = PolicyInput> {
+    let interface = interface.to_string();
+    arb_policy().prop_map(move |mut p| {
+        for t in &mut p.target_networks {
+            t.interface.clone_from(&interface);
+        }
+        p
+    })
+}
+
 pub fn arb_user_groups() -> impl Strategy<Value = BTreeSet<String>> {
     proptest::sample::subsequence(GROUPS.to_vec(), 0..=4)
         .prop_map(|v| v.into_iter().map(String::from).collect())
