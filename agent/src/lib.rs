@@ -1,7 +1,7 @@
 //! Portcullis agent library: the binary in `main.rs` is a thin CLI over these modules.
 pub mod datapath;
-pub mod openvpn;
 pub mod demo;
+pub mod openvpn;
 pub mod policy;
 pub mod reconcile;
 pub mod relay;

@@ -30,6 +30,11 @@ pub struct RelayStats {
     pub from_tap: AtomicU64,
     pub dropped_non_ip: AtomicU64,
     pub unknown_client: AtomicU64,
+    /// Frames the kernel dropped before the relay read them (its socket buffer was full:
+    /// the relay thread did not get the CPU in time). Not data path drops.
+    pub socket_drops: AtomicU64,
+    /// Frames the TAP refused (`write` failed).
+    pub tap_write_errors: AtomicU64,
 }
 
 /// A running relay; stops (and joins its thread) on drop.
@@ -69,6 +74,19 @@ fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    // Room for bursts while the relay thread waits for a CPU (8 MiB, as root; otherwise
+    // the default is a few hundred frames).
+    let rcvbuf: libc::c_int = 8 << 20;
+    // SAFETY: setsockopt with an int option; failure leaves the default size.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&rcvbuf as *const libc::c_int).cast(),
+            4,
+        )
+    };
     let one: libc::c_int = 1;
     // SAFETY: setsockopt with an int option. Without it we would read back our own sends.
     unsafe {
@@ -122,6 +140,30 @@ impl Drop for Relay {
     }
 }
 
+/// Frames dropped on `sock` since the last call (`PACKET_STATISTICS` resets on read).
+fn socket_drops(sock: &OwnedFd) -> u64 {
+    let mut st = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `st`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        u64::from(st.tp_drops)
+    } else {
+        0
+    }
+}
+
 fn is_ipv4(frame: &[u8]) -> bool {
     frame.len() >= 34 && u16::from_be_bytes([frame[12], frame[13]]) == ETH_P_IP
 }
@@ -149,6 +191,12 @@ fn run(
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: poll on valid fds; a 100 ms timeout lets us notice `stop`.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        for (sock, _) in &socks {
+            let d = socket_drops(sock);
+            if d > 0 {
+                stats.socket_drops.fetch_add(d, Ordering::Relaxed);
+            }
+        }
         if n <= 0 {
             continue;
         }
@@ -179,6 +227,8 @@ fn run(
                 let q = usize::from(o[3]) % taps.len();
                 if taps[q].write(frame).is_ok() {
                     stats.to_tap.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats.tap_write_errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

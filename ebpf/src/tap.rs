@@ -145,7 +145,8 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
                     (*e).packets_in += 1;
                     (*e).bytes_in += bytes;
                 }
-                stats::egress(unsafe { (*e).slot }, bytes);
+                // Sent by this client, received by the flow's owner.
+                stats::ingress(client.slot, bytes);
                 return to_client(ctx, &p, p.dst);
             }
         }
@@ -267,6 +268,10 @@ fn snat(ctx: &XdpContext, p: &Parsed, key: &FlowKey, e: &CtEntry) -> Result<(), 
 /// addressed to the client `dst`.
 #[inline(always)]
 pub fn to_client(ctx: &XdpContext, p: &Parsed, dst: [u8; 4]) -> Result<u32, DropReason> {
+    // The receiving session's egress counters (the sender's ingress is counted by the caller).
+    if let Some(peer) = unsafe { CLIENTS.get(ct::client_key(dst)) } {
+        stats::egress(peer.slot, u64::from(p.tot_len));
+    }
     packet::dec_ttl(p.ip);
     set_client_macs(ctx, dst)?;
     stats::event(Event::ClientToClient);

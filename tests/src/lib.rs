@@ -162,6 +162,9 @@ pub fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
     mac
 }
 
+pub mod clients;
+pub mod frames;
+
 pub mod gateway {
     //! A gateway namespace running the real data path, with a private network behind it.
     //!
@@ -260,7 +263,9 @@ all_users = true
         pub fn new(policy: PolicyInput, opts: Options) -> Gateway {
             let gw = NetNs::new("g");
             let net = NetNs::new("n");
-            gw.ip(&["link", "add", GW_IF, "type", "veth", "peer", "name", "eth0", "netns", &net.name]);
+            gw.ip(&[
+                "link", "add", GW_IF, "type", "veth", "peer", "name", "eth0", "netns", &net.name,
+            ]);
             gw.ip(&["addr", "add", "10.0.0.1/24", "dev", GW_IF]);
             net.ip(&["addr", "add", "10.0.0.10/24", "dev", "eth0"]);
             for a in &opts.extra_server_addrs {
@@ -282,22 +287,61 @@ all_users = true
             // Static neighbours: the FIB lookup succeeds from the first packet, and the
             // server answers without ARP.
             let smac = fmt_mac(&server_mac);
-            gw.ip(&["neigh", "replace", &SERVER.to_string(), "lladdr", &smac, "dev", GW_IF, "nud", "permanent"]);
+            gw.ip(&[
+                "neigh",
+                "replace",
+                &SERVER.to_string(),
+                "lladdr",
+                &smac,
+                "dev",
+                GW_IF,
+                "nud",
+                "permanent",
+            ]);
             for a in &opts.extra_server_addrs {
-                gw.ip(&["neigh", "replace", &a.to_string(), "lladdr", &smac, "dev", GW_IF, "nud", "permanent"]);
+                gw.ip(&[
+                    "neigh",
+                    "replace",
+                    &a.to_string(),
+                    "lladdr",
+                    &smac,
+                    "dev",
+                    GW_IF,
+                    "nud",
+                    "permanent",
+                ]);
             }
-            net.ip(&["neigh", "replace", "10.0.0.1", "lladdr", &fmt_mac(&gw_mac), "dev", "eth0", "nud", "permanent"]);
+            net.ip(&[
+                "neigh",
+                "replace",
+                "10.0.0.1",
+                "lladdr",
+                &fmt_mac(&gw_mac),
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ]);
             // Replies to translated flows go back to the SNAT address on the gateway.
             net.ip(&["route", "add", "default", "via", "10.0.0.1"]);
 
-            let pins = PinRoot(PathBuf::from(format!("/sys/fs/bpf/portcullis-test-{}", unique("p"))));
+            let pins = PinRoot(PathBuf::from(format!(
+                "/sys/fs/bpf/portcullis-test-{}",
+                unique("p")
+            )));
             let guard = gw.enter();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             let tap = rt
-                .block_on(Tap::open(TAP, 1, policy.gateway_addr, policy.client_cidr, 1500))
+                .block_on(Tap::open(
+                    TAP,
+                    1,
+                    policy.gateway_addr,
+                    policy.client_cidr,
+                    1500,
+                ))
                 .expect("create TAP");
             let mut dp = Datapath::load(DatapathOptions {
                 endpoint: "test".into(),
@@ -306,13 +350,18 @@ all_users = true
                 tap_name: TAP.into(),
                 tap_mac: tap.mac,
                 gateway: policy.gateway_addr,
-                targets: policy.target_networks.iter().map(|t| t.interface.clone()).collect(),
+                targets: policy
+                    .target_networks
+                    .iter()
+                    .map(|t| t.interface.clone())
+                    .collect(),
                 max_flows: opts.max_flows,
                 deny_events_per_sec: opts.deny_events_per_sec,
                 mode: XdpMode::Driver,
             })
             .expect("load data path");
-            let compiled = compile(&policy, &|n| portcullis::datapath::ifindex(n)).expect("policy compiles");
+            let compiled =
+                compile(&policy, &|n| portcullis::datapath::ifindex(n)).expect("policy compiles");
             reconcile::reconcile(&mut dp.maps, &compiled).expect("apply policy");
             Gateway {
                 dp,
@@ -333,7 +382,13 @@ all_users = true
             self.add_client_with_quota(addr, groups, slot, DEFAULT_FLOWS_PER_CLIENT);
         }
 
-        pub fn add_client_with_quota(&mut self, addr: Ipv4Addr, groups: &[&str], slot: u32, max_flows: u32) {
+        pub fn add_client_with_quota(
+            &mut self,
+            addr: Ipv4Addr,
+            groups: &[&str],
+            slot: u32,
+            max_flows: u32,
+        ) {
             self.dp.maps.reset_session_stats(slot).unwrap();
             self.dp
                 .maps
@@ -385,6 +440,9 @@ all_users = true
     }
 
     pub fn fmt_mac(m: &[u8; 6]) -> String {
-        m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 }

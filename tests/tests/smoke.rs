@@ -2,7 +2,7 @@
 //! the server translated, and the reply comes back out of the TAP with the address restored.
 use std::{io::Read, io::Write, net::UdpSocket, time::Duration};
 
-use etherparse::{PacketBuilder, SlicedPacket, NetSlice, TransportSlice};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use tests::{gateway::*, require_root};
 
 #[test]
@@ -12,7 +12,9 @@ fn udp_round_trip_through_the_data_path() {
     let client = std::net::Ipv4Addr::new(10, 100, 0, 2);
     gw.add_client(client, &[], 0);
     let server = gw.in_net(|| UdpSocket::bind("10.0.0.10:7000").unwrap());
-    server.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
 
     let mut frame = Vec::new();
     PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], gw.tap.mac)
@@ -23,9 +25,15 @@ fn udp_round_trip_through_the_data_path() {
     (&gw.tap.queues[0]).write_all(&frame).unwrap();
 
     let mut buf = [0u8; 64];
-    let (n, from) = server.recv_from(&mut buf).expect("datagram reaches the server");
+    let (n, from) = server
+        .recv_from(&mut buf)
+        .expect("datagram reaches the server");
     assert_eq!(&buf[..n], b"ping");
-    assert_eq!(from.to_string(), "10.0.0.1:40000", "source translated, port kept");
+    assert_eq!(
+        from.to_string(),
+        "10.0.0.1:40000",
+        "source translated, port kept"
+    );
     server.send_to(b"pong", from).unwrap();
 
     let mut tap = &gw.tap.queues[0];
@@ -43,10 +51,15 @@ fn udp_round_trip_through_the_data_path() {
             }
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
-        assert!(std::time::Instant::now() < deadline, "no reply came out of the TAP");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reply came out of the TAP"
+        );
     };
     let p = SlicedPacket::from_ethernet(&reply).unwrap();
-    let Some(TransportSlice::Udp(udp)) = p.transport else { panic!("not UDP") };
+    let Some(TransportSlice::Udp(udp)) = p.transport else {
+        panic!("not UDP")
+    };
     assert_eq!(udp.destination_port(), 40000);
     assert_eq!(udp.payload(), b"pong");
     let stats = gw.dp.maps.session_stats(0).unwrap();

@@ -4,6 +4,7 @@
 //! agent's build script needs the BPF toolchain that `cargo xtask setup` installs, so
 //! `cargo xtask` has to compile on a machine that has none of it yet.
 
+mod bench;
 mod cleanup;
 mod demo;
 mod setup;
@@ -18,7 +19,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "Portcullis developer tasks: setup, test, cleanup, demo"
+    about = "Portcullis developer tasks: setup, test, cleanup, demo, bench"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +39,9 @@ enum Command {
     Cleanup,
     /// Run setup, build the agent (release) and run `portcullis demo [ARGS]...`.
     Demo(demo::DemoArgs),
+    /// Run setup and the benchmarks (release builds, as root); each suite writes
+    /// target/bench/<suite>.{json,md,svg}. `--quick` for short runs that prove the harness.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Cleanup => cleanup::run(),
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use crate::{
-    cleanup, setup,
+    bench, cleanup, setup,
     util::{self, cargo},
 };
 
@@ -185,6 +185,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
                 "--test-threads=1",
             ],
         );
+        // The benchmark harness, in --quick mode: its figures are not checked, only that it
+        // builds, runs end to end (namespaces, XDP, nftables twin) and writes its reports.
+        runner.step("benchmark harness (bench --quick)", false, || {
+            bench::run(&bench::BenchArgs::quick_after_setup())
+        });
         runner.step("cleanup after privileged tests", true, cleanup::run);
     }
 

@@ -225,6 +225,9 @@ impl Datapath {
             ports.push(ifindex(t).ok_or_else(|| DatapathError::NoInterface(t.clone()))?);
         }
         maps.set_egress_ports(&ports)?;
+        // Undo a previous `shutdown`: the TAP program is attached again, so the kernel may
+        // forward what it passes (translated packets whose next hop is not resolved yet).
+        set_tap_forwarding(&options.tap_name, true);
         Ok(Datapath {
             ebpf,
             maps,
@@ -240,7 +243,13 @@ impl Datapath {
 
     /// Detach from every interface and remove the pins (maps and links). Unless
     /// `keep_maps`, the pinned maps go too, and with them all flows.
+    ///
+    /// The TAP stops forwarding first: with the TAP program gone, the kernel would
+    /// otherwise route whatever is written into the TAP (it keeps `forwarding=1` for
+    /// [`Event::PassNoNeighbour`](portcullis_common::Event)) straight to the target
+    /// networks, unfiltered and untranslated.
     pub fn shutdown(self, keep_maps: bool) -> Result<(), DatapathError> {
+        set_tap_forwarding(&self.options.tap_name, false);
         let dir = self.options.pin_dir();
         for p in &self.link_pins {
             let _ = fs::remove_file(p);
@@ -251,6 +260,17 @@ impl Datapath {
             remove_pins(&dir);
         }
         Ok(())
+    }
+}
+
+/// `net.ipv4.conf.<tap>.forwarding` in the current namespace; best effort (a TAP that is
+/// already gone forwards nothing).
+fn set_tap_forwarding(tap: &str, on: bool) {
+    let path = format!("/proc/sys/net/ipv4/conf/{tap}/forwarding");
+    if let Err(e) = fs::write(&path, if on { "1" } else { "0" }) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(%path, error = %e, "cannot set TAP forwarding");
+        }
     }
 }
 
@@ -323,7 +343,8 @@ fn attach(
 /// namespace, keeping what is there, so the host's own sockets never take a PAT port.
 pub fn reserve_ports(ranges: &[(u16, u16)]) -> Result<(), DatapathError> {
     const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
-    let cur = fs::read_to_string(PATH).map_err(|e| DatapathError::Other(format!("reading {PATH}: {e}")))?;
+    let cur = fs::read_to_string(PATH)
+        .map_err(|e| DatapathError::Other(format!("reading {PATH}: {e}")))?;
     let mut parts: Vec<String> = cur
         .trim()
         .split(',')
@@ -331,10 +352,15 @@ pub fn reserve_ports(ranges: &[(u16, u16)]) -> Result<(), DatapathError> {
         .map(str::to_string)
         .collect();
     for (lo, hi) in ranges {
-        let r = if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") };
+        let r = if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}-{hi}")
+        };
         if !parts.contains(&r) {
             parts.push(r);
         }
     }
-    fs::write(PATH, parts.join(",")).map_err(|e| DatapathError::Other(format!("writing {PATH}: {e}")))
+    fs::write(PATH, parts.join(","))
+        .map_err(|e| DatapathError::Other(format!("writing {PATH}: {e}")))
 }

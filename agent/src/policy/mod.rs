@@ -12,6 +12,7 @@ pub mod compile;
 pub mod compiled_eval;
 pub mod eval;
 pub mod model;
+pub mod nft;
 mod prefix;
 
 /// Proptest generators of policies and flows, shared with the XDP differential tests in

@@ -1,0 +1,542 @@
+//! `bench-datapath`: the data-path benchmark behind `cargo xtask bench datapath`.
+//!
+//! ```text
+//! bench-datapath [--quick] [--out DIR]
+//! ```
+//!
+//! Builds three network namespaces (generator, gateway, sink), loads the XDP data path in
+//! the gateway with 10,000 authorization rules and 1,000 security-group rules, and measures
+//! (a) ns/packet with BPF_PROG_TEST_RUN (100,000 conntrack entries loaded) and (b) packets/s
+//! forwarded by the gateway running the data path, then an nftables twin of the same policy,
+//! then plain kernel forwarding. Writes `datapath.json`, `datapath.md` and `datapath.svg` to
+//! DIR (default `target/bench`). Needs root. See docs/benchmarks.md for the method.
+//!
+//! All traffic stays inside the namespaces it creates; every loop is bounded in count and
+//! time; namespaces, links and pins are removed on exit, on error and on Ctrl-C (and by
+//! `cargo xtask cleanup` if the process is killed outright).
+mod policy;
+mod progrun;
+mod rate;
+mod rawbpf;
+mod report;
+mod topo;
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::programs::XdpMode;
+use portcullis::{
+    datapath::{Datapath, DatapathOptions},
+    policy::{compile, nft},
+    reconcile,
+};
+use portcullis_common::{ClientInfo, DropReason, Event, DEFAULT_FLOWS_PER_CLIENT};
+use serde_json::{json, Value};
+use tests::gateway::PinRoot;
+
+use crate::{
+    policy::{
+        bench_policy, client_groups, fill_client, BENCH_CLIENT, BENCH_MAX_FLOWS, BENCH_SLOT,
+        FILL_CLIENTS,
+    },
+    rate::{Generator, Mode},
+    topo::{in_ns, Topology, GW_IN, GW_OUT, SINK_IF},
+};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// SIGUSR1 only interrupts the generator's long BPF_PROG_RUN call (see `rate::start`).
+extern "C" fn on_wakeup(_: libc::c_int) {}
+
+/// True after SIGINT/SIGTERM: every loop checks it and unwinds, so cleanup runs.
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+const FAST_PATH_TARGET_NS: f64 = 250.0;
+const RATIO_TARGET: f64 = 3.0;
+const FRAME_SIZES: [usize; 2] = [64, 1400];
+const FLOW_COUNTS: [u32; 2] = [1, 10_000];
+
+struct Args {
+    quick: bool,
+    out: PathBuf,
+}
+
+struct Settings {
+    runs_per_case: usize,
+    warmup: Duration,
+    window: Duration,
+    repetitions: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        quick: false,
+        out: PathBuf::from("target/bench"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => args.quick = true,
+            "--out" => args.out = it.next().context("--out needs a directory")?.into(),
+            "-h" | "--help" => {
+                println!(
+                    "usage: bench-datapath [--quick] [--out DIR]\n\n\
+                     Data-path benchmark (needs root): BPF_PROG_TEST_RUN ns/packet and forwarding\n\
+                     rate of XDP vs an nftables twin. Writes DIR/datapath.{{json,md,svg}}\n\
+                     (default DIR: target/bench). --quick: short runs (about 30 s) whose figures\n\
+                     only show that the harness works."
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    // SAFETY: installing an async-signal-safe handler that only stores an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGUSR1, on_wakeup as *const () as libc::sighandler_t);
+    }
+    match parse_args().and_then(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-datapath: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let git = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    json!({
+        "kernel": read_trim("/proc/sys/kernel/osrelease"),
+        "kernel_version": read_trim("/proc/version"),
+        "cpu_model": model,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "loadavg_before": read_trim("/proc/loadavg"),
+        "git_commit": git,
+    })
+}
+
+fn event_counters(dp: &Datapath) -> Result<(u64, u64, u64, u64)> {
+    let ev = dp.maps.event_counters()?;
+    let drops: u64 = dp.maps.drop_counters()?.values().sum();
+    Ok((
+        ev[&Event::FastPath],
+        ev[&Event::NewFlow],
+        ev[&Event::PassNoNeighbour],
+        drops,
+    ))
+}
+
+fn run(args: Args) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("needs root (network namespaces, XDP, nftables): run `cargo xtask bench` as root");
+    }
+    let started = Instant::now();
+    let s = if args.quick {
+        Settings {
+            runs_per_case: 2_000,
+            warmup: Duration::from_millis(300),
+            window: Duration::from_millis(700),
+            repetitions: 1,
+        }
+    } else {
+        Settings {
+            runs_per_case: 20_000,
+            warmup: Duration::from_secs(1),
+            window: Duration::from_secs(4),
+            repetitions: 3,
+        }
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut machine = machine();
+    let mut notes: Vec<String> = Vec::new();
+
+    // ---- topology, sink, data path ----------------------------------------------------------
+    println!("bench-datapath: building namespaces");
+    let topo = Topology::build()?;
+    let pins = PinRoot(PathBuf::from(format!(
+        "/sys/fs/bpf/portcullis-test-bench-{}",
+        std::process::id()
+    )));
+    let sink_prog = rawbpf::load_xdp("pcb_sink", &rawbpf::drop_program())?;
+    let sink_ifindex = topo::ifindex(&topo.sink, SINK_IF)?;
+    let _sink_link = in_ns(&topo.sink.name, || {
+        rawbpf::attach_xdp(&sink_prog, sink_ifindex)
+    })
+    .context("attaching the sink's XDP_DROP program")?;
+    let gw_in_ifindex = topo::ifindex(&topo.gw, GW_IN)?;
+
+    let input = bench_policy();
+    println!(
+        "bench-datapath: loading the data path and {} authorization rules",
+        input.authorization_rules.len()
+    );
+    let (dp, compiled) = in_ns(&topo.gw.name, || -> Result<_> {
+        let dp = Datapath::load(DatapathOptions {
+            endpoint: "bench".into(),
+            pin_root: pins.0.clone(),
+            tap_ifindex: gw_in_ifindex,
+            tap_name: GW_IN.into(),
+            tap_mac: topo.gw_in_mac,
+            gateway: input.gateway_addr,
+            targets: vec![GW_OUT.into()],
+            max_flows: None,
+            deny_events_per_sec: 100,
+            mode: XdpMode::Driver,
+        })?;
+        let compiled = compile(&input, &|n| portcullis::datapath::ifindex(n)).map_err(|errs| {
+            anyhow!(
+                "the benchmark policy does not compile: {}",
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
+        Ok((dp, compiled))
+    })?;
+    let mut dp = Some(dp);
+    {
+        let d = dp.as_mut().expect("loaded");
+        reconcile::reconcile(&mut d.maps, &compiled)
+            .map_err(|e| anyhow!("applying the policy: {e}"))?;
+        let bench_groups = compiled.groups_bitmap(["bench"]);
+        d.maps.upsert_client(
+            BENCH_CLIENT,
+            ClientInfo {
+                groups: bench_groups,
+                slot: BENCH_SLOT,
+                max_flows: BENCH_MAX_FLOWS,
+            },
+        )?;
+        for i in 0..FILL_CLIENTS {
+            d.maps.upsert_client(
+                fill_client(i),
+                ClientInfo {
+                    groups: bench_groups,
+                    slot: i + 1,
+                    max_flows: DEFAULT_FLOWS_PER_CLIENT,
+                },
+            )?;
+        }
+    }
+    let setup = json!({
+        "authorization_rules": input.authorization_rules.len(),
+        "authorization_prefixes": compiled.authz.len(),
+        "groups": compiled.group_bits.len(),
+        "security_group_rules": input.security_groups.iter().map(|g| g.egress.len()).sum::<usize>(),
+        "security_group_prefixes": compiled.sg_nodes.len(),
+        "security_group_port_ranges": compiled.sg_ranges.len(),
+        "routes": input.routes.len(),
+        "client_sessions": 1 + FILL_CLIENTS,
+        "deny_events_per_sec": 100,
+        "xdp_mode": "native (veth driver)",
+    });
+
+    // ---- (a) BPF_PROG_TEST_RUN --------------------------------------------------------------
+    println!(
+        "bench-datapath: (a) BPF_PROG_TEST_RUN: pre-loading 100,000 flows, {} runs per case",
+        s.runs_per_case
+    );
+    let gw_name = topo.gw.name.clone();
+    let gw_in_mac = topo.gw_in_mac;
+    let runs_per_case = s.runs_per_case;
+    let d = dp.as_mut().expect("loaded");
+    let pr = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            topo::pin_to_cpu(0, rate::FORWARD_CPU);
+            topo::boost(0);
+            in_ns(&gw_name, || {
+                progrun::run(d, gw_in_ifindex, gw_in_mac, runs_per_case)
+            })
+        })
+        .join()
+        .map_err(|_| anyhow!("BPF_PROG_TEST_RUN thread panicked"))?
+    })?;
+    let case_json: Vec<Value> = pr
+        .cases
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name, "description": c.description, "verdict": c.verdict,
+                "runs": c.runs, "median_ns": c.median, "mean_ns": c.mean, "p10_ns": c.p10,
+                "p90_ns": c.p90, "p99_ns": c.p99, "min_ns": c.min,
+                "program_only_mean_ns": c.prog_only_mean,
+            })
+        })
+        .collect();
+    let median_of = |n: &str| {
+        pr.cases
+            .iter()
+            .find(|c| c.name == n)
+            .map(|c| c.median)
+            .unwrap_or(f64::NAN)
+    };
+    let (fast, fast100k) = (median_of("fast_path"), median_of("fast_path_100k"));
+    let prog_test_run = json!({
+        "method": "BPF_PROG_TEST_RUN via aya TestRun, repeat = 1 per run (the data path rewrites the packet, so a second repetition would see its own translation), ctx_in names the gateway's input veth, kernel-reported duration per run; cases interleaved in 10 rounds; runs on a thread pinned to CPU 1 at nice -20. program_only_mean_ns: a second pass with BPF_ENABLE_STATS (run time), mean of the program's own run time (half as many runs)",
+        "runs_per_case": s.runs_per_case,
+        "conntrack_entries": pr.conntrack_entries,
+        "preload_seconds": pr.fill_seconds,
+        "cases": case_json,
+        "target_fast_path_ns": FAST_PATH_TARGET_NS,
+        "fast_path_median_ns": fast,
+        "fast_path_100k_median_ns": fast100k,
+        "fast_path_meets_target": fast <= FAST_PATH_TARGET_NS && fast100k <= FAST_PATH_TARGET_NS,
+    });
+    for c in &pr.cases {
+        println!(
+            "  {:<24} median {:>6.0} ns  p90 {:>6.0} ns  program alone (bpf_stats) {:>6.0} ns",
+            c.name, c.median, c.p90, c.prog_only_mean
+        );
+    }
+
+    // ---- (b) forwarding rate ----------------------------------------------------------------
+    let mut generators = Vec::new();
+    for size in FRAME_SIZES {
+        for flows in FLOW_COUNTS {
+            generators.push(Arc::new(Generator::new(&topo, size, flows)?));
+        }
+    }
+    let counters = rate::Counters::open(&topo)?;
+    let nft_path = args.out.join("datapath-nftables.nft");
+    let mut points: Vec<Value> = Vec::new();
+    let mut medians: Vec<(Mode, usize, u32, f64)> = Vec::new();
+    let mut nft_info = json!({});
+    for mode in [Mode::Xdp, Mode::Nft, Mode::Kernel] {
+        match mode {
+            Mode::Xdp => {}
+            Mode::Nft => {
+                if let Some(d) = dp.take() {
+                    d.shutdown(false)?;
+                }
+                // The kernel forwards from here on: whatever the data path's shutdown did
+                // to the "TAP", the gateway's input must forward.
+                topo::exec(
+                    &topo.gw,
+                    &[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv4.conf.{GW_IN}.forwarding=1"),
+                    ],
+                )?;
+                let text = nft::render(&input, GW_IN, &client_groups());
+                std::fs::write(&nft_path, &text)
+                    .with_context(|| format!("writing {}", nft_path.display()))?;
+                let t = Instant::now();
+                topo::exec(&topo.gw, &["nft", "-f", &nft_path.to_string_lossy()])
+                    .context("loading the nftables twin")?;
+                nft_info = json!({
+                    "ruleset_file": nft_path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    "ruleset_lines": text.lines().count(),
+                    "load_seconds": t.elapsed().as_secs_f64(),
+                });
+            }
+            Mode::Kernel => {
+                topo::exec(&topo.gw, &["nft", "delete", "table", "inet", nft::TABLE])?;
+            }
+        }
+        let placed = rate::place_napi(&topo);
+        if !placed {
+            notes.push(format!(
+                "{}: could not run and pin the NAPI threads (threaded NAPI); CPU placement was left to the kernel",
+                mode.name()
+            ));
+        }
+        for g in &generators {
+            println!(
+                "bench-datapath: (b) {} {} B {} flow(s)",
+                mode.name(),
+                g.frame_len,
+                g.flows
+            );
+            let before = match (&dp, mode) {
+                (Some(d), Mode::Xdp) => Some(event_counters(d)?),
+                _ => None,
+            };
+            let mut runs = Vec::new();
+            for _ in 0..s.repetitions {
+                runs.push(rate::measure(&counters, g, s.warmup, s.window)?);
+            }
+            if std::env::var_os("PORTCULLIS_BENCH_DIAG").is_some() {
+                for (ns, dev) in [
+                    (&topo.gen, topo::GEN_IF),
+                    (&topo.gw, GW_IN),
+                    (&topo.gw, GW_OUT),
+                    (&topo.sink, SINK_IF),
+                ] {
+                    let st = topo::exec(ns, &["ethtool", "-S", dev]).unwrap_or_default();
+                    let nz: Vec<&str> = st
+                        .lines()
+                        .filter(|l| !l.trim_end().ends_with(": 0"))
+                        .collect();
+                    println!("  [diag] {dev}: {}", nz.join(" | "));
+                }
+            }
+            let xdp_counters = match (&dp, before) {
+                (Some(d), Some(b)) => {
+                    let a = event_counters(d)?;
+                    json!({
+                        "fast_path": a.0 - b.0, "new_flows": a.1 - b.1,
+                        "pass_no_neighbour": a.2 - b.2, "drops": a.3 - b.3,
+                    })
+                }
+                _ => Value::Null,
+            };
+            let mut delivered: Vec<f64> = runs.iter().map(|r| r.delivered_pps).collect();
+            delivered.sort_by(f64::total_cmp);
+            let median = delivered[delivered.len() / 2];
+            for r in &runs {
+                println!(
+                    "  delivered {:.3} Mpps, offered {:.3}, input drops {:.3}, sink drops {:.3}, CPU busy {:?}",
+                    r.delivered_pps / 1e6,
+                    r.offered_pps / 1e6,
+                    r.gw_input_drop_pps / 1e6,
+                    r.sink_drop_pps / 1e6,
+                    r.cpu_busy.iter().map(|c| (c * 100.0).round()).collect::<Vec<_>>()
+                );
+            }
+            medians.push((mode, g.frame_len, g.flows, median));
+            points.push(json!({
+                "mode": mode.name(),
+                "frame_bytes": g.frame_len,
+                "flows": g.flows,
+                "delivered_pps": median,
+                "napi_pinned": placed,
+                "xdp_counters": xdp_counters,
+                "runs": runs.iter().map(|r| json!({
+                    "seconds": r.seconds,
+                    "delivered_pps": r.delivered_pps,
+                    "offered_pps": r.offered_pps,
+                    "gw_input_drop_pps": r.gw_input_drop_pps,
+                    "sink_drop_pps": r.sink_drop_pps,
+                    "cpu_busy": r.cpu_busy,
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        if mode == Mode::Nft {
+            let ct = topo::exec(
+                &topo.gw,
+                &["cat", "/proc/sys/net/netfilter/nf_conntrack_count"],
+            )
+            .unwrap_or_default();
+            nft_info["conntrack_entries_after"] = json!(ct.trim().parse::<u64>().ok());
+        }
+    }
+    let get = |m: Mode, size: usize, flows: u32| {
+        medians
+            .iter()
+            .find(|x| x.0 == m && x.1 == size && x.2 == flows)
+            .map(|x| x.3)
+            .unwrap_or(f64::NAN)
+    };
+    let mut ratios = Vec::new();
+    let mut min_ratio = f64::INFINITY;
+    for size in FRAME_SIZES {
+        for flows in FLOW_COUNTS {
+            let (x, n) = (get(Mode::Xdp, size, flows), get(Mode::Nft, size, flows));
+            let ratio = x / n;
+            min_ratio = min_ratio.min(ratio);
+            ratios.push(json!({
+                "frame_bytes": size, "flows": flows, "xdp_pps": x, "nftables_pps": n,
+                "kernel_forwarding_pps": get(Mode::Kernel, size, flows), "ratio": ratio,
+            }));
+        }
+    }
+    let forwarding = json!({
+        "method": "generator namespace -> gateway namespace -> sink namespace over veth pairs; the generator is a raw XDP program run in BPF_PROG_RUN live-frames mode that rewrites the header (UDP source port random over the flows, UDP checksum 0) and redirects out of its veth; the sink's veth runs an XDP_DROP program and packets/s is the delta of its rx_packets over the window; the gateway's input NAPI runs in a kernel thread pinned to the forwarding CPU, the generator and the sink share the other CPU",
+        "frame_bytes_note": "frame length without the 4-byte FCS (veth has none)",
+        "warmup_seconds": s.warmup.as_secs_f64(),
+        "measure_seconds": s.window.as_secs_f64(),
+        "repetitions": s.repetitions,
+        "forward_cpu": rate::FORWARD_CPU,
+        "generator_cpu": rate::GEN_CPU,
+        "points": points,
+        "ratios": ratios,
+        "min_ratio": min_ratio,
+        "target_ratio": RATIO_TARGET,
+        "meets_target": min_ratio >= RATIO_TARGET,
+        "nftables": nft_info,
+    });
+
+    // ---- reports -------------------------------------------------------------------------------
+    machine["loadavg_after"] = json!(read_trim("/proc/loadavg"));
+    if std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        < 2
+    {
+        notes.push("fewer than 2 CPUs: the generator and the gateway share one core".into());
+    }
+    let command: Vec<String> = std::env::args().collect();
+    let report = json!({
+        "suite": "datapath",
+        "command": command.join(" "),
+        "invoked_as": std::env::var("PORTCULLIS_BENCH_COMMAND").ok(),
+        "quick": args.quick,
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "elapsed_seconds": started.elapsed().as_secs_f64(),
+        "machine": machine,
+        "setup": setup,
+        "prog_test_run": prog_test_run,
+        "forwarding": forwarding,
+        "drop_reasons_note": format!("deny verdicts measured: {} and {}", DropReason::NotAuthorized.name(), DropReason::SecurityGroup.name()),
+        "notes": notes,
+    });
+    let json_path = args.out.join("datapath.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
+    std::fs::write(args.out.join("datapath.md"), report::markdown(&report))?;
+    std::fs::write(args.out.join("datapath.svg"), report::svg(&report))?;
+    println!(
+        "bench-datapath: wrote {}/datapath.{{json,md,svg}} in {:.0} s",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Detach and unpin; the sink link, the pins and the namespaces go when they drop
+    // (in reverse order of creation), also on every error path above.
+    if let Some(d) = dp.take() {
+        d.shutdown(false)?;
+    }
+    Ok(())
+}

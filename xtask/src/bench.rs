@@ -1,0 +1,100 @@
+//! `cargo xtask bench [SUITE] [--quick]`: set up, build the benchmark programs (release) and
+//! run them; each writes `target/bench/<suite>.{json,md,svg}`.
+//!
+//! The benchmark programs live in the `tests` package (they need the agent, which xtask
+//! must not depend on: setup has to run before anything builds eBPF).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::{
+    setup,
+    util::{self, cargo, command},
+};
+
+/// Suites: name, binary in the `tests` package.
+const SUITES: &[(&str, &str)] = &[("datapath", "bench-datapath")];
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Suite to run (default: every suite). Known: datapath.
+    suite: Option<String>,
+    /// Short runs (well under 3 minutes) that prove the harness works; figures not meaningful.
+    #[arg(long)]
+    quick: bool,
+    /// Skip `cargo xtask setup` (when it just ran, e.g. from `cargo xtask test`).
+    #[arg(long, hide = true)]
+    no_setup: bool,
+}
+
+impl BenchArgs {
+    /// Every suite, `--quick`, without running setup again (for `cargo xtask test`).
+    pub fn quick_after_setup() -> BenchArgs {
+        BenchArgs {
+            suite: None,
+            quick: true,
+            no_setup: true,
+        }
+    }
+}
+
+/// The workspace's target directory (honours CARGO_TARGET_DIR and build.target-dir).
+fn target_dir() -> Result<PathBuf> {
+    let json = util::output(cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
+    let metadata: serde_json::Value =
+        serde_json::from_str(&json).context("parsing cargo metadata")?;
+    metadata["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata has no target_directory")
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    util::require_root(
+        "cargo xtask bench",
+        "it creates network namespaces, loads XDP programs and nftables rules",
+    )?;
+    let suites: Vec<&(&str, &str)> = match &args.suite {
+        None => SUITES.iter().collect(),
+        Some(name) => match SUITES.iter().find(|(n, _)| n == name) {
+            Some(s) => vec![s],
+            None => bail!(
+                "unknown benchmark suite {name:?}; known: {}",
+                SUITES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+    };
+    if !args.no_setup {
+        setup::run()?;
+    }
+    let target = target_dir()?;
+    let out = target.join("bench");
+    for (name, bin) in suites {
+        util::run(cargo().args(["build", "--release", "--package", "tests", "--bin", bin]))?;
+        let mut cmd = command(target.join("release").join(bin));
+        if args.quick {
+            cmd.arg("--quick");
+        }
+        cmd.arg("--out").arg(&out);
+        // Recorded in the report as the command that reproduces it.
+        let mut invoked = format!("cargo xtask bench {name}");
+        if args.quick {
+            invoked.push_str(" --quick");
+        }
+        cmd.env("PORTCULLIS_BENCH_COMMAND", invoked);
+        util::run(&mut cmd).with_context(|| format!("benchmark suite {name}"))?;
+        println!(
+            "bench: {name}: {}",
+            ["json", "md", "svg"]
+                .map(|ext| out.join(format!("{name}.{ext}")).display().to_string())
+                .join(", ")
+        );
+    }
+    Ok(())
+}
