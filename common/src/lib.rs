@@ -508,7 +508,17 @@ pub struct CtEntry {
     pub slot: u32,
     /// Target network index, or [`TARGET_TUNNEL`].
     pub target: u32,
+    /// When the next hop below was looked up (0 = never). The fast path reuses it for up to
+    /// [`FIB_CACHE_NS`] instead of calling `bpf_fib_lookup` on every packet.
+    pub fib_at_ns: u64,
+    pub fib_ifindex: u32,
+    pub fib_dmac: [u8; 6],
+    pub fib_smac: [u8; 6],
 }
+
+/// How long a flow may reuse its cached FIB result: bounds how stale a next hop can be
+/// after a kernel route or neighbour change (a policy change clears the cache at once).
+pub const FIB_CACHE_NS: u64 = NS_PER_SEC;
 
 /// Value of the `nat_rev` map, keyed by the reply's [`FlowKey`] as it arrives on the
 /// target interface: the forward key of the flow it belongs to.
@@ -563,7 +573,7 @@ const _: () = {
     assert!(size_of::<PortRange>() == 4);
     assert!(size_of::<PolicyMeta>() == 8);
     assert!(size_of::<FlowKey>() == 40);
-    assert!(size_of::<CtEntry>() == 80);
+    assert!(size_of::<CtEntry>() == 104);
     assert!(size_of::<NatRev>() == 40);
     assert!(size_of::<SessionStats>() == 32);
     assert!(size_of::<DenyEvent>() == 56);
@@ -602,7 +612,7 @@ mod user {
 
     // bytemuck::Pod by hand does not check padding; these do, by summing field sizes.
     const _: () = {
-        assert!(size_of::<CtEntry>() == 6 * 8 + 16 + 2 + 1 + 1 + 3 * 4);
+        assert!(size_of::<CtEntry>() == 6 * 8 + 16 + 2 + 1 + 1 + 3 * 4 + 8 + 4 + 6 + 6);
         assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert!(size_of::<Target>() == 4 + 1 + 1 + 2 + 16 + 2 + 2 + 4);
         assert!(size_of::<DenyEvent>() == 8 + 40 + 4 + 1 + 3);

@@ -100,6 +100,8 @@ pub fn revalidate(e: *mut CtEntry, key: &FlowKey, g: Generation) -> Result<(), D
     };
     unsafe {
         (*e).generation = g.number;
+        // The route may have changed with the policy: look the next hop up again.
+        (*e).fib_at_ns = 0;
         if ok {
             (*e).flags &= !ct_flags::REVOKED;
         } else {

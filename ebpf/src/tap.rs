@@ -6,8 +6,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use portcullis_common::{
-    ct_flags, CtEntry, DropReason, Event, FlowKey, FAMILY_V4, NO_SLOT, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP,
+    ct_flags, CtEntry, DropReason, Event, FlowKey, FAMILY_V4, FIB_CACHE_NS, NO_SLOT, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -125,8 +125,7 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
             (*e).bytes_out += bytes;
         }
         stats::ingress(client.slot, bytes);
-        let entry = unsafe { *e };
-        return forward(ctx, &p, &key, &entry);
+        return forward(ctx, &p, &key, e, now);
     }
 
     // A reply inside a client-to-client flow opened by the other client.
@@ -166,20 +165,44 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
     if key.proto == PROTO_TCP && l4.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return Err(deny(&key, client.slot, DropReason::TcpNoSyn));
     }
-    let entry = ct::create(ctx, &key, client, target_idx, g, now, bytes)
+    ct::create(ctx, &key, client, target_idx, g, now, bytes)
         .map_err(|r| deny(&key, client.slot, r))?;
     stats::ingress(client.slot, bytes);
-    forward(ctx, &p, &key, &entry)
+    // The entry just inserted (the pointer lets forward() cache the next hop in it). It can
+    // only be gone if the agent deleted it in between: count that as a full table.
+    let e = CONNTRACK
+        .get_ptr_mut(&key)
+        .ok_or(DropReason::ConntrackFull)?;
+    forward(ctx, &p, &key, e, now)
 }
 
 /// Send an admitted packet on: back into the TAP for client-to-client flows, otherwise
 /// SNAT, FIB lookup and redirect to the target interface.
 #[inline(always)]
-fn forward(ctx: &XdpContext, p: &Parsed, key: &FlowKey, e: &CtEntry) -> Result<u32, DropReason> {
+fn forward(
+    ctx: &XdpContext,
+    p: &Parsed,
+    key: &FlowKey,
+    ep: *mut CtEntry,
+    now: u64,
+) -> Result<u32, DropReason> {
+    let e = unsafe { &*ep };
     if e.flags & ct_flags::LOCAL != 0 {
         return to_client(ctx, p, p.dst);
     }
     snat(ctx, p, key, e)?;
+    if e.fib_at_ns != 0 && now.wrapping_sub(e.fib_at_ns) < FIB_CACHE_NS {
+        let (ifindex, dmac, smac) = (e.fib_ifindex, e.fib_dmac, e.fib_smac);
+        packet::dec_ttl(p.ip);
+        let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+        unsafe {
+            (*eth).dst = dmac;
+            (*eth).src = smac;
+        }
+        return EGRESS_PORTS
+            .redirect(ifindex, 0)
+            .map_err(|_| DropReason::RedirectFailed);
+    }
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
     fib.l4_protocol = key.proto;
@@ -207,6 +230,12 @@ fn forward(ctx: &XdpContext, p: &Parsed, key: &FlowKey, e: &CtEntry) -> Result<u
     }
     if rc != FIB_SUCCESS {
         return Err(DropReason::FibLookupFailed);
+    }
+    unsafe {
+        (*ep).fib_ifindex = fib.ifindex;
+        (*ep).fib_dmac = fib.dmac;
+        (*ep).fib_smac = fib.smac;
+        (*ep).fib_at_ns = now;
     }
     packet::dec_ttl(p.ip);
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
