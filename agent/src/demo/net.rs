@@ -268,7 +268,9 @@ impl Servers {
                 while !stop.load(Ordering::Relaxed) {
                     match l.accept() {
                         Ok((mut s, peer)) => {
-                            let _ = writeln!(s, "{name} on {addr}:{port}, you are {peer}");
+                            // One write, so the client's single read sees the whole line.
+                            let line = format!("{name} on {addr}:{port}, you are {peer}\n");
+                            let _ = s.write_all(line.as_bytes());
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(20)),
                     }
