@@ -8,7 +8,7 @@ use tests::{
         echo_round_trip, flow, flow_quota_counters, nat_rev_entries, read_line, Clients, TcpServer,
         UdpServer,
     },
-    gateway::{base_policy, toml_policy, Gateway, Options, GW_IF, SERVER},
+    gateway::{base_policy, Gateway, Options, SERVER},
     require_root,
 };
 
@@ -169,24 +169,9 @@ fn per_client_flow_quota_stops_one_client_not_the_other() {
 #[test]
 fn pat_range_exhaustion_drops_new_collisions_and_keeps_live_flows() {
     require_root!();
-    let policy = toml_policy(&format!(
-        r#"
-client_cidr = "10.100.0.0/24"
-gateway_addr = "10.100.0.1"
-[[target_networks]]
-name = "private"
-interface = "{GW_IF}"
-snat_address = "10.0.0.1"
-pat_port_min = 61000
-pat_port_max = 61002
-[[routes]]
-destination = "10.0.0.0/24"
-target_network = "private"
-[[authorization_rules]]
-destination = "10.0.0.0/24"
-all_users = true
-"#
-    ));
+    let mut policy = base_policy();
+    policy.target_networks[0].pat_port_min = 61000;
+    policy.target_networks[0].pat_port_max = 61002;
     let mut gw = Gateway::new(policy, Options::default());
     for (slot, addr) in [C1, C2, C3, C4].into_iter().enumerate() {
         gw.add_client(addr, &[], slot as u32);
