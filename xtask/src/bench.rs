@@ -4,8 +4,6 @@
 //! The benchmark programs live in the `tests` package (they need the agent, which xtask
 //! must not depend on: setup has to run before anything builds eBPF).
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
@@ -40,17 +38,6 @@ impl BenchArgs {
     }
 }
 
-/// The workspace's target directory (honours CARGO_TARGET_DIR and build.target-dir).
-fn target_dir() -> Result<PathBuf> {
-    let json = util::output(cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
-    let metadata: serde_json::Value =
-        serde_json::from_str(&json).context("parsing cargo metadata")?;
-    metadata["target_directory"]
-        .as_str()
-        .map(PathBuf::from)
-        .context("cargo metadata has no target_directory")
-}
-
 pub fn run(args: &BenchArgs) -> Result<()> {
     util::require_root(
         "cargo xtask bench",
@@ -73,7 +60,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !args.no_setup {
         setup::run()?;
     }
-    let target = target_dir()?;
+    let target = util::target_dir()?;
     let out = target.join("bench");
     for (name, bin) in suites {
         util::run(cargo().args(["build", "--release", "--package", "tests", "--bin", bin]))?;

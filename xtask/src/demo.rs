@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: set up, build the agent in release mode and hand over to
 //! `portcullis demo`, whose exit status becomes ours.
 
-use std::{ffi::OsString, os::unix::process::CommandExt, path::PathBuf};
+use std::{ffi::OsString, os::unix::process::CommandExt};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -18,21 +18,10 @@ pub struct DemoArgs {
     args: Vec<OsString>,
 }
 
-/// The workspace's target directory (honours CARGO_TARGET_DIR and build.target-dir).
-fn target_dir() -> Result<PathBuf> {
-    let json = util::output(cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
-    let metadata: serde_json::Value =
-        serde_json::from_str(&json).context("parsing cargo metadata")?;
-    metadata["target_directory"]
-        .as_str()
-        .map(PathBuf::from)
-        .context("cargo metadata has no target_directory")
-}
-
 pub fn run(args: DemoArgs) -> Result<()> {
     setup::run()?;
     util::run(cargo().args(["build", "--release", "--package", "portcullis-agent"]))?;
-    let binary = target_dir()?.join("release/portcullis");
+    let binary = util::target_dir()?.join("release/portcullis");
     let mut cmd = command(&binary);
     cmd.arg("demo").args(&args.args);
     println!("+ {}", util::display(&cmd));

@@ -127,3 +127,14 @@ pub fn require_root(what: &str, why: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The workspace's target directory (honours CARGO_TARGET_DIR and build.target-dir).
+pub fn target_dir() -> Result<PathBuf> {
+    let json = output(cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
+    let metadata: serde_json::Value =
+        serde_json::from_str(&json).context("parsing cargo metadata")?;
+    metadata["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata has no target_directory")
+}
