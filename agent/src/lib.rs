@@ -1,11 +1,14 @@
 //! Portcullis agent library: the binary in `main.rs` is a thin CLI over these modules.
 pub mod datapath;
+pub mod gateway;
 pub mod demo;
 pub mod openvpn;
+pub mod pki;
 pub mod policy;
 pub mod reconcile;
 pub mod relay;
 pub mod status;
+pub mod tunnel;
 
 /// Parse TOML into any config type (re-exported so tests need no toml dependency).
 pub fn toml_from_str<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, toml::de::Error> {

@@ -164,6 +164,8 @@ pub fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
 
 pub mod clients;
 pub mod frames;
+pub mod openvpn;
+pub mod tunnel;
 
 pub mod gateway {
     //! A gateway namespace running the real data path, with a private network behind it.

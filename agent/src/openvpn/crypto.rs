@@ -891,6 +891,66 @@ mod tests {
     }
 
     #[test]
+    fn bad_input_unknown_opcodes_are_not_data() {
+        let now = Instant::now();
+        let (_, mut dec) = pair(Cipher::Aes256Gcm, DataFormat::V2 { peer_id: 0 }, 0);
+        for op in (0u8..32).filter(|&op| op != OPCODE_DATA_V1 && op != OPCODE_DATA_V2) {
+            let mut pkt = [0u8; 40];
+            pkt[0] = op << 3;
+            assert_eq!(
+                DataHeader::parse(&pkt),
+                Err(CryptoError::NotData { opcode: op })
+            );
+            assert_eq!(
+                dec.decrypt(&pkt, &mut [0u8; 64], now),
+                Err(CryptoError::NotData { opcode: op })
+            );
+        }
+        assert_eq!(dec.replay_window().highest(), 0);
+    }
+
+    #[test]
+    fn bad_input_packet_id_zero_is_refused_after_auth() {
+        // A genuine (authenticated) packet with id 0 is still refused: 0 is never sent (§7.2).
+        let now = Instant::now();
+        let (mut enc, mut dec) = pair(Cipher::ChaCha20Poly1305, DataFormat::V1, 0);
+        enc.next_id = Some(0);
+        let mut buf = [0u8; 64];
+        let n = enc.encrypt(b"zero", &mut buf).unwrap();
+        assert_eq!(
+            dec.decrypt(&buf[..n], &mut [0u8; 64], now),
+            Err(CryptoError::Replay(ReplayError::Zero))
+        );
+        assert_eq!(dec.replay_window().highest(), 0);
+    }
+
+    #[test]
+    fn bad_input_packet_id_ffffffff_then_replays() {
+        let now = Instant::now();
+        let (mut enc, mut dec) = pair(Cipher::Aes128Gcm, DataFormat::V2 { peer_id: 5 }, 3);
+        let mut buf = [0u8; 64];
+        let n = enc.encrypt(b"first", &mut buf).unwrap();
+        let first = buf[..n].to_vec();
+        enc.next_id = Some(u32::MAX);
+        let n = enc.encrypt(b"last", &mut buf).unwrap();
+        let last = buf[..n].to_vec();
+        assert!(dec.decrypt(&last, &mut [0u8; 64], now).is_ok());
+        assert_eq!(dec.replay_window().highest(), u32::MAX);
+        assert_eq!(
+            dec.decrypt(&last, &mut [0u8; 64], now),
+            Err(CryptoError::Replay(ReplayError::Replayed { id: u32::MAX }))
+        );
+        // Id 1 is now far behind the window: refused, even though it was never seen.
+        assert_eq!(
+            dec.decrypt(&first, &mut [0u8; 64], now),
+            Err(CryptoError::Replay(ReplayError::TooOld {
+                id: 1,
+                behind: u32::MAX - 1
+            }))
+        );
+    }
+
+    #[test]
     fn window_edges() {
         let t = Instant::now();
         let mut w = ReplayWindow::new();

@@ -661,6 +661,32 @@ mod tests {
     }
 
     #[test]
+    fn bad_input_key_method_zero_and_one_byte() {
+        for short in [&[][..], &[0][..], &[0, 0, 0][..]] {
+            assert_eq!(
+                ClientKeyMethod2::parse(short),
+                Err(KeyMethodError::Truncated("literal"))
+            );
+            assert_eq!(
+                ServerKeyMethod2::parse(short).map(|_| ()),
+                Err(KeyMethodError::Truncated("literal"))
+            );
+        }
+        assert_eq!(
+            ClientKeyMethod2::parse(&[0, 0, 0, 0]),
+            Err(KeyMethodError::Truncated("key method"))
+        );
+        assert_eq!(
+            ClientKeyMethod2::parse(&[0, 0, 0, 0, 2]),
+            Err(KeyMethodError::Truncated("pre_master"))
+        );
+        assert_eq!(
+            ClientKeyMethod2::parse(&[0, 0, 0, 0, 0]),
+            Err(KeyMethodError::UnsupportedKeyMethod(0))
+        );
+    }
+
+    #[test]
     fn garbage_strings() {
         let mut b = client_msg().to_bytes().unwrap();
         // Invalid UTF-8 inside the options string is informational garbage, not fatal; the

@@ -10,10 +10,19 @@
 //! - [`crypto`]: data-channel AEAD (AES-128/256-GCM, ChaCha20-Poly1305), packet ids, replay window.
 //! - [`keys`]: key-method 2 messages and key derivation (TLS-EKM and the legacy TLS 1.0 PRF).
 //! - [`options`]: option strings, `IV_*` peer info, NCP negotiation, push replies.
+//! - [`pool`]: the client address pool (tunnel addresses out of the client CIDR).
 pub mod cookie;
 pub mod crypto;
+/// Fuzz target bodies shared by `agent/fuzz` and the corpus replay test (docs/fuzzing.md).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod options;
 pub mod packet;
+pub mod pool;
 pub mod reliable;
+pub mod tls;
 pub mod tls_crypt;
+pub mod peer;
+pub mod server;
+pub mod session;

@@ -962,6 +962,49 @@ mod tests {
     }
 
     #[test]
+    fn bad_input_control_message_with_del_tab_and_high_bytes() {
+        // isprint is 0x20..=0x7E: DEL, TAB, ESC and any byte >= 0x80 make the message go.
+        let buf = b"PUSH_REQUEST\x7f\0\tEXIT\0\x1b[2J\0\x80\0EXIT\0";
+        assert_eq!(
+            control_messages(buf).collect::<Vec<_>>(),
+            vec![
+                Err(OptionsError::NonPrintable(12)),
+                Err(OptionsError::NonPrintable(0)),
+                Err(OptionsError::NonPrintable(0)),
+                Err(OptionsError::NonPrintable(0)),
+                Ok(ControlMessage::Exit),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_input_control_message_length_boundary() {
+        // 2048 bytes including the NUL is the largest message the client reads (§8.1).
+        let mut at_limit = vec![b'a'; CONTROL_MESSAGE_MAX - 1];
+        at_limit.push(0);
+        let s = "a".repeat(CONTROL_MESSAGE_MAX - 1);
+        assert_eq!(
+            control_messages(&at_limit).collect::<Vec<_>>(),
+            vec![Ok(ControlMessage::Other(&s))]
+        );
+        let mut over = vec![b'a'; CONTROL_MESSAGE_MAX];
+        over.push(0);
+        assert_eq!(
+            control_messages(&over).collect::<Vec<_>>(),
+            vec![Err(OptionsError::TooLong(CONTROL_MESSAGE_MAX + 1))]
+        );
+        // Unterminated below the limit is Unterminated, at the limit TooLong.
+        assert_eq!(
+            control_messages(&at_limit[..CONTROL_MESSAGE_MAX - 1]).collect::<Vec<_>>(),
+            vec![Err(OptionsError::Unterminated)]
+        );
+        assert_eq!(
+            control_messages(&over[..CONTROL_MESSAGE_MAX]).collect::<Vec<_>>(),
+            vec![Err(OptionsError::TooLong(CONTROL_MESSAGE_MAX))]
+        );
+    }
+
+    #[test]
     fn outgoing_control_messages() {
         assert_eq!(encode_control_message("EXIT").unwrap(), b"EXIT\0");
         assert_eq!(

@@ -1206,6 +1206,53 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn bad_input_unknown_opcodes_with_every_key_id() {
+        // Only opcodes 3..=11 exist in 2.6; 1 and 2 are key-method 1. The key id never rescues
+        // an unknown opcode, whatever the rest of the packet.
+        for byte in 0..=255u8 {
+            let (op, kid) = (byte >> 3, byte & 7);
+            let mut v = hex(CLIENT_RESET);
+            v[0] = byte;
+            let expected = match op {
+                0 | 12..=31 => Some(DecodeError::UnknownOpcode(op)),
+                1 | 2 => Some(DecodeError::ObsoleteOpcode(op)),
+                _ => None,
+            };
+            match expected {
+                Some(e) => {
+                    assert_eq!(decode(&v), Err(e), "byte {byte:#04x}");
+                    assert_eq!(split_first_byte(byte), Err(e));
+                }
+                None => assert_eq!(split_first_byte(byte).map(|(_, k)| k.get()), Ok(kid)),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_input_control_packet_truncated_at_every_length() {
+        // P_CONTROL_V1 with two acks: every proper prefix names the field it ran out in.
+        let v = hex("20 6a496c79d7970e24 02 00000000 00000001 6d2c72dfca72dbbf 00000002 17");
+        let field_at = |len: usize| match len {
+            0 => None,
+            1..=8 => Some(Field::SessionId),
+            9 => Some(Field::AckCount),
+            10..=17 => Some(Field::AckIds),
+            18..=25 => Some(Field::AckSessionId),
+            26..=29 => Some(Field::MessageId),
+            _ => unreachable!(),
+        };
+        for len in 0..30 {
+            let expected = match field_at(len) {
+                None => DecodeError::Empty,
+                Some(field) => DecodeError::Truncated { field, len },
+            };
+            assert_eq!(decode(&v[..len]), Err(expected), "prefix of {len} bytes");
+        }
+        // 30 bytes: the message id is complete and the payload simply empty.
+        assert_eq!(ControlPacket::decode(&v[..30]).unwrap().payload, b"");
+    }
+
     fn arb_control() -> impl Strategy<Value = (Opcode, u8, u64, Vec<u32>, u64, u32, Vec<u8>)> {
         (
             prop::sample::select(vec![

@@ -144,6 +144,8 @@ pub enum QueueResetError {
     NotReset(Opcode),
     #[error("a reset is message id 0, which is already used")]
     AlreadySent,
+    #[error("{opcode:?} cannot start key id {key_id}")]
+    InvalidKeyId { opcode: Opcode, key_id: u8 },
 }
 
 /// What an accepted packet was.
@@ -253,6 +255,13 @@ impl Reliable {
     pub fn queue_reset(&mut self, opcode: Opcode) -> Result<(), QueueResetError> {
         if !opcode.is_reset() {
             return Err(QueueResetError::NotReset(opcode));
+        }
+        // The codec refuses e.g. a soft reset on key 0: it would be retransmitted unsendable.
+        if !opcode.allows_key_id(self.key_id) {
+            return Err(QueueResetError::InvalidKeyId {
+                opcode,
+                key_id: self.key_id.get(),
+            });
         }
         if self.next_send_id != 0 || self.pending_reset.is_some() {
             return Err(QueueResetError::AlreadySent);
@@ -1076,6 +1085,53 @@ mod tests {
             }
         }
         assert!(s.pending_acks.len() <= MAX_PENDING_ACKS);
+    }
+
+    #[test]
+    fn bad_input_reset_opcode_with_wrong_key_id_is_refused() {
+        // Found by fuzzing: a soft reset queued on key 0 (or a hard reset on key 1) went out as
+        // a packet the codec cannot encode, retransmitted for ever.
+        let mut s = Reliable::new(Config::default(), KeyId::ZERO, sid(S), None);
+        assert_eq!(
+            s.queue_reset(Opcode::SoftResetV1),
+            Err(QueueResetError::InvalidKeyId {
+                opcode: Opcode::SoftResetV1,
+                key_id: 0
+            })
+        );
+        let mut s1 = Reliable::new(Config::default(), KeyId::new(1).unwrap(), sid(S), None);
+        assert_eq!(
+            s1.queue_reset(Opcode::HardResetServerV2),
+            Err(QueueResetError::InvalidKeyId {
+                opcode: Opcode::HardResetServerV2,
+                key_id: 1
+            })
+        );
+        let t = Instant::now();
+        assert!(drain(&mut s, t).is_empty() && drain(&mut s1, t).is_empty());
+        // The right pairings still work, and every packet they send encodes.
+        assert_eq!(s1.queue_reset(Opcode::SoftResetV1), Ok(()));
+        assert_eq!(s.queue_reset(Opcode::HardResetServerV2), Ok(()));
+    }
+
+    #[test]
+    fn bad_input_acks_for_unsent_ids_do_not_trigger_fast_retransmit() {
+        let t = Instant::now();
+        let mut s = Reliable::after_cookie(Config::default(), sid(S), sid(C));
+        s.write(&[1; 2000]);
+        assert_eq!(drain(&mut s, t).len(), 2, "ids 1 and 2 in flight");
+        // Three acks above anything sent (and 0xFFFFFFFF) are not "later acks" of id 1.
+        for id in [3, 4, 5, u32::MAX] {
+            let ack = ctl(Opcode::AckV1, C, &[id], None, None, b"");
+            assert_eq!(s.on_packet(&ack, t), Ok(Received::AckOnly));
+        }
+        assert!(drain(&mut s, t).is_empty(), "no early retransmission");
+        assert!(!s.is_acked(1) && !s.is_acked(2));
+        assert!(
+            !s.is_acked(3) && !s.is_acked(u32::MAX),
+            "never sent, never acked"
+        );
+        assert_eq!(s.poll_timeout(), Some(t + INITIAL_RTO));
     }
 
     // --- Two instances over a lossy, duplicating, reordering network ---

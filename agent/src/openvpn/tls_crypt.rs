@@ -896,6 +896,20 @@ mod tests {
     }
 
     #[test]
+    fn bad_input_unknown_and_obsolete_opcodes_are_not_control() {
+        // Checked before any crypto: unknown (12..=31), key-method-1 (1, 2) and data opcodes.
+        let (_, s, w) = wrapped_sample();
+        let mut out = vec![0u8; 4096];
+        for op in [1u8, 2, 6, 9, 12, 13, 31] {
+            for kid in [0u8, 7] {
+                let mut bad = w.clone();
+                bad[0] = (op << 3) | kid;
+                assert_eq!(s.unwrap(&bad, &mut out), Err(UnwrapError::NotControl));
+            }
+        }
+    }
+
+    #[test]
     fn wrap_rejects_non_control_and_oversized() {
         let (c, _, _) = wrapped_sample();
         let mut out = vec![0u8; 4096];

@@ -1,0 +1,1039 @@
+//! One client's OpenVPN session, server side, sans-IO: raw control packets and `now` in,
+//! wire packets, events and a timer out (protocol doc §3.2 state machine, §8 control
+//! messages, §9 renegotiation and keepalive).
+//!
+//! A session owns one key state per live key id: the reliability layer, a rustls
+//! `ServerConnection` (a new full TLS session per key id, §4.1) and the key-method-2
+//! exchange. When a key state becomes active and the client is authorized, its data keys go
+//! into the shared [`DataPeer`], which the packet workers use; the session keeps only what its
+//! timers need. Authentication is a separate step ([`Session::authorize`]) so that a directory
+//! lookup can run asynchronously between the key exchange and the push.
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls::ServerConnection;
+
+use super::crypto::{Cipher, DataFormat};
+use super::keys::{ClientKeyMethod2, KeyBlock, KeyMethodError, PrfInputs, ServerKeyMethod2};
+use super::options::{
+    choose_key_derivation, control_messages, encode_control_message, negotiate_cipher,
+    protocol_flags_option, server_options_string, ControlMessage, KeyDerivation,
+    PeerInfo, PushReply, Transport,
+};
+use super::packet::{
+    decode, ControlPacket, KeyId, Opcode, Packet, Role, SessionId, MAX_CONTROL_PACKET_LEN,
+};
+use super::peer::DataPeer;
+use super::reliable::{self, Reliable};
+use super::tls::{client_identity, describe_handshake_error, ClientIdentity};
+use super::tls_crypt::{TlsCryptKey, TlsCryptSession};
+
+/// Where new key states get their TLS configuration: the current one, so a CRL reload applies
+/// to renegotiations of live sessions too.
+pub trait TlsProvider: Send + Sync {
+    fn server_config(&self) -> Arc<rustls::ServerConfig>;
+}
+
+impl TlsProvider for Arc<rustls::ServerConfig> {
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.clone()
+    }
+}
+
+impl TlsProvider for super::tls::ReloadableTls {
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.current().server_config()
+    }
+}
+
+/// When the server starts a renegotiation itself (doc §9.1); the client's own `reneg-sec`
+/// (3600 s) is served whatever this says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Renegotiation {
+    pub interval: Option<Duration>,
+    pub bytes: Option<u64>,
+    pub packets: Option<u64>,
+}
+
+impl Default for Renegotiation {
+    fn default() -> Self {
+        Self {
+            interval: Some(Duration::from_secs(3600)),
+            bytes: None,
+            packets: None,
+        }
+    }
+}
+
+/// Per-listener session settings.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Data ciphers in preference order (NCP picks the first the client offers, §5.5).
+    pub ciphers: Vec<Cipher>,
+    /// Serve clients without TLS-EKM with the legacy PRF (older clients, §6.3).
+    pub allow_legacy_prf: bool,
+    pub transport: Transport,
+    /// Per key state: reset to active (doc §2.7).
+    pub hand_window: Duration,
+    pub reneg: Renegotiation,
+    /// Pushed `ping` / `ping-restart`; the server drops a client after twice `ping_restart`
+    /// without anything authenticated from it, as a 2.6 server with `keepalive` does (§9.4).
+    pub ping: Duration,
+    pub ping_restart: Duration,
+    /// How long the previous key still decrypts after a renegotiation (§9.3).
+    pub transition_window: Duration,
+    /// How long a refused client is kept so it receives AUTH_FAILED (§8.4).
+    pub auth_failed_linger: Duration,
+    pub reliable: reliable::Config,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            ciphers: Cipher::ALL.to_vec(),
+            allow_legacy_prf: true,
+            transport: Transport::Udp,
+            hand_window: Duration::from_secs(60),
+            reneg: Renegotiation::default(),
+            ping: Duration::from_secs(10),
+            ping_restart: Duration::from_secs(60),
+            transition_window: Duration::from_secs(300),
+            auth_failed_linger: Duration::from_secs(5),
+            reliable: reliable::Config::default(),
+        }
+    }
+}
+
+/// What the server must decide after a key exchange (doc §5.2): the certificate is already
+/// verified by TLS; credentials and group membership are the server's business.
+#[derive(Debug, Clone)]
+pub struct AuthRequest {
+    pub key_id: KeyId,
+    /// True for key id 0 (a new connection); false for a renegotiation.
+    pub initial: bool,
+    pub identity: ClientIdentity,
+    pub username: String,
+    pub password: super::keys::Password,
+    pub peer_info: PeerInfo,
+    pub cipher: Cipher,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent EXIT or OCC_EXIT.
+    ClientExit,
+    /// Nothing authenticated from the client for twice `ping-restart`.
+    PingTimeout,
+    /// A key state did not become active within the hand-window.
+    HandshakeTimeout,
+    /// TLS failed (bad certificate, revoked, protocol error): the reason.
+    TlsError(String),
+    /// The key-method-2 exchange or a negotiation failed.
+    ProtocolError(String),
+    /// Authentication refused; AUTH_FAILED was sent.
+    AuthFailed(String),
+    /// The server closed it (shutdown, revocation, client restart…).
+    Server(String),
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::ClientExit => f.write_str("client exit"),
+            CloseReason::PingTimeout => f.write_str("ping timeout"),
+            CloseReason::HandshakeTimeout => f.write_str("handshake not complete in hand-window"),
+            CloseReason::TlsError(e) => write!(f, "TLS error: {e}"),
+            CloseReason::ProtocolError(e) => write!(f, "protocol error: {e}"),
+            CloseReason::AuthFailed(e) => write!(f, "authentication failed: {e}"),
+            CloseReason::Server(e) => write!(f, "closed by server: {e}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    /// Decide with [`Session::authorize`].
+    Authenticate(Box<AuthRequest>),
+    /// Key 0 is active, authorized and the push went out: the client is connected.
+    Established {
+        cipher: Cipher,
+        tls_version: String,
+        peer_info: PeerInfo,
+    },
+    /// A renegotiated key is in use.
+    Rekeyed { key_id: KeyId },
+    /// A control message we do not act on (logged by the caller).
+    Message(String),
+    /// The session is over; the caller removes it after draining transmits.
+    Closed(CloseReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Resets and TLS handshake, until the client's key-method-2 message is parsed.
+    Handshake,
+    /// Our key-method-2 reply is written; waiting for all of it to be acked (SENT_KEY).
+    SentKey,
+    Active,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Auth {
+    Pending,
+    Accepted,
+    Refused,
+}
+
+struct KeyState {
+    id: KeyId,
+    reliable: Reliable,
+    tls: ServerConnection,
+    started: Instant,
+    phase: Phase,
+    auth: Auth,
+    /// Decrypted TLS plaintext not yet consumed.
+    plain: Vec<u8>,
+    client_km: Option<ClientKeyMethod2>,
+    server_km: Option<ServerKeyMethod2>,
+    keys_installed: bool,
+}
+
+/// Where the session is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    Running,
+    /// Refused or shutting down: still transmitting (AUTH_FAILED, RESTART) until `until`.
+    Closing { until: Instant },
+    Closed,
+}
+
+/// Negotiated once, at key 0, fixed for the session (doc §6.2, §9.2).
+#[derive(Clone, Debug)]
+struct Negotiated {
+    cipher: Cipher,
+    derivation: KeyDerivation,
+    peer_info: PeerInfo,
+    common_name: String,
+}
+
+/// Largest TLS plaintext buffered from the client before it is parsed (a key-method-2 message
+/// is at most about 9 KB with maximal user/pass and peer info).
+const MAX_PLAINTEXT: usize = 16 * 1024;
+
+pub struct Session {
+    cfg: Arc<SessionConfig>,
+    tls_provider: Arc<dyn TlsProvider>,
+    local: SessionId,
+    remote: SessionId,
+    wrap: Option<(Arc<TlsCryptKey>, TlsCryptSession)>,
+    primary: KeyState,
+    /// A renegotiation in progress (its key id is `primary.id.next()`).
+    pending: Option<KeyState>,
+    negotiated: Option<Negotiated>,
+    push: Option<Vec<String>>,
+    pushed: bool,
+    established: bool,
+    peer: Arc<DataPeer>,
+    life: Life,
+    events: VecDeque<SessionEvent>,
+    /// Encoded, wrapped packets ready for the wire (control packets and pings).
+    out: VecDeque<Vec<u8>>,
+    created: Instant,
+    /// Last renegotiation start, for `reneg.interval`; counters at that moment.
+    reneg_base: (Instant, u64, u64),
+    /// Lame duck decrypt key expiry, if one exists.
+    lame_duck_until: Option<Instant>,
+    pending_close: Option<CloseReason>,
+}
+
+/// How a session starts.
+pub enum Start<'a> {
+    /// The client's HARD_RESET_CLIENT_V2 (stateful handshake, TCP): we queue our reset.
+    Reset(&'a ControlPacket<'a>),
+    /// A verified HMAC cookie (UDP): both resets count as exchanged (doc §3.3).
+    Cookie { client: SessionId, server: SessionId },
+}
+
+impl Session {
+    /// `wrap`: the tls-crypt key and this session's wrapping state (replay ids continue after
+    /// the stateless reset on the cookie path). `peer` carries the data channel.
+    pub fn new(
+        cfg: Arc<SessionConfig>,
+        tls_provider: Arc<dyn TlsProvider>,
+        start: Start<'_>,
+        local: SessionId,
+        wrap: Option<(Arc<TlsCryptKey>, TlsCryptSession)>,
+        peer: Arc<DataPeer>,
+        now: Instant,
+    ) -> Result<Session, CloseReason> {
+        let tls = ServerConnection::new(tls_provider.server_config())
+            .map_err(|e| CloseReason::TlsError(e.to_string()))?;
+        let (reliable, remote) = match start {
+            Start::Cookie { client, server } => (
+                Reliable::after_cookie(cfg.reliable.clone(), server, client),
+                client,
+            ),
+            Start::Reset(pkt) => {
+                let mut r = Reliable::new(cfg.reliable.clone(), KeyId::ZERO, local, None);
+                r.on_packet(pkt, now)
+                    .map_err(|e| CloseReason::ProtocolError(e.to_string()))?;
+                r.queue_reset(Opcode::HardResetServerV2)
+                    .map_err(|e| CloseReason::ProtocolError(e.to_string()))?;
+                (r, pkt.session_id)
+            }
+        };
+        let local = reliable.local_session();
+        peer.touch_rx(now);
+        Ok(Session {
+            primary: KeyState::new(KeyId::ZERO, reliable, tls, now),
+            cfg,
+            tls_provider,
+            local,
+            remote,
+            wrap,
+            pending: None,
+            negotiated: None,
+            push: None,
+            pushed: false,
+            established: false,
+            peer,
+            life: Life::Running,
+            events: VecDeque::new(),
+            out: VecDeque::new(),
+            created: now,
+            reneg_base: (now, 0, 0),
+            lame_duck_until: None,
+            pending_close: None,
+        })
+    }
+
+    pub fn local_session(&self) -> SessionId {
+        self.local
+    }
+
+    pub fn remote_session(&self) -> SessionId {
+        self.remote
+    }
+
+    pub fn peer(&self) -> &Arc<DataPeer> {
+        &self.peer
+    }
+
+    pub fn is_established(&self) -> bool {
+        self.established
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.life == Life::Closed
+    }
+
+    pub fn common_name(&self) -> Option<&str> {
+        self.negotiated.as_ref().map(|n| n.common_name.as_str())
+    }
+
+    pub fn cipher(&self) -> Option<Cipher> {
+        self.negotiated.as_ref().map(|n| n.cipher)
+    }
+
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// A raw control packet from the client's address (tls-crypt wrapped if configured).
+    /// Returns false when the packet was not for this session or failed a check; such packets
+    /// change nothing.
+    pub fn on_control(&mut self, raw: &[u8], now: Instant) -> bool {
+        if self.life == Life::Closed {
+            return false;
+        }
+        let mut buf = [0u8; MAX_CONTROL_PACKET_LEN];
+        let plain: &[u8] = match &mut self.wrap {
+            Some((key, st)) => match st.unwrap(key, raw, &mut buf, now) {
+                Ok(u) => u.packet,
+                Err(_) => return false,
+            },
+            None => raw,
+        };
+        let Ok(Packet::Control(pkt)) = decode(plain) else {
+            return false;
+        };
+        if pkt.session_id != self.remote {
+            return false;
+        }
+        let ok = self.dispatch(&pkt, now);
+        if ok {
+            self.peer.touch_rx(now);
+            self.drive(now);
+        }
+        ok
+    }
+
+    fn dispatch(&mut self, pkt: &ControlPacket<'_>, now: Instant) -> bool {
+        if pkt.key_id == self.primary.id && pkt.opcode != Opcode::SoftResetV1 {
+            return self.primary.reliable.on_packet(pkt, now).is_ok();
+        }
+        if let Some(p) = &mut self.pending {
+            if pkt.key_id == p.id {
+                return p.reliable.on_packet(pkt, now).is_ok();
+            }
+        }
+        // A client-initiated renegotiation: a SOFT_RESET for our next key id, accepted only
+        // once the current key is fully established (doc §9.2).
+        if pkt.opcode == Opcode::SoftResetV1
+            && self.pending.is_none()
+            && pkt.key_id == self.primary.id.next()
+            && self.primary.phase == Phase::Active
+            && self.established
+            && self.life == Life::Running
+        {
+            let Ok(mut ks) = self.new_key_state(pkt.key_id, now) else {
+                return false;
+            };
+            if ks.reliable.on_packet(pkt, now).is_err() {
+                return false;
+            }
+            let _ = ks.reliable.queue_reset(Opcode::SoftResetV1);
+            self.pending = Some(ks);
+            return true;
+        }
+        false
+    }
+
+    fn new_key_state(&self, id: KeyId, now: Instant) -> Result<KeyState, CloseReason> {
+        let tls = ServerConnection::new(self.tls_provider.server_config())
+            .map_err(|e| CloseReason::TlsError(e.to_string()))?;
+        let reliable = Reliable::new(self.cfg.reliable.clone(), id, self.local, Some(self.remote));
+        Ok(KeyState::new(id, reliable, tls, now))
+    }
+
+    /// Starts a server-initiated renegotiation now (timer, byte/packet limits, or the
+    /// operator). No-op while one is running or before the session is established.
+    pub fn renegotiate(&mut self, now: Instant) {
+        if self.pending.is_some() || !self.established || self.life != Life::Running {
+            return;
+        }
+        let id = self.primary.id.next();
+        if let Ok(mut ks) = self.new_key_state(id, now) {
+            let _ = ks.reliable.queue_reset(Opcode::SoftResetV1);
+            self.pending = Some(ks);
+            self.reneg_base = (
+                now,
+                self.peer.counters.rx_bytes.load(std::sync::atomic::Ordering::Relaxed)
+                    + self.peer.counters.tx_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                self.peer.counters.rx_packets.load(std::sync::atomic::Ordering::Relaxed)
+                    + self.peer.counters.tx_packets.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            self.drive(now);
+        }
+    }
+
+    /// The server's verdict on an [`SessionEvent::Authenticate`]. For key 0, `push` are the
+    /// options of the PUSH_REPLY without the ones the session negotiates itself (`peer-id`,
+    /// `cipher`, protocol flags, ping), see [`PushReply`]; use [`Session::push_reply`] to
+    /// build them.
+    pub fn authorize(&mut self, key_id: KeyId, verdict: Result<Vec<String>, String>, now: Instant) {
+        let ks = if self.primary.id == key_id {
+            &mut self.primary
+        } else {
+            match &mut self.pending {
+                Some(p) if p.id == key_id => p,
+                _ => return,
+            }
+        };
+        if ks.auth != Auth::Pending {
+            return;
+        }
+        match verdict {
+            Ok(push) => {
+                ks.auth = Auth::Accepted;
+                if key_id == KeyId::ZERO || self.push.is_none() {
+                    self.push = Some(push);
+                }
+            }
+            Err(reason) => {
+                ks.auth = Auth::Refused;
+                let msg = super::options::auth_failed(Some(&reason));
+                let _ = write_message(&mut ks.tls, &msg);
+                self.close_after(
+                    now + self.cfg.auth_failed_linger,
+                    CloseReason::AuthFailed(reason),
+                );
+            }
+        }
+        self.drive(now);
+    }
+
+    /// The PUSH_REPLY for this session, with the negotiated cipher, peer-id, key-derivation
+    /// flags and keepalive filled in. `base` carries routes, DNS, address, timeouts.
+    pub fn push_reply(&self, mut base: PushReply) -> Option<PushReply> {
+        let n = self.negotiated.as_ref()?;
+        base.cipher = n.cipher;
+        base.peer_id = n.peer_info.proto.data_v2().then_some(self.peer.peer_id);
+        base.protocol_flags = protocol_flags_option(n.peer_info.proto, n.derivation);
+        base.ping = self.cfg.ping.as_secs() as u32;
+        base.ping_restart = self.cfg.ping_restart.as_secs() as u32;
+        base.tun_mtu = n.peer_info.mtu().map(|_| 1500);
+        Some(base)
+    }
+
+    /// Tells the client to reconnect (server shutdown or restart, doc §8.4) and closes after a
+    /// short linger.
+    pub fn shutdown(&mut self, message: &str, reason: CloseReason, now: Instant) {
+        if self.life != Life::Running {
+            return;
+        }
+        if self.primary.phase == Phase::Active {
+            let _ = write_message(&mut self.primary.tls, message);
+        }
+        self.close_after(now + Duration::from_secs(2), reason);
+        self.drive(now);
+    }
+
+    /// Ends the session now, without notifying the client.
+    pub fn kill(&mut self, reason: CloseReason) {
+        if self.life != Life::Closed {
+            self.life = Life::Closed;
+            self.peer.close();
+            self.events.push_back(SessionEvent::Closed(reason));
+        }
+    }
+
+    /// OCC_EXIT seen on the data channel (by a worker).
+    pub fn client_exit(&mut self) {
+        self.kill(CloseReason::ClientExit);
+    }
+
+    fn close_after(&mut self, until: Instant, reason: CloseReason) {
+        if self.life == Life::Running {
+            self.life = Life::Closing { until };
+            self.pending_close = Some(reason);
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next packet for the client's address.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.out.pop_front()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.life {
+            Life::Closed => return,
+            Life::Closing { until } if now >= until => {
+                let reason = self
+                    .pending_close
+                    .take()
+                    .unwrap_or(CloseReason::Server("closing".into()));
+                self.kill(reason);
+                return;
+            }
+            _ => {}
+        }
+        let last_rx = self.peer.last_rx().unwrap_or(self.created);
+        if now.saturating_duration_since(last_rx) >= self.cfg.ping_restart * 2 {
+            self.kill(CloseReason::PingTimeout);
+            return;
+        }
+        if self.primary.phase != Phase::Active
+            && now.saturating_duration_since(self.primary.started) >= self.cfg.hand_window
+        {
+            self.kill(CloseReason::HandshakeTimeout);
+            return;
+        }
+        if let Some(p) = &self.pending {
+            if now.saturating_duration_since(p.started) >= self.cfg.hand_window {
+                // A failed renegotiation ends the session: the old key would expire anyway.
+                self.kill(CloseReason::HandshakeTimeout);
+                return;
+            }
+        }
+        if let Some(until) = self.lame_duck_until {
+            if now >= until {
+                self.lame_duck_until = self.peer.expire_lame_duck(now);
+            }
+        }
+        if self.established && self.life == Life::Running && self.pending.is_none() {
+            let use_ = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            let ctr = &self.peer.counters;
+            let bytes = use_(&ctr.rx_bytes) + use_(&ctr.tx_bytes) - self.reneg_base.1;
+            let packets = use_(&ctr.rx_packets) + use_(&ctr.tx_packets) - self.reneg_base.2;
+            let r = &self.cfg.reneg;
+            let due = r
+                .interval
+                .is_some_and(|i| now.saturating_duration_since(self.reneg_base.0) >= i)
+                || r.bytes.is_some_and(|b| bytes >= b)
+                || r.packets.is_some_and(|p| packets >= p)
+                || self.peer.send_key_exhausted();
+            if due {
+                self.renegotiate(now);
+            }
+        }
+        if self.peer.has_keys() {
+            let last_tx = self.peer.last_tx().unwrap_or(self.created);
+            if now.saturating_duration_since(last_tx) >= self.cfg.ping {
+                if let Ok(p) = self.peer.ping_packet(now) {
+                    self.out.push_back(p);
+                }
+            }
+        }
+        self.drive(now);
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.life == Life::Closed {
+            return None;
+        }
+        let mut t: Vec<Instant> = Vec::with_capacity(8);
+        if let Life::Closing { until } = self.life {
+            t.push(until);
+        }
+        t.push(self.peer.last_rx().unwrap_or(self.created) + self.cfg.ping_restart * 2);
+        if self.primary.phase != Phase::Active {
+            t.push(self.primary.started + self.cfg.hand_window);
+        }
+        t.extend(self.primary.reliable.poll_timeout());
+        if let Some(p) = &self.pending {
+            t.push(p.started + self.cfg.hand_window);
+            t.extend(p.reliable.poll_timeout());
+        }
+        t.extend(self.lame_duck_until);
+        if self.established && self.pending.is_none() {
+            if let Some(i) = self.cfg.reneg.interval {
+                t.push(self.reneg_base.0 + i);
+            }
+            if self.cfg.reneg.bytes.is_some() || self.cfg.reneg.packets.is_some() {
+                // Counters move without telling us: look again every second.
+                t.push(Instant::now() + Duration::from_secs(1));
+            }
+        }
+        if self.peer.has_keys() {
+            t.push(self.peer.last_tx().unwrap_or(self.created) + self.cfg.ping);
+        }
+        t.into_iter().min()
+    }
+
+    /// Moves everything forward after an input: TLS in and out, key-method-2, activation,
+    /// pushes, and the packets that result.
+    fn drive(&mut self, now: Instant) {
+        if self.life == Life::Closed {
+            return;
+        }
+        if let Err(reason) = self.drive_key(false, now) {
+            self.fail(reason, now);
+            return;
+        }
+        if self.pending.is_some() {
+            if let Err(reason) = self.drive_key(true, now) {
+                self.fail(reason, now);
+                return;
+            }
+            self.maybe_promote(now);
+        }
+        self.flush(now);
+    }
+
+    fn fail(&mut self, reason: CloseReason, now: Instant) {
+        // Whatever TLS queued (an alert) still goes out.
+        self.flush(now);
+        self.kill(reason);
+    }
+
+    fn drive_key(&mut self, pending: bool, now: Instant) -> Result<(), CloseReason> {
+        let cfg = self.cfg.clone();
+        let prior = self.negotiated.clone();
+        let ks = if pending {
+            self.pending.as_mut().expect("checked")
+        } else {
+            &mut self.primary
+        };
+        let step = step_key(ks, &cfg, prior.as_ref())?;
+        let needs_keys = ks.phase == Phase::Active && ks.auth == Auth::Accepted && !ks.keys_installed;
+        if self.negotiated.is_none() {
+            self.negotiated = step.negotiated;
+        }
+        if let Some(reason) = step.refused {
+            self.close_after(now + cfg.auth_failed_linger, CloseReason::AuthFailed(reason));
+        }
+        if let Some(req) = step.authenticate {
+            self.events.push_back(SessionEvent::Authenticate(req));
+        }
+        for m in step.messages {
+            match m.as_str() {
+                // Pushed once per session, as soon as authorized (doc §8.2).
+                "PUSH_REQUEST" => {}
+                "EXIT" => {
+                    self.kill(CloseReason::ClientExit);
+                    return Ok(());
+                }
+                _ => self.events.push_back(SessionEvent::Message(m)),
+            }
+        }
+        if needs_keys {
+            self.install_keys(pending, now)?;
+            if !pending {
+                self.send_push(now)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn install_keys(&mut self, pending: bool, now: Instant) -> Result<(), CloseReason> {
+        let n = self.negotiated.clone().ok_or_else(|| {
+            CloseReason::ProtocolError("keys before negotiation".into())
+        })?;
+        let (local, remote) = (self.local, self.remote);
+        let ks = if pending {
+            self.pending.as_mut().expect("checked")
+        } else {
+            &mut self.primary
+        };
+        let block = match n.derivation {
+            KeyDerivation::TlsEkm => KeyBlock::from_ekm(|out, label, ctx| {
+                ks.tls.export_keying_material(out, label, ctx).map(|_| ())
+            })
+            .map_err(|e| CloseReason::TlsError(format!("keying material export: {e}")))?,
+            KeyDerivation::LegacyPrf => {
+                let (Some(c), Some(s)) = (&ks.client_km, &ks.server_km) else {
+                    return Err(CloseReason::ProtocolError("key exchange incomplete".into()));
+                };
+                KeyBlock::from_prf(&PrfInputs {
+                    client: &c.key_source,
+                    server_random1: &s.random1,
+                    server_random2: &s.random2,
+                    client_session_id: remote.as_bytes(),
+                    server_session_id: local.as_bytes(),
+                })
+            }
+        };
+        let keys = block.data_keys(n.cipher, Role::Server);
+        let format = if n.peer_info.proto.data_v2() {
+            DataFormat::V2 {
+                peer_id: self.peer.peer_id,
+            }
+        } else {
+            DataFormat::V1
+        };
+        let until = now + self.cfg.transition_window;
+        self.peer
+            .install(ks.id.get(), &keys, format, until)
+            .map_err(|e| CloseReason::ProtocolError(e.to_string()))?;
+        ks.keys_installed = true;
+        if pending {
+            self.lame_duck_until = Some(until);
+        }
+        Ok(())
+    }
+
+    fn send_push(&mut self, _now: Instant) -> Result<(), CloseReason> {
+        if self.pushed {
+            return Ok(());
+        }
+        let Some(messages) = self.push.clone() else {
+            return Ok(());
+        };
+        for m in &messages {
+            write_message(&mut self.primary.tls, m)?;
+        }
+        self.pushed = true;
+        pump_tls(&mut self.primary)?;
+        let n = self.negotiated.as_ref().expect("negotiated before push");
+        self.established = true;
+        let tls_version = self
+            .primary
+            .tls
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default();
+        self.events.push_back(SessionEvent::Established {
+            cipher: n.cipher,
+            tls_version,
+            peer_info: n.peer_info.clone(),
+        });
+        Ok(())
+    }
+
+    /// A renegotiated key that is active and authorized replaces the primary; the old key's
+    /// decrypt half stays in the data peer as lame duck (doc §9.3).
+    fn maybe_promote(&mut self, _now: Instant) {
+        let ready = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.phase == Phase::Active && p.keys_installed);
+        if ready {
+            let p = self.pending.take().expect("checked");
+            self.primary = p;
+            self.events.push_back(SessionEvent::Rekeyed {
+                key_id: self.primary.id,
+            });
+        }
+    }
+
+    /// Encodes and wraps everything the reliability layers want to send.
+    fn flush(&mut self, now: Instant) {
+        let mut plain = [0u8; MAX_CONTROL_PACKET_LEN];
+        let mut wrapped = [0u8; MAX_CONTROL_PACKET_LEN + 64];
+        let mut any = false;
+        for ks in std::iter::once(&mut self.primary).chain(self.pending.as_mut()) {
+            while let Some(pkt) = ks.reliable.poll_transmit(now) {
+                let Ok(n) = pkt.encode(&mut plain) else {
+                    continue;
+                };
+                let bytes = match &mut self.wrap {
+                    Some((key, st)) => match st.wrap(key, &plain[..n], &mut wrapped) {
+                        Ok(m) => wrapped[..m].to_vec(),
+                        Err(_) => continue,
+                    },
+                    None => plain[..n].to_vec(),
+                };
+                self.out.push_back(bytes);
+                any = true;
+            }
+        }
+        if any {
+            // Control packets count as sent traffic for the keepalive (doc §9.4).
+            self.peer.touch_tx(now);
+        }
+    }
+}
+
+impl KeyState {
+    fn new(id: KeyId, reliable: Reliable, tls: ServerConnection, now: Instant) -> Self {
+        Self {
+            id,
+            reliable,
+            tls,
+            started: now,
+            phase: Phase::Handshake,
+            auth: Auth::Pending,
+            plain: Vec::new(),
+            client_km: None,
+            server_km: None,
+            keys_installed: false,
+        }
+    }
+}
+
+fn km_err(e: KeyMethodError) -> CloseReason {
+    CloseReason::ProtocolError(format!("key-method 2: {e}"))
+}
+
+fn server_key_method(
+    km: &ClientKeyMethod2,
+    transport: Transport,
+    rng: &SystemRandom,
+) -> ServerKeyMethod2 {
+    let mut r1 = [0u8; 32];
+    let mut r2 = [0u8; 32];
+    // SystemRandom only fails when the OS has no entropy source at all.
+    rng.fill(&mut r1).expect("system randomness");
+    rng.fill(&mut r2).expect("system randomness");
+    ServerKeyMethod2 {
+        random1: r1,
+        random2: r2,
+        options: server_options_string(&km.options, transport),
+    }
+}
+
+/// Completes the key exchange and sends AUTH_FAILED: a client that is not active never reads
+/// it (doc §5.2 step 4, pitfall 26).
+fn refuse_after_key(
+    ks: &mut KeyState,
+    km: &ClientKeyMethod2,
+    transport: Transport,
+    rng: &SystemRandom,
+    message: &str,
+) -> Result<(), CloseReason> {
+    let reply = server_key_method(km, transport, rng);
+    write_raw(&mut ks.tls, &reply.to_bytes().map_err(km_err)?)?;
+    write_message(&mut ks.tls, message)?;
+    ks.server_km = Some(reply);
+    ks.phase = Phase::SentKey;
+    ks.auth = Auth::Refused;
+    pump_tls(ks)
+}
+
+fn write_raw(tls: &mut ServerConnection, bytes: &[u8]) -> Result<(), CloseReason> {
+    tls.writer()
+        .write_all(bytes)
+        .map_err(|e| CloseReason::TlsError(e.to_string()))
+}
+
+/// One control message, one TLS write, one record (doc §8.1).
+fn write_message(tls: &mut ServerConnection, msg: &str) -> Result<(), CloseReason> {
+    let bytes = encode_control_message(msg)
+        .map_err(|e| CloseReason::ProtocolError(format!("control message: {e}")))?;
+    write_raw(tls, &bytes)
+}
+
+/// Ciphertext from the reliability layer into TLS, plaintext out of TLS into the key state's
+/// buffer, TLS output into the reliability layer.
+fn pump_tls(ks: &mut KeyState) -> Result<(), CloseReason> {
+    // Bounded: each round consumes reliable bytes or stops.
+    for _ in 0..64 {
+        if ks.reliable.readable() == 0 {
+            break;
+        }
+        match ks.tls.read_tls(&mut ks.reliable) {
+            Ok(0) => break,
+            Ok(_) => {
+                if let Err(e) = ks.tls.process_new_packets() {
+                    // Let the alert out before giving up.
+                    let _ = ks.tls.write_tls(&mut ks.reliable);
+                    return Err(CloseReason::TlsError(describe_handshake_error(&e)));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(CloseReason::TlsError(e.to_string())),
+        }
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        match std::io::Read::read(&mut ks.tls.reader(), &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if ks.plain.len() + n > MAX_PLAINTEXT {
+                    return Err(CloseReason::ProtocolError(
+                        "too much unparsed control-channel plaintext".into(),
+                    ));
+                }
+                ks.plain.extend_from_slice(&buf[..n]);
+            }
+            Err(_) => break,
+        }
+    }
+    while ks.tls.wants_write() {
+        match ks.tls.write_tls(&mut ks.reliable) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+/// What one step of a key state produced, applied by the session.
+#[derive(Default)]
+struct KeyStep {
+    negotiated: Option<Negotiated>,
+    authenticate: Option<Box<AuthRequest>>,
+    /// Refused during the exchange (no shared cipher, no EKM, bad credentials): AUTH_FAILED is
+    /// already written.
+    refused: Option<String>,
+    messages: Vec<String>,
+}
+
+/// TLS, the client's key-method-2 message, our reply, activation and control messages for one
+/// key state. `prior` is the session's negotiation from key 0, if any.
+fn step_key(
+    ks: &mut KeyState,
+    cfg: &SessionConfig,
+    prior: Option<&Negotiated>,
+) -> Result<KeyStep, CloseReason> {
+    let mut step = KeyStep::default();
+    let rng = SystemRandom::new();
+    pump_tls(ks)?;
+    if ks.phase == Phase::Handshake && !ks.tls.is_handshaking() && ks.client_km.is_none() {
+        let (km, used) = match ClientKeyMethod2::parse(&ks.plain) {
+            Ok(x) => x,
+            Err(KeyMethodError::Truncated(_)) if ks.plain.len() < MAX_PLAINTEXT => {
+                return Ok(step)
+            }
+            Err(e) => return Err(km_err(e)),
+        };
+        ks.plain.drain(..used);
+        let identity =
+            client_identity(&ks.tls).map_err(|e| CloseReason::TlsError(e.to_string()))?;
+        let peer_info = PeerInfo::parse(&km.peer_info);
+        // Negotiate once, at key 0; renegotiations keep cipher and derivation but must present
+        // the same certificate name (doc §9.2).
+        let negotiated = match prior {
+            Some(n) if n.common_name != identity.common_name => {
+                return Err(CloseReason::ProtocolError(format!(
+                    "certificate name changed on renegotiation from {:?} to {:?}",
+                    n.common_name, identity.common_name
+                )));
+            }
+            Some(n) => n.clone(),
+            None => {
+                let cipher = negotiate_cipher(&cfg.ciphers, &peer_info, &km.options);
+                let derivation = choose_key_derivation(peer_info.proto, cfg.allow_legacy_prf);
+                match (cipher, derivation) {
+                    (Ok(cipher), Ok(derivation)) => Negotiated {
+                        cipher,
+                        derivation,
+                        peer_info: peer_info.clone(),
+                        common_name: identity.common_name.clone(),
+                    },
+                    (Err(e), _) => {
+                        refuse_after_key(ks, &km, cfg.transport, &rng, &e.auth_failed_message())?;
+                        step.refused = Some(e.to_string());
+                        ks.client_km = Some(km);
+                        return Ok(step);
+                    }
+                    (_, Err(e)) => {
+                        refuse_after_key(ks, &km, cfg.transport, &rng, &e.auth_failed_message())?;
+                        step.refused = Some(e.to_string());
+                        ks.client_km = Some(km);
+                        return Ok(step);
+                    }
+                }
+            }
+        };
+        if km.credentials_invalid {
+            // Oversized or non-UTF-8 credentials (doc §5.1): refuse after the reply.
+            let msg = super::options::auth_failed(Some("invalid credentials"));
+            refuse_after_key(ks, &km, cfg.transport, &rng, &msg)?;
+            step.refused = Some("invalid credentials".into());
+            ks.client_km = Some(km);
+            return Ok(step);
+        }
+        let reply = server_key_method(&km, cfg.transport, &rng);
+        // Alone in its TLS record (doc §5.6).
+        write_raw(&mut ks.tls, &reply.to_bytes().map_err(km_err)?)?;
+        ks.server_km = Some(reply);
+        ks.phase = Phase::SentKey;
+        step.authenticate = Some(Box::new(AuthRequest {
+            key_id: ks.id,
+            initial: ks.id == KeyId::ZERO,
+            identity,
+            username: km.username.clone(),
+            password: km.password.clone(),
+            peer_info,
+            cipher: negotiated.cipher,
+        }));
+        ks.client_km = Some(km);
+        if prior.is_none() {
+            step.negotiated = Some(negotiated);
+        }
+        pump_tls(ks)?;
+    }
+    if ks.phase == Phase::SentKey && ks.reliable.all_acked() && !ks.tls.wants_write() {
+        ks.phase = Phase::Active;
+    }
+    if ks.phase != Phase::Handshake {
+        // Control messages: whole NUL-terminated messages only; a tail waits for more.
+        if let Some(end) = ks.plain.iter().rposition(|&b| b == 0) {
+            let chunk: Vec<u8> = ks.plain.drain(..=end).collect();
+            for m in control_messages(&chunk).flatten() {
+                step.messages.push(match m {
+                    ControlMessage::PushRequest => "PUSH_REQUEST".to_owned(),
+                    ControlMessage::Exit => "EXIT".to_owned(),
+                    ControlMessage::CrResponse(_) => "CR_RESPONSE".to_owned(),
+                    ControlMessage::Other(s) => s.to_owned(),
+                });
+            }
+        } else if ks.plain.len() > super::options::CONTROL_MESSAGE_MAX {
+            // No NUL within the maximum message size: the 2.6 receiver drops it too.
+            ks.plain.clear();
+        }
+    }
+    Ok(step)
+}

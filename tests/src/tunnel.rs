@@ -1,0 +1,162 @@
+//! Our OpenVPN server, in-process, in front of the XDP data path: a [`gateway::Gateway`]
+//! (gateway and private-network namespaces, TAP, XDP programs, policy) plus the tunnel
+//! listening on the underlay, and client namespaces on the underlay for stock `openvpn`
+//! clients.
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use portcullis::datapath::maps::Maps;
+use portcullis::gateway::ClientsMapHooks;
+use portcullis::openvpn::server::{PushSettings, Server, ServerEvent, ServerSettings};
+use portcullis::openvpn::session::{Renegotiation, TlsProvider};
+use portcullis::openvpn::tls::{ReloadableTls, TlsFiles, TlsOptions};
+use portcullis::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
+use portcullis::openvpn::packet::Role;
+use portcullis::policy::PolicyInput;
+use portcullis::tunnel::{Tunnel, TunnelOptions};
+
+use crate::gateway::{base_policy, Gateway, Options};
+use crate::openvpn::{LabPki, TempDir, Underlay, OVPN_PORT, UNDERLAY_GW};
+
+pub struct TunnelOpts {
+    pub tls_crypt: bool,
+    pub udp: bool,
+    pub tcp: bool,
+    pub reneg: Renegotiation,
+    pub crls: Vec<PathBuf>,
+    pub clients: usize,
+    pub policy: PolicyInput,
+    pub push: PushSettings,
+    pub ping: Duration,
+    pub ping_restart: Duration,
+}
+
+impl Default for TunnelOpts {
+    fn default() -> Self {
+        Self {
+            tls_crypt: true,
+            udp: true,
+            tcp: true,
+            reneg: Renegotiation::default(),
+            crls: Vec::new(),
+            clients: 1,
+            policy: base_policy(),
+            push: PushSettings {
+                routes: vec!["10.0.0.0/24".parse().unwrap()],
+                dns: vec!["10.0.0.2".parse().unwrap()],
+                full_tunnel: false,
+                session_timeout: None,
+            },
+            ping: Duration::from_secs(10),
+            ping_restart: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Field order is drop order: the tunnel stops first, then the clients' namespaces go, then
+/// the gateway.
+pub struct TunnelLab {
+    pub tunnel: Option<Tunnel>,
+    pub events: mpsc::Receiver<ServerEvent>,
+    pub tls: Arc<ReloadableTls>,
+    pub underlay: Underlay,
+    pub gw: Gateway,
+    pub pki: LabPki,
+    _dir: TempDir,
+}
+
+impl TunnelLab {
+    pub fn new(opts: TunnelOpts) -> TunnelLab {
+        let dir = TempDir::new("tlab");
+        let pki = LabPki::generate(dir.path());
+        let gw = Gateway::new(opts.policy.clone(), Options::default());
+        let underlay = Underlay::attach(&gw.gw, opts.clients);
+        let tls = Arc::new(
+            ReloadableTls::new(
+                TlsFiles {
+                    ca: pki.ca.clone(),
+                    cert: pki.server.cert.clone(),
+                    key: pki.server.key.clone(),
+                    crls: opts.crls.clone(),
+                },
+                TlsOptions::default(),
+            )
+            .expect("server TLS"),
+        );
+        let mut settings = ServerSettings {
+            client_cidr: "10.100.0.0/24".parse().unwrap(),
+            push: opts.push.clone(),
+            ..ServerSettings::default()
+        };
+        for s in [&mut settings.udp, &mut settings.tcp] {
+            s.reneg = opts.reneg.clone();
+            s.ping = opts.ping;
+            s.ping_restart = opts.ping_restart;
+        }
+        let tc = opts.tls_crypt.then(|| {
+            let text = std::fs::read_to_string(&pki.tls_crypt).unwrap();
+            Arc::new(TlsCryptKey::new(&StaticKey::parse(&text).unwrap(), Role::Server))
+        });
+        let provider: Arc<dyn TlsProvider> = tls.clone();
+        let server = Server::new(settings, provider, tc, Instant::now()).expect("server");
+        let queues = (0..gw.tap.queues.len())
+            .map(|i| std::fs::File::from(gw.tap.queue_fd(i).unwrap()))
+            .collect();
+        let (tx, rx) = mpsc::channel();
+        let maps = Maps::open_pinned(&gw.dp.options.pin_dir()).expect("pinned maps");
+        let hooks = ClientsMapHooks::new(maps).with_events(tx);
+        let at = SocketAddr::V4(SocketAddrV4::new(UNDERLAY_GW, OVPN_PORT));
+        let tunnel = Tunnel::start(
+            server,
+            queues,
+            gw.tap.mac,
+            &TunnelOptions {
+                udp: if opts.udp { vec![at] } else { vec![] },
+                tcp: if opts.tcp { vec![at] } else { vec![] },
+                workers: 2,
+            },
+            Box::new(hooks),
+        )
+        .expect("tunnel starts");
+        TunnelLab {
+            tunnel: Some(tunnel),
+            events: rx,
+            tls,
+            underlay,
+            gw,
+            pki,
+            _dir: dir,
+        }
+    }
+
+    pub fn tunnel(&self) -> &Tunnel {
+        self.tunnel.as_ref().expect("running")
+    }
+
+    /// Waits for an event matching `f`, skipping others; bounded by `timeout`.
+    pub fn wait_event(
+        &self,
+        timeout: Duration,
+        mut f: impl FnMut(&ServerEvent) -> bool,
+    ) -> Option<ServerEvent> {
+        let end = Instant::now() + timeout;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.events.recv_timeout(left) {
+                Ok(ev) if f(&ev) => return Some(ev),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+}
+
+impl Drop for TunnelLab {
+    fn drop(&mut self) {
+        if let Some(t) = self.tunnel.take() {
+            t.stop();
+        }
+    }
+}
