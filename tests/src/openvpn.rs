@@ -258,7 +258,12 @@ impl Proc {
     }
 
     pub fn is_running(&self) -> bool {
-        matches!(self.child.lock().unwrap().try_wait(), Ok(None))
+        matches!(self.child().try_wait(), Ok(None))
+    }
+
+    /// The child, also after a panic elsewhere poisoned the lock (drop must still stop it).
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The log so far (empty if unreadable).
@@ -301,9 +306,23 @@ impl Proc {
         ))
     }
 
+    /// How often `pattern` occurs in the log.
+    pub fn log_count(&self, pattern: &str) -> usize {
+        self.log().matches(pattern).count()
+    }
+
+    /// Wait until `pattern` occurs at least `n` times (e.g. the second "Initialization
+    /// Sequence Completed" after a reconnect); false on timeout or exit.
+    pub fn wait_log_count(&self, pattern: &str, n: usize, timeout: Duration) -> bool {
+        poll(timeout, || {
+            self.log_count(pattern) >= n || !self.is_running()
+        });
+        self.log_count(pattern) >= n
+    }
+
     /// Stop now (also what drop does); returns the exit status, if any.
     pub fn stop(&self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.lock().unwrap();
+        let mut child = self.child();
         if let Ok(Some(st)) = child.try_wait() {
             return Some(st);
         }
@@ -729,7 +748,7 @@ impl Connected {
 }
 
 /// A stock `openvpn` client in a namespace. Drop stops it (and prints its log if the thread
-/// is panicking).
+/// is panicking). One per namespace: the tun device is always [`TUN_DEV`].
 pub struct OvpnClient {
     pub proc: Proc,
     env_file: PathBuf,
@@ -805,9 +824,15 @@ impl OvpnClient {
         self.proc.wait_log(pattern, timeout)
     }
 
-    /// How often `pattern` occurs in the log (e.g. to wait for a reconnect).
+    /// How often `pattern` occurs in the log.
     pub fn log_count(&self, pattern: &str) -> usize {
-        self.proc.log().matches(pattern).count()
+        self.proc.log_count(pattern)
+    }
+
+    /// Wait until `pattern` occurs `n` times (after a reconnect the first connect's lines are
+    /// still in the log, so [`OvpnClient::wait_connected`] returns at once).
+    pub fn wait_log_count(&self, pattern: &str, n: usize, timeout: Duration) -> bool {
+        self.proc.wait_log_count(pattern, n, timeout)
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,27 +1,36 @@
-//! `portcullis demo`: a gateway, two clients and a private network in network namespaces,
-//! with real traffic (ICMP, TCP, UDP from the clients' own network stacks) through the real
-//! XDP data path, an embedded AWS-style policy, and the verdicts shown with their reasons.
-//!
-//! Until the OpenVPN tunnel lands, each client namespace is wired to the gateway by a veth
-//! pair whose frames the agent relays into the TAP ([`crate::relay`]): exactly the path a
-//! decrypted tunnel packet takes.
+//! `portcullis demo`: a gateway, two clients and a private network in network namespaces.
+//! Each client runs the stock `openvpn` client, which connects to the agent's OpenVPN server
+//! with its own certificate (a demo PKI made on the fly); real traffic (ICMP, TCP, UDP from
+//! the clients' own network stacks) goes through the tunnel into the XDP data path, which
+//! applies an embedded AWS-style policy; the verdicts are shown with their reasons.
 mod net;
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use aya::programs::XdpMode;
-use portcullis_common::{ClientInfo, DenyEvent, DropReason, DEFAULT_FLOWS_PER_CLIENT};
+use portcullis_common::{DenyEvent, DropReason};
 
 use crate::{
-    datapath::{self, tap::Tap, Datapath, DatapathOptions},
+    datapath::{self, maps::Maps, tap::Tap, Datapath, DatapathOptions},
+    gateway::ClientsMapHooks,
+    openvpn::{
+        packet::Role,
+        server::{PushSettings, Server, ServerEvent, ServerSettings},
+        tls::{ReloadableTls, TlsFiles, TlsOptions},
+        tls_crypt::{StaticKey, TlsCryptKey},
+    },
+    pki,
     policy::{self, PolicyInput},
     reconcile,
-    relay::{Relay, RelayPort},
+    tunnel::{Tunnel, TunnelOptions},
 };
 use net::{Ns, Topology};
 
@@ -45,7 +54,8 @@ pub struct DemoOptions {
 struct User {
     name: &'static str,
     ns: &'static str,
-    addr: Ipv4Addr,
+    /// The client's address on the underlay (its "internet" address).
+    underlay: Ipv4Addr,
     gw_if: &'static str,
 }
 
@@ -53,16 +63,90 @@ const USERS: [User; 2] = [
     User {
         name: "alice",
         ns: "pc-demo-alice",
-        addr: Ipv4Addr::new(10, 100, 0, 2),
+        underlay: Ipv4Addr::new(192, 0, 2, 11),
         gw_if: "pc-dal0",
     },
     User {
         name: "bob",
         ns: "pc-demo-bob",
-        addr: Ipv4Addr::new(10, 100, 0, 3),
+        underlay: Ipv4Addr::new(192, 0, 2, 12),
         gw_if: "pc-dbo0",
     },
 ];
+
+const PKI_DIR: &str = "/tmp/portcullis-demo-pki";
+const OVPN_PORT: u16 = 1194;
+
+/// A stock `openvpn` client in a namespace; killed on drop.
+struct OvpnClient {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl OvpnClient {
+    fn start(u: &User, dir: &std::path::Path) -> Result<OvpnClient> {
+        let conf = dir.join(format!("{}.ovpn", u.name));
+        let log = dir.join(format!("{}.log", u.name));
+        std::fs::write(
+            &conf,
+            format!(
+                "client\ndev tun\nproto udp4\nremote {gw} {OVPN_PORT}\nnobind\n\
+                 remote-cert-tls server\nca {d}/ca.crt\ncert {d}/{n}.crt\nkey {d}/{n}.key\n\
+                 tls-crypt {d}/tls-crypt.key\ndata-ciphers AES-256-GCM:CHACHA20-POLY1305\n\
+                 connect-retry 1\nexplicit-exit-notify 1\nverb 3\n",
+                gw = net::UNDERLAY_GW,
+                d = dir.display(),
+                n = u.name
+            ),
+        )?;
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", u.ns, "openvpn", "--config"])
+            .arg(&conf)
+            .arg("--log")
+            .arg(&log)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting openvpn (install it: cargo xtask setup)")?;
+        Ok(OvpnClient { child, log })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_connected(&mut self, timeout: Duration) -> Result<()> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.log().contains("Initialization Sequence Completed") {
+                return Ok(());
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                bail!("openvpn exited ({st}):\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("openvpn did not connect within {timeout:?}:\n{}", self.log())
+    }
+}
+
+impl Drop for OvpnClient {
+    fn drop(&mut self) {
+        // SIGTERM lets it send its exit notification; then make sure it is gone.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 #[derive(Clone, Copy)]
 enum Probe {
@@ -91,7 +175,7 @@ pub fn run(opts: DemoOptions) -> Result<()> {
     let topo = Topology::build(
         &USERS
             .iter()
-            .map(|u| (u.ns, u.gw_if, u.addr))
+            .map(|u| (u.ns, u.gw_if, u.underlay))
             .collect::<Vec<_>>(),
     )?;
     let servers = net::Servers::start(&topo.net)?;
@@ -148,34 +232,88 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         "gateway: XDP on {TAP} (clients) and pc-dgw0 (private network), policy generation {generation}, maps pinned in {}/{ENDPOINT}",
         datapath::DEFAULT_PIN_ROOT
     );
-    for (slot, u) in USERS.iter().enumerate() {
-        let groups = input.local_groups_of(u.name);
-        dp.maps.reset_session_stats(slot as u32)?;
-        dp.maps.upsert_client(
-            u.addr,
-            ClientInfo {
-                groups: compiled.groups_bitmap(groups.iter().map(String::as_str)),
-                slot: slot as u32,
-                max_flows: DEFAULT_FLOWS_PER_CLIENT,
+    // The OpenVPN server: a demo PKI, tls-crypt, full tunnel (so that every destination is
+    // the data path's decision), listening on the underlay.
+    let pki_dir = std::path::PathBuf::from(PKI_DIR);
+    let _ = std::fs::remove_dir_all(&pki_dir);
+    std::fs::create_dir_all(&pki_dir)?;
+    let _pki_guard = RemoveDir(pki_dir.clone());
+    pki::write_demo_pki(
+        &pki_dir,
+        "portcullis-demo-gateway",
+        &USERS.iter().map(|u| u.name).collect::<Vec<_>>(),
+    )?;
+    let tc_key = StaticKey::generate().map_err(|_| anyhow::anyhow!("no system randomness for the tls-crypt key"))?;
+    std::fs::write(pki_dir.join("tls-crypt.key"), tc_key.to_pem())?;
+    let tls = Arc::new(ReloadableTls::new(
+        TlsFiles {
+            ca: pki_dir.join("ca.crt"),
+            cert: pki_dir.join("server.crt"),
+            key: pki_dir.join("server.key"),
+            crls: Vec::new(),
+        },
+        TlsOptions::default(),
+    )?);
+    let server = Server::new(
+        ServerSettings {
+            client_cidr: input.client_cidr,
+            push: PushSettings {
+                full_tunnel: true,
+                ..PushSettings::default()
             },
-        )?;
-        println!("client {:<5} {}  groups {:?}", u.name, u.addr, groups);
-    }
-    let ports = USERS
-        .iter()
-        .map(|u| {
-            Ok(RelayPort {
-                ifindex: datapath::ifindex(u.gw_if).context("relay interface")?,
-                mac: net::mac_of(u.gw_if)?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            ..ServerSettings::default()
+        },
+        tls,
+        Some(Arc::new(TlsCryptKey::new(&tc_key, Role::Server))),
+        Instant::now(),
+    )
+    .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
+    let groups_of = {
+        let input = input.clone();
+        let compiled = compiled.clone();
+        move |user: &str| {
+            let g = input.local_groups_of(user);
+            compiled.groups_bitmap(g.iter().map(String::as_str))
+        }
+    };
+    let (ev_tx, ev_rx) = std::sync::mpsc::channel();
+    let hooks = ClientsMapHooks::new(Maps::open_pinned(&dp.options.pin_dir())?)
+        .with_groups(Box::new(groups_of))
+        .with_events(ev_tx);
     let taps = tap
         .queues
         .iter()
         .map(|q| q.try_clone())
         .collect::<std::io::Result<Vec<_>>>()?;
-    let relay = Relay::start(&ports, taps, tap.mac)?;
+    let listen = SocketAddr::from((net::UNDERLAY_GW, OVPN_PORT));
+    let tunnel = Tunnel::start(
+        server,
+        taps,
+        tap.mac,
+        &TunnelOptions {
+            udp: vec![listen],
+            tcp: vec![listen],
+            workers: 0,
+        },
+        Box::new(hooks),
+    )
+    .context("starting the OpenVPN listeners")?;
+    println!("openvpn server: udp and tcp {listen}, tls-crypt, certificates in {PKI_DIR}");
+
+    let mut clients = Vec::new();
+    let mut slots = Vec::new();
+    for u in &USERS {
+        let mut c = OvpnClient::start(u, &pki_dir)?;
+        c.wait_connected(Duration::from_secs(30))?;
+        let ev = wait_connected(&ev_rx, u.name, Duration::from_secs(5))?;
+        let groups = input.local_groups_of(u.name);
+        println!(
+            "client {:<5} openvpn connected from {}: tunnel address {}, {}, groups {:?}",
+            u.name, u.underlay, ev.1, ev.2, groups
+        );
+        slots.push((u.name, ev.0, ev.1));
+        clients.push(c);
+    }
     let mut events = dp.maps.take_deny_events()?;
 
     let probes: [(&User, Probe); 10] = [
@@ -247,11 +385,11 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         );
     }
     println!("\nsessions (per-session counters, summed over CPUs):");
-    for (slot, u) in USERS.iter().enumerate() {
-        let s = dp.maps.session_stats(slot as u32)?;
+    for (name, slot, addr) in &slots {
+        let s = dp.maps.session_stats(*slot)?;
         println!(
             "  {:<5} {}  ingress {} pkts / {} B   egress {} pkts / {} B",
-            u.name, u.addr, s.ingress_packets, s.ingress_bytes, s.egress_packets, s.egress_bytes
+            name, addr, s.ingress_packets, s.ingress_bytes, s.egress_packets, s.egress_bytes
         );
     }
     println!("\ndrop counters:");
@@ -278,7 +416,8 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         }
     }
     println!("\ntearing down");
-    drop(relay);
+    drop(clients);
+    tunnel.stop();
     tap.unpersist();
     dp.shutdown(false)?;
     drop(tap);
@@ -288,6 +427,41 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         bail!("{unexpected} probe(s) did not get the verdict the policy prescribes");
     }
     Ok(())
+}
+
+/// Removes a directory on drop.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The server's Connected event for `user`: (session slot, tunnel address, cipher).
+fn wait_connected(
+    rx: &std::sync::mpsc::Receiver<ServerEvent>,
+    user: &str,
+    timeout: Duration,
+) -> Result<(u32, Ipv4Addr, String)> {
+    let end = Instant::now() + timeout;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(ServerEvent::Connected {
+                peer_id,
+                common_name,
+                tunnel_addr,
+                cipher,
+                tls_version,
+                ..
+            }) if common_name == user => {
+                return Ok((peer_id, tunnel_addr, format!("{cipher}, {tls_version}")))
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    bail!("the server reported no connection for {user}")
 }
 
 fn probe_dst(p: Probe) -> Ipv4Addr {

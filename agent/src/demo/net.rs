@@ -105,9 +105,11 @@ pub struct Topology {
 
 pub const GW: &str = "pc-demo-gw";
 pub const NET: &str = "pc-demo-net";
+/// The gateway's address on the client underlay, where the OpenVPN server listens.
+pub const UNDERLAY_GW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
 impl Topology {
-    /// `clients`: (namespace, gateway-side interface, client address).
+    /// `clients`: (namespace, gateway-side interface, client underlay address).
     pub fn build(clients: &[(&str, &str, Ipv4Addr)]) -> Result<Topology> {
         let mut names: Vec<String> = vec![GW.into(), NET.into()];
         names.extend(clients.iter().map(|c| c.0.to_string()));
@@ -151,6 +153,9 @@ impl Topology {
         // veth hands partially computed (offloaded) checksums across; a real NIC or a tunnel
         // peer sends complete ones, which is what the incremental NAT updates assume.
         ethtool(NET, "eth0", &["tx", "off"])?;
+        // Clients reach the gateway over an "underlay" (the internet, in real life): one
+        // point-to-point veth pair per client. The gateway side does not forward, so client
+        // traffic can only reach the private network through the tunnel.
         for (ns, gw_if, addr) in clients {
             in_ns(
                 GW,
@@ -158,34 +163,35 @@ impl Topology {
                     "link", "add", gw_if, "type", "veth", "peer", "name", "eth0", "netns", ns,
                 ],
             )?;
-            in_ns(ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-            in_ns(GW, &["link", "set", gw_if, "up"])?;
-            in_ns(ns, &["link", "set", "eth0", "up"])?;
-            in_ns(ns, &["route", "add", "default", "via", "10.100.0.1"])?;
-            ethtool(ns, "eth0", &["tx", "off"])?;
-            // The relay does not answer ARP; the client learns a virtual gateway MAC
-            // statically (a tun client needs no ARP at all). It is not the gateway-side
-            // veth's own MAC, so the gateway kernel treats these frames as "other host" and
-            // never forwards them around the data path: only the relay sees them.
-            let mac_s = crate::datapath::tap::tap_mac(Ipv4Addr::new(10, 100, 0, 1))
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":");
+            in_ns(
+                GW,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{UNDERLAY_GW}/32"),
+                    "peer",
+                    &format!("{addr}/32"),
+                    "dev",
+                    gw_if,
+                ],
+            )?;
             in_ns(
                 ns,
                 &[
-                    "neigh",
-                    "replace",
-                    "10.100.0.1",
-                    "lladdr",
-                    &mac_s,
+                    "addr",
+                    "add",
+                    &format!("{addr}/32"),
+                    "peer",
+                    &format!("{UNDERLAY_GW}/32"),
                     "dev",
                     "eth0",
-                    "nud",
-                    "permanent",
                 ],
             )?;
+            in_ns(GW, &["link", "set", gw_if, "up"])?;
+            in_ns(ns, &["link", "set", "eth0", "up"])?;
+            // openvpn's redirect-gateway keeps a host route to the server via this one.
+            in_ns(ns, &["route", "add", "default", "via", &UNDERLAY_GW.to_string()])?;
+            ethtool(ns, "eth0", &["tx", "off"])?;
             sysctl(GW, &format!("net.ipv4.conf.{gw_if}.forwarding"), "0")?;
         }
         Ok(topo)
@@ -214,34 +220,6 @@ fn ethtool(ns: &str, iface: &str, features: &[&str]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// MAC of an interface in the calling thread's namespace (SIOCGIFHWADDR, netns-correct
-/// unlike /sys under `nsenter`).
-pub fn mac_of(iface: &str) -> Result<[u8; 6]> {
-    // SAFETY: a throwaway datagram socket for the ioctl.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        bail!("socket: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: zeroed ifreq, name copied within bounds.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (i, b) in iface.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
-        req.ifr_name[i] = b as libc::c_char;
-    }
-    // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        bail!("SIOCGIFHWADDR {iface}: {}", std::io::Error::last_os_error());
-    }
-    let mut mac = [0u8; 6];
-    // SAFETY: the union field the ioctl wrote.
-    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
-    for i in 0..6 {
-        mac[i] = data[i] as u8;
-    }
-    Ok(mac)
 }
 
 /// Tiny services on the private network: each answers with its name and address.

@@ -1305,6 +1305,113 @@ mod tests {
         .unwrap();
     }
 
+    /// Real deployments have easy-rsa/OpenSSL PKIs with RSA keys (pitfall 12): an OpenSSL RSA
+    /// CA is usable by `CertificateAuthority::load`, and its RSA client certificates are
+    /// accepted, identified and revocable.
+    #[test]
+    fn openssl_rsa_pki_interop() {
+        if run_openssl(&["version"]).is_none() {
+            eprintln!("openssl not installed; skipping");
+            return;
+        }
+        let dir = TempDir::new("tls-rsa");
+        let p = |f: &str| dir.0.join(f).to_str().unwrap().to_string();
+        let ok = |args: &[&str]| {
+            let out = run_openssl(args).unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        ok(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.crt"),
+            "-days",
+            "30",
+            "-subj",
+            "/CN=Easy-RSA CA",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        ok(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &p("bob.key"),
+            "-out",
+            &p("bob.csr"),
+            "-subj",
+            "/CN=bob",
+        ]);
+        write(
+            &dir.0.join("ext"),
+            b"basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+        );
+        ok(&[
+            "x509",
+            "-req",
+            "-in",
+            &p("bob.csr"),
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "10",
+            "-extfile",
+            &p("ext"),
+            "-out",
+            &p("bob.crt"),
+        ]);
+        let read = |f: &str| std::fs::read_to_string(dir.0.join(f)).unwrap();
+        let ca = CertificateAuthority::load(&read("ca.crt"), &read("ca.key")).unwrap();
+        let server = ca
+            .issue_server(SERVER_NAME, Validity::days_from_now(1))
+            .unwrap();
+        let bob_der = CertificateDer::from_pem_slice(read("bob.crt").as_bytes()).unwrap();
+        let (_, bob_x509) = X509Certificate::from_der(&bob_der).unwrap();
+        let bob = IssuedCert {
+            cert_pem: read("bob.crt"),
+            key_pem: read("bob.key"),
+            serial: bob_x509.raw_serial().to_vec(),
+            common_name: "bob".into(),
+        };
+        let pki = Pki {
+            alice: ca
+                .issue_client("alice", Validity::days_from_now(1))
+                .unwrap(),
+            ca,
+            server,
+        };
+        let fresh = ctx(&pki, &[crl(&pki.ca, &[], true)], TlsOptions::default());
+        let revoked = ctx(&pki, &[crl(&pki.ca, &[&bob], true)], TlsOptions::default());
+        for v in VERSIONS {
+            let (_, server) =
+                handshake(&fresh, client_config(&pki.ca.cert_pem(), Some(&bob), v)).unwrap();
+            let id = client_identity(&server).unwrap();
+            assert_eq!(id.common_name, "bob");
+            assert_eq!(id.issuer, "CN=Easy-RSA CA");
+            assert_eq!(id.serial_hex, serial_hex(&bob.serial));
+            handshake(
+                &fresh,
+                client_config(&pki.ca.cert_pem(), Some(&pki.alice), v),
+            )
+            .unwrap();
+            let e = refused(&revoked, client_config(&pki.ca.cert_pem(), Some(&bob), v));
+            assert_eq!(
+                e,
+                rustls::Error::InvalidCertificate(CertificateError::Revoked)
+            );
+        }
+    }
+
     /// The stock client's TLS stack is OpenSSL: `openssl s_client` on loopback checks that it
     /// accepts our server (chain, hostname, purpose), that we accept its client certificate,
     /// and that both export the same OpenVPN data-channel keying material (pitfall 13).

@@ -75,6 +75,14 @@ impl Drop for StaticKey {
 }
 
 impl StaticKey {
+    /// A fresh random key, as `openvpn --genkey tls-crypt` makes.
+    pub fn generate() -> Result<Self, ring::error::Unspecified> {
+        use ring::rand::SecureRandom;
+        let mut k = [0u8; STATIC_KEY_LEN];
+        ring::rand::SystemRandom::new().fill(&mut k)?;
+        Ok(Self(k))
+    }
+
     pub const fn from_bytes(bytes: [u8; STATIC_KEY_LEN]) -> Self {
         Self(bytes)
     }
