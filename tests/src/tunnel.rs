@@ -4,7 +4,7 @@
 //! clients.
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis::datapath::maps::Maps;
@@ -64,13 +64,27 @@ pub struct TunnelLab {
     pub underlay: Underlay,
     pub gw: Gateway,
     pub pki: LabPki,
+    /// Every event [`TunnelLab::wait_event`] and [`TunnelLab::seen`] took from `events`, in
+    /// order, so waiting for one event does not lose the others.
+    history: Mutex<Vec<ServerEvent>>,
     _dir: TempDir,
 }
 
 impl TunnelLab {
     pub fn new(opts: TunnelOpts) -> TunnelLab {
+        Self::new_with(opts, |_| Vec::new())
+    }
+
+    /// Like [`TunnelLab::new`], but `prepare` sees the lab PKI before the server starts (to
+    /// issue more certificates and write CRLs signed by the lab CA); the paths it returns are
+    /// added to `opts.crls`.
+    pub fn new_with(
+        mut opts: TunnelOpts,
+        prepare: impl FnOnce(&mut LabPki) -> Vec<PathBuf>,
+    ) -> TunnelLab {
         let dir = TempDir::new("tlab");
-        let pki = LabPki::generate(dir.path());
+        let mut pki = LabPki::generate(dir.path());
+        opts.crls.extend(prepare(&mut pki));
         let gw = Gateway::new(opts.policy.clone(), Options::default());
         let underlay = Underlay::attach(&gw.gw, opts.clients);
         let tls = Arc::new(
@@ -127,6 +141,7 @@ impl TunnelLab {
             underlay,
             gw,
             pki,
+            history: Mutex::new(Vec::new()),
             _dir: dir,
         }
     }
@@ -135,7 +150,8 @@ impl TunnelLab {
         self.tunnel.as_ref().expect("running")
     }
 
-    /// Waits for an event matching `f`, skipping others; bounded by `timeout`.
+    /// Waits for an event matching `f`, skipping others (they stay in [`TunnelLab::seen`]);
+    /// bounded by `timeout`.
     pub fn wait_event(
         &self,
         timeout: Duration,
@@ -144,12 +160,50 @@ impl TunnelLab {
         let end = Instant::now() + timeout;
         while let Some(left) = end.checked_duration_since(Instant::now()) {
             match self.events.recv_timeout(left) {
-                Ok(ev) if f(&ev) => return Some(ev),
-                Ok(_) => {}
+                Ok(ev) => {
+                    self.history.lock().unwrap().push(ev.clone());
+                    if f(&ev) {
+                        return Some(ev);
+                    }
+                }
                 Err(_) => return None,
             }
         }
         None
+    }
+
+    /// Every event so far (including those still queued), oldest first.
+    pub fn seen(&self) -> Vec<ServerEvent> {
+        let mut h = self.history.lock().unwrap();
+        h.extend(self.events.try_iter());
+        h.clone()
+    }
+
+    /// How many events there were so far: a mark for [`TunnelLab::wait_event_since`] and
+    /// [`TunnelLab::seen_since`].
+    pub fn mark(&self) -> usize {
+        self.seen().len()
+    }
+
+    /// The events after `mark`, oldest first.
+    pub fn seen_since(&self, mark: usize) -> Vec<ServerEvent> {
+        let mut all = self.seen();
+        let at = mark.min(all.len());
+        all.split_off(at)
+    }
+
+    /// Like [`TunnelLab::wait_event`], but an event after `mark` that an earlier wait already
+    /// took counts too.
+    pub fn wait_event_since(
+        &self,
+        mark: usize,
+        timeout: Duration,
+        mut f: impl FnMut(&ServerEvent) -> bool,
+    ) -> Option<ServerEvent> {
+        if let Some(ev) = self.seen_since(mark).into_iter().find(|e| f(e)) {
+            return Some(ev);
+        }
+        self.wait_event(timeout, f)
     }
 }
 

@@ -11,6 +11,11 @@
 //! - [`keys`]: key-method 2 messages and key derivation (TLS-EKM and the legacy TLS 1.0 PRF).
 //! - [`options`]: option strings, `IV_*` peer info, NCP negotiation, push replies.
 //! - [`pool`]: the client address pool (tunnel addresses out of the client CIDR).
+//! - [`tls`]: rustls server configuration (client certificates, CRLs, reload) and identities.
+//! - [`session`]: one client's session: key states, TLS, key-method 2, push, renegotiation.
+//! - [`server`]: demultiplexing, the stateless cookie handshake, peer-ids, addresses, events.
+//! - [`peer`]: the data-channel half shared with the packet workers (keys, counters, table).
+//! - [`testclient`]: an in-memory client for tests, fuzzing and benchmarks.
 pub mod cookie;
 pub mod crypto;
 /// Fuzz target bodies shared by `agent/fuzz` and the corpus replay test (docs/fuzzing.md).
@@ -26,3 +31,7 @@ pub mod tls_crypt;
 pub mod peer;
 pub mod server;
 pub mod session;
+#[doc(hidden)]
+pub mod testclient;
+#[cfg(test)]
+mod server_tests;

@@ -289,7 +289,7 @@ impl Session {
         };
         let local = reliable.local_session();
         peer.touch_rx(now);
-        Ok(Session {
+        let mut s = Session {
             primary: KeyState::new(KeyId::ZERO, reliable, tls, now),
             cfg,
             tls_provider,
@@ -309,7 +309,10 @@ impl Session {
             reneg_base: (now, 0, 0),
             lame_duck_until: None,
             pending_close: None,
-        })
+        };
+        // The stateful path has our reset queued: it goes out now.
+        s.flush(now);
+        Ok(s)
     }
 
     pub fn local_session(&self) -> SessionId {

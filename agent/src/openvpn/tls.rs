@@ -1123,6 +1123,8 @@ mod tests {
 
     #[test]
     fn reload_applies_new_revocations_and_keeps_old_context_on_error() {
+        fn shared_across_threads<T: Send + Sync>() {}
+        shared_across_threads::<ReloadableTls>();
         let dir = TempDir::new("tls-reload");
         let pki = pki();
         let files = files(&dir.0, &pki, &crl(&pki.ca, &[], true));

@@ -1,0 +1,564 @@
+//! The server state machine against the in-memory [`TestClient`]: whole handshakes, pushes,
+//! data, renegotiation, exits, and the named bad inputs of issue 3 at the server level.
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::packet::{ControlPacket, KeyId, Opcode, SessionId};
+use super::peer::{DataVerdict, DropCause, Link};
+use super::server::{PushSettings, Server, ServerEvent, ServerSettings};
+use super::session::{CloseReason, TlsProvider};
+use super::testclient::{client_tls, TestClient};
+use super::tls::{TlsContext, TlsOptions};
+use super::tls_crypt::{StaticKey, TlsCryptKey};
+use crate::openvpn::packet::Role;
+use crate::pki::{CertificateAuthority, IssuedCert, Validity};
+
+struct Pki {
+    ca: CertificateAuthority,
+    server: IssuedCert,
+}
+
+fn pki() -> Pki {
+    let ca = CertificateAuthority::generate("test CA", Validity::days_from_now(30)).unwrap();
+    let server = ca.issue_server("server", Validity::days_from_now(30)).unwrap();
+    Pki { ca, server }
+}
+
+fn link(port: u16) -> Link {
+    Link::Udp {
+        listener: 0,
+        addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 11), port)),
+    }
+}
+
+struct Lab {
+    pki: Pki,
+    server: Server,
+    tc: Option<StaticKey>,
+    now: Instant,
+}
+
+impl Lab {
+    fn new(tls_crypt: bool) -> Lab {
+        Self::with(tls_crypt, |_| {})
+    }
+
+    fn with(tls_crypt: bool, f: impl FnOnce(&mut ServerSettings)) -> Lab {
+        let pki = pki();
+        let ctx = TlsContext::from_pem(
+            &pki.ca.cert_pem(),
+            &pki.server.cert_pem,
+            &pki.server.key_pem,
+            &[],
+            &TlsOptions::default(),
+        )
+        .unwrap();
+        let provider: Arc<dyn TlsProvider> = Arc::new(ctx.server_config());
+        let tc = tls_crypt.then(|| StaticKey::generate().unwrap());
+        let mut settings = ServerSettings {
+            push: PushSettings {
+                routes: vec!["10.0.0.0/24".parse().unwrap()],
+                dns: vec![Ipv4Addr::new(10, 0, 0, 2)],
+                ..PushSettings::default()
+            },
+            ..ServerSettings::default()
+        };
+        f(&mut settings);
+        let now = Instant::now();
+        let server = Server::new(
+            settings,
+            provider,
+            tc.as_ref()
+                .map(|k| Arc::new(TlsCryptKey::new(k, Role::Server))),
+            now,
+        )
+        .unwrap();
+        Lab {
+            pki,
+            server,
+            tc,
+            now,
+        }
+    }
+
+    fn client(&self, cn: &str) -> TestClient {
+        let c = self
+            .pki
+            .ca
+            .issue_client(cn, Validity::days_from_now(30))
+            .unwrap();
+        TestClient::new(
+            client_tls(&self.pki.ca.cert_pem(), &c.cert_pem, &c.key_pem),
+            "server",
+            self.tc.as_ref(),
+        )
+    }
+
+    /// Moves packets both ways until quiet (bounded), advancing time a little per round.
+    fn pump(&mut self, c: &mut TestClient, l: Link) {
+        for _ in 0..64 {
+            let mut moved = false;
+            for p in c.poll_transmit(self.now) {
+                moved = true;
+                self.server.handle_control(l, &p, self.now);
+            }
+            while let Some((to, p)) = self.server.poll_transmit() {
+                if to == l {
+                    moved = true;
+                    c.on_packet(&p, self.now);
+                }
+            }
+            if !moved {
+                break;
+            }
+            self.now += Duration::from_millis(1);
+            self.server.handle_timeout(self.now);
+        }
+    }
+
+    fn events(&mut self) -> Vec<ServerEvent> {
+        std::iter::from_fn(|| self.server.poll_event()).collect()
+    }
+
+    fn connect(&mut self, cn: &str, l: Link) -> TestClient {
+        let mut c = self.client(cn);
+        self.pump(&mut c, l);
+        assert!(c.push_reply.is_some(), "no push for {cn}: {:?}", self.events());
+        c
+    }
+}
+
+fn connected(evs: &[ServerEvent]) -> Vec<(u32, String, Ipv4Addr)> {
+    evs.iter()
+        .filter_map(|e| match e {
+            ServerEvent::Connected {
+                peer_id,
+                common_name,
+                tunnel_addr,
+                ..
+            } => Some((*peer_id, common_name.clone(), *tunnel_addr)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn disconnected(evs: &[ServerEvent]) -> Vec<CloseReason> {
+    evs.iter()
+        .filter_map(|e| match e {
+            ServerEvent::Disconnected { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An IPv4/UDP packet from `src` (checksums are not the tunnel's business).
+fn ip_packet(src: Ipv4Addr) -> Vec<u8> {
+    let mut p = vec![0u8; 32];
+    p[0] = 0x45;
+    p[3] = 32;
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&[10, 0, 0, 10]);
+    p
+}
+
+#[test]
+fn handshake_push_and_data_in_memory_with_and_without_tls_crypt() {
+    for tc in [false, true] {
+        let mut lab = Lab::new(tc);
+        let l = link(40000);
+        let mut c = lab.connect("alice", l);
+        let push = c.push_reply.clone().unwrap();
+        for want in [
+            "route 10.0.0.0 255.255.255.0",
+            "dhcp-option DNS 10.0.0.2",
+            "route-gateway 10.100.0.1",
+            "topology subnet",
+            "peer-id 0",
+            "cipher AES-256-GCM",
+            "protocol-flags cc-exit tls-ekm",
+            "ping 10",
+            "ping-restart 60",
+        ] {
+            assert!(push.contains(want), "{want:?} missing in {push}");
+        }
+        let evs = lab.events();
+        let conn = connected(&evs);
+        assert_eq!(conn.len(), 1, "{evs:?}");
+        assert_eq!(conn[0].1, "alice");
+        let addr = c.pushed_addr().unwrap();
+        assert_eq!(conn[0].2, addr);
+        // Client → server: the decrypted IP packet comes out for the TAP.
+        let mut pkt = c.seal(&ip_packet(addr)).unwrap();
+        let peers = lab.server.peers();
+        let (v, floated) = peers.open(l, &mut pkt, lab.now);
+        assert!(floated.is_none());
+        let DataVerdict::Tunnel { range, peer_id } = v else {
+            panic!("{v:?}");
+        };
+        assert_eq!(peer_id, 0);
+        assert_eq!(&pkt[range], &ip_packet(addr)[..]);
+        // Server → client.
+        let peer = peers.by_addr(addr).unwrap();
+        let mut buf = vec![0u8; 24 + 32];
+        buf[24..].copy_from_slice(&ip_packet(Ipv4Addr::new(10, 0, 0, 10)));
+        let (r, to) = peer.seal(&mut buf, 24, 32, lab.now).unwrap();
+        assert_eq!(to, l);
+        assert_eq!(
+            c.on_packet(&buf[r], lab.now).unwrap(),
+            ip_packet(Ipv4Addr::new(10, 0, 0, 10))
+        );
+    }
+}
+
+#[test]
+fn tcp_uses_the_stateful_reset() {
+    let mut lab = Lab::new(false);
+    let l = Link::Tcp {
+        conn: 7,
+        addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 12), 5555)),
+    };
+    lab.connect("bob", l);
+    assert_eq!(connected(&lab.events()).len(), 1);
+    assert_eq!(lab.server.stats.stateless_replies, 0);
+}
+
+#[test]
+fn renegotiation_server_and_client_initiated_keeps_data_flowing() {
+    let mut lab = Lab::new(true);
+    let l = link(40001);
+    let mut c = lab.connect("alice", l);
+    let addr = c.pushed_addr().unwrap();
+    let peers = lab.server.peers();
+    lab.events();
+    // Server-initiated, then client-initiated, then a few more to wrap past key id 7.
+    for round in 0..9 {
+        if round % 2 == 0 {
+            lab.server.renegotiate_all(lab.now);
+        } else {
+            c.renegotiate();
+        }
+        lab.pump(&mut c, l);
+        let evs = lab.events();
+        assert!(
+            evs.iter().any(|e| matches!(e, ServerEvent::Rekeyed { .. })),
+            "round {round}: {evs:?}"
+        );
+        let mut pkt = c.seal(&ip_packet(addr)).unwrap();
+        let (v, _) = peers.open(l, &mut pkt, lab.now);
+        assert!(matches!(v, DataVerdict::Tunnel { .. }), "round {round}: {v:?}");
+    }
+    // 0 → 1..7 → 1 → 2: never 0 again.
+    assert_eq!(c.key_id(), KeyId::new(2));
+}
+
+#[test]
+fn same_user_gets_the_same_address_back() {
+    let mut lab = Lab::new(false);
+    let mut c = lab.connect("carol", link(40002));
+    let first = c.pushed_addr().unwrap();
+    c.send_message("EXIT");
+    lab.pump(&mut c, link(40002));
+    assert_eq!(disconnected(&lab.events()), vec![CloseReason::ClientExit]);
+    assert_eq!(lab.server.pool().in_use(), 0);
+    let c2 = lab.connect("carol", link(40003));
+    assert_eq!(c2.pushed_addr(), Some(first));
+}
+
+#[test]
+fn bad_input_zero_and_one_byte_datagrams() {
+    let mut lab = Lab::new(false);
+    lab.server.handle_control(link(1), &[], lab.now);
+    lab.server.handle_control(link(1), &[0x38], lab.now);
+    lab.server.handle_control(link(1), &[0xff], lab.now);
+    assert_eq!(lab.server.session_count(), 0);
+    assert!(lab.server.poll_transmit().is_none());
+    assert_eq!(lab.server.stats.malformed, 3);
+    // The data side too.
+    let peers = lab.server.peers();
+    let (v, _) = peers.open(link(1), &mut [], lab.now);
+    assert_eq!(v, DataVerdict::Dropped(DropCause::UnknownPeer));
+    let (v, _) = peers.open(link(1), &mut [0x48], lab.now);
+    assert_eq!(v, DataVerdict::Dropped(DropCause::UnknownPeer));
+}
+
+#[test]
+fn bad_input_unknown_opcodes_and_key_ids() {
+    let mut lab = Lab::new(false);
+    // Opcodes 0, 1, 2 (key-method 1), 12..31; and a reset with key id 3.
+    for op in [0u8, 1, 2, 12, 20, 31] {
+        let mut p = vec![op << 3];
+        p.extend_from_slice(&[1; 13]);
+        lab.server.handle_control(link(2), &p, lab.now);
+    }
+    let mut reset = vec![(7 << 3) | 3];
+    reset.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0]);
+    lab.server.handle_control(link(2), &reset, lab.now);
+    assert_eq!(lab.server.session_count(), 0);
+    assert!(lab.server.poll_transmit().is_none());
+}
+
+#[test]
+fn bad_input_oversized_control_packet() {
+    let mut lab = Lab::new(false);
+    let mut p = vec![0x38];
+    p.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0]);
+    p.resize(4000, 0xaa);
+    lab.server.handle_control(link(3), &p, lab.now);
+    assert_eq!(lab.server.session_count(), 0);
+    assert!(lab.server.poll_transmit().is_none());
+}
+
+#[test]
+fn bad_input_wrong_session_ids_do_not_disturb_a_session() {
+    let mut lab = Lab::new(false);
+    let l = link(40004);
+    let mut c = lab.connect("alice", l);
+    lab.events();
+    // A control packet from the client's address with a foreign session id.
+    let bogus = ControlPacket {
+        opcode: Opcode::ControlV1,
+        key_id: KeyId::ZERO,
+        session_id: SessionId::new([9; 8]).unwrap(),
+        acks: super::packet::AckArray::EMPTY,
+        message_id: Some(5),
+        payload: b"garbage",
+    }
+    .to_vec()
+    .unwrap();
+    lab.server.handle_control(l, &bogus, lab.now);
+    assert!(lab.server.poll_transmit().is_none());
+    // An ack naming a session that is not ours.
+    let bad_ack = ControlPacket {
+        opcode: Opcode::AckV1,
+        key_id: KeyId::ZERO,
+        session_id: c.session_id(),
+        acks: super::packet::AckArray::new(&[1], SessionId::new([7; 8]).unwrap()).unwrap(),
+        message_id: None,
+        payload: &[],
+    }
+    .to_vec()
+    .unwrap();
+    lab.server.handle_control(l, &bad_ack, lab.now);
+    assert!(disconnected(&lab.events()).is_empty());
+    let addr = c.pushed_addr().unwrap();
+    let mut pkt = c.seal(&ip_packet(addr)).unwrap();
+    let (v, _) = lab.server.peers().open(l, &mut pkt, lab.now);
+    assert!(matches!(v, DataVerdict::Tunnel { .. }));
+}
+
+#[test]
+fn bad_input_duplicate_hard_resets() {
+    let mut lab = Lab::new(false);
+    let mut c = lab.client("alice");
+    let reset = c.poll_transmit(lab.now).remove(0);
+    // Stateless: every copy gets the same reply, nothing is kept.
+    for _ in 0..3 {
+        lab.server.handle_control(link(5), &reset, lab.now);
+    }
+    let replies: Vec<_> = std::iter::from_fn(|| lab.server.poll_transmit()).collect();
+    assert_eq!(replies.len(), 3);
+    assert!(replies.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(lab.server.session_count(), 0);
+    // The handshake then completes, and a late duplicate reset is re-acked, not fatal.
+    c.on_packet(&replies[0].1, lab.now);
+    lab.pump(&mut c, link(5));
+    assert!(c.push_reply.is_some());
+    lab.server.handle_control(link(5), &reset, lab.now);
+    assert_eq!(lab.server.session_count(), 1);
+    assert!(disconnected(&lab.events()).is_empty());
+}
+
+#[test]
+fn bad_input_spoofed_handshake_flood() {
+    let mut lab = Lab::with(false, |s| s.reset_rate = (100, 50));
+    let c = lab.client("mallory");
+    let mut c = c;
+    let reset = c.poll_transmit(lab.now).remove(0);
+    let mut sent = 0usize;
+    let mut reply_bytes = 0usize;
+    // 20,000 resets from 20,000 addresses within one second.
+    for i in 0..20_000u32 {
+        let l = Link::Udp {
+            listener: 0,
+            addr: SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + i), 1000)),
+        };
+        lab.server.handle_control(l, &reset, lab.now);
+        while let Some((_, p)) = lab.server.poll_transmit() {
+            sent += 1;
+            reply_bytes += p.len();
+            // Bounded amplification: the reset reply is 12 bytes longer than the reset.
+            assert!(p.len() <= reset.len() + 12);
+        }
+    }
+    assert_eq!(lab.server.session_count(), 0, "no state before the cookie round trip");
+    assert!(sent <= 50 + 1, "replies are rate-limited: {sent}");
+    assert!(reply_bytes <= 51 * 26);
+    assert!(lab.server.stats.reset_rate_limited >= 19_000);
+    // Garbage "cookie" acks from spoofed addresses create nothing either.
+    for i in 0..1000u32 {
+        let l = Link::Udp {
+            listener: 0,
+            addr: SocketAddr::from((Ipv4Addr::from(0x0b00_0000 + i), 1000)),
+        };
+        let p = ControlPacket {
+            opcode: Opcode::AckV1,
+            key_id: KeyId::ZERO,
+            session_id: SessionId::new([3; 8]).unwrap(),
+            acks: super::packet::AckArray::new(&[0], SessionId::new([i as u8 | 1; 8]).unwrap())
+                .unwrap(),
+            message_id: None,
+            payload: &[],
+        }
+        .to_vec()
+        .unwrap();
+        lab.server.handle_control(l, &p, lab.now);
+    }
+    assert_eq!(lab.server.session_count(), 0);
+    assert_eq!(lab.server.stats.cookie_rejected, 1000);
+}
+
+#[test]
+fn bad_input_tls_crypt_drops_unauthenticated_packets_before_tls() {
+    let mut lab = Lab::new(true);
+    // A plain (unwrapped) reset and random bytes: no reply, no session.
+    let mut c = TestClient::new(
+        client_tls(&lab.pki.ca.cert_pem(), &lab.pki.server.cert_pem, &lab.pki.server.key_pem),
+        "server",
+        None,
+    );
+    let reset = c.poll_transmit(lab.now).remove(0);
+    lab.server.handle_control(link(9), &reset, lab.now);
+    lab.server.handle_control(link(9), &[0x38; 80], lab.now);
+    assert!(lab.server.poll_transmit().is_none());
+    assert_eq!(lab.server.stats.tls_crypt_rejected, 1);
+    assert_eq!(lab.server.stats.malformed, 1);
+}
+
+#[test]
+fn bad_input_data_from_spoofed_address_or_unknown_peer_id() {
+    let mut lab = Lab::new(false);
+    let l = link(40005);
+    let mut c = lab.connect("alice", l);
+    let addr = c.pushed_addr().unwrap();
+    let peers = lab.server.peers();
+    // Unknown peer-id.
+    let mut pkt = c.seal(&ip_packet(addr)).unwrap();
+    pkt[3] = 0x77;
+    let (v, f) = peers.open(link(6), &mut pkt, lab.now);
+    assert_eq!(v, DataVerdict::Dropped(DropCause::UnknownPeer));
+    assert!(f.is_none());
+    // Right peer-id, wrong key material (a forgery from another address): no float.
+    let mut forged = c.seal(&ip_packet(addr)).unwrap();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let (v, f) = peers.open(link(6), &mut forged, lab.now);
+    assert_eq!(v, DataVerdict::Dropped(DropCause::Crypto));
+    assert!(f.is_none());
+    assert_eq!(peers.by_id(0).unwrap().link(), l);
+    // A replay of a genuine packet from another address: refused, no float.
+    let genuine = c.seal(&ip_packet(addr)).unwrap();
+    let (v, _) = peers.open(l, &mut genuine.clone(), lab.now);
+    assert!(matches!(v, DataVerdict::Tunnel { .. }));
+    let (v, f) = peers.open(link(6), &mut genuine.clone(), lab.now);
+    assert_eq!(v, DataVerdict::Dropped(DropCause::Crypto));
+    assert!(f.is_none());
+    // A genuine new packet from a new address floats the client there.
+    let mut moved = c.seal(&ip_packet(addr)).unwrap();
+    let (v, f) = peers.open(link(7), &mut moved, lab.now);
+    assert!(matches!(v, DataVerdict::Tunnel { .. }));
+    assert_eq!(f, Some(l));
+    lab.server.floated(l, link(7), lab.now);
+    assert!(lab
+        .events()
+        .iter()
+        .any(|e| matches!(e, ServerEvent::Floated { .. })));
+    assert_eq!(peers.by_id(0).unwrap().link(), link(7));
+}
+
+#[test]
+fn bad_input_repeated_exit_notifications() {
+    let mut lab = Lab::new(false);
+    let l = link(40006);
+    let mut c = lab.connect("alice", l);
+    lab.events();
+    let occ_exit = c.seal(&super::crypto::OCC_EXIT_MESSAGE).unwrap();
+    let peers = lab.server.peers();
+    for _ in 0..3 {
+        let (v, _) = peers.open(l, &mut occ_exit.clone(), lab.now);
+        if let DataVerdict::Exit { peer_id } = v {
+            lab.server
+                .close_peer(peer_id, CloseReason::ClientExit, lab.now);
+        }
+    }
+    c.send_message("EXIT");
+    c.send_message("EXIT");
+    lab.pump(&mut c, l);
+    let d = disconnected(&lab.events());
+    assert_eq!(d, vec![CloseReason::ClientExit]);
+    assert_eq!(lab.server.session_count(), 0);
+    // Another client is unaffected by all this.
+    lab.connect("bob", link(40007));
+}
+
+#[test]
+fn bad_input_garbage_control_messages_are_ignored() {
+    let mut lab = Lab::new(false);
+    let l = link(40008);
+    let mut c = lab.connect("alice", l);
+    lab.events();
+    c.send_message("\u{1}\u{2}binary\u{7f}");
+    c.send_message("PUSH_REQUEST");
+    c.send_message(&"X".repeat(1500));
+    lab.pump(&mut c, l);
+    let evs = lab.events();
+    assert!(disconnected(&evs).is_empty(), "{evs:?}");
+    // One push only, even after another PUSH_REQUEST.
+    assert_eq!(c.push_reply.as_ref().unwrap().matches("PUSH_REPLY").count(), 1);
+}
+
+#[test]
+fn handshake_times_out_and_ping_timeout_closes() {
+    let mut lab = Lab::with(false, |s| {
+        s.udp.ping = Duration::from_secs(1);
+        s.udp.ping_restart = Duration::from_secs(2);
+    });
+    let l = link(40009);
+    let mut c = lab.connect("alice", l);
+    lab.events();
+    // The server pings a silent client, then drops it after 2 × ping-restart.
+    let mut pings = 0;
+    for _ in 0..60 {
+        lab.now += Duration::from_millis(100);
+        lab.server.handle_timeout(lab.now);
+        while let Some((_, p)) = lab.server.poll_transmit() {
+            if p[0] >> 3 == 9 {
+                assert_eq!(c.on_packet(&p, lab.now).unwrap(), super::crypto::PING_MAGIC);
+                pings += 1;
+            }
+        }
+    }
+    assert!(pings >= 3, "{pings}");
+    assert_eq!(disconnected(&lab.events()), vec![CloseReason::PingTimeout]);
+}
+
+#[test]
+fn no_shared_cipher_is_auth_failed_after_the_key_exchange() {
+    let mut lab = Lab::with(false, |s| s.udp.ciphers = vec![super::crypto::Cipher::Aes128Gcm]);
+    let mut c = lab.client("alice");
+    c.peer_info = c.peer_info.replace(
+        "IV_CIPHERS=AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305",
+        "IV_CIPHERS=CHACHA20-POLY1305",
+    ).replace("IV_NCP=2\n", "");
+    lab.pump(&mut c, link(40010));
+    assert!(c.push_reply.is_none());
+    assert!(c.auth_failed.as_deref().unwrap_or("").contains("cipher"), "{:?}", c.auth_failed);
+    lab.now += Duration::from_secs(6);
+    lab.server.handle_timeout(lab.now);
+    assert!(matches!(
+        disconnected(&lab.events()).as_slice(),
+        [CloseReason::AuthFailed(_)]
+    ));
+}
