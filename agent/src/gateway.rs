@@ -74,8 +74,12 @@ impl TunnelHooks for ClientsMapHooks {
                 tunnel_addr: Some(addr),
                 ..
             } => match self.maps.remove_client(*addr) {
-                Ok(cut) => tracing::debug!(%addr, flows_cut = cut, "client removed from the data path"),
-                Err(e) => tracing::error!(%addr, error = %e, "removing client from the data path failed"),
+                Ok(cut) => {
+                    tracing::debug!(%addr, flows_cut = cut, "client removed from the data path")
+                }
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "removing client from the data path failed")
+                }
             },
             _ => {}
         }

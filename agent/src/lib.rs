@@ -1,7 +1,7 @@
 //! Portcullis agent library: the binary in `main.rs` is a thin CLI over these modules.
 pub mod datapath;
-pub mod gateway;
 pub mod demo;
+pub mod gateway;
 pub mod openvpn;
 pub mod pki;
 pub mod policy;

@@ -151,7 +151,13 @@ fn reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     }
     let (sa, len) = sockaddr(addr);
     // SAFETY: bind with a sockaddr_storage of the given length.
-    if unsafe { libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_storage).cast(), len) } < 0
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    } < 0
     {
         return Err(io::Error::other(format!(
             "binding UDP {addr}: {} (is another server on that port?)",
@@ -381,29 +387,30 @@ fn worker(mut w: WorkerCtx) {
     let mut tx = SendQueue::new();
     let mut frame = [0u8; BUF];
     let nsock = w.socks.len();
-    while !w.stop.load(Ordering::Relaxed) {
-        let mut fds: Vec<libc::pollfd> = w
-            .socks
-            .iter()
-            .map(|s| libc::pollfd {
-                fd: s.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        fds.push(libc::pollfd {
-            fd: w.tap.as_raw_fd(),
+    // Built once: the poll set never changes while the worker runs.
+    let mut fds: Vec<libc::pollfd> = w
+        .socks
+        .iter()
+        .map(|s| s.as_raw_fd())
+        .chain(std::iter::once(w.tap.as_raw_fd()))
+        .map(|fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
-        });
+        })
+        .collect();
+    while !w.stop.load(Ordering::Relaxed) {
+        for f in fds.iter_mut() {
+            f.revents = 0;
+        }
         // SAFETY: fds is a live array of pollfd. 100 ms bounds the stop latency.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as u64, 100) };
         if r <= 0 {
             continue;
         }
         let now = Instant::now();
-        for li in 0..nsock {
-            if fds[li].revents == 0 {
+        for (li, pfd) in fds.iter().enumerate().take(nsock) {
+            if pfd.revents == 0 {
                 continue;
             }
             // Bounded: a few batches per wake-up, then the TAP gets its turn.
@@ -459,7 +466,8 @@ fn worker(mut w: WorkerCtx) {
                 let ip_len = n - ETH_HLEN;
                 let slot = tx.meta.len();
                 let out = &mut tx.bufs[slot];
-                out[HEADROOM..HEADROOM + ip_len].copy_from_slice(&frame[HEADROOM..HEADROOM + ip_len]);
+                out[HEADROOM..HEADROOM + ip_len]
+                    .copy_from_slice(&frame[HEADROOM..HEADROOM + ip_len]);
                 let Ok((range, link)) = peer.seal(out, HEADROOM, ip_len, now) else {
                     continue;
                 };
@@ -473,7 +481,12 @@ fn worker(mut w: WorkerCtx) {
                     Link::Tcp { conn, .. } => {
                         let mut framed = vec![0u8; range.len() + 2];
                         if encode_frame(&out[range], &mut framed).is_ok() {
-                            if let Some(s) = w.tcp_writers.read().ok().and_then(|m| m.get(&conn).cloned()) {
+                            if let Some(s) = w
+                                .tcp_writers
+                                .read()
+                                .ok()
+                                .and_then(|m| m.get(&conn).cloned())
+                            {
                                 let _ = s.try_send(framed);
                             }
                         }
@@ -683,8 +696,13 @@ async fn control_loop(mut c: ControlCtx) {
         ));
     }
     let mut shutting_down: Option<Instant> = None;
+    let mut next_maintenance = Instant::now();
     loop {
         let now = Instant::now();
+        if now >= next_maintenance {
+            c.server.tls_provider().maintain();
+            next_maintenance = now + Duration::from_secs(5);
+        }
         if c.stop.load(Ordering::Relaxed) && shutting_down.is_none() {
             c.server.shutdown(now);
             shutting_down = Some(now + Duration::from_secs(2));
@@ -730,10 +748,11 @@ fn handle_ctl(c: &mut ControlCtx, m: Ctl, now: Instant) {
         Ctl::Floated(from, to) => c.server.floated(from, to, now),
         Ctl::TcpClosed(link) => c.server.link_closed(link, now),
         Ctl::Cmd(Command::RenegotiateAll) => c.server.renegotiate_all(now),
-        Ctl::Cmd(Command::Disconnect(id)) => {
-            c.server
-                .close_peer(id, CloseReason::Server("disconnected by operator".into()), now)
-        }
+        Ctl::Cmd(Command::Disconnect(id)) => c.server.close_peer(
+            id,
+            CloseReason::Server("disconnected by operator".into()),
+            now,
+        ),
         Ctl::Cmd(Command::List(tx)) => {
             let v = c
                 .server
@@ -765,7 +784,12 @@ fn flush(c: &mut ControlCtx) {
             Link::Tcp { conn, .. } => {
                 let mut framed = vec![0u8; bytes.len() + 2];
                 if encode_frame(&bytes, &mut framed).is_ok() {
-                    if let Some(s) = c.tcp_writers.read().ok().and_then(|m| m.get(&conn).cloned()) {
+                    if let Some(s) = c
+                        .tcp_writers
+                        .read()
+                        .ok()
+                        .and_then(|m| m.get(&conn).cloned())
+                    {
                         let _ = s.try_send(framed);
                     }
                 }
@@ -788,7 +812,9 @@ fn log_event(ev: &ServerEvent) {
             cipher,
             tls_version,
             ..
-        } => tracing::info!(%link, peer_id, common_name, %tunnel_addr, %cipher, tls_version, "client connected"),
+        } => {
+            tracing::info!(%link, peer_id, common_name, %tunnel_addr, %cipher, tls_version, "client connected")
+        }
         ServerEvent::Disconnected {
             link,
             peer_id,
@@ -797,7 +823,9 @@ fn log_event(ev: &ServerEvent) {
             rx_bytes,
             tx_bytes,
             ..
-        } => tracing::info!(%link, peer_id, ?common_name, %reason, rx_bytes, tx_bytes, "client disconnected"),
+        } => {
+            tracing::info!(%link, peer_id, ?common_name, %reason, rx_bytes, tx_bytes, "client disconnected")
+        }
         ServerEvent::Rekeyed {
             link,
             peer_id,
@@ -878,7 +906,9 @@ async fn accept_loop(
                             pkt[..len].copy_from_slice(p);
                             let (v, _) = peers.open(link, &mut pkt[..len], Instant::now());
                             if let DataVerdict::Tunnel { range, .. } = v {
-                                if range.start >= ETH_HLEN && to_tap(&mut tap, &mut pkt, range, tap_mac) {
+                                if range.start >= ETH_HLEN
+                                    && to_tap(&mut tap, &mut pkt, range, tap_mac)
+                                {
                                     stats.tap_tx.fetch_add(1, Ordering::Relaxed);
                                 }
                             } else if let DataVerdict::Exit { peer_id } = v {

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use portcullis::datapath::maps::Maps;
 use portcullis::gateway::ClientsMapHooks;
+use portcullis::openvpn::packet::Role;
 use portcullis::openvpn::server::{PushSettings, Server, ServerEvent, ServerSettings};
 use portcullis::openvpn::session::{Renegotiation, TlsProvider};
 use portcullis::openvpn::tls::{ReloadableTls, TlsFiles, TlsOptions};
 use portcullis::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
-use portcullis::openvpn::packet::Role;
 use portcullis::policy::PolicyInput;
 use portcullis::tunnel::{Tunnel, TunnelOptions};
 
@@ -111,7 +111,10 @@ impl TunnelLab {
         }
         let tc = opts.tls_crypt.then(|| {
             let text = std::fs::read_to_string(&pki.tls_crypt).unwrap();
-            Arc::new(TlsCryptKey::new(&StaticKey::parse(&text).unwrap(), Role::Server))
+            Arc::new(TlsCryptKey::new(
+                &StaticKey::parse(&text).unwrap(),
+                Role::Server,
+            ))
         });
         let provider: Arc<dyn TlsProvider> = tls.clone();
         let server = Server::new(settings, provider, tc, Instant::now()).expect("server");

@@ -88,9 +88,11 @@ fn wait_disconnected(
     peer_id: u32,
     timeout: Duration,
 ) -> Option<(CloseReason, Option<Ipv4Addr>)> {
-    match lab.wait_event_since(mark, timeout, |ev| {
-        matches!(ev, ServerEvent::Disconnected { peer_id: p, .. } if *p == peer_id)
-    }) {
+    match lab.wait_event_since(
+        mark,
+        timeout,
+        |ev| matches!(ev, ServerEvent::Disconnected { peer_id: p, .. } if *p == peer_id),
+    ) {
         Some(ServerEvent::Disconnected {
             reason,
             tunnel_addr,
@@ -194,7 +196,11 @@ fn connects_over_udp_and_tcp_with_each_cipher() {
         let odd = OvpnClient::start(ns(&lab, 1), &odd_cfg);
 
         for proto in [Proto::Udp, Proto::Tcp] {
-            for cipher in [Cipher::Aes256Gcm, Cipher::Aes128Gcm, Cipher::ChaCha20Poly1305] {
+            for cipher in [
+                Cipher::Aes256Gcm,
+                Cipher::Aes128Gcm,
+                Cipher::ChaCha20Poly1305,
+            ] {
                 let what = format!("tls-crypt {tls_crypt}, {proto:?}, {}", cipher.name());
                 let mut cfg = ClientConfig::new(&lab.pki, "alice", proto);
                 cfg.cipher = cipher;
@@ -204,7 +210,9 @@ fn connects_over_udp_and_tcp_with_each_cipher() {
                 let c = connect(&lab, 0, &cfg, "alice");
                 assert_eq!(c.cipher, cipher.name(), "{what}: negotiated cipher");
                 assert!(
-                    c.client.log().contains(&format!("Data Channel: cipher '{}'", cipher.name())),
+                    c.client
+                        .log()
+                        .contains(&format!("Data Channel: cipher '{}'", cipher.name())),
                     "{what}: the client does not use {}:\n{}",
                     cipher.name(),
                     c.client.log()
@@ -261,15 +269,27 @@ fn pushed_options_reach_the_client() {
             .contains(&"dhcp-option DNS 10.0.0.2".to_string()),
         "pushed DNS; env: {env:#?}"
     );
-    assert_eq!(get("ifconfig_netmask"), Some("255.255.255.0"), "env: {env:#?}");
-    assert_eq!(get("route_vpn_gateway"), Some("10.100.0.1"), "env: {env:#?}");
+    assert_eq!(
+        get("ifconfig_netmask"),
+        Some("255.255.255.0"),
+        "env: {env:#?}"
+    );
+    assert_eq!(
+        get("route_vpn_gateway"),
+        Some("10.100.0.1"),
+        "env: {env:#?}"
+    );
     assert_eq!(get("dev_type"), Some("tun"), "env: {env:#?}");
     let log = c.client.log();
     let push = log
         .lines()
         .find(|l| l.contains("PUSH_REPLY"))
         .unwrap_or_else(|| panic!("no PUSH_REPLY in the client log:\n{log}"));
-    for opt in ["route-gateway 10.100.0.1", "topology subnet", "route 10.0.0.0 255.255.255.0"] {
+    for opt in [
+        "route-gateway 10.100.0.1",
+        "topology subnet",
+        "route 10.0.0.0 255.255.255.0",
+    ] {
         assert!(push.contains(opt), "PUSH_REPLY lacks {opt:?}: {push}");
     }
     // The client installed the route: the private network goes into the tunnel.
@@ -381,10 +401,7 @@ fn traffic_passes_xdp_with_snat() {
     // TCP: the server greets with the peer address it sees, then echoes.
     let tcp = TcpServer::start(&lab.gw, SocketAddrV4::new(SERVER, 7001));
     let mut s = run_in_ns(&client_ns, || {
-        TcpStream::connect_timeout(
-            &SocketAddr::from((SERVER, 7001)),
-            Duration::from_secs(3),
-        )
+        TcpStream::connect_timeout(&SocketAddr::from((SERVER, 7001)), Duration::from_secs(3))
     })
     .expect("TCP connect through the tunnel");
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -399,7 +416,8 @@ fn traffic_passes_xdp_with_snat() {
     // UDP: echoed, seen from the SNAT address.
     let udp = UdpServer::start(&lab.gw, SocketAddrV4::new(SERVER, 7002), true);
     let u = run_in_ns(&client_ns, || UdpSocket::bind("0.0.0.0:0")).unwrap();
-    u.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    u.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut echoed = false;
     let mut buf = [0u8; 64];
     for _ in 0..5 {
@@ -431,7 +449,11 @@ fn traffic_passes_xdp_with_snat() {
         u.send_to(b"pct-denied", (DENIED, 7003)).unwrap();
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(denied_udp.count(), 0, "UDP to the unauthorized {DENIED} passed");
+    assert_eq!(
+        denied_udp.count(),
+        0,
+        "UDP to the unauthorized {DENIED} passed"
+    );
     let after = drops(&lab, DropReason::NotAuthorized);
     assert!(
         after >= before + 4,
@@ -454,7 +476,10 @@ fn traffic_passes_xdp_with_snat() {
     assert!(matches!(reason, CloseReason::Server(_)), "{reason:?}");
     assert_eq!(addr, Some(c.tunnel_addr));
     assert!(
-        wait_until(Duration::from_secs(2), || !in_clients_map(&lab, c.tunnel_addr)),
+        wait_until(Duration::from_secs(2), || !in_clients_map(
+            &lab,
+            c.tunnel_addr
+        )),
         "{} still in the clients map after the disconnect",
         c.tunnel_addr
     );
@@ -508,9 +533,11 @@ fn renegotiation_keeps_tcp_stream() {
         cfg.extra.push("reneg-sec 4".into());
         let c = connect(&lab, 0, &cfg, "bob");
         let mark = lab.mark();
-        let ev = lab.wait_event_since(mark, Duration::from_secs(8), |ev| {
-            matches!(ev, ServerEvent::Rekeyed { peer_id, .. } if *peer_id == c.peer_id)
-        });
+        let ev = lab.wait_event_since(
+            mark,
+            Duration::from_secs(8),
+            |ev| matches!(ev, ServerEvent::Rekeyed { peer_id, .. } if *peer_id == c.peer_id),
+        );
         assert!(
             ev.is_some(),
             "no Rekeyed event with reneg-sec 4 on the client; events: {:#?}\n{}",
@@ -571,8 +598,10 @@ fn server_kill_fires_client_ping_restart() {
     let silent = Instant::now();
     let mark = lab.mark();
     assert!(
-        c.client
-            .wait_log("Inactivity timeout (--ping-restart)", Duration::from_secs(10)),
+        c.client.wait_log(
+            "Inactivity timeout (--ping-restart)",
+            Duration::from_secs(10)
+        ),
         "no ping-restart on the client:\n{}",
         c.client.log()
     );
@@ -586,11 +615,17 @@ fn server_kill_fires_client_ping_restart() {
 
     // The server gives up on the silent session after twice ping-restart.
     let (reason, _) = wait_disconnected(&lab, mark, c.peer_id, Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("the server kept the dead session: {:#?}", lab.seen_since(mark)));
+        .unwrap_or_else(|| {
+            panic!(
+                "the server kept the dead session: {:#?}",
+                lab.seen_since(mark)
+            )
+        });
     assert_eq!(reason, CloseReason::PingTimeout);
     // Meanwhile the client came back.
     assert!(
-        wait_until(Duration::from_secs(15), || c.client.log_count(COMPLETED) >= 2),
+        wait_until(Duration::from_secs(15), || c.client.log_count(COMPLETED)
+            >= 2),
         "the client did not reconnect after the port opened:\n{}",
         c.client.log()
     );
@@ -621,6 +656,7 @@ fn server_kill_fires_client_ping_restart() {
 #[test]
 fn revoked_certificate_is_refused() {
     require_root!();
+    let mut eve_serial = Vec::new();
     let mut lab = TunnelLab::new_with(
         TunnelOpts {
             clients: 3,
@@ -628,23 +664,21 @@ fn revoked_certificate_is_refused() {
         },
         |pki| {
             let (_, eve) = pki.issue_client("eve", Validity::days_from_now(30));
+            eve_serial = eve.serial.clone();
             vec![pki.write_crl(&[eve.serial], 1)]
         },
     );
-    let eve_serial = {
-        // Re-read: the CRL lists eve already; keep her serial for the next CRL.
-        let text = std::fs::read_to_string(&lab.pki.client("eve").cert).unwrap();
-        assert!(text.contains("BEGIN CERTIFICATE"));
-        lab.seen();
-        Vec::<u8>::new()
-    };
-    let _ = eve_serial;
     let (_, frank) = lab.pki.issue_client("frank", Validity::days_from_now(30));
 
     // Revoked at start-up: eve is refused while alice connects.
     let mark = lab.mark();
     let eve = OvpnClient::start(ns(&lab, 1), &ClientConfig::new(&lab.pki, "eve", Proto::Udp));
-    let alice = connect(&lab, 0, &ClientConfig::new(&lab.pki, "alice", Proto::Udp), "alice");
+    let alice = connect(
+        &lab,
+        0,
+        &ClientConfig::new(&lab.pki, "alice", Proto::Udp),
+        "alice",
+    );
     let why = wait_tls_refusal(&lab, mark, "revoked", REFUSED).unwrap_or_else(|| {
         panic!(
             "no TLS refusal naming the revocation; events: {:#?}\n{}",
@@ -660,10 +694,13 @@ fn revoked_certificate_is_refused() {
     drop(eve);
 
     // Revoked at runtime.
-    let f = connect(&lab, 2, &ClientConfig::new(&lab.pki, "frank", Proto::Udp), "frank");
+    let f = connect(
+        &lab,
+        2,
+        &ClientConfig::new(&lab.pki, "frank", Proto::Udp),
+        "frank",
+    );
     assert!(ping(ns(&lab, 2), SERVER, 3, Duration::from_secs(3)));
-    let eve_cert = lab.pki.client("eve").cert.clone();
-    let eve_serial = serial_of(&eve_cert);
     lab.pki.write_crl(&[eve_serial, frank.serial.clone()], 2);
     lab.tls.reload().expect("reload the CRL");
     let mark = lab.mark();
@@ -698,8 +735,17 @@ fn revoked_certificate_is_refused() {
         &ClientConfig::new(&lab.pki, "frank", Proto::Udp),
     );
     alice.client.proc.stop();
-    let bob = connect(&lab, 0, &ClientConfig::new(&lab.pki, "bob", Proto::Tcp), "bob");
-    assert!(ping(ns(&lab, 0), SERVER, 3, Duration::from_secs(3)), "{}", bob.client.log());
+    let bob = connect(
+        &lab,
+        0,
+        &ClientConfig::new(&lab.pki, "bob", Proto::Tcp),
+        "bob",
+    );
+    assert!(
+        ping(ns(&lab, 0), SERVER, 3, Duration::from_secs(3)),
+        "{}",
+        bob.client.log()
+    );
     let why = wait_tls_refusal(&lab, mark, "revoked", REFUSED).unwrap_or_else(|| {
         panic!(
             "no TLS refusal of frank after the reload; events: {:#?}\n{}",
@@ -711,24 +757,6 @@ fn revoked_certificate_is_refused() {
     assert!(!frank2.wait_log(COMPLETED, Duration::from_secs(1)));
     assert_never_connected(&frank2, "revoked at runtime");
     assert_eq!(connected_events(&lab, mark, "frank"), 0);
-}
-
-/// The serial number of a PEM certificate, as `IssuedCert::serial` has it.
-fn serial_of(cert: &std::path::Path) -> Vec<u8> {
-    let out = tests::sh(&[
-        "openssl",
-        "x509",
-        "-noout",
-        "-serial",
-        "-in",
-        &cert.to_string_lossy(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hex = text.trim().trim_start_matches("serial=");
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex serial"))
-        .collect()
 }
 
 /// A certificate past its notAfter is refused with a TLS error naming the expiry.
@@ -750,7 +778,12 @@ fn expired_certificate_is_refused() {
     let mark = lab.mark();
     let old = OvpnClient::start(ns(&lab, 1), &ClientConfig::new(&lab.pki, "old", Proto::Udp));
     // A valid user connects meanwhile.
-    let _alice = connect(&lab, 0, &ClientConfig::new(&lab.pki, "alice", Proto::Udp), "alice");
+    let _alice = connect(
+        &lab,
+        0,
+        &ClientConfig::new(&lab.pki, "alice", Proto::Udp),
+        "alice",
+    );
     let why = wait_tls_refusal(&lab, mark, "expired", REFUSED).unwrap_or_else(|| {
         panic!(
             "no TLS refusal naming the expiry; events: {:#?}\n{}",
@@ -794,7 +827,10 @@ fn client_exit_notify_frees_session() {
     assert!(took < Duration::from_secs(3), "{took:?}");
     assert_eq!(addr, Some(c.tunnel_addr));
     assert!(
-        wait_until(Duration::from_secs(1), || !in_clients_map(&lab, c.tunnel_addr)),
+        wait_until(Duration::from_secs(1), || !in_clients_map(
+            &lab,
+            c.tunnel_addr
+        )),
         "{} still in the clients map",
         c.tunnel_addr
     );

@@ -127,7 +127,10 @@ impl OvpnClient {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("openvpn did not connect within {timeout:?}:\n{}", self.log())
+        bail!(
+            "openvpn did not connect within {timeout:?}:\n{}",
+            self.log()
+        )
     }
 }
 
@@ -243,7 +246,8 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         "portcullis-demo-gateway",
         &USERS.iter().map(|u| u.name).collect::<Vec<_>>(),
     )?;
-    let tc_key = StaticKey::generate().map_err(|_| anyhow::anyhow!("no system randomness for the tls-crypt key"))?;
+    let tc_key = StaticKey::generate()
+        .map_err(|_| anyhow::anyhow!("no system randomness for the tls-crypt key"))?;
     std::fs::write(pki_dir.join("tls-crypt.key"), tc_key.to_pem())?;
     let tls = Arc::new(ReloadableTls::new(
         TlsFiles {

@@ -190,7 +190,10 @@ impl Topology {
             in_ns(GW, &["link", "set", gw_if, "up"])?;
             in_ns(ns, &["link", "set", "eth0", "up"])?;
             // openvpn's redirect-gateway keeps a host route to the server via this one.
-            in_ns(ns, &["route", "add", "default", "via", &UNDERLAY_GW.to_string()])?;
+            in_ns(
+                ns,
+                &["route", "add", "default", "via", &UNDERLAY_GW.to_string()],
+            )?;
             ethtool(ns, "eth0", &["tx", "off"])?;
             sysctl(GW, &format!("net.ipv4.conf.{gw_if}.forwarding"), "0")?;
         }

@@ -24,14 +24,14 @@ pub mod fuzzing;
 pub mod keys;
 pub mod options;
 pub mod packet;
+pub mod peer;
 pub mod pool;
 pub mod reliable;
-pub mod tls;
-pub mod tls_crypt;
-pub mod peer;
 pub mod server;
+#[cfg(test)]
+mod server_tests;
 pub mod session;
 #[doc(hidden)]
 pub mod testclient;
-#[cfg(test)]
-mod server_tests;
+pub mod tls;
+pub mod tls_crypt;

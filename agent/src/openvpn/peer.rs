@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::crypto::{
-    classify, CryptoError, DataFormat, Decryptor, Encryptor, Payload, PING_MAGIC,
-};
+use super::crypto::{classify, CryptoError, DataFormat, Decryptor, Encryptor, Payload, PING_MAGIC};
 use super::keys::DataKeys;
 
 /// What a successfully opened data packet carried.
@@ -166,11 +164,13 @@ impl DataPeer {
 
     /// Authenticated control traffic counts as activity too (doc §9.4).
     pub fn touch_rx(&self, now: Instant) {
-        self.last_rx_ns.fetch_max(self.stamp(now), Ordering::Relaxed);
+        self.last_rx_ns
+            .fetch_max(self.stamp(now), Ordering::Relaxed);
     }
 
     pub fn touch_tx(&self, now: Instant) {
-        self.last_tx_ns.fetch_max(self.stamp(now), Ordering::Relaxed);
+        self.last_tx_ns
+            .fetch_max(self.stamp(now), Ordering::Relaxed);
     }
 
     /// Installs a freshly negotiated key: it becomes the sending key and the first receive
@@ -207,7 +207,11 @@ impl DataPeer {
     }
 
     pub fn has_keys(&self) -> bool {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).enc.is_some()
+        self.tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .enc
+            .is_some()
     }
 
     /// The send key wants a renegotiation (packet id close to wrapping, doc §7.2).
@@ -276,9 +280,10 @@ impl DataPeer {
             .unwrap_or_else(|e| e.into_inner())
             .enc
             .as_ref()
-            .map_or(super::crypto::V2_HEADER_LEN + 4 + super::crypto::TAG_LEN, |e| {
-                e.overhead()
-            })
+            .map_or(
+                super::crypto::V2_HEADER_LEN + 4 + super::crypto::TAG_LEN,
+                |e| e.overhead(),
+            )
     }
 
     /// Encrypts in place: `buf[overhead..overhead + len]` is the plaintext, where `overhead`
@@ -442,12 +447,7 @@ impl PeerTable {
     /// client whose address changed is still found), anything else by link. A packet that
     /// authenticates from a new UDP address floats the peer there (doc §1.6, pitfall 28);
     /// the returned `Some(old)` link tells the caller to update the control side.
-    pub fn open(
-        &self,
-        from: Link,
-        packet: &mut [u8],
-        now: Instant,
-    ) -> (DataVerdict, Option<Link>) {
+    pub fn open(&self, from: Link, packet: &mut [u8], now: Instant) -> (DataVerdict, Option<Link>) {
         let Some(&first) = packet.first() else {
             return (DataVerdict::Dropped(DropCause::UnknownPeer), None);
         };
@@ -457,7 +457,8 @@ impl PeerTable {
                 self.by_link(&from)
             } else {
                 // A TCP connection must not speak for another connection's peer.
-                self.by_id(id).filter(|p| !from.is_tcp() || p.link() == from)
+                self.by_id(id)
+                    .filter(|p| !from.is_tcp() || p.link() == from)
             }
         } else {
             self.by_link(&from)
@@ -574,7 +575,9 @@ mod tests {
         let server = DataPeer::new(1, LINK, now);
         let client = DataPeer::new(1, LINK, now);
         let (sk, ck) = keys(9);
-        server.install(0, &sk, DataFormat::V2 { peer_id: 1 }, now).unwrap();
+        server
+            .install(0, &sk, DataFormat::V2 { peer_id: 1 }, now)
+            .unwrap();
         client.install(0, &ck, DataFormat::V1, now).unwrap();
         let mut p = server.ping_packet(now).unwrap();
         assert_eq!(server.counters.tx_packets.load(Ordering::Relaxed), 0);

@@ -34,7 +34,8 @@ pub struct PushSettings {
     pub dns: Vec<Ipv4Addr>,
     /// `redirect-gateway def1`: everything through the tunnel.
     pub full_tunnel: bool,
-    /// Pushed `session-timeout` (AWS: 8–24 h).
+    /// Maximum session duration (AWS: 8–24 h): pushed as `session-timeout` and enforced by
+    /// the server (it overrides `max_session` of both transports' session settings).
     pub session_timeout: Option<Duration>,
 }
 
@@ -92,8 +93,15 @@ pub enum ServerEvent {
         peer_info: PeerInfo,
     },
     /// With [`AuthMode::External`]: decide with [`Server::authorize`].
-    AuthRequired { link: Link, request: Box<AuthRequest> },
-    Rekeyed { link: Link, peer_id: u32, key_id: KeyId },
+    AuthRequired {
+        link: Link,
+        request: Box<AuthRequest>,
+    },
+    Rekeyed {
+        link: Link,
+        peer_id: u32,
+        key_id: KeyId,
+    },
     /// A client moved to a new UDP address (after an authenticated packet).
     Floated { peer_id: u32, from: Link, to: Link },
     /// A session ended (or never got established: TLS failure, refused, timeout).
@@ -169,10 +177,16 @@ impl Server {
         let n = settings
             .max_sessions
             .min(portcullis_common::MAX_CLIENTS as usize) as u32;
+        let max_session = settings.push.session_timeout.or(settings.udp.max_session);
         Ok(Server {
-            udp_cfg: Arc::new(settings.udp.clone()),
+            udp_cfg: Arc::new(SessionConfig {
+                transport: Transport::Udp,
+                max_session,
+                ..settings.udp.clone()
+            }),
             tcp_cfg: Arc::new(SessionConfig {
                 transport: Transport::Tcp,
+                max_session: settings.push.session_timeout.or(settings.tcp.max_session),
                 ..settings.tcp.clone()
             }),
             limiter: ResetLimiter::new(settings.reset_rate.0, settings.reset_rate.1, now),
@@ -204,6 +218,10 @@ impl Server {
 
     pub fn pool(&self) -> &AddressPool {
         &self.pool
+    }
+
+    pub fn tls_provider(&self) -> &Arc<dyn TlsProvider> {
+        &self.tls
     }
 
     pub fn settings(&self) -> &ServerSettings {
@@ -358,8 +376,9 @@ impl Server {
         now: Instant,
     ) {
         if let Some(old) = self.sessions.get_mut(&link) {
-            old.session
-                .kill(CloseReason::Server("client restarted with a new session".into()));
+            old.session.kill(CloseReason::Server(
+                "client restarted with a new session".into(),
+            ));
             self.collect(link, now);
         }
         if self.sessions.len() >= self.settings.max_sessions {
@@ -435,10 +454,9 @@ impl Server {
                         let verdict = self.decide(link, &req.identity, req.initial);
                         self.authorize(link, req.key_id, verdict, now);
                     }
-                    AuthMode::External => self.events.push_back(ServerEvent::AuthRequired {
-                        link,
-                        request: req,
-                    }),
+                    AuthMode::External => self
+                        .events
+                        .push_back(ServerEvent::AuthRequired { link, request: req }),
                 },
                 SessionEvent::Established {
                     cipher,
@@ -546,7 +564,8 @@ impl Server {
             cipher: Cipher::Aes256Gcm,
             protocol_flags: None,
             tun_mtu: None,
-            session_timeout: p.session_timeout.map(|d| d.as_secs() as u32),
+            // Filled in by the session from its `max_session`.
+            session_timeout: None,
             auth_token: None,
         };
         let reply = e
@@ -581,7 +600,13 @@ impl Server {
         self.authorize(link, key_id, v, now);
     }
 
-    fn authorize(&mut self, link: Link, key_id: KeyId, v: Result<Vec<String>, String>, now: Instant) {
+    fn authorize(
+        &mut self,
+        link: Link,
+        key_id: KeyId,
+        v: Result<Vec<String>, String>,
+        now: Instant,
+    ) {
         if let Some(e) = self.sessions.get_mut(&link) {
             e.session.authorize(key_id, v, now);
         }
@@ -595,7 +620,9 @@ impl Server {
             if let Some(old) = self.sessions.remove(&to) {
                 // Someone else's half-open session at that address loses.
                 let mut s = old.session;
-                s.kill(CloseReason::Server("address taken over by a floating client".into()));
+                s.kill(CloseReason::Server(
+                    "address taken over by a floating client".into(),
+                ));
                 self.peers.remove(s.peer());
                 self.free_peer_ids.push(s.peer().peer_id);
             }
@@ -624,7 +651,8 @@ impl Server {
     /// The TCP connection closed: its session ends.
     pub fn link_closed(&mut self, link: Link, now: Instant) {
         if let Some(e) = self.sessions.get_mut(&link) {
-            e.session.kill(CloseReason::Server("connection closed".into()));
+            e.session
+                .kill(CloseReason::Server("connection closed".into()));
             self.after(link, now);
         }
     }
@@ -635,8 +663,11 @@ impl Server {
         let links: Vec<Link> = self.sessions.keys().copied().collect();
         for l in links {
             if let Some(e) = self.sessions.get_mut(&l) {
-                e.session
-                    .shutdown("RESTART", CloseReason::Server("server shutdown".into()), now);
+                e.session.shutdown(
+                    "RESTART",
+                    CloseReason::Server("server shutdown".into()),
+                    now,
+                );
             }
             self.after(l, now);
         }

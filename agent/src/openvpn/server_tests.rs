@@ -21,7 +21,9 @@ struct Pki {
 
 fn pki() -> Pki {
     let ca = CertificateAuthority::generate("test CA", Validity::days_from_now(30)).unwrap();
-    let server = ca.issue_server("server", Validity::days_from_now(30)).unwrap();
+    let server = ca
+        .issue_server("server", Validity::days_from_now(30))
+        .unwrap();
     Pki { ca, server }
 }
 
@@ -124,7 +126,11 @@ impl Lab {
     fn connect(&mut self, cn: &str, l: Link) -> TestClient {
         let mut c = self.client(cn);
         self.pump(&mut c, l);
-        assert!(c.push_reply.is_some(), "no push for {cn}: {:?}", self.events());
+        assert!(
+            c.push_reply.is_some(),
+            "no push for {cn}: {:?}",
+            self.events()
+        );
         c
     }
 }
@@ -248,7 +254,10 @@ fn renegotiation_server_and_client_initiated_keeps_data_flowing() {
         );
         let mut pkt = c.seal(&ip_packet(addr)).unwrap();
         let (v, _) = peers.open(l, &mut pkt, lab.now);
-        assert!(matches!(v, DataVerdict::Tunnel { .. }), "round {round}: {v:?}");
+        assert!(
+            matches!(v, DataVerdict::Tunnel { .. }),
+            "round {round}: {v:?}"
+        );
     }
     // 0 → 1..7 → 1 → 2: never 0 again.
     assert_eq!(c.key_id(), KeyId::new(2));
@@ -393,7 +402,11 @@ fn bad_input_spoofed_handshake_flood() {
             assert!(p.len() <= reset.len() + 12);
         }
     }
-    assert_eq!(lab.server.session_count(), 0, "no state before the cookie round trip");
+    assert_eq!(
+        lab.server.session_count(),
+        0,
+        "no state before the cookie round trip"
+    );
     assert!(sent <= 50 + 1, "replies are rate-limited: {sent}");
     assert!(reply_bytes <= 51 * 26);
     assert!(lab.server.stats.reset_rate_limited >= 19_000);
@@ -425,7 +438,11 @@ fn bad_input_tls_crypt_drops_unauthenticated_packets_before_tls() {
     let mut lab = Lab::new(true);
     // A plain (unwrapped) reset and random bytes: no reply, no session.
     let mut c = TestClient::new(
-        client_tls(&lab.pki.ca.cert_pem(), &lab.pki.server.cert_pem, &lab.pki.server.key_pem),
+        client_tls(
+            &lab.pki.ca.cert_pem(),
+            &lab.pki.server.cert_pem,
+            &lab.pki.server.key_pem,
+        ),
         "server",
         None,
     );
@@ -516,7 +533,10 @@ fn bad_input_garbage_control_messages_are_ignored() {
     let evs = lab.events();
     assert!(disconnected(&evs).is_empty(), "{evs:?}");
     // One push only, even after another PUSH_REQUEST.
-    assert_eq!(c.push_reply.as_ref().unwrap().matches("PUSH_REPLY").count(), 1);
+    assert_eq!(
+        c.push_reply.as_ref().unwrap().matches("PUSH_REPLY").count(),
+        1
+    );
 }
 
 #[test]
@@ -546,19 +566,60 @@ fn handshake_times_out_and_ping_timeout_closes() {
 
 #[test]
 fn no_shared_cipher_is_auth_failed_after_the_key_exchange() {
-    let mut lab = Lab::with(false, |s| s.udp.ciphers = vec![super::crypto::Cipher::Aes128Gcm]);
+    let mut lab = Lab::with(false, |s| {
+        s.udp.ciphers = vec![super::crypto::Cipher::Aes128Gcm]
+    });
     let mut c = lab.client("alice");
-    c.peer_info = c.peer_info.replace(
-        "IV_CIPHERS=AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305",
-        "IV_CIPHERS=CHACHA20-POLY1305",
-    ).replace("IV_NCP=2\n", "");
+    c.peer_info = c
+        .peer_info
+        .replace(
+            "IV_CIPHERS=AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305",
+            "IV_CIPHERS=CHACHA20-POLY1305",
+        )
+        .replace("IV_NCP=2\n", "");
     lab.pump(&mut c, link(40010));
     assert!(c.push_reply.is_none());
-    assert!(c.auth_failed.as_deref().unwrap_or("").contains("cipher"), "{:?}", c.auth_failed);
+    assert!(
+        c.auth_failed.as_deref().unwrap_or("").contains("cipher"),
+        "{:?}",
+        c.auth_failed
+    );
     lab.now += Duration::from_secs(6);
     lab.server.handle_timeout(lab.now);
     assert!(matches!(
         disconnected(&lab.events()).as_slice(),
         [CloseReason::AuthFailed(_)]
     ));
+}
+
+#[test]
+fn session_timeout_is_pushed_and_enforced() {
+    let mut lab = Lab::with(false, |s| {
+        s.push.session_timeout = Some(Duration::from_secs(30))
+    });
+    let l = link(40011);
+    let mut c = lab.connect("alice", l);
+    assert!(c
+        .push_reply
+        .as_ref()
+        .unwrap()
+        .contains("session-timeout 30"));
+    lab.events();
+    // Keep the client alive with pings until the session limit hits.
+    for _ in 0..40 {
+        lab.now += Duration::from_secs(1);
+        let ping = c.seal(&super::crypto::PING_MAGIC).unwrap();
+        let _ = lab.server.peers().open(l, &mut ping.clone(), lab.now);
+        lab.server.handle_timeout(lab.now);
+        lab.pump(&mut c, l);
+    }
+    assert!(
+        c.messages.iter().any(|m| m == "RESTART"),
+        "{:?}",
+        c.messages
+    );
+    assert_eq!(
+        disconnected(&lab.events()),
+        vec![CloseReason::SessionTimeout]
+    );
 }

@@ -21,8 +21,8 @@ use super::crypto::{Cipher, DataFormat};
 use super::keys::{ClientKeyMethod2, KeyBlock, KeyMethodError, PrfInputs, ServerKeyMethod2};
 use super::options::{
     choose_key_derivation, control_messages, encode_control_message, negotiate_cipher,
-    protocol_flags_option, server_options_string, ControlMessage, KeyDerivation,
-    PeerInfo, PushReply, Transport,
+    protocol_flags_option, server_options_string, ControlMessage, KeyDerivation, PeerInfo,
+    PushReply, Transport,
 };
 use super::packet::{
     decode, ControlPacket, KeyId, Opcode, Packet, Role, SessionId, MAX_CONTROL_PACKET_LEN,
@@ -36,6 +36,8 @@ use super::tls_crypt::{TlsCryptKey, TlsCryptSession};
 /// to renegotiations of live sessions too.
 pub trait TlsProvider: Send + Sync {
     fn server_config(&self) -> Arc<rustls::ServerConfig>;
+    /// Called every few seconds by the tunnel's control thread: pick up changed files.
+    fn maintain(&self) {}
 }
 
 impl TlsProvider for Arc<rustls::ServerConfig> {
@@ -47,6 +49,16 @@ impl TlsProvider for Arc<rustls::ServerConfig> {
 impl TlsProvider for super::tls::ReloadableTls {
     fn server_config(&self) -> Arc<rustls::ServerConfig> {
         self.current().server_config()
+    }
+
+    /// CRLs are checked on every new connection and renegotiation, so a republished CRL
+    /// takes effect within one maintenance interval without a restart.
+    fn maintain(&self) {
+        let _ = self.reload_if_changed();
+        let now = std::time::SystemTime::now();
+        if self.current().any_crl_expired(now) {
+            tracing::error!("a configured CRL is past its nextUpdate; publish a fresh one");
+        }
     }
 }
 
@@ -88,6 +100,8 @@ pub struct SessionConfig {
     pub transition_window: Duration,
     /// How long a refused client is kept so it receives AUTH_FAILED (§8.4).
     pub auth_failed_linger: Duration,
+    /// Longest session (AWS: 8–24 h); pushed as `session-timeout` and enforced here too.
+    pub max_session: Option<Duration>,
     pub reliable: reliable::Config,
 }
 
@@ -103,6 +117,7 @@ impl Default for SessionConfig {
             ping_restart: Duration::from_secs(60),
             transition_window: Duration::from_secs(300),
             auth_failed_linger: Duration::from_secs(5),
+            max_session: None,
             reliable: reliable::Config::default(),
         }
     }
@@ -137,6 +152,8 @@ pub enum CloseReason {
     ProtocolError(String),
     /// Authentication refused; AUTH_FAILED was sent.
     AuthFailed(String),
+    /// The session reached its maximum duration.
+    SessionTimeout,
     /// The server closed it (shutdown, revocation, client restart…).
     Server(String),
 }
@@ -150,6 +167,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::TlsError(e) => write!(f, "TLS error: {e}"),
             CloseReason::ProtocolError(e) => write!(f, "protocol error: {e}"),
             CloseReason::AuthFailed(e) => write!(f, "authentication failed: {e}"),
+            CloseReason::SessionTimeout => f.write_str("session timeout"),
             CloseReason::Server(e) => write!(f, "closed by server: {e}"),
         }
     }
@@ -208,7 +226,9 @@ struct KeyState {
 enum Life {
     Running,
     /// Refused or shutting down: still transmitting (AUTH_FAILED, RESTART) until `until`.
-    Closing { until: Instant },
+    Closing {
+        until: Instant,
+    },
     Closed,
 }
 
@@ -256,7 +276,10 @@ pub enum Start<'a> {
     /// The client's HARD_RESET_CLIENT_V2 (stateful handshake, TCP): we queue our reset.
     Reset(&'a ControlPacket<'a>),
     /// A verified HMAC cookie (UDP): both resets count as exchanged (doc §3.3).
-    Cookie { client: SessionId, server: SessionId },
+    Cookie {
+        client: SessionId,
+        server: SessionId,
+    },
 }
 
 impl Session {
@@ -426,10 +449,24 @@ impl Session {
             self.pending = Some(ks);
             self.reneg_base = (
                 now,
-                self.peer.counters.rx_bytes.load(std::sync::atomic::Ordering::Relaxed)
-                    + self.peer.counters.tx_bytes.load(std::sync::atomic::Ordering::Relaxed),
-                self.peer.counters.rx_packets.load(std::sync::atomic::Ordering::Relaxed)
-                    + self.peer.counters.tx_packets.load(std::sync::atomic::Ordering::Relaxed),
+                self.peer
+                    .counters
+                    .rx_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    + self
+                        .peer
+                        .counters
+                        .tx_bytes
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                self.peer
+                    .counters
+                    .rx_packets
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    + self
+                        .peer
+                        .counters
+                        .tx_packets
+                        .load(std::sync::atomic::Ordering::Relaxed),
             );
             self.drive(now);
         }
@@ -481,6 +518,9 @@ impl Session {
         base.ping = self.cfg.ping.as_secs() as u32;
         base.ping_restart = self.cfg.ping_restart.as_secs() as u32;
         base.tun_mtu = n.peer_info.mtu().map(|_| 1500);
+        if let Some(max) = self.cfg.max_session {
+            base.session_timeout = Some(max.as_secs().min(u64::from(u32::MAX)) as u32);
+        }
         Some(base)
     }
 
@@ -540,6 +580,13 @@ impl Session {
             }
             _ => {}
         }
+        if let Some(max) = self.cfg.max_session {
+            if self.life == Life::Running && now.saturating_duration_since(self.created) >= max {
+                // The client is told to reconnect (and re-authenticate), as AWS does.
+                self.shutdown("RESTART", CloseReason::SessionTimeout, now);
+                return;
+            }
+        }
         let last_rx = self.peer.last_rx().unwrap_or(self.created);
         if now.saturating_duration_since(last_rx) >= self.cfg.ping_restart * 2 {
             self.kill(CloseReason::PingTimeout);
@@ -564,7 +611,8 @@ impl Session {
             }
         }
         if self.established && self.life == Life::Running && self.pending.is_none() {
-            let use_ = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            let use_ =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
             let ctr = &self.peer.counters;
             let bytes = use_(&ctr.rx_bytes) + use_(&ctr.tx_bytes) - self.reneg_base.1;
             let packets = use_(&ctr.rx_packets) + use_(&ctr.tx_packets) - self.reneg_base.2;
@@ -599,6 +647,9 @@ impl Session {
             t.push(until);
         }
         t.push(self.peer.last_rx().unwrap_or(self.created) + self.cfg.ping_restart * 2);
+        if let (Some(max), Life::Running) = (self.cfg.max_session, self.life) {
+            t.push(self.created + max);
+        }
         if self.primary.phase != Phase::Active {
             t.push(self.primary.started + self.cfg.hand_window);
         }
@@ -658,12 +709,16 @@ impl Session {
             &mut self.primary
         };
         let step = step_key(ks, &cfg, prior.as_ref())?;
-        let needs_keys = ks.phase == Phase::Active && ks.auth == Auth::Accepted && !ks.keys_installed;
+        let needs_keys =
+            ks.phase == Phase::Active && ks.auth == Auth::Accepted && !ks.keys_installed;
         if self.negotiated.is_none() {
             self.negotiated = step.negotiated;
         }
         if let Some(reason) = step.refused {
-            self.close_after(now + cfg.auth_failed_linger, CloseReason::AuthFailed(reason));
+            self.close_after(
+                now + cfg.auth_failed_linger,
+                CloseReason::AuthFailed(reason),
+            );
         }
         if let Some(req) = step.authenticate {
             self.events.push_back(SessionEvent::Authenticate(req));
@@ -689,9 +744,10 @@ impl Session {
     }
 
     fn install_keys(&mut self, pending: bool, now: Instant) -> Result<(), CloseReason> {
-        let n = self.negotiated.clone().ok_or_else(|| {
-            CloseReason::ProtocolError("keys before negotiation".into())
-        })?;
+        let n = self
+            .negotiated
+            .clone()
+            .ok_or_else(|| CloseReason::ProtocolError("keys before negotiation".into()))?;
         let (local, remote) = (self.local, self.remote);
         let ks = if pending {
             self.pending.as_mut().expect("checked")
@@ -946,9 +1002,7 @@ fn step_key(
     if ks.phase == Phase::Handshake && !ks.tls.is_handshaking() && ks.client_km.is_none() {
         let (km, used) = match ClientKeyMethod2::parse(&ks.plain) {
             Ok(x) => x,
-            Err(KeyMethodError::Truncated(_)) if ks.plain.len() < MAX_PLAINTEXT => {
-                return Ok(step)
-            }
+            Err(KeyMethodError::Truncated(_)) if ks.plain.len() < MAX_PLAINTEXT => return Ok(step),
             Err(e) => return Err(km_err(e)),
         };
         ks.plain.drain(..used);

@@ -74,7 +74,11 @@ pub struct TestClient {
 }
 
 impl TestClient {
-    pub fn new(tls_cfg: Arc<ClientConfig>, server_name: &str, tls_crypt: Option<&StaticKey>) -> Self {
+    pub fn new(
+        tls_cfg: Arc<ClientConfig>,
+        server_name: &str,
+        tls_crypt: Option<&StaticKey>,
+    ) -> Self {
         let mut sid = [0u8; 8];
         let _ = SystemRandom::new().fill(&mut sid);
         sid[0] |= 0x80;
@@ -105,7 +109,8 @@ impl TestClient {
     }
 
     fn new_key(&mut self, id: KeyId, reset: Opcode) {
-        let mut reliable = Reliable::new(reliable::Config::default(), id, self.sid, self.server_sid);
+        let mut reliable =
+            Reliable::new(reliable::Config::default(), id, self.sid, self.server_sid);
         let _ = reliable.queue_reset(reset);
         let tls = ClientConnection::new(self.tls_cfg.clone(), self.server_name.clone())
             .expect("client connection");
@@ -244,11 +249,19 @@ impl TestClient {
                     let msg: Vec<u8> = k.plain.drain(..=end).collect();
                     let msg = String::from_utf8_lossy(&msg[..msg.len() - 1]).into_owned();
                     if let Some(rest) = msg.strip_prefix("PUSH_REPLY") {
-                        let mut acc = self.push_reply.take().unwrap_or_else(|| "PUSH_REPLY".into());
+                        let mut acc = self
+                            .push_reply
+                            .take()
+                            .unwrap_or_else(|| "PUSH_REPLY".into());
                         acc.push_str(rest);
                         self.push_reply = Some(acc);
                         if !rest.contains("push-continuation 2") {
-                            Self::derive(k, &mut self.enc, &mut self.dec, self.push_reply.as_deref());
+                            Self::derive(
+                                k,
+                                &mut self.enc,
+                                &mut self.dec,
+                                self.push_reply.as_deref(),
+                            );
                         }
                     } else if let Some(r) = msg.strip_prefix("AUTH_FAILED") {
                         self.auth_failed = Some(r.trim_start_matches(',').to_owned());
@@ -267,13 +280,20 @@ impl TestClient {
         }
     }
 
-    fn derive(k: &mut Key, enc: &mut Option<Encryptor>, dec: &mut Vec<Decryptor>, push: Option<&str>) {
+    fn derive(
+        k: &mut Key,
+        enc: &mut Option<Encryptor>,
+        dec: &mut Vec<Decryptor>,
+        push: Option<&str>,
+    ) {
         let Some(push) = push else { return };
         let opt = |name: &str| {
             push.split(',')
                 .find_map(|o| o.strip_prefix(name).map(|v| v.trim().to_owned()))
         };
-        let cipher = opt("cipher ").and_then(|c| Cipher::from_name(&c)).unwrap_or(Cipher::Aes256Gcm);
+        let cipher = opt("cipher ")
+            .and_then(|c| Cipher::from_name(&c))
+            .unwrap_or(Cipher::Aes256Gcm);
         let peer_id: Option<u32> = opt("peer-id ").and_then(|p| p.parse().ok());
         let Ok(block) = KeyBlock::from_ekm(|out, label, ctx| {
             k.tls.export_keying_material(out, label, ctx).map(|_| ())

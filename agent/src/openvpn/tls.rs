@@ -499,16 +499,36 @@ pub struct ReloadableTls {
     files: TlsFiles,
     options: TlsOptions,
     current: RwLock<Arc<TlsContext>>,
+    /// Modification times of the files at the last (attempted) load, for
+    /// [`ReloadableTls::reload_if_changed`].
+    stamps: std::sync::Mutex<Vec<Option<SystemTime>>>,
 }
 
 impl ReloadableTls {
     pub fn new(files: TlsFiles, opts: TlsOptions) -> Result<Self, TlsError> {
+        let stamps = std::sync::Mutex::new(file_stamps(&files));
         let ctx = TlsContext::load(&files, &opts)?;
         Ok(ReloadableTls {
             files,
             options: opts,
             current: RwLock::new(Arc::new(ctx)),
+            stamps,
         })
+    }
+
+    /// Reloads when any of the files changed since the last load (a CRL republished by the
+    /// CA, a renewed server certificate). Cheap enough to call every few seconds; a failed
+    /// reload is logged and retried only after the files change again.
+    pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
+        let now = file_stamps(&self.files);
+        {
+            let mut s = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+            if *s == now {
+                return None;
+            }
+            *s = now;
+        }
+        Some(self.reload())
     }
 
     pub fn current(&self) -> Arc<TlsContext> {
@@ -533,6 +553,14 @@ impl ReloadableTls {
     pub fn files(&self) -> &TlsFiles {
         &self.files
     }
+}
+
+fn file_stamps(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+    [&files.ca, &files.cert, &files.key]
+        .into_iter()
+        .chain(files.crls.iter())
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
 }
 
 /// Who the client is, from its verified certificate.
