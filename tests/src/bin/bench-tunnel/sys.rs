@@ -1,0 +1,389 @@
+//! What the benchmark reads from the system: CPU time of the gateway (a process, or some of
+//! its threads by name) and of the whole machine from /proc, resident memory, the CPU clock,
+//! `perf stat` cycles where the machine has a cycle counter, and ICMP round-trip times.
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+use tests::clients::{run_in_ns, IcmpSocket};
+
+/// Which tasks are "the gateway": all tasks of `pid` (`threads` empty), or those whose name
+/// (`comm`) starts with one of `threads`.
+#[derive(Clone, Debug)]
+pub struct GwSpec {
+    pub pid: u32,
+    pub threads: Vec<String>,
+}
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// `(comm, utime + stime in ticks)` from a `/proc/.../stat` line.
+fn parse_stat(text: &str) -> Option<(String, u64)> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    // Fields after the name start at field 3 (state); utime is field 14, stime 15.
+    let utime: u64 = rest.get(11)?.parse().ok()?;
+    let stime: u64 = rest.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The gateway's tasks: `(tid, comm)`.
+pub fn gw_tasks(gw: &GwSpec) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", gw.pid)) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        if let Some((comm, _)) = parse_stat(&text) {
+            if gw.threads.is_empty() || gw.threads.iter().any(|p| comm.starts_with(p.as_str())) {
+                out.push((tid, comm));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// CPU seconds the gateway's tasks used so far. A whole process is read from
+/// `/proc/PID/stat` (which keeps the time of threads that exited); named threads from
+/// `/proc/PID/task/TID/stat`.
+pub fn gw_cpu_seconds(gw: &GwSpec) -> f64 {
+    let ticks: u64 = if gw.threads.is_empty() {
+        std::fs::read_to_string(format!("/proc/{}/stat", gw.pid))
+            .ok()
+            .and_then(|t| parse_stat(&t))
+            .map_or(0, |(_, t)| t)
+    } else {
+        gw_tasks(gw)
+            .iter()
+            .filter_map(|(tid, _)| {
+                std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", gw.pid)).ok()
+            })
+            .filter_map(|t| parse_stat(&t))
+            .map(|(_, t)| t)
+            .sum()
+    };
+    ticks as f64 / clk_tck()
+}
+
+/// The aggregate `cpu` line of `/proc/stat`, in ticks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MachineCpu {
+    pub user: u64,
+    pub nice: u64,
+    pub system: u64,
+    pub idle: u64,
+    pub iowait: u64,
+    pub irq: u64,
+    pub softirq: u64,
+    pub steal: u64,
+}
+
+impl MachineCpu {
+    pub fn read() -> MachineCpu {
+        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let line = text.lines().find(|l| l.starts_with("cpu ")).unwrap_or("");
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let g = |i: usize| v.get(i).copied().unwrap_or(0);
+        MachineCpu {
+            user: g(0),
+            nice: g(1),
+            system: g(2),
+            idle: g(3),
+            iowait: g(4),
+            irq: g(5),
+            softirq: g(6),
+            steal: g(7),
+        }
+    }
+
+    /// Busy: user + nice + system + irq + softirq (guest time is inside user; steal, idle
+    /// and iowait are not busy).
+    fn busy(&self) -> u64 {
+        self.user + self.nice + self.system + self.irq + self.softirq
+    }
+}
+
+/// One reading of the gateway's and the machine's CPU time.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSample {
+    pub gateway_s: f64,
+    pub machine: MachineCpu,
+}
+
+/// CPU used between two samples, in seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuDelta {
+    pub gateway_s: f64,
+    pub busy_s: f64,
+    pub softirq_s: f64,
+    pub system_s: f64,
+    pub idle_s: f64,
+    pub steal_s: f64,
+}
+
+impl CpuSample {
+    pub fn take(gw: &GwSpec) -> CpuSample {
+        CpuSample {
+            gateway_s: gw_cpu_seconds(gw),
+            machine: MachineCpu::read(),
+        }
+    }
+
+    pub fn since(&self, before: &CpuSample) -> CpuDelta {
+        let t = clk_tck();
+        let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / t;
+        let (a, b) = (&self.machine, &before.machine);
+        CpuDelta {
+            gateway_s: self.gateway_s - before.gateway_s,
+            busy_s: d(a.busy(), b.busy()),
+            softirq_s: d(a.softirq, b.softirq),
+            system_s: d(a.system, b.system),
+            idle_s: d(a.idle + a.iowait, b.idle + b.iowait),
+            steal_s: d(a.steal, b.steal),
+        }
+    }
+}
+
+impl CpuDelta {
+    pub fn to_json(self) -> Value {
+        json!({
+            "gateway_cpu_s": self.gateway_s,
+            "machine_busy_s": self.busy_s,
+            "machine_softirq_s": self.softirq_s,
+            "machine_system_s": self.system_s,
+            "machine_idle_s": self.idle_s,
+            "machine_steal_s": self.steal_s,
+        })
+    }
+}
+
+/// `VmRSS` of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The `cpu MHz` of the first CPU in /proc/cpuinfo.
+pub fn cpu_mhz() -> Option<f64> {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+// ---- perf stat --------------------------------------------------------------------------------
+
+/// Whether `perf stat -e cycles true` counts cycles here, and what it printed.
+pub fn perf_cycles_probe() -> (bool, String) {
+    let out = Command::new("perf")
+        .args(["stat", "-x", ",", "-e", "cycles", "true"])
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+            let ok = o.status.success() && parse_perf_cycles(&err).is_some();
+            (ok, err)
+        }
+        Err(e) => (false, format!("perf not runnable: {e}")),
+    }
+}
+
+/// The cycle count from `perf stat -x,` output (`<value>,<unit>,cycles,...`).
+fn parse_perf_cycles(text: &str) -> Option<f64> {
+    text.lines()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2].starts_with("cycles"))
+        .and_then(|f| f[0].trim().parse().ok())
+}
+
+/// What a `perf stat` run counts.
+pub enum PerfTarget {
+    Pid(u32),
+    Tids(Vec<u32>),
+    System,
+}
+
+/// A running `perf stat -e cycles`, stopped with SIGINT by [`PerfRun::finish`] or on drop.
+pub struct PerfRun {
+    child: Option<Child>,
+    out: PathBuf,
+}
+
+impl PerfRun {
+    pub fn start(target: &PerfTarget, dir: &Path, tag: &str) -> Option<PerfRun> {
+        let out = dir.join(format!("perf-{tag}.txt"));
+        let mut cmd = Command::new("perf");
+        cmd.args(["stat", "-x", ",", "-e", "cycles", "-o"]).arg(&out);
+        match target {
+            PerfTarget::Pid(p) => {
+                cmd.args(["-p", &p.to_string()]);
+            }
+            PerfTarget::Tids(t) => {
+                let list: Vec<String> = t.iter().map(u32::to_string).collect();
+                cmd.args(["-t", &list.join(",")]);
+            }
+            PerfTarget::System => {
+                cmd.arg("-a");
+            }
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(PerfRun {
+            child: Some(child),
+            out,
+        })
+    }
+
+    /// Stop (SIGINT makes perf print its counts), wait up to 5 s, return the cycles.
+    pub fn finish(mut self) -> Option<f64> {
+        self.stop();
+        let text = std::fs::read_to_string(&self.out).ok()?;
+        parse_perf_cycles(&text)
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for PerfRun {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---- ICMP round-trip times ----------------------------------------------------------------------
+
+/// Round-trip times of `count` ICMP echoes from namespace `ns` to `dst`, one sent every
+/// `interval` whatever the replies do (so a slow reply does not slow the probe down), each
+/// waited for up to 1 s after the last send. `None` = lost.
+pub fn rtt_series(ns: &str, dst: Ipv4Addr, count: u16, interval: Duration, id: u16) -> Vec<Option<f64>> {
+    run_in_ns(ns, move || {
+        let Ok(s) = IcmpSocket::new() else {
+            return vec![None; usize::from(count)];
+        };
+        let n = usize::from(count);
+        let mut sent: Vec<Option<Instant>> = vec![None; n];
+        let mut rtt: Vec<Option<f64>> = vec![None; n];
+        let t0 = Instant::now();
+        let end = t0 + interval * u32::from(count) + Duration::from_secs(1);
+        let mut next = 0usize;
+        let payload = [0x5au8; 56];
+        while Instant::now() < end {
+            let now = Instant::now();
+            if next < n && now >= t0 + interval * next as u32 {
+                let seq = next as u16 + 1;
+                if s.send_echo(dst, id, seq, &payload).is_ok() {
+                    sent[next] = Some(Instant::now());
+                }
+                next += 1;
+                continue;
+            }
+            let until_next = if next < n {
+                (t0 + interval * next as u32).saturating_duration_since(now)
+            } else {
+                end.saturating_duration_since(now)
+            };
+            // One read (up to the socket's 20 ms receive timeout) per call.
+            if let Some((from, _code, icmp)) = s.wait_type(0, until_next.min(Duration::from_millis(1))) {
+                let at = Instant::now();
+                if from != dst || icmp.len() < 8 {
+                    continue;
+                }
+                let rid = u16::from_be_bytes([icmp[4], icmp[5]]);
+                let seq = usize::from(u16::from_be_bytes([icmp[6], icmp[7]]));
+                if rid == id && (1..=n).contains(&seq) {
+                    if let Some(t) = sent[seq - 1] {
+                        rtt[seq - 1].get_or_insert(at.duration_since(t).as_secs_f64() * 1e3);
+                    }
+                }
+            }
+            if next >= n && rtt.iter().zip(&sent).all(|(r, s)| r.is_some() || s.is_none()) {
+                break;
+            }
+        }
+        rtt
+    })
+}
+
+/// Median, p99 (nearest rank), mean, min, max and losses of an RTT series.
+pub fn rtt_stats(series: &[Option<f64>]) -> Value {
+    let mut v: Vec<f64> = series.iter().flatten().copied().collect();
+    v.sort_by(f64::total_cmp);
+    let rank = |p: f64| {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let k = ((p / 100.0) * v.len() as f64).ceil() as usize;
+        v[k.clamp(1, v.len()) - 1]
+    };
+    json!({
+        "sent": series.len(),
+        "received": v.len(),
+        "lost": series.len() - v.len(),
+        "median_ms": rank(50.0),
+        "p90_ms": rank(90.0),
+        "p99_ms": rank(99.0),
+        "mean_ms": if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 },
+        "min_ms": v.first().copied().unwrap_or(f64::NAN),
+        "max_ms": v.last().copied().unwrap_or(f64::NAN),
+        "samples_ms": series,
+    })
+}
