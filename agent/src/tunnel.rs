@@ -385,7 +385,6 @@ fn to_tap(tap: &mut File, buf: &mut [u8], range: std::ops::Range<usize>, tap_mac
 fn worker(mut w: WorkerCtx) {
     let mut rx = Batch::new();
     let mut tx = SendQueue::new();
-    let mut frame = [0u8; BUF];
     let nsock = w.socks.len();
     // Built once: the poll set never changes while the worker runs.
     let mut fds: Vec<libc::pollfd> = w
@@ -447,15 +446,18 @@ fn worker(mut w: WorkerCtx) {
         }
         if fds[nsock].revents != 0 {
             for _ in 0..(4 * BATCH) {
-                // The IP packet lands at HEADROOM so it can be sealed in place.
-                let n = match w.tap.read(&mut frame[HEADROOM - ETH_HLEN..]) {
+                // Read straight into the next send slot, the IP packet at HEADROOM, so it is
+                // sealed in place and sent from there.
+                let slot = tx.meta.len();
+                let out = &mut tx.bufs[slot];
+                let n = match w.tap.read(&mut out[HEADROOM - ETH_HLEN..]) {
                     Ok(n) if n > ETH_HLEN => n,
                     Ok(_) => continue,
                     Err(_) => break,
                 };
                 w.stats.tap_rx.fetch_add(1, Ordering::Relaxed);
-                let f = &frame[HEADROOM - ETH_HLEN..HEADROOM - ETH_HLEN + n];
-                if f[12..14] != [0x08, 0x00] || f.len() < ETH_HLEN + 20 {
+                let f = &out[HEADROOM - ETH_HLEN..HEADROOM - ETH_HLEN + n];
+                if f.len() < ETH_HLEN + 20 || f[12..14] != [0x08, 0x00] {
                     continue;
                 }
                 let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
@@ -464,10 +466,6 @@ fn worker(mut w: WorkerCtx) {
                     continue;
                 };
                 let ip_len = n - ETH_HLEN;
-                let slot = tx.meta.len();
-                let out = &mut tx.bufs[slot];
-                out[HEADROOM..HEADROOM + ip_len]
-                    .copy_from_slice(&frame[HEADROOM..HEADROOM + ip_len]);
                 let Ok((range, link)) = peer.seal(out, HEADROOM, ip_len, now) else {
                     continue;
                 };

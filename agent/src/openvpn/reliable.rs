@@ -96,9 +96,12 @@ impl Config {
             .initial_rto
             .clamp(Duration::from_millis(1), self.max_rto);
         let overhead = Self::overhead(self.piggyback_acks);
+        // A full P_ACK_V1 must fit too: with few piggy-backed acks it can be the longest packet
+        // (found by fuzzing: 2 acks made a 26-byte packet against a 23-byte limit).
+        let ack_packet = CONTROL_HEADER_LEN + 1 + 4 * self.ack_packet_acks + SESSION_ID_LEN;
         self.max_packet_len = self
             .max_packet_len
-            .clamp(overhead + 1, MAX_CONTROL_PACKET_LEN);
+            .clamp((overhead + 1).max(ack_packet), MAX_CONTROL_PACKET_LEN);
         self
     }
 
@@ -1112,6 +1115,34 @@ mod tests {
         // The right pairings still work, and every packet they send encodes.
         assert_eq!(s1.queue_reset(Opcode::SoftResetV1), Ok(()));
         assert_eq!(s.queue_reset(Opcode::HardResetServerV2), Ok(()));
+    }
+
+    #[test]
+    fn bad_input_tiny_max_packet_len_still_bounds_ack_packets() {
+        // Found by fuzzing (corpus/reliable/crash-ack-packet-over-max-len): without piggy-backed
+        // acks the floor of max_packet_len was 23 bytes, but a P_ACK_V1 with 8 acks is 50.
+        let cfg = Config {
+            max_packet_len: 1,
+            piggyback_acks: 0,
+            ack_packet_acks: 8,
+            ..Config::default()
+        };
+        let t = Instant::now();
+        let mut s = Reliable::after_cookie(cfg, sid(S), sid(C));
+        assert_eq!(s.config().max_packet_len, 9 + 1 + 8 * 4 + 8);
+        for id in 1..=8u32 {
+            s.on_packet(&ctl(Opcode::ControlV1, C, &[], None, Some(id), b"x"), t)
+                .unwrap();
+        }
+        s.write(&[7; 100]);
+        let out = drain(&mut s, t);
+        assert!(
+            out.iter().any(|p| p.len() == 50),
+            "a full P_ACK_V1 was sent"
+        );
+        for p in &out {
+            assert!(p.len() <= s.config().max_packet_len, "{} bytes", p.len());
+        }
     }
 
     #[test]

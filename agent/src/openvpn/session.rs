@@ -400,7 +400,8 @@ impl Session {
     }
 
     fn dispatch(&mut self, pkt: &ControlPacket<'_>, now: Instant) -> bool {
-        if pkt.key_id == self.primary.id && pkt.opcode != Opcode::SoftResetV1 {
+        // Includes a retransmitted SOFT_RESET of the current key: re-acked as a duplicate.
+        if pkt.key_id == self.primary.id {
             return self.primary.reliable.on_packet(pkt, now).is_ok();
         }
         if let Some(p) = &mut self.pending {

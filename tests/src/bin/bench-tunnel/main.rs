@@ -1,0 +1,858 @@
+//! `bench-tunnel`: the tunnel benchmark behind `cargo xtask bench tunnel`.
+//!
+//! ```text
+//! bench-tunnel [--quick] [--out DIR]
+//! ```
+//!
+//! In one run, on the same machine and topology, with the same stock `openvpn` 2.6 clients,
+//! cipher (AES-256-GCM) and transport (UDP, tls-crypt): first the stock `openvpn --server`
+//! (no DCO; `tests::openvpn::Lab::stock`), then Portcullis (our in-process tunnel in front of
+//! the XDP data path; `tests::tunnel::TunnelLab`). For each: memory per connected session,
+//! handshakes per second (an in-process OpenVPN client, `TestClient`, run as a separate
+//! load-generator process), time-to-connected of a stock client, ICMP round-trip times idle
+//! and under load, iperf3 throughput with one and several clients (upload, and download in
+//! the full run) and the gateway's CPU per byte. Writes `tunnel.json`, `tunnel.md` and
+//! `tunnel.svg` to DIR (default `target/bench`). Needs root. See docs/benchmarks.md.
+//!
+//! All traffic stays inside the namespaces the harness creates; every loop and wait is
+//! bounded; processes, namespaces and files are removed on exit, on error and on Ctrl-C
+//! (RAII guards of the harness; `cargo xtask cleanup` removes strays if the process is
+//! killed outright).
+mod gen;
+mod report;
+mod sys;
+
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::atomic::{AtomicBool, AtomicU16, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use tests::{
+    gateway::SERVER,
+    openvpn::{
+        iperf3_client, iperf3_server, ping, ClientConfig, IperfResult, Lab, LabPki, OvpnClient,
+        Proc, Proto, StockServerConfig, TempDir, DEFAULT_CLIENTS, OVPN_PORT, UNDERLAY_GW,
+    },
+    tunnel::{TunnelLab, TunnelOpts},
+    NetNs,
+};
+
+use crate::sys::{CpuSample, GwSpec, PerfRun, PerfTarget};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// True after SIGINT/SIGTERM: loops check it and unwind, so cleanup runs.
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+fn check_stop() -> Result<()> {
+    if stop_requested() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Targets from the issue: Portcullis / stock.
+const TARGET_THROUGHPUT: f64 = 3.0;
+const TARGET_CYCLES_PER_BYTE: f64 = 1.0 / 3.0;
+const TARGET_HANDSHAKES: f64 = 5.0;
+const IPERF_PORT: u16 = 5201;
+/// How long a stock client may take to connect (the host is shared with other builds).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The stock server's pool, widened from the harness's /24 (see `stock_config`).
+const STOCK_POOL_NETMASK: &str = "255.255.248.0";
+
+struct Args {
+    quick: bool,
+    out: PathBuf,
+}
+
+#[derive(Clone)]
+struct Settings {
+    iperf_secs: u32,
+    client_counts: Vec<usize>,
+    /// `false` = upload (client → server), `true` = download (`iperf3 -R`).
+    directions: Vec<bool>,
+    handshakes: usize,
+    inflight: usize,
+    warmup_handshakes: usize,
+    memory_sessions: usize,
+    ping_count: u16,
+    ping_interval: Duration,
+    gen_deadline: Duration,
+}
+
+impl Settings {
+    fn max_clients(&self) -> usize {
+        self.client_counts.iter().copied().max().unwrap_or(1)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "transport": "UDP (udp4), tls-crypt, AES-256-GCM data channel",
+            "iperf3_seconds": self.iperf_secs,
+            "iperf3_streams_per_client": 1,
+            "client_counts": self.client_counts,
+            "directions": self.directions.iter().map(|r| dir_name(*r)).collect::<Vec<_>>(),
+            "handshakes_total": self.handshakes,
+            "handshakes_in_flight": self.inflight,
+            "warmup_handshakes": self.warmup_handshakes,
+            "memory_sessions": self.memory_sessions,
+            "ping_count": self.ping_count,
+            "ping_interval_ms": self.ping_interval.as_millis() as u64,
+            "generator_deadline_s": self.gen_deadline.as_secs_f64(),
+        })
+    }
+}
+
+fn dir_name(reverse: bool) -> &'static str {
+    if reverse {
+        "download"
+    } else {
+        "upload"
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<Args> {
+    let mut a = Args {
+        quick: false,
+        out: PathBuf::from("target/bench"),
+    };
+    let mut it = args.iter();
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--quick" => a.quick = true,
+            "--out" => a.out = it.next().context("--out needs a directory")?.into(),
+            "-h" | "--help" => {
+                println!(
+                    "usage: bench-tunnel [--quick] [--out DIR]\n\n\
+                     Tunnel benchmark (needs root): Portcullis vs the stock `openvpn --server`,\n\
+                     same stock openvpn 2.6 clients, AES-256-GCM over UDP: iperf3 throughput,\n\
+                     gateway CPU per byte, latency under load, handshakes per second, memory per\n\
+                     session. Writes DIR/tunnel.{{json,md,svg}} (default DIR: target/bench).\n\
+                     --quick: short runs (under a minute) whose figures only show that the\n\
+                     harness works."
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    // SAFETY: installing an async-signal-safe handler that only stores an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let argv: Vec<String> = std::env::args().collect();
+    // The load generator: this same program, started in a client namespace.
+    if argv.get(1).map(String::as_str) == Some("--handshake-gen") {
+        return match gen::parse(&argv[2..]).and_then(gen::run) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("handshake generator: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match parse_args(&argv[1..]).and_then(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-tunnel: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn first_line_of(cmd: &[&str]) -> Option<String> {
+    let o = std::process::Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .ok()?;
+    let text = if o.stdout.is_empty() {
+        o.stderr
+    } else {
+        o.stdout
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .map(|l| l.trim().to_string())
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    json!({
+        "kernel": read_trim("/proc/sys/kernel/osrelease"),
+        "kernel_version": read_trim("/proc/version"),
+        "cpu_model": model,
+        "cpu_mhz": sys::cpu_mhz(),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "loadavg_before": read_trim("/proc/loadavg"),
+        "git_commit": first_line_of(&["git", "rev-parse", "HEAD"]),
+        "openvpn_version": first_line_of(&["openvpn", "--version"]),
+        "iperf3_version": first_line_of(&["iperf3", "--version"]),
+    })
+}
+
+/// How cycles are obtained: `perf stat -e cycles` if the machine counts them, else CPU
+/// seconds × the clock from /proc/cpuinfo.
+#[derive(Clone)]
+struct Cycles {
+    perf: bool,
+    hz: f64,
+    method: String,
+    probe: String,
+}
+
+static PING_ID: AtomicU16 = AtomicU16::new(0);
+
+fn ping_id() -> u16 {
+    (std::process::id() as u16).wrapping_mul(31) ^ PING_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One server under test, as the measurements see it.
+struct Side<'a> {
+    name: &'static str,
+    /// Underlay client namespaces (openvpn clients, iperf3 clients, the generator in [0]).
+    clients: Vec<&'a NetNs>,
+    /// The private network namespace (10.0.0.10: iperf3 servers, ping target).
+    private: &'a NetNs,
+    pki: &'a LabPki,
+    gw: GwSpec,
+    /// The process whose RSS is the server's.
+    rss_pid: u32,
+    /// `(sessions, established sessions)` as the server reports them.
+    sessions: &'a dyn Fn() -> Option<(usize, usize)>,
+    tmp: &'a Path,
+}
+
+/// A generator run: `total` handshakes; `hold` keeps them connected until `during` has run.
+fn run_generator(
+    side: &Side,
+    s: &Settings,
+    total: usize,
+    hold: bool,
+    tag: &str,
+    during: impl FnOnce(&Value) -> Value,
+) -> Result<(Value, Value)> {
+    check_stop()?;
+    let opts = gen::GenOpts {
+        ca: side.pki.ca.clone(),
+        cert: side.pki.client(DEFAULT_CLIENTS[0]).cert.clone(),
+        key: side.pki.client(DEFAULT_CLIENTS[0]).key.clone(),
+        tls_crypt: Some(side.pki.tls_crypt.clone()),
+        server: SocketAddr::V4(SocketAddrV4::new(UNDERLAY_GW, OVPN_PORT)),
+        total,
+        inflight: s.inflight.min(total),
+        hold,
+        deadline: s.gen_deadline,
+        hold_max: Duration::from_secs(30),
+        gw: side.gw.clone(),
+    };
+    let exe = std::env::current_exe().context("locating this program")?;
+    let mut argv: Vec<String> = vec![exe.display().to_string(), "--handshake-gen".into()];
+    argv.extend(opts.to_args());
+    let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let log = side.tmp.join(format!("gen-{}-{tag}.log", side.name));
+    let proc = Proc::spawn(side.clients[0], &argv_ref, &log, "handshake generator");
+    let limit = s.gen_deadline + Duration::from_secs(10);
+    let mut during_out = Value::Null;
+    if hold {
+        match proc.wait_log_or_exit("HELD ", limit) {
+            Ok(()) => during_out = during(&json!({ "log": log.display().to_string() })),
+            Err(e) => eprintln!("bench-tunnel: {}: generator did not hold: {e}", side.name),
+        }
+        proc.stop();
+    } else {
+        let _ = proc.wait_log_or_exit("RESULT ", limit);
+        proc.stop();
+    }
+    let text = proc.log();
+    let result = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .ok_or_else(|| anyhow!("{}: the generator printed no result; log:\n{text}", side.name))
+        .and_then(|j| serde_json::from_str::<Value>(j).context("generator result"))?;
+    Ok((result, during_out))
+}
+
+/// Wait (bounded) until the server reports no session; false if some remain.
+fn wait_drained(side: &Side, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if matches!((side.sessions)(), Some((0, _))) {
+            return true;
+        }
+        if Instant::now() >= end || stop_requested() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn cycles_per_byte(cpu_s: f64, perf_cycles: Option<f64>, bytes: f64, c: &Cycles) -> f64 {
+    match perf_cycles {
+        Some(cy) if c.perf => cy / bytes,
+        _ => cpu_s * c.hz / bytes,
+    }
+}
+
+/// One iperf3 point: `n` clients at once, each to its own iperf3 server, one stream each;
+/// CPU sampled around it; optionally ICMP RTTs from client 0 while it runs.
+fn throughput_point(
+    side: &Side,
+    s: &Settings,
+    c: &Cycles,
+    n: usize,
+    reverse: bool,
+    with_ping: bool,
+) -> Result<Value> {
+    check_stop()?;
+    println!(
+        "bench-tunnel: {}: iperf3 {} with {n} client(s), {} s",
+        side.name,
+        dir_name(reverse),
+        s.iperf_secs
+    );
+    let perf = if c.perf {
+        let target = if side.gw.threads.is_empty() {
+            PerfTarget::Pid(side.gw.pid)
+        } else {
+            PerfTarget::Tids(sys::gw_tasks(&side.gw).iter().map(|t| t.0).collect())
+        };
+        let tag = format!("{}-{n}-{}", side.name, dir_name(reverse));
+        Some((
+            PerfRun::start(&target, side.tmp, &format!("{tag}-gw")),
+            PerfRun::start(&PerfTarget::System, side.tmp, &format!("{tag}-all")),
+        ))
+    } else {
+        None
+    };
+    let secs = s.iperf_secs;
+    let ping_delay = if secs >= 4 {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_millis(500)
+    };
+    let c0 = CpuSample::take(&side.gw);
+    let t0 = Instant::now();
+    let (results, rtt): (Vec<Result<IperfResult, String>>, Option<Vec<Option<f64>>>) =
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..n)
+                .map(|i| {
+                    let ns = side.clients[i];
+                    sc.spawn(move || {
+                        iperf3_client(ns, SERVER, IPERF_PORT + i as u16, secs, reverse, 1)
+                    })
+                })
+                .collect();
+            let pinger = with_ping.then(|| {
+                let ns = side.clients[0].name.clone();
+                let (count, interval, id) = (s.ping_count, s.ping_interval, ping_id());
+                sc.spawn(move || {
+                    std::thread::sleep(ping_delay);
+                    sys::rtt_series(&ns, SERVER, count, interval, id)
+                })
+            });
+            let results = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("iperf3 thread panicked".into()))
+                })
+                .collect();
+            let rtt = pinger.and_then(|h| h.join().ok());
+            (results, rtt)
+        });
+    let c1 = CpuSample::take(&side.gw);
+    let wall = t0.elapsed().as_secs_f64();
+    let (perf_gw, perf_all) = match perf {
+        Some((g, a)) => (g.and_then(PerfRun::finish), a.and_then(PerfRun::finish)),
+        None => (None, None),
+    };
+    let d = c1.since(&c0);
+    let errors: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().cloned())
+        .collect();
+    let ok: Vec<&IperfResult> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let bps: f64 = if errors.is_empty() {
+        ok.iter().map(|r| r.bits_per_second).sum()
+    } else {
+        f64::NAN
+    };
+    let bytes = bps * f64::from(secs) / 8.0;
+    for e in &errors {
+        eprintln!("bench-tunnel: {}: iperf3 failed: {e}", side.name);
+    }
+    println!(
+        "  {:.1} Mbit/s; gateway CPU {:.2} s, machine busy {:.2} s of {:.2} s wall",
+        bps / 1e6,
+        d.gateway_s,
+        d.busy_s,
+        wall
+    );
+    Ok(json!({
+        "clients": n,
+        "direction": dir_name(reverse),
+        "seconds": secs,
+        "errors": errors,
+        "bits_per_second": bps,
+        "per_client_bits_per_second": ok.iter().map(|r| r.bits_per_second).collect::<Vec<_>>(),
+        "retransmits": ok.iter().map(|r| r.retransmits).sum::<u64>(),
+        "iperf3_cpu_percent": ok.iter().map(|r| json!({"client": r.cpu_host, "server": r.cpu_remote})).collect::<Vec<_>>(),
+        "bytes": bytes,
+        "wall_seconds": wall,
+        "cpu": d.to_json(),
+        "perf_cycles_gateway": perf_gw,
+        "perf_cycles_machine": perf_all,
+        "gateway_cycles_per_byte": cycles_per_byte(d.gateway_s, perf_gw, bytes, c),
+        "machine_cycles_per_byte": cycles_per_byte(d.busy_s, perf_all, bytes, c),
+        "loaded_rtt": rtt.as_deref().map(sys::rtt_stats),
+    }))
+}
+
+/// Every measurement against one server, in this order: warm-up handshakes, memory per
+/// session, handshake rate, stock clients (time to connected), idle RTT, iperf3 points.
+fn measure_side(side: &Side, s: &Settings, c: &Cycles) -> Result<Value> {
+    let mut notes: Vec<String> = Vec::new();
+    let drain = Duration::from_secs(20);
+
+    // ---- warm-up: first handshakes pay one-time initialisation --------------------------------
+    let warmup = if s.warmup_handshakes > 0 {
+        println!(
+            "bench-tunnel: {}: {} warm-up handshakes",
+            side.name, s.warmup_handshakes
+        );
+        let (r, _) = run_generator(side, s, s.warmup_handshakes, false, "warmup", |_| {
+            Value::Null
+        })?;
+        if !wait_drained(side, drain) {
+            notes.push("warm-up sessions still present after 20 s".into());
+        }
+        r
+    } else {
+        Value::Null
+    };
+
+    // ---- memory per connected session ---------------------------------------------------------
+    println!(
+        "bench-tunnel: {}: memory with {} idle sessions",
+        side.name, s.memory_sessions
+    );
+    let rss0 = sys::rss_kib(side.rss_pid);
+    let (held, during) = run_generator(side, s, s.memory_sessions, true, "memory", |_| {
+        let rss1 = sys::rss_kib(side.rss_pid);
+        // The stock server rewrites its status file every second.
+        let end = Instant::now() + Duration::from_secs(3);
+        let mut seen = (side.sessions)();
+        while seen.is_none_or(|(_, e)| e < s.memory_sessions) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(200));
+            seen = (side.sessions)();
+        }
+        json!({ "rss_after_kib": rss1, "server_sessions": seen.map(|x| x.0), "server_established": seen.map(|x| x.1) })
+    })?;
+    let connected = held["completed"].as_u64().unwrap_or(0);
+    let rss1 = during["rss_after_kib"].as_u64();
+    let per_session = match (rss0, rss1) {
+        (Some(a), Some(b)) if connected > 0 => (b as f64 - a as f64) / connected as f64,
+        _ => f64::NAN,
+    };
+    println!(
+        "  {connected} sessions: RSS {rss0:?} -> {rss1:?} KiB, {per_session:.1} KiB per session"
+    );
+    if connected < s.memory_sessions as u64 {
+        notes.push(format!(
+            "memory: only {connected} of {} sessions connected",
+            s.memory_sessions
+        ));
+    }
+    let memory = json!({
+        "sessions_requested": s.memory_sessions,
+        "sessions_connected": connected,
+        "rss_before_kib": rss0,
+        "rss_after_kib": rss1,
+        "per_session_kib": per_session,
+        "server_view": during,
+        "generator": held,
+    });
+    if !wait_drained(side, drain) {
+        notes.push("memory-test sessions still present 20 s after EXIT".into());
+    }
+
+    // ---- handshakes per second ------------------------------------------------------------------
+    println!(
+        "bench-tunnel: {}: {} handshakes, {} in flight",
+        side.name,
+        s.handshakes,
+        s.inflight.min(s.handshakes)
+    );
+    let (rate, _) = run_generator(side, s, s.handshakes, false, "rate", |_| Value::Null)?;
+    println!(
+        "  {} completed, {} failed in {:.2} s: {:.1}/s, server CPU {:.2} ms per handshake",
+        rate["completed"],
+        rate["failed"],
+        rate["seconds"].as_f64().unwrap_or(f64::NAN),
+        rate["rate_per_s"].as_f64().unwrap_or(f64::NAN),
+        rate["server_cpu_ms_per_handshake"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+    );
+    if rate["failed"].as_u64().unwrap_or(0) > 0 {
+        notes.push(format!(
+            "handshakes: {} of {} failed ({} timed out)",
+            rate["failed"], s.handshakes, rate["timed_out"]
+        ));
+    }
+    if !wait_drained(side, drain) {
+        notes.push("handshake-test sessions still present 20 s after EXIT".into());
+    }
+
+    // ---- stock clients: time to connected ----------------------------------------------------------
+    check_stop()?;
+    let mut clients = Vec::new();
+    let mut ttc = Vec::new();
+    for i in 0..s.max_clients() {
+        let cfg = ClientConfig::new(side.pki, DEFAULT_CLIENTS[i], Proto::Udp);
+        let t = Instant::now();
+        let cl = OvpnClient::start(side.clients[i], &cfg);
+        cl.wait_connected(CONNECT_TIMEOUT)
+            .map_err(|e| anyhow!("{}: stock client {i} does not connect: {e}", side.name))?;
+        ttc.push(t.elapsed().as_secs_f64());
+        clients.push(cl);
+    }
+    println!("bench-tunnel: {}: time to connected {ttc:.3?} s", side.name);
+    for (i, ns) in side.clients.iter().take(s.max_clients()).enumerate() {
+        if !ping(ns, SERVER, 10, Duration::from_secs(10)) {
+            bail!(
+                "{}: client {i} cannot reach {SERVER} through the tunnel",
+                side.name
+            );
+        }
+    }
+
+    // ---- idle RTT ------------------------------------------------------------------------------------
+    let idle = sys::rtt_series(
+        &side.clients[0].name,
+        SERVER,
+        s.ping_count,
+        s.ping_interval,
+        ping_id(),
+    );
+    let idle = sys::rtt_stats(&idle);
+    println!(
+        "bench-tunnel: {}: idle RTT median {:.3} ms, p99 {:.3} ms",
+        side.name,
+        idle["median_ms"].as_f64().unwrap_or(f64::NAN),
+        idle["p99_ms"].as_f64().unwrap_or(f64::NAN)
+    );
+
+    // ---- throughput, CPU per byte, RTT under load -------------------------------------------------
+    let _servers: Vec<_> = (0..s.max_clients())
+        .map(|i| iperf3_server(side.private, IPERF_PORT + i as u16))
+        .collect();
+    let mut points = Vec::new();
+    for &reverse in &s.directions {
+        for &n in &s.client_counts {
+            let p = throughput_point(side, s, c, n, reverse, n == 1)?;
+            if let Some(rtt) = p["loaded_rtt"].as_object() {
+                println!(
+                    "  RTT under load median {:.3} ms, p99 {:.3} ms ({} lost)",
+                    rtt["median_ms"].as_f64().unwrap_or(f64::NAN),
+                    rtt["p99_ms"].as_f64().unwrap_or(f64::NAN),
+                    rtt["lost"]
+                );
+            }
+            points.push(p);
+        }
+    }
+    for (i, cl) in clients.iter().enumerate() {
+        if !cl.is_running() {
+            notes.push(format!("stock client {i} exited during the run"));
+        }
+    }
+    drop(clients);
+    Ok(json!({
+        "warmup": warmup,
+        "memory": memory,
+        "handshakes": rate,
+        "time_to_connected_s": ttc,
+        "idle_rtt": idle,
+        "throughput": points,
+        "notes": notes,
+    }))
+}
+
+/// The stock server's configuration: the harness's baseline (`StockServerConfig::new`:
+/// UDP, AES-256-GCM, tls-crypt, `duplicate-cn`, `disable-dco`) plus what the benchmark
+/// needs: a status file (the session count), `max-clients` above the generator's sessions,
+/// `connect-freq-initial` raised so the 2.6 default reset limiter (100 per 10 s) does not
+/// cap the handshake rate, and a /21 pool instead of the /24: the stock server frees a
+/// session 5 s after its EXIT, so 300 handshakes in a few seconds would exhaust a /24.
+fn stock_config(pki: &LabPki, status: &Path) -> Result<String> {
+    let mut cfg = StockServerConfig::new(pki, Proto::Udp);
+    cfg.extra = vec![
+        format!("status {} 1", status.display()),
+        "status-version 2".into(),
+        "max-clients 2048".into(),
+        "connect-freq-initial 100000 10".into(),
+    ];
+    let text = cfg.render();
+    let from = "server 10.100.0.0 255.255.255.0";
+    if !text.contains(from) {
+        bail!("the harness's stock server config changed: no {from:?} line in\n{text}");
+    }
+    Ok(text.replace(from, &format!("server 10.100.0.0 {STOCK_POOL_NETMASK}")))
+}
+
+/// `(sessions, sessions)` from the stock server's status file (`CLIENT_LIST` lines).
+fn stock_sessions(status: &Path) -> Option<(usize, usize)> {
+    let text = std::fs::read_to_string(status).ok()?;
+    let n = text
+        .lines()
+        .filter(|l| l.starts_with("CLIENT_LIST,"))
+        .count();
+    Some((n, n))
+}
+
+fn run_stock(s: &Settings, c: &Cycles) -> Result<Value> {
+    println!("bench-tunnel: stock openvpn --server: building the lab");
+    let dir = TempDir::new("btstock");
+    let pki = LabPki::generate(&dir.path().join("pki"));
+    let lab = Lab::stock(s.max_clients());
+    let status = dir.path().join("status.txt");
+    let conf_text = stock_config(&pki, &status)?;
+    let conf = dir.path().join("server.conf");
+    std::fs::write(&conf, &conf_text)?;
+    let conf_s = conf.display().to_string();
+    let server = Proc::spawn(
+        &lab.gw,
+        &["openvpn", "--config", &conf_s],
+        &dir.path().join("server.log"),
+        "stock openvpn server",
+    );
+    server
+        .wait_log_or_exit("Initialization Sequence Completed", Duration::from_secs(20))
+        .map_err(|e| anyhow!("{e}"))?;
+    let sessions = || stock_sessions(&status);
+    let side = Side {
+        name: "stock",
+        clients: lab.underlay.clients.iter().map(|c| &c.ns).collect(),
+        private: &lab.net,
+        pki: &pki,
+        gw: GwSpec {
+            pid: server.pid(),
+            threads: Vec::new(),
+        },
+        rss_pid: server.pid(),
+        sessions: &sessions,
+        tmp: dir.path(),
+    };
+    let mut v = measure_side(&side, s, c)?;
+    if !server.is_running() {
+        bail!(
+            "the stock server exited during the run:\n{}",
+            server.log_tail(40)
+        );
+    }
+    let log = server.log();
+    v["server"] = json!({
+        "what": "openvpn --server (stock 2.6, userspace, disable-dco), one process",
+        "config": conf_text,
+        "cpu_accounting": "utime+stime of the openvpn server process (/proc/PID/stat)",
+        "rss": "VmRSS of the openvpn server process",
+        "log_pool_exhausted": log.matches("no free --ifconfig-pool").count(),
+    });
+    drop(server);
+    drop(lab);
+    Ok(v)
+}
+
+fn run_portcullis(s: &Settings, c: &Cycles) -> Result<Value> {
+    println!("bench-tunnel: Portcullis: building the lab (XDP data path, TAP, tunnel)");
+    let dir = TempDir::new("btours");
+    // Enters the gateway namespace on this thread until it drops.
+    let lab = TunnelLab::new(TunnelOpts {
+        clients: s.max_clients(),
+        tls_crypt: true,
+        udp: true,
+        tcp: false,
+        ..TunnelOpts::default()
+    });
+    let sessions = || {
+        let list = lab.tunnel().sessions();
+        Some((list.len(), list.iter().filter(|x| x.established).count()))
+    };
+    let gw = GwSpec {
+        pid: std::process::id(),
+        threads: vec!["pc-worker-".into(), "pc-control".into()],
+    };
+    let tasks = sys::gw_tasks(&gw);
+    if tasks.is_empty() {
+        bail!("no pc-worker-*/pc-control threads in this process: the tunnel did not start?");
+    }
+    let side = Side {
+        name: "portcullis",
+        clients: lab.underlay.clients.iter().map(|c| &c.ns).collect(),
+        private: &lab.gw.net,
+        pki: &lab.pki,
+        gw,
+        rss_pid: std::process::id(),
+        sessions: &sessions,
+        tmp: dir.path(),
+    };
+    let mut v = measure_side(&side, s, c)?;
+    let st = &lab.tunnel().stats;
+    let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    v["server"] = json!({
+        "what": "Portcullis tunnel in this process (tests::tunnel::TunnelLab: 2 packet workers, one control thread) in front of the XDP data path on a TAP",
+        "threads": tasks.iter().map(|t| t.1.clone()).collect::<Vec<_>>(),
+        "cpu_accounting": "utime+stime of this process's threads named pc-worker-* and pc-control (/proc/self/task/*/stat); the XDP program runs inside the workers' TAP writes and in the veths' softirq",
+        "rss": "VmRSS of this benchmark process (the tunnel is in-process; the load generator is a separate process)",
+        "reset_limiter": "ServerSettings::default: 200 stateless reset replies/s, burst 400",
+        "tunnel_stats": {
+            "udp_rx": ld(&st.udp_rx), "udp_tx": ld(&st.udp_tx), "tap_rx": ld(&st.tap_rx),
+            "tap_tx": ld(&st.tap_tx), "data_unknown_peer": ld(&st.data_unknown_peer),
+            "data_rejected": ld(&st.data_rejected), "tap_no_peer": ld(&st.tap_no_peer),
+            "control_queue_full": ld(&st.control_queue_full),
+        },
+    });
+    drop(lab);
+    Ok(v)
+}
+
+fn run(args: Args) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("needs root (network namespaces, XDP, openvpn): run `cargo xtask bench` as root");
+    }
+    let started = Instant::now();
+    let s = if args.quick {
+        Settings {
+            iperf_secs: 2,
+            client_counts: vec![1, 2],
+            directions: vec![false],
+            handshakes: 30,
+            inflight: 64,
+            warmup_handshakes: 0,
+            memory_sessions: 20,
+            ping_count: 50,
+            ping_interval: Duration::from_millis(20),
+            gen_deadline: Duration::from_secs(30),
+        }
+    } else {
+        Settings {
+            iperf_secs: 10,
+            client_counts: vec![1, 3],
+            directions: vec![false, true],
+            handshakes: 300,
+            inflight: 64,
+            warmup_handshakes: 4,
+            memory_sessions: 200,
+            ping_count: 50,
+            ping_interval: Duration::from_millis(20),
+            gen_deadline: Duration::from_secs(90),
+        }
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut machine = machine();
+    let (perf, probe) = sys::perf_cycles_probe();
+    let mhz = sys::cpu_mhz().unwrap_or(f64::NAN);
+    let c = Cycles {
+        perf,
+        hz: mhz * 1e6,
+        method: if perf {
+            "perf stat -e cycles (gateway: -p PID or -t TIDs; machine: -a)".into()
+        } else {
+            format!(
+                "CPU seconds x {mhz:.0} MHz (cpu MHz in /proc/cpuinfo): `perf stat -e cycles true` counts no cycles here"
+            )
+        },
+        probe,
+    };
+    println!("bench-tunnel: cycles: {}", c.method);
+
+    let stock = run_stock(&s, &c)?;
+    check_stop()?;
+    let ours = run_portcullis(&s, &c)?;
+
+    machine["loadavg_after"] = json!(read_trim("/proc/loadavg"));
+    let comparison = report::compare(&ours, &stock);
+    let targets = report::targets(
+        &comparison,
+        TARGET_THROUGHPUT,
+        TARGET_CYCLES_PER_BYTE,
+        TARGET_HANDSHAKES,
+    );
+    let mut notes: Vec<Value> = Vec::new();
+    for (name, side) in [("portcullis", &ours), ("stock", &stock)] {
+        for n in side["notes"].as_array().into_iter().flatten() {
+            notes.push(json!(format!("{name}: {}", n.as_str().unwrap_or(""))));
+        }
+    }
+    let command: Vec<String> = std::env::args().collect();
+    let report = json!({
+        "suite": "tunnel",
+        "command": command.join(" "),
+        "invoked_as": std::env::var("PORTCULLIS_BENCH_COMMAND").ok(),
+        "quick": args.quick,
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "elapsed_seconds": started.elapsed().as_secs_f64(),
+        "machine": machine,
+        "settings": s.to_json(),
+        "cycles": { "perf": c.perf, "method": c.method, "hz": c.hz, "perf_probe_output": c.probe },
+        "method": {
+            "order": "stock first, then Portcullis, each in its own lab (dropped before the next); per server: warm-up handshakes, memory, handshake rate, stock clients, idle RTT, iperf3",
+            "throughput": "iperf3 TCP, one stream per client, each client namespace runs a stock openvpn 2.6 client (disable-dco) and an iperf3 client to its own iperf3 server on 10.0.0.10 in the private namespace; receiver-side goodput (sum_received), summed over clients",
+            "cpu_per_byte": "CPU time during the iperf3 run (from before the clients start until all finished) divided by bytes moved (goodput x seconds); gateway = the server process/threads, machine = all busy time in /proc/stat (user+nice+system+irq+softirq), which includes the clients, iperf3 and the kernel work both servers cause",
+            "latency": "ICMP echo from client 0 to 10.0.0.10 through the tunnel, one every 20 ms on a fixed schedule (raw socket), idle and while the 1-client iperf3 run moves data (starting 2 s in; 0.5 s in --quick); added = loaded - idle",
+            "handshakes": "a separate generator process in client namespace 0 runs TestClient sessions (tls-crypt, TLS 1.3 with rustls, ECDSA P-256 certificates, key-method 2, PUSH_REPLY with ifconfig = completed), each on its own UDP socket, N in flight; a completed session sends EXIT; rate = completed / (first reset to last completion); server CPU sampled over the same interval",
+            "memory": "server RSS (VmRSS) before and right after N generator sessions connected and stay idle (acks answered, nothing sent), divided by N",
+            "time_to_connected": "spawn of a stock openvpn client to its 'Initialization Sequence Completed' line (log polled every 20 ms), clients started one after another",
+        },
+        "portcullis": ours,
+        "stock": stock,
+        "comparison": comparison,
+        "targets": targets,
+        "notes": notes,
+    });
+    std::fs::write(
+        args.out.join("tunnel.json"),
+        serde_json::to_string_pretty(&report)? + "\n",
+    )?;
+    std::fs::write(args.out.join("tunnel.md"), report::markdown(&report))?;
+    std::fs::write(args.out.join("tunnel.svg"), report::svg(&report))?;
+    println!(
+        "bench-tunnel: wrote {}/tunnel.{{json,md,svg}} in {:.0} s",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
