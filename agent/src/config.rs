@@ -1,0 +1,638 @@
+//! The endpoint configuration file: one TOML file describes an endpoint (listeners, TLS,
+//! authentication, the client pool, what is pushed to clients, logging) and its policy
+//! (target networks, routes, authorization rules, security groups, local groups).
+//!
+//! [`EndpointConfig::load`] parses and validates everything at once: every problem is
+//! reported with its field path and the fix, so an operator fixes a file in one round. The
+//! policy part is validated by the policy compiler (`policy::compile`); this module checks the
+//! rest (listeners, files, ciphers, names, overlaps) and builds the settings the tunnel and the
+//! data path take.
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+
+use crate::openvpn::crypto::Cipher;
+use crate::openvpn::server::{PushSettings, ServerSettings};
+use crate::openvpn::tls::{CrlExpiredPolicy, TlsFiles, TlsOptions, TlsVersion};
+use crate::policy::model::{AuthzRule, PolicyInput, Route, SecurityGroup, TargetNetwork};
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Endpoint name: names the pin directory (`/sys/fs/bpf/portcullis/<name>`), the TAP
+    /// device and the admin socket.
+    pub name: String,
+    /// Pool of client tunnel addresses (AWS: /12 to /22; here up to /28).
+    pub client_cidr: Ipv4Net,
+    /// The gateway's own address in the pool (default: the first host).
+    #[serde(default)]
+    pub gateway_addr: Option<Ipv4Addr>,
+    /// `udp://ADDR:PORT` / `tcp://ADDR:PORT`, several allowed.
+    pub listen: Vec<String>,
+    /// Host name or address clients connect to, for exported profiles.
+    #[serde(default)]
+    pub public_address: Option<String>,
+    /// Split tunnel (push the routes) or full tunnel (`redirect-gateway def1`, the AWS
+    /// default).
+    #[serde(default)]
+    pub split_tunnel: bool,
+    #[serde(default)]
+    pub dns_servers: Vec<Ipv4Addr>,
+    /// Maximum session length in hours (AWS: 8, 10, 12 or 24; default 24).
+    #[serde(default = "default_session_timeout_hours")]
+    pub session_timeout_hours: u32,
+    /// At the timeout, disconnect (true, AWS default) or let the client reconnect at once.
+    #[serde(default = "default_true")]
+    pub disconnect_on_session_timeout: bool,
+    /// Text shown to clients after connecting (AWS: up to 1,400 characters).
+    #[serde(default)]
+    pub banner: Option<String>,
+    /// Data-channel ciphers in preference order.
+    #[serde(default = "default_ciphers")]
+    pub data_ciphers: Vec<String>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    #[serde(default, alias = "target_networks")]
+    pub target_network: Vec<TargetNetwork>,
+    #[serde(default, alias = "routes")]
+    pub route: Vec<Route>,
+    #[serde(default, alias = "authorization_rules")]
+    pub authorization_rule: Vec<AuthzRule>,
+    #[serde(default, alias = "security_groups")]
+    pub security_group: Vec<SecurityGroup>,
+    #[serde(default)]
+    pub applied_security_groups: Vec<String>,
+    #[serde(default)]
+    pub logging: LoggingSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// Admin socket path (default `/run/portcullis/<name>.sock`).
+    #[serde(default)]
+    pub admin_socket: Option<PathBuf>,
+    /// Program run at every connection with the client's details in its environment; a
+    /// non-zero exit refuses the connection (AWS client-connect handler).
+    #[serde(default)]
+    pub client_connect: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Server certificate (PEM; intermediates may follow).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle that issues client certificates.
+    pub client_ca: PathBuf,
+    /// CRL files (PEM or DER), checked on every connection and reloaded when they change.
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
+    /// What an expired CRL does: "refuse" (default, as AWS) or "allow".
+    #[serde(default)]
+    pub crl_expired: CrlExpired,
+    /// tls-crypt (v1) static key: unauthenticated control packets are dropped before TLS.
+    #[serde(default)]
+    pub tls_crypt_key: Option<PathBuf>,
+    /// "1.2" (default) or "1.3".
+    #[serde(default = "default_tls_min")]
+    pub min_version: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrlExpired {
+    #[default]
+    Refuse,
+    Allow,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// "certificate" (mutual TLS; the certificate CN is the user name) and/or "ldap".
+    #[serde(default = "default_auth_methods")]
+    pub methods: Vec<String>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            methods: default_auth_methods(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSection {
+    /// Connection log (JSON lines, AWS field names).
+    #[serde(default)]
+    pub connection_log: Option<PathBuf>,
+    /// Denied-flow audit log (JSON lines).
+    #[serde(default)]
+    pub flow_log: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Prometheus endpoint, e.g. "127.0.0.1:9108".
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
+fn default_session_timeout_hours() -> u32 {
+    24
+}
+fn default_true() -> bool {
+    true
+}
+fn default_ciphers() -> Vec<String> {
+    Cipher::ALL.iter().map(|c| c.name().to_owned()).collect()
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_tls_min() -> String {
+    "1.2".into()
+}
+fn default_auth_methods() -> Vec<String> {
+    vec!["certificate".into()]
+}
+
+/// A listener from `listen`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Udp(SocketAddr),
+    Tcp(SocketAddr),
+}
+
+/// One problem in the file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Every problem found, printed one per line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl EndpointConfig {
+    /// Reads, parses and validates `path`. Relative file paths inside are relative to the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<EndpointConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![err(
+                path.display().to_string(),
+                format!("cannot read the configuration file: {e}"),
+            )])
+        })?;
+        let mut cfg = Self::parse(&text)?;
+        cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses without checking files (syntax and types only).
+    pub fn parse(text: &str) -> Result<EndpointConfig, ConfigErrors> {
+        toml::from_str(text).map_err(|e| {
+            let path = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "file".into());
+            ConfigErrors(vec![err(path, e.message().to_owned())])
+        })
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        fix(&mut self.tls.client_ca);
+        self.tls.crl.iter_mut().for_each(fix);
+        if let Some(p) = &mut self.tls.tls_crypt_key {
+            fix(p);
+        }
+        if let Some(p) = &mut self.client_connect {
+            fix(p);
+        }
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.gateway_addr.unwrap_or_else(|| {
+            let n = u32::from(self.client_cidr.network());
+            Ipv4Addr::from(n.wrapping_add(1))
+        })
+    }
+
+    /// The policy part, as the compiler takes it.
+    pub fn policy(&self) -> PolicyInput {
+        PolicyInput {
+            client_cidr: self.client_cidr,
+            gateway_addr: self.gateway(),
+            groups: self.groups.clone(),
+            target_networks: self.target_network.clone(),
+            routes: self.route.clone(),
+            authorization_rules: self.authorization_rule.clone(),
+            security_groups: self.security_group.clone(),
+            applied_security_groups: self.applied_security_groups.clone(),
+        }
+    }
+
+    pub fn listeners(&self) -> Result<Vec<Listener>, Vec<ConfigError>> {
+        let mut out = Vec::new();
+        let mut errs = Vec::new();
+        for (i, l) in self.listen.iter().enumerate() {
+            let path = format!("listen[{i}]");
+            let (proto, rest) = match l.split_once("://") {
+                Some(x) => x,
+                None => {
+                    errs.push(err(path, format!("`{l}` has no scheme: write `udp://{l}` or `tcp://{l}`")));
+                    continue;
+                }
+            };
+            let Ok(addr) = rest.parse::<SocketAddr>() else {
+                errs.push(err(
+                    path,
+                    format!("`{rest}` is not ADDRESS:PORT (e.g. `0.0.0.0:1194` or `[::]:1194`)"),
+                ));
+                continue;
+            };
+            match proto {
+                "udp" => out.push(Listener::Udp(addr)),
+                "tcp" => out.push(Listener::Tcp(addr)),
+                other => errs.push(err(
+                    path,
+                    format!("unknown transport `{other}`: use `udp` or `tcp`"),
+                )),
+            }
+        }
+        if self.listen.is_empty() {
+            errs.push(err("listen", "no listener: add e.g. `listen = [\"udp://0.0.0.0:1194\"]`"));
+        }
+        if errs.is_empty() {
+            Ok(out)
+        } else {
+            Err(errs)
+        }
+    }
+
+    pub fn ciphers(&self) -> Result<Vec<Cipher>, Vec<ConfigError>> {
+        let mut out = Vec::new();
+        let mut errs = Vec::new();
+        for (i, c) in self.data_ciphers.iter().enumerate() {
+            match Cipher::from_name(c) {
+                Some(c) => out.push(c),
+                None => errs.push(err(
+                    format!("data_ciphers[{i}]"),
+                    format!(
+                        "`{c}` is not supported: use AES-256-GCM, AES-128-GCM or CHACHA20-POLY1305"
+                    ),
+                )),
+            }
+        }
+        if self.data_ciphers.is_empty() {
+            errs.push(err("data_ciphers", "empty: list at least AES-256-GCM"));
+        }
+        if errs.is_empty() {
+            Ok(out)
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// Everything except the policy compiler's checks (run `policy::compile` for those; the
+    /// agent and `portcullis check` run both and print all errors together).
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errs = Vec::new();
+        if self.name.is_empty()
+            || self.name.len() > 32
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            errs.push(err(
+                "name",
+                format!(
+                    "`{}` is not a usable endpoint name: 1-32 characters of letters, digits, `-`, `_`",
+                    self.name
+                ),
+            ));
+        }
+        if !(12..=28).contains(&self.client_cidr.prefix_len()) {
+            errs.push(err(
+                "client_cidr",
+                format!(
+                    "a /{} pool is outside /12 ... /28: pick a pool in that range (twice the peak connections)",
+                    self.client_cidr.prefix_len()
+                ),
+            ));
+        }
+        if let Err(e) = self.listeners() {
+            errs.extend(e);
+        }
+        if let Err(e) = self.ciphers() {
+            errs.extend(e);
+        }
+        if ![8, 10, 12, 24].contains(&self.session_timeout_hours) {
+            errs.push(err(
+                "session_timeout_hours",
+                format!("{} is not allowed: use 8, 10, 12 or 24 (as AWS)", self.session_timeout_hours),
+            ));
+        }
+        if let Some(b) = &self.banner {
+            if b.len() > 1400 || b.contains(',') || b.chars().any(|c| c.is_control()) {
+                errs.push(err(
+                    "banner",
+                    "at most 1,400 printable characters without commas (it is pushed as an option)",
+                ));
+            }
+        }
+        if self.max_connections == 0 || self.max_connections > portcullis_common::MAX_CLIENTS as usize {
+            errs.push(err(
+                "max_connections",
+                format!("must be 1 ... {}", portcullis_common::MAX_CLIENTS),
+            ));
+        }
+        if !["1.2", "1.3"].contains(&self.tls.min_version.as_str()) {
+            errs.push(err("tls.min_version", "use \"1.2\" or \"1.3\""));
+        }
+        for (i, m) in self.auth.methods.iter().enumerate() {
+            if !["certificate", "ldap"].contains(&m.as_str()) {
+                errs.push(err(
+                    format!("auth.methods[{i}]"),
+                    format!("unknown method `{m}`: use \"certificate\" and/or \"ldap\""),
+                ));
+            }
+        }
+        let mut files: Vec<(String, &Path)> = vec![
+            ("tls.cert".into(), &self.tls.cert),
+            ("tls.key".into(), &self.tls.key),
+            ("tls.client_ca".into(), &self.tls.client_ca),
+        ];
+        for (i, c) in self.tls.crl.iter().enumerate() {
+            files.push((format!("tls.crl[{i}]"), c));
+        }
+        if let Some(k) = &self.tls.tls_crypt_key {
+            files.push(("tls.tls_crypt_key".into(), k));
+        }
+        for (path, f) in files {
+            if let Err(e) = std::fs::File::open(f) {
+                errs.push(err(path, format!("cannot read {}: {e}", f.display())));
+            }
+        }
+        if let Some(k) = &self.tls.tls_crypt_key {
+            if let Ok(text) = std::fs::read_to_string(k) {
+                if let Err(e) = crate::openvpn::tls_crypt::StaticKey::parse(&text) {
+                    errs.push(err(
+                        "tls.tls_crypt_key",
+                        format!("{}: {e} (make one with `openvpn --genkey tls-crypt FILE`)", k.display()),
+                    ));
+                }
+            }
+        }
+        if let Some(h) = &self.client_connect {
+            if !h.is_file() {
+                errs.push(err("client_connect", format!("{} is not a file", h.display())));
+            }
+        }
+        // Routes that overlap the client pool would send client traffic back to clients.
+        for (i, r) in self.route.iter().enumerate() {
+            if let IpNet::V4(d) = r.destination {
+                if d.contains(&self.client_cidr.network()) || self.client_cidr.contains(&d.network()) {
+                    errs.push(err(
+                        format!("route[{i}].destination"),
+                        format!(
+                            "{d} overlaps client_cidr {}: pick a client pool outside your networks",
+                            self.client_cidr
+                        ),
+                    ));
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca: self.tls.client_ca.clone(),
+            cert: self.tls.cert.clone(),
+            key: self.tls.key.clone(),
+            crls: self.tls.crl.clone(),
+        }
+    }
+
+    pub fn tls_options(&self) -> TlsOptions {
+        TlsOptions {
+            min_version: if self.tls.min_version == "1.3" {
+                TlsVersion::V1_3
+            } else {
+                TlsVersion::V1_2
+            },
+            crl_expired: match self.tls.crl_expired {
+                CrlExpired::Refuse => CrlExpiredPolicy::Refuse,
+                CrlExpired::Allow => CrlExpiredPolicy::Allow,
+            },
+        }
+    }
+
+    /// The tunnel's settings. The pushed routes are the route table's IPv4 destinations (split
+    /// tunnel), as AWS pushes its route table.
+    pub fn server_settings(&self) -> ServerSettings {
+        let ciphers = self.ciphers().unwrap_or_else(|_| Cipher::ALL.to_vec());
+        let mut s = ServerSettings {
+            client_cidr: self.client_cidr,
+            push: PushSettings {
+                routes: self
+                    .route
+                    .iter()
+                    .filter_map(|r| match r.destination {
+                        IpNet::V4(n) => Some(n),
+                        IpNet::V6(_) => None,
+                    })
+                    .collect(),
+                dns: self.dns_servers.clone(),
+                full_tunnel: !self.split_tunnel,
+                session_timeout: Some(Duration::from_secs(
+                    u64::from(self.session_timeout_hours) * 3600,
+                )),
+            },
+            max_sessions: self.max_connections,
+            ..ServerSettings::default()
+        };
+        s.udp.ciphers = ciphers.clone();
+        s.tcp.ciphers = ciphers;
+        s
+    }
+
+    /// The admin socket path.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.admin_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/run/portcullis/{}.sock", self.name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with_files() -> tempdir::Dir {
+        tempdir::Dir::new()
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                let p = std::env::temp_dir().join(format!(
+                    "pc-config-test-{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_nanos()
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                for f in ["server.crt", "server.key", "ca.crt"] {
+                    std::fs::write(p.join(f), "x").unwrap();
+                }
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    const GOOD: &str = r#"
+name = "corp"
+client_cidr = "10.100.0.0/22"
+listen = ["udp://0.0.0.0:1194", "tcp://0.0.0.0:443"]
+public_address = "vpn.example.com"
+split_tunnel = true
+dns_servers = ["10.0.0.2"]
+[tls]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+[groups]
+engineering = ["alice"]
+[[target_network]]
+name = "private"
+interface = "eth1"
+snat_address = "10.0.0.1"
+[[route]]
+destination = "10.0.0.0/16"
+target_network = "private"
+[[authorization_rule]]
+destination = "10.0.0.0/16"
+groups = ["engineering"]
+"#;
+
+    #[test]
+    fn good_file_loads_and_maps_to_settings() {
+        let d = dir_with_files();
+        let f = d.0.join("corp.toml");
+        std::fs::write(&f, GOOD).unwrap();
+        let c = EndpointConfig::load(&f).unwrap();
+        assert_eq!(c.gateway(), Ipv4Addr::new(10, 100, 0, 1));
+        assert_eq!(
+            c.listeners().unwrap(),
+            vec![
+                Listener::Udp("0.0.0.0:1194".parse().unwrap()),
+                Listener::Tcp("0.0.0.0:443".parse().unwrap())
+            ]
+        );
+        let s = c.server_settings();
+        assert_eq!(s.push.routes, vec!["10.0.0.0/16".parse::<Ipv4Net>().unwrap()]);
+        assert!(!s.push.full_tunnel);
+        assert_eq!(s.push.session_timeout, Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(c.tls.cert, d.0.join("server.crt"));
+        let p = c.policy();
+        assert_eq!(p.local_groups_of("alice"), vec!["engineering".to_owned()]);
+        assert_eq!(c.admin_socket(), PathBuf::from("/run/portcullis/corp.sock"));
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_its_path() {
+        let d = dir_with_files();
+        let f = d.0.join("bad.toml");
+        let bad = GOOD
+            .replace("name = \"corp\"", "name = \"bad name!\"")
+            .replace("udp://0.0.0.0:1194", "0.0.0.0:1194")
+            .replace("tcp://0.0.0.0:443", "sctp://0.0.0.0:443")
+            .replace("client_ca = \"ca.crt\"", "client_ca = \"missing.crt\"")
+            .replace("10.100.0.0/22", "10.0.0.0/22")
+            + "data_ciphers = [\"BF-CBC\"]\nsession_timeout_hours = 5\n";
+        // Top-level keys must precede tables in TOML: put them first.
+        let (head, tail) = bad.split_at(bad.find("[tls]").unwrap());
+        let extra = "data_ciphers = [\"BF-CBC\"]\nsession_timeout_hours = 5\n";
+        let text = format!("{head}{extra}{}", tail.replace(extra, ""));
+        std::fs::write(&f, text).unwrap();
+        let e = EndpointConfig::load(&f).unwrap_err();
+        let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "name",
+            "listen[0]",
+            "listen[1]",
+            "data_ciphers[0]",
+            "session_timeout_hours",
+            "tls.client_ca",
+            "route[0].destination",
+        ] {
+            assert!(paths.contains(&want), "{want} missing in {e}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let e = EndpointConfig::parse("name = \"x\"\nclient_cidr = 5\n").unwrap_err();
+        assert!(e.0[0].path.starts_with("line 2"), "{e}");
+        let e = EndpointConfig::parse("name = \"x\"\nbogus = 1\n").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+}
