@@ -1,4 +1,5 @@
 //! Portcullis agent library: the binary in `main.rs` is a thin CLI over these modules.
+pub mod agent;
 pub mod config;
 pub mod datapath;
 pub mod demo;

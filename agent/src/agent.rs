@@ -1,0 +1,490 @@
+//! `portcullis run`: one endpoint from one configuration file. Brings up the TAP, the XDP data
+//! path (pinned, re-adopted after a restart), the OpenVPN listeners and the admin socket;
+//! reloads the policy live on SIGHUP, `portcullis reload` or a change of the file; expires
+//! flows; shuts down cleanly on SIGTERM.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use aya::programs::XdpMode;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{EndpointConfig, Listener};
+use crate::datapath::{self, maps::Maps, tap::Tap, Datapath, DatapathOptions};
+use crate::gateway::ClientsMapHooks;
+use crate::openvpn::packet::Role;
+use crate::openvpn::server::{Server, ServerEvent};
+use crate::openvpn::session::TlsProvider;
+use crate::openvpn::tls::ReloadableTls;
+use crate::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
+use crate::policy::{self, CompiledPolicy, PolicyInput};
+use crate::reconcile;
+use crate::tunnel::{Command, SessionInfo, Tunnel, TunnelOptions};
+
+/// A request on the admin socket (one JSON object per line).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum AdminRequest {
+    Status,
+    Reload,
+    Connections,
+    Terminate {
+        #[serde(default)]
+        id: Option<u32>,
+        #[serde(default)]
+        user: Option<String>,
+    },
+}
+
+/// One connection, as `connections list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    pub id: u32,
+    pub user: Option<String>,
+    pub client_address: Option<String>,
+    pub public_address: String,
+    pub transport: String,
+    pub established: bool,
+    pub since_secs: u64,
+    pub ingress_bytes: u64,
+    pub egress_bytes: u64,
+    pub ingress_packets: u64,
+    pub egress_packets: u64,
+}
+
+/// The live policy, shared with the tunnel hooks (group bitmaps of new sessions).
+struct Live {
+    policy: PolicyInput,
+    compiled: CompiledPolicy,
+    generation: u32,
+    config_stamp: Option<SystemTime>,
+    reloads: u64,
+    last_reload_error: Option<String>,
+}
+
+/// Compiles the policy part, with every error message.
+pub fn compile(cfg: &EndpointConfig, previous: Option<&BTreeMap<String, u16>>) -> Result<CompiledPolicy> {
+    policy::compile_with_previous(&cfg.policy(), &|n| datapath::ifindex(n), previous).map_err(
+        |errs| {
+            anyhow::anyhow!(
+                "the policy is invalid:\n{}",
+                errs.iter()
+                    .map(|e| format!("  {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        },
+    )
+}
+
+/// `portcullis check`: validates the file (and the policy) and prints a summary.
+pub fn check(path: &Path, json: bool) -> Result<()> {
+    let cfg = EndpointConfig::load(path)
+        .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", path.display()))?;
+    // Interfaces may not exist on the machine that checks: resolve them as index 1.
+    let compiled = policy::compile(&cfg.policy(), &|_| Some(1)).map_err(|errs| {
+        anyhow::anyhow!(
+            "{} is invalid:\n{}",
+            path.display(),
+            errs.iter()
+                .map(|e| format!("  {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let summary = serde_json::json!({
+        "endpoint": cfg.name,
+        "client_cidr": cfg.client_cidr.to_string(),
+        "listeners": cfg.listen,
+        "groups_in_rules": compiled.group_bits.len(),
+        "authorization_prefixes": compiled.authz.len(),
+        "routes": compiled.routes.len(),
+        "target_networks": compiled.target_names,
+        "security_groups_applied": compiled.sg_enabled,
+        "security_group_prefixes": compiled.sg_nodes.len(),
+        "port_ranges": compiled.sg_ranges.len(),
+        "warnings": compiled.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("{}: valid", path.display());
+        println!("  endpoint                 {}", cfg.name);
+        println!("  client pool              {}", cfg.client_cidr);
+        println!("  listeners                {}", cfg.listen.join(", "));
+        println!("  groups used by rules     {}", compiled.group_bits.len());
+        println!("  authorization prefixes   {}", compiled.authz.len());
+        println!("  routes                   {} (incl. client-to-client)", compiled.routes.len());
+        println!("  target networks          {}", compiled.target_names.join(", "));
+        println!(
+            "  security groups          {} ({} prefixes, {} port ranges)",
+            if compiled.sg_enabled { "applied" } else { "none (all egress allowed)" },
+            compiled.sg_nodes.len(),
+            compiled.sg_ranges.len()
+        );
+        for w in &compiled.warnings {
+            println!("  {w}");
+        }
+    }
+    Ok(())
+}
+
+fn stamp(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Runs until SIGTERM/SIGINT. `keep_maps`: leave the pinned maps at shutdown (so a new agent
+/// re-adopts translated flows).
+pub fn run(config_path: &Path, keep_maps: bool) -> Result<()> {
+    let cfg = EndpointConfig::load(config_path)
+        .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", config_path.display()))?;
+    let compiled = compile(&cfg, None)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let tap_name = format!("pc-{}", cfg.name);
+    let tap_name = &tap_name[..tap_name.len().min(15)];
+    let queues = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let tap = rt
+        .block_on(Tap::open(tap_name, queues, cfg.gateway(), cfg.client_cidr, 1500))
+        .with_context(|| format!("creating the TAP device {tap_name}"))?;
+    let pin_root = PathBuf::from(datapath::DEFAULT_PIN_ROOT);
+    let mut dp = Datapath::load(DatapathOptions {
+        endpoint: cfg.name.clone(),
+        pin_root,
+        tap_ifindex: tap.ifindex,
+        tap_name: tap_name.into(),
+        tap_mac: tap.mac,
+        gateway: cfg.gateway(),
+        targets: cfg.target_network.iter().map(|t| t.interface.clone()).collect(),
+        max_flows: None,
+        deny_events_per_sec: 1000,
+        mode: XdpMode::Driver,
+    })
+    .context("loading the XDP data path")?;
+    let generation = reconcile::reconcile(&mut dp.maps, &compiled)?;
+    datapath::reserve_ports(
+        &compiled
+            .targets
+            .iter()
+            .map(|t| (t.port_min, t.port_max))
+            .collect::<Vec<_>>(),
+    )?;
+    let tls = Arc::new(
+        ReloadableTls::new(cfg.tls_files(), cfg.tls_options()).context("loading the TLS files")?,
+    );
+    let tc = match &cfg.tls.tls_crypt_key {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the tls-crypt key {}", p.display()))?;
+            let key = StaticKey::parse(&text)
+                .map_err(|e| anyhow::anyhow!("tls-crypt key {}: {e}", p.display()))?;
+            Some(Arc::new(TlsCryptKey::new(&key, Role::Server)))
+        }
+        None => None,
+    };
+    let provider: Arc<dyn TlsProvider> = tls.clone();
+    let server = Server::new(cfg.server_settings(), provider, tc, Instant::now())
+        .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
+    let live = Arc::new(Mutex::new(Live {
+        policy: cfg.policy(),
+        compiled,
+        generation,
+        config_stamp: stamp(config_path),
+        reloads: 0,
+        last_reload_error: None,
+    }));
+    let groups_of = {
+        let live = live.clone();
+        move |user: &str| {
+            let l = live.lock().unwrap_or_else(|e| e.into_inner());
+            let g = l.policy.local_groups_of(user);
+            l.compiled.groups_bitmap(g.iter().map(String::as_str))
+        }
+    };
+    let (ev_tx, ev_rx) = std::sync::mpsc::channel::<ServerEvent>();
+    let hooks = ClientsMapHooks::new(Maps::open_pinned(&dp.options.pin_dir())?)
+        .with_groups(Box::new(groups_of))
+        .with_events(ev_tx);
+    let taps = tap
+        .queues
+        .iter()
+        .map(|q| q.try_clone())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let listeners = cfg.listeners().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let tunnel = Tunnel::start(
+        server,
+        taps,
+        tap.mac,
+        &TunnelOptions {
+            udp: listeners
+                .iter()
+                .filter_map(|l| match l {
+                    Listener::Udp(a) => Some(*a),
+                    Listener::Tcp(_) => None,
+                })
+                .collect(),
+            tcp: listeners
+                .iter()
+                .filter_map(|l| match l {
+                    Listener::Tcp(a) => Some(*a),
+                    Listener::Udp(_) => None,
+                })
+                .collect(),
+            workers: 0,
+        },
+        Box::new(hooks),
+    )
+    .context("starting the OpenVPN listeners")?;
+    tracing::info!(
+        endpoint = cfg.name,
+        generation,
+        listeners = ?cfg.listen,
+        pins = %dp.options.pin_dir().display(),
+        "endpoint up"
+    );
+    let socket = cfg.admin_socket();
+    let result = rt.block_on(serve(
+        config_path,
+        &cfg,
+        &socket,
+        &mut dp,
+        &tunnel,
+        &live,
+        ev_rx,
+    ));
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("shutting down: telling clients to reconnect");
+    tunnel.stop();
+    if !keep_maps {
+        tap.unpersist();
+    }
+    dp.shutdown(keep_maps)?;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    config_path: &Path,
+    cfg: &EndpointConfig,
+    socket: &Path,
+    dp: &mut Datapath,
+    tunnel: &Tunnel,
+    live: &Arc<Mutex<Live>>,
+    events: std::sync::mpsc::Receiver<ServerEvent>,
+) -> Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {} for the admin socket", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("binding the admin socket {}", socket.display()))?;
+    // Root only: the socket can terminate sessions and reload the policy.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut connections: BTreeMap<u32, (ServerEvent, Instant)> = BTreeMap::new();
+    let mut last_gc = Instant::now();
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => { let _ = reload(config_path, cfg, dp, tunnel, live); }
+            _ = tick.tick() => {
+                while let Ok(ev) = events.try_recv() {
+                    match &ev {
+                        ServerEvent::Connected { peer_id, .. } => { connections.insert(*peer_id, (ev.clone(), Instant::now())); }
+                        ServerEvent::Disconnected { peer_id, .. } => { connections.remove(peer_id); }
+                        _ => {}
+                    }
+                }
+                if last_gc.elapsed() >= Duration::from_secs(5) {
+                    last_gc = Instant::now();
+                    if let Err(e) = dp.maps.gc(datapath::maps::monotonic_ns()) {
+                        tracing::warn!(error = %e, "expiring flows");
+                    }
+                }
+                let changed = {
+                    let l = live.lock().unwrap_or_else(|e| e.into_inner());
+                    stamp(config_path) != l.config_stamp
+                };
+                if changed {
+                    let _ = reload(config_path, cfg, dp, tunnel, live);
+                }
+            }
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let (rd, mut wr) = stream.into_split();
+                let mut lines = BufReader::new(rd).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = match serde_json::from_str::<AdminRequest>(&line) {
+                        Ok(AdminRequest::Status) => status(dp, live, tunnel),
+                        Ok(AdminRequest::Reload) => {
+                            match reload(config_path, cfg, dp, tunnel, live) {
+                                Ok(g) => serde_json::json!({"ok": true, "generation": g}),
+                                Err(e) => serde_json::json!({"ok": false, "error": e}),
+                            }
+                        }
+                        Ok(AdminRequest::Connections) => {
+                            serde_json::json!({"ok": true, "connections": list(dp, tunnel, &connections)})
+                        }
+                        Ok(AdminRequest::Terminate { id, user }) => {
+                            let ids: Vec<u32> = tunnel
+                                .sessions()
+                                .iter()
+                                .filter(|s| Some(s.peer_id) == id || (user.is_some() && s.common_name == user))
+                                .map(|s| s.peer_id)
+                                .collect();
+                            for i in &ids {
+                                tunnel.command(Command::Disconnect(*i));
+                            }
+                            serde_json::json!({"ok": !ids.is_empty(), "terminated": ids})
+                        }
+                        Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
+                    };
+                    let mut out = reply.to_string();
+                    out.push('\n');
+                    if wr.write_all(out.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn status(dp: &Datapath, live: &Arc<Mutex<Live>>, tunnel: &Tunnel) -> serde_json::Value {
+    let l = live.lock().unwrap_or_else(|e| e.into_inner());
+    let drops = dp.maps.drop_counters().unwrap_or_default();
+    let flows = dp.maps.flows().map(|f| f.len()).unwrap_or(0);
+    let sessions = tunnel.sessions();
+    serde_json::json!({
+        "ok": true,
+        "generation": l.generation,
+        "reloads": l.reloads,
+        "last_reload_error": l.last_reload_error,
+        "sessions": sessions.len(),
+        "established": sessions.iter().filter(|s| s.established).count(),
+        "flows": flows,
+        "drops": drops.iter().map(|(r, n)| (r.name(), *n)).collect::<BTreeMap<_, _>>(),
+    })
+}
+
+fn list(
+    dp: &Datapath,
+    tunnel: &Tunnel,
+    connections: &BTreeMap<u32, (ServerEvent, Instant)>,
+) -> Vec<ConnectionInfo> {
+    tunnel
+        .sessions()
+        .into_iter()
+        .map(|s: SessionInfo| {
+            let stats = dp.maps.session_stats(s.peer_id).unwrap_or_default();
+            let since = connections
+                .get(&s.peer_id)
+                .map_or(0, |(_, t)| t.elapsed().as_secs());
+            ConnectionInfo {
+                id: s.peer_id,
+                user: s.common_name,
+                client_address: s.tunnel_addr.map(|a| a.to_string()),
+                public_address: s.link.addr().to_string(),
+                transport: if s.link.is_tcp() { "tcp" } else { "udp" }.into(),
+                established: s.established,
+                since_secs: since,
+                ingress_bytes: stats.ingress_bytes,
+                egress_bytes: stats.egress_bytes,
+                ingress_packets: stats.ingress_packets,
+                egress_packets: stats.egress_packets,
+            }
+        })
+        .collect()
+}
+
+/// Validates, compiles and applies the file as one new policy generation; an invalid file
+/// leaves the running policy in place. Group changes reach live sessions at once (their
+/// bitmaps in the clients map are rewritten); flows no longer allowed are cut by the data
+/// path's revalidation.
+fn reload(
+    config_path: &Path,
+    running: &EndpointConfig,
+    dp: &mut Datapath,
+    tunnel: &Tunnel,
+    live: &Arc<Mutex<Live>>,
+) -> std::result::Result<u32, String> {
+    let t0 = Instant::now();
+    let mut l = live.lock().unwrap_or_else(|e| e.into_inner());
+    l.config_stamp = stamp(config_path);
+    let result = (|| -> Result<u32> {
+        let cfg = EndpointConfig::load(config_path)
+            .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", config_path.display()))?;
+        let compiled = compile(&cfg, Some(&l.compiled.group_bits))?;
+        if cfg.client_cidr != running.client_cidr
+            || cfg.listen != running.listen
+            || cfg.tls != running.tls
+            || cfg.name != running.name
+        {
+            tracing::warn!(
+                "client_cidr, listen, tls and name changes need a restart of the agent; the rest is applied"
+            );
+        }
+        if compiled.targets.len() != l.compiled.targets.len() {
+            bail!("adding or removing target networks needs a restart (the XDP program attaches to their interfaces)");
+        }
+        let g = reconcile::reconcile(&mut dp.maps, &compiled)?;
+        // Live sessions get their new group bitmaps.
+        let policy = cfg.policy();
+        for s in tunnel.sessions() {
+            if let (Some(addr), Some(user)) = (s.tunnel_addr, s.common_name.as_deref()) {
+                if let Ok(Some(mut info)) = dp.maps.client(addr) {
+                    let groups = policy.local_groups_of(user);
+                    info.groups = compiled.groups_bitmap(groups.iter().map(String::as_str));
+                    let _ = dp.maps.upsert_client(addr, info);
+                }
+            }
+        }
+        l.policy = policy;
+        l.compiled = compiled;
+        l.generation = g;
+        Ok(g)
+    })();
+    match result {
+        Ok(g) => {
+            l.reloads += 1;
+            l.last_reload_error = None;
+            tracing::info!(generation = g, took_ms = t0.elapsed().as_millis() as u64, "policy reloaded");
+            Ok(g)
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            tracing::error!("reload refused, the running policy stays: {msg}");
+            l.last_reload_error = Some(msg.clone());
+            Err(msg)
+        }
+    }
+}
+
+/// Sends one request to a running agent's admin socket and returns the JSON reply.
+pub fn admin_request(socket: &Path, req: &AdminRequest) -> Result<serde_json::Value> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to {} (is `portcullis run` running for this endpoint, and are you root?)",
+            socket.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    s.write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    std::io::BufReader::new(s).read_line(&mut reply)?;
+    Ok(serde_json::from_str(&reply)?)
+}
