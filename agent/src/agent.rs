@@ -67,7 +67,10 @@ struct Live {
 }
 
 /// Compiles the policy part, with every error message.
-pub fn compile(cfg: &EndpointConfig, previous: Option<&BTreeMap<String, u16>>) -> Result<CompiledPolicy> {
+pub fn compile(
+    cfg: &EndpointConfig,
+    previous: Option<&BTreeMap<String, u16>>,
+) -> Result<CompiledPolicy> {
     policy::compile_with_previous(&cfg.policy(), &|n| datapath::ifindex(n), previous).map_err(
         |errs| {
             anyhow::anyhow!(
@@ -118,11 +121,21 @@ pub fn check(path: &Path, json: bool) -> Result<()> {
         println!("  listeners                {}", cfg.listen.join(", "));
         println!("  groups used by rules     {}", compiled.group_bits.len());
         println!("  authorization prefixes   {}", compiled.authz.len());
-        println!("  routes                   {} (incl. client-to-client)", compiled.routes.len());
-        println!("  target networks          {}", compiled.target_names.join(", "));
+        println!(
+            "  routes                   {} (incl. client-to-client)",
+            compiled.routes.len()
+        );
+        println!(
+            "  target networks          {}",
+            compiled.target_names.join(", ")
+        );
         println!(
             "  security groups          {} ({} prefixes, {} port ranges)",
-            if compiled.sg_enabled { "applied" } else { "none (all egress allowed)" },
+            if compiled.sg_enabled {
+                "applied"
+            } else {
+                "none (all egress allowed)"
+            },
             compiled.sg_nodes.len(),
             compiled.sg_ranges.len()
         );
@@ -150,7 +163,13 @@ pub fn run(config_path: &Path, keep_maps: bool) -> Result<()> {
     let tap_name = &tap_name[..tap_name.len().min(15)];
     let queues = std::thread::available_parallelism().map_or(1, |n| n.get());
     let tap = rt
-        .block_on(Tap::open(tap_name, queues, cfg.gateway(), cfg.client_cidr, 1500))
+        .block_on(Tap::open(
+            tap_name,
+            queues,
+            cfg.gateway(),
+            cfg.client_cidr,
+            1500,
+        ))
         .with_context(|| format!("creating the TAP device {tap_name}"))?;
     let pin_root = PathBuf::from(datapath::DEFAULT_PIN_ROOT);
     let mut dp = Datapath::load(DatapathOptions {
@@ -160,7 +179,11 @@ pub fn run(config_path: &Path, keep_maps: bool) -> Result<()> {
         tap_name: tap_name.into(),
         tap_mac: tap.mac,
         gateway: cfg.gateway(),
-        targets: cfg.target_network.iter().map(|t| t.interface.clone()).collect(),
+        targets: cfg
+            .target_network
+            .iter()
+            .map(|t| t.interface.clone())
+            .collect(),
         max_flows: None,
         deny_events_per_sec: 1000,
         mode: XdpMode::Driver,
@@ -459,7 +482,11 @@ fn reload(
         Ok(g) => {
             l.reloads += 1;
             l.last_reload_error = None;
-            tracing::info!(generation = g, took_ms = t0.elapsed().as_millis() as u64, "policy reloaded");
+            tracing::info!(
+                generation = g,
+                took_ms = t0.elapsed().as_millis() as u64,
+                "policy reloaded"
+            );
             Ok(g)
         }
         Err(e) => {

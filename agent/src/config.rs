@@ -283,7 +283,10 @@ impl EndpointConfig {
             let (proto, rest) = match l.split_once("://") {
                 Some(x) => x,
                 None => {
-                    errs.push(err(path, format!("`{l}` has no scheme: write `udp://{l}` or `tcp://{l}`")));
+                    errs.push(err(
+                        path,
+                        format!("`{l}` has no scheme: write `udp://{l}` or `tcp://{l}`"),
+                    ));
                     continue;
                 }
             };
@@ -304,7 +307,10 @@ impl EndpointConfig {
             }
         }
         if self.listen.is_empty() {
-            errs.push(err("listen", "no listener: add e.g. `listen = [\"udp://0.0.0.0:1194\"]`"));
+            errs.push(err(
+                "listen",
+                "no listener: add e.g. `listen = [\"udp://0.0.0.0:1194\"]`",
+            ));
         }
         if errs.is_empty() {
             Ok(out)
@@ -374,7 +380,10 @@ impl EndpointConfig {
         if ![8, 10, 12, 24].contains(&self.session_timeout_hours) {
             errs.push(err(
                 "session_timeout_hours",
-                format!("{} is not allowed: use 8, 10, 12 or 24 (as AWS)", self.session_timeout_hours),
+                format!(
+                    "{} is not allowed: use 8, 10, 12 or 24 (as AWS)",
+                    self.session_timeout_hours
+                ),
             ));
         }
         if let Some(b) = &self.banner {
@@ -385,7 +394,9 @@ impl EndpointConfig {
                 ));
             }
         }
-        if self.max_connections == 0 || self.max_connections > portcullis_common::MAX_CLIENTS as usize {
+        if self.max_connections == 0
+            || self.max_connections > portcullis_common::MAX_CLIENTS as usize
+        {
             errs.push(err(
                 "max_connections",
                 format!("must be 1 ... {}", portcullis_common::MAX_CLIENTS),
@@ -423,20 +434,28 @@ impl EndpointConfig {
                 if let Err(e) = crate::openvpn::tls_crypt::StaticKey::parse(&text) {
                     errs.push(err(
                         "tls.tls_crypt_key",
-                        format!("{}: {e} (make one with `openvpn --genkey tls-crypt FILE`)", k.display()),
+                        format!(
+                            "{}: {e} (make one with `openvpn --genkey tls-crypt FILE`)",
+                            k.display()
+                        ),
                     ));
                 }
             }
         }
         if let Some(h) = &self.client_connect {
             if !h.is_file() {
-                errs.push(err("client_connect", format!("{} is not a file", h.display())));
+                errs.push(err(
+                    "client_connect",
+                    format!("{} is not a file", h.display()),
+                ));
             }
         }
         // Routes that overlap the client pool would send client traffic back to clients.
         for (i, r) in self.route.iter().enumerate() {
             if let IpNet::V4(d) = r.destination {
-                if d.contains(&self.client_cidr.network()) || self.client_cidr.contains(&d.network()) {
+                if d.contains(&self.client_cidr.network())
+                    || self.client_cidr.contains(&d.network())
+                {
                     errs.push(err(
                         format!("route[{i}].destination"),
                         format!(
@@ -588,7 +607,10 @@ groups = ["engineering"]
             ]
         );
         let s = c.server_settings();
-        assert_eq!(s.push.routes, vec!["10.0.0.0/16".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(
+            s.push.routes,
+            vec!["10.0.0.0/16".parse::<Ipv4Net>().unwrap()]
+        );
         assert!(!s.push.full_tunnel);
         assert_eq!(s.push.session_timeout, Some(Duration::from_secs(24 * 3600)));
         assert_eq!(c.tls.cert, d.0.join("server.crt"));

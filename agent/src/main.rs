@@ -17,6 +17,41 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run an endpoint from its configuration file until SIGTERM (root).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Leave the pinned maps at shutdown, so a new agent re-adopts the live flows.
+        #[arg(long)]
+        keep_maps: bool,
+    },
+    /// Validate a configuration file and print a summary of the compiled policy.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running agent to reload its configuration (same as SIGHUP).
+    Reload {
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Sessions of the running agent.
+    Connections {
+        #[command(subcommand)]
+        action: ConnectionsCmd,
+    },
+    /// Client profiles.
+    ClientConfig {
+        #[command(subcommand)]
+        action: ClientConfigCmd,
+    },
+    /// A small CA for endpoints without a PKI: init, issue-server, issue-client, revoke, crl.
+    Pki {
+        #[command(subcommand)]
+        action: PkiCmd,
+    },
     /// Bring up a gateway, two clients and a private network in network namespaces, send
     /// allowed and denied traffic through the XDP data path with the embedded default
     /// policy, and show the verdicts, counters and flows. Needs root.
@@ -38,6 +73,128 @@ enum Command {
     },
 }
 
+/// How the CLI finds the running agent.
+#[derive(clap::Args)]
+struct Admin {
+    /// The endpoint's configuration file (its admin socket is read from it).
+    #[arg(long, conflicts_with = "admin_socket")]
+    config: Option<PathBuf>,
+    /// The admin socket (default: /run/portcullis/<name>.sock from --config).
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+}
+
+impl Admin {
+    fn socket(&self) -> Result<PathBuf> {
+        match (&self.admin_socket, &self.config) {
+            (Some(s), _) => Ok(s.clone()),
+            (None, Some(c)) => Ok(portcullis::config::EndpointConfig::load(c)
+                .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", c.display()))?
+                .admin_socket()),
+            (None, None) => anyhow::bail!("give --config FILE or --admin-socket PATH"),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum ConnectionsCmd {
+    /// Id, user, addresses, transport, age and traffic of every session.
+    List {
+        #[command(flatten)]
+        admin: Admin,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disconnect a session by id, or every session of a user.
+    Terminate {
+        #[command(flatten)]
+        admin: Admin,
+        /// Session id (from `connections list`).
+        #[arg(required_unless_present = "user")]
+        id: Option<u32>,
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientConfigCmd {
+    /// Print an .ovpn profile for the endpoint (AWS-style, inline CA and tls-crypt key).
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        /// Inline this client certificate (PEM) and --key.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCmd {
+    /// Create a CA in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "Portcullis CA")]
+        name: String,
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a server certificate (EKU serverAuth, SAN from the name).
+    IssueServer {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        cn: String,
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+    /// Issue a client certificate (EKU clientAuth; the CN is the user name).
+    IssueClient {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        cn: String,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Revoke every certificate issued to CN and regenerate crl.pem.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        cn: String,
+    },
+    /// Regenerate crl.pem (valid 30 days).
+    Crl {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn print_json_or(
+    v: &serde_json::Value,
+    json: bool,
+    table: impl FnOnce(&serde_json::Value),
+) -> Result<()> {
+    if v.get("ok") == Some(&serde_json::Value::Bool(false)) {
+        anyhow::bail!(
+            "the agent refused: {}",
+            v.get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("no reason given")
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        table(v);
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -47,7 +204,72 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    use portcullis::agent::{admin_request, AdminRequest};
     match cli.command {
+        Command::Run { config, keep_maps } => portcullis::agent::run(&config, keep_maps),
+        Command::Check { config, json } => portcullis::agent::check(&config, json),
+        Command::Reload { admin } => {
+            let v = admin_request(&admin.socket()?, &AdminRequest::Reload)?;
+            print_json_or(&v, false, |v| {
+                println!("reloaded: policy generation {}", v["generation"]);
+            })
+        }
+        Command::Connections {
+            action: ConnectionsCmd::List { admin, json },
+        } => {
+            let v = admin_request(&admin.socket()?, &AdminRequest::Connections)?;
+            print_json_or(&v, json, |v| {
+                println!(
+                    "{:>5}  {:<16} {:<15} {:<21} {:<4} {:>7}  {:>12} {:>12}",
+                    "id", "user", "client", "public", "tr", "age", "in bytes", "out bytes"
+                );
+                for c in v["connections"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:>5}  {:<16} {:<15} {:<21} {:<4} {:>6}s  {:>12} {:>12}",
+                        c["id"],
+                        c["user"].as_str().unwrap_or("-"),
+                        c["client_address"].as_str().unwrap_or("-"),
+                        c["public_address"].as_str().unwrap_or("-"),
+                        c["transport"].as_str().unwrap_or("-"),
+                        c["since_secs"],
+                        c["ingress_bytes"],
+                        c["egress_bytes"]
+                    );
+                }
+            })
+        }
+        Command::Connections {
+            action: ConnectionsCmd::Terminate { admin, id, user },
+        } => {
+            let v = admin_request(&admin.socket()?, &AdminRequest::Terminate { id, user })?;
+            if v["ok"] != serde_json::Value::Bool(true) {
+                anyhow::bail!("no such session");
+            }
+            println!("terminated: {}", v["terminated"]);
+            Ok(())
+        }
+        Command::ClientConfig {
+            action: ClientConfigCmd::Export { config, cert, key },
+        } => {
+            let cfg = portcullis::config::EndpointConfig::load(&config)
+                .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", config.display()))?;
+            print!(
+                "{}",
+                portcullis::profile::render(&cfg, cert.as_deref(), key.as_deref())?
+            );
+            Ok(())
+        }
+        Command::Pki { action } => match action {
+            PkiCmd::Init { dir, name, days } => portcullis::pki_cli::init(&dir, &name, days),
+            PkiCmd::IssueServer { dir, cn, days } => {
+                portcullis::pki_cli::issue(&dir, &cn, true, days)
+            }
+            PkiCmd::IssueClient { dir, cn, days } => {
+                portcullis::pki_cli::issue(&dir, &cn, false, days)
+            }
+            PkiCmd::Revoke { dir, cn } => portcullis::pki_cli::revoke(&dir, &cn),
+            PkiCmd::Crl { dir } => portcullis::pki_cli::crl(&dir),
+        },
         Command::Demo { keep } => portcullis::demo::run(portcullis::demo::DemoOptions { keep }),
         Command::Status {
             endpoint,

@@ -1,0 +1,158 @@
+//! `portcullis pki`: a small CA in a directory (`ca.crt`, `ca.key`, issued certificates,
+//! `index.json` of serials and revocations, `crl.pem`), for endpoints without a PKI of their
+//! own. Keys are written 0600.
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::pki::{CertificateAuthority, Validity};
+
+#[derive(Default, Serialize, Deserialize)]
+struct Index {
+    /// Common name → serials issued for it (hex).
+    issued: BTreeMap<String, Vec<String>>,
+    /// Revoked serials (hex).
+    revoked: Vec<String>,
+    crl_number: u64,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16)
+                .with_context(|| format!("bad serial {s:?} in index.json"))
+        })
+        .collect()
+}
+
+fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    Ok(())
+}
+
+fn load(dir: &Path) -> Result<(CertificateAuthority, Index)> {
+    let cert = std::fs::read_to_string(dir.join("ca.crt")).with_context(|| {
+        format!(
+            "reading {}/ca.crt (run `portcullis pki init --dir {}` first)",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    let key = std::fs::read_to_string(dir.join("ca.key"))
+        .with_context(|| format!("reading {}/ca.key", dir.display()))?;
+    let ca = CertificateAuthority::load(&cert, &key)?;
+    let index = match std::fs::read_to_string(dir.join("index.json")) {
+        Ok(t) => serde_json::from_str(&t).context("index.json is corrupt")?,
+        Err(_) => Index::default(),
+    };
+    Ok((ca, index))
+}
+
+fn save_index(dir: &Path, index: &Index) -> Result<()> {
+    write(
+        &dir.join("index.json"),
+        &serde_json::to_string_pretty(index)?,
+        0o600,
+    )
+}
+
+pub fn init(dir: &Path, name: &str, days: u32) -> Result<()> {
+    if dir.join("ca.key").exists() {
+        bail!(
+            "{}/ca.key exists: refusing to overwrite a CA",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir)?;
+    let ca = CertificateAuthority::generate(name, Validity::days_from_now(days))?;
+    write(&dir.join("ca.crt"), &ca.cert_pem(), 0o644)?;
+    write(&dir.join("ca.key"), &ca.key_pem(), 0o600)?;
+    save_index(dir, &Index::default())?;
+    crl(dir)?;
+    println!("CA {name:?} in {}: ca.crt, ca.key, crl.pem", dir.display());
+    Ok(())
+}
+
+pub fn issue(dir: &Path, cn: &str, server: bool, days: u32) -> Result<()> {
+    let (ca, mut index) = load(dir)?;
+    let v = Validity::days_from_now(days);
+    let c = if server {
+        ca.issue_server(cn, v)?
+    } else {
+        ca.issue_client(cn, v)?
+    };
+    write(&dir.join(format!("{cn}.crt")), &c.cert_pem, 0o644)?;
+    write(&dir.join(format!("{cn}.key")), &c.key_pem, 0o600)?;
+    index
+        .issued
+        .entry(cn.to_owned())
+        .or_default()
+        .push(hex(&c.serial));
+    save_index(dir, &index)?;
+    println!(
+        "{} certificate for {cn:?}: {}/{cn}.crt, {cn}.key (serial {})",
+        if server { "server" } else { "client" },
+        dir.display(),
+        hex(&c.serial)
+    );
+    Ok(())
+}
+
+pub fn revoke(dir: &Path, cn: &str) -> Result<()> {
+    let (_, mut index) = load(dir)?;
+    let serials =
+        index.issued.get(cn).cloned().with_context(|| {
+            format!("no certificate for {cn:?} in {}/index.json", dir.display())
+        })?;
+    for s in serials {
+        if !index.revoked.contains(&s) {
+            index.revoked.push(s);
+        }
+    }
+    save_index(dir, &index)?;
+    crl(dir)?;
+    println!(
+        "revoked every certificate of {cn:?}; the running agent picks up crl.pem within seconds"
+    );
+    Ok(())
+}
+
+/// Regenerates `crl.pem` (valid 30 days: re-run before then, e.g. from a timer).
+pub fn crl(dir: &Path) -> Result<()> {
+    let (ca, mut index) = load(dir)?;
+    index.crl_number += 1;
+    let serials = index
+        .revoked
+        .iter()
+        .map(|s| unhex(s))
+        .collect::<Result<Vec<_>>>()?;
+    let now = SystemTime::now();
+    let pem = ca.crl(
+        &serials,
+        now - Duration::from_secs(3600),
+        now + Duration::from_secs(30 * 86400),
+        index.crl_number,
+    )?;
+    // Written then renamed, so the agent never reads half a CRL.
+    let tmp = dir.join(".crl.pem.tmp");
+    write(&tmp, &pem, 0o644)?;
+    std::fs::rename(&tmp, dir.join("crl.pem"))?;
+    save_index(dir, &index)?;
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! `portcullis client-config export`: an `.ovpn` profile for an endpoint, in the shape of the
+//! AWS Client VPN download (inline CA, optional inline client certificate and key, tls-crypt),
+//! which stock OpenVPN clients and the AWS VPN client import unchanged.
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::{EndpointConfig, Listener};
+
+/// The profile text. `cert`/`key` (PEM files) are inlined when given; otherwise the user adds
+/// `cert`/`key` lines (or `<cert>`/`<key>` blocks) for their own certificate.
+pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> Result<String> {
+    let host = match &cfg.public_address {
+        Some(h) => h.clone(),
+        None => bail!(
+            "the endpoint has no public_address: set `public_address = \"vpn.example.com\"` \
+             (the name or address clients connect to) in the configuration"
+        ),
+    };
+    let listeners = cfg
+        .listeners()
+        .map_err(|e| anyhow::anyhow!("listen: {e:?}"))?;
+    let ca = std::fs::read_to_string(&cfg.tls.client_ca)
+        .with_context(|| format!("reading {}", cfg.tls.client_ca.display()))?;
+    let mut out = String::new();
+    writeln!(out, "# Portcullis endpoint {}", cfg.name)?;
+    writeln!(out, "client")?;
+    writeln!(out, "dev tun")?;
+    for l in &listeners {
+        match l {
+            Listener::Udp(a) => writeln!(out, "remote {host} {} udp", a.port())?,
+            Listener::Tcp(a) => writeln!(out, "remote {host} {} tcp-client", a.port())?,
+        }
+    }
+    writeln!(out, "resolv-retry infinite")?;
+    writeln!(out, "nobind")?;
+    writeln!(out, "remote-cert-tls server")?;
+    let ciphers = cfg.data_ciphers.join(":");
+    writeln!(out, "data-ciphers {ciphers}")?;
+    // Old clients without data-ciphers fall back to this one.
+    writeln!(
+        out,
+        "cipher {}",
+        cfg.data_ciphers
+            .first()
+            .map_or("AES-256-GCM", |c| c.as_str())
+    )?;
+    if cfg.auth.methods.iter().any(|m| m == "ldap") {
+        writeln!(out, "auth-user-pass")?;
+    }
+    writeln!(out, "verb 3")?;
+    writeln!(out, "<ca>\n{}</ca>", ensure_newline(&ca))?;
+    match (cert, key) {
+        (Some(c), Some(k)) => {
+            let c =
+                std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
+            let k =
+                std::fs::read_to_string(k).with_context(|| format!("reading {}", k.display()))?;
+            writeln!(out, "<cert>\n{}</cert>", ensure_newline(&c))?;
+            writeln!(out, "<key>\n{}</key>", ensure_newline(&k))?;
+        }
+        (None, None) => {
+            writeln!(
+                out,
+                "# Add your certificate and key:\n# cert alice.crt\n# key alice.key"
+            )?;
+        }
+        _ => bail!("give both --cert and --key, or neither"),
+    }
+    if let Some(p) = &cfg.tls.tls_crypt_key {
+        let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        writeln!(out, "<tls-crypt>\n{}</tls-crypt>", ensure_newline(&t))?;
+    }
+    Ok(out)
+}
+
+fn ensure_newline(s: &str) -> String {
+    if s.ends_with('\n') {
+        s.to_owned()
+    } else {
+        format!("{s}\n")
+    }
+}
