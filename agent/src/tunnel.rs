@@ -351,6 +351,7 @@ impl SendQueue {
 struct WorkerCtx {
     socks: Vec<UdpSocket>,
     tap: File,
+    reads_tap: bool,
     tap_mac: [u8; 6],
     peers: Arc<PeerTable>,
     ctl: mpsc::Sender<Ctl>,
@@ -397,6 +398,7 @@ fn worker(mut w: WorkerCtx) {
             events: libc::POLLIN,
             revents: 0,
         })
+        .take(nsock + usize::from(w.reads_tap))
         .collect();
     while !w.stop.load(Ordering::Relaxed) {
         for f in fds.iter_mut() {
@@ -444,7 +446,7 @@ fn worker(mut w: WorkerCtx) {
                 }
             }
         }
-        if fds[nsock].revents != 0 {
+        if w.reads_tap && fds[nsock].revents != 0 {
             for _ in 0..(4 * BATCH) {
                 // Read straight into the next send slot, the IP packet at HEADROOM, so it is
                 // sealed in place and sent from there.
@@ -572,10 +574,16 @@ impl Tunnel {
         let base = Instant::now();
         let mut workers = Vec::new();
         for (i, socks) in per_worker.into_iter().enumerate() {
+            // One reader per TAP queue: two workers sealing one client's frames from the same
+            // queue would interleave its packet ids and reorder them past the client's
+            // 64-packet replay window. Workers beyond the queues serve UDP only (they still
+            // write decrypted packets to a queue).
             let tap = taps[i % taps.len()].try_clone()?;
+            let reads_tap = i < taps.len();
             let ctx = WorkerCtx {
                 socks,
                 tap,
+                reads_tap,
                 tap_mac,
                 peers: peers.clone(),
                 ctl: ctl_tx.clone(),

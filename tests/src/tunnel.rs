@@ -31,6 +31,8 @@ pub struct TunnelOpts {
     pub push: PushSettings,
     pub ping: Duration,
     pub ping_restart: Duration,
+    /// Packet workers of the tunnel.
+    pub workers: usize,
 }
 
 impl Default for TunnelOpts {
@@ -51,6 +53,7 @@ impl Default for TunnelOpts {
             },
             ping: Duration::from_secs(10),
             ping_restart: Duration::from_secs(60),
+            workers: 2,
         }
     }
 }
@@ -132,7 +135,7 @@ impl TunnelLab {
             &TunnelOptions {
                 udp: if opts.udp { vec![at] } else { vec![] },
                 tcp: if opts.tcp { vec![at] } else { vec![] },
-                workers: 2,
+                workers: opts.workers,
             },
             Box::new(hooks),
         )
@@ -210,10 +213,43 @@ impl TunnelLab {
     }
 }
 
+/// How long [`TunnelLab`]'s drop waits for `Tunnel::stop` (the RESTART linger is 2 s).
+pub const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+impl TunnelLab {
+    /// Stops the tunnel (RESTART to every client, then its threads), giving up after `limit`
+    /// so that a hung server cannot hang the test: returns how long the stop took, or an error
+    /// when it did not return (its threads are then left behind until the process exits).
+    pub fn stop_tunnel(&mut self, limit: Duration) -> Result<Duration, String> {
+        let t = self.tunnel.take().ok_or("the tunnel is not running")?;
+        stop_within(t, limit)
+    }
+}
+
+fn stop_within(tunnel: Tunnel, limit: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("pct-tunnel-stop".into())
+        .spawn(move || {
+            tunnel.stop();
+            let _ = tx.send(());
+        })
+        .map_err(|e| format!("spawning the stop thread: {e}"))?;
+    match rx.recv_timeout(limit) {
+        Ok(()) => Ok(start.elapsed()),
+        Err(_) => Err(format!(
+            "Tunnel::stop did not return within {limit:?}; its threads are left running"
+        )),
+    }
+}
+
 impl Drop for TunnelLab {
     fn drop(&mut self) {
         if let Some(t) = self.tunnel.take() {
-            t.stop();
+            if let Err(e) = stop_within(t, STOP_LIMIT) {
+                eprintln!("WARNING: {e}");
+            }
         }
     }
 }

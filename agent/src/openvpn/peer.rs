@@ -173,8 +173,8 @@ impl DataPeer {
             .fetch_max(self.stamp(now), Ordering::Relaxed);
     }
 
-    /// Installs a freshly negotiated key: it becomes the sending key and the first receive
-    /// slot; the previous receive key stays as lame duck until `lame_duck_until`.
+    /// Installs a freshly negotiated key for both directions (see [`Self::install_recv`] and
+    /// [`Self::install_send`]).
     pub fn install(
         &self,
         key_id: u8,
@@ -182,13 +182,35 @@ impl DataPeer {
         format: DataFormat,
         lame_duck_until: Instant,
     ) -> Result<(), CryptoError> {
+        self.install_recv(key_id, keys, lame_duck_until)?;
+        self.install_send(key_id, keys, format)
+    }
+
+    /// The new key decrypts from now on; the previous receive key stays as lame duck until
+    /// `lame_duck_until`. Done as soon as our key-method-2 reply is out: a 2.6 client may
+    /// encrypt with the new key from the moment it has read it (doc §7.6).
+    pub fn install_recv(
+        &self,
+        key_id: u8,
+        keys: &DataKeys,
+        lame_duck_until: Instant,
+    ) -> Result<(), CryptoError> {
         let dec = Decryptor::new(&keys.recv, key_id)?;
+        let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        let old = rx.slots[0].take().map(|(d, _)| (d, Some(lame_duck_until)));
+        rx.slots = [Some((dec, None)), old];
+        Ok(())
+    }
+
+    /// The new key encrypts from now on: only once the client acked our key-method-2 reply,
+    /// before which it may not have the key yet (doc §7.6).
+    pub fn install_send(
+        &self,
+        key_id: u8,
+        keys: &DataKeys,
+        format: DataFormat,
+    ) -> Result<(), CryptoError> {
         let enc = Encryptor::new(&keys.send, key_id, format)?;
-        {
-            let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
-            let old = rx.slots[0].take().map(|(d, _)| (d, Some(lame_duck_until)));
-            rx.slots = [Some((dec, None)), old];
-        }
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).enc = Some(enc);
         Ok(())
     }

@@ -57,8 +57,9 @@ pub struct Config {
     /// Bytes accepted by [`Reliable::write`] and not yet put into packets.
     pub max_send_buffer: usize,
     /// In-order bytes not yet [`Reliable::read`]. A packet that does not fit is dropped unacked,
-    /// which makes the peer retransmit later (flow control). Undelivered memory is bounded by
-    /// this plus `recv_window` packets of at most [`MAX_CONTROL_PACKET_LEN`] bytes.
+    /// which makes the peer retransmit later (flow control); an empty buffer takes any packet.
+    /// Undelivered memory is bounded by this plus `recv_window` packets of at most
+    /// [`MAX_CONTROL_PACKET_LEN`] bytes.
     pub max_recv_buffer: usize,
 }
 
@@ -373,7 +374,11 @@ impl Reliable {
         // Flow control on what the application has not read yet. Out-of-order bytes are not
         // counted: the window already bounds them, and counting them could starve the one
         // in-order packet that would let everything drain.
-        if self.recv_buf.len() + stream.len() > self.cfg.max_recv_buffer {
+        // An empty buffer takes any packet, or one larger than the whole buffer would be
+        // refused for ever (found by fuzzing: a 207-byte buffer deadlocked).
+        if !self.recv_buf.is_empty()
+            && self.recv_buf.len() + stream.len() > self.cfg.max_recv_buffer
+        {
             return Err(ReliableError::ReceiveBufferFull);
         }
         self.recv_slots[offset] = Some(stream.to_vec());
@@ -1143,6 +1148,26 @@ mod tests {
         for p in &out {
             assert!(p.len() <= s.config().max_packet_len, "{} bytes", p.len());
         }
+    }
+
+    #[test]
+    fn bad_input_receive_buffer_smaller_than_a_packet_cannot_deadlock() {
+        // Found by fuzzing (corpus/reliable/crash-recv-buffer-below-packet): with a 207-byte
+        // receive buffer every larger packet was refused for ever, even with the buffer empty.
+        let cfg = Config {
+            max_recv_buffer: 207,
+            ..Config::default()
+        };
+        let t = Instant::now();
+        let mut s = Reliable::after_cookie(cfg, sid(S), sid(C));
+        let full = [0x17u8; MAX_CONTROL_PACKET_LEN - 14];
+        let p = ctl(Opcode::ControlV1, C, &[], None, Some(1), &full);
+        assert_eq!(p.to_vec().unwrap().len(), MAX_CONTROL_PACKET_LEN);
+        assert_eq!(s.on_packet(&p, t), Ok(Received::New));
+        let p2 = ctl(Opcode::ControlV1, C, &[], None, Some(2), b"x");
+        assert_eq!(s.on_packet(&p2, t), Err(ReliableError::ReceiveBufferFull));
+        assert_eq!(s.read(&mut [0u8; 2000]), full.len());
+        assert_eq!(s.on_packet(&p2, t), Ok(Received::New));
     }
 
     #[test]

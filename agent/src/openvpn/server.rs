@@ -685,11 +685,15 @@ impl Server {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        // Bounded by the heap size: each entry is popped once.
+        // One pass handles the entries present when it starts; deadlines a session reports
+        // during the pass (even already due ones) wait for the next call, so a session that
+        // keeps reporting a due deadline cannot spin the control thread.
+        let mut budget = self.timers.len();
         while let Some(Reverse((t, link))) = self.timers.peek().copied() {
-            if t > now {
+            if t > now || budget == 0 {
                 break;
             }
+            budget -= 1;
             self.timers.pop();
             let Some(e) = self.sessions.get_mut(&link) else {
                 continue;

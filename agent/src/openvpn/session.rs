@@ -218,7 +218,10 @@ struct KeyState {
     plain: Vec<u8>,
     client_km: Option<ClientKeyMethod2>,
     server_km: Option<ServerKeyMethod2>,
-    keys_installed: bool,
+    /// This key's data keys, derived once the key exchange is through.
+    data_keys: Option<(super::keys::DataKeys, DataFormat)>,
+    rx_installed: bool,
+    tx_installed: bool,
 }
 
 /// Where the session is in its life.
@@ -660,7 +663,9 @@ impl Session {
             t.extend(p.reliable.poll_timeout());
         }
         t.extend(self.lame_duck_until);
-        if self.established && self.pending.is_none() {
+        // Only a running session renegotiates (see handle_timeout): a closing one must not
+        // report a due renegotiation, or the server would be woken for it again and again.
+        if self.established && self.life == Life::Running && self.pending.is_none() {
             if let Some(i) = self.cfg.reneg.interval {
                 t.push(self.reneg_base.0 + i);
             }
@@ -710,8 +715,9 @@ impl Session {
             &mut self.primary
         };
         let step = step_key(ks, &cfg, prior.as_ref())?;
-        let needs_keys =
-            ks.phase == Phase::Active && ks.auth == Auth::Accepted && !ks.keys_installed;
+        let needs_rx =
+            ks.phase != Phase::Handshake && ks.auth == Auth::Accepted && !ks.rx_installed;
+        let needs_tx = ks.phase == Phase::Active && ks.auth == Auth::Accepted && !ks.tx_installed;
         if self.negotiated.is_none() {
             self.negotiated = step.negotiated;
         }
@@ -735,12 +741,33 @@ impl Session {
                 _ => self.events.push_back(SessionEvent::Message(m)),
             }
         }
-        if needs_keys {
+        if needs_rx {
             self.install_keys(pending, now)?;
+        }
+        if needs_tx {
+            self.activate_send_key(pending)?;
             if !pending {
                 self.send_push(now)?;
             }
         }
+        Ok(())
+    }
+
+    fn activate_send_key(&mut self, pending: bool) -> Result<(), CloseReason> {
+        let ks = if pending {
+            self.pending.as_mut().expect("checked")
+        } else {
+            &mut self.primary
+        };
+        let Some((keys, format)) = &ks.data_keys else {
+            return Err(CloseReason::ProtocolError(
+                "send key before receive key".into(),
+            ));
+        };
+        self.peer
+            .install_send(ks.id.get(), keys, *format)
+            .map_err(|e| CloseReason::ProtocolError(e.to_string()))?;
+        ks.tx_installed = true;
         Ok(())
     }
 
@@ -783,9 +810,10 @@ impl Session {
         };
         let until = now + self.cfg.transition_window;
         self.peer
-            .install(ks.id.get(), &keys, format, until)
+            .install_recv(ks.id.get(), &keys, until)
             .map_err(|e| CloseReason::ProtocolError(e.to_string()))?;
-        ks.keys_installed = true;
+        ks.data_keys = Some((keys, format));
+        ks.rx_installed = true;
         if pending {
             self.lame_duck_until = Some(until);
         }
@@ -822,14 +850,23 @@ impl Session {
 
     /// A renegotiated key that is active and authorized replaces the primary; the old key's
     /// decrypt half stays in the data peer as lame duck (doc §9.3).
-    fn maybe_promote(&mut self, _now: Instant) {
+    fn maybe_promote(&mut self, now: Instant) {
         let ready = self
             .pending
             .as_ref()
-            .is_some_and(|p| p.phase == Phase::Active && p.keys_installed);
+            .is_some_and(|p| p.phase == Phase::Active && p.tx_installed);
         if ready {
             let p = self.pending.take().expect("checked");
             self.primary = p;
+            // Whoever started it, the next server-initiated renegotiation counts from here.
+            let c = &self.peer.counters;
+            let ld =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            self.reneg_base = (
+                now,
+                ld(&c.rx_bytes) + ld(&c.tx_bytes),
+                ld(&c.rx_packets) + ld(&c.tx_packets),
+            );
             self.events.push_back(SessionEvent::Rekeyed {
                 key_id: self.primary.id,
             });
@@ -876,7 +913,9 @@ impl KeyState {
             plain: Vec::new(),
             client_km: None,
             server_km: None,
-            keys_installed: false,
+            data_keys: None,
+            rx_installed: false,
+            tx_installed: false,
         }
     }
 }
