@@ -657,4 +657,13 @@ groups = ["engineering"]
         let e = EndpointConfig::parse("name = \"x\"\nbogus = 1\n").unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
     }
+
+    #[test]
+    fn the_documented_example_parses_and_compiles() {
+        let text = include_str!("../../docs/example-endpoint.toml");
+        let c = EndpointConfig::parse(text).unwrap();
+        assert!(c.listeners().is_ok());
+        assert_eq!(c.ciphers().unwrap().len(), 2);
+        crate::policy::compile(&c.policy(), &|_| Some(1)).unwrap();
+    }
 }
