@@ -3,7 +3,7 @@
 //! reloads the policy live on SIGHUP, `portcullis reload` or a change of the file; expires
 //! flows; shuts down cleanly on SIGTERM.
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -152,7 +152,7 @@ fn stamp(path: &Path) -> Option<SystemTime> {
 
 /// Runs until SIGTERM/SIGINT. `keep_maps`: leave the pinned maps at shutdown (so a new agent
 /// re-adopts translated flows).
-pub fn run(config_path: &Path, keep_maps: bool) -> Result<()> {
+pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
     let cfg = EndpointConfig::load(config_path)
         .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", config_path.display()))?;
     let compiled = compile(&cfg, None)?;
@@ -171,10 +171,9 @@ pub fn run(config_path: &Path, keep_maps: bool) -> Result<()> {
             1500,
         ))
         .with_context(|| format!("creating the TAP device {tap_name}"))?;
-    let pin_root = PathBuf::from(datapath::DEFAULT_PIN_ROOT);
     let mut dp = Datapath::load(DatapathOptions {
         endpoint: cfg.name.clone(),
-        pin_root,
+        pin_root: pin_root.to_path_buf(),
         tap_ifindex: tap.ifindex,
         tap_name: tap_name.into(),
         tap_mac: tap.mac,

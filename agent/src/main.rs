@@ -24,6 +24,9 @@ enum Command {
         /// Leave the pinned maps at shutdown, so a new agent re-adopts the live flows.
         #[arg(long)]
         keep_maps: bool,
+        /// bpffs directory under which the endpoint's pins live (<pin-root>/<name>).
+        #[arg(long, default_value = portcullis::datapath::DEFAULT_PIN_ROOT)]
+        pin_root: PathBuf,
     },
     /// Validate a configuration file and print a summary of the compiled policy.
     Check {
@@ -206,7 +209,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     use portcullis::agent::{admin_request, AdminRequest};
     match cli.command {
-        Command::Run { config, keep_maps } => portcullis::agent::run(&config, keep_maps),
+        Command::Run {
+            config,
+            keep_maps,
+            pin_root,
+        } => portcullis::agent::run(&config, keep_maps, &pin_root),
         Command::Check { config, json } => portcullis::agent::check(&config, json),
         Command::Reload { admin } => {
             let v = admin_request(&admin.socket()?, &AdminRequest::Reload)?;
