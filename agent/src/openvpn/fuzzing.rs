@@ -29,6 +29,9 @@ use super::tls_crypt::{self, PacketIdSender, Role, StaticKey, TlsCryptKey, TlsCr
 /// A fuzz target body.
 pub type Body = fn(&[u8]);
 
+/// The whole server (in its own module: it needs certificates and the in-memory client).
+pub use super::fuzz_server::server;
+
 /// Every target: its name (the `fuzz_targets/<name>.rs` file and the corpus directory) and body.
 pub const TARGETS: &[(&str, Body)] = &[
     ("packet_decode", packet_decode),
@@ -36,6 +39,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("reliable", reliable),
     ("control_message", control_message),
     ("tls_crypt_unwrap", tls_crypt_unwrap),
+    ("server", server),
 ];
 
 /// The two session ids of the observed run (a) (protocol doc §1.4): client and server.

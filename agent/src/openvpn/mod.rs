@@ -20,6 +20,8 @@ pub mod cookie;
 pub mod crypto;
 /// Fuzz target bodies shared by `agent/fuzz` and the corpus replay test (docs/fuzzing.md).
 #[doc(hidden)]
+pub mod fuzz_server;
+#[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;
 pub mod options;
