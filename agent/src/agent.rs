@@ -84,21 +84,39 @@ pub fn compile(
     )
 }
 
+/// Loads the file and compiles its policy; the file's errors and the policy compiler's are
+/// reported together (with the compiler's warnings), so one round fixes them all.
+fn load_and_compile(
+    path: &Path,
+    resolve_ifindex: &dyn Fn(&str) -> Option<u32>,
+    previous: Option<&BTreeMap<String, u16>>,
+) -> Result<(EndpointConfig, CompiledPolicy)> {
+    let cfg = EndpointConfig::load_unvalidated(path)
+        .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", path.display()))?;
+    let mut errors: Vec<String> = match cfg.validate() {
+        Ok(()) => Vec::new(),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    };
+    match policy::compile_with_previous(&cfg.policy(), resolve_ifindex, previous) {
+        Ok(compiled) if errors.is_empty() => return Ok((cfg, compiled)),
+        Ok(_) => {}
+        Err(errs) => errors.extend(errs.iter().map(|e| e.to_string())),
+    }
+    bail!(
+        "{} is invalid:\n{}",
+        path.display(),
+        errors
+            .iter()
+            .map(|e| format!("  {e}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
 /// `portcullis check`: validates the file (and the policy) and prints a summary.
 pub fn check(path: &Path, json: bool) -> Result<()> {
-    let cfg = EndpointConfig::load(path)
-        .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", path.display()))?;
     // Interfaces may not exist on the machine that checks: resolve them as index 1.
-    let compiled = policy::compile(&cfg.policy(), &|_| Some(1)).map_err(|errs| {
-        anyhow::anyhow!(
-            "{} is invalid:\n{}",
-            path.display(),
-            errs.iter()
-                .map(|e| format!("  {e}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
+    let (cfg, compiled) = load_and_compile(path, &|_| Some(1), None)?;
     let summary = serde_json::json!({
         "endpoint": cfg.name,
         "client_cidr": cfg.client_cidr.to_string(),
@@ -153,9 +171,7 @@ fn stamp(path: &Path) -> Option<SystemTime> {
 /// Runs until SIGTERM/SIGINT. `keep_maps`: leave the pinned maps at shutdown (so a new agent
 /// re-adopts translated flows).
 pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
-    let cfg = EndpointConfig::load(config_path)
-        .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", config_path.display()))?;
-    let compiled = compile(&cfg, None)?;
+    let (cfg, compiled) = load_and_compile(config_path, &|n| datapath::ifindex(n), None)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -289,6 +305,9 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
     result
 }
 
+/// One request line from an admin connection and where its reply goes.
+type AdminCall = (String, tokio::sync::oneshot::Sender<serde_json::Value>);
+
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     config_path: &Path,
@@ -315,6 +334,7 @@ async fn serve(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut connections: BTreeMap<u32, (ServerEvent, Instant)> = BTreeMap::new();
     let mut last_gc = Instant::now();
+    let (calls_tx, mut calls_rx) = tokio::sync::mpsc::channel::<AdminCall>(16);
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
@@ -344,50 +364,65 @@ async fn serve(
             }
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
-                let (rd, mut wr) = stream.into_split();
-                let mut lines = BufReader::new(rd).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let reply = match serde_json::from_str::<AdminRequest>(&line) {
-                        Ok(AdminRequest::Status) => status(dp, live, tunnel),
-                        Ok(AdminRequest::Reload) => {
-                            match reload(config_path, cfg, dp, tunnel, live) {
-                                Ok(g) => serde_json::json!({"ok": true, "generation": g}),
-                                Err(e) => serde_json::json!({"ok": false, "error": e}),
-                            }
+                // Each connection in its own task, its requests answered here: a client that
+                // connects and says nothing holds up neither signals nor ticks nor others.
+                let calls = calls_tx.clone();
+                tokio::spawn(async move {
+                    let (rd, mut wr) = stream.into_split();
+                    let mut lines = BufReader::new(rd).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        if calls.send((line, tx)).await.is_err() {
+                            break;
                         }
-                        Ok(AdminRequest::Connections) => {
-                            serde_json::json!({"ok": true, "connections": list(dp, tunnel, &connections)})
+                        let Ok(reply) = rx.await else { break };
+                        let mut out = reply.to_string();
+                        out.push('\n');
+                        if wr.write_all(out.as_bytes()).await.is_err() {
+                            break;
                         }
-                        Ok(AdminRequest::Terminate { id, user }) => {
-                            let ids: Vec<u32> = tunnel
-                                .sessions()
-                                .iter()
-                                .filter(|s| Some(s.peer_id) == id || (user.is_some() && s.common_name == user))
-                                .map(|s| s.peer_id)
-                                .collect();
-                            for i in &ids {
-                                tunnel.command(Command::Disconnect(*i));
-                            }
-                            serde_json::json!({"ok": !ids.is_empty(), "terminated": ids})
-                        }
-                        Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
-                    };
-                    let mut out = reply.to_string();
-                    out.push('\n');
-                    if wr.write_all(out.as_bytes()).await.is_err() {
-                        break;
                     }
-                }
+                });
+            }
+            Some((line, reply_tx)) = calls_rx.recv() => {
+                let reply = match serde_json::from_str::<AdminRequest>(&line) {
+                    Ok(AdminRequest::Status) => status(dp, live, tunnel),
+                    Ok(AdminRequest::Reload) => {
+                        match reload(config_path, cfg, dp, tunnel, live) {
+                            Ok(g) => serde_json::json!({"ok": true, "generation": g}),
+                            Err(e) => serde_json::json!({"ok": false, "error": e}),
+                        }
+                    }
+                    Ok(AdminRequest::Connections) => {
+                        serde_json::json!({"ok": true, "connections": list(dp, tunnel, &connections)})
+                    }
+                    Ok(AdminRequest::Terminate { id, user }) => {
+                        let ids: Vec<u32> = tunnel
+                            .sessions()
+                            .iter()
+                            .filter(|s| Some(s.peer_id) == id || (user.is_some() && s.common_name == user))
+                            .map(|s| s.peer_id)
+                            .collect();
+                        for i in &ids {
+                            tunnel.command(Command::Disconnect(*i));
+                        }
+                        serde_json::json!({"ok": !ids.is_empty(), "terminated": ids})
+                    }
+                    Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
+                };
+                let _ = reply_tx.send(reply);
             }
         }
     }
 }
 
 fn status(dp: &Datapath, live: &Arc<Mutex<Live>>, tunnel: &Tunnel) -> serde_json::Value {
+    // Before the lock: listing sessions needs the tunnel's control thread, which takes the
+    // lock to resolve the groups of a connecting client.
+    let sessions = tunnel.sessions();
     let l = live.lock().unwrap_or_else(|e| e.into_inner());
     let drops = dp.maps.drop_counters().unwrap_or_default();
     let flows = dp.maps.flows().map(|f| f.len()).unwrap_or(0);
-    let sessions = tunnel.sessions();
     serde_json::json!({
         "ok": true,
         "generation": l.generation,
@@ -445,9 +480,11 @@ fn reload(
     let mut l = live.lock().unwrap_or_else(|e| e.into_inner());
     l.config_stamp = stamp(config_path);
     let result = (|| -> Result<u32> {
-        let cfg = EndpointConfig::load(config_path)
-            .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", config_path.display()))?;
-        let compiled = compile(&cfg, Some(&l.compiled.group_bits))?;
+        let (cfg, compiled) = load_and_compile(
+            config_path,
+            &|n| datapath::ifindex(n),
+            Some(&l.compiled.group_bits),
+        )?;
         if cfg.client_cidr != running.client_cidr
             || cfg.listen != running.listen
             || cfg.tls != running.tls
@@ -461,18 +498,7 @@ fn reload(
             bail!("adding or removing target networks needs a restart (the XDP program attaches to their interfaces)");
         }
         let g = reconcile::reconcile(&mut dp.maps, &compiled)?;
-        // Live sessions get their new group bitmaps.
-        let policy = cfg.policy();
-        for s in tunnel.sessions() {
-            if let (Some(addr), Some(user)) = (s.tunnel_addr, s.common_name.as_deref()) {
-                if let Ok(Some(mut info)) = dp.maps.client(addr) {
-                    let groups = policy.local_groups_of(user);
-                    info.groups = compiled.groups_bitmap(groups.iter().map(String::as_str));
-                    let _ = dp.maps.upsert_client(addr, info);
-                }
-            }
-        }
-        l.policy = policy;
+        l.policy = cfg.policy();
         l.compiled = compiled;
         l.generation = g;
         Ok(g)
@@ -481,6 +507,24 @@ fn reload(
         Ok(g) => {
             l.reloads += 1;
             l.last_reload_error = None;
+            drop(l);
+            // Live sessions get their new group bitmaps. The sessions are listed without the
+            // lock: the tunnel's control thread takes it to resolve the groups of a client
+            // that connects meanwhile (which then either has the new policy already, or is
+            // in this list because it connected before).
+            let sessions = tunnel.sessions();
+            let l = live.lock().unwrap_or_else(|e| e.into_inner());
+            for s in sessions {
+                if let (Some(addr), Some(user)) = (s.tunnel_addr, s.common_name.as_deref()) {
+                    if let Ok(Some(mut info)) = dp.maps.client(addr) {
+                        let groups = l.policy.local_groups_of(user);
+                        info.groups = l.compiled.groups_bitmap(groups.iter().map(String::as_str));
+                        if let Err(e) = dp.maps.upsert_client(addr, info) {
+                            tracing::error!(%addr, user, error = %e, "updating the groups of a live session");
+                        }
+                    }
+                }
+            }
             tracing::info!(
                 generation = g,
                 took_ms = t0.elapsed().as_millis() as u64,

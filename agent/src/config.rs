@@ -169,6 +169,41 @@ fn default_auth_methods() -> Vec<String> {
     vec!["certificate".into()]
 }
 
+/// The field path (`route[1].destination`, `tls.key`, `client_cidr`) of the key on line
+/// `line` (1-based) of a TOML text, from the table headers above it; the table alone when
+/// the line holds no `key = ...` (a continuation of a multi-line value).
+fn key_path_at(text: &str, line: usize) -> Option<String> {
+    let mut table: Option<String> = None;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for l in lines.iter().take(line.saturating_sub(1)) {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_owned();
+            let n = counts.entry(name.clone()).or_insert(0);
+            table = Some(format!("{name}[{n}]"));
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = Some(name.trim().to_owned());
+        }
+    }
+    let key = lines
+        .get(line.checked_sub(1)?)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim())
+        .filter(|k| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        });
+    match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (None, Some(k)) => Some(k.to_owned()),
+        (Some(t), None) => Some(t),
+        (None, None) => None,
+    }
+}
+
 /// A listener from `listen`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Listener {
@@ -210,6 +245,17 @@ impl EndpointConfig {
     /// Reads, parses and validates `path`. Relative file paths inside are relative to the
     /// file's directory.
     pub fn load(path: &Path) -> Result<EndpointConfig, ConfigErrors> {
+        let cfg = Self::load_unvalidated(path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses `path` and resolves the relative paths in it, without [`validate`]
+    /// (for the admin socket path of a file being edited, or to collect the file's and the
+    /// policy compiler's errors together).
+    ///
+    /// [`validate`]: EndpointConfig::validate
+    pub fn load_unvalidated(path: &Path) -> Result<EndpointConfig, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![err(
                 path.display().to_string(),
@@ -218,7 +264,6 @@ impl EndpointConfig {
         })?;
         let mut cfg = Self::parse(&text)?;
         cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
-        cfg.validate()?;
         Ok(cfg)
     }
 
@@ -229,7 +274,10 @@ impl EndpointConfig {
                 .span()
                 .map(|s| {
                     let line = text[..s.start].matches('\n').count() + 1;
-                    format!("line {line}")
+                    match key_path_at(text, line) {
+                        Some(k) => format!("line {line}, {k}"),
+                        None => format!("line {line}"),
+                    }
                 })
                 .unwrap_or_else(|| "file".into());
             ConfigErrors(vec![err(path, e.message().to_owned())])
@@ -250,6 +298,15 @@ impl EndpointConfig {
             fix(p);
         }
         if let Some(p) = &mut self.client_connect {
+            fix(p);
+        }
+        if let Some(p) = &mut self.admin_socket {
+            fix(p);
+        }
+        if let Some(p) = &mut self.logging.connection_log {
+            fix(p);
+        }
+        if let Some(p) = &mut self.logging.flow_log {
             fix(p);
         }
     }
@@ -617,6 +674,10 @@ groups = ["engineering"]
         let p = c.policy();
         assert_eq!(p.local_groups_of("alice"), vec!["engineering".to_owned()]);
         assert_eq!(c.admin_socket(), PathBuf::from("/run/portcullis/corp.sock"));
+        // A relative admin socket is relative to the file, as every other path.
+        std::fs::write(&f, format!("admin_socket = \"corp.sock\"\n{GOOD}")).unwrap();
+        let c = EndpointConfig::load(&f).unwrap();
+        assert_eq!(c.admin_socket(), d.0.join("corp.sock"));
     }
 
     #[test]
@@ -656,6 +717,15 @@ groups = ["engineering"]
         assert!(e.0[0].path.starts_with("line 2"), "{e}");
         let e = EndpointConfig::parse("name = \"x\"\nbogus = 1\n").unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+        // The field path of the bad value, from the table headers above it.
+        let bad = GOOD.replace(
+            "destination = \"10.0.0.0/16\"\ntarget",
+            "destination = \"10.0.0.0/33\"\ntarget",
+        );
+        let e = EndpointConfig::parse(&bad).unwrap_err();
+        assert!(e.0[0].path.ends_with(", route[0].destination"), "{e}");
+        let e = EndpointConfig::parse(&GOOD.replace("10.100.0.0/22", "10.100.0.0/x")).unwrap_err();
+        assert!(e.0[0].path.ends_with(", client_cidr"), "{e}");
     }
 
     #[test]

@@ -89,7 +89,26 @@ pub fn init(dir: &Path, name: &str, days: u32) -> Result<()> {
     Ok(())
 }
 
+/// The files are named after the CN: it must be a plain file name, and not the CA's own
+/// (`--cn ca` would overwrite `ca.crt` and `ca.key`, losing the CA).
+fn check_cn(dir: &Path, cn: &str) -> Result<()> {
+    if cn.is_empty()
+        || cn.starts_with('.')
+        || cn.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+    {
+        bail!("{cn:?} cannot name the certificate files: use a CN without `/`, `\\`, control characters or a leading `.`");
+    }
+    if cn == "ca" {
+        bail!(
+            "CN \"ca\" would overwrite the CA's own {}/ca.crt and ca.key: pick another name",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn issue(dir: &Path, cn: &str, server: bool, days: u32) -> Result<()> {
+    check_cn(dir, cn)?;
     let (ca, mut index) = load(dir)?;
     let v = Validity::days_from_now(days);
     let c = if server {

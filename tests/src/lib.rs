@@ -162,6 +162,7 @@ pub fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
     mac
 }
 
+pub mod agent;
 pub mod clients;
 pub mod frames;
 pub mod openvpn;

@@ -29,10 +29,14 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let ca = CertificateAuthority::generate("fuzz CA", Validity::days_from_now(3650))
-            .expect("CA");
-        let server = ca.issue_server("server", Validity::days_from_now(3650)).expect("server");
-        let client = ca.issue_client("alice", Validity::days_from_now(3650)).expect("client");
+        let ca =
+            CertificateAuthority::generate("fuzz CA", Validity::days_from_now(3650)).expect("CA");
+        let server = ca
+            .issue_server("server", Validity::days_from_now(3650))
+            .expect("server");
+        let client = ca
+            .issue_client("alice", Validity::days_from_now(3650))
+            .expect("client");
         let ctx = TlsContext::from_pem(
             &ca.cert_pem(),
             &server.cert_pem,
@@ -52,7 +56,10 @@ fn fixture() -> &'static Fixture {
 const MAX_SESSIONS: usize = 6;
 
 fn links(i: u8) -> Link {
-    let addr = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 10 + (i % 4)), 40000 + u16::from(i % 3)));
+    let addr = SocketAddr::from((
+        Ipv4Addr::new(192, 0, 2, 10 + (i % 4)),
+        40000 + u16::from(i % 3),
+    ));
     if i & 0x80 != 0 {
         Link::Tcp {
             conn: u64::from(i % 5),
@@ -118,7 +125,9 @@ pub fn server(data: &[u8]) {
     // Bounded by the input length: every round consumes at least one byte.
     while let Some((&head, rest)) = data.split_first() {
         let len = usize::from(rest.first().copied().unwrap_or(0)) * 8 % 1700;
-        let body = rest.get(1..1 + len.min(rest.len().saturating_sub(1))).unwrap_or(&[]);
+        let body = rest
+            .get(1..1 + len.min(rest.len().saturating_sub(1)))
+            .unwrap_or(&[]);
         data = rest.get(1 + body.len()..).unwrap_or(&[]);
         now += Duration::from_millis(u64::from(head & 0x0f) * 300);
         let link = links(head >> 4 | (head & 0x80));
@@ -139,10 +148,18 @@ pub fn server(data: &[u8]) {
                 assert!(p.len() <= MAX_CONTROL_PACKET_LEN + 64, "oversized packet");
                 if !known && to == link && !link.is_tcp() {
                     replies += 1;
-                    assert!(p.len() <= body.len() + 12, "amplification: {} → {}", body.len(), p.len());
+                    assert!(
+                        p.len() <= body.len() + 12,
+                        "amplification: {} → {}",
+                        body.len(),
+                        p.len()
+                    );
                 }
             }
-            assert!(replies <= 1, "{replies} replies to one packet from a new address");
+            assert!(
+                replies <= 1,
+                "{replies} replies to one packet from a new address"
+            );
         }
         server.handle_timeout(now);
         while server.poll_transmit().is_some() {}
@@ -169,7 +186,11 @@ pub fn server(data: &[u8]) {
 mod tests {
     #[test]
     fn server_body_runs_on_simple_inputs() {
-        for input in [&[][..], &[1], &[3, 0x10, 2, 0x38, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0]] {
+        for input in [
+            &[][..],
+            &[1],
+            &[3, 0x10, 2, 0x38, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0],
+        ] {
             super::server(input);
         }
     }
