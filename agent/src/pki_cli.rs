@@ -17,6 +17,10 @@ struct Index {
     /// Revoked serials (hex).
     revoked: Vec<String>,
     crl_number: u64,
+    /// Common name → "server" or "client": a re-issue (renewal) keeps the kind, so a client
+    /// certificate can never replace the server's files or the other way round.
+    #[serde(default)]
+    kinds: BTreeMap<String, String>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -110,6 +114,15 @@ fn check_cn(dir: &Path, cn: &str) -> Result<()> {
 pub fn issue(dir: &Path, cn: &str, server: bool, days: u32) -> Result<()> {
     check_cn(dir, cn)?;
     let (ca, mut index) = load(dir)?;
+    let kind = if server { "server" } else { "client" };
+    if let Some(k) = index.kinds.get(cn) {
+        if k != kind {
+            bail!(
+                "{cn:?} already names a {k} certificate in {}: pick another CN (re-issuing keeps the kind)",
+                dir.display()
+            );
+        }
+    }
     let v = Validity::days_from_now(days);
     let c = if server {
         ca.issue_server(cn, v)?
@@ -123,6 +136,7 @@ pub fn issue(dir: &Path, cn: &str, server: bool, days: u32) -> Result<()> {
         .entry(cn.to_owned())
         .or_default()
         .push(hex(&c.serial));
+    index.kinds.insert(cn.to_owned(), kind.to_owned());
     save_index(dir, &index)?;
     println!(
         "{} certificate for {cn:?}: {}/{cn}.crt, {cn}.key (serial {})",

@@ -34,6 +34,10 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
         }
     }
     writeln!(out, "resolv-retry infinite")?;
+    // Tells the server at once when the client quits, so its session and address are freed.
+    if listeners.iter().any(|l| matches!(l, Listener::Udp(_))) {
+        writeln!(out, "explicit-exit-notify 1")?;
+    }
     writeln!(out, "nobind")?;
     writeln!(out, "remote-cert-tls server")?;
     let ciphers = cfg.data_ciphers.join(":");

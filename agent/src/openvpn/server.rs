@@ -146,6 +146,10 @@ pub struct Server {
     cookie: HmacCookie,
     limiter: ResetLimiter,
     sessions: HashMap<Link, Entry>,
+    /// Sessions that ended recently, by address and client session id: their client's
+    /// retransmissions still carry a valid cookie, and must not bring them back (a refused
+    /// client would otherwise get a fresh session, and its tls-crypt ids from the start).
+    closed: HashMap<Link, (SessionId, Instant)>,
     timers: BinaryHeap<Reverse<(Instant, Link)>>,
     pool: AddressPool,
     peers: Arc<PeerTable>,
@@ -195,6 +199,7 @@ impl Server {
             tls,
             tls_crypt,
             sessions: HashMap::new(),
+            closed: HashMap::new(),
             timers: BinaryHeap::new(),
             pool,
             peers: Arc::new(PeerTable::default()),
@@ -294,6 +299,14 @@ impl Server {
                 if pkt.opcode == Opcode::HardResetClientV2 {
                     self.stateless_reset(link, addr, &pkt, now);
                 } else {
+                    if self
+                        .closed
+                        .get(&link)
+                        .is_some_and(|(sid, until)| *sid == pkt.session_id && now < *until)
+                    {
+                        self.stats.unroutable += 1;
+                        return;
+                    }
                     match self.cookie.verify(&pkt, addr, now) {
                         Ok(acc) => {
                             let _ = wrap_id;
@@ -497,6 +510,7 @@ impl Server {
                     }
                     let peer = s.peer().clone();
                     self.peers.remove(&peer);
+                    self.remember_closed(link, s.remote_session(), now);
                     if let Some(a) = e.tunnel_addr {
                         self.pool.release(a);
                     }
@@ -516,6 +530,23 @@ impl Server {
                 }
             }
         }
+    }
+
+    fn remember_closed(&mut self, link: Link, sid: SessionId, now: Instant) {
+        // A cookie is valid for up to 1.5 hand-windows (doc §3.3).
+        let until = now + self.settings.udp.hand_window * 2;
+        if self.closed.len() >= self.settings.max_sessions.max(64) {
+            self.closed.retain(|_, (_, u)| *u > now);
+            if self.closed.len() >= self.settings.max_sessions.max(64) {
+                // Bounded memory under churn: the oldest entries go first.
+                let mut v: Vec<_> = self.closed.iter().map(|(l, (_, u))| (*u, *l)).collect();
+                v.sort();
+                for (_, l) in v.iter().take(v.len() / 2) {
+                    self.closed.remove(l);
+                }
+            }
+        }
+        self.closed.insert(link, (sid, until));
     }
 
     /// Certificate-only authorization: a tunnel address and the push options.

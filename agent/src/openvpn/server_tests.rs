@@ -623,3 +623,36 @@ fn session_timeout_is_pushed_and_enforced() {
         vec![CloseReason::SessionTimeout]
     );
 }
+
+#[test]
+fn a_closed_session_is_not_revived_by_its_clients_retransmissions() {
+    let mut lab = Lab::new(true);
+    let l = link(40012);
+    let mut c = lab.client("alice");
+    // The client's reset and the stateless reply, then its first TLS packet (with the cookie).
+    let reset = c.poll_transmit(lab.now).remove(0);
+    lab.server.handle_control(l, &reset, lab.now);
+    let (_, reply) = lab.server.poll_transmit().unwrap();
+    c.on_packet(&reply, lab.now);
+    let hello = c.poll_transmit(lab.now);
+    for p in &hello {
+        lab.server.handle_control(l, p, lab.now);
+    }
+    assert_eq!(lab.server.session_count(), 1);
+    // The operator (or a failed handshake) ends it; the client, unaware, retransmits.
+    lab.server
+        .close_peer(0, CloseReason::Server("test".into()), lab.now);
+    assert_eq!(lab.server.session_count(), 0);
+    while lab.server.poll_transmit().is_some() {}
+    for p in &hello {
+        lab.server
+            .handle_control(l, p, lab.now + Duration::from_secs(2));
+    }
+    assert_eq!(lab.server.session_count(), 0, "revived from the cookie");
+    assert!(
+        lab.server.poll_transmit().is_none(),
+        "a revived session answered"
+    );
+    // A fresh connection from the same address (new session id) is still welcome.
+    lab.connect("alice", l);
+}
