@@ -3,6 +3,7 @@ pub mod agent;
 pub mod config;
 pub mod datapath;
 pub mod demo;
+pub mod explain;
 pub mod gateway;
 pub mod openvpn;
 pub mod pki;

@@ -50,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         action: ClientConfigCmd,
     },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyCmd,
+    },
     /// A small CA for endpoints without a PKI: init, issue-server, issue-client, revoke, crl.
     Pki {
         #[command(subcommand)]
@@ -133,6 +138,23 @@ enum ClientConfigCmd {
         cert: Option<PathBuf>,
         #[arg(long, requires = "cert")]
         key: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Dry run: would USER reach IP[:PORT/PROTO]? Names the deciding authorization rule,
+    /// route and security-group rule (local groups from the file).
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        user: String,
+        /// `10.0.0.5` (ICMP), `10.0.0.5:443/tcp`, `10.0.0.5:53/udp`.
+        #[arg(long)]
+        to: portcullis::explain::Target,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -277,6 +299,29 @@ fn run() -> Result<()> {
                 "{}",
                 portcullis::profile::render(&cfg, cert.as_deref(), key.as_deref())?
             );
+            Ok(())
+        }
+        Command::Policy {
+            action:
+                PolicyCmd::Explain {
+                    config,
+                    user,
+                    to,
+                    json,
+                },
+        } => {
+            let cfg = portcullis::config::EndpointConfig::load_unvalidated(&config)
+                .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", config.display()))?;
+            let e = portcullis::explain::explain(&cfg.policy(), &user, to)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                println!("{} (groups {:?}) -> {}", e.user, e.groups, e.destination);
+                for s in &e.steps {
+                    println!("  {s}");
+                }
+                println!("{}", e.verdict);
+            }
             Ok(())
         }
         Command::Pki { action } => match action {
