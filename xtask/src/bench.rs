@@ -13,11 +13,11 @@ use crate::{
 };
 
 /// Suites: name, binary in the `tests` package.
-const SUITES: &[(&str, &str)] = &[("datapath", "bench-datapath")];
+const SUITES: &[(&str, &str)] = &[("datapath", "bench-datapath"), ("tunnel", "bench-tunnel")];
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Suite to run (default: every suite). Known: datapath.
+    /// Suite to run (default: every suite). Known: datapath, tunnel.
     suite: Option<String>,
     /// Short runs (well under 3 minutes) that prove the harness works; figures not meaningful.
     #[arg(long)]

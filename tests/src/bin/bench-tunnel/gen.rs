@@ -199,8 +199,9 @@ pub fn run(o: GenOpts) -> Result<()> {
         (0usize, 0usize, 0usize, 0usize, 0usize);
     let mut latencies_ms: Vec<f64> = Vec::new();
     let mut auth_failed: Vec<String> = Vec::new();
-    let mut first: Option<(Instant, CpuSample)> = None;
-    let mut last: Option<(Instant, CpuSample)> = None;
+    // (time, server and machine CPU, the generator's own CPU seconds)
+    let mut first: Option<(Instant, CpuSample, f64)> = None;
+    let mut last: Option<(Instant, CpuSample, f64)> = None;
     let mut held_at: Option<Instant> = None;
     let mut packets_tx = 0usize;
     let mut packets_rx = 0usize;
@@ -248,7 +249,7 @@ pub fn run(o: GenOpts) -> Result<()> {
                 state: State::Handshaking,
             };
             if first.is_none() {
-                first = Some((now, CpuSample::take(&o.gw)));
+                first = Some((now, CpuSample::take(&o.gw), own_cpu_seconds()));
             }
             packets_tx += send_all(&mut slot, now);
             slots.push(slot);
@@ -291,9 +292,8 @@ pub fn run(o: GenOpts) -> Result<()> {
                     if s.client.push_reply.is_some() {
                         if s.client.pushed_addr().is_some() {
                             completed += 1;
-                            latencies_ms
-                                .push(now.duration_since(s.started).as_secs_f64() * 1e3);
-                            last = Some((now, CpuSample::take(&o.gw)));
+                            latencies_ms.push(now.duration_since(s.started).as_secs_f64() * 1e3);
+                            last = Some((now, CpuSample::take(&o.gw), own_cpu_seconds()));
                         } else {
                             // A PUSH_REPLY without an address (pool exhausted): not a usable
                             // session.
@@ -354,16 +354,17 @@ pub fn run(o: GenOpts) -> Result<()> {
         }
     }
     latencies_ms.sort_by(f64::total_cmp);
-    let (seconds, server_cpu_s, machine) = match (&first, &last) {
-        (Some((t0, c0)), Some((t1, c1))) => {
+    let (seconds, server_cpu_s, gen_cpu_s, machine) = match (&first, &last) {
+        (Some((t0, c0, g0)), Some((t1, c1, g1))) => {
             let d = c1.since(c0);
             (
                 t1.duration_since(*t0).as_secs_f64(),
                 d.gateway_s,
+                g1 - g0,
                 d.to_json(),
             )
         }
-        _ => (f64::NAN, f64::NAN, serde_json::Value::Null),
+        _ => (f64::NAN, f64::NAN, f64::NAN, serde_json::Value::Null),
     };
     let result = json!({
         "mode": if o.hold { "hold" } else { "rate" },
@@ -385,6 +386,10 @@ pub fn run(o: GenOpts) -> Result<()> {
         },
         "server_cpu_s": server_cpu_s,
         "server_cpu_ms_per_handshake": server_cpu_s * 1e3 / completed as f64,
+        "handshakes_per_server_cpu_second": completed as f64 / server_cpu_s,
+        "server_busy_fraction": server_cpu_s / seconds,
+        "generator_cpu_window_s": gen_cpu_s,
+        "generator_busy_fraction": gen_cpu_s / seconds,
         "machine_cpu": machine,
         "generator_cpu_s": own_cpu_seconds(),
         "generator_rounds": iterations,

@@ -68,26 +68,48 @@ pub fn gw_tasks(gw: &GwSpec) -> Vec<(u32, String)> {
     out
 }
 
-/// CPU seconds the gateway's tasks used so far. A whole process is read from
-/// `/proc/PID/stat` (which keeps the time of threads that exited); named threads from
-/// `/proc/PID/task/TID/stat`.
-pub fn gw_cpu_seconds(gw: &GwSpec) -> f64 {
-    let ticks: u64 = if gw.threads.is_empty() {
-        std::fs::read_to_string(format!("/proc/{}/stat", gw.pid))
-            .ok()
-            .and_then(|t| parse_stat(&t))
-            .map_or(0, |(_, t)| t)
+/// On-CPU time of one task in seconds: `/proc/PID/task/TID/schedstat` (nanoseconds) where
+/// the kernel has it, else utime + stime from its `stat` (clock ticks, 10 ms).
+fn task_cpu_seconds(pid: u32, tid: u32) -> Option<f64> {
+    let base = format!("/proc/{pid}/task/{tid}");
+    if let Some(ns) = std::fs::read_to_string(format!("{base}/schedstat"))
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+    {
+        return Some(ns as f64 / 1e9);
+    }
+    let (_, ticks) = parse_stat(&std::fs::read_to_string(format!("{base}/stat")).ok()?)?;
+    Some(ticks as f64 / clk_tck())
+}
+
+/// Whether per-task CPU time comes in nanoseconds (schedstat) or in clock ticks.
+pub fn cpu_time_source() -> &'static str {
+    if Path::new("/proc/self/schedstat").exists() {
+        "/proc/PID/task/TID/schedstat (on-CPU ns)"
     } else {
-        gw_tasks(gw)
-            .iter()
-            .filter_map(|(tid, _)| {
-                std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", gw.pid)).ok()
+        "/proc/PID/task/TID/stat utime+stime (clock ticks)"
+    }
+}
+
+/// CPU seconds the gateway's tasks used so far (tasks that exited no longer count: both
+/// servers keep their threads for the whole run).
+pub fn gw_cpu_seconds(gw: &GwSpec) -> f64 {
+    gw_tasks(gw)
+        .iter()
+        .filter_map(|(tid, _)| task_cpu_seconds(gw.pid, *tid))
+        .sum()
+}
+
+/// CPU seconds of every task of every process in `pids`.
+pub fn pids_cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter()
+        .map(|&pid| {
+            gw_cpu_seconds(&GwSpec {
+                pid,
+                threads: Vec::new(),
             })
-            .filter_map(|t| parse_stat(&t))
-            .map(|(_, t)| t)
-            .sum()
-    };
-    ticks as f64 / clk_tck()
+        })
+        .sum()
 }
 
 /// The aggregate `cpu` line of `/proc/stat`, in ticks.
@@ -253,7 +275,8 @@ impl PerfRun {
     pub fn start(target: &PerfTarget, dir: &Path, tag: &str) -> Option<PerfRun> {
         let out = dir.join(format!("perf-{tag}.txt"));
         let mut cmd = Command::new("perf");
-        cmd.args(["stat", "-x", ",", "-e", "cycles", "-o"]).arg(&out);
+        cmd.args(["stat", "-x", ",", "-e", "cycles", "-o"])
+            .arg(&out);
         match target {
             PerfTarget::Pid(p) => {
                 cmd.args(["-p", &p.to_string()]);
@@ -314,7 +337,13 @@ impl Drop for PerfRun {
 /// Round-trip times of `count` ICMP echoes from namespace `ns` to `dst`, one sent every
 /// `interval` whatever the replies do (so a slow reply does not slow the probe down), each
 /// waited for up to 1 s after the last send. `None` = lost.
-pub fn rtt_series(ns: &str, dst: Ipv4Addr, count: u16, interval: Duration, id: u16) -> Vec<Option<f64>> {
+pub fn rtt_series(
+    ns: &str,
+    dst: Ipv4Addr,
+    count: u16,
+    interval: Duration,
+    id: u16,
+) -> Vec<Option<f64>> {
     run_in_ns(ns, move || {
         let Ok(s) = IcmpSocket::new() else {
             return vec![None; usize::from(count)];
@@ -342,7 +371,9 @@ pub fn rtt_series(ns: &str, dst: Ipv4Addr, count: u16, interval: Duration, id: u
                 end.saturating_duration_since(now)
             };
             // One read (up to the socket's 20 ms receive timeout) per call.
-            if let Some((from, _code, icmp)) = s.wait_type(0, until_next.min(Duration::from_millis(1))) {
+            if let Some((from, _code, icmp)) =
+                s.wait_type(0, until_next.min(Duration::from_millis(1)))
+            {
                 let at = Instant::now();
                 if from != dst || icmp.len() < 8 {
                     continue;
@@ -355,7 +386,12 @@ pub fn rtt_series(ns: &str, dst: Ipv4Addr, count: u16, interval: Duration, id: u
                     }
                 }
             }
-            if next >= n && rtt.iter().zip(&sent).all(|(r, s)| r.is_some() || s.is_none()) {
+            if next >= n
+                && rtt
+                    .iter()
+                    .zip(&sent)
+                    .all(|(r, s)| r.is_some() || s.is_none())
+            {
                 break;
             }
         }
@@ -386,4 +422,86 @@ pub fn rtt_stats(series: &[Option<f64>]) -> Value {
         "max_ms": v.last().copied().unwrap_or(f64::NAN),
         "samples_ms": series,
     })
+}
+
+// ---- drop counters inside a namespace -------------------------------------------------------------
+
+/// UDP buffer errors and per-device drops of one namespace (read with `ip netns exec`,
+/// since /proc/net and rtnetlink answer for the reader's namespace).
+#[derive(Clone, Debug, Default)]
+pub struct NsDrops {
+    pub udp_rcvbuf_errors: u64,
+    pub udp_sndbuf_errors: u64,
+    pub udp_in_errors: u64,
+    /// `(ifname, rx_dropped, tx_dropped)`.
+    pub links: Vec<(String, u64, u64)>,
+}
+
+impl NsDrops {
+    pub fn read(ns: &str) -> NsDrops {
+        let mut d = NsDrops::default();
+        let run = |args: &[&str]| {
+            Command::new("ip")
+                .args(["netns", "exec", ns])
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let snmp = run(&["cat", "/proc/net/snmp"]);
+        let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+        if udp.len() >= 2 {
+            let names: Vec<&str> = udp[0].split_whitespace().collect();
+            let vals: Vec<&str> = udp[1].split_whitespace().collect();
+            let get = |k: &str| {
+                names
+                    .iter()
+                    .position(|n| *n == k)
+                    .and_then(|i| vals.get(i)?.parse().ok())
+                    .unwrap_or(0)
+            };
+            d.udp_rcvbuf_errors = get("RcvbufErrors");
+            d.udp_sndbuf_errors = get("SndbufErrors");
+            d.udp_in_errors = get("InErrors");
+        }
+        let links = run(&["ip", "-j", "-s", "link", "show"]);
+        if let Ok(Value::Array(a)) = serde_json::from_str::<Value>(&links) {
+            for l in a {
+                let st = &l["stats64"];
+                d.links.push((
+                    l["ifname"].as_str().unwrap_or("").to_string(),
+                    st["rx"]["dropped"].as_u64().unwrap_or(0),
+                    st["tx"]["dropped"].as_u64().unwrap_or(0),
+                ));
+            }
+        }
+        d
+    }
+
+    /// What changed since `before`, as JSON (links with no new drops left out).
+    pub fn since(&self, before: &NsDrops) -> Value {
+        let links: Vec<Value> = self
+            .links
+            .iter()
+            .filter_map(|(name, rx, tx)| {
+                let (brx, btx) = before
+                    .links
+                    .iter()
+                    .find(|l| &l.0 == name)
+                    .map_or((0, 0), |l| (l.1, l.2));
+                let (drx, dtx) = (rx.saturating_sub(brx), tx.saturating_sub(btx));
+                (drx + dtx > 0)
+                    .then(|| json!({"ifname": name, "rx_dropped": drx, "tx_dropped": dtx}))
+            })
+            .collect();
+        json!({
+            "udp_rcvbuf_errors": self.udp_rcvbuf_errors.saturating_sub(before.udp_rcvbuf_errors),
+            "udp_sndbuf_errors": self.udp_sndbuf_errors.saturating_sub(before.udp_sndbuf_errors),
+            "udp_in_errors": self.udp_in_errors.saturating_sub(before.udp_in_errors),
+            "link_drops": links,
+        })
+    }
 }
