@@ -706,8 +706,13 @@ async fn control_loop(mut c: ControlCtx) {
     loop {
         let now = Instant::now();
         if now >= next_maintenance {
-            c.server.tls_provider().maintain();
-            next_maintenance = now + Duration::from_secs(5);
+            if c.server.tls_provider().maintain() {
+                let n = c.server.cut_revoked(now);
+                if n > 0 {
+                    tracing::info!(sessions = n, "revoked certificates: sessions ended");
+                }
+            }
+            next_maintenance = now + Duration::from_secs(1);
         }
         if c.stop.load(Ordering::Relaxed) && shutting_down.is_none() {
             c.server.shutdown(now);

@@ -704,6 +704,30 @@ impl Server {
         }
     }
 
+    /// Ends the sessions whose certificate the current CRLs revoke (after a CRL reload): the
+    /// client is told `HALT` (a 2.6 client then exits instead of retrying a refused
+    /// certificate).
+    pub fn cut_revoked(&mut self, now: Instant) -> usize {
+        let tls = self.tls.clone();
+        let revoked: Vec<Link> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.session.identity().is_some_and(|id| tls.is_revoked(id)))
+            .map(|(l, _)| *l)
+            .collect();
+        for l in &revoked {
+            if let Some(e) = self.sessions.get_mut(l) {
+                e.session.shutdown(
+                    "HALT,certificate revoked",
+                    CloseReason::Server("certificate revoked".into()),
+                    now,
+                );
+            }
+            self.after(*l, now);
+        }
+        revoked.len()
+    }
+
     /// Starts a renegotiation of every established session now (operator request, tests).
     pub fn renegotiate_all(&mut self, now: Instant) {
         let links: Vec<Link> = self.sessions.keys().copied().collect();

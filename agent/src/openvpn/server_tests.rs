@@ -656,3 +656,60 @@ fn a_closed_session_is_not_revived_by_its_clients_retransmissions() {
     // A fresh connection from the same address (new session id) is still welcome.
     lab.connect("alice", l);
 }
+
+/// A TLS provider whose CRL "changes" on demand.
+struct Revoking {
+    config: Arc<rustls::ServerConfig>,
+    revoked_cn: std::sync::Mutex<Option<String>>,
+}
+
+impl TlsProvider for Revoking {
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.clone()
+    }
+    fn is_revoked(&self, id: &super::tls::ClientIdentity) -> bool {
+        self.revoked_cn.lock().unwrap().as_deref() == Some(id.common_name.as_str())
+    }
+}
+
+#[test]
+fn a_crl_reload_cuts_the_revoked_live_sessions_only() {
+    let pki = pki();
+    let ctx = TlsContext::from_pem(
+        &pki.ca.cert_pem(),
+        &pki.server.cert_pem,
+        &pki.server.key_pem,
+        &[],
+        &TlsOptions::default(),
+    )
+    .unwrap();
+    let provider = Arc::new(Revoking {
+        config: ctx.server_config(),
+        revoked_cn: std::sync::Mutex::new(None),
+    });
+    let now = Instant::now();
+    let server = Server::new(ServerSettings::default(), provider.clone(), None, now).unwrap();
+    let mut lab = Lab {
+        pki,
+        server,
+        tc: None,
+        now,
+    };
+    let mut alice = lab.connect("alice", link(40020));
+    let mut bob = lab.connect("bob", link(40021));
+    lab.events();
+    *provider.revoked_cn.lock().unwrap() = Some("bob".into());
+    assert_eq!(lab.server.cut_revoked(lab.now), 1);
+    lab.pump(&mut bob, link(40021));
+    lab.pump(&mut alice, link(40020));
+    assert!(
+        bob.messages.iter().any(|m| m.starts_with("HALT")),
+        "{:?}",
+        bob.messages
+    );
+    lab.now += Duration::from_secs(3);
+    lab.server.handle_timeout(lab.now);
+    let d = disconnected(&lab.events());
+    assert_eq!(d, vec![CloseReason::Server("certificate revoked".into())]);
+    assert_eq!(lab.server.session_count(), 1, "alice stays");
+}

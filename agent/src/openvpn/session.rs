@@ -37,7 +37,14 @@ use super::tls_crypt::{TlsCryptKey, TlsCryptSession};
 pub trait TlsProvider: Send + Sync {
     fn server_config(&self) -> Arc<rustls::ServerConfig>;
     /// Called every few seconds by the tunnel's control thread: pick up changed files.
-    fn maintain(&self) {}
+    /// True when the configuration changed (live sessions are then re-checked).
+    fn maintain(&self) -> bool {
+        false
+    }
+    /// Whether the current CRLs revoke this client.
+    fn is_revoked(&self, _id: &ClientIdentity) -> bool {
+        false
+    }
 }
 
 impl TlsProvider for Arc<rustls::ServerConfig> {
@@ -53,12 +60,17 @@ impl TlsProvider for super::tls::ReloadableTls {
 
     /// CRLs are checked on every new connection and renegotiation, so a republished CRL
     /// takes effect within one maintenance interval without a restart.
-    fn maintain(&self) {
-        let _ = self.reload_if_changed();
+    fn maintain(&self) -> bool {
+        let changed = matches!(self.reload_if_changed(), Some(Ok(())));
         let now = std::time::SystemTime::now();
         if self.current().any_crl_expired(now) {
             tracing::error!("a configured CRL is past its nextUpdate; publish a fresh one");
         }
+        changed
+    }
+
+    fn is_revoked(&self, id: &ClientIdentity) -> bool {
+        self.current().is_revoked(id)
     }
 }
 
@@ -242,6 +254,7 @@ struct Negotiated {
     derivation: KeyDerivation,
     peer_info: PeerInfo,
     common_name: String,
+    identity: ClientIdentity,
 }
 
 /// Largest TLS plaintext buffered from the client before it is parsed (a key-method-2 message
@@ -363,6 +376,11 @@ impl Session {
 
     pub fn common_name(&self) -> Option<&str> {
         self.negotiated.as_ref().map(|n| n.common_name.as_str())
+    }
+
+    /// The client certificate's identity (from key 0).
+    pub fn identity(&self) -> Option<&ClientIdentity> {
+        self.negotiated.as_ref().map(|n| &n.identity)
     }
 
     pub fn cipher(&self) -> Option<Cipher> {
@@ -1068,6 +1086,7 @@ fn step_key(
                         derivation,
                         peer_info: peer_info.clone(),
                         common_name: identity.common_name.clone(),
+                        identity: identity.clone(),
                     },
                     (Err(e), _) => {
                         refuse_after_key(ks, &km, cfg.transport, &rng, &e.auth_failed_message())?;

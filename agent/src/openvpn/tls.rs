@@ -75,6 +75,10 @@ pub struct CrlStatus {
     pub next_update: Option<SystemTime>,
     /// Number of revoked certificates listed.
     pub revoked: usize,
+    /// The issuer's name, as [`ClientIdentity::issuer`] spells it.
+    pub issuer: String,
+    /// Revoked serials, as [`serial_hex`] spells them (for cutting live sessions on reload).
+    pub revoked_serials: std::collections::BTreeSet<String>,
 }
 
 impl CrlStatus {
@@ -307,6 +311,14 @@ impl TlsContext {
         &self.crls
     }
 
+    /// Whether a configured CRL lists this (already verified) client certificate: live
+    /// sessions are checked against a reloaded CRL with this.
+    pub fn is_revoked(&self, id: &ClientIdentity) -> bool {
+        self.crls
+            .iter()
+            .any(|c| c.issuer == id.issuer && c.revoked_serials.contains(&id.serial_hex))
+    }
+
     pub fn any_crl_expired(&self, now: SystemTime) -> bool {
         self.crls.iter().any(|c| c.expired(now))
     }
@@ -434,6 +446,11 @@ fn crl_status(
         this_update: asn1_to_system(crl.last_update()),
         next_update: crl.next_update().map(asn1_to_system),
         revoked: crl.iter_revoked_certificates().count(),
+        issuer: crl.issuer().to_string(),
+        revoked_serials: crl
+            .iter_revoked_certificates()
+            .map(|r| serial_hex(r.raw_serial()))
+            .collect(),
     })
 }
 
@@ -925,7 +942,17 @@ mod tests {
                 "{v:?}"
             );
             assert!(describe_handshake_error(&e).contains("revoked"));
-            handshake(&ctx, client_config(&pki.ca.cert_pem(), Some(&bob), v)).unwrap();
+            let (_, server) =
+                handshake(&ctx, client_config(&pki.ca.cert_pem(), Some(&bob), v)).unwrap();
+            // Live sessions are re-checked by identity: bob is not listed, alice would be.
+            let id = client_identity(&server).unwrap();
+            assert!(!ctx.is_revoked(&id));
+            let alice = ClientIdentity {
+                common_name: "alice".into(),
+                serial_hex: serial_hex(&pki.alice.serial),
+                ..id
+            };
+            assert!(ctx.is_revoked(&alice), "{:?}", ctx.crls());
         }
     }
 
