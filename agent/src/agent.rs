@@ -333,6 +333,13 @@ async fn serve(
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut connections: BTreeMap<u32, (ServerEvent, Instant)> = BTreeMap::new();
+    let mut connlog = match &cfg.logging.connection_log {
+        Some(p) => Some(
+            crate::connlog::ConnectionLog::open(p, &cfg.name)
+                .with_context(|| format!("opening the connection log {}", p.display()))?,
+        ),
+        None => None,
+    };
     let mut last_gc = Instant::now();
     let (calls_tx, mut calls_rx) = tokio::sync::mpsc::channel::<AdminCall>(16);
     loop {
@@ -342,11 +349,17 @@ async fn serve(
             _ = hup.recv() => { let _ = reload(config_path, cfg, dp, tunnel, live); }
             _ = tick.tick() => {
                 while let Ok(ev) = events.try_recv() {
+                    if let Some(log) = &mut connlog {
+                        log.on_event(&ev, &|slot| dp.maps.session_stats(slot).unwrap_or_default());
+                    }
                     match &ev {
                         ServerEvent::Connected { peer_id, .. } => { connections.insert(*peer_id, (ev.clone(), Instant::now())); }
                         ServerEvent::Disconnected { peer_id, .. } => { connections.remove(peer_id); }
                         _ => {}
                     }
+                }
+                if let Some(log) = &mut connlog {
+                    log.tick(&|slot| dp.maps.session_stats(slot).unwrap_or_default());
                 }
                 if last_gc.elapsed() >= Duration::from_secs(5) {
                     last_gc = Instant::now();
