@@ -64,6 +64,7 @@ struct Live {
     config_stamp: Option<SystemTime>,
     reloads: u64,
     last_reload_error: Option<String>,
+    last_reconcile: Duration,
 }
 
 /// Compiles the policy part, with every error message.
@@ -235,6 +236,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         config_stamp: stamp(config_path),
         reloads: 0,
         last_reload_error: None,
+        last_reconcile: Duration::ZERO,
     }));
     let groups_of = {
         let live = live.clone();
@@ -294,6 +296,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         &tunnel,
         &live,
         ev_rx,
+        &tls,
     ));
     let _ = std::fs::remove_file(&socket);
     tracing::info!("shutting down: telling clients to reconnect");
@@ -317,6 +320,7 @@ async fn serve(
     tunnel: &Tunnel,
     live: &Arc<Mutex<Live>>,
     events: std::sync::mpsc::Receiver<ServerEvent>,
+    tls: &ReloadableTls,
 ) -> Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)
@@ -333,6 +337,18 @@ async fn serve(
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut connections: BTreeMap<u32, (ServerEvent, Instant)> = BTreeMap::new();
+    let metrics = Arc::new(Mutex::new(crate::metrics::Metrics::new()));
+    let _metrics_task = match cfg.metrics.listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+            Some(tokio::spawn(crate::metrics::serve(l, metrics.clone())))
+        }
+        None => None,
+    };
+    let mut ended = portcullis_common::SessionStats::default();
+    let mut counted = portcullis_common::SessionStats::default();
     let mut connlog = match &cfg.logging.connection_log {
         Some(p) => Some(
             crate::connlog::ConnectionLog::open(p, &cfg.name)
@@ -352,6 +368,21 @@ async fn serve(
                     if let Some(log) = &mut connlog {
                         log.on_event(&ev, &|slot| dp.maps.session_stats(slot).unwrap_or_default());
                     }
+                    {
+                        let m = metrics.lock().unwrap_or_else(|e| e.into_inner());
+                        let hs = match &ev {
+                            ServerEvent::Connected { handshake, .. } => Some(*handshake),
+                            _ => None,
+                        };
+                        m.on_event(&ev, hs);
+                    }
+                    if let ServerEvent::Disconnected { peer_id, tunnel_addr: Some(_), .. } = &ev {
+                        let s = dp.maps.session_stats(*peer_id).unwrap_or_default();
+                        ended.ingress_bytes += s.ingress_bytes;
+                        ended.egress_bytes += s.egress_bytes;
+                        ended.ingress_packets += s.ingress_packets;
+                        ended.egress_packets += s.egress_packets;
+                    }
                     match &ev {
                         ServerEvent::Connected { peer_id, .. } => { connections.insert(*peer_id, (ev.clone(), Instant::now())); }
                         ServerEvent::Disconnected { peer_id, .. } => { connections.remove(peer_id); }
@@ -361,8 +392,45 @@ async fn serve(
                 if let Some(log) = &mut connlog {
                     log.tick(&|slot| dp.maps.session_stats(slot).unwrap_or_default());
                 }
+                {
+                    // Totals: ended sessions plus the live ones, fed as counter increments.
+                    let mut total = ended;
+                    for id in connections.keys() {
+                        let s = dp.maps.session_stats(*id).unwrap_or_default();
+                        total.ingress_bytes += s.ingress_bytes;
+                        total.egress_bytes += s.egress_bytes;
+                        total.ingress_packets += s.ingress_packets;
+                        total.egress_packets += s.egress_packets;
+                    }
+                    let mut m = metrics.lock().unwrap_or_else(|e| e.into_inner());
+                    m.ingress_bytes.inc_by(total.ingress_bytes.saturating_sub(counted.ingress_bytes));
+                    m.egress_bytes.inc_by(total.egress_bytes.saturating_sub(counted.egress_bytes));
+                    m.ingress_packets.inc_by(total.ingress_packets.saturating_sub(counted.ingress_packets));
+                    m.egress_packets.inc_by(total.egress_packets.saturating_sub(counted.egress_packets));
+                    counted = portcullis_common::SessionStats {
+                        ingress_bytes: counted.ingress_bytes.max(total.ingress_bytes),
+                        egress_bytes: counted.egress_bytes.max(total.egress_bytes),
+                        ingress_packets: counted.ingress_packets.max(total.ingress_packets),
+                        egress_packets: counted.egress_packets.max(total.egress_packets),
+                    };
+                    if let Ok(d) = dp.maps.drop_counters() {
+                        m.set_drops(&d.iter().map(|(r, n)| (r.name().to_owned(), *n)).collect::<Vec<_>>());
+                    }
+                    let l = live.lock().unwrap_or_else(|e| e.into_inner());
+                    m.policy_generation.set(i64::from(l.generation));
+                    m.reconcile_seconds.set(l.last_reconcile.as_secs_f64());
+                    drop(l);
+                    m.map_entries.get_or_create(&crate::metrics::Map { map: "clients".into() }).set(connections.len() as i64);
+                }
                 if last_gc.elapsed() >= Duration::from_secs(5) {
                     last_gc = Instant::now();
+                    {
+                        let m = metrics.lock().unwrap_or_else(|e| e.into_inner());
+                        m.set_crls(tls.current().crls());
+                        if let Ok(f) = dp.maps.flows() {
+                            m.map_entries.get_or_create(&crate::metrics::Map { map: "conntrack".into() }).set(f.len() as i64);
+                        }
+                    }
                     if let Err(e) = dp.maps.gc(datapath::maps::monotonic_ns()) {
                         tracing::warn!(error = %e, "expiring flows");
                     }
@@ -510,7 +578,9 @@ fn reload(
         if compiled.targets.len() != l.compiled.targets.len() {
             bail!("adding or removing target networks needs a restart (the XDP program attaches to their interfaces)");
         }
+        let t = Instant::now();
         let g = reconcile::reconcile(&mut dp.maps, &compiled)?;
+        l.last_reconcile = t.elapsed();
         l.policy = cfg.policy();
         l.compiled = compiled;
         l.generation = g;

@@ -275,6 +275,7 @@ mod tests {
                 cipher: Cipher::Aes256Gcm,
                 tls_version: "TLSv1_3".into(),
                 peer_info: PeerInfo::parse("IV_PLAT=linux\n"),
+                handshake: Duration::from_millis(20),
             },
             &stats,
         );

@@ -6,6 +6,7 @@ pub mod datapath;
 pub mod demo;
 pub mod explain;
 pub mod gateway;
+pub mod metrics;
 pub mod openvpn;
 pub mod pki;
 pub mod pki_cli;

@@ -473,43 +473,50 @@ fn revoked_user_cannot_reconnect() {
     require_root!();
     let t0 = Instant::now();
     let lab = AgentLab::new(2, &["alice", "bob"], ENG_ALLOWED);
-    // Before: bob connects.
+    // Before: bob is connected.
     let bob = lab.connect(1, "bob");
-    bob.proc.stop();
-    drop(bob);
-    // The profile has no explicit-exit-notify, so the server keeps the session until it
-    // times out: end it by hand.
-    cli_ok(&[
-        "connections",
-        "terminate",
-        "--config",
-        &lab.config_arg(),
-        "--user",
-        "bob",
-    ]);
-    assert!(
-        poll(Duration::from_secs(3), || lab
-            .connections()
-            .is_empty()
-            .then_some(()))
-        .is_some(),
-        "{:#?}",
-        lab.connections()
-    );
+    assert!(lab
+        .connections()
+        .iter()
+        .any(|c| c["user"].as_str() == Some("bob")));
 
     let reloads = lab.agent().log_count("TLS configuration reloaded");
     let out = lab.pki.revoke("bob");
     assert!(out.contains("revoked"), "{out}");
     let revoked_at = Instant::now();
-    let picked = poll(Duration::from_secs(7), || {
+    let picked = poll(Duration::from_secs(4), || {
         (lab.agent().log_count("TLS configuration reloaded") > reloads).then_some(())
     });
     assert!(
         picked.is_some(),
-        "the agent did not reload the CRL within 7 s:\n{}",
+        "the agent did not reload the CRL within 4 s:\n{}",
         lab.agent().log_tail(30)
     );
     eprintln!("CRL picked up {:?} after the revoke", revoked_at.elapsed());
+    // The live session is cut at the reload, and the client is told to stop.
+    let cut = poll(Duration::from_secs(4), || {
+        (!lab
+            .connections()
+            .iter()
+            .any(|c| c["user"].as_str() == Some("bob")))
+        .then_some(())
+    });
+    assert!(cut.is_some(), "bob's live session survived the revocation");
+    eprintln!(
+        "live session cut {:?} after the revoke",
+        revoked_at.elapsed()
+    );
+    assert!(
+        poll(Duration::from_secs(3), || bob
+            .log()
+            .contains("Halt command was pushed by server")
+            .then_some(()))
+        .is_some(),
+        "bob was not told to stop:\n{}",
+        bob.log()
+    );
+    bob.proc.stop();
+    drop(bob);
 
     let start = Instant::now();
     let bob = lab.start_client(1, "bob");

@@ -91,6 +91,8 @@ pub enum ServerEvent {
         cipher: Cipher,
         tls_version: String,
         peer_info: PeerInfo,
+        /// From the session's first packet to the push.
+        handshake: Duration,
     },
     /// With [`AuthMode::External`]: decide with [`Server::authorize`].
     AuthRequired {
@@ -488,6 +490,7 @@ impl Server {
                         cipher,
                         tls_version,
                         peer_info,
+                        handshake: now.saturating_duration_since(e.session.created()),
                     });
                 }
                 SessionEvent::Rekeyed { key_id } => {

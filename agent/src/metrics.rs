@@ -1,0 +1,312 @@
+//! Prometheus metrics of a running endpoint, served at `GET /metrics` on `[metrics] listen`.
+//!
+//! The agent's main loop updates the values every second from the tunnel's events and the
+//! data path's counters; the HTTP side only encodes the registry. The HTTP handling is the
+//! minimum a scraper needs (one request per connection, bounded read, `Connection: close`).
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::openvpn::server::ServerEvent;
+use crate::openvpn::session::CloseReason;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Crl {
+    pub crl: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Map {
+    pub map: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub active_connections: Gauge,
+    pub connection_attempts: Family<Reason, Counter>,
+    pub auth_failures: Family<Reason, Counter>,
+    pub handshake_seconds: Histogram,
+    pub crl_days_to_expiry: Family<Crl, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub ingress_bytes: Counter,
+    pub egress_bytes: Counter,
+    pub ingress_packets: Counter,
+    pub egress_packets: Counter,
+    pub drops: Family<Reason, Counter>,
+    pub policy_generation: Gauge,
+    pub reconcile_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub map_entries: Family<Map, Gauge>,
+    /// Last absolute values of monotonic sources, to turn them into counter increments.
+    last_drops: std::collections::BTreeMap<String, u64>,
+}
+
+fn reason_class(r: &CloseReason) -> &'static str {
+    match r {
+        CloseReason::TlsError(e) if e.contains("revoked") => "certificate_revoked",
+        CloseReason::TlsError(e) if e.contains("expired") => "certificate_expired",
+        CloseReason::TlsError(_) => "tls",
+        CloseReason::AuthFailed(_) => "auth_failed",
+        CloseReason::HandshakeTimeout => "handshake_timeout",
+        CloseReason::ProtocolError(_) => "protocol",
+        _ => "other",
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("portcullis");
+        let m = Metrics {
+            active_connections: Gauge::default(),
+            connection_attempts: Family::default(),
+            auth_failures: Family::default(),
+            handshake_seconds: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            crl_days_to_expiry: Family::default(),
+            ingress_bytes: Counter::default(),
+            egress_bytes: Counter::default(),
+            ingress_packets: Counter::default(),
+            egress_packets: Counter::default(),
+            drops: Family::default(),
+            policy_generation: Gauge::default(),
+            reconcile_seconds: Gauge::default(),
+            map_entries: Family::default(),
+            last_drops: Default::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "active_connections",
+            "Established sessions",
+            m.active_connections.clone(),
+        );
+        registry.register(
+            "connection_attempts",
+            "Connection attempts by status (successful, failed)",
+            m.connection_attempts.clone(),
+        );
+        registry.register(
+            "authentication_failures",
+            "Refused or failed connection attempts by reason",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "handshake_duration_seconds",
+            "From the first packet to the push",
+            m.handshake_seconds.clone(),
+        );
+        registry.register(
+            "crl_days_to_expiry",
+            "Days until each CRL's nextUpdate (negative: expired)",
+            m.crl_days_to_expiry.clone(),
+        );
+        registry.register(
+            "ingress_bytes",
+            "Bytes from clients into the networks (ended sessions included)",
+            m.ingress_bytes.clone(),
+        );
+        registry.register(
+            "egress_bytes",
+            "Bytes from the networks to clients (ended sessions included)",
+            m.egress_bytes.clone(),
+        );
+        registry.register(
+            "ingress_packets",
+            "Packets from clients into the networks",
+            m.ingress_packets.clone(),
+        );
+        registry.register(
+            "egress_packets",
+            "Packets from the networks to clients",
+            m.egress_packets.clone(),
+        );
+        registry.register(
+            "datapath_drops",
+            "Packets dropped by the XDP data path, by reason",
+            m.drops.clone(),
+        );
+        registry.register(
+            "policy_generation",
+            "Active policy generation",
+            m.policy_generation.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of the last policy reconcile",
+            m.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "map_entries",
+            "Entries in data-path maps",
+            m.map_entries.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn on_event(&self, ev: &ServerEvent, handshake: Option<Duration>) {
+        match ev {
+            ServerEvent::Connected { .. } => {
+                self.active_connections.inc();
+                self.connection_attempts
+                    .get_or_create(&Reason {
+                        reason: "successful".into(),
+                    })
+                    .inc();
+                if let Some(h) = handshake {
+                    self.handshake_seconds.observe(h.as_secs_f64());
+                }
+            }
+            ServerEvent::Disconnected {
+                tunnel_addr,
+                reason,
+                ..
+            } => {
+                if tunnel_addr.is_some() {
+                    self.active_connections.dec();
+                } else {
+                    self.connection_attempts
+                        .get_or_create(&Reason {
+                            reason: "failed".into(),
+                        })
+                        .inc();
+                    self.auth_failures
+                        .get_or_create(&Reason {
+                            reason: reason_class(reason).into(),
+                        })
+                        .inc();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sets monotonic drop totals (as the data path counts them).
+    pub fn set_drops(&mut self, totals: &[(String, u64)]) {
+        for (name, v) in totals {
+            let last = self.last_drops.entry(name.clone()).or_insert(0);
+            if *v > *last {
+                self.drops
+                    .get_or_create(&Reason {
+                        reason: name.clone(),
+                    })
+                    .inc_by(*v - *last);
+                *last = *v;
+            }
+        }
+    }
+
+    pub fn set_crls(&self, crls: &[crate::openvpn::tls::CrlStatus]) {
+        let now = SystemTime::now();
+        for c in crls {
+            let days = match c.next_update {
+                Some(n) => match n.duration_since(now) {
+                    Ok(d) => d.as_secs_f64() / 86_400.0,
+                    Err(e) => -(e.duration().as_secs_f64() / 86_400.0),
+                },
+                None => f64::INFINITY,
+            };
+            self.crl_days_to_expiry
+                .get_or_create(&Crl {
+                    crl: c.path.display().to_string(),
+                })
+                .set(days);
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `GET /metrics` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Mutex<Metrics>>) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut n = 0;
+            // A request line and headers, bounded in size and time.
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while n < buf.len() {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if req.starts_with("GET /metrics ") || req.starts_with("GET / ") {
+                let body = metrics.lock().unwrap_or_else(|e| e.into_inner()).encode();
+                ("200 OK", body)
+            } else {
+                ("404 Not Found", "only GET /metrics is served\n".to_owned())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn scrape_over_http() {
+        let mut m = Metrics::new();
+        m.set_drops(&[("not_authorized".into(), 3)]);
+        m.set_drops(&[("not_authorized".into(), 5)]);
+        m.policy_generation.set(7);
+        let m = Arc::new(Mutex::new(m));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(serve(l, m));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        task.abort();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        assert!(
+            out.contains("portcullis_datapath_drops_total{reason=\"not_authorized\"} 5"),
+            "{out}"
+        );
+        assert!(out.contains("portcullis_policy_generation 7"), "{out}");
+        assert!(out.contains("portcullis_active_connections 0"), "{out}");
+    }
+}
