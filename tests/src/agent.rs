@@ -238,6 +238,12 @@ split_tunnel = true
 dns_servers = ["10.0.0.2"]
 admin_socket = "admin.sock"
 
+[logging]
+connection_log = "connections.log"
+
+[metrics]
+listen = "127.0.0.1:9108"
+
 [tls]
 cert = "pki/server.crt"
 key = "pki/server.key"
@@ -649,4 +655,23 @@ pub fn private_network() -> (NetNs, NetNs) {
     ]);
     net.ip(&["route", "add", "default", "via", &GW_NET_ADDR.to_string()]);
     (gw, net)
+}
+
+/// `GET /metrics` from the agent's metrics endpoint (127.0.0.1:9108 inside `ns`).
+pub fn scrape_metrics(ns: &NetNs) -> String {
+    let name = ns.name.clone();
+    crate::clients::run_in_ns(&name, || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:9108".parse().unwrap(),
+            Duration::from_secs(2),
+        )
+        .expect("metrics endpoint");
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
 }

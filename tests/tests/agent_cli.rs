@@ -304,6 +304,30 @@ fn run_connect_list_terminate() {
     .unwrap_or_else(|| panic!("no ingress counted: {:#?}", lab.connections()));
     assert!(c["egress_packets"].as_u64() > Some(0), "{c}");
 
+    // Metrics and the connection log see the session.
+    let m = poll(Duration::from_secs(3), || {
+        let m = tests::agent::scrape_metrics(&lab.gw);
+        (m.contains("portcullis_active_connections 1")
+            && !m.contains("portcullis_ingress_packets_total 0"))
+        .then_some(m)
+    })
+    .unwrap_or_else(|| panic!("metrics: {}", tests::agent::scrape_metrics(&lab.gw)));
+    assert!(m.starts_with("HTTP/1.1 200 OK"), "{m}");
+    assert!(
+        m.contains("portcullis_connection_attempts_total{reason=\"successful\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("portcullis_handshake_duration_seconds_count 1"),
+        "{m}"
+    );
+    let log = std::fs::read_to_string(lab.dir.path().join("connections.log")).unwrap_or_default();
+    let first: serde_json::Value =
+        serde_json::from_str(log.lines().next().unwrap_or("{}")).expect("JSON connection log");
+    assert_eq!(first["connection-attempt-status"], "successful", "{log}");
+    assert_eq!(first["common-name"], "alice", "{log}");
+    assert_eq!(first["device-ip"], addr.to_string(), "{log}");
+
     // The table form, and the raw admin protocol.
     let table = cli_ok(&["connections", "list", "--config", &lab.config_arg()]);
     assert!(
