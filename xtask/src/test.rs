@@ -173,7 +173,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
         runner.cargo("build agent binary", &["build", "--package", AGENT_PACKAGE]);
         runner.step("cleanup before privileged tests", false, cleanup::run);
         // Serial: the tests create network namespaces, links and pins. `--tests` leaves out
-        // the (empty) doc-tests so cargo's last "test result:" line is the real one.
+        // the (empty) doc-tests so cargo's last "test result:" line is the real one;
+        // `--no-fail-fast` runs every test file even when an earlier one fails.
         runner.cargo(
             "privileged tests (netns, root)",
             &[
@@ -181,6 +182,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
                 "--package",
                 PRIVILEGED_PACKAGE,
                 "--tests",
+                "--no-fail-fast",
                 "--",
                 "--test-threads=1",
             ],
