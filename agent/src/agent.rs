@@ -349,6 +349,14 @@ async fn serve(
     };
     let mut ended = portcullis_common::SessionStats::default();
     let mut counted = portcullis_common::SessionStats::default();
+    let mut flowlog = match &cfg.logging.flow_log {
+        Some(p) => Some((
+            crate::flowlog::FlowLog::open(p)
+                .with_context(|| format!("opening the flow log {}", p.display()))?,
+            dp.maps.take_deny_events()?,
+        )),
+        None => None,
+    };
     let mut connlog = match &cfg.logging.connection_log {
         Some(p) => Some(
             crate::connlog::ConnectionLog::open(p, &cfg.name)
@@ -391,6 +399,24 @@ async fn serve(
                 }
                 if let Some(log) = &mut connlog {
                     log.tick(&|slot| dp.maps.session_stats(slot).unwrap_or_default());
+                }
+                if let Some((log, rb)) = &mut flowlog {
+                    let policy = live.lock().unwrap_or_else(|e| e.into_inner()).policy.clone();
+                    // Bounded by the ring buffer's size (and its rate limit in XDP).
+                    while let Some(item) = rb.next() {
+                        if item.len() < std::mem::size_of::<portcullis_common::DenyEvent>() {
+                            continue;
+                        }
+                        // SAFETY: the XDP program writes whole DenyEvent records.
+                        let ev = unsafe {
+                            std::ptr::read_unaligned(item.as_ptr().cast::<portcullis_common::DenyEvent>())
+                        };
+                        let user = connections.get(&ev.slot).and_then(|(e, _)| match e {
+                            ServerEvent::Connected { common_name, .. } => Some(common_name.as_str()),
+                            _ => None,
+                        });
+                        log.record(&ev, user, &policy);
+                    }
                 }
                 {
                     // Totals: ended sessions plus the live ones, fed as counter increments.

@@ -5,6 +5,7 @@ pub mod connlog;
 pub mod datapath;
 pub mod demo;
 pub mod explain;
+pub mod flowlog;
 pub mod gateway;
 pub mod metrics;
 pub mod openvpn;

@@ -240,6 +240,7 @@ admin_socket = "admin.sock"
 
 [logging]
 connection_log = "connections.log"
+flow_log = "flows.log"
 
 [metrics]
 listen = "127.0.0.1:9108"

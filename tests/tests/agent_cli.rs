@@ -433,6 +433,22 @@ fn reload_changes_policy_live() {
     assert_eq!(st["generation"], gen0, "{st}");
     assert_eq!(st["last_reload_error"], serde_json::Value::Null, "{st}");
     assert!(st["drops"]["not_authorized"].as_u64() > Some(0), "{st}");
+    // The flow log names the user, the flow and the deciding rule.
+    let denied = poll(Duration::from_secs(3), || {
+        let log = std::fs::read_to_string(lab.dir.path().join("flows.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["user"] == "alice" && v["reason"] == "not_authorized")
+    })
+    .expect("a not_authorized record for alice in the flow log");
+    assert_eq!(denied["dst"], SERVER.to_string(), "{denied}");
+    assert_eq!(denied["protocol"], "icmp", "{denied}");
+    assert!(
+        denied["deciding-rule"]
+            .as_str()
+            .is_some_and(|r| r.contains("authorization")),
+        "{denied}"
+    );
 
     // Back in: allowed again, same session.
     lab.write_policy(ENG_ALLOWED);
