@@ -227,7 +227,22 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         None => None,
     };
     let provider: Arc<dyn TlsProvider> = tls.clone();
-    let server = Server::new(cfg.server_settings(), provider, tc, Instant::now())
+    let mut settings = cfg.server_settings();
+    let authorizer: Option<crate::tunnel::Authorizer> = cfg.client_connect.as_ref().map(|p| {
+        settings.auth = crate::openvpn::server::AuthMode::External;
+        let hook = crate::connect_hook::ConnectHook::new(p, &cfg.name);
+        let policy = cfg.policy();
+        let a: crate::tunnel::Authorizer = Arc::new(move |link, req| {
+            let groups = policy.local_groups_of(&req.identity.common_name);
+            let v = hook.decide(link, req, &groups);
+            if let Err(reason) = &v {
+                tracing::info!(%link, user = req.identity.common_name, reason, "client-connect hook refused");
+            }
+            v
+        });
+        a
+    });
+    let server = Server::new(settings, provider, tc, Instant::now())
         .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
     let live = Arc::new(Mutex::new(Live {
         policy: cfg.policy(),
@@ -276,6 +291,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
                 })
                 .collect(),
             workers: 0,
+            authorizer,
         },
         Box::new(hooks),
     )

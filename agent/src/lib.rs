@@ -1,6 +1,7 @@
 //! Portcullis agent library: the binary in `main.rs` is a thin CLI over these modules.
 pub mod agent;
 pub mod config;
+pub mod connect_hook;
 pub mod connlog;
 pub mod datapath;
 pub mod demo;

@@ -31,13 +31,20 @@ use crate::openvpn::server::{Server, ServerEvent};
 use crate::openvpn::session::CloseReason;
 
 /// Where the tunnel listens.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TunnelOptions {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
     /// Packet workers; 0 = one per CPU.
     pub workers: usize,
+    /// With `AuthMode::External`: decides each new connection (run on its own thread, so a
+    /// slow decision never stalls the control thread). Renegotiations are accepted.
+    pub authorizer: Option<Authorizer>,
 }
+
+/// A connection decision: `Err` is the reason sent in `AUTH_FAILED`.
+pub type Authorizer =
+    Arc<dyn Fn(Link, &crate::openvpn::session::AuthRequest) -> Result<(), String> + Send + Sync>;
 
 /// Called on the control thread for every server event (connect, disconnect, …): this is
 /// where the XDP clients map is kept in sync.
@@ -60,9 +67,15 @@ pub struct TunnelStats {
 }
 
 /// Requests to the control thread.
-#[derive(Debug)]
 pub enum Command {
     RenegotiateAll,
+    /// The decision on an `AuthRequired` event.
+    Authorize {
+        link: Link,
+        key_id: crate::openvpn::packet::KeyId,
+        verdict: Result<(), String>,
+        initial: bool,
+    },
     Disconnect(u32),
     /// Current sessions, as (peer-id, common name, tunnel address, link).
     List(std::sync::mpsc::Sender<Vec<SessionInfo>>),
@@ -600,6 +613,7 @@ impl Tunnel {
         }
         let stop2 = stop.clone();
         let stats2 = stats.clone();
+        let authorizer = opts.authorizer.clone();
         let ctl_tx2 = ctl_tx.clone();
         let control = std::thread::Builder::new()
             .name("pc-control".into())
@@ -611,6 +625,7 @@ impl Tunnel {
                 rt.block_on(control_loop(ControlCtx {
                     server,
                     hooks,
+                    authorizer,
                     rx: ctl_rx,
                     ctl_tx: ctl_tx2,
                     udp: control_socks,
@@ -672,6 +687,7 @@ impl Drop for Tunnel {
 struct ControlCtx {
     server: Server,
     hooks: Box<dyn TunnelHooks>,
+    authorizer: Option<Authorizer>,
     rx: mpsc::Receiver<Ctl>,
     ctl_tx: mpsc::Sender<Ctl>,
     udp: Vec<UdpSocket>,
@@ -759,6 +775,14 @@ fn handle_ctl(c: &mut ControlCtx, m: Ctl, now: Instant) {
         Ctl::Floated(from, to) => c.server.floated(from, to, now),
         Ctl::TcpClosed(link) => c.server.link_closed(link, now),
         Ctl::Cmd(Command::RenegotiateAll) => c.server.renegotiate_all(now),
+        Ctl::Cmd(Command::Authorize {
+            link,
+            key_id,
+            verdict,
+            initial,
+        }) => c
+            .server
+            .authorize_external(link, key_id, verdict, initial, now),
         Ctl::Cmd(Command::Disconnect(id)) => c.server.close_peer(
             id,
             CloseReason::Server("disconnected by operator".into()),
@@ -808,6 +832,31 @@ fn flush(c: &mut ControlCtx) {
         }
     }
     while let Some(ev) = c.server.poll_event() {
+        if let ServerEvent::AuthRequired { link, request } = &ev {
+            let (link, key_id, initial) = (*link, request.key_id, request.initial);
+            match (&c.authorizer, initial) {
+                (Some(a), true) => {
+                    let (a, req, tx) = (a.clone(), request.clone(), c.ctl_tx.clone());
+                    std::thread::spawn(move || {
+                        let verdict = a(link, &req);
+                        let _ = tx.blocking_send(Ctl::Cmd(Command::Authorize {
+                            link,
+                            key_id,
+                            verdict,
+                            initial,
+                        }));
+                    });
+                }
+                _ => {
+                    let _ = c.ctl_tx.try_send(Ctl::Cmd(Command::Authorize {
+                        link,
+                        key_id,
+                        verdict: Ok(()),
+                        initial,
+                    }));
+                }
+            }
+        }
         log_event(&ev);
         c.hooks.on_event(&ev);
     }

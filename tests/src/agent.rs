@@ -229,8 +229,22 @@ impl CliPki {
 /// rules, ...) is appended as is. Relative paths: the file lives in the lab directory, the
 /// PKI in `pki/`.
 pub fn endpoint_toml(policy: &str) -> String {
+    // Top-level keys at the start of `policy` (before its first table) must precede the
+    // tables of the file.
+    let split = policy
+        .lines()
+        .position(|l| l.trim_start().starts_with('['))
+        .unwrap_or(policy.lines().count());
+    let top: Vec<&str> = policy.lines().take(split).collect();
+    let rest: Vec<&str> = policy.lines().skip(split).collect();
+    let top: String = top
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let policy = rest.join("\n");
     format!(
-        r#"name = "{ENDPOINT}"
+        r#"{top}name = "{ENDPOINT}"
 client_cidr = "10.100.0.0/24"
 listen = ["udp://{UNDERLAY_GW}:{OVPN_PORT}", "tcp://{UNDERLAY_GW}:{OVPN_PORT}"]
 public_address = "{UNDERLAY_GW}"

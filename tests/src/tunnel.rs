@@ -136,6 +136,7 @@ impl TunnelLab {
                 udp: if opts.udp { vec![at] } else { vec![] },
                 tcp: if opts.tcp { vec![at] } else { vec![] },
                 workers: opts.workers,
+                authorizer: None,
             },
             Box::new(hooks),
         )

@@ -651,3 +651,43 @@ fn sigterm_cleans_up() {
         client.log()
     );
 }
+
+/// The client-connect hook decides per connection (AWS's client-connect handler): alice is
+/// allowed, bob is refused with the hook's message, which his client shows.
+#[test]
+fn client_connect_hook_decides() {
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tests::openvpn::TempDir::new("hook");
+    let hook = dir.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nin=$(cat)\ncase \"$in\" in\n  *'\"common-name\":\"bob\"'*) echo '{\"allow\":false,\"error-msg-on-denied-connection\":\"bob is on leave\"}';;\n  *) echo '{\"allow\":true}';;\nesac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let policy = format!("client_connect = \"{}\"\n{ENG_ALLOWED}", hook.display());
+    let lab = AgentLab::new(2, &["alice", "bob"], &policy);
+    let _alice = lab.connect(0, "alice");
+    let bob = lab.start_client(1, "bob");
+    assert!(
+        poll(Duration::from_secs(10), || bob
+            .log()
+            .contains("AUTH_FAILED")
+            .then_some(()))
+        .is_some(),
+        "bob was not refused:\n{}",
+        bob.log()
+    );
+    assert!(bob.log().contains("bob is on leave"), "{}", bob.log());
+    assert!(!bob.log().contains(COMPLETED));
+    // Bob's refused session lingers a few seconds (for AUTH_FAILED to be acked), never
+    // established.
+    let users: Vec<String> = lab
+        .connections()
+        .iter()
+        .filter(|c| c["established"] == true)
+        .filter_map(|c| c["user"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(users, vec!["alice".to_owned()]);
+}

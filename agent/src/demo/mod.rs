@@ -298,6 +298,7 @@ pub fn run(opts: DemoOptions) -> Result<()> {
             udp: vec![listen],
             tcp: vec![listen],
             workers: 0,
+            authorizer: None,
         },
         Box::new(hooks),
     )
