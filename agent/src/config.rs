@@ -579,6 +579,8 @@ impl EndpointConfig {
         };
         s.udp.ciphers = ciphers.clone();
         s.tcp.ciphers = ciphers;
+        s.udp.halt_on_session_timeout = self.disconnect_on_session_timeout;
+        s.tcp.halt_on_session_timeout = self.disconnect_on_session_timeout;
         s
     }
 

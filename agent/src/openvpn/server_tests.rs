@@ -622,6 +622,25 @@ fn session_timeout_is_pushed_and_enforced() {
         disconnected(&lab.events()),
         vec![CloseReason::SessionTimeout]
     );
+
+    // disconnect_on_session_timeout: the client is told to stop instead.
+    let mut lab = Lab::with(false, |s| {
+        s.push.session_timeout = Some(Duration::from_secs(30));
+        s.udp.halt_on_session_timeout = true;
+    });
+    let mut c = lab.connect("alice", l);
+    for _ in 0..40 {
+        lab.now += Duration::from_secs(1);
+        let ping = c.seal(&super::crypto::PING_MAGIC).unwrap();
+        let _ = lab.server.peers().open(l, &mut ping.clone(), lab.now);
+        lab.server.handle_timeout(lab.now);
+        lab.pump(&mut c, l);
+    }
+    assert!(
+        c.messages.iter().any(|m| m == "HALT,session timeout"),
+        "{:?}",
+        c.messages
+    );
 }
 
 #[test]

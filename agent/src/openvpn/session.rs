@@ -114,6 +114,10 @@ pub struct SessionConfig {
     pub auth_failed_linger: Duration,
     /// Longest session (AWS: 8–24 h); pushed as `session-timeout` and enforced here too.
     pub max_session: Option<Duration>,
+    /// At `max_session`: tell the client to stop (`HALT`, AWS's
+    /// `disconnect_on_session_timeout = true`: the user reconnects by hand) or to reconnect
+    /// at once (`RESTART`).
+    pub halt_on_session_timeout: bool,
     pub reliable: reliable::Config,
 }
 
@@ -130,6 +134,7 @@ impl Default for SessionConfig {
             transition_window: Duration::from_secs(300),
             auth_failed_linger: Duration::from_secs(5),
             max_session: None,
+            halt_on_session_timeout: false,
             reliable: reliable::Config::default(),
         }
     }
@@ -605,7 +610,12 @@ impl Session {
         if let Some(max) = self.cfg.max_session {
             if self.life == Life::Running && now.saturating_duration_since(self.created) >= max {
                 // The client is told to reconnect (and re-authenticate), as AWS does.
-                self.shutdown("RESTART", CloseReason::SessionTimeout, now);
+                let msg = if self.cfg.halt_on_session_timeout {
+                    "HALT,session timeout"
+                } else {
+                    "RESTART"
+                };
+                self.shutdown(msg, CloseReason::SessionTimeout, now);
                 return;
             }
         }
