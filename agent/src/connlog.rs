@@ -83,6 +83,12 @@ impl ConnectionLog {
         self
     }
 
+    /// A connection id unique within this agent's life (pid and sequence number).
+    fn next_id(&mut self) -> String {
+        self.seq += 1;
+        format!("cvpn-connection-{:08x}{:08x}", std::process::id(), self.seq)
+    }
+
     fn write(&mut self, v: Value) {
         let mut line = v.to_string();
         line.push('\n');
@@ -142,9 +148,8 @@ impl ConnectionLog {
                 peer_info,
                 ..
             } => {
-                self.seq += 1;
                 let a = Active {
-                    id: format!("cvpn-connection-{:08x}{:08x}", std::process::id(), self.seq),
+                    id: self.next_id(),
                     link: *link,
                     common_name: common_name.clone(),
                     device_ip: *tunnel_addr,
@@ -185,10 +190,9 @@ impl ConnectionLog {
                 }
                 None => {
                     // Never established: a failed attempt (TLS refused, AUTH_FAILED, timeout).
-                    self.seq += 1;
                     let start = SystemTime::now() - *duration;
                     let a = Active {
-                        id: format!("cvpn-connection-{:08x}{:08x}", std::process::id(), self.seq),
+                        id: self.next_id(),
                         link: *link,
                         common_name: common_name.clone().unwrap_or_else(|| "NA".into()),
                         device_ip: tunnel_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
@@ -233,14 +237,15 @@ impl ConnectionLog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::openvpn::crypto::Cipher;
     use crate::openvpn::options::PeerInfo;
     use crate::openvpn::session::CloseReason;
     use std::sync::{Arc, Mutex};
 
-    struct Shared(Arc<Mutex<Vec<u8>>>);
+    /// A log sink tests can read back (the flow log's tests use it too).
+    pub(crate) struct Shared(pub Arc<Mutex<Vec<u8>>>);
     impl Write for Shared {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(b);

@@ -91,19 +91,9 @@ impl FlowLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connlog::tests::Shared;
     use portcullis_common::FlowKey;
     use std::sync::{Arc, Mutex};
-
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn denial_names_user_tuple_reason_and_rule() {

@@ -84,6 +84,17 @@ pub struct PeerCounters {
     pub rx_rejected: AtomicU64,
 }
 
+impl PeerCounters {
+    /// (bytes, packets) in both directions: what the renegotiation limits count.
+    pub fn totals(&self) -> (u64, u64) {
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (
+            ld(&self.rx_bytes) + ld(&self.tx_bytes),
+            ld(&self.rx_packets) + ld(&self.tx_packets),
+        )
+    }
+}
+
 /// One connected client's data channel.
 pub struct DataPeer {
     pub peer_id: u32,

@@ -119,6 +119,17 @@ impl Lab {
         }
     }
 
+    /// `secs` seconds of a client that pings every second (so only a session limit ends it).
+    fn keep_alive(&mut self, c: &mut TestClient, l: Link, secs: u32) {
+        for _ in 0..secs {
+            self.now += Duration::from_secs(1);
+            let mut ping = c.seal(&super::crypto::PING_MAGIC).unwrap();
+            let _ = self.server.peers().open(l, &mut ping, self.now);
+            self.server.handle_timeout(self.now);
+            self.pump(c, l);
+        }
+    }
+
     fn events(&mut self) -> Vec<ServerEvent> {
         std::iter::from_fn(|| self.server.poll_event()).collect()
     }
@@ -606,13 +617,7 @@ fn session_timeout_is_pushed_and_enforced() {
         .contains("session-timeout 30"));
     lab.events();
     // Keep the client alive with pings until the session limit hits.
-    for _ in 0..40 {
-        lab.now += Duration::from_secs(1);
-        let ping = c.seal(&super::crypto::PING_MAGIC).unwrap();
-        let _ = lab.server.peers().open(l, &mut ping.clone(), lab.now);
-        lab.server.handle_timeout(lab.now);
-        lab.pump(&mut c, l);
-    }
+    lab.keep_alive(&mut c, l, 40);
     assert!(
         c.messages.iter().any(|m| m == "RESTART"),
         "{:?}",
@@ -629,13 +634,7 @@ fn session_timeout_is_pushed_and_enforced() {
         s.udp.halt_on_session_timeout = true;
     });
     let mut c = lab.connect("alice", l);
-    for _ in 0..40 {
-        lab.now += Duration::from_secs(1);
-        let ping = c.seal(&super::crypto::PING_MAGIC).unwrap();
-        let _ = lab.server.peers().open(l, &mut ping.clone(), lab.now);
-        lab.server.handle_timeout(lab.now);
-        lab.pump(&mut c, l);
-    }
+    lab.keep_alive(&mut c, l, 40);
     assert!(
         c.messages.iter().any(|m| m == "HALT,session timeout"),
         "{:?}",

@@ -474,27 +474,8 @@ impl Session {
         if let Ok(mut ks) = self.new_key_state(id, now) {
             let _ = ks.reliable.queue_reset(Opcode::SoftResetV1);
             self.pending = Some(ks);
-            self.reneg_base = (
-                now,
-                self.peer
-                    .counters
-                    .rx_bytes
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    + self
-                        .peer
-                        .counters
-                        .tx_bytes
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                self.peer
-                    .counters
-                    .rx_packets
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    + self
-                        .peer
-                        .counters
-                        .tx_packets
-                        .load(std::sync::atomic::Ordering::Relaxed),
-            );
+            let (bytes, packets) = self.peer.counters.totals();
+            self.reneg_base = (now, bytes, packets);
             self.drive(now);
         }
     }
@@ -643,11 +624,9 @@ impl Session {
             }
         }
         if self.established && self.life == Life::Running && self.pending.is_none() {
-            let use_ =
-                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-            let ctr = &self.peer.counters;
-            let bytes = use_(&ctr.rx_bytes) + use_(&ctr.tx_bytes) - self.reneg_base.1;
-            let packets = use_(&ctr.rx_packets) + use_(&ctr.tx_packets) - self.reneg_base.2;
+            let (bytes, packets) = self.peer.counters.totals();
+            let bytes = bytes - self.reneg_base.1;
+            let packets = packets - self.reneg_base.2;
             let r = &self.cfg.reneg;
             let due = r
                 .interval
@@ -887,14 +866,8 @@ impl Session {
             let p = self.pending.take().expect("checked");
             self.primary = p;
             // Whoever started it, the next server-initiated renegotiation counts from here.
-            let c = &self.peer.counters;
-            let ld =
-                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-            self.reneg_base = (
-                now,
-                ld(&c.rx_bytes) + ld(&c.tx_bytes),
-                ld(&c.rx_packets) + ld(&c.tx_packets),
-            );
+            let (bytes, packets) = self.peer.counters.totals();
+            self.reneg_base = (now, bytes, packets);
             self.events.push_back(SessionEvent::Rekeyed {
                 key_id: self.primary.id,
             });
