@@ -169,6 +169,45 @@ fn stamp(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// Loads and attaches the XDP data path for `policy` on `tap` and its target interfaces
+/// (re-adopting pins of a previous run), applies `compiled` as the first generation and
+/// reserves the PAT ports. Returns the data path and the active generation.
+pub fn start_datapath(
+    endpoint: &str,
+    pin_root: &Path,
+    tap: &Tap,
+    tap_name: &str,
+    policy: &PolicyInput,
+    compiled: &CompiledPolicy,
+) -> Result<(Datapath, u32)> {
+    let mut dp = Datapath::load(DatapathOptions {
+        endpoint: endpoint.to_owned(),
+        pin_root: pin_root.to_path_buf(),
+        tap_ifindex: tap.ifindex,
+        tap_name: tap_name.into(),
+        tap_mac: tap.mac,
+        gateway: policy.gateway_addr,
+        targets: policy
+            .target_networks
+            .iter()
+            .map(|t| t.interface.clone())
+            .collect(),
+        max_flows: None,
+        deny_events_per_sec: 1000,
+        mode: XdpMode::Driver,
+    })
+    .context("loading the XDP data path")?;
+    let generation = reconcile::reconcile(&mut dp.maps, compiled)?;
+    datapath::reserve_ports(
+        &compiled
+            .targets
+            .iter()
+            .map(|t| (t.port_min, t.port_max))
+            .collect::<Vec<_>>(),
+    )?;
+    Ok((dp, generation))
+}
+
 /// Runs until SIGTERM/SIGINT. `keep_maps`: leave the pinned maps at shutdown (so a new agent
 /// re-adopts translated flows).
 pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
@@ -188,30 +227,13 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
             1500,
         ))
         .with_context(|| format!("creating the TAP device {tap_name}"))?;
-    let mut dp = Datapath::load(DatapathOptions {
-        endpoint: cfg.name.clone(),
-        pin_root: pin_root.to_path_buf(),
-        tap_ifindex: tap.ifindex,
-        tap_name: tap_name.into(),
-        tap_mac: tap.mac,
-        gateway: cfg.gateway(),
-        targets: cfg
-            .target_network
-            .iter()
-            .map(|t| t.interface.clone())
-            .collect(),
-        max_flows: None,
-        deny_events_per_sec: 1000,
-        mode: XdpMode::Driver,
-    })
-    .context("loading the XDP data path")?;
-    let generation = reconcile::reconcile(&mut dp.maps, &compiled)?;
-    datapath::reserve_ports(
-        &compiled
-            .targets
-            .iter()
-            .map(|t| (t.port_min, t.port_max))
-            .collect::<Vec<_>>(),
+    let (mut dp, generation) = start_datapath(
+        &cfg.name,
+        pin_root,
+        &tap,
+        tap_name,
+        &cfg.policy(),
+        &compiled,
     )?;
     let tls = Arc::new(
         ReloadableTls::new(cfg.tls_files(), cfg.tls_options()).context("loading the TLS files")?,

@@ -15,11 +15,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::programs::XdpMode;
 use portcullis_common::{DenyEvent, DropReason};
 
 use crate::{
-    datapath::{self, maps::Maps, tap::Tap, Datapath, DatapathOptions},
+    datapath::{self, maps::Maps, tap::Tap},
     gateway::ClientsMapHooks,
     openvpn::{
         packet::Role,
@@ -29,7 +28,6 @@ use crate::{
     },
     pki,
     policy::{self, PolicyInput},
-    reconcile,
     tunnel::{Tunnel, TunnelOptions},
 };
 use net::{Ns, Topology};
@@ -197,23 +195,6 @@ pub fn run(opts: DemoOptions) -> Result<()> {
     ))?;
     let pin_root = std::path::PathBuf::from(datapath::DEFAULT_PIN_ROOT);
     datapath::remove_pins(&pin_root.join(ENDPOINT));
-    let mut dp = Datapath::load(DatapathOptions {
-        endpoint: ENDPOINT.into(),
-        pin_root,
-        tap_ifindex: tap.ifindex,
-        tap_name: TAP.into(),
-        tap_mac: tap.mac,
-        gateway: input.gateway_addr,
-        targets: input
-            .target_networks
-            .iter()
-            .map(|t| t.interface.clone())
-            .collect(),
-        max_flows: None,
-        deny_events_per_sec: 1000,
-        mode: XdpMode::Driver,
-    })
-    .context("loading the XDP data path")?;
     let compiled = policy::compile(&input, &|n| datapath::ifindex(n)).map_err(|errs| {
         anyhow::anyhow!(
             "embedded policy invalid:\n{}",
@@ -223,14 +204,8 @@ pub fn run(opts: DemoOptions) -> Result<()> {
                 .join("\n")
         )
     })?;
-    let generation = reconcile::reconcile(&mut dp.maps, &compiled)?;
-    datapath::reserve_ports(
-        &compiled
-            .targets
-            .iter()
-            .map(|t| (t.port_min, t.port_max))
-            .collect::<Vec<_>>(),
-    )?;
+    let (mut dp, generation) =
+        crate::agent::start_datapath(ENDPOINT, &pin_root, &tap, TAP, &input, &compiled)?;
     println!(
         "gateway: XDP on {TAP} (clients) and pc-dgw0 (private network), policy generation {generation}, maps pinned in {}/{ENDPOINT}",
         datapath::DEFAULT_PIN_ROOT
