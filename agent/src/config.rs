@@ -16,6 +16,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::openvpn::crypto::Cipher;
+use crate::openvpn::options::banner_echo_options;
 use crate::openvpn::server::{PushSettings, ServerSettings};
 use crate::openvpn::tls::{CrlExpiredPolicy, TlsFiles, TlsOptions, TlsVersion};
 use crate::policy::model::{AuthzRule, PolicyInput, Route, SecurityGroup, TargetNetwork};
@@ -444,10 +445,16 @@ impl EndpointConfig {
             ));
         }
         if let Some(b) = &self.banner {
-            if b.len() > 1400 || b.contains(',') || b.chars().any(|c| c.is_control()) {
+            // Pushed as `echo` options: printable ASCII, no commas (the push separator);
+            // newlines separate lines.
+            let bad = b
+                .chars()
+                .any(|c| c == ',' || !(c == '\n' || c == ' ' || c.is_ascii_graphic()));
+            if b.len() > 1400 || bad {
                 errs.push(err(
                     "banner",
-                    "at most 1,400 printable characters without commas (it is pushed as an option)",
+                    "at most 1,400 characters of printable ASCII and newlines, without commas \
+                     (it is pushed to clients as OpenVPN `echo` options)",
                 ));
             }
         }
@@ -573,6 +580,11 @@ impl EndpointConfig {
                 session_timeout: Some(Duration::from_secs(
                     u64::from(self.session_timeout_hours) * 3600,
                 )),
+                echo: self
+                    .banner
+                    .as_deref()
+                    .map(|b| banner_echo_options(&self.name, b))
+                    .unwrap_or_default(),
             },
             max_sessions: self.max_connections,
             ..ServerSettings::default()

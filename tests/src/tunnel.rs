@@ -50,6 +50,7 @@ impl Default for TunnelOpts {
                 dns: vec!["10.0.0.2".parse().unwrap()],
                 full_tunnel: false,
                 session_timeout: None,
+                echo: Vec::new(),
             },
             ping: Duration::from_secs(10),
             ping_restart: Duration::from_secs(60),

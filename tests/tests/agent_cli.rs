@@ -26,6 +26,9 @@ groups = ["eng"]
 description = "engineering reaches the private network"
 "#;
 
+/// A two-line login banner (TOML basic string: `\n` is a newline).
+const BANNER: &str = "Authorized use only.\\nActivity is logged.";
+
 /// How long a refused client gets to (wrongly) complete before we call it refused.
 const REFUSED: Duration = Duration::from_secs(8);
 
@@ -250,7 +253,8 @@ fn pki_cli_keeps_the_ca_safe() {
 fn run_connect_list_terminate() {
     require_root!();
     let t0 = Instant::now();
-    let lab = AgentLab::new(1, &["alice"], ENG_ALLOWED);
+    let policy = format!("banner = \"{BANNER}\"\n{ENG_ALLOWED}");
+    let lab = AgentLab::new(1, &["alice"], &policy);
     eprintln!("agent up after {:?}", t0.elapsed());
 
     let profile = lab.export_profile("alice");
@@ -268,6 +272,15 @@ fn run_connect_list_terminate() {
     }
     let client = lab.connect(0, "alice");
     eprintln!("alice connected after {:?}", t0.elapsed());
+    // The banner reaches the stock client as pushed `echo` options, one per line.
+    let log = client.log();
+    for want in [
+        "ECHO-PULL:msg Authorized use only.",
+        "ECHO-PULL:msg Activity is logged.",
+        "ECHO-PULL:msg-window",
+    ] {
+        assert!(log.contains(want), "client log lacks {want:?}:\n{log}");
+    }
     let addr = tunnel_addr(lab.client_ns(0)).unwrap_or_else(|| {
         panic!(
             "no tunnel address in the client namespace\n{}",

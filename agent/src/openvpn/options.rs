@@ -538,6 +538,8 @@ pub struct PushReply {
     pub session_timeout: Option<u32>,
     /// `auth-token <tok>`: sent instead of the password on renegotiation (§8.3).
     pub auth_token: Option<String>,
+    /// `echo …` options, last (the login banner, see [`banner_echo_options`]).
+    pub echo: Vec<String>,
 }
 
 impl PushReply {
@@ -585,6 +587,7 @@ impl PushReply {
         if let Some(tok) = &self.auth_token {
             o.push(format!("auth-token {tok}"));
         }
+        o.extend(self.echo.iter().cloned());
         for opt in &o {
             validate_push_option(opt)?;
         }
@@ -597,6 +600,34 @@ impl PushReply {
     pub fn build(&self) -> Result<Vec<String>, OptionsError> {
         split_push_reply(&self.options()?, PUSH_BUNDLE_SIZE)
     }
+}
+
+/// Longest text carried by one `echo msg…` option (the option limit is 255 bytes).
+const ECHO_CHUNK: usize = 200;
+
+/// The login banner as pushed `echo` options, the convention of the OpenVPN GUIs: each line
+/// as `echo msg <text>` (a long line split with `echo msg-n`, which adds no newline), then
+/// `echo msg-window <title>` to show them. The command-line client logs each as
+/// `ECHO-PULL:msg …`. The text must be printable ASCII without commas (checked by the
+/// endpoint validation); empty lines are sent as a single space so they survive.
+pub fn banner_echo_options(title: &str, banner: &str) -> Vec<String> {
+    let mut o = Vec::new();
+    for line in banner.lines() {
+        let line = line.trim_end();
+        let line = if line.is_empty() { " " } else { line };
+        let mut rest = line;
+        while rest.len() > ECHO_CHUNK {
+            // ASCII only (validated), so any byte index is a char boundary.
+            let (head, tail) = rest.split_at(ECHO_CHUNK);
+            o.push(format!("echo msg-n {head}"));
+            rest = tail;
+        }
+        o.push(format!("echo msg {rest}"));
+    }
+    if !o.is_empty() {
+        o.push(format!("echo msg-window {title}"));
+    }
+    o
 }
 
 /// A pushed option must be non-empty printable ASCII without commas (the separator), at most
@@ -822,6 +853,7 @@ mod tests {
             tun_mtu: peer.mtu().map(|_| 1500),
             session_timeout: None,
             auth_token: None,
+            echo: Vec::new(),
         }
     }
 
@@ -852,6 +884,29 @@ mod tests {
         ));
         assert!(!m.contains("redirect-gateway") && !m.contains("peer-id"));
         assert!(m.ends_with(",session-timeout 28800,auth-token SESS_ID_abc123"));
+    }
+
+    #[test]
+    fn banner_becomes_echo_options_last() {
+        let long = "x".repeat(450);
+        let banner = format!("Authorized use only.\n\n{long}\n");
+        let echo = banner_echo_options("corp", &banner);
+        assert_eq!(
+            echo,
+            vec![
+                "echo msg Authorized use only.".to_owned(),
+                "echo msg  ".to_owned(),
+                format!("echo msg-n {}", "x".repeat(200)),
+                format!("echo msg-n {}", "x".repeat(200)),
+                format!("echo msg {}", "x".repeat(50)),
+                "echo msg-window corp".to_owned(),
+            ]
+        );
+        assert!(banner_echo_options("corp", "").is_empty());
+        let mut r = capture_like_reply();
+        r.echo = echo.clone();
+        let opts = r.options().unwrap();
+        assert_eq!(&opts[opts.len() - echo.len()..], &echo[..]);
     }
 
     #[test]

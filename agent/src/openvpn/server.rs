@@ -37,6 +37,8 @@ pub struct PushSettings {
     /// Maximum session duration (AWS: 8–24 h): pushed as `session-timeout` and enforced by
     /// the server (it overrides `max_session` of both transports' session settings).
     pub session_timeout: Option<Duration>,
+    /// Pushed last, as is: the login banner (see `options::banner_echo_options`).
+    pub echo: Vec<String>,
 }
 
 /// How clients are authenticated beyond their certificate.
@@ -601,6 +603,7 @@ impl Server {
             // Filled in by the session from its `max_session`.
             session_timeout: None,
             auth_token: None,
+            echo: p.echo.clone(),
         };
         let reply = e
             .session
