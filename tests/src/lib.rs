@@ -166,6 +166,7 @@ pub mod agent;
 pub mod clients;
 pub mod frames;
 pub mod openvpn;
+pub mod probe;
 pub mod tunnel;
 
 pub mod gateway {

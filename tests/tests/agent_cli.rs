@@ -12,6 +12,7 @@ use tests::agent::{
 };
 use tests::gateway::{GW_IF, SERVER};
 use tests::openvpn::{ping, TempDir};
+use tests::probe::{self, mono_ns, Sender, Sink, STREAM_A, STREAM_B};
 use tests::require_root;
 
 /// The policy part most tests run: `alice` (and `carol`) in `eng`, which may reach the
@@ -407,6 +408,82 @@ fn run_connect_list_terminate() {
         !ping(lab.client_ns(0), SERVER, 1, Duration::from_secs(1)),
         "a terminated session still passes traffic"
     );
+    eprintln!("done after {:?}", t0.elapsed());
+}
+
+/// Reloads under continuous traffic: a flow that every generation allows loses nothing
+/// (every datagram sent arrives), a flow a reload removes stops at once, one it adds starts
+/// at once; 200 filler rules are replaced wholesale each time. One session all along.
+#[test]
+fn reload_under_traffic_loses_nothing_allowed() {
+    require_root!();
+    let t0 = Instant::now();
+    let lab = AgentLab::new(1, &["alice"], &probe::probe_policy(200, 0, true));
+    probe::add_server_address(&lab.gw, &lab.net, *STREAM_B.ip());
+    let client = lab.connect(0, "alice");
+    let sink = Sink::start(&lab.net, &[STREAM_A.port(), STREAM_B.port()], 2);
+    // 1,000 datagrams a second per stream; bounded at 60 s.
+    let sender = Sender::start(
+        lab.client_ns(0),
+        &[STREAM_A, STREAM_B],
+        Duration::from_millis(1),
+        Duration::from_secs(60),
+    );
+    let started = mono_ns();
+    let both = poll(Duration::from_secs(5), || {
+        let r = sink.snapshot();
+        (r[0].packets.len() > 100 && r[1].packets.len() > 100).then_some(())
+    });
+    assert!(both.is_some(), "the probe streams do not get through\n{}", client.log());
+
+    // B out, B in, B out; the filler rules change variant each time.
+    let mut changes = Vec::new();
+    for (i, allow_b) in [false, true, false].into_iter().enumerate() {
+        let at = mono_ns();
+        lab.write_policy(&probe::probe_policy(200, (i % 2 == 0) as u8, allow_b));
+        let o = lab.reload();
+        assert!(o.success(), "{o}");
+        std::thread::sleep(Duration::from_millis(1500));
+        changes.push((at, allow_b));
+    }
+    let sent = sender.stop();
+    let stopped = mono_ns();
+    std::thread::sleep(Duration::from_millis(500));
+    let got = sink.stop();
+
+    // A: every datagram arrived, across all three reloads.
+    let a_sent = sent.streams[0].len();
+    let a_lost = sent.lost_between(0, &got[0], started, stopped);
+    eprintln!("stream A: {a_sent} sent, {a_lost} lost");
+    assert!(a_sent > 3000, "only {a_sent} sent");
+    assert_eq!(a_lost, 0, "datagrams of an allowed flow were lost across reloads");
+
+    // B: cut or admitted within a second of each reload (typically milliseconds).
+    for (n, &(at, allow_b)) in changes.iter().enumerate() {
+        let until = changes.get(n + 1).map_or(stopped, |c| c.0);
+        let settled = at + 1_000_000_000;
+        if allow_b {
+            let first = got[1].first_after(at).expect("B never got through after it was allowed");
+            eprintln!("reload {n}: B admitted {:.1} ms after the file changed", (first - at) as f64 / 1e6);
+            assert_eq!(
+                sent.lost_between(1, &got[1], settled, until),
+                0,
+                "B allowed again, but datagrams sent after the reload settled were lost"
+            );
+        } else {
+            let last = got[1].last_before(until).unwrap_or(0);
+            eprintln!(
+                "reload {n}: B cut {:.1} ms after the file changed",
+                last.saturating_sub(at) as f64 / 1e6
+            );
+            assert_eq!(
+                got[1].count_between(settled, until),
+                0,
+                "B still got through more than 1 s after the reload removed its rule"
+            );
+        }
+    }
+    assert_eq!(client.proc.log_count(COMPLETED), 1, "{}", client.log());
     eprintln!("done after {:?}", t0.elapsed());
 }
 
