@@ -2,8 +2,9 @@
 //! path (pinned, re-adopted after a restart), the OpenVPN listeners and the admin socket;
 //! reloads the policy live on SIGHUP, `portcullis reload` or a change of the file; expires
 //! flows; shuts down cleanly on SIGTERM.
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{EndpointConfig, Listener};
 use crate::datapath::{self, maps::Maps, tap::Tap, Datapath, DatapathOptions};
-use crate::gateway::ClientsMapHooks;
+use crate::gateway::{Adopted, ClientsMapHooks};
 use crate::openvpn::packet::Role;
 use crate::openvpn::server::{Server, ServerEvent};
 use crate::openvpn::session::TlsProvider;
@@ -65,6 +66,44 @@ struct Live {
     reloads: u64,
     last_reload_error: Option<String>,
     last_reconcile: Duration,
+    /// Sessions of a previous agent (`--keep-maps`) not back yet, removed at the deadline.
+    kept: Option<(Instant, Adopted)>,
+}
+
+/// How long entries a previous agent left wait for their clients to reconnect.
+const KEPT_GRACE: Duration = Duration::from_secs(60);
+
+/// Where an agent stopping with `--keep-maps` writes who held which address, for the next
+/// one: beside the admin socket (a runtime directory that outlives the process, like the pins).
+fn kept_sessions_path(socket: &Path) -> PathBuf {
+    socket.with_extension("kept-sessions.json")
+}
+
+/// The `clients` entries a previous agent left, with their users from its state file (which
+/// is consumed).
+fn adopt_kept(maps: &Maps, state: &Path) -> Adopted {
+    let users: HashMap<Ipv4Addr, String> = std::fs::read(state)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let _ = std::fs::remove_file(state);
+    let addrs = maps.client_addrs().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "listing the clients a previous agent left");
+        Vec::new()
+    });
+    if !addrs.is_empty() {
+        tracing::info!(
+            sessions = addrs.len(),
+            grace_s = KEPT_GRACE.as_secs(),
+            "re-adopting the sessions of a previous agent: their flows stay while the clients reconnect"
+        );
+    }
+    Arc::new(Mutex::new(
+        addrs
+            .into_iter()
+            .map(|a| (a, users.get(&a).cloned()))
+            .collect(),
+    ))
 }
 
 /// Compiles the policy part, with every error message.
@@ -235,6 +274,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         &cfg.policy(),
         &compiled,
     )?;
+    let adopted = adopt_kept(&dp.maps, &kept_sessions_path(&cfg.admin_socket()));
     let tls = Arc::new(
         ReloadableTls::new(cfg.tls_files(), cfg.tls_options()).context("loading the TLS files")?,
     );
@@ -274,6 +314,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         reloads: 0,
         last_reload_error: None,
         last_reconcile: Duration::ZERO,
+        kept: Some((Instant::now() + KEPT_GRACE, adopted.clone())),
     }));
     let groups_of = {
         let live = live.clone();
@@ -286,7 +327,9 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
     let (ev_tx, ev_rx) = std::sync::mpsc::channel::<ServerEvent>();
     let hooks = ClientsMapHooks::new(Maps::open_pinned(&dp.options.pin_dir())?)
         .with_groups(Box::new(groups_of))
-        .with_events(ev_tx);
+        .with_events(ev_tx)
+        .with_adopted(adopted.clone());
+    let keep_flag = hooks.keep_flag();
     let taps = tap
         .queues
         .iter()
@@ -337,6 +380,22 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         &tls,
     ));
     let _ = std::fs::remove_file(&socket);
+    if keep_maps {
+        // The sessions' entries and flows stay for the next agent; it needs their users.
+        let held: HashMap<Ipv4Addr, String> = tunnel
+            .sessions()
+            .into_iter()
+            .filter_map(|s| Some((s.tunnel_addr?, s.common_name?)))
+            .collect();
+        keep_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        let state = kept_sessions_path(&socket);
+        if let Err(e) = serde_json::to_vec(&held)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&state, b))
+        {
+            tracing::warn!(path = %state.display(), error = %e, "writing the kept sessions");
+        }
+    }
     tracing::info!("shutting down: telling clients to reconnect");
     tunnel.stop();
     if !keep_maps {
@@ -498,6 +557,7 @@ async fn serve(
                     if let Err(e) = dp.maps.gc(datapath::maps::monotonic_ns()) {
                         tracing::warn!(error = %e, "expiring flows");
                     }
+                    expire_kept(dp, tunnel, live);
                 }
                 let changed = {
                     let l = live.lock().unwrap_or_else(|e| e.into_inner());
@@ -684,6 +744,39 @@ fn reload(
             tracing::error!("reload refused, the running policy stays: {msg}");
             l.last_reload_error = Some(msg.clone());
             Err(msg)
+        }
+    }
+}
+
+/// After the grace period, removes what a previous agent's sessions left and no session
+/// took back (their clients did not reconnect), with their flows.
+fn expire_kept(dp: &mut Datapath, tunnel: &Tunnel, live: &Arc<Mutex<Live>>) {
+    let due = {
+        let mut l = live.lock().unwrap_or_else(|e| e.into_inner());
+        match &l.kept {
+            Some((at, _)) if Instant::now() >= *at => l.kept.take().map(|(_, a)| a),
+            _ => None,
+        }
+    };
+    let Some(adopted) = due else { return };
+    let held: Vec<Ipv4Addr> = tunnel
+        .sessions()
+        .into_iter()
+        .filter_map(|s| s.tunnel_addr)
+        .collect();
+    let left: Vec<Ipv4Addr> = adopted
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .map(|(a, _)| a)
+        .filter(|a| !held.contains(a))
+        .collect();
+    for addr in left {
+        match dp.maps.remove_client(addr) {
+            Ok(cut) => {
+                tracing::info!(%addr, flows_cut = cut, "a previous agent's session did not come back: removed")
+            }
+            Err(e) => tracing::warn!(%addr, error = %e, "removing a previous agent's session"),
         }
     }
 }

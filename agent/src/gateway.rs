@@ -1,14 +1,22 @@
 //! Glue between the tunnel and the XDP data path: a connected client's tunnel address and
 //! groups go into the `clients` map (which makes the address a valid source and selects its
 //! authorization rules); a disconnect removes it and cuts its flows.
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
 
 use portcullis_common::{ClientInfo, GroupBits, DEFAULT_FLOWS_PER_CLIENT};
 
 use crate::datapath::maps::Maps;
 use crate::openvpn::server::ServerEvent;
 use crate::tunnel::TunnelHooks;
+
+/// `clients` entries a previous agent left behind (`run --keep-maps`), by tunnel address, with
+/// the user whose session held it (`None`: not known). An entry leaves this table when a
+/// session gets its address, or when the agent gives up waiting and removes it.
+pub type Adopted = Arc<Mutex<HashMap<Ipv4Addr, Option<String>>>>;
 
 /// Resolves a user's group bitmap (by the compiled policy's group numbering).
 pub type GroupResolver = Box<dyn Fn(&str) -> GroupBits + Send>;
@@ -19,6 +27,10 @@ pub struct ClientsMapHooks {
     groups: GroupResolver,
     /// A copy of every event, for callers that watch (tests, the demo, the log exporter).
     events: Option<Sender<ServerEvent>>,
+    /// Set while an agent that keeps its maps shuts down: sessions end, but their entries and
+    /// flows stay for the next agent, whose clients reconnect to the same addresses.
+    keep: Arc<AtomicBool>,
+    adopted: Adopted,
 }
 
 impl ClientsMapHooks {
@@ -28,6 +40,8 @@ impl ClientsMapHooks {
             max_flows: DEFAULT_FLOWS_PER_CLIENT,
             groups: Box::new(|_| GroupBits::default()),
             events: None,
+            keep: Arc::new(AtomicBool::new(false)),
+            adopted: Adopted::default(),
         }
     }
 
@@ -46,7 +60,37 @@ impl ClientsMapHooks {
         self
     }
 
+    pub fn with_adopted(mut self, a: Adopted) -> Self {
+        self.adopted = a;
+        self
+    }
+
+    /// The flag that makes disconnects leave the data path alone (see [`Self::keep`]).
+    pub fn keep_flag(&self) -> Arc<AtomicBool> {
+        self.keep.clone()
+    }
+
     fn admit(&mut self, addr: Ipv4Addr, user: &str, slot: u32) {
+        let prev = self
+            .adopted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&addr);
+        if let Some(prev) = prev {
+            if prev.as_deref() == Some(user) {
+                tracing::info!(%addr, user, "session back after a restart: its flows carry on");
+            } else {
+                // Another user (or one we cannot tell) must not inherit those flows.
+                match self.maps.remove_client(addr) {
+                    Ok(cut) => {
+                        tracing::info!(%addr, user, flows_cut = cut, "address of a previous agent's session reused: its flows cut")
+                    }
+                    Err(e) => {
+                        tracing::error!(%addr, error = %e, "cutting a previous agent's flows")
+                    }
+                }
+            }
+        }
         let info = ClientInfo {
             groups: (self.groups)(user),
             slot,
@@ -73,7 +117,7 @@ impl TunnelHooks for ClientsMapHooks {
             ServerEvent::Disconnected {
                 tunnel_addr: Some(addr),
                 ..
-            } => match self.maps.remove_client(*addr) {
+            } if !self.keep.load(Ordering::Relaxed) => match self.maps.remove_client(*addr) {
                 Ok(cut) => {
                     tracing::debug!(%addr, flows_cut = cut, "client removed from the data path")
                 }

@@ -301,6 +301,18 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(ns: &NetNs, config: &Path, pin_root: &Path, socket: &Path, log: &Path) -> Agent {
+        Agent::start_with(ns, config, pin_root, socket, log, &[])
+    }
+
+    /// Like [`Agent::start`], with more arguments for `portcullis run` (`--keep-maps`).
+    pub fn start_with(
+        ns: &NetNs,
+        config: &Path,
+        pin_root: &Path,
+        socket: &Path,
+        log: &Path,
+        extra: &[String],
+    ) -> Agent {
         let out = File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let err = out.try_clone().expect("dup log fd");
         // nsenter execs the agent (no --fork for a network namespace), so the pid is its.
@@ -312,6 +324,7 @@ impl Agent {
             .arg(config)
             .arg("--pin-root")
             .arg(pin_root)
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
@@ -505,12 +518,27 @@ pub struct AgentLab {
     /// The admin socket (`admin.sock` next to the endpoint file).
     pub socket: PathBuf,
     pub dir: TempDir,
+    /// Extra `portcullis run` arguments, and how many agents ran (for log names).
+    run_args: Vec<String>,
+    runs: usize,
 }
 
 impl AgentLab {
     /// The topology, a PKI with `clients`, the endpoint file with `policy`
     /// ([`endpoint_toml`]) and a running agent.
     pub fn new(n_clients: usize, clients: &[&str], policy: &str) -> AgentLab {
+        AgentLab::new_with(n_clients, clients, policy, &[])
+    }
+
+    /// Like [`AgentLab::new`], with more arguments for `portcullis run` (`--keep-maps`), also
+    /// used by [`AgentLab::restart_agent`].
+    pub fn new_with(
+        n_clients: usize,
+        clients: &[&str],
+        policy: &str,
+        run_args: &[&str],
+    ) -> AgentLab {
+        let run_args: Vec<String> = run_args.iter().map(|s| s.to_string()).collect();
         let dir = TempDir::new("agent");
         let pki = CliPki::new(&dir.path().join("pki"), clients);
         let config = dir.path().join("endpoint.toml");
@@ -522,12 +550,13 @@ impl AgentLab {
             "/sys/fs/bpf/portcullis-test-{}",
             unique("a")
         )));
-        let agent = Agent::start(
+        let agent = Agent::start_with(
             &gw,
             &config,
             &pins.0,
             &socket,
             &dir.path().join("agent.log"),
+            &run_args,
         );
         let lab = AgentLab {
             agent: Some(agent),
@@ -539,11 +568,42 @@ impl AgentLab {
             config,
             socket,
             dir,
+            run_args,
+            runs: 1,
         };
         if let Err(e) = lab.agent().wait_ready(Duration::from_secs(30)) {
             panic!("{e}");
         }
         lab
+    }
+
+    /// Stop the agent (SIGTERM: it tells clients to reconnect) and start a new one with the
+    /// same arguments (log `agent-<n>.log`); returns once the new one answers on its admin
+    /// socket, with the instant the old one was told to stop.
+    pub fn restart_agent(&mut self) -> Instant {
+        let stopped_at = Instant::now();
+        if let Some(old) = self.agent.take() {
+            let st = old.stop();
+            assert!(
+                st.is_some_and(|s| s.success()),
+                "the agent did not stop cleanly ({st:?}):\n{}",
+                old.log_tail(40)
+            );
+        }
+        self.runs += 1;
+        let log = self.dir.path().join(format!("agent-{}.log", self.runs));
+        self.agent = Some(Agent::start_with(
+            &self.gw,
+            &self.config,
+            &self.pins.0,
+            &self.socket,
+            &log,
+            &self.run_args,
+        ));
+        if let Err(e) = self.agent().wait_ready(Duration::from_secs(30)) {
+            panic!("{e}");
+        }
+        stopped_at
     }
 
     pub fn agent(&self) -> &Agent {

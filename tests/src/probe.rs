@@ -57,6 +57,22 @@ impl Received {
         self.packets.values().copied().max()
     }
 
+    /// The longest stretch of send times from `t` on with nothing getting through: the send
+    /// times of the packets that got through on either side of it (the one before may be
+    /// before `t`).
+    pub fn longest_gap_after(&self, t: u64) -> Option<(u64, u64)> {
+        let before = self.last_before(t);
+        let mut times: Vec<u64> = before
+            .into_iter()
+            .chain(self.packets.values().copied().filter(|&s| s >= t))
+            .collect();
+        times.sort_unstable();
+        times
+            .windows(2)
+            .map(|w| (w[0], w[1]))
+            .max_by_key(|(a, b)| b - a)
+    }
+
     /// How many arrived that were sent in `[from, to)`.
     pub fn count_between(&self, from: u64, to: u64) -> usize {
         self.packets
@@ -288,7 +304,12 @@ pub fn probe_policy(fillers: usize, variant: u8, allow_b: bool) -> String {
              description = \"stream B\"\n",
         );
     }
-    let base = u32::from(Ipv4Addr::new(10, if variant == 0 { 128 } else { 192 }, 0, 0));
+    let base = u32::from(Ipv4Addr::new(
+        10,
+        if variant == 0 { 128 } else { 192 },
+        0,
+        0,
+    ));
     for i in 0..fillers as u32 {
         let _ = write!(
             p,

@@ -434,7 +434,11 @@ fn reload_under_traffic_loses_nothing_allowed() {
         let r = sink.snapshot();
         (r[0].packets.len() > 100 && r[1].packets.len() > 100).then_some(())
     });
-    assert!(both.is_some(), "the probe streams do not get through\n{}", client.log());
+    assert!(
+        both.is_some(),
+        "the probe streams do not get through\n{}",
+        client.log()
+    );
 
     // B out, B in, B out; the filler rules change variant each time.
     let mut changes = Vec::new();
@@ -456,15 +460,23 @@ fn reload_under_traffic_loses_nothing_allowed() {
     let a_lost = sent.lost_between(0, &got[0], started, stopped);
     eprintln!("stream A: {a_sent} sent, {a_lost} lost");
     assert!(a_sent > 3000, "only {a_sent} sent");
-    assert_eq!(a_lost, 0, "datagrams of an allowed flow were lost across reloads");
+    assert_eq!(
+        a_lost, 0,
+        "datagrams of an allowed flow were lost across reloads"
+    );
 
     // B: cut or admitted within a second of each reload (typically milliseconds).
     for (n, &(at, allow_b)) in changes.iter().enumerate() {
         let until = changes.get(n + 1).map_or(stopped, |c| c.0);
         let settled = at + 1_000_000_000;
         if allow_b {
-            let first = got[1].first_after(at).expect("B never got through after it was allowed");
-            eprintln!("reload {n}: B admitted {:.1} ms after the file changed", (first - at) as f64 / 1e6);
+            let first = got[1]
+                .first_after(at)
+                .expect("B never got through after it was allowed");
+            eprintln!(
+                "reload {n}: B admitted {:.1} ms after the file changed",
+                (first - at) as f64 / 1e6
+            );
             assert_eq!(
                 sent.lost_between(1, &got[1], settled, until),
                 0,
@@ -780,4 +792,136 @@ fn client_connect_hook_decides() {
         .filter_map(|c| c["user"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(users, vec!["alice".to_owned()]);
+}
+
+/// `portcullis run --keep-maps`, restarted: the pinned maps (policy, sessions, conntrack and
+/// SNAT) outlive the process, the client reconnects by itself to the same address, and a TCP
+/// connection opened before the restart, translated by the data path, carries on. The time to
+/// full service is measured from the stop to the first probe datagram through again.
+#[test]
+fn restart_with_kept_maps_keeps_translated_flows() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    require_root!();
+    let mut lab = AgentLab::new_with(1, &["alice"], ENG_ALLOWED, &["--keep-maps"]);
+    let client = lab.connect(0, "alice");
+    let addr = tunnel_addr(lab.client_ns(0)).expect("tunnel address");
+
+    // A TCP echo server in the private network that reports each peer it accepts.
+    let (peer_tx, peer_rx) = std::sync::mpsc::channel::<SocketAddr>();
+    let net = lab.net.name.clone();
+    let listener = tests::clients::run_in_ns(&net, || {
+        TcpListener::bind((SERVER, 7000)).expect("bind the echo server")
+    });
+    let server = std::thread::spawn(move || {
+        let Ok((mut s, peer)) = listener.accept() else {
+            return;
+        };
+        let _ = peer_tx.send(peer);
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let cns = lab.client_ns(0).name.clone();
+    let mut conn = tests::clients::run_in_ns(&cns, || {
+        TcpStream::connect_timeout(&(SERVER, 7000).into(), Duration::from_secs(5))
+            .expect("connect through the tunnel")
+    });
+    conn.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    let mut echo = |msg: &[u8]| -> Result<(), String> {
+        conn.write_all(msg).map_err(|e| e.to_string())?;
+        let mut got = vec![0u8; msg.len()];
+        conn.read_exact(&mut got).map_err(|e| e.to_string())?;
+        (got == msg).then_some(()).ok_or("wrong echo".into())
+    };
+    echo(b"before the restart").expect("echo before the restart");
+    let peer = peer_rx
+        .recv_timeout(Duration::from_secs(2))
+        .expect("the server saw the connection");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::from(tests::gateway::GW_NET_ADDR),
+        "the flow is not translated by the data path"
+    );
+
+    let sink = Sink::start(&lab.net, &[STREAM_A.port()], 1);
+    let sender = Sender::start(
+        lab.client_ns(0),
+        &[STREAM_A],
+        Duration::from_millis(2),
+        Duration::from_secs(60),
+    );
+    let flowing = poll(Duration::from_secs(5), || {
+        (sink.snapshot()[0].packets.len() > 50).then_some(())
+    });
+    assert!(flowing.is_some(), "the probe does not get through");
+
+    let stop_ns = mono_ns();
+    let stopped_at = lab.restart_agent();
+    let agent_up = stopped_at.elapsed();
+    assert!(
+        client
+            .proc
+            .wait_log_count(COMPLETED, 2, Duration::from_secs(30)),
+        "the client did not reconnect by itself:\n{}",
+        client.log()
+    );
+    let reconnected = stopped_at.elapsed();
+    assert!(
+        client
+            .log()
+            .contains("Connection reset command was pushed by server"),
+        "{}",
+        client.log()
+    );
+    assert_eq!(
+        tunnel_addr(lab.client_ns(0)),
+        Some(addr),
+        "the client came back with another address"
+    );
+    // The translated TCP flow from before the restart still works, same connection.
+    echo(b"after the restart").unwrap_or_else(|e| {
+        panic!(
+            "the pre-restart TCP flow broke: {e}\nagent log:\n{}",
+            lab.agent().log_tail(30)
+        )
+    });
+    // Probes through again after the restart (the old agent serves until it exits).
+    let back = poll(Duration::from_secs(10), || {
+        let r = &sink.snapshot()[0];
+        r.longest_gap_after(stop_ns)
+            .and_then(|(_, end)| (r.count_between(end, u64::MAX) > 20).then_some(()))
+    });
+    assert!(
+        back.is_some(),
+        "the probe does not get through after the restart"
+    );
+    let sent = sender.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    let got = sink.stop();
+    let (gap_from, gap_to) = got[0]
+        .longest_gap_after(stop_ns)
+        .expect("probes after the stop");
+    let lost = sent.lost_between(0, &got[0], stop_ns, u64::MAX);
+    assert!(
+        lab.agent().log().contains("session back after a restart"),
+        "{}",
+        lab.agent().log_tail(30)
+    );
+    eprintln!(
+        "restart with kept maps: new agent answering after {agent_up:?}, client reconnected \
+         after {reconnected:?}; probes: none through from {:.0} ms to {:.0} ms after the stop \
+         ({lost} of {} lost)",
+        gap_from.saturating_sub(stop_ns) as f64 / 1e6,
+        (gap_to - stop_ns) as f64 / 1e6,
+        sent.streams[0].len()
+    );
+    drop(conn);
+    let _ = server.join();
+    // A clean stop without --keep-maps afterwards is not this test's business; the lab's drop
+    // removes the pins either way.
 }

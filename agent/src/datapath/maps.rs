@@ -136,6 +136,19 @@ impl Maps {
         }
     }
 
+    /// The tunnel addresses in the `clients` map (IPv4 entries).
+    pub fn client_addrs(&self) -> Result<Vec<Ipv4Addr>, DatapathError> {
+        let m: HashMap<_, ClientKey, ClientInfo> = typed_ref!(self, HashMap, map_names::CLIENTS);
+        let mut v = Vec::new();
+        for k in m.keys() {
+            let k = k.map_err(|e| DatapathError::map(map_names::CLIENTS, e))?;
+            if k.family == portcullis_common::FAMILY_V4 {
+                v.push(Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]));
+            }
+        }
+        Ok(v)
+    }
+
     /// Remove a session and cut its flows (both directions, client-to-client too), and
     /// reset its flow quota counters for the next owner of the slot.
     pub fn remove_client(&mut self, addr: Ipv4Addr) -> Result<u64, DatapathError> {

@@ -731,3 +731,36 @@ fn a_crl_reload_cuts_the_revoked_live_sessions_only() {
     assert_eq!(d, vec![CloseReason::Server("certificate revoked".into())]);
     assert_eq!(lab.server.session_count(), 1, "alice stays");
 }
+
+/// A stopping server tells each client RESTART and lets the session go as soon as the client
+/// acked it, rather than after the 2 s linger; a client that never answers is dropped at the
+/// linger's end.
+#[test]
+fn shutdown_ends_sessions_once_restart_is_acked() {
+    let mut lab = Lab::new(false);
+    let (a, b) = (link(40020), link(40021));
+    let mut ca = lab.connect("alice", a);
+    let _cb = lab.connect("bob", b);
+    lab.events();
+    lab.server.shutdown(lab.now);
+    // alice gets (and acks) RESTART; bob's client is gone and answers nothing.
+    lab.pump(&mut ca, a);
+    while lab.server.poll_transmit().is_some() {}
+    assert!(
+        ca.messages.iter().any(|m| m == "RESTART"),
+        "{:?}",
+        ca.messages
+    );
+    assert_eq!(
+        lab.server.session_count(),
+        1,
+        "alice's session outlived her ack"
+    );
+    assert_eq!(
+        disconnected(&lab.events()),
+        vec![CloseReason::Server("server shutdown".into())]
+    );
+    lab.now += Duration::from_millis(2100);
+    lab.server.handle_timeout(lab.now);
+    assert_eq!(lab.server.session_count(), 0);
+}

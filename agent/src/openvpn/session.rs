@@ -290,6 +290,9 @@ pub struct Session {
     /// Lame duck decrypt key expiry, if one exists.
     lame_duck_until: Option<Instant>,
     pending_close: Option<CloseReason>,
+    /// Closing after a RESTART/HALT: end as soon as the client acked it (instead of waiting
+    /// out the linger), so a stopping server does not hold its clients for long.
+    close_on_ack: bool,
 }
 
 /// How a session starts.
@@ -353,6 +356,7 @@ impl Session {
             reneg_base: (now, 0, 0),
             lame_duck_until: None,
             pending_close: None,
+            close_on_ack: false,
         };
         // The stateful path has our reset queued: it goes out now.
         s.flush(now);
@@ -542,6 +546,7 @@ impl Session {
             let _ = write_message(&mut self.primary.tls, message);
         }
         self.close_after(now + Duration::from_secs(2), reason);
+        self.close_on_ack = true;
         self.drive(now);
     }
 
@@ -705,6 +710,17 @@ impl Session {
             self.maybe_promote(now);
         }
         self.flush(now);
+        if self.close_on_ack
+            && matches!(self.life, Life::Closing { .. })
+            && self.primary.reliable.all_acked()
+            && !self.primary.tls.wants_write()
+        {
+            let reason = self
+                .pending_close
+                .take()
+                .unwrap_or(CloseReason::Server("closing".into()));
+            self.kill(reason);
+        }
     }
 
     fn fail(&mut self, reason: CloseReason, now: Instant) {
