@@ -66,8 +66,19 @@ struct Live {
     reloads: u64,
     last_reload_error: Option<String>,
     last_reconcile: Duration,
+    /// Phases of the last successful reload: file to compiled policy, map writes, live
+    /// sessions' groups, all of it.
+    last_reload_timing: Option<ReloadTiming>,
     /// Sessions of a previous agent (`--keep-maps`) not back yet, removed at the deadline.
     kept: Option<(Instant, Adopted)>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct ReloadTiming {
+    load_ms: f64,
+    reconcile_ms: f64,
+    sessions_ms: f64,
+    total_ms: f64,
 }
 
 /// How long entries a previous agent left wait for their clients to reconnect.
@@ -314,6 +325,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         reloads: 0,
         last_reload_error: None,
         last_reconcile: Duration::ZERO,
+        last_reload_timing: None,
         kept: Some((Instant::now() + KEPT_GRACE, adopted.clone())),
     }));
     let groups_of = {
@@ -594,7 +606,10 @@ async fn serve(
                     Ok(AdminRequest::Status) => status(dp, live, tunnel),
                     Ok(AdminRequest::Reload) => {
                         match reload(config_path, cfg, dp, tunnel, live) {
-                            Ok(g) => serde_json::json!({"ok": true, "generation": g}),
+                            Ok(g) => {
+                                let t = live.lock().unwrap_or_else(|e| e.into_inner()).last_reload_timing;
+                                serde_json::json!({"ok": true, "generation": g, "timing": t})
+                            }
                             Err(e) => serde_json::json!({"ok": false, "error": e}),
                         }
                     }
@@ -633,6 +648,7 @@ fn status(dp: &Datapath, live: &Arc<Mutex<Live>>, tunnel: &Tunnel) -> serde_json
         "generation": l.generation,
         "reloads": l.reloads,
         "last_reload_error": l.last_reload_error,
+        "last_reload_timing": l.last_reload_timing,
         "sessions": sessions.len(),
         "established": sessions.iter().filter(|s| s.established).count(),
         "flows": flows,
@@ -684,6 +700,7 @@ fn reload(
     let t0 = Instant::now();
     let mut l = live.lock().unwrap_or_else(|e| e.into_inner());
     l.config_stamp = stamp(config_path);
+    let mut timing = ReloadTiming::default();
     let result = (|| -> Result<u32> {
         let (cfg, compiled) = load_and_compile(
             config_path,
@@ -702,9 +719,11 @@ fn reload(
         if compiled.targets.len() != l.compiled.targets.len() {
             bail!("adding or removing target networks needs a restart (the XDP program attaches to their interfaces)");
         }
+        timing.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
         let g = reconcile::reconcile(&mut dp.maps, &compiled)?;
         l.last_reconcile = t.elapsed();
+        timing.reconcile_ms = l.last_reconcile.as_secs_f64() * 1e3;
         l.policy = cfg.policy();
         l.compiled = compiled;
         l.generation = g;
@@ -715,12 +734,13 @@ fn reload(
             l.reloads += 1;
             l.last_reload_error = None;
             drop(l);
+            let t = Instant::now();
             // Live sessions get their new group bitmaps. The sessions are listed without the
             // lock: the tunnel's control thread takes it to resolve the groups of a client
             // that connects meanwhile (which then either has the new policy already, or is
             // in this list because it connected before).
             let sessions = tunnel.sessions();
-            let l = live.lock().unwrap_or_else(|e| e.into_inner());
+            let mut l = live.lock().unwrap_or_else(|e| e.into_inner());
             for s in sessions {
                 if let (Some(addr), Some(user)) = (s.tunnel_addr, s.common_name.as_deref()) {
                     if let Ok(Some(mut info)) = dp.maps.client(addr) {
@@ -732,9 +752,15 @@ fn reload(
                     }
                 }
             }
+            timing.sessions_ms = t.elapsed().as_secs_f64() * 1e3;
+            timing.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+            l.last_reload_timing = Some(timing);
             tracing::info!(
                 generation = g,
-                took_ms = t0.elapsed().as_millis() as u64,
+                load_ms = timing.load_ms,
+                reconcile_ms = timing.reconcile_ms,
+                sessions_ms = timing.sessions_ms,
+                took_ms = timing.total_ms,
                 "policy reloaded"
             );
             Ok(g)

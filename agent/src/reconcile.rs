@@ -440,43 +440,132 @@ impl FakeDatapath {
     }
 }
 
-fn lpm_upsert<V>(
-    map: &mut BTreeMap<LpmKey, V>,
-    key: LpmKey,
-    value: V,
-    name: &'static str,
-    capacity: u32,
-) -> Result<(), DatapathError> {
-    if !map.contains_key(&key) && map.len() >= capacity as usize {
-        return Err(DatapathError::MapFull {
-            map: name,
-            capacity,
-        });
+/// Why `op` would not fit a data path with `caps` (the kernel's own refusal, modelled).
+fn capacity_check(s: &SlotContents, op: &MapOp, caps: &Capacities) -> Result<(), DatapathError> {
+    fn lpm_full<V>(
+        m: &BTreeMap<LpmKey, V>,
+        key: LpmKey,
+        map: &'static str,
+        capacity: u32,
+    ) -> Result<(), DatapathError> {
+        if !m.contains_key(&key) && m.len() >= capacity as usize {
+            return Err(DatapathError::MapFull { map, capacity });
+        }
+        Ok(())
     }
-    map.insert(key, value);
-    Ok(())
+    fn index(map: &'static str, index: u32, capacity: u32) -> Result<(), DatapathError> {
+        if index >= capacity {
+            return Err(DatapathError::IndexOutOfRange {
+                map,
+                index,
+                capacity,
+            });
+        }
+        Ok(())
+    }
+    let i = |s: u8| s as usize % 2;
+    match *op {
+        MapOp::AuthzUpsert {
+            slot,
+            prefix_len,
+            addr,
+            ..
+        } => lpm_full(
+            &s.authz,
+            (prefix_len, addr),
+            map_names::AUTHZ_V4[i(slot)],
+            caps.authz,
+        ),
+        MapOp::RouteUpsert {
+            slot,
+            prefix_len,
+            addr,
+            ..
+        } => lpm_full(
+            &s.routes,
+            (prefix_len, addr),
+            map_names::ROUTES_V4[i(slot)],
+            caps.routes,
+        ),
+        MapOp::SgNodeUpsert {
+            slot,
+            prefix_len,
+            addr,
+            ..
+        } => lpm_full(
+            &s.sg_nodes,
+            (prefix_len, addr),
+            map_names::SG_V4[i(slot)],
+            caps.sg_nodes,
+        ),
+        MapOp::SgRangeSet { slot, index: n, .. } => {
+            index(map_names::SG_RANGES[i(slot)], n, caps.sg_ranges)
+        }
+        MapOp::TargetSet { slot, index: n, .. } => {
+            index(map_names::TARGETS[i(slot)], n, caps.targets)
+        }
+        _ => Ok(()),
+    }
 }
 
-fn array_set<V: bytemuck::Pod>(
-    map: &mut BTreeMap<u32, V>,
-    index: u32,
-    value: V,
-    name: &'static str,
-    capacity: u32,
-) -> Result<(), DatapathError> {
-    if index >= capacity {
-        return Err(DatapathError::IndexOutOfRange {
-            map: name,
-            index,
-            capacity,
-        });
+impl SlotContents {
+    /// What the slot holds after `op` (one of its own slot's writes; `Activate` changes no
+    /// slot). The model of a map write, used by the fake data path and the write-through
+    /// shadow of the real one.
+    pub fn apply(&mut self, op: &MapOp) {
+        fn array_set<V: bytemuck::Pod>(m: &mut BTreeMap<u32, V>, index: u32, value: V) {
+            if is_zero(&value) {
+                m.remove(&index);
+            } else {
+                m.insert(index, value);
+            }
+        }
+        match *op {
+            MapOp::AuthzUpsert {
+                prefix_len,
+                addr,
+                value,
+                ..
+            } => {
+                self.authz.insert((prefix_len, addr), value);
+            }
+            MapOp::AuthzDelete {
+                prefix_len, addr, ..
+            } => {
+                self.authz.remove(&(prefix_len, addr));
+            }
+            MapOp::RouteUpsert {
+                prefix_len,
+                addr,
+                value,
+                ..
+            } => {
+                self.routes.insert((prefix_len, addr), value);
+            }
+            MapOp::RouteDelete {
+                prefix_len, addr, ..
+            } => {
+                self.routes.remove(&(prefix_len, addr));
+            }
+            MapOp::SgNodeUpsert {
+                prefix_len,
+                addr,
+                value,
+                ..
+            } => {
+                self.sg_nodes.insert((prefix_len, addr), value);
+            }
+            MapOp::SgNodeDelete {
+                prefix_len, addr, ..
+            } => {
+                self.sg_nodes.remove(&(prefix_len, addr));
+            }
+            MapOp::SgRangeSet { index, range, .. } => array_set(&mut self.sg_ranges, index, range),
+            MapOp::TargetSet { index, target, .. } => array_set(&mut self.targets, index, target),
+            MapOp::MetaSet { meta, .. } => self.meta = meta,
+            MapOp::Activate { .. } => {}
+        }
     }
-    if is_zero(&value) {
-        map.remove(&index);
-    } else {
-        map.insert(index, value);
-    }
-    Ok(())
 }
 
 impl Datapath for FakeDatapath {
@@ -503,9 +592,8 @@ impl Datapath for FakeDatapath {
             self.fail_after = Some(n - 1);
         }
         let caps = self.capacities;
-        let i = |s: u8| s as usize % 2;
-        match *op {
-            MapOp::Activate { generation } => {
+        match (*op, op.slot()) {
+            (MapOp::Activate { generation }, _) => {
                 let slot = slot_for(generation);
                 let found = self.slots[slot as usize].meta.generation;
                 if found != generation {
@@ -517,82 +605,12 @@ impl Datapath for FakeDatapath {
                 }
                 self.active = generation;
             }
-            MapOp::AuthzUpsert {
-                slot,
-                prefix_len,
-                addr,
-                value,
-            } => {
+            (_, Some(slot)) => {
                 let s = self.writable_slot(slot)?;
-                let name = map_names::AUTHZ_V4[i(slot)];
-                lpm_upsert(&mut s.authz, (prefix_len, addr), value, name, caps.authz)?;
+                capacity_check(s, op, &caps)?;
+                s.apply(op);
             }
-            MapOp::AuthzDelete {
-                slot,
-                prefix_len,
-                addr,
-            } => {
-                self.writable_slot(slot)?.authz.remove(&(prefix_len, addr));
-            }
-            MapOp::RouteUpsert {
-                slot,
-                prefix_len,
-                addr,
-                value,
-            } => {
-                let s = self.writable_slot(slot)?;
-                let name = map_names::ROUTES_V4[i(slot)];
-                lpm_upsert(&mut s.routes, (prefix_len, addr), value, name, caps.routes)?;
-            }
-            MapOp::RouteDelete {
-                slot,
-                prefix_len,
-                addr,
-            } => {
-                self.writable_slot(slot)?.routes.remove(&(prefix_len, addr));
-            }
-            MapOp::SgNodeUpsert {
-                slot,
-                prefix_len,
-                addr,
-                value,
-            } => {
-                let s = self.writable_slot(slot)?;
-                let name = map_names::SG_V4[i(slot)];
-                lpm_upsert(
-                    &mut s.sg_nodes,
-                    (prefix_len, addr),
-                    value,
-                    name,
-                    caps.sg_nodes,
-                )?;
-            }
-            MapOp::SgNodeDelete {
-                slot,
-                prefix_len,
-                addr,
-            } => {
-                self.writable_slot(slot)?
-                    .sg_nodes
-                    .remove(&(prefix_len, addr));
-            }
-            MapOp::SgRangeSet { slot, index, range } => {
-                let s = self.writable_slot(slot)?;
-                let name = map_names::SG_RANGES[i(slot)];
-                array_set(&mut s.sg_ranges, index, range, name, caps.sg_ranges)?;
-            }
-            MapOp::TargetSet {
-                slot,
-                index,
-                target,
-            } => {
-                let s = self.writable_slot(slot)?;
-                let name = map_names::TARGETS[i(slot)];
-                array_set(&mut s.targets, index, target, name, caps.targets)?;
-            }
-            MapOp::MetaSet { slot, meta } => {
-                self.writable_slot(slot)?.meta = meta;
-            }
+            (_, None) => unreachable!("every op but Activate names its slot"),
         }
         self.applied += 1;
         Ok(())

@@ -13,11 +13,15 @@ use crate::{
 };
 
 /// Suites: name, binary in the `tests` package.
-const SUITES: &[(&str, &str)] = &[("datapath", "bench-datapath"), ("tunnel", "bench-tunnel")];
+const SUITES: &[(&str, &str)] = &[
+    ("datapath", "bench-datapath"),
+    ("tunnel", "bench-tunnel"),
+    ("control", "bench-control"),
+];
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Suite to run (default: every suite). Known: datapath, tunnel.
+    /// Suite to run (default: every suite). Known: datapath, tunnel, control.
     suite: Option<String>,
     /// Short runs (well under 3 minutes) that prove the harness works; figures not meaningful.
     #[arg(long)]
@@ -64,7 +68,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let out = target.join("bench");
     for (name, bin) in suites {
         util::run(cargo().args(["build", "--release", "--package", "tests", "--bin", bin]))?;
+        // The control suite runs `portcullis run` itself, as shipped: the release binary.
+        util::run(cargo().args(["build", "--release", "--package", "portcullis-agent"]))?;
         let mut cmd = command(target.join("release").join(bin));
+        cmd.env("PORTCULLIS_BIN", target.join("release").join("portcullis"));
         if args.quick {
             cmd.arg("--quick");
         }
@@ -79,7 +86,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!(
             "bench: {name}: {}",
             ["json", "md", "svg"]
-                .map(|ext| out.join(format!("{name}.{ext}")).display().to_string())
+                .iter()
+                .map(|ext| out.join(format!("{name}.{ext}")))
+                .filter(|p| p.exists())
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
                 .join(", ")
         );
     }

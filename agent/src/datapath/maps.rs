@@ -28,6 +28,10 @@ pub struct Maps {
     maps: BTreeMap<&'static str, Map>,
     /// When the reconciler last switched generations (see `SLOT_QUIESCE`).
     last_activation: Option<std::time::Instant>,
+    /// Write-through copy of each policy slot, so a reconcile diffs against memory instead
+    /// of reading two slots back from the kernel (tens of milliseconds, mostly the 65,536
+    /// entry port-range arrays). Filled by the first read; dropped if a write fails.
+    shadow: std::sync::Mutex<[Option<SlotContents>; 2]>,
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads.
@@ -90,6 +94,7 @@ impl Maps {
         Ok(Maps {
             maps,
             last_activation: None,
+            shadow: Default::default(),
         })
     }
 
@@ -105,6 +110,7 @@ impl Maps {
         Ok(Maps {
             maps,
             last_activation: None,
+            shadow: Default::default(),
         })
     }
 
@@ -579,6 +585,36 @@ impl reconcile::Datapath for Maps {
         if slot > 1 {
             return Err(reconcile::DatapathError::NoSuchSlot(slot));
         }
+        let mut shadow = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = &shadow[slot as usize] {
+            return Ok(c.clone());
+        }
+        let c = self.read_slot(slot)?;
+        shadow[slot as usize] = Some(c.clone());
+        Ok(c)
+    }
+
+    fn active_generation(&self) -> Result<u32, reconcile::DatapathError> {
+        Maps::active_generation(self).map_err(|e| rec_err(map_names::POLICY_ACTIVE, "read", e))
+    }
+
+    fn apply(&mut self, op: &MapOp) -> Result<(), reconcile::DatapathError> {
+        let r = self.write_op(op);
+        if let Some(slot) = op.slot().filter(|&s| s < 2) {
+            let mut shadow = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
+            match (&r, &mut shadow[slot as usize]) {
+                (Ok(()), Some(c)) => c.apply(op),
+                (Err(_), c) => *c = None,
+                (Ok(()), None) => {}
+            }
+        }
+        r
+    }
+}
+
+impl Maps {
+    /// One policy slot as the kernel holds it.
+    fn read_slot(&self, slot: u8) -> Result<SlotContents, reconcile::DatapathError> {
         let read = |name: &str, e| rec_err(name, "read", e);
         let s = slot as usize;
         let mut sg_ranges = BTreeMap::new();
@@ -635,11 +671,7 @@ impl reconcile::Datapath for Maps {
         })
     }
 
-    fn active_generation(&self) -> Result<u32, reconcile::DatapathError> {
-        Maps::active_generation(self).map_err(|e| rec_err(map_names::POLICY_ACTIVE, "read", e))
-    }
-
-    fn apply(&mut self, op: &MapOp) -> Result<(), reconcile::DatapathError> {
+    fn write_op(&mut self, op: &MapOp) -> Result<(), reconcile::DatapathError> {
         let active = Maps::active_generation(self)
             .map_err(|e| rec_err(map_names::POLICY_ACTIVE, "read", e))?;
         if let Some(slot) = op.slot() {
