@@ -287,10 +287,11 @@ pub const STREAM_B: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11)
 
 /// The policy part of an endpoint file (for `agent::endpoint_toml`, which has the
 /// `private` target network and its route to 10.0.0.0/24): a rule for stream A, one for
-/// stream B when `allow_b`, and `fillers` further /32 rules (all users) behind a route to
-/// 10.128.0.0/9, numbered from 10.128.0.0 (`variant` 0) or 10.192.0.0 (`variant` 1), so
-/// that switching the variant replaces every filler rule at once.
-pub fn probe_policy(fillers: usize, variant: u8, allow_b: bool) -> String {
+/// stream B when `allow_b`, and `fillers` (at most 16,384) further /32 rules (all users)
+/// behind a route to 10.128.0.0/9, numbered from 10.128.0.0 + `variant` × 16,384 (`variant` <
+/// 512), so that another variant replaces every filler rule at once.
+pub fn probe_policy(fillers: usize, variant: u32, allow_b: bool) -> String {
+    assert!(fillers <= 16_384 && variant < 512, "filler rules out of 10.128.0.0/9");
     use std::fmt::Write;
     let mut p = String::from(
         "[[route]]\ndestination = \"10.128.0.0/9\"\ntarget_network = \"private\"\n\

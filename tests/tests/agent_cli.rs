@@ -385,7 +385,7 @@ fn run_connect_list_terminate() {
     assert!(o.stderr.contains("no such session"), "{o}");
     assert_eq!(lab.connections().len(), 1);
 
-    // Terminate alice: her session goes at once (her client reconnects on its own later).
+    // Terminate alice: her session goes at once, and her client is told to stop (HALT).
     let out = cli_ok(&[
         "connections",
         "terminate",
@@ -407,6 +407,15 @@ fn run_connect_list_terminate() {
     assert!(
         !ping(lab.client_ns(0), SERVER, 1, Duration::from_secs(1)),
         "a terminated session still passes traffic"
+    );
+    assert!(
+        poll(Duration::from_secs(3), || client
+            .log()
+            .contains("Halt command was pushed by server")
+            .then_some(()))
+        .is_some(),
+        "the terminated client was not told to stop:\n{}",
+        client.log()
     );
     eprintln!("done after {:?}", t0.elapsed());
 }
@@ -444,7 +453,7 @@ fn reload_under_traffic_loses_nothing_allowed() {
     let mut changes = Vec::new();
     for (i, allow_b) in [false, true, false].into_iter().enumerate() {
         let at = mono_ns();
-        lab.write_policy(&probe::probe_policy(200, (i % 2 == 0) as u8, allow_b));
+        lab.write_policy(&probe::probe_policy(200, i as u32 + 1, allow_b));
         let o = lab.reload();
         assert!(o.success(), "{o}");
         std::thread::sleep(Duration::from_millis(1500));

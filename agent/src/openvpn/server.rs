@@ -670,7 +670,8 @@ impl Server {
         }
     }
 
-    /// OCC_EXIT from a worker, or an operator's disconnect.
+    /// OCC_EXIT from a worker (the session just ends), or an operator's disconnect
+    /// ([`CloseReason::Server`]: the client gets `HALT,<why>` first).
     pub fn close_peer(&mut self, peer_id: u32, reason: CloseReason, now: Instant) {
         let link = self
             .sessions
@@ -679,7 +680,14 @@ impl Server {
             .map(|(l, _)| *l);
         if let Some(link) = link {
             if let Some(e) = self.sessions.get_mut(&link) {
-                e.session.kill(reason);
+                match &reason {
+                    // An operator's cut: the client is told to stop rather than to retry.
+                    CloseReason::Server(why) => {
+                        let msg = format!("HALT,{why}");
+                        e.session.halt_now(&msg, reason, now);
+                    }
+                    _ => e.session.kill(reason),
+                }
             }
             self.after(link, now);
         }

@@ -550,6 +550,19 @@ impl Session {
         self.drive(now);
     }
 
+    /// Tells the client `message` (`HALT,…`) once, best effort, and ends the session now: for
+    /// cuts that must not wait for an acknowledgement (an operator's terminate).
+    pub fn halt_now(&mut self, message: &str, reason: CloseReason, now: Instant) {
+        if self.life == Life::Closed {
+            return;
+        }
+        if self.primary.phase == Phase::Active {
+            let _ = write_message(&mut self.primary.tls, message);
+        }
+        self.drive(now);
+        self.kill(reason);
+    }
+
     /// Ends the session now, without notifying the client.
     pub fn kill(&mut self, reason: CloseReason) {
         if self.life != Life::Closed {

@@ -137,7 +137,7 @@ fn run(s: &Settings) -> Result<()> {
     // Each change: (size, kind, at_ns, b_allowed_after, reply_ms, the agent's timing).
     let mut changes: Vec<(usize, &str, u64, bool, f64, Value)> = Vec::new();
     let mut allow_b = true;
-    let mut variant = 0u8;
+    let mut variant = 0u32;
     for &size in &s.sizes {
         // Move to this size first, not measured: twice, so that both policy slots hold it
         // (each reload writes the inactive slot; the next diffs against it).
@@ -151,7 +151,8 @@ fn run(s: &Settings) -> Result<()> {
             for _ in 0..s.reps {
                 allow_b = !allow_b;
                 if kind == "replace" {
-                    variant ^= 1;
+                    // A variant never used before: every filler rule is new.
+                    variant += 1;
                 }
                 let text =
                     tests::agent::endpoint_toml(&probe::probe_policy(size, variant, allow_b));
