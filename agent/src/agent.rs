@@ -81,6 +81,32 @@ struct ReloadTiming {
     total_ms: f64,
 }
 
+/// Fill of the data path's maps: (map, entries, capacity). Policy maps count the live
+/// generation (from the compiled policy, which is what its slot holds); the others are
+/// counted in the kernel.
+fn map_fill(dp: &Datapath, compiled: &CompiledPolicy) -> Vec<(&'static str, usize, u32)> {
+    use portcullis_common as c;
+    let flows_cap = dp.options.max_flows.unwrap_or(c::DEFAULT_MAX_FLOWS);
+    vec![
+        (
+            "clients",
+            dp.maps.client_addrs().map_or(0, |v| v.len()),
+            c::MAX_CLIENTS,
+        ),
+        (
+            "conntrack",
+            dp.maps.flows().map_or(0, |f| f.len()),
+            flows_cap,
+        ),
+        ("nat_rev", dp.maps.nat_rev_len().unwrap_or(0), flows_cap),
+        ("authz_v4", compiled.authz.len(), c::MAX_AUTHZ_PREFIXES),
+        ("routes_v4", compiled.routes.len(), c::MAX_ROUTES),
+        ("sg_v4", compiled.sg_nodes.len(), c::MAX_SG_PREFIXES),
+        ("sg_ranges", compiled.sg_ranges.len(), c::MAX_SG_RANGES),
+        ("targets", compiled.targets.len(), c::MAX_TARGETS),
+    ]
+}
+
 /// How long entries a previous agent left wait for their clients to reconnect.
 const KEPT_GRACE: Duration = Duration::from_secs(60);
 
@@ -127,7 +153,7 @@ pub fn compile(
             anyhow::anyhow!(
                 "the policy is invalid:\n{}",
                 errs.iter()
-                    .map(|e| format!("  {e}"))
+                    .map(|e| format!("  {}", crate::config::endpoint_paths(&e.to_string())))
                     .collect::<Vec<_>>()
                     .join("\n")
             )
@@ -151,8 +177,14 @@ fn load_and_compile(
     match policy::compile_with_previous(&cfg.policy(), resolve_ifindex, previous) {
         Ok(compiled) if errors.is_empty() => return Ok((cfg, compiled)),
         Ok(_) => {}
-        Err(errs) => errors.extend(errs.iter().map(|e| e.to_string())),
+        Err(errs) => errors.extend(
+            errs.iter()
+                .map(|e| crate::config::endpoint_paths(&e.to_string())),
+        ),
     }
+    // The file check and the compiler may see the same problem.
+    let mut seen = std::collections::BTreeSet::new();
+    errors.retain(|e| seen.insert(e.clone()));
     bail!(
         "{} is invalid:\n{}",
         path.display(),
@@ -179,7 +211,7 @@ pub fn check(path: &Path, json: bool) -> Result<()> {
         "security_groups_applied": compiled.sg_enabled,
         "security_group_prefixes": compiled.sg_nodes.len(),
         "port_ranges": compiled.sg_ranges.len(),
-        "warnings": compiled.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+        "warnings": compiled.warnings.iter().map(|w| crate::config::endpoint_paths(&w.to_string())).collect::<Vec<_>>(),
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -209,7 +241,7 @@ pub fn check(path: &Path, json: bool) -> Result<()> {
             compiled.sg_ranges.len()
         );
         for w in &compiled.warnings {
-            println!("  {w}");
+            println!("  {}", crate::config::endpoint_paths(&w.to_string()));
         }
     }
     Ok(())
@@ -555,15 +587,17 @@ async fn serve(
                     m.policy_generation.set(i64::from(l.generation));
                     m.reconcile_seconds.set(l.last_reconcile.as_secs_f64());
                     drop(l);
-                    m.map_entries.get_or_create(&crate::metrics::Map { map: "clients".into() }).set(connections.len() as i64);
                 }
                 if last_gc.elapsed() >= Duration::from_secs(5) {
                     last_gc = Instant::now();
                     {
                         let m = metrics.lock().unwrap_or_else(|e| e.into_inner());
                         m.set_crls(tls.current().crls());
-                        if let Ok(f) = dp.maps.flows() {
-                            m.map_entries.get_or_create(&crate::metrics::Map { map: "conntrack".into() }).set(f.len() as i64);
+                        let fill = map_fill(dp, &live.lock().unwrap_or_else(|e| e.into_inner()).compiled);
+                        for (map, entries, capacity) in fill {
+                            let k = crate::metrics::Map { map: map.into() };
+                            m.map_entries.get_or_create(&k).set(entries as i64);
+                            m.map_capacity.get_or_create(&k).set(i64::from(capacity));
                         }
                     }
                     if let Err(e) = dp.maps.gc(datapath::maps::monotonic_ns()) {
@@ -603,7 +637,11 @@ async fn serve(
             }
             Some((line, reply_tx)) = calls_rx.recv() => {
                 let reply = match serde_json::from_str::<AdminRequest>(&line) {
-                    Ok(AdminRequest::Status) => status(dp, live, tunnel),
+                    Ok(AdminRequest::Status) => {
+                        let mut v = status(dp, live, tunnel);
+                        v["endpoint"] = cfg.name.clone().into();
+                        v
+                    }
                     Ok(AdminRequest::Reload) => {
                         match reload(config_path, cfg, dp, tunnel, live) {
                             Ok(g) => {
@@ -642,7 +680,11 @@ fn status(dp: &Datapath, live: &Arc<Mutex<Live>>, tunnel: &Tunnel) -> serde_json
     let sessions = tunnel.sessions();
     let l = live.lock().unwrap_or_else(|e| e.into_inner());
     let drops = dp.maps.drop_counters().unwrap_or_default();
-    let flows = dp.maps.flows().map(|f| f.len()).unwrap_or(0);
+    let fill = map_fill(dp, &l.compiled);
+    let flows = fill
+        .iter()
+        .find(|(n, _, _)| *n == "conntrack")
+        .map_or(0, |f| f.1);
     serde_json::json!({
         "ok": true,
         "generation": l.generation,
@@ -653,6 +695,10 @@ fn status(dp: &Datapath, live: &Arc<Mutex<Live>>, tunnel: &Tunnel) -> serde_json
         "established": sessions.iter().filter(|s| s.established).count(),
         "flows": flows,
         "drops": drops.iter().map(|(r, n)| (r.name(), *n)).collect::<BTreeMap<_, _>>(),
+        "maps": fill
+            .iter()
+            .map(|(n, e, c)| (*n, serde_json::json!({"entries": e, "capacity": c})))
+            .collect::<BTreeMap<_, _>>(),
     })
 }
 

@@ -64,7 +64,7 @@ pub struct EndpointConfig {
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
     #[serde(default, alias = "target_networks")]
-    pub target_network: Vec<TargetNetwork>,
+    pub target_network: Vec<TargetNetworkEntry>,
     #[serde(default, alias = "routes")]
     pub route: Vec<Route>,
     #[serde(default, alias = "authorization_rules")]
@@ -177,7 +177,9 @@ fn key_path_at(text: &str, line: usize) -> Option<String> {
     let mut table: Option<String> = None;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let lines: Vec<&str> = text.lines().collect();
-    for l in lines.iter().take(line.saturating_sub(1)) {
+    // Headers up to and including `line`: an error on a header line (a missing field of
+    // that table) belongs to that table.
+    for l in lines.iter().take(line) {
         let l = l.trim();
         if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
             let name = name.trim().to_owned();
@@ -203,6 +205,57 @@ fn key_path_at(text: &str, line: usize) -> Option<String> {
         (Some(t), None) => Some(t),
         (None, None) => None,
     }
+}
+
+/// A `[[target_network]]`: the policy's target network, with the SNAT address optional
+/// (default: the interface's first IPv4 address, as AWS uses the association's ENI address).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetNetworkEntry {
+    pub name: String,
+    pub interface: String,
+    #[serde(default)]
+    pub snat_address: Option<Ipv4Addr>,
+    #[serde(default = "default_pat_port_min")]
+    pub pat_port_min: u16,
+    #[serde(default = "default_pat_port_max")]
+    pub pat_port_max: u16,
+}
+
+fn default_pat_port_min() -> u16 {
+    crate::policy::model::DEFAULT_PAT_PORT_MIN
+}
+fn default_pat_port_max() -> u16 {
+    crate::policy::model::DEFAULT_PAT_PORT_MAX
+}
+
+/// The first IPv4 address of interface `name` in this network namespace.
+pub fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        if a.interface_name != name {
+            return None;
+        }
+        a.address?
+            .as_sockaddr_in()
+            .map(|sin| Ipv4Addr::from(sin.ip()))
+    })
+}
+
+/// A policy compiler message with its field paths as the endpoint file spells them (the
+/// compiler names the policy model's lists: `routes[2]` is the file's third `[[route]]`).
+pub fn endpoint_paths(msg: &str) -> String {
+    const MAP: &[(&str, &str)] = &[
+        // First, so `security_groups[` below does not catch it.
+        ("applied_security_groups[", "\u{0}applied["),
+        ("target_networks[", "target_network["),
+        ("routes[", "route["),
+        ("authorization_rules[", "authorization_rule["),
+        ("security_groups[", "security_group["),
+        ("\u{0}applied[", "applied_security_groups["),
+        ("add it to target_networks", "add a [[target_network]]"),
+    ];
+    MAP.iter()
+        .fold(msg.to_owned(), |m, (from, to)| m.replace(from, to))
 }
 
 /// A listener from `listen`.
@@ -325,7 +378,22 @@ impl EndpointConfig {
             client_cidr: self.client_cidr,
             gateway_addr: self.gateway(),
             groups: self.groups.clone(),
-            target_networks: self.target_network.clone(),
+            target_networks: self
+                .target_network
+                .iter()
+                .map(|t| TargetNetwork {
+                    name: t.name.clone(),
+                    interface: t.interface.clone(),
+                    // Unresolved only where validation already said so (or on a machine
+                    // without the interface, for `check`).
+                    snat_address: t
+                        .snat_address
+                        .or_else(|| interface_ipv4(&t.interface))
+                        .unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    pat_port_min: t.pat_port_min,
+                    pat_port_max: t.pat_port_max,
+                })
+                .collect(),
             routes: self.route.clone(),
             authorization_rules: self.authorization_rule.clone(),
             security_groups: self.security_group.clone(),
@@ -405,6 +473,22 @@ impl EndpointConfig {
     /// agent and `portcullis check` run both and print all errors together).
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = Vec::new();
+        for (i, t) in self.target_network.iter().enumerate() {
+            // Only where the interface exists: `check` may run on another machine.
+            if t.snat_address.is_none()
+                && crate::datapath::ifindex(&t.interface).is_some()
+                && interface_ipv4(&t.interface).is_none()
+            {
+                errs.push(err(
+                    format!("target_network[{i}].snat_address"),
+                    format!(
+                        "not set, and interface `{}` has no IPv4 address to use instead: set \
+                         snat_address or give the interface an address",
+                        t.interface
+                    ),
+                ));
+            }
+        }
         if self.name.is_empty()
             || self.name.len() > 32
             || !self
@@ -740,6 +824,39 @@ groups = ["engineering"]
         assert!(e.0[0].path.ends_with(", route[0].destination"), "{e}");
         let e = EndpointConfig::parse(&GOOD.replace("10.100.0.0/22", "10.100.0.0/x")).unwrap_err();
         assert!(e.0[0].path.ends_with(", client_cidr"), "{e}");
+        // A missing field is reported on its table's header line: that table, not the one
+        // above it.
+        let e = EndpointConfig::parse(&GOOD.replace("name = \"private\"\n", "")).unwrap_err();
+        assert!(e.0[0].path.ends_with(", target_network[0]"), "{e}");
+        assert!(e.to_string().contains("`name`"), "{e}");
+    }
+
+    #[test]
+    fn snat_address_defaults_to_the_interface_address() {
+        let text = GOOD
+            .replace("interface = \"eth1\"", "interface = \"lo\"")
+            .replace("snat_address = \"10.0.0.1\"\n", "");
+        let c = EndpointConfig::parse(&text).unwrap();
+        assert_eq!(c.target_network[0].snat_address, None);
+        assert_eq!(
+            c.policy().target_networks[0].snat_address,
+            Ipv4Addr::LOCALHOST
+        );
+        assert_eq!(interface_ipv4("no-such-if0"), None);
+    }
+
+    #[test]
+    fn compiler_paths_are_spelled_as_in_the_file() {
+        assert_eq!(
+            endpoint_paths("routes[1].target_network: no target network is named `x`: use one of [`a`] or add it to target_networks"),
+            "route[1].target_network: no target network is named `x`: use one of [`a`] or add a [[target_network]]"
+        );
+        assert_eq!(
+            endpoint_paths(
+                "applied_security_groups[0] and security_groups[2].name and authorization_rules[3]"
+            ),
+            "applied_security_groups[0] and security_group[2].name and authorization_rule[3]"
+        );
     }
 
     #[test]

@@ -68,11 +68,15 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
-    /// Print the data-path counters and flows of a running endpoint from its pinned maps.
+    /// A running endpoint: policy generation, reloads, sessions, drops and map fill levels
+    /// (from the agent, via --config/--admin-socket), or the data path alone from its pinned
+    /// maps (--endpoint: works while the agent is down, e.g. between restarts with kept maps).
     Status {
-        /// Endpoint name (pins live in <pin-root>/<endpoint>).
-        #[arg(long)]
-        endpoint: String,
+        #[command(flatten)]
+        admin: Admin,
+        /// Read the pinned maps of this endpoint instead of asking the agent.
+        #[arg(long, conflicts_with_all = ["config", "admin_socket"])]
+        endpoint: Option<String>,
         #[arg(long, default_value = portcullis::datapath::DEFAULT_PIN_ROOT)]
         pin_root: PathBuf,
         /// Print JSON instead of a table.
@@ -337,9 +341,22 @@ fn run() -> Result<()> {
         },
         Command::Demo { keep } => portcullis::demo::run(portcullis::demo::DemoOptions { keep }),
         Command::Status {
-            endpoint,
+            admin,
+            endpoint: Some(endpoint),
             pin_root,
             json,
-        } => portcullis::status::print(&pin_root.join(&endpoint), json),
+        } => {
+            let _ = admin;
+            portcullis::status::print(&pin_root.join(&endpoint), json)
+        }
+        Command::Status {
+            admin,
+            endpoint: None,
+            json,
+            ..
+        } => {
+            let v = admin_request(&admin.socket()?, &AdminRequest::Status)?;
+            print_json_or(&v, json, portcullis::status::print_agent)
+        }
     }
 }

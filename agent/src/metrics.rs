@@ -48,6 +48,7 @@ pub struct Metrics {
     pub policy_generation: Gauge,
     pub reconcile_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub map_entries: Family<Map, Gauge>,
+    pub map_capacity: Family<Map, Gauge>,
     /// Last absolute values of monotonic sources, to turn them into counter increments.
     last_drops: std::collections::BTreeMap<String, u64>,
 }
@@ -83,6 +84,7 @@ impl Metrics {
             policy_generation: Gauge::default(),
             reconcile_seconds: Gauge::default(),
             map_entries: Family::default(),
+            map_capacity: Family::default(),
             last_drops: Default::default(),
             registry: Registry::default(),
         };
@@ -150,6 +152,11 @@ impl Metrics {
             "map_entries",
             "Entries in data-path maps",
             m.map_entries.clone(),
+        );
+        registry.register(
+            "map_capacity",
+            "Maximum entries of data-path maps (fill = map_entries / map_capacity)",
+            m.map_capacity.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -41,3 +41,44 @@ pub fn print(dir: &Path, as_json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// The agent's `status` reply as a table.
+pub fn print_agent(v: &serde_json::Value) {
+    let s = |k: &str| match &v[k] {
+        serde_json::Value::String(x) => x.clone(),
+        serde_json::Value::Null => "-".into(),
+        x => x.to_string(),
+    };
+    println!("endpoint           {}", s("endpoint"));
+    println!("policy generation  {}", s("generation"));
+    println!("reloads            {}", s("reloads"));
+    if let Some(t) = v["last_reload_timing"]["total_ms"].as_f64() {
+        println!("last reload        {t:.1} ms");
+    }
+    if let Some(e) = v["last_reload_error"].as_str() {
+        println!("last reload error  {e}");
+    }
+    println!(
+        "sessions           {} ({} established)",
+        s("sessions"),
+        s("established")
+    );
+    println!("conntrack flows    {}", s("flows"));
+    println!("drops:");
+    for (r, n) in v["drops"].as_object().into_iter().flatten() {
+        println!("  {r:<24} {n}");
+    }
+    println!("maps:               entries   capacity   fill");
+    for (m, f) in v["maps"].as_object().into_iter().flatten() {
+        let (e, c) = (
+            f["entries"].as_u64().unwrap_or(0),
+            f["capacity"].as_u64().unwrap_or(0),
+        );
+        let pct = if c > 0 {
+            e as f64 * 100.0 / c as f64
+        } else {
+            0.0
+        };
+        println!("  {m:<16} {e:>10} {c:>10} {pct:>5.1}%");
+    }
+}

@@ -291,7 +291,10 @@ pub const STREAM_B: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11)
 /// behind a route to 10.128.0.0/9, numbered from 10.128.0.0 + `variant` × 16,384 (`variant` <
 /// 512), so that another variant replaces every filler rule at once.
 pub fn probe_policy(fillers: usize, variant: u32, allow_b: bool) -> String {
-    assert!(fillers <= 16_384 && variant < 512, "filler rules out of 10.128.0.0/9");
+    assert!(
+        fillers <= 16_384 && variant < 512,
+        "filler rules out of 10.128.0.0/9"
+    );
     use std::fmt::Write;
     let mut p = String::from(
         "[[route]]\ndestination = \"10.128.0.0/9\"\ntarget_network = \"private\"\n\

@@ -116,6 +116,10 @@ name = "private"
 interface = "{GW_IF}"
 snat_address = "10.0.0.1"
 
+[[target_network]]
+name = "local"
+interface = "lo"
+
 [[route]]
 destination = "10.1.0.0/16"
 target_network = "privat"
@@ -150,16 +154,19 @@ egress = []
             "tls.key",
             "missing.key",
             "tls.crl[0]",
-            "target_networks[1].name",
-            "routes[1].target_network",
+            "target_network[1].name",
+            // No snat_address: the interface's address, here loopback's, which is refused.
+            "target_network[2].snat_address",
+            "127.0.0.1",
+            "route[1].target_network",
             "privat",
             "[2].destination",
             "10.100.0.128/25",
-            "authorization_rules[1].groups",
+            "authorization_rule[1].groups",
             "applied_security_groups[1]",
             "nope",
-            "security_groups[0].egress[0].from_port",
-            "security_groups[1].name",
+            "security_group[0].egress[0].from_port",
+            "security_group[1].name",
         ],
     );
 
@@ -202,7 +209,7 @@ egress = []
             "destination = \"10.0.0.0/24\"\ntarget",
             "destination = \"10.0.0.1/24\"\ntarget",
         ),
-        &["routes[0].destination", "10.0.0.0/24"],
+        &["route[0].destination", "10.0.0.0/24"],
     );
     // A file that does not exist.
     let missing = dir.path().join("nope.toml");
@@ -365,6 +372,27 @@ fn run_connect_list_terminate() {
             .contains("bad request"),
         "{v}"
     );
+    // `portcullis status`: the agent's view, with map fill levels (table and JSON).
+    let out = cli_ok(&["status", "--config", &lab.config_arg(), "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
+    assert_eq!(st["endpoint"], ENDPOINT, "{st}");
+    assert_eq!(st["maps"]["clients"]["entries"], 1, "{st}");
+    assert_eq!(st["maps"]["clients"]["capacity"], 65536, "{st}");
+    assert!(
+        st["maps"]["conntrack"]["entries"].as_u64() >= Some(1),
+        "{st}"
+    );
+    assert_eq!(st["maps"]["authz_v4"]["entries"], 1, "{st}");
+    let table = cli_ok(&["status", "--config", &lab.config_arg()]);
+    for want in [
+        "policy generation",
+        "sessions           1 (1 established)",
+        "maps:",
+        "clients",
+        "authz_v4",
+    ] {
+        assert!(table.contains(want), "status lacks {want:?}:\n{table}");
+    }
     let st = lab.agent().status();
     assert_eq!(
         (st["sessions"].as_u64(), st["established"].as_u64()),
@@ -580,7 +608,7 @@ fn reload_changes_policy_live() {
     let o = lab.reload();
     assert!(!o.success(), "a broken file was accepted: {o}");
     assert!(
-        o.stderr.contains("routes[1].target_network") && o.stderr.contains("nowhere"),
+        o.stderr.contains("route[1].target_network") && o.stderr.contains("nowhere"),
         "the error does not say what is wrong: {o}"
     );
     assert!(
