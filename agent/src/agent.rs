@@ -702,7 +702,9 @@ fn status(dp: &Datapath, live: &Arc<Mutex<Live>>, tunnel: &Tunnel) -> serde_json
     })
 }
 
-fn list(
+/// The sessions as `connections list` reports them (`connections`: each session's
+/// `Connected` event and when it came).
+pub fn list(
     dp: &Datapath,
     tunnel: &Tunnel,
     connections: &BTreeMap<u32, (ServerEvent, Instant)>,
@@ -851,6 +853,38 @@ fn expire_kept(dp: &mut Datapath, tunnel: &Tunnel, live: &Arc<Mutex<Live>>) {
             Err(e) => tracing::warn!(%addr, error = %e, "removing a previous agent's session"),
         }
     }
+}
+
+/// `connections list` as a table (`v` is the agent's reply, or a list of [`ConnectionInfo`]).
+pub fn connections_table(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "{:>5}  {:<16} {:<15} {:<21} {:<4} {:>7}  {:>12} {:>12}\n",
+        "id", "user", "client", "public", "tr", "age", "in bytes", "out bytes"
+    );
+    let rows = v
+        .get("connections")
+        .unwrap_or(v)
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for c in rows {
+        // Numbers as text first: a JSON value ignores width and alignment.
+        let n = |k: &str| c[k].as_u64().map_or("-".into(), |x| x.to_string());
+        let _ = writeln!(
+            out,
+            "{:>5}  {:<16} {:<15} {:<21} {:<4} {:>6}s  {:>12} {:>12}",
+            n("id"),
+            c["user"].as_str().unwrap_or("-"),
+            c["client_address"].as_str().unwrap_or("-"),
+            c["public_address"].as_str().unwrap_or("-"),
+            c["transport"].as_str().unwrap_or("-"),
+            n("since_secs"),
+            n("ingress_bytes"),
+            n("egress_bytes")
+        );
+    }
+    out
 }
 
 /// Sends one request to a running agent's admin socket and returns the JSON reply.

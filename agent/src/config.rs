@@ -237,7 +237,7 @@ pub fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
         }
         a.address?
             .as_sockaddr_in()
-            .map(|sin| Ipv4Addr::from(sin.ip()))
+            .map(|sin| sin.ip())
     })
 }
 

@@ -238,14 +238,20 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
+    let cli = Cli::parse();
+    // The demo prints its own story; the agent's log would interleave with it.
+    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     use portcullis::agent::{admin_request, AdminRequest};
     match cli.command {
         Command::Run {
@@ -265,23 +271,7 @@ fn run() -> Result<()> {
         } => {
             let v = admin_request(&admin.socket()?, &AdminRequest::Connections)?;
             print_json_or(&v, json, |v| {
-                println!(
-                    "{:>5}  {:<16} {:<15} {:<21} {:<4} {:>7}  {:>12} {:>12}",
-                    "id", "user", "client", "public", "tr", "age", "in bytes", "out bytes"
-                );
-                for c in v["connections"].as_array().into_iter().flatten() {
-                    println!(
-                        "{:>5}  {:<16} {:<15} {:<21} {:<4} {:>6}s  {:>12} {:>12}",
-                        c["id"],
-                        c["user"].as_str().unwrap_or("-"),
-                        c["client_address"].as_str().unwrap_or("-"),
-                        c["public_address"].as_str().unwrap_or("-"),
-                        c["transport"].as_str().unwrap_or("-"),
-                        c["since_secs"],
-                        c["ingress_bytes"],
-                        c["egress_bytes"]
-                    );
-                }
+                print!("{}", portcullis::agent::connections_table(v));
             })
         }
         Command::Connections {

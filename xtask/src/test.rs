@@ -187,6 +187,16 @@ pub fn run(args: &TestArgs) -> Result<()> {
                 "--test-threads=1",
             ],
         );
+        // The main job end to end: it exits non-zero when a flow does not get the verdict
+        // the reference evaluator prescribes.
+        match util::target_dir() {
+            Ok(t) => {
+                let mut demo = util::command(t.join("debug/portcullis"));
+                demo.arg("demo");
+                runner.command("demo (portcullis demo)", demo);
+            }
+            Err(e) => runner.step("demo (portcullis demo)", false, || Err(e)),
+        }
         // The benchmark harness, in --quick mode: its figures are not checked, only that it
         // builds, runs end to end (namespaces, XDP, nftables twin) and writes its reports.
         runner.step("benchmark harness (bench --quick)", false, || {

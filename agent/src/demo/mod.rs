@@ -282,10 +282,13 @@ pub fn run(opts: DemoOptions) -> Result<()> {
 
     let mut clients = Vec::new();
     let mut slots = Vec::new();
+    // As the agent keeps them for `connections list`.
+    let mut connections = std::collections::BTreeMap::new();
     for u in &USERS {
         let mut c = OvpnClient::start(u, &pki_dir)?;
         c.wait_connected(Duration::from_secs(30))?;
-        let ev = wait_connected(&ev_rx, u.name, Duration::from_secs(5))?;
+        let (ev, connected) = wait_connected(&ev_rx, u.name, Duration::from_secs(5))?;
+        connections.insert(ev.0, (connected, Instant::now()));
         let groups = input.local_groups_of(u.name);
         println!(
             "client {:<5} openvpn connected from {}: tunnel address {}, {}, groups {:?}",
@@ -322,16 +325,22 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         let user_groups = input.local_groups_of(u.name).into_iter().collect();
         let expected = expected_verdict(&input, &user_groups, probe);
         let (verdict, detail) = match (&outcome, &denial) {
-            (Ok(reply), _) => ("ALLOWED", reply.clone()),
+            (Ok(reply), _) => (
+                "ALLOWED",
+                format!(
+                    "{reply}\n{:<40}by {}",
+                    "",
+                    deciding_rule(&input, u.name, probe, None)
+                ),
+            ),
             (Err(_), Some(ev)) => {
-                let reason = DropReason::from_u8(ev.reason)
-                    .map(|r| r.name())
-                    .unwrap_or("?");
+                let reason = DropReason::from_u8(ev.reason);
                 (
                     "DENIED",
                     format!(
-                        "{reason}{}",
-                        explain(&input, &user_groups, probe, ev.reason)
+                        "{}: {}",
+                        reason.map(|r| r.name()).unwrap_or("?"),
+                        deciding_rule(&input, u.name, probe, reason)
                     ),
                 )
             }
@@ -346,6 +355,58 @@ pub fn run(opts: DemoOptions) -> Result<()> {
             probe.to_string(),
             verdict
         );
+    }
+
+    println!("\nconnections (as `portcullis connections list` shows them):");
+    let conns = crate::agent::list(&dp, &tunnel, &connections);
+    print!(
+        "{}",
+        crate::agent::connections_table(&serde_json::to_value(&conns)?)
+    );
+
+    // Live counters: both users send a ping every 200 ms for 3 s; the per-session counters
+    // (per-CPU array in the data path) are read every second.
+    println!("\nlive counters (alice pings the app server, bob the database, 5 per second):");
+    let stop_pings = Arc::new(AtomicBool::new(false));
+    let mut pingers = Vec::new();
+    for (ns, dst) in [
+        (USERS[0].ns, Ipv4Addr::new(10, 0, 0, 10)),
+        (USERS[1].ns, Ipv4Addr::new(10, 0, 0, 20)),
+    ] {
+        let (ns, stop) = (Ns::open(ns)?, stop_pings.clone());
+        pingers.push(std::thread::spawn(move || {
+            ns.run(move || {
+                // Bounded: 20 pings at most, whatever happens to `stop`.
+                for _ in 0..20 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let _ = run_probe(Probe::Ping(dst));
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        }));
+    }
+    for second in 1..=3 {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let line: Vec<String> = slots
+            .iter()
+            .map(|(name, slot, _)| {
+                let s = dp.maps.session_stats(*slot).unwrap_or_default();
+                format!(
+                    "{name} in {} pkts / {} B, out {} pkts / {} B",
+                    s.ingress_packets, s.ingress_bytes, s.egress_packets, s.egress_bytes
+                )
+            })
+            .collect();
+        println!("  t+{second}s  {}", line.join("   "));
+    }
+    stop_pings.store(true, Ordering::Relaxed);
+    for p in pingers {
+        let _ = p.join();
     }
 
     println!("\nconntrack (pinned map conntrack):");
@@ -364,14 +425,6 @@ pub fn run(opts: DemoOptions) -> Result<()> {
             e.packets_in
         );
     }
-    println!("\nsessions (per-session counters, summed over CPUs):");
-    for (name, slot, addr) in &slots {
-        let s = dp.maps.session_stats(*slot)?;
-        println!(
-            "  {:<5} {}  ingress {} pkts / {} B   egress {} pkts / {} B",
-            name, addr, s.ingress_packets, s.ingress_bytes, s.egress_packets, s.egress_bytes
-        );
-    }
     println!("\ndrop counters:");
     for (r, n) in dp.maps.drop_counters()? {
         if n > 0 {
@@ -384,11 +437,17 @@ pub fn run(opts: DemoOptions) -> Result<()> {
             println!("  {:<24} {n}", e.name());
         }
     }
+    let pins = format!("{}/{ENDPOINT}", datapath::DEFAULT_PIN_ROOT);
     println!(
-        "\nInspect the maps: bpftool map dump pinned {}/{ENDPOINT}/conntrack  (also clients, authz_v4_{}, drop_counters, ...)",
-        datapath::DEFAULT_PIN_ROOT,
+        "\nInspect the pinned maps with bpftool (while the demo runs: `portcullis demo --keep`):"
+    );
+    println!("  bpftool map dump pinned {pins}/conntrack");
+    println!("  bpftool map dump pinned {pins}/clients");
+    println!(
+        "  bpftool map dump pinned {pins}/authz_v4_{}   (the live policy generation's slot)",
         generation % 2
     );
+    println!("  bpftool map show pinned {pins}/drop_counters");
     if opts.keep {
         println!("Running until Ctrl-C ...");
         while !INTERRUPTED.load(Ordering::Relaxed) {
@@ -419,23 +478,35 @@ impl Drop for RemoveDir {
 }
 
 /// The server's Connected event for `user`: (session slot, tunnel address, cipher).
+/// The server's `Connected` event for `user`: (peer id, tunnel address, cipher and TLS
+/// version), and the event itself.
+#[allow(clippy::type_complexity)]
 fn wait_connected(
     rx: &std::sync::mpsc::Receiver<ServerEvent>,
     user: &str,
     timeout: Duration,
-) -> Result<(u32, Ipv4Addr, String)> {
+) -> Result<((u32, Ipv4Addr, String), ServerEvent)> {
     let end = Instant::now() + timeout;
     while let Some(left) = end.checked_duration_since(Instant::now()) {
         match rx.recv_timeout(left) {
-            Ok(ServerEvent::Connected {
-                peer_id,
-                common_name,
-                tunnel_addr,
-                cipher,
-                tls_version,
-                ..
-            }) if common_name == user => {
-                return Ok((peer_id, tunnel_addr, format!("{cipher}, {tls_version}")))
+            Ok(
+                ev @ ServerEvent::Connected {
+                    peer_id,
+                    tunnel_addr,
+                    ..
+                },
+            ) if matches!(&ev, ServerEvent::Connected { common_name, .. } if common_name == user) =>
+            {
+                let ServerEvent::Connected {
+                    cipher,
+                    tls_version,
+                    ..
+                } = &ev
+                else {
+                    unreachable!()
+                };
+                let what = format!("{cipher}, {tls_version}");
+                return Ok(((peer_id, tunnel_addr, what), ev));
             }
             Ok(_) => {}
             Err(_) => break,
@@ -484,37 +555,28 @@ fn expected_verdict(
     }
 }
 
-/// For authorization denials, name the rules at the deciding prefix.
-fn explain(
-    input: &PolicyInput,
-    _groups: &std::collections::BTreeSet<String>,
-    p: Probe,
-    reason: u8,
-) -> String {
-    let dst = probe_dst(p);
-    if reason != DropReason::NotAuthorized as u8 {
+/// The rule that decided, as `portcullis policy explain` names it: the authorization step,
+/// or the security-group step for a security-group denial.
+fn deciding_rule(input: &PolicyInput, user: &str, p: Probe, reason: Option<DropReason>) -> String {
+    let (dst, proto, port) = match p {
+        Probe::Ping(a) => (a, 1, 0),
+        Probe::Tcp(a, port) => (a, 6, port),
+        Probe::Udp(a, port) => (a, 17, port),
+    };
+    let Ok(e) = crate::explain::explain(input, user, crate::explain::Target { dst, proto, port })
+    else {
         return String::new();
-    }
-    let best = input
-        .authorization_rules
+    };
+    let want = if reason == Some(DropReason::SecurityGroup) {
+        "security groups"
+    } else {
+        "authorization"
+    };
+    e.steps
         .iter()
-        .filter_map(|r| match r.destination {
-            ipnet::IpNet::V4(n) if n.contains(&dst) => Some((n.prefix_len(), r)),
-            _ => None,
-        })
-        .max_by_key(|(l, _)| *l);
-    match best {
-        Some((_, r)) => format!(
-            " (longest rule {} allows {:?}{})",
-            r.destination,
-            r.groups,
-            r.description
-                .as_deref()
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default()
-        ),
-        None => String::new(),
-    }
+        .find(|s| s.starts_with(want))
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn drain_events(rb: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<DenyEvent> {
