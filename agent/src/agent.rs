@@ -71,6 +71,8 @@ struct Live {
     last_reload_timing: Option<ReloadTiming>,
     /// Sessions of a previous agent (`--keep-maps`) not back yet, removed at the deadline.
     kept: Option<(Instant, Adopted)>,
+    /// Settings changed in the file that wait for a restart.
+    pending_restart: Vec<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -358,6 +360,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         last_reload_error: None,
         last_reconcile: Duration::ZERO,
         last_reload_timing: None,
+        pending_restart: Vec::new(),
         kept: Some((Instant::now() + KEPT_GRACE, adopted.clone())),
     }));
     let groups_of = {
@@ -645,8 +648,8 @@ async fn serve(
                     Ok(AdminRequest::Reload) => {
                         match reload(config_path, cfg, dp, tunnel, live) {
                             Ok(g) => {
-                                let t = live.lock().unwrap_or_else(|e| e.into_inner()).last_reload_timing;
-                                serde_json::json!({"ok": true, "generation": g, "timing": t})
+                                let l = live.lock().unwrap_or_else(|e| e.into_inner());
+                                serde_json::json!({"ok": true, "generation": g, "timing": l.last_reload_timing, "pending_restart": l.pending_restart})
                             }
                             Err(e) => serde_json::json!({"ok": false, "error": e}),
                         }
@@ -691,6 +694,7 @@ fn status(dp: &Datapath, live: &Arc<Mutex<Live>>, tunnel: &Tunnel) -> serde_json
         "reloads": l.reloads,
         "last_reload_error": l.last_reload_error,
         "last_reload_timing": l.last_reload_timing,
+        "pending_restart": l.pending_restart,
         "sessions": sessions.len(),
         "established": sessions.iter().filter(|s| s.established).count(),
         "flows": flows,
@@ -755,15 +759,14 @@ fn reload(
             &|n| datapath::ifindex(n),
             Some(&l.compiled.group_bits),
         )?;
-        if cfg.client_cidr != running.client_cidr
-            || cfg.listen != running.listen
-            || cfg.tls != running.tls
-            || cfg.name != running.name
-        {
+        let pending = crate::config::restart_only_changes(running, &cfg);
+        if !pending.is_empty() {
             tracing::warn!(
-                "client_cidr, listen, tls and name changes need a restart of the agent; the rest is applied"
+                settings = ?pending,
+                "these settings changed and take effect at the next restart of the agent; the rest is applied"
             );
         }
+        l.pending_restart = pending;
         if compiled.targets.len() != l.compiled.targets.len() {
             bail!("adding or removing target networks needs a restart (the XDP program attaches to their interfaces)");
         }
@@ -775,6 +778,8 @@ fn reload(
         l.policy = cfg.policy();
         l.compiled = compiled;
         l.generation = g;
+        // New sessions get the new pushed options; live ones keep theirs until they reconnect.
+        tunnel.command(Command::Settings(Box::new(cfg.server_settings())));
         Ok(g)
     })();
     match result {

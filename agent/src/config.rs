@@ -235,10 +235,36 @@ pub fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
         if a.interface_name != name {
             return None;
         }
-        a.address?
-            .as_sockaddr_in()
-            .map(|sin| sin.ip())
+        a.address?.as_sockaddr_in().map(|sin| sin.ip())
     })
+}
+
+/// The settings that differ between `old` and `new` and only take effect when the agent
+/// restarts (they shape its sockets, files, address pool or session table). Everything else
+/// in the file applies on reload: the policy at once to every session, the pushed options
+/// (routes, DNS, tunnel mode, banner, ciphers, session timeout) to sessions that start after.
+pub fn restart_only_changes(old: &EndpointConfig, new: &EndpointConfig) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    let mut check = |changed: bool, name: &'static str| {
+        if changed {
+            v.push(name);
+        }
+    };
+    check(old.name != new.name, "name");
+    check(old.client_cidr != new.client_cidr, "client_cidr");
+    check(old.gateway_addr != new.gateway_addr, "gateway_addr");
+    check(old.listen != new.listen, "listen");
+    check(
+        old.max_connections != new.max_connections,
+        "max_connections",
+    );
+    check(old.tls != new.tls, "tls");
+    check(old.auth != new.auth, "auth");
+    check(old.logging != new.logging, "logging");
+    check(old.metrics != new.metrics, "metrics");
+    check(old.admin_socket != new.admin_socket, "admin_socket");
+    check(old.client_connect != new.client_connect, "client_connect");
+    v
 }
 
 /// A policy compiler message with its field paths as the endpoint file spells them (the

@@ -264,6 +264,18 @@ fn run() -> Result<()> {
             let v = admin_request(&admin.socket()?, &AdminRequest::Reload)?;
             print_json_or(&v, false, |v| {
                 println!("reloaded: policy generation {}", v["generation"]);
+                let pending: Vec<&str> = v["pending_restart"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x.as_str())
+                    .collect();
+                if !pending.is_empty() {
+                    println!(
+                        "changed, applied at the next restart of the agent: {}",
+                        pending.join(", ")
+                    );
+                }
             })
         }
         Command::Connections {

@@ -55,6 +55,15 @@ pub fn print_agent(v: &serde_json::Value) {
     if let Some(t) = v["last_reload_timing"]["total_ms"].as_f64() {
         println!("last reload        {t:.1} ms");
     }
+    let pending: Vec<&str> = v["pending_restart"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str())
+        .collect();
+    if !pending.is_empty() {
+        println!("pending restart    {}", pending.join(", "));
+    }
     if let Some(e) = v["last_reload_error"].as_str() {
         println!("last reload error  {e}");
     }

@@ -77,6 +77,8 @@ pub enum Command {
         initial: bool,
     },
     Disconnect(u32),
+    /// Settings for sessions that start from now on (`Server::update_settings`).
+    Settings(Box<crate::openvpn::server::ServerSettings>),
     /// Current sessions, as (peer-id, common name, tunnel address, link).
     List(std::sync::mpsc::Sender<Vec<SessionInfo>>),
 }
@@ -783,6 +785,7 @@ fn handle_ctl(c: &mut ControlCtx, m: Ctl, now: Instant) {
         }) => c
             .server
             .authorize_external(link, key_id, verdict, initial, now),
+        Ctl::Cmd(Command::Settings(s)) => c.server.update_settings(*s),
         Ctl::Cmd(Command::Disconnect(id)) => c.server.close_peer(
             id,
             CloseReason::Server("disconnected by operator".into()),

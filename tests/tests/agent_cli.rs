@@ -589,10 +589,20 @@ fn reload_changes_policy_live() {
         "{denied}"
     );
 
-    // Back in: allowed again, same session.
-    lab.write_policy(ENG_ALLOWED);
+    // Back in: allowed again, same session. The session limit changes too, which only a
+    // restart applies: the reload says so, and `status` keeps saying it.
+    lab.write_policy(&format!("max_connections = 100\n{ENG_ALLOWED}"));
     let o = lab.reload();
     assert!(o.success(), "{o}");
+    assert!(
+        o.stdout
+            .contains("applied at the next restart of the agent: max_connections"),
+        "{o}"
+    );
+    assert_eq!(
+        lab.agent().status()["pending_restart"],
+        serde_json::json!(["max_connections"])
+    );
     assert!(
         ping(ns, SERVER, 5, Duration::from_secs(5)),
         "alice back in eng, but no ping"

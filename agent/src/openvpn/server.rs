@@ -141,6 +141,22 @@ struct Entry {
     deadline: Option<Instant>,
 }
 
+/// Each transport's session settings, with the pushed session timeout as their limit.
+fn session_configs(settings: &ServerSettings) -> (Arc<SessionConfig>, Arc<SessionConfig>) {
+    (
+        Arc::new(SessionConfig {
+            transport: Transport::Udp,
+            max_session: settings.push.session_timeout.or(settings.udp.max_session),
+            ..settings.udp.clone()
+        }),
+        Arc::new(SessionConfig {
+            transport: Transport::Tcp,
+            max_session: settings.push.session_timeout.or(settings.tcp.max_session),
+            ..settings.tcp.clone()
+        }),
+    )
+}
+
 pub struct Server {
     settings: ServerSettings,
     udp_cfg: Arc<SessionConfig>,
@@ -185,18 +201,10 @@ impl Server {
         let n = settings
             .max_sessions
             .min(portcullis_common::MAX_CLIENTS as usize) as u32;
-        let max_session = settings.push.session_timeout.or(settings.udp.max_session);
+        let (udp_cfg, tcp_cfg) = session_configs(&settings);
         Ok(Server {
-            udp_cfg: Arc::new(SessionConfig {
-                transport: Transport::Udp,
-                max_session,
-                ..settings.udp.clone()
-            }),
-            tcp_cfg: Arc::new(SessionConfig {
-                transport: Transport::Tcp,
-                max_session: settings.push.session_timeout.or(settings.tcp.max_session),
-                ..settings.tcp.clone()
-            }),
+            udp_cfg,
+            tcp_cfg,
             limiter: ResetLimiter::new(settings.reset_rate.0, settings.reset_rate.1, now),
             cookie: HmacCookie::new(secret, hand_window, now),
             settings,
@@ -235,6 +243,21 @@ impl Server {
 
     pub fn settings(&self) -> &ServerSettings {
         &self.settings
+    }
+
+    /// New settings for sessions that start from now on (push, ciphers, timers, session
+    /// timeout); live sessions keep theirs. The address pool, the session limit, the reset
+    /// rate and the authentication mode are fixed at start and kept.
+    pub fn update_settings(&mut self, new: ServerSettings) {
+        let keep = ServerSettings {
+            client_cidr: self.settings.client_cidr,
+            max_sessions: self.settings.max_sessions,
+            reset_rate: self.settings.reset_rate,
+            auth: self.settings.auth,
+            ..new
+        };
+        (self.udp_cfg, self.tcp_cfg) = session_configs(&keep);
+        self.settings = keep;
     }
 
     fn unix_now(&self, now: Instant) -> u32 {

@@ -764,3 +764,25 @@ fn shutdown_ends_sessions_once_restart_is_acked() {
     lab.server.handle_timeout(lab.now);
     assert_eq!(lab.server.session_count(), 0);
 }
+
+/// New settings reach sessions that start afterwards; a connected session keeps its push.
+#[test]
+fn updated_settings_apply_to_new_sessions() {
+    let mut lab = Lab::new(false);
+    let (a, b) = (link(40030), link(40031));
+    let ca = lab.connect("alice", a);
+    let mut s = lab.server.settings().clone();
+    s.push.dns = vec!["10.9.9.9".parse().unwrap()];
+    s.client_cidr = "10.200.0.0/24".parse().unwrap();
+    lab.server.update_settings(s);
+    let cb = lab.connect("bob", b);
+    let (pa, pb) = (ca.push_reply.unwrap(), cb.push_reply.unwrap());
+    assert!(!pa.contains("10.9.9.9"), "{pa}");
+    assert!(pb.contains("dhcp-option DNS 10.9.9.9"), "{pb}");
+    // The pool is fixed at start.
+    assert!(!pb.contains("10.200.0."), "{pb}");
+    assert_eq!(
+        lab.server.settings().client_cidr,
+        "10.100.0.0/24".parse::<ipnet::Ipv4Net>().unwrap()
+    );
+}
