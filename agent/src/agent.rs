@@ -509,6 +509,8 @@ async fn serve(
         None => None,
     };
     let mut last_gc = Instant::now();
+    let mut allowed_flows =
+        (cfg.logging.allowed_flows && flowlog.is_some()).then(crate::flowlog::FlowTracker::default);
     let (calls_tx, mut calls_rx) = tokio::sync::mpsc::channel::<AdminCall>(16);
     loop {
         tokio::select! {
@@ -543,6 +545,15 @@ async fn serve(
                 }
                 if let Some(log) = &mut connlog {
                     log.tick(&|slot| dp.maps.session_stats(slot).unwrap_or_default());
+                }
+                // Every second, so short flows are seen too (it reads the whole map: opt-in).
+                if let (Some(t), Some((log, _)), Ok(flows)) = (&mut allowed_flows, &mut flowlog, dp.maps.flows()) {
+                    let policy = live.lock().unwrap_or_else(|e| e.into_inner()).policy.clone();
+                    let user = |slot: u32| connections.get(&slot).and_then(|(e, _)| match e {
+                        ServerEvent::Connected { common_name, .. } => Some(common_name.clone()),
+                        _ => None,
+                    });
+                    t.scan(&flows, datapath::maps::monotonic_ns(), &user, &policy, log);
                 }
                 if let Some((log, rb)) = &mut flowlog {
                     let policy = live.lock().unwrap_or_else(|e| e.into_inner()).policy.clone();

@@ -141,6 +141,9 @@ pub struct LoggingSection {
     /// Denied-flow audit log (JSON lines).
     #[serde(default)]
     pub flow_log: Option<PathBuf>,
+    /// Also record allowed flows in the flow log (start and end, from conntrack scans).
+    #[serde(default)]
+    pub allowed_flows: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

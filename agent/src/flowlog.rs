@@ -1,11 +1,16 @@
 //! The flow audit log: one JSON object per denied flow, from the data path's rate-limited
 //! `deny_events` ring buffer, with the user, the 5-tuple, the drop reason and — for policy
 //! denials — the deciding authorization rule or missing route, as `policy explain` names it.
+//! Optionally (`[logging] allowed_flows`) also a record when an allowed flow appears in the
+//! conntrack map and one with its counters when it is gone ([`FlowTracker`]).
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::SystemTime;
 
-use portcullis_common::{DenyEvent, DropReason, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use portcullis_common::{
+    CtEntry, DenyEvent, DropReason, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+};
 use serde_json::json;
 
 use crate::explain::{explain, Target};
@@ -69,6 +74,7 @@ impl FlowLog {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let v = json!({
+            "event": "flow-denied",
             "time": now,
             "user": user,
             "src": f.src_v4().to_string(),
@@ -79,6 +85,10 @@ impl FlowLog {
             "reason": reason.map_or("unknown", |r| r.name()),
             "deciding-rule": rule,
         });
+        self.write(&v);
+    }
+
+    fn write(&mut self, v: &serde_json::Value) {
         let mut line = v.to_string();
         line.push('\n');
         if let Err(e) = self.out.write_all(line.as_bytes()) {
@@ -86,6 +96,86 @@ impl FlowLog {
         }
         let _ = self.out.flush();
     }
+}
+
+/// Allowed flows, from successive scans of the conntrack map: a `flow-start` record (with the
+/// rule that allowed it) for each new entry, a `flow-end` record (with its last counters) for
+/// each entry gone since the previous scan. Scans are periodic, so a flow that starts and
+/// expires between two scans is not seen, and `flow-end` carries the counters of the last scan.
+#[derive(Default)]
+pub struct FlowTracker {
+    seen: HashMap<FlowKey, (CtEntry, Option<String>)>,
+}
+
+impl FlowTracker {
+    /// One scan: `flows` is the conntrack map now, `now_ns` its clock (CLOCK_MONOTONIC),
+    /// `user` resolves a session slot.
+    pub fn scan(
+        &mut self,
+        flows: &[(FlowKey, CtEntry)],
+        now_ns: u64,
+        user: &dyn Fn(u32) -> Option<String>,
+        policy: &PolicyInput,
+        log: &mut FlowLog,
+    ) {
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let at = |ns: u64| wall - now_ns.saturating_sub(ns) as f64 / 1e9;
+        let mut next = HashMap::with_capacity(flows.len());
+        for (k, e) in flows {
+            let known = self
+                .seen
+                .remove(k)
+                .filter(|(old, _)| old.created_ns == e.created_ns);
+            let u = match known {
+                Some((_, u)) => u,
+                None => {
+                    let u = user(e.slot);
+                    let rule = u.as_deref().and_then(|u| {
+                        let t = Target {
+                            dst: k.dst_v4(),
+                            proto: k.proto,
+                            port: if k.proto == PROTO_ICMP { 0 } else { k.dport },
+                        };
+                        explain(policy, u, t).ok()?.steps.first().cloned()
+                    });
+                    let mut v = flow_json("flow-start", k, e, u.as_deref());
+                    v["time"] = json!(at(e.created_ns) as u64);
+                    v["deciding-rule"] = json!(rule);
+                    log.write(&v);
+                    u
+                }
+            };
+            next.insert(*k, (*e, u));
+        }
+        // Whatever is left was not in this scan: ended (expired, closed or cut).
+        for (k, (e, u)) in self.seen.drain() {
+            let mut v = flow_json("flow-end", &k, &e, u.as_deref());
+            v["time"] = json!(wall as u64);
+            v["duration-s"] = json!((e.last_seen_ns.saturating_sub(e.created_ns)) / 1_000_000_000);
+            v["packets-out"] = json!(e.packets_out);
+            v["bytes-out"] = json!(e.bytes_out);
+            v["packets-in"] = json!(e.packets_in);
+            v["bytes-in"] = json!(e.bytes_in);
+            log.write(&v);
+        }
+        self.seen = next;
+    }
+}
+
+fn flow_json(event: &str, k: &FlowKey, e: &CtEntry, user: Option<&str>) -> serde_json::Value {
+    json!({
+        "event": event,
+        "user": user,
+        "src": k.src_v4().to_string(),
+        "dst": k.dst_v4().to_string(),
+        "protocol": proto_name(k.proto),
+        "src-port": k.sport,
+        "dst-port": k.dport,
+        "snat-address": std::net::Ipv4Addr::new(e.nat_addr[0], e.nat_addr[1], e.nat_addr[2], e.nat_addr[3]).to_string(),
+        "snat-port": e.nat_port,
+    })
 }
 
 #[cfg(test)]
@@ -127,5 +217,52 @@ mod tests {
         assert_eq!(v["dst-port"], 80);
         assert_eq!(v["reason"], "not_authorized");
         assert!(v["deciding-rule"].as_str().unwrap().contains("/32"), "{v}");
+        assert_eq!(v["event"], "flow-denied");
+    }
+
+    #[test]
+    fn allowed_flows_start_and_end() {
+        let p: PolicyInput = toml::from_str(include_str!("demo/policy.toml")).unwrap();
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let mut log = FlowLog::to_writer(Box::new(Shared(buf.clone())));
+        let k = FlowKey::v4(PROTO_TCP, [10, 100, 0, 3], 40000, [10, 0, 0, 10], 80);
+        let e = CtEntry {
+            created_ns: 1_000_000_000,
+            last_seen_ns: 4_000_000_000,
+            packets_out: 5,
+            bytes_out: 500,
+            slot: 7,
+            nat_addr: portcullis_common::v4_addr([10, 0, 0, 1]),
+            nat_port: 40000,
+            ..bytemuck::Zeroable::zeroed()
+        };
+        let user = |slot: u32| (slot == 7).then(|| "alice".to_owned());
+        let mut t = FlowTracker::default();
+        t.scan(&[(k, e)], 5_000_000_000, &user, &p, &mut log);
+        // Seen again: nothing new.
+        t.scan(&[(k, e)], 6_000_000_000, &user, &p, &mut log);
+        // Gone: its end, with the last counters.
+        t.scan(&[], 7_000_000_000, &user, &p, &mut log);
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let v: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(v.len(), 2, "{text}");
+        assert_eq!(v[0]["event"], "flow-start");
+        assert_eq!(v[0]["user"], "alice");
+        assert_eq!(v[0]["snat-address"], "10.0.0.1");
+        assert!(
+            v[0]["deciding-rule"]
+                .as_str()
+                .unwrap()
+                .starts_with("authorization"),
+            "{}",
+            v[0]
+        );
+        assert_eq!(v[1]["event"], "flow-end");
+        assert_eq!(v[1]["user"], "alice");
+        assert_eq!(v[1]["bytes-out"], 500);
+        assert_eq!(v[1]["duration-s"], 3);
     }
 }

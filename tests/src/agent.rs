@@ -255,6 +255,7 @@ admin_socket = "admin.sock"
 [logging]
 connection_log = "connections.log"
 flow_log = "flows.log"
+allowed_flows = true
 
 [metrics]
 listen = "127.0.0.1:9108"

@@ -436,6 +436,27 @@ fn run_connect_list_terminate() {
         !ping(lab.client_ns(0), SERVER, 1, Duration::from_secs(1)),
         "a terminated session still passes traffic"
     );
+    // The flow log (allowed_flows = true) has alice's ping flow, started with the rule that
+    // allowed it and ended with its counters once the session was cut (scanned every second).
+    let flow = |event: &'static str| {
+        poll(Duration::from_secs(8), || {
+            let log = std::fs::read_to_string(lab.dir.path().join("flows.log")).unwrap_or_default();
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["event"] == event && v["user"] == "alice" && v["protocol"] == "icmp")
+        })
+        .unwrap_or_else(|| panic!("no {event} record for alice's ping in the flow log"))
+    };
+    let start = flow("flow-start");
+    assert_eq!(start["dst"], SERVER.to_string(), "{start}");
+    assert!(
+        start["deciding-rule"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("authorization") && r.contains("eng")),
+        "{start}"
+    );
+    let end = flow("flow-end");
+    assert!(end["packets-out"].as_u64() >= Some(1), "{end}");
     assert!(
         poll(Duration::from_secs(3), || client
             .log()
