@@ -565,6 +565,15 @@ snat_address = "192.0.2.1"
         let mut fx = fx.borrow_mut();
         let t = Instant::now();
         fx.gw.set_policy(policy.clone());
+        // The reconciler diffs against its write-through shadow: it must be the truth.
+        prop_assert!(
+            fx.gw
+                .dp
+                .maps
+                .shadow_matches_kernel()
+                .expect("read the policy slots"),
+            "the reconciler's shadow differs from the kernel's policy maps"
+        );
         // Group bits may have changed with the policy: write the sessions again.
         fx.gw.add_client(LIVE[0], &groups(&g0), 0);
         fx.gw.add_client(LIVE[1], &groups(&g1), 1);

@@ -362,6 +362,7 @@ impl Maps {
     }
 
     pub fn set_meta(&mut self, slot: u8, meta: PolicyMeta) -> Result<(), DatapathError> {
+        self.forget(slot);
         let mut m: Array<_, PolicyMeta> = typed!(self, Array, map_names::POLICY_META);
         m.set(u32::from(slot), meta, 0)
             .map_err(|e| DatapathError::map(map_names::POLICY_META, e))
@@ -377,6 +378,18 @@ impl Maps {
         lpm_entries(self, map_names::SG_V4[slot as usize])
     }
 
+    /// A write outside the reconciler: its shadow of `slot` is no longer the truth.
+    fn forget(&self, slot: u8) {
+        if let Some(c) = self
+            .shadow
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(slot as usize)
+        {
+            *c = None;
+        }
+    }
+
     pub fn authz_upsert(
         &mut self,
         slot: u8,
@@ -384,6 +397,7 @@ impl Maps {
         addr: [u8; 4],
         v: AuthzValue,
     ) -> Result<(), DatapathError> {
+        self.forget(slot);
         lpm_upsert(self, map_names::AUTHZ_V4[slot as usize], prefix, addr, v)
     }
     pub fn authz_delete(
@@ -392,6 +406,7 @@ impl Maps {
         prefix: u8,
         addr: [u8; 4],
     ) -> Result<(), DatapathError> {
+        self.forget(slot);
         lpm_delete::<AuthzValue>(self, map_names::AUTHZ_V4[slot as usize], prefix, addr)
     }
     pub fn route_upsert(
@@ -401,6 +416,7 @@ impl Maps {
         addr: [u8; 4],
         v: RouteValue,
     ) -> Result<(), DatapathError> {
+        self.forget(slot);
         lpm_upsert(self, map_names::ROUTES_V4[slot as usize], prefix, addr, v)
     }
     pub fn route_delete(
@@ -409,6 +425,7 @@ impl Maps {
         prefix: u8,
         addr: [u8; 4],
     ) -> Result<(), DatapathError> {
+        self.forget(slot);
         lpm_delete::<RouteValue>(self, map_names::ROUTES_V4[slot as usize], prefix, addr)
     }
     pub fn sg_upsert(
@@ -418,9 +435,11 @@ impl Maps {
         addr: [u8; 4],
         v: SgNode,
     ) -> Result<(), DatapathError> {
+        self.forget(slot);
         lpm_upsert(self, map_names::SG_V4[slot as usize], prefix, addr, v)
     }
     pub fn sg_delete(&mut self, slot: u8, prefix: u8, addr: [u8; 4]) -> Result<(), DatapathError> {
+        self.forget(slot);
         lpm_delete::<SgNode>(self, map_names::SG_V4[slot as usize], prefix, addr)
     }
 
@@ -435,6 +454,7 @@ impl Maps {
         index: u32,
         r: PortRange,
     ) -> Result<(), DatapathError> {
+        self.forget(slot);
         let name = map_names::SG_RANGES[slot as usize];
         let mut m: Array<_, PortRange> = typed!(self, Array, name);
         m.set(index, r, 0).map_err(|e| DatapathError::map(name, e))
@@ -445,6 +465,7 @@ impl Maps {
         m.get(&index, 0).map_err(|e| DatapathError::map(name, e))
     }
     pub fn set_target(&mut self, slot: u8, index: u32, t: Target) -> Result<(), DatapathError> {
+        self.forget(slot);
         let name = map_names::TARGETS[slot as usize];
         let mut m: Array<_, Target> = typed!(self, Array, name);
         m.set(index, t, 0).map_err(|e| DatapathError::map(name, e))
@@ -599,20 +620,39 @@ impl reconcile::Datapath for Maps {
     }
 
     fn apply(&mut self, op: &MapOp) -> Result<(), reconcile::DatapathError> {
+        let slot = op.slot().filter(|&s| s < 2);
+        // The write itself forgets the shadow (as any direct write does); the reconciler
+        // knows what it wrote, so it puts it back, updated, unless the write failed.
+        let saved = slot
+            .and_then(|s| self.shadow.lock().unwrap_or_else(|e| e.into_inner())[s as usize].take());
         let r = self.write_op(op);
-        if let Some(slot) = op.slot().filter(|&s| s < 2) {
-            let mut shadow = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
-            match (&r, &mut shadow[slot as usize]) {
-                (Ok(()), Some(c)) => c.apply(op),
-                (Err(_), c) => *c = None,
-                (Ok(()), None) => {}
-            }
+        if let (Some(s), Some(mut c), Ok(())) = (slot, saved, &r) {
+            c.apply(op);
+            self.shadow.lock().unwrap_or_else(|e| e.into_inner())[s as usize] = Some(c);
         }
         r
     }
 }
 
 impl Maps {
+    /// Whether the reconciler's shadow of each slot equals what the kernel holds (a slot not
+    /// shadowed counts as equal). For tests and diagnostics: it reads both slots.
+    pub fn shadow_matches_kernel(&self) -> Result<bool, reconcile::DatapathError> {
+        let shadow = self
+            .shadow
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (slot, c) in shadow.iter().enumerate() {
+            if let Some(c) = c {
+                if *c != self.read_slot(slot as u8)? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// One policy slot as the kernel holds it.
     fn read_slot(&self, slot: u8) -> Result<SlotContents, reconcile::DatapathError> {
         let read = |name: &str, e| rec_err(name, "read", e);
