@@ -73,18 +73,10 @@ impl FlowLog {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let v = json!({
-            "event": "flow-denied",
-            "time": now,
-            "user": user,
-            "src": f.src_v4().to_string(),
-            "dst": f.dst_v4().to_string(),
-            "protocol": proto_name(f.proto),
-            "src-port": f.sport,
-            "dst-port": f.dport,
-            "reason": reason.map_or("unknown", |r| r.name()),
-            "deciding-rule": rule,
-        });
+        let mut v = flow_json("flow-denied", f, user);
+        v["time"] = json!(now);
+        v["reason"] = json!(reason.map_or("unknown", |r| r.name()));
+        v["deciding-rule"] = rule;
         self.write(&v);
     }
 
@@ -140,7 +132,7 @@ impl FlowTracker {
                         };
                         explain(policy, u, t).ok()?.steps.first().cloned()
                     });
-                    let mut v = flow_json("flow-start", k, e, u.as_deref());
+                    let mut v = allowed_json("flow-start", k, e, u.as_deref());
                     v["time"] = json!(at(e.created_ns) as u64);
                     v["deciding-rule"] = json!(rule);
                     log.write(&v);
@@ -151,7 +143,7 @@ impl FlowTracker {
         }
         // Whatever is left was not in this scan: ended (expired, closed or cut).
         for (k, (e, u)) in self.seen.drain() {
-            let mut v = flow_json("flow-end", &k, &e, u.as_deref());
+            let mut v = allowed_json("flow-end", &k, &e, u.as_deref());
             v["time"] = json!(wall as u64);
             v["duration-s"] = json!((e.last_seen_ns.saturating_sub(e.created_ns)) / 1_000_000_000);
             v["packets-out"] = json!(e.packets_out);
@@ -164,7 +156,8 @@ impl FlowTracker {
     }
 }
 
-fn flow_json(event: &str, k: &FlowKey, e: &CtEntry, user: Option<&str>) -> serde_json::Value {
+/// The fields every record has: event, user and 5-tuple.
+fn flow_json(event: &str, k: &FlowKey, user: Option<&str>) -> serde_json::Value {
     json!({
         "event": event,
         "user": user,
@@ -173,9 +166,16 @@ fn flow_json(event: &str, k: &FlowKey, e: &CtEntry, user: Option<&str>) -> serde
         "protocol": proto_name(k.proto),
         "src-port": k.sport,
         "dst-port": k.dport,
-        "snat-address": std::net::Ipv4Addr::new(e.nat_addr[0], e.nat_addr[1], e.nat_addr[2], e.nat_addr[3]).to_string(),
-        "snat-port": e.nat_port,
     })
+}
+
+/// An allowed flow's record: [`flow_json`] and its translated source.
+fn allowed_json(event: &str, k: &FlowKey, e: &CtEntry, user: Option<&str>) -> serde_json::Value {
+    let mut v = flow_json(event, k, user);
+    let a = e.nat_addr;
+    v["snat-address"] = json!(std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string());
+    v["snat-port"] = json!(e.nat_port);
+    v
 }
 
 #[cfg(test)]

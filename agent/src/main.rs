@@ -264,12 +264,7 @@ fn run() -> Result<()> {
             let v = admin_request(&admin.socket()?, &AdminRequest::Reload)?;
             print_json_or(&v, false, |v| {
                 println!("reloaded: policy generation {}", v["generation"]);
-                let pending: Vec<&str> = v["pending_restart"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|x| x.as_str())
-                    .collect();
+                let pending = portcullis::status::pending_restart(v);
                 if !pending.is_empty() {
                     println!(
                         "changed, applied at the next restart of the agent: {}",

@@ -42,6 +42,16 @@ pub fn print(dir: &Path, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The settings waiting for a restart, from a `status` or `reload` reply.
+pub fn pending_restart(v: &serde_json::Value) -> Vec<&str> {
+    v["pending_restart"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str())
+        .collect()
+}
+
 /// The agent's `status` reply as a table.
 pub fn print_agent(v: &serde_json::Value) {
     let s = |k: &str| match &v[k] {
@@ -55,12 +65,7 @@ pub fn print_agent(v: &serde_json::Value) {
     if let Some(t) = v["last_reload_timing"]["total_ms"].as_f64() {
         println!("last reload        {t:.1} ms");
     }
-    let pending: Vec<&str> = v["pending_restart"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str())
-        .collect();
+    let pending = pending_restart(v);
     if !pending.is_empty() {
         println!("pending restart    {}", pending.join(", "));
     }

@@ -25,15 +25,7 @@ const MAGIC: u32 = 0x5052_4f42; // "PROB"
 const LEN: usize = 4 + 1 + 8 + 8;
 
 /// Nanoseconds on `CLOCK_MONOTONIC` (the same clock in every namespace and process).
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use portcullis::datapath::maps::monotonic_ns as mono_ns;
 
 /// What arrived of one stream: `seq -> sent_ns`.
 #[derive(Clone, Debug, Default)]
@@ -322,4 +314,23 @@ pub fn probe_policy(fillers: usize, variant: u32, allow_b: bool) -> String {
         );
     }
     p
+}
+
+/// Streams A and B from client 0 of `lab` (which runs a [`probe_policy`] that allows B), one
+/// datagram per stream every `interval`, bounded by `max`; B's address is added to the private
+/// network. Returns once both get through (an error after 5 s if they do not).
+pub fn start_ab(
+    lab: &crate::agent::AgentLab,
+    interval: Duration,
+    max: Duration,
+) -> Result<(Sink, Sender), String> {
+    add_server_address(&lab.gw, &lab.net, *STREAM_B.ip());
+    let sink = Sink::start(&lab.net, &[STREAM_A.port(), STREAM_B.port()], 2);
+    let sender = Sender::start(lab.client_ns(0), &[STREAM_A, STREAM_B], interval, max);
+    crate::agent::poll(Duration::from_secs(5), || {
+        let r = sink.snapshot();
+        (r[0].packets.len() > 100 && r[1].packets.len() > 100).then_some(())
+    })
+    .ok_or("the probe streams do not get through")?;
+    Ok((sink, sender))
 }

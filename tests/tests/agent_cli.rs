@@ -12,7 +12,7 @@ use tests::agent::{
 };
 use tests::gateway::{GW_IF, SERVER};
 use tests::openvpn::{ping, TempDir};
-use tests::probe::{self, mono_ns, Sender, Sink, STREAM_A, STREAM_B};
+use tests::probe::{self, mono_ns, Sender, Sink, STREAM_A};
 use tests::require_root;
 
 /// The policy part most tests run: `alice` (and `carol`) in `eng`, which may reach the
@@ -477,26 +477,11 @@ fn reload_under_traffic_loses_nothing_allowed() {
     require_root!();
     let t0 = Instant::now();
     let lab = AgentLab::new(1, &["alice"], &probe::probe_policy(200, 0, true));
-    probe::add_server_address(&lab.gw, &lab.net, *STREAM_B.ip());
     let client = lab.connect(0, "alice");
-    let sink = Sink::start(&lab.net, &[STREAM_A.port(), STREAM_B.port()], 2);
     // 1,000 datagrams a second per stream; bounded at 60 s.
-    let sender = Sender::start(
-        lab.client_ns(0),
-        &[STREAM_A, STREAM_B],
-        Duration::from_millis(1),
-        Duration::from_secs(60),
-    );
+    let (sink, sender) = probe::start_ab(&lab, Duration::from_millis(1), Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", client.log()));
     let started = mono_ns();
-    let both = poll(Duration::from_secs(5), || {
-        let r = sink.snapshot();
-        (r[0].packets.len() > 100 && r[1].packets.len() > 100).then_some(())
-    });
-    assert!(
-        both.is_some(),
-        "the probe streams do not get through\n{}",
-        client.log()
-    );
 
     // B out, B in, B out; the filler rules change variant each time.
     let mut changes = Vec::new();

@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tests::{
     agent::{AgentLab, COMPLETED},
-    probe::{self, mono_ns, Received, Sender, Sink, STREAM_A, STREAM_B},
+    probe::{self, mono_ns, Received},
 };
 
 struct Settings {
@@ -117,22 +117,9 @@ fn run(s: &Settings) -> Result<()> {
         &probe::probe_policy(s.sizes[0], 0, true),
         &["--keep-maps"],
     );
-    probe::add_server_address(&lab.gw, &lab.net, *STREAM_B.ip());
     let client = lab.connect(0, "alice");
-    let sink = Sink::start(&lab.net, &[STREAM_A.port(), STREAM_B.port()], 2);
-    let sender = Sender::start(
-        lab.client_ns(0),
-        &[STREAM_A, STREAM_B],
-        s.interval,
-        Duration::from_secs(20 * 60),
-    );
-    let flowing = tests::agent::poll(Duration::from_secs(5), || {
-        let r = sink.snapshot();
-        (r[0].packets.len() > 100 && r[1].packets.len() > 100).then_some(())
-    });
-    if flowing.is_none() {
-        bail!("the probe streams do not get through:\n{}", client.log());
-    }
+    let (sink, sender) = probe::start_ab(&lab, s.interval, Duration::from_secs(20 * 60))
+        .map_err(|e| anyhow::anyhow!("{e}:\n{}", client.log()))?;
 
     // Each change: (size, kind, at_ns, b_allowed_after, reply_ms, the agent's timing).
     let mut changes: Vec<(usize, &str, u64, bool, f64, Value)> = Vec::new();
