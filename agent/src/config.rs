@@ -60,6 +60,9 @@ pub struct EndpointConfig {
     pub tls: TlsSection,
     #[serde(default)]
     pub auth: AuthSection,
+    /// LDAP / Active Directory for `auth.methods = ["certificate", "ldap"]`.
+    #[serde(default)]
+    pub directory: Option<crate::directory::DirectoryConfig>,
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
     #[serde(default, alias = "target_networks")]
@@ -121,14 +124,45 @@ pub struct AuthSection {
     /// "certificate" (mutual TLS; the certificate CN is the user name) and/or "ldap".
     #[serde(default = "default_auth_methods")]
     pub methods: Vec<String>,
+    /// With "ldap": the directory user name must equal the certificate's common name.
+    #[serde(default)]
+    pub username_must_match_cn: bool,
+    /// Failed logins allowed per user name within `failed_login_window_secs` (0 = no limit).
+    #[serde(default = "default_failures_per_user")]
+    pub failed_logins_per_user: u32,
+    /// Failed logins allowed per source address within the window (0 = no limit).
+    #[serde(default = "default_failures_per_source")]
+    pub failed_logins_per_source: u32,
+    #[serde(default = "default_failure_window")]
+    pub failed_login_window_secs: u64,
 }
 
 impl Default for AuthSection {
     fn default() -> Self {
         Self {
             methods: default_auth_methods(),
+            username_must_match_cn: false,
+            failed_logins_per_user: default_failures_per_user(),
+            failed_logins_per_source: default_failures_per_source(),
+            failed_login_window_secs: default_failure_window(),
         }
     }
+}
+
+impl AuthSection {
+    pub fn uses_directory(&self) -> bool {
+        self.methods.iter().any(|m| m == "ldap")
+    }
+}
+
+fn default_failures_per_user() -> u32 {
+    5
+}
+fn default_failures_per_source() -> u32 {
+    20
+}
+fn default_failure_window() -> u64 {
+    300
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +334,14 @@ impl EndpointConfig {
         if let Some(p) = &mut self.client_connect {
             fix(p);
         }
+        if let Some(d) = &mut self.directory {
+            if let Some(p) = &mut d.ca_file {
+                fix(p);
+            }
+            if let Some(p) = &mut d.bind_password_file {
+                fix(p);
+            }
+        }
         if let Some(p) = &mut self.admin_socket {
             fix(p);
         }
@@ -469,6 +511,36 @@ impl EndpointConfig {
                     format!("unknown method `{m}`: use \"certificate\" and/or \"ldap\""),
                 ));
             }
+        }
+        match (self.auth.uses_directory(), &self.directory) {
+            (true, None) => errs.push(err(
+                "directory",
+                "auth.methods has \"ldap\" but there is no [directory] section: add one (url, bind_dn or user_dn_template, ...)",
+            )),
+            (false, Some(_)) => errs.push(err(
+                "auth.methods",
+                "a [directory] section is set but not used: add \"ldap\" to auth.methods or remove [directory]",
+            )),
+            (true, Some(d)) => errs.extend(d.validate()),
+            (false, None) => {}
+        }
+        if !self.auth.methods.iter().any(|m| m == "certificate") {
+            errs.push(err(
+                "auth.methods",
+                "directory-only authentication (no client certificate) is not supported yet: use [\"certificate\", \"ldap\"]",
+            ));
+        }
+        if self.auth.username_must_match_cn && !self.auth.uses_directory() {
+            errs.push(err(
+                "auth.username_must_match_cn",
+                "only meaningful with \"ldap\" in auth.methods",
+            ));
+        }
+        if self.auth.failed_login_window_secs == 0 {
+            errs.push(err(
+                "auth.failed_login_window_secs",
+                "must be at least 1 (set failed_logins_per_user = 0 to turn the limit off)",
+            ));
         }
         let mut files: Vec<(String, &Path)> = vec![
             ("tls.cert".into(), &self.tls.cert),

@@ -3,20 +3,25 @@
 //! authorization rules); a disconnect removes it and cuts its flows.
 use std::net::Ipv4Addr;
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
 use portcullis_common::{ClientInfo, GroupBits, DEFAULT_FLOWS_PER_CLIENT};
 
+use crate::auth::{Grant, Grants};
 use crate::datapath::maps::Maps;
 use crate::openvpn::server::ServerEvent;
 use crate::tunnel::TunnelHooks;
 
-/// Resolves a user's group bitmap (by the compiled policy's group numbering).
-pub type GroupResolver = Box<dyn Fn(&str) -> GroupBits + Send>;
+/// Resolves a session's group bitmap (by the compiled policy's group numbering) from its
+/// certificate name and what authentication granted (directory user and groups).
+pub type GroupResolver = Box<dyn Fn(&str, &Grant) -> GroupBits + Send>;
 
 pub struct ClientsMapHooks {
     maps: Maps,
     max_flows: u32,
     groups: GroupResolver,
+    /// Directory grants of sessions being admitted (moved to live sessions here).
+    grants: Option<Arc<Grants>>,
     /// A copy of every event, for callers that watch (tests, the demo, the log exporter).
     events: Option<Sender<ServerEvent>>,
 }
@@ -26,7 +31,8 @@ impl ClientsMapHooks {
         Self {
             maps,
             max_flows: DEFAULT_FLOWS_PER_CLIENT,
-            groups: Box::new(|_| GroupBits::default()),
+            groups: Box::new(|_, _| GroupBits::default()),
+            grants: None,
             events: None,
         }
     }
@@ -41,14 +47,19 @@ impl ClientsMapHooks {
         self
     }
 
+    pub fn with_grants(mut self, g: Arc<Grants>) -> Self {
+        self.grants = Some(g);
+        self
+    }
+
     pub fn with_events(mut self, tx: Sender<ServerEvent>) -> Self {
         self.events = Some(tx);
         self
     }
 
-    fn admit(&mut self, addr: Ipv4Addr, user: &str, slot: u32) {
+    fn admit(&mut self, addr: Ipv4Addr, user: &str, grant: &Grant, slot: u32) {
         let info = ClientInfo {
-            groups: (self.groups)(user),
+            groups: (self.groups)(user, grant),
             slot,
             max_flows: self.max_flows,
         };
@@ -65,22 +76,39 @@ impl TunnelHooks for ClientsMapHooks {
     fn on_event(&mut self, ev: &ServerEvent) {
         match ev {
             ServerEvent::Connected {
+                link,
                 peer_id,
                 common_name,
                 tunnel_addr,
                 ..
-            } => self.admit(*tunnel_addr, common_name, *peer_id),
+            } => {
+                let grant = self
+                    .grants
+                    .as_ref()
+                    .and_then(|g| g.establish(*link, *peer_id))
+                    .unwrap_or_default();
+                self.admit(*tunnel_addr, common_name, &grant, *peer_id)
+            }
             ServerEvent::Disconnected {
-                tunnel_addr: Some(addr),
+                link,
+                peer_id,
+                tunnel_addr,
                 ..
-            } => match self.maps.remove_client(*addr) {
-                Ok(cut) => {
-                    tracing::debug!(%addr, flows_cut = cut, "client removed from the data path")
+            } => {
+                if let Some(g) = &self.grants {
+                    g.end(*link, *peer_id);
                 }
-                Err(e) => {
-                    tracing::error!(%addr, error = %e, "removing client from the data path failed")
+                if let Some(addr) = tunnel_addr {
+                    match self.maps.remove_client(*addr) {
+                        Ok(cut) => {
+                            tracing::debug!(%addr, flows_cut = cut, "client removed from the data path")
+                        }
+                        Err(e) => {
+                            tracing::error!(%addr, error = %e, "removing client from the data path failed")
+                        }
+                    }
                 }
-            },
+            }
             _ => {}
         }
         if let Some(tx) = &self.events {

@@ -1,10 +1,12 @@
 //! Portcullis agent library: the binary in `main.rs` is a thin CLI over these modules.
 pub mod agent;
+pub mod auth;
 pub mod config;
 pub mod connect_hook;
 pub mod connlog;
 pub mod datapath;
 pub mod demo;
+pub mod directory;
 pub mod explain;
 pub mod flowlog;
 pub mod gateway;

@@ -250,7 +250,7 @@ pub fn run(opts: DemoOptions) -> Result<()> {
     let groups_of = {
         let input = input.clone();
         let compiled = compiled.clone();
-        move |user: &str| {
+        move |user: &str, _: &crate::auth::Grant| {
             let g = input.local_groups_of(user);
             compiled.groups_bitmap(g.iter().map(String::as_str))
         }

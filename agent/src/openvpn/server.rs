@@ -710,6 +710,27 @@ impl Server {
     /// Ends the sessions whose certificate the current CRLs revoke (after a CRL reload): the
     /// client is told `HALT` (a 2.6 client then exits instead of retrying a refused
     /// certificate).
+    /// Ends one session with `HALT,<reason>` (the client exits instead of reconnecting):
+    /// the directory disabled the user or took every authorized group away.
+    pub fn halt_peer(&mut self, peer_id: u32, reason: &str, now: Instant) {
+        let reason = super::options::sanitize_text(reason, 200);
+        let link = self
+            .sessions
+            .iter()
+            .find(|(_, e)| e.session.peer().peer_id == peer_id)
+            .map(|(l, _)| *l);
+        if let Some(link) = link {
+            if let Some(e) = self.sessions.get_mut(&link) {
+                e.session.shutdown(
+                    &format!("HALT,{reason}"),
+                    CloseReason::Server(reason.clone()),
+                    now,
+                );
+            }
+            self.after(link, now);
+        }
+    }
+
     pub fn cut_revoked(&mut self, now: Instant) -> usize {
         let tls = self.tls.clone();
         let revoked: Vec<Link> = self
