@@ -283,7 +283,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         )),
         _ => None,
     };
-    let local_groups: Arc<dyn Fn(&str) -> Vec<String> + Send + Sync> = {
+    let local_groups: crate::auth::LocalGroups = {
         let live = live.clone();
         Arc::new(move |u: &str| {
             let l = live.lock().unwrap_or_else(|e| e.into_inner());
@@ -621,12 +621,12 @@ async fn serve(
 /// tick. New groups rewrite the session's bitmap (flows no longer allowed are cut by the data
 /// path's revalidation); a disabled or removed user, or one who lost every group a rule names,
 /// is ended with HALT. An unreachable directory changes nothing.
+type RecheckResults = Vec<(u32, Result<Vec<String>, crate::directory::DirError>)>;
+
 #[derive(Default)]
 struct Recheck {
     last: Option<Instant>,
-    running: Option<
-        std::sync::mpsc::Receiver<Vec<(u32, Result<Vec<String>, crate::directory::DirError>)>>,
-    >,
+    running: Option<std::sync::mpsc::Receiver<RecheckResults>>,
 }
 
 impl Recheck {
@@ -676,7 +676,7 @@ impl Recheck {
 
     fn apply(
         &self,
-        results: Vec<(u32, Result<Vec<String>, crate::directory::DirError>)>,
+        results: RecheckResults,
         dp: &mut Datapath,
         tunnel: &Tunnel,
         live: &Arc<Mutex<Live>>,

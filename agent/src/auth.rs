@@ -148,14 +148,16 @@ impl FailureLimiter {
     }
 }
 
+/// Local groups of a user name (from the live policy).
+pub type LocalGroups = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
+
 /// How a connection is authenticated.
 pub struct Authenticator {
     pub directory: Option<Arc<Directory>>,
     /// The directory user name must equal the certificate's common name.
     pub username_must_match_cn: bool,
     pub hook: Option<ConnectHook>,
-    /// Local groups of a user name (from the live policy).
-    pub local_groups: Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>,
+    pub local_groups: LocalGroups,
     pub per_user: Mutex<FailureLimiter>,
     pub per_source: Mutex<FailureLimiter>,
     pub grants: Arc<Grants>,

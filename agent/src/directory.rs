@@ -190,7 +190,7 @@ impl DirectoryConfig {
                     format!("cannot read {}: {e}", ca.display()),
                 )),
                 Ok(pem) => {
-                    if load_roots(&pem).map_or(true, |r| r.is_empty()) {
+                    if load_roots(&pem).is_none_or(|r| r.is_empty()) {
                         errs.push(err(
                             "directory.ca_file",
                             format!("{} holds no PEM CERTIFICATE", ca.display()),
@@ -379,6 +379,17 @@ impl std::fmt::Debug for Directory {
         f.debug_struct("Directory")
             .field("url", &self.cfg.url)
             .finish()
+    }
+}
+
+impl Drop for Directory {
+    fn drop(&mut self) {
+        // Each LdapConn owns a small tokio runtime, which must not be dropped inside another
+        // runtime (the tunnel's control thread drops the authorizer from within its own).
+        let conns = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
+        if !conns.is_empty() {
+            let _ = std::thread::spawn(move || drop(conns)).join();
+        }
     }
 }
 
@@ -810,10 +821,13 @@ fn sid_of(e: &SearchEntry) -> Option<String> {
     {
         return sid_to_string(b);
     }
-    attr(e, "objectSid")
-        .into_iter()
-        .next()
-        .filter(|s| s.starts_with("S-"))
+    // ldap3 files values that happen to be valid UTF-8 under text attributes, binary or not.
+    let v = attr(e, "objectSid").into_iter().next()?;
+    if v.starts_with("S-") {
+        Some(v)
+    } else {
+        sid_to_string(v.as_bytes())
+    }
 }
 
 /// MS-DTYP 2.4.2.2: revision, sub-authority count, 48-bit big-endian authority, then

@@ -1,0 +1,282 @@
+//! Directory authentication end to end: `portcullis run` with `auth.methods = ["certificate",
+//! "ldap"]` against a real OpenLDAP `slapd` (fixture in `tests::ldap`, StartTLS with its own
+//! CA), stock `openvpn` clients with `auth-user-pass`, and authorization rules written with
+//! AD-style group SIDs.
+//!
+//! ```text
+//!  rules: 10.0.0.0/24  → eng (SID …-1101)        alice, and carol through contractors ⊂ eng
+//!         10.0.0.10/32 → finance (SID …-1102)    bob; hides the /24 from eng on 10.0.0.10
+//! ```
+//!
+//! Needs `target/debug/portcullis` and Debian's `slapd` + `ldap-utils` (`cargo xtask setup`).
+//! slapd runs on 127.0.0.1 inside the gateway namespace; every wait is bounded.
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tests::agent::{poll, scrape_metrics, AgentLab, ProfileClient, COMPLETED};
+use tests::gateway::{fmt_mac, SERVER};
+use tests::ldap::{self, group_dn, group_sid, user_dn, Slapd};
+use tests::openvpn::ping;
+use tests::{mac_of, require_root};
+
+const LDAP_PORT: u16 = 3890;
+/// A second host in the private network, inside eng's /24 but outside finance's /32.
+const OTHER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
+
+fn policy(slapd: &Slapd, secret: &Path) -> String {
+    format!(
+        r#"
+[auth]
+methods = ["certificate", "ldap"]
+failed_logins_per_user = 2
+failed_logins_per_source = 50
+
+[directory]
+url = "{url}"
+starttls = true
+ca_file = "{ca}"
+connect_timeout_secs = 2
+timeout_secs = 3
+bind_dn = "{svc}"
+bind_password_file = "{secret}"
+user_base = "ou=people,{suffix}"
+group_source = "member-of"
+nested = "recursive"
+group_id = "sid"
+recheck_interval_secs = 1
+
+[[authorization_rule]]
+destination = "10.0.0.0/24"
+groups = ["{eng}"]
+description = "engineering reaches the private network"
+
+[[authorization_rule]]
+destination = "10.0.0.10/32"
+groups = ["{finance}"]
+description = "only finance reaches the ledger host"
+"#,
+        url = slapd.url,
+        ca = slapd.ca_file.as_ref().expect("TLS on").display(),
+        svc = ldap::SERVICE_DN,
+        secret = secret.display(),
+        suffix = ldap::SUFFIX,
+        eng = group_sid("eng"),
+        finance = group_sid("finance"),
+    )
+}
+
+/// `openvpn` in client namespace `i` with `cert_cn`'s exported profile and `user`/`pass`
+/// in a credentials file (the profile's bare `auth-user-pass` would prompt).
+fn login(lab: &AgentLab, i: usize, cert_cn: &str, user: &str, pass: &str) -> ProfileClient {
+    let profile = lab.export_profile(cert_cn);
+    assert!(
+        profile.contains("\nauth-user-pass\n"),
+        "the exported profile asks for no password:\n{profile}"
+    );
+    let creds = lab
+        .dir
+        .path()
+        .join(format!("creds-{i}-{}", tests::unique("c")));
+    std::fs::write(&creds, format!("{user}\n{pass}\n")).unwrap();
+    let profile = profile.replace(
+        "\nauth-user-pass\n",
+        &format!("\nauth-user-pass {}\n", creds.display()),
+    );
+    ProfileClient::start(lab.client_ns(i), &profile)
+}
+
+fn connected(lab: &AgentLab, c: &ProfileClient, who: &str) {
+    if let Err(e) = c.wait_connected(Duration::from_secs(20)) {
+        panic!(
+            "{who} does not connect: {e}\nagent log:\n{}",
+            lab.agent().log_tail(40)
+        );
+    }
+}
+
+/// The client got `AUTH_FAILED` carrying `reason` and never connected.
+fn refused(c: &ProfileClient, reason: &str, within: Duration) {
+    let got = poll(within, || c.log().contains("AUTH_FAILED").then_some(()));
+    assert!(got.is_some(), "not refused within {within:?}:\n{}", c.log());
+    assert!(
+        c.log().contains(reason),
+        "AUTH_FAILED without {reason:?}:\n{}",
+        c.log()
+    );
+    assert!(!c.log().contains(COMPLETED), "{}", c.log());
+}
+
+fn reaches(lab: &AgentLab, i: usize, dst: Ipv4Addr) -> bool {
+    ping(lab.client_ns(i), dst, 3, Duration::from_secs(3))
+}
+
+fn blocked(lab: &AgentLab, i: usize, dst: Ipv4Addr) -> bool {
+    !ping(lab.client_ns(i), dst, 1, Duration::from_millis(800))
+}
+
+#[test]
+fn directory_logins_groups_and_outages() {
+    require_root!();
+    let t0 = Instant::now();
+    let mut slapd = Slapd::prepare(LDAP_PORT, true);
+    let secret = slapd.dir().join("svc.pw");
+    std::fs::write(&secret, format!("{}\n", ldap::SERVICE_PW)).unwrap();
+    let lab = AgentLab::new(
+        5,
+        &["alice", "bob", "carol", "dave", "erin"],
+        &policy(&slapd, &secret),
+    );
+    slapd.launch(&lab.gw);
+    // Declared after the lab: slapd stops before the lab's namespaces go.
+    let slapd = &mut slapd;
+    lab.net
+        .ip(&["addr", "add", &format!("{OTHER}/24"), "dev", "eth0"]);
+    let net_mac = fmt_mac(&mac_of(&lab.net, "eth0"));
+    lab.gw.ip(&[
+        "neigh",
+        "replace",
+        &OTHER.to_string(),
+        "lladdr",
+        &net_mac,
+        "dev",
+        tests::gateway::GW_IF,
+        "nud",
+        "permanent",
+    ]);
+
+    // The AWS worked scenario, groups by SID from a real directory.
+    let alice = login(&lab, 0, "alice", "alice", &ldap::password("alice"));
+    let bob = login(&lab, 1, "bob", "bob", &ldap::password("bob"));
+    let carol = login(&lab, 2, "carol", "carol", &ldap::password("carol"));
+    connected(&lab, &alice, "alice");
+    connected(&lab, &bob, "bob");
+    connected(&lab, &carol, "carol");
+    assert!(reaches(&lab, 0, OTHER), "alice (eng) → {OTHER}");
+    assert!(
+        blocked(&lab, 0, SERVER),
+        "alice reached {SERVER}: finance's /32 must hide eng's /24 there"
+    );
+    assert!(reaches(&lab, 1, SERVER), "bob (finance) → {SERVER}");
+    assert!(blocked(&lab, 1, OTHER), "bob is not in eng");
+    assert!(
+        reaches(&lab, 2, OTHER),
+        "carol (contractors, nested in eng) → {OTHER}"
+    );
+    let log = lab.agent().log();
+    assert!(
+        log.contains("directory login"),
+        "{}",
+        lab.agent().log_tail(20)
+    );
+
+    // Refusals, each with its short reason; the refused client never gets a tunnel.
+    let dave = login(&lab, 3, "dave", "dave", &ldap::password("dave"));
+    refused(&dave, "account disabled", Duration::from_secs(10));
+    drop(dave);
+    let nobody = login(&lab, 3, "erin", "nobody", "whatever");
+    refused(
+        &nobody,
+        "invalid username or password",
+        Duration::from_secs(10),
+    );
+    drop(nobody);
+    for _ in 0..2 {
+        let wrong = login(&lab, 3, "erin", "alice", "not-her-password");
+        refused(
+            &wrong,
+            "invalid username or password",
+            Duration::from_secs(10),
+        );
+    }
+    // Two failures for alice: even her right password is refused for a while.
+    let limited = login(&lab, 3, "erin", "alice", &ldap::password("alice"));
+    refused(&limited, "too many failed logins", Duration::from_secs(10));
+    drop(limited);
+    let connlog = lab.dir.path().join("connections.log");
+    // A refused session is logged when it ends, about 5 s after AUTH_FAILED (doc §8.4).
+    let reasons = poll(Duration::from_secs(10), || {
+        let t = std::fs::read_to_string(&connlog).unwrap_or_default();
+        (t.contains("account disabled") && t.contains("too many failed logins")).then_some(t)
+    });
+    assert!(
+        reasons.is_some(),
+        "connection log lacks the failure reasons"
+    );
+    let metrics = scrape_metrics(&lab.gw);
+    for r in ["account_disabled", "invalid_credentials", "rate_limited"] {
+        assert!(
+            metrics.contains(&format!("reason=\"{r}\"")),
+            "no auth failure metric for {r}:\n{metrics}"
+        );
+    }
+
+    // Group changes reach live sessions: bob moves from finance to eng (bitmap rewritten,
+    // his flows re-checked); carol's contractors leave eng (no rule group left: HALT).
+    // Alice joins finance only because a groupOfNames needs one member.
+    slapd.modify(&format!(
+        "dn: {fin}\nchangetype: modify\ndelete: member\nmember: {bob}\n-\nadd: member\nmember: {alice}\n\n\
+         dn: {eng}\nchangetype: modify\nadd: member\nmember: {bob}\n-\ndelete: member\nmember: {contractors}\n",
+        fin = group_dn("finance"),
+        eng = group_dn("eng"),
+        bob = user_dn("bob"),
+        alice = user_dn("alice"),
+        contractors = group_dn("contractors"),
+    ));
+    let halted = poll(Duration::from_secs(10), || {
+        (!carol.proc.is_running() || carol.log().contains("HALT")).then_some(())
+    });
+    assert!(
+        halted.is_some(),
+        "carol kept her session after losing every rule group:\n{}\nagent:\n{}",
+        carol.log(),
+        lab.agent().log_tail(30)
+    );
+    let moved = poll(Duration::from_secs(10), || {
+        (reaches(&lab, 1, OTHER) && blocked(&lab, 1, SERVER)).then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "bob's groups were not updated live\n{}",
+        lab.agent().log_tail(30)
+    );
+    assert!(bob.proc.is_running(), "bob still has groups: not cut");
+
+    // A directory that hangs (SIGSTOP): erin's login waits out the timeouts and fails, while
+    // connected users' traffic and the admin socket carry on.
+    slapd.pause();
+    let t_pause = Instant::now();
+    let erin = login(&lab, 4, "erin", "erin", &ldap::password("erin"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        reaches(&lab, 0, OTHER),
+        "alice's traffic stalls behind a slow directory"
+    );
+    let t = Instant::now();
+    assert!(!lab.connections().is_empty());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the admin socket waited for the directory"
+    );
+    refused(&erin, "directory unavailable", Duration::from_secs(20));
+    assert!(
+        t_pause.elapsed() < Duration::from_secs(15),
+        "the directory timeouts did not bound the login"
+    );
+    drop(erin);
+    slapd.resume();
+
+    // A directory that is down: refused at once with the reason; the agent stays up and the
+    // connected users stay connected (a failed re-check keeps their groups).
+    slapd.stop();
+    let erin = login(&lab, 4, "erin", "erin", &ldap::password("erin"));
+    refused(&erin, "directory unavailable", Duration::from_secs(15));
+    assert!(lab.agent().is_running());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(alice.proc.is_running() && bob.proc.is_running());
+    assert!(
+        reaches(&lab, 0, OTHER),
+        "alice lost her groups while the directory was down"
+    );
+    eprintln!("directory e2e took {:?}", t0.elapsed());
+}
