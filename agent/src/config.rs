@@ -524,10 +524,10 @@ impl EndpointConfig {
             (true, Some(d)) => errs.extend(d.validate()),
             (false, None) => {}
         }
-        if !self.auth.methods.iter().any(|m| m == "certificate") {
+        if self.auth.methods.is_empty() {
             errs.push(err(
                 "auth.methods",
-                "directory-only authentication (no client certificate) is not supported yet: use [\"certificate\", \"ldap\"]",
+                "empty: use [\"certificate\"], [\"ldap\"] or both (both must then pass)",
             ));
         }
         if self.auth.username_must_match_cn && !self.auth.uses_directory() {
@@ -622,6 +622,8 @@ impl EndpointConfig {
                 CrlExpired::Refuse => CrlExpiredPolicy::Refuse,
                 CrlExpired::Allow => CrlExpiredPolicy::Allow,
             },
+            // Directory only: the password is the credential, a certificate is optional.
+            client_cert_optional: !self.auth.methods.iter().any(|m| m == "certificate"),
         }
     }
 

@@ -64,6 +64,8 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
             writeln!(out, "<cert>\n{}</cert>", ensure_newline(&c))?;
             writeln!(out, "<key>\n{}</key>", ensure_newline(&k))?;
         }
+        // Directory only: the user name and password are the credentials.
+        (None, None) if !cfg.auth.methods.iter().any(|m| m == "certificate") => {}
         (None, None) => {
             writeln!(
                 out,

@@ -74,6 +74,8 @@ pub struct Slapd {
     ns: String,
     pub port: u16,
     pub url: String,
+    /// `ldaps://127.0.0.1:<port + 1>` when TLS is on.
+    pub ldaps_url: Option<String>,
     /// The CA that issued the directory's certificate (PEM), when TLS is on.
     pub ca_file: Option<PathBuf>,
     conf: PathBuf,
@@ -81,7 +83,8 @@ pub struct Slapd {
 }
 
 impl Slapd {
-    /// Starts slapd in `ns` on 127.0.0.1:`port` (StartTLS available when `tls`), loads the
+    /// Starts slapd in `ns` on 127.0.0.1:`port` (StartTLS, and ldaps on `port + 1`, when
+    /// `tls`), loads the
     /// fixture, and returns once it answers.
     pub fn start(ns: &NetNs, port: u16, tls: bool) -> Slapd {
         let mut s = Slapd::prepare(port, tls);
@@ -153,6 +156,7 @@ access to * by users read by * none
             ns: String::new(),
             port,
             url,
+            ldaps_url: tls.then(|| format!("ldaps://127.0.0.1:{}", port + 1)),
             ca_file,
             conf,
             dir,
@@ -169,7 +173,10 @@ access to * by users read by * none
 
     fn run(&mut self, ns: &NetNs) {
         // -d 0: stay in the foreground (the Proc owns it) without debug output.
-        let listen = format!("ldap://127.0.0.1:{}/", self.port);
+        let mut listen = format!("ldap://127.0.0.1:{}/", self.port);
+        if let Some(u) = &self.ldaps_url {
+            listen.push_str(&format!(" {u}/"));
+        }
         let proc = Proc::spawn(
             ns,
             &[

@@ -280,3 +280,128 @@ fn directory_logins_groups_and_outages() {
     );
     eprintln!("directory e2e took {:?}", t0.elapsed());
 }
+
+/// Directory only (AWS's Active Directory mode): stock clients with `auth-user-pass` and no
+/// certificate, over ldaps with a direct bind (no service account), groups found by a group
+/// search and named by `cn`, combined with a local group; the client-connect hook gets the
+/// directory groups and refuses a user who has none.
+#[test]
+fn directory_only_without_certificates() {
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let mut slapd = Slapd::prepare(LDAP_PORT, true);
+    let hook = slapd.dir().join("hook.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nin=$(cat)\ncase \"$in\" in\n  *'\"groups\":[]'*) echo '{\"allow\":false,\"error-msg-on-denied-connection\":\"no VPN group\"}';;\n  *) echo '{\"allow\":true}';;\nesac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let policy = format!(
+        r#"client_connect = "{hook}"
+
+[auth]
+methods = ["ldap"]
+
+[directory]
+url = "{url}"
+ca_file = "{ca}"
+connect_timeout_secs = 2
+timeout_secs = 3
+user_dn_template = "uid={{username}},ou=people,{suffix}"
+group_source = "search"
+group_base = "ou=groups,{suffix}"
+group_filter = "(member={{dn}})"
+nested = "recursive"
+group_id = "name"
+
+[groups]
+ledger = ["bob"]
+
+[[authorization_rule]]
+destination = "10.0.0.0/24"
+groups = ["eng"]
+
+[[authorization_rule]]
+destination = "10.0.0.10/32"
+groups = ["ledger"]
+"#,
+        hook = hook.display(),
+        url = slapd.ldaps_url.as_deref().expect("TLS on"),
+        ca = slapd.ca_file.as_ref().expect("TLS on").display(),
+        suffix = ldap::SUFFIX,
+    );
+    let lab = AgentLab::new(4, &[], &policy);
+    slapd.launch(&lab.gw);
+    let slapd = &mut slapd;
+    lab.net
+        .ip(&["addr", "add", &format!("{OTHER}/24"), "dev", "eth0"]);
+    let net_mac = fmt_mac(&mac_of(&lab.net, "eth0"));
+    lab.gw.ip(&[
+        "neigh",
+        "replace",
+        &OTHER.to_string(),
+        "lladdr",
+        &net_mac,
+        "dev",
+        tests::gateway::GW_IF,
+        "nud",
+        "permanent",
+    ]);
+    let profile = tests::agent::cli_ok(&["client-config", "export", "--config", &lab.config_arg()]);
+    assert!(
+        !profile.contains("<cert>") && !profile.contains("# cert"),
+        "{profile}"
+    );
+    let start = |i: usize, user: &str, pass: &str| {
+        let creds = lab.dir.path().join(format!("creds-{i}-{user}"));
+        std::fs::write(&creds, format!("{user}\n{pass}\n")).unwrap();
+        let p = profile.replace(
+            "\nauth-user-pass\n",
+            &format!("\nauth-user-pass {}\n", creds.display()),
+        );
+        ProfileClient::start(lab.client_ns(i), &p)
+    };
+    let alice = start(0, "alice", &ldap::password("alice"));
+    let bob = start(1, "bob", &ldap::password("bob"));
+    let carol = start(2, "carol", &ldap::password("carol"));
+    connected(&lab, &alice, "alice");
+    connected(&lab, &bob, "bob");
+    connected(&lab, &carol, "carol");
+    assert!(reaches(&lab, 0, OTHER), "alice (eng) → {OTHER}");
+    assert!(blocked(&lab, 0, SERVER), "ledger's /32 hides eng's /24");
+    assert!(
+        reaches(&lab, 1, SERVER),
+        "bob (local group ledger) → {SERVER}"
+    );
+    assert!(blocked(&lab, 1, OTHER), "bob is not in eng");
+    assert!(reaches(&lab, 2, OTHER), "carol (nested in eng) → {OTHER}");
+    // The session is named by the user name (no certificate).
+    let users: Vec<String> = lab
+        .connections()
+        .iter()
+        .filter_map(|c| c["user"].as_str().map(str::to_owned))
+        .collect();
+    for u in ["alice", "bob", "carol"] {
+        assert!(users.iter().any(|x| x == u), "{u} not listed: {users:?}");
+    }
+    // erin authenticates but is in no group: the hook refuses with its message.
+    let erin = start(3, "erin", &ldap::password("erin"));
+    refused(&erin, "no VPN group", Duration::from_secs(10));
+    drop(erin);
+    let wrong = start(3, "bob", "nope");
+    refused(
+        &wrong,
+        "invalid username or password",
+        Duration::from_secs(10),
+    );
+    drop(wrong);
+    // Without a password the client cannot even try (no anonymous bind through the VPN).
+    let empty = start(3, "alice", "");
+    let got = poll(Duration::from_secs(10), || {
+        (!empty.proc.is_running() || empty.log().contains("AUTH_FAILED")).then_some(())
+    });
+    assert!(got.is_some(), "{}", empty.log());
+    assert!(!empty.log().contains(COMPLETED), "{}", empty.log());
+    slapd.stop();
+}

@@ -466,7 +466,13 @@ impl Server {
             match ev {
                 SessionEvent::Authenticate(req) => match self.settings.auth {
                     AuthMode::CertificateOnly => {
-                        let verdict = self.decide(link, &req.identity, req.initial);
+                        // Defence in depth: a certificate-less client is only ever let through
+                        // by a directory-only TLS setup, which runs in External mode.
+                        let verdict = if req.identity.has_certificate() {
+                            self.decide(link, &req.identity, req.initial)
+                        } else {
+                            Err("client certificate required".into())
+                        };
                         self.authorize(link, req.key_id, verdict, now);
                     }
                     AuthMode::External => self

@@ -1047,8 +1047,16 @@ fn step_key(
             Err(e) => return Err(km_err(e)),
         };
         ks.plain.drain(..used);
-        let identity =
-            client_identity(&ks.tls).map_err(|e| CloseReason::TlsError(e.to_string()))?;
+        let identity = match client_identity(&ks.tls) {
+            Ok(id) => id,
+            // Only a TLS configuration for directory-only authentication lets a client through
+            // the handshake without a certificate; its user name is then its name.
+            Err(super::tls::TlsError::NoClientCertificate) => {
+                ClientIdentity::without_certificate(&km.username)
+                    .map_err(|e| CloseReason::TlsError(e.to_string()))?
+            }
+            Err(e) => return Err(CloseReason::TlsError(e.to_string())),
+        };
         let peer_info = PeerInfo::parse(&km.peer_info);
         // Negotiate once, at key 0; renegotiations keep cipher and derivation but must present
         // the same certificate name (doc §9.2).
