@@ -312,6 +312,8 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
                         window,
                     )),
                     grants: grants.clone(),
+                    otp: cfg.auth.static_challenge.is_some(),
+                    otp_used: Mutex::new(Default::default()),
                 }
                 .into_authorizer(),
             )

@@ -135,6 +135,10 @@ pub struct AuthSection {
     pub failed_logins_per_source: u32,
     #[serde(default = "default_failure_window")]
     pub failed_login_window_secs: u64,
+    /// Ask for a one-time code with this prompt (OpenVPN `static-challenge`): the response
+    /// is checked as TOTP against `directory.totp_secret_attribute`.
+    #[serde(default)]
+    pub static_challenge: Option<String>,
 }
 
 impl Default for AuthSection {
@@ -145,6 +149,7 @@ impl Default for AuthSection {
             failed_logins_per_user: default_failures_per_user(),
             failed_logins_per_source: default_failures_per_source(),
             failed_login_window_secs: default_failure_window(),
+            static_challenge: None,
         }
     }
 }
@@ -535,6 +540,25 @@ impl EndpointConfig {
                 "auth.username_must_match_cn",
                 "only meaningful with \"ldap\" in auth.methods",
             ));
+        }
+        if let Some(c) = &self.auth.static_challenge {
+            if c.is_empty() || c.len() > 200 || c.contains('"') || c.chars().any(char::is_control) {
+                errs.push(err(
+                    "auth.static_challenge",
+                    "a prompt of 1-200 printable characters without double quotes",
+                ));
+            }
+            if self
+                .directory
+                .as_ref()
+                .and_then(|d| d.totp_secret_attribute.as_ref())
+                .is_none()
+            {
+                errs.push(err(
+                    "auth.static_challenge",
+                    "the one-time code is checked against a TOTP secret in the directory: set `directory.totp_secret_attribute` (and \"ldap\" in auth.methods)",
+                ));
+            }
         }
         if self.auth.failed_login_window_secs == 0 {
             errs.push(err(

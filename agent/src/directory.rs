@@ -98,6 +98,9 @@ pub struct DirectoryConfig {
     /// rule group, was disabled or removed is disconnected.
     #[serde(default)]
     pub recheck_interval_secs: u64,
+    /// Attribute holding each user's base32 TOTP secret, for `auth.static_challenge`.
+    #[serde(default)]
+    pub totp_secret_attribute: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,6 +329,9 @@ pub enum DirError {
     Unavailable(String),
     #[error("directory answer not usable: {0}")]
     Protocol(String),
+    /// The static-challenge response did not check out.
+    #[error("{0}")]
+    Otp(&'static str),
 }
 
 impl DirError {
@@ -337,6 +343,7 @@ impl DirError {
             DirError::Disabled => "account disabled",
             DirError::Unavailable(_) => "directory unavailable",
             DirError::Protocol(_) => "directory error",
+            DirError::Otp(m) => m,
         }
     }
 
@@ -349,6 +356,7 @@ impl DirError {
             DirError::Missing => "missing_credentials",
             DirError::Unavailable(_) => "directory_unavailable",
             DirError::Protocol(_) => "directory_error",
+            DirError::Otp(_) => "one_time_code",
         }
     }
 }
@@ -364,6 +372,8 @@ pub struct DirUser {
     /// Group identifiers as `group_id` says (names, DNs or SIDs), sorted, at most
     /// `max_groups`.
     pub groups: Vec<String>,
+    /// The user's TOTP secret (base32), when `totp_secret_attribute` is set and present.
+    pub totp_secret: Option<String>,
 }
 
 /// A directory client with a small pool of service connections.
@@ -539,6 +549,9 @@ impl Directory {
         if self.cfg.group_source == GroupSource::MemberOf {
             a.push(self.cfg.member_of_attribute.as_str());
         }
+        if let Some(t) = &self.cfg.totp_secret_attribute {
+            a.push(t.as_str());
+        }
         a
     }
 
@@ -560,6 +573,7 @@ impl Directory {
             check_enabled(&entry)?;
             let groups = self.with_service(|d, c| d.groups_of(c, &entry, username))?;
             Ok(DirUser {
+                totp_secret: self.totp_secret(&entry),
                 dn: entry.dn,
                 groups,
             })
@@ -581,6 +595,7 @@ impl Directory {
             let groups = self.groups_of(&mut uc, &entry, username);
             let _ = uc.unbind();
             Ok(DirUser {
+                totp_secret: self.totp_secret(&entry),
                 dn: entry.dn,
                 groups: groups?,
             })
@@ -600,10 +615,16 @@ impl Directory {
             check_enabled(&entry)?;
             let groups = d.groups_of(c, &entry, username)?;
             Ok(DirUser {
+                totp_secret: None,
                 dn: entry.dn,
                 groups,
             })
         })
+    }
+
+    fn totp_secret(&self, e: &SearchEntry) -> Option<String> {
+        let a = self.cfg.totp_secret_attribute.as_deref()?;
+        attr(e, a).into_iter().next()
     }
 
     fn find_user(&self, c: &mut LdapConn, username: &str) -> Result<SearchEntry, DirError> {

@@ -12,6 +12,7 @@ pub mod flowlog;
 pub mod gateway;
 pub mod metrics;
 pub mod openvpn;
+pub mod otp;
 pub mod pki;
 pub mod pki_cli;
 pub mod policy;

@@ -52,6 +52,10 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
     )?;
     if cfg.auth.methods.iter().any(|m| m == "ldap") {
         writeln!(out, "auth-user-pass")?;
+        // The client prompts for a code and sends SCRV1:<password>:<code>; 1 = echo it.
+        if let Some(c) = &cfg.auth.static_challenge {
+            writeln!(out, "static-challenge \"{c}\" 1")?;
+        }
     }
     writeln!(out, "verb 3")?;
     writeln!(out, "<ca>\n{}</ca>", ensure_newline(&ca))?;

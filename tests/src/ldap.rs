@@ -6,7 +6,7 @@
 //! dc=example,dc=org
 //! ├── cn=portcullis,ou=services      service account (searches users and groups)
 //! ├── ou=people
-//! │   ├── uid=alice    in eng
+//! │   ├── uid=alice    in eng, TOTP secret in pcTotpSecret
 //! │   ├── uid=bob      in finance
 //! │   ├── uid=carol    in contractors, which is a member of eng (nested)
 //! │   ├── uid=dave     in eng, disabled (userAccountControl 514, as AD writes it)
@@ -315,9 +315,17 @@ fn base64(b: &[u8]) -> String {
     out
 }
 
+/// Alice's TOTP secret (base32 of RFC 6238's test seed); the other users have none.
+pub const ALICE_TOTP: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+
 fn user(uid: &str, uac: u32) -> String {
+    let totp = if uid == "alice" {
+        format!("pcTotpSecret: {ALICE_TOTP}\n")
+    } else {
+        String::new()
+    };
     format!(
-        "dn: uid={uid},ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nobjectClass: pcAdObject\nuid: {uid}\ncn: {uid}\nsn: {uid}\nuserPassword: {}\nuserAccountControl: {uac}\n\n",
+        "dn: uid={uid},ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nobjectClass: pcAdObject\nuid: {uid}\ncn: {uid}\nsn: {uid}\nuserPassword: {}\nuserAccountControl: {uac}\n{totp}\n",
         password(uid)
     )
 }
