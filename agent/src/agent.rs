@@ -290,36 +290,56 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
             l.policy.local_groups_of(u)
         })
     };
-    let authorizer: Option<crate::tunnel::Authorizer> =
-        if cfg.client_connect.is_some() || directory.is_some() {
-            settings.auth = crate::openvpn::server::AuthMode::External;
-            let window = Duration::from_secs(cfg.auth.failed_login_window_secs.max(1));
-            Some(
-                crate::auth::Authenticator {
-                    directory: directory.clone(),
-                    username_must_match_cn: cfg.auth.username_must_match_cn,
-                    hook: cfg
-                        .client_connect
-                        .as_ref()
-                        .map(|p| crate::connect_hook::ConnectHook::new(p, &cfg.name)),
-                    local_groups,
-                    per_user: Mutex::new(crate::auth::FailureLimiter::new(
-                        cfg.auth.failed_logins_per_user,
-                        window,
-                    )),
-                    per_source: Mutex::new(crate::auth::FailureLimiter::new(
-                        cfg.auth.failed_logins_per_source,
-                        window,
-                    )),
-                    grants: grants.clone(),
-                    otp: cfg.auth.static_challenge.is_some(),
-                    otp_used: Mutex::new(Default::default()),
-                }
-                .into_authorizer(),
-            )
-        } else {
-            None
-        };
+    let hook_timeout = Duration::from_secs(cfg.client_connect_timeout_secs);
+    let hook = match (&cfg.client_connect, &cfg.client_connect_url) {
+        (Some(p), _) => {
+            let mut h = crate::connect_hook::ConnectHook::new(p, &cfg.name);
+            h.timeout = hook_timeout;
+            Some(h)
+        }
+        (None, Some(url)) => {
+            let ca =
+                match &cfg.client_connect_ca_file {
+                    Some(p) => Some(std::fs::read(p).with_context(|| {
+                        format!("reading client_connect_ca_file {}", p.display())
+                    })?),
+                    None => None,
+                };
+            Some(crate::connect_hook::ConnectHook::http(
+                url,
+                ca.as_deref(),
+                &cfg.name,
+                hook_timeout,
+            )?)
+        }
+        (None, None) => None,
+    };
+    let authorizer: Option<crate::tunnel::Authorizer> = if hook.is_some() || directory.is_some() {
+        settings.auth = crate::openvpn::server::AuthMode::External;
+        let window = Duration::from_secs(cfg.auth.failed_login_window_secs.max(1));
+        Some(
+            crate::auth::Authenticator {
+                directory: directory.clone(),
+                username_must_match_cn: cfg.auth.username_must_match_cn,
+                hook,
+                local_groups,
+                per_user: Mutex::new(crate::auth::FailureLimiter::new(
+                    cfg.auth.failed_logins_per_user,
+                    window,
+                )),
+                per_source: Mutex::new(crate::auth::FailureLimiter::new(
+                    cfg.auth.failed_logins_per_source,
+                    window,
+                )),
+                grants: grants.clone(),
+                otp: cfg.auth.static_challenge.is_some(),
+                otp_used: Mutex::new(Default::default()),
+            }
+            .into_authorizer(),
+        )
+    } else {
+        None
+    };
     let server = Server::new(settings, provider, tc, Instant::now())
         .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
     let groups_of = {

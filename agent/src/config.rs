@@ -86,6 +86,19 @@ pub struct EndpointConfig {
     /// non-zero exit refuses the connection (AWS client-connect handler).
     #[serde(default)]
     pub client_connect: Option<PathBuf>,
+    /// The client-connect hook as an HTTP POST (`http://` or `https://`) instead of a program.
+    #[serde(default)]
+    pub client_connect_url: Option<String>,
+    /// CA bundle (PEM) for an `https://` hook with a private CA (default: the web roots).
+    #[serde(default)]
+    pub client_connect_ca_file: Option<PathBuf>,
+    /// How long the hook may take (default 30, as AWS); a timeout refuses the connection.
+    #[serde(default = "default_hook_timeout")]
+    pub client_connect_timeout_secs: u64,
+}
+
+fn default_hook_timeout() -> u64 {
+    30
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,6 +350,9 @@ impl EndpointConfig {
             fix(p);
         }
         if let Some(p) = &mut self.client_connect {
+            fix(p);
+        }
+        if let Some(p) = &mut self.client_connect_ca_file {
             fix(p);
         }
         if let Some(d) = &mut self.directory {
@@ -602,6 +618,40 @@ impl EndpointConfig {
                     format!("{} is not a file", h.display()),
                 ));
             }
+        }
+        if let Some(u) = &self.client_connect_url {
+            if self.client_connect.is_some() {
+                errs.push(err(
+                    "client_connect_url",
+                    "both client_connect (a program) and client_connect_url are set: keep one",
+                ));
+            }
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                errs.push(err(
+                    "client_connect_url",
+                    format!("`{u}` is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        if let Some(ca) = &self.client_connect_ca_file {
+            if self.client_connect_url.is_none() {
+                errs.push(err(
+                    "client_connect_ca_file",
+                    "only used with client_connect_url: remove it or set the URL",
+                ));
+            }
+            if let Err(e) = std::fs::read(ca) {
+                errs.push(err(
+                    "client_connect_ca_file",
+                    format!("cannot read {}: {e}", ca.display()),
+                ));
+            }
+        }
+        if self.client_connect_timeout_secs == 0 || self.client_connect_timeout_secs > 300 {
+            errs.push(err(
+                "client_connect_timeout_secs",
+                "use 1 ... 300 (AWS allows 30)",
+            ));
         }
         // Routes that overlap the client pool would send client traffic back to clients.
         for (i, r) in self.route.iter().enumerate() {
