@@ -334,6 +334,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
                 grants: grants.clone(),
                 otp: cfg.auth.static_challenge.is_some(),
                 otp_used: Mutex::new(Default::default()),
+                in_flight: Default::default(),
             }
             .into_authorizer(),
         )

@@ -27,19 +27,24 @@ pub struct Grant {
     pub groups: Vec<String>,
 }
 
+/// How long an offered grant waits for its session to be established.
+const PENDING_TTL: Duration = Duration::from_secs(300);
+
 /// Grants by link until the session is established, then by peer id until it ends.
 #[derive(Debug, Default)]
 pub struct Grants {
-    pending: Mutex<HashMap<Link, Grant>>,
+    pending: Mutex<HashMap<Link, (Grant, Instant)>>,
     live: Mutex<HashMap<u32, Grant>>,
 }
 
 impl Grants {
     pub fn offer(&self, link: Link, g: Grant) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(link, g);
+        let now = Instant::now();
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        // A verdict that arrives after its session died leaves an entry no event removes:
+        // a session is established within its handshake window, so older ones are stale.
+        p.retain(|_, (_, at)| now.saturating_duration_since(*at) < PENDING_TTL);
+        p.insert(link, (g, now));
     }
 
     /// The session on `link` is established as `peer_id`: its grant moves to the live set.
@@ -48,7 +53,8 @@ impl Grants {
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&link)?;
+            .remove(&link)?
+            .0;
         self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -165,6 +171,21 @@ pub struct Authenticator {
     pub otp: bool,
     /// The last TOTP step accepted per user: a code works once.
     pub otp_used: Mutex<HashMap<String, u64>>,
+    /// Directory logins in progress (each holds a thread while the directory answers).
+    pub in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Directory logins at once: past this, logins are refused at once instead of piling up
+/// threads behind a slow directory (each waits out its timeouts).
+pub const MAX_LOGINS_IN_FLIGHT: usize = 64;
+
+/// Decrements the in-flight count however the login ends.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Authenticator {
@@ -208,6 +229,14 @@ impl Authenticator {
             if self.username_must_match_cn && user != cn {
                 tracing::warn!(%link, user, common_name = cn, "username does not match the certificate");
                 return Err("username does not match the certificate".into());
+            }
+            let n = self
+                .in_flight
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _guard = InFlight(&self.in_flight);
+            if n >= MAX_LOGINS_IN_FLIGHT {
+                tracing::warn!(%link, user, in_flight = n, "login refused: too many directory logins in progress");
+                return Err("directory busy, try again later".into());
             }
             let t0 = Instant::now();
             let (password, code) = if self.otp {
@@ -390,6 +419,96 @@ mod tests {
         assert_eq!(
             combined_groups(&local, "alice", &Grant::default()),
             ["local-a"]
+        );
+    }
+
+    fn authenticator(otp: bool) -> Authenticator {
+        // 192.0.2.1 (TEST-NET-1) is never contacted: every case below is decided first.
+        let cfg: crate::directory::DirectoryConfig = toml::from_str(
+            r#"
+            url = "ldap://192.0.2.1:389"
+            user_dn_template = "uid={username},dc=example,dc=org"
+            "#,
+        )
+        .unwrap();
+        Authenticator {
+            directory: Some(Arc::new(Directory::new(&cfg).unwrap())),
+            username_must_match_cn: true,
+            hook: None,
+            local_groups: Arc::new(|_: &str| Vec::new()),
+            per_user: Mutex::new(FailureLimiter::new(2, Duration::from_secs(60))),
+            per_source: Mutex::new(FailureLimiter::new(10, Duration::from_secs(60))),
+            grants: Arc::new(Grants::default()),
+            otp,
+            otp_used: Mutex::new(HashMap::new()),
+            in_flight: Default::default(),
+        }
+    }
+
+    fn request(cn: &str, user: &str, password: &str) -> AuthRequest {
+        use crate::openvpn::{crypto::Cipher, keys::Password, options::PeerInfo, packet::KeyId};
+        AuthRequest {
+            key_id: KeyId::ZERO,
+            initial: true,
+            identity: crate::openvpn::tls::ClientIdentity {
+                common_name: cn.into(),
+                serial_hex: "01".into(),
+                not_after: std::time::SystemTime::now(),
+                issuer: "CN=test".into(),
+            },
+            username: user.into(),
+            password: Password::new(password),
+            peer_info: PeerInfo::parse("IV_VER=2.6.14\n"),
+            cipher: Cipher::Aes256Gcm,
+        }
+    }
+
+    fn link() -> Link {
+        Link::Udp {
+            listener: 0,
+            addr: "192.0.2.50:4000".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn decisions_made_before_the_directory_is_asked() {
+        let a = authenticator(false);
+        assert_eq!(
+            a.decide(link(), &request("alice", "bob", "pw")),
+            Err("username does not match the certificate".into())
+        );
+        assert_eq!(
+            a.decide(link(), &request("alice", "alice", "")),
+            Err("invalid username or password".into())
+        );
+        // Used-up tokens refuse before any bind, even with the right password.
+        let now = Instant::now();
+        for _ in 0..2 {
+            a.per_user.lock().unwrap().failed("user:alice", now);
+        }
+        assert_eq!(
+            a.decide(link(), &request("alice", "alice", "right")),
+            Err("too many failed logins, try again later".into())
+        );
+        let a = authenticator(true);
+        assert_eq!(
+            a.decide(link(), &request("alice", "alice", "no-challenge-response")),
+            Err("one-time code required".into())
+        );
+        a.in_flight
+            .store(MAX_LOGINS_IN_FLIGHT, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            a.decide(link(), &request("alice", "alice", "pw")),
+            Err("directory busy, try again later".into())
+        );
+        assert_eq!(
+            a.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            MAX_LOGINS_IN_FLIGHT,
+            "the guard gives its slot back"
+        );
+        assert!(
+            a.grants.pending.lock().unwrap().is_empty(),
+            "no grant for a refusal"
         );
     }
 

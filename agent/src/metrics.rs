@@ -62,6 +62,7 @@ fn reason_class(r: &CloseReason) -> &'static str {
             "invalid_credentials"
         }
         CloseReason::AuthFailed(e) if e.contains("account disabled") => "account_disabled",
+        CloseReason::AuthFailed(e) if e.contains("directory busy") => "directory_busy",
         CloseReason::AuthFailed(e) if e.contains("directory") => "directory_unavailable",
         CloseReason::AuthFailed(e) if e.contains("too many failed logins") => "rate_limited",
         CloseReason::AuthFailed(e) if e.contains("one-time code") => "one_time_code",
