@@ -861,6 +861,62 @@ groups = ["engineering"]
         }
     }
 
+    /// The cross-field rules of authentication: each names its field.
+    #[test]
+    fn auth_errors_name_their_fields() {
+        let d = dir_with_files();
+        let f = d.0.join("auth.toml");
+        let check = |top: &str, tables: &str| -> Vec<String> {
+            let (head, tail) = GOOD.split_at(GOOD.find("[tls]").unwrap());
+            std::fs::write(&f, format!("{top}{head}{tail}{tables}")).unwrap();
+            match EndpointConfig::load(&f) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.into_iter().map(|e| e.path).collect(),
+            }
+        };
+        let dir = "[directory]\nurl = \"ldap://127.0.0.1:389\"\nuser_dn_template = \"uid={username},dc=x\"\n";
+        assert_eq!(
+            check("", &format!("[auth]\nmethods = [\"ldap\"]\n{dir}")),
+            Vec::<String>::new()
+        );
+        assert_eq!(check("", "[auth]\nmethods = [\"ldap\"]\n"), ["directory"]);
+        assert_eq!(check("", dir), ["auth.methods"]);
+        assert_eq!(check("", "[auth]\nmethods = []\n"), ["auth.methods"]);
+        assert_eq!(
+            check(
+                "",
+                &format!("[auth]\nmethods = [\"ldap\"]\nstatic_challenge = \"Code\"\n{dir}")
+            ),
+            ["auth.static_challenge"]
+        );
+        assert_eq!(
+            check("", "[auth]\nusername_must_match_cn = true\n"),
+            ["auth.username_must_match_cn"]
+        );
+        assert_eq!(
+            check(
+                "client_connect_url = \"ftp://x\"\nclient_connect_timeout_secs = 0\n",
+                ""
+            ),
+            ["client_connect_url", "client_connect_timeout_secs"]
+        );
+        // Directory-only makes the client certificate optional in TLS; with certificates not.
+        std::fs::write(&f, format!("{GOOD}[auth]\nmethods = [\"ldap\"]\n{dir}")).unwrap();
+        assert!(
+            EndpointConfig::load(&f)
+                .unwrap()
+                .tls_options()
+                .client_cert_optional
+        );
+        std::fs::write(&f, GOOD).unwrap();
+        assert!(
+            !EndpointConfig::load(&f)
+                .unwrap()
+                .tls_options()
+                .client_cert_optional
+        );
+    }
+
     #[test]
     fn syntax_errors_name_the_line() {
         let e = EndpointConfig::parse("name = \"x\"\nclient_cidr = 5\n").unwrap_err();
