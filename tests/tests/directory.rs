@@ -495,3 +495,148 @@ all_users = true
     drop(replay);
     slapd.stop();
 }
+
+/// The directory client alone against the fixture (no tunnel): every way of finding groups
+/// and naming them, the cap, escaping of user input in filters and DNs, and the refusals.
+#[test]
+fn directory_client_configurations() {
+    require_root!();
+    use portcullis::directory::{DirError, Directory, DirectoryConfig};
+    let ns = tests::NetNs::new("l");
+    let mut slapd = Slapd::prepare(LDAP_PORT, true);
+    slapd.launch(&ns);
+    let secret = slapd.dir().join("svc.pw");
+    std::fs::write(&secret, ldap::SERVICE_PW).unwrap();
+    let base = format!(
+        "url = \"{url}\"\nstarttls = true\nca_file = \"{ca}\"\nconnect_timeout_secs = 2\ntimeout_secs = 3\n\
+         bind_dn = \"{svc}\"\nbind_password_file = \"{secret}\"\nuser_base = \"ou=people,{s}\"\n\
+         group_base = \"ou=groups,{s}\"\n",
+        url = slapd.url,
+        ca = slapd.ca_file.as_ref().unwrap().display(),
+        svc = ldap::SERVICE_DN,
+        secret = secret.display(),
+        s = ldap::SUFFIX,
+    );
+    let base2 = base.clone();
+    let dir = move |extra: &str| {
+        let cfg: DirectoryConfig = toml::from_str(&format!("{base2}{extra}")).unwrap();
+        assert_eq!(cfg.validate(), vec![], "{extra}");
+        Directory::new(&cfg).unwrap()
+    };
+    // (configuration, carol's groups): carol is in contractors, which is in eng.
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("", vec!["contractors".into()]),
+        (
+            "nested = \"recursive\"\n",
+            vec!["contractors".into(), "eng".into()],
+        ),
+        (
+            "group_source = \"search\"\nnested = \"recursive\"\n",
+            vec!["contractors".into(), "eng".into()],
+        ),
+        (
+            "group_source = \"search\"\ngroup_id = \"dn\"\n",
+            vec![group_dn("contractors")],
+        ),
+        (
+            "nested = \"recursive\"\ngroup_id = \"sid\"\n",
+            vec![group_sid("eng"), group_sid("contractors")],
+        ),
+        (
+            "nested = \"recursive\"\nmax_groups = 1\n",
+            vec!["contractors".into()],
+        ),
+        (
+            "nested = \"recursive\"\nnested_depth = 1\n",
+            vec!["contractors".into()],
+        ),
+    ];
+    let name = ns.name.clone();
+    let results = tests::clients::run_in_ns(&name, move || {
+        let mut out = Vec::new();
+        for (extra, _) in &cases {
+            let d = dir(extra);
+            let mut got = d
+                .authenticate("carol", &ldap::password("carol"))
+                .map(|u| u.groups);
+            if let Ok(g) = &mut got {
+                g.sort();
+            }
+            out.push((extra.to_string(), got));
+        }
+        let d = dir("");
+        let refusals = vec![
+            d.authenticate("carol", "wrong").err(),
+            d.authenticate("nobody", "x").err(),
+            d.authenticate("dave", &ldap::password("dave")).err(),
+            // Filter metacharacters are escaped: "*" is no wildcard, "a*" matches no alice.
+            d.authenticate("*", "x").err(),
+            d.authenticate("ali*", &ldap::password("alice")).err(),
+            d.authenticate("alice)(uid=*", &ldap::password("alice"))
+                .err(),
+        ];
+        // Direct bind: the DN template escapes too; a wrong password is just that.
+        let t = dir(&format!(
+            "user_dn_template = \"uid={{username}},ou=people,{}\"\n",
+            ldap::SUFFIX
+        ));
+        let template = vec![
+            t.authenticate("bob", &ldap::password("bob"))
+                .map(|u| u.groups)
+                .ok(),
+            t.authenticate("bob", "wrong").ok().map(|u| u.groups),
+        ];
+        let refresh = d.refresh("bob").map(|u| u.groups);
+        (out, refusals, template, refresh, cases)
+    });
+    let (out, refusals, template, refresh, cases) = results;
+    for ((extra, got), (_, want)) in out.iter().zip(cases.iter()) {
+        let mut want = want.clone();
+        want.sort();
+        assert_eq!(got.as_ref().ok(), Some(&want), "with {extra:?}: {got:?}");
+    }
+    assert_eq!(
+        refusals,
+        vec![
+            Some(DirError::InvalidCredentials),
+            Some(DirError::UnknownUser),
+            Some(DirError::Disabled),
+            Some(DirError::UnknownUser),
+            Some(DirError::UnknownUser),
+            Some(DirError::UnknownUser),
+        ]
+    );
+    assert_eq!(template, vec![Some(vec!["finance".to_owned()]), None]);
+    assert_eq!(refresh, Ok(vec!["finance".to_owned()]));
+
+    // Down: refused as unavailable, quickly; back up: the pool reconnects by itself.
+    slapd.stop();
+    let name = ns.name.clone();
+    let dir_cfg = base.clone();
+    let (down, took, up_again) = {
+        let slapd_ns = &ns;
+        let d = std::sync::Arc::new(
+            Directory::new(&toml::from_str::<DirectoryConfig>(&dir_cfg).unwrap()).unwrap(),
+        );
+        let d2 = d.clone();
+        let (down, took) = tests::clients::run_in_ns(&name, move || {
+            let t = Instant::now();
+            (
+                d2.authenticate("bob", &ldap::password("bob")).err(),
+                t.elapsed(),
+            )
+        });
+        slapd.restart(slapd_ns);
+        let d3 = d.clone();
+        let up = tests::clients::run_in_ns(&name, move || {
+            d3.authenticate("bob", &ldap::password("bob"))
+                .map(|u| u.groups)
+        });
+        // The pool's connections must not be dropped on a runtime thread.
+        let _ = std::thread::spawn(move || drop(d)).join();
+        (down, took, up)
+    };
+    assert!(matches!(down, Some(DirError::Unavailable(_))), "{down:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(up_again, Ok(vec!["finance".to_owned()]));
+}
