@@ -468,7 +468,15 @@ async fn serve(
     let mut connlog = match &cfg.logging.connection_log {
         Some(p) => Some(
             crate::connlog::ConnectionLog::open(p, &cfg.name)
-                .with_context(|| format!("opening the connection log {}", p.display()))?,
+                .with_context(|| format!("opening the connection log {}", p.display()))?
+                .with_usernames({
+                    let grants = live
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .grants
+                        .clone();
+                    Box::new(move |peer| grants.get(peer).map(|g| g.username))
+                }),
         ),
         None => None,
     };
