@@ -875,6 +875,17 @@ fn reload(
                 "client_cidr, listen, tls and name changes need a restart of the agent; the rest is applied"
             );
         }
+        if cfg.auth != running.auth
+            || cfg.directory != running.directory
+            || cfg.client_connect != running.client_connect
+            || cfg.client_connect_url != running.client_connect_url
+            || cfg.client_connect_ca_file != running.client_connect_ca_file
+            || cfg.client_connect_timeout_secs != running.client_connect_timeout_secs
+        {
+            tracing::warn!(
+                "auth, directory and client_connect changes need a restart of the agent; the rest is applied"
+            );
+        }
         if compiled.targets.len() != l.compiled.targets.len() {
             bail!("adding or removing target networks needs a restart (the XDP program attaches to their interfaces)");
         }
