@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::connect_hook::ConnectHook;
 use crate::directory::{DirError, Directory};
 use crate::openvpn::peer::Link;
-use crate::openvpn::session::AuthRequest;
+use crate::openvpn::session::{AuthRequest, TEMPORARY_FAILURE};
 use crate::tunnel::Authorizer;
 
 /// What a session was admitted with, beyond its certificate.
@@ -236,7 +236,9 @@ impl Authenticator {
             let _guard = InFlight(&self.in_flight);
             if n >= MAX_LOGINS_IN_FLIGHT {
                 tracing::warn!(%link, user, in_flight = n, "login refused: too many directory logins in progress");
-                return Err("directory busy, try again later".into());
+                return Err(format!(
+                    "{TEMPORARY_FAILURE}directory busy, try again later"
+                ));
             }
             let t0 = Instant::now();
             let (password, code) = if self.otp {
@@ -277,6 +279,9 @@ impl Authenticator {
                             .failed(&source, now);
                     }
                     tracing::warn!(%link, user, reason = %e, "directory login failed");
+                    if matches!(e, DirError::Unavailable(_)) {
+                        return Err(format!("{TEMPORARY_FAILURE}{}", e.client_message()));
+                    }
                     return Err(e.client_message().into());
                 }
             }
@@ -499,7 +504,7 @@ mod tests {
             .store(MAX_LOGINS_IN_FLIGHT, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(
             a.decide(link(), &request("alice", "alice", "pw")),
-            Err("directory busy, try again later".into())
+            Err("TEMP:directory busy, try again later".into())
         );
         assert_eq!(
             a.in_flight.load(std::sync::atomic::Ordering::Relaxed),

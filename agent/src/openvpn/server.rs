@@ -638,6 +638,9 @@ impl Server {
             Err(e) => Err(e),
         };
         self.authorize(link, key_id, v, now);
+        // Called from outside the collect loop: send the push (or AUTH_FAILED) now rather
+        // than at the session's next timer or the client's next PUSH_REQUEST.
+        self.after(link, now);
     }
 
     fn authorize(

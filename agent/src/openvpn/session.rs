@@ -140,6 +140,12 @@ impl Default for SessionConfig {
     }
 }
 
+/// A refusal reason starting with this is temporary (`AUTH_FAILED,TEMP`, doc §8.4): e.g. the
+/// directory is unreachable.
+pub const TEMPORARY_FAILURE: &str = "TEMP:";
+/// The backoff a temporary refusal asks the client to wait before it retries.
+pub const TEMPORARY_BACKOFF_SECS: u32 = 10;
+
 /// What the server must decide after a key exchange (doc §5.2): the certificate is already
 /// verified by TLS; credentials and group membership are the server's business.
 #[derive(Debug, Clone)]
@@ -505,7 +511,22 @@ impl Session {
             }
             Err(reason) => {
                 ks.auth = Auth::Refused;
-                let msg = super::options::auth_failed(Some(&reason));
+                let msg = match reason.strip_prefix(TEMPORARY_FAILURE) {
+                    // The client retries after the backoff (if it knows TEMP) instead of
+                    // exiting: for outages of what decides, not for wrong credentials.
+                    Some(r) => super::options::auth_failed_temp(
+                        self.negotiated
+                            .as_ref()
+                            .map(|n| n.peer_info.proto)
+                            .unwrap_or_default(),
+                        Some(TEMPORARY_BACKOFF_SECS),
+                        r,
+                    ),
+                    None => super::options::auth_failed(Some(&reason)),
+                };
+                let reason = reason
+                    .strip_prefix(TEMPORARY_FAILURE)
+                    .map_or(reason.clone(), str::to_owned);
                 let _ = write_message(&mut ks.tls, &msg);
                 self.close_after(
                     now + self.cfg.auth_failed_linger,
