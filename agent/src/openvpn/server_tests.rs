@@ -791,3 +791,33 @@ fn external_auth_waits_for_the_verdict_and_temporary_refusals() {
         "{evs:?}"
     );
 }
+
+/// The user name of key 0 is the session's: a renegotiation with another one ends it (its
+/// groups were granted to the first), the same one keeps it.
+#[test]
+fn user_name_cannot_change_on_renegotiation() {
+    let mut lab = Lab::new(false);
+    let l = link(40030);
+    let mut c = lab.client("alice");
+    c.username = "alice".into();
+    c.password = "pw".into();
+    lab.pump(&mut c, l);
+    assert!(c.push_reply.is_some());
+    lab.events();
+    c.renegotiate();
+    lab.pump(&mut c, l);
+    assert!(lab
+        .events()
+        .iter()
+        .any(|e| matches!(e, ServerEvent::Rekeyed { .. })));
+    c.username = "mallory".into();
+    c.renegotiate();
+    lab.pump(&mut c, l);
+    let evs = lab.events();
+    assert!(
+        disconnected(&evs)
+            .iter()
+            .any(|r| matches!(r, CloseReason::ProtocolError(e) if e.contains("user name changed"))),
+        "{evs:?}"
+    );
+}

@@ -266,6 +266,8 @@ struct Negotiated {
     peer_info: PeerInfo,
     common_name: String,
     identity: ClientIdentity,
+    /// The key-method-2 user name of key 0 (empty without auth-user-pass).
+    username: String,
 }
 
 /// Largest TLS plaintext buffered from the client before it is parsed (a key-method-2 message
@@ -1088,6 +1090,14 @@ fn step_key(
                     n.common_name, identity.common_name
                 )));
             }
+            // Groups were granted to the user of key 0: another user name on a renegotiation
+            // is refused, as the 2.6 server does (doc §9.2).
+            Some(n) if n.username != km.username => {
+                return Err(CloseReason::ProtocolError(format!(
+                    "user name changed on renegotiation from {:?} to {:?}",
+                    n.username, km.username
+                )));
+            }
             Some(n) => n.clone(),
             None => {
                 let cipher = negotiate_cipher(&cfg.ciphers, &peer_info, &km.options);
@@ -1099,6 +1109,7 @@ fn step_key(
                         peer_info: peer_info.clone(),
                         common_name: identity.common_name.clone(),
                         identity: identity.clone(),
+                        username: km.username.clone(),
                     },
                     (Err(e), _) => {
                         refuse_after_key(ks, &km, cfg.transport, &rng, &e.auth_failed_message())?;
