@@ -55,6 +55,12 @@ pub struct ConnectionInfo {
     pub egress_bytes: u64,
     pub ingress_packets: u64,
     pub egress_packets: u64,
+    /// The directory user name of the session, if it logged in with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The session's directory groups (names, DNs or SIDs as configured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directory_groups: Vec<String>,
 }
 
 /// The live policy, shared with the tunnel hooks (group bitmaps of new sessions).
@@ -625,7 +631,9 @@ async fn serve(
                         }
                     }
                     Ok(AdminRequest::Connections) => {
-                        serde_json::json!({"ok": true, "connections": list(dp, tunnel, &connections)})
+                        // The grants outside the live lock: listing waits for the control thread.
+                        let grants = live.lock().unwrap_or_else(|e| e.into_inner()).grants.clone();
+                        serde_json::json!({"ok": true, "connections": list(dp, tunnel, &connections, &grants)})
                     }
                     Ok(AdminRequest::Terminate { id, user }) => {
                         let ids: Vec<u32> = tunnel
@@ -820,6 +828,7 @@ fn list(
     dp: &Datapath,
     tunnel: &Tunnel,
     connections: &BTreeMap<u32, (ServerEvent, Instant)>,
+    grants: &crate::auth::Grants,
 ) -> Vec<ConnectionInfo> {
     tunnel
         .sessions()
@@ -829,7 +838,10 @@ fn list(
             let since = connections
                 .get(&s.peer_id)
                 .map_or(0, |(_, t)| t.elapsed().as_secs());
+            let grant = grants.get(s.peer_id).unwrap_or_default();
             ConnectionInfo {
+                username: Some(grant.username).filter(|u| !u.is_empty()),
+                directory_groups: grant.groups,
                 id: s.peer_id,
                 user: s.common_name,
                 client_address: s.tunnel_addr.map(|a| a.to_string()),

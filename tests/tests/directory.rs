@@ -169,6 +169,16 @@ fn directory_logins_groups_and_outages() {
         "{}",
         lab.agent().log_tail(20)
     );
+    // `connections list` shows the directory user and groups of each session.
+    let conns = lab.connections();
+    let bob_conn = conns
+        .iter()
+        .find(|c| c["username"] == "bob")
+        .unwrap_or_else(|| panic!("no session of directory user bob: {conns:?}"));
+    assert_eq!(
+        bob_conn["directory_groups"],
+        serde_json::json!([group_sid("finance")])
+    );
 
     // Refusals, each with its short reason; the refused client never gets a tunnel.
     let dave = login(&lab, 3, "dave", "dave", &ldap::password("dave"));
