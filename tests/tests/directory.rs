@@ -312,22 +312,15 @@ fn directory_logins_groups_and_outages() {
 
 /// Directory only (AWS's Active Directory mode): stock clients with `auth-user-pass` and no
 /// certificate, over ldaps with a direct bind (no service account), groups found by a group
-/// search and named by `cn`, combined with a local group; the client-connect hook gets the
-/// directory groups and refuses a user who has none.
+/// search and named by `cn`, combined with a local group; the client-connect hook (over HTTP)
+/// gets the directory groups and refuses a user who has none.
 #[test]
 fn directory_only_without_certificates() {
     require_root!();
-    use std::os::unix::fs::PermissionsExt;
     let mut slapd = Slapd::prepare(LDAP_PORT, true);
-    let hook = slapd.dir().join("hook.sh");
-    std::fs::write(
-        &hook,
-        "#!/bin/sh\nin=$(cat)\ncase \"$in\" in\n  *'\"groups\":[]'*) echo '{\"allow\":false,\"error-msg-on-denied-connection\":\"no VPN group\"}';;\n  *) echo '{\"allow\":true}';;\nesac\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
     let policy = format!(
-        r#"client_connect = "{hook}"
+        r#"client_connect_url = "http://127.0.0.1:{HOOK_PORT}/connect"
+client_connect_timeout_secs = 5
 
 [auth]
 methods = ["ldap"]
@@ -355,13 +348,13 @@ groups = ["eng"]
 destination = "10.0.0.10/32"
 groups = ["ledger"]
 "#,
-        hook = hook.display(),
         url = slapd.ldaps_url.as_deref().expect("TLS on"),
         ca = slapd.ca_file.as_ref().expect("TLS on").display(),
         suffix = ldap::SUFFIX,
     );
     let lab = AgentLab::new(4, &[], &policy);
     slapd.launch(&lab.gw);
+    let hook = HookServer::start(&lab.gw);
     let slapd = &mut slapd;
     lab.net
         .ip(&["addr", "add", &format!("{OTHER}/24"), "dev", "eth0"]);
@@ -433,6 +426,93 @@ groups = ["ledger"]
     assert!(got.is_some(), "{}", empty.log());
     assert!(!empty.log().contains(COMPLETED), "{}", empty.log());
     slapd.stop();
+    // alice, bob, carol and erin reached the hook; the wrong and empty passwords did not.
+    assert_eq!(hook.stop(), 4);
+}
+
+const HOOK_PORT: u16 = 8089;
+
+/// The client-connect hook as a small HTTP server on 127.0.0.1:[`HOOK_PORT`] inside a test
+/// namespace: it refuses requests whose `groups` is empty. It serves until stopped (at most
+/// two minutes), each request bounded in time; drop stops it.
+struct HookServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl HookServer {
+    fn start(ns: &tests::NetNs) -> HookServer {
+        use std::io::{BufRead, Read, Write};
+        use std::sync::atomic::Ordering;
+        let l = tests::clients::run_in_ns(&ns.name, || {
+            std::net::TcpListener::bind(("127.0.0.1", HOOK_PORT)).expect("hook listener")
+        });
+        l.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut served = 0;
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let s = match l.accept() {
+                    Ok((s, _)) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+                s.set_nonblocking(false).ok();
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                let mut len = 0;
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; len];
+                if r.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                served += 1;
+                let answer = if String::from_utf8_lossy(&body).contains("\"groups\":[]") {
+                    r#"{"allow":false,"error-msg-on-denied-connection":"no VPN group"}"#
+                } else {
+                    r#"{"allow":true}"#
+                };
+                let mut w = s;
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+            served
+        });
+        HookServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the server; how many requests it answered.
+    fn stop(mut self) -> usize {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for HookServer {
+    fn drop(&mut self) {
+        self.halt();
+    }
 }
 
 /// Static challenge with the built-in TOTP verifier: the exported profile has
