@@ -537,7 +537,15 @@ impl Directory {
                 r.1.rc, r.1.text
             )));
         }
-        Ok(r.0.into_iter().map(SearchEntry::construct).collect())
+        // Active Directory answers searches at a domain root with continuation references
+        // (DomainDnsZones, Configuration, ...). ldap3's search already leaves them out (its
+        // EntriesOnly adapter); the filter keeps SearchEntry::construct, which panics on
+        // them, safe should that change.
+        Ok(r.0
+            .into_iter()
+            .filter(|e| !e.is_ref() && !e.is_intermediate())
+            .map(SearchEntry::construct)
+            .collect())
     }
 
     fn user_attrs(&self) -> Vec<&str> {

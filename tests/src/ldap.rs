@@ -11,6 +11,8 @@
 //! │   ├── uid=carol    in contractors, which is a member of eng (nested)
 //! │   ├── uid=dave     in eng, disabled (userAccountControl 514, as AD writes it)
 //! │   └── uid=erin     in no group
+//! ├── ou=elsewhere     a referral (searches from the root get a continuation reference, as
+//! │                    Active Directory sends for its DNS and configuration partitions)
 //! └── ou=groups        groupOfNames with AD-style binary objectSid values
 //!     ├── cn=eng          S-1-5-21-1004336348-1177238915-682003330-1101
 //!     ├── cn=finance      S-1-5-21-1004336348-1177238915-682003330-1102
@@ -356,6 +358,7 @@ fn fixture_ldif() -> String {
          dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people\n\n\
          dn: ou=groups,{SUFFIX}\nobjectClass: organizationalUnit\nou: groups\n\n\
          dn: ou=services,{SUFFIX}\nobjectClass: organizationalUnit\nou: services\n\n\
+         dn: ou=elsewhere,{SUFFIX}\nobjectClass: referral\nobjectClass: extensibleObject\nou: elsewhere\nref: ldap://other.invalid/ou=elsewhere,{SUFFIX}\n\n\
          dn: {SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\ncn: portcullis\nuserPassword: {SERVICE_PW}\n\n"
     );
     // 512 = NORMAL_ACCOUNT, 514 = NORMAL_ACCOUNT | ACCOUNTDISABLE.

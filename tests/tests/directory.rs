@@ -626,6 +626,11 @@ fn directory_client_configurations() {
         secret = secret.display(),
         s = ldap::SUFFIX,
     );
+    let root_base = base.replace(
+        &format!("user_base = \"ou=people,{}\"", ldap::SUFFIX),
+        &format!("user_base = \"{}\"", ldap::SUFFIX),
+    );
+    assert_ne!(root_base, base);
     let base2 = base.clone();
     let dir = move |extra: &str| {
         let cfg: DirectoryConfig = toml::from_str(&format!("{base2}{extra}")).unwrap();
@@ -696,9 +701,16 @@ fn directory_client_configurations() {
             t.authenticate("bob", "wrong").ok().map(|u| u.groups),
         ];
         let refresh = d.refresh("bob").map(|u| u.groups);
-        (out, refusals, template, refresh, cases)
+        // A user search from the root meets the referral's continuation reference.
+        let root_cfg: DirectoryConfig = toml::from_str(&root_base).unwrap();
+        let root = Directory::new(&root_cfg).unwrap();
+        let from_root = root
+            .authenticate("bob", &ldap::password("bob"))
+            .map(|u| u.groups);
+        (out, refusals, template, refresh, from_root, cases)
     });
-    let (out, refusals, template, refresh, cases) = results;
+    let (out, refusals, template, refresh, from_root, cases) = results;
+    assert_eq!(from_root, Ok(vec!["finance".to_owned()]));
     for ((extra, got), (_, want)) in out.iter().zip(cases.iter()) {
         let mut want = want.clone();
         want.sort();
