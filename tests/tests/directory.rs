@@ -372,6 +372,10 @@ groups = ["ledger"]
     ]);
     let profile = tests::agent::cli_ok(&["client-config", "export", "--config", &lab.config_arg()]);
     assert!(
+        profile.contains("\nverify-x509-name server name\n"),
+        "{profile}"
+    );
+    assert!(
         !profile.contains("<cert>") && !profile.contains("# cert"),
         "{profile}"
     );
