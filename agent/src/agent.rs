@@ -25,6 +25,7 @@ use crate::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
 use crate::policy::{self, CompiledPolicy, PolicyInput};
 use crate::reconcile;
 use crate::tunnel::{Command, SessionInfo, Tunnel, TunnelOptions};
+use portcullis_common::GroupBits;
 
 /// A request on the admin socket (one JSON object per line).
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,6 +56,12 @@ pub struct ConnectionInfo {
     pub egress_bytes: u64,
     pub ingress_packets: u64,
     pub egress_packets: u64,
+    /// The directory user name of the session, if it logged in with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The session's directory groups (names, DNs or SIDs as configured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directory_groups: Vec<String>,
 }
 
 /// The live policy, shared with the tunnel hooks (group bitmaps of new sessions).
@@ -73,6 +80,21 @@ struct Live {
     kept: Option<(Instant, Adopted)>,
     /// Settings changed in the file that wait for a restart.
     pending_restart: Vec<&'static str>,
+    /// What authentication granted each session (directory user and groups).
+    grants: Arc<crate::auth::Grants>,
+}
+
+impl Live {
+    /// A session's bitmap: local groups of its certificate name and directory user, and its
+    /// directory groups. Groups no rule names have no bit, so they cost nothing per packet.
+    fn session_groups(&self, common_name: &str, grant: &crate::auth::Grant) -> GroupBits {
+        let g = crate::auth::combined_groups(
+            &|u: &str| self.policy.local_groups_of(u),
+            common_name,
+            grant,
+        );
+        self.compiled.groups_bitmap(g.iter().map(String::as_str))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -335,22 +357,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
     };
     let provider: Arc<dyn TlsProvider> = tls.clone();
     let mut settings = cfg.server_settings();
-    let authorizer: Option<crate::tunnel::Authorizer> = cfg.client_connect.as_ref().map(|p| {
-        settings.auth = crate::openvpn::server::AuthMode::External;
-        let hook = crate::connect_hook::ConnectHook::new(p, &cfg.name);
-        let policy = cfg.policy();
-        let a: crate::tunnel::Authorizer = Arc::new(move |link, req| {
-            let groups = policy.local_groups_of(&req.identity.common_name);
-            let v = hook.decide(link, req, &groups);
-            if let Err(reason) = &v {
-                tracing::info!(%link, user = req.identity.common_name, reason, "client-connect hook refused");
-            }
-            v
-        });
-        a
-    });
-    let server = Server::new(settings, provider, tc, Instant::now())
-        .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
+    let grants = Arc::new(crate::auth::Grants::default());
     let live = Arc::new(Mutex::new(Live {
         policy: cfg.policy(),
         compiled,
@@ -362,19 +369,86 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         last_reload_timing: None,
         pending_restart: Vec::new(),
         kept: Some((Instant::now() + KEPT_GRACE, adopted.clone())),
+        grants: grants.clone(),
     }));
+    let directory = match (&cfg.directory, cfg.auth.uses_directory()) {
+        (Some(d), true) => Some(Arc::new(
+            crate::directory::Directory::new(d).context("setting up the directory client")?,
+        )),
+        _ => None,
+    };
+    let local_groups: crate::auth::LocalGroups = {
+        let live = live.clone();
+        Arc::new(move |u: &str| {
+            let l = live.lock().unwrap_or_else(|e| e.into_inner());
+            l.policy.local_groups_of(u)
+        })
+    };
+    let hook_timeout = Duration::from_secs(cfg.client_connect_timeout_secs);
+    let hook = match (&cfg.client_connect, &cfg.client_connect_url) {
+        (Some(p), _) => {
+            let mut h = crate::connect_hook::ConnectHook::new(p, &cfg.name);
+            h.timeout = hook_timeout;
+            Some(h)
+        }
+        (None, Some(url)) => {
+            let ca =
+                match &cfg.client_connect_ca_file {
+                    Some(p) => Some(std::fs::read(p).with_context(|| {
+                        format!("reading client_connect_ca_file {}", p.display())
+                    })?),
+                    None => None,
+                };
+            Some(crate::connect_hook::ConnectHook::http(
+                url,
+                ca.as_deref(),
+                &cfg.name,
+                hook_timeout,
+            )?)
+        }
+        (None, None) => None,
+    };
+    let authorizer: Option<crate::tunnel::Authorizer> = if hook.is_some() || directory.is_some() {
+        settings.auth = crate::openvpn::server::AuthMode::External;
+        let window = Duration::from_secs(cfg.auth.failed_login_window_secs.max(1));
+        Some(
+            crate::auth::Authenticator {
+                directory: directory.clone(),
+                username_must_match_cn: cfg.auth.username_must_match_cn,
+                hook,
+                local_groups,
+                per_user: Mutex::new(crate::auth::FailureLimiter::new(
+                    cfg.auth.failed_logins_per_user,
+                    window,
+                )),
+                per_source: Mutex::new(crate::auth::FailureLimiter::new(
+                    cfg.auth.failed_logins_per_source,
+                    window,
+                )),
+                grants: grants.clone(),
+                otp: cfg.auth.static_challenge.is_some(),
+                otp_used: Mutex::new(Default::default()),
+                in_flight: Default::default(),
+            }
+            .into_authorizer(),
+        )
+    } else {
+        None
+    };
+    let server = Server::new(settings, provider, tc, Instant::now())
+        .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
     let groups_of = {
         let live = live.clone();
-        move |user: &str| {
+        move |user: &str, grant: &crate::auth::Grant| {
             let l = live.lock().unwrap_or_else(|e| e.into_inner());
-            let g = l.policy.local_groups_of(user);
-            l.compiled.groups_bitmap(g.iter().map(String::as_str))
+            l.session_groups(user, grant)
         }
     };
     let (ev_tx, ev_rx) = std::sync::mpsc::channel::<ServerEvent>();
     let hooks = ClientsMapHooks::new(Maps::open_pinned(&dp.options.pin_dir())?)
         .with_groups(Box::new(groups_of))
         .with_events(ev_tx)
+        .with_grants(grants.clone())
         .with_adopted(adopted.clone());
     let keep_flag = hooks.keep_flag();
     let taps = tap
@@ -425,6 +499,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         &live,
         ev_rx,
         &tls,
+        directory,
     ));
     let _ = std::fs::remove_file(&socket);
     if keep_maps {
@@ -465,6 +540,7 @@ async fn serve(
     live: &Arc<Mutex<Live>>,
     events: std::sync::mpsc::Receiver<ServerEvent>,
     tls: &ReloadableTls,
+    directory: Option<Arc<crate::directory::Directory>>,
 ) -> Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)
@@ -504,13 +580,26 @@ async fn serve(
     let mut connlog = match &cfg.logging.connection_log {
         Some(p) => Some(
             crate::connlog::ConnectionLog::open(p, &cfg.name)
-                .with_context(|| format!("opening the connection log {}", p.display()))?,
+                .with_context(|| format!("opening the connection log {}", p.display()))?
+                .with_usernames({
+                    let grants = live
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .grants
+                        .clone();
+                    Box::new(move |peer| grants.get(peer).map(|g| g.username))
+                }),
         ),
         None => None,
     };
     let mut last_gc = Instant::now();
     let mut allowed_flows =
         (cfg.logging.allowed_flows && flowlog.is_some()).then(crate::flowlog::FlowTracker::default);
+    let recheck_every = directory
+        .as_ref()
+        .map(|d| Duration::from_secs(d.config().recheck_interval_secs))
+        .filter(|d| !d.is_zero());
+    let mut recheck = Recheck::default();
     let (calls_tx, mut calls_rx) = tokio::sync::mpsc::channel::<AdminCall>(16);
     loop {
         tokio::select! {
@@ -619,6 +708,9 @@ async fn serve(
                     }
                     expire_kept(dp, tunnel, live);
                 }
+                if let (Some(every), Some(dir)) = (recheck_every, &directory) {
+                    recheck.tick(every, dir, dp, tunnel, live, &connections);
+                }
                 let changed = {
                     let l = live.lock().unwrap_or_else(|e| e.into_inner());
                     stamp(config_path) != l.config_stamp
@@ -666,7 +758,9 @@ async fn serve(
                         }
                     }
                     Ok(AdminRequest::Connections) => {
-                        serde_json::json!({"ok": true, "connections": list(dp, tunnel, &connections)})
+                        // The grants outside the live lock: listing waits for the control thread.
+                        let grants = live.lock().unwrap_or_else(|e| e.into_inner()).grants.clone();
+                        serde_json::json!({"ok": true, "connections": list(dp, tunnel, &connections, &grants)})
                     }
                     Ok(AdminRequest::Terminate { id, user }) => {
                         let ids: Vec<u32> = tunnel
@@ -683,6 +777,156 @@ async fn serve(
                     Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
                 };
                 let _ = reply_tx.send(reply);
+            }
+        }
+    }
+}
+
+/// The periodic re-check of connected directory users: one background pass at a time (the
+/// directory may be slow; the admin loop never waits for it), results applied on the next
+/// tick. New groups rewrite the session's bitmap (flows no longer allowed are cut by the data
+/// path's revalidation); a disabled or removed user, or one who lost every group a rule names,
+/// is ended with HALT. An unreachable directory changes nothing.
+type RecheckResults = Vec<(u32, Result<Vec<String>, crate::directory::DirError>)>;
+
+#[derive(Default)]
+struct Recheck {
+    last: Option<Instant>,
+    running: Option<std::sync::mpsc::Receiver<RecheckResults>>,
+}
+
+impl Recheck {
+    fn tick(
+        &mut self,
+        every: Duration,
+        dir: &Arc<crate::directory::Directory>,
+        dp: &mut Datapath,
+        tunnel: &Tunnel,
+        live: &Arc<Mutex<Live>>,
+        connections: &BTreeMap<u32, (ServerEvent, Instant)>,
+    ) {
+        if let Some(rx) = &self.running {
+            match rx.try_recv() {
+                Ok(results) => {
+                    self.running = None;
+                    self.apply(results, dp, tunnel, live, connections);
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => self.running = None,
+            }
+        }
+        if self.last.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let users = live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .grants
+            .directory_users();
+        if users.is_empty() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = dir.clone();
+        // Blocking LDAP calls: a thread of their own, not the admin loop's runtime.
+        std::thread::spawn(move || {
+            let out = users
+                .into_iter()
+                .map(|(peer, user)| (peer, dir.refresh(&user).map(|u| u.groups)))
+                .collect();
+            let _ = tx.send(out);
+        });
+        self.running = Some(rx);
+    }
+
+    fn apply(
+        &self,
+        results: RecheckResults,
+        dp: &mut Datapath,
+        tunnel: &Tunnel,
+        live: &Arc<Mutex<Live>>,
+        connections: &BTreeMap<u32, (ServerEvent, Instant)>,
+    ) {
+        use crate::directory::DirError;
+        let l = live.lock().unwrap_or_else(|e| e.into_inner());
+        for (peer_id, r) in results {
+            let Some(old) = l.grants.get(peer_id) else {
+                continue; // ended meanwhile
+            };
+            let Some((
+                ServerEvent::Connected {
+                    tunnel_addr,
+                    common_name,
+                    ..
+                },
+                _,
+            )) = connections.get(&peer_id)
+            else {
+                continue;
+            };
+            let groups = match r {
+                Ok(g) => g,
+                Err(e @ (DirError::Disabled | DirError::UnknownUser)) => {
+                    tracing::warn!(peer_id, user = old.username, reason = %e, "directory re-check: session ended");
+                    tunnel.command(Command::Halt {
+                        peer_id,
+                        reason: "account disabled or removed".into(),
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(peer_id, user = old.username, error = %e, "directory re-check failed; groups kept");
+                    continue;
+                }
+            };
+            if groups == old.groups {
+                continue;
+            }
+            let new = crate::auth::Grant {
+                username: old.username.clone(),
+                groups: groups.clone(),
+            };
+            let before = l.session_groups(common_name, &old);
+            let after = l.session_groups(common_name, &new);
+            l.grants.update(peer_id, groups.clone());
+            tracing::info!(
+                peer_id,
+                user = new.username,
+                ?groups,
+                "directory groups changed"
+            );
+            if after.iter().all(|w| *w == 0) && before.iter().any(|w| *w != 0) {
+                tunnel.command(Command::Halt {
+                    peer_id,
+                    reason: "no longer in an authorized group".into(),
+                });
+                continue;
+            }
+            if let Ok(Some(mut info)) = dp.maps.client(*tunnel_addr) {
+                info.groups = after;
+                if let Err(e) = dp.maps.upsert_client(*tunnel_addr, info) {
+                    tracing::error!(peer_id, error = %e, "updating the groups of a live session");
+                }
+            }
+            // Established flows are re-checked only when the policy generation changes: cut
+            // this session's flows to destinations the new groups no longer allow.
+            let lost = before.iter().zip(after.iter()).any(|(b, a)| b & !a != 0);
+            if lost {
+                let src = portcullis_common::v4_addr(tunnel_addr.octets());
+                let cut = dp.maps.delete_flows(|k, _| {
+                    if k.src != src {
+                        return false;
+                    }
+                    let dst = std::net::Ipv4Addr::new(k.dst[0], k.dst[1], k.dst[2], k.dst[3]);
+                    !crate::policy::compiled_eval::lpm(&l.compiled.authz, dst).is_some_and(|v| {
+                        v.all_users != 0
+                            || v.groups.iter().zip(after.iter()).any(|(r, u)| r & u != 0)
+                    })
+                });
+                if let Err(e) = cut {
+                    tracing::error!(peer_id, error = %e, "cutting flows of a session that lost groups");
+                }
             }
         }
     }
@@ -723,6 +967,7 @@ pub fn list(
     dp: &Datapath,
     tunnel: &Tunnel,
     connections: &BTreeMap<u32, (ServerEvent, Instant)>,
+    grants: &crate::auth::Grants,
 ) -> Vec<ConnectionInfo> {
     tunnel
         .sessions()
@@ -732,7 +977,10 @@ pub fn list(
             let since = connections
                 .get(&s.peer_id)
                 .map_or(0, |(_, t)| t.elapsed().as_secs());
+            let grant = grants.get(s.peer_id).unwrap_or_default();
             ConnectionInfo {
+                username: Some(grant.username).filter(|u| !u.is_empty()),
+                directory_groups: grant.groups,
                 id: s.peer_id,
                 user: s.common_name,
                 client_address: s.tunnel_addr.map(|a| a.to_string()),
@@ -808,8 +1056,8 @@ fn reload(
             for s in sessions {
                 if let (Some(addr), Some(user)) = (s.tunnel_addr, s.common_name.as_deref()) {
                     if let Ok(Some(mut info)) = dp.maps.client(addr) {
-                        let groups = l.policy.local_groups_of(user);
-                        info.groups = l.compiled.groups_bitmap(groups.iter().map(String::as_str));
+                        let grant = l.grants.get(s.peer_id).unwrap_or_default();
+                        info.groups = l.session_groups(user, &grant);
                         if let Err(e) = dp.maps.upsert_client(addr, info) {
                             tracing::error!(%addr, user, error = %e, "updating the groups of a live session");
                         }

@@ -61,6 +61,9 @@ pub struct EndpointConfig {
     pub tls: TlsSection,
     #[serde(default)]
     pub auth: AuthSection,
+    /// LDAP / Active Directory for `auth.methods = ["certificate", "ldap"]`.
+    #[serde(default)]
+    pub directory: Option<crate::directory::DirectoryConfig>,
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
     #[serde(default, alias = "target_networks")]
@@ -84,6 +87,19 @@ pub struct EndpointConfig {
     /// non-zero exit refuses the connection (AWS client-connect handler).
     #[serde(default)]
     pub client_connect: Option<PathBuf>,
+    /// The client-connect hook as an HTTP POST (`http://` or `https://`) instead of a program.
+    #[serde(default)]
+    pub client_connect_url: Option<String>,
+    /// CA bundle (PEM) for an `https://` hook with a private CA (default: the web roots).
+    #[serde(default)]
+    pub client_connect_ca_file: Option<PathBuf>,
+    /// How long the hook may take (default 30, as AWS); a timeout refuses the connection.
+    #[serde(default = "default_hook_timeout")]
+    pub client_connect_timeout_secs: u64,
+}
+
+fn default_hook_timeout() -> u64 {
+    30
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,14 +138,50 @@ pub struct AuthSection {
     /// "certificate" (mutual TLS; the certificate CN is the user name) and/or "ldap".
     #[serde(default = "default_auth_methods")]
     pub methods: Vec<String>,
+    /// With "ldap": the directory user name must equal the certificate's common name.
+    #[serde(default)]
+    pub username_must_match_cn: bool,
+    /// Failed logins allowed per user name within `failed_login_window_secs` (0 = no limit).
+    #[serde(default = "default_failures_per_user")]
+    pub failed_logins_per_user: u32,
+    /// Failed logins allowed per source address within the window (0 = no limit).
+    #[serde(default = "default_failures_per_source")]
+    pub failed_logins_per_source: u32,
+    #[serde(default = "default_failure_window")]
+    pub failed_login_window_secs: u64,
+    /// Ask for a one-time code with this prompt (OpenVPN `static-challenge`): the response
+    /// is checked as TOTP against `directory.totp_secret_attribute`.
+    #[serde(default)]
+    pub static_challenge: Option<String>,
 }
 
 impl Default for AuthSection {
     fn default() -> Self {
         Self {
             methods: default_auth_methods(),
+            username_must_match_cn: false,
+            failed_logins_per_user: default_failures_per_user(),
+            failed_logins_per_source: default_failures_per_source(),
+            failed_login_window_secs: default_failure_window(),
+            static_challenge: None,
         }
     }
+}
+
+impl AuthSection {
+    pub fn uses_directory(&self) -> bool {
+        self.methods.iter().any(|m| m == "ldap")
+    }
+}
+
+fn default_failures_per_user() -> u32 {
+    5
+}
+fn default_failures_per_source() -> u32 {
+    20
+}
+fn default_failure_window() -> u64 {
+    300
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +319,19 @@ pub fn restart_only_changes(old: &EndpointConfig, new: &EndpointConfig) -> Vec<&
     check(old.metrics != new.metrics, "metrics");
     check(old.admin_socket != new.admin_socket, "admin_socket");
     check(old.client_connect != new.client_connect, "client_connect");
+    check(
+        old.client_connect_url != new.client_connect_url,
+        "client_connect_url",
+    );
+    check(
+        old.client_connect_ca_file != new.client_connect_ca_file,
+        "client_connect_ca_file",
+    );
+    check(
+        old.client_connect_timeout_secs != new.client_connect_timeout_secs,
+        "client_connect_timeout_secs",
+    );
+    check(old.directory != new.directory, "directory");
     v
 }
 
@@ -382,6 +447,17 @@ impl EndpointConfig {
         }
         if let Some(p) = &mut self.client_connect {
             fix(p);
+        }
+        if let Some(p) = &mut self.client_connect_ca_file {
+            fix(p);
+        }
+        if let Some(d) = &mut self.directory {
+            if let Some(p) = &mut d.ca_file {
+                fix(p);
+            }
+            if let Some(p) = &mut d.bind_password_file {
+                fix(p);
+            }
         }
         if let Some(p) = &mut self.admin_socket {
             fix(p);
@@ -590,6 +666,55 @@ impl EndpointConfig {
                 ));
             }
         }
+        match (self.auth.uses_directory(), &self.directory) {
+            (true, None) => errs.push(err(
+                "directory",
+                "auth.methods has \"ldap\" but there is no [directory] section: add one (url, bind_dn or user_dn_template, ...)",
+            )),
+            (false, Some(_)) => errs.push(err(
+                "auth.methods",
+                "a [directory] section is set but not used: add \"ldap\" to auth.methods or remove [directory]",
+            )),
+            (true, Some(d)) => errs.extend(d.validate()),
+            (false, None) => {}
+        }
+        if self.auth.methods.is_empty() {
+            errs.push(err(
+                "auth.methods",
+                "empty: use [\"certificate\"], [\"ldap\"] or both (both must then pass)",
+            ));
+        }
+        if self.auth.username_must_match_cn && !self.auth.uses_directory() {
+            errs.push(err(
+                "auth.username_must_match_cn",
+                "only meaningful with \"ldap\" in auth.methods",
+            ));
+        }
+        if let Some(c) = &self.auth.static_challenge {
+            if c.is_empty() || c.len() > 200 || c.contains('"') || c.chars().any(char::is_control) {
+                errs.push(err(
+                    "auth.static_challenge",
+                    "a prompt of 1-200 printable characters without double quotes",
+                ));
+            }
+            if self
+                .directory
+                .as_ref()
+                .and_then(|d| d.totp_secret_attribute.as_ref())
+                .is_none()
+            {
+                errs.push(err(
+                    "auth.static_challenge",
+                    "the one-time code is checked against a TOTP secret in the directory: set `directory.totp_secret_attribute` (and \"ldap\" in auth.methods)",
+                ));
+            }
+        }
+        if self.auth.failed_login_window_secs == 0 {
+            errs.push(err(
+                "auth.failed_login_window_secs",
+                "must be at least 1 (set failed_logins_per_user = 0 to turn the limit off)",
+            ));
+        }
         let mut files: Vec<(String, &Path)> = vec![
             ("tls.cert".into(), &self.tls.cert),
             ("tls.key".into(), &self.tls.key),
@@ -626,6 +751,40 @@ impl EndpointConfig {
                     format!("{} is not a file", h.display()),
                 ));
             }
+        }
+        if let Some(u) = &self.client_connect_url {
+            if self.client_connect.is_some() {
+                errs.push(err(
+                    "client_connect_url",
+                    "both client_connect (a program) and client_connect_url are set: keep one",
+                ));
+            }
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                errs.push(err(
+                    "client_connect_url",
+                    format!("`{u}` is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        if let Some(ca) = &self.client_connect_ca_file {
+            if self.client_connect_url.is_none() {
+                errs.push(err(
+                    "client_connect_ca_file",
+                    "only used with client_connect_url: remove it or set the URL",
+                ));
+            }
+            if let Err(e) = std::fs::read(ca) {
+                errs.push(err(
+                    "client_connect_ca_file",
+                    format!("cannot read {}: {e}", ca.display()),
+                ));
+            }
+        }
+        if self.client_connect_timeout_secs == 0 || self.client_connect_timeout_secs > 300 {
+            errs.push(err(
+                "client_connect_timeout_secs",
+                "use 1 ... 300 (AWS allows 30)",
+            ));
         }
         // Routes that overlap the client pool would send client traffic back to clients.
         for (i, r) in self.route.iter().enumerate() {
@@ -670,6 +829,8 @@ impl EndpointConfig {
                 CrlExpired::Refuse => CrlExpiredPolicy::Refuse,
                 CrlExpired::Allow => CrlExpiredPolicy::Allow,
             },
+            // Directory only: the password is the credential, a certificate is optional.
+            client_cert_optional: !self.auth.methods.iter().any(|m| m == "certificate"),
         }
     }
 
@@ -836,6 +997,62 @@ groups = ["engineering"]
         ] {
             assert!(paths.contains(&want), "{want} missing in {e}");
         }
+    }
+
+    /// The cross-field rules of authentication: each names its field.
+    #[test]
+    fn auth_errors_name_their_fields() {
+        let d = dir_with_files();
+        let f = d.0.join("auth.toml");
+        let check = |top: &str, tables: &str| -> Vec<String> {
+            let (head, tail) = GOOD.split_at(GOOD.find("[tls]").unwrap());
+            std::fs::write(&f, format!("{top}{head}{tail}{tables}")).unwrap();
+            match EndpointConfig::load(&f) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.into_iter().map(|e| e.path).collect(),
+            }
+        };
+        let dir = "[directory]\nurl = \"ldap://127.0.0.1:389\"\nuser_dn_template = \"uid={username},dc=x\"\n";
+        assert_eq!(
+            check("", &format!("[auth]\nmethods = [\"ldap\"]\n{dir}")),
+            Vec::<String>::new()
+        );
+        assert_eq!(check("", "[auth]\nmethods = [\"ldap\"]\n"), ["directory"]);
+        assert_eq!(check("", dir), ["auth.methods"]);
+        assert_eq!(check("", "[auth]\nmethods = []\n"), ["auth.methods"]);
+        assert_eq!(
+            check(
+                "",
+                &format!("[auth]\nmethods = [\"ldap\"]\nstatic_challenge = \"Code\"\n{dir}")
+            ),
+            ["auth.static_challenge"]
+        );
+        assert_eq!(
+            check("", "[auth]\nusername_must_match_cn = true\n"),
+            ["auth.username_must_match_cn"]
+        );
+        assert_eq!(
+            check(
+                "client_connect_url = \"ftp://x\"\nclient_connect_timeout_secs = 0\n",
+                ""
+            ),
+            ["client_connect_url", "client_connect_timeout_secs"]
+        );
+        // Directory-only makes the client certificate optional in TLS; with certificates not.
+        std::fs::write(&f, format!("{GOOD}[auth]\nmethods = [\"ldap\"]\n{dir}")).unwrap();
+        assert!(
+            EndpointConfig::load(&f)
+                .unwrap()
+                .tls_options()
+                .client_cert_optional
+        );
+        std::fs::write(&f, GOOD).unwrap();
+        assert!(
+            !EndpointConfig::load(&f)
+                .unwrap()
+                .tls_options()
+                .client_cert_optional
+        );
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! answers with a JSON object on stdout (`allow`, `error-msg-on-denied-connection`,
 //! `schema-version`). It has 30 s; anything else — a timeout, a non-zero exit, output that is
 //! not such an object — refuses the connection (fail closed, as AWS).
+//!
+//! The same exchange also works as an HTTP POST (`client_connect_url`): the request JSON is the
+//! body, the answer must come with a 2xx status; any other status, a transport error, a
+//! timeout or an answer that is not such an object refuses. `https://` uses rustls (ring) with
+//! the public web roots, or the CA bundle in `client_connect_ca_file`.
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,23 +22,81 @@ use crate::openvpn::session::AuthRequest;
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where the hook's decision comes from.
+#[derive(Clone)]
+pub enum Target {
+    Program(PathBuf),
+    Http { url: String, agent: ureq::Agent },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Program(p) => write!(f, "program {}", p.display()),
+            Target::Http { url, .. } => write!(f, "POST {url}"),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ConnectHook {
-    pub program: PathBuf,
+    pub target: Target,
     pub endpoint: String,
     pub timeout: Duration,
 }
 
+/// Bound on the answer, which is a small object.
+const MAX_ANSWER: u64 = 64 * 1024;
+
 impl ConnectHook {
     pub fn new(program: &Path, endpoint: &str) -> Self {
         Self {
-            program: program.to_path_buf(),
+            target: Target::Program(program.to_path_buf()),
             endpoint: endpoint.to_owned(),
             timeout: TIMEOUT,
         }
     }
 
-    /// Runs the program for one connection; `Err` is the message for `AUTH_FAILED`.
+    /// The HTTP variant: `url` is `http://…` or `https://…`; `ca_pem` replaces the web roots
+    /// for https (a private CA).
+    pub fn http(
+        url: &str,
+        ca_pem: Option<&[u8]>,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(pem) = ca_pem {
+            let certs = ureq::tls::parse_pem(pem)
+                .filter_map(|i| match i {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            if certs.is_empty() {
+                anyhow::bail!("client_connect_ca_file holds no PEM CERTIFICATE");
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .tls_config(tls.build())
+            .build()
+            .into();
+        Ok(Self {
+            target: Target::Http {
+                url: url.to_owned(),
+                agent,
+            },
+            endpoint: endpoint.to_owned(),
+            timeout,
+        })
+    }
+
+    /// Asks the program or the URL about one connection; `Err` is the message for
+    /// `AUTH_FAILED`.
     pub fn decide(&self, link: Link, req: &AuthRequest, groups: &[String]) -> Result<(), String> {
         let request = json!({
             "connection-id": format!("{link}"),
@@ -47,13 +110,31 @@ impl ConnectHook {
             "groups": groups,
             "schema-version": "v1",
         });
-        let mut child = Command::new(&self.program)
+        let out = match &self.target {
+            Target::Program(p) => self.run_program(p, &request)?,
+            Target::Http { url, agent } => self.post(url, agent, &request)?,
+        };
+        let v: serde_json::Value = serde_json::from_str(out.trim())
+            .map_err(|_| "connection handler gave no valid answer".to_owned())?;
+        if v["allow"] == serde_json::Value::Bool(true) {
+            Ok(())
+        } else {
+            let msg = v["error-msg-on-denied-connection"]
+                .as_str()
+                .unwrap_or("connection refused by policy");
+            // It goes into AUTH_FAILED: printable, no commas needed, bounded.
+            Err(crate::openvpn::options::sanitize_text(msg, 200))
+        }
+    }
+
+    fn run_program(&self, program: &Path, request: &serde_json::Value) -> Result<String, String> {
+        let mut child = Command::new(program)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| {
-                tracing::error!(program = %self.program.display(), error = %e, "client-connect hook cannot start");
+                tracing::error!(program = %program.display(), error = %e, "client-connect hook cannot start");
                 "connection handler unavailable".to_owned()
             })?;
         if let Some(mut stdin) = child.stdin.take() {
@@ -67,7 +148,7 @@ impl ConnectHook {
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    tracing::warn!(program = %self.program.display(), "client-connect hook timed out");
+                    tracing::warn!(program = %program.display(), "client-connect hook timed out");
                     return Err("connection handler timed out".into());
                 }
             }
@@ -80,16 +161,43 @@ impl ConnectHook {
         if !status.success() {
             return Err("connection handler failed".into());
         }
-        let v: serde_json::Value = serde_json::from_str(out.trim())
-            .map_err(|_| "connection handler gave no valid answer".to_owned())?;
-        if v["allow"] == serde_json::Value::Bool(true) {
-            Ok(())
-        } else {
-            let msg = v["error-msg-on-denied-connection"]
-                .as_str()
-                .unwrap_or("connection refused by policy");
-            // It goes into AUTH_FAILED: printable, no commas needed, bounded.
-            Err(crate::openvpn::options::sanitize_text(msg, 200))
+        Ok(out)
+    }
+
+    fn post(
+        &self,
+        url: &str,
+        agent: &ureq::Agent,
+        request: &serde_json::Value,
+    ) -> Result<String, String> {
+        let resp = agent
+            .post(url)
+            .header("content-type", "application/json")
+            .send(request.to_string());
+        let mut resp = match resp {
+            Ok(r) => r,
+            Err(ureq::Error::Timeout(_)) => {
+                tracing::warn!(url, "client-connect hook timed out");
+                return Err("connection handler timed out".into());
+            }
+            Err(e) => {
+                tracing::error!(url, error = %e, "client-connect hook unreachable");
+                return Err("connection handler unavailable".into());
+            }
+        };
+        if !resp.status().is_success() {
+            tracing::warn!(url, status = %resp.status(), "client-connect hook answered with an error status");
+            return Err("connection handler failed".into());
+        }
+        match resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_string()
+        {
+            Ok(body) => Ok(body),
+            Err(ureq::Error::Timeout(_)) => Err("connection handler timed out".into()),
+            Err(_) => Err("connection handler gave no valid answer".into()),
         }
     }
 }
@@ -166,5 +274,107 @@ mod tests {
         );
         assert!(h(&dir.join("missing")).decide(link, &req(), &[]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A one-thread HTTP/1.1 server on 127.0.0.1 answering by path; it records the request
+    /// bodies. Serves at most `n` requests, each bounded in time.
+    fn http_server(n: usize) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::BufRead;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let mut bodies = Vec::new();
+            for _ in 0..n {
+                let Ok((s, _)) = l.accept() else { break };
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                bodies.push(String::from_utf8_lossy(&body).into_owned());
+                let (status, answer) = match path.as_str() {
+                    "/allow" => ("200 OK", r#"{"allow":true}"#),
+                    "/deny" => (
+                        "200 OK",
+                        r#"{"allow":false,"error-msg-on-denied-connection":"outside office hours"}"#,
+                    ),
+                    "/garbage" => ("200 OK", "hello"),
+                    "/slow" => {
+                        std::thread::sleep(Duration::from_millis(1500));
+                        ("200 OK", r#"{"allow":true}"#)
+                    }
+                    _ => ("500 Internal Server Error", r#"{"allow":true}"#),
+                };
+                let mut w = s;
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+            bodies
+        });
+        (base, t)
+    }
+
+    #[test]
+    fn http_allow_deny_error_garbage_timeout() {
+        let link = Link::Udp {
+            listener: 0,
+            addr: "192.0.2.11:5000".parse().unwrap(),
+        };
+        let (base, server) = http_server(5);
+        let h = |path: &str, t: Duration| {
+            ConnectHook::http(&format!("{base}{path}"), None, "corp", t).unwrap()
+        };
+        let long = Duration::from_secs(5);
+        let groups = vec!["S-1-5-21-1-2-3-1101".to_owned()];
+        assert_eq!(h("/allow", long).decide(link, &req(), &groups), Ok(()));
+        assert_eq!(
+            h("/deny", long).decide(link, &req(), &[]),
+            Err("outside office hours".into())
+        );
+        assert_eq!(
+            h("/garbage", long).decide(link, &req(), &[]),
+            Err("connection handler gave no valid answer".into())
+        );
+        // A 500 refuses even with an allowing body.
+        assert_eq!(
+            h("/error", long).decide(link, &req(), &[]),
+            Err("connection handler failed".into())
+        );
+        assert_eq!(
+            h("/slow", Duration::from_millis(300)).decide(link, &req(), &[]),
+            Err("connection handler timed out".into())
+        );
+        let bodies = server.join().unwrap();
+        let first: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+        assert_eq!(first["common-name"], "alice");
+        assert_eq!(first["endpoint-id"], "corp");
+        assert_eq!(first["groups"], serde_json::json!(groups));
+        assert_eq!(first["schema-version"], "v1");
+        // Nothing listens on a closed port: refused, not allowed.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let h = ConnectHook::http(&format!("http://{closed}/"), None, "corp", long).unwrap();
+        assert_eq!(
+            h.decide(link, &req(), &[]),
+            Err("connection handler unavailable".into())
+        );
+        assert!(ConnectHook::http("https://x/", Some(b"no pem"), "corp", long).is_err());
     }
 }

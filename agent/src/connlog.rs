@@ -18,6 +18,8 @@ struct Active {
     id: String,
     link: Link,
     common_name: String,
+    /// The directory user name, or the common name without directory authentication.
+    username: String,
     device_ip: Ipv4Addr,
     device_type: String,
     start: SystemTime,
@@ -30,6 +32,8 @@ pub struct ConnectionLog {
     active: BTreeMap<u32, Active>,
     update_every: Duration,
     seq: u64,
+    /// The directory user name of a session (by peer id), when it has one.
+    usernames: Option<Box<dyn Fn(u32) -> Option<String> + Send>>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -73,6 +77,7 @@ impl ConnectionLog {
             out,
             endpoint: endpoint.to_owned(),
             active: BTreeMap::new(),
+            usernames: None,
             update_every: Duration::from_secs(60),
             seq: 0,
         }
@@ -96,6 +101,12 @@ impl ConnectionLog {
             tracing::warn!(error = %e, "writing the connection log");
         }
         let _ = self.out.flush();
+    }
+
+    /// Where the `username` field comes from for sessions with a directory login.
+    pub fn with_usernames(mut self, f: Box<dyn Fn(u32) -> Option<String> + Send>) -> Self {
+        self.usernames = Some(f);
+        self
     }
 
     fn record(
@@ -132,7 +143,7 @@ impl ConnectionLog {
             "ingress-packets": stats.ingress_packets.to_string(),
             "egress-packets": stats.egress_packets.to_string(),
             "connection-end-time": end.map_or("NA".to_owned(), rfc3339),
-            "username": a.common_name,
+            "username": a.username,
             "connection-duration-seconds": dur.to_string(),
         })
     }
@@ -148,10 +159,17 @@ impl ConnectionLog {
                 peer_info,
                 ..
             } => {
+                let username = self
+                    .usernames
+                    .as_ref()
+                    .and_then(|f| f(*peer_id))
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| common_name.clone());
                 let a = Active {
                     id: self.next_id(),
                     link: *link,
                     common_name: common_name.clone(),
+                    username,
                     device_ip: *tunnel_addr,
                     device_type: peer_info.platform().unwrap_or("NA").to_owned(),
                     start: SystemTime::now(),
@@ -191,10 +209,12 @@ impl ConnectionLog {
                 None => {
                     // Never established: a failed attempt (TLS refused, AUTH_FAILED, timeout).
                     let start = SystemTime::now() - *duration;
+                    let cn = common_name.clone().unwrap_or_else(|| "NA".into());
                     let a = Active {
                         id: self.next_id(),
                         link: *link,
-                        common_name: common_name.clone().unwrap_or_else(|| "NA".into()),
+                        username: cn.clone(),
+                        common_name: cn,
                         device_ip: tunnel_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
                         device_type: "NA".into(),
                         start,
@@ -260,7 +280,11 @@ pub(crate) mod tests {
     fn attempt_update_reset_and_failure_records() {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let mut log = ConnectionLog::to_writer(Box::new(Shared(buf.clone())), "corp")
-            .with_update_interval(Duration::ZERO);
+            .with_update_interval(Duration::ZERO)
+            // Session 4 logged in to the directory as alice.smith with the certificate "alice".
+            .with_usernames(Box::new(|peer| {
+                (peer == 4).then(|| "alice.smith".to_owned())
+            }));
         let link = Link::Udp {
             listener: 0,
             addr: "192.0.2.11:5000".parse().unwrap(),
@@ -316,6 +340,9 @@ pub(crate) mod tests {
         assert_eq!(recs[0]["device-ip"], "10.100.0.7");
         assert_eq!(recs[0]["device-type"], "linux");
         assert_eq!(recs[0]["client-ip"], "192.0.2.11");
+        assert_eq!(recs[0]["common-name"], "alice");
+        assert_eq!(recs[0]["username"], "alice.smith");
+        assert_eq!(recs[2]["username"], "alice.smith");
         assert_eq!(recs[1]["egress-bytes"], "300");
         assert_eq!(recs[2]["connection-log-type"], "connection-reset");
         assert_eq!(recs[2]["connection-id"], recs[0]["connection-id"]);

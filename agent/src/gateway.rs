@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use portcullis_common::{ClientInfo, GroupBits, DEFAULT_FLOWS_PER_CLIENT};
 
+use crate::auth::{Grant, Grants};
 use crate::datapath::maps::Maps;
 use crate::openvpn::server::ServerEvent;
 use crate::tunnel::TunnelHooks;
@@ -18,13 +19,16 @@ use crate::tunnel::TunnelHooks;
 /// session gets its address, or when the agent gives up waiting and removes it.
 pub type Adopted = Arc<Mutex<HashMap<Ipv4Addr, Option<String>>>>;
 
-/// Resolves a user's group bitmap (by the compiled policy's group numbering).
-pub type GroupResolver = Box<dyn Fn(&str) -> GroupBits + Send>;
+/// Resolves a session's group bitmap (by the compiled policy's group numbering) from its
+/// certificate name and what authentication granted (directory user and groups).
+pub type GroupResolver = Box<dyn Fn(&str, &Grant) -> GroupBits + Send>;
 
 pub struct ClientsMapHooks {
     maps: Maps,
     max_flows: u32,
     groups: GroupResolver,
+    /// Directory grants of sessions being admitted (moved to live sessions here).
+    grants: Option<Arc<Grants>>,
     /// A copy of every event, for callers that watch (tests, the demo, the log exporter).
     events: Option<Sender<ServerEvent>>,
     /// Set while an agent that keeps its maps shuts down: sessions end, but their entries and
@@ -38,7 +42,8 @@ impl ClientsMapHooks {
         Self {
             maps,
             max_flows: DEFAULT_FLOWS_PER_CLIENT,
-            groups: Box::new(|_| GroupBits::default()),
+            groups: Box::new(|_, _| GroupBits::default()),
+            grants: None,
             events: None,
             keep: Arc::new(AtomicBool::new(false)),
             adopted: Adopted::default(),
@@ -52,6 +57,11 @@ impl ClientsMapHooks {
 
     pub fn with_groups(mut self, f: GroupResolver) -> Self {
         self.groups = f;
+        self
+    }
+
+    pub fn with_grants(mut self, g: Arc<Grants>) -> Self {
+        self.grants = Some(g);
         self
     }
 
@@ -70,7 +80,7 @@ impl ClientsMapHooks {
         self.keep.clone()
     }
 
-    fn admit(&mut self, addr: Ipv4Addr, user: &str, slot: u32) {
+    fn admit(&mut self, addr: Ipv4Addr, user: &str, grant: &Grant, slot: u32) {
         let prev = self
             .adopted
             .lock()
@@ -92,7 +102,7 @@ impl ClientsMapHooks {
             }
         }
         let info = ClientInfo {
-            groups: (self.groups)(user),
+            groups: (self.groups)(user, grant),
             slot,
             max_flows: self.max_flows,
         };
@@ -109,22 +119,41 @@ impl TunnelHooks for ClientsMapHooks {
     fn on_event(&mut self, ev: &ServerEvent) {
         match ev {
             ServerEvent::Connected {
+                link,
                 peer_id,
                 common_name,
                 tunnel_addr,
                 ..
-            } => self.admit(*tunnel_addr, common_name, *peer_id),
+            } => {
+                let grant = self
+                    .grants
+                    .as_ref()
+                    .and_then(|g| g.establish(*link, *peer_id))
+                    .unwrap_or_default();
+                self.admit(*tunnel_addr, common_name, &grant, *peer_id)
+            }
             ServerEvent::Disconnected {
-                tunnel_addr: Some(addr),
+                link,
+                peer_id,
+                tunnel_addr,
                 ..
-            } if !self.keep.load(Ordering::Relaxed) => match self.maps.remove_client(*addr) {
-                Ok(cut) => {
-                    tracing::debug!(%addr, flows_cut = cut, "client removed from the data path")
+            } => {
+                if let Some(g) = &self.grants {
+                    g.end(*link, *peer_id);
                 }
-                Err(e) => {
-                    tracing::error!(%addr, error = %e, "removing client from the data path failed")
+                // A stopping agent that keeps its maps leaves the entry and flows in place.
+                let keep = self.keep.load(Ordering::Relaxed);
+                if let Some(addr) = tunnel_addr.filter(|_| !keep) {
+                    match self.maps.remove_client(addr) {
+                        Ok(cut) => {
+                            tracing::debug!(%addr, flows_cut = cut, "client removed from the data path")
+                        }
+                        Err(e) => {
+                            tracing::error!(%addr, error = %e, "removing client from the data path failed")
+                        }
+                    }
                 }
-            },
+            }
             _ => {}
         }
         if let Some(tx) = &self.events {

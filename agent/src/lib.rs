@@ -1,15 +1,18 @@
 //! Portcullis agent library: the binary in `main.rs` is a thin CLI over these modules.
 pub mod agent;
+pub mod auth;
 pub mod config;
 pub mod connect_hook;
 pub mod connlog;
 pub mod datapath;
 pub mod demo;
+pub mod directory;
 pub mod explain;
 pub mod flowlog;
 pub mod gateway;
 pub mod metrics;
 pub mod openvpn;
+pub mod otp;
 pub mod pki;
 pub mod pki_cli;
 pub mod policy;

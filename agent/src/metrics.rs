@@ -58,6 +58,18 @@ fn reason_class(r: &CloseReason) -> &'static str {
         CloseReason::TlsError(e) if e.contains("revoked") => "certificate_revoked",
         CloseReason::TlsError(e) if e.contains("expired") => "certificate_expired",
         CloseReason::TlsError(_) => "tls",
+        // The short reasons of crate::auth / crate::directory / the client-connect hook.
+        CloseReason::AuthFailed(e) if e.contains("invalid username or password") => {
+            "invalid_credentials"
+        }
+        CloseReason::AuthFailed(e) if e.contains("account disabled") => "account_disabled",
+        CloseReason::AuthFailed(e) if e.contains("directory busy") => "directory_busy",
+        CloseReason::AuthFailed(e) if e.contains("directory") => "directory_unavailable",
+        CloseReason::AuthFailed(e) if e.contains("too many failed logins") => "rate_limited",
+        CloseReason::AuthFailed(e) if e.contains("one-time code") => "one_time_code",
+        CloseReason::AuthFailed(e) if e.contains("does not match the certificate") => {
+            "username_mismatch"
+        }
         CloseReason::AuthFailed(_) => "auth_failed",
         CloseReason::HandshakeTimeout => "handshake_timeout",
         CloseReason::ProtocolError(_) => "protocol",

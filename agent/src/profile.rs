@@ -51,7 +51,16 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
             .map_or("AES-256-GCM", |c| c.as_str())
     )?;
     if cfg.auth.methods.iter().any(|m| m == "ldap") {
+        // As AWS's profiles for directory authentication: the password only goes to a server
+        // with this exact name, not to any server certificate of the CA.
+        if let Some(cn) = server_common_name(&cfg.tls.cert)? {
+            writeln!(out, "verify-x509-name {cn} name")?;
+        }
         writeln!(out, "auth-user-pass")?;
+        // The client prompts for a code and sends SCRV1:<password>:<code>; 1 = echo it.
+        if let Some(c) = &cfg.auth.static_challenge {
+            writeln!(out, "static-challenge \"{c}\" 1")?;
+        }
     }
     writeln!(out, "verb 3")?;
     writeln!(out, "<ca>\n{}</ca>", ensure_newline(&ca))?;
@@ -64,6 +73,8 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
             writeln!(out, "<cert>\n{}</cert>", ensure_newline(&c))?;
             writeln!(out, "<key>\n{}</key>", ensure_newline(&k))?;
         }
+        // Directory only: the user name and password are the credentials.
+        (None, None) if !cfg.auth.methods.iter().any(|m| m == "certificate") => {}
         (None, None) => {
             writeln!(
                 out,
@@ -77,6 +88,29 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
         writeln!(out, "<tls-crypt>\n{}</tls-crypt>", ensure_newline(&t))?;
     }
     Ok(out)
+}
+
+/// The common name of the server certificate (the first one in the file), if it has a
+/// simple one (no spaces or quotes, which would need quoting in the profile).
+fn server_common_name(path: &Path) -> Result<Option<String>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let Some(Ok(der)) = CertificateDer::pem_slice_iter(&pem).next() else {
+        bail!("{} holds no PEM certificate", path.display());
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .map(str::to_owned);
+    Ok(cn.filter(|c| {
+        !c.is_empty()
+            && c.chars()
+                .all(|ch| ch.is_ascii_graphic() && ch != '"' && ch != '\'')
+    }))
 }
 
 fn ensure_newline(s: &str) -> String {

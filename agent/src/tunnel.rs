@@ -79,6 +79,11 @@ pub enum Command {
     Disconnect(u32),
     /// Settings for sessions that start from now on (`Server::update_settings`).
     Settings(Box<crate::openvpn::server::ServerSettings>),
+    /// Ends a session with `HALT,<reason>` (the client does not reconnect).
+    Halt {
+        peer_id: u32,
+        reason: String,
+    },
     /// Current sessions, as (peer-id, common name, tunnel address, link).
     List(std::sync::mpsc::Sender<Vec<SessionInfo>>),
 }
@@ -791,6 +796,7 @@ fn handle_ctl(c: &mut ControlCtx, m: Ctl, now: Instant) {
             CloseReason::Server("disconnected by operator".into()),
             now,
         ),
+        Ctl::Cmd(Command::Halt { peer_id, reason }) => c.server.halt_peer(peer_id, &reason, now),
         Ctl::Cmd(Command::List(tx)) => {
             let v = c
                 .server

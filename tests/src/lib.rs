@@ -165,6 +165,7 @@ pub fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
 pub mod agent;
 pub mod clients;
 pub mod frames;
+pub mod ldap;
 pub mod openvpn;
 pub mod probe;
 pub mod tunnel;

@@ -26,6 +26,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "openvpn",
     "iperf3",
     "tcpdump",
+    // A real directory for the directory-authentication tests (each test runs its own slapd
+    // with its own configuration inside a test namespace; the system one is turned off).
+    "slapd",
+    "ldap-utils",
 ];
 
 /// bpf-linker release series that matches LLVM 22 (`cargo install` picks the newest 0.13.x).
@@ -82,6 +86,9 @@ fn apt_packages() -> Result<()> {
                 .args(&missing),
         )?;
     }
+    if missing.contains(&"slapd") {
+        system_slapd_off();
+    }
     for package in APT_PACKAGES {
         if !dpkg_installed(package)? {
             bail!("apt package {package} is still not installed after `apt-get install`");
@@ -96,6 +103,25 @@ fn apt_packages() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Debian's slapd package starts a system directory on port 389 where init scripts may run.
+/// The tests never use it: stop it and keep it from starting at boot (best effort; in
+/// containers policy-rc.d usually kept it from starting at all).
+fn system_slapd_off() {
+    let systemd = Path::new("/run/systemd/system").exists();
+    let result = if systemd {
+        command("systemctl")
+            .args(["disable", "--now", "slapd"])
+            .status()
+    } else {
+        command("service").args(["slapd", "stop"]).status()
+    };
+    let state = match result {
+        Ok(s) if s.success() => "system service stopped and disabled",
+        _ => "system service not running",
+    };
+    report("slapd (system)", state);
 }
 
 fn bpf_toolchain_files() -> Result<()> {

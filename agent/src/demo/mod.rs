@@ -250,7 +250,7 @@ pub fn run(opts: DemoOptions) -> Result<()> {
     let groups_of = {
         let input = input.clone();
         let compiled = compiled.clone();
-        move |user: &str| {
+        move |user: &str, _: &crate::auth::Grant| {
             let g = input.local_groups_of(user);
             compiled.groups_bitmap(g.iter().map(String::as_str))
         }
@@ -358,7 +358,8 @@ pub fn run(opts: DemoOptions) -> Result<()> {
     }
 
     println!("\nconnections (as `portcullis connections list` shows them):");
-    let conns = crate::agent::list(&dp, &tunnel, &connections);
+    // Certificate-only: no directory grants.
+    let conns = crate::agent::list(&dp, &tunnel, &connections, &Default::default());
     print!(
         "{}",
         crate::agent::connections_table(&serde_json::to_value(&conns)?)

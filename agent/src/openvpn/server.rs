@@ -491,7 +491,13 @@ impl Server {
             match ev {
                 SessionEvent::Authenticate(req) => match self.settings.auth {
                     AuthMode::CertificateOnly => {
-                        let verdict = self.decide(link, &req.identity, req.initial);
+                        // Defence in depth: a certificate-less client is only ever let through
+                        // by a directory-only TLS setup, which runs in External mode.
+                        let verdict = if req.identity.has_certificate() {
+                            self.decide(link, &req.identity, req.initial)
+                        } else {
+                            Err("client certificate required".into())
+                        };
                         self.authorize(link, req.key_id, verdict, now);
                     }
                     AuthMode::External => self
@@ -658,6 +664,9 @@ impl Server {
             Err(e) => Err(e),
         };
         self.authorize(link, key_id, v, now);
+        // Called from outside the collect loop: send the push (or AUTH_FAILED) now rather
+        // than at the session's next timer or the client's next PUSH_REQUEST.
+        self.after(link, now);
     }
 
     fn authorize(
@@ -744,6 +753,27 @@ impl Server {
     /// Ends the sessions whose certificate the current CRLs revoke (after a CRL reload): the
     /// client is told `HALT` (a 2.6 client then exits instead of retrying a refused
     /// certificate).
+    /// Ends one session with `HALT,<reason>` (the client exits instead of reconnecting):
+    /// the directory disabled the user or took every authorized group away.
+    pub fn halt_peer(&mut self, peer_id: u32, reason: &str, now: Instant) {
+        let reason = super::options::sanitize_text(reason, 200);
+        let link = self
+            .sessions
+            .iter()
+            .find(|(_, e)| e.session.peer().peer_id == peer_id)
+            .map(|(l, _)| *l);
+        if let Some(link) = link {
+            if let Some(e) = self.sessions.get_mut(&link) {
+                e.session.shutdown(
+                    &format!("HALT,{reason}"),
+                    CloseReason::Server(reason.clone()),
+                    now,
+                );
+            }
+            self.after(link, now);
+        }
+    }
+
     pub fn cut_revoked(&mut self, now: Instant) -> usize {
         let tls = self.tls.clone();
         let revoked: Vec<Link> = self

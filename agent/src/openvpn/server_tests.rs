@@ -786,3 +786,93 @@ fn updated_settings_apply_to_new_sessions() {
         "10.100.0.0/24".parse::<ipnet::Ipv4Net>().unwrap()
     );
 }
+
+/// External authentication (directory, hook): nothing is pushed and no address is handed out
+/// before the verdict (the CVE-2020-15078 class), other sessions proceed meanwhile, a
+/// temporary refusal goes out as `AUTH_FAILED,TEMP[backoff N]:…` and the log reason has no
+/// marker.
+#[test]
+fn external_auth_waits_for_the_verdict_and_temporary_refusals() {
+    use super::server::AuthMode;
+    let mut lab = Lab::with(false, |s| s.auth = AuthMode::External);
+    let (la, lb) = (link(40020), link(40021));
+    let mut a = lab.client("alice");
+    let mut b = lab.client("bob");
+    lab.pump(&mut a, la);
+    lab.pump(&mut b, lb);
+    let evs = lab.events();
+    let pending: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match e {
+            ServerEvent::AuthRequired { link, request } => Some((*link, request.key_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pending.len(), 2, "{evs:?}");
+    assert!(connected(&evs).is_empty());
+    // Waiting a while changes nothing: no push, no address.
+    lab.now += Duration::from_secs(2);
+    lab.server.handle_timeout(lab.now);
+    lab.pump(&mut a, la);
+    assert!(a.push_reply.is_none() && a.pushed_addr().is_none());
+    // Bob is admitted while alice still waits.
+    let kb = pending.iter().find(|(l, _)| *l == lb).unwrap().1;
+    lab.server.authorize_external(lb, kb, Ok(()), true, lab.now);
+    lab.pump(&mut b, lb);
+    assert!(b.push_reply.is_some());
+    assert!(a.push_reply.is_none());
+    let ka = pending.iter().find(|(l, _)| *l == la).unwrap().1;
+    lab.server.authorize_external(
+        la,
+        ka,
+        Err(format!(
+            "{}directory unavailable",
+            super::session::TEMPORARY_FAILURE
+        )),
+        true,
+        lab.now,
+    );
+    lab.pump(&mut a, la);
+    assert_eq!(
+        a.auth_failed.as_deref(),
+        Some("TEMP[backoff 10]:directory unavailable")
+    );
+    assert!(a.push_reply.is_none());
+    lab.now += Duration::from_secs(6);
+    lab.server.handle_timeout(lab.now);
+    let evs = lab.events();
+    assert!(
+        disconnected(&evs).contains(&CloseReason::AuthFailed("directory unavailable".into())),
+        "{evs:?}"
+    );
+}
+
+/// The user name of key 0 is the session's: a renegotiation with another one ends it (its
+/// groups were granted to the first), the same one keeps it.
+#[test]
+fn user_name_cannot_change_on_renegotiation() {
+    let mut lab = Lab::new(false);
+    let l = link(40030);
+    let mut c = lab.client("alice");
+    c.username = "alice".into();
+    c.password = "pw".into();
+    lab.pump(&mut c, l);
+    assert!(c.push_reply.is_some());
+    lab.events();
+    c.renegotiate();
+    lab.pump(&mut c, l);
+    assert!(lab
+        .events()
+        .iter()
+        .any(|e| matches!(e, ServerEvent::Rekeyed { .. })));
+    c.username = "mallory".into();
+    c.renegotiate();
+    lab.pump(&mut c, l);
+    let evs = lab.events();
+    assert!(
+        disconnected(&evs)
+            .iter()
+            .any(|r| matches!(r, CloseReason::ProtocolError(e) if e.contains("user name changed"))),
+        "{evs:?}"
+    );
+}

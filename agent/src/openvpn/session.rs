@@ -140,6 +140,12 @@ impl Default for SessionConfig {
     }
 }
 
+/// A refusal reason starting with this is temporary (`AUTH_FAILED,TEMP`, doc §8.4): e.g. the
+/// directory is unreachable.
+pub const TEMPORARY_FAILURE: &str = "TEMP:";
+/// The backoff a temporary refusal asks the client to wait before it retries.
+pub const TEMPORARY_BACKOFF_SECS: u32 = 10;
+
 /// What the server must decide after a key exchange (doc §5.2): the certificate is already
 /// verified by TLS; credentials and group membership are the server's business.
 #[derive(Debug, Clone)]
@@ -260,6 +266,8 @@ struct Negotiated {
     peer_info: PeerInfo,
     common_name: String,
     identity: ClientIdentity,
+    /// The key-method-2 user name of key 0 (empty without auth-user-pass).
+    username: String,
 }
 
 /// Largest TLS plaintext buffered from the client before it is parsed (a key-method-2 message
@@ -509,7 +517,22 @@ impl Session {
             }
             Err(reason) => {
                 ks.auth = Auth::Refused;
-                let msg = super::options::auth_failed(Some(&reason));
+                let msg = match reason.strip_prefix(TEMPORARY_FAILURE) {
+                    // The client retries after the backoff (if it knows TEMP) instead of
+                    // exiting: for outages of what decides, not for wrong credentials.
+                    Some(r) => super::options::auth_failed_temp(
+                        self.negotiated
+                            .as_ref()
+                            .map(|n| n.peer_info.proto)
+                            .unwrap_or_default(),
+                        Some(TEMPORARY_BACKOFF_SECS),
+                        r,
+                    ),
+                    None => super::options::auth_failed(Some(&reason)),
+                };
+                let reason = reason
+                    .strip_prefix(TEMPORARY_FAILURE)
+                    .map_or(reason.clone(), str::to_owned);
                 let _ = write_message(&mut ks.tls, &msg);
                 self.close_after(
                     now + self.cfg.auth_failed_linger,
@@ -1076,8 +1099,16 @@ fn step_key(
             Err(e) => return Err(km_err(e)),
         };
         ks.plain.drain(..used);
-        let identity =
-            client_identity(&ks.tls).map_err(|e| CloseReason::TlsError(e.to_string()))?;
+        let identity = match client_identity(&ks.tls) {
+            Ok(id) => id,
+            // Only a TLS configuration for directory-only authentication lets a client through
+            // the handshake without a certificate; its user name is then its name.
+            Err(super::tls::TlsError::NoClientCertificate) => {
+                ClientIdentity::without_certificate(&km.username)
+                    .map_err(|e| CloseReason::TlsError(e.to_string()))?
+            }
+            Err(e) => return Err(CloseReason::TlsError(e.to_string())),
+        };
         let peer_info = PeerInfo::parse(&km.peer_info);
         // Negotiate once, at key 0; renegotiations keep cipher and derivation but must present
         // the same certificate name (doc §9.2).
@@ -1086,6 +1117,14 @@ fn step_key(
                 return Err(CloseReason::ProtocolError(format!(
                     "certificate name changed on renegotiation from {:?} to {:?}",
                     n.common_name, identity.common_name
+                )));
+            }
+            // Groups were granted to the user of key 0: another user name on a renegotiation
+            // is refused, as the 2.6 server does (doc §9.2).
+            Some(n) if n.username != km.username => {
+                return Err(CloseReason::ProtocolError(format!(
+                    "user name changed on renegotiation from {:?} to {:?}",
+                    n.username, km.username
                 )));
             }
             Some(n) => n.clone(),
@@ -1099,6 +1138,7 @@ fn step_key(
                         peer_info: peer_info.clone(),
                         common_name: identity.common_name.clone(),
                         identity: identity.clone(),
+                        username: km.username.clone(),
                     },
                     (Err(e), _) => {
                         refuse_after_key(ks, &km, cfg.transport, &rng, &e.auth_failed_message())?;

@@ -63,6 +63,11 @@ pub enum TlsVersion {
 pub struct TlsOptions {
     pub min_version: TlsVersion,
     pub crl_expired: CrlExpiredPolicy,
+    /// Directory-only authentication: a client may finish the handshake without a
+    /// certificate (one it does present is still verified). Its key-method-2 user name then
+    /// stands in for the certificate name ([`ClientIdentity::without_certificate`]); the
+    /// server must then be in `AuthMode::External`.
+    pub client_cert_optional: bool,
 }
 
 /// One loaded CRL, for status pages and metrics.
@@ -341,11 +346,15 @@ fn client_verifier(
             Arc::clone(provider),
         )
         .with_crls(crls.iter().map(|(_, der)| der.clone()));
-        match opts.crl_expired {
+        let builder = match opts.crl_expired {
             CrlExpiredPolicy::Refuse => builder.enforce_revocation_expiration(),
             CrlExpiredPolicy::Allow => builder,
+        };
+        if opts.client_cert_optional {
+            builder.allow_unauthenticated().build()
+        } else {
+            builder.build()
         }
-        .build()
     };
     build(crls).map_err(|e| match e {
         VerifierBuilderError::InvalidCrl(reason) => {
@@ -591,6 +600,27 @@ pub struct ClientIdentity {
     pub not_after: SystemTime,
     /// The issuer's distinguished name, RFC 4514 style (`CN=...`).
     pub issuer: String,
+}
+
+impl ClientIdentity {
+    /// A client that presented no certificate (directory-only authentication): the user name
+    /// from key-method 2 is its name; no serial, no issuer, so no CRL ever matches it.
+    pub fn without_certificate(username: &str) -> Result<ClientIdentity, TlsError> {
+        if username.trim().is_empty() || username.chars().any(char::is_control) {
+            return Err(TlsError::NoClientCertificate);
+        }
+        Ok(ClientIdentity {
+            common_name: username.to_owned(),
+            serial_hex: String::new(),
+            not_after: SystemTime::UNIX_EPOCH,
+            issuer: String::new(),
+        })
+    }
+
+    /// False for [`ClientIdentity::without_certificate`].
+    pub fn has_certificate(&self) -> bool {
+        !self.serial_hex.is_empty()
+    }
 }
 
 /// Formats a certificate serial (big-endian bytes) the way OpenVPN's `tls_serial_hex` does.
