@@ -750,9 +750,6 @@ impl Server {
         }
     }
 
-    /// Ends the sessions whose certificate the current CRLs revoke (after a CRL reload): the
-    /// client is told `HALT` (a 2.6 client then exits instead of retrying a refused
-    /// certificate).
     /// Ends one session with `HALT,<reason>` (the client exits instead of reconnecting):
     /// the directory disabled the user or took every authorized group away.
     pub fn halt_peer(&mut self, peer_id: u32, reason: &str, now: Instant) {
@@ -774,6 +771,9 @@ impl Server {
         }
     }
 
+    /// Ends the sessions whose certificate the current CRLs revoke (after a CRL reload): the
+    /// client is told `HALT` (a 2.6 client then exits instead of retrying a refused
+    /// certificate).
     pub fn cut_revoked(&mut self, now: Instant) -> usize {
         let tls = self.tls.clone();
         let revoked: Vec<Link> = self
