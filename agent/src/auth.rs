@@ -30,30 +30,33 @@ pub struct Grant {
 /// How long an offered grant waits for its session to be established.
 const PENDING_TTL: Duration = Duration::from_secs(300);
 
-/// Grants by link until the session is established, then by peer id until it ends.
+/// Grants by link and session serial until the session is established (a link is reused by a
+/// client that restarts, so the serial tells its sessions apart), then by peer id until it
+/// ends.
 #[derive(Debug, Default)]
 pub struct Grants {
-    pending: Mutex<HashMap<Link, (Grant, Instant)>>,
+    pending: Mutex<HashMap<(Link, u64), (Grant, Instant)>>,
     live: Mutex<HashMap<u32, Grant>>,
 }
 
 impl Grants {
-    pub fn offer(&self, link: Link, g: Grant) {
+    pub fn offer(&self, link: Link, session: u64, g: Grant) {
         let now = Instant::now();
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         // A verdict that arrives after its session died leaves an entry no event removes:
         // a session is established within its handshake window, so older ones are stale.
         p.retain(|_, (_, at)| now.saturating_duration_since(*at) < PENDING_TTL);
-        p.insert(link, (g, now));
+        p.insert((link, session), (g, now));
     }
 
-    /// The session on `link` is established as `peer_id`: its grant moves to the live set.
-    pub fn establish(&self, link: Link, peer_id: u32) -> Option<Grant> {
+    /// Session `session` on `link` is established as `peer_id`: its grant moves to the live
+    /// set.
+    pub fn establish(&self, link: Link, session: u64, peer_id: u32) -> Option<Grant> {
         let g = self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&link)?
+            .remove(&(link, session))?
             .0;
         self.live
             .lock()
@@ -67,7 +70,7 @@ impl Grants {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&link);
+            .retain(|(l, _), _| *l != link);
         self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -295,7 +298,7 @@ impl Authenticator {
                 return Err(reason);
             }
         }
-        self.grants.offer(link, grant);
+        self.grants.offer(link, req.session, grant);
         Ok(())
     }
 
@@ -392,18 +395,21 @@ mod tests {
         };
         g.offer(
             link,
+            1,
             Grant {
                 username: "alice".into(),
                 groups: vec!["eng".into()],
             },
         );
-        assert_eq!(g.establish(link, 7).unwrap().groups, ["eng"]);
+        // Another session on the same link (a client restart) does not get it.
+        assert!(g.establish(link, 2, 7).is_none());
+        assert_eq!(g.establish(link, 1, 7).unwrap().groups, ["eng"]);
         assert_eq!(g.directory_users(), vec![(7, "alice".to_owned())]);
         g.update(7, vec![]);
         assert!(g.get(7).unwrap().groups.is_empty());
         g.end(link, 7);
         assert!(g.get(7).is_none());
-        assert!(g.establish(link, 7).is_none());
+        assert!(g.establish(link, 1, 7).is_none());
     }
 
     #[test]
@@ -453,6 +459,7 @@ mod tests {
     fn request(cn: &str, user: &str, password: &str) -> AuthRequest {
         use crate::openvpn::{crypto::Cipher, keys::Password, options::PeerInfo, packet::KeyId};
         AuthRequest {
+            session: 1,
             key_id: KeyId::ZERO,
             initial: true,
             identity: crate::openvpn::tls::ClientIdentity {

@@ -214,6 +214,7 @@ mod tests {
 
     fn req() -> AuthRequest {
         AuthRequest {
+            session: 1,
             key_id: KeyId::ZERO,
             initial: true,
             identity: ClientIdentity {

@@ -298,6 +298,7 @@ pub(crate) mod tests {
         log.on_event(
             &ServerEvent::Connected {
                 link,
+                session: 1,
                 peer_id: 4,
                 common_name: "alice".into(),
                 tunnel_addr: Ipv4Addr::new(10, 100, 0, 7),

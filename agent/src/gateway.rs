@@ -120,6 +120,7 @@ impl TunnelHooks for ClientsMapHooks {
         match ev {
             ServerEvent::Connected {
                 link,
+                session,
                 peer_id,
                 common_name,
                 tunnel_addr,
@@ -128,7 +129,7 @@ impl TunnelHooks for ClientsMapHooks {
                 let grant = self
                     .grants
                     .as_ref()
-                    .and_then(|g| g.establish(*link, *peer_id))
+                    .and_then(|g| g.establish(*link, *session, *peer_id))
                     .unwrap_or_default();
                 self.admit(*tunnel_addr, common_name, &grant, *peer_id)
             }

@@ -72,6 +72,8 @@ pub enum Command {
     /// The decision on an `AuthRequired` event.
     Authorize {
         link: Link,
+        /// The session's serial from its `AuthRequest`.
+        session: u64,
         key_id: crate::openvpn::packet::KeyId,
         verdict: Result<(), String>,
         initial: bool,
@@ -784,12 +786,13 @@ fn handle_ctl(c: &mut ControlCtx, m: Ctl, now: Instant) {
         Ctl::Cmd(Command::RenegotiateAll) => c.server.renegotiate_all(now),
         Ctl::Cmd(Command::Authorize {
             link,
+            session,
             key_id,
             verdict,
             initial,
         }) => c
             .server
-            .authorize_external(link, key_id, verdict, initial, now),
+            .authorize_external(link, session, key_id, verdict, initial, now),
         Ctl::Cmd(Command::Settings(s)) => c.server.update_settings(*s),
         Ctl::Cmd(Command::Disconnect(id)) => c.server.close_peer(
             id,
@@ -842,7 +845,8 @@ fn flush(c: &mut ControlCtx) {
     }
     while let Some(ev) = c.server.poll_event() {
         if let ServerEvent::AuthRequired { link, request } = &ev {
-            let (link, key_id, initial) = (*link, request.key_id, request.initial);
+            let (link, key_id, initial, session) =
+                (*link, request.key_id, request.initial, request.session);
             match (&c.authorizer, initial) {
                 (Some(a), true) => {
                     let (a, req, tx) = (a.clone(), request.clone(), c.ctl_tx.clone());
@@ -850,6 +854,7 @@ fn flush(c: &mut ControlCtx) {
                         let verdict = a(link, &req);
                         let _ = tx.blocking_send(Ctl::Cmd(Command::Authorize {
                             link,
+                            session,
                             key_id,
                             verdict,
                             initial,
@@ -859,6 +864,7 @@ fn flush(c: &mut ControlCtx) {
                 _ => {
                     let _ = c.ctl_tx.try_send(Ctl::Cmd(Command::Authorize {
                         link,
+                        session,
                         key_id,
                         verdict: Ok(()),
                         initial,

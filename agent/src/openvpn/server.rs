@@ -87,6 +87,8 @@ pub enum ServerEvent {
     /// A client finished the handshake, was authorized and got its push.
     Connected {
         link: Link,
+        /// The session's serial, as in its `AuthRequest` (see [`Server::authorize_external`]).
+        session: u64,
         peer_id: u32,
         common_name: String,
         tunnel_addr: Ipv4Addr,
@@ -137,6 +139,9 @@ pub struct ServerStats {
 
 struct Entry {
     session: Session,
+    /// Unique per session of this server (links and peer ids are reused): verdicts and
+    /// grants name it, so one meant for a replaced session never reaches its successor.
+    serial: u64,
     tunnel_addr: Option<Ipv4Addr>,
     deadline: Option<Instant>,
 }
@@ -179,6 +184,7 @@ pub struct Server {
     base: Instant,
     unix_base: u32,
     pub stats: ServerStats,
+    next_serial: u64,
 }
 
 impl Server {
@@ -221,6 +227,7 @@ impl Server {
             base: now,
             unix_base,
             stats: ServerStats::default(),
+            next_serial: 1,
         })
     }
 
@@ -447,10 +454,13 @@ impl Server {
         match Session::new(cfg, self.tls.clone(), start, local, wrap, peer.clone(), now) {
             Ok(session) => {
                 self.peers.insert(peer);
+                let serial = self.next_serial;
+                self.next_serial += 1;
                 self.sessions.insert(
                     link,
                     Entry {
                         session,
+                        serial,
                         tunnel_addr: None,
                         deadline: None,
                     },
@@ -500,9 +510,12 @@ impl Server {
                         };
                         self.authorize(link, req.key_id, verdict, now);
                     }
-                    AuthMode::External => self
-                        .events
-                        .push_back(ServerEvent::AuthRequired { link, request: req }),
+                    AuthMode::External => {
+                        let mut req = req;
+                        req.session = self.sessions.get(&link).map_or(0, |e| e.serial);
+                        self.events
+                            .push_back(ServerEvent::AuthRequired { link, request: req })
+                    }
                 },
                 SessionEvent::Established {
                     cipher,
@@ -515,6 +528,7 @@ impl Server {
                     self.peers.set_addr(&peer, addr);
                     self.events.push_back(ServerEvent::Connected {
                         link,
+                        session: e.serial,
                         peer_id: peer.peer_id,
                         common_name: e.session.common_name().unwrap_or_default().to_owned(),
                         tunnel_addr: addr,
@@ -646,11 +660,18 @@ impl Server {
     pub fn authorize_external(
         &mut self,
         link: Link,
+        session: u64,
         key_id: KeyId,
         verdict: Result<(), String>,
         initial: bool,
         now: Instant,
     ) {
+        // A client that restarts from the same address replaces its session at the same link
+        // (and key id 0): the old session's verdict must not admit the new one.
+        if self.sessions.get(&link).map(|e| e.serial) != Some(session) {
+            tracing::debug!(%link, session, "verdict for a session that is gone: dropped");
+            return;
+        }
         let v = match verdict {
             Ok(()) if initial => {
                 let user = self

@@ -804,7 +804,9 @@ fn external_auth_waits_for_the_verdict_and_temporary_refusals() {
     let pending: Vec<_> = evs
         .iter()
         .filter_map(|e| match e {
-            ServerEvent::AuthRequired { link, request } => Some((*link, request.key_id)),
+            ServerEvent::AuthRequired { link, request } => {
+                Some((*link, request.key_id, request.session))
+            }
             _ => None,
         })
         .collect();
@@ -816,14 +818,15 @@ fn external_auth_waits_for_the_verdict_and_temporary_refusals() {
     lab.pump(&mut a, la);
     assert!(a.push_reply.is_none() && a.pushed_addr().is_none());
     // Bob is admitted while alice still waits.
-    let kb = pending.iter().find(|(l, _)| *l == lb).unwrap().1;
-    lab.server.authorize_external(lb, kb, Ok(()), true, lab.now);
+    let (_, kb, sb) = *pending.iter().find(|(l, _, _)| *l == lb).unwrap();
+    lab.server.authorize_external(lb, sb, kb, Ok(()), true, lab.now);
     lab.pump(&mut b, lb);
     assert!(b.push_reply.is_some());
     assert!(a.push_reply.is_none());
-    let ka = pending.iter().find(|(l, _)| *l == la).unwrap().1;
+    let (_, ka, sa) = *pending.iter().find(|(l, _, _)| *l == la).unwrap();
     lab.server.authorize_external(
         la,
+        sa,
         ka,
         Err(format!(
             "{}directory unavailable",
@@ -875,4 +878,44 @@ fn user_name_cannot_change_on_renegotiation() {
             .any(|r| matches!(r, CloseReason::ProtocolError(e) if e.contains("user name changed"))),
         "{evs:?}"
     );
+}
+
+/// A client that restarts from the same address and port replaces its session at the same
+/// link, with key id 0 again: a verdict meant for the replaced session must not admit the new
+/// one (which might be another user), and the new one's own verdict decides.
+#[test]
+fn a_verdict_for_a_replaced_session_is_dropped() {
+    use super::server::AuthMode;
+    let mut lab = Lab::with(false, |s| s.auth = AuthMode::External);
+    let l = link(40040);
+    let auth_required = |evs: &[ServerEvent]| {
+        evs.iter()
+            .find_map(|e| match e {
+                ServerEvent::AuthRequired { request, .. } => {
+                    Some((request.key_id, request.session, request.identity.common_name.clone()))
+                }
+                _ => None,
+            })
+            .expect("an AuthRequired event")
+    };
+    let mut a = lab.client("alice");
+    lab.pump(&mut a, l);
+    let (ka, sa, _) = auth_required(&lab.events());
+    // A new session from the same address (as a restarting client, or someone else).
+    let mut b = lab.client("bob");
+    lab.pump(&mut b, l);
+    let (kb, sb, cn) = auth_required(&lab.events());
+    assert_eq!(cn, "bob");
+    assert_ne!(sa, sb, "sessions on one link share a serial");
+    // alice's (late) allowing verdict: nothing happens to bob's session.
+    lab.server.authorize_external(l, sa, ka, Ok(()), true, lab.now);
+    lab.pump(&mut b, l);
+    assert!(b.push_reply.is_none(), "bob was admitted by alice's verdict");
+    assert!(connected(&lab.events()).is_empty());
+    // bob's own refusal is what he gets.
+    lab.server
+        .authorize_external(l, sb, kb, Err("not allowed".into()), true, lab.now);
+    lab.pump(&mut b, l);
+    assert!(b.push_reply.is_none());
+    assert_eq!(b.auth_failed.as_deref(), Some("not allowed"));
 }

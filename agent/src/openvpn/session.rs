@@ -150,6 +150,8 @@ pub const TEMPORARY_BACKOFF_SECS: u32 = 10;
 /// verified by TLS; credentials and group membership are the server's business.
 #[derive(Debug, Clone)]
 pub struct AuthRequest {
+    /// The server's serial of the session (filled in by the server): the verdict names it.
+    pub session: u64,
     pub key_id: KeyId,
     /// True for key id 0 (a new connection); false for a renegotiation.
     pub initial: bool,
@@ -1169,6 +1171,7 @@ fn step_key(
         ks.server_km = Some(reply);
         ks.phase = Phase::SentKey;
         step.authenticate = Some(Box::new(AuthRequest {
+            session: 0,
             key_id: ks.id,
             initial: ks.id == KeyId::ZERO,
             identity,
