@@ -142,8 +142,8 @@ fn kept_sessions_path(socket: &Path) -> PathBuf {
 
 /// The `clients` entries a previous agent left, with their users from its state file (which
 /// is consumed).
-fn adopt_kept(maps: &Maps, state: &Path) -> Adopted {
-    let users: HashMap<Ipv4Addr, String> = std::fs::read(state)
+fn adopt_kept(maps: &mut Maps, state: &Path) -> Adopted {
+    let users: HashMap<Ipv4Addr, crate::gateway::KeptUser> = std::fs::read(state)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
@@ -158,6 +158,12 @@ fn adopt_kept(maps: &Maps, state: &Path) -> Adopted {
             grace_s = KEPT_GRACE.as_secs(),
             "re-adopting the sessions of a previous agent: their flows stay while the clients reconnect"
         );
+    }
+    // Their counters and quotas must not land on whichever new session gets their old slot.
+    for a in &addrs {
+        if let Err(e) = maps.reslot_client(*a, portcullis_common::ORPHAN_SLOT) {
+            tracing::warn!(addr = %a, error = %e, "parking a previous agent's flows");
+        }
     }
     Arc::new(Mutex::new(
         addrs
@@ -341,7 +347,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         &cfg.policy(),
         &compiled,
     )?;
-    let adopted = adopt_kept(&dp.maps, &kept_sessions_path(&cfg.admin_socket()));
+    let adopted = adopt_kept(&mut dp.maps, &kept_sessions_path(&cfg.admin_socket()));
     let tls = Arc::new(
         ReloadableTls::new(cfg.tls_files(), cfg.tls_options()).context("loading the TLS files")?,
     );
@@ -504,10 +510,24 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
     let _ = std::fs::remove_file(&socket);
     if keep_maps {
         // The sessions' entries and flows stay for the next agent; it needs their users.
-        let held: HashMap<Ipv4Addr, String> = tunnel
+        let grants = live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .grants
+            .clone();
+        let held: HashMap<Ipv4Addr, crate::gateway::KeptUser> = tunnel
             .sessions()
             .into_iter()
-            .filter_map(|s| Some((s.tunnel_addr?, s.common_name?)))
+            .filter_map(|s| {
+                let kept = crate::gateway::KeptUser {
+                    common_name: s.common_name?,
+                    username: grants
+                        .get(s.peer_id)
+                        .map(|g| g.username)
+                        .unwrap_or_default(),
+                };
+                Some((s.tunnel_addr?, kept))
+            })
             .collect();
         keep_flag.store(true, std::sync::atomic::Ordering::Relaxed);
         let state = kept_sessions_path(&socket);
@@ -787,7 +807,8 @@ async fn serve(
 /// tick. New groups rewrite the session's bitmap (flows no longer allowed are cut by the data
 /// path's revalidation); a disabled or removed user, or one who lost every group a rule names,
 /// is ended with HALT. An unreachable directory changes nothing.
-type RecheckResults = Vec<(u32, Result<Vec<String>, crate::directory::DirError>)>;
+/// (peer id, directory user the pass looked up, what the directory said).
+type RecheckResults = Vec<(u32, String, Result<Vec<String>, crate::directory::DirError>)>;
 
 #[derive(Default)]
 struct Recheck {
@@ -833,7 +854,10 @@ impl Recheck {
         std::thread::spawn(move || {
             let out = users
                 .into_iter()
-                .map(|(peer, user)| (peer, dir.refresh(&user).map(|u| u.groups)))
+                .map(|(peer, user)| {
+                    let r = dir.refresh(&user).map(|u| u.groups);
+                    (peer, user, r)
+                })
                 .collect();
             let _ = tx.send(out);
         });
@@ -850,10 +874,15 @@ impl Recheck {
     ) {
         use crate::directory::DirError;
         let l = live.lock().unwrap_or_else(|e| e.into_inner());
-        for (peer_id, r) in results {
+        for (peer_id, user, r) in results {
             let Some(old) = l.grants.get(peer_id) else {
                 continue; // ended meanwhile
             };
+            if old.username != user {
+                // The session ended during the pass and its peer id went to another user:
+                // this result is not theirs.
+                continue;
+            }
             let Some((
                 ServerEvent::Connected {
                     tunnel_addr,
@@ -869,6 +898,8 @@ impl Recheck {
                 Ok(g) => g,
                 Err(e @ (DirError::Disabled | DirError::UnknownUser)) => {
                     tracing::warn!(peer_id, user = old.username, reason = %e, "directory re-check: session ended");
+                    // Out of the data path now, not when the client has taken the HALT.
+                    let _ = dp.maps.remove_client(*tunnel_addr);
                     tunnel.command(Command::Halt {
                         peer_id,
                         reason: "account disabled or removed".into(),
@@ -897,6 +928,7 @@ impl Recheck {
                 "directory groups changed"
             );
             if after.iter().all(|w| *w == 0) && before.iter().any(|w| *w != 0) {
+                let _ = dp.maps.remove_client(*tunnel_addr);
                 tunnel.command(Command::Halt {
                     peer_id,
                     reason: "no longer in an authorized group".into(),
@@ -1102,9 +1134,10 @@ fn expire_kept(dp: &mut Datapath, tunnel: &Tunnel, live: &Arc<Mutex<Live>>) {
         .into_iter()
         .filter_map(|s| s.tunnel_addr)
         .collect();
+    // Held while removing: a session admitted meanwhile takes its entry out of `adopted`
+    // under the same lock (and only then writes its own), so it is never removed here.
+    let mut adopted = adopted.lock().unwrap_or_else(|e| e.into_inner());
     let left: Vec<Ipv4Addr> = adopted
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
         .drain()
         .map(|(a, _)| a)
         .filter(|a| !held.contains(a))

@@ -17,7 +17,17 @@ use crate::tunnel::TunnelHooks;
 /// `clients` entries a previous agent left behind (`run --keep-maps`), by tunnel address, with
 /// the user whose session held it (`None`: not known). An entry leaves this table when a
 /// session gets its address, or when the agent gives up waiting and removes it.
-pub type Adopted = Arc<Mutex<HashMap<Ipv4Addr, Option<String>>>>;
+pub type Adopted = Arc<Mutex<HashMap<Ipv4Addr, Option<KeptUser>>>>;
+
+/// Who held a kept session: its certificate name and directory user (empty without one).
+/// Both must match for a returning session to inherit the flows (users may share a
+/// certificate).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeptUser {
+    pub common_name: String,
+    #[serde(default)]
+    pub username: String,
+}
 
 /// Resolves a session's group bitmap (by the compiled policy's group numbering) from its
 /// certificate name and what authentication granted (directory user and groups).
@@ -81,14 +91,29 @@ impl ClientsMapHooks {
     }
 
     fn admit(&mut self, addr: Ipv4Addr, user: &str, grant: &Grant, slot: u32) {
-        let prev = self
-            .adopted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&addr);
+        // Held to the end: the agent's expiry of kept entries takes it too, so it never
+        // removes an entry this admits.
+        let adopted = self.adopted.clone();
+        let mut adopted = adopted.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = adopted.remove(&addr);
+        // A new session has no flows of its own yet.
+        if let Err(e) = self.maps.reset_flow_quota(slot) {
+            tracing::warn!(%addr, error = %e, "resetting the flow quota");
+        }
         if let Some(prev) = prev {
-            if prev.as_deref() == Some(user) {
-                tracing::info!(%addr, user, "session back after a restart: its flows carry on");
+            let same = prev
+                .as_ref()
+                .is_some_and(|k| k.common_name == user && k.username == grant.username);
+            if same {
+                // Its flows (parked on the orphan slot) count for this session from now on.
+                match self.maps.reslot_client(addr, slot) {
+                    Ok(n) => {
+                        tracing::info!(%addr, user, flows = n, "session back after a restart: its flows carry on")
+                    }
+                    Err(e) => {
+                        tracing::error!(%addr, error = %e, "moving a returning session's flows")
+                    }
+                }
             } else {
                 // Another user (or one we cannot tell) must not inherit those flows.
                 match self.maps.remove_client(addr) {

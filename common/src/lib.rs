@@ -102,6 +102,9 @@ pub fn group_test(bits: &GroupBits, i: usize) -> bool {
 }
 /// Concurrent client sessions (also the number of per-session counter slots).
 pub const MAX_CLIENTS: u32 = 65_536;
+/// The counter slot of flows a previous agent left (`portcullis run --keep-maps`) until their
+/// session comes back: no session gets it, so their counters never mix with a live one's.
+pub const ORPHAN_SLOT: u32 = MAX_CLIENTS - 1;
 /// Authorization-rule prefixes per generation (after merging rules with equal prefixes).
 pub const MAX_AUTHZ_PREFIXES: u32 = 16_384;
 pub const MAX_ROUTES: u32 = 4_096;

@@ -15,6 +15,9 @@ use portcullis_common::{
 
 use super::DatapathError;
 
+/// `BPF_EXIST`: update an entry only if it exists (uapi/linux/bpf.h).
+const BPF_EXIST: u64 = 2;
+
 /// What a conntrack sweep did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GcStats {
@@ -140,6 +143,49 @@ impl Maps {
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(DatapathError::map(map_names::CLIENTS, e)),
         }
+    }
+
+    /// Moves the flows of client `addr` (and its entry, if any) to counter slot `slot`, with
+    /// that slot's flow quota counting them as open; the number of flows moved. For the
+    /// flows a previous agent left (`--keep-maps`): parked on `ORPHAN_SLOT` at start, given
+    /// to the returning session's slot when it is admitted.
+    pub fn reslot_client(&mut self, addr: Ipv4Addr, slot: u32) -> Result<u64, DatapathError> {
+        if let Some(mut info) = self.client(addr)? {
+            info.slot = slot;
+            self.upsert_client(addr, info)?;
+        }
+        let a = portcullis_common::v4_addr(addr.octets());
+        let mine: Vec<(FlowKey, CtEntry)> = self
+            .flows()?
+            .into_iter()
+            .filter(|(k, e)| k.src == a && e.flags & ct_flags::LOCAL == 0)
+            .collect();
+        let mut ct: HashMap<_, FlowKey, CtEntry> = typed!(self, HashMap, map_names::CONNTRACK);
+        let mut moved = 0;
+        for (k, mut e) in mine {
+            e.slot = slot;
+            // A flow that expired meanwhile is simply gone.
+            if ct.insert(k, e, BPF_EXIST).is_ok() {
+                moved += 1;
+            }
+        }
+        let mut opened: Array<_, u64> = typed!(self, Array, map_names::FLOWS_OPENED);
+        let _ = opened.set(slot, moved, 0);
+        let mut closed: Array<_, u64> = typed!(self, Array, map_names::FLOWS_CLOSED);
+        let _ = closed.set(slot, 0, 0);
+        Ok(moved)
+    }
+
+    /// Zero a slot's flow quota counters (a new session in that slot has no flows yet).
+    pub fn reset_flow_quota(&mut self, slot: u32) -> Result<(), DatapathError> {
+        let mut opened: Array<_, u64> = typed!(self, Array, map_names::FLOWS_OPENED);
+        opened
+            .set(slot, 0, 0)
+            .map_err(|e| DatapathError::map(map_names::FLOWS_OPENED, e))?;
+        let mut closed: Array<_, u64> = typed!(self, Array, map_names::FLOWS_CLOSED);
+        closed
+            .set(slot, 0, 0)
+            .map_err(|e| DatapathError::map(map_names::FLOWS_CLOSED, e))
     }
 
     /// The tunnel addresses in the `clients` map (IPv4 entries).

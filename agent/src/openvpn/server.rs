@@ -206,7 +206,7 @@ impl Server {
         // Peer-ids double as data-path session slots, so they stay below MAX_CLIENTS.
         let n = settings
             .max_sessions
-            .min(portcullis_common::MAX_CLIENTS as usize) as u32;
+            .min(portcullis_common::ORPHAN_SLOT as usize) as u32;
         let (udp_cfg, tcp_cfg) = session_configs(&settings);
         Ok(Server {
             udp_cfg,

@@ -819,7 +819,8 @@ fn external_auth_waits_for_the_verdict_and_temporary_refusals() {
     assert!(a.push_reply.is_none() && a.pushed_addr().is_none());
     // Bob is admitted while alice still waits.
     let (_, kb, sb) = *pending.iter().find(|(l, _, _)| *l == lb).unwrap();
-    lab.server.authorize_external(lb, sb, kb, Ok(()), true, lab.now);
+    lab.server
+        .authorize_external(lb, sb, kb, Ok(()), true, lab.now);
     lab.pump(&mut b, lb);
     assert!(b.push_reply.is_some());
     assert!(a.push_reply.is_none());
@@ -891,9 +892,11 @@ fn a_verdict_for_a_replaced_session_is_dropped() {
     let auth_required = |evs: &[ServerEvent]| {
         evs.iter()
             .find_map(|e| match e {
-                ServerEvent::AuthRequired { request, .. } => {
-                    Some((request.key_id, request.session, request.identity.common_name.clone()))
-                }
+                ServerEvent::AuthRequired { request, .. } => Some((
+                    request.key_id,
+                    request.session,
+                    request.identity.common_name.clone(),
+                )),
                 _ => None,
             })
             .expect("an AuthRequired event")
@@ -908,9 +911,13 @@ fn a_verdict_for_a_replaced_session_is_dropped() {
     assert_eq!(cn, "bob");
     assert_ne!(sa, sb, "sessions on one link share a serial");
     // alice's (late) allowing verdict: nothing happens to bob's session.
-    lab.server.authorize_external(l, sa, ka, Ok(()), true, lab.now);
+    lab.server
+        .authorize_external(l, sa, ka, Ok(()), true, lab.now);
     lab.pump(&mut b, l);
-    assert!(b.push_reply.is_none(), "bob was admitted by alice's verdict");
+    assert!(
+        b.push_reply.is_none(),
+        "bob was admitted by alice's verdict"
+    );
     assert!(connected(&lab.events()).is_empty());
     // bob's own refusal is what he gets.
     lab.server
