@@ -783,10 +783,17 @@ async fn serve(
                         serde_json::json!({"ok": true, "connections": list(dp, tunnel, &connections, &grants)})
                     }
                     Ok(AdminRequest::Terminate { id, user }) => {
+                        let grants = live.lock().unwrap_or_else(|e| e.into_inner()).grants.clone();
+                        // A user is its certificate name or its directory user name.
+                        let is_user = |s: &SessionInfo| {
+                            user.is_some()
+                                && (s.common_name == user
+                                    || grants.get(s.peer_id).is_some_and(|g| Some(g.username) == user))
+                        };
                         let ids: Vec<u32> = tunnel
                             .sessions()
                             .iter()
-                            .filter(|s| Some(s.peer_id) == id || (user.is_some() && s.common_name == user))
+                            .filter(|s| Some(s.peer_id) == id || is_user(s))
                             .map(|s| s.peer_id)
                             .collect();
                         for i in &ids {
@@ -1051,15 +1058,11 @@ fn reload(
             Some(&l.compiled.group_bits),
         )?;
         let pending = crate::config::restart_only_changes(running, &cfg);
-        if !pending.is_empty() {
-            tracing::warn!(
-                settings = ?pending,
-                "these settings changed and take effect at the next restart of the agent; the rest is applied"
-            );
-        }
-        l.pending_restart = pending;
         if compiled.targets.len() != l.compiled.targets.len() {
             bail!("adding or removing target networks needs a restart (the XDP program attaches to their interfaces)");
+        }
+        if crate::config::target_attachments(running) != crate::config::target_attachments(&cfg) {
+            bail!("changing a target network's interface or PAT ports needs a restart (the XDP program and the reserved ports are set up at start)");
         }
         timing.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
@@ -1071,6 +1074,13 @@ fn reload(
         l.generation = g;
         // New sessions get the new pushed options; live ones keep theirs until they reconnect.
         tunnel.command(Command::Settings(Box::new(cfg.server_settings())));
+        if !pending.is_empty() {
+            tracing::warn!(
+                settings = ?pending,
+                "these settings changed and take effect at the next restart of the agent; the rest is applied"
+            );
+        }
+        l.pending_restart = pending;
         Ok(g)
     })();
     match result {
@@ -1172,7 +1182,11 @@ pub fn connections_table(v: &serde_json::Value) -> String {
             out,
             "{:>5}  {:<16} {:<15} {:<21} {:<4} {:>6}s  {:>12} {:>12}",
             n("id"),
-            c["user"].as_str().unwrap_or("-"),
+            // The directory user where there is one, else the certificate name.
+            c["username"]
+                .as_str()
+                .or_else(|| c["user"].as_str())
+                .unwrap_or("-"),
             c["client_address"].as_str().unwrap_or("-"),
             c["public_address"].as_str().unwrap_or("-"),
             c["transport"].as_str().unwrap_or("-"),

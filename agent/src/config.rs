@@ -335,6 +335,16 @@ pub fn restart_only_changes(old: &EndpointConfig, new: &EndpointConfig) -> Vec<&
     v
 }
 
+/// Each target network's interface and PAT range: the egress XDP program and the reserved
+/// ports are set up for them at start, so a reload that changes them is refused (the SNAT
+/// address may change live).
+pub fn target_attachments(c: &EndpointConfig) -> Vec<(String, u16, u16)> {
+    c.target_network
+        .iter()
+        .map(|t| (t.interface.clone(), t.pat_port_min, t.pat_port_max))
+        .collect()
+}
+
 /// A policy compiler message with its field paths as the endpoint file spells them (the
 /// compiler names the policy model's lists: `routes[2]` is the file's third `[[route]]`).
 pub fn endpoint_paths(msg: &str) -> String {
