@@ -131,6 +131,31 @@ fn map_fill(dp: &Datapath, compiled: &CompiledPolicy) -> Vec<(&'static str, usiz
     ]
 }
 
+/// The session in counter slot `slot`, for the flow log: its directory user name where there
+/// is one, and every group it has (local and directory), as the data path sees them.
+fn flow_user(
+    live: &Arc<Mutex<Live>>,
+    connections: &BTreeMap<u32, (ServerEvent, Instant)>,
+    slot: u32,
+) -> Option<crate::flowlog::FlowUser> {
+    let Some((ServerEvent::Connected { common_name, .. }, _)) = connections.get(&slot) else {
+        return None;
+    };
+    let l = live.lock().unwrap_or_else(|e| e.into_inner());
+    let grant = l.grants.get(slot).unwrap_or_default();
+    let groups = crate::auth::combined_groups(
+        &|u: &str| l.policy.local_groups_of(u),
+        common_name,
+        &grant,
+    );
+    let name = if grant.username.is_empty() {
+        common_name.clone()
+    } else {
+        grant.username
+    };
+    Some(crate::flowlog::FlowUser { name, groups })
+}
+
 /// How long entries a previous agent left wait for their clients to reconnect.
 const KEPT_GRACE: Duration = Duration::from_secs(60);
 
@@ -658,10 +683,7 @@ async fn serve(
                 // Every second, so short flows are seen too (it reads the whole map: opt-in).
                 if let (Some(t), Some((log, _)), Ok(flows)) = (&mut allowed_flows, &mut flowlog, dp.maps.flows()) {
                     let policy = live.lock().unwrap_or_else(|e| e.into_inner()).policy.clone();
-                    let user = |slot: u32| connections.get(&slot).and_then(|(e, _)| match e {
-                        ServerEvent::Connected { common_name, .. } => Some(common_name.clone()),
-                        _ => None,
-                    });
+                    let user = |slot: u32| flow_user(live, &connections, slot);
                     t.scan(&flows, datapath::maps::monotonic_ns(), &user, &policy, log);
                 }
                 if let Some((log, rb)) = &mut flowlog {
@@ -675,11 +697,8 @@ async fn serve(
                         let ev = unsafe {
                             std::ptr::read_unaligned(item.as_ptr().cast::<portcullis_common::DenyEvent>())
                         };
-                        let user = connections.get(&ev.slot).and_then(|(e, _)| match e {
-                            ServerEvent::Connected { common_name, .. } => Some(common_name.as_str()),
-                            _ => None,
-                        });
-                        log.record(&ev, user, &policy);
+                        let user = flow_user(live, &connections, ev.slot);
+                        log.record(&ev, user.as_ref(), &policy);
                     }
                 }
                 {

@@ -72,8 +72,18 @@ fn rule_name(i: usize, desc: &Option<String>) -> String {
     }
 }
 
+/// With the user's local groups from the policy (`policy explain`).
 pub fn explain(input: &PolicyInput, user: &str, t: Target) -> Result<Explanation> {
-    let groups = input.local_groups_of(user);
+    explain_with_groups(input, user, input.local_groups_of(user), t)
+}
+
+/// With the groups a session actually has (local and directory groups combined).
+pub fn explain_with_groups(
+    input: &PolicyInput,
+    user: &str,
+    groups: Vec<String>,
+    t: Target,
+) -> Result<Explanation> {
     let set: BTreeSet<String> = groups.iter().cloned().collect();
     let mut steps = Vec::new();
     let contains = |n: &IpNet| matches!(n, IpNet::V4(n) if n.contains(&t.dst));

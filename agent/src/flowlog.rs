@@ -13,8 +13,16 @@ use portcullis_common::{
 };
 use serde_json::json;
 
-use crate::explain::{explain, Target};
+use crate::explain::{explain_with_groups, Target};
 use crate::policy::PolicyInput;
+
+/// Who a session is, for the log: its user name and every group it has (local and
+/// directory), which is what the deciding rule is worked out with.
+#[derive(Clone, Debug, Default)]
+pub struct FlowUser {
+    pub name: String,
+    pub groups: Vec<String>,
+}
 
 pub struct FlowLog {
     out: Box<dyn Write + Send>,
@@ -45,9 +53,9 @@ impl FlowLog {
         FlowLog { out }
     }
 
-    /// One record. `user` resolves a session slot to its user name; `policy` explains policy
+    /// One record. `user` is the session of the event's slot; `policy` explains policy
     /// denials.
-    pub fn record(&mut self, ev: &DenyEvent, user: Option<&str>, policy: &PolicyInput) {
+    pub fn record(&mut self, ev: &DenyEvent, user: Option<&FlowUser>, policy: &PolicyInput) {
         let reason = DropReason::from_u8(ev.reason);
         let f = &ev.flow;
         let mut rule = serde_json::Value::Null;
@@ -65,7 +73,7 @@ impl FlowLog {
                     proto: f.proto,
                     port: if f.proto == PROTO_ICMP { 0 } else { f.dport },
                 };
-                if let Ok(e) = explain(policy, u, t) {
+                if let Ok(e) = explain_with_groups(policy, &u.name, u.groups.clone(), t) {
                     rule = json!(e.steps.last().cloned().unwrap_or_default());
                 }
             }
@@ -73,7 +81,7 @@ impl FlowLog {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut v = flow_json("flow-denied", f, user);
+        let mut v = flow_json("flow-denied", f, user.map(|u| u.name.as_str()));
         v["time"] = json!(now);
         v["reason"] = json!(reason.map_or("unknown", |r| r.name()));
         v["deciding-rule"] = rule;
@@ -106,7 +114,7 @@ impl FlowTracker {
         &mut self,
         flows: &[(FlowKey, CtEntry)],
         now_ns: u64,
-        user: &dyn Fn(u32) -> Option<String>,
+        user: &dyn Fn(u32) -> Option<FlowUser>,
         policy: &PolicyInput,
         log: &mut FlowLog,
     ) {
@@ -123,15 +131,20 @@ impl FlowTracker {
             let u = match known {
                 Some((_, u)) => u,
                 None => {
-                    let u = user(e.slot);
-                    let rule = u.as_deref().and_then(|u| {
+                    let fu = user(e.slot);
+                    let rule = fu.as_ref().and_then(|u| {
                         let t = Target {
                             dst: k.dst_v4(),
                             proto: k.proto,
                             port: if k.proto == PROTO_ICMP { 0 } else { k.dport },
                         };
-                        explain(policy, u, t).ok()?.steps.first().cloned()
+                        explain_with_groups(policy, &u.name, u.groups.clone(), t)
+                            .ok()?
+                            .steps
+                            .first()
+                            .cloned()
                     });
+                    let u = fu.map(|u| u.name);
                     let mut v = allowed_json("flow-start", k, e, u.as_deref());
                     v["time"] = json!(at(e.created_ns) as u64);
                     v["deciding-rule"] = json!(rule);
@@ -209,7 +222,11 @@ mod tests {
             reason: DropReason::NotAuthorized as u8,
             _pad: [0; 3],
         };
-        log.record(&ev, Some("bob"), &p);
+        let bob = FlowUser {
+            name: "bob".into(),
+            groups: p.local_groups_of("bob"),
+        };
+        log.record(&ev, Some(&bob), &p);
         let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["user"], "bob");
@@ -236,7 +253,14 @@ mod tests {
             nat_port: 40000,
             ..bytemuck::Zeroable::zeroed()
         };
-        let user = |slot: u32| (slot == 7).then(|| "alice".to_owned());
+        // A directory user: no local groups, "engineering" from the directory. The rule that
+        // allowed the flow is worked out with the groups the session has.
+        let user = |slot: u32| {
+            (slot == 7).then(|| FlowUser {
+                name: "dave".into(),
+                groups: vec!["engineering".into()],
+            })
+        };
         let mut t = FlowTracker::default();
         t.scan(&[(k, e)], 5_000_000_000, &user, &p, &mut log);
         // Seen again: nothing new.
@@ -250,7 +274,7 @@ mod tests {
             .collect();
         assert_eq!(v.len(), 2, "{text}");
         assert_eq!(v[0]["event"], "flow-start");
-        assert_eq!(v[0]["user"], "alice");
+        assert_eq!(v[0]["user"], "dave");
         assert_eq!(v[0]["snat-address"], "10.0.0.1");
         assert!(
             v[0]["deciding-rule"]
@@ -261,7 +285,7 @@ mod tests {
             v[0]
         );
         assert_eq!(v[1]["event"], "flow-end");
-        assert_eq!(v[1]["user"], "alice");
+        assert_eq!(v[1]["user"], "dave");
         assert_eq!(v[1]["bytes-out"], 500);
         assert_eq!(v[1]["duration-s"], 3);
     }
