@@ -490,8 +490,10 @@ fn reload_under_traffic_loses_nothing_allowed() {
         lab.write_policy(&probe::probe_policy(200, i as u32 + 1, allow_b));
         let o = lab.reload();
         assert!(o.success(), "{o}");
+        // The bound below counts from the agent's answer, not from the CLI's start.
+        let replied = mono_ns();
         std::thread::sleep(Duration::from_millis(1500));
-        changes.push((at, allow_b));
+        changes.push((at, replied, allow_b));
     }
     let sent = sender.stop();
     let stopped = mono_ns();
@@ -509,9 +511,9 @@ fn reload_under_traffic_loses_nothing_allowed() {
     );
 
     // B: cut or admitted within a second of each reload (typically milliseconds).
-    for (n, &(at, allow_b)) in changes.iter().enumerate() {
+    for (n, &(at, replied, allow_b)) in changes.iter().enumerate() {
         let until = changes.get(n + 1).map_or(stopped, |c| c.0);
-        let settled = at + 1_000_000_000;
+        let settled = replied + 1_000_000_000;
         if allow_b {
             let first = got[1]
                 .first_after(at)
