@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::connect_hook::ConnectHook;
 use crate::directory::{DirError, Directory};
 use crate::openvpn::peer::Link;
-use crate::openvpn::session::{AuthRequest, TEMPORARY_FAILURE};
+use crate::openvpn::session::{AuthRequest, FailureCode, Refusal};
 use crate::tunnel::Authorizer;
 
 /// What a session was admitted with, beyond its certificate.
@@ -197,14 +197,15 @@ impl Authenticator {
                 Ok(v) => v,
                 Err(_) => {
                     tracing::error!(%link, "authentication panicked; connection refused");
-                    Err("internal error".into())
+                    Err(Refusal::new(FailureCode::Internal, "internal error"))
                 }
             }
         })
     }
 
-    /// `Err` is the short reason sent in `AUTH_FAILED` (and recorded in the connection log).
-    pub fn decide(&self, link: Link, req: &AuthRequest) -> Result<(), String> {
+    /// `Err` carries the short text sent in `AUTH_FAILED` and the code the connection log and
+    /// the metrics record.
+    pub fn decide(&self, link: Link, req: &AuthRequest) -> Result<(), Refusal> {
         let cn = req.identity.common_name.as_str();
         let mut grant = Grant::default();
         if let Some(dir) = &self.directory {
@@ -224,11 +225,17 @@ impl Authenticator {
                     .allowed(&source, now);
             if !allowed {
                 tracing::warn!(%link, user, "login refused: too many failed logins");
-                return Err("too many failed logins, try again later".into());
+                return Err(Refusal::new(
+                    FailureCode::RateLimited,
+                    "too many failed logins, try again later",
+                ));
             }
             if self.username_must_match_cn && user != cn {
                 tracing::warn!(%link, user, common_name = cn, "username does not match the certificate");
-                return Err("username does not match the certificate".into());
+                return Err(Refusal::new(
+                    FailureCode::UsernameMismatch,
+                    "username does not match the certificate",
+                ));
             }
             let n = self
                 .in_flight
@@ -236,8 +243,9 @@ impl Authenticator {
             let _guard = InFlight(&self.in_flight);
             if n >= MAX_LOGINS_IN_FLIGHT {
                 tracing::warn!(%link, user, in_flight = n, "login refused: too many directory logins in progress");
-                return Err(format!(
-                    "{TEMPORARY_FAILURE}directory busy, try again later"
+                return Err(Refusal::temporary(
+                    FailureCode::DirectoryBusy,
+                    "directory busy, try again later",
                 ));
             }
             let t0 = Instant::now();
@@ -246,7 +254,10 @@ impl Authenticator {
                     Some((p, c)) => (p, Some(c)),
                     None => {
                         tracing::warn!(%link, user, "login without the one-time code (no static-challenge in the profile?)");
-                        return Err("one-time code required".into());
+                        return Err(Refusal::new(
+                            FailureCode::OneTimeCode,
+                            "one-time code required",
+                        ));
                     }
                 }
             } else {
@@ -279,10 +290,7 @@ impl Authenticator {
                             .failed(&source, now);
                     }
                     tracing::warn!(%link, user, reason = %e, "directory login failed");
-                    if matches!(e, DirError::Unavailable(_)) {
-                        return Err(format!("{TEMPORARY_FAILURE}{}", e.client_message()));
-                    }
-                    return Err(e.client_message().into());
+                    return Err(e.refusal());
                 }
             }
         }
@@ -291,7 +299,7 @@ impl Authenticator {
             groups.sort();
             groups.dedup();
             if let Err(reason) = hook.decide(link, req, &groups) {
-                tracing::info!(%link, user = cn, reason, "client-connect hook refused");
+                tracing::info!(%link, user = cn, code = %reason.code, message = reason.message, "client-connect hook refused");
                 return Err(reason);
             }
         }
@@ -480,11 +488,17 @@ mod tests {
         let a = authenticator(false);
         assert_eq!(
             a.decide(link(), &request("alice", "bob", "pw")),
-            Err("username does not match the certificate".into())
+            Err(Refusal::new(
+                FailureCode::UsernameMismatch,
+                "username does not match the certificate"
+            ))
         );
         assert_eq!(
             a.decide(link(), &request("alice", "alice", "")),
-            Err("invalid username or password".into())
+            Err(Refusal::new(
+                FailureCode::InvalidCredentials,
+                "invalid username or password"
+            ))
         );
         // Used-up tokens refuse before any bind, even with the right password.
         let now = Instant::now();
@@ -493,18 +507,27 @@ mod tests {
         }
         assert_eq!(
             a.decide(link(), &request("alice", "alice", "right")),
-            Err("too many failed logins, try again later".into())
+            Err(Refusal::new(
+                FailureCode::RateLimited,
+                "too many failed logins, try again later"
+            ))
         );
         let a = authenticator(true);
         assert_eq!(
             a.decide(link(), &request("alice", "alice", "no-challenge-response")),
-            Err("one-time code required".into())
+            Err(Refusal::new(
+                FailureCode::OneTimeCode,
+                "one-time code required"
+            ))
         );
         a.in_flight
             .store(MAX_LOGINS_IN_FLIGHT, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(
             a.decide(link(), &request("alice", "alice", "pw")),
-            Err("TEMP:directory busy, try again later".into())
+            Err(Refusal::temporary(
+                FailureCode::DirectoryBusy,
+                "directory busy, try again later"
+            ))
         );
         assert_eq!(
             a.in_flight.load(std::sync::atomic::Ordering::Relaxed),

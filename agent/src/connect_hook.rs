@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::openvpn::peer::Link;
-use crate::openvpn::session::AuthRequest;
+use crate::openvpn::session::{AuthRequest, FailureCode, Refusal};
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -95,9 +95,10 @@ impl ConnectHook {
         })
     }
 
-    /// Asks the program or the URL about one connection; `Err` is the message for
-    /// `AUTH_FAILED`.
-    pub fn decide(&self, link: Link, req: &AuthRequest, groups: &[String]) -> Result<(), String> {
+    /// Asks the program or the URL about one connection; `Err` carries the message for
+    /// `AUTH_FAILED`: the hook's own on a denial (`hook_denied`), ours on any failure
+    /// (`hook_timeout`, `hook_error`).
+    pub fn decide(&self, link: Link, req: &AuthRequest, groups: &[String]) -> Result<(), Refusal> {
         let request = json!({
             "connection-id": format!("{link}"),
             "endpoint-id": self.endpoint,
@@ -115,7 +116,7 @@ impl ConnectHook {
             Target::Http { url, agent } => self.post(url, agent, &request)?,
         };
         let v: serde_json::Value = serde_json::from_str(out.trim())
-            .map_err(|_| "connection handler gave no valid answer".to_owned())?;
+            .map_err(|_| hook_error("connection handler gave no valid answer"))?;
         if v["allow"] == serde_json::Value::Bool(true) {
             Ok(())
         } else {
@@ -123,11 +124,14 @@ impl ConnectHook {
                 .as_str()
                 .unwrap_or("connection refused by policy");
             // It goes into AUTH_FAILED: printable, no commas needed, bounded.
-            Err(crate::openvpn::options::sanitize_text(msg, 200))
+            Err(Refusal::new(
+                FailureCode::HookDenied,
+                crate::openvpn::options::sanitize_text(msg, 200),
+            ))
         }
     }
 
-    fn run_program(&self, program: &Path, request: &serde_json::Value) -> Result<String, String> {
+    fn run_program(&self, program: &Path, request: &serde_json::Value) -> Result<String, Refusal> {
         let mut child = Command::new(program)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -135,7 +139,7 @@ impl ConnectHook {
             .spawn()
             .map_err(|e| {
                 tracing::error!(program = %program.display(), error = %e, "client-connect hook cannot start");
-                "connection handler unavailable".to_owned()
+                hook_error("connection handler unavailable")
             })?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(request.to_string().as_bytes());
@@ -149,7 +153,7 @@ impl ConnectHook {
                     let _ = child.kill();
                     let _ = child.wait();
                     tracing::warn!(program = %program.display(), "client-connect hook timed out");
-                    return Err("connection handler timed out".into());
+                    return Err(timed_out());
                 }
             }
         };
@@ -159,7 +163,7 @@ impl ConnectHook {
             let _ = so.by_ref().take(64 * 1024).read_to_string(&mut out);
         }
         if !status.success() {
-            return Err("connection handler failed".into());
+            return Err(hook_error("connection handler failed"));
         }
         Ok(out)
     }
@@ -169,7 +173,7 @@ impl ConnectHook {
         url: &str,
         agent: &ureq::Agent,
         request: &serde_json::Value,
-    ) -> Result<String, String> {
+    ) -> Result<String, Refusal> {
         let resp = agent
             .post(url)
             .header("content-type", "application/json")
@@ -178,16 +182,16 @@ impl ConnectHook {
             Ok(r) => r,
             Err(ureq::Error::Timeout(_)) => {
                 tracing::warn!(url, "client-connect hook timed out");
-                return Err("connection handler timed out".into());
+                return Err(timed_out());
             }
             Err(e) => {
                 tracing::error!(url, error = %e, "client-connect hook unreachable");
-                return Err("connection handler unavailable".into());
+                return Err(hook_error("connection handler unavailable"));
             }
         };
         if !resp.status().is_success() {
             tracing::warn!(url, status = %resp.status(), "client-connect hook answered with an error status");
-            return Err("connection handler failed".into());
+            return Err(hook_error("connection handler failed"));
         }
         match resp
             .body_mut()
@@ -196,10 +200,18 @@ impl ConnectHook {
             .read_to_string()
         {
             Ok(body) => Ok(body),
-            Err(ureq::Error::Timeout(_)) => Err("connection handler timed out".into()),
-            Err(_) => Err("connection handler gave no valid answer".into()),
+            Err(ureq::Error::Timeout(_)) => Err(timed_out()),
+            Err(_) => Err(hook_error("connection handler gave no valid answer")),
         }
     }
+}
+
+fn hook_error(message: &str) -> Refusal {
+    Refusal::new(FailureCode::HookError, message)
+}
+
+fn timed_out() -> Refusal {
+    Refusal::new(FailureCode::HookTimeout, "connection handler timed out")
 }
 
 #[cfg(test)]
@@ -262,16 +274,16 @@ mod tests {
         assert_eq!(h(&allow).decide(link, &req(), &[]), Ok(()));
         assert_eq!(
             h(&deny).decide(link, &req(), &[]),
-            Err("device not compliant".into())
+            Err(Refusal::new(
+                FailureCode::HookDenied,
+                "device not compliant"
+            ))
         );
         assert!(h(&garbage).decide(link, &req(), &[]).is_err());
         assert!(h(&fails).decide(link, &req(), &[]).is_err());
         let mut s = h(&slow);
         s.timeout = Duration::from_millis(300);
-        assert_eq!(
-            s.decide(link, &req(), &[]),
-            Err("connection handler timed out".into())
-        );
+        assert_eq!(s.decide(link, &req(), &[]), Err(timed_out()));
         assert!(h(&dir.join("missing")).decide(link, &req(), &[]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -344,20 +356,23 @@ mod tests {
         assert_eq!(h("/allow", long).decide(link, &req(), &groups), Ok(()));
         assert_eq!(
             h("/deny", long).decide(link, &req(), &[]),
-            Err("outside office hours".into())
+            Err(Refusal::new(
+                FailureCode::HookDenied,
+                "outside office hours"
+            ))
         );
         assert_eq!(
             h("/garbage", long).decide(link, &req(), &[]),
-            Err("connection handler gave no valid answer".into())
+            Err(hook_error("connection handler gave no valid answer"))
         );
         // A 500 refuses even with an allowing body.
         assert_eq!(
             h("/error", long).decide(link, &req(), &[]),
-            Err("connection handler failed".into())
+            Err(hook_error("connection handler failed"))
         );
         assert_eq!(
             h("/slow", Duration::from_millis(300)).decide(link, &req(), &[]),
-            Err("connection handler timed out".into())
+            Err(timed_out())
         );
         let bodies = server.join().unwrap();
         let first: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
@@ -373,7 +388,7 @@ mod tests {
         let h = ConnectHook::http(&format!("http://{closed}/"), None, "corp", long).unwrap();
         assert_eq!(
             h.decide(link, &req(), &[]),
-            Err("connection handler unavailable".into())
+            Err(hook_error("connection handler unavailable"))
         );
         assert!(ConnectHook::http("https://x/", Some(b"no pem"), "corp", long).is_err());
     }

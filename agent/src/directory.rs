@@ -27,6 +27,7 @@ use ldap3::{LdapConn, LdapConnSettings, LdapError, Scope, SearchEntry};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
+use crate::openvpn::session::{FailureCode, Refusal};
 
 /// Active Directory's LDAP_MATCHING_RULE_IN_CHAIN: transitive membership in one filter.
 const AD_IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
@@ -345,6 +346,22 @@ impl DirError {
             DirError::Protocol(_) => "directory error",
             DirError::Otp(m) => m,
         }
+    }
+
+    /// What the client is told, with the code logs and metrics use; an outage is temporary.
+    pub fn refusal(&self) -> Refusal {
+        let code = match self {
+            DirError::InvalidCredentials | DirError::UnknownUser | DirError::Missing => {
+                FailureCode::InvalidCredentials
+            }
+            DirError::Disabled => FailureCode::AccountDisabled,
+            DirError::Unavailable(_) => {
+                return Refusal::temporary(FailureCode::DirectoryUnavailable, self.client_message())
+            }
+            DirError::Protocol(_) => FailureCode::DirectoryError,
+            DirError::Otp(_) => FailureCode::OneTimeCode,
+        };
+        Refusal::new(code, self.client_message())
     }
 
     /// A label for metrics and logs.

@@ -43,8 +43,14 @@ pub struct TunnelOptions {
 }
 
 /// A connection decision: `Err` is the reason sent in `AUTH_FAILED`.
-pub type Authorizer =
-    Arc<dyn Fn(Link, &crate::openvpn::session::AuthRequest) -> Result<(), String> + Send + Sync>;
+pub type Authorizer = Arc<
+    dyn Fn(
+            Link,
+            &crate::openvpn::session::AuthRequest,
+        ) -> Result<(), crate::openvpn::session::Refusal>
+        + Send
+        + Sync,
+>;
 
 /// Called on the control thread for every server event (connect, disconnect, …): this is
 /// where the XDP clients map is kept in sync.
@@ -73,7 +79,7 @@ pub enum Command {
     Authorize {
         link: Link,
         key_id: crate::openvpn::packet::KeyId,
-        verdict: Result<(), String>,
+        verdict: Result<(), crate::openvpn::session::Refusal>,
         initial: bool,
     },
     Disconnect(u32),

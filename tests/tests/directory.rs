@@ -107,6 +107,30 @@ fn refused(c: &ProfileClient, reason: &str, within: Duration) {
     assert!(!c.log().contains(COMPLETED), "{}", c.log());
 }
 
+/// The connection log has a failed attempt with this code, certificate name and tried user
+/// name. A refused session is logged when it ends, about 5 s after AUTH_FAILED (doc §8.4).
+fn failure_logged(lab: &AgentLab, reason: &str, cn: &str, user: &str) {
+    let path = lab.dir.path().join("connections.log");
+    let found = poll(Duration::from_secs(10), || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| {
+                r["connection-attempt-status"] == "failed"
+                    && r["connection-attempt-failure-reason"] == reason
+                    && r["common-name"] == cn
+                    && r["username"] == user
+            })
+    });
+    assert!(
+        found.is_some(),
+        "no failed attempt ({reason}, common-name {cn}, username {user}) in the connection log:
+{}",
+        std::fs::read_to_string(&path).unwrap_or_default()
+    );
+}
+
 fn reaches(lab: &AgentLab, i: usize, dst: Ipv4Addr) -> bool {
     ping(lab.client_ns(i), dst, 3, Duration::from_secs(3))
 }
@@ -203,16 +227,12 @@ fn directory_logins_groups_and_outages() {
     let limited = login(&lab, 3, "erin", "alice", &ldap::password("alice"));
     refused(&limited, "too many failed logins", Duration::from_secs(10));
     drop(limited);
-    let connlog = lab.dir.path().join("connections.log");
-    // A refused session is logged when it ends, about 5 s after AUTH_FAILED (doc §8.4).
-    let reasons = poll(Duration::from_secs(10), || {
-        let t = std::fs::read_to_string(&connlog).unwrap_or_default();
-        (t.contains("account disabled") && t.contains("too many failed logins")).then_some(t)
-    });
-    assert!(
-        reasons.is_some(),
-        "connection log lacks the failure reasons"
-    );
+    // Each failure is logged with its code and the user name that was tried (the unknown
+    // one too), next to the certificate's name.
+    failure_logged(&lab, "account_disabled", "dave", "dave");
+    failure_logged(&lab, "invalid_credentials", "erin", "nobody");
+    failure_logged(&lab, "invalid_credentials", "erin", "alice");
+    failure_logged(&lab, "rate_limited", "erin", "alice");
     let metrics = scrape_metrics(&lab.gw);
     for r in ["account_disabled", "invalid_credentials", "rate_limited"] {
         assert!(
@@ -300,6 +320,7 @@ fn directory_logins_groups_and_outages() {
     slapd.stop();
     let erin = login(&lab, 4, "erin", "erin", &ldap::password("erin"));
     refused(&erin, "directory unavailable", Duration::from_secs(15));
+    failure_logged(&lab, "directory_unavailable", "erin", "erin");
     assert!(lab.agent().is_running());
     std::thread::sleep(Duration::from_secs(2));
     assert!(bob.proc.is_running());
@@ -422,6 +443,14 @@ groups = ["ledger"]
         Duration::from_secs(10),
     );
     drop(wrong);
+    // Without a certificate the session's name is the user name tried.
+    failure_logged(&lab, "hook_denied", "erin", "erin");
+    failure_logged(&lab, "invalid_credentials", "bob", "bob");
+    let metrics = scrape_metrics(&lab.gw);
+    assert!(
+        metrics.contains("portcullis_authentication_failures_total{reason=\"hook_denied\"} 1"),
+        "{metrics}"
+    );
     // Without a password the client cannot even try (no anonymous bind through the VPN).
     let empty = start(3, "alice", "");
     let got = poll(Duration::from_secs(10), || {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::packet::{ControlPacket, KeyId, Opcode, SessionId};
 use super::peer::{DataVerdict, DropCause, Link};
 use super::server::{PushSettings, Server, ServerEvent, ServerSettings};
-use super::session::{CloseReason, TlsProvider};
+use super::session::{CloseReason, FailureCode, Refusal, TlsProvider};
 use super::testclient::{client_tls, TestClient};
 use super::tls::{TlsContext, TlsOptions};
 use super::tls_crypt::{StaticKey, TlsCryptKey};
@@ -599,7 +599,10 @@ fn no_shared_cipher_is_auth_failed_after_the_key_exchange() {
     lab.server.handle_timeout(lab.now);
     assert!(matches!(
         disconnected(&lab.events()).as_slice(),
-        [CloseReason::AuthFailed(_)]
+        [CloseReason::AuthFailed(Refusal {
+            code: FailureCode::Negotiation,
+            ..
+        })]
     ));
 }
 
@@ -789,14 +792,16 @@ fn updated_settings_apply_to_new_sessions() {
 
 /// External authentication (directory, hook): nothing is pushed and no address is handed out
 /// before the verdict (the CVE-2020-15078 class), other sessions proceed meanwhile, a
-/// temporary refusal goes out as `AUTH_FAILED,TEMP[backoff N]:…` and the log reason has no
-/// marker.
+/// temporary refusal goes out as `AUTH_FAILED,TEMP[backoff N]:…`, and the ended attempt
+/// carries the refusal's code and the user name that was tried.
 #[test]
 fn external_auth_waits_for_the_verdict_and_temporary_refusals() {
     use super::server::AuthMode;
     let mut lab = Lab::with(false, |s| s.auth = AuthMode::External);
     let (la, lb) = (link(40020), link(40021));
     let mut a = lab.client("alice");
+    a.username = "alice.smith".into();
+    a.password = "pw".into();
     let mut b = lab.client("bob");
     lab.pump(&mut a, la);
     lab.pump(&mut b, lb);
@@ -825,9 +830,9 @@ fn external_auth_waits_for_the_verdict_and_temporary_refusals() {
     lab.server.authorize_external(
         la,
         ka,
-        Err(format!(
-            "{}directory unavailable",
-            super::session::TEMPORARY_FAILURE
+        Err(Refusal::temporary(
+            FailureCode::DirectoryUnavailable,
+            "directory unavailable",
         )),
         true,
         lab.now,
@@ -841,10 +846,28 @@ fn external_auth_waits_for_the_verdict_and_temporary_refusals() {
     lab.now += Duration::from_secs(6);
     lab.server.handle_timeout(lab.now);
     let evs = lab.events();
-    assert!(
-        disconnected(&evs).contains(&CloseReason::AuthFailed("directory unavailable".into())),
-        "{evs:?}"
+    let ended = evs
+        .iter()
+        .find_map(|e| match e {
+            ServerEvent::Disconnected {
+                link,
+                reason,
+                username,
+                common_name,
+                tunnel_addr,
+                ..
+            } if *link == la => Some((reason, username, common_name, tunnel_addr)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("alice's attempt did not end: {evs:?}"));
+    assert_eq!(ended.0.failure_code(), FailureCode::DirectoryUnavailable);
+    assert_eq!(
+        ended.0.to_string(),
+        "authentication failed: directory unavailable"
     );
+    assert_eq!(ended.1.as_deref(), Some("alice.smith"));
+    assert_eq!(ended.2.as_deref(), Some("alice"));
+    assert_eq!(*ended.3, None, "no address for a refused attempt");
 }
 
 /// The user name of key 0 is the session's: a renegotiation with another one ends it (its
