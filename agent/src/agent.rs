@@ -384,30 +384,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
             l.policy.local_groups_of(u)
         })
     };
-    let hook_timeout = Duration::from_secs(cfg.client_connect_timeout_secs);
-    let hook = match (&cfg.client_connect, &cfg.client_connect_url) {
-        (Some(p), _) => {
-            let mut h = crate::connect_hook::ConnectHook::new(p, &cfg.name);
-            h.timeout = hook_timeout;
-            Some(h)
-        }
-        (None, Some(url)) => {
-            let ca =
-                match &cfg.client_connect_ca_file {
-                    Some(p) => Some(std::fs::read(p).with_context(|| {
-                        format!("reading client_connect_ca_file {}", p.display())
-                    })?),
-                    None => None,
-                };
-            Some(crate::connect_hook::ConnectHook::http(
-                url,
-                ca.as_deref(),
-                &cfg.name,
-                hook_timeout,
-            )?)
-        }
-        (None, None) => None,
-    };
+    let hook = crate::connect_hook::ConnectHook::from_config(&cfg)?;
     let authorizer: Option<crate::tunnel::Authorizer> = if hook.is_some() || directory.is_some() {
         settings.auth = crate::openvpn::server::AuthMode::External;
         let window = Duration::from_secs(cfg.auth.failed_login_window_secs.max(1));

@@ -57,6 +57,30 @@ impl ConnectHook {
         }
     }
 
+    /// The hook an endpoint's configuration asks for, if any: `client_connect` (a program) or
+    /// `client_connect_url` (with `client_connect_ca_file` for a private CA).
+    pub fn from_config(cfg: &crate::config::EndpointConfig) -> anyhow::Result<Option<Self>> {
+        use anyhow::Context as _;
+        let timeout = Duration::from_secs(cfg.client_connect_timeout_secs);
+        Ok(match (&cfg.client_connect, &cfg.client_connect_url) {
+            (Some(p), _) => {
+                let mut h = Self::new(p, &cfg.name);
+                h.timeout = timeout;
+                Some(h)
+            }
+            (None, Some(url)) => {
+                let ca = match &cfg.client_connect_ca_file {
+                    Some(p) => Some(std::fs::read(p).with_context(|| {
+                        format!("reading client_connect_ca_file {}", p.display())
+                    })?),
+                    None => None,
+                };
+                Some(Self::http(url, ca.as_deref(), &cfg.name, timeout)?)
+            }
+            (None, None) => None,
+        })
+    }
+
     /// The HTTP variant: `url` is `http://…` or `https://…`; `ca_pem` replaces the web roots
     /// for https (a private CA).
     pub fn http(
@@ -288,53 +312,102 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Reads one HTTP/1.1 request from `s` and answers by path; the request body, or None if
+    /// the request did not arrive (a refused TLS handshake).
+    fn answer(s: &mut (impl Read + Write)) -> Option<String> {
+        let mut req = Vec::new();
+        let mut byte = [0u8; 1];
+        while !req.ends_with(b"\r\n\r\n") {
+            if req.len() > 16 * 1024 || s.read(&mut byte).ok()? == 0 {
+                return None;
+            }
+            req.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&req).into_owned();
+        let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let len = head
+            .lines()
+            .find_map(|h| {
+                h.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        s.read_exact(&mut body).ok()?;
+        let (status, answer) = match path.as_str() {
+            "/allow" => ("200 OK", r#"{"allow":true}"#),
+            "/deny" => (
+                "200 OK",
+                r#"{"allow":false,"error-msg-on-denied-connection":"outside office hours"}"#,
+            ),
+            "/garbage" => ("200 OK", "hello"),
+            "/slow" => {
+                std::thread::sleep(Duration::from_millis(1500));
+                ("200 OK", r#"{"allow":true}"#)
+            }
+            _ => ("500 Internal Server Error", r#"{"allow":true}"#),
+        };
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+            answer.len()
+        );
+        let _ = s.flush();
+        Some(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// A one-thread HTTP/1.1 server on 127.0.0.1 answering by path; it records the request
     /// bodies. Serves at most `n` requests, each bounded in time.
     fn http_server(n: usize) -> (String, std::thread::JoinHandle<Vec<String>>) {
-        use std::io::BufRead;
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", l.local_addr().unwrap());
         let t = std::thread::spawn(move || {
             let mut bodies = Vec::new();
             for _ in 0..n {
+                let Ok((mut s, _)) = l.accept() else { break };
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                bodies.extend(answer(&mut s));
+            }
+            bodies
+        });
+        (base, t)
+    }
+
+    /// The same over TLS (rustls, ring) with `cert` for 127.0.0.1; `n` connections, bodies of
+    /// the requests that got through the handshake.
+    fn https_server(
+        cert: &crate::pki::IssuedCert,
+        n: usize,
+    ) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let config = std::sync::Arc::new(
+            rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        );
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("https://{}", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let mut bodies = Vec::new();
+            for _ in 0..n {
                 let Ok((s, _)) = l.accept() else { break };
                 s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
-                let mut line = String::new();
-                r.read_line(&mut line).unwrap();
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-                let mut len = 0;
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; len];
-                r.read_exact(&mut body).unwrap();
-                bodies.push(String::from_utf8_lossy(&body).into_owned());
-                let (status, answer) = match path.as_str() {
-                    "/allow" => ("200 OK", r#"{"allow":true}"#),
-                    "/deny" => (
-                        "200 OK",
-                        r#"{"allow":false,"error-msg-on-denied-connection":"outside office hours"}"#,
-                    ),
-                    "/garbage" => ("200 OK", "hello"),
-                    "/slow" => {
-                        std::thread::sleep(Duration::from_millis(1500));
-                        ("200 OK", r#"{"allow":true}"#)
-                    }
-                    _ => ("500 Internal Server Error", r#"{"allow":true}"#),
-                };
-                let mut w = s;
-                let _ = write!(
-                    w,
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, s);
+                bodies.extend(answer(&mut tls));
+                // close_notify, so the client reads a clean end of the answer.
+                tls.conn.send_close_notify();
+                let _ = tls.conn.complete_io(&mut tls.sock);
             }
             bodies
         });
@@ -391,5 +464,78 @@ mod tests {
             Err(hook_error("connection handler unavailable"))
         );
         assert!(ConnectHook::http("https://x/", Some(b"no pem"), "corp", long).is_err());
+    }
+
+    /// An `https://` hook with a private CA, configured as in an endpoint file
+    /// (`client_connect_url` + a relative `client_connect_ca_file`): allow and deny with its
+    /// message go through; a server whose certificate another CA signed is refused (fail
+    /// closed) and never sees the request; without the CA file the web roots do not trust
+    /// the private CA either.
+    #[test]
+    fn https_with_a_private_ca() {
+        use crate::pki::{CertificateAuthority, Validity};
+        let v = || Validity::days_from_now(1);
+        let ca = CertificateAuthority::generate("hook CA", v()).unwrap();
+        let other = CertificateAuthority::generate("hook CA", v()).unwrap();
+        let (good, good_srv) = https_server(&ca.issue_server("127.0.0.1", v()).unwrap(), 3);
+        let (rogue, rogue_srv) = https_server(&other.issue_server("127.0.0.1", v()).unwrap(), 1);
+        let dir = std::env::temp_dir().join(format!("pc-hook-https-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hook-ca.pem"), ca.cert_pem()).unwrap();
+        let hook = |url: &str, ca_file: bool| {
+            let file = dir.join("endpoint.toml");
+            let ca_line = if ca_file {
+                "client_connect_ca_file = \"hook-ca.pem\"\n"
+            } else {
+                ""
+            };
+            std::fs::write(
+                &file,
+                format!(
+                    "name = \"corp\"\nclient_cidr = \"10.100.0.0/22\"\nlisten = [\"udp://0.0.0.0:1194\"]\n\
+                     client_connect_url = \"{url}\"\n{ca_line}client_connect_timeout_secs = 5\n\
+                     [tls]\ncert = \"s.crt\"\nkey = \"s.key\"\nclient_ca = \"ca.crt\"\n"
+                ),
+            )
+            .unwrap();
+            let cfg = crate::config::EndpointConfig::load_unvalidated(&file).unwrap();
+            ConnectHook::from_config(&cfg).unwrap().expect("a hook")
+        };
+        let link = Link::Udp {
+            listener: 0,
+            addr: "192.0.2.11:5000".parse().unwrap(),
+        };
+        assert_eq!(
+            hook(&format!("{good}/allow"), true).decide(link, &req(), &[]),
+            Ok(())
+        );
+        assert_eq!(
+            hook(&format!("{good}/deny"), true).decide(link, &req(), &[]),
+            Err(Refusal::new(
+                FailureCode::HookDenied,
+                "outside office hours"
+            ))
+        );
+        assert_eq!(
+            hook(&format!("{rogue}/allow"), true).decide(link, &req(), &[]),
+            Err(hook_error("connection handler unavailable"))
+        );
+        assert_eq!(
+            hook(&format!("{good}/allow"), false).decide(link, &req(), &[]),
+            Err(hook_error("connection handler unavailable"))
+        );
+        let bodies = good_srv.join().unwrap();
+        assert_eq!(
+            bodies.len(),
+            2,
+            "allow and deny reached the server: {bodies:?}"
+        );
+        let first: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+        assert_eq!(first["common-name"], "alice");
+        assert!(
+            rogue_srv.join().unwrap().is_empty(),
+            "the request went to a server the CA did not sign"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
