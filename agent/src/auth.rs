@@ -206,6 +206,9 @@ impl Authenticator {
     /// `Err` carries the short text sent in `AUTH_FAILED` and the code the connection log and
     /// the metrics record.
     pub fn decide(&self, link: Link, req: &AuthRequest) -> Result<(), Refusal> {
+        if !req.initial {
+            return self.reverify(link, req);
+        }
         let cn = req.identity.common_name.as_str();
         let mut grant = Grant::default();
         if let Some(dir) = &self.directory {
@@ -305,6 +308,54 @@ impl Authenticator {
         }
         self.grants.offer(link, grant);
         Ok(())
+    }
+
+    /// A renegotiation. Without an `auth-token` (none is pushed), a 2.6 client sends its user
+    /// name and password again with every key exchange; OpenVPN's own server checks them
+    /// again too, so a password changed (or an account disabled or removed) since the login
+    /// ends the session at its next renegotiation instead of lasting until the session
+    /// timeout. The user name cannot change (the session refuses that before). Not asked
+    /// again: the hook (AWS runs it at connection time only) and a one-time code (the resent
+    /// one was used at login). An outage keeps the session: the directory's absence revokes
+    /// nothing, as with the group re-check.
+    fn reverify(&self, link: Link, req: &AuthRequest) -> Result<(), Refusal> {
+        let Some(dir) = &self.directory else {
+            return Ok(());
+        };
+        let user = req.username.as_str();
+        let password = if self.otp {
+            match crate::otp::parse_scrv1(req.password.expose()) {
+                Some((p, _)) => p,
+                None => {
+                    tracing::warn!(%link, user, "renegotiation without the static-challenge response");
+                    return Err(Refusal::new(
+                        FailureCode::OneTimeCode,
+                        "one-time code required",
+                    ));
+                }
+            }
+        } else {
+            req.password.expose().to_owned()
+        };
+        let n = self
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _guard = InFlight(&self.in_flight);
+        if n >= MAX_LOGINS_IN_FLIGHT {
+            tracing::warn!(%link, user, "renegotiation not re-checked: too many directory logins in progress");
+            return Ok(());
+        }
+        match dir.authenticate(user, &password) {
+            Ok(_) => Ok(()),
+            Err(e @ (DirError::Unavailable(_) | DirError::Protocol(_))) => {
+                tracing::warn!(%link, user, error = %e, "renegotiation not re-checked: directory unavailable; session kept");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(%link, user, reason = %e, "renegotiation refused by the directory; session ended");
+                Err(e.refusal())
+            }
+        }
     }
 
     /// The TOTP code for `user`, once per time step.
@@ -537,6 +588,69 @@ mod tests {
         assert!(
             a.grants.pending.lock().unwrap().is_empty(),
             "no grant for a refusal"
+        );
+    }
+
+    /// Renegotiations are re-checked by the directory only: no rate limit, no name match,
+    /// no hook, no grant; an empty password is refused before any bind, an unreachable
+    /// directory keeps the session.
+    #[test]
+    fn renegotiations_recheck_only_the_password() {
+        let renegotiation = |cn: &str, user: &str, pw: &str| AuthRequest {
+            initial: false,
+            key_id: crate::openvpn::packet::KeyId::ZERO.next(),
+            ..request(cn, user, pw)
+        };
+        let a = authenticator(false);
+        let now = Instant::now();
+        for _ in 0..2 {
+            a.per_user.lock().unwrap().failed("user:alice", now);
+        }
+        assert_eq!(
+            a.decide(link(), &renegotiation("alice", "alice", "")),
+            Err(Refusal::new(
+                FailureCode::InvalidCredentials,
+                "invalid username or password"
+            )),
+            "an empty password on a renegotiation ends the session"
+        );
+        // Nothing listens on 127.0.0.1:1: the directory is unavailable, the session stays.
+        let cfg: crate::directory::DirectoryConfig = toml::from_str(
+            r#"
+            url = "ldap://127.0.0.1:1"
+            user_dn_template = "uid={username},dc=example,dc=org"
+            connect_timeout_secs = 1
+            timeout_secs = 1
+            "#,
+        )
+        .unwrap();
+        let a = Authenticator {
+            directory: Some(Arc::new(Directory::new(&cfg).unwrap())),
+            ..authenticator(false)
+        };
+        assert_eq!(
+            a.decide(link(), &renegotiation("alice", "alice", "pw")),
+            Ok(())
+        );
+        let otp = authenticator(true);
+        assert_eq!(
+            otp.decide(
+                link(),
+                &renegotiation("alice", "alice", "no-challenge-response")
+            ),
+            Err(Refusal::new(
+                FailureCode::OneTimeCode,
+                "one-time code required"
+            ))
+        );
+        assert!(a.grants.pending.lock().unwrap().is_empty(), "no grant");
+        let none = Authenticator {
+            directory: None,
+            ..authenticator(false)
+        };
+        assert_eq!(
+            none.decide(link(), &renegotiation("alice", "bob", "")),
+            Ok(())
         );
     }
 

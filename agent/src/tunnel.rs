@@ -38,7 +38,8 @@ pub struct TunnelOptions {
     /// Packet workers; 0 = one per CPU.
     pub workers: usize,
     /// With `AuthMode::External`: decides each new connection (run on its own thread, so a
-    /// slow decision never stalls the control thread). Renegotiations are accepted.
+    /// slow decision never stalls the control thread). Renegotiations are decided by it too
+    /// (`AuthRequest::initial` is false).
     pub authorizer: Option<Authorizer>,
 }
 
@@ -849,8 +850,9 @@ fn flush(c: &mut ControlCtx) {
     while let Some(ev) = c.server.poll_event() {
         if let ServerEvent::AuthRequired { link, request } = &ev {
             let (link, key_id, initial) = (*link, request.key_id, request.initial);
-            match (&c.authorizer, initial) {
-                (Some(a), true) => {
+            match &c.authorizer {
+                // Renegotiations too: the directory checks the resent password (auth.rs).
+                Some(a) => {
                     let (a, req, tx) = (a.clone(), request.clone(), c.ctl_tx.clone());
                     std::thread::spawn(move || {
                         let verdict = a(link, &req);
@@ -862,7 +864,7 @@ fn flush(c: &mut ControlCtx) {
                         }));
                     });
                 }
-                _ => {
+                None => {
                     let _ = c.ctl_tx.try_send(Ctl::Cmd(Command::Authorize {
                         link,
                         key_id,

@@ -69,6 +69,14 @@ description = "only finance reaches the ledger host"
 /// `openvpn` in client namespace `i` with `cert_cn`'s exported profile and `user`/`pass`
 /// in a credentials file (the profile's bare `auth-user-pass` would prompt).
 fn login(lab: &AgentLab, i: usize, cert_cn: &str, user: &str, pass: &str) -> ProfileClient {
+    ProfileClient::start(
+        lab.client_ns(i),
+        &login_profile(lab, i, cert_cn, user, pass),
+    )
+}
+
+/// `cert_cn`'s exported profile reading `user`/`pass` from a file.
+fn login_profile(lab: &AgentLab, i: usize, cert_cn: &str, user: &str, pass: &str) -> String {
     let profile = lab.export_profile(cert_cn);
     assert!(
         profile.contains("\nauth-user-pass\n"),
@@ -79,11 +87,10 @@ fn login(lab: &AgentLab, i: usize, cert_cn: &str, user: &str, pass: &str) -> Pro
         .path()
         .join(format!("creds-{i}-{}", tests::unique("c")));
     std::fs::write(&creds, format!("{user}\n{pass}\n")).unwrap();
-    let profile = profile.replace(
+    profile.replace(
         "\nauth-user-pass\n",
         &format!("\nauth-user-pass {}\n", creds.display()),
-    );
-    ProfileClient::start(lab.client_ns(i), &profile)
+    )
 }
 
 fn connected(lab: &AgentLab, c: &ProfileClient, who: &str) {
@@ -329,6 +336,77 @@ fn directory_logins_groups_and_outages() {
         "bob lost his groups while the directory was down"
     );
     eprintln!("directory e2e took {:?}", t0.elapsed());
+}
+
+/// Renegotiations re-check the password the client sends again: alice's password changes in
+/// the directory while she is connected, and her next renegotiation (every 4 s here) ends the
+/// session with AUTH_FAILED; bob renegotiates with his unchanged one and keeps his session.
+#[test]
+fn renegotiation_rechecks_the_password() {
+    require_root!();
+    let mut slapd = Slapd::prepare(LDAP_PORT, true);
+    let secret = slapd.dir().join("svc.pw");
+    std::fs::write(&secret, format!("{}\n", ldap::SERVICE_PW)).unwrap();
+    let lab = AgentLab::new(2, &["alice", "bob"], &policy(&slapd, &secret));
+    slapd.launch(&lab.gw);
+    let slapd = &mut slapd;
+    let with_reneg = |i: usize, who: &str| {
+        let profile = login_profile(&lab, i, who, who, &ldap::password(who));
+        assert!(profile.contains("\nverb 3\n"), "{profile}");
+        // The client renegotiates every 4 s and resends its cached password each time (no
+        // auth-token is pushed).
+        ProfileClient::start(
+            lab.client_ns(i),
+            &profile.replacen("\nverb 3\n", "\nreneg-sec 4\nverb 3\n", 1),
+        )
+    };
+    let alice = with_reneg(0, "alice");
+    let bob = with_reneg(1, "bob");
+    connected(&lab, &alice, "alice");
+    connected(&lab, &bob, "bob");
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: userPassword\nuserPassword: changed-by-helpdesk\n",
+        user_dn("alice")
+    ));
+    let cut = poll(Duration::from_secs(15), || {
+        alice.log().contains("AUTH_FAILED").then_some(())
+    });
+    assert!(
+        cut.is_some(),
+        "alice kept her session after her password changed:\n{}\nagent:\n{}",
+        alice.log(),
+        lab.agent().log_tail(30)
+    );
+    assert!(
+        alice.log().contains("invalid username or password"),
+        "{}",
+        alice.log()
+    );
+    let ended = poll(Duration::from_secs(10), || {
+        (!alice.proc.is_running()).then_some(())
+    });
+    assert!(
+        ended.is_some(),
+        "alice's client did not stop: {}",
+        alice.log()
+    );
+    assert!(
+        bob.log().contains("soft reset"),
+        "bob did not renegotiate:\n{}",
+        bob.log()
+    );
+    assert!(bob.proc.is_running(), "{}", bob.log());
+    assert!(
+        reaches(&lab, 1, SERVER),
+        "bob (finance) → {SERVER} after renegotiating"
+    );
+    assert!(
+        lab.agent()
+            .log()
+            .contains("renegotiation refused by the directory"),
+        "{}",
+        lab.agent().log_tail(30)
+    );
 }
 
 /// Directory only (AWS's Active Directory mode): stock clients with `auth-user-pass` and no
@@ -586,7 +664,11 @@ all_users = true
     let profile = tests::agent::cli_ok(&["client-config", "export", "--config", &lab.config_arg()]);
     let challenge = "\nstatic-challenge \"Enter your authenticator code\" 1\n";
     assert!(profile.contains(challenge), "{profile}");
-    let profile = profile.replace(challenge, "\n");
+    // Renegotiations every 3 s: alice's client resends the SCRV1 string of her login.
+    let profile =
+        profile
+            .replace(challenge, "\n")
+            .replacen("\nverb 3\n", "\nreneg-sec 3\nverb 3\n", 1);
     let mut n = 0;
     let mut start = |i: usize, user: &str, password: &str| {
         n += 1;
@@ -635,6 +717,14 @@ all_users = true
         Duration::from_secs(10),
     );
     drop(replay);
+    // Her renegotiations re-check the password only (the code was used at login): two
+    // soft resets later she is still connected.
+    let renegotiated = poll(Duration::from_secs(12), || {
+        (alice.log().matches("soft reset").count() >= 2).then_some(())
+    });
+    assert!(renegotiated.is_some(), "{}", alice.log());
+    assert!(!alice.log().contains("AUTH_FAILED"), "{}", alice.log());
+    assert!(reaches(&lab, 0, SERVER), "alice after renegotiating");
     slapd.stop();
 }
 

@@ -899,3 +899,90 @@ fn user_name_cannot_change_on_renegotiation() {
         "{evs:?}"
     );
 }
+
+/// With external authentication, a renegotiation waits for its own verdict (the directory
+/// checks the resent password): the old key carries on meanwhile, an accepted one rekeys, a
+/// refused one sends AUTH_FAILED and ends the established session with that code.
+#[test]
+fn renegotiation_verdicts_under_external_auth() {
+    use super::server::AuthMode;
+    let mut lab = Lab::with(false, |s| s.auth = AuthMode::External);
+    let l = link(40040);
+    let mut c = lab.client("alice");
+    c.username = "alice".into();
+    c.password = "pw".into();
+    lab.pump(&mut c, l);
+    let pending = |evs: &[ServerEvent]| {
+        evs.iter()
+            .find_map(|e| match e {
+                ServerEvent::AuthRequired { request, .. } => Some((
+                    request.key_id,
+                    request.initial,
+                    request.password.expose().to_owned(),
+                )),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no AuthRequired: {evs:?}"))
+    };
+    let (k0, initial, _) = pending(&lab.events());
+    assert!(initial);
+    lab.server.authorize_external(l, k0, Ok(()), true, lab.now);
+    lab.pump(&mut c, l);
+    assert!(c.push_reply.is_some());
+    lab.events();
+
+    c.renegotiate();
+    lab.pump(&mut c, l);
+    let evs = lab.events();
+    let (k1, initial, pw) = pending(&evs);
+    assert!(
+        !initial && pw == "pw",
+        "the renegotiation carries the password again"
+    );
+    assert!(
+        !evs.iter().any(|e| matches!(e, ServerEvent::Rekeyed { .. })),
+        "rekeyed before the verdict: {evs:?}"
+    );
+    lab.server.authorize_external(l, k1, Ok(()), false, lab.now);
+    lab.pump(&mut c, l);
+    assert!(lab
+        .events()
+        .iter()
+        .any(|e| matches!(e, ServerEvent::Rekeyed { .. })));
+
+    // The password changed in the directory meanwhile: the next renegotiation is refused.
+    c.renegotiate();
+    lab.pump(&mut c, l);
+    let (k2, _, _) = pending(&lab.events());
+    lab.server.authorize_external(
+        l,
+        k2,
+        Err(Refusal::new(
+            FailureCode::InvalidCredentials,
+            "invalid username or password",
+        )),
+        false,
+        lab.now,
+    );
+    lab.pump(&mut c, l);
+    assert_eq!(
+        c.auth_failed.as_deref(),
+        Some("invalid username or password")
+    );
+    lab.now += Duration::from_secs(6);
+    lab.server.handle_timeout(lab.now);
+    let evs = lab.events();
+    let ended = evs
+        .iter()
+        .find_map(|e| match e {
+            ServerEvent::Disconnected {
+                reason,
+                tunnel_addr,
+                ..
+            } => Some((reason.failure_code(), *tunnel_addr)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the session did not end: {evs:?}"));
+    assert_eq!(ended.0, FailureCode::InvalidCredentials);
+    assert!(ended.1.is_some(), "it was an established session");
+}
