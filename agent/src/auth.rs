@@ -614,6 +614,14 @@ mod tests {
             )),
             "an empty password on a renegotiation ends the session"
         );
+        assert_eq!(
+            a.decide(link(), &renegotiation("alice", "bob", "")),
+            Err(Refusal::new(
+                FailureCode::InvalidCredentials,
+                "invalid username or password"
+            )),
+            "no username_must_match_cn check on a renegotiation (the session holds the name)"
+        );
         // Nothing listens on 127.0.0.1:1: the directory is unavailable, the session stays.
         let cfg: crate::directory::DirectoryConfig = toml::from_str(
             r#"

@@ -363,19 +363,6 @@ impl DirError {
         };
         Refusal::new(code, self.client_message())
     }
-
-    /// A label for metrics and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DirError::InvalidCredentials => "wrong_password",
-            DirError::UnknownUser => "unknown_user",
-            DirError::Disabled => "disabled",
-            DirError::Missing => "missing_credentials",
-            DirError::Unavailable(_) => "directory_unavailable",
-            DirError::Protocol(_) => "directory_error",
-            DirError::Otp(_) => "one_time_code",
-        }
-    }
 }
 
 fn unavailable(e: LdapError) -> DirError {
@@ -1004,6 +991,21 @@ mod tests {
         assert_eq!(
             DirError::Unavailable("x".into()).client_message(),
             "directory unavailable"
+        );
+        // Nor do the codes in logs and metrics; only an outage is temporary.
+        assert_eq!(DirError::UnknownUser.refusal(), DirError::Missing.refusal());
+        assert_eq!(
+            DirError::UnknownUser.refusal(),
+            DirError::InvalidCredentials.refusal()
+        );
+        assert_eq!(
+            DirError::Unavailable("x".into()).refusal(),
+            Refusal::temporary(FailureCode::DirectoryUnavailable, "directory unavailable")
+        );
+        assert!(!DirError::Disabled.refusal().temporary);
+        assert_eq!(
+            DirError::Disabled.refusal().code,
+            FailureCode::AccountDisabled
         );
     }
 }
