@@ -143,11 +143,8 @@ fn flow_user(
     };
     let l = live.lock().unwrap_or_else(|e| e.into_inner());
     let grant = l.grants.get(slot).unwrap_or_default();
-    let groups = crate::auth::combined_groups(
-        &|u: &str| l.policy.local_groups_of(u),
-        common_name,
-        &grant,
-    );
+    let groups =
+        crate::auth::combined_groups(&|u: &str| l.policy.local_groups_of(u), common_name, &grant);
     let name = if grant.username.is_empty() {
         common_name.clone()
     } else {
@@ -415,30 +412,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
             l.policy.local_groups_of(u)
         })
     };
-    let hook_timeout = Duration::from_secs(cfg.client_connect_timeout_secs);
-    let hook = match (&cfg.client_connect, &cfg.client_connect_url) {
-        (Some(p), _) => {
-            let mut h = crate::connect_hook::ConnectHook::new(p, &cfg.name);
-            h.timeout = hook_timeout;
-            Some(h)
-        }
-        (None, Some(url)) => {
-            let ca =
-                match &cfg.client_connect_ca_file {
-                    Some(p) => Some(std::fs::read(p).with_context(|| {
-                        format!("reading client_connect_ca_file {}", p.display())
-                    })?),
-                    None => None,
-                };
-            Some(crate::connect_hook::ConnectHook::http(
-                url,
-                ca.as_deref(),
-                &cfg.name,
-                hook_timeout,
-            )?)
-        }
-        (None, None) => None,
-    };
+    let hook = crate::connect_hook::ConnectHook::from_config(&cfg)?;
     let authorizer: Option<crate::tunnel::Authorizer> = if hook.is_some() || directory.is_some() {
         settings.auth = crate::openvpn::server::AuthMode::External;
         let window = Duration::from_secs(cfg.auth.failed_login_window_secs.max(1));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::connect_hook::ConnectHook;
 use crate::directory::{DirError, Directory};
 use crate::openvpn::peer::Link;
-use crate::openvpn::session::{AuthRequest, TEMPORARY_FAILURE};
+use crate::openvpn::session::{AuthRequest, FailureCode, Refusal};
 use crate::tunnel::Authorizer;
 
 /// What a session was admitted with, beyond its certificate.
@@ -200,14 +200,18 @@ impl Authenticator {
                 Ok(v) => v,
                 Err(_) => {
                     tracing::error!(%link, "authentication panicked; connection refused");
-                    Err("internal error".into())
+                    Err(Refusal::new(FailureCode::Internal, "internal error"))
                 }
             }
         })
     }
 
-    /// `Err` is the short reason sent in `AUTH_FAILED` (and recorded in the connection log).
-    pub fn decide(&self, link: Link, req: &AuthRequest) -> Result<(), String> {
+    /// `Err` carries the short text sent in `AUTH_FAILED` and the code the connection log and
+    /// the metrics record.
+    pub fn decide(&self, link: Link, req: &AuthRequest) -> Result<(), Refusal> {
+        if !req.initial {
+            return self.reverify(link, req);
+        }
         let cn = req.identity.common_name.as_str();
         let mut grant = Grant::default();
         if let Some(dir) = &self.directory {
@@ -227,11 +231,17 @@ impl Authenticator {
                     .allowed(&source, now);
             if !allowed {
                 tracing::warn!(%link, user, "login refused: too many failed logins");
-                return Err("too many failed logins, try again later".into());
+                return Err(Refusal::new(
+                    FailureCode::RateLimited,
+                    "too many failed logins, try again later",
+                ));
             }
             if self.username_must_match_cn && user != cn {
                 tracing::warn!(%link, user, common_name = cn, "username does not match the certificate");
-                return Err("username does not match the certificate".into());
+                return Err(Refusal::new(
+                    FailureCode::UsernameMismatch,
+                    "username does not match the certificate",
+                ));
             }
             let n = self
                 .in_flight
@@ -239,8 +249,9 @@ impl Authenticator {
             let _guard = InFlight(&self.in_flight);
             if n >= MAX_LOGINS_IN_FLIGHT {
                 tracing::warn!(%link, user, in_flight = n, "login refused: too many directory logins in progress");
-                return Err(format!(
-                    "{TEMPORARY_FAILURE}directory busy, try again later"
+                return Err(Refusal::temporary(
+                    FailureCode::DirectoryBusy,
+                    "directory busy, try again later",
                 ));
             }
             let t0 = Instant::now();
@@ -249,7 +260,10 @@ impl Authenticator {
                     Some((p, c)) => (p, Some(c)),
                     None => {
                         tracing::warn!(%link, user, "login without the one-time code (no static-challenge in the profile?)");
-                        return Err("one-time code required".into());
+                        return Err(Refusal::new(
+                            FailureCode::OneTimeCode,
+                            "one-time code required",
+                        ));
                     }
                 }
             } else {
@@ -282,10 +296,7 @@ impl Authenticator {
                             .failed(&source, now);
                     }
                     tracing::warn!(%link, user, reason = %e, "directory login failed");
-                    if matches!(e, DirError::Unavailable(_)) {
-                        return Err(format!("{TEMPORARY_FAILURE}{}", e.client_message()));
-                    }
-                    return Err(e.client_message().into());
+                    return Err(e.refusal());
                 }
             }
         }
@@ -294,12 +305,60 @@ impl Authenticator {
             groups.sort();
             groups.dedup();
             if let Err(reason) = hook.decide(link, req, &groups) {
-                tracing::info!(%link, user = cn, reason, "client-connect hook refused");
+                tracing::info!(%link, user = cn, code = %reason.code, message = reason.message, "client-connect hook refused");
                 return Err(reason);
             }
         }
         self.grants.offer(link, req.session, grant);
         Ok(())
+    }
+
+    /// A renegotiation. Without an `auth-token` (none is pushed), a 2.6 client sends its user
+    /// name and password again with every key exchange; OpenVPN's own server checks them
+    /// again too, so a password changed (or an account disabled or removed) since the login
+    /// ends the session at its next renegotiation instead of lasting until the session
+    /// timeout. The user name cannot change (the session refuses that before). Not asked
+    /// again: the hook (AWS runs it at connection time only) and a one-time code (the resent
+    /// one was used at login). An outage keeps the session: the directory's absence revokes
+    /// nothing, as with the group re-check.
+    fn reverify(&self, link: Link, req: &AuthRequest) -> Result<(), Refusal> {
+        let Some(dir) = &self.directory else {
+            return Ok(());
+        };
+        let user = req.username.as_str();
+        let password = if self.otp {
+            match crate::otp::parse_scrv1(req.password.expose()) {
+                Some((p, _)) => p,
+                None => {
+                    tracing::warn!(%link, user, "renegotiation without the static-challenge response");
+                    return Err(Refusal::new(
+                        FailureCode::OneTimeCode,
+                        "one-time code required",
+                    ));
+                }
+            }
+        } else {
+            req.password.expose().to_owned()
+        };
+        let n = self
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _guard = InFlight(&self.in_flight);
+        if n >= MAX_LOGINS_IN_FLIGHT {
+            tracing::warn!(%link, user, "renegotiation not re-checked: too many directory logins in progress");
+            return Ok(());
+        }
+        match dir.authenticate(user, &password) {
+            Ok(_) => Ok(()),
+            Err(e @ (DirError::Unavailable(_) | DirError::Protocol(_))) => {
+                tracing::warn!(%link, user, error = %e, "renegotiation not re-checked: directory unavailable; session kept");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(%link, user, reason = %e, "renegotiation refused by the directory; session ended");
+                Err(e.refusal())
+            }
+        }
     }
 
     /// The TOTP code for `user`, once per time step.
@@ -487,11 +546,17 @@ mod tests {
         let a = authenticator(false);
         assert_eq!(
             a.decide(link(), &request("alice", "bob", "pw")),
-            Err("username does not match the certificate".into())
+            Err(Refusal::new(
+                FailureCode::UsernameMismatch,
+                "username does not match the certificate"
+            ))
         );
         assert_eq!(
             a.decide(link(), &request("alice", "alice", "")),
-            Err("invalid username or password".into())
+            Err(Refusal::new(
+                FailureCode::InvalidCredentials,
+                "invalid username or password"
+            ))
         );
         // Used-up tokens refuse before any bind, even with the right password.
         let now = Instant::now();
@@ -500,18 +565,27 @@ mod tests {
         }
         assert_eq!(
             a.decide(link(), &request("alice", "alice", "right")),
-            Err("too many failed logins, try again later".into())
+            Err(Refusal::new(
+                FailureCode::RateLimited,
+                "too many failed logins, try again later"
+            ))
         );
         let a = authenticator(true);
         assert_eq!(
             a.decide(link(), &request("alice", "alice", "no-challenge-response")),
-            Err("one-time code required".into())
+            Err(Refusal::new(
+                FailureCode::OneTimeCode,
+                "one-time code required"
+            ))
         );
         a.in_flight
             .store(MAX_LOGINS_IN_FLIGHT, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(
             a.decide(link(), &request("alice", "alice", "pw")),
-            Err("TEMP:directory busy, try again later".into())
+            Err(Refusal::temporary(
+                FailureCode::DirectoryBusy,
+                "directory busy, try again later"
+            ))
         );
         assert_eq!(
             a.in_flight.load(std::sync::atomic::Ordering::Relaxed),
@@ -521,6 +595,77 @@ mod tests {
         assert!(
             a.grants.pending.lock().unwrap().is_empty(),
             "no grant for a refusal"
+        );
+    }
+
+    /// Renegotiations are re-checked by the directory only: no rate limit, no name match,
+    /// no hook, no grant; an empty password is refused before any bind, an unreachable
+    /// directory keeps the session.
+    #[test]
+    fn renegotiations_recheck_only_the_password() {
+        let renegotiation = |cn: &str, user: &str, pw: &str| AuthRequest {
+            initial: false,
+            key_id: crate::openvpn::packet::KeyId::ZERO.next(),
+            ..request(cn, user, pw)
+        };
+        let a = authenticator(false);
+        let now = Instant::now();
+        for _ in 0..2 {
+            a.per_user.lock().unwrap().failed("user:alice", now);
+        }
+        assert_eq!(
+            a.decide(link(), &renegotiation("alice", "alice", "")),
+            Err(Refusal::new(
+                FailureCode::InvalidCredentials,
+                "invalid username or password"
+            )),
+            "an empty password on a renegotiation ends the session"
+        );
+        assert_eq!(
+            a.decide(link(), &renegotiation("alice", "bob", "")),
+            Err(Refusal::new(
+                FailureCode::InvalidCredentials,
+                "invalid username or password"
+            )),
+            "no username_must_match_cn check on a renegotiation (the session holds the name)"
+        );
+        // Nothing listens on 127.0.0.1:1: the directory is unavailable, the session stays.
+        let cfg: crate::directory::DirectoryConfig = toml::from_str(
+            r#"
+            url = "ldap://127.0.0.1:1"
+            user_dn_template = "uid={username},dc=example,dc=org"
+            connect_timeout_secs = 1
+            timeout_secs = 1
+            "#,
+        )
+        .unwrap();
+        let a = Authenticator {
+            directory: Some(Arc::new(Directory::new(&cfg).unwrap())),
+            ..authenticator(false)
+        };
+        assert_eq!(
+            a.decide(link(), &renegotiation("alice", "alice", "pw")),
+            Ok(())
+        );
+        let otp = authenticator(true);
+        assert_eq!(
+            otp.decide(
+                link(),
+                &renegotiation("alice", "alice", "no-challenge-response")
+            ),
+            Err(Refusal::new(
+                FailureCode::OneTimeCode,
+                "one-time code required"
+            ))
+        );
+        assert!(a.grants.pending.lock().unwrap().is_empty(), "no grant");
+        let none = Authenticator {
+            directory: None,
+            ..authenticator(false)
+        };
+        assert_eq!(
+            none.decide(link(), &renegotiation("alice", "bob", "")),
+            Ok(())
         );
     }
 

@@ -83,8 +83,8 @@ pub struct EndpointConfig {
     /// Admin socket path (default `/run/portcullis/<name>.sock`).
     #[serde(default)]
     pub admin_socket: Option<PathBuf>,
-    /// Program run at every connection with the client's details in its environment; a
-    /// non-zero exit refuses the connection (AWS client-connect handler).
+    /// Program run at every connection (AWS client-connect handler): the request JSON on
+    /// stdin, the answer JSON on stdout; a non-zero exit or no valid answer refuses.
     #[serde(default)]
     pub client_connect: Option<PathBuf>,
     /// The client-connect hook as an HTTP POST (`http://` or `https://`) instead of a program.

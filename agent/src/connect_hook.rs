@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::openvpn::peer::Link;
-use crate::openvpn::session::AuthRequest;
+use crate::openvpn::session::{AuthRequest, FailureCode, Refusal};
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -55,6 +55,30 @@ impl ConnectHook {
             endpoint: endpoint.to_owned(),
             timeout: TIMEOUT,
         }
+    }
+
+    /// The hook an endpoint's configuration asks for, if any: `client_connect` (a program) or
+    /// `client_connect_url` (with `client_connect_ca_file` for a private CA).
+    pub fn from_config(cfg: &crate::config::EndpointConfig) -> anyhow::Result<Option<Self>> {
+        use anyhow::Context as _;
+        let timeout = Duration::from_secs(cfg.client_connect_timeout_secs);
+        Ok(match (&cfg.client_connect, &cfg.client_connect_url) {
+            (Some(p), _) => {
+                let mut h = Self::new(p, &cfg.name);
+                h.timeout = timeout;
+                Some(h)
+            }
+            (None, Some(url)) => {
+                let ca = match &cfg.client_connect_ca_file {
+                    Some(p) => Some(std::fs::read(p).with_context(|| {
+                        format!("reading client_connect_ca_file {}", p.display())
+                    })?),
+                    None => None,
+                };
+                Some(Self::http(url, ca.as_deref(), &cfg.name, timeout)?)
+            }
+            (None, None) => None,
+        })
     }
 
     /// The HTTP variant: `url` is `http://…` or `https://…`; `ca_pem` replaces the web roots
@@ -95,9 +119,10 @@ impl ConnectHook {
         })
     }
 
-    /// Asks the program or the URL about one connection; `Err` is the message for
-    /// `AUTH_FAILED`.
-    pub fn decide(&self, link: Link, req: &AuthRequest, groups: &[String]) -> Result<(), String> {
+    /// Asks the program or the URL about one connection; `Err` carries the message for
+    /// `AUTH_FAILED`: the hook's own on a denial (`hook_denied`), ours on any failure
+    /// (`hook_timeout`, `hook_error`).
+    pub fn decide(&self, link: Link, req: &AuthRequest, groups: &[String]) -> Result<(), Refusal> {
         let request = json!({
             "connection-id": format!("{link}"),
             "endpoint-id": self.endpoint,
@@ -115,7 +140,7 @@ impl ConnectHook {
             Target::Http { url, agent } => self.post(url, agent, &request)?,
         };
         let v: serde_json::Value = serde_json::from_str(out.trim())
-            .map_err(|_| "connection handler gave no valid answer".to_owned())?;
+            .map_err(|_| hook_error("connection handler gave no valid answer"))?;
         if v["allow"] == serde_json::Value::Bool(true) {
             Ok(())
         } else {
@@ -123,11 +148,14 @@ impl ConnectHook {
                 .as_str()
                 .unwrap_or("connection refused by policy");
             // It goes into AUTH_FAILED: printable, no commas needed, bounded.
-            Err(crate::openvpn::options::sanitize_text(msg, 200))
+            Err(Refusal::new(
+                FailureCode::HookDenied,
+                crate::openvpn::options::sanitize_text(msg, 200),
+            ))
         }
     }
 
-    fn run_program(&self, program: &Path, request: &serde_json::Value) -> Result<String, String> {
+    fn run_program(&self, program: &Path, request: &serde_json::Value) -> Result<String, Refusal> {
         let mut child = Command::new(program)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -135,7 +163,7 @@ impl ConnectHook {
             .spawn()
             .map_err(|e| {
                 tracing::error!(program = %program.display(), error = %e, "client-connect hook cannot start");
-                "connection handler unavailable".to_owned()
+                hook_error("connection handler unavailable")
             })?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(request.to_string().as_bytes());
@@ -149,7 +177,7 @@ impl ConnectHook {
                     let _ = child.kill();
                     let _ = child.wait();
                     tracing::warn!(program = %program.display(), "client-connect hook timed out");
-                    return Err("connection handler timed out".into());
+                    return Err(timed_out());
                 }
             }
         };
@@ -159,7 +187,7 @@ impl ConnectHook {
             let _ = so.by_ref().take(64 * 1024).read_to_string(&mut out);
         }
         if !status.success() {
-            return Err("connection handler failed".into());
+            return Err(hook_error("connection handler failed"));
         }
         Ok(out)
     }
@@ -169,7 +197,7 @@ impl ConnectHook {
         url: &str,
         agent: &ureq::Agent,
         request: &serde_json::Value,
-    ) -> Result<String, String> {
+    ) -> Result<String, Refusal> {
         let resp = agent
             .post(url)
             .header("content-type", "application/json")
@@ -178,16 +206,16 @@ impl ConnectHook {
             Ok(r) => r,
             Err(ureq::Error::Timeout(_)) => {
                 tracing::warn!(url, "client-connect hook timed out");
-                return Err("connection handler timed out".into());
+                return Err(timed_out());
             }
             Err(e) => {
                 tracing::error!(url, error = %e, "client-connect hook unreachable");
-                return Err("connection handler unavailable".into());
+                return Err(hook_error("connection handler unavailable"));
             }
         };
         if !resp.status().is_success() {
             tracing::warn!(url, status = %resp.status(), "client-connect hook answered with an error status");
-            return Err("connection handler failed".into());
+            return Err(hook_error("connection handler failed"));
         }
         match resp
             .body_mut()
@@ -196,10 +224,18 @@ impl ConnectHook {
             .read_to_string()
         {
             Ok(body) => Ok(body),
-            Err(ureq::Error::Timeout(_)) => Err("connection handler timed out".into()),
-            Err(_) => Err("connection handler gave no valid answer".into()),
+            Err(ureq::Error::Timeout(_)) => Err(timed_out()),
+            Err(_) => Err(hook_error("connection handler gave no valid answer")),
         }
     }
+}
+
+fn hook_error(message: &str) -> Refusal {
+    Refusal::new(FailureCode::HookError, message)
+}
+
+fn timed_out() -> Refusal {
+    Refusal::new(FailureCode::HookTimeout, "connection handler timed out")
 }
 
 #[cfg(test)]
@@ -263,67 +299,116 @@ mod tests {
         assert_eq!(h(&allow).decide(link, &req(), &[]), Ok(()));
         assert_eq!(
             h(&deny).decide(link, &req(), &[]),
-            Err("device not compliant".into())
+            Err(Refusal::new(
+                FailureCode::HookDenied,
+                "device not compliant"
+            ))
         );
         assert!(h(&garbage).decide(link, &req(), &[]).is_err());
         assert!(h(&fails).decide(link, &req(), &[]).is_err());
         let mut s = h(&slow);
         s.timeout = Duration::from_millis(300);
-        assert_eq!(
-            s.decide(link, &req(), &[]),
-            Err("connection handler timed out".into())
-        );
+        assert_eq!(s.decide(link, &req(), &[]), Err(timed_out()));
         assert!(h(&dir.join("missing")).decide(link, &req(), &[]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Reads one HTTP/1.1 request from `s` and answers by path; the request body, or None if
+    /// the request did not arrive (a refused TLS handshake).
+    fn answer(s: &mut (impl Read + Write)) -> Option<String> {
+        let mut req = Vec::new();
+        let mut byte = [0u8; 1];
+        while !req.ends_with(b"\r\n\r\n") {
+            if req.len() > 16 * 1024 || s.read(&mut byte).ok()? == 0 {
+                return None;
+            }
+            req.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&req).into_owned();
+        let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let len = head
+            .lines()
+            .find_map(|h| {
+                h.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        s.read_exact(&mut body).ok()?;
+        let (status, answer) = match path.as_str() {
+            "/allow" => ("200 OK", r#"{"allow":true}"#),
+            "/deny" => (
+                "200 OK",
+                r#"{"allow":false,"error-msg-on-denied-connection":"outside office hours"}"#,
+            ),
+            "/garbage" => ("200 OK", "hello"),
+            "/slow" => {
+                std::thread::sleep(Duration::from_millis(1500));
+                ("200 OK", r#"{"allow":true}"#)
+            }
+            _ => ("500 Internal Server Error", r#"{"allow":true}"#),
+        };
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+            answer.len()
+        );
+        let _ = s.flush();
+        Some(String::from_utf8_lossy(&body).into_owned())
     }
 
     /// A one-thread HTTP/1.1 server on 127.0.0.1 answering by path; it records the request
     /// bodies. Serves at most `n` requests, each bounded in time.
     fn http_server(n: usize) -> (String, std::thread::JoinHandle<Vec<String>>) {
-        use std::io::BufRead;
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", l.local_addr().unwrap());
         let t = std::thread::spawn(move || {
             let mut bodies = Vec::new();
             for _ in 0..n {
+                let Ok((mut s, _)) = l.accept() else { break };
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                bodies.extend(answer(&mut s));
+            }
+            bodies
+        });
+        (base, t)
+    }
+
+    /// The same over TLS (rustls, ring) with `cert` for 127.0.0.1; `n` connections, bodies of
+    /// the requests that got through the handshake.
+    fn https_server(
+        cert: &crate::pki::IssuedCert,
+        n: usize,
+    ) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let config = std::sync::Arc::new(
+            rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        );
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("https://{}", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let mut bodies = Vec::new();
+            for _ in 0..n {
                 let Ok((s, _)) = l.accept() else { break };
                 s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
-                let mut line = String::new();
-                r.read_line(&mut line).unwrap();
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-                let mut len = 0;
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; len];
-                r.read_exact(&mut body).unwrap();
-                bodies.push(String::from_utf8_lossy(&body).into_owned());
-                let (status, answer) = match path.as_str() {
-                    "/allow" => ("200 OK", r#"{"allow":true}"#),
-                    "/deny" => (
-                        "200 OK",
-                        r#"{"allow":false,"error-msg-on-denied-connection":"outside office hours"}"#,
-                    ),
-                    "/garbage" => ("200 OK", "hello"),
-                    "/slow" => {
-                        std::thread::sleep(Duration::from_millis(1500));
-                        ("200 OK", r#"{"allow":true}"#)
-                    }
-                    _ => ("500 Internal Server Error", r#"{"allow":true}"#),
-                };
-                let mut w = s;
-                let _ = write!(
-                    w,
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, s);
+                bodies.extend(answer(&mut tls));
+                // close_notify, so the client reads a clean end of the answer.
+                tls.conn.send_close_notify();
+                let _ = tls.conn.complete_io(&mut tls.sock);
             }
             bodies
         });
@@ -345,20 +430,23 @@ mod tests {
         assert_eq!(h("/allow", long).decide(link, &req(), &groups), Ok(()));
         assert_eq!(
             h("/deny", long).decide(link, &req(), &[]),
-            Err("outside office hours".into())
+            Err(Refusal::new(
+                FailureCode::HookDenied,
+                "outside office hours"
+            ))
         );
         assert_eq!(
             h("/garbage", long).decide(link, &req(), &[]),
-            Err("connection handler gave no valid answer".into())
+            Err(hook_error("connection handler gave no valid answer"))
         );
         // A 500 refuses even with an allowing body.
         assert_eq!(
             h("/error", long).decide(link, &req(), &[]),
-            Err("connection handler failed".into())
+            Err(hook_error("connection handler failed"))
         );
         assert_eq!(
             h("/slow", Duration::from_millis(300)).decide(link, &req(), &[]),
-            Err("connection handler timed out".into())
+            Err(timed_out())
         );
         let bodies = server.join().unwrap();
         let first: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
@@ -374,8 +462,81 @@ mod tests {
         let h = ConnectHook::http(&format!("http://{closed}/"), None, "corp", long).unwrap();
         assert_eq!(
             h.decide(link, &req(), &[]),
-            Err("connection handler unavailable".into())
+            Err(hook_error("connection handler unavailable"))
         );
         assert!(ConnectHook::http("https://x/", Some(b"no pem"), "corp", long).is_err());
+    }
+
+    /// An `https://` hook with a private CA, configured as in an endpoint file
+    /// (`client_connect_url` + a relative `client_connect_ca_file`): allow and deny with its
+    /// message go through; a server whose certificate another CA signed is refused (fail
+    /// closed) and never sees the request; without the CA file the web roots do not trust
+    /// the private CA either.
+    #[test]
+    fn https_with_a_private_ca() {
+        use crate::pki::{CertificateAuthority, Validity};
+        let v = || Validity::days_from_now(1);
+        let ca = CertificateAuthority::generate("hook CA", v()).unwrap();
+        let other = CertificateAuthority::generate("hook CA", v()).unwrap();
+        let (good, good_srv) = https_server(&ca.issue_server("127.0.0.1", v()).unwrap(), 3);
+        let (rogue, rogue_srv) = https_server(&other.issue_server("127.0.0.1", v()).unwrap(), 1);
+        let dir = std::env::temp_dir().join(format!("pc-hook-https-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hook-ca.pem"), ca.cert_pem()).unwrap();
+        let hook = |url: &str, ca_file: bool| {
+            let file = dir.join("endpoint.toml");
+            let ca_line = if ca_file {
+                "client_connect_ca_file = \"hook-ca.pem\"\n"
+            } else {
+                ""
+            };
+            std::fs::write(
+                &file,
+                format!(
+                    "name = \"corp\"\nclient_cidr = \"10.100.0.0/22\"\nlisten = [\"udp://0.0.0.0:1194\"]\n\
+                     client_connect_url = \"{url}\"\n{ca_line}client_connect_timeout_secs = 5\n\
+                     [tls]\ncert = \"s.crt\"\nkey = \"s.key\"\nclient_ca = \"ca.crt\"\n"
+                ),
+            )
+            .unwrap();
+            let cfg = crate::config::EndpointConfig::load_unvalidated(&file).unwrap();
+            ConnectHook::from_config(&cfg).unwrap().expect("a hook")
+        };
+        let link = Link::Udp {
+            listener: 0,
+            addr: "192.0.2.11:5000".parse().unwrap(),
+        };
+        assert_eq!(
+            hook(&format!("{good}/allow"), true).decide(link, &req(), &[]),
+            Ok(())
+        );
+        assert_eq!(
+            hook(&format!("{good}/deny"), true).decide(link, &req(), &[]),
+            Err(Refusal::new(
+                FailureCode::HookDenied,
+                "outside office hours"
+            ))
+        );
+        assert_eq!(
+            hook(&format!("{rogue}/allow"), true).decide(link, &req(), &[]),
+            Err(hook_error("connection handler unavailable"))
+        );
+        assert_eq!(
+            hook(&format!("{good}/allow"), false).decide(link, &req(), &[]),
+            Err(hook_error("connection handler unavailable"))
+        );
+        let bodies = good_srv.join().unwrap();
+        assert_eq!(
+            bodies.len(),
+            2,
+            "allow and deny reached the server: {bodies:?}"
+        );
+        let first: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+        assert_eq!(first["common-name"], "alice");
+        assert!(
+            rogue_srv.join().unwrap().is_empty(),
+            "the request went to a server the CA did not sign"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

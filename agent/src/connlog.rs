@@ -2,6 +2,11 @@
 //! written for AWS connection logs read it unchanged. A record is written when a connection
 //! attempt succeeds or fails, every `update_every` while it lasts (byte and packet counters
 //! from the data path's per-session counters), and when it ends (`connection-reset`).
+//!
+//! A failed attempt's `connection-attempt-failure-reason` is a stable code
+//! ([`FailureCode`](crate::openvpn::session::FailureCode): `invalid_credentials`, `rate_limited`, `hook_denied`, …, the same as the
+//! authentication-failure metric's label), its `username` the user name that was tried, and
+//! `connection-attempt-failure-detail` (ours, not AWS's) the human-readable reason.
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -190,6 +195,7 @@ impl ConnectionLog {
                 link,
                 peer_id,
                 common_name,
+                username,
                 tunnel_addr,
                 reason,
                 duration,
@@ -208,26 +214,29 @@ impl ConnectionLog {
                 }
                 None => {
                     // Never established: a failed attempt (TLS refused, AUTH_FAILED, timeout).
+                    // The user name tried is recorded even when it does not exist: who is
+                    // being guessed is what an audit of failures looks for.
                     let start = SystemTime::now() - *duration;
                     let cn = common_name.clone().unwrap_or_else(|| "NA".into());
                     let a = Active {
                         id: self.next_id(),
                         link: *link,
-                        username: cn.clone(),
+                        username: username.clone().unwrap_or_else(|| cn.clone()),
                         common_name: cn,
                         device_ip: tunnel_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
                         device_type: "NA".into(),
                         start,
                         last_update: Instant::now(),
                     };
-                    let v = self.record(
+                    let mut v = self.record(
                         &a,
                         "connection-attempt",
                         "failed",
-                        &reason.to_string(),
+                        reason.failure_code().as_str(),
                         &SessionStats::default(),
                         Some(SystemTime::now()),
                     );
+                    v["connection-attempt-failure-detail"] = reason.to_string().into();
                     self.write(v);
                 }
             },
@@ -261,7 +270,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::openvpn::crypto::Cipher;
     use crate::openvpn::options::PeerInfo;
-    use crate::openvpn::session::CloseReason;
+    use crate::openvpn::session::{CloseReason, FailureCode, Refusal};
     use std::sync::{Arc, Mutex};
 
     /// A log sink tests can read back (the flow log's tests use it too).
@@ -310,10 +319,11 @@ pub(crate) mod tests {
             &stats,
         );
         log.tick(&stats);
-        let dis = |tunnel_addr, reason| ServerEvent::Disconnected {
+        let dis = |tunnel_addr, username: Option<&str>, reason| ServerEvent::Disconnected {
             link,
             peer_id: 4,
             common_name: Some("alice".into()),
+            username: username.map(str::to_owned),
             tunnel_addr,
             reason,
             rx_bytes: 0,
@@ -321,14 +331,61 @@ pub(crate) mod tests {
             duration: Duration::from_secs(3),
         };
         log.on_event(
-            &dis(Some(Ipv4Addr::new(10, 100, 0, 7)), CloseReason::ClientExit),
+            &dis(
+                Some(Ipv4Addr::new(10, 100, 0, 7)),
+                Some("alice.smith"),
+                CloseReason::ClientExit,
+            ),
+            &stats,
+        );
+        // Failed attempts: a revoked certificate (no user name sent), a wrong password for
+        // a user name other than the certificate's, a hook's denial, a TLS failure before any
+        // certificate.
+        log.on_event(
+            &dis(
+                None,
+                None,
+                CloseReason::CertificateRefused {
+                    code: FailureCode::CertificateRevoked,
+                    detail: "client certificate is revoked".into(),
+                },
+            ),
             &stats,
         );
         log.on_event(
             &dis(
                 None,
-                CloseReason::TlsError("client certificate is revoked".into()),
+                Some("mallory"),
+                CloseReason::AuthFailed(Refusal::new(
+                    FailureCode::InvalidCredentials,
+                    "invalid username or password",
+                )),
             ),
+            &stats,
+        );
+        log.on_event(
+            &dis(
+                None,
+                Some("alice.smith"),
+                CloseReason::AuthFailed(Refusal::new(
+                    FailureCode::HookDenied,
+                    "outside office hours",
+                )),
+            ),
+            &stats,
+        );
+        log.on_event(
+            &ServerEvent::Disconnected {
+                link,
+                peer_id: 5,
+                common_name: None,
+                username: None,
+                tunnel_addr: None,
+                reason: CloseReason::TlsError("peer sent no certificates".into()),
+                rx_bytes: 0,
+                tx_bytes: 0,
+                duration: Duration::from_secs(1),
+            },
             &stats,
         );
         let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
@@ -336,7 +393,7 @@ pub(crate) mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(recs.len(), 4, "{text}");
+        assert_eq!(recs.len(), 7, "{text}");
         assert_eq!(recs[0]["connection-attempt-status"], "successful");
         assert_eq!(recs[0]["device-ip"], "10.100.0.7");
         assert_eq!(recs[0]["device-type"], "linux");
@@ -348,12 +405,39 @@ pub(crate) mod tests {
         assert_eq!(recs[2]["connection-log-type"], "connection-reset");
         assert_eq!(recs[2]["connection-id"], recs[0]["connection-id"]);
         assert_eq!(recs[2]["connection-attempt-failure-reason"], "client exit");
-        assert_eq!(recs[3]["connection-attempt-status"], "failed");
-        assert!(recs[3]["connection-attempt-failure-reason"]
-            .as_str()
-            .unwrap()
-            .contains("revoked"));
-        assert_ne!(recs[3]["connection-id"], recs[0]["connection-id"]);
+        let failed = |i: usize, reason: &str, cn: &str, user: &str, detail: &str| {
+            let r = &recs[i];
+            assert_eq!(r["connection-log-type"], "connection-attempt", "{r}");
+            assert_eq!(r["connection-attempt-status"], "failed", "{r}");
+            assert_eq!(r["connection-attempt-failure-reason"], reason, "{r}");
+            assert_eq!(r["common-name"], cn, "{r}");
+            assert_eq!(r["username"], user, "{r}");
+            assert_eq!(r["device-ip"], "0.0.0.0", "{r}");
+            assert!(
+                r["connection-attempt-failure-detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains(detail),
+                "{r}"
+            );
+            assert_ne!(r["connection-id"], recs[0]["connection-id"]);
+        };
+        failed(3, "certificate_revoked", "alice", "alice", "revoked");
+        failed(
+            4,
+            "invalid_credentials",
+            "alice",
+            "mallory",
+            "authentication failed: invalid username or password",
+        );
+        failed(
+            5,
+            "hook_denied",
+            "alice",
+            "alice.smith",
+            "outside office hours",
+        );
+        failed(6, "tls", "NA", "NA", "no certificates");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use ldap3::{LdapConn, LdapConnSettings, LdapError, Scope, SearchEntry};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
+use crate::openvpn::session::{FailureCode, Refusal};
 
 /// Active Directory's LDAP_MATCHING_RULE_IN_CHAIN: transitive membership in one filter.
 const AD_IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
@@ -347,17 +348,20 @@ impl DirError {
         }
     }
 
-    /// A label for metrics and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DirError::InvalidCredentials => "wrong_password",
-            DirError::UnknownUser => "unknown_user",
-            DirError::Disabled => "disabled",
-            DirError::Missing => "missing_credentials",
-            DirError::Unavailable(_) => "directory_unavailable",
-            DirError::Protocol(_) => "directory_error",
-            DirError::Otp(_) => "one_time_code",
-        }
+    /// What the client is told, with the code logs and metrics use; an outage is temporary.
+    pub fn refusal(&self) -> Refusal {
+        let code = match self {
+            DirError::InvalidCredentials | DirError::UnknownUser | DirError::Missing => {
+                FailureCode::InvalidCredentials
+            }
+            DirError::Disabled => FailureCode::AccountDisabled,
+            DirError::Unavailable(_) => {
+                return Refusal::temporary(FailureCode::DirectoryUnavailable, self.client_message())
+            }
+            DirError::Protocol(_) => FailureCode::DirectoryError,
+            DirError::Otp(_) => FailureCode::OneTimeCode,
+        };
+        Refusal::new(code, self.client_message())
     }
 }
 
@@ -987,6 +991,21 @@ mod tests {
         assert_eq!(
             DirError::Unavailable("x".into()).client_message(),
             "directory unavailable"
+        );
+        // Nor do the codes in logs and metrics; only an outage is temporary.
+        assert_eq!(DirError::UnknownUser.refusal(), DirError::Missing.refusal());
+        assert_eq!(
+            DirError::UnknownUser.refusal(),
+            DirError::InvalidCredentials.refusal()
+        );
+        assert_eq!(
+            DirError::Unavailable("x".into()).refusal(),
+            Refusal::temporary(FailureCode::DirectoryUnavailable, "directory unavailable")
+        );
+        assert!(!DirError::Disabled.refusal().temporary);
+        assert_eq!(
+            DirError::Disabled.refusal().code,
+            FailureCode::AccountDisabled
         );
     }
 }

@@ -16,7 +16,6 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::openvpn::server::ServerEvent;
-use crate::openvpn::session::CloseReason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -51,30 +50,6 @@ pub struct Metrics {
     pub map_capacity: Family<Map, Gauge>,
     /// Last absolute values of monotonic sources, to turn them into counter increments.
     last_drops: std::collections::BTreeMap<String, u64>,
-}
-
-fn reason_class(r: &CloseReason) -> &'static str {
-    match r {
-        CloseReason::TlsError(e) if e.contains("revoked") => "certificate_revoked",
-        CloseReason::TlsError(e) if e.contains("expired") => "certificate_expired",
-        CloseReason::TlsError(_) => "tls",
-        // The short reasons of crate::auth / crate::directory / the client-connect hook.
-        CloseReason::AuthFailed(e) if e.contains("invalid username or password") => {
-            "invalid_credentials"
-        }
-        CloseReason::AuthFailed(e) if e.contains("account disabled") => "account_disabled",
-        CloseReason::AuthFailed(e) if e.contains("directory busy") => "directory_busy",
-        CloseReason::AuthFailed(e) if e.contains("directory") => "directory_unavailable",
-        CloseReason::AuthFailed(e) if e.contains("too many failed logins") => "rate_limited",
-        CloseReason::AuthFailed(e) if e.contains("one-time code") => "one_time_code",
-        CloseReason::AuthFailed(e) if e.contains("does not match the certificate") => {
-            "username_mismatch"
-        }
-        CloseReason::AuthFailed(_) => "auth_failed",
-        CloseReason::HandshakeTimeout => "handshake_timeout",
-        CloseReason::ProtocolError(_) => "protocol",
-        _ => "other",
-    }
 }
 
 impl Metrics {
@@ -201,7 +176,7 @@ impl Metrics {
                         .inc();
                     self.auth_failures
                         .get_or_create(&Reason {
-                            reason: reason_class(reason).into(),
+                            reason: reason.failure_code().as_str().into(),
                         })
                         .inc();
                 }
@@ -302,6 +277,69 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Mutex<Metrics
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The label is the refusal's code, whatever its message says (a hook's denial text that
+    /// mentions "directory" is still `hook_denied`).
+    #[test]
+    fn failure_labels_are_the_refusal_codes() {
+        use crate::openvpn::peer::Link;
+        use crate::openvpn::session::{CloseReason, FailureCode, Refusal};
+        let m = Metrics::new();
+        let failed = |reason| ServerEvent::Disconnected {
+            link: Link::Udp {
+                listener: 0,
+                addr: "192.0.2.1:1000".parse().unwrap(),
+            },
+            peer_id: 1,
+            common_name: Some("alice".into()),
+            username: Some("alice".into()),
+            tunnel_addr: None,
+            reason,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            duration: Duration::from_secs(1),
+        };
+        m.on_event(
+            &failed(CloseReason::AuthFailed(Refusal::new(
+                FailureCode::HookDenied,
+                "directory group missing",
+            ))),
+            None,
+        );
+        m.on_event(
+            &failed(CloseReason::AuthFailed(Refusal::temporary(
+                FailureCode::DirectoryUnavailable,
+                "directory unavailable",
+            ))),
+            None,
+        );
+        m.on_event(
+            &failed(CloseReason::CertificateRefused {
+                code: FailureCode::CertificateExpired,
+                detail: "client certificate has expired".into(),
+            }),
+            None,
+        );
+        m.on_event(&failed(CloseReason::HandshakeTimeout), None);
+        let out = m.encode();
+        for label in [
+            "hook_denied",
+            "directory_unavailable",
+            "certificate_expired",
+            "handshake_timeout",
+        ] {
+            assert!(
+                out.contains(&format!(
+                    "portcullis_authentication_failures_total{{reason=\"{label}\"}} 1"
+                )),
+                "{label}: {out}"
+            );
+        }
+        assert!(
+            out.contains("portcullis_connection_attempts_total{reason=\"failed\"} 4"),
+            "{out}"
+        );
+    }
 
     #[tokio::test]
     async fn scrape_over_http() {

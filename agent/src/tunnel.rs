@@ -38,13 +38,20 @@ pub struct TunnelOptions {
     /// Packet workers; 0 = one per CPU.
     pub workers: usize,
     /// With `AuthMode::External`: decides each new connection (run on its own thread, so a
-    /// slow decision never stalls the control thread). Renegotiations are accepted.
+    /// slow decision never stalls the control thread). Renegotiations are decided by it too
+    /// (`AuthRequest::initial` is false).
     pub authorizer: Option<Authorizer>,
 }
 
 /// A connection decision: `Err` is the reason sent in `AUTH_FAILED`.
-pub type Authorizer =
-    Arc<dyn Fn(Link, &crate::openvpn::session::AuthRequest) -> Result<(), String> + Send + Sync>;
+pub type Authorizer = Arc<
+    dyn Fn(
+            Link,
+            &crate::openvpn::session::AuthRequest,
+        ) -> Result<(), crate::openvpn::session::Refusal>
+        + Send
+        + Sync,
+>;
 
 /// Called on the control thread for every server event (connect, disconnect, …): this is
 /// where the XDP clients map is kept in sync.
@@ -75,7 +82,7 @@ pub enum Command {
         /// The session's serial from its `AuthRequest`.
         session: u64,
         key_id: crate::openvpn::packet::KeyId,
-        verdict: Result<(), String>,
+        verdict: Result<(), crate::openvpn::session::Refusal>,
         initial: bool,
     },
     Disconnect(u32),
@@ -847,8 +854,9 @@ fn flush(c: &mut ControlCtx) {
         if let ServerEvent::AuthRequired { link, request } = &ev {
             let (link, key_id, initial, session) =
                 (*link, request.key_id, request.initial, request.session);
-            match (&c.authorizer, initial) {
-                (Some(a), true) => {
+            match &c.authorizer {
+                // Renegotiations too: the directory checks the resent password (auth.rs).
+                Some(a) => {
                     let (a, req, tx) = (a.clone(), request.clone(), c.ctl_tx.clone());
                     std::thread::spawn(move || {
                         let verdict = a(link, &req);
@@ -861,7 +869,7 @@ fn flush(c: &mut ControlCtx) {
                         }));
                     });
                 }
-                _ => {
+                None => {
                     let _ = c.ctl_tx.try_send(Ctl::Cmd(Command::Authorize {
                         link,
                         session,

@@ -69,6 +69,14 @@ description = "only finance reaches the ledger host"
 /// `openvpn` in client namespace `i` with `cert_cn`'s exported profile and `user`/`pass`
 /// in a credentials file (the profile's bare `auth-user-pass` would prompt).
 fn login(lab: &AgentLab, i: usize, cert_cn: &str, user: &str, pass: &str) -> ProfileClient {
+    ProfileClient::start(
+        lab.client_ns(i),
+        &login_profile(lab, i, cert_cn, user, pass),
+    )
+}
+
+/// `cert_cn`'s exported profile reading `user`/`pass` from a file.
+fn login_profile(lab: &AgentLab, i: usize, cert_cn: &str, user: &str, pass: &str) -> String {
     let profile = lab.export_profile(cert_cn);
     assert!(
         profile.contains("\nauth-user-pass\n"),
@@ -79,11 +87,10 @@ fn login(lab: &AgentLab, i: usize, cert_cn: &str, user: &str, pass: &str) -> Pro
         .path()
         .join(format!("creds-{i}-{}", tests::unique("c")));
     std::fs::write(&creds, format!("{user}\n{pass}\n")).unwrap();
-    let profile = profile.replace(
+    profile.replace(
         "\nauth-user-pass\n",
         &format!("\nauth-user-pass {}\n", creds.display()),
-    );
-    ProfileClient::start(lab.client_ns(i), &profile)
+    )
 }
 
 fn connected(lab: &AgentLab, c: &ProfileClient, who: &str) {
@@ -105,6 +112,30 @@ fn refused(c: &ProfileClient, reason: &str, within: Duration) {
         c.log()
     );
     assert!(!c.log().contains(COMPLETED), "{}", c.log());
+}
+
+/// The connection log has a failed attempt with this code, certificate name and tried user
+/// name. A refused session is logged when it ends, about 5 s after AUTH_FAILED (doc §8.4).
+fn failure_logged(lab: &AgentLab, reason: &str, cn: &str, user: &str) {
+    let path = lab.dir.path().join("connections.log");
+    let found = poll(Duration::from_secs(10), || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| {
+                r["connection-attempt-status"] == "failed"
+                    && r["connection-attempt-failure-reason"] == reason
+                    && r["common-name"] == cn
+                    && r["username"] == user
+            })
+    });
+    assert!(
+        found.is_some(),
+        "no failed attempt ({reason}, common-name {cn}, username {user}) in the connection log:
+{}",
+        std::fs::read_to_string(&path).unwrap_or_default()
+    );
 }
 
 fn reaches(lab: &AgentLab, i: usize, dst: Ipv4Addr) -> bool {
@@ -203,16 +234,12 @@ fn directory_logins_groups_and_outages() {
     let limited = login(&lab, 3, "erin", "alice", &ldap::password("alice"));
     refused(&limited, "too many failed logins", Duration::from_secs(10));
     drop(limited);
-    let connlog = lab.dir.path().join("connections.log");
-    // A refused session is logged when it ends, about 5 s after AUTH_FAILED (doc §8.4).
-    let reasons = poll(Duration::from_secs(10), || {
-        let t = std::fs::read_to_string(&connlog).unwrap_or_default();
-        (t.contains("account disabled") && t.contains("too many failed logins")).then_some(t)
-    });
-    assert!(
-        reasons.is_some(),
-        "connection log lacks the failure reasons"
-    );
+    // Each failure is logged with its code and the user name that was tried (the unknown
+    // one too), next to the certificate's name.
+    failure_logged(&lab, "account_disabled", "dave", "dave");
+    failure_logged(&lab, "invalid_credentials", "erin", "nobody");
+    failure_logged(&lab, "invalid_credentials", "erin", "alice");
+    failure_logged(&lab, "rate_limited", "erin", "alice");
     let metrics = scrape_metrics(&lab.gw);
     for r in ["account_disabled", "invalid_credentials", "rate_limited"] {
         assert!(
@@ -300,6 +327,7 @@ fn directory_logins_groups_and_outages() {
     slapd.stop();
     let erin = login(&lab, 4, "erin", "erin", &ldap::password("erin"));
     refused(&erin, "directory unavailable", Duration::from_secs(15));
+    failure_logged(&lab, "directory_unavailable", "erin", "erin");
     assert!(lab.agent().is_running());
     std::thread::sleep(Duration::from_secs(2));
     assert!(bob.proc.is_running());
@@ -308,6 +336,77 @@ fn directory_logins_groups_and_outages() {
         "bob lost his groups while the directory was down"
     );
     eprintln!("directory e2e took {:?}", t0.elapsed());
+}
+
+/// Renegotiations re-check the password the client sends again: alice's password changes in
+/// the directory while she is connected, and her next renegotiation (every 4 s here) ends the
+/// session with AUTH_FAILED; bob renegotiates with his unchanged one and keeps his session.
+#[test]
+fn renegotiation_rechecks_the_password() {
+    require_root!();
+    let mut slapd = Slapd::prepare(LDAP_PORT, true);
+    let secret = slapd.dir().join("svc.pw");
+    std::fs::write(&secret, format!("{}\n", ldap::SERVICE_PW)).unwrap();
+    let lab = AgentLab::new(2, &["alice", "bob"], &policy(&slapd, &secret));
+    slapd.launch(&lab.gw);
+    let slapd = &mut slapd;
+    let with_reneg = |i: usize, who: &str| {
+        let profile = login_profile(&lab, i, who, who, &ldap::password(who));
+        assert!(profile.contains("\nverb 3\n"), "{profile}");
+        // The client renegotiates every 4 s and resends its cached password each time (no
+        // auth-token is pushed).
+        ProfileClient::start(
+            lab.client_ns(i),
+            &profile.replacen("\nverb 3\n", "\nreneg-sec 4\nverb 3\n", 1),
+        )
+    };
+    let alice = with_reneg(0, "alice");
+    let bob = with_reneg(1, "bob");
+    connected(&lab, &alice, "alice");
+    connected(&lab, &bob, "bob");
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: userPassword\nuserPassword: changed-by-helpdesk\n",
+        user_dn("alice")
+    ));
+    let cut = poll(Duration::from_secs(15), || {
+        alice.log().contains("AUTH_FAILED").then_some(())
+    });
+    assert!(
+        cut.is_some(),
+        "alice kept her session after her password changed:\n{}\nagent:\n{}",
+        alice.log(),
+        lab.agent().log_tail(30)
+    );
+    assert!(
+        alice.log().contains("invalid username or password"),
+        "{}",
+        alice.log()
+    );
+    let ended = poll(Duration::from_secs(10), || {
+        (!alice.proc.is_running()).then_some(())
+    });
+    assert!(
+        ended.is_some(),
+        "alice's client did not stop: {}",
+        alice.log()
+    );
+    assert!(
+        bob.log().contains("soft reset"),
+        "bob did not renegotiate:\n{}",
+        bob.log()
+    );
+    assert!(bob.proc.is_running(), "{}", bob.log());
+    assert!(
+        reaches(&lab, 1, SERVER),
+        "bob (finance) → {SERVER} after renegotiating"
+    );
+    assert!(
+        lab.agent()
+            .log()
+            .contains("renegotiation refused by the directory"),
+        "{}",
+        lab.agent().log_tail(30)
+    );
 }
 
 /// Directory only (AWS's Active Directory mode): stock clients with `auth-user-pass` and no
@@ -422,6 +521,14 @@ groups = ["ledger"]
         Duration::from_secs(10),
     );
     drop(wrong);
+    // Without a certificate the session's name is the user name tried.
+    failure_logged(&lab, "hook_denied", "erin", "erin");
+    failure_logged(&lab, "invalid_credentials", "bob", "bob");
+    let metrics = scrape_metrics(&lab.gw);
+    assert!(
+        metrics.contains("portcullis_authentication_failures_total{reason=\"hook_denied\"} 1"),
+        "{metrics}"
+    );
     // Without a password the client cannot even try (no anonymous bind through the VPN).
     let empty = start(3, "alice", "");
     let got = poll(Duration::from_secs(10), || {
@@ -557,7 +664,11 @@ all_users = true
     let profile = tests::agent::cli_ok(&["client-config", "export", "--config", &lab.config_arg()]);
     let challenge = "\nstatic-challenge \"Enter your authenticator code\" 1\n";
     assert!(profile.contains(challenge), "{profile}");
-    let profile = profile.replace(challenge, "\n");
+    // Renegotiations every 3 s: alice's client resends the SCRV1 string of her login.
+    let profile =
+        profile
+            .replace(challenge, "\n")
+            .replacen("\nverb 3\n", "\nreneg-sec 3\nverb 3\n", 1);
     let mut n = 0;
     let mut start = |i: usize, user: &str, password: &str| {
         n += 1;
@@ -606,6 +717,14 @@ all_users = true
         Duration::from_secs(10),
     );
     drop(replay);
+    // Her renegotiations re-check the password only (the code was used at login): two
+    // soft resets later she is still connected.
+    let renegotiated = poll(Duration::from_secs(12), || {
+        (alice.log().matches("soft reset").count() >= 2).then_some(())
+    });
+    assert!(renegotiated.is_some(), "{}", alice.log());
+    assert!(!alice.log().contains("AUTH_FAILED"), "{}", alice.log());
+    assert!(reaches(&lab, 0, SERVER), "alice after renegotiating");
     slapd.stop();
 }
 

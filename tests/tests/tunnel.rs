@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::Ipv4Net;
 use portcullis::openvpn::server::ServerEvent;
-use portcullis::openvpn::session::{CloseReason, Renegotiation};
+use portcullis::openvpn::session::{CloseReason, FailureCode, Renegotiation};
 use portcullis::pki::Validity;
 use portcullis::tunnel::Command;
 use portcullis_common::DropReason;
@@ -105,19 +105,19 @@ fn wait_disconnected(
     }
 }
 
-/// The first `Disconnected` event after `mark` from underlay client `i` whose reason is a TLS
-/// error containing `what`; its reason as text.
+/// The first `Disconnected` event after `mark` from underlay client `i` whose certificate was
+/// refused with code `what`; its reason as text.
 fn wait_tls_refusal(
     lab: &TunnelLab,
     mark: usize,
     i: usize,
-    what: &str,
+    what: FailureCode,
     timeout: Duration,
 ) -> Option<String> {
     let from = lab.underlay.client(i).addr;
     match lab.wait_event_since(mark, timeout, |ev| {
-        matches!(ev, ServerEvent::Disconnected { reason: CloseReason::TlsError(m), link, .. }
-            if m.contains(what) && link.addr().ip() == from)
+        matches!(ev, ServerEvent::Disconnected { reason: CloseReason::CertificateRefused { code, .. }, link, .. }
+            if *code == what && link.addr().ip() == from)
     }) {
         Some(ServerEvent::Disconnected { reason, .. }) => Some(reason.to_string()),
         _ => None,
@@ -712,13 +712,14 @@ fn revoked_certificate_is_refused() {
         &ClientConfig::new(&lab.pki, "alice", Proto::Udp),
         "alice",
     );
-    let why = wait_tls_refusal(&lab, mark, 1, "revoked", REFUSED).unwrap_or_else(|| {
-        panic!(
-            "no TLS refusal naming the revocation; events: {:#?}\n{}",
-            lab.seen_since(mark),
-            eve.log()
-        )
-    });
+    let why = wait_tls_refusal(&lab, mark, 1, FailureCode::CertificateRevoked, REFUSED)
+        .unwrap_or_else(|| {
+            panic!(
+                "no TLS refusal naming the revocation; events: {:#?}\n{}",
+                lab.seen_since(mark),
+                eve.log()
+            )
+        });
     eprintln!("eve: {why}");
     assert!(!eve.wait_log(COMPLETED, Duration::from_secs(1)));
     assert_never_connected(&eve, "revoked in the start-up CRL");
@@ -747,7 +748,13 @@ fn revoked_certificate_is_refused() {
             )
         });
     assert!(
-        matches!(&reason, CloseReason::TlsError(m) if m.contains("revoked")),
+        matches!(
+            &reason,
+            CloseReason::CertificateRefused {
+                code: FailureCode::CertificateRevoked,
+                ..
+            }
+        ),
         "frank's session ended with {reason:?}"
     );
     assert!(
@@ -779,13 +786,14 @@ fn revoked_certificate_is_refused() {
         "{}",
         bob.client.log()
     );
-    let why = wait_tls_refusal(&lab, mark, 2, "revoked", REFUSED).unwrap_or_else(|| {
-        panic!(
-            "no TLS refusal of frank after the reload; events: {:#?}\n{}",
-            lab.seen_since(mark),
-            frank2.log()
-        )
-    });
+    let why = wait_tls_refusal(&lab, mark, 2, FailureCode::CertificateRevoked, REFUSED)
+        .unwrap_or_else(|| {
+            panic!(
+                "no TLS refusal of frank after the reload; events: {:#?}\n{}",
+                lab.seen_since(mark),
+                frank2.log()
+            )
+        });
     eprintln!("frank: {why}");
     assert!(!frank2.wait_log(COMPLETED, Duration::from_secs(1)));
     assert_never_connected(&frank2, "revoked at runtime");
@@ -817,13 +825,14 @@ fn expired_certificate_is_refused() {
         &ClientConfig::new(&lab.pki, "alice", Proto::Udp),
         "alice",
     );
-    let why = wait_tls_refusal(&lab, mark, 1, "expired", REFUSED).unwrap_or_else(|| {
-        panic!(
-            "no TLS refusal naming the expiry; events: {:#?}\n{}",
-            lab.seen_since(mark),
-            old.log()
-        )
-    });
+    let why = wait_tls_refusal(&lab, mark, 1, FailureCode::CertificateExpired, REFUSED)
+        .unwrap_or_else(|| {
+            panic!(
+                "no TLS refusal naming the expiry; events: {:#?}\n{}",
+                lab.seen_since(mark),
+                old.log()
+            )
+        });
     eprintln!("old: {why}");
     assert!(!old.wait_log(COMPLETED, Duration::from_secs(1)));
     assert_never_connected(&old, "expired certificate");

@@ -21,7 +21,8 @@ use super::packet::{decode, split_first_byte, ControlPacket, KeyId, Opcode, Pack
 use super::peer::{DataPeer, Link, PeerTable};
 use super::pool::AddressPool;
 use super::session::{
-    AuthRequest, CloseReason, Session, SessionConfig, SessionEvent, Start, TlsProvider,
+    AuthRequest, CloseReason, FailureCode, Refusal, Session, SessionConfig, SessionEvent, Start,
+    TlsProvider,
 };
 use super::tls::ClientIdentity;
 use super::tls_crypt::{PacketIdSender, TlsCryptKey, TlsCryptSession, MIN_WRAPPED_LEN};
@@ -115,6 +116,8 @@ pub enum ServerEvent {
         link: Link,
         peer_id: u32,
         common_name: Option<String>,
+        /// The key-method-2 user name, when the client sent one (also on failed attempts).
+        username: Option<String>,
         tunnel_addr: Option<Ipv4Addr>,
         reason: CloseReason,
         rx_bytes: u64,
@@ -506,7 +509,10 @@ impl Server {
                         let verdict = if req.identity.has_certificate() {
                             self.decide(link, &req.identity, req.initial)
                         } else {
-                            Err("client certificate required".into())
+                            Err(Refusal::new(
+                                FailureCode::CertificateRequired,
+                                "client certificate required",
+                            ))
                         };
                         self.authorize(link, req.key_id, verdict, now);
                     }
@@ -568,6 +574,7 @@ impl Server {
                         link,
                         peer_id: peer.peer_id,
                         common_name: s.common_name().map(str::to_owned),
+                        username: s.username().map(str::to_owned),
                         tunnel_addr: e.tunnel_addr,
                         reason,
                         rx_bytes: peer.counters.rx_bytes.load(Relaxed),
@@ -603,22 +610,28 @@ impl Server {
         link: Link,
         identity: &ClientIdentity,
         initial: bool,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, Refusal> {
         if !initial {
             return Ok(Vec::new());
         }
         self.assign(link, &identity.common_name)
     }
 
-    fn assign(&mut self, link: Link, user: &str) -> Result<Vec<String>, String> {
-        let e = self.sessions.get_mut(&link).ok_or("session gone")?;
+    fn assign(&mut self, link: Link, user: &str) -> Result<Vec<String>, Refusal> {
+        let internal = |m: String| Refusal::new(FailureCode::Internal, m);
+        let e = self
+            .sessions
+            .get_mut(&link)
+            .ok_or_else(|| internal("session gone".into()))?;
         let addr = match e.tunnel_addr {
             Some(a) => a,
             None => {
-                let a = self
-                    .pool
-                    .acquire(user)
-                    .ok_or_else(|| "client address pool exhausted".to_owned())?;
+                let a = self.pool.acquire(user).ok_or_else(|| {
+                    Refusal::new(
+                        FailureCode::AddressPoolExhausted,
+                        "client address pool exhausted",
+                    )
+                })?;
                 e.tunnel_addr = Some(a);
                 a
             }
@@ -636,7 +649,7 @@ impl Server {
                 .then_some(RedirectGateway { bypass_dhcp: true }),
             route_gateway: self.pool.gateway(),
             ifconfig: Ipv4Net::new(addr, self.settings.client_cidr.prefix_len())
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| internal(e.to_string()))?,
             ping: 0,
             ping_restart: 0,
             peer_id: None,
@@ -651,8 +664,8 @@ impl Server {
         let reply = e
             .session
             .push_reply(base)
-            .ok_or_else(|| "key exchange not finished".to_owned())?;
-        reply.build().map_err(|e| e.to_string())
+            .ok_or_else(|| internal("key exchange not finished".into()))?;
+        reply.build().map_err(|e| internal(e.to_string()))
     }
 
     /// The verdict on an [`ServerEvent::AuthRequired`]: `Ok(())` assigns an address and pushes
@@ -662,7 +675,7 @@ impl Server {
         link: Link,
         session: u64,
         key_id: KeyId,
-        verdict: Result<(), String>,
+        verdict: Result<(), Refusal>,
         initial: bool,
         now: Instant,
     ) {
@@ -694,7 +707,7 @@ impl Server {
         &mut self,
         link: Link,
         key_id: KeyId,
-        v: Result<Vec<String>, String>,
+        v: Result<Vec<String>, Refusal>,
         now: Instant,
     ) {
         if let Some(e) = self.sessions.get_mut(&link) {

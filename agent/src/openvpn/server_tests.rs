@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::packet::{ControlPacket, KeyId, Opcode, SessionId};
 use super::peer::{DataVerdict, DropCause, Link};
 use super::server::{PushSettings, Server, ServerEvent, ServerSettings};
-use super::session::{CloseReason, TlsProvider};
+use super::session::{CloseReason, FailureCode, Refusal, TlsProvider};
 use super::testclient::{client_tls, TestClient};
 use super::tls::{TlsContext, TlsOptions};
 use super::tls_crypt::{StaticKey, TlsCryptKey};
@@ -599,7 +599,10 @@ fn no_shared_cipher_is_auth_failed_after_the_key_exchange() {
     lab.server.handle_timeout(lab.now);
     assert!(matches!(
         disconnected(&lab.events()).as_slice(),
-        [CloseReason::AuthFailed(_)]
+        [CloseReason::AuthFailed(Refusal {
+            code: FailureCode::Negotiation,
+            ..
+        })]
     ));
 }
 
@@ -789,14 +792,16 @@ fn updated_settings_apply_to_new_sessions() {
 
 /// External authentication (directory, hook): nothing is pushed and no address is handed out
 /// before the verdict (the CVE-2020-15078 class), other sessions proceed meanwhile, a
-/// temporary refusal goes out as `AUTH_FAILED,TEMP[backoff N]:…` and the log reason has no
-/// marker.
+/// temporary refusal goes out as `AUTH_FAILED,TEMP[backoff N]:…`, and the ended attempt
+/// carries the refusal's code and the user name that was tried.
 #[test]
 fn external_auth_waits_for_the_verdict_and_temporary_refusals() {
     use super::server::AuthMode;
     let mut lab = Lab::with(false, |s| s.auth = AuthMode::External);
     let (la, lb) = (link(40020), link(40021));
     let mut a = lab.client("alice");
+    a.username = "alice.smith".into();
+    a.password = "pw".into();
     let mut b = lab.client("bob");
     lab.pump(&mut a, la);
     lab.pump(&mut b, lb);
@@ -829,9 +834,9 @@ fn external_auth_waits_for_the_verdict_and_temporary_refusals() {
         la,
         sa,
         ka,
-        Err(format!(
-            "{}directory unavailable",
-            super::session::TEMPORARY_FAILURE
+        Err(Refusal::temporary(
+            FailureCode::DirectoryUnavailable,
+            "directory unavailable",
         )),
         true,
         lab.now,
@@ -845,10 +850,28 @@ fn external_auth_waits_for_the_verdict_and_temporary_refusals() {
     lab.now += Duration::from_secs(6);
     lab.server.handle_timeout(lab.now);
     let evs = lab.events();
-    assert!(
-        disconnected(&evs).contains(&CloseReason::AuthFailed("directory unavailable".into())),
-        "{evs:?}"
+    let ended = evs
+        .iter()
+        .find_map(|e| match e {
+            ServerEvent::Disconnected {
+                link,
+                reason,
+                username,
+                common_name,
+                tunnel_addr,
+                ..
+            } if *link == la => Some((reason, username, common_name, tunnel_addr)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("alice's attempt did not end: {evs:?}"));
+    assert_eq!(ended.0.failure_code(), FailureCode::DirectoryUnavailable);
+    assert_eq!(
+        ended.0.to_string(),
+        "authentication failed: directory unavailable"
     );
+    assert_eq!(ended.1.as_deref(), Some("alice.smith"));
+    assert_eq!(ended.2.as_deref(), Some("alice"));
+    assert_eq!(*ended.3, None, "no address for a refused attempt");
 }
 
 /// The user name of key 0 is the session's: a renegotiation with another one ends it (its
@@ -920,9 +943,106 @@ fn a_verdict_for_a_replaced_session_is_dropped() {
     );
     assert!(connected(&lab.events()).is_empty());
     // bob's own refusal is what he gets.
-    lab.server
-        .authorize_external(l, sb, kb, Err("not allowed".into()), true, lab.now);
+    lab.server.authorize_external(
+        l,
+        sb,
+        kb,
+        Err(Refusal::new(FailureCode::HookDenied, "not allowed")),
+        true,
+        lab.now,
+    );
     lab.pump(&mut b, l);
     assert!(b.push_reply.is_none());
     assert_eq!(b.auth_failed.as_deref(), Some("not allowed"));
+}
+
+/// With external authentication, a renegotiation waits for its own verdict (the directory
+/// checks the resent password): the old key carries on meanwhile, an accepted one rekeys, a
+/// refused one sends AUTH_FAILED and ends the established session with that code.
+#[test]
+fn renegotiation_verdicts_under_external_auth() {
+    use super::server::AuthMode;
+    let mut lab = Lab::with(false, |s| s.auth = AuthMode::External);
+    let l = link(40040);
+    let mut c = lab.client("alice");
+    c.username = "alice".into();
+    c.password = "pw".into();
+    lab.pump(&mut c, l);
+    let pending = |evs: &[ServerEvent]| {
+        evs.iter()
+            .find_map(|e| match e {
+                ServerEvent::AuthRequired { request, .. } => Some((
+                    request.key_id,
+                    request.initial,
+                    request.password.expose().to_owned(),
+                    request.session,
+                )),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no AuthRequired: {evs:?}"))
+    };
+    let (k0, initial, _, s0) = pending(&lab.events());
+    assert!(initial);
+    lab.server
+        .authorize_external(l, s0, k0, Ok(()), true, lab.now);
+    lab.pump(&mut c, l);
+    assert!(c.push_reply.is_some());
+    lab.events();
+
+    c.renegotiate();
+    lab.pump(&mut c, l);
+    let evs = lab.events();
+    let (k1, initial, pw, s1) = pending(&evs);
+    assert!(
+        !initial && pw == "pw",
+        "the renegotiation carries the password again"
+    );
+    assert!(
+        !evs.iter().any(|e| matches!(e, ServerEvent::Rekeyed { .. })),
+        "rekeyed before the verdict: {evs:?}"
+    );
+    lab.server
+        .authorize_external(l, s1, k1, Ok(()), false, lab.now);
+    lab.pump(&mut c, l);
+    assert!(lab
+        .events()
+        .iter()
+        .any(|e| matches!(e, ServerEvent::Rekeyed { .. })));
+
+    // The password changed in the directory meanwhile: the next renegotiation is refused.
+    c.renegotiate();
+    lab.pump(&mut c, l);
+    let (k2, _, _, s2) = pending(&lab.events());
+    lab.server.authorize_external(
+        l,
+        s2,
+        k2,
+        Err(Refusal::new(
+            FailureCode::InvalidCredentials,
+            "invalid username or password",
+        )),
+        false,
+        lab.now,
+    );
+    lab.pump(&mut c, l);
+    assert_eq!(
+        c.auth_failed.as_deref(),
+        Some("invalid username or password")
+    );
+    lab.now += Duration::from_secs(6);
+    lab.server.handle_timeout(lab.now);
+    let evs = lab.events();
+    let ended = evs
+        .iter()
+        .find_map(|e| match e {
+            ServerEvent::Disconnected {
+                reason,
+                tunnel_addr,
+                ..
+            } => Some((reason.failure_code(), *tunnel_addr)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the session did not end: {evs:?}"));
+    assert_eq!(ended.0, FailureCode::InvalidCredentials);
+    assert!(ended.1.is_some(), "it was an established session");
 }

@@ -140,9 +140,6 @@ impl Default for SessionConfig {
     }
 }
 
-/// A refusal reason starting with this is temporary (`AUTH_FAILED,TEMP`, doc §8.4): e.g. the
-/// directory is unreachable.
-pub const TEMPORARY_FAILURE: &str = "TEMP:";
 /// The backoff a temporary refusal asks the client to wait before it retries.
 pub const TEMPORARY_BACKOFF_SECS: u32 = 10;
 
@@ -162,6 +159,104 @@ pub struct AuthRequest {
     pub cipher: Cipher,
 }
 
+/// Why a connection attempt failed, as a stable code: the connection log's
+/// `connection-attempt-failure-reason` and the `reason` label of the authentication-failure
+/// metric, so neither depends on the wording of a message. Append-only names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureCode {
+    /// Wrong password, unknown user, empty field: one code, as the client is told one thing.
+    InvalidCredentials,
+    AccountDisabled,
+    OneTimeCode,
+    UsernameMismatch,
+    RateLimited,
+    DirectoryUnavailable,
+    DirectoryBusy,
+    /// The directory answered with something unusable.
+    DirectoryError,
+    /// The client-connect hook answered `allow: false`.
+    HookDenied,
+    HookTimeout,
+    /// The hook could not be run or reached, failed, or gave no valid answer.
+    HookError,
+    CertificateRequired,
+    CertificateRevoked,
+    CertificateExpired,
+    /// Any other certificate verification failure (unknown issuer, purpose, CRL expired…).
+    Certificate,
+    Tls,
+    /// No cipher or key derivation in common.
+    Negotiation,
+    AddressPoolExhausted,
+    HandshakeTimeout,
+    Protocol,
+    Internal,
+    /// The attempt ended otherwise (client exit, server shutdown) before it was established.
+    Other,
+}
+
+impl FailureCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCode::InvalidCredentials => "invalid_credentials",
+            FailureCode::AccountDisabled => "account_disabled",
+            FailureCode::OneTimeCode => "one_time_code",
+            FailureCode::UsernameMismatch => "username_mismatch",
+            FailureCode::RateLimited => "rate_limited",
+            FailureCode::DirectoryUnavailable => "directory_unavailable",
+            FailureCode::DirectoryBusy => "directory_busy",
+            FailureCode::DirectoryError => "directory_error",
+            FailureCode::HookDenied => "hook_denied",
+            FailureCode::HookTimeout => "hook_timeout",
+            FailureCode::HookError => "hook_error",
+            FailureCode::CertificateRequired => "certificate_required",
+            FailureCode::CertificateRevoked => "certificate_revoked",
+            FailureCode::CertificateExpired => "certificate_expired",
+            FailureCode::Certificate => "certificate",
+            FailureCode::Tls => "tls",
+            FailureCode::Negotiation => "negotiation",
+            FailureCode::AddressPoolExhausted => "address_pool_exhausted",
+            FailureCode::HandshakeTimeout => "handshake_timeout",
+            FailureCode::Protocol => "protocol",
+            FailureCode::Internal => "internal",
+            FailureCode::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused authentication: the code for logs and metrics, the short text for `AUTH_FAILED`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: FailureCode,
+    pub message: String,
+    /// An outage of what decides, not the user's fault: `AUTH_FAILED,TEMP` (doc §8.4), so a
+    /// client that knows it retries after the backoff instead of exiting.
+    pub temporary: bool,
+}
+
+impl Refusal {
+    pub fn new(code: FailureCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+            temporary: false,
+        }
+    }
+
+    pub fn temporary(code: FailureCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            temporary: true,
+            ..Refusal::new(code, message)
+        }
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
@@ -171,12 +266,14 @@ pub enum CloseReason {
     PingTimeout,
     /// A key state did not become active within the hand-window.
     HandshakeTimeout,
-    /// TLS failed (bad certificate, revoked, protocol error): the reason.
+    /// TLS failed (protocol error, I/O): the reason.
     TlsError(String),
+    /// The client certificate was refused (revoked, expired, unknown issuer…).
+    CertificateRefused { code: FailureCode, detail: String },
     /// The key-method-2 exchange or a negotiation failed.
     ProtocolError(String),
     /// Authentication refused; AUTH_FAILED was sent.
-    AuthFailed(String),
+    AuthFailed(Refusal),
     /// The session reached its maximum duration.
     SessionTimeout,
     /// The server closed it (shutdown, revocation, client restart…).
@@ -191,9 +288,27 @@ impl std::fmt::Display for CloseReason {
             CloseReason::HandshakeTimeout => f.write_str("handshake not complete in hand-window"),
             CloseReason::TlsError(e) => write!(f, "TLS error: {e}"),
             CloseReason::ProtocolError(e) => write!(f, "protocol error: {e}"),
-            CloseReason::AuthFailed(e) => write!(f, "authentication failed: {e}"),
+            CloseReason::CertificateRefused { detail, .. } => write!(f, "TLS error: {detail}"),
+            CloseReason::AuthFailed(r) => write!(f, "authentication failed: {}", r.message),
             CloseReason::SessionTimeout => f.write_str("session timeout"),
             CloseReason::Server(e) => write!(f, "closed by server: {e}"),
+        }
+    }
+}
+
+impl CloseReason {
+    /// The code of an attempt that ended for this reason before it was established.
+    pub fn failure_code(&self) -> FailureCode {
+        match self {
+            CloseReason::AuthFailed(r) => r.code,
+            CloseReason::CertificateRefused { code, .. } => *code,
+            CloseReason::TlsError(_) => FailureCode::Tls,
+            CloseReason::HandshakeTimeout => FailureCode::HandshakeTimeout,
+            CloseReason::ProtocolError(_) => FailureCode::Protocol,
+            CloseReason::ClientExit
+            | CloseReason::PingTimeout
+            | CloseReason::SessionTimeout
+            | CloseReason::Server(_) => FailureCode::Other,
         }
     }
 }
@@ -397,6 +512,16 @@ impl Session {
         self.negotiated.as_ref().map(|n| n.common_name.as_str())
     }
 
+    /// The user name the client sent in key-method 2, once that message was read (None when
+    /// empty): failed attempts are logged with the name that was tried.
+    pub fn username(&self) -> Option<&str> {
+        self.negotiated
+            .as_ref()
+            .map(|n| n.username.as_str())
+            .or_else(|| self.primary.client_km.as_ref().map(|k| k.username.as_str()))
+            .filter(|u| !u.is_empty())
+    }
+
     /// The client certificate's identity (from key 0).
     pub fn identity(&self) -> Option<&ClientIdentity> {
         self.negotiated.as_ref().map(|n| &n.identity)
@@ -498,7 +623,12 @@ impl Session {
     /// options of the PUSH_REPLY without the ones the session negotiates itself (`peer-id`,
     /// `cipher`, protocol flags, ping), see [`PushReply`]; use [`Session::push_reply`] to
     /// build them.
-    pub fn authorize(&mut self, key_id: KeyId, verdict: Result<Vec<String>, String>, now: Instant) {
+    pub fn authorize(
+        &mut self,
+        key_id: KeyId,
+        verdict: Result<Vec<String>, Refusal>,
+        now: Instant,
+    ) {
         let ks = if self.primary.id == key_id {
             &mut self.primary
         } else {
@@ -519,22 +649,18 @@ impl Session {
             }
             Err(reason) => {
                 ks.auth = Auth::Refused;
-                let msg = match reason.strip_prefix(TEMPORARY_FAILURE) {
-                    // The client retries after the backoff (if it knows TEMP) instead of
-                    // exiting: for outages of what decides, not for wrong credentials.
-                    Some(r) => super::options::auth_failed_temp(
+                let msg = if reason.temporary {
+                    super::options::auth_failed_temp(
                         self.negotiated
                             .as_ref()
                             .map(|n| n.peer_info.proto)
                             .unwrap_or_default(),
                         Some(TEMPORARY_BACKOFF_SECS),
-                        r,
-                    ),
-                    None => super::options::auth_failed(Some(&reason)),
+                        &reason.message,
+                    )
+                } else {
+                    super::options::auth_failed(Some(&reason.message))
                 };
-                let reason = reason
-                    .strip_prefix(TEMPORARY_FAILURE)
-                    .map_or(reason.clone(), str::to_owned);
                 let _ = write_message(&mut ks.tls, &msg);
                 self.close_after(
                     now + self.cfg.auth_failed_linger,
@@ -1020,6 +1146,23 @@ fn write_raw(tls: &mut ServerConnection, bytes: &[u8]) -> Result<(), CloseReason
         .map_err(|e| CloseReason::TlsError(e.to_string()))
 }
 
+/// A failed handshake: certificate refusals carry their code (for logs and metrics), taken
+/// from rustls's error rather than from the message.
+fn handshake_close_reason(e: &rustls::Error) -> CloseReason {
+    use rustls::CertificateError as C;
+    let detail = describe_handshake_error(e);
+    let code = match e {
+        rustls::Error::InvalidCertificate(C::Revoked) => FailureCode::CertificateRevoked,
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            FailureCode::CertificateExpired
+        }
+        rustls::Error::InvalidCertificate(_) => FailureCode::Certificate,
+        rustls::Error::NoCertificatesPresented => FailureCode::CertificateRequired,
+        _ => return CloseReason::TlsError(detail),
+    };
+    CloseReason::CertificateRefused { code, detail }
+}
+
 /// One control message, one TLS write, one record (doc §8.1).
 fn write_message(tls: &mut ServerConnection, msg: &str) -> Result<(), CloseReason> {
     let bytes = encode_control_message(msg)
@@ -1041,7 +1184,7 @@ fn pump_tls(ks: &mut KeyState) -> Result<(), CloseReason> {
                 if let Err(e) = ks.tls.process_new_packets() {
                     // Let the alert out before giving up.
                     let _ = ks.tls.write_tls(&mut ks.reliable);
-                    return Err(CloseReason::TlsError(describe_handshake_error(&e)));
+                    return Err(handshake_close_reason(&e));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -1080,7 +1223,7 @@ struct KeyStep {
     authenticate: Option<Box<AuthRequest>>,
     /// Refused during the exchange (no shared cipher, no EKM, bad credentials): AUTH_FAILED is
     /// already written.
-    refused: Option<String>,
+    refused: Option<Refusal>,
     messages: Vec<String>,
 }
 
@@ -1144,13 +1287,13 @@ fn step_key(
                     },
                     (Err(e), _) => {
                         refuse_after_key(ks, &km, cfg.transport, &rng, &e.auth_failed_message())?;
-                        step.refused = Some(e.to_string());
+                        step.refused = Some(Refusal::new(FailureCode::Negotiation, e.to_string()));
                         ks.client_km = Some(km);
                         return Ok(step);
                     }
                     (_, Err(e)) => {
                         refuse_after_key(ks, &km, cfg.transport, &rng, &e.auth_failed_message())?;
-                        step.refused = Some(e.to_string());
+                        step.refused = Some(Refusal::new(FailureCode::Negotiation, e.to_string()));
                         ks.client_km = Some(km);
                         return Ok(step);
                     }
@@ -1161,7 +1304,10 @@ fn step_key(
             // Oversized or non-UTF-8 credentials (doc §5.1): refuse after the reply.
             let msg = super::options::auth_failed(Some("invalid credentials"));
             refuse_after_key(ks, &km, cfg.transport, &rng, &msg)?;
-            step.refused = Some("invalid credentials".into());
+            step.refused = Some(Refusal::new(
+                FailureCode::InvalidCredentials,
+                "invalid credentials",
+            ));
             ks.client_km = Some(km);
             return Ok(step);
         }
