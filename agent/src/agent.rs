@@ -162,14 +162,13 @@ fn kept_sessions_path(socket: &Path) -> PathBuf {
     socket.with_extension("kept-sessions.json")
 }
 
-/// The `clients` entries a previous agent left, with their users from its state file (which
-/// is consumed).
+/// The `clients` entries a previous agent left, with their users from its state file (removed
+/// once this agent is up, so a start that fails early can be retried with it).
 fn adopt_kept(maps: &mut Maps, state: &Path) -> Adopted {
     let users: HashMap<Ipv4Addr, crate::gateway::KeptUser> = std::fs::read(state)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let _ = std::fs::remove_file(state);
     let addrs = maps.client_addrs().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "listing the clients a previous agent left");
         Vec::new()
@@ -494,6 +493,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         pins = %dp.options.pin_dir().display(),
         "endpoint up"
     );
+    let _ = std::fs::remove_file(kept_sessions_path(&cfg.admin_socket()));
     let socket = cfg.admin_socket();
     let result = rt.block_on(serve(
         config_path,
