@@ -163,6 +163,9 @@ pub fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
 }
 
 pub mod agent;
+pub mod benchreport;
+pub mod benchsys;
+pub mod emulator;
 pub mod clients;
 pub mod frames;
 pub mod openvpn;
