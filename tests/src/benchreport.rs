@@ -144,7 +144,9 @@ impl Plot {
     /// The plot as an SVG group at `(x, y)` of size `w` × `h` (axes, ticks, lines, legend).
     pub fn render(&self, x: f64, y: f64, w: f64, h: f64) -> String {
         let mut s = String::new();
-        let (px, py, pw, ph) = (x + 60.0, y + 40.0, w - 80.0, h - 100.0);
+        // Room below the axes for the tick labels, the axis label and one legend row per series.
+        let legend = 14.0 * self.series.len() as f64;
+        let (px, py, pw, ph) = (x + 60.0, y + 40.0, w - 80.0, h - 90.0 - legend);
         let _ = writeln!(
             s,
             r#"<text x="{x}" y="{}" font-size="14" font-weight="bold">{}</text>"#,
@@ -193,9 +195,11 @@ impl Plot {
             y0 = y0.min(0.0);
         }
         if x1 <= x0 {
-            x1 = x0 * 2.0 + 1.0;
-            if !self.log_x {
-                x0 = 0.0;
+            // One x value: centre it.
+            if self.log_x {
+                (x0, x1) = (x0 / 3.0, x1 * 3.0);
+            } else {
+                (x0, x1) = (0.0, x0 * 2.0 + 1.0);
             }
         }
         if y1 <= y0 {
@@ -287,7 +291,7 @@ impl Plot {
                     num(*b)
                 );
             }
-            let ly = py + ph + 46.0 + i as f64 * 14.0;
+            let ly = py + ph + 50.0 + i as f64 * 14.0;
             let _ = writeln!(
                 s,
                 r#"<rect x="{px}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{}" y="{ly:.1}" font-size="11">{}</text>"#,

@@ -43,6 +43,15 @@ const PUSH_REQUEST_FIRST: Duration = Duration::from_secs(1);
 const PUSH_REQUEST_INTERVAL: Duration = Duration::from_secs(5);
 /// Control-channel retransmissions and keepalives are checked this often.
 const TICK: Duration = Duration::from_millis(20);
+/// EXITs per tick when closing everything: a burst of thousands would overflow the server's
+/// UDP receive buffer (the stock server's, 208 KiB by default, holds a few hundred), and a
+/// lost EXIT leaves the session to the server's ping-restart timeout.
+pub const EXITS_PER_TICK: usize = 50;
+/// The peer-info of a 2.6.14 client without IV_PROTO bit 9 (dyn-tls-crypt, 512): TestClient
+/// does not implement it, so it must not offer it (990 - 512).
+const PEER_INFO: &str = "IV_VER=2.6.14\nIV_PLAT=linux\nIV_TCPNL=1\nIV_MTU=1600\nIV_NCP=2\n\
+IV_CIPHERS=AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305\nIV_PROTO=478\nIV_LZO_STUB=1\n\
+IV_COMP_STUB=1\nIV_COMP_STUBv2=1\n";
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -178,6 +187,8 @@ pub struct Opened {
     pub latencies_ms: Vec<f64>,
     /// First reset → last completion.
     pub seconds: f64,
+    /// Completion times, seconds after the first session started, in order.
+    pub done_at_s: Vec<f64>,
     /// When the first session started, the first and the last completed.
     pub first: Option<Instant>,
     pub first_done: Option<Instant>,
@@ -193,15 +204,21 @@ pub fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
 }
 
 impl Opened {
-    /// Completions per second between the first and the last completion: for sessions
-    /// opened at a fixed rate this is the rate the server kept up with (the first session's
-    /// latency is not in it).
+    /// The rate the server kept up with: 90% of the completions divided by the time from
+    /// the first start to the completion that reached 90%. For sessions opened at a fixed
+    /// rate below the server's capacity this is about that rate; above it, the capacity. The
+    /// slowest 10% (retransmissions) do not stretch it.
     pub fn completion_rate(&self) -> f64 {
-        match (self.first_done, self.last) {
-            (Some(a), Some(b)) if self.completed >= 2 && b > a => {
-                (self.completed - 1) as f64 / b.duration_since(a).as_secs_f64()
-            }
-            _ => f64::NAN,
+        let n = self.done_at_s.len();
+        if n < 2 {
+            return f64::NAN;
+        }
+        let k = ((n as f64 * 0.9).ceil() as usize).clamp(1, n);
+        let t = self.done_at_s[k - 1];
+        if t > 0.0 {
+            k as f64 / t
+        } else {
+            f64::NAN
         }
     }
 
@@ -305,7 +322,8 @@ impl Emulator {
             batch: 0,
             next_source: 0,
             handshake_timeout: Duration::from_secs(30),
-            linger: Duration::from_secs(2),
+            // Past the first retransmission (2 s) of a lost EXIT.
+            linger: Duration::from_secs(3),
             counters: Counters::default(),
             buf: vec![0u8; 65536],
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
@@ -363,8 +381,10 @@ impl Emulator {
             self.free.push(idx);
             bail!("epoll_ctl: {}", std::io::Error::last_os_error());
         }
+        let mut client = TestClient::new(self.tls.clone(), "server", self.tls_crypt.as_ref());
+        client.peer_info = PEER_INFO.to_owned();
         self.slots[idx] = Some(Sess {
-            client: TestClient::new(self.tls.clone(), "server", self.tls_crypt.as_ref()),
+            client,
             sock,
             started: now,
             state: St::Handshaking,
@@ -614,6 +634,9 @@ impl Emulator {
                 o.latencies_ms.push(lat.as_secs_f64() * 1e3);
                 let t = Instant::now();
                 o.first_done.get_or_insert(t);
+                if let Some(f) = o.first {
+                    o.done_at_s.push(t.duration_since(f).as_secs_f64());
+                }
                 o.last = Some(t);
                 if plan.churn {
                     self.exit(idx, Instant::now());
@@ -678,63 +701,95 @@ impl Emulator {
                 ipv4_udp(src, *sink.ip(), 40000 + j as u16, sink.port(), ip_len)
             })
             .collect();
-        let mut out = vec![0u8; ip_len + 128];
+        // One sendmmsg per session per round: the emulator's syscalls, not the server, would
+        // otherwise bound the offered rate.
+        const BATCH: usize = 32;
+        let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; ip_len + 128]).collect();
+        let mut iov: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: 0,
+            })
+            .collect();
         let (mut pkts, mut bytes, mut errs) = (0u64, 0u64, 0u64);
         let end = Instant::now() + d;
         let mut round = 0u64;
-        'outer: loop {
+        if active.is_empty() {
+            self.idle(d);
+        }
+        while !active.is_empty() {
             for (j, &i) in active.iter().enumerate() {
                 let Some(s) = self.slots[i].as_mut() else {
                     continue;
                 };
-                // A burst per session per round, then look at the others.
-                for _ in 0..16 {
-                    let Some(n) = s.client.seal_into(&templates[j], &mut out) else {
+                let mut n = 0;
+                while n < BATCH {
+                    // SAFETY: iov[n] points into bufs[n], which lives (unmoved) for the loop.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(iov[n].iov_base.cast::<u8>(), ip_len + 128)
+                    };
+                    let Some(len) = s.client.seal_into(&templates[j], out) else {
                         break;
                     };
-                    match s.sock.send(&out[..n]) {
-                        Ok(_) => {
-                            pkts += 1;
-                            bytes += ip_len as u64;
-                        }
-                        Err(_) => errs += 1,
-                    }
+                    iov[n].iov_len = len;
+                    n += 1;
                 }
+                // SAFETY: zeroed msghdrs are valid; each points at one iovec of ours.
+                let mut msgs: Vec<libc::mmsghdr> = (0..n)
+                    .map(|k| {
+                        let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                        m.msg_hdr.msg_iov = &mut iov[k];
+                        m.msg_hdr.msg_iovlen = 1;
+                        m
+                    })
+                    .collect();
+                // SAFETY: a connected socket we own and `n` valid mmsghdrs.
+                let sent = unsafe {
+                    libc::sendmmsg(s.sock.as_raw_fd(), msgs.as_mut_ptr(), n as u32, 0)
+                };
+                let sent = if sent < 0 { 0 } else { sent as u64 };
+                pkts += sent;
+                bytes += sent * ip_len as u64;
+                errs += n as u64 - sent;
                 s.last_tx = Instant::now();
             }
             round += 1;
-            if round % 8 == 0 {
+            if round % 4 == 0 {
                 self.pump(Duration::ZERO);
                 if Instant::now() >= end || stop_requested() {
-                    break 'outer;
+                    break;
                 }
             }
-            if active.is_empty() {
-                self.idle(d);
-                break;
-            }
         }
+        drop(bufs);
         self.counters.datagrams_tx += pkts;
         self.counters.send_errors += errs;
         (active.len(), pkts, bytes, errs)
     }
 
-    /// EXIT on every session (up or still handshaking), then answer acks until each
-    /// session's linger passed (bounded by `deadline`).
+    /// EXIT on every session (up or still handshaking), paced ([`EXITS_PER_TICK`]), then
+    /// answer acks until each session's linger passed (bounded by `deadline`).
     pub fn close_all(&mut self, deadline: Instant) -> usize {
-        let now = Instant::now();
-        let mut n = 0;
-        for idx in 0..self.slots.len() {
-            if self.slots[idx]
-                .as_ref()
-                .is_some_and(|s| matches!(s.state, St::Up | St::Handshaking))
-            {
-                self.exit(idx, now);
-                n += 1;
+        let open: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                self.slots[i]
+                    .as_ref()
+                    .is_some_and(|s| matches!(s.state, St::Up | St::Handshaking))
+            })
+            .collect();
+        for chunk in open.chunks(EXITS_PER_TICK) {
+            if Instant::now() >= deadline || stop_requested() {
+                break;
             }
+            let now = Instant::now();
+            for &idx in chunk {
+                self.exit(idx, now);
+            }
+            self.pump(TICK);
         }
         self.drain_closing(deadline);
-        n
+        open.len()
     }
 
     /// Run until no session is closing (bounded by `deadline`).
