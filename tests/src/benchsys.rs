@@ -10,8 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{json, Value};
 use crate::clients::{run_in_ns, IcmpSocket};
+use serde_json::{json, Value};
 
 /// Which tasks are "the gateway": all tasks of `pid` (`threads` empty), or those whose name
 /// (`comm`) starts with one of `threads`.
@@ -535,10 +535,7 @@ pub fn sink_setup(ns: &str, port: u16) -> anyhow::Result<()> {
         .write_all(script.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        anyhow::bail!(
-            "nft sink in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        anyhow::bail!("nft sink in {ns}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }
@@ -546,7 +543,9 @@ pub fn sink_setup(ns: &str, port: u16) -> anyhow::Result<()> {
 /// `(packets, bytes)` the sink counted so far (IP packets and bytes).
 pub fn sink_counter(ns: &str) -> Option<(u64, u64)> {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-j", "list", "table", "ip", SINK_TABLE])
+        .args([
+            "netns", "exec", ns, "nft", "-j", "list", "table", "ip", SINK_TABLE,
+        ])
         .stdin(Stdio::null())
         .output()
         .ok()?;

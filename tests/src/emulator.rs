@@ -745,9 +745,8 @@ impl Emulator {
                     })
                     .collect();
                 // SAFETY: a connected socket we own and `n` valid mmsghdrs.
-                let sent = unsafe {
-                    libc::sendmmsg(s.sock.as_raw_fd(), msgs.as_mut_ptr(), n as u32, 0)
-                };
+                let sent =
+                    unsafe { libc::sendmmsg(s.sock.as_raw_fd(), msgs.as_mut_ptr(), n as u32, 0) };
                 let sent = if sent < 0 { 0 } else { sent as u64 };
                 pkts += sent;
                 bytes += sent * ip_len as u64;
@@ -755,7 +754,7 @@ impl Emulator {
                 s.last_tx = Instant::now();
             }
             round += 1;
-            if round % 4 == 0 {
+            if round.is_multiple_of(4) {
                 self.pump(Duration::ZERO);
                 if Instant::now() >= end || stop_requested() {
                     break;
@@ -778,8 +777,9 @@ impl Emulator {
                     .is_some_and(|s| matches!(s.state, St::Up | St::Handshaking))
             })
             .collect();
+        // Not cut short by SIGTERM: that is how a holding emulator is told to leave.
         for chunk in open.chunks(EXITS_PER_TICK) {
-            if Instant::now() >= deadline || stop_requested() {
+            if Instant::now() >= deadline {
                 break;
             }
             let now = Instant::now();
@@ -792,9 +792,9 @@ impl Emulator {
         open.len()
     }
 
-    /// Run until no session is closing (bounded by `deadline`).
+    /// Run until no session is closing (bounded by `deadline`, also after SIGTERM).
     pub fn drain_closing(&mut self, deadline: Instant) {
-        while self.closing() > 0 && Instant::now() < deadline && !stop_requested() {
+        while self.closing() > 0 && Instant::now() < deadline {
             self.pump(TICK);
         }
     }
@@ -850,6 +850,9 @@ mod tests {
     fn pushed_ping_values() {
         let p = "PUSH_REPLY,route 10.0.0.0 255.255.255.0,ping 10,ping-restart 60,ifconfig 10.100.0.2 255.255.128.0";
         assert_eq!(pushed_secs(p, "ping"), Some(Duration::from_secs(10)));
-        assert_eq!(pushed_secs(p, "ping-restart"), Some(Duration::from_secs(60)));
+        assert_eq!(
+            pushed_secs(p, "ping-restart"),
+            Some(Duration::from_secs(60))
+        );
     }
 }

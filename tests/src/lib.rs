@@ -165,8 +165,8 @@ pub fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
 pub mod agent;
 pub mod benchreport;
 pub mod benchsys;
-pub mod emulator;
 pub mod clients;
+pub mod emulator;
 pub mod frames;
 pub mod openvpn;
 pub mod tunnel;

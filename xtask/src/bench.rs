@@ -1,5 +1,6 @@
 //! `cargo xtask bench [SUITE] [--quick]`: set up, build the benchmark programs (release) and
-//! run them; each writes `target/bench/<suite>.{json,md,svg}`.
+//! run them; each writes `target/bench/<suite>.{json,md,svg}`. Then `bench-report` writes the
+//! combined `target/bench/report.md` (with SVG plots) from every suite report present.
 //!
 //! The benchmark programs live in the `tests` package (they need the agent, which xtask
 //! must not depend on: setup has to run before anything builds eBPF).
@@ -13,11 +14,17 @@ use crate::{
 };
 
 /// Suites: name, binary in the `tests` package.
-const SUITES: &[(&str, &str)] = &[("datapath", "bench-datapath"), ("tunnel", "bench-tunnel")];
+const SUITES: &[(&str, &str)] = &[
+    ("datapath", "bench-datapath"),
+    ("tunnel", "bench-tunnel"),
+    ("scale", "bench-scale"),
+];
+/// Writes the combined report from the suites' JSON files.
+const REPORT_BIN: &str = "bench-report";
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Suite to run (default: every suite). Known: datapath, tunnel.
+    /// Suite to run (default: every suite). Known: datapath, tunnel, scale.
     suite: Option<String>,
     /// Short runs (well under 3 minutes) that prove the harness works; figures not meaningful.
     #[arg(long)]
@@ -62,8 +69,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let target = util::target_dir()?;
     let out = target.join("bench");
+    // One build for every program: one cargo invocation links them all in parallel.
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--release",
+        "--package",
+        "tests",
+        "--bin",
+        REPORT_BIN,
+    ]);
+    for (_, bin) in &suites {
+        build.args(["--bin", bin]);
+    }
+    util::run(&mut build)?;
+    let started = std::time::Instant::now();
     for (name, bin) in suites {
-        util::run(cargo().args(["build", "--release", "--package", "tests", "--bin", bin]))?;
+        let t = std::time::Instant::now();
         let mut cmd = command(target.join("release").join(bin));
         if args.quick {
             cmd.arg("--quick");
@@ -77,11 +99,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         cmd.env("PORTCULLIS_BENCH_COMMAND", invoked);
         util::run(&mut cmd).with_context(|| format!("benchmark suite {name}"))?;
         println!(
-            "bench: {name}: {}",
+            "bench: {name} ({:.0} s): {}",
+            t.elapsed().as_secs_f64(),
             ["json", "md", "svg"]
                 .map(|ext| out.join(format!("{name}.{ext}")).display().to_string())
                 .join(", ")
         );
     }
+    // The combined report covers whatever suite reports exist (a suite never run here, or
+    // run on another branch such as `control`, is listed as "not run").
+    util::run(
+        command(target.join("release").join(REPORT_BIN))
+            .arg("--dir")
+            .arg(&out),
+    )?;
+    println!(
+        "bench: suites ran in {:.0} s; combined report {}",
+        started.elapsed().as_secs_f64(),
+        out.join("report.md").display()
+    );
     Ok(())
 }

@@ -89,7 +89,12 @@ fn cost_plot(dp: Option<&Value>) -> Plot {
     let mut series = Vec::new();
     if let Some(d) = dp {
         let sweep: Vec<&Value> = arr(&d["prog_test_run"]["rule_sweep"]).collect();
-        let names = ["fast_path", "fast_path_100k", "new_flow", "denied_not_authorized"];
+        let names = [
+            "fast_path",
+            "fast_path_100k",
+            "new_flow",
+            "denied_not_authorized",
+        ];
         for (i, name) in names.iter().enumerate() {
             let pts: Vec<(f64, f64)> = if sweep.is_empty() {
                 arr(&d["prog_test_run"]["cases"])
@@ -260,7 +265,10 @@ fn summary(suite: &str, r: &Value) -> Vec<String> {
 
 fn run(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
-        bail!("{} does not exist: run `cargo xtask bench` first", dir.display());
+        bail!(
+            "{} does not exist: run `cargo xtask bench` first",
+            dir.display()
+        );
     }
     let mut reports = Vec::new();
     for s in SUITES {
@@ -273,7 +281,10 @@ fn run(dir: &Path) -> Result<()> {
             .and_then(|(_, r)| r.as_ref())
     };
     let plots = [
-        ("report-throughput.svg", throughput_plot(get("scale"), get("tunnel"))),
+        (
+            "report-throughput.svg",
+            throughput_plot(get("scale"), get("tunnel")),
+        ),
         ("report-cost-per-packet.svg", cost_plot(get("datapath"))),
         ("report-reload.svg", reload_plot(get("control"))),
         ("report-handshakes.svg", handshake_plot(get("scale"))),
@@ -335,7 +346,10 @@ fn run(dir: &Path) -> Result<()> {
             }
             Some(r) => {
                 if r["quick"] == true {
-                    let _ = writeln!(w, "**--quick run: the figures only show that the harness works.**\n");
+                    let _ = writeln!(
+                        w,
+                        "**--quick run: the figures only show that the harness works.**\n"
+                    );
                 }
                 for line in summary(name, r) {
                     let _ = writeln!(w, "- {line}");

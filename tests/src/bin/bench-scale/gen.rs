@@ -85,7 +85,13 @@ impl GenOpts {
             "--rest".into(),
             self.rest.to_string(),
             "--traffic".into(),
-            list(&self.traffic.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
+            list(
+                &self
+                    .traffic
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>(),
+            ),
             "--traffic-secs".into(),
             self.traffic_secs.to_string(),
             "--ip-len".into(),
@@ -205,7 +211,10 @@ pub fn run(o: GenOpts) -> Result<()> {
     emulator::install_signal_handlers();
     let limit = emulator::raise_nofile((o.sessions as u64 + 4096).max(65_536));
     if (limit as usize) < o.sessions + 64 {
-        bail!("{} sessions need as many sockets; the open-file limit is {limit}", o.sessions);
+        bail!(
+            "{} sessions need as many sockets; the open-file limit is {limit}",
+            o.sessions
+        );
     }
     let begin = Instant::now();
     let deadline = begin + Duration::from_secs_f64(o.deadline);
@@ -306,12 +315,8 @@ fn hold(emu: &mut Emulator, o: &GenOpts, deadline: Instant) -> Result<Value> {
         let c0 = CpuSample::take(&o.gw);
         let g0 = own_cpu_seconds();
         let t0 = Instant::now();
-        let (used, pkts, bytes, errs) = emu.traffic(
-            k,
-            Duration::from_secs_f64(o.traffic_secs),
-            o.ip_len,
-            o.sink,
-        );
+        let (used, pkts, bytes, errs) =
+            emu.traffic(k, Duration::from_secs_f64(o.traffic_secs), o.ip_len, o.sink);
         let secs = t0.elapsed().as_secs_f64();
         let d = CpuSample::take(&o.gw).since(&c0);
         let g = own_cpu_seconds() - g0;
@@ -390,7 +395,9 @@ fn sweep(emu: &mut Emulator, o: &GenOpts, deadline: Instant) -> Result<Value> {
         let g = own_cpu_seconds() - g0;
         let achieved = opened.completion_rate();
         let failed_frac = opened.failed as f64 / opened.started.max(1) as f64;
-        let saturated = !(achieved >= 0.9 * rate) || failed_frac > 0.01;
+        // NaN (fewer than two completions) counts as saturated.
+        let kept_up = achieved.is_finite() && achieved >= 0.9 * rate;
+        let saturated = !kept_up || failed_frac > 0.01;
         let mut step = opened.to_json();
         step["offered_per_s"] = json!(rate);
         step["achieved_per_s"] = json!(achieved);

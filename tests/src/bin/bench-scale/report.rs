@@ -60,13 +60,37 @@ pub fn compare(r: &Value) -> Value {
         let (a, b) = both(&["sessions_up"]);
         rows.push(row(format!("{n} idle: sessions up"), "", "higher", a, b));
         let (a, b) = both(&["open", "seconds"]);
-        rows.push(row(format!("{n} idle: time to establish"), "s", "lower", a, b));
+        rows.push(row(
+            format!("{n} idle: time to establish"),
+            "s",
+            "lower",
+            a,
+            b,
+        ));
         let (a, b) = both(&["open", "rate_per_s"]);
-        rows.push(row(format!("{n} idle: connects per second while establishing"), "/s", "higher", a, b));
+        rows.push(row(
+            format!("{n} idle: connects per second while establishing"),
+            "/s",
+            "higher",
+            a,
+            b,
+        ));
         let (a, b) = both(&["open", "latency_ms", "p99"]);
-        rows.push(row(format!("{n} idle: connect latency p99"), "ms", "lower", a, b));
+        rows.push(row(
+            format!("{n} idle: connect latency p99"),
+            "ms",
+            "lower",
+            a,
+            b,
+        ));
         let (a, b) = both(&["rss_per_session_kib"]);
-        rows.push(row(format!("{n} idle: memory per session"), "KiB", "lower", a, b));
+        rows.push(row(
+            format!("{n} idle: memory per session"),
+            "KiB",
+            "lower",
+            a,
+            b,
+        ));
         let (a, b) = both(&["rest", "server_core_fraction"]);
         rows.push(row(
             format!("{n} idle: keepalive CPU at rest"),
@@ -201,7 +225,11 @@ pub fn markdown(r: &Value) -> String {
             "- {}: {} ({})",
             t["target"].as_str().unwrap_or(""),
             num(f(&t["value"])),
-            if t["met"] == true { "met" } else { "**not met**" }
+            if t["met"] == true {
+                "met"
+            } else {
+                "**not met**"
+            }
         );
     }
     let _ = writeln!(w, "\n## Handshake sweep\n");
@@ -272,7 +300,10 @@ pub fn markdown(r: &Value) -> String {
             );
         }
     }
-    let notes: Vec<&Value> = r["notes"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let notes: Vec<&Value> = r["notes"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
     if !notes.is_empty() {
         let _ = writeln!(w, "\n## Notes\n");
         for n in notes {
@@ -291,13 +322,21 @@ pub fn throughput_points(side: &Value) -> Vec<(f64, f64)> {
     holds(side)
         .into_iter()
         .flat_map(|h| h["traffic"].as_array().into_iter().flatten())
-        .map(|t| (f(&t["active_sessions"]), f(&t["throughput_bits_per_second"]) / 1e6))
+        .map(|t| {
+            (
+                f(&t["active_sessions"]),
+                f(&t["throughput_bits_per_second"]) / 1e6,
+            )
+        })
         .collect()
 }
 
 pub fn plots(r: &Value) -> Vec<Plot> {
     let note = (r["quick"] == true).then(|| "--quick: figures not meaningful".to_string());
-    let sides = [("Portcullis", "portcullis", COLORS[0]), ("stock openvpn", "stock", COLORS[1])];
+    let sides = [
+        ("Portcullis", "portcullis", COLORS[0]),
+        ("stock openvpn", "stock", COLORS[1]),
+    ];
     let series = |pick: &dyn Fn(&Value) -> Vec<(f64, f64)>| -> Vec<Series> {
         sides
             .iter()
