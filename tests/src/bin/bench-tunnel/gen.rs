@@ -176,7 +176,10 @@ pub fn run(o: GenOpts) -> Result<()> {
         // SIGTERM or --hold-max.
         println!("HELD {}", emu.up());
         held_at = Some(Instant::now());
-        emu.idle(o.hold_max.min(deadline.saturating_duration_since(Instant::now())));
+        emu.idle(
+            o.hold_max
+                .min(deadline.saturating_duration_since(Instant::now())),
+        );
     } else {
         emu.drain_closing(deadline);
     }
