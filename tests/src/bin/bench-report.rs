@@ -26,6 +26,26 @@ fn load(dir: &Path, suite: &str) -> Result<Option<Value>> {
     }
 }
 
+/// `YYYY-MM-DD HH:MM UTC` from unix seconds (civil-from-days, proleptic Gregorian).
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
 fn arr(v: &Value) -> impl Iterator<Item = &Value> {
     v.as_array().into_iter().flatten()
 }
@@ -309,7 +329,10 @@ fn run(dir: &Path) -> Result<()> {
         w,
         "Reproduce everything with `cargo xtask bench` (root; `--quick` for the short harness check), one suite with `cargo xtask bench <suite>`. Method: docs/benchmarks.md.\n"
     );
-    let _ = writeln!(w, "| suite | status | command | run at (unix) | seconds | load average before → after | files |");
+    let _ = writeln!(
+        w,
+        "| suite | status | command | run at | seconds | load average before → after | files |"
+    );
     let _ = writeln!(w, "|---|---|---|---:|---:|---|---|");
     for (name, r) in &reports {
         match r {
@@ -325,7 +348,7 @@ fn run(dir: &Path) -> Result<()> {
                     w,
                     "| {name} | {} | {cmd} | {} | {} | {} → {} | [{name}.md]({name}.md), [{name}.json]({name}.json) |",
                     if r["quick"] == true { "ran (--quick)" } else { "ran" },
-                    r["unix_time"],
+                    r["unix_time"].as_u64().map(utc).unwrap_or_default(),
                     num(f(&r["elapsed_seconds"])),
                     r["machine"]["loadavg_before"].as_str().unwrap_or("?"),
                     r["machine"]["loadavg_after"].as_str().unwrap_or("?"),
@@ -406,5 +429,15 @@ fn main() -> ExitCode {
             eprintln!("bench-report: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(super::utc(1_795_976_564), "2026-11-29 18:22 UTC");
     }
 }
