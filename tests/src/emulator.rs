@@ -222,6 +222,21 @@ impl Opened {
         }
     }
 
+    /// Completions per second between `from` and `to` seconds after the first start: for
+    /// sessions opened at a fixed rate over `to` seconds, the rate the server sustained once
+    /// the first `from` seconds (latency ramp) are left out, however long each connect took.
+    pub fn window_rate(&self, from: f64, to: f64) -> f64 {
+        if to <= from {
+            return f64::NAN;
+        }
+        let n = self
+            .done_at_s
+            .iter()
+            .filter(|&&t| t >= from && t <= to)
+            .count();
+        n as f64 / (to - from)
+    }
+
     pub fn to_json(&self) -> Value {
         let l = &self.latencies_ms;
         json!({
@@ -263,8 +278,10 @@ pub struct Emulator {
     batch: u32,
     next_source: usize,
     pub handshake_timeout: Duration,
-    /// How long a closing session answers acks.
+    /// How long a closing session answers acks at least, and at most while its EXIT is
+    /// not acknowledged (retransmissions at 2 s and 6 s).
     pub linger: Duration,
+    pub linger_max: Duration,
     pub counters: Counters,
     buf: Vec<u8>,
     events: Vec<libc::epoll_event>,
@@ -322,8 +339,8 @@ impl Emulator {
             batch: 0,
             next_source: 0,
             handshake_timeout: Duration::from_secs(30),
-            // Past the first retransmission (2 s) of a lost EXIT.
-            linger: Duration::from_secs(3),
+            linger: Duration::from_millis(500),
+            linger_max: Duration::from_secs(7),
             counters: Counters::default(),
             buf: vec![0u8; 65536],
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
@@ -561,7 +578,8 @@ impl Emulator {
                     self.flush(idx, now);
                 }
                 St::Closing(t) => {
-                    if now.duration_since(t) >= self.linger {
+                    let age = now.duration_since(t);
+                    if age >= self.linger_max || (age >= self.linger && s.client.all_acked()) {
                         self.remove(idx);
                     } else {
                         self.flush(idx, now);

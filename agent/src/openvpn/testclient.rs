@@ -323,6 +323,11 @@ impl TestClient {
         self.keys.last().is_some_and(|k| k.server_km)
     }
 
+    /// Every reliable packet sent (control messages such as EXIT) has been acknowledged.
+    pub fn all_acked(&self) -> bool {
+        self.keys.iter().all(|k| k.reliable.all_acked())
+    }
+
     /// Data keys are in place (after the PUSH_REPLY): [`TestClient::seal`] works.
     pub fn data_ready(&self) -> bool {
         self.enc.is_some()

@@ -9,8 +9,9 @@
 //!   them for `--traffic-secs` while the others idle (delivered bytes counted by the sink's
 //!   nftables counter); then EXIT on all.
 //! - `sweep`: for each offered rate, open `rate × step` sessions at that rate (at most
-//!   `--inflight` handshaking), each closed with EXIT once connected; achieved rate and
-//!   connect latency per step; stops after the second saturated step.
+//!   `--inflight` handshaking), each closed with EXIT once connected; achieved rate
+//!   (completions between the warm-up and the end of the step) and connect latency per step;
+//!   stops after the second saturated step.
 use std::{
     io::Write,
     net::{SocketAddr, SocketAddrV4},
@@ -393,7 +394,14 @@ fn sweep(emu: &mut Emulator, o: &GenOpts, deadline: Instant) -> Result<Value> {
         let wall = t0.elapsed().as_secs_f64();
         let d = CpuSample::take(&o.gw).since(&c0);
         let g = own_cpu_seconds() - g0;
-        let achieved = opened.completion_rate();
+        // Steady state: the completions of the sessions started after a warm-up, i.e. the
+        // window [warm, step] shifted by the median connect latency. A server whose latency
+        // stays constant keeps up with the offered rate however long each connect takes; one
+        // that cannot keep up completes at its capacity.
+        let warm = (o.step_secs / 4.0).min(2.0);
+        let l50 = emulator::nearest_rank(&opened.latencies_ms, 50.0) / 1e3;
+        let l50 = if l50.is_finite() { l50 } else { 0.0 };
+        let achieved = opened.window_rate(warm + l50, o.step_secs + l50);
         let failed_frac = opened.failed as f64 / opened.started.max(1) as f64;
         // NaN (fewer than two completions) counts as saturated.
         let kept_up = achieved.is_finite() && achieved >= 0.9 * rate;
@@ -401,6 +409,7 @@ fn sweep(emu: &mut Emulator, o: &GenOpts, deadline: Instant) -> Result<Value> {
         let mut step = opened.to_json();
         step["offered_per_s"] = json!(rate);
         step["achieved_per_s"] = json!(achieved);
+        step["warmup_s"] = json!(warm);
         step["wall_s"] = json!(wall);
         step["server_cpu_s"] = json!(d.gateway_s);
         step["server_core_fraction"] = json!(d.gateway_s / wall);
