@@ -331,7 +331,7 @@ fn run(dir: &Path) -> Result<()> {
     );
     let _ = writeln!(
         w,
-        "| suite | status | command | run at | seconds | load average before → after | files |"
+        "| suite | status | command | finished | seconds | load average before → after | files |"
     );
     let _ = writeln!(w, "|---|---|---|---:|---:|---|---|");
     for (name, r) in &reports {
