@@ -163,7 +163,10 @@ pub fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
 }
 
 pub mod agent;
+pub mod benchreport;
+pub mod benchsys;
 pub mod clients;
+pub mod emulator;
 pub mod frames;
 pub mod ldap;
 pub mod openvpn;

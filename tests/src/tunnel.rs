@@ -33,6 +33,10 @@ pub struct TunnelOpts {
     pub ping_restart: Duration,
     /// Packet workers of the tunnel.
     pub workers: usize,
+    /// Concurrent sessions (`ServerSettings::max_sessions`); `None`: the default.
+    pub max_sessions: Option<usize>,
+    /// Stateless reset replies per second and burst; `None`: the default.
+    pub reset_rate: Option<(u32, u32)>,
 }
 
 impl Default for TunnelOpts {
@@ -55,6 +59,8 @@ impl Default for TunnelOpts {
             ping: Duration::from_secs(10),
             ping_restart: Duration::from_secs(60),
             workers: 2,
+            max_sessions: None,
+            reset_rate: None,
         }
     }
 }
@@ -103,11 +109,18 @@ impl TunnelLab {
             )
             .expect("server TLS"),
         );
+        // The pool is the policy's (the TAP was given the same one).
         let mut settings = ServerSettings {
-            client_cidr: "10.100.0.0/24".parse().unwrap(),
+            client_cidr: opts.policy.client_cidr,
             push: opts.push.clone(),
             ..ServerSettings::default()
         };
+        if let Some(n) = opts.max_sessions {
+            settings.max_sessions = n;
+        }
+        if let Some(r) = opts.reset_rate {
+            settings.reset_rate = r;
+        }
         for s in [&mut settings.udp, &mut settings.tcp] {
             s.reneg = opts.reneg.clone();
             s.ping = opts.ping;

@@ -1,5 +1,6 @@
 //! `cargo xtask bench [SUITE] [--quick]`: set up, build the benchmark programs (release) and
-//! run them; each writes `target/bench/<suite>.{json,md,svg}`.
+//! run them; each writes `target/bench/<suite>.{json,md,svg}`. Then `bench-report` writes the
+//! combined `target/bench/report.md` (with SVG plots) from every suite report present.
 //!
 //! The benchmark programs live in the `tests` package (they need the agent, which xtask
 //! must not depend on: setup has to run before anything builds eBPF).
@@ -16,12 +17,15 @@ use crate::{
 const SUITES: &[(&str, &str)] = &[
     ("datapath", "bench-datapath"),
     ("tunnel", "bench-tunnel"),
+    ("scale", "bench-scale"),
     ("control", "bench-control"),
 ];
+/// Writes the combined report from the suites' JSON files.
+const REPORT_BIN: &str = "bench-report";
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Suite to run (default: every suite). Known: datapath, tunnel, control.
+    /// Suite to run (default: every suite). Known: datapath, tunnel, scale, control.
     suite: Option<String>,
     /// Short runs (well under 3 minutes) that prove the harness works; figures not meaningful.
     #[arg(long)]
@@ -66,10 +70,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let target = util::target_dir()?;
     let out = target.join("bench");
+    // One build for every program: one cargo invocation links them all in parallel.
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--release",
+        "--package",
+        "tests",
+        "--bin",
+        REPORT_BIN,
+    ]);
+    for (_, bin) in &suites {
+        build.args(["--bin", bin]);
+    }
+    // The control suite runs `portcullis run` itself, as shipped: the release binary.
+    build.args(["--package", "portcullis-agent", "--bin", "portcullis"]);
+    util::run(&mut build)?;
+    let started = std::time::Instant::now();
     for (name, bin) in suites {
-        util::run(cargo().args(["build", "--release", "--package", "tests", "--bin", bin]))?;
-        // The control suite runs `portcullis run` itself, as shipped: the release binary.
-        util::run(cargo().args(["build", "--release", "--package", "portcullis-agent"]))?;
+        let t = std::time::Instant::now();
         let mut cmd = command(target.join("release").join(bin));
         cmd.env("PORTCULLIS_BIN", target.join("release").join("portcullis"));
         if args.quick {
@@ -84,7 +103,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         cmd.env("PORTCULLIS_BENCH_COMMAND", invoked);
         util::run(&mut cmd).with_context(|| format!("benchmark suite {name}"))?;
         println!(
-            "bench: {name}: {}",
+            "bench: {name} ({:.0} s): {}",
+            t.elapsed().as_secs_f64(),
             ["json", "md", "svg"]
                 .iter()
                 .map(|ext| out.join(format!("{name}.{ext}")))
@@ -94,5 +114,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 .join(", ")
         );
     }
+    // The combined report covers whatever suite reports exist (a suite never run here, or
+    // run on another branch such as `control`, is listed as "not run").
+    util::run(
+        command(target.join("release").join(REPORT_BIN))
+            .arg("--dir")
+            .arg(&out),
+    )?;
+    println!(
+        "bench: suites ran in {:.0} s; combined report {}",
+        started.elapsed().as_secs_f64(),
+        out.join("report.md").display()
+    );
     Ok(())
 }

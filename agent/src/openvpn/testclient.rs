@@ -249,6 +249,11 @@ impl TestClient {
                     let msg: Vec<u8> = k.plain.drain(..=end).collect();
                     let msg = String::from_utf8_lossy(&msg[..msg.len() - 1]).into_owned();
                     if let Some(rest) = msg.strip_prefix("PUSH_REPLY") {
+                        if self.enc.is_some() && k.id == KeyId::ZERO {
+                            // A second PUSH_REPLY (answering a PUSH_REQUEST that crossed the
+                            // first): re-deriving would restart the data packet ids.
+                            continue;
+                        }
                         let mut acc = self
                             .push_reply
                             .take()
@@ -310,6 +315,28 @@ impl TestClient {
             dec.insert(0, d);
             dec.truncate(2);
         }
+    }
+
+    /// The server's key-method-2 reply arrived on the current key (a 2.6 client's key
+    /// state is ACTIVE: it sends PUSH_REQUEST from then on until the PUSH_REPLY arrives).
+    pub fn key_exchanged(&self) -> bool {
+        self.keys.last().is_some_and(|k| k.server_km)
+    }
+
+    /// Every reliable packet sent (control messages such as EXIT) has been acknowledged.
+    pub fn all_acked(&self) -> bool {
+        self.keys.iter().all(|k| k.reliable.all_acked())
+    }
+
+    /// Data keys are in place (after the PUSH_REPLY): [`TestClient::seal`] works.
+    pub fn data_ready(&self) -> bool {
+        self.enc.is_some()
+    }
+
+    /// Like [`TestClient::seal`], into `out` (at least `payload.len() + 64` bytes) without
+    /// allocating: the length written.
+    pub fn seal_into(&mut self, payload: &[u8], out: &mut [u8]) -> Option<usize> {
+        self.enc.as_mut()?.encrypt(payload, out).ok()
     }
 
     /// The tunnel address the server pushed.

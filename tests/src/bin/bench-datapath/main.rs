@@ -35,7 +35,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::XdpMode;
 use portcullis::{
     datapath::{Datapath, DatapathOptions},
-    policy::{compile, nft},
+    policy::{compile, compile_with_previous, nft},
     reconcile,
 };
 use portcullis_common::{ClientInfo, DropReason, Event, DEFAULT_FLOWS_PER_CLIENT};
@@ -44,8 +44,8 @@ use tests::gateway::PinRoot;
 
 use crate::{
     policy::{
-        bench_policy, client_groups, fill_client, BENCH_CLIENT, BENCH_MAX_FLOWS, BENCH_SLOT,
-        FILL_CLIENTS,
+        bench_policy, bench_policy_with_rules, client_groups, fill_client, BENCH_CLIENT,
+        BENCH_MAX_FLOWS, BENCH_SLOT, FILL_CLIENTS,
     },
     rate::{Generator, Mode},
     topo::{in_ns, Topology, GW_IN, GW_OUT, SINK_IF},
@@ -77,6 +77,9 @@ struct Args {
 
 struct Settings {
     runs_per_case: usize,
+    /// Authorization rule counts of the cost-per-packet sweep, and runs per case per point.
+    rule_counts: Vec<usize>,
+    rule_sweep_runs: usize,
     warmup: Duration,
     window: Duration,
     repetitions: usize,
@@ -165,6 +168,18 @@ fn event_counters(dp: &Datapath) -> Result<(u64, u64, u64, u64)> {
     ))
 }
 
+/// Compile `policy` keeping the group bits of `prev` and apply it (a new generation).
+fn apply_policy(
+    d: &mut Datapath,
+    policy: &portcullis::policy::PolicyInput,
+    prev: &std::collections::BTreeMap<String, u16>,
+) -> Result<portcullis::policy::CompiledPolicy> {
+    let c = compile_with_previous(policy, &|x| portcullis::datapath::ifindex(x), Some(prev))
+        .map_err(|errs| anyhow!("does not compile: {} errors", errs.len()))?;
+    reconcile::reconcile(&mut d.maps, &c).map_err(|e| anyhow!("applying: {e}"))?;
+    Ok(c)
+}
+
 fn run(args: Args) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -174,6 +189,8 @@ fn run(args: Args) -> Result<()> {
     let s = if args.quick {
         Settings {
             runs_per_case: 2_000,
+            rule_counts: vec![100, 10_000],
+            rule_sweep_runs: 500,
             warmup: Duration::from_millis(300),
             window: Duration::from_millis(700),
             repetitions: 1,
@@ -181,6 +198,8 @@ fn run(args: Args) -> Result<()> {
     } else {
         Settings {
             runs_per_case: 20_000,
+            rule_counts: vec![10, 100, 1_000, 10_000],
+            rule_sweep_runs: 5_000,
             warmup: Duration::from_secs(1),
             window: Duration::from_secs(4),
             repetitions: 3,
@@ -330,6 +349,60 @@ fn run(args: Args) -> Result<()> {
             c.name, c.median, c.p90, c.prog_only_mean
         );
     }
+
+    // ---- (a') cost per packet vs authorization rules ----------------------------------------
+    // The same program with smaller policies (group bits kept), then the full one again for
+    // (b). The 100,000 pre-loaded flows stay in conntrack throughout.
+    let mut rule_sweep = Vec::new();
+    let mut prev_bits = compiled.group_bits.clone();
+    for (i, &n) in s.rule_counts.iter().enumerate() {
+        if stop_requested() {
+            bail!("interrupted");
+        }
+        let policy = bench_policy_with_rules(n);
+        let d = dp.as_mut().expect("loaded");
+        // Inside the gateway namespace: the compiler looks up the target's ifindex.
+        let c = in_ns(&topo.gw.name, || {
+            apply_policy(d, &policy, &prev_bits).with_context(|| format!("the {n}-rule policy"))
+        })?;
+        prev_bits = c.group_bits.clone();
+        let runs = s.rule_sweep_runs;
+        let cases = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                topo::pin_to_cpu(0, rate::FORWARD_CPU);
+                topo::boost(0);
+                in_ns(&gw_name, || {
+                    progrun::rule_point(d, gw_in_ifindex, gw_in_mac, runs, i as u8)
+                })
+            })
+            .join()
+            .map_err(|_| anyhow!("rule sweep thread panicked"))?
+        })?;
+        println!(
+            "  {n:>6} rules: {}",
+            cases
+                .iter()
+                .map(|c| format!("{} {:.0} ns", c.name, c.median))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        rule_sweep.push(json!({
+            "rules": n,
+            "authorization_prefixes": c.authz.len(),
+            "cases": cases.iter().map(|c| json!({
+                "name": c.name, "runs": c.runs, "median_ns": c.median, "p90_ns": c.p90,
+                "p99_ns": c.p99, "mean_ns": c.mean,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    {
+        let d = dp.as_mut().expect("loaded");
+        in_ns(&topo.gw.name, || apply_policy(d, &input, &prev_bits))
+            .context("re-applying the benchmark policy")?;
+    }
+    let mut prog_test_run = prog_test_run;
+    prog_test_run["rule_sweep"] = json!(rule_sweep);
+    prog_test_run["rule_sweep_method"] = json!("after the cases above: the policy replaced by one with N authorization rules (the two deciding for the sink plus N-2 /30 rules; security groups unchanged), then fast path (hot flow), new flow and denied-by-authorization, rule_sweep_runs runs each interleaved in 10 rounds, same thread placement; the 100,000 pre-loaded flows stay");
 
     // ---- (b) forwarding rate ----------------------------------------------------------------
     let mut generators = Vec::new();

@@ -56,11 +56,17 @@ fn authz(dest: &str, group: &str) -> AuthzRule {
 ///   (`1-500`, `1001-1500`, ...; the benchmark's port 9 is in the first) and 960 TCP/UDP
 ///   rules to /24s in 198.19.0.0/16. TCP to 198.18.0.0/24 is not allowed.
 pub fn bench_policy() -> PolicyInput {
+    bench_policy_with_rules(AUTHZ_RULES)
+}
+
+/// [`bench_policy`] with `n` (≥ 2) authorization rules: the two that decide for the sink,
+/// and `n - 2` of the /30 rules (for the cost-per-packet vs rule-count sweep).
+pub fn bench_policy_with_rules(n: usize) -> PolicyInput {
     let mut rules = vec![
         authz("198.18.0.0/24", "bench"),
         authz("198.18.0.0/15", "admins"),
     ];
-    for i in 0..AUTHZ_RULES - 2 {
+    for i in 0..n.max(2) - 2 {
         let dest = format!("198.19.{}.{}/30", i / 64, (i % 64) * 4);
         rules.push(authz(&dest, &format!("g{}", i % RULE_GROUPS)));
     }

@@ -330,3 +330,75 @@ pub fn run(
         cases,
     })
 }
+
+/// Cost per packet at one policy size (the rule-count sweep, after [`run`]): the hot fast
+/// path, a new flow and a packet denied by authorization, `runs` each, interleaved in 10
+/// rounds. `point` picks a sink address of its own, so new flows never repeat a 5-tuple of
+/// an earlier point. Must run on a thread inside the gateway namespace.
+pub fn rule_point(
+    dp: &mut Datapath,
+    gw_in_ifindex: u32,
+    gw_in_mac: [u8; 6],
+    runs: usize,
+    point: u8,
+) -> Result<Vec<CaseResult>> {
+    let ctx = xdp_md(FRAME_LEN, gw_in_ifindex);
+    let sink = Ipv4Addr::new(198, 18, 0, 2);
+    let established = udp_frame(gw_in_mac, BENCH_CLIENT, 40_000, sink, 9);
+    let not_authorized = udp_frame(
+        gw_in_mac,
+        BENCH_CLIENT,
+        40_001,
+        Ipv4Addr::new(198, 19, 0, 1),
+        9,
+    );
+    let new_dst = Ipv4Addr::new(198, 18, 0, 200u8.saturating_add(point));
+    let tap = dp.program(PROG_TAP).context("TAP program")?;
+    // The policy generation changed: the first packet of the flow re-validates it.
+    let (v, _) = run_once(tap, &established, &ctx)?;
+    if v != XDP_REDIRECT {
+        bail!("re-validating the established flow: verdict {v}");
+    }
+    let mut d: [Vec<u32>; 3] = Default::default();
+    let mut port: u32 = 1024;
+    let per_round = runs.div_ceil(10);
+    for _ in 0..10 {
+        if stop_requested() {
+            bail!("interrupted");
+        }
+        for (ci, dur) in d.iter_mut().enumerate() {
+            for _ in 0..per_round {
+                let (frame, want) = match ci {
+                    0 => (established.clone(), XDP_REDIRECT),
+                    1 => {
+                        port += 1;
+                        if port > 65_535 {
+                            bail!("ran out of fresh source ports for new flows");
+                        }
+                        (
+                            udp_frame(gw_in_mac, BENCH_CLIENT, port as u16, new_dst, 9),
+                            XDP_REDIRECT,
+                        )
+                    }
+                    _ => (not_authorized.clone(), XDP_DROP),
+                };
+                let (verdict, ns) = run_once(tap, &frame, &ctx)?;
+                if verdict != want {
+                    bail!("rule sweep case {ci}: verdict {verdict}, expected {want}");
+                }
+                dur.push(ns);
+            }
+        }
+    }
+    let [a, b, c] = d;
+    Ok(vec![
+        summarize("fast_path", "established flow, hot", "XDP_REDIRECT", a),
+        summarize("new_flow", "new flow", "XDP_REDIRECT", b),
+        summarize(
+            "denied_not_authorized",
+            "denied by authorization",
+            "XDP_DROP",
+            c,
+        ),
+    ])
+}

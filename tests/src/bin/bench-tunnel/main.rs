@@ -20,7 +20,7 @@
 //! killed outright).
 mod gen;
 mod report;
-mod sys;
+use tests::benchsys as sys;
 
 use std::{
     net::{SocketAddr, SocketAddrV4},

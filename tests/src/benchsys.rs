@@ -1,3 +1,5 @@
+//! Shared by the benchmark programs (`bench-tunnel`, `bench-scale`).
+//!
 //! What the benchmark reads from the system: CPU time of the gateway (a process, or some of
 //! its threads by name) and of the whole machine from /proc, resident memory, the CPU clock,
 //! `perf stat` cycles where the machine has a cycle counter, and ICMP round-trip times.
@@ -8,8 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::clients::{run_in_ns, IcmpSocket};
 use serde_json::{json, Value};
-use tests::clients::{run_in_ns, IcmpSocket};
 
 /// Which tasks are "the gateway": all tasks of `pid` (`threads` empty), or those whose name
 /// (`comm`) starts with one of `threads`.
@@ -504,4 +506,54 @@ impl NsDrops {
             "link_drops": links,
         })
     }
+}
+
+// ---- a counting sink ------------------------------------------------------------------------------
+
+/// nftables table of the sink (in the private network namespace).
+pub const SINK_TABLE: &str = "pct_sink";
+
+/// Count and drop UDP packets to `port` in namespace `ns` at prerouting: the private host
+/// sees them arrive, and no ICMP "port unreachable" goes back through the tunnel.
+pub fn sink_setup(ns: &str, port: u16) -> anyhow::Result<()> {
+    let script = format!(
+        "add table ip {SINK_TABLE}\n\
+         add chain ip {SINK_TABLE} pre {{ type filter hook prerouting priority -300 ; }}\n\
+         add rule ip {SINK_TABLE} pre udp dport {port} counter drop\n"
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        anyhow::bail!("nft sink in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// `(packets, bytes)` the sink counted so far (IP packets and bytes).
+pub fn sink_counter(ns: &str) -> Option<(u64, u64)> {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "nft", "-j", "list", "table", "ip", SINK_TABLE,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["nftables"].as_array()?.iter().find_map(|item| {
+        item["rule"]["expr"].as_array()?.iter().find_map(|e| {
+            let c = &e["counter"];
+            Some((c["packets"].as_u64()?, c["bytes"].as_u64()?))
+        })
+    })
 }
