@@ -494,6 +494,11 @@ impl Directory {
         Ok(c)
     }
 
+    /// Service connections waiting in the pool.
+    pub fn pooled(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     fn give_back(&self, c: LdapConn) {
         let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         if p.len() < self.cfg.pool_size {
