@@ -776,6 +776,8 @@ mod tests {
         let cfg: crate::directory::DirectoryConfig = toml::from_str(&cfg).unwrap();
         let mut a = authenticator(otp);
         a.directory = Some(Arc::new(Directory::new(&cfg).unwrap()));
+        // Read by Directory::new.
+        let _ = std::fs::remove_file(&pw);
         a.username_must_match_cn = false;
         a.per_user = Mutex::new(FailureLimiter::new(per_user, Duration::from_secs(300)));
         a.per_source = Mutex::new(FailureLimiter::new(100, Duration::from_secs(300)));
