@@ -763,7 +763,9 @@ mod tests {
     }
 
     fn service_authenticator(f: &FakeLdap, per_user: u32, otp: bool) -> Authenticator {
-        let pw = std::env::temp_dir().join(format!("pc-auth-svc-{}", std::process::id()));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pw = std::env::temp_dir().join(format!("pc-auth-svc-{}-{n}", std::process::id()));
         std::fs::write(&pw, "svc\n").unwrap();
         let mut cfg = format!(
             "url = \"{}\"\nbind_dn = \"cn=svc\"\nbind_password_file = \"{}\"\nuser_base = \"dc=x\"\ntimeout_secs = 5\n",
