@@ -117,7 +117,11 @@ pub struct FailureLimiter {
     buckets: HashMap<String, (f64, Instant)>,
 }
 
-/// Entries kept before full buckets are dropped (memory stays bounded under a spray).
+/// Entries kept per limiter. Past it, full buckets are dropped first; if the map is still at
+/// the cap (a spray of distinct names or sources, whose buckets are not full yet), the
+/// least recently used eighth is forgotten, so memory stays bounded. A forgotten key starts
+/// with a full bucket again: an attacker must fail this many times across other keys to
+/// reset one, which the other limiter (per source, per user) still counts.
 const LIMITER_ENTRIES: usize = 10_000;
 
 impl FailureLimiter {
@@ -147,13 +151,59 @@ impl FailureLimiter {
             return;
         }
         let t = (self.level(key, now) - 1.0).max(0.0);
+        self.set(key, t, now);
+    }
+
+    /// Takes a token when one is left (true), before the directory is asked: logins in
+    /// flight at once cannot all pass one check. [`FailureLimiter::give_back`] returns it.
+    pub fn try_take(&mut self, key: &str, now: Instant) -> bool {
+        if self.capacity == 0.0 {
+            return true;
+        }
+        let l = self.level(key, now);
+        if l < 1.0 {
+            return false;
+        }
+        self.set(key, l - 1.0, now);
+        true
+    }
+
+    /// Returns a token taken by [`FailureLimiter::try_take`] (the login did not fail).
+    pub fn give_back(&mut self, key: &str, now: Instant) {
+        if self.capacity == 0.0 {
+            return;
+        }
+        let l = (self.level(key, now) + 1.0).min(self.capacity);
+        if l >= self.capacity {
+            // A full bucket is the same as no entry.
+            self.buckets.remove(key);
+        } else {
+            self.set(key, l, now);
+        }
+    }
+
+    fn set(&mut self, key: &str, tokens: f64, now: Instant) {
         if self.buckets.len() >= LIMITER_ENTRIES && !self.buckets.contains_key(key) {
             let (cap, per_sec) = (self.capacity, self.per_sec);
             self.buckets.retain(|_, (t, at)| {
                 t.to_owned() + now.saturating_duration_since(*at).as_secs_f64() * per_sec < cap
             });
+            if self.buckets.len() >= LIMITER_ENTRIES {
+                // Still full: forget the least recently used eighth (one O(n) pass per
+                // LIMITER_ENTRIES / 8 new keys).
+                let mut by_age: Vec<(Instant, String)> = self
+                    .buckets
+                    .iter()
+                    .map(|(k, (_, at))| (*at, k.clone()))
+                    .collect();
+                let n = LIMITER_ENTRIES / 8;
+                by_age.select_nth_unstable_by_key(n, |(at, _)| *at);
+                for (_, k) in &by_age[..n] {
+                    self.buckets.remove(k);
+                }
+            }
         }
-        self.buckets.insert(key.to_owned(), (t, now));
+        self.buckets.insert(key.to_owned(), (tokens, now));
     }
 }
 
@@ -216,19 +266,27 @@ impl Authenticator {
         let mut grant = Grant::default();
         if let Some(dir) = &self.directory {
             let user = req.username.as_str();
+            // The directory ignores leading and trailing spaces (RFC 4518): such a spelling
+            // would be another limiter bucket and replay-guard key for the same entry.
+            if user.trim() != user || user.chars().any(char::is_control) {
+                tracing::warn!(%link, user = ?user, "login refused: user name with leading or trailing spaces or control characters");
+                return Err(Refusal::new(
+                    FailureCode::InvalidCredentials,
+                    "user name with leading or trailing spaces or control characters",
+                ));
+            }
             let source = source_key(link.addr().ip());
             let user_key = format!("user:{}", user.to_lowercase());
             let now = Instant::now();
-            let allowed = self
-                .per_user
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .allowed(&user_key, now)
-                && self
-                    .per_source
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .allowed(&source, now);
+            // Tokens are taken now and given back unless the login fails (check-then-act
+            // would let every login in flight pass the same check).
+            let mut tokens = Tokens {
+                auth: self,
+                user: Vec::new(),
+                source: None,
+                spent: false,
+            };
+            let allowed = tokens.take_user(&user_key, now) && tokens.take_source(&source, now);
             if !allowed {
                 tracing::warn!(%link, user, "login refused: too many failed logins");
                 return Err(Refusal::new(
@@ -269,12 +327,27 @@ impl Authenticator {
             } else {
                 (req.password.expose().to_owned(), None)
             };
-            let checked = dir.authenticate(user, &password).and_then(|u| match &code {
-                None => Ok(u),
-                Some(c) => self
-                    .check_code(user, u.totp_secret.as_deref(), c)
-                    .map(|()| u),
-            });
+            // Spellings of one entry (case, inner spaces, compatibility forms) share the bucket
+            // of its DN, taken once the DN is known and before the password is checked.
+            let mut limited = false;
+            let checked = dir
+                .authenticate_checked(user, &password, |dn| {
+                    limited = !tokens.take_user(&format!("dn:{}", dn.to_lowercase()), now);
+                    !limited
+                })
+                .and_then(|u| match &code {
+                    None => Ok(u),
+                    Some(c) => self
+                        .check_code(user, &u.dn, u.totp_secret.as_deref(), c)
+                        .map(|()| u),
+                });
+            if limited {
+                tracing::warn!(%link, user, "login refused: too many failed logins for this directory entry");
+                return Err(Refusal::new(
+                    FailureCode::RateLimited,
+                    "too many failed logins, try again later",
+                ));
+            }
             match checked {
                 Ok(u) => {
                     tracing::info!(%link, user, dn = u.dn, groups = ?u.groups, took_ms = t0.elapsed().as_millis() as u64, "directory login");
@@ -285,16 +358,7 @@ impl Authenticator {
                 }
                 Err(e) => {
                     // An outage is not the user's fault: it does not use up their tokens.
-                    if !matches!(e, DirError::Unavailable(_)) {
-                        self.per_user
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .failed(&user_key, now);
-                        self.per_source
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .failed(&source, now);
-                    }
+                    tokens.spent = !matches!(e, DirError::Unavailable(_));
                     tracing::warn!(%link, user, reason = %e, "directory login failed");
                     return Err(e.refusal());
                 }
@@ -361,8 +425,14 @@ impl Authenticator {
         }
     }
 
-    /// The TOTP code for `user`, once per time step.
-    fn check_code(&self, user: &str, secret: Option<&str>, code: &str) -> Result<(), DirError> {
+    /// The TOTP code for `user` (entry `dn`), once per time step and entry.
+    fn check_code(
+        &self,
+        user: &str,
+        dn: &str,
+        secret: Option<&str>,
+        code: &str,
+    ) -> Result<(), DirError> {
         let Some(secret) = secret else {
             // Said only in our log: the client is not told who has a secret enrolled.
             tracing::warn!(user, "no TOTP secret in the directory for this user");
@@ -374,7 +444,8 @@ impl Authenticator {
         let step =
             crate::otp::verify(secret, code, now).ok_or(DirError::Otp("invalid one-time code"))?;
         let mut used = self.otp_used.lock().unwrap_or_else(|e| e.into_inner());
-        let key = user.to_lowercase();
+        // By entry, not by the typed name, which has many spellings.
+        let key = dn.to_lowercase();
         if used.get(&key).is_some_and(|&s| s >= step) {
             return Err(DirError::Otp("one-time code already used"));
         }
@@ -386,6 +457,53 @@ impl Authenticator {
     pub fn groups_for(&self, cn: &str, grant: &Grant) -> Vec<String> {
         combined_groups(&*self.local_groups, cn, grant)
     }
+}
+
+/// Limiter tokens one login took: given back when dropped unless `spent` (the login failed).
+struct Tokens<'a> {
+    auth: &'a Authenticator,
+    user: Vec<String>,
+    source: Option<String>,
+    spent: bool,
+}
+
+impl Tokens<'_> {
+    fn take_user(&mut self, key: &str, now: Instant) -> bool {
+        let ok = lock(&self.auth.per_user).try_take(key, now);
+        if ok {
+            self.user.push(key.to_owned());
+        }
+        ok
+    }
+
+    fn take_source(&mut self, key: &str, now: Instant) -> bool {
+        let ok = lock(&self.auth.per_source).try_take(key, now);
+        if ok {
+            self.source = Some(key.to_owned());
+        }
+        ok
+    }
+}
+
+impl Drop for Tokens<'_> {
+    fn drop(&mut self) {
+        if self.spent {
+            return;
+        }
+        let now = Instant::now();
+        let mut u = lock(&self.auth.per_user);
+        for k in &self.user {
+            u.give_back(k, now);
+        }
+        drop(u);
+        if let Some(k) = &self.source {
+            lock(&self.auth.per_source).give_back(k, now);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Local groups of `cn` and of the grant's username, with the grant's directory groups.
@@ -402,13 +520,19 @@ pub fn combined_groups(
     g
 }
 
-/// Rate-limit key of a source: the address (IPv4-mapped IPv6 as IPv4).
+/// Rate-limit key of a source: the IPv4 address (IPv4-mapped IPv6 as IPv4), or the /64 of
+/// an IPv6 address (one subnet hands its holder 2^64 addresses).
 fn source_key(ip: IpAddr) -> String {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    format!("src:{ip}")
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("src:{v4}"),
+            None => {
+                let net = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("src:{}/64", std::net::Ipv6Addr::from(net))
+            }
+        },
+        v4 => format!("src:{v4}"),
+    }
 }
 
 #[cfg(test)]
@@ -434,15 +558,45 @@ mod tests {
 
     #[test]
     fn limiter_memory_is_bounded() {
+        // A spray of distinct keys 1 ms apart with the defaults: no bucket refills in time
+        // (one token per minute), so dropping full buckets alone frees nothing.
         let t0 = Instant::now();
-        let mut l = FailureLimiter::new(5, Duration::from_secs(1));
-        for i in 0..(LIMITER_ENTRIES + 10) {
-            l.failed(
-                &format!("k{i}"),
-                t0 + Duration::from_secs(if i < LIMITER_ENTRIES { 0 } else { 10 }),
-            );
+        let mut l = FailureLimiter::new(5, Duration::from_secs(300));
+        let n = LIMITER_ENTRIES + LIMITER_ENTRIES / 2;
+        for i in 0..n {
+            let at = t0 + Duration::from_millis(i as u64);
+            l.failed(&format!("k{i}"), at);
+            assert!(l.try_take(&format!("t{i}"), at));
         }
         assert!(l.buckets.len() <= LIMITER_ENTRIES, "{}", l.buckets.len());
+        // The newest keys are kept (the least recently used ones went).
+        let end = t0 + Duration::from_millis(n as u64);
+        assert!(l.buckets.contains_key(&format!("k{}", n - 1)));
+        assert!(l.level(&format!("t{}", n - 1), end) < 5.0);
+    }
+
+    #[test]
+    fn tokens_taken_before_and_given_back() {
+        let t0 = Instant::now();
+        let mut l = FailureLimiter::new(2, Duration::from_secs(60));
+        assert!(l.try_take("u", t0));
+        assert!(l.try_take("u", t0));
+        assert!(!l.try_take("u", t0), "both tokens are out");
+        l.give_back("u", t0);
+        assert!(l.try_take("u", t0));
+        l.give_back("u", t0);
+        l.give_back("u", t0);
+        l.give_back("u", t0);
+        assert!(l.buckets.is_empty(), "a full bucket is no entry");
+    }
+
+    #[test]
+    fn ipv6_sources_share_a_key_per_64() {
+        let k = |s: &str| source_key(s.parse().unwrap());
+        assert_eq!(k("2001:db8:1:2::1"), k("2001:db8:1:2:ffff:1:2:3"));
+        assert_eq!(k("2001:db8:1:2::1"), "src:2001:db8:1:2::/64");
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("192.0.2.1"), "src:192.0.2.1");
     }
 
     #[test]
@@ -666,6 +820,218 @@ mod tests {
         assert_eq!(
             none.decide(link(), &renegotiation("alice", "bob", "")),
             Ok(())
+        );
+    }
+
+    /// A minimal LDAP server on 127.0.0.1 (BER by hand): every search finds the one entry
+    /// `dn` (with `pcTotpSecret` = `totp` when set), the service account and `right` passwords
+    /// bind, any other password is invalidCredentials after `delay`. Counts the user binds.
+    struct FakeLdap {
+        url: String,
+        user_binds: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    fn ber(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        let n = content.len();
+        if n < 128 {
+            v.push(n as u8);
+        } else {
+            v.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]);
+        }
+        v.extend_from_slice(content);
+        v
+    }
+
+    /// Reads one TLV: (tag, content); `None` at the end.
+    fn read_tlv(r: &mut impl std::io::Read) -> Option<(u8, Vec<u8>)> {
+        let mut h = [0u8; 2];
+        r.read_exact(&mut h).ok()?;
+        let mut len = usize::from(h[1]);
+        if len >= 0x80 {
+            let mut b = vec![0u8; len & 0x7f];
+            r.read_exact(&mut b).ok()?;
+            len = b.iter().fold(0, |a, &x| (a << 8) | usize::from(x));
+        }
+        let mut c = vec![0u8; len];
+        r.read_exact(&mut c).ok()?;
+        Some((h[0], c))
+    }
+
+    fn fake_ldap(dn: &'static str, totp: Option<&'static str>, delay: Duration) -> FakeLdap {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ldap://{}", l.local_addr().unwrap());
+        let user_binds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = user_binds.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { break };
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    while let Some((_, msg)) = read_tlv(&mut s) {
+                        let mut m = &msg[..];
+                        let Some((_, id)) = read_tlv(&mut m) else {
+                            break;
+                        };
+                        let Some((op, body)) = read_tlv(&mut m) else {
+                            break;
+                        };
+                        let reply = |op: u8, content: &[u8]| {
+                            let mut c = ber(0x02, &id);
+                            c.extend(ber(op, content));
+                            ber(0x30, &c)
+                        };
+                        let done =
+                            |rc: u8| [vec![0x0a, 1, rc], ber(0x04, b""), ber(0x04, b"")].concat();
+                        match op {
+                            0x60 => {
+                                let mut b = &body[..];
+                                let _version = read_tlv(&mut b);
+                                let name = read_tlv(&mut b).map(|t| t.1).unwrap_or_default();
+                                let pw = read_tlv(&mut b).map(|t| t.1).unwrap_or_default();
+                                let rc = if name.starts_with(b"cn=svc") || pw == b"right" {
+                                    0
+                                } else {
+                                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    std::thread::sleep(delay);
+                                    49
+                                };
+                                let _ = s.write_all(&reply(0x61, &done(rc)));
+                            }
+                            0x63 => {
+                                let mut attrs = Vec::new();
+                                if let Some(t) = totp {
+                                    let vals = ber(0x31, &ber(0x04, t.as_bytes()));
+                                    attrs = ber(0x30, &[ber(0x04, b"pcTotpSecret"), vals].concat());
+                                }
+                                let entry = [ber(0x04, dn.as_bytes()), ber(0x30, &attrs)].concat();
+                                let _ = s.write_all(&reply(0x64, &entry));
+                                let _ = s.write_all(&reply(0x65, &done(0)));
+                            }
+                            _ => break,
+                        }
+                    }
+                });
+            }
+        });
+        FakeLdap { url, user_binds }
+    }
+
+    fn service_authenticator(f: &FakeLdap, per_user: u32, otp: bool) -> Authenticator {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pw = std::env::temp_dir().join(format!("pc-auth-svc-{}-{n}", std::process::id()));
+        std::fs::write(&pw, "svc\n").unwrap();
+        let mut cfg = format!(
+            "url = \"{}\"\nbind_dn = \"cn=svc\"\nbind_password_file = \"{}\"\nuser_base = \"dc=x\"\ntimeout_secs = 5\n",
+            f.url,
+            pw.display()
+        );
+        if otp {
+            cfg.push_str("totp_secret_attribute = \"pcTotpSecret\"\n");
+        }
+        let cfg: crate::directory::DirectoryConfig = toml::from_str(&cfg).unwrap();
+        let mut a = authenticator(otp);
+        a.directory = Some(Arc::new(Directory::new(&cfg).unwrap()));
+        // Read by Directory::new.
+        let _ = std::fs::remove_file(&pw);
+        a.username_must_match_cn = false;
+        a.per_user = Mutex::new(FailureLimiter::new(per_user, Duration::from_secs(300)));
+        a.per_source = Mutex::new(FailureLimiter::new(100, Duration::from_secs(300)));
+        a
+    }
+
+    #[test]
+    fn parallel_guesses_cannot_all_pass_the_limit() {
+        let f = fake_ldap("uid=alice,dc=x", None, Duration::from_millis(300));
+        let a = Arc::new(service_authenticator(&f, 2, false));
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let a = a.clone();
+                std::thread::spawn(move || {
+                    a.decide(link(), &request("x", "alice", &format!("guess{i}")))
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let limited = results
+            .iter()
+            .filter(|r| {
+                r.as_ref()
+                    .err()
+                    .is_some_and(|e| e.message.contains("too many"))
+            })
+            .count();
+        assert_eq!(
+            f.user_binds.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "{results:?}"
+        );
+        assert_eq!(limited, 6, "{results:?}");
+        // A success gives its tokens back.
+        let a = service_authenticator(&f, 2, false);
+        for _ in 0..5 {
+            assert_eq!(a.decide(link(), &request("x", "alice", "right")), Ok(()));
+        }
+    }
+
+    #[test]
+    fn spellings_of_one_entry_share_its_limit_and_replay_guard() {
+        // Every name the directory resolves to the same entry (as `alice` and `ａｌｉｃｅ` do
+        // in a directory that applies NFKC) shares the entry's bucket.
+        let f = fake_ldap("uid=alice,dc=x", None, Duration::ZERO);
+        let a = service_authenticator(&f, 2, false);
+        for name in ["alice", "Alice2"] {
+            assert_eq!(
+                a.decide(link(), &request("x", name, "wrong"))
+                    .map_err(|r| r.message),
+                Err("invalid username or password".into())
+            );
+        }
+        assert_eq!(
+            a.decide(link(), &request("x", "ａｌｉｃｅ", "wrong"))
+                .map_err(|r| r.message),
+            Err("too many failed logins, try again later".into())
+        );
+        assert_eq!(f.user_binds.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Spaces around the name are refused before anything is counted.
+        for name in [" alice", "alice ", "alice\t", "al\u{7}ice"] {
+            assert_eq!(
+                a.decide(link(), &request("x", name, "wrong"))
+                    .map_err(|r| r.message),
+                Err("user name with leading or trailing spaces or control characters".into())
+            );
+        }
+        // A code used once does not work again under another spelling of the same entry.
+        const SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+        let f = fake_ldap("uid=alice,dc=x", Some(SECRET), Duration::ZERO);
+        let a = service_authenticator(&f, 5, true);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let secret = crate::otp::base32_decode(SECRET).unwrap();
+        let code = format!(
+            "{:06}",
+            crate::otp::totp_at(&secret, now / crate::otp::STEP_SECS)
+        );
+        let scrv1 = |p: &str, c: &str| {
+            format!(
+                "SCRV1:{}:{}",
+                crate::otp::base64_encode(p.as_bytes()),
+                crate::otp::base64_encode(c.as_bytes())
+            )
+        };
+        assert_eq!(
+            a.decide(link(), &request("x", "alice", &scrv1("right", &code))),
+            Ok(())
+        );
+        assert_eq!(
+            a.decide(link(), &request("x", "ALICE2", &scrv1("right", &code)))
+                .map_err(|r| r.message),
+            Err("invalid username or password".into()),
+            "a replayed code is refused with the same message as a wrong password"
         );
     }
 

@@ -718,6 +718,12 @@ impl EndpointConfig {
                     "the one-time code is checked against a TOTP secret in the directory: set `directory.totp_secret_attribute` (and \"ldap\" in auth.methods)",
                 ));
             }
+            if self.directory.as_ref().is_some_and(|d| d.bind_dn.is_none()) {
+                errs.push(err(
+                    "auth.static_challenge",
+                    "the TOTP secret must be read by a service account, never with the user's own bind (whoever has the password could read it): set `directory.bind_dn` and `bind_password_file`, and make the secret attribute readable only by that account",
+                ));
+            }
         }
         if self.auth.failed_login_window_secs == 0 {
             errs.push(err(
@@ -1035,8 +1041,22 @@ groups = ["engineering"]
                 "",
                 &format!("[auth]\nmethods = [\"ldap\"]\nstatic_challenge = \"Code\"\n{dir}")
             ),
+            ["auth.static_challenge", "auth.static_challenge"]
+        );
+        // A TOTP secret read with the user's own bind is readable with the password alone.
+        let totp = "[auth]\nmethods = [\"ldap\"]\nstatic_challenge = \"Code\"\n";
+        assert_eq!(
+            check(
+                "",
+                &format!("{totp}{dir}totp_secret_attribute = \"pcTotpSecret\"\n")
+            ),
             ["auth.static_challenge"]
         );
+        let svc = format!(
+            "[directory]\nurl = \"ldap://127.0.0.1:389\"\nbind_dn = \"cn=svc\"\nbind_password_file = \"{}\"\nuser_base = \"dc=x\"\ntotp_secret_attribute = \"pcTotpSecret\"\n",
+            f.display()
+        );
+        assert_eq!(check("", &format!("{totp}{svc}")), Vec::<String>::new());
         assert_eq!(
             check("", "[auth]\nusername_must_match_cn = true\n"),
             ["auth.username_must_match_cn"]

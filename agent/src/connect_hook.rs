@@ -33,7 +33,7 @@ impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Program(p) => write!(f, "program {}", p.display()),
-            Target::Http { url, .. } => write!(f, "POST {url}"),
+            Target::Http { url, .. } => write!(f, "POST {}", loggable(url)),
         }
     }
 }
@@ -156,40 +156,66 @@ impl ConnectHook {
     }
 
     fn run_program(&self, program: &Path, request: &serde_json::Value) -> Result<String, Refusal> {
+        use std::os::unix::process::CommandExt;
         let mut child = Command::new(program)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
+            // Its own process group: a timeout kills what it started too (`sh -c` wrappers).
+            .process_group(0)
             .spawn()
             .map_err(|e| {
                 tracing::error!(program = %program.display(), error = %e, "client-connect hook cannot start");
                 hook_error("connection handler unavailable")
             })?;
+        let group = child.id() as libc::pid_t;
+        // stdin and stdout on threads of their own: a hook that writes more than the pipe
+        // holds (or reads late) must not stall until the timeout.
         if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(request.to_string().as_bytes());
+            let body = request.to_string();
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(body.as_bytes());
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(mut so) = child.stdout.take() {
+            std::thread::spawn(move || {
+                // Bounded: the answer is a small object; the rest is read and dropped.
+                let mut out = Vec::new();
+                let _ = so.by_ref().take(MAX_ANSWER + 1).read_to_end(&mut out);
+                let _ = std::io::copy(&mut so, &mut std::io::sink());
+                let _ = tx.send(out);
+            });
         }
         let end = Instant::now() + self.timeout;
+        let give_up = |child: &mut std::process::Child| {
+            // SAFETY: kill(2) of the group led by our own child, which is not reaped yet.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+            let _ = child.wait();
+            tracing::warn!(program = %program.display(), "client-connect hook timed out");
+            Err(timed_out())
+        };
         let status = loop {
             match child.try_wait() {
                 Ok(Some(s)) => break s,
                 Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    tracing::warn!(program = %program.display(), "client-connect hook timed out");
-                    return Err(timed_out());
-                }
+                _ => return give_up(&mut child),
             }
         };
-        let mut out = String::new();
-        if let Some(mut so) = child.stdout.take() {
-            // Bounded: the answer is a small object.
-            let _ = so.by_ref().take(64 * 1024).read_to_string(&mut out);
-        }
+        // The answer is complete when every writer closed stdout (a background process of
+        // the hook may hold it): within the same deadline.
+        let out = match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok(out) => out,
+            Err(_) => return give_up(&mut child),
+        };
         if !status.success() {
             return Err(hook_error("connection handler failed"));
         }
-        Ok(out)
+        if out.len() as u64 > MAX_ANSWER {
+            tracing::warn!(program = %program.display(), "client-connect hook answered more than 64 KiB");
+            return Err(hook_error("connection handler gave no valid answer"));
+        }
+        String::from_utf8(out).map_err(|_| hook_error("connection handler gave no valid answer"))
     }
 
     fn post(
@@ -205,16 +231,18 @@ impl ConnectHook {
         let mut resp = match resp {
             Ok(r) => r,
             Err(ureq::Error::Timeout(_)) => {
-                tracing::warn!(url, "client-connect hook timed out");
+                tracing::warn!(url = %loggable(url), "client-connect hook timed out");
                 return Err(timed_out());
             }
             Err(e) => {
-                tracing::error!(url, error = %e, "client-connect hook unreachable");
+                // ureq's error text can quote the URL too.
+                let e = e.to_string().replace(url, &loggable(url));
+                tracing::error!(url = %loggable(url), error = %e, "client-connect hook unreachable");
                 return Err(hook_error("connection handler unavailable"));
             }
         };
         if !resp.status().is_success() {
-            tracing::warn!(url, status = %resp.status(), "client-connect hook answered with an error status");
+            tracing::warn!(url = %loggable(url), status = %resp.status(), "client-connect hook answered with an error status");
             return Err(hook_error("connection handler failed"));
         }
         match resp
@@ -236,6 +264,17 @@ fn hook_error(message: &str) -> Refusal {
 
 fn timed_out() -> Refusal {
     Refusal::new(FailureCode::HookTimeout, "connection handler timed out")
+}
+
+/// `scheme://host[:port]/path` of a hook URL: userinfo and query often carry a key
+/// (`https://user:pass@…`, `?code=…`), which must not reach the logs.
+fn loggable(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let rest = &rest[..end];
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}{path}")
 }
 
 #[cfg(test)]
@@ -356,6 +395,113 @@ mod tests {
         );
         let _ = s.flush();
         Some(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[test]
+    fn big_answers_and_leftover_children() {
+        let dir = std::env::temp_dir().join(format!("pc-hook-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = Link::Udp {
+            listener: 0,
+            addr: "192.0.2.11:5000".parse().unwrap(),
+        };
+        // More than a pipe holds: no valid answer, at once (not a timeout).
+        let big = script(
+            &dir,
+            "big",
+            "cat >/dev/null; head -c 200000 /dev/zero | tr '\\0' ' '; echo '{\"allow\":true}'",
+        );
+        let mut h = ConnectHook::new(&big, "corp");
+        h.timeout = Duration::from_secs(3);
+        let t = Instant::now();
+        assert_eq!(
+            h.decide(link, &req(), &[]).map_err(|r| r.message),
+            Err("connection handler gave no valid answer".into())
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // A timeout kills the hook's whole process group, not just the shell.
+        let pidfile = dir.join("pid");
+        let wrapper = script(
+            &dir,
+            "wrapper",
+            &format!("sleep 30 & echo $! > {}; wait", pidfile.display()),
+        );
+        let mut h = ConnectHook::new(&wrapper, "corp");
+        h.timeout = Duration::from_millis(500);
+        assert_eq!(
+            h.decide(link, &req(), &[]).map_err(|r| r.message),
+            Err("connection handler timed out".into())
+        );
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        };
+        let t = Instant::now();
+        while !gone() && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let alive = !gone();
+        if alive {
+            // SAFETY: the test's own leftover; do not leave it running.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        assert!(!alive, "the hook's child {pid} survived the timeout");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn url_secrets_stay_out_of_the_log() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .finish();
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let url = format!("http://hookuser:s3cret-pass@{closed}/allow?code=s3cret-key");
+        let h = ConnectHook::http(&url, None, "corp", Duration::from_secs(2)).unwrap();
+        let link = Link::Udp {
+            listener: 0,
+            addr: "192.0.2.11:5000".parse().unwrap(),
+        };
+        let r = tracing::subscriber::with_default(sub, || h.decide(link, &req(), &[]));
+        assert_eq!(
+            r.map_err(|r| r.message),
+            Err("connection handler unavailable".into())
+        );
+        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains(&format!("http://{closed}/allow")), "{log}");
+        assert!(!log.contains("s3cret"), "{log}");
+        assert!(!format!("{:?}", h.target).contains("s3cret"));
+        assert_eq!(
+            loggable("https://u:p@h.example:8443/a/b?code=x#f"),
+            "https://h.example:8443/a/b"
+        );
     }
 
     /// A one-thread HTTP/1.1 server on 127.0.0.1 answering by path; it records the request

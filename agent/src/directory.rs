@@ -35,6 +35,9 @@ const AD_IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
 const RC_INVALID_CREDENTIALS: u32 = 49;
 /// AD's userAccountControl ACCOUNTDISABLE bit.
 const UAC_ACCOUNT_DISABLE: u64 = 0x2;
+/// `pwdAccountLockedTime` of an account locked until an administrator unlocks it
+/// (draft-behera-ldap-password-policy 5.3.3).
+const PPOLICY_LOCKED_FOR_GOOD: &str = "000001010000Z";
 /// Upper bound on group entries visited while resolving nested groups, whatever the cap.
 const MAX_GROUPS_VISITED: usize = 2000;
 
@@ -344,7 +347,9 @@ impl DirError {
             DirError::Disabled => "account disabled",
             DirError::Unavailable(_) => "directory unavailable",
             DirError::Protocol(_) => "directory error",
-            DirError::Otp(m) => m,
+            // Not told apart from a wrong password, which would confirm the password to
+            // someone guessing it; the agent's log has the detail.
+            DirError::Otp(_) => "invalid username or password",
         }
     }
 
@@ -474,6 +479,11 @@ impl Directory {
         if let Some(c) = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Ok(c);
         }
+        self.new_service()
+    }
+
+    /// A new bound service connection (never one from the pool).
+    fn new_service(&self) -> Result<LdapConn, DirError> {
         let mut c = self.connect()?;
         if let (Some(dn), Some(pw)) = (&self.cfg.bind_dn, &self.bind_password) {
             let t = self.op_timeout();
@@ -488,6 +498,11 @@ impl Directory {
         Ok(c)
     }
 
+    /// Service connections waiting in the pool.
+    pub fn pooled(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     fn give_back(&self, c: LdapConn) {
         let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         if p.len() < self.cfg.pool_size {
@@ -495,21 +510,31 @@ impl Directory {
         }
     }
 
-    /// Runs `f` on a service connection; a connection that failed is dropped and `f` is tried
-    /// once more on a fresh one (the pooled one may have been cut by a directory restart).
+    /// Runs `f` on a service connection. After a connection-level failure the whole pool is
+    /// dropped (a directory restart cut every pooled connection, not just this one) and `f`
+    /// is tried once more on a new connection.
     fn with_service<T>(
         &self,
         f: impl Fn(&Self, &mut LdapConn) -> Result<T, DirError>,
     ) -> Result<T, DirError> {
         let mut last = None;
-        for _ in 0..2 {
-            let mut c = self.service()?;
+        for attempt in 0..2 {
+            let mut c = if attempt == 0 {
+                self.service()?
+            } else {
+                self.new_service()?
+            };
             match f(self, &mut c) {
                 Ok(v) => {
                     self.give_back(c);
                     return Ok(v);
                 }
-                Err(e @ DirError::Unavailable(_)) => last = Some(e),
+                Err(e @ DirError::Unavailable(_)) => {
+                    let stale =
+                        std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
+                    drop(stale);
+                    last = Some(e);
+                }
                 Err(e) => {
                     self.give_back(c);
                     return Err(e);
@@ -569,6 +594,18 @@ impl Directory {
 
     /// Checks `username`/`password` and returns the user's groups.
     pub fn authenticate(&self, username: &str, password: &str) -> Result<DirUser, DirError> {
+        self.authenticate_checked(username, password, |_| true)
+    }
+
+    /// [`Directory::authenticate`], asking `admit` with the user's DN once it is known and
+    /// before the password is checked; `false` ends the login there with an error (the
+    /// caller knows why).
+    pub fn authenticate_checked(
+        &self,
+        username: &str,
+        password: &str,
+        admit: impl FnOnce(&str) -> bool,
+    ) -> Result<DirUser, DirError> {
         // An empty password is an anonymous bind, which most directories accept (RFC 4513
         // 5.1.2): never let it through as a login.
         if username.is_empty() || password.is_empty() {
@@ -579,6 +616,9 @@ impl Directory {
         }
         if self.cfg.bind_dn.is_some() {
             let entry = self.with_service(|d, c| d.find_user(c, username))?;
+            if !admit(&entry.dn) {
+                return Err(DirError::Protocol("login not admitted".into()));
+            }
             let mut uc = self.connect()?;
             self.bind_user(&mut uc, &entry.dn, password)?;
             let _ = uc.unbind();
@@ -593,6 +633,9 @@ impl Directory {
             // Direct bind: the user's own connection reads its entry and groups.
             let template = self.cfg.user_dn_template.as_deref().unwrap_or_default();
             let dn = template.replace("{username}", &ldap3::dn_escape(username));
+            if !admit(&dn) {
+                return Err(DirError::Protocol("login not admitted".into()));
+            }
             let mut uc = self.connect()?;
             self.bind_user(&mut uc, &dn, password)?;
             let entries = self.search(
@@ -833,8 +876,13 @@ fn check_enabled(e: &SearchEntry) -> Result<(), DirError> {
     if uac.is_some_and(|v| (v as u64) & UAC_ACCOUNT_DISABLE != 0) {
         return Err(DirError::Disabled);
     }
-    // OpenLDAP ppolicy lock and 389-DS/FreeIPA lock.
-    if !attr(e, "pwdAccountLockedTime").is_empty()
+    // OpenLDAP ppolicy: only 000001010000Z locks for good (until an administrator unlocks);
+    // any other time is a lockout that may have expired (pwdLockoutDuration), which the
+    // server decides at the bind (refused with invalidCredentials or unwillingToPerform).
+    // 389-DS/FreeIPA lock.
+    if attr(e, "pwdAccountLockedTime")
+        .iter()
+        .any(|v| v.trim() == PPOLICY_LOCKED_FOR_GOOD)
         || attr(e, "nsAccountLock")
             .first()
             .is_some_and(|v| v.eq_ignore_ascii_case("true"))
@@ -983,11 +1031,48 @@ mod tests {
     }
 
     #[test]
+    fn only_a_permanent_ppolicy_lock_is_disabled() {
+        let entry = |attrs: &[(&str, &str)]| SearchEntry {
+            dn: "uid=alice,dc=x".into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+                .collect(),
+            bin_attrs: Default::default(),
+        };
+        assert_eq!(check_enabled(&entry(&[])), Ok(()));
+        // A lockout with a time may have expired: the bind decides.
+        assert_eq!(
+            check_enabled(&entry(&[("pwdAccountLockedTime", "20260101120000Z")])),
+            Ok(())
+        );
+        assert_eq!(
+            check_enabled(&entry(&[("pwdAccountLockedTime", "000001010000Z")])),
+            Err(DirError::Disabled)
+        );
+        assert_eq!(
+            check_enabled(&entry(&[("nsAccountLock", "TRUE")])),
+            Err(DirError::Disabled)
+        );
+        assert_eq!(
+            check_enabled(&entry(&[("userAccountControl", "514")])),
+            Err(DirError::Disabled)
+        );
+    }
+
+    #[test]
     fn messages_do_not_reveal_which_part_was_wrong() {
         assert_eq!(
             DirError::UnknownUser.client_message(),
             DirError::InvalidCredentials.client_message()
         );
+        // With a one-time code, a wrong code must not confirm the password.
+        for otp in ["invalid one-time code", "one-time code already used"] {
+            assert_eq!(
+                DirError::Otp(otp).client_message(),
+                DirError::InvalidCredentials.client_message()
+            );
+        }
         assert_eq!(
             DirError::Unavailable("x".into()).client_message(),
             "directory unavailable"

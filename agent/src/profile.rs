@@ -53,9 +53,8 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
     if cfg.auth.methods.iter().any(|m| m == "ldap") {
         // As AWS's profiles for directory authentication: the password only goes to a server
         // with this exact name, not to any server certificate of the CA.
-        if let Some(cn) = server_common_name(&cfg.tls.cert)? {
-            writeln!(out, "verify-x509-name {cn} name")?;
-        }
+        let cn = server_common_name(&cfg.tls.cert)?;
+        writeln!(out, "verify-x509-name {} name", quote(&cn))?;
         writeln!(out, "auth-user-pass")?;
         // The client prompts for a code and sends SCRV1:<password>:<code>; 1 = echo it.
         if let Some(c) = &cfg.auth.static_challenge {
@@ -90,9 +89,10 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
     Ok(out)
 }
 
-/// The common name of the server certificate (the first one in the file), if it has a
-/// simple one (no spaces or quotes, which would need quoting in the profile).
-fn server_common_name(path: &Path) -> Result<Option<String>> {
+/// The common name of the server certificate (the first one in the file). Without one (or
+/// with one that no profile line can carry) the export fails: a profile without
+/// `verify-x509-name` would send the password to any server certificate of the CA.
+fn server_common_name(path: &Path) -> Result<String> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let Some(Ok(der)) = CertificateDer::pem_slice_iter(&pem).next() else {
@@ -106,11 +106,41 @@ fn server_common_name(path: &Path) -> Result<Option<String>> {
         .next()
         .and_then(|c| c.as_str().ok())
         .map(str::to_owned);
-    Ok(cn.filter(|c| {
-        !c.is_empty()
-            && c.chars()
-                .all(|ch| ch.is_ascii_graphic() && ch != '"' && ch != '\'')
-    }))
+    match cn {
+        Some(c) if !c.is_empty() && !c.chars().any(char::is_control) => Ok(c),
+        Some(_) => bail!(
+            "the server certificate {} has a common name with control characters, which a \
+             profile's verify-x509-name line cannot carry: issue it with a printable name",
+            path.display()
+        ),
+        None => bail!(
+            "the server certificate {} has no common name, which directory-authentication \
+             profiles pin with verify-x509-name: issue it with one",
+            path.display()
+        ),
+    }
+}
+
+/// One OpenVPN configuration parameter: bare when it has no blank, quote, backslash or
+/// comment character, otherwise in double quotes with `\` and `"` escaped (OpenVPN's
+/// `parse_line` reads a backslash as "take the next character as it is").
+fn quote(p: &str) -> String {
+    let plain = !p.is_empty()
+        && p.chars().all(|c| {
+            !c.is_whitespace() && !matches!(c, '"' | '\'' | '\\' | '#' | ';') && !c.is_control()
+        });
+    if plain {
+        return p.to_owned();
+    }
+    let mut q = String::from("\"");
+    for c in p.chars() {
+        if matches!(c, '"' | '\\') {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
 }
 
 fn ensure_newline(s: &str) -> String {
@@ -118,5 +148,34 @@ fn ensure_newline(s: &str) -> String {
         s.to_owned()
     } else {
         format!("{s}\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{CertificateAuthority, Validity};
+
+    #[test]
+    fn server_names_are_quoted_for_the_profile() {
+        assert_eq!(quote("vpn.example.com"), "vpn.example.com");
+        assert_eq!(quote("Corp VPN"), "\"Corp VPN\"");
+        assert_eq!(quote(r#"a "b" \c"#), r#""a \"b\" \\c""#);
+        assert_eq!(quote("x#y;z'"), "\"x#y;z'\"");
+        let dir = std::env::temp_dir().join(format!("pc-profile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = CertificateAuthority::generate("profile CA", Validity::days_from_now(2)).unwrap();
+        let cert = ca
+            .issue_server("Corp VPN \"main\"", Validity::days_from_now(2))
+            .unwrap();
+        let path = dir.join("server.crt");
+        std::fs::write(&path, &cert.cert_pem).unwrap();
+        let cn = server_common_name(&path).unwrap();
+        assert_eq!(cn, "Corp VPN \"main\"");
+        assert_eq!(
+            format!("verify-x509-name {} name", quote(&cn)),
+            r#"verify-x509-name "Corp VPN \"main\"" name"#
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

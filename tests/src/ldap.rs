@@ -146,6 +146,7 @@ memberof-member-ad member
 memberof-memberof-ad memberOf
 memberof-refint TRUE
 access to attrs=userPassword by anonymous auth by self write by * none
+access to attrs=pcTotpSecret by dn.exact="{SERVICE_DN}" read by * none
 access to * by users read by * none
 "#,
                 d = d.display()

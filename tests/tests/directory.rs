@@ -638,6 +638,9 @@ fn static_challenge_totp() {
     require_root!();
     use portcullis::otp;
     let mut slapd = Slapd::prepare(LDAP_PORT, false);
+    // The secret is read by the service account; the user's own bind cannot read it.
+    let secret_file = slapd.dir().join("svc.pw");
+    std::fs::write(&secret_file, format!("{}\n", ldap::SERVICE_PW)).unwrap();
     let policy = format!(
         r#"
 [auth]
@@ -648,7 +651,9 @@ static_challenge = "Enter your authenticator code"
 url = "{url}"
 connect_timeout_secs = 2
 timeout_secs = 3
-user_dn_template = "uid={{username}},ou=people,{suffix}"
+bind_dn = "{svc}"
+bind_password_file = "{secret}"
+user_base = "ou=people,{suffix}"
 totp_secret_attribute = "pcTotpSecret"
 
 [[authorization_rule]]
@@ -657,6 +662,8 @@ all_users = true
 "#,
         url = slapd.url,
         suffix = ldap::SUFFIX,
+        svc = ldap::SERVICE_DN,
+        secret = secret_file.display(),
     );
     let lab = AgentLab::new(2, &[], &policy);
     slapd.launch(&lab.gw);
@@ -701,11 +708,21 @@ all_users = true
     let no_code = start(1, "alice", &ldap::password("alice"));
     refused(&no_code, "one-time code required", Duration::from_secs(10));
     drop(no_code);
+    // A wrong code is told as a wrong password: the password is not confirmed.
     let bad = start(1, "alice", &scrv1(&ldap::password("alice"), &wrong));
-    refused(&bad, "invalid one-time code", Duration::from_secs(10));
+    refused(
+        &bad,
+        "invalid username or password",
+        Duration::from_secs(10),
+    );
+    assert!(!bad.log().contains("one-time code"), "{}", bad.log());
     drop(bad);
     let bob = start(1, "bob", &scrv1(&ldap::password("bob"), &code));
-    refused(&bob, "invalid one-time code", Duration::from_secs(10));
+    refused(
+        &bob,
+        "invalid username or password",
+        Duration::from_secs(10),
+    );
     drop(bob);
     let alice = start(0, "alice", &scrv1(&ldap::password("alice"), &code));
     connected(&lab, &alice, "alice");
@@ -713,10 +730,14 @@ all_users = true
     let replay = start(1, "alice", &scrv1(&ldap::password("alice"), &code));
     refused(
         &replay,
-        "one-time code already used",
+        "invalid username or password",
         Duration::from_secs(10),
     );
     drop(replay);
+    // The agent's log keeps the detail.
+    let log = lab.agent().log_tail(200);
+    assert!(log.contains("one-time code already used"), "{log}");
+    assert!(log.contains("invalid one-time code"), "{log}");
     // Her renegotiations re-check the password only (the code was used at login): two
     // soft resets later she is still connected.
     let renegotiated = poll(Duration::from_secs(12), || {
@@ -883,4 +904,43 @@ fn directory_client_configurations() {
     assert!(matches!(down, Some(DirError::Unavailable(_))), "{down:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert_eq!(up_again, Ok(vec!["finance".to_owned()]));
+
+    // A restart while the pool is full: every pooled connection is dead, and the next login
+    // still succeeds (the pool is dropped and the retry uses a new connection).
+    let d = std::sync::Arc::new(
+        Directory::new(
+            &toml::from_str::<DirectoryConfig>(&format!("{base}pool_size = 4\n")).unwrap(),
+        )
+        .unwrap(),
+    );
+    let d2 = d.clone();
+    let filled = tests::clients::run_in_ns(&name, move || {
+        // Concurrent logins each take a connection of their own and give it back.
+        for _ in 0..20 {
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let (d, b) = (d2.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        b.wait();
+                        d.authenticate("bob", &ldap::password("bob")).is_ok()
+                    })
+                })
+                .collect();
+            assert!(threads.into_iter().all(|t| t.join().unwrap()));
+            if d2.pooled() == 4 {
+                break;
+            }
+        }
+        d2.pooled()
+    });
+    assert_eq!(filled, 4, "could not fill the pool");
+    slapd.restart(&ns);
+    let d3 = d.clone();
+    let after_restart = tests::clients::run_in_ns(&name, move || {
+        d3.authenticate("bob", &ldap::password("bob"))
+            .map(|u| u.groups)
+    });
+    let _ = std::thread::spawn(move || drop(d)).join();
+    assert_eq!(after_restart, Ok(vec!["finance".to_owned()]));
 }
