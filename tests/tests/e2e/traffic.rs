@@ -459,6 +459,17 @@ all_users = true
         "only the two warm-up pings"
     );
     drop((t, b_end));
+    // The closes (FIN, ACK) cross the data path too: let them finish before the policy
+    // changes, or they are counted among the revoked drops below (bounded wait).
+    let mut closing = event_count(&gw, Event::ClientToClient);
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = event_count(&gw, Event::ClientToClient);
+        if now == closing {
+            break;
+        }
+        closing = now;
+    }
 
     // Take the pool rule away.
     gw.set_policy(base_policy());
