@@ -29,13 +29,15 @@ pub fn num(v: f64) -> String {
     }
 }
 
-fn read_trim(path: &str) -> String {
+/// A file's contents, trimmed (empty if unreadable).
+pub fn read_trim(path: &str) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
 
-fn first_line_of(cmd: &[&str]) -> Option<String> {
+/// The first line a command prints (stdout, else stderr).
+pub fn first_line_of(cmd: &[&str]) -> Option<String> {
     let o = std::process::Command::new(cmd[0])
         .args(&cmd[1..])
         .output()

@@ -246,10 +246,7 @@ fn run(s: &Settings) -> Result<()> {
         "suite": "control",
         "quick": s.quick,
         "command": std::env::var("PORTCULLIS_BENCH_COMMAND").unwrap_or_else(|_| "bench-control".into()),
-        "machine": {
-            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        },
+        "machine": tests::benchreport::machine(),
         "probe_interval_us": s.interval.as_micros() as u64,
         "points": points,
         "lost_allowed_total": all_lost,

@@ -40,6 +40,7 @@ use portcullis::{
 };
 use portcullis_common::{ClientInfo, DropReason, Event, DEFAULT_FLOWS_PER_CLIENT};
 use serde_json::{json, Value};
+use tests::benchreport::read_trim;
 use tests::gateway::PinRoot;
 
 use crate::{
@@ -127,36 +128,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn read_trim(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-fn machine() -> Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let git = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    json!({
-        "kernel": read_trim("/proc/sys/kernel/osrelease"),
-        "kernel_version": read_trim("/proc/version"),
-        "cpu_model": model,
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "loadavg_before": read_trim("/proc/loadavg"),
-        "git_commit": git,
-    })
-}
-
 fn event_counters(dp: &Datapath) -> Result<(u64, u64, u64, u64)> {
     let ev = dp.maps.event_counters()?;
     let drops: u64 = dp.maps.drop_counters()?.values().sum();
@@ -207,7 +178,7 @@ fn run(args: Args) -> Result<()> {
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let mut machine = machine();
+    let mut machine = tests::benchreport::machine();
     let mut notes: Vec<String> = Vec::new();
 
     // ---- topology, sink, data path ----------------------------------------------------------

@@ -20,6 +20,7 @@
 //! killed outright).
 mod gen;
 mod report;
+use tests::benchreport::{first_line_of, read_trim};
 use tests::benchsys as sys;
 
 use std::{
@@ -211,47 +212,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn read_trim(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-fn first_line_of(cmd: &[&str]) -> Option<String> {
-    let o = std::process::Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .ok()?;
-    let text = if o.stdout.is_empty() {
-        o.stderr
-    } else {
-        o.stdout
-    };
-    String::from_utf8_lossy(&text)
-        .lines()
-        .next()
-        .map(|l| l.trim().to_string())
-}
-
+/// The machine, with the iperf3 version this suite also depends on.
 fn machine() -> Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    json!({
-        "kernel": read_trim("/proc/sys/kernel/osrelease"),
-        "kernel_version": read_trim("/proc/version"),
-        "cpu_model": model,
-        "cpu_mhz": sys::cpu_mhz(),
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "loadavg_before": read_trim("/proc/loadavg"),
-        "git_commit": first_line_of(&["git", "rev-parse", "HEAD"]),
-        "openvpn_version": first_line_of(&["openvpn", "--version"]),
-        "iperf3_version": first_line_of(&["iperf3", "--version"]),
-    })
+    let mut m = tests::benchreport::machine();
+    m["iperf3_version"] = json!(first_line_of(&["iperf3", "--version"]));
+    m
 }
 
 /// How cycles are obtained: `perf stat -e cycles` if the machine counts them, else CPU
