@@ -324,6 +324,50 @@ pub fn svg_grid(plots: &[Plot], cols: usize, w: f64, h: f64) -> String {
     s
 }
 
+/// Writes `<out>/<suite>.md` and `.svg` from `report` (and `.json` when `write_json`; not when
+/// re-rendering a saved report).
+pub fn write_suite_reports(
+    out: &std::path::Path,
+    suite: &str,
+    report: &Value,
+    write_json: bool,
+    markdown: fn(&Value) -> String,
+    svg: fn(&Value) -> String,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    if write_json {
+        std::fs::write(
+            out.join(format!("{suite}.json")),
+            serde_json::to_string_pretty(report)? + "\n",
+        )?;
+    }
+    std::fs::write(out.join(format!("{suite}.md")), markdown(report))?;
+    std::fs::write(out.join(format!("{suite}.svg")), svg(report))?;
+    Ok(())
+}
+
+/// A saved `<suite>.json` read back for `--render`.
+pub fn read_report(path: &std::path::Path) -> anyhow::Result<Value> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).context("parsing the report")
+}
+
+/// The in-process tunnel's IO counters, as both tunnel benchmarks report them.
+pub fn tunnel_stats(st: &portcullis::tunnel::TunnelStats) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    json!({
+        "udp_rx": st.udp_rx.load(Relaxed), "udp_tx": st.udp_tx.load(Relaxed),
+        "tap_rx": st.tap_rx.load(Relaxed), "tap_tx": st.tap_tx.load(Relaxed),
+        "data_unknown_peer": st.data_unknown_peer.load(Relaxed),
+        "data_rejected": st.data_rejected.load(Relaxed),
+        "tap_no_peer": st.tap_no_peer.load(Relaxed),
+        "control_queue_full": st.control_queue_full.load(Relaxed),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

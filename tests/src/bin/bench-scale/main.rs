@@ -608,35 +608,26 @@ fn run_portcullis(s: &Settings) -> Result<Value> {
         "rss": "VmRSS of this benchmark process (the tunnel is in-process; the emulator is a separate process); BPF map memory (clients, conntrack) is kernel memory and not in it",
         "settings": format!("pool {POOL}, max_sessions {MAX_SESSIONS}, stateless reset replies 100,000/s (default 200/s, burst 400)"),
         "events": { "connected": ld(&connected), "disconnected": ld(&disconnected) },
-        "tunnel_stats": {
-            "udp_rx": ld(&st.udp_rx), "udp_tx": ld(&st.udp_tx), "tap_rx": ld(&st.tap_rx),
-            "tap_tx": ld(&st.tap_tx), "data_unknown_peer": ld(&st.data_unknown_peer),
-            "data_rejected": ld(&st.data_rejected), "tap_no_peer": ld(&st.tap_no_peer),
-            "control_queue_full": ld(&st.control_queue_full),
-        },
+        "tunnel_stats": tests::benchreport::tunnel_stats(st),
     });
     drop(lab);
     Ok(v)
 }
 
 fn write_reports(out: &Path, report: &Value, write_json: bool) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    if write_json {
-        std::fs::write(
-            out.join("scale.json"),
-            serde_json::to_string_pretty(report)? + "\n",
-        )?;
-    }
-    std::fs::write(out.join("scale.md"), report::markdown(report))?;
-    std::fs::write(out.join("scale.svg"), report::svg(report))?;
-    Ok(())
+    tests::benchreport::write_suite_reports(
+        out,
+        "scale",
+        report,
+        write_json,
+        report::markdown,
+        report::svg,
+    )
 }
 
 fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.render {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let report: Value = serde_json::from_str(&text).context("parsing the report")?;
+        let report = tests::benchreport::read_report(path)?;
         write_reports(&args.out, &report, false)?;
         println!("bench-scale: wrote {}/scale.{{md,svg}}", args.out.display());
         return Ok(());

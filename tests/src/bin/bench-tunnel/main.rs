@@ -843,43 +843,32 @@ fn run_portcullis(s: &Settings, c: &Cycles) -> Result<Value> {
     };
     let mut v = measure_side(&side, s, c)?;
     let st = &lab.tunnel().stats;
-    let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     v["server"] = json!({
         "what": "Portcullis tunnel in this process (tests::tunnel::TunnelLab: 2 packet workers, one control thread) in front of the XDP data path on a TAP",
         "threads": tasks.iter().map(|t| t.1.clone()).collect::<Vec<_>>(),
         "cpu_accounting": format!("on-CPU time of this process's threads named pc-worker-* and pc-control: {}; the XDP program runs inside the workers' TAP writes and in the veths' softirq", sys::cpu_time_source()),
         "rss": "VmRSS of this benchmark process (the tunnel is in-process; the load generator is a separate process)",
         "reset_limiter": "ServerSettings::default: 200 stateless reset replies/s, burst 400",
-        "tunnel_stats": {
-            "udp_rx": ld(&st.udp_rx), "udp_tx": ld(&st.udp_tx), "tap_rx": ld(&st.tap_rx),
-            "tap_tx": ld(&st.tap_tx), "data_unknown_peer": ld(&st.data_unknown_peer),
-            "data_rejected": ld(&st.data_rejected), "tap_no_peer": ld(&st.tap_no_peer),
-            "control_queue_full": ld(&st.control_queue_full),
-        },
+        "tunnel_stats": tests::benchreport::tunnel_stats(st),
     });
     drop(lab);
     Ok(v)
 }
 
-/// Write `tunnel.json`, `tunnel.md` and `tunnel.svg` (the JSON only when `write_json`).
 fn write_reports(out: &Path, report: &Value, write_json: bool) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    if write_json {
-        std::fs::write(
-            out.join("tunnel.json"),
-            serde_json::to_string_pretty(report)? + "\n",
-        )?;
-    }
-    std::fs::write(out.join("tunnel.md"), report::markdown(report))?;
-    std::fs::write(out.join("tunnel.svg"), report::svg(report))?;
-    Ok(())
+    tests::benchreport::write_suite_reports(
+        out,
+        "tunnel",
+        report,
+        write_json,
+        report::markdown,
+        report::svg,
+    )
 }
 
 fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.render {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let report: Value = serde_json::from_str(&text).context("parsing the report")?;
+        let report = tests::benchreport::read_report(path)?;
         write_reports(&args.out, &report, false)?;
         println!(
             "bench-tunnel: wrote {}/tunnel.{{md,svg}}",
