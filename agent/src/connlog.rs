@@ -41,7 +41,8 @@ pub struct ConnectionLog {
     usernames: Option<Box<dyn Fn(u32) -> Option<String> + Send>>,
 }
 
-fn rfc3339(t: SystemTime) -> String {
+/// `YYYY-MM-DD HH:MM:SS` (UTC), the connection log's time format.
+pub fn rfc3339(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs()) as i64;

@@ -165,6 +165,15 @@ mod tests {
                 s.as_bytes()
             );
         }
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        // RFC 4648 vectors (padding for every remainder).
+        for (raw, enc) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(raw), enc);
+        }
     }
 }

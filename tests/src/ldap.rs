@@ -297,25 +297,7 @@ impl Drop for Slapd {
 
 fn sid_b64(sid: &str) -> String {
     let b = portcullis::directory::sid_from_string(sid).expect("fixture SID");
-    base64(&b)
-}
-
-fn base64(b: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    portcullis::otp::base64_encode(&b)
 }
 
 /// Alice's TOTP secret (base32 of RFC 6238's test seed); the other users have none.
@@ -383,16 +365,4 @@ fn fixture_ldif() -> String {
     ));
     s.push_str(&group("finance", &[&user_dn("bob")]));
     s
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        assert_eq!(super::base64(b""), "");
-        assert_eq!(super::base64(b"f"), "Zg==");
-        assert_eq!(super::base64(b"fo"), "Zm8=");
-        assert_eq!(super::base64(b"foo"), "Zm9v");
-        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
-    }
 }
