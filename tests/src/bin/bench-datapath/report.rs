@@ -4,9 +4,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-fn f(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(f64::NAN)
-}
+use tests::benchreport::{esc, f};
 
 fn mpps(pps: f64) -> String {
     format!("{:.3}", pps / 1e6)
@@ -169,12 +167,6 @@ pub fn markdown(r: &Value) -> String {
         }
     }
     s
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 /// Two panels: ns/packet per case (with the 250 ns target), and Mpps per forwarding point.

@@ -5,9 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-fn f(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(f64::NAN)
-}
+use tests::benchreport::{esc, f};
 
 fn ratio(a: f64, b: f64) -> f64 {
     if a.is_finite() && b.is_finite() && b > 0.0 && a >= 0.0 {
@@ -573,12 +571,6 @@ pub fn markdown(r: &Value) -> String {
         }
     }
     s
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 /// Two panels: throughput per point for both servers, and every ratio on a log scale
