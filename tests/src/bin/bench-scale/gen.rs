@@ -194,15 +194,6 @@ pub fn parse(args: &[String]) -> Result<GenOpts> {
     Ok(o)
 }
 
-fn own_cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct we own.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer to a rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 fn say(line: &str) {
     println!("{line}");
     let _ = std::io::stdout().flush();
@@ -236,7 +227,7 @@ pub fn run(o: GenOpts) -> Result<()> {
     result["plan"] = json!(o.plan);
     result["nofile_limit"] = json!(limit);
     result["counters"] = emu.counters.to_json();
-    result["generator_cpu_s"] = json!(own_cpu_seconds());
+    result["generator_cpu_s"] = json!(sys::own_cpu_seconds());
     result["generator_peak_rss_kib"] = json!(peak_rss_kib());
     result["wall_seconds"] = json!(begin.elapsed().as_secs_f64());
     result["interrupted"] = json!(emulator::stop_requested());
@@ -258,7 +249,7 @@ fn hold(emu: &mut Emulator, o: &GenOpts, deadline: Instant) -> Result<Value> {
     let hz = sys::cpu_mhz().unwrap_or(f64::NAN) * 1e6;
     let rss0 = sys::rss_kib(o.rss_pid);
     let c_open0 = CpuSample::take(&o.gw);
-    let g_open0 = own_cpu_seconds();
+    let g_open0 = sys::own_cpu_seconds();
     let opened = emu.open(
         OpenPlan {
             sessions: o.sessions,
@@ -269,7 +260,7 @@ fn hold(emu: &mut Emulator, o: &GenOpts, deadline: Instant) -> Result<Value> {
         deadline,
     )?;
     let open_cpu = CpuSample::take(&o.gw).since(&c_open0);
-    let g_open = own_cpu_seconds() - g_open0;
+    let g_open = sys::own_cpu_seconds() - g_open0;
     let up = emu.up();
     say(&format!("HELD {up}"));
     emu.idle(Duration::from_secs_f64(o.settle));
@@ -285,12 +276,12 @@ fn hold(emu: &mut Emulator, o: &GenOpts, deadline: Instant) -> Result<Value> {
         emu.counters.datagrams_rx,
     );
     let c0 = CpuSample::take(&o.gw);
-    let g0 = own_cpu_seconds();
+    let g0 = sys::own_cpu_seconds();
     let t0 = Instant::now();
     emu.idle(Duration::from_secs_f64(o.rest));
     let window = t0.elapsed().as_secs_f64();
     let rest_cpu = CpuSample::take(&o.gw).since(&c0);
-    let g_rest = own_cpu_seconds() - g0;
+    let g_rest = sys::own_cpu_seconds() - g0;
     let silent = emu.silent_sessions();
     let rest = json!({
         "window_s": window,
@@ -314,13 +305,13 @@ fn hold(emu: &mut Emulator, o: &GenOpts, deadline: Instant) -> Result<Value> {
         }
         let s0 = sys::sink_counter(&o.sink_ns);
         let c0 = CpuSample::take(&o.gw);
-        let g0 = own_cpu_seconds();
+        let g0 = sys::own_cpu_seconds();
         let t0 = Instant::now();
         let (used, pkts, bytes, errs) =
             emu.traffic(k, Duration::from_secs_f64(o.traffic_secs), o.ip_len, o.sink);
         let secs = t0.elapsed().as_secs_f64();
         let d = CpuSample::take(&o.gw).since(&c0);
-        let g = own_cpu_seconds() - g0;
+        let g = sys::own_cpu_seconds() - g0;
         // Let the server's queues empty before reading the sink.
         emu.idle(Duration::from_millis(300));
         let s1 = sys::sink_counter(&o.sink_ns);
@@ -380,7 +371,7 @@ fn sweep(emu: &mut Emulator, o: &GenOpts, deadline: Instant) -> Result<Value> {
         }
         let n = ((rate * o.step_secs).round() as usize).max(1);
         let c0 = CpuSample::take(&o.gw);
-        let g0 = own_cpu_seconds();
+        let g0 = sys::own_cpu_seconds();
         let t0 = Instant::now();
         let opened = emu.open(
             OpenPlan {
@@ -393,7 +384,7 @@ fn sweep(emu: &mut Emulator, o: &GenOpts, deadline: Instant) -> Result<Value> {
         )?;
         let wall = t0.elapsed().as_secs_f64();
         let d = CpuSample::take(&o.gw).since(&c0);
-        let g = own_cpu_seconds() - g0;
+        let g = sys::own_cpu_seconds() - g0;
         // Steady state: the completions of the sessions started after a warm-up, i.e. the
         // window [warm, step] shifted by the median connect latency. A server whose latency
         // stays constant keeps up with the offered rate however long each connect takes; one

@@ -131,15 +131,6 @@ pub fn parse(args: &[String]) -> Result<GenOpts> {
     Ok(o)
 }
 
-fn own_cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct we own.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer to a rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 pub fn run(o: GenOpts) -> Result<()> {
     emulator::install_signal_handlers();
     emulator::raise_nofile((o.total as u64 + 1024).max(4096));
@@ -158,7 +149,7 @@ pub fn run(o: GenOpts) -> Result<()> {
     // The server's CPU over the handshakes: from the first reset to when the last session
     // completed (or failed).
     let c0 = CpuSample::take(&o.gw);
-    let g0 = own_cpu_seconds();
+    let g0 = sys::own_cpu_seconds();
     let opened = emu.open(
         OpenPlan {
             sessions: o.total,
@@ -169,7 +160,7 @@ pub fn run(o: GenOpts) -> Result<()> {
         deadline,
     )?;
     let c1 = CpuSample::take(&o.gw);
-    let g1 = own_cpu_seconds();
+    let g1 = sys::own_cpu_seconds();
     let mut held_at = None;
     if o.hold && !emulator::stop_requested() {
         // Everyone answered: announce once (the parent measures now), then stay until
@@ -215,7 +206,7 @@ pub fn run(o: GenOpts) -> Result<()> {
         "generator_cpu_window_s": g1 - g0,
         "generator_busy_fraction": (g1 - g0) / seconds,
         "machine_cpu": d.to_json(),
-        "generator_cpu_s": own_cpu_seconds(),
+        "generator_cpu_s": sys::own_cpu_seconds(),
         "packets_sent": c.datagrams_tx,
         "packets_received": c.datagrams_rx,
         "push_requests_sent": c.push_requests,
