@@ -107,8 +107,13 @@ struct ReloadTiming {
 
 /// Fill of the data path's maps: (map, entries, capacity). Policy maps count the live
 /// generation (from the compiled policy, which is what its slot holds); the others are
-/// counted in the kernel.
-fn map_fill(dp: &Datapath, compiled: &CompiledPolicy) -> Vec<(&'static str, usize, u32)> {
+/// counted in the kernel; `conntrack`, when the caller has just counted it, saves a scan of
+/// the largest map.
+fn map_fill(
+    dp: &Datapath,
+    compiled: &CompiledPolicy,
+    conntrack: Option<usize>,
+) -> Vec<(&'static str, usize, u32)> {
     use portcullis_common as c;
     let flows_cap = dp.options.max_flows.unwrap_or(c::DEFAULT_MAX_FLOWS);
     vec![
@@ -119,7 +124,7 @@ fn map_fill(dp: &Datapath, compiled: &CompiledPolicy) -> Vec<(&'static str, usiz
         ),
         (
             "conntrack",
-            dp.maps.flows().map_or(0, |f| f.len()),
+            conntrack.unwrap_or_else(|| dp.maps.flows().map_or(0, |f| f.len())),
             flows_cap,
         ),
         ("nat_rev", dp.maps.nat_rev_len().unwrap_or(0), flows_cap),
@@ -706,18 +711,24 @@ async fn serve(
                 }
                 if last_gc.elapsed() >= Duration::from_secs(5) {
                     last_gc = Instant::now();
+                    // The expiry scans conntrack anyway: its count (taken before it deleted
+                    // anything) is the fill level, without a second scan.
+                    let scanned = match dp.maps.gc(datapath::maps::monotonic_ns()) {
+                        Ok(st) => Some(st.scanned as usize),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "expiring flows");
+                            None
+                        }
+                    };
                     {
                         let m = metrics.lock().unwrap_or_else(|e| e.into_inner());
                         m.set_crls(tls.current().crls());
-                        let fill = map_fill(dp, &live.lock().unwrap_or_else(|e| e.into_inner()).compiled);
+                        let fill = map_fill(dp, &live.lock().unwrap_or_else(|e| e.into_inner()).compiled, scanned);
                         for (map, entries, capacity) in fill {
                             let k = crate::metrics::Map { map: map.into() };
                             m.map_entries.get_or_create(&k).set(entries as i64);
                             m.map_capacity.get_or_create(&k).set(i64::from(capacity));
                         }
-                    }
-                    if let Err(e) = dp.maps.gc(datapath::maps::monotonic_ns()) {
-                        tracing::warn!(error = %e, "expiring flows");
                     }
                     expire_kept(dp, tunnel, live);
                 }
@@ -970,7 +981,7 @@ fn status(dp: &Datapath, live: &Arc<Mutex<Live>>, tunnel: &Tunnel) -> serde_json
     let sessions = tunnel.sessions();
     let l = live.lock().unwrap_or_else(|e| e.into_inner());
     let drops = dp.maps.drop_counters().unwrap_or_default();
-    let fill = map_fill(dp, &l.compiled);
+    let fill = map_fill(dp, &l.compiled, None);
     let flows = fill
         .iter()
         .find(|(n, _, _)| *n == "conntrack")
