@@ -7,6 +7,8 @@
 //! The server sends no PUSH_REPLY and makes no data-path entry before the verdict
 //! (`AuthMode::External`); a session whose verdict never comes times out in its handshake
 //! window.
+pub mod recheck;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};

@@ -1,25 +1,25 @@
-//! Portcullis agent library: the binary in `main.rs` is a thin CLI over these modules.
-pub mod agent;
+//! Portcullis agent library: the binary in `main.rs` only parses the command line and calls
+//! [`cli::run`].
+pub mod admin;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod connect_hook;
 pub mod connlog;
 pub mod datapath;
 pub mod demo;
 pub mod directory;
+pub mod endpoint;
 pub mod explain;
 pub mod flowlog;
-pub mod gateway;
 pub mod metrics;
 pub mod openvpn;
 pub mod otp;
 pub mod pki;
-pub mod pki_cli;
 pub mod policy;
 pub mod profile;
 pub mod reconcile;
 pub mod relay;
-pub mod status;
 pub mod tunnel;
 
 /// Parse TOML into any config type (re-exported so tests need no toml dependency).
