@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis::datapath::maps::Maps;
-use portcullis::gateway::ClientsMapHooks;
+use portcullis::endpoint::hooks::ClientsMapHooks;
 use portcullis::openvpn::packet::Role;
 use portcullis::openvpn::server::{PushSettings, Server, ServerEvent, ServerSettings};
 use portcullis::openvpn::session::{Renegotiation, TlsProvider};
