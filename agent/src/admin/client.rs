@@ -14,7 +14,9 @@ use super::protocol::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("connecting to {0} (is `portcullis run` running for this endpoint, and are you root?): {1}")]
+    #[error(
+        "connecting to {0} (is `portcullis run` running for this endpoint, and are you root?): {1}"
+    )]
     Connect(PathBuf, std::io::Error),
     #[error("talking to the agent on {0}: {1}")]
     Io(PathBuf, std::io::Error),
@@ -53,7 +55,10 @@ impl AdminClient {
         let mut line = serde_json::to_string(&Request::new(command))
             .map_err(|e| ClientError::Reply(e, String::new()))?;
         line.push('\n');
-        self.stream.get_mut().write_all(line.as_bytes()).map_err(io)?;
+        self.stream
+            .get_mut()
+            .write_all(line.as_bytes())
+            .map_err(io)?;
         let mut reply = String::new();
         self.stream
             .read_line(&mut reply)

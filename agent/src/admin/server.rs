@@ -240,7 +240,10 @@ mod tests {
     fn dispatches_each_command_to_its_method() {
         let mut f = Fake::default();
         let v = ask(&mut f, r#"{"cmd":"status"}"#);
-        assert_eq!((v["ok"].clone(), v["generation"].clone()), (true.into(), 2.into()));
+        assert_eq!(
+            (v["ok"].clone(), v["generation"].clone()),
+            (true.into(), 2.into())
+        );
         let v = ask(&mut f, r#"{"v":1,"cmd":"connections"}"#);
         assert_eq!(v["connections"][0]["user"], "alice");
         let v = ask(&mut f, r#"{"cmd":"reload"}"#);
@@ -275,7 +278,10 @@ mod tests {
             let v = ask(&mut f, req);
             assert_eq!(v["ok"], false, "{req}: {v}");
             let e = v["error"].as_str().unwrap();
-            assert!(e.starts_with("bad request") && e.contains(says), "{req}: {e}");
+            assert!(
+                e.starts_with("bad request") && e.contains(says),
+                "{req}: {e}"
+            );
         }
         assert!(f.asked.is_empty(), "{:?}", f.asked);
     }

@@ -158,3 +158,127 @@ pub fn decide(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openvpn::peer::Link;
+
+    const ADDR: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 2);
+
+    /// Peer 1 is user `u` (certificate `cn`) with directory groups `groups`.
+    fn grants(groups: &[&str]) -> Grants {
+        let g = Grants::default();
+        let link = Link::Udp {
+            listener: 0,
+            addr: "192.0.2.1:5000".parse().unwrap(),
+        };
+        let grant = Grant {
+            username: "u".into(),
+            groups: groups.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        g.offer(link, 7, grant);
+        g.establish(link, 7, 1).unwrap();
+        g
+    }
+
+    fn session(peer: u32) -> Option<(Ipv4Addr, String)> {
+        (peer == 1).then(|| (ADDR, "cn".to_owned()))
+    }
+
+    /// Bit 0 for group `a`, bit 1 for `b`: other groups no rule names.
+    fn bitmap(_: &str, g: &Grant) -> GroupBits {
+        let mut b = GroupBits::default();
+        for (i, name) in ["a", "b"].iter().enumerate() {
+            if g.groups.iter().any(|x| x == name) {
+                b[0] |= 1 << i;
+            }
+        }
+        b
+    }
+
+    fn decide1(g: &Grants, r: Result<Vec<String>, DirError>) -> Vec<Change> {
+        decide(vec![(1, "u".into(), r)], g, &session, &bitmap)
+    }
+
+    #[test]
+    fn disabled_or_removed_users_are_ended() {
+        for e in [DirError::Disabled, DirError::UnknownUser] {
+            let g = grants(&["a"]);
+            assert_eq!(
+                decide1(&g, Err(e)),
+                [Change::End {
+                    peer_id: 1,
+                    addr: ADDR,
+                    reason: "account disabled or removed"
+                }]
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreachable_directory_changes_nothing() {
+        let g = grants(&["a"]);
+        assert!(decide1(&g, Err(DirError::Unavailable("down".into()))).is_empty());
+        assert_eq!(g.get(1).unwrap().groups, ["a"]);
+    }
+
+    #[test]
+    fn new_groups_regroup_and_say_whether_some_were_lost() {
+        let g = grants(&["a"]);
+        let gained = decide1(&g, Ok(vec!["a".into(), "b".into()]));
+        let mut both = GroupBits::default();
+        both[0] = 0b11;
+        assert_eq!(
+            gained,
+            [Change::Regroup {
+                peer_id: 1,
+                addr: ADDR,
+                groups: both,
+                lost: false
+            }]
+        );
+        assert_eq!(g.get(1).unwrap().groups, ["a", "b"]);
+        let lost = decide1(&g, Ok(vec!["b".into()]));
+        assert!(
+            matches!(lost[..], [Change::Regroup { lost: true, .. }]),
+            "{lost:?}"
+        );
+        // Unchanged groups: nothing to do.
+        assert!(decide1(&g, Ok(vec!["b".into()])).is_empty());
+    }
+
+    #[test]
+    fn losing_every_authorized_group_ends_the_session() {
+        let g = grants(&["a"]);
+        assert_eq!(
+            decide1(&g, Ok(vec!["unrelated".into()])),
+            [Change::End {
+                peer_id: 1,
+                addr: ADDR,
+                reason: "no longer in an authorized group"
+            }]
+        );
+    }
+
+    #[test]
+    fn results_for_another_user_or_an_ended_session_are_ignored() {
+        let g = grants(&["a"]);
+        // The peer id went to another user during the pass.
+        let r = decide(
+            vec![(1, "v".into(), Err(DirError::Disabled))],
+            &g,
+            &session,
+            &bitmap,
+        );
+        assert!(r.is_empty());
+        // Ended meanwhile: no grant.
+        let r = decide(
+            vec![(2, "u".into(), Err(DirError::Disabled))],
+            &g,
+            &session,
+            &bitmap,
+        );
+        assert!(r.is_empty());
+    }
+}

@@ -253,11 +253,8 @@ fn print_reply<T: Serialize>(body: T) -> Result<()> {
 /// on SIGHUP, `portcullis reload` or a change of the file.
 pub fn run_endpoint(config: &std::path::Path, keep_maps: bool, pin_root: PathBuf) -> Result<()> {
     // The file's and the policy compiler's errors together, before anything is set up.
-    let (cfg, _) = crate::endpoint::live::load_and_compile(
-        config,
-        &|n| crate::datapath::ifindex(n),
-        None,
-    )?;
+    let (cfg, _) =
+        crate::endpoint::live::load_and_compile(config, &|n| crate::datapath::ifindex(n), None)?;
     Endpoint::build(
         &cfg,
         &BuildOptions {

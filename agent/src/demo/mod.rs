@@ -294,12 +294,8 @@ pub fn run(opts: DemoOptions) -> Result<()> {
 
     println!("\nconnections (as `portcullis connections list` shows them):");
     // Certificate-only: no directory grants.
-    let conns = crate::endpoint::status::list(
-        dp,
-        endpoint.tunnel(),
-        &connections,
-        &Default::default(),
-    );
+    let conns =
+        crate::endpoint::status::list(dp, endpoint.tunnel(), &connections, &Default::default());
     print!("{}", crate::cli::connections::table(&conns));
 
     // Live counters: both users send a ping every 200 ms for 3 s; the per-session counters

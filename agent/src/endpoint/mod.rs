@@ -130,8 +130,8 @@ fn tls_crypt(cfg: &EndpointConfig) -> Result<Option<Arc<TlsCryptKey>>> {
     };
     let text = std::fs::read_to_string(p)
         .with_context(|| format!("reading the tls-crypt key {}", p.display()))?;
-    let key =
-        StaticKey::parse(&text).map_err(|e| anyhow::anyhow!("tls-crypt key {}: {e}", p.display()))?;
+    let key = StaticKey::parse(&text)
+        .map_err(|e| anyhow::anyhow!("tls-crypt key {}: {e}", p.display()))?;
     Ok(Some(Arc::new(TlsCryptKey::new(&key, Role::Server))))
 }
 
@@ -185,9 +185,9 @@ impl Endpoint {
             let n = format!("pc-{}", cfg.name);
             n[..n.len().min(15)].to_owned()
         });
-        let queues = opts.tap_queues.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        });
+        let queues = opts
+            .tap_queues
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let tap = rt
             .block_on(Tap::open(
                 &tap_name,
@@ -306,7 +306,9 @@ impl Endpoint {
     }
 
     pub fn tunnel(&self) -> &Tunnel {
-        self.tunnel.as_ref().expect("the tunnel runs until the endpoint stops")
+        self.tunnel
+            .as_ref()
+            .expect("the tunnel runs until the endpoint stops")
     }
 
     pub fn datapath(&self) -> &Datapath {

@@ -12,8 +12,7 @@ use super::status::{self, Connections};
 use super::telemetry::Telemetry;
 use super::{handoff, Endpoint};
 use crate::admin::{
-    AdminApi, AdminServer, ConnectionsReply, ErrorReply, ReloadReply, StatusReply,
-    TerminateReply,
+    AdminApi, AdminServer, ConnectionsReply, ErrorReply, ReloadReply, StatusReply, TerminateReply,
 };
 use crate::auth::recheck::{self, Change, Recheck};
 use crate::datapath::{self, Datapath};
@@ -45,7 +44,12 @@ impl Endpoint {
 
 impl AdminApi for Api<'_> {
     fn status(&mut self) -> StatusReply {
-        status::status(&self.ep.cfg.name, &self.ep.dp, &self.ep.live, self.ep.tunnel())
+        status::status(
+            &self.ep.cfg.name,
+            &self.ep.dp,
+            &self.ep.live,
+            self.ep.tunnel(),
+        )
     }
 
     fn reload(&mut self) -> Result<ReloadReply, ErrorReply> {

@@ -60,7 +60,8 @@ impl Telemetry {
     pub fn open(cfg: &EndpointConfig, dp: &mut Datapath, live: &SharedLive) -> Result<Self> {
         let flowlog = match &cfg.logging.flow_log {
             Some(p) => Some((
-                FlowLog::open(p).with_context(|| format!("opening the flow log {}", p.display()))?,
+                FlowLog::open(p)
+                    .with_context(|| format!("opening the flow log {}", p.display()))?,
                 dp.maps.take_deny_events()?,
             )),
             None => None,
@@ -114,7 +115,8 @@ impl Telemetry {
         }
         match &ev {
             ServerEvent::Connected { peer_id, .. } => {
-                self.connections.insert(*peer_id, (ev.clone(), Instant::now()));
+                self.connections
+                    .insert(*peer_id, (ev.clone(), Instant::now()));
             }
             ServerEvent::Disconnected { peer_id, .. } => {
                 self.connections.remove(peer_id);
@@ -163,8 +165,11 @@ impl Telemetry {
             .inc_by(total.ingress_bytes.saturating_sub(counted.ingress_bytes));
         m.egress_bytes
             .inc_by(total.egress_bytes.saturating_sub(counted.egress_bytes));
-        m.ingress_packets
-            .inc_by(total.ingress_packets.saturating_sub(counted.ingress_packets));
+        m.ingress_packets.inc_by(
+            total
+                .ingress_packets
+                .saturating_sub(counted.ingress_packets),
+        );
         m.egress_packets
             .inc_by(total.egress_packets.saturating_sub(counted.egress_packets));
         if let Ok(d) = dp.maps.drop_counters() {
