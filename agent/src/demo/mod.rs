@@ -533,9 +533,9 @@ fn drain_events(rb: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<DenyEven
     std::thread::sleep(Duration::from_millis(50));
     let mut out = Vec::new();
     while let Some(item) = rb.next() {
-        if item.len() >= std::mem::size_of::<DenyEvent>() {
-            // SAFETY: the XDP program writes whole DenyEvent records.
-            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DenyEvent>()) });
+        // The XDP program writes whole records; a short one is not ours.
+        if let Some(bytes) = item.get(..std::mem::size_of::<DenyEvent>()) {
+            out.push(bytemuck::pod_read_unaligned(bytes));
         }
     }
     out

@@ -51,7 +51,7 @@ pub struct BuildOptions {
     /// The TAP's name; `None`: `pc-<endpoint>` (cut to 15 bytes).
     pub tap_name: Option<String>,
     /// [`Endpoint::run`] ends on SIGTERM/SIGINT and reloads on SIGHUP (the agent); without,
-    /// it runs until [`Endpoint::run_until`]'s flag is set.
+    /// it runs until [`Endpoint::run_until`]'s stop is notified.
     pub signals: bool,
 }
 
@@ -353,8 +353,8 @@ impl Endpoint {
     }
 
     /// Runs the agent's loop (admin socket, reloads, telemetry, expiry) until a signal (with
-    /// `signals`) or `stop` is set, then stops the endpoint.
-    pub fn run_until(mut self, stop: Option<Arc<AtomicBool>>) -> Result<()> {
+    /// `signals`) or `stop` is notified (from any thread), then stops the endpoint.
+    pub fn run_until(mut self, stop: Option<Arc<tokio::sync::Notify>>) -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

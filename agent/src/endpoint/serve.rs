@@ -1,6 +1,5 @@
 //! The agent's loop: it only selects (signals, the one-second tick, admin requests) and hands
 //! each to the module that owns it.
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -197,7 +196,7 @@ fn apply_recheck(ep: &mut Endpoint, results: recheck::RecheckResults, connection
     }
 }
 
-pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<AtomicBool>>) -> Result<()> {
+pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notify>>) -> Result<()> {
     let mut admin = AdminServer::bind(&ep.cfg.admin_socket())?;
     let mut signals = if ep.opts.signals {
         Some(Signals::install()?)
@@ -233,10 +232,13 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<AtomicBool>>) -> R
                 }
                 let _ = ep.reload();
             }
-            _ = tick.tick() => {
-                if stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
-                    return Ok(());
+            _ = async {
+                match &stop {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
                 }
+            } => return Ok(()),
+            _ = tick.tick() => {
                 while let Ok(ev) = ep.events.try_recv() {
                     telemetry.on_event(ev, &ep.dp);
                 }
