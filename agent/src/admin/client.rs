@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::protocol::{
-    Command, ConnectionsReply, ErrorReply, ReloadReply, Request, StatusReply, TerminateReply,
+    Action, ConnectionsReply, ErrorReply, ReloadReply, Request, StatusReply, TerminateReply,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +50,9 @@ impl AdminClient {
         })
     }
 
-    fn call<T: DeserializeOwned>(&mut self, command: Command) -> Result<T, ClientError> {
+    fn call<T: DeserializeOwned>(&mut self, action: Action) -> Result<T, ClientError> {
         let io = |e| ClientError::Io(self.path.clone(), e);
-        let mut line = serde_json::to_string(&Request::new(command))
+        let mut line = serde_json::to_string(&Request::new(action))
             .map_err(|e| ClientError::Reply(e, String::new()))?;
         line.push('\n');
         self.stream
@@ -73,15 +73,15 @@ impl AdminClient {
     }
 
     pub fn status(&mut self) -> Result<StatusReply, ClientError> {
-        self.call(Command::Status)
+        self.call(Action::Status)
     }
 
     pub fn reload(&mut self) -> Result<ReloadReply, ClientError> {
-        self.call(Command::Reload)
+        self.call(Action::Reload)
     }
 
     pub fn connections(&mut self) -> Result<ConnectionsReply, ClientError> {
-        self.call(Command::Connections)
+        self.call(Action::Connections)
     }
 
     pub fn terminate(
@@ -89,6 +89,6 @@ impl AdminClient {
         id: Option<u32>,
         user: Option<String>,
     ) -> Result<TerminateReply, ClientError> {
-        self.call(Command::Terminate { id, user })
+        self.call(Action::Terminate { id, user })
     }
 }

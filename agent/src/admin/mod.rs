@@ -6,7 +6,7 @@ pub mod server;
 
 pub use client::{AdminClient, ClientError};
 pub use protocol::{
-    Command, ConnectionInfo, ConnectionsReply, ErrorReply, MapFill, ReloadReply, ReloadTiming,
+    Action, ConnectionInfo, ConnectionsReply, ErrorReply, MapFill, ReloadReply, ReloadTiming,
     Reply, Request, StatusReply, TerminateReply, VERSION,
 };
 pub use server::{AdminApi, AdminServer};

@@ -22,22 +22,19 @@ pub struct Request {
     #[serde(default = "version_1")]
     pub v: u32,
     #[serde(flatten)]
-    pub command: Command,
+    pub action: Action,
 }
 
 impl Request {
-    pub fn new(command: Command) -> Self {
-        Self {
-            v: VERSION,
-            command,
-        }
+    pub fn new(action: Action) -> Self {
+        Self { v: VERSION, action }
     }
 }
 
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Command {
+pub enum Action {
     Status,
     Reload,
     Connections,
@@ -162,11 +159,11 @@ mod tests {
     #[test]
     fn requests_without_a_version_are_version_1() {
         let r: Request = serde_json::from_str(r#"{"cmd":"connections"}"#).unwrap();
-        assert_eq!(r, Request::new(Command::Connections));
+        assert_eq!(r, Request::new(Action::Connections));
         let r: Request = serde_json::from_str(r#"{"cmd":"terminate","user":"bob"}"#).unwrap();
         assert_eq!(
-            r.command,
-            Command::Terminate {
+            r.action,
+            Action::Terminate {
                 id: None,
                 user: Some("bob".into())
             }
@@ -176,10 +173,10 @@ mod tests {
     #[test]
     fn request_round_trip() {
         for c in [
-            Command::Status,
-            Command::Reload,
-            Command::Connections,
-            Command::Terminate {
+            Action::Status,
+            Action::Reload,
+            Action::Connections,
+            Action::Terminate {
                 id: Some(3),
                 user: None,
             },
@@ -187,7 +184,7 @@ mod tests {
             let line = serde_json::to_string(&Request::new(c.clone())).unwrap();
             assert!(line.contains(r#""v":1"#), "{line}");
             let back: Request = serde_json::from_str(&line).unwrap();
-            assert_eq!(back.command, c);
+            assert_eq!(back.action, c);
         }
     }
 

@@ -9,8 +9,8 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 use super::protocol::{
-    Command, ConnectionsReply, ErrorReply, ReloadReply, Reply, Request, StatusReply,
-    TerminateReply, VERSION,
+    Action, ConnectionsReply, ErrorReply, ReloadReply, Reply, Request, StatusReply, TerminateReply,
+    VERSION,
 };
 
 /// What the agent answers on its admin socket: one method per command.
@@ -67,11 +67,11 @@ pub fn answer(api: &mut dyn AdminApi, request: &str) -> String {
             )),
         );
     }
-    match req.command {
-        Command::Status => line(true, api.status()),
-        Command::Reload => reply(api.reload()),
-        Command::Connections => line(true, api.connections()),
-        Command::Terminate { id, user } => reply(api.terminate(id, user.as_deref())),
+    match req.action {
+        Action::Status => line(true, api.status()),
+        Action::Reload => reply(api.reload()),
+        Action::Connections => line(true, api.connections()),
+        Action::Terminate { id, user } => reply(api.terminate(id, user.as_deref())),
     }
 }
 
