@@ -24,23 +24,23 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the hook's decision comes from.
 #[derive(Clone)]
-pub enum Target {
+pub enum HookTarget {
     Program(PathBuf),
     Http { url: String, agent: ureq::Agent },
 }
 
-impl std::fmt::Debug for Target {
+impl std::fmt::Debug for HookTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Target::Program(p) => write!(f, "program {}", p.display()),
-            Target::Http { url, .. } => write!(f, "POST {}", loggable(url)),
+            HookTarget::Program(p) => write!(f, "program {}", p.display()),
+            HookTarget::Http { url, .. } => write!(f, "POST {}", loggable(url)),
         }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct ConnectHook {
-    pub target: Target,
+    pub target: HookTarget,
     pub endpoint: String,
     pub timeout: Duration,
 }
@@ -51,7 +51,7 @@ const MAX_ANSWER: u64 = 64 * 1024;
 impl ConnectHook {
     pub fn new(program: &Path, endpoint: &str) -> Self {
         Self {
-            target: Target::Program(program.to_path_buf()),
+            target: HookTarget::Program(program.to_path_buf()),
             endpoint: endpoint.to_owned(),
             timeout: TIMEOUT,
         }
@@ -110,7 +110,7 @@ impl ConnectHook {
             .build()
             .into();
         Ok(Self {
-            target: Target::Http {
+            target: HookTarget::Http {
                 url: url.to_owned(),
                 agent,
             },
@@ -136,8 +136,8 @@ impl ConnectHook {
             "schema-version": "v1",
         });
         let out = match &self.target {
-            Target::Program(p) => self.run_program(p, &request)?,
-            Target::Http { url, agent } => self.post(url, agent, &request)?,
+            HookTarget::Program(p) => self.run_program(p, &request)?,
+            HookTarget::Http { url, agent } => self.post(url, agent, &request)?,
         };
         let v: serde_json::Value = serde_json::from_str(out.trim())
             .map_err(|_| hook_error("connection handler gave no valid answer"))?;
