@@ -458,7 +458,7 @@ pub fn write_demo_pki(
 
 /// Creates or truncates `path` with `mode`; the mode is also set on an existing file, whose
 /// permissions `open` would otherwise keep.
-fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+pub fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
     let io = |source| PkiError::Io {
         path: path.to_path_buf(),
         source,
@@ -748,6 +748,23 @@ pub(crate) mod tests {
         ));
         let err = write_demo_pki(&dir.0.join("missing"), "s", &[]).unwrap_err();
         assert!(err.to_string().contains("missing/ca.crt"), "{err}");
+    }
+
+    /// `portcullis pki issue-client` over an existing, world-readable `.key` (a re-issue, or
+    /// a file someone made beforehand): the new key must not inherit the loose mode.
+    #[test]
+    fn pki_cli_tightens_an_existing_key_file() {
+        let dir = TempDir::new("pki-cli-mode");
+        crate::pki_cli::init(&dir.0, "Test CA", 30).unwrap();
+        let key = dir.0.join("alice.key");
+        std::fs::write(&key, "old").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        crate::pki_cli::issue(&dir.0, "alice", false, 30).unwrap();
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "alice.key is {mode:o}");
+        assert!(std::fs::read_to_string(&key)
+            .unwrap()
+            .contains("PRIVATE KEY"));
     }
 
     fn openssl(args: &[&str]) -> Option<(bool, String)> {

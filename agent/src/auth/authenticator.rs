@@ -261,8 +261,14 @@ impl Authenticator {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _guard = InFlight(&self.in_flight);
         if n >= MAX_LOGINS_IN_FLIGHT {
-            tracing::warn!(%link, user, "renegotiation not re-checked: too many directory logins in progress");
-            return Ok(());
+            // Never let it through unchecked (a flood of logins would otherwise wave every
+            // renegotiation through, changed password or not): a temporary refusal ends the
+            // session and the client reconnects after its backoff, checked then.
+            tracing::warn!(%link, user, in_flight = n, "renegotiation refused: too many directory logins in progress");
+            return Err(Refusal::temporary(
+                FailureCode::DirectoryBusy,
+                "directory busy, try again later",
+            ));
         }
         match dir.authenticate(user, &password) {
             Ok(_) => Ok(()),

@@ -156,6 +156,22 @@ fn renegotiations_recheck_only_the_password() {
         a.decide(link(), &renegotiation("alice", "alice", "pw")),
         Ok(())
     );
+    // With every directory slot taken, a renegotiation is refused for now, never waved
+    // through unchecked.
+    a.in_flight
+        .store(MAX_LOGINS_IN_FLIGHT, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        a.decide(link(), &renegotiation("alice", "alice", "pw")),
+        Err(Refusal::temporary(
+            FailureCode::DirectoryBusy,
+            "directory busy, try again later"
+        ))
+    );
+    assert_eq!(
+        a.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+        MAX_LOGINS_IN_FLIGHT,
+        "the guard gives its slot back"
+    );
     let otp = authenticator(true);
     assert_eq!(
         otp.decide(

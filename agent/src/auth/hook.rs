@@ -45,6 +45,9 @@ pub struct ConnectHook {
     pub timeout: Duration,
 }
 
+/// PATH for the hook when the agent has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Bound on the answer, which is a small object.
 const MAX_ANSWER: u64 = 64 * 1024;
 
@@ -157,7 +160,13 @@ impl ConnectHook {
 
     fn run_program(&self, program: &Path, request: &serde_json::Value) -> Result<String, Refusal> {
         use std::os::unix::process::CommandExt;
+        // Not the agent's environment (it may hold secrets, and a program a hook author
+        // wrote should not depend on how the agent was started): the request is on stdin,
+        // and only PATH is passed, so `#!/usr/bin/env` scripts and bare commands resolve.
+        let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
         let mut child = Command::new(program)
+            .env_clear()
+            .env("PATH", path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -349,6 +358,35 @@ mod tests {
         s.timeout = Duration::from_millis(300);
         assert_eq!(s.decide(link, &req(), &[]), Err(timed_out()));
         assert!(h(&dir.join("missing")).decide(link, &req(), &[]).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The program sees PATH and nothing else of the agent's environment (the shell adds
+    /// only its own PWD, SHLVL, OLDPWD and `_`).
+    #[test]
+    fn the_program_gets_no_agent_environment() {
+        let dir = std::env::temp_dir().join(format!("pc-hook-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = Link::Udp {
+            listener: 0,
+            addr: "192.0.2.12:5000".parse().unwrap(),
+        };
+        let env = script(
+            &dir,
+            "env",
+            r#"cat >/dev/null
+extra=$(env | cut -d= -f1 | grep -v -x -e PATH -e PWD -e OLDPWD -e SHLVL -e _ | tr '\n' ' ')
+if [ -z "$extra" ] && [ -n "$PATH" ]; then echo '{"allow":true}'
+else echo "{\"allow\":false,\"error-msg-on-denied-connection\":\"env: $extra\"}"; fi"#,
+        );
+        assert!(
+            std::env::vars_os().any(|(k, _)| k != "PATH"),
+            "the test process has more than PATH in its environment"
+        );
+        assert_eq!(
+            ConnectHook::new(&env, "corp").decide(link, &req(), &[]),
+            Ok(())
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

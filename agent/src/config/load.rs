@@ -47,7 +47,7 @@ impl EndpointConfig {
         })
     }
 
-    fn resolve_paths(&mut self, base: &Path) {
+    pub(super) fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -231,6 +231,38 @@ fn snat_address_defaults_to_the_interface_address() {
     assert_eq!(interface_ipv4("no-such-if0"), None);
 }
 
+/// `portcullis check` away from the gateway (another machine, or outside its network
+/// namespace) cannot take the SNAT address from the interface: it says so, and not that
+/// `0.0.0.0` cannot be a source address, which is what the compiler sees.
+#[test]
+fn snat_address_from_an_interface_that_is_not_here() {
+    let d = dir_with_files();
+    let text = GOOD
+        .replace("interface = \"eth1\"", "interface = \"pc-absent0\"")
+        .replace("snat_address = \"10.0.0.1\"\n", "");
+    let mut c = EndpointConfig::parse(&text).unwrap();
+    c.resolve_paths(&d.0);
+    let file = c.validate().unwrap_err().0;
+    assert_eq!(file.len(), 1, "{file:?}");
+    assert_eq!(file[0].path, "target_network[0].snat_address");
+    assert!(
+        file[0].message.contains("`pc-absent0` does not exist here")
+            && file[0].message.contains("set snat_address"),
+        "{}",
+        file[0]
+    );
+    // As `check` compiles it: every interface resolves.
+    let compiler: Vec<String> = crate::policy::compile(&c.policy(), &|_| Some(1))
+        .unwrap_err()
+        .iter()
+        .map(|e| endpoint_paths(&e.to_string()))
+        .collect();
+    assert!(compiler
+        .iter()
+        .any(|e| e.contains("0.0.0.0 cannot be a source address")));
+    assert_eq!(merge_reports(&file, &compiler), vec![file[0].to_string()]);
+}
+
 #[test]
 fn compiler_paths_are_spelled_as_in_the_file() {
     assert_eq!(

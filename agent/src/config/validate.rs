@@ -13,13 +13,25 @@ impl EndpointConfig {
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = Vec::new();
         for (i, t) in self.target_network.iter().enumerate() {
-            // Only where the interface exists: `check` may run on another machine.
-            if t.snat_address.is_none()
-                && crate::datapath::ifindex(&t.interface).is_some()
-                && interface_ipv4(&t.interface).is_none()
-            {
+            if t.snat_address.is_some() {
+                continue;
+            }
+            let path = format!("target_network[{i}].snat_address");
+            if crate::datapath::ifindex(&t.interface).is_none() {
+                // `check` run on another machine or outside the gateway's network namespace:
+                // the address cannot be taken from an interface this host does not have.
                 errs.push(err(
-                    format!("target_network[{i}].snat_address"),
+                    path,
+                    format!(
+                        "not set, and interface `{}` does not exist here to take it from: run \
+                         this where the interface exists (the gateway's network namespace) or \
+                         set snat_address",
+                        t.interface
+                    ),
+                ));
+            } else if interface_ipv4(&t.interface).is_none() {
+                errs.push(err(
+                    path,
                     format!(
                         "not set, and interface `{}` has no IPv4 address to use instead: set \
                          snat_address or give the interface an address",
