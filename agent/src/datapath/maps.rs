@@ -637,8 +637,8 @@ fn lpm<V>(v: Vec<(u8, [u8; 4], V)>) -> BTreeMap<(u8, [u8; 4]), V> {
     v.into_iter().map(|(p, a, x)| ((p, a), x)).collect()
 }
 
-fn rec_err(map: &str, action: &'static str, e: DatapathError) -> reconcile::DatapathError {
-    reconcile::DatapathError::Map {
+fn rec_err(map: &str, action: &'static str, e: DatapathError) -> reconcile::PolicyMapError {
+    reconcile::PolicyMapError::Map {
         map: map.to_string(),
         action,
         source: Box::new(e),
@@ -647,10 +647,10 @@ fn rec_err(map: &str, action: &'static str, e: DatapathError) -> reconcile::Data
 
 use crate::reconcile::{self, MapOp, SlotContents};
 
-impl reconcile::Datapath for Maps {
-    fn slot_contents(&self, slot: u8) -> Result<SlotContents, reconcile::DatapathError> {
+impl reconcile::PolicyMaps for Maps {
+    fn slot_contents(&self, slot: u8) -> Result<SlotContents, reconcile::PolicyMapError> {
         if slot > 1 {
-            return Err(reconcile::DatapathError::NoSuchSlot(slot));
+            return Err(reconcile::PolicyMapError::NoSuchSlot(slot));
         }
         let mut shadow = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = &shadow[slot as usize] {
@@ -661,11 +661,11 @@ impl reconcile::Datapath for Maps {
         Ok(c)
     }
 
-    fn active_generation(&self) -> Result<u32, reconcile::DatapathError> {
+    fn active_generation(&self) -> Result<u32, reconcile::PolicyMapError> {
         Maps::active_generation(self).map_err(|e| rec_err(map_names::POLICY_ACTIVE, "read", e))
     }
 
-    fn apply(&mut self, op: &MapOp) -> Result<(), reconcile::DatapathError> {
+    fn apply(&mut self, op: &MapOp) -> Result<(), reconcile::PolicyMapError> {
         let slot = op.slot().filter(|&s| s < 2);
         // The write itself forgets the shadow (as any direct write does); the reconciler
         // knows what it wrote, so it puts it back, updated, unless the write failed.
@@ -683,7 +683,7 @@ impl reconcile::Datapath for Maps {
 impl Maps {
     /// Whether the reconciler's shadow of each slot equals what the kernel holds (a slot not
     /// shadowed counts as equal). For tests and diagnostics: it reads both slots.
-    pub fn shadow_matches_kernel(&self) -> Result<bool, reconcile::DatapathError> {
+    pub fn shadow_matches_kernel(&self) -> Result<bool, reconcile::PolicyMapError> {
         let shadow = self
             .shadow
             .lock()
@@ -700,7 +700,7 @@ impl Maps {
     }
 
     /// One policy slot as the kernel holds it.
-    fn read_slot(&self, slot: u8) -> Result<SlotContents, reconcile::DatapathError> {
+    fn read_slot(&self, slot: u8) -> Result<SlotContents, reconcile::PolicyMapError> {
         let read = |name: &str, e| rec_err(name, "read", e);
         let s = slot as usize;
         let mut sg_ranges = BTreeMap::new();
@@ -757,15 +757,15 @@ impl Maps {
         })
     }
 
-    fn write_op(&mut self, op: &MapOp) -> Result<(), reconcile::DatapathError> {
+    fn write_op(&mut self, op: &MapOp) -> Result<(), reconcile::PolicyMapError> {
         let active = Maps::active_generation(self)
             .map_err(|e| rec_err(map_names::POLICY_ACTIVE, "read", e))?;
         if let Some(slot) = op.slot() {
             if slot > 1 {
-                return Err(reconcile::DatapathError::NoSuchSlot(slot));
+                return Err(reconcile::PolicyMapError::NoSuchSlot(slot));
             }
             if u32::from(slot) == active % 2 {
-                return Err(reconcile::DatapathError::ActiveSlotWrite { slot, active });
+                return Err(reconcile::PolicyMapError::ActiveSlotWrite { slot, active });
             }
             if let Some(t) = self.last_activation.take() {
                 if let Some(rest) = SLOT_QUIESCE.checked_sub(t.elapsed()) {
@@ -839,7 +839,7 @@ impl Maps {
                     .meta(slot)
                     .map_err(|e| rec_err(map_names::POLICY_META, "read", e))?;
                 if meta.generation != generation {
-                    return Err(reconcile::DatapathError::SlotNotPrepared {
+                    return Err(reconcile::PolicyMapError::SlotNotPrepared {
                         generation,
                         slot,
                         found: meta.generation,
