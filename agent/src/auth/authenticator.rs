@@ -1,8 +1,7 @@
 //! Connection authentication beyond the certificate: the directory check, the failed-login
 //! rate limit and the client-connect hook, run as one [`Authorizer`] on the tunnel's
-//! authorizer threads (never on the control thread, so other sessions keep flowing), and the
-//! registry of what each admitted session was granted (its username and directory groups),
-//! which the data-path hooks and the group re-check read.
+//! authorizer threads (never on the control thread, so other sessions keep flowing). What it
+//! admits a session with goes to the [`Grants`].
 //!
 //! The server sends no PUSH_REPLY and makes no data-path entry before the verdict
 //! (`AuthMode::External`); a session whose verdict never comes times out in its handshake
