@@ -14,6 +14,7 @@ use super::directory::{DirError, Directory};
 use super::grants::{combined_groups, Grant, Grants};
 use super::hook::ConnectHook;
 use super::limiter::{source_key, FailureLimiter};
+use super::slots::LoginSlots;
 use crate::config::EndpointConfig;
 use crate::openvpn::peer::Link;
 use crate::openvpn::session::{AuthRequest, FailureCode, Refusal};
@@ -37,21 +38,14 @@ pub struct Authenticator {
     /// The last TOTP step accepted per user: a code works once.
     pub otp_used: Mutex<HashMap<String, u64>>,
     /// Directory logins in progress (each holds a thread while the directory answers).
-    pub in_flight: std::sync::atomic::AtomicUsize,
+    pub logins: LoginSlots,
+    /// How long a renegotiation waits for a login slot before it is refused for now.
+    pub renegotiation_wait: Duration,
 }
 
-/// Directory logins at once: past this, logins are refused at once instead of piling up
-/// threads behind a slow directory (each waits out its timeouts).
-pub const MAX_LOGINS_IN_FLIGHT: usize = 64;
-
-/// Decrements the in-flight count however the login ends.
-struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
+/// A renegotiation's wait for a login slot: well inside the 60 s handshake window, so the
+/// session's key exchange does not time out while it waits.
+pub const RENEGOTIATION_WAIT: Duration = Duration::from_secs(20);
 
 impl Authenticator {
     /// The authenticator an endpoint's configuration asks for: `None` when it uses neither
@@ -89,7 +83,8 @@ impl Authenticator {
             grants,
             otp: cfg.auth.static_challenge.is_some(),
             otp_used: Mutex::new(HashMap::new()),
-            in_flight: Default::default(),
+            logins: LoginSlots::default(),
+            renegotiation_wait: RENEGOTIATION_WAIT,
         }))
     }
 
@@ -152,17 +147,13 @@ impl Authenticator {
                     "username does not match the certificate",
                 ));
             }
-            let n = self
-                .in_flight
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let _guard = InFlight(&self.in_flight);
-            if n >= MAX_LOGINS_IN_FLIGHT {
-                tracing::warn!(%link, user, in_flight = n, "login refused: too many directory logins in progress");
+            let Some(_slot) = self.logins.try_take() else {
+                tracing::warn!(%link, user, "login refused: too many directory logins in progress");
                 return Err(Refusal::temporary(
                     FailureCode::DirectoryBusy,
                     "directory busy, try again later",
                 ));
-            }
+            };
             let t0 = Instant::now();
             let (password, code) = if self.otp {
                 match crate::auth::otp::parse_scrv1(req.password.expose()) {
@@ -255,20 +246,17 @@ impl Authenticator {
         } else {
             req.password.expose().to_owned()
         };
-        let n = self
-            .in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _guard = InFlight(&self.in_flight);
-        if n >= MAX_LOGINS_IN_FLIGHT {
-            // Never let it through unchecked (a flood of logins would otherwise wave every
-            // renegotiation through, changed password or not): a temporary refusal ends the
-            // session and the client reconnects after its backoff, checked then.
-            tracing::warn!(%link, user, in_flight = n, "renegotiation refused: too many directory logins in progress");
+        // Never waved through unchecked (a flood of logins would otherwise let every
+        // renegotiation pass, changed password or not): it waits for a slot, and if none
+        // comes free in time, a temporary refusal ends the session and the client
+        // reconnects after its backoff, checked then.
+        let Some(_slot) = self.logins.take_within(self.renegotiation_wait) else {
+            tracing::warn!(%link, user, "renegotiation refused: too many directory logins in progress");
             return Err(Refusal::temporary(
                 FailureCode::DirectoryBusy,
                 "directory busy, try again later",
             ));
-        }
+        };
         match dir.authenticate(user, &password) {
             Ok(_) => Ok(()),
             Err(e @ (DirError::Unavailable(_) | DirError::Protocol(_))) => {

@@ -1,5 +1,6 @@
 //! The authenticator against a fake LDAP server on loopback.
 use super::*;
+use crate::auth::MAX_LOGINS_IN_FLIGHT;
 
 fn authenticator(otp: bool) -> Authenticator {
     // 192.0.2.1 (TEST-NET-1) is never contacted: every case below is decided first.
@@ -20,7 +21,8 @@ fn authenticator(otp: bool) -> Authenticator {
         grants: Arc::new(Grants::default()),
         otp,
         otp_used: Mutex::new(HashMap::new()),
-        in_flight: Default::default(),
+        logins: LoginSlots::default(),
+        renegotiation_wait: RENEGOTIATION_WAIT,
     }
 }
 
@@ -87,8 +89,9 @@ fn decisions_made_before_the_directory_is_asked() {
             "one-time code required"
         ))
     );
-    a.in_flight
-        .store(MAX_LOGINS_IN_FLIGHT, std::sync::atomic::Ordering::Relaxed);
+    let held: Vec<_> = (0..MAX_LOGINS_IN_FLIGHT)
+        .map(|_| a.logins.try_take().unwrap())
+        .collect();
     assert_eq!(
         a.decide(link(), &request("alice", "alice", "pw")),
         Err(Refusal::temporary(
@@ -96,11 +99,8 @@ fn decisions_made_before_the_directory_is_asked() {
             "directory busy, try again later"
         ))
     );
-    assert_eq!(
-        a.in_flight.load(std::sync::atomic::Ordering::Relaxed),
-        MAX_LOGINS_IN_FLIGHT,
-        "the guard gives its slot back"
-    );
+    drop(held);
+    assert_eq!(a.logins.busy(), 0, "the refused login holds no slot");
     assert!(
         a.grants.pending.lock().unwrap().is_empty(),
         "no grant for a refusal"
@@ -150,16 +150,20 @@ fn renegotiations_recheck_only_the_password() {
     .unwrap();
     let a = Authenticator {
         directory: Some(Arc::new(Directory::new(&cfg).unwrap())),
+        renegotiation_wait: Duration::from_millis(300),
         ..authenticator(false)
     };
     assert_eq!(
         a.decide(link(), &renegotiation("alice", "alice", "pw")),
         Ok(())
     );
-    // With every directory slot taken, a renegotiation is refused for now, never waved
-    // through unchecked.
-    a.in_flight
-        .store(MAX_LOGINS_IN_FLIGHT, std::sync::atomic::Ordering::Relaxed);
+    // With every directory slot taken, a renegotiation is never waved through unchecked: it
+    // waits for a slot (then asks the directory, here unavailable: the session stays), or
+    // is refused for now when none comes free in time.
+    let held: Vec<_> = (0..MAX_LOGINS_IN_FLIGHT)
+        .map(|_| a.logins.try_take().unwrap())
+        .collect();
+    let t0 = Instant::now();
     assert_eq!(
         a.decide(link(), &renegotiation("alice", "alice", "pw")),
         Err(Refusal::temporary(
@@ -167,11 +171,18 @@ fn renegotiations_recheck_only_the_password() {
             "directory busy, try again later"
         ))
     );
-    assert_eq!(
-        a.in_flight.load(std::sync::atomic::Ordering::Relaxed),
-        MAX_LOGINS_IN_FLIGHT,
-        "the guard gives its slot back"
-    );
+    assert!(t0.elapsed() >= Duration::from_millis(300), "it waited");
+    std::thread::scope(|sc| {
+        sc.spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+        });
+        assert_eq!(
+            a.decide(link(), &renegotiation("alice", "alice", "pw")),
+            Ok(())
+        );
+    });
+    assert_eq!(a.logins.busy(), 0, "every slot is given back");
     let otp = authenticator(true);
     assert_eq!(
         otp.decide(

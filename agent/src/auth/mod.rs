@@ -8,13 +8,16 @@
 //! - [`directory`]: the LDAP / Active Directory client (pool, user lookup, groups).
 //! - [`hook`]: the client-connect hook (a program or an HTTP POST).
 //! - [`otp`]: TOTP codes and the static-challenge response.
+//! - [`slots`]: the bound on directory logins in progress.
 pub mod authenticator;
 pub mod directory;
 pub mod grants;
 pub mod hook;
 pub mod limiter;
 pub mod otp;
+pub mod slots;
 
-pub use authenticator::{Authenticator, LocalGroups, MAX_LOGINS_IN_FLIGHT};
+pub use authenticator::{Authenticator, LocalGroups, RENEGOTIATION_WAIT};
 pub use grants::{combined_groups, Grant, Grants};
 pub use limiter::FailureLimiter;
+pub use slots::{LoginSlots, MAX_LOGINS_IN_FLIGHT};
