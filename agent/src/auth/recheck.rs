@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use portcullis_common::GroupBits;
 
+use crate::auth::directory::{DirError, Directory};
 use crate::auth::{Grant, Grants};
-use crate::directory::{DirError, Directory};
 
 /// (peer id, directory user the pass looked up, what the directory said).
 pub type RecheckResults = Vec<(u32, String, Result<Vec<String>, DirError>)>;

@@ -166,7 +166,7 @@ pub enum PolicyCmd {
         user: String,
         /// `10.0.0.5` (ICMP), `10.0.0.5:443/tcp`, `10.0.0.5:53/udp`.
         #[arg(long)]
-        to: crate::explain::Target,
+        to: crate::explain::Destination,
         #[arg(long)]
         json: bool,
     },

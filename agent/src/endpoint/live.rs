@@ -83,21 +83,17 @@ pub fn load_and_compile(
 ) -> Result<(EndpointConfig, CompiledPolicy)> {
     let cfg = EndpointConfig::load_unvalidated(path)
         .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", path.display()))?;
-    let mut errors: Vec<String> = match cfg.validate() {
-        Ok(()) => Vec::new(),
-        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
-    };
-    match policy::compile_with_previous(&cfg.policy(), resolve_ifindex, previous) {
-        Ok(compiled) if errors.is_empty() => return Ok((cfg, compiled)),
-        Ok(_) => {}
-        Err(errs) => errors.extend(
-            errs.iter()
-                .map(|e| crate::config::endpoint_paths(&e.to_string())),
-        ),
-    }
-    // The file check and the compiler may see the same problem.
-    let mut seen = std::collections::BTreeSet::new();
-    errors.retain(|e| seen.insert(e.clone()));
+    let file_errors = cfg.validate().err().map(|e| e.0).unwrap_or_default();
+    let compiler_errors =
+        match policy::compile_with_previous(&cfg.policy(), resolve_ifindex, previous) {
+            Ok(compiled) if file_errors.is_empty() => return Ok((cfg, compiled)),
+            Ok(_) => Vec::new(),
+            Err(errs) => errs
+                .iter()
+                .map(|e| crate::config::endpoint_paths(&e.to_string()))
+                .collect(),
+        };
+    let errors = crate::config::merge_reports(&file_errors, &compiler_errors);
     bail!(
         "{} is invalid:\n{}",
         path.display(),

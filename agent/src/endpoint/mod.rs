@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use aya::programs::XdpMode;
 
-use crate::auth::{Authenticator, FailureLimiter, Grants};
+use crate::auth::directory::Directory;
+use crate::auth::{Authenticator, Grants};
 use crate::config::{EndpointConfig, Listener};
 use crate::datapath::{self, maps::Maps, tap::Tap, Datapath, DatapathOptions};
-use crate::directory::Directory;
 use crate::openvpn::packet::Role;
 use crate::openvpn::server::{AuthMode, Server, ServerEvent};
 use crate::openvpn::session::TlsProvider;
@@ -31,7 +31,7 @@ use crate::openvpn::tls::ReloadableTls;
 use crate::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
 use crate::policy::{CompiledPolicy, PolicyInput};
 use crate::reconcile;
-use crate::tunnel::{Authorizer, Tunnel, TunnelOptions};
+use crate::tunnel::{Tunnel, TunnelOptions};
 use hooks::{ClientsMapHooks, Subscribers};
 use live::{lock, Live, SharedLive};
 
@@ -135,43 +135,6 @@ fn tls_crypt(cfg: &EndpointConfig) -> Result<Option<Arc<TlsCryptKey>>> {
     Ok(Some(Arc::new(TlsCryptKey::new(&key, Role::Server))))
 }
 
-/// The connection check beyond the certificate (directory, client-connect hook, failed-login
-/// limits), when the file asks for one.
-fn authorizer(
-    cfg: &EndpointConfig,
-    directory: Option<Arc<Directory>>,
-    grants: Arc<Grants>,
-    live: &SharedLive,
-) -> Result<Option<Authorizer>> {
-    let hook = crate::connect_hook::ConnectHook::from_config(cfg)?;
-    if hook.is_none() && directory.is_none() {
-        return Ok(None);
-    }
-    let local_groups: crate::auth::LocalGroups = {
-        let live = live.clone();
-        Arc::new(move |u: &str| lock(&live).policy.local_groups_of(u))
-    };
-    let window = Duration::from_secs(cfg.auth.failed_login_window_secs.max(1));
-    Ok(Some(
-        Authenticator {
-            directory,
-            username_must_match_cn: cfg.auth.username_must_match_cn,
-            hook,
-            local_groups,
-            per_user: Mutex::new(FailureLimiter::new(cfg.auth.failed_logins_per_user, window)),
-            per_source: Mutex::new(FailureLimiter::new(
-                cfg.auth.failed_logins_per_source,
-                window,
-            )),
-            grants,
-            otp: cfg.auth.static_challenge.is_some(),
-            otp_used: Mutex::new(Default::default()),
-            in_flight: Default::default(),
-        }
-        .into_authorizer(),
-    ))
-}
-
 impl Endpoint {
     /// Brings the endpoint up: TAP, data path (re-adopting pins and kept sessions of a
     /// previous agent), TLS, the OpenVPN server and its listeners. `cfg` is validated; the
@@ -220,17 +183,18 @@ impl Endpoint {
             kept: Some((Instant::now() + handoff::KEPT_GRACE, adopted.clone())),
             grants: grants.clone(),
         }));
-        let directory = match (&cfg.directory, cfg.auth.uses_directory()) {
-            (Some(d), true) => Some(Arc::new(
-                Directory::new(d).context("setting up the directory client")?,
-            )),
-            _ => None,
+        let local_groups: crate::auth::LocalGroups = {
+            let live = live.clone();
+            Arc::new(move |u: &str| lock(&live).policy.local_groups_of(u))
         };
+        let authenticator = Authenticator::from_config(cfg, grants.clone(), local_groups)?;
+        // The periodic re-check asks the same directory client.
+        let directory = authenticator.as_ref().and_then(|a| a.directory.clone());
         let mut settings = cfg.server_settings();
-        let authorizer = authorizer(cfg, directory.clone(), grants.clone(), &live)?;
-        if authorizer.is_some() {
+        let authorizer = authenticator.map(|a| {
             settings.auth = AuthMode::External;
-        }
+            a.into_authorizer()
+        });
         let provider: Arc<dyn TlsProvider> = tls.clone();
         let server = Server::new(settings, provider, tls_crypt(cfg)?, Instant::now())
             .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
