@@ -15,10 +15,11 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
+use crate::io::tls_files::TlsFiles;
 use crate::openvpn::crypto::Cipher;
 use crate::openvpn::options::banner_echo_options;
 use crate::openvpn::server::{PushSettings, ServerSettings};
-use crate::openvpn::tls::{CrlExpiredPolicy, TlsFiles, TlsOptions, TlsVersion};
+use crate::openvpn::tls::{CrlExpiredPolicy, TlsOptions, TlsVersion};
 use crate::policy::model::{AuthzRule, PolicyInput, Route, SecurityGroup, TargetNetwork};
 
 /// The whole file.

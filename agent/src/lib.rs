@@ -10,6 +10,7 @@ pub mod directory;
 pub mod explain;
 pub mod flowlog;
 pub mod gateway;
+pub mod io;
 pub mod metrics;
 pub mod openvpn;
 pub mod otp;
@@ -18,7 +19,6 @@ pub mod pki_cli;
 pub mod policy;
 pub mod profile;
 pub mod reconcile;
-pub mod relay;
 pub mod status;
 pub mod tunnel;
 

@@ -20,10 +20,12 @@ use portcullis_common::{DenyEvent, DropReason};
 use crate::{
     datapath::{self, maps::Maps, tap::Tap},
     gateway::ClientsMapHooks,
+    io::tls_files::{ReloadableTls, TlsFiles},
     openvpn::{
+        env::Env,
         packet::Role,
         server::{PushSettings, Server, ServerEvent, ServerSettings},
-        tls::{ReloadableTls, TlsFiles, TlsOptions},
+        tls::TlsOptions,
         tls_crypt::{StaticKey, TlsCryptKey},
     },
     pki,
@@ -244,6 +246,7 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         },
         tls,
         Some(Arc::new(TlsCryptKey::new(&tc_key, Role::Server))),
+        Env::system(),
         Instant::now(),
     )
     .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;

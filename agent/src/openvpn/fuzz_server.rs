@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::env::Env;
 use super::packet::{Role, MAX_CONTROL_PACKET_LEN};
 use super::peer::Link;
 use super::server::{Server, ServerEvent, ServerSettings};
@@ -43,6 +44,7 @@ fn fixture() -> &'static Fixture {
             &server.key_pem,
             &[],
             &TlsOptions::default(),
+            Arc::new(rustls::time_provider::DefaultTimeProvider),
         )
         .expect("server TLS");
         Fixture {
@@ -85,6 +87,8 @@ pub fn server(data: &[u8]) {
         settings,
         provider,
         tc.then(|| Arc::new(TlsCryptKey::new(&f.tls_crypt, Role::Server))),
+        // Replayable: a crash input reproduces exactly.
+        Env::replay(1, 1_700_000_000),
         now,
     ) else {
         return;

@@ -9,16 +9,16 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use ring::rand::{SecureRandom, SystemRandom};
 
 use super::cookie::{HmacCookie, ResetLimiter};
 use super::crypto::Cipher;
+use super::env::Env;
 use super::options::{PeerInfo, PushReply, RedirectGateway, Transport};
 use super::packet::{decode, split_first_byte, ControlPacket, KeyId, Opcode, Packet, SessionId};
-use super::peer::{DataPeer, Link, PeerTable};
+use super::peer::{DataPeer, Float, Link, PeerTable};
 use super::pool::AddressPool;
 use super::session::{
     AuthRequest, CloseReason, FailureCode, Refusal, Session, SessionConfig, SessionEvent, Start,
@@ -110,7 +110,13 @@ pub enum ServerEvent {
         key_id: KeyId,
     },
     /// A client moved to a new UDP address (after an authenticated packet).
-    Floated { peer_id: u32, from: Link, to: Link },
+    Floated {
+        peer_id: u32,
+        /// The session's serial.
+        session: u64,
+        from: Link,
+        to: Link,
+    },
     /// A session ended (or never got established: TLS failure, refused, timeout).
     Disconnected {
         link: Link,
@@ -138,6 +144,8 @@ pub struct ServerStats {
     pub session_limit: u64,
     pub stateless_replies: u64,
     pub unroutable: u64,
+    /// Floats refused because another client's session holds the address.
+    pub float_refused: u64,
 }
 
 struct Entry {
@@ -147,6 +155,16 @@ struct Entry {
     serial: u64,
     tunnel_addr: Option<Ipv4Addr>,
     deadline: Option<Instant>,
+}
+
+/// Who a session belongs to, for floats: the certificate (issuer and serial), or the user name
+/// of a client without one.
+fn owner_key(id: &ClientIdentity) -> String {
+    if id.has_certificate() {
+        format!("cert\0{}\0{}", id.issuer, id.serial_hex)
+    } else {
+        format!("user\0{}", id.common_name)
+    }
 }
 
 /// Each transport's session settings, with the pushed session timeout as their limit.
@@ -181,11 +199,15 @@ pub struct Server {
     timers: BinaryHeap<Reverse<(Instant, Link)>>,
     pool: AddressPool,
     peers: Arc<PeerTable>,
-    free_peer_ids: Vec<u32>,
+    /// First in, first out: the id freed longest ago is reused first, so a worker's late
+    /// report about an ended session is unlikely to meet a new one on the same id (and the
+    /// serial it carries settles it when it does).
+    free_peer_ids: VecDeque<u32>,
     events: VecDeque<ServerEvent>,
     out: VecDeque<(Link, Vec<u8>)>,
     base: Instant,
     unix_base: u32,
+    env: Env,
     pub stats: ServerStats,
     next_serial: u64,
 }
@@ -195,17 +217,16 @@ impl Server {
         settings: ServerSettings,
         tls: Arc<dyn TlsProvider>,
         tls_crypt: Option<Arc<TlsCryptKey>>,
+        env: Env,
         now: Instant,
     ) -> Result<Server, String> {
         let pool = AddressPool::new(settings.client_cidr).map_err(|e| e.to_string())?;
         let mut secret = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut secret)
-            .map_err(|_| "no system randomness".to_owned())?;
+        env.fill(&mut secret)
+            .map_err(|_| "no randomness".to_owned())?;
         let hand_window = settings.udp.hand_window;
-        let unix_base = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as u32);
+        // tls-crypt packet ids carry a wall-clock timestamp (doc §11.3); `now` moves it on.
+        let unix_base = env.unix_secs() as u32;
         // Peer-ids double as data-path session slots, so they stay below MAX_CLIENTS.
         let n = settings
             .max_sessions
@@ -224,11 +245,12 @@ impl Server {
             timers: BinaryHeap::new(),
             pool,
             peers: Arc::new(PeerTable::default()),
-            free_peer_ids: (0..n).rev().collect(),
+            free_peer_ids: (0..n).collect(),
             events: VecDeque::new(),
             out: VecDeque::new(),
             base: now,
             unix_base,
+            env,
             stats: ServerStats::default(),
             next_serial: 1,
         })
@@ -347,13 +369,24 @@ impl Server {
                     match self.cookie.verify(&pkt, addr, now) {
                         Ok(acc) => {
                             let _ = wrap_id;
+                            // A live session is replaced only by a new client session (a
+                            // restart): a duplicate or replay of the packets that set up the
+                            // live session itself carries its client session id, still within
+                            // the cookie's lifetime, and must not end it.
+                            if self
+                                .sessions
+                                .get(&link)
+                                .is_some_and(|e| e.session.remote_session() == acc.client_session)
+                            {
+                                self.stats.unroutable += 1;
+                                return;
+                            }
                             self.create(
                                 link,
                                 Start::Cookie {
                                     client: acc.client_session,
                                     server: acc.server_session,
                                 },
-                                acc.server_session,
                                 // Our stateless reset was wrapped with id 1 (doc §11.3).
                                 2,
                                 now,
@@ -374,11 +407,7 @@ impl Server {
                     self.stats.unroutable += 1;
                     return;
                 }
-                let mut sid = [0u8; 8];
-                let _ = SystemRandom::new().fill(&mut sid);
-                sid[0] |= 1;
-                let local = SessionId::new(sid).expect("non-zero");
-                self.create(link, Start::Reset(&pkt), local, 1, now);
+                self.create(link, Start::Reset(&pkt), 1, now);
                 self.after(link, now);
             }
         }
@@ -417,14 +446,7 @@ impl Server {
         self.out.push_back((link, bytes));
     }
 
-    fn create(
-        &mut self,
-        link: Link,
-        start: Start<'_>,
-        local: SessionId,
-        first_wrap_id: u32,
-        now: Instant,
-    ) {
+    fn create(&mut self, link: Link, start: Start<'_>, first_wrap_id: u32, now: Instant) {
         if let Some(old) = self.sessions.get_mut(&link) {
             old.session.kill(CloseReason::Server(
                 "client restarted with a new session".into(),
@@ -435,7 +457,7 @@ impl Server {
             self.stats.session_limit += 1;
             return;
         }
-        let Some(peer_id) = self.free_peer_ids.pop() else {
+        let Some(peer_id) = self.free_peer_ids.pop_front() else {
             self.stats.session_limit += 1;
             return;
         };
@@ -453,11 +475,19 @@ impl Server {
                 )),
             )
         });
-        let peer = Arc::new(DataPeer::new(peer_id, link, self.base));
-        match Session::new(cfg, self.tls.clone(), start, local, wrap, peer.clone(), now) {
+        let serial = self.next_serial;
+        let peer = Arc::new(DataPeer::for_session(peer_id, serial, link, self.base));
+        match Session::new(
+            cfg,
+            self.tls.clone(),
+            start,
+            wrap,
+            peer.clone(),
+            self.env.rng.clone(),
+            now,
+        ) {
             Ok(session) => {
                 self.peers.insert(peer);
-                let serial = self.next_serial;
                 self.next_serial += 1;
                 self.sessions.insert(
                     link,
@@ -470,7 +500,7 @@ impl Server {
                 );
             }
             Err(_) => {
-                self.free_peer_ids.push(peer_id);
+                self.free_peer_ids.push_back(peer_id);
                 self.stats.malformed += 1;
             }
         }
@@ -480,7 +510,7 @@ impl Server {
     fn after(&mut self, link: Link, now: Instant) {
         self.collect(link, now);
         if let Some(e) = self.sessions.get_mut(&link) {
-            let d = e.session.poll_timeout();
+            let d = e.session.poll_timeout(now);
             if d != e.deadline {
                 e.deadline = d;
                 if let Some(d) = d {
@@ -531,6 +561,9 @@ impl Server {
                     let e = self.sessions.get_mut(&link).expect("present");
                     let addr = e.tunnel_addr.expect("assigned before push");
                     let peer = e.session.peer().clone();
+                    if let Some(id) = e.session.identity() {
+                        peer.set_owner(owner_key(id));
+                    }
                     self.peers.set_addr(&peer, addr);
                     self.events.push_back(ServerEvent::Connected {
                         link,
@@ -568,7 +601,7 @@ impl Server {
                     if let Some(a) = e.tunnel_addr {
                         self.pool.release(a);
                     }
-                    self.free_peer_ids.push(peer.peer_id);
+                    self.free_peer_ids.push_back(peer.peer_id);
                     use std::sync::atomic::Ordering::Relaxed;
                     self.events.push_back(ServerEvent::Disconnected {
                         link,
@@ -716,28 +749,81 @@ impl Server {
         // `collect` loops, so events this produced are handled by the caller's loop.
     }
 
-    /// An authenticated data packet arrived from a new UDP address.
-    pub fn floated(&mut self, from: Link, to: Link, now: Instant) {
-        if let Some(e) = self.sessions.remove(&from) {
-            let peer_id = e.session.peer().peer_id;
-            if let Some(old) = self.sessions.remove(&to) {
-                // Someone else's half-open session at that address loses.
-                let mut s = old.session;
-                s.kill(CloseReason::Server(
-                    "address taken over by a floating client".into(),
-                ));
-                self.peers.remove(s.peer());
-                self.free_peer_ids.push(s.peer().peer_id);
+    /// A worker floated a peer to a new UDP address (an authenticated packet came from there,
+    /// see [`PeerTable::open`]): the session follows, with its timers. A report about a session
+    /// that is gone (its serial differs) changes nothing.
+    pub fn floated(&mut self, f: Float, now: Instant) {
+        let Some(e) = self.sessions.get(&f.from) else {
+            return;
+        };
+        if e.serial != f.session {
+            return;
+        }
+        if let Some(other) = self.sessions.get(&f.to) {
+            // What OpenVPN does (multi_process_float): a client may take over an address its
+            // own stale session holds (same certificate), which is then closed like any other
+            // session; an address of another client's session (or a half-open one) is refused,
+            // so no one can end a session by floating onto its address.
+            let same_owner = match (e.session.identity(), other.session.identity()) {
+                (Some(a), Some(b)) => owner_key(a) == owner_key(b),
+                _ => false,
+            };
+            if !same_owner {
+                self.stats.float_refused += 1;
+                let peer = e.session.peer().clone();
+                // The worker moved the peer already: back to where its session is.
+                self.peers.relink(&peer, f.from);
+                return;
             }
-            self.sessions.insert(to, e);
-            self.events
-                .push_back(ServerEvent::Floated { peer_id, from, to });
-            self.after(to, now);
+            if let Some(o) = self.sessions.get_mut(&f.to) {
+                o.session.kill(CloseReason::Server(
+                    "replaced by the same client from this address".into(),
+                ));
+            }
+            // Disconnected event, address and peer id back, as for any end of a session.
+            self.collect(f.to, now);
+            // The stale session's peer left the table: the floating one is found at `to`.
+            if let Some(e) = self.sessions.get(&f.from) {
+                self.peers.relink(&e.session.peer().clone(), f.to);
+            }
+        }
+        let Some(mut e) = self.sessions.remove(&f.from) else {
+            return;
+        };
+        // The timer heap is keyed by link: the session's deadline is scheduled anew at `to`
+        // (an entry left at `from` is stale and skipped).
+        e.deadline = None;
+        let peer_id = e.session.peer().peer_id;
+        let session = e.serial;
+        self.sessions.insert(f.to, e);
+        self.events.push_back(ServerEvent::Floated {
+            peer_id,
+            session,
+            from: f.from,
+            to: f.to,
+        });
+        self.after(f.to, now);
+    }
+
+    /// OCC_EXIT seen by a worker on the data channel of session `session` (its serial): that
+    /// session ends; a late report about an ended session changes nothing.
+    pub fn client_exit(&mut self, peer_id: u32, session: u64, now: Instant) {
+        let link = self
+            .sessions
+            .iter()
+            .find(|(_, e)| e.serial == session && e.session.peer().peer_id == peer_id)
+            .map(|(l, _)| *l);
+        if let Some(link) = link {
+            if let Some(e) = self.sessions.get_mut(&link) {
+                e.session.kill(CloseReason::ClientExit);
+            }
+            self.after(link, now);
         }
     }
 
-    /// OCC_EXIT from a worker (the session just ends), or an operator's disconnect
-    /// ([`CloseReason::Server`]: the client gets `HALT,<why>` first).
+    /// Ends the session on `peer_id` now: an operator's disconnect ([`CloseReason::Server`]:
+    /// the client gets `HALT,<why>` first), or any other reason without notice. Workers'
+    /// reports name the session too and go to [`Self::client_exit`].
     pub fn close_peer(&mut self, peer_id: u32, reason: CloseReason, now: Instant) {
         let link = self
             .sessions

@@ -14,10 +14,10 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ring::rand::{SecureRandom, SystemRandom};
 use rustls::ServerConnection;
 
 use super::crypto::{Cipher, DataFormat};
+use super::env::{Random, Rng};
 use super::keys::{ClientKeyMethod2, KeyBlock, KeyMethodError, PrfInputs, ServerKeyMethod2};
 use super::options::{
     choose_key_derivation, control_messages, encode_control_message, negotiate_cipher,
@@ -31,6 +31,9 @@ use super::peer::DataPeer;
 use super::reliable::{self, Reliable};
 use super::tls::{client_identity, describe_handshake_error, ClientIdentity};
 use super::tls_crypt::{TlsCryptKey, TlsCryptSession};
+// The vocabulary shared with authentication lives in `verdict`; re-exported for the callers
+// that name it through the session.
+pub use super::verdict::{AuthRequest, CloseReason, FailureCode, Refusal, TEMPORARY_BACKOFF_SECS};
 
 /// Where new key states get their TLS configuration: the current one, so a CRL reload applies
 /// to renegotiations of live sessions too.
@@ -50,27 +53,6 @@ pub trait TlsProvider: Send + Sync {
 impl TlsProvider for Arc<rustls::ServerConfig> {
     fn server_config(&self) -> Arc<rustls::ServerConfig> {
         self.clone()
-    }
-}
-
-impl TlsProvider for super::tls::ReloadableTls {
-    fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        self.current().server_config()
-    }
-
-    /// CRLs are checked on every new connection and renegotiation, so a republished CRL
-    /// takes effect within one maintenance interval without a restart.
-    fn maintain(&self) -> bool {
-        let changed = matches!(self.reload_if_changed(), Some(Ok(())));
-        let now = std::time::SystemTime::now();
-        if self.current().any_crl_expired(now) {
-            tracing::error!("a configured CRL is past its nextUpdate; publish a fresh one");
-        }
-        changed
-    }
-
-    fn is_revoked(&self, id: &ClientIdentity) -> bool {
-        self.current().is_revoked(id)
     }
 }
 
@@ -118,8 +100,15 @@ pub struct SessionConfig {
     /// `disconnect_on_session_timeout = true`: the user reconnects by hand) or to reconnect
     /// at once (`RESTART`).
     pub halt_on_session_timeout: bool,
+    /// Client-initiated renegotiations are rate-limited, as each costs a TLS handshake and,
+    /// with a directory, a bind: a burst of [`CLIENT_RENEG_BURST`], then one per this
+    /// interval (stock clients renegotiate every `reneg-sec`, 3600 s). Zero: no limit.
+    pub client_reneg_interval: Duration,
     pub reliable: reliable::Config,
 }
+
+/// Client-initiated renegotiations a session may start back to back.
+pub const CLIENT_RENEG_BURST: u32 = 3;
 
 impl Default for SessionConfig {
     fn default() -> Self {
@@ -135,180 +124,8 @@ impl Default for SessionConfig {
             auth_failed_linger: Duration::from_secs(5),
             max_session: None,
             halt_on_session_timeout: false,
+            client_reneg_interval: Duration::from_secs(20),
             reliable: reliable::Config::default(),
-        }
-    }
-}
-
-/// The backoff a temporary refusal asks the client to wait before it retries.
-pub const TEMPORARY_BACKOFF_SECS: u32 = 10;
-
-/// What the server must decide after a key exchange (doc §5.2): the certificate is already
-/// verified by TLS; credentials and group membership are the server's business.
-#[derive(Debug, Clone)]
-pub struct AuthRequest {
-    /// The server's serial of the session (filled in by the server): the verdict names it.
-    pub session: u64,
-    pub key_id: KeyId,
-    /// True for key id 0 (a new connection); false for a renegotiation.
-    pub initial: bool,
-    pub identity: ClientIdentity,
-    pub username: String,
-    pub password: super::keys::Password,
-    pub peer_info: PeerInfo,
-    pub cipher: Cipher,
-}
-
-/// Why a connection attempt failed, as a stable code: the connection log's
-/// `connection-attempt-failure-reason` and the `reason` label of the authentication-failure
-/// metric, so neither depends on the wording of a message. Append-only names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FailureCode {
-    /// Wrong password, unknown user, empty field: one code, as the client is told one thing.
-    InvalidCredentials,
-    AccountDisabled,
-    OneTimeCode,
-    UsernameMismatch,
-    RateLimited,
-    DirectoryUnavailable,
-    DirectoryBusy,
-    /// The directory answered with something unusable.
-    DirectoryError,
-    /// The client-connect hook answered `allow: false`.
-    HookDenied,
-    HookTimeout,
-    /// The hook could not be run or reached, failed, or gave no valid answer.
-    HookError,
-    CertificateRequired,
-    CertificateRevoked,
-    CertificateExpired,
-    /// Any other certificate verification failure (unknown issuer, purpose, CRL expired…).
-    Certificate,
-    Tls,
-    /// No cipher or key derivation in common.
-    Negotiation,
-    AddressPoolExhausted,
-    HandshakeTimeout,
-    Protocol,
-    Internal,
-    /// The attempt ended otherwise (client exit, server shutdown) before it was established.
-    Other,
-}
-
-impl FailureCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureCode::InvalidCredentials => "invalid_credentials",
-            FailureCode::AccountDisabled => "account_disabled",
-            FailureCode::OneTimeCode => "one_time_code",
-            FailureCode::UsernameMismatch => "username_mismatch",
-            FailureCode::RateLimited => "rate_limited",
-            FailureCode::DirectoryUnavailable => "directory_unavailable",
-            FailureCode::DirectoryBusy => "directory_busy",
-            FailureCode::DirectoryError => "directory_error",
-            FailureCode::HookDenied => "hook_denied",
-            FailureCode::HookTimeout => "hook_timeout",
-            FailureCode::HookError => "hook_error",
-            FailureCode::CertificateRequired => "certificate_required",
-            FailureCode::CertificateRevoked => "certificate_revoked",
-            FailureCode::CertificateExpired => "certificate_expired",
-            FailureCode::Certificate => "certificate",
-            FailureCode::Tls => "tls",
-            FailureCode::Negotiation => "negotiation",
-            FailureCode::AddressPoolExhausted => "address_pool_exhausted",
-            FailureCode::HandshakeTimeout => "handshake_timeout",
-            FailureCode::Protocol => "protocol",
-            FailureCode::Internal => "internal",
-            FailureCode::Other => "other",
-        }
-    }
-}
-
-impl std::fmt::Display for FailureCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A refused authentication: the code for logs and metrics, the short text for `AUTH_FAILED`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: FailureCode,
-    pub message: String,
-    /// An outage of what decides, not the user's fault: `AUTH_FAILED,TEMP` (doc §8.4), so a
-    /// client that knows it retries after the backoff instead of exiting.
-    pub temporary: bool,
-}
-
-impl Refusal {
-    pub fn new(code: FailureCode, message: impl Into<String>) -> Refusal {
-        Refusal {
-            code,
-            message: message.into(),
-            temporary: false,
-        }
-    }
-
-    pub fn temporary(code: FailureCode, message: impl Into<String>) -> Refusal {
-        Refusal {
-            temporary: true,
-            ..Refusal::new(code, message)
-        }
-    }
-}
-
-/// Why a session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client sent EXIT or OCC_EXIT.
-    ClientExit,
-    /// Nothing authenticated from the client for twice `ping-restart`.
-    PingTimeout,
-    /// A key state did not become active within the hand-window.
-    HandshakeTimeout,
-    /// TLS failed (protocol error, I/O): the reason.
-    TlsError(String),
-    /// The client certificate was refused (revoked, expired, unknown issuer…).
-    CertificateRefused { code: FailureCode, detail: String },
-    /// The key-method-2 exchange or a negotiation failed.
-    ProtocolError(String),
-    /// Authentication refused; AUTH_FAILED was sent.
-    AuthFailed(Refusal),
-    /// The session reached its maximum duration.
-    SessionTimeout,
-    /// The server closed it (shutdown, revocation, client restart…).
-    Server(String),
-}
-
-impl std::fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CloseReason::ClientExit => f.write_str("client exit"),
-            CloseReason::PingTimeout => f.write_str("ping timeout"),
-            CloseReason::HandshakeTimeout => f.write_str("handshake not complete in hand-window"),
-            CloseReason::TlsError(e) => write!(f, "TLS error: {e}"),
-            CloseReason::ProtocolError(e) => write!(f, "protocol error: {e}"),
-            CloseReason::CertificateRefused { detail, .. } => write!(f, "TLS error: {detail}"),
-            CloseReason::AuthFailed(r) => write!(f, "authentication failed: {}", r.message),
-            CloseReason::SessionTimeout => f.write_str("session timeout"),
-            CloseReason::Server(e) => write!(f, "closed by server: {e}"),
-        }
-    }
-}
-
-impl CloseReason {
-    /// The code of an attempt that ended for this reason before it was established.
-    pub fn failure_code(&self) -> FailureCode {
-        match self {
-            CloseReason::AuthFailed(r) => r.code,
-            CloseReason::CertificateRefused { code, .. } => *code,
-            CloseReason::TlsError(_) => FailureCode::Tls,
-            CloseReason::HandshakeTimeout => FailureCode::HandshakeTimeout,
-            CloseReason::ProtocolError(_) => FailureCode::Protocol,
-            CloseReason::ClientExit
-            | CloseReason::PingTimeout
-            | CloseReason::SessionTimeout
-            | CloseReason::Server(_) => FailureCode::Other,
         }
     }
 }
@@ -393,6 +210,8 @@ const MAX_PLAINTEXT: usize = 16 * 1024;
 
 pub struct Session {
     cfg: Arc<SessionConfig>,
+    /// Key-method-2 randoms.
+    rng: Rng,
     tls_provider: Arc<dyn TlsProvider>,
     local: SessionId,
     remote: SessionId,
@@ -414,6 +233,8 @@ pub struct Session {
     reneg_base: (Instant, u64, u64),
     /// Lame duck decrypt key expiry, if one exists.
     lame_duck_until: Option<Instant>,
+    /// Client-initiated renegotiations still allowed now, and when that was counted.
+    reneg_credit: (u32, Instant),
     pending_close: Option<CloseReason>,
     /// Closing after a RESTART/HALT: end as soon as the client acked it (instead of waiting
     /// out the linger), so a stopping server does not hold its clients for long.
@@ -433,14 +254,15 @@ pub enum Start<'a> {
 
 impl Session {
     /// `wrap`: the tls-crypt key and this session's wrapping state (replay ids continue after
-    /// the stateless reset on the cookie path). `peer` carries the data channel.
+    /// the stateless reset on the cookie path). `peer` carries the data channel. `rng` makes
+    /// our session id on the stateful path and the key-method-2 randoms.
     pub fn new(
         cfg: Arc<SessionConfig>,
         tls_provider: Arc<dyn TlsProvider>,
         start: Start<'_>,
-        local: SessionId,
         wrap: Option<(Arc<TlsCryptKey>, TlsCryptSession)>,
         peer: Arc<DataPeer>,
+        rng: Rng,
         now: Instant,
     ) -> Result<Session, CloseReason> {
         let tls = ServerConnection::new(tls_provider.server_config())
@@ -451,6 +273,11 @@ impl Session {
                 client,
             ),
             Start::Reset(pkt) => {
+                let mut sid = [0u8; 8];
+                rng.fill(&mut sid)
+                    .map_err(|_| CloseReason::Server("no randomness".into()))?;
+                sid[0] |= 1;
+                let local = SessionId::new(sid).expect("non-zero");
                 let mut r = Reliable::new(cfg.reliable.clone(), KeyId::ZERO, local, None);
                 r.on_packet(pkt, now)
                     .map_err(|e| CloseReason::ProtocolError(e.to_string()))?;
@@ -464,6 +291,7 @@ impl Session {
         let mut s = Session {
             primary: KeyState::new(KeyId::ZERO, reliable, tls, now),
             cfg,
+            rng,
             tls_provider,
             local,
             remote,
@@ -480,6 +308,7 @@ impl Session {
             created: now,
             reneg_base: (now, 0, 0),
             lame_duck_until: None,
+            reneg_credit: (CLIENT_RENEG_BURST, now),
             pending_close: None,
             close_on_ack: false,
         };
@@ -582,6 +411,7 @@ impl Session {
             && self.primary.phase == Phase::Active
             && self.established
             && self.life == Life::Running
+            && self.take_reneg_credit(now)
         {
             let Ok(mut ks) = self.new_key_state(pkt.key_id, now) else {
                 return false;
@@ -594,6 +424,30 @@ impl Session {
             return true;
         }
         false
+    }
+
+    /// One client-initiated renegotiation from the bucket (refilled one per interval); the
+    /// client's SOFT_RESET is ignored while it is empty, and its retransmission is taken later.
+    fn take_reneg_credit(&mut self, now: Instant) -> bool {
+        let interval = self.cfg.client_reneg_interval;
+        if interval.is_zero() {
+            return true;
+        }
+        let (mut credit, mut since) = self.reneg_credit;
+        let earned = now.saturating_duration_since(since).as_nanos() / interval.as_nanos();
+        let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+        if credit.saturating_add(earned) >= CLIENT_RENEG_BURST {
+            (credit, since) = (CLIENT_RENEG_BURST, now);
+        } else {
+            credit += earned;
+            since += interval * earned;
+        }
+        if credit == 0 {
+            self.reneg_credit = (credit, since);
+            return false;
+        }
+        self.reneg_credit = (credit - 1, since);
+        true
     }
 
     fn new_key_state(&self, id: KeyId, now: Instant) -> Result<KeyState, CloseReason> {
@@ -818,7 +672,8 @@ impl Session {
         self.drive(now);
     }
 
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The next deadline; `now` is the time of the input that was just handled.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         if self.life == Life::Closed {
             return None;
         }
@@ -847,7 +702,7 @@ impl Session {
             }
             if self.cfg.reneg.bytes.is_some() || self.cfg.reneg.packets.is_some() {
                 // Counters move without telling us: look again every second.
-                t.push(Instant::now() + Duration::from_secs(1));
+                t.push(now + Duration::from_secs(1));
             }
         }
         if self.peer.has_keys() {
@@ -901,7 +756,7 @@ impl Session {
         } else {
             &mut self.primary
         };
-        let step = step_key(ks, &cfg, prior.as_ref())?;
+        let step = step_key(ks, &cfg, prior.as_ref(), &*self.rng)?;
         let needs_rx =
             ks.phase != Phase::Handshake && ks.auth == Auth::Accepted && !ks.rx_installed;
         let needs_tx = ks.phase == Phase::Active && ks.auth == Auth::Accepted && !ks.tx_installed;
@@ -1108,13 +963,13 @@ fn km_err(e: KeyMethodError) -> CloseReason {
 fn server_key_method(
     km: &ClientKeyMethod2,
     transport: Transport,
-    rng: &SystemRandom,
+    rng: &dyn Random,
 ) -> ServerKeyMethod2 {
     let mut r1 = [0u8; 32];
     let mut r2 = [0u8; 32];
-    // SystemRandom only fails when the OS has no entropy source at all.
-    rng.fill(&mut r1).expect("system randomness");
-    rng.fill(&mut r2).expect("system randomness");
+    // ring's sources only fail when the OS has no entropy source at all.
+    rng.fill(&mut r1).expect("randomness");
+    rng.fill(&mut r2).expect("randomness");
     ServerKeyMethod2 {
         random1: r1,
         random2: r2,
@@ -1128,7 +983,7 @@ fn refuse_after_key(
     ks: &mut KeyState,
     km: &ClientKeyMethod2,
     transport: Transport,
-    rng: &SystemRandom,
+    rng: &dyn Random,
     message: &str,
 ) -> Result<(), CloseReason> {
     let reply = server_key_method(km, transport, rng);
@@ -1233,9 +1088,9 @@ fn step_key(
     ks: &mut KeyState,
     cfg: &SessionConfig,
     prior: Option<&Negotiated>,
+    rng: &dyn Random,
 ) -> Result<KeyStep, CloseReason> {
     let mut step = KeyStep::default();
-    let rng = SystemRandom::new();
     pump_tls(ks)?;
     if ks.phase == Phase::Handshake && !ks.tls.is_handshaking() && ks.client_km.is_none() {
         let (km, used) = match ClientKeyMethod2::parse(&ks.plain) {
@@ -1286,13 +1141,13 @@ fn step_key(
                         username: km.username.clone(),
                     },
                     (Err(e), _) => {
-                        refuse_after_key(ks, &km, cfg.transport, &rng, &e.auth_failed_message())?;
+                        refuse_after_key(ks, &km, cfg.transport, rng, &e.auth_failed_message())?;
                         step.refused = Some(Refusal::new(FailureCode::Negotiation, e.to_string()));
                         ks.client_km = Some(km);
                         return Ok(step);
                     }
                     (_, Err(e)) => {
-                        refuse_after_key(ks, &km, cfg.transport, &rng, &e.auth_failed_message())?;
+                        refuse_after_key(ks, &km, cfg.transport, rng, &e.auth_failed_message())?;
                         step.refused = Some(Refusal::new(FailureCode::Negotiation, e.to_string()));
                         ks.client_km = Some(km);
                         return Ok(step);
@@ -1303,7 +1158,7 @@ fn step_key(
         if km.credentials_invalid {
             // Oversized or non-UTF-8 credentials (doc §5.1): refuse after the reply.
             let msg = super::options::auth_failed(Some("invalid credentials"));
-            refuse_after_key(ks, &km, cfg.transport, &rng, &msg)?;
+            refuse_after_key(ks, &km, cfg.transport, rng, &msg)?;
             step.refused = Some(Refusal::new(
                 FailureCode::InvalidCredentials,
                 "invalid credentials",
@@ -1311,7 +1166,7 @@ fn step_key(
             ks.client_km = Some(km);
             return Ok(step);
         }
-        let reply = server_key_method(&km, cfg.transport, &rng);
+        let reply = server_key_method(&km, cfg.transport, rng);
         // Alone in its TLS record (doc §5.6).
         write_raw(&mut ks.tls, &reply.to_bytes().map_err(km_err)?)?;
         ks.server_km = Some(reply);
