@@ -73,7 +73,7 @@ impl Lab {
         )
         .unwrap();
         let provider: Arc<dyn TlsProvider> = Arc::new(ctx.server_config());
-        let tc = tls_crypt.then(|| StaticKey::generate().unwrap());
+        let tc = tls_crypt.then(|| StaticKey::generate(&*replay_env().rng).unwrap());
         let mut settings = ServerSettings {
             push: PushSettings {
                 routes: vec!["10.0.0.0/24".parse().unwrap()],
