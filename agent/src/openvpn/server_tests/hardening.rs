@@ -233,7 +233,7 @@ fn a_late_exit_report_does_not_end_the_next_session_on_the_peer_id() {
     let mut lab = Lab::with(false, |s| s.max_sessions = 1);
     let l = link(41050);
     let mut a = lab.connect("alice", l);
-    let occ_exit = a.seal(&super::super::crypto::OCC_EXIT_MESSAGE).unwrap();
+    let occ_exit = a.seal(&crate::openvpn::crypto::OCC_EXIT_MESSAGE).unwrap();
     let (v, _) = lab.server.peers().open(l, &mut occ_exit.clone(), lab.now);
     let DataVerdict::Exit { peer_id, session } = v else {
         panic!("{v:?}");
@@ -281,12 +281,12 @@ fn client_renegotiations_are_rate_limited() {
             .count()
     };
     let mut done = 0;
-    for _ in 0..super::super::session::CLIENT_RENEG_BURST + 1 {
+    for _ in 0..crate::openvpn::session::CLIENT_RENEG_BURST + 1 {
         c.renegotiate();
         lab.pump(&mut c, l);
         done += rekeyed(&lab.events());
     }
-    assert_eq!(done, super::super::session::CLIENT_RENEG_BURST as usize);
+    assert_eq!(done, crate::openvpn::session::CLIENT_RENEG_BURST as usize);
     // The client's pending SOFT_RESET is taken once the interval has passed.
     lab.keep_alive(&mut c, l, 40);
     assert_eq!(rekeyed(&lab.events()), 1);

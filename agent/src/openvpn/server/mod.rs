@@ -9,144 +9,30 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ipnet::Ipv4Net;
 
 use super::cookie::{HmacCookie, ResetLimiter};
 use super::crypto::Cipher;
 use super::env::Env;
-use super::options::{PeerInfo, PushReply, RedirectGateway, Transport};
-use super::packet::{decode, split_first_byte, ControlPacket, KeyId, Opcode, Packet, SessionId};
-use super::peer::{DataPeer, Float, Link, PeerTable};
+use super::options::{PushReply, RedirectGateway};
+use super::packet::{KeyId, SessionId};
+use super::peer::{Float, Link, PeerTable};
 use super::pool::AddressPool;
 use super::session::{
-    AuthRequest, CloseReason, FailureCode, Refusal, Session, SessionConfig, SessionEvent, Start,
-    TlsProvider,
+    CloseReason, FailureCode, Refusal, Session, SessionConfig, SessionEvent, TlsProvider,
 };
 use super::tls::ClientIdentity;
-use super::tls_crypt::{PacketIdSender, TlsCryptKey, TlsCryptSession, MIN_WRAPPED_LEN};
+use super::tls_crypt::TlsCryptKey;
 
-/// What every client is told to reach through the tunnel (doc §8.3).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PushSettings {
-    /// Split tunnel: these routes. Ignored when `full_tunnel`.
-    pub routes: Vec<Ipv4Net>,
-    pub dns: Vec<Ipv4Addr>,
-    /// `redirect-gateway def1`: everything through the tunnel.
-    pub full_tunnel: bool,
-    /// Maximum session duration (AWS: 8–24 h): pushed as `session-timeout` and enforced by
-    /// the server (it overrides `max_session` of both transports' session settings).
-    pub session_timeout: Option<Duration>,
-    /// Pushed last, as is: the login banner (see `options::banner_echo_options`).
-    pub echo: Vec<String>,
-}
+mod admission;
+mod events;
+mod settings;
 
-/// How clients are authenticated beyond their certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum AuthMode {
-    /// Mutual TLS only: a verified certificate is enough (AWS "mutual authentication").
-    #[default]
-    CertificateOnly,
-    /// Every key exchange is reported as [`ServerEvent::AuthRequired`] and waits for
-    /// [`Server::authorize`] (directory lookups, client-connect hooks).
-    External,
-}
-
-#[derive(Clone, Debug)]
-pub struct ServerSettings {
-    pub client_cidr: Ipv4Net,
-    pub push: PushSettings,
-    pub auth: AuthMode,
-    /// Concurrent sessions (including half-open ones after the cookie).
-    pub max_sessions: usize,
-    /// Stateless reset replies per second (and burst), all sources together.
-    pub reset_rate: (u32, u32),
-    pub udp: SessionConfig,
-    pub tcp: SessionConfig,
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        Self {
-            client_cidr: "10.100.0.0/24".parse().expect("literal"),
-            push: PushSettings::default(),
-            auth: AuthMode::default(),
-            max_sessions: 4096,
-            reset_rate: (200, 400),
-            udp: SessionConfig::default(),
-            tcp: SessionConfig {
-                transport: Transport::Tcp,
-                ..SessionConfig::default()
-            },
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum ServerEvent {
-    /// A client finished the handshake, was authorized and got its push.
-    Connected {
-        link: Link,
-        /// The session's serial, as in its `AuthRequest` (see [`Server::authorize_external`]).
-        session: u64,
-        peer_id: u32,
-        common_name: String,
-        tunnel_addr: Ipv4Addr,
-        cipher: Cipher,
-        tls_version: String,
-        peer_info: PeerInfo,
-        /// From the session's first packet to the push.
-        handshake: Duration,
-    },
-    /// With [`AuthMode::External`]: decide with [`Server::authorize`].
-    AuthRequired {
-        link: Link,
-        request: Box<AuthRequest>,
-    },
-    Rekeyed {
-        link: Link,
-        peer_id: u32,
-        key_id: KeyId,
-    },
-    /// A client moved to a new UDP address (after an authenticated packet).
-    Floated {
-        peer_id: u32,
-        /// The session's serial.
-        session: u64,
-        from: Link,
-        to: Link,
-    },
-    /// A session ended (or never got established: TLS failure, refused, timeout).
-    Disconnected {
-        link: Link,
-        peer_id: u32,
-        common_name: Option<String>,
-        /// The key-method-2 user name, when the client sent one (also on failed attempts).
-        username: Option<String>,
-        tunnel_addr: Option<Ipv4Addr>,
-        reason: CloseReason,
-        rx_bytes: u64,
-        tx_bytes: u64,
-        duration: Duration,
-    },
-    /// Informational control message from a client.
-    Message { link: Link, text: String },
-}
-
-/// Why a control packet from an unknown source was dropped, counted for operators.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ServerStats {
-    pub malformed: u64,
-    pub tls_crypt_rejected: u64,
-    pub cookie_rejected: u64,
-    pub reset_rate_limited: u64,
-    pub session_limit: u64,
-    pub stateless_replies: u64,
-    pub unroutable: u64,
-    /// Floats refused because another client's session holds the address.
-    pub float_refused: u64,
-}
+pub use events::{ServerEvent, ServerStats};
+use settings::session_configs;
+pub use settings::{AuthMode, PushSettings, ServerSettings};
 
 struct Entry {
     session: Session,
@@ -165,22 +51,6 @@ fn owner_key(id: &ClientIdentity) -> String {
     } else {
         format!("user\0{}", id.common_name)
     }
-}
-
-/// Each transport's session settings, with the pushed session timeout as their limit.
-fn session_configs(settings: &ServerSettings) -> (Arc<SessionConfig>, Arc<SessionConfig>) {
-    (
-        Arc::new(SessionConfig {
-            transport: Transport::Udp,
-            max_session: settings.push.session_timeout.or(settings.udp.max_session),
-            ..settings.udp.clone()
-        }),
-        Arc::new(SessionConfig {
-            transport: Transport::Tcp,
-            max_session: settings.push.session_timeout.or(settings.tcp.max_session),
-            ..settings.tcp.clone()
-        }),
-    )
 }
 
 pub struct Server {
@@ -297,215 +167,6 @@ impl Server {
             .saturating_add(now.saturating_duration_since(self.base).as_secs() as u32)
     }
 
-    /// A control packet (anything that is not P_DATA_V1/V2) from `link`.
-    pub fn handle_control(&mut self, link: Link, raw: &[u8], now: Instant) {
-        let Some(&first) = raw.first() else {
-            self.stats.malformed += 1;
-            return;
-        };
-        let Ok((opcode, key_id)) = split_first_byte(first) else {
-            self.stats.malformed += 1;
-            return;
-        };
-        if opcode.is_data() {
-            self.stats.malformed += 1;
-            return;
-        }
-        if let Some(e) = self.sessions.get_mut(&link) {
-            if e.session.on_control(raw, now) {
-                self.after(link, now);
-                return;
-            }
-            // A new hard reset from a known address is a client restart (doc §1.6, pitfall
-            // 29), and its cookie round trip follows: handled below as a new session;
-            // anything else is unroutable.
-            if !matches!(
-                opcode,
-                Opcode::HardResetClientV2 | Opcode::ControlV1 | Opcode::AckV1
-            ) {
-                self.stats.unroutable += 1;
-                return;
-            }
-        }
-        if key_id != KeyId::ZERO {
-            self.stats.unroutable += 1;
-            return;
-        }
-        // tls-crypt first, so unauthenticated packets cost no TLS work (doc §11.4).
-        let mut buf = [0u8; super::packet::MAX_CONTROL_PACKET_LEN];
-        let (plain, wrap_id): (&[u8], Option<(u32, u32)>) = match &self.tls_crypt {
-            Some(key) => {
-                if raw.len() < MIN_WRAPPED_LEN {
-                    self.stats.malformed += 1;
-                    return;
-                }
-                match key.unwrap(raw, &mut buf) {
-                    Ok(u) => (u.packet, Some((u.packet_id, u.timestamp))),
-                    Err(_) => {
-                        self.stats.tls_crypt_rejected += 1;
-                        return;
-                    }
-                }
-            }
-            None => (raw, None),
-        };
-        let Ok(Packet::Control(pkt)) = decode(plain) else {
-            self.stats.malformed += 1;
-            return;
-        };
-        match link {
-            Link::Udp { addr, .. } => {
-                if pkt.opcode == Opcode::HardResetClientV2 {
-                    self.stateless_reset(link, addr, &pkt, now);
-                } else {
-                    if self
-                        .closed
-                        .get(&link)
-                        .is_some_and(|(sid, until)| *sid == pkt.session_id && now < *until)
-                    {
-                        self.stats.unroutable += 1;
-                        return;
-                    }
-                    match self.cookie.verify(&pkt, addr, now) {
-                        Ok(acc) => {
-                            let _ = wrap_id;
-                            // A live session is replaced only by a new client session (a
-                            // restart): a duplicate or replay of the packets that set up the
-                            // live session itself carries its client session id, still within
-                            // the cookie's lifetime, and must not end it.
-                            if self
-                                .sessions
-                                .get(&link)
-                                .is_some_and(|e| e.session.remote_session() == acc.client_session)
-                            {
-                                self.stats.unroutable += 1;
-                                return;
-                            }
-                            self.create(
-                                link,
-                                Start::Cookie {
-                                    client: acc.client_session,
-                                    server: acc.server_session,
-                                },
-                                // Our stateless reset was wrapped with id 1 (doc §11.3).
-                                2,
-                                now,
-                            );
-                            if let Some(e) = self.sessions.get_mut(&link) {
-                                e.session.on_control(raw, now);
-                            }
-                            self.after(link, now);
-                        }
-                        Err(_) => self.stats.cookie_rejected += 1,
-                    }
-                }
-            }
-            Link::Tcp { .. } => {
-                // One session per TCP connection: no cookie needed, the TCP handshake already
-                // proved the address.
-                if pkt.opcode != Opcode::HardResetClientV2 || pkt.message_id != Some(0) {
-                    self.stats.unroutable += 1;
-                    return;
-                }
-                self.create(link, Start::Reset(&pkt), 1, now);
-                self.after(link, now);
-            }
-        }
-    }
-
-    fn stateless_reset(
-        &mut self,
-        link: Link,
-        addr: std::net::SocketAddr,
-        pkt: &ControlPacket<'_>,
-        now: Instant,
-    ) {
-        if !self.limiter.allow(now) {
-            self.stats.reset_rate_limited += 1;
-            return;
-        }
-        let Ok(reply) = self.cookie.reset_reply(pkt, addr, now) else {
-            self.stats.malformed += 1;
-            return;
-        };
-        let mut plain = [0u8; 64];
-        let Ok(n) = reply.encode(&mut plain) else {
-            return;
-        };
-        let bytes = match &self.tls_crypt {
-            Some(key) => {
-                let mut out = [0u8; 128];
-                match key.wrap(&plain[..n], 1, self.unix_now(now), &mut out) {
-                    Ok(m) => out[..m].to_vec(),
-                    Err(_) => return,
-                }
-            }
-            None => plain[..n].to_vec(),
-        };
-        self.stats.stateless_replies += 1;
-        self.out.push_back((link, bytes));
-    }
-
-    fn create(&mut self, link: Link, start: Start<'_>, first_wrap_id: u32, now: Instant) {
-        if let Some(old) = self.sessions.get_mut(&link) {
-            old.session.kill(CloseReason::Server(
-                "client restarted with a new session".into(),
-            ));
-            self.collect(link, now);
-        }
-        if self.sessions.len() >= self.settings.max_sessions {
-            self.stats.session_limit += 1;
-            return;
-        }
-        let Some(peer_id) = self.free_peer_ids.pop_front() else {
-            self.stats.session_limit += 1;
-            return;
-        };
-        let cfg = if link.is_tcp() {
-            self.tcp_cfg.clone()
-        } else {
-            self.udp_cfg.clone()
-        };
-        let wrap = self.tls_crypt.as_ref().map(|k| {
-            (
-                k.clone(),
-                TlsCryptSession::new(PacketIdSender::starting_at(
-                    first_wrap_id,
-                    self.unix_now(now),
-                )),
-            )
-        });
-        let serial = self.next_serial;
-        let peer = Arc::new(DataPeer::for_session(peer_id, serial, link, self.base));
-        match Session::new(
-            cfg,
-            self.tls.clone(),
-            start,
-            wrap,
-            peer.clone(),
-            self.env.rng.clone(),
-            now,
-        ) {
-            Ok(session) => {
-                self.peers.insert(peer);
-                self.next_serial += 1;
-                self.sessions.insert(
-                    link,
-                    Entry {
-                        session,
-                        serial,
-                        tunnel_addr: None,
-                        deadline: None,
-                    },
-                );
-            }
-            Err(_) => {
-                self.free_peer_ids.push_back(peer_id);
-                self.stats.malformed += 1;
-            }
-        }
-    }
-
     /// After any input to a session: collect its packets and events, reschedule its timer.
     fn after(&mut self, link: Link, now: Instant) {
         self.collect(link, now);
@@ -618,23 +279,6 @@ impl Server {
                 }
             }
         }
-    }
-
-    fn remember_closed(&mut self, link: Link, sid: SessionId, now: Instant) {
-        // A cookie is valid for up to 1.5 hand-windows (doc §3.3).
-        let until = now + self.settings.udp.hand_window * 2;
-        if self.closed.len() >= self.settings.max_sessions.max(64) {
-            self.closed.retain(|_, (_, u)| *u > now);
-            if self.closed.len() >= self.settings.max_sessions.max(64) {
-                // Bounded memory under churn: the oldest entries go first.
-                let mut v: Vec<_> = self.closed.iter().map(|(l, (_, u))| (*u, *l)).collect();
-                v.sort();
-                for (_, l) in v.iter().take(v.len() / 2) {
-                    self.closed.remove(l);
-                }
-            }
-        }
-        self.closed.insert(link, (sid, until));
     }
 
     /// Certificate-only authorization: a tunnel address and the push options.
