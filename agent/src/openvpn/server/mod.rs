@@ -397,13 +397,30 @@ impl Server {
     /// see [`PeerTable::open`]): the session follows, with its timers. A report about a session
     /// that is gone (its serial differs) changes nothing.
     pub fn floated(&mut self, f: Float, now: Instant) {
-        let Some(e) = self.sessions.get(&f.from) else {
+        // Workers report in any order: the session follows its peer to wherever the peer is
+        // now, and a report that finds them together changes nothing.
+        let at = self
+            .sessions
+            .iter()
+            .find(|(_, e)| e.serial == f.session)
+            .map(|(l, _)| *l);
+        let Some(from) = at else {
+            // The session ended meanwhile; a worker that moved its peer after the removal left
+            // it in the table at `to`: take it out, or it would hold that address.
+            if let Some(p) = self.peers.by_link(&f.to) {
+                if p.session == f.session && p.peer_id == f.peer_id {
+                    self.peers.remove(&p);
+                }
+            }
             return;
         };
-        if e.serial != f.session {
+        let e = &self.sessions[&from];
+        let peer = e.session.peer().clone();
+        let to = peer.link();
+        if to == from {
             return;
         }
-        if let Some(other) = self.sessions.get(&f.to) {
+        if let Some(other) = self.sessions.get(&to) {
             // What OpenVPN does (multi_process_float): a client may take over an address its
             // own stale session holds (same certificate), which is then closed like any other
             // session; an address of another client's session (or a half-open one) is refused,
@@ -414,39 +431,35 @@ impl Server {
             };
             if !same_owner {
                 self.stats.float_refused += 1;
-                let peer = e.session.peer().clone();
                 // The worker moved the peer already: back to where its session is.
-                self.peers.relink(&peer, f.from);
+                self.peers.relink(&peer, from);
                 return;
             }
-            if let Some(o) = self.sessions.get_mut(&f.to) {
+            if let Some(o) = self.sessions.get_mut(&to) {
                 o.session.kill(CloseReason::Server(
                     "replaced by the same client from this address".into(),
                 ));
             }
             // Disconnected event, address and peer id back, as for any end of a session.
-            self.collect(f.to, now);
+            self.collect(to, now);
             // The stale session's peer left the table: the floating one is found at `to`.
-            if let Some(e) = self.sessions.get(&f.from) {
-                self.peers.relink(&e.session.peer().clone(), f.to);
-            }
+            self.peers.relink(&peer, to);
         }
-        let Some(mut e) = self.sessions.remove(&f.from) else {
+        let Some(mut e) = self.sessions.remove(&from) else {
             return;
         };
         // The timer heap is keyed by link: the session's deadline is scheduled anew at `to`
         // (an entry left at `from` is stale and skipped).
         e.deadline = None;
-        let peer_id = e.session.peer().peer_id;
         let session = e.serial;
-        self.sessions.insert(f.to, e);
+        self.sessions.insert(to, e);
         self.events.push_back(ServerEvent::Floated {
-            peer_id,
+            peer_id: peer.peer_id,
             session,
-            from: f.from,
-            to: f.to,
+            from,
+            to,
         });
-        self.after(f.to, now);
+        self.after(to, now);
     }
 
     /// OCC_EXIT seen by a worker on the data channel of session `session` (its serial): that

@@ -86,7 +86,11 @@ fn a_float_onto_another_clients_address_is_refused() {
     assert_eq!(v, DataVerdict::Dropped(DropCause::AddressTaken));
     assert!(f.is_none());
     assert_eq!(peers.by_id(id_a).unwrap().link(), la);
-    // The same float reported to the control side (as if the worker had raced ahead).
+    // The race the control side settles: the worker moved alice to bob's address just before
+    // bob's session was created there, and reports the float after.
+    let (alice_peer, bob_peer) = (peers.by_id(id_a).unwrap(), peers.by_link(&lb).unwrap());
+    peers.relink(&alice_peer, lb);
+    peers.insert(bob_peer);
     lab.server.floated(
         Float {
             peer_id: id_a,
