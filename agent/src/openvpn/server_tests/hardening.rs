@@ -296,3 +296,46 @@ fn client_renegotiations_are_rate_limited() {
     assert_eq!(rekeyed(&lab.events()), 1);
     assert_eq!(lab.server.session_count(), 1);
 }
+
+/// Workers report floats in any order (two packets from two new addresses on two workers):
+/// the session ends up where its peer is; and a report about a session that ended meanwhile
+/// leaves no stale peer holding the address.
+#[test]
+fn float_reports_out_of_order_or_after_the_end_settle_on_the_peer() {
+    let mut lab = Lab::new(false);
+    let (l1, l2, l3) = (link(41080), link(41081), link(41082));
+    let mut c = lab.connect("alice", l1);
+    lab.events();
+    let addr = c.pushed_addr().unwrap();
+    let peers = lab.server.peers();
+    let mut p2 = c.seal(&ip_packet(addr)).unwrap();
+    let mut p3 = c.seal(&ip_packet(addr)).unwrap();
+    let (_, f2) = peers.open(l2, &mut p2, lab.now);
+    let (_, f3) = peers.open(l3, &mut p3, lab.now);
+    lab.server.floated(f3.unwrap(), lab.now);
+    lab.server.floated(f2.unwrap(), lab.now);
+    let floats: Vec<_> = lab
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            ServerEvent::Floated { from, to, .. } => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(floats, vec![(l1, l3)]);
+    assert!(lab.server.sessions().any(|(l, _, _)| *l == l3));
+    // The session ends; a worker moves its peer once more and reports after the removal.
+    let peer = peers.by_addr(addr).unwrap();
+    let late = Float {
+        peer_id: peer.peer_id,
+        session: peer.session,
+        from: l3,
+        to: l2,
+    };
+    c.send_message("EXIT");
+    lab.pump(&mut c, l3);
+    assert_eq!(lab.server.session_count(), 0);
+    peers.relink(&peer, l2);
+    lab.server.floated(late, lab.now);
+    assert!(peers.by_link(&l2).is_none(), "a dead peer holds the address");
+}
