@@ -337,5 +337,8 @@ fn float_reports_out_of_order_or_after_the_end_settle_on_the_peer() {
     assert_eq!(lab.server.session_count(), 0);
     peers.relink(&peer, l2);
     lab.server.floated(late, lab.now);
-    assert!(peers.by_link(&l2).is_none(), "a dead peer holds the address");
+    assert!(
+        peers.by_link(&l2).is_none(),
+        "a dead peer holds the address"
+    );
 }
