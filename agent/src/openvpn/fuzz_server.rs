@@ -87,7 +87,8 @@ pub fn server(data: &[u8]) {
         settings,
         provider,
         tc.then(|| Arc::new(TlsCryptKey::new(&f.tls_crypt, Role::Server))),
-        // Replayable: a crash input reproduces exactly.
+        // Seeded: cookies, session ids and key-method-2 randoms repeat run to run (TLS's own
+        // randomness is rustls's).
         Env::replay(1, 1_700_000_000),
         now,
     ) else {

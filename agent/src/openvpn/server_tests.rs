@@ -33,7 +33,7 @@ fn system_clock() -> WallClock {
     Arc::new(rustls::time_provider::DefaultTimeProvider)
 }
 
-/// Seeded randomness: a failing run replays with the same session ids and cookies.
+/// Seeded randomness: runs repeat the server's session ids, cookies and key-method-2 randoms.
 fn replay_env() -> Env {
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
