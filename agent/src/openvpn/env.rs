@@ -1,6 +1,7 @@
 //! What the protocol core takes from the world besides bytes and `now`: randomness (session
 //! ids, cookie secrets, key-method-2 randoms) and the wall clock (tls-crypt timestamps,
-//! certificate and CRL validity). Both are injected, so a test replays a run exactly.
+//! certificate and CRL validity). Both are injected, so tests choose them (TLS's own randoms
+//! stay rustls's).
 use std::sync::Arc;
 
 use rustls::time_provider::TimeProvider;
