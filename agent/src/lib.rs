@@ -10,13 +10,13 @@ pub mod demo;
 pub mod endpoint;
 pub mod explain;
 pub mod flowlog;
+pub mod io;
 pub mod metrics;
 pub mod openvpn;
 pub mod pki;
 pub mod policy;
 pub mod profile;
 pub mod reconcile;
-pub mod relay;
 pub mod tunnel;
 
 /// Parse TOML into any config type (re-exported so tests need no toml dependency).

@@ -21,7 +21,7 @@ use crate::{
     config::EndpointConfig,
     datapath,
     endpoint::{BuildOptions, Endpoint},
-    openvpn::{server::ServerEvent, tls_crypt::StaticKey},
+    openvpn::{env::Env, server::ServerEvent, tls_crypt::StaticKey},
     pki,
     policy::{self, PolicyInput},
 };
@@ -191,7 +191,7 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         "portcullis-demo-gateway",
         &USERS.iter().map(|u| u.name).collect::<Vec<_>>(),
     )?;
-    let tc_key = StaticKey::generate()
+    let tc_key = StaticKey::generate(&*Env::system().rng)
         .map_err(|_| anyhow::anyhow!("no system randomness for the tls-crypt key"))?;
     std::fs::write(pki_dir.join("tls-crypt.key"), tc_key.to_pem())?;
     let listen = SocketAddr::from((net::UNDERLAY_GW, OVPN_PORT));

@@ -24,10 +24,11 @@ use crate::auth::directory::Directory;
 use crate::auth::{Authenticator, Grants};
 use crate::config::{EndpointConfig, Listener};
 use crate::datapath::{self, maps::Maps, tap::Tap, Datapath, DatapathOptions};
+use crate::io::tls_files::ReloadableTls;
+use crate::openvpn::env::Env;
 use crate::openvpn::packet::Role;
 use crate::openvpn::server::{AuthMode, Server, ServerEvent};
 use crate::openvpn::session::TlsProvider;
-use crate::openvpn::tls::ReloadableTls;
 use crate::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
 use crate::policy::{CompiledPolicy, PolicyInput};
 use crate::reconcile;
@@ -196,8 +197,14 @@ impl Endpoint {
             a.into_authorizer()
         });
         let provider: Arc<dyn TlsProvider> = tls.clone();
-        let server = Server::new(settings, provider, tls_crypt(cfg)?, Instant::now())
-            .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
+        let server = Server::new(
+            settings,
+            provider,
+            tls_crypt(cfg)?,
+            Env::system(),
+            Instant::now(),
+        )
+        .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
         let groups_of = {
             let live = live.clone();
             move |user: &str, grant: &crate::auth::Grant| lock(&live).session_groups(user, grant)
