@@ -15,8 +15,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{EndpointConfig, Listener};
-use crate::datapath::{self, maps::Maps, tap::Tap, Datapath, DatapathOptions};
+use crate::datapath::{self, maps::Maps, Datapath, DatapathOptions};
 use crate::gateway::{Adopted, ClientsMapHooks};
+use crate::io::tap::Tap;
+use crate::io::{Command, SessionInfo, Tunnel, TunnelOptions};
 use crate::openvpn::packet::Role;
 use crate::openvpn::server::{Server, ServerEvent};
 use crate::openvpn::session::TlsProvider;
@@ -24,7 +26,6 @@ use crate::openvpn::tls::ReloadableTls;
 use crate::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
 use crate::policy::{self, CompiledPolicy, PolicyInput};
 use crate::reconcile;
-use crate::tunnel::{Command, SessionInfo, Tunnel, TunnelOptions};
 use portcullis_common::GroupBits;
 
 /// A request on the admin socket (one JSON object per line).
@@ -417,7 +418,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         })
     };
     let hook = crate::connect_hook::ConnectHook::from_config(&cfg)?;
-    let authorizer: Option<crate::tunnel::Authorizer> = if hook.is_some() || directory.is_some() {
+    let authorizer: Option<crate::io::Authorizer> = if hook.is_some() || directory.is_some() {
         settings.auth = crate::openvpn::server::AuthMode::External;
         let window = Duration::from_secs(cfg.auth.failed_login_window_secs.max(1));
         Some(

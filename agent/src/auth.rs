@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use crate::connect_hook::ConnectHook;
 use crate::directory::{DirError, Directory};
+use crate::io::Authorizer;
 use crate::openvpn::peer::Link;
 use crate::openvpn::session::{AuthRequest, FailureCode, Refusal};
-use crate::tunnel::Authorizer;
 
 /// What a session was admitted with, beyond its certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -10,6 +10,7 @@ pub mod directory;
 pub mod explain;
 pub mod flowlog;
 pub mod gateway;
+pub mod io;
 pub mod metrics;
 pub mod openvpn;
 pub mod otp;
@@ -20,7 +21,6 @@ pub mod profile;
 pub mod reconcile;
 pub mod relay;
 pub mod status;
-pub mod tunnel;
 
 /// Parse TOML into any config type (re-exported so tests need no toml dependency).
 pub fn toml_from_str<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, toml::de::Error> {

@@ -356,7 +356,7 @@ pub fn read_report(path: &std::path::Path) -> anyhow::Result<Value> {
 }
 
 /// The in-process tunnel's IO counters, as both tunnel benchmarks report them.
-pub fn tunnel_stats(st: &portcullis::tunnel::TunnelStats) -> Value {
+pub fn tunnel_stats(st: &portcullis::io::TunnelStats) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     json!({
         "udp_rx": st.udp_rx.load(Relaxed), "udp_tx": st.udp_tx.load(Relaxed),

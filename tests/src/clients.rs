@@ -27,7 +27,7 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use portcullis::{
-    datapath::tap::tap_mac,
+    io::tap::tap_mac,
     relay::{Relay, RelayPort},
 };
 use portcullis_common::{map_names, CtEntry, DenyEvent, FlowKey, NatRev};

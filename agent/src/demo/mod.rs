@@ -18,8 +18,9 @@ use anyhow::{bail, Context, Result};
 use portcullis_common::{DenyEvent, DropReason};
 
 use crate::{
-    datapath::{self, maps::Maps, tap::Tap},
+    datapath::{self, maps::Maps},
     gateway::ClientsMapHooks,
+    io::{tap::Tap, Tunnel, TunnelOptions},
     openvpn::{
         packet::Role,
         server::{PushSettings, Server, ServerEvent, ServerSettings},
@@ -28,7 +29,6 @@ use crate::{
     },
     pki,
     policy::{self, PolicyInput},
-    tunnel::{Tunnel, TunnelOptions},
 };
 use net::{Ns, Topology};
 
