@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::{Authorizer, Command, Ctl, SessionInfo, TcpWriters, TunnelHooks, TunnelStats};
-use crate::openvpn::packet::encode_frame;
+use super::tcp::{Listener, TcpConns, TcpLimits};
+use super::{Authorizer, Command, Ctl, SessionInfo, TunnelHooks, TunnelStats};
 use crate::openvpn::peer::{Link, PeerTable};
 use crate::openvpn::server::{Server, ServerEvent};
 use crate::openvpn::session::CloseReason;
@@ -22,7 +22,8 @@ pub(super) struct ControlCtx {
     pub(super) ctl_tx: mpsc::Sender<Ctl>,
     pub(super) udp: Vec<UdpSocket>,
     pub(super) tcp_listeners: Vec<std::net::TcpListener>,
-    pub(super) tcp_writers: TcpWriters,
+    pub(super) tcp: Arc<TcpConns>,
+    pub(super) tcp_limits: TcpLimits,
     pub(super) tap: File,
     pub(super) tap_mac: [u8; 6],
     pub(super) peers: Arc<PeerTable>,
@@ -36,16 +37,20 @@ pub(super) async fn run(mut c: ControlCtx) {
         let Ok(l) = tokio::net::TcpListener::from_std(l) else {
             continue;
         };
-        tokio::spawn(super::tcp::accept_loop(
-            l,
-            next_conn.clone(),
-            c.ctl_tx.clone(),
-            c.tcp_writers.clone(),
-            c.peers.clone(),
-            c.tap.try_clone().expect("dup tap"),
-            c.tap_mac,
-            c.stats.clone(),
-        ));
+        let Ok(tap) = c.tap.try_clone() else {
+            continue;
+        };
+        let shared = Arc::new(Listener {
+            next_conn: next_conn.clone(),
+            ctl: c.ctl_tx.clone(),
+            conns: c.tcp.clone(),
+            limits: c.tcp_limits.clone(),
+            peers: c.peers.clone(),
+            tap,
+            tap_mac: c.tap_mac,
+            stats: c.stats.clone(),
+        });
+        tokio::spawn(super::tcp::accept_loop(l, shared));
     }
     let mut shutting_down: Option<Instant> = None;
     let mut next_maintenance = Instant::now();
@@ -95,7 +100,7 @@ pub(super) async fn run(mut c: ControlCtx) {
         }
         flush(&mut c);
     }
-    c.tcp_writers.write().map(|mut m| m.clear()).ok();
+    c.tcp.close_all();
 }
 
 fn handle_ctl(c: &mut ControlCtx, m: Ctl, now: Instant) {
@@ -149,19 +154,7 @@ fn flush(c: &mut ControlCtx) {
                     }
                 }
             }
-            Link::Tcp { conn, .. } => {
-                let mut framed = vec![0u8; bytes.len() + 2];
-                if encode_frame(&bytes, &mut framed).is_ok() {
-                    if let Some(s) = c
-                        .tcp_writers
-                        .read()
-                        .ok()
-                        .and_then(|m| m.get(&conn).cloned())
-                    {
-                        let _ = s.try_send(framed);
-                    }
-                }
-            }
+            Link::Tcp { conn, .. } => c.tcp.send(conn, &bytes),
         }
     }
     while let Some(ev) = c.server.poll_event() {
@@ -193,6 +186,19 @@ fn flush(c: &mut ControlCtx) {
                     }));
                 }
             }
+        }
+        match ev {
+            ServerEvent::Connected {
+                link: Link::Tcp { conn, .. },
+                ..
+            } => c.tcp.connected(conn),
+            // One connection, one session: a connection that could start session after
+            // session would escape the handshake timeout and the per-source limits.
+            ServerEvent::Disconnected {
+                link: Link::Tcp { conn, .. },
+                ..
+            } => c.tcp.close(conn),
+            _ => {}
         }
         log_event(&ev);
         c.hooks.on_event(&ev);

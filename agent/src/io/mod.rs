@@ -17,6 +17,8 @@
 mod control;
 pub mod tap;
 mod tcp;
+
+pub use tcp::TcpLimits;
 mod udp;
 mod worker;
 
@@ -24,7 +26,7 @@ use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -71,9 +73,18 @@ pub struct TunnelStats {
     pub tap_tx: AtomicU64,
     pub data_unknown_peer: AtomicU64,
     pub data_rejected: AtomicU64,
+    /// Decrypted packets whose source was not the session's own tunnel address.
+    pub data_spoofed: AtomicU64,
+    /// Decrypted packets that were not IPv4.
+    pub data_not_ipv4: AtomicU64,
     pub tap_no_peer: AtomicU64,
     pub control_queue_full: AtomicU64,
+    /// TCP connections accepted.
     pub tcp_connections: AtomicU64,
+    /// TCP connections closed right away: over the total or the per-source limit.
+    pub tcp_refused: AtomicU64,
+    /// TCP connections closed for their handshake or idle timeout.
+    pub tcp_timed_out: AtomicU64,
 }
 
 /// Requests to the control thread.
@@ -116,8 +127,6 @@ pub(crate) enum Ctl {
     TcpClosed(Link),
     Cmd(Command),
 }
-
-pub(crate) type TcpWriters = Arc<RwLock<std::collections::HashMap<u64, mpsc::Sender<Vec<u8>>>>>;
 
 /// A running tunnel; [`Tunnel::stop`] tells clients to reconnect and joins every thread.
 pub struct Tunnel {
@@ -184,7 +193,8 @@ impl Tunnel {
         let stats = Arc::new(TunnelStats::default());
         let peers = server.peers();
         let (ctl_tx, ctl_rx) = mpsc::channel::<Ctl>(8192);
-        let tcp_writers: TcpWriters = Arc::default();
+        let tcp_conns = Arc::new(tcp::TcpConns::default());
+        let tcp_limits = TcpLimits::for_sessions(server.settings().max_sessions);
         let tap_for_tcp = taps[0].try_clone()?;
         let base = Instant::now();
         let mut workers = Vec::new();
@@ -202,7 +212,7 @@ impl Tunnel {
                 tap_mac,
                 peers: peers.clone(),
                 ctl: ctl_tx.clone(),
-                tcp_writers: tcp_writers.clone(),
+                tcp: tcp_conns.clone(),
                 stop: stop.clone(),
                 stats: stats.clone(),
                 base,
@@ -232,7 +242,8 @@ impl Tunnel {
                     ctl_tx: ctl_tx2,
                     udp: control_socks,
                     tcp_listeners,
-                    tcp_writers,
+                    tcp: tcp_conns,
+                    tcp_limits,
                     tap: tap_for_tcp,
                     tap_mac,
                     peers,

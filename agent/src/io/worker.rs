@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::tap::session_mac;
+use super::tcp::TcpConns;
 use super::udp::{from_sockaddr, Batch, SendQueue};
-use super::{Ctl, TcpWriters, TunnelStats, BATCH, BUF, ETH_HLEN, HEADROOM};
-use crate::openvpn::packet::encode_frame;
+use super::{Ctl, TunnelStats, BATCH, BUF, ETH_HLEN, HEADROOM};
 use crate::openvpn::peer::{DataVerdict, Link, PeerTable};
 
 pub(super) struct WorkerCtx {
@@ -22,7 +23,7 @@ pub(super) struct WorkerCtx {
     pub(super) tap_mac: [u8; 6],
     pub(super) peers: Arc<PeerTable>,
     pub(super) ctl: mpsc::Sender<Ctl>,
-    pub(super) tcp_writers: TcpWriters,
+    pub(super) tcp: Arc<TcpConns>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) stats: Arc<TunnelStats>,
     pub(super) base: Instant,
@@ -34,25 +35,65 @@ fn send_ctl(ctl: &mpsc::Sender<Ctl>, stats: &TunnelStats, m: Ctl) {
     }
 }
 
-/// Writes `buf[range]` (an IP packet from the client `src`) to the TAP with an Ethernet
-/// header built in the bytes just before it.
+/// Why a decrypted packet is not written to the TAP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotForTap {
+    /// Not an IPv4 packet (the data path is IPv4 only).
+    NotIpv4,
+    /// Its source is not the sending session's own tunnel address.
+    Spoofed,
+}
+
+/// Builds the Ethernet header in the bytes just before `buf[range]`, an IP packet that the
+/// session in `slot` (its peer id, the `slot` of its `clients` entry) sent from tunnel
+/// address `own`, and returns the frame's range. A packet with any other source is refused:
+/// it would be judged by another session's groups, quota and name. The XDP program checks
+/// the slot in the source MAC against the `clients` entry of the source address again, so
+/// neither layer alone is trusted.
+pub(super) fn frame(
+    buf: &mut [u8],
+    range: std::ops::Range<usize>,
+    tap_mac: [u8; 6],
+    own: Ipv4Addr,
+    slot: u32,
+) -> Result<std::ops::Range<usize>, NotForTap> {
+    let ip = &buf[range.clone()];
+    if ip.len() < 20 || ip[0] >> 4 != 4 || range.start < ETH_HLEN {
+        return Err(NotForTap::NotIpv4);
+    }
+    if Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]) != own {
+        return Err(NotForTap::Spoofed);
+    }
+    let start = range.start - ETH_HLEN;
+    let eth = &mut buf[start..range.start];
+    eth[0..6].copy_from_slice(&tap_mac);
+    eth[6..12].copy_from_slice(&session_mac(slot));
+    eth[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    Ok(start..range.end)
+}
+
+/// Writes a decrypted packet of session `slot` to the TAP (see [`frame`]), counting why not.
 pub(super) fn to_tap(
     tap: &mut File,
     buf: &mut [u8],
     range: std::ops::Range<usize>,
+    (own, slot): (Ipv4Addr, u32),
     tap_mac: [u8; 6],
-) -> bool {
-    let ip = &buf[range.clone()];
-    if ip.len() < 20 || ip[0] >> 4 != 4 {
-        return false;
+    stats: &TunnelStats,
+) {
+    match frame(buf, range, tap_mac, own, slot) {
+        Ok(f) => {
+            if tap.write(&buf[f]).is_ok() {
+                stats.tap_tx.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Err(NotForTap::Spoofed) => {
+            stats.data_spoofed.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(NotForTap::NotIpv4) => {
+            stats.data_not_ipv4.fetch_add(1, Ordering::Relaxed);
+        }
     }
-    let src = [ip[12], ip[13], ip[14], ip[15]];
-    let start = range.start - ETH_HLEN;
-    let eth = &mut buf[start..range.start];
-    eth[0..6].copy_from_slice(&tap_mac);
-    eth[6..12].copy_from_slice(&[0x02, 0x50, src[0], src[1], src[2], src[3]]);
-    eth[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    tap.write(&buf[start..range.end]).is_ok()
 }
 
 pub(super) fn run(mut w: WorkerCtx) {
@@ -150,19 +191,7 @@ pub(super) fn run(mut w: WorkerCtx) {
                             tx.flush(&w.socks, &w.stats);
                         }
                     }
-                    Link::Tcp { conn, .. } => {
-                        let mut framed = vec![0u8; range.len() + 2];
-                        if encode_frame(&out[range], &mut framed).is_ok() {
-                            if let Some(s) = w
-                                .tcp_writers
-                                .read()
-                                .ok()
-                                .and_then(|m| m.get(&conn).cloned())
-                            {
-                                let _ = s.try_send(framed);
-                            }
-                        }
-                    }
+                    Link::Tcp { conn, .. } => w.tcp.send(conn, &out[range]),
                 }
             }
         }
@@ -177,11 +206,11 @@ fn data_in(w: &mut WorkerCtx, link: Link, buf: &mut [u8; BUF], len: usize, now: 
         send_ctl(&w.ctl, &w.stats, Ctl::Floated(old, link));
     }
     match v {
-        DataVerdict::Tunnel { range, .. } => {
-            if range.start >= ETH_HLEN && to_tap(&mut w.tap, buf, range, w.tap_mac) {
-                w.stats.tap_tx.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        DataVerdict::Tunnel {
+            range,
+            peer_id,
+            addr,
+        } => to_tap(&mut w.tap, buf, range, (addr, peer_id), w.tap_mac, &w.stats),
         DataVerdict::Consumed => {}
         DataVerdict::Exit { peer_id } => send_ctl(&w.ctl, &w.stats, Ctl::Exit(peer_id)),
         DataVerdict::Dropped(crate::openvpn::peer::DropCause::UnknownPeer) => {
@@ -190,5 +219,68 @@ fn data_in(w: &mut WorkerCtx, link: Link, buf: &mut [u8; BUF], len: usize, now: 
         DataVerdict::Dropped(_) => {
             w.stats.data_rejected.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAP_MAC: [u8; 6] = [0x02, 0x50, 10, 100, 0, 1];
+
+    /// A buffer with an IPv4 header from `src` at offset HEADROOM.
+    fn packet(src: Ipv4Addr) -> ([u8; 64], std::ops::Range<usize>) {
+        let mut buf = [0u8; 64];
+        let ip = &mut buf[HEADROOM..HEADROOM + 20];
+        ip[0] = 0x45;
+        ip[12..16].copy_from_slice(&src.octets());
+        ip[16..20].copy_from_slice(&[10, 0, 0, 5]);
+        (buf, HEADROOM..HEADROOM + 20)
+    }
+
+    #[test]
+    fn own_source_is_framed_with_the_slot_in_the_source_mac() {
+        let own = Ipv4Addr::new(10, 100, 0, 2);
+        let (mut buf, range) = packet(own);
+        let f = frame(&mut buf, range.clone(), TAP_MAC, own, 0x0001_0203).unwrap();
+        assert_eq!(f, range.start - ETH_HLEN..range.end);
+        assert_eq!(buf[f.start..f.start + 6], TAP_MAC);
+        assert_eq!(buf[f.start + 6..f.start + 12], [0x02, 0x50, 0, 1, 2, 3]);
+        assert_eq!(buf[f.start + 12..f.start + 14], [0x08, 0x00]);
+    }
+
+    #[test]
+    fn another_sessions_source_is_refused() {
+        let own = Ipv4Addr::new(10, 100, 0, 2);
+        for forged in [
+            Ipv4Addr::new(10, 100, 0, 3),   // another client
+            Ipv4Addr::new(10, 100, 0, 1),   // the gateway
+            Ipv4Addr::new(10, 100, 0, 200), // unassigned
+            Ipv4Addr::new(192, 0, 2, 1),    // outside the pool
+        ] {
+            let (mut buf, range) = packet(forged);
+            let before = buf;
+            assert_eq!(
+                frame(&mut buf, range, TAP_MAC, own, 7),
+                Err(NotForTap::Spoofed),
+                "{forged}"
+            );
+            assert_eq!(buf, before, "nothing written for {forged}");
+        }
+    }
+
+    #[test]
+    fn short_and_non_ipv4_packets_are_refused() {
+        let own = Ipv4Addr::new(10, 100, 0, 2);
+        let (mut buf, _) = packet(own);
+        assert_eq!(
+            frame(&mut buf, HEADROOM..HEADROOM + 19, TAP_MAC, own, 7),
+            Err(NotForTap::NotIpv4)
+        );
+        buf[HEADROOM] = 0x60;
+        assert_eq!(
+            frame(&mut buf, HEADROOM..HEADROOM + 40, TAP_MAC, own, 7),
+            Err(NotForTap::NotIpv4)
+        );
     }
 }

@@ -212,7 +212,7 @@ fn handshake_push_and_data_in_memory_with_and_without_tls_crypt() {
         let peers = lab.server.peers();
         let (v, floated) = peers.open(l, &mut pkt, lab.now);
         assert!(floated.is_none());
-        let DataVerdict::Tunnel { range, peer_id } = v else {
+        let DataVerdict::Tunnel { range, peer_id, .. } = v else {
             panic!("{v:?}");
         };
         assert_eq!(peer_id, 0);
