@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::Ipv4Net;
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::cookie::{HmacCookie, ResetLimiter};
@@ -60,7 +61,8 @@ pub struct ServerSettings {
     pub auth: AuthMode,
     /// Concurrent sessions (including half-open ones after the cookie).
     pub max_sessions: usize,
-    /// Stateless reset replies per second (and burst), all sources together.
+    /// Stateless reset replies per second (and burst), all sources together; one source gets
+    /// an eighth of it (`cookie::ResetLimiter`).
     pub reset_rate: (u32, u32),
     pub udp: SessionConfig,
     pub tcp: SessionConfig,
@@ -136,6 +138,9 @@ pub struct ServerStats {
     pub cookie_rejected: u64,
     pub reset_rate_limited: u64,
     pub session_limit: u64,
+    /// New sessions refused because their source already has as many half-open sessions
+    /// as one source may (see [`Server::half_open_limit`]).
+    pub half_open_limit: u64,
     pub stateless_replies: u64,
     pub unroutable: u64,
 }
@@ -147,6 +152,19 @@ struct Entry {
     serial: u64,
     tunnel_addr: Option<Ipv4Addr>,
     deadline: Option<Instant>,
+    /// Not connected yet: counted in `Server::half_open` for its source.
+    half_open: bool,
+}
+
+/// One half-open session from `link`'s source address connected or ended.
+fn release_half_open(half_open: &mut HashMap<std::net::IpAddr, usize>, link: Link) {
+    let source = link.addr().ip();
+    if let Some(n) = half_open.get_mut(&source) {
+        *n -= 1;
+        if *n == 0 {
+            half_open.remove(&source);
+        }
+    }
 }
 
 /// Each transport's session settings, with the pushed session timeout as their limit.
@@ -182,6 +200,8 @@ pub struct Server {
     pool: AddressPool,
     peers: Arc<PeerTable>,
     free_peer_ids: Vec<u32>,
+    /// Half-open sessions per source address: one host may hold only a share of the table.
+    half_open: HashMap<std::net::IpAddr, usize>,
     events: VecDeque<ServerEvent>,
     out: VecDeque<(Link, Vec<u8>)>,
     base: Instant,
@@ -214,7 +234,16 @@ impl Server {
         Ok(Server {
             udp_cfg,
             tcp_cfg,
-            limiter: ResetLimiter::new(settings.reset_rate.0, settings.reset_rate.1, now),
+            limiter: ResetLimiter::new(
+                settings.reset_rate.0,
+                settings.reset_rate.1,
+                hmac::sign(
+                    &hmac::Key::new(hmac::HMAC_SHA256, &secret),
+                    b"reset limiter",
+                )
+                .as_ref(),
+                now,
+            ),
             cookie: HmacCookie::new(secret, hand_window, now),
             settings,
             tls,
@@ -225,6 +254,7 @@ impl Server {
             pool,
             peers: Arc::new(PeerTable::default()),
             free_peer_ids: (0..n).rev().collect(),
+            half_open: HashMap::new(),
             events: VecDeque::new(),
             out: VecDeque::new(),
             base: now,
@@ -241,6 +271,13 @@ impl Server {
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Half-open sessions (handshake or authorization pending) one source address may hold:
+    /// an eighth of the table, so one host cannot fill it, and enough for the clients of a
+    /// whole office behind one NAT connecting at once.
+    pub fn half_open_limit(&self) -> usize {
+        (self.settings.max_sessions / 8).max(16)
     }
 
     pub fn pool(&self) -> &AddressPool {
@@ -294,6 +331,11 @@ impl Server {
                 self.after(link, now);
                 return;
             }
+            // One TCP connection carries one session (a client restarts on a new one).
+            if link.is_tcp() {
+                self.stats.unroutable += 1;
+                return;
+            }
             // A new hard reset from a known address is a client restart (doc §1.6, pitfall
             // 29), and its cookie round trip follows: handled below as a new session;
             // anything else is unroutable.
@@ -331,56 +373,47 @@ impl Server {
             self.stats.malformed += 1;
             return;
         };
-        match link {
-            Link::Udp { addr, .. } => {
-                if pkt.opcode == Opcode::HardResetClientV2 {
-                    self.stateless_reset(link, addr, &pkt, now);
-                } else {
-                    if self
-                        .closed
-                        .get(&link)
-                        .is_some_and(|(sid, until)| *sid == pkt.session_id && now < *until)
-                    {
-                        self.stats.unroutable += 1;
-                        return;
-                    }
-                    match self.cookie.verify(&pkt, addr, now) {
-                        Ok(acc) => {
-                            let _ = wrap_id;
-                            self.create(
-                                link,
-                                Start::Cookie {
-                                    client: acc.client_session,
-                                    server: acc.server_session,
-                                },
-                                acc.server_session,
-                                // Our stateless reset was wrapped with id 1 (doc §11.3).
-                                2,
-                                now,
-                            );
-                            if let Some(e) = self.sessions.get_mut(&link) {
-                                e.session.on_control(raw, now);
-                            }
-                            self.after(link, now);
-                        }
-                        Err(_) => self.stats.cookie_rejected += 1,
-                    }
-                }
+        // TCP too: the TCP handshake proves the address, but not that the client speaks
+        // the protocol; no session state before the client's second packet, on either
+        // transport.
+        let addr = link.addr();
+        if pkt.opcode == Opcode::HardResetClientV2 {
+            // A connection whose session ended does not start another one.
+            if link.is_tcp() && self.closed.contains_key(&link) {
+                self.stats.unroutable += 1;
+                return;
             }
-            Link::Tcp { .. } => {
-                // One session per TCP connection: no cookie needed, the TCP handshake already
-                // proved the address.
-                if pkt.opcode != Opcode::HardResetClientV2 || pkt.message_id != Some(0) {
-                    self.stats.unroutable += 1;
-                    return;
+            self.stateless_reset(link, addr, &pkt, now);
+            return;
+        }
+        if self
+            .closed
+            .get(&link)
+            .is_some_and(|(sid, until)| link.is_tcp() || (*sid == pkt.session_id && now < *until))
+        {
+            self.stats.unroutable += 1;
+            return;
+        }
+        match self.cookie.verify(&pkt, addr, now) {
+            Ok(acc) => {
+                let _ = wrap_id;
+                self.create(
+                    link,
+                    Start::Cookie {
+                        client: acc.client_session,
+                        server: acc.server_session,
+                    },
+                    acc.server_session,
+                    // Our stateless reset was wrapped with id 1 (doc §11.3).
+                    2,
+                    now,
+                );
+                if let Some(e) = self.sessions.get_mut(&link) {
+                    e.session.on_control(raw, now);
                 }
-                let mut sid = [0u8; 8];
-                let _ = SystemRandom::new().fill(&mut sid);
-                sid[0] |= 1;
-                let local = SessionId::new(sid).expect("non-zero");
-                self.create(link, Start::Reset(&pkt), local, 1, now);
                 self.after(link, now);
             }
+            Err(_) => self.stats.cookie_rejected += 1,
         }
     }
 
@@ -391,7 +424,8 @@ impl Server {
         pkt: &ControlPacket<'_>,
         now: Instant,
     ) {
-        if !self.limiter.allow(now) {
+        // Over TCP a reply reflects nothing (the address is proven), so only UDP is limited.
+        if !link.is_tcp() && !self.limiter.allow(addr.ip(), now) {
             self.stats.reset_rate_limited += 1;
             return;
         }
@@ -435,6 +469,12 @@ impl Server {
             self.stats.session_limit += 1;
             return;
         }
+        let source = link.addr().ip();
+        let half_open = self.half_open.get(&source).copied().unwrap_or(0);
+        if half_open >= self.half_open_limit() {
+            self.stats.half_open_limit += 1;
+            return;
+        }
         let Some(peer_id) = self.free_peer_ids.pop() else {
             self.stats.session_limit += 1;
             return;
@@ -466,8 +506,10 @@ impl Server {
                         serial,
                         tunnel_addr: None,
                         deadline: None,
+                        half_open: true,
                     },
                 );
+                self.half_open.insert(source, half_open + 1);
             }
             Err(_) => {
                 self.free_peer_ids.push(peer_id);
@@ -529,6 +571,9 @@ impl Server {
                     peer_info,
                 } => {
                     let e = self.sessions.get_mut(&link).expect("present");
+                    if std::mem::take(&mut e.half_open) {
+                        release_half_open(&mut self.half_open, link);
+                    }
                     let addr = e.tunnel_addr.expect("assigned before push");
                     let peer = e.session.peer().clone();
                     self.peers.set_addr(&peer, addr);
@@ -557,6 +602,9 @@ impl Server {
                 }
                 SessionEvent::Closed(reason) => {
                     let e = self.sessions.remove(&link).expect("present");
+                    if e.half_open {
+                        release_half_open(&mut self.half_open, link);
+                    }
                     // Whatever the session still had to say (an alert, AUTH_FAILED) goes out.
                     let mut s = e.session;
                     while let Some(p) = s.poll_transmit() {
@@ -722,12 +770,19 @@ impl Server {
             let peer_id = e.session.peer().peer_id;
             if let Some(old) = self.sessions.remove(&to) {
                 // Someone else's half-open session at that address loses.
+                if old.half_open {
+                    release_half_open(&mut self.half_open, to);
+                }
                 let mut s = old.session;
                 s.kill(CloseReason::Server(
                     "address taken over by a floating client".into(),
                 ));
                 self.peers.remove(s.peer());
                 self.free_peer_ids.push(s.peer().peer_id);
+            }
+            if e.half_open {
+                release_half_open(&mut self.half_open, from);
+                *self.half_open.entry(to.addr().ip()).or_default() += 1;
             }
             self.sessions.insert(to, e);
             self.events
