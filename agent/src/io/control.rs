@@ -106,8 +106,8 @@ pub(super) async fn run(mut c: ControlCtx) {
 fn handle_ctl(c: &mut ControlCtx, m: Ctl, now: Instant) {
     match m {
         Ctl::Packet(link, bytes) => c.server.handle_control(link, &bytes, now),
-        Ctl::Exit(peer_id) => c.server.close_peer(peer_id, CloseReason::ClientExit, now),
-        Ctl::Floated(from, to) => c.server.floated(from, to, now),
+        Ctl::Exit(peer_id, session) => c.server.client_exit(peer_id, session, now),
+        Ctl::Floated(f) => c.server.floated(f, now),
         Ctl::TcpClosed(link) => c.server.link_closed(link, now),
         Ctl::Cmd(Command::RenegotiateAll) => c.server.renegotiate_all(now),
         Ctl::Cmd(Command::Authorize {
@@ -234,7 +234,9 @@ fn log_event(ev: &ServerEvent) {
             peer_id,
             key_id,
         } => tracing::debug!(%link, peer_id, key_id = key_id.get(), "renegotiated"),
-        ServerEvent::Floated { peer_id, from, to } => {
+        ServerEvent::Floated {
+            peer_id, from, to, ..
+        } => {
             tracing::info!(peer_id, %from, %to, "client address changed")
         }
         ServerEvent::Message { link, text } => tracing::debug!(%link, text, "control message"),

@@ -1,5 +1,5 @@
-//! The tunnel's IO around the sans-IO [`Server`]: the only code that touches sockets, the
-//! TAP and threads.
+//! Everything that touches the operating system around the sans-IO [`Server`]: sockets, the
+//! TAP, threads, clocks and the TLS files ([`tls_files`]).
 //!
 //! - **Workers** ([`worker`], one per core): each owns one `SO_REUSEPORT` UDP socket per UDP
 //!   listener ([`udp`]; the kernel keeps a client's 4-tuple on one worker) and one TAP queue
@@ -17,10 +17,11 @@
 mod control;
 pub mod tap;
 mod tcp;
-
-pub use tcp::TcpLimits;
+pub mod tls_files;
 mod udp;
 mod worker;
+
+pub use tcp::TcpLimits;
 
 use std::fs::File;
 use std::io;
@@ -122,8 +123,9 @@ pub struct SessionInfo {
 
 pub(crate) enum Ctl {
     Packet(Link, Vec<u8>),
-    Exit(u32),
-    Floated(Link, Link),
+    /// OCC_EXIT: peer id and session serial.
+    Exit(u32, u64),
+    Floated(crate::openvpn::peer::Float),
     TcpClosed(Link),
     Cmd(Command),
 }

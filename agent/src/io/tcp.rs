@@ -280,8 +280,8 @@ async fn connection(stream: tokio::net::TcpStream, addr: std::net::SocketAddr, s
                             s.tap_mac,
                             &s.stats,
                         ),
-                        DataVerdict::Exit { peer_id } => {
-                            let _ = s.ctl.send(Ctl::Exit(peer_id)).await;
+                        DataVerdict::Exit { peer_id, session } => {
+                            let _ = s.ctl.send(Ctl::Exit(peer_id, session)).await;
                         }
                         DataVerdict::Consumed | DataVerdict::Dropped(_) => {}
                     }

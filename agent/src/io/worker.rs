@@ -202,8 +202,8 @@ pub(super) fn run(mut w: WorkerCtx) {
 
 fn data_in(w: &mut WorkerCtx, link: Link, buf: &mut [u8; BUF], len: usize, now: Instant) {
     let (v, floated) = w.peers.open(link, &mut buf[..len], now);
-    if let Some(old) = floated {
-        send_ctl(&w.ctl, &w.stats, Ctl::Floated(old, link));
+    if let Some(f) = floated {
+        send_ctl(&w.ctl, &w.stats, Ctl::Floated(f));
     }
     match v {
         DataVerdict::Tunnel {
@@ -212,7 +212,9 @@ fn data_in(w: &mut WorkerCtx, link: Link, buf: &mut [u8; BUF], len: usize, now: 
             addr,
         } => to_tap(&mut w.tap, buf, range, (addr, peer_id), w.tap_mac, &w.stats),
         DataVerdict::Consumed => {}
-        DataVerdict::Exit { peer_id } => send_ctl(&w.ctl, &w.stats, Ctl::Exit(peer_id)),
+        DataVerdict::Exit { peer_id, session } => {
+            send_ctl(&w.ctl, &w.stats, Ctl::Exit(peer_id, session))
+        }
         DataVerdict::Dropped(crate::openvpn::peer::DropCause::UnknownPeer) => {
             w.stats.data_unknown_peer.fetch_add(1, Ordering::Relaxed);
         }
