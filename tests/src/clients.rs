@@ -26,7 +26,7 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
-use portcullis::datapath::tap::tap_mac;
+use portcullis::io::tap::tap_mac;
 use portcullis_common::{map_names, CtEntry, DenyEvent, FlowKey, NatRev};
 
 use crate::relay::{Relay, RelayPort};

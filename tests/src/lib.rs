@@ -188,7 +188,8 @@ pub mod gateway {
 
     use aya::programs::XdpMode;
     use portcullis::{
-        datapath::{tap::Tap, Datapath, DatapathOptions},
+        datapath::{Datapath, DatapathOptions},
+        io::tap::Tap,
         policy::{compile, CompiledPolicy, PolicyInput},
         reconcile,
     };

@@ -2,7 +2,6 @@
 //! `/sys/fs/bpf/portcullis/<endpoint>/`, attach to the TAP and the target interfaces, and
 //! re-adopt all of it after an agent restart.
 pub mod maps;
-pub mod tap;
 
 use std::{
     ffi::CString,
@@ -61,8 +60,6 @@ pub enum DatapathError {
     },
     #[error("pinning or re-adopting link {path}: {msg}")]
     Link { path: PathBuf, msg: String },
-    #[error(transparent)]
-    Tap(#[from] tap::TapError),
     #[error("map {map}: {source}")]
     Map {
         map: &'static str,
@@ -123,7 +120,7 @@ pub struct DatapathOptions {
     pub endpoint: String,
     /// Parent of the per-endpoint pin directory (default [`DEFAULT_PIN_ROOT`]).
     pub pin_root: PathBuf,
-    /// ifindex and MAC of the TAP (create it with [`tap::Tap::open`] first).
+    /// ifindex and MAC of the TAP (create it with [`crate::io::tap::Tap::open`] first).
     pub tap_ifindex: u32,
     pub tap_name: String,
     pub tap_mac: [u8; 6],

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::live::{lock, SharedLive};
 use crate::datapath::{maps::Maps, Datapath};
-use crate::tunnel::Tunnel;
+use crate::io::Tunnel;
 
 /// `clients` entries a previous agent left behind (`run --keep-maps`), by tunnel address, with
 /// the user whose session held it (`None`: not known). An entry leaves this table when a

@@ -11,8 +11,8 @@ use portcullis_common::{ClientInfo, GroupBits, DEFAULT_FLOWS_PER_CLIENT};
 use super::handoff::Adopted;
 use crate::auth::{Grant, Grants};
 use crate::datapath::maps::Maps;
+use crate::io::TunnelHooks;
 use crate::openvpn::server::ServerEvent;
-use crate::tunnel::TunnelHooks;
 
 /// Resolves a session's group bitmap (by the compiled policy's group numbering) from its
 /// certificate name and what authentication granted (directory user and groups).

@@ -12,9 +12,9 @@ use super::handoff::Adopted;
 use crate::admin::ReloadTiming;
 use crate::config::EndpointConfig;
 use crate::datapath::{self, Datapath};
+use crate::io::{Command, Tunnel};
 use crate::policy::{self, CompiledPolicy, PolicyInput};
 use crate::reconcile;
-use crate::tunnel::{Command, Tunnel};
 
 /// The live policy, shared with the tunnel hooks (group bitmaps of new sessions).
 pub struct Live {

@@ -15,7 +15,7 @@ use crate::admin::{
 };
 use crate::auth::recheck::{self, Change, Recheck};
 use crate::datapath::{self, Datapath};
-use crate::tunnel::{Command, SessionInfo};
+use crate::io::{Command, SessionInfo};
 
 /// The admin API over a running endpoint and its connection table.
 struct Api<'a> {

@@ -6,9 +6,9 @@ use std::time::Instant;
 use super::live::{lock, SharedLive};
 use crate::admin::{ConnectionInfo, MapFill, StatusReply};
 use crate::datapath::Datapath;
+use crate::io::{SessionInfo, Tunnel};
 use crate::openvpn::server::ServerEvent;
 use crate::policy::CompiledPolicy;
-use crate::tunnel::{SessionInfo, Tunnel};
 
 /// The live sessions' `Connected` events by peer id, with when they came.
 pub type Connections = BTreeMap<u32, (ServerEvent, Instant)>;
