@@ -398,16 +398,24 @@ fn send_ctl(ctl: &mpsc::Sender<Ctl>, stats: &TunnelStats, m: Ctl) {
 
 /// Writes `buf[range]` (an IP packet from the client `src`) to the TAP with an Ethernet
 /// header built in the bytes just before it.
-fn to_tap(tap: &mut File, buf: &mut [u8], range: std::ops::Range<usize>, tap_mac: [u8; 6]) -> bool {
+/// Write a decrypted packet of session `peer_id` to the TAP. The source MAC names the
+/// session (its `clients` slot is its peer id), so the XDP program can check that the
+/// packet's source address belongs to the session that sent it.
+fn to_tap(
+    tap: &mut File,
+    buf: &mut [u8],
+    range: std::ops::Range<usize>,
+    tap_mac: [u8; 6],
+    peer_id: u32,
+) -> bool {
     let ip = &buf[range.clone()];
     if ip.len() < 20 || ip[0] >> 4 != 4 {
         return false;
     }
-    let src = [ip[12], ip[13], ip[14], ip[15]];
     let start = range.start - ETH_HLEN;
     let eth = &mut buf[start..range.start];
     eth[0..6].copy_from_slice(&tap_mac);
-    eth[6..12].copy_from_slice(&[0x02, 0x50, src[0], src[1], src[2], src[3]]);
+    eth[6..12].copy_from_slice(&portcullis_common::session_mac(peer_id));
     eth[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     tap.write(&buf[start..range.end]).is_ok()
 }
@@ -534,8 +542,8 @@ fn data_in(w: &mut WorkerCtx, link: Link, buf: &mut [u8; BUF], len: usize, now: 
         send_ctl(&w.ctl, &w.stats, Ctl::Floated(old, link));
     }
     match v {
-        DataVerdict::Tunnel { range, .. } => {
-            if range.start >= ETH_HLEN && to_tap(&mut w.tap, buf, range, w.tap_mac) {
+        DataVerdict::Tunnel { range, peer_id } => {
+            if range.start >= ETH_HLEN && to_tap(&mut w.tap, buf, range, w.tap_mac, peer_id) {
                 w.stats.tap_tx.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -988,9 +996,9 @@ async fn accept_loop(
                             // The decrypted packet needs room for an Ethernet header in front.
                             pkt[..len].copy_from_slice(p);
                             let (v, _) = peers.open(link, &mut pkt[..len], Instant::now());
-                            if let DataVerdict::Tunnel { range, .. } = v {
+                            if let DataVerdict::Tunnel { range, peer_id } = v {
                                 if range.start >= ETH_HLEN
-                                    && to_tap(&mut tap, &mut pkt, range, tap_mac)
+                                    && to_tap(&mut tap, &mut pkt, range, tap_mac, peer_id)
                                 {
                                     stats.tap_tx.fetch_add(1, Ordering::Relaxed);
                                 }
