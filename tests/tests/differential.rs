@@ -51,8 +51,8 @@ const GW_VETH: &str = "172.31.255.0/31";
 const GW_VETH_ADDR: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 0);
 const NEXT_HOP: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 1);
 
-/// Destinations whose FIB lookup the kernel refuses (local or loopback in the gateway
-/// namespace): the policy may allow them, the data path then counts `FibLookupFailed`.
+/// Destinations the kernel's FIB calls local (loopback, the gateway's own addresses): the
+/// policy may allow them, the data path then counts `LocalDestination`.
 /// Nothing else may fail the FIB lookup here (the anchors at the start check this model).
 fn kernel_refuses(dst: Ipv4Addr) -> bool {
     dst.is_loopback() || dst == GW_VETH_ADDR
@@ -84,6 +84,8 @@ enum Mutation {
     Padding(usize),
     /// TCP data offset, in 32-bit words.
     TcpDataOffset(u8),
+    /// Sent by another session than the one owning the source address.
+    OtherSession,
 }
 
 #[derive(Clone, Debug)]
@@ -110,6 +112,7 @@ fn arb_mutation() -> impl Strategy<Value = Mutation> {
             .prop_map(Mutation::EtherType),
         1 => (1usize..40).prop_map(Mutation::Padding),
         1 => (0u8..16).prop_map(Mutation::TcpDataOffset),
+        1 => Just(Mutation::OtherSession),
     ]
 }
 
@@ -218,7 +221,9 @@ impl TestPacket {
             }
             other => Pkt::raw(self.src, f.dst, other, &[0, 0, 0x08, 0, 1, 2, 3, 4]),
         };
-        p.ttl(self.ttl)
+        // LIVE[i] is the session in slot i (the fixture writes the clients map so).
+        let slot = LIVE.iter().position(|a| *a == self.src).unwrap_or(0) as u32;
+        p.ttl(self.ttl).session(slot)
     }
 
     fn frame(&self) -> Vec<u8> {
@@ -247,6 +252,7 @@ impl TestPacket {
                     v[14 + 20 + 12] = o << 4;
                 }
             }
+            Mutation::OtherSession => v[6..12].copy_from_slice(&portcullis_common::session_mac(7)),
         }
         v
     }
@@ -284,13 +290,19 @@ fn expected(
 ) -> Verdict {
     match evaluate_frame(policy, clients, frame) {
         FrameDecision::Drop(r) => Verdict::Drop(r),
+        // TTL expired after authorization: the kernel answers, unless it is a local address.
+        FrameDecision::PassLocal
+            if frame[22] <= 1 && kernel_refuses(Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33])) =>
+        {
+            Verdict::Drop(DropReason::LocalDestination)
+        }
         FrameDecision::PassLocal => Verdict::PassLocal,
         FrameDecision::Flow(Decision::Forward {
             target_index, snat, ..
         }) => {
             let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
             if kernel_refuses(dst) {
-                Verdict::Drop(DropReason::FibLookupFailed)
+                Verdict::Drop(DropReason::LocalDestination)
             } else {
                 Verdict::Forward {
                     target: target_index as u32,
@@ -374,7 +386,12 @@ fn observe(fx: &mut Fixture, frame: &[u8], want: &Verdict) -> Result<Verdict, Te
         XDP_DROP => match delta.drops.as_slice() {
             [(r, 1)] => {
                 // Only drops after admission (the FIB said no) leave a flow behind.
-                if !matches!(r, DropReason::FibLookupFailed | DropReason::RedirectFailed) {
+                if !matches!(
+                    r,
+                    DropReason::FibLookupFailed
+                        | DropReason::RedirectFailed
+                        | DropReason::LocalDestination
+                ) {
                     prop_assert!(flows.is_empty(), "dropped but tracked: {}", ctx());
                 }
                 Verdict::Drop(*r)
@@ -534,7 +551,7 @@ snat_address = "192.0.2.1"
             fx.gw.dp.maps.delete_flows(|_, _| true).unwrap();
             let frame = Pkt::udp(LIVE[0], 4000, dst, 53, b"anchor").frame();
             let want = expected(&open, &clients, &frame);
-            refused += u32::from(want == Verdict::Drop(DropReason::FibLookupFailed));
+            refused += u32::from(want == Verdict::Drop(DropReason::LocalDestination));
             let got = observe(&mut fx, &frame, &want).unwrap_or_else(|e| panic!("{dst}: {e}"));
             assert_eq!(got, want, "anchor destination {dst}");
         }
@@ -593,7 +610,7 @@ snat_address = "192.0.2.1"
                 .map_err(|e| TestCaseError::fail(format!("{e} for {p:?}")))?;
             prop_assert_eq!(&got, &want, "packet {:?}\nframe {:02x?}", p, frame);
             fx.packets += 1;
-            if want == Verdict::Drop(DropReason::FibLookupFailed) {
+            if want == Verdict::Drop(DropReason::LocalDestination) {
                 fx.fib_refused += 1;
             }
             *fx.seen.entry(verdict_name(&got)).or_default() += 1;
@@ -627,6 +644,7 @@ snat_address = "192.0.2.1"
         "ip_options",
         "fragment",
         "spoofed_source",
+        "forged_source",
         "no_authorization_rule",
         "not_authorized",
         "no_route",
