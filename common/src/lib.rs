@@ -223,8 +223,9 @@ pub enum DropReason {
     ForgedSource = 20,
     /// To the gateway's pool address, on a protocol or port not in `gateway_ports`.
     GatewayPortClosed = 21,
-    /// To another local address of the gateway host (target-network address, loopback,
-    /// broadcast): the kernel would deliver it locally, and only the pool address is open.
+    /// TTL <= 1 (so not forwarded) to a destination the host's FIB does not forward: one of
+    /// the host's own addresses (target network, loopback, broadcast), which the kernel
+    /// would deliver to its sockets, or one without a route (the FIB reports both alike).
     LocalDestination = 22,
     /// A TCP RST or FIN from the network whose sequence number is outside the window the
     /// flow has seen: a blind spoof must not close the flow.

@@ -152,8 +152,10 @@ fn gateway_port_open(l4: &L4) -> bool {
 /// An authorized packet whose TTL runs out here: the kernel sends ICMP time exceeded, but
 /// only for a destination it would forward. A local address of the host (the target-network
 /// address, loopback, a broadcast) would be delivered to the host's own sockets regardless
-/// of TTL, so the kernel's own FIB decides: "not forwarded" means local, and is dropped.
-/// The FIB is the authority the kernel itself uses, so no address list can go stale.
+/// of TTL, so the kernel's own FIB decides, as it does for the packet itself: only a
+/// forwarding route passes. The FIB is the authority the kernel uses, so unlike a list of
+/// local addresses kept by the agent it cannot go stale when an address is added.
+/// (A packet with TTL > 1 to a local address is refused by `forward`'s lookup already.)
 #[inline(always)]
 fn ttl_expired(ctx: &XdpContext, p: &Parsed) -> Result<u32, DropReason> {
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
@@ -344,9 +346,6 @@ fn forward(
         // The kernel forwards this one and resolves the neighbour; later packets redirect.
         stats::event(Event::PassNoNeighbour);
         return Ok(xdp_action::XDP_PASS);
-    }
-    if rc == FIB_NOT_FWDED {
-        return Err(DropReason::LocalDestination);
     }
     if rc != FIB_SUCCESS {
         return Err(DropReason::FibLookupFailed);

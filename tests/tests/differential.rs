@@ -51,8 +51,9 @@ const GW_VETH: &str = "172.31.255.0/31";
 const GW_VETH_ADDR: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 0);
 const NEXT_HOP: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 1);
 
-/// Destinations the kernel's FIB calls local (loopback, the gateway's own addresses): the
-/// policy may allow them, the data path then counts `LocalDestination`.
+/// Destinations the kernel's FIB does not forward (loopback, the gateway's own addresses):
+/// the policy may allow them, the data path then counts `FibLookupFailed` (with TTL <= 1,
+/// `LocalDestination`).
 /// Nothing else may fail the FIB lookup here (the anchors at the start check this model).
 fn kernel_refuses(dst: Ipv4Addr) -> bool {
     dst.is_loopback() || dst == GW_VETH_ADDR
@@ -302,7 +303,7 @@ fn expected(
         }) => {
             let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
             if kernel_refuses(dst) {
-                Verdict::Drop(DropReason::LocalDestination)
+                Verdict::Drop(DropReason::FibLookupFailed)
             } else {
                 Verdict::Forward {
                     target: target_index as u32,
@@ -551,7 +552,7 @@ snat_address = "192.0.2.1"
             fx.gw.dp.maps.delete_flows(|_, _| true).unwrap();
             let frame = Pkt::udp(LIVE[0], 4000, dst, 53, b"anchor").frame();
             let want = expected(&open, &clients, &frame);
-            refused += u32::from(want == Verdict::Drop(DropReason::LocalDestination));
+            refused += u32::from(want == Verdict::Drop(DropReason::FibLookupFailed));
             let got = observe(&mut fx, &frame, &want).unwrap_or_else(|e| panic!("{dst}: {e}"));
             assert_eq!(got, want, "anchor destination {dst}");
         }
@@ -610,7 +611,7 @@ snat_address = "192.0.2.1"
                 .map_err(|e| TestCaseError::fail(format!("{e} for {p:?}")))?;
             prop_assert_eq!(&got, &want, "packet {:?}\nframe {:02x?}", p, frame);
             fx.packets += 1;
-            if want == Verdict::Drop(DropReason::LocalDestination) {
+            if want == Verdict::Drop(DropReason::FibLookupFailed) {
                 fx.fib_refused += 1;
             }
             *fx.seen.entry(verdict_name(&got)).or_default() += 1;

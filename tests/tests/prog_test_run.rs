@@ -912,7 +912,7 @@ fn table(env: &Env) -> Vec<Case> {
             XDP_PASS,
             // Translated but not yet forwarded: TTL and MACs are the kernel's business.
             Out::Frame(
-                Pkt::tcp(B, 40000, ADMIN_HOST, 22, tcp::SYN)
+                sent(&Pkt::tcp(B, 40000, ADMIN_HOST, 22, tcp::SYN))
                     .src(SNAT)
                     .frame(),
             ),
