@@ -98,7 +98,14 @@ pub const SESSION_MAC_PREFIX: [u8; 2] = [0x02, 0x50];
 /// frame's source address, so a session cannot send as another one.
 pub const fn session_mac(slot: u32) -> [u8; 6] {
     let s = slot.to_be_bytes();
-    [SESSION_MAC_PREFIX[0], SESSION_MAC_PREFIX[1], s[0], s[1], s[2], s[3]]
+    [
+        SESSION_MAC_PREFIX[0],
+        SESSION_MAC_PREFIX[1],
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+    ]
 }
 
 // ---- capacities -------------------------------------------------------------------------

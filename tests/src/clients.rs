@@ -375,15 +375,23 @@ impl Clients {
             .expect("clone TAP queue");
         // The relay writes each client's session slot, as the worker writes the peer id:
         // read it from the `clients` map the test fills.
-        let clients_map = gw.dp.options.pin_dir().join(portcullis_common::map_names::CLIENTS);
+        let clients_map = gw
+            .dp
+            .options
+            .pin_dir()
+            .join(portcullis_common::map_names::CLIENTS);
         let slot_of: portcullis::relay::SlotOf = Box::new(move |a| {
-            let map = aya::maps::Map::from_map_data(
-                aya::maps::MapData::from_pin(&clients_map).ok()?,
-            )
-            .ok()?;
-            let m: aya::maps::HashMap<_, portcullis_common::ClientKey, portcullis_common::ClientInfo> =
-                aya::maps::HashMap::try_from(map).ok()?;
-            m.get(&portcullis_common::ClientKey::v4(a), 0).ok().map(|c| c.slot)
+            let map =
+                aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&clients_map).ok()?)
+                    .ok()?;
+            let m: aya::maps::HashMap<
+                _,
+                portcullis_common::ClientKey,
+                portcullis_common::ClientInfo,
+            > = aya::maps::HashMap::try_from(map).ok()?;
+            m.get(&portcullis_common::ClientKey::v4(a), 0)
+                .ok()
+                .map(|c| c.slot)
         });
         let relay = Relay::start(&ports, taps, gw.tap.mac, slot_of).expect("start relay");
         let clients = Clients { relay, list };

@@ -293,7 +293,8 @@ fn expected(
         FrameDecision::Drop(r) => Verdict::Drop(r),
         // TTL expired after authorization: the kernel answers, unless it is a local address.
         FrameDecision::PassLocal
-            if frame[22] <= 1 && kernel_refuses(Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33])) =>
+            if frame[22] <= 1
+                && kernel_refuses(Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33])) =>
         {
             Verdict::Drop(DropReason::LocalDestination)
         }

@@ -16,8 +16,8 @@ use portcullis_common::{
 
 use super::compile::{CompiledPolicy, LpmEntry};
 use super::eval::{finish_frame, parse_frame, slot_in, ICMP_ECHO_REQUEST};
-use super::model::GatewayPort;
 pub use super::eval::{FrameDecision, Verdict};
+use super::model::GatewayPort;
 use super::prefix::mask;
 
 /// Read access to one generation's maps, with the semantics of the BPF map types:

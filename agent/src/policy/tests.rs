@@ -1041,8 +1041,14 @@ fn frames_are_parsed_in_the_data_path_order() {
         fd(&frame(me, gw, PROTO_TCP, &tcp(22, tcp_flags::SYN))),
         drop(GatewayPortClosed)
     );
-    assert_eq!(fd(&frame(me, gw, PROTO_UDP, &udp(53))), drop(GatewayPortClosed));
-    assert_eq!(fd(&frame(me, gw, PROTO_ICMP, &icmp(13))), drop(GatewayPortClosed));
+    assert_eq!(
+        fd(&frame(me, gw, PROTO_UDP, &udp(53))),
+        drop(GatewayPortClosed)
+    );
+    assert_eq!(
+        fd(&frame(me, gw, PROTO_ICMP, &icmp(13))),
+        drop(GatewayPortClosed)
+    );
     let mut open = p.clone();
     open.gateway_ports = vec![GatewayPort::Udp(53)];
     assert_eq!(
