@@ -311,6 +311,7 @@ pub fn restart_only_changes(old: &EndpointConfig, new: &EndpointConfig) -> Vec<&
     check(old.name != new.name, "name");
     check(old.client_cidr != new.client_cidr, "client_cidr");
     check(old.gateway_addr != new.gateway_addr, "gateway_addr");
+    check(old.gateway_ports != new.gateway_ports, "gateway_ports");
     check(old.listen != new.listen, "listen");
     check(
         old.max_connections != new.max_connections,
