@@ -110,6 +110,7 @@ fn start_datapath(
             .iter()
             .map(|t| t.interface.clone())
             .collect(),
+        gateway_ports: policy.gateway_ports.clone(),
         max_flows: None,
         deny_events_per_sec: 1000,
         mode: XdpMode::Driver,
