@@ -61,6 +61,10 @@ impl TapSwitch {
             .fd()?
             .try_clone()
             .context("duplicating the TAP program's fd")?;
+        // Detach first: releasing the link's last reference (the pin) detaches it only
+        // later, from a work queue, and our own link could not be created before that.
+        let pinned = rawbpf::obj_get(&pin).with_context(|| format!("opening {}", pin.display()))?;
+        rawbpf::detach_link(&pinned).context("detaching the data path's TAP link")?;
         std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
         let mut s = TapSwitch {
             program,
@@ -104,9 +108,16 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// Whether the gateway, not the generator, limited a window: its input ring refused frames,
+/// or the generator's sends were refused, for more than 1% of what was offered.
+fn gateway_saturated(r: &Sample) -> bool {
+    r.gw_input_drop_pps + r.generator_refused_pps.unwrap_or(0.0) > 0.01 * r.offered_pps
+}
+
 fn sample_json(r: &Sample, round: usize) -> Value {
     json!({
         "round": round,
+        "gateway_saturated": gateway_saturated(r),
         "seconds": r.seconds,
         "delivered_pps": r.delivered_pps,
         "offered_pps": r.offered_pps,
@@ -271,10 +282,10 @@ pub fn run(
                     &mut xdp
                 } else {
                     // The data path must not see a frame while the twin is measured.
-                    if seen.0 + seen.1 + seen.2 > 0 {
+                    let handled = seen.0 + seen.1 + seen.2 + seen.3;
+                    if handled > 0 {
                         bail!(
-                            "the data path handled {} packets during an nftables window: it was not detached",
-                            seen.0 + seen.1 + seen.2
+                            "the data path handled {handled} packets during an nftables window: it was not detached"
                         );
                     }
                     delivered[1] = r.delivered_pps;
@@ -330,6 +341,23 @@ pub fn run(
         points.push(p);
     }
 
+    for p in &points {
+        let unsaturated = p.runs.iter().filter(|(_, r)| !gateway_saturated(r)).count();
+        if unsaturated > 0 {
+            let ratio = match p.mode {
+                Mode::Xdp => ", and the XDP/nftables ratio a lower bound",
+                Mode::Nft => ", and the XDP/nftables ratio an upper bound",
+                Mode::Kernel => "",
+            };
+            notes.push(format!(
+                "{} at {} B, {} flow(s): in {unsaturated} of {} windows the gateway refused no frame: the generator was the limit, so the figure is a lower bound{ratio}",
+                p.mode.name(),
+                p.frame_len,
+                p.flows,
+                p.runs.len()
+            ));
+        }
+    }
     let get = |m: Mode, size: usize, flows: u32| {
         points
             .iter()

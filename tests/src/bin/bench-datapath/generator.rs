@@ -168,6 +168,15 @@ pub fn choose(topo: &Topology, request: Request) -> Result<Choice> {
 }
 
 fn probe(topo: &Topology, gw_in: &topo::LinkCounter, kind: Kind) -> Result<()> {
+    if kind == Kind::AfPacket {
+        // A veth hands an skb to its peer's NAPI (the gateway's input thread, pinned to the
+        // forwarding CPU) only when the sending veth has no TSO; otherwise it goes through
+        // netif_rx on the sender's CPU (veth_skb_is_eligible_for_gro), and the nftables and
+        // kernel modes would forward on the generator's core. Attaching XDP to the gateway's
+        // veth turns TSO off on this peer anyway: off for every mode, they are alike.
+        topo::exec(&topo.gen, &["ethtool", "-K", GEN_IF, "tso", "off"])
+            .context("turning TSO off on the generator's veth")?;
+    }
     let g = Arc::new(Generator::new(topo, kind, 64, 1)?);
     let reached = |s: topo::LinkStats| s.rx_packets + s.rx_dropped;
     let before = reached(gw_in.read()?);
