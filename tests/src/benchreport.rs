@@ -493,6 +493,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn finishing_a_report_completes_its_provenance() {
+        let mut r = json!({"machine": {"loadavg_before": "1.00 1.00 1.00 1/1 1"}});
+        finish_machine(&mut r);
+        assert!(r["machine"]["loadavg_after"].is_string());
+        assert!(r["machine"]["finished_unix_time"].as_u64().unwrap() > 0);
+        // A load average the suite recorded itself is kept.
+        let mut r = json!({"machine": {"loadavg_after": "mine"}});
+        finish_machine(&mut r);
+        assert_eq!(r["machine"]["loadavg_after"], "mine");
+        // A report without a machine gets one.
+        let mut r = json!({});
+        finish_machine(&mut r);
+        assert!(r["machine"]["cores"].as_u64().unwrap() >= 1);
+        assert!(r["machine"]["binary"]["path"].is_string());
+    }
+
+    #[test]
+    fn provenance_line_says_commit_dirty_binary_and_load() {
+        let m = json!({
+            "git_commit": "0123456789abcdef0123", "git_dirty": true,
+            "git_dirty_files": ["a.rs", "b.rs"],
+            "binary": {"path": "/t/release/bench-x", "build_profile": "release"},
+            "kernel": "6.18", "cpu_model": "CPU", "cores": 2,
+            "loadavg_before": "0.5", "loadavg_after": "0.7",
+        });
+        assert_eq!(
+            provenance_line(&m),
+            "commit 0123456789ab + uncommitted changes to 2 file(s); binary `/t/release/bench-x` (release build); kernel 6.18, CPU (2 cores); load average before / after: 0.5 / 0.7"
+        );
+        let unknown = provenance_line(&json!({}));
+        assert!(
+            unknown.starts_with("commit unknown (tree state unknown); binary `?` (unknown build)"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
     fn plot_renders_lines_and_handles_empty() {
         let p = Plot {
             title: "t".into(),

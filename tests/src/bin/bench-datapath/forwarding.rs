@@ -400,3 +400,30 @@ pub fn run(
         "nftables": nft_info,
     }))
 }
+
+#[cfg(test)]
+mod checks {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_with_non_finite_values() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[f64::NAN, 5.0, f64::INFINITY]), 5.0);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn saturated_when_the_gateway_or_the_generator_refused_frames() {
+        let s = |drops: f64, refused: Option<f64>| Sample {
+            offered_pps: 1e6,
+            gw_input_drop_pps: drops,
+            generator_refused_pps: refused,
+            ..Sample::default()
+        };
+        assert!(!gateway_saturated(&s(0.0, None)));
+        assert!(!gateway_saturated(&s(5e3, Some(4e3))));
+        assert!(gateway_saturated(&s(2e4, None)));
+        assert!(gateway_saturated(&s(0.0, Some(2e4))));
+    }
+}

@@ -103,16 +103,18 @@ pub struct Choice {
 }
 
 impl Choice {
+    /// Each generator tried and refused, with the reason: `kind: reason; ...`.
+    pub fn refusals(&self) -> String {
+        self.refused
+            .iter()
+            .map(|(k, why)| format!("{}: {why}", k.name()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// Why part (b) was not measured (when no generator works).
     pub fn not_measured_reason(&self) -> String {
-        format!(
-            "no traffic generator works here: {}",
-            self.refused
-                .iter()
-                .map(|(k, why)| format!("{}: {why}", k.name()))
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
+        format!("no traffic generator works here: {}", self.refusals())
     }
 
     pub fn to_json(&self) -> Value {
@@ -443,4 +445,48 @@ fn send_af_packet(g: &Generator, go: impl Fn() -> bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod checks {
+    use super::*;
+
+    #[test]
+    fn request_names_round_trip_and_unknown_is_an_error() {
+        for r in [
+            Request::Auto,
+            Request::Only(Kind::LiveFrames),
+            Request::Only(Kind::AfPacket),
+        ] {
+            assert_eq!(Request::parse(r.name()).unwrap(), r);
+        }
+        assert!(Request::parse("pktgen").is_err());
+    }
+
+    #[test]
+    fn a_fallback_records_what_was_refused_and_why() {
+        let c = Choice {
+            request: Request::Auto,
+            kind: Some(Kind::AfPacket),
+            refused: vec![(Kind::LiveFrames, "Operation not permitted".into())],
+        };
+        let j = c.to_json();
+        assert_eq!(j["kind"], "af_packet");
+        assert_eq!(j["fallback"], true);
+        assert_eq!(j["refused"][0]["kind"], "live_frames");
+        assert_eq!(j["refused"][0]["reason"], "Operation not permitted");
+        let none = Choice {
+            kind: None,
+            refused: vec![
+                (Kind::LiveFrames, "EPERM".into()),
+                (Kind::AfPacket, "EACCES".into()),
+            ],
+            ..c
+        };
+        assert_eq!(none.to_json()["fallback"], false);
+        assert_eq!(
+            none.not_measured_reason(),
+            "no traffic generator works here: live_frames: EPERM; af_packet: EACCES"
+        );
+    }
 }

@@ -228,9 +228,9 @@ fn run(args: Args) -> Result<()> {
             }
         }
         (None, Request::Only(k)) => bail!(
-            "the {} generator was asked for and does not work: {}",
+            "the {} generator was asked for and does not work here: {}",
             k.name(),
-            generator.not_measured_reason()
+            generator.refusals()
         ),
         (None, Request::Auto) => {
             println!(

@@ -373,3 +373,62 @@ pub fn svg(r: &Value) -> String {
     let _ = writeln!(w, "</svg>");
     s
 }
+
+#[cfg(test)]
+mod checks {
+    use super::*;
+    use serde_json::json;
+
+    fn report(forwarding: Value) -> Value {
+        json!({
+            "command": "bench-datapath --quick",
+            "quick": true,
+            "machine": {"git_commit": "0123456789abcdef", "git_dirty": false, "cores": 2},
+            "setup": {},
+            "prog_test_run": {"cases": []},
+            "forwarding": forwarding,
+            "notes": [],
+        })
+    }
+
+    #[test]
+    fn forwarding_not_measured_says_why() {
+        let md = markdown(&report(json!({
+            "measured": false,
+            "not_measured_reason": "no traffic generator works here: live_frames: EPERM",
+            "generator": {"requested": "auto", "kind": null, "refused": []},
+        })));
+        assert!(md.contains("## (b) forwarding rate: not measured"), "{md}");
+        assert!(md.contains("live_frames: EPERM"), "{md}");
+        assert!(md.contains("commit 0123456789ab;"), "{md}");
+        assert!(!md.contains("XDP / nftables"), "{md}");
+        // The chart has no forwarding bars, and still renders.
+        assert!(svg(&report(json!({"measured": false}))).ends_with("</svg>\n"));
+    }
+
+    #[test]
+    fn forwarding_names_the_generator_and_the_spread() {
+        let md = markdown(&report(json!({
+            "measured": true,
+            "rounds": 3,
+            "generator": {
+                "requested": "auto", "kind": "af_packet", "method": "sendmmsg",
+                "refused": [{"kind": "live_frames", "reason": "EPERM"}],
+            },
+            "ratios": [{
+                "frame_bytes": 64, "flows": 1, "xdp_pps": 2.0e6, "nftables_pps": 1.0e6,
+                "ratio": 2.0, "ratio_min": 1.5, "ratio_max": 2.5,
+                "kernel_forwarding_pps": 1.2e6,
+            }],
+            "points": [],
+        })));
+        assert!(
+            md.contains("Generator: **af_packet**, a fallback: live_frames refused: EPERM"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 64 | 1 | 2.000 | 1.000 | **2.00x** | 1.50 - 2.50 | 1.200 |"),
+            "{md}"
+        );
+    }
+}
