@@ -224,9 +224,34 @@ fn summary(suite: &str, r: &Value) -> Vec<String> {
                     num(f(&c["median_ns"]))
                 ));
             }
-            for p in arr(&r["forwarding"]["ratios"]) {
+            let fw = &r["forwarding"];
+            if fw["measured"] == false {
                 out.push(format!(
-                    "forwarding, {} B frames, {} flow(s): XDP {:.2} Mpps, nftables {:.2} Mpps ({:.2}x), kernel without rules {:.2} Mpps",
+                    "forwarding: not measured ({})",
+                    fw["not_measured_reason"].as_str().unwrap_or("?")
+                ));
+            } else if let Some(kind) = fw["generator"]["kind"].as_str() {
+                out.push(format!(
+                    "forwarding generator: {kind}{}",
+                    if fw["generator"]["fallback"] == true {
+                        " (a fallback: see the suite report for why)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            for p in arr(&fw["ratios"]) {
+                let spread = if f(&p["ratio_min"]).is_finite() {
+                    format!(
+                        ", rounds {:.2}-{:.2}x",
+                        f(&p["ratio_min"]),
+                        f(&p["ratio_max"])
+                    )
+                } else {
+                    String::new()
+                };
+                out.push(format!(
+                    "forwarding, {} B frames, {} flow(s): XDP {:.2} Mpps, nftables {:.2} Mpps ({:.2}x{spread}), kernel without rules {:.2} Mpps",
                     p["frame_bytes"],
                     p["flows"],
                     f(&p["xdp_pps"]) / 1e6,

@@ -359,9 +359,19 @@ pub fn svg(r: &Value) -> String {
             by + bh + 32.0,
             f(&x["ratio"])
         );
+        if f(&x["ratio_min"]).is_finite() {
+            let _ = writeln!(
+                w,
+                r#"<text x="{:.1}" y="{}" text-anchor="middle" font-size="9">{:.2}-{:.2}</text>"#,
+                gx + bar_w * 1.5,
+                by + bh + 44.0,
+                f(&x["ratio_min"]),
+                f(&x["ratio_max"])
+            );
+        }
     }
     for (si, (_, label, color)) in series.iter().enumerate() {
-        let ly = by + bh + 50.0 + si as f64 * 16.0;
+        let ly = by + bh + 62.0 + si as f64 * 16.0;
         let _ = writeln!(
             w,
             r#"<rect x="{bx}" y="{:.1}" width="12" height="12" fill="{color}"/><text x="{}" y="{:.1}">{label}</text>"#,
