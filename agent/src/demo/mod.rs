@@ -564,8 +564,11 @@ fn deciding_rule(input: &PolicyInput, user: &str, p: Probe, reason: Option<DropR
         Probe::Tcp(a, port) => (a, 6, port),
         Probe::Udp(a, port) => (a, 17, port),
     };
-    let Ok(e) = crate::explain::explain(input, user, crate::explain::Target { dst, proto, port })
-    else {
+    let Ok(e) = crate::explain::explain(
+        input,
+        user,
+        crate::explain::Destination { dst, proto, port },
+    ) else {
         return String::new();
     };
     let want = if reason == Some(DropReason::SecurityGroup) {
