@@ -345,12 +345,12 @@ pub fn run(
         let unsaturated = p.runs.iter().filter(|(_, r)| !gateway_saturated(r)).count();
         if unsaturated > 0 {
             let ratio = match p.mode {
-                Mode::Xdp => ", and the XDP/nftables ratio a lower bound",
+                Mode::Xdp => ", and the XDP/nftables ratio with it",
                 Mode::Nft => ", and the XDP/nftables ratio an upper bound",
                 Mode::Kernel => "",
             };
             notes.push(format!(
-                "{} at {} B, {} flow(s): in {unsaturated} of {} windows the gateway refused no frame: the generator was the limit, so the figure is a lower bound{ratio}",
+                "{} at {} B, {} flow(s): in {unsaturated} of {} windows the gateway refused (almost) no frame: the generator may have been the limit, so the figure may be a lower bound{ratio}",
                 p.mode.name(),
                 p.frame_len,
                 p.flows,
