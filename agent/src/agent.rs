@@ -17,10 +17,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{EndpointConfig, Listener};
 use crate::datapath::{self, maps::Maps, tap::Tap, Datapath, DatapathOptions};
 use crate::gateway::{Adopted, ClientsMapHooks};
+use crate::io::tls_files::ReloadableTls;
+use crate::openvpn::env::Env;
 use crate::openvpn::packet::Role;
 use crate::openvpn::server::{Server, ServerEvent};
 use crate::openvpn::session::TlsProvider;
-use crate::openvpn::tls::ReloadableTls;
 use crate::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
 use crate::policy::{self, CompiledPolicy, PolicyInput};
 use crate::reconcile;
@@ -414,7 +415,7 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         settings.auth = crate::openvpn::server::AuthMode::External;
         a.into_authorizer()
     });
-    let server = Server::new(settings, provider, tc, Instant::now())
+    let server = Server::new(settings, provider, tc, Env::system(), Instant::now())
         .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
     let groups_of = {
         let live = live.clone();

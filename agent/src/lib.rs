@@ -8,6 +8,7 @@ pub mod demo;
 pub mod explain;
 pub mod flowlog;
 pub mod gateway;
+pub mod io;
 pub mod metrics;
 pub mod openvpn;
 pub mod pki;
@@ -15,7 +16,6 @@ pub mod pki_cli;
 pub mod policy;
 pub mod profile;
 pub mod reconcile;
-pub mod relay;
 pub mod status;
 pub mod tunnel;
 

@@ -1,5 +1,5 @@
 //! Client namespaces with their own network stacks, wired to a [`Gateway`] through
-//! [`portcullis::relay::Relay`] (the stand-in for the OpenVPN tunnel), and small servers in
+//! [`crate::relay::Relay`] (the stand-in for the OpenVPN tunnel), and small servers in
 //! the gateway's server namespace. Everything stops and is removed on drop.
 //!
 //! ```text
@@ -26,12 +26,10 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
-use portcullis::{
-    datapath::tap::tap_mac,
-    relay::{Relay, RelayPort},
-};
+use portcullis::datapath::tap::tap_mac;
 use portcullis_common::{map_names, CtEntry, DenyEvent, FlowKey, NatRev};
 
+use crate::relay::{Relay, RelayPort};
 use crate::{gateway::Gateway, mac_of, unique, NetNs};
 
 /// Run `f` on a fresh thread inside the named namespace (sockets it creates live there).

@@ -17,7 +17,7 @@ use super::limiter::{source_key, FailureLimiter};
 use super::slots::LoginSlots;
 use crate::config::EndpointConfig;
 use crate::openvpn::peer::Link;
-use crate::openvpn::session::{AuthRequest, FailureCode, Refusal};
+use crate::openvpn::verdict::{AuthRequest, FailureCode, Refusal};
 use crate::tunnel::Authorizer;
 
 /// Local groups of a user name (from the live policy).

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::openvpn::peer::Link;
-use crate::openvpn::session::{AuthRequest, FailureCode, Refusal};
+use crate::openvpn::verdict::{AuthRequest, FailureCode, Refusal};
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -7,10 +7,11 @@ use ipnet::IpNet;
 
 use super::errors::err;
 use super::{ConfigError, CrlExpired, EndpointConfig};
+use crate::io::tls_files::TlsFiles;
 use crate::openvpn::crypto::Cipher;
 use crate::openvpn::options::banner_echo_options;
 use crate::openvpn::server::{PushSettings, ServerSettings};
-use crate::openvpn::tls::{CrlExpiredPolicy, TlsFiles, TlsOptions, TlsVersion};
+use crate::openvpn::tls::{CrlExpiredPolicy, TlsOptions, TlsVersion};
 use crate::policy::model::{PolicyInput, TargetNetwork};
 
 /// The first IPv4 address of interface `name` in this network namespace.

@@ -24,7 +24,7 @@ use ldap3::{LdapConn, LdapError};
 
 use crate::config::directory::load_roots;
 use crate::config::{DirectoryConfig, GroupId, GroupSource, Nested};
-use crate::openvpn::session::{FailureCode, Refusal};
+use crate::openvpn::verdict::{FailureCode, Refusal};
 
 mod groups;
 mod pool;

@@ -19,12 +19,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use portcullis::{
-    datapath::Datapath,
-    policy::{nft, PolicyInput},
-};
+use portcullis::{datapath::Datapath, policy::PolicyInput};
 use portcullis_common::PROG_TAP;
 use serde_json::{json, Value};
+use tests::nft;
 
 use crate::{
     event_counters,
