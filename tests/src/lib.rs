@@ -188,7 +188,8 @@ pub mod gateway {
 
     use aya::programs::XdpMode;
     use portcullis::{
-        datapath::{tap::Tap, Datapath, DatapathOptions},
+        datapath::{Datapath, DatapathOptions},
+        io::tap::Tap,
         policy::{compile, CompiledPolicy, PolicyInput},
         reconcile,
     };
@@ -360,6 +361,7 @@ all_users = true
                 tap_name: TAP.into(),
                 tap_mac: tap.mac,
                 gateway: policy.gateway_addr,
+                gateway_ports: policy.gateway_ports.clone(),
                 targets: policy
                     .target_networks
                     .iter()
