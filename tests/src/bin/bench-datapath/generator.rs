@@ -222,8 +222,9 @@ impl Generator {
         // Grow to the frame size: fix the IPv4 and UDP lengths, recompute the IPv4 header
         // checksum; the UDP checksum is 0 ("none"), so the generator may change the port.
         frame.resize(frame_len, 0);
+        // The source MAC stays the bench client's session MAC (`udp_frame`): the data path
+        // takes only frames that carry their session's slot there, as the agent writes them.
         frame[0..6].copy_from_slice(&topo.gw_in_mac);
-        frame[6..12].copy_from_slice(&topo.gen_mac);
         let ip_len = (frame_len - 14) as u16;
         frame[16..18].copy_from_slice(&ip_len.to_be_bytes());
         frame[24..26].copy_from_slice(&[0, 0]);
