@@ -11,6 +11,7 @@ pub mod explain;
 pub mod flowlog;
 pub mod gateway;
 pub mod metrics;
+pub mod netns;
 pub mod openvpn;
 pub mod otp;
 pub mod pki;

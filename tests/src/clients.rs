@@ -28,6 +28,7 @@ use std::{
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use portcullis::{
     datapath::tap::tap_mac,
+    netns::{inet_checksum, Offloads, Veth, VethEnd},
     relay::{Relay, RelayPort},
 };
 use portcullis_common::{map_names, CtEntry, DenyEvent, FlowKey, NatRev};
@@ -36,16 +37,7 @@ use crate::{gateway::Gateway, mac_of, unique, NetNs};
 
 /// Run `f` on a fresh thread inside the named namespace (sockets it creates live there).
 pub fn run_in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let target = File::open(&path).expect("open netns");
-        // SAFETY: setns on a valid netns fd; affects only this new thread.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("namespace thread panicked")
+    NetNs::open(ns).run(f)
 }
 
 /// Poll `f` every 5 ms until it is true or `timeout` passes; returns the last answer.
@@ -83,13 +75,14 @@ pub struct Client {
     pub addr: Ipv4Addr,
     /// The gateway-side veth the relay serves.
     pub gw_if: String,
+    _link: Veth,
     pub ns: NetNs,
 }
 
 impl Client {
     /// Run `f` on a thread inside the client's namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        run_in_ns(&self.ns.name, f)
+        self.ns.run(f)
     }
 
     /// A UDP socket bound to `addr:port` in the client namespace (0 = any port), with a
@@ -278,18 +271,6 @@ pub fn set_ip_options(fd: &impl AsRawFd, opts: &[u8]) {
     assert_eq!(rc, 0, "IP_OPTIONS: {}", io::Error::last_os_error());
 }
 
-/// RFC 1071 checksum (0 when verifying a buffer that includes its checksum).
-pub fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Client namespaces and the relay that carries their frames into the gateway's TAP.
 /// Field order is drop order: the relay stops before the namespaces go.
 pub struct Clients {
@@ -303,28 +284,23 @@ impl Clients {
     /// (which also teaches the relay where each client lives).
     pub fn start(gw: &Gateway, addrs: &[Ipv4Addr]) -> Clients {
         let gateway = gw.policy.gateway_addr;
-        let gw_mac = tap_mac(gateway)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let gw_mac = tap_mac(gateway);
         let mut list = Vec::new();
         for &addr in addrs {
             let ns = NetNs::new("c");
             let gw_if = unique("r");
-            gw.gw.ip(&[
-                "link", "add", &gw_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-            ]);
-            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
-            ns.sysctl("net.ipv6.conf.eth0.disable_ipv6", "1");
+            ns.netns().disable_ipv6().unwrap_or_else(|e| panic!("{e}"));
+            // Complete checksums, as a tunnel delivers them (see docs/topology.md).
+            let link = Veth::create(
+                VethEnd::new(gw.gw.netns(), &gw_if, Offloads::KERNEL),
+                VethEnd::new(ns.netns(), "eth0", Offloads::KERNEL.complete_checksums()),
+            )
+            .unwrap_or_else(|e| panic!("relay veth: {e}"));
             gw.gw
                 .sysctl(&format!("net.ipv6.conf.{gw_if}.disable_ipv6"), "1");
             gw.gw
                 .sysctl(&format!("net.ipv4.conf.{gw_if}.forwarding"), "0");
             ns.ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
-            ns.ip(&["link", "set", "eth0", "up"]);
-            gw.gw.ip(&["link", "set", &gw_if, "up"]);
             ns.ip(&[
                 "route",
                 "add",
@@ -343,20 +319,15 @@ impl Clients {
                 "dev",
                 "eth0",
             ]);
-            ns.ip(&[
-                "neigh",
-                "replace",
-                &gateway.to_string(),
-                "lladdr",
-                &gw_mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ]);
-            // Complete checksums, as a tunnel delivers them (see demo/net.rs).
-            ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
-            list.push(Client { addr, gw_if, ns });
+            ns.netns()
+                .add_neighbours("eth0", &[gateway], gw_mac)
+                .unwrap_or_else(|e| panic!("{e}"));
+            list.push(Client {
+                addr,
+                gw_if,
+                _link: link,
+                ns,
+            });
         }
         // The test thread is inside the gateway namespace: the relay's sockets bind there.
         let ports: Vec<RelayPort> = list

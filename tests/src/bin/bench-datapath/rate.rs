@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+use portcullis::netns::inet_checksum;
 
 use crate::{
     policy::BENCH_CLIENT,
@@ -85,17 +86,6 @@ impl Generator {
             gen_ns: topo.gen.name.clone(),
         })
     }
-}
-
-fn inet_checksum(b: &[u8]) -> u16 {
-    let mut s: u32 = b
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
 }
 
 /// A running generator thread; stops (and is joined) on drop.
