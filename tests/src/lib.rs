@@ -1,5 +1,7 @@
 //! Harness for the privileged integration tests: network namespaces and links that clean
-//! themselves up (RAII, also on panic), and small helpers around `ip`.
+//! themselves up (RAII, also on panic), built by the product's topology builder
+//! (`portcullis::netns`, described in `docs/topology.md`), and small helpers around `ip` that
+//! panic on failure, as tests should.
 //!
 //! Every name starts with `pct-` and carries the process id and a counter, so concurrent
 //! or leftover runs never collide and `cargo xtask cleanup` can find strays.
