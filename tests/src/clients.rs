@@ -12,10 +12,9 @@
 //! gateway-side veth never routes (`forwarding=0`), and the frames the client sends are not
 //! addressed to it: only the relay sees them, the kernel around the data path never does.
 use std::{
-    fs::File,
     io::{self, Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd},
+    os::fd::AsRawFd,
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -28,12 +27,14 @@ use std::{
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use portcullis::{
     datapath::tap::tap_mac,
-    netns::{inet_checksum, Offloads, Veth, VethEnd},
+    netns::{Offloads, Veth, VethEnd},
     relay::{Relay, RelayPort},
 };
 use portcullis_common::{map_names, CtEntry, DenyEvent, FlowKey, NatRev};
 
 use crate::{gateway::Gateway, mac_of, unique, NetNs};
+
+pub use portcullis::netns::IcmpSocket;
 
 /// Run `f` on a fresh thread inside the named namespace (sockets it creates live there).
 pub fn run_in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -121,118 +122,6 @@ impl Client {
         let s = self.icmp_socket();
         s.send_echo(dst, id, seq, b"portcullis").unwrap();
         s.wait_reply(dst, id, seq, timeout)
-    }
-}
-
-/// A raw `IPPROTO_ICMP` socket (the client's own kernel builds the IP header).
-pub struct IcmpSocket {
-    file: File,
-}
-
-impl IcmpSocket {
-    pub fn new() -> io::Result<IcmpSocket> {
-        // SAFETY: plain socket(2); the fd is owned by the File below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ICMP,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 20_000,
-        };
-        // SAFETY: SO_RCVTIMEO with a timeval on our fd.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        // SAFETY: fd is a fresh socket we own.
-        Ok(IcmpSocket {
-            file: unsafe { File::from_raw_fd(fd) },
-        })
-    }
-
-    pub fn send_echo(&self, dst: Ipv4Addr, id: u16, seq: u16, payload: &[u8]) -> io::Result<()> {
-        let mut pkt = vec![8u8, 0, 0, 0];
-        pkt.extend_from_slice(&id.to_be_bytes());
-        pkt.extend_from_slice(&seq.to_be_bytes());
-        pkt.extend_from_slice(payload);
-        let c = inet_checksum(&pkt);
-        pkt[2..4].copy_from_slice(&c.to_be_bytes());
-        // SAFETY: zeroed sockaddr_in, fields set below.
-        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        sa.sin_family = libc::AF_INET as u16;
-        sa.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
-        // SAFETY: sendto from our buffer with a sockaddr_in of the right size.
-        let rc = unsafe {
-            libc::sendto(
-                self.file.as_raw_fd(),
-                pkt.as_ptr().cast(),
-                pkt.len(),
-                0,
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Wait for the echo reply from `src` with `id` and `seq`.
-    pub fn wait_reply(&self, src: Ipv4Addr, id: u16, seq: u16, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 2048];
-        while Instant::now() < deadline {
-            let Ok(n) = (&self.file).read(&mut buf) else {
-                continue;
-            };
-            let ihl = usize::from(buf[0] & 0xf) * 4;
-            if n < ihl + 8 {
-                continue;
-            }
-            let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
-            let icmp = &buf[ihl..n];
-            if from == src
-                && icmp[0] == 0
-                && u16::from_be_bytes([icmp[4], icmp[5]]) == id
-                && u16::from_be_bytes([icmp[6], icmp[7]]) == seq
-            {
-                assert_eq!(inet_checksum(icmp), 0, "echo reply checksum");
-                return true;
-            }
-        }
-        false
-    }
-}
-
-impl IcmpSocket {
-    /// The next ICMP message of `ty` within `timeout`: (source, code, ICMP bytes).
-    pub fn wait_type(&self, ty: u8, timeout: Duration) -> Option<(Ipv4Addr, u8, Vec<u8>)> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 2048];
-        while Instant::now() < deadline {
-            let Ok(n) = (&self.file).read(&mut buf) else {
-                continue;
-            };
-            let ihl = usize::from(buf[0] & 0xf) * 4;
-            if n >= ihl + 8 && buf[ihl] == ty {
-                let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
-                return Some((from, buf[ihl + 1], buf[ihl..n].to_vec()));
-            }
-        }
-        None
     }
 }
 

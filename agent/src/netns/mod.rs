@@ -7,7 +7,7 @@
 //! - [`Veth`]: a veth pair between two namespaces with its [`Offloads`], removed on drop.
 //! - [`Topology`]: gateway namespace, private network namespace behind it and client
 //!   namespaces on a point-to-point underlay, with addresses, routes and static neighbours.
-//! - [`inet_checksum`] and [`ping`]: the RFC 1071 checksum and a one-shot ICMP echo.
+//! - [`inet_checksum`], [`IcmpSocket`] and [`ping`]: the RFC 1071 checksum and ICMP echo.
 //!
 //! Links are configured with the `ip` and `ethtool` commands (iproute2, ethtool: `cargo xtask
 //! setup` installs them): offloads have no rtnetlink interface, and one tool for everything
@@ -17,7 +17,7 @@ mod link;
 mod ns;
 mod topology;
 
-pub use icmp::{inet_checksum, ping};
+pub use icmp::{inet_checksum, ping, IcmpSocket};
 pub use link::{fmt_mac, Offloads, Veth, VethEnd};
 pub use ns::{Netns, NsGuard};
 pub use topology::{

@@ -5,9 +5,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{poll, Proc, TempDir};
+use super::{Proc, TempDir};
 use crate::{
-    clients::{run_in_ns, IcmpSocket},
+    clients::{run_in_ns, wait_until, IcmpSocket},
     NetNs,
 };
 
@@ -84,7 +84,7 @@ pub fn iperf3_client(
     // Output to a file, not a pipe: a long report must not block the process.
     let proc = Proc::spawn(ns, &args, &dir.path().join("iperf3.json"), "iperf3 client");
     let limit = Duration::from_secs(u64::from(secs) + 15);
-    if !poll(limit, || !proc.is_running()) {
+    if !wait_until(limit, || !proc.is_running()) {
         proc.stop();
         return Err(format!("iperf3 client did not finish within {limit:?}"));
     }

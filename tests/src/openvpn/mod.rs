@@ -31,10 +31,7 @@ pub use pki::{write_tls_crypt_key, CertKey, LabPki};
 pub use proc::{Proc, TempDir};
 pub use stock::{Connected, OvpnClient, StockServer};
 
-use std::{
-    net::Ipv4Addr,
-    time::{Duration, Instant},
-};
+use std::net::Ipv4Addr;
 
 /// The gateway's underlay address (where the OpenVPN server listens).
 pub use portcullis::netns::UNDERLAY_GW;
@@ -56,18 +53,4 @@ pub const SERVER_CN: &str = "server";
 pub fn underlay_client_addr(i: usize) -> Ipv4Addr {
     assert!(i < 200, "the underlay has room for 200 clients");
     Ipv4Addr::new(192, 0, 2, 11 + i as u8)
-}
-
-/// Poll `f` every 20 ms until it is true or `timeout` passes.
-fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -10,8 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::poll;
-use crate::NetNs;
+use crate::{clients::wait_until, NetNs};
 
 static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -108,7 +107,7 @@ impl Proc {
 
     /// Wait for `pattern`, failing early when the process exits; the error has the log tail.
     pub fn wait_log_or_exit(&self, pattern: &str, timeout: Duration) -> Result<(), String> {
-        poll(timeout, || {
+        wait_until(timeout, || {
             self.log().contains(pattern) || !self.is_running()
         });
         if self.log().contains(pattern) {
@@ -134,7 +133,7 @@ impl Proc {
     /// Wait until `pattern` occurs at least `n` times (e.g. the second "Initialization
     /// Sequence Completed" after a reconnect); false on timeout or exit.
     pub fn wait_log_count(&self, pattern: &str, n: usize, timeout: Duration) -> bool {
-        poll(timeout, || {
+        wait_until(timeout, || {
             self.log_count(pattern) >= n || !self.is_running()
         });
         self.log_count(pattern) >= n
