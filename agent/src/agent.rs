@@ -17,10 +17,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{EndpointConfig, Listener};
 use crate::datapath::{self, maps::Maps, tap::Tap, Datapath, DatapathOptions};
 use crate::gateway::{Adopted, ClientsMapHooks};
+use crate::io::tls_files::ReloadableTls;
+use crate::openvpn::env::Env;
 use crate::openvpn::packet::Role;
 use crate::openvpn::server::{Server, ServerEvent};
 use crate::openvpn::session::TlsProvider;
-use crate::openvpn::tls::ReloadableTls;
 use crate::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
 use crate::policy::{self, CompiledPolicy, PolicyInput};
 use crate::reconcile;
@@ -226,21 +227,17 @@ fn load_and_compile(
 ) -> Result<(EndpointConfig, CompiledPolicy)> {
     let cfg = EndpointConfig::load_unvalidated(path)
         .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", path.display()))?;
-    let mut errors: Vec<String> = match cfg.validate() {
-        Ok(()) => Vec::new(),
-        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
-    };
-    match policy::compile_with_previous(&cfg.policy(), resolve_ifindex, previous) {
-        Ok(compiled) if errors.is_empty() => return Ok((cfg, compiled)),
-        Ok(_) => {}
-        Err(errs) => errors.extend(
-            errs.iter()
-                .map(|e| crate::config::endpoint_paths(&e.to_string())),
-        ),
-    }
-    // The file check and the compiler may see the same problem.
-    let mut seen = std::collections::BTreeSet::new();
-    errors.retain(|e| seen.insert(e.clone()));
+    let file_errors = cfg.validate().err().map(|e| e.0).unwrap_or_default();
+    let compiler_errors =
+        match policy::compile_with_previous(&cfg.policy(), resolve_ifindex, previous) {
+            Ok(compiled) if file_errors.is_empty() => return Ok((cfg, compiled)),
+            Ok(_) => Vec::new(),
+            Err(errs) => errs
+                .iter()
+                .map(|e| crate::config::endpoint_paths(&e.to_string()))
+                .collect(),
+        };
+    let errors = crate::config::merge_reports(&file_errors, &compiler_errors);
     bail!(
         "{} is invalid:\n{}",
         path.display(),
@@ -403,12 +400,6 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         kept: Some((Instant::now() + KEPT_GRACE, adopted.clone())),
         grants: grants.clone(),
     }));
-    let directory = match (&cfg.directory, cfg.auth.uses_directory()) {
-        (Some(d), true) => Some(Arc::new(
-            crate::directory::Directory::new(d).context("setting up the directory client")?,
-        )),
-        _ => None,
-    };
     let local_groups: crate::auth::LocalGroups = {
         let live = live.clone();
         Arc::new(move |u: &str| {
@@ -416,35 +407,15 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
             l.policy.local_groups_of(u)
         })
     };
-    let hook = crate::connect_hook::ConnectHook::from_config(&cfg)?;
-    let authorizer: Option<crate::tunnel::Authorizer> = if hook.is_some() || directory.is_some() {
+    let authenticator =
+        crate::auth::Authenticator::from_config(&cfg, grants.clone(), local_groups)?;
+    // The periodic re-check asks the same directory client.
+    let directory = authenticator.as_ref().and_then(|a| a.directory.clone());
+    let authorizer = authenticator.map(|a| {
         settings.auth = crate::openvpn::server::AuthMode::External;
-        let window = Duration::from_secs(cfg.auth.failed_login_window_secs.max(1));
-        Some(
-            crate::auth::Authenticator {
-                directory: directory.clone(),
-                username_must_match_cn: cfg.auth.username_must_match_cn,
-                hook,
-                local_groups,
-                per_user: Mutex::new(crate::auth::FailureLimiter::new(
-                    cfg.auth.failed_logins_per_user,
-                    window,
-                )),
-                per_source: Mutex::new(crate::auth::FailureLimiter::new(
-                    cfg.auth.failed_logins_per_source,
-                    window,
-                )),
-                grants: grants.clone(),
-                otp: cfg.auth.static_challenge.is_some(),
-                otp_used: Mutex::new(Default::default()),
-                in_flight: Default::default(),
-            }
-            .into_authorizer(),
-        )
-    } else {
-        None
-    };
-    let server = Server::new(settings, provider, tc, Instant::now())
+        a.into_authorizer()
+    });
+    let server = Server::new(settings, provider, tc, Env::system(), Instant::now())
         .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
     let groups_of = {
         let live = live.clone();
@@ -564,7 +535,7 @@ async fn serve(
     live: &Arc<Mutex<Live>>,
     events: std::sync::mpsc::Receiver<ServerEvent>,
     tls: &ReloadableTls,
-    directory: Option<Arc<crate::directory::Directory>>,
+    directory: Option<Arc<crate::auth::directory::Directory>>,
 ) -> Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)
@@ -819,7 +790,11 @@ async fn serve(
 /// path's revalidation); a disabled or removed user, or one who lost every group a rule names,
 /// is ended with HALT. An unreachable directory changes nothing.
 /// (peer id, directory user the pass looked up, what the directory said).
-type RecheckResults = Vec<(u32, String, Result<Vec<String>, crate::directory::DirError>)>;
+type RecheckResults = Vec<(
+    u32,
+    String,
+    Result<Vec<String>, crate::auth::directory::DirError>,
+)>;
 
 #[derive(Default)]
 struct Recheck {
@@ -831,7 +806,7 @@ impl Recheck {
     fn tick(
         &mut self,
         every: Duration,
-        dir: &Arc<crate::directory::Directory>,
+        dir: &Arc<crate::auth::directory::Directory>,
         dp: &mut Datapath,
         tunnel: &Tunnel,
         live: &Arc<Mutex<Live>>,
@@ -883,7 +858,7 @@ impl Recheck {
         live: &Arc<Mutex<Live>>,
         connections: &BTreeMap<u32, (ServerEvent, Instant)>,
     ) {
-        use crate::directory::DirError;
+        use crate::auth::directory::DirError;
         let l = live.lock().unwrap_or_else(|e| e.into_inner());
         for (peer_id, user, r) in results {
             let Some(old) = l.grants.get(peer_id) else {

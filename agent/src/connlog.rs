@@ -4,7 +4,7 @@
 //! from the data path's per-session counters), and when it ends (`connection-reset`).
 //!
 //! A failed attempt's `connection-attempt-failure-reason` is a stable code
-//! ([`FailureCode`](crate::openvpn::session::FailureCode): `invalid_credentials`, `rate_limited`, `hook_denied`, …, the same as the
+//! ([`FailureCode`](crate::openvpn::verdict::FailureCode): `invalid_credentials`, `rate_limited`, `hook_denied`, …, the same as the
 //! authentication-failure metric's label), its `username` the user name that was tried, and
 //! `connection-attempt-failure-detail` (ours, not AWS's) the human-readable reason.
 use std::collections::BTreeMap;
@@ -271,7 +271,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::openvpn::crypto::Cipher;
     use crate::openvpn::options::PeerInfo;
-    use crate::openvpn::session::{CloseReason, FailureCode, Refusal};
+    use crate::openvpn::verdict::{CloseReason, FailureCode, Refusal};
     use std::sync::{Arc, Mutex};
 
     /// A log sink tests can read back (the flow log's tests use it too).

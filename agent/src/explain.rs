@@ -17,13 +17,13 @@ use crate::policy::model::{PolicyInput, Proto};
 
 /// A flow to explain: `10.0.0.5`, `10.0.0.5:443/tcp`, `10.0.0.5:53/udp`, `10.0.0.5/icmp`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Target {
+pub struct Destination {
     pub dst: Ipv4Addr,
     pub proto: u8,
     pub port: u16,
 }
 
-impl std::str::FromStr for Target {
+impl std::str::FromStr for Destination {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (addr_port, proto) = match s.rsplit_once('/') {
@@ -50,7 +50,7 @@ impl std::str::FromStr for Target {
         if proto != PROTO_ICMP && port == 0 {
             return Err(format!("give a port for {s}: e.g. {addr}:443/tcp"));
         }
-        Ok(Target { dst, proto, port })
+        Ok(Destination { dst, proto, port })
     }
 }
 
@@ -73,7 +73,7 @@ fn rule_name(i: usize, desc: &Option<String>) -> String {
 }
 
 /// With the user's local groups from the policy (`policy explain`).
-pub fn explain(input: &PolicyInput, user: &str, t: Target) -> Result<Explanation> {
+pub fn explain(input: &PolicyInput, user: &str, t: Destination) -> Result<Explanation> {
     explain_with_groups(input, user, input.local_groups_of(user), t)
 }
 
@@ -82,7 +82,7 @@ pub fn explain_with_groups(
     input: &PolicyInput,
     user: &str,
     groups: Vec<String>,
-    t: Target,
+    t: Destination,
 ) -> Result<Explanation> {
     let set: BTreeSet<String> = groups.iter().cloned().collect();
     let mut steps = Vec::new();
@@ -277,15 +277,18 @@ mod tests {
 
     #[test]
     fn targets_parse_with_clear_errors() {
-        assert!("10.0.0.1".parse::<Target>().is_ok());
-        assert!("10.0.0.1:443/tcp".parse::<Target>().is_ok());
+        assert!("10.0.0.1".parse::<Destination>().is_ok());
+        assert!("10.0.0.1:443/tcp".parse::<Destination>().is_ok());
         assert!("10.0.0.1/tcp"
-            .parse::<Target>()
+            .parse::<Destination>()
             .unwrap_err()
             .contains("port"));
-        assert!("x:1/tcp".parse::<Target>().unwrap_err().contains("IPv4"));
+        assert!("x:1/tcp"
+            .parse::<Destination>()
+            .unwrap_err()
+            .contains("IPv4"));
         assert!("10.0.0.1:1/sctp"
-            .parse::<Target>()
+            .parse::<Destination>()
             .unwrap_err()
             .contains("protocol"));
     }

@@ -13,7 +13,7 @@ use portcullis_common::{
 };
 use serde_json::json;
 
-use crate::explain::{explain_with_groups, Target};
+use crate::explain::{explain_with_groups, Destination};
 use crate::policy::PolicyInput;
 
 /// Who a session is, for the log: its user name and every group it has (local and
@@ -68,7 +68,7 @@ impl FlowLog {
                     | DropReason::SecurityGroup
             );
             if policy_reason {
-                let t = Target {
+                let t = Destination {
                     dst: f.dst_v4(),
                     proto: f.proto,
                     port: if f.proto == PROTO_ICMP { 0 } else { f.dport },
@@ -133,7 +133,7 @@ impl FlowTracker {
                 None => {
                     let fu = user(e.slot);
                     let rule = fu.as_ref().and_then(|u| {
-                        let t = Target {
+                        let t = Destination {
                             dst: k.dst_v4(),
                             proto: k.proto,
                             port: if k.proto == PROTO_ICMP { 0 } else { k.dport },

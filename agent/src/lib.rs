@@ -2,24 +2,21 @@
 pub mod agent;
 pub mod auth;
 pub mod config;
-pub mod connect_hook;
 pub mod connlog;
 pub mod datapath;
 pub mod demo;
-pub mod directory;
 pub mod explain;
 pub mod flowlog;
 pub mod gateway;
+pub mod io;
 pub mod metrics;
 pub mod netns;
 pub mod openvpn;
-pub mod otp;
 pub mod pki;
 pub mod pki_cli;
 pub mod policy;
 pub mod profile;
 pub mod reconcile;
-pub mod relay;
 pub mod status;
 pub mod tunnel;
 

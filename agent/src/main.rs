@@ -156,7 +156,7 @@ enum PolicyCmd {
         user: String,
         /// `10.0.0.5` (ICMP), `10.0.0.5:443/tcp`, `10.0.0.5:53/udp`.
         #[arg(long)]
-        to: portcullis::explain::Target,
+        to: portcullis::explain::Destination,
         #[arg(long)]
         json: bool,
     },

@@ -283,7 +283,7 @@ mod tests {
     #[test]
     fn failure_labels_are_the_refusal_codes() {
         use crate::openvpn::peer::Link;
-        use crate::openvpn::session::{CloseReason, FailureCode, Refusal};
+        use crate::openvpn::verdict::{CloseReason, FailureCode, Refusal};
         let m = Metrics::new();
         let failed = |reason| ServerEvent::Disconnected {
             link: Link::Udp {

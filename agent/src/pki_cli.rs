@@ -37,17 +37,10 @@ fn unhex(s: &str) -> Result<Vec<u8>> {
         .collect()
 }
 
+/// Through `pki::write_file`, which also sets the mode of a file that exists already (a key
+/// left readable by someone else stays readable otherwise).
 fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::write_all(&mut f, text.as_bytes())?;
-    Ok(())
+    Ok(crate::pki::write_file(path, text, mode)?)
 }
 
 fn load(dir: &Path) -> Result<(CertificateAuthority, Index)> {

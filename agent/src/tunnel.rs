@@ -108,8 +108,9 @@ pub struct SessionInfo {
 
 enum Ctl {
     Packet(Link, Vec<u8>),
-    Exit(u32),
-    Floated(Link, Link),
+    /// OCC_EXIT: peer id and session serial.
+    Exit(u32, u64),
+    Floated(crate::openvpn::peer::Float),
     TcpClosed(Link),
     Cmd(Command),
 }
@@ -530,8 +531,8 @@ fn worker(mut w: WorkerCtx) {
 
 fn data_in(w: &mut WorkerCtx, link: Link, buf: &mut [u8; BUF], len: usize, now: Instant) {
     let (v, floated) = w.peers.open(link, &mut buf[..len], now);
-    if let Some(old) = floated {
-        send_ctl(&w.ctl, &w.stats, Ctl::Floated(old, link));
+    if let Some(f) = floated {
+        send_ctl(&w.ctl, &w.stats, Ctl::Floated(f));
     }
     match v {
         DataVerdict::Tunnel { range, .. } => {
@@ -540,7 +541,9 @@ fn data_in(w: &mut WorkerCtx, link: Link, buf: &mut [u8; BUF], len: usize, now: 
             }
         }
         DataVerdict::Consumed => {}
-        DataVerdict::Exit { peer_id } => send_ctl(&w.ctl, &w.stats, Ctl::Exit(peer_id)),
+        DataVerdict::Exit { peer_id, session } => {
+            send_ctl(&w.ctl, &w.stats, Ctl::Exit(peer_id, session))
+        }
         DataVerdict::Dropped(crate::openvpn::peer::DropCause::UnknownPeer) => {
             w.stats.data_unknown_peer.fetch_add(1, Ordering::Relaxed);
         }
@@ -787,8 +790,8 @@ async fn control_loop(mut c: ControlCtx) {
 fn handle_ctl(c: &mut ControlCtx, m: Ctl, now: Instant) {
     match m {
         Ctl::Packet(link, bytes) => c.server.handle_control(link, &bytes, now),
-        Ctl::Exit(peer_id) => c.server.close_peer(peer_id, CloseReason::ClientExit, now),
-        Ctl::Floated(from, to) => c.server.floated(from, to, now),
+        Ctl::Exit(peer_id, session) => c.server.client_exit(peer_id, session, now),
+        Ctl::Floated(f) => c.server.floated(f, now),
         Ctl::TcpClosed(link) => c.server.link_closed(link, now),
         Ctl::Cmd(Command::RenegotiateAll) => c.server.renegotiate_all(now),
         Ctl::Cmd(Command::Authorize {
@@ -914,7 +917,9 @@ fn log_event(ev: &ServerEvent) {
             peer_id,
             key_id,
         } => tracing::debug!(%link, peer_id, key_id = key_id.get(), "renegotiated"),
-        ServerEvent::Floated { peer_id, from, to } => {
+        ServerEvent::Floated {
+            peer_id, from, to, ..
+        } => {
             tracing::info!(peer_id, %from, %to, "client address changed")
         }
         ServerEvent::Message { link, text } => tracing::debug!(%link, text, "control message"),
@@ -994,8 +999,8 @@ async fn accept_loop(
                                 {
                                     stats.tap_tx.fetch_add(1, Ordering::Relaxed);
                                 }
-                            } else if let DataVerdict::Exit { peer_id } = v {
-                                let _ = ctl.send(Ctl::Exit(peer_id)).await;
+                            } else if let DataVerdict::Exit { peer_id, session } = v {
+                                let _ = ctl.send(Ctl::Exit(peer_id, session)).await;
                             }
                         } else if ctl.send(Ctl::Packet(link, p.to_vec())).await.is_err() {
                             break 'conn;

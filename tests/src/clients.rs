@@ -1,5 +1,5 @@
 //! Client namespaces with their own network stacks, wired to a [`Gateway`] through
-//! [`portcullis::relay::Relay`] (the stand-in for the OpenVPN tunnel), and small servers in
+//! [`crate::relay::Relay`] (the stand-in for the OpenVPN tunnel), and small servers in
 //! the gateway's server namespace. Everything stops and is removed on drop.
 //!
 //! ```text
@@ -28,10 +28,10 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use portcullis::{
     datapath::tap::tap_mac,
     netns::{Offloads, Veth, VethEnd},
-    relay::{Relay, RelayPort},
 };
 use portcullis_common::{map_names, CtEntry, DenyEvent, FlowKey, NatRev};
 
+use crate::relay::{Relay, RelayPort};
 use crate::{gateway::Gateway, mac_of, unique, NetNs};
 
 pub use portcullis::netns::IcmpSocket;

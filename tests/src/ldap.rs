@@ -296,8 +296,8 @@ impl Drop for Slapd {
 }
 
 fn sid_b64(sid: &str) -> String {
-    let b = portcullis::directory::sid_from_string(sid).expect("fixture SID");
-    portcullis::otp::base64_encode(&b)
+    let b = portcullis::auth::directory::sid_from_string(sid).expect("fixture SID");
+    portcullis::auth::otp::base64_encode(&b)
 }
 
 /// Alice's TOTP secret (base32 of RFC 6238's test seed); the other users have none.

@@ -144,8 +144,10 @@ pub mod clients;
 pub mod emulator;
 pub mod frames;
 pub mod ldap;
+pub mod nft;
 pub mod openvpn;
 pub mod probe;
+pub mod relay;
 pub mod tunnel;
 
 pub mod gateway {

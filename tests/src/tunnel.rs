@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use portcullis::datapath::maps::Maps;
 use portcullis::gateway::ClientsMapHooks;
+use portcullis::io::tls_files::{ReloadableTls, TlsFiles};
+use portcullis::openvpn::env::Env;
 use portcullis::openvpn::packet::Role;
 use portcullis::openvpn::server::{PushSettings, Server, ServerEvent, ServerSettings};
 use portcullis::openvpn::session::{Renegotiation, TlsProvider};
-use portcullis::openvpn::tls::{ReloadableTls, TlsFiles, TlsOptions};
+use portcullis::openvpn::tls::TlsOptions;
 use portcullis::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
 use portcullis::policy::PolicyInput;
 use portcullis::tunnel::{Tunnel, TunnelOptions};
@@ -134,7 +136,8 @@ impl TunnelLab {
             ))
         });
         let provider: Arc<dyn TlsProvider> = tls.clone();
-        let server = Server::new(settings, provider, tc, Instant::now()).expect("server");
+        let server =
+            Server::new(settings, provider, tc, Env::system(), Instant::now()).expect("server");
         let queues = (0..gw.tap.queues.len())
             .map(|i| std::fs::File::from(gw.tap.queue_fd(i).unwrap()))
             .collect();

@@ -636,7 +636,7 @@ impl Drop for HookServer {
 #[test]
 fn static_challenge_totp() {
     require_root!();
-    use portcullis::otp;
+    use portcullis::auth::otp;
     let mut slapd = Slapd::prepare(LDAP_PORT, false);
     // The secret is read by the service account; the user's own bind cannot read it.
     let secret_file = slapd.dir().join("svc.pw");
@@ -754,7 +754,8 @@ all_users = true
 #[test]
 fn directory_client_configurations() {
     require_root!();
-    use portcullis::directory::{DirError, Directory, DirectoryConfig};
+    use portcullis::auth::directory::{DirError, Directory};
+    use portcullis::config::DirectoryConfig;
     let ns = tests::NetNs::new("l");
     let mut slapd = Slapd::prepare(LDAP_PORT, true);
     slapd.launch(&ns);

@@ -20,10 +20,12 @@ use portcullis_common::{DenyEvent, DropReason};
 use crate::{
     datapath::{self, maps::Maps, tap::Tap},
     gateway::ClientsMapHooks,
+    io::tls_files::{ReloadableTls, TlsFiles},
     openvpn::{
+        env::Env,
         packet::Role,
         server::{PushSettings, Server, ServerEvent, ServerSettings},
-        tls::{ReloadableTls, TlsFiles, TlsOptions},
+        tls::TlsOptions,
         tls_crypt::{StaticKey, TlsCryptKey},
     },
     pki,
@@ -221,7 +223,7 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         "portcullis-demo-gateway",
         &USERS.iter().map(|u| u.name).collect::<Vec<_>>(),
     )?;
-    let tc_key = StaticKey::generate()
+    let tc_key = StaticKey::generate(&*Env::system().rng)
         .map_err(|_| anyhow::anyhow!("no system randomness for the tls-crypt key"))?;
     std::fs::write(pki_dir.join("tls-crypt.key"), tc_key.to_pem())?;
     let tls = Arc::new(ReloadableTls::new(
@@ -244,6 +246,7 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         },
         tls,
         Some(Arc::new(TlsCryptKey::new(&tc_key, Role::Server))),
+        Env::system(),
         Instant::now(),
     )
     .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
@@ -564,8 +567,11 @@ fn deciding_rule(input: &PolicyInput, user: &str, p: Probe, reason: Option<DropR
         Probe::Tcp(a, port) => (a, 6, port),
         Probe::Udp(a, port) => (a, 17, port),
     };
-    let Ok(e) = crate::explain::explain(input, user, crate::explain::Target { dst, proto, port })
-    else {
+    let Ok(e) = crate::explain::explain(
+        input,
+        user,
+        crate::explain::Destination { dst, proto, port },
+    ) else {
         return String::new();
     };
     let want = if reason == Some(DropReason::SecurityGroup) {

@@ -11,17 +11,21 @@
 //! - [`keys`]: key-method 2 messages and key derivation (TLS-EKM and the legacy TLS 1.0 PRF).
 //! - [`options`]: option strings, `IV_*` peer info, NCP negotiation, push replies.
 //! - [`pool`]: the client address pool (tunnel addresses out of the client CIDR).
-//! - [`tls`]: rustls server configuration (client certificates, CRLs, reload) and identities.
+//! - [`tls`]: rustls server configuration (client certificates, CRLs) and identities.
+//! - [`env`]: the injected randomness and wall clock.
+//! - [`verdict`]: authentication requests, refusals, failure codes and close reasons.
 //! - [`session`]: one client's session: key states, TLS, key-method 2, push, renegotiation.
 //! - [`server`]: demultiplexing, the stateless cookie handshake, peer-ids, addresses, events.
 //! - [`peer`]: the data-channel half shared with the packet workers (keys, counters, table).
-//! - [`testclient`]: an in-memory client for tests, fuzzing and benchmarks.
+//! - `testclient`, `fuzzing`, `fuzz_server` (feature `testing`): an in-memory client and the
+//!   fuzz target bodies, for tests, fuzzing and benchmarks; not in the product binary.
 pub mod cookie;
 pub mod crypto;
+pub mod env;
 /// Fuzz target bodies shared by `agent/fuzz` and the corpus replay test (docs/fuzzing.md).
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod fuzz_server;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod fuzzing;
 pub mod keys;
 pub mod options;
@@ -33,7 +37,8 @@ pub mod server;
 #[cfg(test)]
 mod server_tests;
 pub mod session;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testclient;
 pub mod tls;
 pub mod tls_crypt;
+pub mod verdict;

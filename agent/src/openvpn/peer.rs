@@ -98,6 +98,12 @@ impl PeerCounters {
 /// One connected client's data channel.
 pub struct DataPeer {
     pub peer_id: u32,
+    /// The server's serial of the session (peer ids are reused, serials are not): what the
+    /// workers' reports name, so a late one never reaches the next session on that peer id.
+    pub session: u64,
+    /// Who holds the session once authenticated (certificate issuer and serial, or the user
+    /// name without a certificate): a float may take over only an address of the same owner.
+    owner: std::sync::OnceLock<String>,
     base: Instant,
     tunnel_addr: AtomicU32,
     rx: Mutex<RxKeys>,
@@ -121,8 +127,15 @@ impl std::fmt::Debug for DataPeer {
 impl DataPeer {
     /// `base` is the instant all timestamps are counted from (the server's start).
     pub fn new(peer_id: u32, link: Link, base: Instant) -> Self {
+        Self::for_session(peer_id, 0, link, base)
+    }
+
+    /// A peer of the server's session `session` (its serial).
+    pub fn for_session(peer_id: u32, session: u64, link: Link, base: Instant) -> Self {
         Self {
             peer_id,
+            session,
+            owner: std::sync::OnceLock::new(),
             base,
             tunnel_addr: AtomicU32::new(0),
             rx: Mutex::default(),
@@ -151,6 +164,15 @@ impl DataPeer {
     /// it (authenticated and not a replay, doc §1.6).
     pub fn float_to(&self, link: Link) {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).link = link;
+    }
+
+    /// Set once, when the session is established.
+    pub fn set_owner(&self, owner: String) {
+        let _ = self.owner.set(owner);
+    }
+
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.get().map(String::as_str)
     }
 
     pub fn tunnel_addr(&self) -> Option<Ipv4Addr> {
@@ -396,8 +418,8 @@ pub enum DataVerdict {
     },
     /// Authenticated keepalive or ignorable OCC: nothing to forward.
     Consumed,
-    /// OCC_EXIT: tell the control task to close `peer_id`.
-    Exit { peer_id: u32 },
+    /// OCC_EXIT: tell the control task to close `peer_id`'s session `session` (its serial).
+    Exit { peer_id: u32, session: u64 },
     /// No peer for this packet, or it failed authentication or replay: dropped.
     Dropped(DropCause),
 }
@@ -410,6 +432,20 @@ pub enum DropCause {
     /// Decrypted, but the inner source address is not the client's own (anti-spoofing is
     /// the XDP program's job too; this keeps unassigned peers from sending at all).
     NotConnected,
+    /// From a UDP address another client's session holds: no float there (see
+    /// [`PeerTable::open`]).
+    AddressTaken,
+}
+
+/// A peer moved to a new UDP address (after an authenticated packet from there): the worker
+/// reports it to the control side, which follows with `Server::floated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Float {
+    pub peer_id: u32,
+    /// The session's serial, as in [`DataPeer::session`].
+    pub session: u64,
+    pub from: Link,
+    pub to: Link,
 }
 
 impl PeerTable {
@@ -456,6 +492,20 @@ impl PeerTable {
         }
     }
 
+    /// Puts `peer` at `to` (the control side refused or undid a float).
+    pub fn relink(&self, peer: &std::sync::Arc<DataPeer>, to: Link) {
+        let old = peer.link();
+        peer.float_to(to);
+        let mut by_link = Self::w(&self.by_link);
+        if by_link
+            .get(&old)
+            .is_some_and(|p| std::sync::Arc::ptr_eq(p, peer))
+        {
+            by_link.remove(&old);
+        }
+        by_link.insert(to, peer.clone());
+    }
+
     pub fn by_addr(&self, addr: Ipv4Addr) -> Option<std::sync::Arc<DataPeer>> {
         Self::r(&self.by_addr).get(&addr).cloned()
     }
@@ -479,8 +529,19 @@ impl PeerTable {
     /// Decrypts a data packet from `from` in place. P_DATA_V2 finds its peer by peer-id (so a
     /// client whose address changed is still found), anything else by link. A packet that
     /// authenticates from a new UDP address floats the peer there (doc §1.6, pitfall 28);
-    /// the returned `Some(old)` link tells the caller to update the control side.
-    pub fn open(&self, from: Link, packet: &mut [u8], now: Instant) -> (DataVerdict, Option<Link>) {
+    /// the returned [`Float`] tells the caller to update the control side.
+    ///
+    /// Only UDP peers float, and only within UDP: a TCP peer's link is its connection, so a
+    /// packet of it replayed over UDP (or another connection) finds no peer. A float onto an
+    /// address another session holds is refused unless both belong to the same owner, as
+    /// OpenVPN does (`multi_process_float`: a client may replace its own stale instance, never
+    /// another certificate's); the control side then ends the stale session properly.
+    pub fn open(
+        &self,
+        from: Link,
+        packet: &mut [u8],
+        now: Instant,
+    ) -> (DataVerdict, Option<Float>) {
         let Some(&first) = packet.first() else {
             return (DataVerdict::Dropped(DropCause::UnknownPeer), None);
         };
@@ -489,9 +550,12 @@ impl PeerTable {
             if id == super::packet::NO_PEER_ID {
                 self.by_link(&from)
             } else {
-                // A TCP connection must not speak for another connection's peer.
-                self.by_id(id)
-                    .filter(|p| !from.is_tcp() || p.link() == from)
+                // A TCP connection must not speak for another connection's peer, nor a UDP
+                // sender for a TCP peer.
+                self.by_id(id).filter(|p| {
+                    let at = p.link();
+                    at == from || (!from.is_tcp() && !at.is_tcp())
+                })
             }
         } else {
             self.by_link(&from)
@@ -499,18 +563,28 @@ impl PeerTable {
         let Some(peer) = peer else {
             return (DataVerdict::Dropped(DropCause::UnknownPeer), None);
         };
+        let old = peer.link();
+        if old != from {
+            if let Some(holder) = self.by_link(&from) {
+                let same_owner = holder.owner().is_some() && holder.owner() == peer.owner();
+                if !std::sync::Arc::ptr_eq(&holder, &peer) && !same_owner {
+                    return (DataVerdict::Dropped(DropCause::AddressTaken), None);
+                }
+            }
+        }
         let opened = match peer.open(packet, now) {
             Ok(o) => o,
             Err(_) => return (DataVerdict::Dropped(DropCause::Crypto), None),
         };
         let mut floated = None;
-        let old = peer.link();
         if old != from {
-            peer.float_to(from);
-            let mut by_link = Self::w(&self.by_link);
-            by_link.remove(&old);
-            by_link.insert(from, peer.clone());
-            floated = Some(old);
+            self.relink(&peer, from);
+            floated = Some(Float {
+                peer_id: peer.peer_id,
+                session: peer.session,
+                from: old,
+                to: from,
+            });
         }
         let v = match opened {
             Opened::Ip(range) => {
@@ -526,6 +600,7 @@ impl PeerTable {
             Opened::Ping | Opened::Occ => DataVerdict::Consumed,
             Opened::Exit => DataVerdict::Exit {
                 peer_id: peer.peer_id,
+                session: peer.session,
             },
         };
         (v, floated)

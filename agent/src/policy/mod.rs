@@ -12,12 +12,11 @@ pub mod compile;
 pub mod compiled_eval;
 pub mod eval;
 pub mod model;
-pub mod nft;
-mod prefix;
+pub mod prefix;
 
 /// Proptest generators of policies and flows, shared with the XDP differential tests in
-/// `tests/` (feature `testgen`).
-#[cfg(any(test, feature = "testgen"))]
+/// `tests/` (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
 pub mod testgen;
 #[cfg(test)]
 mod tests;

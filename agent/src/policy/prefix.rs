@@ -2,7 +2,7 @@
 //! `(prefix_len, network)` with the network as a host-order `u32`, masked.
 
 /// `addr` with every bit after the first `len` cleared.
-pub(crate) fn mask(addr: u32, len: u8) -> u32 {
+pub fn mask(addr: u32, len: u8) -> u32 {
     match len {
         0 => 0,
         // `u32 << 32` would overflow; lengths above 32 never reach here.
@@ -11,7 +11,7 @@ pub(crate) fn mask(addr: u32, len: u8) -> u32 {
 }
 
 /// Whether prefix `outer` contains prefix (or host, with len 32) `inner`.
-pub(crate) fn contains(outer: (u8, u32), inner: (u8, u32)) -> bool {
+pub fn contains(outer: (u8, u32), inner: (u8, u32)) -> bool {
     outer.0 <= inner.0 && mask(inner.1, outer.0) == outer.1
 }
 

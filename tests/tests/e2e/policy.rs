@@ -139,7 +139,7 @@ fn pin_to_cpu(cpu: usize) {
 /// `Gateway::set_policy`, split so the instant of the switch is known: prepare the
 /// inactive slot, then time only the one write that activates it.
 fn flip(gw: &mut Gateway, policy: PolicyInput, epoch: Instant) -> (u32, u64, u64) {
-    use portcullis::reconcile::{self, Datapath as _, MapOp};
+    use portcullis::reconcile::{self, MapOp, PolicyMaps as _};
     let compiled = portcullis::policy::compile_with_previous(
         &policy,
         &|n| portcullis::datapath::ifindex(n),

@@ -35,13 +35,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::XdpMode;
 use portcullis::{
     datapath::{Datapath, DatapathOptions},
-    policy::{compile, compile_with_previous, nft},
+    policy::{compile, compile_with_previous},
     reconcile,
 };
 use portcullis_common::{ClientInfo, DropReason, Event, DEFAULT_FLOWS_PER_CLIENT};
 use serde_json::{json, Value};
 use tests::benchreport::read_trim;
 use tests::gateway::PinRoot;
+use tests::nft;
 
 use crate::{
     policy::{

@@ -10,308 +10,31 @@
 //! lookup can run asynchronously between the key exchange and the push.
 
 use std::collections::VecDeque;
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ring::rand::{SecureRandom, SystemRandom};
 use rustls::ServerConnection;
 
 use super::crypto::{Cipher, DataFormat};
-use super::keys::{ClientKeyMethod2, KeyBlock, KeyMethodError, PrfInputs, ServerKeyMethod2};
-use super::options::{
-    choose_key_derivation, control_messages, encode_control_message, negotiate_cipher,
-    protocol_flags_option, server_options_string, ControlMessage, KeyDerivation, PeerInfo,
-    PushReply, Transport,
-};
+use super::env::Rng;
+use super::keys::{KeyBlock, PrfInputs};
+use super::options::{protocol_flags_option, KeyDerivation, PeerInfo, PushReply};
 use super::packet::{
     decode, ControlPacket, KeyId, Opcode, Packet, Role, SessionId, MAX_CONTROL_PACKET_LEN,
 };
 use super::peer::DataPeer;
-use super::reliable::{self, Reliable};
-use super::tls::{client_identity, describe_handshake_error, ClientIdentity};
+use super::reliable::Reliable;
+use super::tls::ClientIdentity;
 use super::tls_crypt::{TlsCryptKey, TlsCryptSession};
+// The vocabulary shared with authentication lives in `verdict`; re-exported for the callers
+// that name it through the session.
+pub use super::verdict::{AuthRequest, CloseReason, FailureCode, Refusal, TEMPORARY_BACKOFF_SECS};
 
-/// Where new key states get their TLS configuration: the current one, so a CRL reload applies
-/// to renegotiations of live sessions too.
-pub trait TlsProvider: Send + Sync {
-    fn server_config(&self) -> Arc<rustls::ServerConfig>;
-    /// Called every few seconds by the tunnel's control thread: pick up changed files.
-    /// True when the configuration changed (live sessions are then re-checked).
-    fn maintain(&self) -> bool {
-        false
-    }
-    /// Whether the current CRLs revoke this client.
-    fn is_revoked(&self, _id: &ClientIdentity) -> bool {
-        false
-    }
-}
+mod config;
+mod key_state;
 
-impl TlsProvider for Arc<rustls::ServerConfig> {
-    fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        self.clone()
-    }
-}
-
-impl TlsProvider for super::tls::ReloadableTls {
-    fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        self.current().server_config()
-    }
-
-    /// CRLs are checked on every new connection and renegotiation, so a republished CRL
-    /// takes effect within one maintenance interval without a restart.
-    fn maintain(&self) -> bool {
-        let changed = matches!(self.reload_if_changed(), Some(Ok(())));
-        let now = std::time::SystemTime::now();
-        if self.current().any_crl_expired(now) {
-            tracing::error!("a configured CRL is past its nextUpdate; publish a fresh one");
-        }
-        changed
-    }
-
-    fn is_revoked(&self, id: &ClientIdentity) -> bool {
-        self.current().is_revoked(id)
-    }
-}
-
-/// When the server starts a renegotiation itself (doc §9.1); the client's own `reneg-sec`
-/// (3600 s) is served whatever this says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Renegotiation {
-    pub interval: Option<Duration>,
-    pub bytes: Option<u64>,
-    pub packets: Option<u64>,
-}
-
-impl Default for Renegotiation {
-    fn default() -> Self {
-        Self {
-            interval: Some(Duration::from_secs(3600)),
-            bytes: None,
-            packets: None,
-        }
-    }
-}
-
-/// Per-listener session settings.
-#[derive(Clone, Debug)]
-pub struct SessionConfig {
-    /// Data ciphers in preference order (NCP picks the first the client offers, §5.5).
-    pub ciphers: Vec<Cipher>,
-    /// Serve clients without TLS-EKM with the legacy PRF (older clients, §6.3).
-    pub allow_legacy_prf: bool,
-    pub transport: Transport,
-    /// Per key state: reset to active (doc §2.7).
-    pub hand_window: Duration,
-    pub reneg: Renegotiation,
-    /// Pushed `ping` / `ping-restart`; the server drops a client after twice `ping_restart`
-    /// without anything authenticated from it, as a 2.6 server with `keepalive` does (§9.4).
-    pub ping: Duration,
-    pub ping_restart: Duration,
-    /// How long the previous key still decrypts after a renegotiation (§9.3).
-    pub transition_window: Duration,
-    /// How long a refused client is kept so it receives AUTH_FAILED (§8.4).
-    pub auth_failed_linger: Duration,
-    /// Longest session (AWS: 8–24 h); pushed as `session-timeout` and enforced here too.
-    pub max_session: Option<Duration>,
-    /// At `max_session`: tell the client to stop (`HALT`, AWS's
-    /// `disconnect_on_session_timeout = true`: the user reconnects by hand) or to reconnect
-    /// at once (`RESTART`).
-    pub halt_on_session_timeout: bool,
-    pub reliable: reliable::Config,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        Self {
-            ciphers: Cipher::ALL.to_vec(),
-            allow_legacy_prf: true,
-            transport: Transport::Udp,
-            hand_window: Duration::from_secs(60),
-            reneg: Renegotiation::default(),
-            ping: Duration::from_secs(10),
-            ping_restart: Duration::from_secs(60),
-            transition_window: Duration::from_secs(300),
-            auth_failed_linger: Duration::from_secs(5),
-            max_session: None,
-            halt_on_session_timeout: false,
-            reliable: reliable::Config::default(),
-        }
-    }
-}
-
-/// The backoff a temporary refusal asks the client to wait before it retries.
-pub const TEMPORARY_BACKOFF_SECS: u32 = 10;
-
-/// What the server must decide after a key exchange (doc §5.2): the certificate is already
-/// verified by TLS; credentials and group membership are the server's business.
-#[derive(Debug, Clone)]
-pub struct AuthRequest {
-    /// The server's serial of the session (filled in by the server): the verdict names it.
-    pub session: u64,
-    pub key_id: KeyId,
-    /// True for key id 0 (a new connection); false for a renegotiation.
-    pub initial: bool,
-    pub identity: ClientIdentity,
-    pub username: String,
-    pub password: super::keys::Password,
-    pub peer_info: PeerInfo,
-    pub cipher: Cipher,
-}
-
-/// Why a connection attempt failed, as a stable code: the connection log's
-/// `connection-attempt-failure-reason` and the `reason` label of the authentication-failure
-/// metric, so neither depends on the wording of a message. Append-only names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FailureCode {
-    /// Wrong password, unknown user, empty field: one code, as the client is told one thing.
-    InvalidCredentials,
-    AccountDisabled,
-    OneTimeCode,
-    UsernameMismatch,
-    RateLimited,
-    DirectoryUnavailable,
-    DirectoryBusy,
-    /// The directory answered with something unusable.
-    DirectoryError,
-    /// The client-connect hook answered `allow: false`.
-    HookDenied,
-    HookTimeout,
-    /// The hook could not be run or reached, failed, or gave no valid answer.
-    HookError,
-    CertificateRequired,
-    CertificateRevoked,
-    CertificateExpired,
-    /// Any other certificate verification failure (unknown issuer, purpose, CRL expired…).
-    Certificate,
-    Tls,
-    /// No cipher or key derivation in common.
-    Negotiation,
-    AddressPoolExhausted,
-    HandshakeTimeout,
-    Protocol,
-    Internal,
-    /// The attempt ended otherwise (client exit, server shutdown) before it was established.
-    Other,
-}
-
-impl FailureCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureCode::InvalidCredentials => "invalid_credentials",
-            FailureCode::AccountDisabled => "account_disabled",
-            FailureCode::OneTimeCode => "one_time_code",
-            FailureCode::UsernameMismatch => "username_mismatch",
-            FailureCode::RateLimited => "rate_limited",
-            FailureCode::DirectoryUnavailable => "directory_unavailable",
-            FailureCode::DirectoryBusy => "directory_busy",
-            FailureCode::DirectoryError => "directory_error",
-            FailureCode::HookDenied => "hook_denied",
-            FailureCode::HookTimeout => "hook_timeout",
-            FailureCode::HookError => "hook_error",
-            FailureCode::CertificateRequired => "certificate_required",
-            FailureCode::CertificateRevoked => "certificate_revoked",
-            FailureCode::CertificateExpired => "certificate_expired",
-            FailureCode::Certificate => "certificate",
-            FailureCode::Tls => "tls",
-            FailureCode::Negotiation => "negotiation",
-            FailureCode::AddressPoolExhausted => "address_pool_exhausted",
-            FailureCode::HandshakeTimeout => "handshake_timeout",
-            FailureCode::Protocol => "protocol",
-            FailureCode::Internal => "internal",
-            FailureCode::Other => "other",
-        }
-    }
-}
-
-impl std::fmt::Display for FailureCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A refused authentication: the code for logs and metrics, the short text for `AUTH_FAILED`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: FailureCode,
-    pub message: String,
-    /// An outage of what decides, not the user's fault: `AUTH_FAILED,TEMP` (doc §8.4), so a
-    /// client that knows it retries after the backoff instead of exiting.
-    pub temporary: bool,
-}
-
-impl Refusal {
-    pub fn new(code: FailureCode, message: impl Into<String>) -> Refusal {
-        Refusal {
-            code,
-            message: message.into(),
-            temporary: false,
-        }
-    }
-
-    pub fn temporary(code: FailureCode, message: impl Into<String>) -> Refusal {
-        Refusal {
-            temporary: true,
-            ..Refusal::new(code, message)
-        }
-    }
-}
-
-/// Why a session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client sent EXIT or OCC_EXIT.
-    ClientExit,
-    /// Nothing authenticated from the client for twice `ping-restart`.
-    PingTimeout,
-    /// A key state did not become active within the hand-window.
-    HandshakeTimeout,
-    /// TLS failed (protocol error, I/O): the reason.
-    TlsError(String),
-    /// The client certificate was refused (revoked, expired, unknown issuer…).
-    CertificateRefused { code: FailureCode, detail: String },
-    /// The key-method-2 exchange or a negotiation failed.
-    ProtocolError(String),
-    /// Authentication refused; AUTH_FAILED was sent.
-    AuthFailed(Refusal),
-    /// The session reached its maximum duration.
-    SessionTimeout,
-    /// The server closed it (shutdown, revocation, client restart…).
-    Server(String),
-}
-
-impl std::fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CloseReason::ClientExit => f.write_str("client exit"),
-            CloseReason::PingTimeout => f.write_str("ping timeout"),
-            CloseReason::HandshakeTimeout => f.write_str("handshake not complete in hand-window"),
-            CloseReason::TlsError(e) => write!(f, "TLS error: {e}"),
-            CloseReason::ProtocolError(e) => write!(f, "protocol error: {e}"),
-            CloseReason::CertificateRefused { detail, .. } => write!(f, "TLS error: {detail}"),
-            CloseReason::AuthFailed(r) => write!(f, "authentication failed: {}", r.message),
-            CloseReason::SessionTimeout => f.write_str("session timeout"),
-            CloseReason::Server(e) => write!(f, "closed by server: {e}"),
-        }
-    }
-}
-
-impl CloseReason {
-    /// The code of an attempt that ended for this reason before it was established.
-    pub fn failure_code(&self) -> FailureCode {
-        match self {
-            CloseReason::AuthFailed(r) => r.code,
-            CloseReason::CertificateRefused { code, .. } => *code,
-            CloseReason::TlsError(_) => FailureCode::Tls,
-            CloseReason::HandshakeTimeout => FailureCode::HandshakeTimeout,
-            CloseReason::ProtocolError(_) => FailureCode::Protocol,
-            CloseReason::ClientExit
-            | CloseReason::PingTimeout
-            | CloseReason::SessionTimeout
-            | CloseReason::Server(_) => FailureCode::Other,
-        }
-    }
-}
+pub use config::{Renegotiation, SessionConfig, TlsProvider, CLIENT_RENEG_BURST};
+use key_state::{pump_tls, step_key, write_message, Auth, KeyState, Negotiated, Phase};
 
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
@@ -331,39 +54,6 @@ pub enum SessionEvent {
     Closed(CloseReason),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Resets and TLS handshake, until the client's key-method-2 message is parsed.
-    Handshake,
-    /// Our key-method-2 reply is written; waiting for all of it to be acked (SENT_KEY).
-    SentKey,
-    Active,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Auth {
-    Pending,
-    Accepted,
-    Refused,
-}
-
-struct KeyState {
-    id: KeyId,
-    reliable: Reliable,
-    tls: ServerConnection,
-    started: Instant,
-    phase: Phase,
-    auth: Auth,
-    /// Decrypted TLS plaintext not yet consumed.
-    plain: Vec<u8>,
-    client_km: Option<ClientKeyMethod2>,
-    server_km: Option<ServerKeyMethod2>,
-    /// This key's data keys, derived once the key exchange is through.
-    data_keys: Option<(super::keys::DataKeys, DataFormat)>,
-    rx_installed: bool,
-    tx_installed: bool,
-}
-
 /// Where the session is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Life {
@@ -375,24 +65,10 @@ enum Life {
     Closed,
 }
 
-/// Negotiated once, at key 0, fixed for the session (doc §6.2, §9.2).
-#[derive(Clone, Debug)]
-struct Negotiated {
-    cipher: Cipher,
-    derivation: KeyDerivation,
-    peer_info: PeerInfo,
-    common_name: String,
-    identity: ClientIdentity,
-    /// The key-method-2 user name of key 0 (empty without auth-user-pass).
-    username: String,
-}
-
-/// Largest TLS plaintext buffered from the client before it is parsed (a key-method-2 message
-/// is at most about 9 KB with maximal user/pass and peer info).
-const MAX_PLAINTEXT: usize = 16 * 1024;
-
 pub struct Session {
     cfg: Arc<SessionConfig>,
+    /// Key-method-2 randoms.
+    rng: Rng,
     tls_provider: Arc<dyn TlsProvider>,
     local: SessionId,
     remote: SessionId,
@@ -414,6 +90,8 @@ pub struct Session {
     reneg_base: (Instant, u64, u64),
     /// Lame duck decrypt key expiry, if one exists.
     lame_duck_until: Option<Instant>,
+    /// Client-initiated renegotiations still allowed now, and when that was counted.
+    reneg_credit: (u32, Instant),
     pending_close: Option<CloseReason>,
     /// Closing after a RESTART/HALT: end as soon as the client acked it (instead of waiting
     /// out the linger), so a stopping server does not hold its clients for long.
@@ -433,14 +111,15 @@ pub enum Start<'a> {
 
 impl Session {
     /// `wrap`: the tls-crypt key and this session's wrapping state (replay ids continue after
-    /// the stateless reset on the cookie path). `peer` carries the data channel.
+    /// the stateless reset on the cookie path). `peer` carries the data channel. `rng` makes
+    /// our session id on the stateful path and the key-method-2 randoms.
     pub fn new(
         cfg: Arc<SessionConfig>,
         tls_provider: Arc<dyn TlsProvider>,
         start: Start<'_>,
-        local: SessionId,
         wrap: Option<(Arc<TlsCryptKey>, TlsCryptSession)>,
         peer: Arc<DataPeer>,
+        rng: Rng,
         now: Instant,
     ) -> Result<Session, CloseReason> {
         let tls = ServerConnection::new(tls_provider.server_config())
@@ -451,6 +130,11 @@ impl Session {
                 client,
             ),
             Start::Reset(pkt) => {
+                let mut sid = [0u8; 8];
+                rng.fill(&mut sid)
+                    .map_err(|_| CloseReason::Server("no randomness".into()))?;
+                sid[0] |= 1;
+                let local = SessionId::new(sid).expect("non-zero");
                 let mut r = Reliable::new(cfg.reliable.clone(), KeyId::ZERO, local, None);
                 r.on_packet(pkt, now)
                     .map_err(|e| CloseReason::ProtocolError(e.to_string()))?;
@@ -464,6 +148,7 @@ impl Session {
         let mut s = Session {
             primary: KeyState::new(KeyId::ZERO, reliable, tls, now),
             cfg,
+            rng,
             tls_provider,
             local,
             remote,
@@ -480,6 +165,7 @@ impl Session {
             created: now,
             reneg_base: (now, 0, 0),
             lame_duck_until: None,
+            reneg_credit: (CLIENT_RENEG_BURST, now),
             pending_close: None,
             close_on_ack: false,
         };
@@ -582,6 +268,7 @@ impl Session {
             && self.primary.phase == Phase::Active
             && self.established
             && self.life == Life::Running
+            && self.take_reneg_credit(now)
         {
             let Ok(mut ks) = self.new_key_state(pkt.key_id, now) else {
                 return false;
@@ -594,6 +281,30 @@ impl Session {
             return true;
         }
         false
+    }
+
+    /// One client-initiated renegotiation from the bucket (refilled one per interval); the
+    /// client's SOFT_RESET is ignored while it is empty, and its retransmission is taken later.
+    fn take_reneg_credit(&mut self, now: Instant) -> bool {
+        let interval = self.cfg.client_reneg_interval;
+        if interval.is_zero() {
+            return true;
+        }
+        let (mut credit, mut since) = self.reneg_credit;
+        let earned = now.saturating_duration_since(since).as_nanos() / interval.as_nanos();
+        let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+        if credit.saturating_add(earned) >= CLIENT_RENEG_BURST {
+            (credit, since) = (CLIENT_RENEG_BURST, now);
+        } else {
+            credit += earned;
+            since += interval * earned;
+        }
+        if credit == 0 {
+            self.reneg_credit = (credit, since);
+            return false;
+        }
+        self.reneg_credit = (credit - 1, since);
+        true
     }
 
     fn new_key_state(&self, id: KeyId, now: Instant) -> Result<KeyState, CloseReason> {
@@ -818,7 +529,8 @@ impl Session {
         self.drive(now);
     }
 
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The next deadline; `now` is the time of the input that was just handled.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         if self.life == Life::Closed {
             return None;
         }
@@ -847,7 +559,7 @@ impl Session {
             }
             if self.cfg.reneg.bytes.is_some() || self.cfg.reneg.packets.is_some() {
                 // Counters move without telling us: look again every second.
-                t.push(Instant::now() + Duration::from_secs(1));
+                t.push(now + Duration::from_secs(1));
             }
         }
         if self.peer.has_keys() {
@@ -901,7 +613,7 @@ impl Session {
         } else {
             &mut self.primary
         };
-        let step = step_key(ks, &cfg, prior.as_ref())?;
+        let step = step_key(ks, &cfg, prior.as_ref(), &*self.rng)?;
         let needs_rx =
             ks.phase != Phase::Handshake && ks.auth == Auth::Accepted && !ks.rx_installed;
         let needs_tx = ks.phase == Phase::Active && ks.auth == Auth::Accepted && !ks.tx_installed;
@@ -1080,277 +792,4 @@ impl Session {
             self.peer.touch_tx(now);
         }
     }
-}
-
-impl KeyState {
-    fn new(id: KeyId, reliable: Reliable, tls: ServerConnection, now: Instant) -> Self {
-        Self {
-            id,
-            reliable,
-            tls,
-            started: now,
-            phase: Phase::Handshake,
-            auth: Auth::Pending,
-            plain: Vec::new(),
-            client_km: None,
-            server_km: None,
-            data_keys: None,
-            rx_installed: false,
-            tx_installed: false,
-        }
-    }
-}
-
-fn km_err(e: KeyMethodError) -> CloseReason {
-    CloseReason::ProtocolError(format!("key-method 2: {e}"))
-}
-
-fn server_key_method(
-    km: &ClientKeyMethod2,
-    transport: Transport,
-    rng: &SystemRandom,
-) -> ServerKeyMethod2 {
-    let mut r1 = [0u8; 32];
-    let mut r2 = [0u8; 32];
-    // SystemRandom only fails when the OS has no entropy source at all.
-    rng.fill(&mut r1).expect("system randomness");
-    rng.fill(&mut r2).expect("system randomness");
-    ServerKeyMethod2 {
-        random1: r1,
-        random2: r2,
-        options: server_options_string(&km.options, transport),
-    }
-}
-
-/// Completes the key exchange and sends AUTH_FAILED: a client that is not active never reads
-/// it (doc §5.2 step 4, pitfall 26).
-fn refuse_after_key(
-    ks: &mut KeyState,
-    km: &ClientKeyMethod2,
-    transport: Transport,
-    rng: &SystemRandom,
-    message: &str,
-) -> Result<(), CloseReason> {
-    let reply = server_key_method(km, transport, rng);
-    write_raw(&mut ks.tls, &reply.to_bytes().map_err(km_err)?)?;
-    write_message(&mut ks.tls, message)?;
-    ks.server_km = Some(reply);
-    ks.phase = Phase::SentKey;
-    ks.auth = Auth::Refused;
-    pump_tls(ks)
-}
-
-fn write_raw(tls: &mut ServerConnection, bytes: &[u8]) -> Result<(), CloseReason> {
-    tls.writer()
-        .write_all(bytes)
-        .map_err(|e| CloseReason::TlsError(e.to_string()))
-}
-
-/// A failed handshake: certificate refusals carry their code (for logs and metrics), taken
-/// from rustls's error rather than from the message.
-fn handshake_close_reason(e: &rustls::Error) -> CloseReason {
-    use rustls::CertificateError as C;
-    let detail = describe_handshake_error(e);
-    let code = match e {
-        rustls::Error::InvalidCertificate(C::Revoked) => FailureCode::CertificateRevoked,
-        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
-            FailureCode::CertificateExpired
-        }
-        rustls::Error::InvalidCertificate(_) => FailureCode::Certificate,
-        rustls::Error::NoCertificatesPresented => FailureCode::CertificateRequired,
-        _ => return CloseReason::TlsError(detail),
-    };
-    CloseReason::CertificateRefused { code, detail }
-}
-
-/// One control message, one TLS write, one record (doc §8.1).
-fn write_message(tls: &mut ServerConnection, msg: &str) -> Result<(), CloseReason> {
-    let bytes = encode_control_message(msg)
-        .map_err(|e| CloseReason::ProtocolError(format!("control message: {e}")))?;
-    write_raw(tls, &bytes)
-}
-
-/// Ciphertext from the reliability layer into TLS, plaintext out of TLS into the key state's
-/// buffer, TLS output into the reliability layer.
-fn pump_tls(ks: &mut KeyState) -> Result<(), CloseReason> {
-    // Bounded: each round consumes reliable bytes or stops.
-    for _ in 0..64 {
-        if ks.reliable.readable() == 0 {
-            break;
-        }
-        match ks.tls.read_tls(&mut ks.reliable) {
-            Ok(0) => break,
-            Ok(_) => {
-                if let Err(e) = ks.tls.process_new_packets() {
-                    // Let the alert out before giving up.
-                    let _ = ks.tls.write_tls(&mut ks.reliable);
-                    return Err(handshake_close_reason(&e));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(CloseReason::TlsError(e.to_string())),
-        }
-    }
-    let mut buf = [0u8; 4096];
-    loop {
-        match std::io::Read::read(&mut ks.tls.reader(), &mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if ks.plain.len() + n > MAX_PLAINTEXT {
-                    return Err(CloseReason::ProtocolError(
-                        "too much unparsed control-channel plaintext".into(),
-                    ));
-                }
-                ks.plain.extend_from_slice(&buf[..n]);
-            }
-            Err(_) => break,
-        }
-    }
-    while ks.tls.wants_write() {
-        match ks.tls.write_tls(&mut ks.reliable) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    Ok(())
-}
-
-/// What one step of a key state produced, applied by the session.
-#[derive(Default)]
-struct KeyStep {
-    negotiated: Option<Negotiated>,
-    authenticate: Option<Box<AuthRequest>>,
-    /// Refused during the exchange (no shared cipher, no EKM, bad credentials): AUTH_FAILED is
-    /// already written.
-    refused: Option<Refusal>,
-    messages: Vec<String>,
-}
-
-/// TLS, the client's key-method-2 message, our reply, activation and control messages for one
-/// key state. `prior` is the session's negotiation from key 0, if any.
-fn step_key(
-    ks: &mut KeyState,
-    cfg: &SessionConfig,
-    prior: Option<&Negotiated>,
-) -> Result<KeyStep, CloseReason> {
-    let mut step = KeyStep::default();
-    let rng = SystemRandom::new();
-    pump_tls(ks)?;
-    if ks.phase == Phase::Handshake && !ks.tls.is_handshaking() && ks.client_km.is_none() {
-        let (km, used) = match ClientKeyMethod2::parse(&ks.plain) {
-            Ok(x) => x,
-            Err(KeyMethodError::Truncated(_)) if ks.plain.len() < MAX_PLAINTEXT => return Ok(step),
-            Err(e) => return Err(km_err(e)),
-        };
-        ks.plain.drain(..used);
-        let identity = match client_identity(&ks.tls) {
-            Ok(id) => id,
-            // Only a TLS configuration for directory-only authentication lets a client through
-            // the handshake without a certificate; its user name is then its name.
-            Err(super::tls::TlsError::NoClientCertificate) => {
-                ClientIdentity::without_certificate(&km.username)
-                    .map_err(|e| CloseReason::TlsError(e.to_string()))?
-            }
-            Err(e) => return Err(CloseReason::TlsError(e.to_string())),
-        };
-        let peer_info = PeerInfo::parse(&km.peer_info);
-        // Negotiate once, at key 0; renegotiations keep cipher and derivation but must present
-        // the same certificate name (doc §9.2).
-        let negotiated = match prior {
-            Some(n) if n.common_name != identity.common_name => {
-                return Err(CloseReason::ProtocolError(format!(
-                    "certificate name changed on renegotiation from {:?} to {:?}",
-                    n.common_name, identity.common_name
-                )));
-            }
-            // Groups were granted to the user of key 0: another user name on a renegotiation
-            // is refused, as the 2.6 server does (doc §9.2).
-            Some(n) if n.username != km.username => {
-                return Err(CloseReason::ProtocolError(format!(
-                    "user name changed on renegotiation from {:?} to {:?}",
-                    n.username, km.username
-                )));
-            }
-            Some(n) => n.clone(),
-            None => {
-                let cipher = negotiate_cipher(&cfg.ciphers, &peer_info, &km.options);
-                let derivation = choose_key_derivation(peer_info.proto, cfg.allow_legacy_prf);
-                match (cipher, derivation) {
-                    (Ok(cipher), Ok(derivation)) => Negotiated {
-                        cipher,
-                        derivation,
-                        peer_info: peer_info.clone(),
-                        common_name: identity.common_name.clone(),
-                        identity: identity.clone(),
-                        username: km.username.clone(),
-                    },
-                    (Err(e), _) => {
-                        refuse_after_key(ks, &km, cfg.transport, &rng, &e.auth_failed_message())?;
-                        step.refused = Some(Refusal::new(FailureCode::Negotiation, e.to_string()));
-                        ks.client_km = Some(km);
-                        return Ok(step);
-                    }
-                    (_, Err(e)) => {
-                        refuse_after_key(ks, &km, cfg.transport, &rng, &e.auth_failed_message())?;
-                        step.refused = Some(Refusal::new(FailureCode::Negotiation, e.to_string()));
-                        ks.client_km = Some(km);
-                        return Ok(step);
-                    }
-                }
-            }
-        };
-        if km.credentials_invalid {
-            // Oversized or non-UTF-8 credentials (doc §5.1): refuse after the reply.
-            let msg = super::options::auth_failed(Some("invalid credentials"));
-            refuse_after_key(ks, &km, cfg.transport, &rng, &msg)?;
-            step.refused = Some(Refusal::new(
-                FailureCode::InvalidCredentials,
-                "invalid credentials",
-            ));
-            ks.client_km = Some(km);
-            return Ok(step);
-        }
-        let reply = server_key_method(&km, cfg.transport, &rng);
-        // Alone in its TLS record (doc §5.6).
-        write_raw(&mut ks.tls, &reply.to_bytes().map_err(km_err)?)?;
-        ks.server_km = Some(reply);
-        ks.phase = Phase::SentKey;
-        step.authenticate = Some(Box::new(AuthRequest {
-            session: 0,
-            key_id: ks.id,
-            initial: ks.id == KeyId::ZERO,
-            identity,
-            username: km.username.clone(),
-            password: km.password.clone(),
-            peer_info,
-            cipher: negotiated.cipher,
-        }));
-        ks.client_km = Some(km);
-        if prior.is_none() {
-            step.negotiated = Some(negotiated);
-        }
-        pump_tls(ks)?;
-    }
-    if ks.phase == Phase::SentKey && ks.reliable.all_acked() && !ks.tls.wants_write() {
-        ks.phase = Phase::Active;
-    }
-    if ks.phase != Phase::Handshake {
-        // Control messages: whole NUL-terminated messages only; a tail waits for more.
-        if let Some(end) = ks.plain.iter().rposition(|&b| b == 0) {
-            let chunk: Vec<u8> = ks.plain.drain(..=end).collect();
-            for m in control_messages(&chunk).flatten() {
-                step.messages.push(match m {
-                    ControlMessage::PushRequest => "PUSH_REQUEST".to_owned(),
-                    ControlMessage::Exit => "EXIT".to_owned(),
-                    ControlMessage::CrResponse(_) => "CR_RESPONSE".to_owned(),
-                    ControlMessage::Other(s) => s.to_owned(),
-                });
-            }
-        } else if ks.plain.len() > super::options::CONTROL_MESSAGE_MAX {
-            // No NUL within the maximum message size: the 2.6 receiver drops it too.
-            ks.plain.clear();
-        }
-    }
-    Ok(step)
 }

@@ -4,20 +4,26 @@
 //! administrator fixes a config file in one round. Compilation is deterministic: the same
 //! input (and the same previous group numbering) gives the same entries, which keeps the
 //! reconciler's diffs small.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
 use bytemuck::Zeroable;
 use ipnet::{IpNet, Ipv4Net};
 use portcullis_common::{
-    group_set, sg_flags, v4_addr, AuthzValue, GroupBits, PolicyMeta, PortRange, RouteValue, SgNode,
-    Target, FAMILY_V4, GROUP_WORDS, MAX_AUTHZ_PREFIXES, MAX_GROUPS, MAX_ROUTES, MAX_SG_PREFIXES,
-    MAX_SG_RANGES, MAX_TARGETS, TARGET_TUNNEL,
+    group_set, v4_addr, AuthzValue, GroupBits, PolicyMeta, PortRange, RouteValue, SgNode, Target,
+    FAMILY_V4, GROUP_WORDS, MAX_AUTHZ_PREFIXES, MAX_GROUPS, MAX_ROUTES, MAX_TARGETS, TARGET_TUNNEL,
 };
 
 use super::model::{PolicyInput, Proto};
-use super::prefix::{contains, mask};
+use super::prefix::contains;
+
+mod errors;
+mod security_groups;
+
+use errors::Diags;
+pub use errors::{CompileError, ErrorKind};
+use security_groups::{compile_security_groups, SgEntry};
 
 /// Smallest and largest client pool accepted. AWS allows /12 ... /22; the upper bound here
 /// is /30 so small labs work, and it must leave room for the gateway and one client.
@@ -51,123 +57,6 @@ pub struct CompiledPolicy {
     pub sg_ranges: Vec<PortRange>,
     /// Diagnostics that did not block compilation (all have [`ErrorKind::is_warning`]).
     pub warnings: Vec<CompileError>,
-}
-
-/// One validation problem: where it is and what is wrong (the message says the fix).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{}{}: {}", if .kind.is_warning() { "warning: " } else { "" }, .path, .kind)]
-pub struct CompileError {
-    /// Field path, e.g. `authorization_rules[3].destination`.
-    pub path: String,
-    pub kind: ErrorKind,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ErrorKind {
-    #[error("`{given}` has host bits set: write `{canonical}` (or fix the prefix length)")]
-    HostBitsSet { given: IpNet, canonical: IpNet },
-    #[error(
-        "a /{len} client pool is outside /{CLIENT_CIDR_MIN_LEN} ... /{CLIENT_CIDR_MAX_LEN}: \
-         pick a pool in that range (size it at twice the peak number of connections)"
-    )]
-    ClientCidrSize { len: u8 },
-    #[error(
-        "{gateway} is not a usable host address of client_cidr {pool}: use an address inside \
-         the pool other than its network and broadcast address, usually {suggested}"
-    )]
-    GatewayOutsidePool {
-        gateway: Ipv4Addr,
-        pool: Ipv4Net,
-        suggested: Ipv4Addr,
-    },
-    #[error(
-        "IPv6 destination `{0}` is not enforced by the data path yet (IPv6 packets are \
-         dropped): remove this entry or use an IPv4 CIDR"
-    )]
-    Ipv6NotEnforced(IpNet),
-    #[error(
-        "route {route} lies inside client_cidr {pool}, which is reserved for client-to-client \
-         traffic: remove the route or use a destination outside the pool"
-    )]
-    RouteInsideClientCidr { route: Ipv4Net, pool: Ipv4Net },
-    #[error("{destination} already has a route (routes[{first}]); keep only one of them")]
-    DuplicateRoute { destination: Ipv4Net, first: usize },
-    #[error(
-        "no target network is named `{name}`: use one of [{known}] or add it to target_networks"
-    )]
-    UnknownTargetNetwork { name: String, known: String },
-    #[error(
-        "no security group is named `{name}`: use one of [{known}] or define it in security_groups"
-    )]
-    UnknownSecurityGroup { name: String, known: String },
-    #[error("interface `{0}` does not exist on this host: check the name with `ip link`")]
-    UnknownInterface(String),
-    #[error("the name is empty: give it a name")]
-    EmptyName,
-    #[error("`{name}` is already used by {first}: names must be unique, rename or remove one")]
-    DuplicateName { name: String, first: String },
-    #[error("`{name}` is listed twice (first at index {first}): remove the duplicate")]
-    DuplicateListEntry { name: String, first: usize },
-    #[error(
-        "PAT range {min}..={max} is empty or includes port 0: use 1 <= pat_port_min <= \
-         pat_port_max (default {}..={})",
-        super::model::DEFAULT_PAT_PORT_MIN,
-        super::model::DEFAULT_PAT_PORT_MAX
-    )]
-    BadPatRange { min: u16, max: u16 },
-    #[error(
-        "{addr} cannot be a source address ({why}): use the egress interface's unicast address"
-    )]
-    BadSnatAddress { addr: Ipv4Addr, why: &'static str },
-    #[error(
-        "the rule names no group and all_users is false, so it allows nobody: add groups or \
-         set all_users = true"
-    )]
-    AllowsNobody,
-    #[error(
-        "no route covers {destination}, so this rule allows nothing until one does (a packet \
-         needs a rule and a route, as in AWS): add a route or remove the rule"
-    )]
-    AuthzWithoutRoute { destination: Ipv4Net },
-    #[error(
-        "{count} distinct groups are named by authorization rules; the data path tells at most \
-         {MAX_GROUPS} apart: merge groups or use all_users"
-    )]
-    TooManyGroups { count: usize },
-    #[error(
-        "group `{group}` reuses bit {bit}, freed by `{previous}` in the previous generation: \
-         rewrite the bitmaps of live sessions so members of `{previous}` do not gain its access"
-    )]
-    GroupBitReused {
-        group: String,
-        bit: u16,
-        previous: String,
-    },
-    #[error("from_port {from} is greater than to_port {to}: swap them")]
-    PortsReversed { from: u16, to: u16 },
-    #[error(
-        "give both from_port and to_port (equal for a single port), or neither for every port"
-    )]
-    HalfPortRange,
-    #[error("ports apply only to tcp and udp: remove from_port/to_port from this {proto} rule")]
-    PortsOnPortlessProtocol { proto: Proto },
-    #[error("{count} {what} exceed the data path's capacity of {max}: {fix}")]
-    Capacity {
-        what: &'static str,
-        count: usize,
-        max: u32,
-        fix: &'static str,
-    },
-}
-
-impl ErrorKind {
-    /// Warnings are reported but do not stop compilation.
-    pub fn is_warning(&self) -> bool {
-        matches!(
-            self,
-            ErrorKind::AuthzWithoutRoute { .. } | ErrorKind::GroupBitReused { .. }
-        )
-    }
 }
 
 /// Compile with groups numbered from scratch (sorted by name). See [`compile_with_previous`].
@@ -574,116 +463,6 @@ pub fn coalesce(ranges: impl IntoIterator<Item = (u16, u16)>) -> Vec<PortRange> 
 
 // ---- internals ---------------------------------------------------------------------------
 
-struct SgEntry {
-    key: (u8, u32),
-    proto: Proto,
-    ports: (u16, u16),
-}
-
-#[derive(Default)]
-struct SgAcc {
-    any: bool,
-    icmp: bool,
-    tcp: Vec<(u16, u16)>,
-    udp: Vec<(u16, u16)>,
-}
-
-impl SgAcc {
-    fn add(&mut self, proto: Proto, ports: (u16, u16)) {
-        match proto {
-            Proto::All => self.any = true,
-            Proto::Icmp => self.icmp = true,
-            Proto::Tcp => self.tcp.push(ports),
-            Proto::Udp => self.udp.push(ports),
-        }
-    }
-}
-
-/// The data path does one longest-prefix lookup, so each node must hold every rule whose
-/// destination contains it: node(P) = union of rules at P and at every shorter prefix of P.
-/// At most 33 ancestors per prefix, so this is O(prefixes x 33), not quadratic.
-fn compile_security_groups(
-    rules: &[&SgEntry],
-    d: &mut Diags,
-) -> (Vec<LpmEntry<SgNode>>, Vec<PortRange>) {
-    let mut at: BTreeMap<(u8, u32), SgAcc> = BTreeMap::new();
-    for r in rules {
-        at.entry(r.key).or_default().add(r.proto, r.ports);
-    }
-    d.capacity(
-        "security_groups",
-        "distinct security-group destination prefixes",
-        at.len(),
-        MAX_SG_PREFIXES,
-        "aggregate security-group destinations",
-    );
-    if at.len() > MAX_SG_PREFIXES as usize {
-        return (Vec::new(), Vec::new());
-    }
-    let mut nodes = Vec::with_capacity(at.len());
-    let mut ranges: Vec<PortRange> = Vec::new();
-    // Identical lists (e.g. "tcp 443" pushed into many prefixes) are stored once.
-    let mut interned: HashMap<Vec<PortRange>, u32> = HashMap::new();
-    let mut intern = |list: Vec<PortRange>| -> (u32, u32) {
-        if list.is_empty() {
-            return (0, 0);
-        }
-        let len = list.len() as u32;
-        let off = *interned.entry(list).or_insert_with_key(|list| {
-            let off = ranges.len() as u32;
-            ranges.extend_from_slice(list);
-            off
-        });
-        (off, len)
-    };
-    for &(len, net) in at.keys() {
-        let mut acc = SgAcc::default();
-        for l in 0..=len {
-            if let Some(a) = at.get(&(l, mask(net, l))) {
-                acc.any |= a.any;
-                acc.icmp |= a.icmp;
-                acc.tcp.extend_from_slice(&a.tcp);
-                acc.udp.extend_from_slice(&a.udp);
-            }
-        }
-        let mut flags = 0;
-        if acc.any {
-            flags |= sg_flags::ANY;
-        }
-        if acc.icmp {
-            flags |= sg_flags::ICMP;
-        }
-        // With ANY every port is allowed: no need to spend ranges on this node.
-        let (tcp_off, tcp_len, udp_off, udp_len) = if acc.any {
-            (0, 0, 0, 0)
-        } else {
-            let (t_off, t_len) = intern(coalesce(acc.tcp));
-            let (u_off, u_len) = intern(coalesce(acc.udp));
-            (t_off, t_len, u_off, u_len)
-        };
-        nodes.push((
-            len,
-            net.to_be_bytes(),
-            SgNode {
-                flags,
-                tcp_off,
-                tcp_len,
-                udp_off,
-                udp_len,
-                ..zeroed()
-            },
-        ));
-    }
-    d.capacity(
-        "security_groups",
-        "security-group port ranges (after push-down and merging)",
-        ranges.len(),
-        MAX_SG_RANGES,
-        "use fewer distinct port ranges or fewer nested destinations",
-    );
-    (nodes, ranges)
-}
-
 fn assign_group_bits(
     referenced: &BTreeSet<&str>,
     previous: Option<&BTreeMap<String, u16>>,
@@ -757,92 +536,6 @@ fn net_of((len, net): (u8, u32)) -> Ipv4Net {
 fn join_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let v: Vec<String> = names.map(|n| format!("`{n}`")).collect();
     v.join(", ")
-}
-
-#[derive(Default)]
-struct Diags {
-    list: Vec<CompileError>,
-}
-
-impl Diags {
-    fn push(&mut self, path: impl Into<String>, kind: ErrorKind) {
-        self.list.push(CompileError {
-            path: path.into(),
-            kind,
-        });
-    }
-
-    fn has_errors(&self) -> bool {
-        self.list.iter().any(|e| !e.kind.is_warning())
-    }
-
-    /// An IPv4, canonical destination as `(prefix_len, network)`, or a diagnostic.
-    fn v4_destination(&mut self, path: &str, net: &IpNet) -> Option<(u8, u32)> {
-        match net {
-            IpNet::V6(_) => {
-                self.push(path, ErrorKind::Ipv6NotEnforced(*net));
-                None
-            }
-            IpNet::V4(v4) => {
-                let canonical = v4.trunc();
-                if canonical != *v4 {
-                    self.push(
-                        path,
-                        ErrorKind::HostBitsSet {
-                            given: *net,
-                            canonical: IpNet::V4(canonical),
-                        },
-                    );
-                    return None;
-                }
-                Some((v4.prefix_len(), u32::from(v4.network())))
-            }
-        }
-    }
-
-    fn check_name<'a>(
-        &mut self,
-        path: &str,
-        name: &'a str,
-        seen: &mut BTreeMap<&'a str, usize>,
-        index: usize,
-        describe: impl Fn(usize) -> String,
-    ) {
-        if name.is_empty() {
-            self.push(path, ErrorKind::EmptyName);
-        } else if let Some(&first) = seen.get(name) {
-            self.push(
-                path,
-                ErrorKind::DuplicateName {
-                    name: name.to_string(),
-                    first: describe(first),
-                },
-            );
-        } else {
-            seen.insert(name, index);
-        }
-    }
-
-    fn capacity(
-        &mut self,
-        path: &str,
-        what: &'static str,
-        count: usize,
-        max: u32,
-        fix: &'static str,
-    ) {
-        if count > max as usize {
-            self.push(
-                path,
-                ErrorKind::Capacity {
-                    what,
-                    count,
-                    max,
-                    fix,
-                },
-            );
-        }
-    }
 }
 
 impl fmt::Display for CompiledPolicy {

@@ -9,136 +9,30 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use ipnet::Ipv4Net;
-use ring::rand::{SecureRandom, SystemRandom};
 
 use super::cookie::{HmacCookie, ResetLimiter};
 use super::crypto::Cipher;
-use super::options::{PeerInfo, PushReply, RedirectGateway, Transport};
-use super::packet::{decode, split_first_byte, ControlPacket, KeyId, Opcode, Packet, SessionId};
-use super::peer::{DataPeer, Link, PeerTable};
+use super::env::Env;
+use super::options::{PushReply, RedirectGateway};
+use super::packet::{KeyId, SessionId};
+use super::peer::{Float, Link, PeerTable};
 use super::pool::AddressPool;
 use super::session::{
-    AuthRequest, CloseReason, FailureCode, Refusal, Session, SessionConfig, SessionEvent, Start,
-    TlsProvider,
+    CloseReason, FailureCode, Refusal, Session, SessionConfig, SessionEvent, TlsProvider,
 };
 use super::tls::ClientIdentity;
-use super::tls_crypt::{PacketIdSender, TlsCryptKey, TlsCryptSession, MIN_WRAPPED_LEN};
+use super::tls_crypt::TlsCryptKey;
 
-/// What every client is told to reach through the tunnel (doc §8.3).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PushSettings {
-    /// Split tunnel: these routes. Ignored when `full_tunnel`.
-    pub routes: Vec<Ipv4Net>,
-    pub dns: Vec<Ipv4Addr>,
-    /// `redirect-gateway def1`: everything through the tunnel.
-    pub full_tunnel: bool,
-    /// Maximum session duration (AWS: 8–24 h): pushed as `session-timeout` and enforced by
-    /// the server (it overrides `max_session` of both transports' session settings).
-    pub session_timeout: Option<Duration>,
-    /// Pushed last, as is: the login banner (see `options::banner_echo_options`).
-    pub echo: Vec<String>,
-}
+mod admission;
+mod events;
+mod settings;
 
-/// How clients are authenticated beyond their certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum AuthMode {
-    /// Mutual TLS only: a verified certificate is enough (AWS "mutual authentication").
-    #[default]
-    CertificateOnly,
-    /// Every key exchange is reported as [`ServerEvent::AuthRequired`] and waits for
-    /// [`Server::authorize`] (directory lookups, client-connect hooks).
-    External,
-}
-
-#[derive(Clone, Debug)]
-pub struct ServerSettings {
-    pub client_cidr: Ipv4Net,
-    pub push: PushSettings,
-    pub auth: AuthMode,
-    /// Concurrent sessions (including half-open ones after the cookie).
-    pub max_sessions: usize,
-    /// Stateless reset replies per second (and burst), all sources together.
-    pub reset_rate: (u32, u32),
-    pub udp: SessionConfig,
-    pub tcp: SessionConfig,
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        Self {
-            client_cidr: "10.100.0.0/24".parse().expect("literal"),
-            push: PushSettings::default(),
-            auth: AuthMode::default(),
-            max_sessions: 4096,
-            reset_rate: (200, 400),
-            udp: SessionConfig::default(),
-            tcp: SessionConfig {
-                transport: Transport::Tcp,
-                ..SessionConfig::default()
-            },
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum ServerEvent {
-    /// A client finished the handshake, was authorized and got its push.
-    Connected {
-        link: Link,
-        /// The session's serial, as in its `AuthRequest` (see [`Server::authorize_external`]).
-        session: u64,
-        peer_id: u32,
-        common_name: String,
-        tunnel_addr: Ipv4Addr,
-        cipher: Cipher,
-        tls_version: String,
-        peer_info: PeerInfo,
-        /// From the session's first packet to the push.
-        handshake: Duration,
-    },
-    /// With [`AuthMode::External`]: decide with [`Server::authorize`].
-    AuthRequired {
-        link: Link,
-        request: Box<AuthRequest>,
-    },
-    Rekeyed {
-        link: Link,
-        peer_id: u32,
-        key_id: KeyId,
-    },
-    /// A client moved to a new UDP address (after an authenticated packet).
-    Floated { peer_id: u32, from: Link, to: Link },
-    /// A session ended (or never got established: TLS failure, refused, timeout).
-    Disconnected {
-        link: Link,
-        peer_id: u32,
-        common_name: Option<String>,
-        /// The key-method-2 user name, when the client sent one (also on failed attempts).
-        username: Option<String>,
-        tunnel_addr: Option<Ipv4Addr>,
-        reason: CloseReason,
-        rx_bytes: u64,
-        tx_bytes: u64,
-        duration: Duration,
-    },
-    /// Informational control message from a client.
-    Message { link: Link, text: String },
-}
-
-/// Why a control packet from an unknown source was dropped, counted for operators.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ServerStats {
-    pub malformed: u64,
-    pub tls_crypt_rejected: u64,
-    pub cookie_rejected: u64,
-    pub reset_rate_limited: u64,
-    pub session_limit: u64,
-    pub stateless_replies: u64,
-    pub unroutable: u64,
-}
+pub use events::{ServerEvent, ServerStats};
+use settings::session_configs;
+pub use settings::{AuthMode, PushSettings, ServerSettings};
 
 struct Entry {
     session: Session,
@@ -149,20 +43,14 @@ struct Entry {
     deadline: Option<Instant>,
 }
 
-/// Each transport's session settings, with the pushed session timeout as their limit.
-fn session_configs(settings: &ServerSettings) -> (Arc<SessionConfig>, Arc<SessionConfig>) {
-    (
-        Arc::new(SessionConfig {
-            transport: Transport::Udp,
-            max_session: settings.push.session_timeout.or(settings.udp.max_session),
-            ..settings.udp.clone()
-        }),
-        Arc::new(SessionConfig {
-            transport: Transport::Tcp,
-            max_session: settings.push.session_timeout.or(settings.tcp.max_session),
-            ..settings.tcp.clone()
-        }),
-    )
+/// Who a session belongs to, for floats: the certificate (issuer and serial), or the user name
+/// of a client without one.
+fn owner_key(id: &ClientIdentity) -> String {
+    if id.has_certificate() {
+        format!("cert\0{}\0{}", id.issuer, id.serial_hex)
+    } else {
+        format!("user\0{}", id.common_name)
+    }
 }
 
 pub struct Server {
@@ -181,11 +69,15 @@ pub struct Server {
     timers: BinaryHeap<Reverse<(Instant, Link)>>,
     pool: AddressPool,
     peers: Arc<PeerTable>,
-    free_peer_ids: Vec<u32>,
+    /// First in, first out: the id freed longest ago is reused first, so a worker's late
+    /// report about an ended session is unlikely to meet a new one on the same id (and the
+    /// serial it carries settles it when it does).
+    free_peer_ids: VecDeque<u32>,
     events: VecDeque<ServerEvent>,
     out: VecDeque<(Link, Vec<u8>)>,
     base: Instant,
     unix_base: u32,
+    env: Env,
     pub stats: ServerStats,
     next_serial: u64,
 }
@@ -195,17 +87,16 @@ impl Server {
         settings: ServerSettings,
         tls: Arc<dyn TlsProvider>,
         tls_crypt: Option<Arc<TlsCryptKey>>,
+        env: Env,
         now: Instant,
     ) -> Result<Server, String> {
         let pool = AddressPool::new(settings.client_cidr).map_err(|e| e.to_string())?;
         let mut secret = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut secret)
-            .map_err(|_| "no system randomness".to_owned())?;
+        env.fill(&mut secret)
+            .map_err(|_| "no randomness".to_owned())?;
         let hand_window = settings.udp.hand_window;
-        let unix_base = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as u32);
+        // tls-crypt packet ids carry a wall-clock timestamp (doc §11.3); `now` moves it on.
+        let unix_base = env.unix_secs() as u32;
         // Peer-ids double as data-path session slots, so they stay below MAX_CLIENTS.
         let n = settings
             .max_sessions
@@ -224,11 +115,12 @@ impl Server {
             timers: BinaryHeap::new(),
             pool,
             peers: Arc::new(PeerTable::default()),
-            free_peer_ids: (0..n).rev().collect(),
+            free_peer_ids: (0..n).collect(),
             events: VecDeque::new(),
             out: VecDeque::new(),
             base: now,
             unix_base,
+            env,
             stats: ServerStats::default(),
             next_serial: 1,
         })
@@ -275,212 +167,11 @@ impl Server {
             .saturating_add(now.saturating_duration_since(self.base).as_secs() as u32)
     }
 
-    /// A control packet (anything that is not P_DATA_V1/V2) from `link`.
-    pub fn handle_control(&mut self, link: Link, raw: &[u8], now: Instant) {
-        let Some(&first) = raw.first() else {
-            self.stats.malformed += 1;
-            return;
-        };
-        let Ok((opcode, key_id)) = split_first_byte(first) else {
-            self.stats.malformed += 1;
-            return;
-        };
-        if opcode.is_data() {
-            self.stats.malformed += 1;
-            return;
-        }
-        if let Some(e) = self.sessions.get_mut(&link) {
-            if e.session.on_control(raw, now) {
-                self.after(link, now);
-                return;
-            }
-            // A new hard reset from a known address is a client restart (doc §1.6, pitfall
-            // 29), and its cookie round trip follows: handled below as a new session;
-            // anything else is unroutable.
-            if !matches!(
-                opcode,
-                Opcode::HardResetClientV2 | Opcode::ControlV1 | Opcode::AckV1
-            ) {
-                self.stats.unroutable += 1;
-                return;
-            }
-        }
-        if key_id != KeyId::ZERO {
-            self.stats.unroutable += 1;
-            return;
-        }
-        // tls-crypt first, so unauthenticated packets cost no TLS work (doc §11.4).
-        let mut buf = [0u8; super::packet::MAX_CONTROL_PACKET_LEN];
-        let (plain, wrap_id): (&[u8], Option<(u32, u32)>) = match &self.tls_crypt {
-            Some(key) => {
-                if raw.len() < MIN_WRAPPED_LEN {
-                    self.stats.malformed += 1;
-                    return;
-                }
-                match key.unwrap(raw, &mut buf) {
-                    Ok(u) => (u.packet, Some((u.packet_id, u.timestamp))),
-                    Err(_) => {
-                        self.stats.tls_crypt_rejected += 1;
-                        return;
-                    }
-                }
-            }
-            None => (raw, None),
-        };
-        let Ok(Packet::Control(pkt)) = decode(plain) else {
-            self.stats.malformed += 1;
-            return;
-        };
-        match link {
-            Link::Udp { addr, .. } => {
-                if pkt.opcode == Opcode::HardResetClientV2 {
-                    self.stateless_reset(link, addr, &pkt, now);
-                } else {
-                    if self
-                        .closed
-                        .get(&link)
-                        .is_some_and(|(sid, until)| *sid == pkt.session_id && now < *until)
-                    {
-                        self.stats.unroutable += 1;
-                        return;
-                    }
-                    match self.cookie.verify(&pkt, addr, now) {
-                        Ok(acc) => {
-                            let _ = wrap_id;
-                            self.create(
-                                link,
-                                Start::Cookie {
-                                    client: acc.client_session,
-                                    server: acc.server_session,
-                                },
-                                acc.server_session,
-                                // Our stateless reset was wrapped with id 1 (doc §11.3).
-                                2,
-                                now,
-                            );
-                            if let Some(e) = self.sessions.get_mut(&link) {
-                                e.session.on_control(raw, now);
-                            }
-                            self.after(link, now);
-                        }
-                        Err(_) => self.stats.cookie_rejected += 1,
-                    }
-                }
-            }
-            Link::Tcp { .. } => {
-                // One session per TCP connection: no cookie needed, the TCP handshake already
-                // proved the address.
-                if pkt.opcode != Opcode::HardResetClientV2 || pkt.message_id != Some(0) {
-                    self.stats.unroutable += 1;
-                    return;
-                }
-                let mut sid = [0u8; 8];
-                let _ = SystemRandom::new().fill(&mut sid);
-                sid[0] |= 1;
-                let local = SessionId::new(sid).expect("non-zero");
-                self.create(link, Start::Reset(&pkt), local, 1, now);
-                self.after(link, now);
-            }
-        }
-    }
-
-    fn stateless_reset(
-        &mut self,
-        link: Link,
-        addr: std::net::SocketAddr,
-        pkt: &ControlPacket<'_>,
-        now: Instant,
-    ) {
-        if !self.limiter.allow(now) {
-            self.stats.reset_rate_limited += 1;
-            return;
-        }
-        let Ok(reply) = self.cookie.reset_reply(pkt, addr, now) else {
-            self.stats.malformed += 1;
-            return;
-        };
-        let mut plain = [0u8; 64];
-        let Ok(n) = reply.encode(&mut plain) else {
-            return;
-        };
-        let bytes = match &self.tls_crypt {
-            Some(key) => {
-                let mut out = [0u8; 128];
-                match key.wrap(&plain[..n], 1, self.unix_now(now), &mut out) {
-                    Ok(m) => out[..m].to_vec(),
-                    Err(_) => return,
-                }
-            }
-            None => plain[..n].to_vec(),
-        };
-        self.stats.stateless_replies += 1;
-        self.out.push_back((link, bytes));
-    }
-
-    fn create(
-        &mut self,
-        link: Link,
-        start: Start<'_>,
-        local: SessionId,
-        first_wrap_id: u32,
-        now: Instant,
-    ) {
-        if let Some(old) = self.sessions.get_mut(&link) {
-            old.session.kill(CloseReason::Server(
-                "client restarted with a new session".into(),
-            ));
-            self.collect(link, now);
-        }
-        if self.sessions.len() >= self.settings.max_sessions {
-            self.stats.session_limit += 1;
-            return;
-        }
-        let Some(peer_id) = self.free_peer_ids.pop() else {
-            self.stats.session_limit += 1;
-            return;
-        };
-        let cfg = if link.is_tcp() {
-            self.tcp_cfg.clone()
-        } else {
-            self.udp_cfg.clone()
-        };
-        let wrap = self.tls_crypt.as_ref().map(|k| {
-            (
-                k.clone(),
-                TlsCryptSession::new(PacketIdSender::starting_at(
-                    first_wrap_id,
-                    self.unix_now(now),
-                )),
-            )
-        });
-        let peer = Arc::new(DataPeer::new(peer_id, link, self.base));
-        match Session::new(cfg, self.tls.clone(), start, local, wrap, peer.clone(), now) {
-            Ok(session) => {
-                self.peers.insert(peer);
-                let serial = self.next_serial;
-                self.next_serial += 1;
-                self.sessions.insert(
-                    link,
-                    Entry {
-                        session,
-                        serial,
-                        tunnel_addr: None,
-                        deadline: None,
-                    },
-                );
-            }
-            Err(_) => {
-                self.free_peer_ids.push(peer_id);
-                self.stats.malformed += 1;
-            }
-        }
-    }
-
     /// After any input to a session: collect its packets and events, reschedule its timer.
     fn after(&mut self, link: Link, now: Instant) {
         self.collect(link, now);
         if let Some(e) = self.sessions.get_mut(&link) {
-            let d = e.session.poll_timeout();
+            let d = e.session.poll_timeout(now);
             if d != e.deadline {
                 e.deadline = d;
                 if let Some(d) = d {
@@ -531,6 +222,9 @@ impl Server {
                     let e = self.sessions.get_mut(&link).expect("present");
                     let addr = e.tunnel_addr.expect("assigned before push");
                     let peer = e.session.peer().clone();
+                    if let Some(id) = e.session.identity() {
+                        peer.set_owner(owner_key(id));
+                    }
                     self.peers.set_addr(&peer, addr);
                     self.events.push_back(ServerEvent::Connected {
                         link,
@@ -568,7 +262,7 @@ impl Server {
                     if let Some(a) = e.tunnel_addr {
                         self.pool.release(a);
                     }
-                    self.free_peer_ids.push(peer.peer_id);
+                    self.free_peer_ids.push_back(peer.peer_id);
                     use std::sync::atomic::Ordering::Relaxed;
                     self.events.push_back(ServerEvent::Disconnected {
                         link,
@@ -585,23 +279,6 @@ impl Server {
                 }
             }
         }
-    }
-
-    fn remember_closed(&mut self, link: Link, sid: SessionId, now: Instant) {
-        // A cookie is valid for up to 1.5 hand-windows (doc §3.3).
-        let until = now + self.settings.udp.hand_window * 2;
-        if self.closed.len() >= self.settings.max_sessions.max(64) {
-            self.closed.retain(|_, (_, u)| *u > now);
-            if self.closed.len() >= self.settings.max_sessions.max(64) {
-                // Bounded memory under churn: the oldest entries go first.
-                let mut v: Vec<_> = self.closed.iter().map(|(l, (_, u))| (*u, *l)).collect();
-                v.sort();
-                for (_, l) in v.iter().take(v.len() / 2) {
-                    self.closed.remove(l);
-                }
-            }
-        }
-        self.closed.insert(link, (sid, until));
     }
 
     /// Certificate-only authorization: a tunnel address and the push options.
@@ -716,28 +393,94 @@ impl Server {
         // `collect` loops, so events this produced are handled by the caller's loop.
     }
 
-    /// An authenticated data packet arrived from a new UDP address.
-    pub fn floated(&mut self, from: Link, to: Link, now: Instant) {
-        if let Some(e) = self.sessions.remove(&from) {
-            let peer_id = e.session.peer().peer_id;
-            if let Some(old) = self.sessions.remove(&to) {
-                // Someone else's half-open session at that address loses.
-                let mut s = old.session;
-                s.kill(CloseReason::Server(
-                    "address taken over by a floating client".into(),
-                ));
-                self.peers.remove(s.peer());
-                self.free_peer_ids.push(s.peer().peer_id);
+    /// A worker floated a peer to a new UDP address (an authenticated packet came from there,
+    /// see [`PeerTable::open`]): the session follows, with its timers. A report about a session
+    /// that is gone (its serial differs) changes nothing.
+    pub fn floated(&mut self, f: Float, now: Instant) {
+        // Workers report in any order: the session follows its peer to wherever the peer is
+        // now, and a report that finds them together changes nothing.
+        let at = self
+            .sessions
+            .iter()
+            .find(|(_, e)| e.serial == f.session)
+            .map(|(l, _)| *l);
+        let Some(from) = at else {
+            // The session ended meanwhile; a worker that moved its peer after the removal left
+            // it in the table at `to`: take it out, or it would hold that address.
+            if let Some(p) = self.peers.by_link(&f.to) {
+                if p.session == f.session && p.peer_id == f.peer_id {
+                    self.peers.remove(&p);
+                }
             }
-            self.sessions.insert(to, e);
-            self.events
-                .push_back(ServerEvent::Floated { peer_id, from, to });
-            self.after(to, now);
+            return;
+        };
+        let e = &self.sessions[&from];
+        let peer = e.session.peer().clone();
+        let to = peer.link();
+        if to == from {
+            return;
+        }
+        if let Some(other) = self.sessions.get(&to) {
+            // What OpenVPN does (multi_process_float): a client may take over an address its
+            // own stale session holds (same certificate), which is then closed like any other
+            // session; an address of another client's session (or a half-open one) is refused,
+            // so no one can end a session by floating onto its address.
+            let same_owner = match (e.session.identity(), other.session.identity()) {
+                (Some(a), Some(b)) => owner_key(a) == owner_key(b),
+                _ => false,
+            };
+            if !same_owner {
+                self.stats.float_refused += 1;
+                // The worker moved the peer already: back to where its session is.
+                self.peers.relink(&peer, from);
+                return;
+            }
+            if let Some(o) = self.sessions.get_mut(&to) {
+                o.session.kill(CloseReason::Server(
+                    "replaced by the same client from this address".into(),
+                ));
+            }
+            // Disconnected event, address and peer id back, as for any end of a session.
+            self.collect(to, now);
+            // The stale session's peer left the table: the floating one is found at `to`.
+            self.peers.relink(&peer, to);
+        }
+        let Some(mut e) = self.sessions.remove(&from) else {
+            return;
+        };
+        // The timer heap is keyed by link: the session's deadline is scheduled anew at `to`
+        // (an entry left at `from` is stale and skipped).
+        e.deadline = None;
+        let session = e.serial;
+        self.sessions.insert(to, e);
+        self.events.push_back(ServerEvent::Floated {
+            peer_id: peer.peer_id,
+            session,
+            from,
+            to,
+        });
+        self.after(to, now);
+    }
+
+    /// OCC_EXIT seen by a worker on the data channel of session `session` (its serial): that
+    /// session ends; a late report about an ended session changes nothing.
+    pub fn client_exit(&mut self, peer_id: u32, session: u64, now: Instant) {
+        let link = self
+            .sessions
+            .iter()
+            .find(|(_, e)| e.serial == session && e.session.peer().peer_id == peer_id)
+            .map(|(l, _)| *l);
+        if let Some(link) = link {
+            if let Some(e) = self.sessions.get_mut(&link) {
+                e.session.kill(CloseReason::ClientExit);
+            }
+            self.after(link, now);
         }
     }
 
-    /// OCC_EXIT from a worker (the session just ends), or an operator's disconnect
-    /// ([`CloseReason::Server`]: the client gets `HALT,<why>` first).
+    /// Ends the session on `peer_id` now: an operator's disconnect ([`CloseReason::Server`]:
+    /// the client gets `HALT,<why>` first), or any other reason without notice. Workers'
+    /// reports name the session too and go to [`Self::client_exit`].
     pub fn close_peer(&mut self, peer_id: u32, reason: CloseReason, now: Instant) {
         let link = self
             .sessions

@@ -38,10 +38,10 @@ use std::net::Ipv4Addr;
 use ipnet::IpNet;
 use portcullis_common::{DropReason, PortRange, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
-use super::compile::coalesce;
-use super::eval::{Verdict, ICMP_ECHO_REQUEST};
-use super::model::{PolicyInput, Proto};
-use super::prefix::contains;
+use portcullis::policy::compile::coalesce;
+use portcullis::policy::eval::{Verdict, ICMP_ECHO_REQUEST};
+use portcullis::policy::model::{PolicyInput, Proto};
+use portcullis::policy::prefix::contains;
 
 /// Name of the nftables table the twin lives in (family `inet`).
 pub const TABLE: &str = "portcullis_twin";
@@ -526,9 +526,9 @@ fn set(w: &mut String, name: &str, ty: &str, interval: bool, e: &[String]) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::eval::evaluate_new_flow;
-    use super::super::testgen::*;
     use super::*;
+    use portcullis::policy::eval::evaluate_new_flow;
+    use portcullis::policy::testgen::*;
     use proptest::prelude::*;
 
     fn lpm_naive<V: Clone>(p: &[((u8, u32), V)], d: u32) -> Option<V> {
@@ -540,7 +540,8 @@ mod tests {
 
     fn arb_prefixes() -> impl Strategy<Value = Vec<((u8, u32), u16)>> {
         prop::collection::btree_map(
-            (0u8..=32, any::<u32>()).prop_map(|(len, a)| (len, super::super::prefix::mask(a, len))),
+            (0u8..=32, any::<u32>())
+                .prop_map(|(len, a)| (len, portcullis::policy::prefix::mask(a, len))),
             any::<u16>(),
             0..12,
         )
@@ -603,13 +604,13 @@ mod tests {
         // Group a may reach 10.1.0.0/16 except the /32 that a rule gives to group b only.
         let mut p = base_policy();
         p.authorization_rules = vec![
-            super::super::model::AuthzRule {
+            portcullis::policy::model::AuthzRule {
                 destination: "10.1.0.0/16".parse().unwrap(),
                 groups: vec!["a".into()],
                 all_users: false,
                 description: None,
             },
-            super::super::model::AuthzRule {
+            portcullis::policy::model::AuthzRule {
                 destination: "10.1.2.3/32".parse().unwrap(),
                 groups: vec!["b".into()],
                 all_users: false,

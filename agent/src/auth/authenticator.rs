@@ -1,0 +1,356 @@
+//! Connection authentication beyond the certificate: the directory check, the failed-login
+//! rate limit and the client-connect hook, run as one [`Authorizer`] on the tunnel's
+//! authorizer threads (never on the control thread, so other sessions keep flowing). What it
+//! admits a session with goes to the [`Grants`].
+//!
+//! The server sends no PUSH_REPLY and makes no data-path entry before the verdict
+//! (`AuthMode::External`); a session whose verdict never comes times out in its handshake
+//! window.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::directory::{DirError, Directory};
+use super::grants::{combined_groups, Grant, Grants};
+use super::hook::ConnectHook;
+use super::limiter::{source_key, FailureLimiter};
+use super::slots::LoginSlots;
+use crate::config::EndpointConfig;
+use crate::openvpn::peer::Link;
+use crate::openvpn::verdict::{AuthRequest, FailureCode, Refusal};
+use crate::tunnel::Authorizer;
+
+/// Local groups of a user name (from the live policy).
+pub type LocalGroups = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
+
+/// How a connection is authenticated.
+pub struct Authenticator {
+    pub directory: Option<Arc<Directory>>,
+    /// The directory user name must equal the certificate's common name.
+    pub username_must_match_cn: bool,
+    pub hook: Option<ConnectHook>,
+    pub local_groups: LocalGroups,
+    pub per_user: Mutex<FailureLimiter>,
+    pub per_source: Mutex<FailureLimiter>,
+    pub grants: Arc<Grants>,
+    /// `auth.static_challenge` is set: the password carries a TOTP code (SCRV1).
+    pub otp: bool,
+    /// The last TOTP step accepted per user: a code works once.
+    pub otp_used: Mutex<HashMap<String, u64>>,
+    /// Directory logins in progress (each holds a thread while the directory answers).
+    pub logins: LoginSlots,
+    /// How long a renegotiation waits for a login slot before it is refused for now.
+    pub renegotiation_wait: Duration,
+}
+
+/// A renegotiation's wait for a login slot: well inside the 60 s handshake window, so the
+/// session's key exchange does not time out while it waits.
+pub const RENEGOTIATION_WAIT: Duration = Duration::from_secs(20);
+
+impl Authenticator {
+    /// The authenticator an endpoint's configuration asks for: `None` when it uses neither
+    /// a directory nor a client-connect hook (the certificate alone decides, and the server
+    /// answers at once instead of waiting for an external verdict). `grants` receives what
+    /// each admitted session was granted; `local_groups` resolves the policy's local groups.
+    /// The returned authenticator's `directory` is the client the periodic re-check shares.
+    pub fn from_config(
+        cfg: &EndpointConfig,
+        grants: Arc<Grants>,
+        local_groups: LocalGroups,
+    ) -> anyhow::Result<Option<Self>> {
+        use anyhow::Context as _;
+        let directory = match (&cfg.directory, cfg.auth.uses_directory()) {
+            (Some(d), true) => Some(Arc::new(
+                Directory::new(d).context("setting up the directory client")?,
+            )),
+            _ => None,
+        };
+        let hook = ConnectHook::from_config(cfg)?;
+        if directory.is_none() && hook.is_none() {
+            return Ok(None);
+        }
+        let window = Duration::from_secs(cfg.auth.failed_login_window_secs.max(1));
+        Ok(Some(Authenticator {
+            directory,
+            username_must_match_cn: cfg.auth.username_must_match_cn,
+            hook,
+            local_groups,
+            per_user: Mutex::new(FailureLimiter::new(cfg.auth.failed_logins_per_user, window)),
+            per_source: Mutex::new(FailureLimiter::new(
+                cfg.auth.failed_logins_per_source,
+                window,
+            )),
+            grants,
+            otp: cfg.auth.static_challenge.is_some(),
+            otp_used: Mutex::new(HashMap::new()),
+            logins: LoginSlots::default(),
+            renegotiation_wait: RENEGOTIATION_WAIT,
+        }))
+    }
+
+    pub fn into_authorizer(self) -> Authorizer {
+        let a = Arc::new(self);
+        Arc::new(move |link, req| {
+            // A panic in a directory library must still produce a verdict (fail closed).
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.decide(link, req))) {
+                Ok(v) => v,
+                Err(_) => {
+                    tracing::error!(%link, "authentication panicked; connection refused");
+                    Err(Refusal::new(FailureCode::Internal, "internal error"))
+                }
+            }
+        })
+    }
+
+    /// `Err` carries the short text sent in `AUTH_FAILED` and the code the connection log and
+    /// the metrics record.
+    pub fn decide(&self, link: Link, req: &AuthRequest) -> Result<(), Refusal> {
+        if !req.initial {
+            return self.reverify(link, req);
+        }
+        let cn = req.identity.common_name.as_str();
+        let mut grant = Grant::default();
+        if let Some(dir) = &self.directory {
+            let user = req.username.as_str();
+            // The directory ignores leading and trailing spaces (RFC 4518): such a spelling
+            // would be another limiter bucket and replay-guard key for the same entry.
+            if user.trim() != user || user.chars().any(char::is_control) {
+                tracing::warn!(%link, user = ?user, "login refused: user name with leading or trailing spaces or control characters");
+                return Err(Refusal::new(
+                    FailureCode::InvalidCredentials,
+                    "user name with leading or trailing spaces or control characters",
+                ));
+            }
+            let source = source_key(link.addr().ip());
+            let user_key = format!("user:{}", user.to_lowercase());
+            let now = Instant::now();
+            // Tokens are taken now and given back unless the login fails (check-then-act
+            // would let every login in flight pass the same check).
+            let mut tokens = Tokens {
+                auth: self,
+                user: Vec::new(),
+                source: None,
+                spent: false,
+            };
+            let allowed = tokens.take_user(&user_key, now) && tokens.take_source(&source, now);
+            if !allowed {
+                tracing::warn!(%link, user, "login refused: too many failed logins");
+                return Err(Refusal::new(
+                    FailureCode::RateLimited,
+                    "too many failed logins, try again later",
+                ));
+            }
+            if self.username_must_match_cn && user != cn {
+                tracing::warn!(%link, user, common_name = cn, "username does not match the certificate");
+                return Err(Refusal::new(
+                    FailureCode::UsernameMismatch,
+                    "username does not match the certificate",
+                ));
+            }
+            let Some(_slot) = self.logins.try_take() else {
+                tracing::warn!(%link, user, "login refused: too many directory logins in progress");
+                return Err(Refusal::temporary(
+                    FailureCode::DirectoryBusy,
+                    "directory busy, try again later",
+                ));
+            };
+            let t0 = Instant::now();
+            let (password, code) = if self.otp {
+                match crate::auth::otp::parse_scrv1(req.password.expose()) {
+                    Some((p, c)) => (p, Some(c)),
+                    None => {
+                        tracing::warn!(%link, user, "login without the one-time code (no static-challenge in the profile?)");
+                        return Err(Refusal::new(
+                            FailureCode::OneTimeCode,
+                            "one-time code required",
+                        ));
+                    }
+                }
+            } else {
+                (req.password.expose().to_owned(), None)
+            };
+            // Spellings of one entry (case, inner spaces, compatibility forms) share the bucket
+            // of its DN, taken once the DN is known and before the password is checked.
+            let mut limited = false;
+            let checked = dir
+                .authenticate_checked(user, &password, |dn| {
+                    limited = !tokens.take_user(&format!("dn:{}", dn.to_lowercase()), now);
+                    !limited
+                })
+                .and_then(|u| match &code {
+                    None => Ok(u),
+                    Some(c) => self
+                        .check_code(user, &u.dn, u.totp_secret.as_deref(), c)
+                        .map(|()| u),
+                });
+            if limited {
+                tracing::warn!(%link, user, "login refused: too many failed logins for this directory entry");
+                return Err(Refusal::new(
+                    FailureCode::RateLimited,
+                    "too many failed logins, try again later",
+                ));
+            }
+            match checked {
+                Ok(u) => {
+                    tracing::info!(%link, user, dn = u.dn, groups = ?u.groups, took_ms = t0.elapsed().as_millis() as u64, "directory login");
+                    grant = Grant {
+                        username: user.to_owned(),
+                        groups: u.groups,
+                    };
+                }
+                Err(e) => {
+                    // An outage is not the user's fault: it does not use up their tokens.
+                    tokens.spent = !matches!(e, DirError::Unavailable(_));
+                    tracing::warn!(%link, user, reason = %e, "directory login failed");
+                    return Err(e.refusal());
+                }
+            }
+        }
+        if let Some(hook) = &self.hook {
+            let mut groups = self.groups_for(cn, &grant);
+            groups.sort();
+            groups.dedup();
+            if let Err(reason) = hook.decide(link, req, &groups) {
+                tracing::info!(%link, user = cn, code = %reason.code, message = reason.message, "client-connect hook refused");
+                return Err(reason);
+            }
+        }
+        self.grants.offer(link, req.session, grant);
+        Ok(())
+    }
+
+    /// A renegotiation. Without an `auth-token` (none is pushed), a 2.6 client sends its user
+    /// name and password again with every key exchange; OpenVPN's own server checks them
+    /// again too, so a password changed (or an account disabled or removed) since the login
+    /// ends the session at its next renegotiation instead of lasting until the session
+    /// timeout. The user name cannot change (the session refuses that before). Not asked
+    /// again: the hook (AWS runs it at connection time only) and a one-time code (the resent
+    /// one was used at login). An outage keeps the session: the directory's absence revokes
+    /// nothing, as with the group re-check.
+    fn reverify(&self, link: Link, req: &AuthRequest) -> Result<(), Refusal> {
+        let Some(dir) = &self.directory else {
+            return Ok(());
+        };
+        let user = req.username.as_str();
+        let password = if self.otp {
+            match crate::auth::otp::parse_scrv1(req.password.expose()) {
+                Some((p, _)) => p,
+                None => {
+                    tracing::warn!(%link, user, "renegotiation without the static-challenge response");
+                    return Err(Refusal::new(
+                        FailureCode::OneTimeCode,
+                        "one-time code required",
+                    ));
+                }
+            }
+        } else {
+            req.password.expose().to_owned()
+        };
+        // Never waved through unchecked (a flood of logins would otherwise let every
+        // renegotiation pass, changed password or not): it waits for a slot, and if none
+        // comes free in time, a temporary refusal ends the session and the client
+        // reconnects after its backoff, checked then.
+        let Some(_slot) = self.logins.take_within(self.renegotiation_wait) else {
+            tracing::warn!(%link, user, "renegotiation refused: too many directory logins in progress");
+            return Err(Refusal::temporary(
+                FailureCode::DirectoryBusy,
+                "directory busy, try again later",
+            ));
+        };
+        match dir.authenticate(user, &password) {
+            Ok(_) => Ok(()),
+            Err(e @ (DirError::Unavailable(_) | DirError::Protocol(_))) => {
+                tracing::warn!(%link, user, error = %e, "renegotiation not re-checked: directory unavailable; session kept");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(%link, user, reason = %e, "renegotiation refused by the directory; session ended");
+                Err(e.refusal())
+            }
+        }
+    }
+
+    /// The TOTP code for `user` (entry `dn`), once per time step and entry.
+    fn check_code(
+        &self,
+        user: &str,
+        dn: &str,
+        secret: Option<&str>,
+        code: &str,
+    ) -> Result<(), DirError> {
+        let Some(secret) = secret else {
+            // Said only in our log: the client is not told who has a secret enrolled.
+            tracing::warn!(user, "no TOTP secret in the directory for this user");
+            return Err(DirError::Otp("invalid one-time code"));
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let step = crate::auth::otp::verify(secret, code, now)
+            .ok_or(DirError::Otp("invalid one-time code"))?;
+        let mut used = self.otp_used.lock().unwrap_or_else(|e| e.into_inner());
+        // By entry, not by the typed name, which has many spellings.
+        let key = dn.to_lowercase();
+        if used.get(&key).is_some_and(|&s| s >= step) {
+            return Err(DirError::Otp("one-time code already used"));
+        }
+        used.insert(key, step);
+        Ok(())
+    }
+
+    /// Local groups of the certificate name and the directory user, plus directory groups.
+    pub fn groups_for(&self, cn: &str, grant: &Grant) -> Vec<String> {
+        combined_groups(&*self.local_groups, cn, grant)
+    }
+}
+
+/// Limiter tokens one login took: given back when dropped unless `spent` (the login failed).
+struct Tokens<'a> {
+    auth: &'a Authenticator,
+    user: Vec<String>,
+    source: Option<String>,
+    spent: bool,
+}
+
+impl Tokens<'_> {
+    fn take_user(&mut self, key: &str, now: Instant) -> bool {
+        let ok = lock(&self.auth.per_user).try_take(key, now);
+        if ok {
+            self.user.push(key.to_owned());
+        }
+        ok
+    }
+
+    fn take_source(&mut self, key: &str, now: Instant) -> bool {
+        let ok = lock(&self.auth.per_source).try_take(key, now);
+        if ok {
+            self.source = Some(key.to_owned());
+        }
+        ok
+    }
+}
+
+impl Drop for Tokens<'_> {
+    fn drop(&mut self) {
+        if self.spent {
+            return;
+        }
+        let now = Instant::now();
+        let mut u = lock(&self.auth.per_user);
+        for k in &self.user {
+            u.give_back(k, now);
+        }
+        drop(u);
+        if let Some(k) = &self.source {
+            lock(&self.auth.per_source).give_back(k, now);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+#[path = "authenticator_tests.rs"]
+mod tests;

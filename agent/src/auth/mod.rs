@@ -1,0 +1,23 @@
+//! Connection authentication beyond the certificate, and what it granted.
+//!
+//! - [`authenticator`]: the directory check, the failed-login rate limit and the
+//!   client-connect hook, run as one [`crate::tunnel::Authorizer`] on the tunnel's authorizer
+//!   threads; built from the endpoint's configuration by [`Authenticator::from_config`].
+//! - [`grants`]: what each admitted session was granted (directory user and groups).
+//! - [`limiter`]: token buckets of failed logins per user and per source.
+//! - [`directory`]: the LDAP / Active Directory client (pool, user lookup, groups).
+//! - [`hook`]: the client-connect hook (a program or an HTTP POST).
+//! - [`otp`]: TOTP codes and the static-challenge response.
+//! - [`slots`]: the bound on directory logins in progress.
+pub mod authenticator;
+pub mod directory;
+pub mod grants;
+pub mod hook;
+pub mod limiter;
+pub mod otp;
+pub mod slots;
+
+pub use authenticator::{Authenticator, LocalGroups, RENEGOTIATION_WAIT};
+pub use grants::{combined_groups, Grant, Grants};
+pub use limiter::FailureLimiter;
+pub use slots::{LoginSlots, MAX_LOGINS_IN_FLIGHT};

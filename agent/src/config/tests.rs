@@ -1,0 +1,287 @@
+//! Loading, validation and the settings an endpoint file maps to.
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+use super::*;
+
+fn dir_with_files() -> tempdir::Dir {
+    tempdir::Dir::new()
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            let p = std::env::temp_dir().join(format!(
+                "pc-config-test-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            for f in ["server.crt", "server.key", "ca.crt"] {
+                std::fs::write(p.join(f), "x").unwrap();
+            }
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+const GOOD: &str = r#"
+name = "corp"
+client_cidr = "10.100.0.0/22"
+listen = ["udp://0.0.0.0:1194", "tcp://0.0.0.0:443"]
+public_address = "vpn.example.com"
+split_tunnel = true
+dns_servers = ["10.0.0.2"]
+[tls]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+[groups]
+engineering = ["alice"]
+[[target_network]]
+name = "private"
+interface = "eth1"
+snat_address = "10.0.0.1"
+[[route]]
+destination = "10.0.0.0/16"
+target_network = "private"
+[[authorization_rule]]
+destination = "10.0.0.0/16"
+groups = ["engineering"]
+"#;
+
+#[test]
+fn good_file_loads_and_maps_to_settings() {
+    let d = dir_with_files();
+    let f = d.0.join("corp.toml");
+    std::fs::write(&f, GOOD).unwrap();
+    let c = EndpointConfig::load(&f).unwrap();
+    assert_eq!(c.gateway(), Ipv4Addr::new(10, 100, 0, 1));
+    assert_eq!(
+        c.listeners().unwrap(),
+        vec![
+            Listener::Udp("0.0.0.0:1194".parse().unwrap()),
+            Listener::Tcp("0.0.0.0:443".parse().unwrap())
+        ]
+    );
+    let s = c.server_settings();
+    assert_eq!(
+        s.push.routes,
+        vec!["10.0.0.0/16".parse::<Ipv4Net>().unwrap()]
+    );
+    assert!(!s.push.full_tunnel);
+    assert_eq!(s.push.session_timeout, Some(Duration::from_secs(24 * 3600)));
+    assert_eq!(c.tls.cert, d.0.join("server.crt"));
+    let p = c.policy();
+    assert_eq!(p.local_groups_of("alice"), vec!["engineering".to_owned()]);
+    assert_eq!(c.admin_socket(), PathBuf::from("/run/portcullis/corp.sock"));
+    // A relative admin socket is relative to the file, as every other path.
+    std::fs::write(&f, format!("admin_socket = \"corp.sock\"\n{GOOD}")).unwrap();
+    let c = EndpointConfig::load(&f).unwrap();
+    assert_eq!(c.admin_socket(), d.0.join("corp.sock"));
+}
+
+#[test]
+fn every_error_is_reported_at_once_with_its_path() {
+    let d = dir_with_files();
+    let f = d.0.join("bad.toml");
+    let bad = GOOD
+        .replace("name = \"corp\"", "name = \"bad name!\"")
+        .replace("udp://0.0.0.0:1194", "0.0.0.0:1194")
+        .replace("tcp://0.0.0.0:443", "sctp://0.0.0.0:443")
+        .replace("client_ca = \"ca.crt\"", "client_ca = \"missing.crt\"")
+        .replace("10.100.0.0/22", "10.0.0.0/22")
+        + "data_ciphers = [\"BF-CBC\"]\nsession_timeout_hours = 5\n";
+    // Top-level keys must precede tables in TOML: put them first.
+    let (head, tail) = bad.split_at(bad.find("[tls]").unwrap());
+    let extra = "data_ciphers = [\"BF-CBC\"]\nsession_timeout_hours = 5\n";
+    let text = format!("{head}{extra}{}", tail.replace(extra, ""));
+    std::fs::write(&f, text).unwrap();
+    let e = EndpointConfig::load(&f).unwrap_err();
+    let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "name",
+        "listen[0]",
+        "listen[1]",
+        "data_ciphers[0]",
+        "session_timeout_hours",
+        "tls.client_ca",
+        "route[0].destination",
+    ] {
+        assert!(paths.contains(&want), "{want} missing in {e}");
+    }
+}
+
+/// The cross-field rules of authentication: each names its field.
+#[test]
+fn auth_errors_name_their_fields() {
+    let d = dir_with_files();
+    let f = d.0.join("auth.toml");
+    let check = |top: &str, tables: &str| -> Vec<String> {
+        let (head, tail) = GOOD.split_at(GOOD.find("[tls]").unwrap());
+        std::fs::write(&f, format!("{top}{head}{tail}{tables}")).unwrap();
+        match EndpointConfig::load(&f) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| e.path).collect(),
+        }
+    };
+    let dir =
+        "[directory]\nurl = \"ldap://127.0.0.1:389\"\nuser_dn_template = \"uid={username},dc=x\"\n";
+    assert_eq!(
+        check("", &format!("[auth]\nmethods = [\"ldap\"]\n{dir}")),
+        Vec::<String>::new()
+    );
+    assert_eq!(check("", "[auth]\nmethods = [\"ldap\"]\n"), ["directory"]);
+    assert_eq!(check("", dir), ["auth.methods"]);
+    assert_eq!(check("", "[auth]\nmethods = []\n"), ["auth.methods"]);
+    assert_eq!(
+        check(
+            "",
+            &format!("[auth]\nmethods = [\"ldap\"]\nstatic_challenge = \"Code\"\n{dir}")
+        ),
+        ["auth.static_challenge", "auth.static_challenge"]
+    );
+    // A TOTP secret read with the user's own bind is readable with the password alone.
+    let totp = "[auth]\nmethods = [\"ldap\"]\nstatic_challenge = \"Code\"\n";
+    assert_eq!(
+        check(
+            "",
+            &format!("{totp}{dir}totp_secret_attribute = \"pcTotpSecret\"\n")
+        ),
+        ["auth.static_challenge"]
+    );
+    let svc = format!(
+        "[directory]\nurl = \"ldap://127.0.0.1:389\"\nbind_dn = \"cn=svc\"\nbind_password_file = \"{}\"\nuser_base = \"dc=x\"\ntotp_secret_attribute = \"pcTotpSecret\"\n",
+        f.display()
+    );
+    assert_eq!(check("", &format!("{totp}{svc}")), Vec::<String>::new());
+    assert_eq!(
+        check("", "[auth]\nusername_must_match_cn = true\n"),
+        ["auth.username_must_match_cn"]
+    );
+    assert_eq!(
+        check(
+            "client_connect_url = \"ftp://x\"\nclient_connect_timeout_secs = 0\n",
+            ""
+        ),
+        ["client_connect_url", "client_connect_timeout_secs"]
+    );
+    // Directory-only makes the client certificate optional in TLS; with certificates not.
+    std::fs::write(&f, format!("{GOOD}[auth]\nmethods = [\"ldap\"]\n{dir}")).unwrap();
+    assert!(
+        EndpointConfig::load(&f)
+            .unwrap()
+            .tls_options()
+            .client_cert_optional
+    );
+    std::fs::write(&f, GOOD).unwrap();
+    assert!(
+        !EndpointConfig::load(&f)
+            .unwrap()
+            .tls_options()
+            .client_cert_optional
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let e = EndpointConfig::parse("name = \"x\"\nclient_cidr = 5\n").unwrap_err();
+    assert!(e.0[0].path.starts_with("line 2"), "{e}");
+    let e = EndpointConfig::parse("name = \"x\"\nbogus = 1\n").unwrap_err();
+    assert!(e.to_string().contains("bogus"), "{e}");
+    // The field path of the bad value, from the table headers above it.
+    let bad = GOOD.replace(
+        "destination = \"10.0.0.0/16\"\ntarget",
+        "destination = \"10.0.0.0/33\"\ntarget",
+    );
+    let e = EndpointConfig::parse(&bad).unwrap_err();
+    assert!(e.0[0].path.ends_with(", route[0].destination"), "{e}");
+    let e = EndpointConfig::parse(&GOOD.replace("10.100.0.0/22", "10.100.0.0/x")).unwrap_err();
+    assert!(e.0[0].path.ends_with(", client_cidr"), "{e}");
+    // A missing field is reported on its table's header line: that table, not the one
+    // above it.
+    let e = EndpointConfig::parse(&GOOD.replace("name = \"private\"\n", "")).unwrap_err();
+    assert!(e.0[0].path.ends_with(", target_network[0]"), "{e}");
+    assert!(e.to_string().contains("`name`"), "{e}");
+}
+
+#[test]
+fn snat_address_defaults_to_the_interface_address() {
+    let text = GOOD
+        .replace("interface = \"eth1\"", "interface = \"lo\"")
+        .replace("snat_address = \"10.0.0.1\"\n", "");
+    let c = EndpointConfig::parse(&text).unwrap();
+    assert_eq!(c.target_network[0].snat_address, None);
+    assert_eq!(
+        c.policy().target_networks[0].snat_address,
+        Ipv4Addr::LOCALHOST
+    );
+    assert_eq!(interface_ipv4("no-such-if0"), None);
+}
+
+/// `portcullis check` away from the gateway (another machine, or outside its network
+/// namespace) cannot take the SNAT address from the interface: it says so, and not that
+/// `0.0.0.0` cannot be a source address, which is what the compiler sees.
+#[test]
+fn snat_address_from_an_interface_that_is_not_here() {
+    let d = dir_with_files();
+    let text = GOOD
+        .replace("interface = \"eth1\"", "interface = \"pc-absent0\"")
+        .replace("snat_address = \"10.0.0.1\"\n", "");
+    let mut c = EndpointConfig::parse(&text).unwrap();
+    c.resolve_paths(&d.0);
+    let file = c.validate().unwrap_err().0;
+    assert_eq!(file.len(), 1, "{file:?}");
+    assert_eq!(file[0].path, "target_network[0].snat_address");
+    assert!(
+        file[0].message.contains("`pc-absent0` does not exist here")
+            && file[0].message.contains("set snat_address"),
+        "{}",
+        file[0]
+    );
+    // As `check` compiles it: every interface resolves.
+    let compiler: Vec<String> = crate::policy::compile(&c.policy(), &|_| Some(1))
+        .unwrap_err()
+        .iter()
+        .map(|e| endpoint_paths(&e.to_string()))
+        .collect();
+    assert!(compiler
+        .iter()
+        .any(|e| e.contains("0.0.0.0 cannot be a source address")));
+    assert_eq!(merge_reports(&file, &compiler), vec![file[0].to_string()]);
+}
+
+#[test]
+fn compiler_paths_are_spelled_as_in_the_file() {
+    assert_eq!(
+        endpoint_paths("routes[1].target_network: no target network is named `x`: use one of [`a`] or add it to target_networks"),
+        "route[1].target_network: no target network is named `x`: use one of [`a`] or add a [[target_network]]"
+    );
+    assert_eq!(
+        endpoint_paths(
+            "applied_security_groups[0] and security_groups[2].name and authorization_rules[3]"
+        ),
+        "applied_security_groups[0] and security_group[2].name and authorization_rule[3]"
+    );
+}
+
+#[test]
+fn the_documented_example_parses_and_compiles() {
+    let text = include_str!("../../../docs/example-endpoint.toml");
+    let c = EndpointConfig::parse(text).unwrap();
+    assert!(c.listeners().is_ok());
+    assert_eq!(c.ciphers().unwrap().len(), 2);
+    crate::policy::compile(&c.policy(), &|_| Some(1)).unwrap();
+}

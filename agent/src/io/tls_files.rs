@@ -1,0 +1,167 @@
+//! The TLS identity's files: read into a [`TlsContext`] (the sans-IO part in
+//! `openvpn::tls`), and reloaded when they change (a CRL republished by the CA, a renewed
+//! server certificate).
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use crate::openvpn::env::WallClock;
+use crate::openvpn::session::TlsProvider;
+use crate::openvpn::tls::{ClientIdentity, Input, Inputs, TlsContext, TlsError, TlsOptions};
+
+/// The files of a TLS identity, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM bundle of the CAs that issue client certificates.
+    pub ca: PathBuf,
+    /// PEM server certificate, optionally followed by its intermediates.
+    pub cert: PathBuf,
+    /// PEM server key: PKCS#8, SEC1 (`EC PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`).
+    pub key: PathBuf,
+    /// CRL files, PEM (one or more `X509 CRL` blocks) or DER.
+    pub crls: Vec<PathBuf>,
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Input, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Input {
+        path: path.to_path_buf(),
+        bytes,
+    })
+}
+
+/// Reads and checks all files; nothing is half-applied on error.
+pub fn load(files: &TlsFiles, opts: &TlsOptions, clock: WallClock) -> Result<TlsContext, TlsError> {
+    let inputs = Inputs {
+        ca: read("CA bundle", &files.ca)?,
+        cert: read("server certificate", &files.cert)?,
+        key: read("server key", &files.key)?,
+        crls: files
+            .crls
+            .iter()
+            .map(|path| read("CRL", path))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    TlsContext::build(inputs, opts, clock)
+}
+
+/// Holds the current [`TlsContext`]. `reload()` re-reads the files and swaps only on success
+/// (a bad reload keeps the old context and returns the error); new connections pick up the new
+/// context, live ones keep theirs.
+#[derive(Debug)]
+pub struct ReloadableTls {
+    files: TlsFiles,
+    options: TlsOptions,
+    clock: WallClock,
+    current: RwLock<Arc<TlsContext>>,
+    /// Modification times of the files at the last (attempted) load, for
+    /// [`ReloadableTls::reload_if_changed`].
+    stamps: Mutex<Vec<Option<SystemTime>>>,
+}
+
+impl ReloadableTls {
+    /// With the system clock judging certificate and CRL validity.
+    pub fn new(files: TlsFiles, opts: TlsOptions) -> Result<Self, TlsError> {
+        Self::with_clock(
+            files,
+            opts,
+            Arc::new(rustls::time_provider::DefaultTimeProvider),
+        )
+    }
+
+    pub fn with_clock(
+        files: TlsFiles,
+        opts: TlsOptions,
+        clock: WallClock,
+    ) -> Result<Self, TlsError> {
+        let stamps = Mutex::new(file_stamps(&files));
+        let ctx = load(&files, &opts, clock.clone())?;
+        Ok(ReloadableTls {
+            files,
+            options: opts,
+            clock,
+            current: RwLock::new(Arc::new(ctx)),
+            stamps,
+        })
+    }
+
+    /// Reloads when any of the files changed since the last load (a CRL republished by the
+    /// CA, a renewed server certificate). Cheap enough to call every few seconds; a failed
+    /// reload is logged and retried only after the files change again.
+    pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
+        let now = file_stamps(&self.files);
+        {
+            let mut s = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+            if *s == now {
+                return None;
+            }
+            *s = now;
+        }
+        Some(self.reload())
+    }
+
+    pub fn current(&self) -> Arc<TlsContext> {
+        // A panic while holding the lock cannot leave a half-swapped Arc behind.
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn reload(&self) -> Result<(), TlsError> {
+        match load(&self.files, &self.options, self.clock.clone()) {
+            Ok(ctx) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
+                tracing::info!(ca = %self.files.ca.display(), "TLS configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("TLS reload failed, keeping the previous configuration: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+}
+
+fn file_stamps(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+    [&files.ca, &files.cert, &files.key]
+        .into_iter()
+        .chain(files.crls.iter())
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+impl TlsProvider for ReloadableTls {
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.current().server_config()
+    }
+
+    /// CRLs are checked on every new connection and renegotiation, so a republished CRL
+    /// takes effect within one maintenance interval without a restart.
+    fn maintain(&self) -> bool {
+        let changed = matches!(self.reload_if_changed(), Some(Ok(())));
+        let now = self
+            .clock
+            .current_time()
+            .map_or(SystemTime::UNIX_EPOCH, |t| {
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.as_secs())
+            });
+        if self.current().any_crl_expired(now) {
+            tracing::error!("a configured CRL is past its nextUpdate; publish a fresh one");
+        }
+        changed
+    }
+
+    fn is_revoked(&self, id: &ClientIdentity) -> bool {
+        self.current().is_revoked(id)
+    }
+}
+
+#[cfg(test)]
+#[path = "tls_files_tests.rs"]
+mod tests;
