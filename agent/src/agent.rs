@@ -15,9 +15,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{EndpointConfig, Listener};
-use crate::datapath::{self, maps::Maps, tap::Tap, Datapath, DatapathOptions};
+use crate::datapath::{self, maps::Maps, Datapath, DatapathOptions};
 use crate::gateway::{Adopted, ClientsMapHooks};
+use crate::io::tap::Tap;
 use crate::io::tls_files::ReloadableTls;
+use crate::io::{Command, SessionInfo, Tunnel, TunnelOptions};
 use crate::openvpn::env::Env;
 use crate::openvpn::packet::Role;
 use crate::openvpn::server::{Server, ServerEvent};
@@ -25,7 +27,6 @@ use crate::openvpn::session::TlsProvider;
 use crate::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
 use crate::policy::{self, CompiledPolicy, PolicyInput};
 use crate::reconcile;
-use crate::tunnel::{Command, SessionInfo, Tunnel, TunnelOptions};
 use portcullis_common::GroupBits;
 
 /// A request on the admin socket (one JSON object per line).
@@ -322,6 +323,7 @@ pub fn start_datapath(
         tap_name: tap_name.into(),
         tap_mac: tap.mac,
         gateway: policy.gateway_addr,
+        gateway_ports: policy.gateway_ports.clone(),
         targets: policy
             .target_networks
             .iter()

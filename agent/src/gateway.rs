@@ -11,8 +11,8 @@ use portcullis_common::{ClientInfo, GroupBits, DEFAULT_FLOWS_PER_CLIENT};
 
 use crate::auth::{Grant, Grants};
 use crate::datapath::maps::Maps;
+use crate::io::TunnelHooks;
 use crate::openvpn::server::ServerEvent;
-use crate::tunnel::TunnelHooks;
 
 /// `clients` entries a previous agent left behind (`run --keep-maps`), by tunnel address, with
 /// the user whose session held it (`None`: not known). An entry leaves this table when a

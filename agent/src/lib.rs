@@ -18,7 +18,6 @@ pub mod policy;
 pub mod profile;
 pub mod reconcile;
 pub mod status;
-pub mod tunnel;
 
 /// Parse TOML into any config type (re-exported so tests need no toml dependency).
 pub fn toml_from_str<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, toml::de::Error> {

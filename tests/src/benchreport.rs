@@ -356,15 +356,20 @@ pub fn read_report(path: &std::path::Path) -> anyhow::Result<Value> {
 }
 
 /// The in-process tunnel's IO counters, as both tunnel benchmarks report them.
-pub fn tunnel_stats(st: &portcullis::tunnel::TunnelStats) -> Value {
+pub fn tunnel_stats(st: &portcullis::io::TunnelStats) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     json!({
         "udp_rx": st.udp_rx.load(Relaxed), "udp_tx": st.udp_tx.load(Relaxed),
         "tap_rx": st.tap_rx.load(Relaxed), "tap_tx": st.tap_tx.load(Relaxed),
         "data_unknown_peer": st.data_unknown_peer.load(Relaxed),
         "data_rejected": st.data_rejected.load(Relaxed),
+        "data_spoofed": st.data_spoofed.load(Relaxed),
+        "data_not_ipv4": st.data_not_ipv4.load(Relaxed),
         "tap_no_peer": st.tap_no_peer.load(Relaxed),
         "control_queue_full": st.control_queue_full.load(Relaxed),
+        "tcp_connections": st.tcp_connections.load(Relaxed),
+        "tcp_refused": st.tcp_refused.load(Relaxed),
+        "tcp_timed_out": st.tcp_timed_out.load(Relaxed),
     })
 }
 

@@ -26,7 +26,7 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use portcullis::{
-    datapath::tap::tap_mac,
+    io::tap::tap_mac,
     netns::{Offloads, Veth, VethEnd},
 };
 use portcullis_common::{map_names, CtEntry, DenyEvent, FlowKey, NatRev};
@@ -34,7 +34,7 @@ use portcullis_common::{map_names, CtEntry, DenyEvent, FlowKey, NatRev};
 use crate::relay::{Relay, RelayPort};
 use crate::{gateway::Gateway, mac_of, unique, NetNs};
 
-pub use portcullis::netns::IcmpSocket;
+pub use portcullis::netns::{inet_checksum, IcmpSocket};
 
 /// Run `f` on a fresh thread inside the named namespace (sockets it creates live there).
 pub fn run_in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -233,7 +233,27 @@ impl Clients {
             .map(|q| q.try_clone())
             .collect::<io::Result<Vec<_>>>()
             .expect("clone TAP queue");
-        let relay = Relay::start(&ports, taps, gw.tap.mac).expect("start relay");
+        // The relay writes each client's session slot, as the worker writes the peer id:
+        // read it from the `clients` map the test fills.
+        let clients_map = gw
+            .dp
+            .options
+            .pin_dir()
+            .join(portcullis_common::map_names::CLIENTS);
+        let slot_of: crate::relay::SlotOf = Box::new(move |a| {
+            let map =
+                aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&clients_map).ok()?)
+                    .ok()?;
+            let m: aya::maps::HashMap<
+                _,
+                portcullis_common::ClientKey,
+                portcullis_common::ClientInfo,
+            > = aya::maps::HashMap::try_from(map).ok()?;
+            m.get(&portcullis_common::ClientKey::v4(a), 0)
+                .ok()
+                .map(|c| c.slot)
+        });
+        let relay = Relay::start(&ports, taps, gw.tap.mac, slot_of).expect("start relay");
         let clients = Clients { relay, list };
         for (i, c) in clients.list.iter().enumerate() {
             assert!(

@@ -164,7 +164,8 @@ pub mod gateway {
     use aya::programs::XdpMode;
     pub use portcullis::netns::fmt_mac;
     use portcullis::{
-        datapath::{tap::Tap, Datapath, DatapathOptions},
+        datapath::{Datapath, DatapathOptions},
+        io::tap::Tap,
         netns::{PrivateNetwork, Topology, Veth},
         policy::{compile, CompiledPolicy, PolicyInput},
         reconcile,
@@ -294,6 +295,7 @@ all_users = true
                 tap_name: TAP.into(),
                 tap_mac: tap.mac,
                 gateway: policy.gateway_addr,
+                gateway_ports: policy.gateway_ports.clone(),
                 targets: policy
                     .target_networks
                     .iter()

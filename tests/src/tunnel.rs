@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use portcullis::datapath::maps::Maps;
 use portcullis::gateway::ClientsMapHooks;
 use portcullis::io::tls_files::{ReloadableTls, TlsFiles};
+use portcullis::io::{Tunnel, TunnelOptions};
 use portcullis::openvpn::env::Env;
 use portcullis::openvpn::packet::Role;
 use portcullis::openvpn::server::{PushSettings, Server, ServerEvent, ServerSettings};
@@ -17,7 +18,6 @@ use portcullis::openvpn::session::{Renegotiation, TlsProvider};
 use portcullis::openvpn::tls::TlsOptions;
 use portcullis::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
 use portcullis::policy::PolicyInput;
-use portcullis::tunnel::{Tunnel, TunnelOptions};
 
 use crate::gateway::{base_policy, Gateway, Options};
 use crate::openvpn::{LabPki, TempDir, Underlay, OVPN_PORT, UNDERLAY_GW};

@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::Ipv4Net;
+use portcullis::io::Command;
 use portcullis::openvpn::server::ServerEvent;
 use portcullis::openvpn::session::{CloseReason, FailureCode, Renegotiation};
 use portcullis::pki::Validity;
-use portcullis::tunnel::Command;
 use portcullis_common::DropReason;
 use tests::clients::{echo_round_trip, read_line, run_in_ns, wait_until, TcpServer, UdpServer};
 use tests::gateway::{base_policy, fmt_mac, toml_policy, GW_IF, GW_NET_ADDR, SERVER};

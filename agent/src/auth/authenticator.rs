@@ -16,9 +16,9 @@ use super::hook::ConnectHook;
 use super::limiter::{source_key, FailureLimiter};
 use super::slots::LoginSlots;
 use crate::config::EndpointConfig;
+use crate::io::Authorizer;
 use crate::openvpn::peer::Link;
 use crate::openvpn::verdict::{AuthRequest, FailureCode, Refusal};
-use crate::tunnel::Authorizer;
 
 /// Local groups of a user name (from the live policy).
 pub type LocalGroups = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;

@@ -1,7 +1,7 @@
 //! Connection authentication beyond the certificate, and what it granted.
 //!
 //! - [`authenticator`]: the directory check, the failed-login rate limit and the
-//!   client-connect hook, run as one [`crate::tunnel::Authorizer`] on the tunnel's authorizer
+//!   client-connect hook, run as one [`crate::io::Authorizer`] on the tunnel's authorizer
 //!   threads; built from the endpoint's configuration by [`Authenticator::from_config`].
 //! - [`grants`]: what each admitted session was granted (directory user and groups).
 //! - [`limiter`]: token buckets of failed logins per user and per source.

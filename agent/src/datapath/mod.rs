@@ -2,7 +2,6 @@
 //! `/sys/fs/bpf/portcullis/<endpoint>/`, attach to the TAP and the target interfaces, and
 //! re-adopt all of it after an agent restart.
 pub mod maps;
-pub mod tap;
 
 use std::{
     ffi::CString,
@@ -61,8 +60,6 @@ pub enum DatapathError {
     },
     #[error("pinning or re-adopting link {path}: {msg}")]
     Link { path: PathBuf, msg: String },
-    #[error(transparent)]
-    Tap(#[from] tap::TapError),
     #[error("map {map}: {source}")]
     Map {
         map: &'static str,
@@ -123,12 +120,14 @@ pub struct DatapathOptions {
     pub endpoint: String,
     /// Parent of the per-endpoint pin directory (default [`DEFAULT_PIN_ROOT`]).
     pub pin_root: PathBuf,
-    /// ifindex and MAC of the TAP (create it with [`tap::Tap::open`] first).
+    /// ifindex and MAC of the TAP (create it with [`crate::io::tap::Tap::open`] first).
     pub tap_ifindex: u32,
     pub tap_name: String,
     pub tap_mac: [u8; 6],
     /// The gateway's tunnel address (on the TAP).
     pub gateway: Ipv4Addr,
+    /// What clients may reach on it (`PolicyInput::gateway_ports`); fixed while loaded.
+    pub gateway_ports: Vec<crate::policy::model::GatewayPort>,
     /// Target-network interfaces to attach the egress program to.
     pub targets: Vec<String>,
     /// Conntrack capacity (default `DEFAULT_MAX_FLOWS`).
@@ -165,6 +164,17 @@ impl Datapath {
         let mut mac8 = [0u8; 8];
         mac8[..6].copy_from_slice(&options.tap_mac);
         let gw = options.gateway.octets();
+        if options.gateway_ports.len() > portcullis_common::MAX_GATEWAY_PORTS {
+            return Err(DatapathError::Other(format!(
+                "gateway_ports: at most {} entries",
+                portcullis_common::MAX_GATEWAY_PORTS
+            )));
+        }
+        let mut gw_ports = [0u32; portcullis_common::MAX_GATEWAY_PORTS];
+        for (w, p) in gw_ports.iter_mut().zip(&options.gateway_ports) {
+            let (proto, port) = p.proto_port();
+            *w = portcullis_common::gateway_port(proto, port);
+        }
         let pins: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &pins {
@@ -178,6 +188,7 @@ impl Datapath {
             .override_global(globals::TAP_IFINDEX, &options.tap_ifindex, true)
             .override_global(globals::TAP_MAC, &mac8, true)
             .override_global(globals::GATEWAY_ADDR, &gw, true)
+            .override_global(globals::GATEWAY_PORTS, &gw_ports, true)
             .override_global(
                 globals::DENY_EVENTS_PER_SEC,
                 &options.deny_events_per_sec,

@@ -18,9 +18,13 @@ use anyhow::{bail, Context, Result};
 use portcullis_common::{DenyEvent, DropReason};
 
 use crate::{
-    datapath::{self, maps::Maps, tap::Tap},
+    datapath::{self, maps::Maps},
     gateway::ClientsMapHooks,
-    io::tls_files::{ReloadableTls, TlsFiles},
+    io::{
+        tap::Tap,
+        tls_files::{ReloadableTls, TlsFiles},
+        Tunnel, TunnelOptions,
+    },
     openvpn::{
         env::Env,
         packet::Role,
@@ -30,7 +34,6 @@ use crate::{
     },
     pki,
     policy::{self, PolicyInput},
-    tunnel::{Tunnel, TunnelOptions},
 };
 use net::{Ns, Topology};
 

@@ -213,39 +213,94 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A token bucket for stateless reset replies, so a flood of spoofed resets cannot turn the
-/// server into a reflector (doc §3.3: "Rate-limit either way"). Global, not per source: per
-/// source state is exactly what the cookie avoids.
+/// Token buckets for stateless reset replies, so a flood of spoofed resets cannot turn the
+/// server into a reflector (doc §3.3: "Rate-limit either way"), and one flooding source cannot
+/// spend the replies every other client needs. A global bucket bounds all replies; each source
+/// also draws from its own bucket (an eighth of the global rate and burst) in a fixed table
+/// indexed by a keyed hash of its address: memory stays bounded whatever the number of
+/// sources, no per-client state is allocated (which is what the cookie avoids), and an
+/// attacker cannot aim at another address's slot without the key.
 #[derive(Clone, Debug)]
 pub struct ResetLimiter {
-    per_second: u32,
-    burst: u32,
+    all: Bucket,
+    all_rate: Rate,
+    sources: Box<[Bucket]>,
+    source_rate: Rate,
+    key: hmac::Key,
+}
+
+/// Source slots of [`ResetLimiter`] (24 bytes each).
+pub const RESET_LIMITER_SOURCE_SLOTS: usize = 4096;
+
+#[derive(Clone, Copy, Debug)]
+struct Rate {
+    per_second: f64,
+    burst: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
     tokens: f64,
     last: Instant,
 }
 
-impl ResetLimiter {
-    pub fn new(per_second: u32, burst: u32, now: Instant) -> Self {
+impl Bucket {
+    fn full(rate: Rate, now: Instant) -> Self {
         Self {
-            per_second,
-            burst: burst.max(1),
-            tokens: f64::from(burst.max(1)),
+            tokens: rate.burst,
             last: now,
         }
     }
 
-    /// Whether one more reply may be sent at `now`; consumes a token if so.
-    pub fn allow(&mut self, now: Instant) -> bool {
+    /// Refills for the time since the last call; whether a token is there.
+    fn refill(&mut self, rate: Rate, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = self.last.max(now);
-        self.tokens =
-            (self.tokens + elapsed * f64::from(self.per_second)).min(f64::from(self.burst));
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
+        self.tokens >= 1.0
+    }
+}
+
+impl ResetLimiter {
+    /// `per_second` and `burst` for all sources together; `key` keys the source hash.
+    pub fn new(per_second: u32, burst: u32, key: &[u8], now: Instant) -> Self {
+        let all_rate = Rate {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst.max(1)),
+        };
+        let source_rate = Rate {
+            per_second: f64::from(per_second) / 8.0,
+            burst: (f64::from(burst) / 8.0).max(1.0),
+        };
+        Self {
+            all: Bucket::full(all_rate, now),
+            all_rate,
+            sources: vec![Bucket::full(source_rate, now); RESET_LIMITER_SOURCE_SLOTS]
+                .into_boxed_slice(),
+            source_rate,
+            key: hmac::Key::new(hmac::HMAC_SHA256, key),
         }
+    }
+
+    /// Whether one more reply to `source` may be sent at `now`; consumes a token of its
+    /// source and of the global bucket if so.
+    pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
+        let ip = match canonical_ip(source) {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        let tag = hmac::sign(&self.key, &ip);
+        let mut h = [0u8; 8];
+        h.copy_from_slice(&tag.as_ref()[..8]);
+        let slot = (u64::from_be_bytes(h) % RESET_LIMITER_SOURCE_SLOTS as u64) as usize;
+        let own = &mut self.sources[slot];
+        // The source's bucket first: a source over its share spends nothing of the others'.
+        if !own.refill(self.source_rate, now) || !self.all.refill(self.all_rate, now) {
+            return false;
+        }
+        own.tokens -= 1.0;
+        self.all.tokens -= 1.0;
+        true
     }
 }
 
@@ -522,7 +577,7 @@ mod tests {
     fn flood_of_resets_is_rate_limited_and_stateless() {
         let t = Instant::now();
         let c = cookie(t);
-        let mut limiter = ResetLimiter::new(100, 20, t);
+        let mut limiter = ResetLimiter::new(100, 20, b"key", t);
         let mut sent = 0;
         let mut bytes_in = 0;
         let mut bytes_out = 0;
@@ -534,7 +589,9 @@ mod tests {
             let Packet::Control(r) = decode(&pkt).unwrap() else {
                 panic!()
             };
-            if limiter.allow(now) {
+            // From spoofed sources all over the address space.
+            let from = IpAddr::from((0x0a00_0000 + i as u32).to_be_bytes());
+            if limiter.allow(from, now) {
                 let out = c.reset_reply(&r, addr(), now).unwrap().to_vec().unwrap();
                 bytes_out += out.len();
                 sent += 1;
@@ -543,5 +600,28 @@ mod tests {
         // Burst 20 plus 100/s for one second.
         assert!((115..=125).contains(&sent), "sent {sent}");
         assert!(bytes_out * 10 < bytes_in, "in {bytes_in} out {bytes_out}");
+    }
+
+    #[test]
+    fn one_flooding_source_does_not_starve_the_others() {
+        let t = Instant::now();
+        let mut limiter = ResetLimiter::new(200, 400, b"key", t);
+        let flooder = IpAddr::from([198, 51, 100, 7]);
+        let mut flooder_sent = 0;
+        let mut others_sent = 0;
+        // 10 s: the flooder sends 10 000 resets a second, 50 real clients one a second each.
+        for ms in 0..10_000u64 {
+            let now = t + Duration::from_millis(ms);
+            for _ in 0..10 {
+                flooder_sent += usize::from(limiter.allow(flooder, now));
+            }
+            if ms % 20 == 0 {
+                let client = IpAddr::from([192, 0, 2, (ms / 20 % 50) as u8 + 1]);
+                others_sent += usize::from(limiter.allow(client, now));
+            }
+        }
+        // The flooder gets at most its eighth: burst 50, then 25/s.
+        assert!(flooder_sent <= 50 + 25 * 10 + 1, "flooder {flooder_sent}");
+        assert_eq!(others_sent, 500, "every real client was answered");
     }
 }

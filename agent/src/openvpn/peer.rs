@@ -410,11 +410,12 @@ pub struct PeerTable {
 /// What a worker should do with a data packet it received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataVerdict {
-    /// Write `buf[range]` (an IP packet from `from_addr`, the client's tunnel address) to the
-    /// TAP.
+    /// Write `buf[range]`, an IP packet session `peer_id` sent, to the TAP; the worker checks
+    /// that its source is `addr`, the session's tunnel address.
     Tunnel {
         range: std::ops::Range<usize>,
         peer_id: u32,
+        addr: Ipv4Addr,
     },
     /// Authenticated keepalive or ignorable OCC: nothing to forward.
     Consumed,
@@ -429,8 +430,7 @@ pub enum DataVerdict {
 pub enum DropCause {
     UnknownPeer,
     Crypto,
-    /// Decrypted, but the inner source address is not the client's own (anti-spoofing is
-    /// the XDP program's job too; this keeps unassigned peers from sending at all).
+    /// Decrypted, but the session has no tunnel address yet (not connected).
     NotConnected,
     /// From a UDP address another client's session holds: no float there (see
     /// [`PeerTable::open`]).
@@ -587,16 +587,14 @@ impl PeerTable {
             });
         }
         let v = match opened {
-            Opened::Ip(range) => {
-                if peer.tunnel_addr().is_none() {
-                    DataVerdict::Dropped(DropCause::NotConnected)
-                } else {
-                    DataVerdict::Tunnel {
-                        range,
-                        peer_id: peer.peer_id,
-                    }
-                }
-            }
+            Opened::Ip(range) => match peer.tunnel_addr() {
+                None => DataVerdict::Dropped(DropCause::NotConnected),
+                Some(addr) => DataVerdict::Tunnel {
+                    range,
+                    peer_id: peer.peer_id,
+                    addr,
+                },
+            },
             Opened::Ping | Opened::Occ => DataVerdict::Consumed,
             Opened::Exit => DataVerdict::Exit {
                 peer_id: peer.peer_id,

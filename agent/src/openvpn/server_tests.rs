@@ -229,7 +229,7 @@ fn handshake_push_and_data_in_memory_with_and_without_tls_crypt() {
         let peers = lab.server.peers();
         let (v, floated) = peers.open(l, &mut pkt, lab.now);
         assert!(floated.is_none());
-        let DataVerdict::Tunnel { range, peer_id } = v else {
+        let DataVerdict::Tunnel { range, peer_id, .. } = v else {
             panic!("{v:?}");
         };
         assert_eq!(peer_id, 0);
@@ -247,16 +247,100 @@ fn handshake_push_and_data_in_memory_with_and_without_tls_crypt() {
     }
 }
 
+fn tcp_link(conn: u64, port: u16) -> Link {
+    Link::Tcp {
+        conn,
+        addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 12), port)),
+    }
+}
+
 #[test]
-fn tcp_uses_the_stateful_reset() {
-    let mut lab = Lab::new(false);
-    let l = Link::Tcp {
-        conn: 7,
-        addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 12), 5555)),
-    };
-    lab.connect("bob", l);
+fn tcp_session_starts_only_after_the_cookie() {
+    let mut lab = Lab::new(true);
+    let l = tcp_link(7, 5555);
+    let mut c = lab.client("bob");
+    for p in c.poll_transmit(lab.now) {
+        lab.server.handle_control(l, &p, lab.now);
+    }
+    assert_eq!(lab.server.session_count(), 0, "no state for a bare reset");
+    assert_eq!(lab.server.stats.stateless_replies, 1);
+    let replies: Vec<_> = std::iter::from_fn(|| lab.server.poll_transmit()).collect();
+    assert_eq!(replies.len(), 1);
+    c.on_packet(&replies[0].1, lab.now);
+    lab.pump(&mut c, l);
+    assert!(c.push_reply.is_some(), "{:?}", lab.events());
     assert_eq!(connected(&lab.events()).len(), 1);
-    assert_eq!(lab.server.stats.stateless_replies, 0);
+}
+
+#[test]
+fn tcp_connection_carries_one_session() {
+    let mut lab = Lab::new(false);
+    let l = tcp_link(8, 5556);
+    let mut c = lab.connect("bob", l);
+    lab.events();
+    // A second reset on the live connection neither replaces nor disturbs the session.
+    let mut intruder = lab.client("mallory");
+    lab.pump(&mut intruder, l);
+    assert_eq!(lab.server.session_count(), 1);
+    assert!(disconnected(&lab.events()).is_empty());
+    // Once its session ended, the connection starts no other.
+    c.send_message("EXIT");
+    lab.pump(&mut c, l);
+    assert_eq!(disconnected(&lab.events()), vec![CloseReason::ClientExit]);
+    let mut again = lab.client("bob");
+    lab.pump(&mut again, l);
+    assert_eq!(lab.server.session_count(), 0);
+    assert!(again.push_reply.is_none());
+    assert!(connected(&lab.events()).is_empty());
+}
+
+#[test]
+fn half_open_sessions_per_source_are_limited() {
+    use super::server::AuthMode;
+    // External authorization that never answers keeps every session half-open.
+    let mut lab = Lab::with(false, |s| {
+        s.max_sessions = 64;
+        s.auth = AuthMode::External;
+    });
+    assert_eq!(lab.server.half_open_limit(), 16);
+    for port in 0..40 {
+        let mut c = lab.client("mallory");
+        lab.pump(&mut c, link(20_000 + port));
+    }
+    assert_eq!(lab.server.session_count(), 16);
+    assert_eq!(lab.server.stats.half_open_limit, 24);
+    // Another host still gets a session, and connects once authorized.
+    let other = Link::Udp {
+        listener: 0,
+        addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 99), 1194)),
+    };
+    let mut c = lab.client("alice");
+    lab.pump(&mut c, other);
+    let (session, key_id) = lab
+        .events()
+        .iter()
+        .find_map(|e| match e {
+            ServerEvent::AuthRequired { link, request } if *link == other => {
+                Some((request.session, request.key_id))
+            }
+            _ => None,
+        })
+        .expect("alice's authentication is asked for");
+    lab.server
+        .authorize_external(other, session, key_id, Ok(()), true, lab.now);
+    lab.pump(&mut c, other);
+    assert!(c.push_reply.is_some());
+    // Connected, her session no longer counts as half-open: her host has its full share.
+    for port in 0..16 {
+        let mut c = lab.client("alice");
+        let l = Link::Udp {
+            listener: 0,
+            addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 99), 2000 + port)),
+        };
+        lab.pump(&mut c, l);
+    }
+    assert_eq!(lab.server.session_count(), 33);
+    assert_eq!(lab.server.stats.half_open_limit, 24);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The front door: control packets routed to their session, the stateless HMAC-cookie
-//! handshake for new UDP clients (no state before the round trip, replies rate-limited and
-//! never larger than the request plus a fixed reset), and the creation of sessions.
+//! handshake for new clients on either transport (no state before the round trip, replies
+//! never larger than the request plus a fixed reset, rate-limited on UDP in total and per
+//! source), and the creation of sessions (half-open ones bounded per source).
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,6 +32,11 @@ impl Server {
         if let Some(e) = self.sessions.get_mut(&link) {
             if e.session.on_control(raw, now) {
                 self.after(link, now);
+                return;
+            }
+            // One TCP connection carries one session (a client restarts on a new one).
+            if link.is_tcp() {
+                self.stats.unroutable += 1;
                 return;
             }
             // A new hard reset from a known address is a client restart (doc §1.6, pitfall
@@ -70,63 +76,57 @@ impl Server {
             self.stats.malformed += 1;
             return;
         };
-        match link {
-            Link::Udp { addr, .. } => {
-                if pkt.opcode == Opcode::HardResetClientV2 {
-                    self.stateless_reset(link, addr, &pkt, now);
-                } else {
-                    if self
-                        .closed
-                        .get(&link)
-                        .is_some_and(|(sid, until)| *sid == pkt.session_id && now < *until)
-                    {
-                        self.stats.unroutable += 1;
-                        return;
-                    }
-                    match self.cookie.verify(&pkt, addr, now) {
-                        Ok(acc) => {
-                            let _ = wrap_id;
-                            // A live session is replaced only by a new client session (a
-                            // restart): a duplicate or replay of the packets that set up the
-                            // live session itself carries its client session id, still within
-                            // the cookie's lifetime, and must not end it.
-                            if self
-                                .sessions
-                                .get(&link)
-                                .is_some_and(|e| e.session.remote_session() == acc.client_session)
-                            {
-                                self.stats.unroutable += 1;
-                                return;
-                            }
-                            self.create(
-                                link,
-                                Start::Cookie {
-                                    client: acc.client_session,
-                                    server: acc.server_session,
-                                },
-                                // Our stateless reset was wrapped with id 1 (doc §11.3).
-                                2,
-                                now,
-                            );
-                            if let Some(e) = self.sessions.get_mut(&link) {
-                                e.session.on_control(raw, now);
-                            }
-                            self.after(link, now);
-                        }
-                        Err(_) => self.stats.cookie_rejected += 1,
-                    }
-                }
+        // TCP too: the TCP handshake proves the address, but not that the client speaks the
+        // protocol; no session state before the client's second packet on either transport.
+        let addr = link.addr();
+        if pkt.opcode == Opcode::HardResetClientV2 {
+            // A connection whose session ended does not start another one.
+            if link.is_tcp() && self.closed.contains_key(&link) {
+                self.stats.unroutable += 1;
+                return;
             }
-            Link::Tcp { .. } => {
-                // One session per TCP connection: no cookie needed, the TCP handshake already
-                // proved the address.
-                if pkt.opcode != Opcode::HardResetClientV2 || pkt.message_id != Some(0) {
+            self.stateless_reset(link, addr, &pkt, now);
+            return;
+        }
+        if self
+            .closed
+            .get(&link)
+            .is_some_and(|(sid, until)| link.is_tcp() || (*sid == pkt.session_id && now < *until))
+        {
+            self.stats.unroutable += 1;
+            return;
+        }
+        match self.cookie.verify(&pkt, addr, now) {
+            Ok(acc) => {
+                let _ = wrap_id;
+                // A live session is replaced only by a new client session (a restart): a
+                // duplicate or replay of the packets that set up the live session itself
+                // carries its client session id, still within the cookie's lifetime, and must
+                // not end it.
+                if self
+                    .sessions
+                    .get(&link)
+                    .is_some_and(|e| e.session.remote_session() == acc.client_session)
+                {
                     self.stats.unroutable += 1;
                     return;
                 }
-                self.create(link, Start::Reset(&pkt), 1, now);
+                self.create(
+                    link,
+                    Start::Cookie {
+                        client: acc.client_session,
+                        server: acc.server_session,
+                    },
+                    // Our stateless reset was wrapped with id 1 (doc §11.3).
+                    2,
+                    now,
+                );
+                if let Some(e) = self.sessions.get_mut(&link) {
+                    e.session.on_control(raw, now);
+                }
                 self.after(link, now);
             }
+            Err(_) => self.stats.cookie_rejected += 1,
         }
     }
 
@@ -137,7 +137,8 @@ impl Server {
         pkt: &ControlPacket<'_>,
         now: Instant,
     ) {
-        if !self.limiter.allow(now) {
+        // Over TCP a reply reflects nothing (the address is proven), so only UDP is limited.
+        if !link.is_tcp() && !self.limiter.allow(addr.ip(), now) {
             self.stats.reset_rate_limited += 1;
             return;
         }
@@ -180,6 +181,12 @@ impl Server {
             self.stats.session_limit += 1;
             return;
         }
+        let source = link.addr().ip();
+        let half_open = self.half_open.get(&source).copied().unwrap_or(0);
+        if half_open >= self.half_open_limit() {
+            self.stats.half_open_limit += 1;
+            return;
+        }
         let Some(peer_id) = self.free_peer_ids.pop_front() else {
             self.stats.session_limit += 1;
             return;
@@ -219,8 +226,10 @@ impl Server {
                         serial,
                         tunnel_addr: None,
                         deadline: None,
+                        half_open: true,
                     },
                 );
+                self.half_open.insert(source, half_open + 1);
             }
             Err(_) => {
                 self.free_peer_ids.push_back(peer_id);

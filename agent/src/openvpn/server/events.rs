@@ -68,6 +68,9 @@ pub struct ServerStats {
     pub cookie_rejected: u64,
     pub reset_rate_limited: u64,
     pub session_limit: u64,
+    /// New sessions refused because their source already has as many half-open sessions
+    /// as one source may (see [`super::Server::half_open_limit`]).
+    pub half_open_limit: u64,
     pub stateless_replies: u64,
     pub unroutable: u64,
     /// Floats refused because another client's session holds the address.

@@ -1,6 +1,6 @@
 //! The OpenVPN server's control side, sans-IO: demultiplexes control packets to sessions,
-//! runs the stateless HMAC-cookie handshake on UDP (no per-client state before the cookie
-//! round trip, replies rate-limited and never larger than the request plus a fixed reset),
+//! runs the stateless HMAC-cookie handshake (no per-client state before the cookie round trip,
+//! replies rate-limited and never larger than the request plus a fixed reset),
 //! assigns peer-ids and tunnel addresses, authorizes, and reports connects and disconnects.
 //!
 //! Data packets do not come here: workers open them through the shared [`PeerTable`].
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ipnet::Ipv4Net;
+use ring::hmac;
 
 use super::cookie::{HmacCookie, ResetLimiter};
 use super::crypto::Cipher;
@@ -41,6 +42,19 @@ struct Entry {
     serial: u64,
     tunnel_addr: Option<Ipv4Addr>,
     deadline: Option<Instant>,
+    /// Not connected yet: counted in `Server::half_open` for its source.
+    half_open: bool,
+}
+
+/// One half-open session from `link`'s source address connected or ended.
+fn release_half_open(half_open: &mut HashMap<std::net::IpAddr, usize>, link: Link) {
+    let source = link.addr().ip();
+    if let Some(n) = half_open.get_mut(&source) {
+        *n -= 1;
+        if *n == 0 {
+            half_open.remove(&source);
+        }
+    }
 }
 
 /// Who a session belongs to, for floats: the certificate (issuer and serial), or the user name
@@ -73,6 +87,8 @@ pub struct Server {
     /// report about an ended session is unlikely to meet a new one on the same id (and the
     /// serial it carries settles it when it does).
     free_peer_ids: VecDeque<u32>,
+    /// Half-open sessions per source address: one host may hold only a share of the table.
+    half_open: HashMap<std::net::IpAddr, usize>,
     events: VecDeque<ServerEvent>,
     out: VecDeque<(Link, Vec<u8>)>,
     base: Instant,
@@ -105,7 +121,16 @@ impl Server {
         Ok(Server {
             udp_cfg,
             tcp_cfg,
-            limiter: ResetLimiter::new(settings.reset_rate.0, settings.reset_rate.1, now),
+            limiter: ResetLimiter::new(
+                settings.reset_rate.0,
+                settings.reset_rate.1,
+                hmac::sign(
+                    &hmac::Key::new(hmac::HMAC_SHA256, &secret),
+                    b"reset limiter",
+                )
+                .as_ref(),
+                now,
+            ),
             cookie: HmacCookie::new(secret, hand_window, now),
             settings,
             tls,
@@ -116,6 +141,7 @@ impl Server {
             pool,
             peers: Arc::new(PeerTable::default()),
             free_peer_ids: (0..n).collect(),
+            half_open: HashMap::new(),
             events: VecDeque::new(),
             out: VecDeque::new(),
             base: now,
@@ -133,6 +159,13 @@ impl Server {
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Half-open sessions (handshake or authorization pending) one source address may hold:
+    /// an eighth of the table, so one host cannot fill it, and enough for the clients of a
+    /// whole office behind one NAT connecting at once.
+    pub fn half_open_limit(&self) -> usize {
+        (self.settings.max_sessions / 8).max(16)
     }
 
     pub fn pool(&self) -> &AddressPool {
@@ -220,6 +253,9 @@ impl Server {
                     peer_info,
                 } => {
                     let e = self.sessions.get_mut(&link).expect("present");
+                    if std::mem::take(&mut e.half_open) {
+                        release_half_open(&mut self.half_open, link);
+                    }
                     let addr = e.tunnel_addr.expect("assigned before push");
                     let peer = e.session.peer().clone();
                     if let Some(id) = e.session.identity() {
@@ -251,6 +287,9 @@ impl Server {
                 }
                 SessionEvent::Closed(reason) => {
                     let e = self.sessions.remove(&link).expect("present");
+                    if e.half_open {
+                        release_half_open(&mut self.half_open, link);
+                    }
                     // Whatever the session still had to say (an alert, AUTH_FAILED) goes out.
                     let mut s = e.session;
                     while let Some(p) = s.poll_transmit() {
@@ -451,6 +490,10 @@ impl Server {
         // The timer heap is keyed by link: the session's deadline is scheduled anew at `to`
         // (an entry left at `from` is stale and skipped).
         e.deadline = None;
+        if e.half_open {
+            release_half_open(&mut self.half_open, from);
+            *self.half_open.entry(to.addr().ip()).or_default() += 1;
+        }
         let session = e.serial;
         self.sessions.insert(to, e);
         self.events.push_back(ServerEvent::Floated {

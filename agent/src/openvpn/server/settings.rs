@@ -41,7 +41,8 @@ pub struct ServerSettings {
     pub auth: AuthMode,
     /// Concurrent sessions (including half-open ones after the cookie).
     pub max_sessions: usize,
-    /// Stateless reset replies per second (and burst), all sources together.
+    /// Stateless reset replies per second (and burst), all sources together; one source gets
+    /// an eighth of it (`cookie::ResetLimiter`).
     pub reset_rate: (u32, u32),
     pub udp: SessionConfig,
     pub tcp: SessionConfig,

@@ -1,0 +1,288 @@
+//! A packet worker: its UDP sockets and TAP queue, data packets decrypted into the TAP and
+//! TAP frames sealed back to clients, control packets handed to the control thread.
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::tcp::TcpConns;
+use super::udp::{from_sockaddr, Batch, SendQueue};
+use super::{Ctl, TunnelStats, BATCH, BUF, ETH_HLEN, HEADROOM};
+use crate::openvpn::peer::{DataVerdict, Link, PeerTable};
+use portcullis_common::session_mac;
+
+pub(super) struct WorkerCtx {
+    pub(super) socks: Vec<UdpSocket>,
+    pub(super) tap: File,
+    pub(super) reads_tap: bool,
+    pub(super) tap_mac: [u8; 6],
+    pub(super) peers: Arc<PeerTable>,
+    pub(super) ctl: mpsc::Sender<Ctl>,
+    pub(super) tcp: Arc<TcpConns>,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) stats: Arc<TunnelStats>,
+    pub(super) base: Instant,
+}
+
+fn send_ctl(ctl: &mpsc::Sender<Ctl>, stats: &TunnelStats, m: Ctl) {
+    if ctl.try_send(m).is_err() {
+        stats.control_queue_full.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a decrypted packet is not written to the TAP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotForTap {
+    /// Not an IPv4 packet (the data path is IPv4 only).
+    NotIpv4,
+    /// Its source is not the sending session's own tunnel address.
+    Spoofed,
+}
+
+/// Builds the Ethernet header in the bytes just before `buf[range]`, an IP packet that the
+/// session in `slot` (its peer id, the `slot` of its `clients` entry) sent from tunnel
+/// address `own`, and returns the frame's range. A packet with any other source is refused:
+/// it would be judged by another session's groups, quota and name. The XDP program checks
+/// the slot in the source MAC against the `clients` entry of the source address again, so
+/// neither layer alone is trusted.
+pub(super) fn frame(
+    buf: &mut [u8],
+    range: std::ops::Range<usize>,
+    tap_mac: [u8; 6],
+    own: Ipv4Addr,
+    slot: u32,
+) -> Result<std::ops::Range<usize>, NotForTap> {
+    let ip = &buf[range.clone()];
+    if ip.len() < 20 || ip[0] >> 4 != 4 || range.start < ETH_HLEN {
+        return Err(NotForTap::NotIpv4);
+    }
+    if Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]) != own {
+        return Err(NotForTap::Spoofed);
+    }
+    let start = range.start - ETH_HLEN;
+    let eth = &mut buf[start..range.start];
+    eth[0..6].copy_from_slice(&tap_mac);
+    eth[6..12].copy_from_slice(&session_mac(slot));
+    eth[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    Ok(start..range.end)
+}
+
+/// Writes a decrypted packet of session `slot` to the TAP (see [`frame`]), counting why not.
+pub(super) fn to_tap(
+    tap: &mut File,
+    buf: &mut [u8],
+    range: std::ops::Range<usize>,
+    (own, slot): (Ipv4Addr, u32),
+    tap_mac: [u8; 6],
+    stats: &TunnelStats,
+) {
+    match frame(buf, range, tap_mac, own, slot) {
+        Ok(f) => {
+            if tap.write(&buf[f]).is_ok() {
+                stats.tap_tx.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Err(NotForTap::Spoofed) => {
+            stats.data_spoofed.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(NotForTap::NotIpv4) => {
+            stats.data_not_ipv4.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub(super) fn run(mut w: WorkerCtx) {
+    let mut rx = Batch::new();
+    let mut tx = SendQueue::new();
+    let nsock = w.socks.len();
+    // Built once: the poll set never changes while the worker runs.
+    let mut fds: Vec<libc::pollfd> = w
+        .socks
+        .iter()
+        .map(|s| s.as_raw_fd())
+        .chain(std::iter::once(w.tap.as_raw_fd()))
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .take(nsock + usize::from(w.reads_tap))
+        .collect();
+    while !w.stop.load(Ordering::Relaxed) {
+        for f in fds.iter_mut() {
+            f.revents = 0;
+        }
+        // SAFETY: fds is a live array of pollfd. 100 ms bounds the stop latency.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as u64, 100) };
+        if r <= 0 {
+            continue;
+        }
+        let now = Instant::now();
+        for (li, pfd) in fds.iter().enumerate().take(nsock) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            // Bounded: a few batches per wake-up, then the TAP gets its turn.
+            for _ in 0..8 {
+                let n = rx.recv(&w.socks[li]);
+                if n == 0 {
+                    break;
+                }
+                w.stats.udp_rx.fetch_add(n as u64, Ordering::Relaxed);
+                for i in 0..n {
+                    let Some(addr) = from_sockaddr(&rx.addrs[i]) else {
+                        continue;
+                    };
+                    let link = Link::Udp {
+                        listener: li as u16,
+                        addr,
+                    };
+                    let len = rx.lens[i];
+                    let pkt = &mut rx.bufs[i][..len];
+                    if len == 0 {
+                        continue;
+                    }
+                    let op = pkt[0] >> 3;
+                    if op == 6 || op == 9 {
+                        data_in(&mut w, link, &mut rx.bufs[i], len, now);
+                    } else {
+                        send_ctl(&w.ctl, &w.stats, Ctl::Packet(link, pkt.to_vec()));
+                    }
+                }
+                if n < BATCH {
+                    break;
+                }
+            }
+        }
+        if w.reads_tap && fds[nsock].revents != 0 {
+            for _ in 0..(4 * BATCH) {
+                // Read straight into the next send slot, the IP packet at HEADROOM, so it is
+                // sealed in place and sent from there.
+                let slot = tx.meta.len();
+                let out = &mut tx.bufs[slot];
+                let n = match w.tap.read(&mut out[HEADROOM - ETH_HLEN..]) {
+                    Ok(n) if n > ETH_HLEN => n,
+                    Ok(_) => continue,
+                    Err(_) => break,
+                };
+                w.stats.tap_rx.fetch_add(1, Ordering::Relaxed);
+                let f = &out[HEADROOM - ETH_HLEN..HEADROOM - ETH_HLEN + n];
+                if f.len() < ETH_HLEN + 20 || f[12..14] != [0x08, 0x00] {
+                    continue;
+                }
+                let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+                let Some(peer) = w.peers.by_addr(dst) else {
+                    w.stats.tap_no_peer.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let ip_len = n - ETH_HLEN;
+                let Ok((range, link)) = peer.seal(out, HEADROOM, ip_len, now) else {
+                    continue;
+                };
+                match link {
+                    Link::Udp { listener, addr } => {
+                        tx.meta.push((listener as usize, range, addr));
+                        if tx.full() {
+                            tx.flush(&w.socks, &w.stats);
+                        }
+                    }
+                    Link::Tcp { conn, .. } => w.tcp.send(conn, &out[range]),
+                }
+            }
+        }
+        tx.flush(&w.socks, &w.stats);
+    }
+    let _ = w.base;
+}
+
+fn data_in(w: &mut WorkerCtx, link: Link, buf: &mut [u8; BUF], len: usize, now: Instant) {
+    let (v, floated) = w.peers.open(link, &mut buf[..len], now);
+    if let Some(f) = floated {
+        send_ctl(&w.ctl, &w.stats, Ctl::Floated(f));
+    }
+    match v {
+        DataVerdict::Tunnel {
+            range,
+            peer_id,
+            addr,
+        } => to_tap(&mut w.tap, buf, range, (addr, peer_id), w.tap_mac, &w.stats),
+        DataVerdict::Consumed => {}
+        DataVerdict::Exit { peer_id, session } => {
+            send_ctl(&w.ctl, &w.stats, Ctl::Exit(peer_id, session))
+        }
+        DataVerdict::Dropped(crate::openvpn::peer::DropCause::UnknownPeer) => {
+            w.stats.data_unknown_peer.fetch_add(1, Ordering::Relaxed);
+        }
+        DataVerdict::Dropped(_) => {
+            w.stats.data_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAP_MAC: [u8; 6] = [0x02, 0x50, 10, 100, 0, 1];
+
+    /// A buffer with an IPv4 header from `src` at offset HEADROOM.
+    fn packet(src: Ipv4Addr) -> ([u8; 64], std::ops::Range<usize>) {
+        let mut buf = [0u8; 64];
+        let ip = &mut buf[HEADROOM..HEADROOM + 20];
+        ip[0] = 0x45;
+        ip[12..16].copy_from_slice(&src.octets());
+        ip[16..20].copy_from_slice(&[10, 0, 0, 5]);
+        (buf, HEADROOM..HEADROOM + 20)
+    }
+
+    #[test]
+    fn own_source_is_framed_with_the_slot_in_the_source_mac() {
+        let own = Ipv4Addr::new(10, 100, 0, 2);
+        let (mut buf, range) = packet(own);
+        let f = frame(&mut buf, range.clone(), TAP_MAC, own, 0x0001_0203).unwrap();
+        assert_eq!(f, range.start - ETH_HLEN..range.end);
+        assert_eq!(buf[f.start..f.start + 6], TAP_MAC);
+        assert_eq!(buf[f.start + 6..f.start + 12], [0x02, 0x50, 0, 1, 2, 3]);
+        assert_eq!(buf[f.start + 12..f.start + 14], [0x08, 0x00]);
+    }
+
+    #[test]
+    fn another_sessions_source_is_refused() {
+        let own = Ipv4Addr::new(10, 100, 0, 2);
+        for forged in [
+            Ipv4Addr::new(10, 100, 0, 3),   // another client
+            Ipv4Addr::new(10, 100, 0, 1),   // the gateway
+            Ipv4Addr::new(10, 100, 0, 200), // unassigned
+            Ipv4Addr::new(192, 0, 2, 1),    // outside the pool
+        ] {
+            let (mut buf, range) = packet(forged);
+            let before = buf;
+            assert_eq!(
+                frame(&mut buf, range, TAP_MAC, own, 7),
+                Err(NotForTap::Spoofed),
+                "{forged}"
+            );
+            assert_eq!(buf, before, "nothing written for {forged}");
+        }
+    }
+
+    #[test]
+    fn short_and_non_ipv4_packets_are_refused() {
+        let own = Ipv4Addr::new(10, 100, 0, 2);
+        let (mut buf, _) = packet(own);
+        assert_eq!(
+            frame(&mut buf, HEADROOM..HEADROOM + 19, TAP_MAC, own, 7),
+            Err(NotForTap::NotIpv4)
+        );
+        buf[HEADROOM] = 0x60;
+        assert_eq!(
+            frame(&mut buf, HEADROOM..HEADROOM + 40, TAP_MAC, own, 7),
+            Err(NotForTap::NotIpv4)
+        );
+    }
+}

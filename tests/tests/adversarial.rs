@@ -1,0 +1,297 @@
+//! Attacks on the tunnel with stock clients, in namespaces: a client forging another
+//! client's address, and an unauthenticated flood (malformed and spoofed datagrams, one
+//! source's handshake flood, a TCP connection flood) while a real client still connects.
+//!
+//! Every lab is built by the test and removed on drop; every loop is bounded in time.
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis::openvpn::server::ServerEvent;
+use tests::clients::{inet_checksum, run_in_ns, UdpServer};
+use tests::gateway::SERVER;
+use tests::openvpn::{ping, ClientConfig, OvpnClient, Proto, OVPN_PORT, UNDERLAY_GW};
+use tests::require_root;
+use tests::tunnel::{TunnelLab, TunnelOpts};
+
+/// Upper bound for a client to connect (the host is shared with other builds).
+const CONNECT: Duration = Duration::from_secs(30);
+
+/// Start a client as `cn` in underlay namespace `i` and wait for the server's `Connected`
+/// event; its tunnel address.
+fn connect(lab: &TunnelLab, i: usize, cfg: &ClientConfig, cn: &str) -> (OvpnClient, Ipv4Addr) {
+    let mark = lab.mark();
+    let client = OvpnClient::start(&lab.underlay.client(i).ns, cfg);
+    let up = client
+        .wait_connected(CONNECT)
+        .unwrap_or_else(|e| panic!("{cn} does not connect: {e}\n{}", client.log()));
+    lab.wait_event_since(
+        mark,
+        Duration::from_secs(5),
+        |ev| matches!(ev, ServerEvent::Connected { common_name, .. } if common_name == cn),
+    )
+    .unwrap_or_else(|| panic!("no Connected event for {cn}"));
+    (client, up.tun_addr)
+}
+
+/// An IPv4/UDP datagram from `src` to `dst`, written as is (`IP_HDRINCL`) by a raw socket.
+fn ipv4_udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let len = 28 + payload.len();
+    let mut p = vec![0u8; len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.ip().octets());
+    p[16..20].copy_from_slice(&dst.ip().octets());
+    let c = inet_checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20..22].copy_from_slice(&src.port().to_be_bytes());
+    p[22..24].copy_from_slice(&dst.port().to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    // UDP checksum 0: none.
+    p[28..].copy_from_slice(payload);
+    p
+}
+
+/// A raw IPv4 socket (`IPPROTO_RAW`: the caller writes the whole header) in the current
+/// namespace.
+fn raw_socket() -> OwnedFd {
+    // SAFETY: plain socket(2); the fd is owned right after.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fresh fd.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn send_raw(fd: &OwnedFd, pkt: &[u8]) -> bool {
+    let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+    // SAFETY: all-zero sockaddr_in is valid; filled below.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as u16;
+    sin.sin_addr.s_addr = u32::from(dst).to_be();
+    // SAFETY: sendto with a live buffer and a sockaddr_in of its size.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    n == pkt.len() as isize
+}
+
+/// This process's resident memory (the tunnel runs in it), in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[test]
+fn a_client_cannot_send_as_another_client() {
+    require_root!();
+    let lab = TunnelLab::new(TunnelOpts {
+        clients: 2,
+        ..TunnelOpts::default()
+    });
+    let (_alice, alice_addr) = connect(
+        &lab,
+        0,
+        &ClientConfig::new(&lab.pki, "alice", Proto::Udp),
+        "alice",
+    );
+    let (_bob, bob_addr) = connect(
+        &lab,
+        1,
+        &ClientConfig::new(&lab.pki, "bob", Proto::Udp),
+        "bob",
+    );
+    let server = UdpServer::start(&lab.gw, SocketAddrV4::new(SERVER, 7100), false);
+    let dst = SocketAddrV4::new(SERVER, 7100);
+    // From alice's namespace, through her tunnel: her own address, then bob's, the
+    // gateway's and an unassigned pool address.
+    let forged = [
+        (alice_addr, &b"genuine"[..]),
+        (bob_addr, b"as bob"),
+        (Ipv4Addr::new(10, 100, 0, 1), b"as the gateway"),
+        (Ipv4Addr::new(10, 100, 0, 200), b"as nobody"),
+    ];
+    let ns = lab.underlay.client(0).ns.name.clone();
+    run_in_ns(&ns, move || {
+        let fd = raw_socket();
+        for _ in 0..5 {
+            for (src, payload) in forged {
+                assert!(send_raw(
+                    &fd,
+                    &ipv4_udp(SocketAddrV4::new(src, 7200), dst, payload)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    assert!(
+        server.wait_count(1, Duration::from_secs(5)),
+        "alice's own packets arrive"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let got: Vec<String> = server
+        .received()
+        .iter()
+        .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
+        .collect();
+    assert!(
+        got.iter().all(|p| p == "genuine"),
+        "forged sources reached the private network: {got:?}"
+    );
+    let spoofed = lab.tunnel().stats.data_spoofed.load(Ordering::Relaxed);
+    assert!(
+        spoofed >= 15,
+        "the worker counted the forged packets: {spoofed}"
+    );
+}
+
+/// A P_CONTROL_HARD_RESET_CLIENT_V2 without tls-crypt: opcode 7 key 0, a session id, no
+/// acks, message id 0.
+fn plain_reset(sid: u64) -> Vec<u8> {
+    let mut p = vec![7 << 3];
+    p.extend_from_slice(&(sid | 1).to_be_bytes());
+    p.push(0);
+    p.extend_from_slice(&0u32.to_be_bytes());
+    p
+}
+
+#[test]
+fn a_flood_from_one_host_does_not_keep_a_real_client_out() {
+    require_root!();
+    // Without tls-crypt, so the flood's resets reach the reset limiter (with it, anyone who
+    // holds the shared profile can do the same).
+    let lab = TunnelLab::new(TunnelOpts {
+        clients: 3,
+        tls_crypt: false,
+        ..TunnelOpts::default()
+    });
+    let gw = SocketAddrV4::new(UNDERLAY_GW, OVPN_PORT);
+    let attacker = lab.underlay.client(0).addr;
+    let ns = lab.underlay.client(0).ns.name.clone();
+    let rss_before = rss();
+    let stop = Arc::new(AtomicBool::new(false));
+    // UDP, as fast as one thread can: resets from the attacker's own address (one source),
+    // garbage, and resets from spoofed addresses; bounded by `stop` and a 90 s cap.
+    let udp_flood = {
+        let stop = stop.clone();
+        let ns = ns.clone();
+        std::thread::spawn(move || {
+            run_in_ns(&ns, move || {
+                let s = UdpSocket::bind((attacker, 0)).unwrap();
+                let raw = raw_socket();
+                let end = Instant::now() + Duration::from_secs(90);
+                let mut sent = 0u64;
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                    for _ in 0..200 {
+                        i += 1;
+                        let _ = s.send_to(&plain_reset(i), gw);
+                        let _ = s.send_to(&i.to_be_bytes()[..(i % 8) as usize], gw);
+                        let spoofed = SocketAddrV4::new(
+                            Ipv4Addr::new(192, 0, 2, 100 + (i % 100) as u8),
+                            (i % 60_000) as u16 + 1024,
+                        );
+                        let _ = send_raw(&raw, &ipv4_udp(spoofed, gw, &plain_reset(i)));
+                        sent += 3;
+                    }
+                }
+                sent
+            })
+        })
+    };
+    // TCP: as many connections as the attacker can open (bounded at 400), each sending a
+    // partial frame, held open.
+    let held: Vec<TcpStream> = run_in_ns(&ns, move || {
+        let mut v = Vec::new();
+        for _ in 0..400 {
+            match TcpStream::connect_timeout(&SocketAddr::V4(gw), Duration::from_millis(500)) {
+                Ok(mut s) => {
+                    let _ = s.write_all(&[0x00, 0x40, 0x38]);
+                    v.push(s);
+                }
+                Err(_) => break,
+            }
+        }
+        v
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // Real clients from other hosts, over UDP and over TCP.
+    let start = Instant::now();
+    let mut cfg = ClientConfig::new(&lab.pki, "alice", Proto::Udp);
+    cfg.tls_crypt = None;
+    let (udp_client, _) = connect(&lab, 1, &cfg, "alice");
+    let mut cfg = ClientConfig::new(&lab.pki, "carol", Proto::Tcp);
+    cfg.tls_crypt = None;
+    let (tcp_client, _) = {
+        let mark = lab.mark();
+        let client = OvpnClient::start(&lab.underlay.client(2).ns, &cfg);
+        let up = client
+            .wait_connected(CONNECT)
+            .unwrap_or_else(|e| panic!("carol (TCP) does not connect: {e}\n{}", client.log()));
+        assert!(lab
+            .wait_event_since(mark, Duration::from_secs(5), |ev| matches!(
+                ev,
+                ServerEvent::Connected { common_name, .. } if common_name == "carol"
+            ))
+            .is_some());
+        (client, up.tun_addr)
+    };
+    let took = start.elapsed();
+    for (i, c) in [(1, &udp_client), (2, &tcp_client)] {
+        assert!(
+            ping(
+                &lab.underlay.client(i).ns,
+                SERVER,
+                3,
+                Duration::from_secs(5)
+            ),
+            "traffic passes during the flood\n{}",
+            c.log()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = udp_flood.join().unwrap();
+    let stats = &lab.tunnel().stats;
+    let refused = stats.tcp_refused.load(Ordering::Relaxed);
+    let accepted = stats.tcp_connections.load(Ordering::Relaxed);
+    let rss_after = rss();
+    eprintln!(
+        "flood: {sent} datagrams, {} TCP connections held by the attacker, {accepted} accepted, \
+         {refused} refused; {} datagrams received, {} control packets dropped (queue full); \
+         clients connected after {took:?}; RSS {} -> {} MiB",
+        held.len(),
+        stats.udp_rx.load(Ordering::Relaxed),
+        stats.control_queue_full.load(Ordering::Relaxed),
+        rss_before >> 20,
+        rss_after >> 20
+    );
+    assert!(
+        refused > 0,
+        "the attacker's connections past its share are refused"
+    );
+    assert!(
+        accepted <= 64 + 2,
+        "one source holds at most its share: {accepted}"
+    );
+    assert!(
+        rss_after.saturating_sub(rss_before) < 128 << 20,
+        "memory bounded: {} MiB more",
+        (rss_after - rss_before) >> 20
+    );
+    drop(held);
+}
