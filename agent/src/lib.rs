@@ -12,6 +12,7 @@ pub mod explain;
 pub mod flowlog;
 pub mod io;
 pub mod metrics;
+pub mod netns;
 pub mod openvpn;
 pub mod pki;
 pub mod policy;

@@ -11,6 +11,7 @@
 //! Some kernels refuse live frames (`Operation not permitted` on a fresh machine of this
 //! project's kind). Then the benchmark falls back to AF_PACKET and records why; when neither
 //! can send, the forwarding figures are reported as not measured, with the reasons.
+use portcullis::netns::inet_checksum;
 use std::{
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -261,17 +262,6 @@ impl Generator {
             refused: self.refused.load(Ordering::Relaxed),
         })
     }
-}
-
-fn inet_checksum(b: &[u8]) -> u16 {
-    let mut s: u32 = b
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
 }
 
 /// A running generator thread; stops (and is joined) on drop.
