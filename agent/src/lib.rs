@@ -6,6 +6,7 @@ pub mod connlog;
 pub mod datapath;
 pub mod demo;
 pub mod explain;
+pub mod fleet;
 pub mod flowlog;
 pub mod gateway;
 pub mod io;
