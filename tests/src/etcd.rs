@@ -4,6 +4,7 @@
 //! when the test panics.
 use std::fs::File;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,12 +63,15 @@ pub struct EtcdCluster {
     pub tls: Option<EtcdTls>,
 }
 
-/// A loopback port nobody listens on now (the kernel picks it; etcd binds it right after).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("pick a loopback port")
-        .port()
+/// `n` distinct loopback ports nobody listens on now: the kernel picks them while all are
+/// held, so they differ; etcd binds them right after they are released.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("pick a loopback port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("bound port").port())
+        .collect()
 }
 
 impl EtcdCluster {
@@ -97,12 +101,13 @@ impl EtcdCluster {
             cluster.tls = Some(EtcdTls::write(&cluster.dir));
         }
         let scheme = if tls { "https" } else { "http" };
+        let ports = free_ports(2 * count);
         let peers: Vec<(String, String, String)> = (0..count)
             .map(|i| {
                 (
                     format!("m{i}"),
-                    format!("{scheme}://127.0.0.1:{}", free_port()),
-                    format!("http://127.0.0.1:{}", free_port()),
+                    format!("{scheme}://127.0.0.1:{}", ports[2 * i]),
+                    format!("http://127.0.0.1:{}", ports[2 * i + 1]),
                 )
             })
             .collect();
@@ -132,6 +137,17 @@ impl EtcdCluster {
                     .arg(format!("--key-file={}", t.server_key.display()))
                     .arg(format!("--trusted-ca-file={}", t.ca_file.display()))
                     .arg("--client-cert-auth");
+            }
+            // SAFETY: prctl is async-signal-safe and touches only the child being started.
+            unsafe {
+                cmd.pre_exec(|| {
+                    // A test process killed outright (no Drop) takes its etcd along.
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
             }
             let child = cmd
                 .spawn()

@@ -301,9 +301,13 @@ fn fleet_section_loads_and_reports_with_paths() {
     );
     std::fs::write(&f, &good).unwrap();
     let c = EndpointConfig::load(&f).unwrap();
-    let fleet = c.fleet.unwrap();
+    let fleet = c.fleet.clone().unwrap();
     assert_eq!(fleet.ca_file, Some(d.0.join("etcd-ca.pem")));
     assert_eq!(fleet.lease_ttl_secs, 10);
+    // Joining or leaving a fleet is not a live reload.
+    std::fs::write(&f, GOOD).unwrap();
+    let standalone = EndpointConfig::load(&f).unwrap();
+    assert_eq!(restart_only_changes(&standalone, &c), vec!["fleet"]);
     let bad = good
         .replace("https://10.0.0.5:2379", "10.0.0.5:2379")
         .replace("gw-a", "gw/a");
