@@ -32,7 +32,6 @@ pub struct Topology {
     pub gen: NetNs,
     pub gw: NetNs,
     pub sink: NetNs,
-    pub gen_mac: [u8; 6],
     pub gw_in_mac: [u8; 6],
 }
 
@@ -109,7 +108,6 @@ impl Topology {
         sysctl(&gw, "net.ipv4.conf.all.rp_filter", "0")?;
         sysctl(&gw, "net.ipv4.conf.default.rp_filter", "0")?;
         sysctl(&gw, &format!("net.ipv4.conf.{GW_IN}.rp_filter"), "0")?;
-        let gen_mac = mac_of(&gen, GEN_IF);
         let gw_in_mac = mac_of(&gw, GW_IN);
         let sink_mac = mac_of(&sink, SINK_IF);
         // Permanent neighbours for every sink-side address the benchmark sends to, so the
@@ -140,7 +138,6 @@ impl Topology {
             gen,
             gw,
             sink,
-            gen_mac,
             gw_in_mac,
         })
     }
