@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod demo;
 pub mod endpoint;
 pub mod explain;
+pub mod fleet;
 pub mod flowlog;
 pub mod io;
 pub mod metrics;

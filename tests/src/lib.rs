@@ -142,6 +142,7 @@ pub mod benchreport;
 pub mod benchsys;
 pub mod clients;
 pub mod emulator;
+pub mod etcd;
 pub mod frames;
 pub mod ldap;
 pub mod nft;
