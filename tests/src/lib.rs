@@ -391,7 +391,6 @@ all_users = true
             self.policy = policy;
             g
         }
-
     }
 
     impl Drop for Gateway {
