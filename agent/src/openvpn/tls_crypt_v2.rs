@@ -19,7 +19,8 @@ use ring::hmac;
 use thiserror::Error;
 
 use super::env::Random;
-use super::tls_crypt::{StaticKey, STATIC_KEY_LEN, TAG_LEN};
+use super::packet::Role;
+use super::tls_crypt::{StaticKey, TlsCryptKey, STATIC_KEY_LEN, TAG_LEN};
 
 type Aes256Ctr = ctr::Ctr128BE<Aes256>;
 
@@ -316,6 +317,44 @@ pub fn split_wkc(raw: &[u8]) -> Result<(&[u8], &[u8]), WkcError> {
         return Err(WkcError::LengthField { field, len: n });
     }
     Ok(raw.split_at(n - field))
+}
+
+/// The tls-crypt packet-id a client that supports early negotiation (the 2.6 stateless
+/// handshake with WKc resent in P_CONTROL_WKC_V1) starts from, under this mask.
+pub const EARLY_NEG_MASK: u32 = 0xff00_0000;
+pub const EARLY_NEG_START: u32 = 0x0f00_0000;
+/// The payload of the server's stateless HARD_RESET_SERVER_V2 to such a client: one TLV,
+/// type 1 (early-negotiation flags), length 2, flag 1 (resend WKc).
+pub const RESEND_WKC_TLV: [u8; 6] = [0, 1, 0, 2, 0, 1];
+
+/// Whether a V3 reset's tls-crypt packet-id announces early negotiation.
+pub const fn announces_early_neg(packet_id: u32) -> bool {
+    packet_id & EARLY_NEG_MASK == EARLY_NEG_START
+}
+
+/// The server's side: the server key and the age limit for client keys.
+#[derive(Debug)]
+pub struct TlsCryptV2Server {
+    pub key: ServerKey,
+    /// `--tls-crypt-v2-max-age` in days; `None`: keys of any age (and without timestamp).
+    pub max_age_days: Option<u32>,
+}
+
+impl TlsCryptV2Server {
+    /// Takes WKc off the end of a client packet, opens it and checks its age; returns the
+    /// tls-crypt part of the packet and the client's key (server direction). Nothing is kept.
+    pub fn open<'a>(
+        &self,
+        raw: &'a [u8],
+        unix_now: i64,
+    ) -> Result<(&'a [u8], TlsCryptKey), WkcError> {
+        let (wrapped, wkc) = split_wkc(raw)?;
+        let info = self.key.unwrap(wkc)?;
+        if let Some(days) = self.max_age_days {
+            info.metadata.check_age(days, unix_now)?;
+        }
+        Ok((wrapped, TlsCryptKey::new(&info.key, Role::Server)))
+    }
 }
 
 fn ctr_apply(key: &[u8; 32], iv: &[u8], data: &mut [u8]) {
