@@ -416,8 +416,20 @@ pub fn run(config_path: &Path, keep_maps: bool, pin_root: &Path) -> Result<()> {
         settings.auth = crate::openvpn::server::AuthMode::External;
         a.into_authorizer()
     });
-    let server = Server::new(settings, provider, tc, Env::system(), Instant::now())
+    let mut server = Server::new(settings, provider, tc, Env::system(), Instant::now())
         .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
+    if let Some(p) = &cfg.tls.tls_crypt_v2_server_key {
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("reading the tls-crypt-v2 server key {}", p.display()))?;
+        let key = crate::openvpn::tls_crypt_v2::ServerKey::parse(&text)
+            .map_err(|e| anyhow::anyhow!("tls-crypt-v2 server key {}: {e}", p.display()))?;
+        server.set_tls_crypt_v2(Some(Arc::new(
+            crate::openvpn::tls_crypt_v2::TlsCryptV2Server {
+                key,
+                max_age_days: cfg.tls.tls_crypt_v2_max_age_days,
+            },
+        )));
+    }
     let groups_of = {
         let live = live.clone();
         move |user: &str, grant: &crate::auth::Grant| {

@@ -203,6 +203,19 @@ enum PkiCmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Create a tls-crypt-v2 server key (`[tls] tls_crypt_v2_server_key`).
+    TlsCryptV2Server {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Create a tls-crypt-v2 client key wrapped under SERVER_KEY (`client-config export`
+    /// makes one per profile by itself).
+    TlsCryptV2Client {
+        #[arg(long)]
+        server_key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn print_json_or(
@@ -335,6 +348,10 @@ fn run() -> Result<()> {
             }
             PkiCmd::Revoke { dir, cn } => portcullis::pki_cli::revoke(&dir, &cn),
             PkiCmd::Crl { dir } => portcullis::pki_cli::crl(&dir),
+            PkiCmd::TlsCryptV2Server { out } => portcullis::pki_cli::tls_crypt_v2_server(&out),
+            PkiCmd::TlsCryptV2Client { server_key, out } => {
+                portcullis::pki_cli::tls_crypt_v2_client(&server_key, &out)
+            }
         },
         Command::Demo { keep } => portcullis::demo::run(portcullis::demo::DemoOptions { keep }),
         Command::Status {
