@@ -15,6 +15,9 @@ use super::super::tls_crypt::{PacketIdSender, TlsCryptKey, TlsCryptSession, MIN_
 use super::super::tls_crypt_v2::{announces_early_neg, RESEND_WKC_TLV};
 use super::{Entry, Server};
 
+/// The tls-crypt key a new session wraps with: the group key, a v2 client's own, or none.
+type WrapKey = Option<Arc<TlsCryptKey>>;
+
 impl Server {
     /// A control packet (anything that is not P_DATA_V1/V2) from `link`.
     pub fn handle_control(&mut self, link: Link, raw: &[u8], now: Instant) {
@@ -64,56 +67,55 @@ impl Server {
         // every other packet with the group key (or none).
         let mut buf = [0u8; MAX_CONTROL_PACKET_LEN];
         let v2_opcode = matches!(opcode, Opcode::HardResetClientV3 | Opcode::ControlWkcV1);
-        let (plain, wrap_id, key): (&[u8], Option<(u32, u32)>, Option<Arc<TlsCryptKey>>) =
-            if v2_opcode {
-                let Some(v2) = &self.tls_crypt_v2 else {
+        let (plain, wrap_id, key): (&[u8], Option<(u32, u32)>, WrapKey) = if v2_opcode {
+            let Some(v2) = &self.tls_crypt_v2 else {
+                self.stats.tls_crypt_rejected += 1;
+                return;
+            };
+            let opened = v2.open(raw, i64::from(self.unix_now(now)));
+            let Ok((wrapped, key)) = opened else {
+                self.stats.tls_crypt_v2_rejected += 1;
+                return;
+            };
+            match key.unwrap(wrapped, &mut buf) {
+                Ok(u) => (
+                    u.packet,
+                    Some((u.packet_id, u.timestamp)),
+                    Some(Arc::new(key)),
+                ),
+                Err(_) => {
                     self.stats.tls_crypt_rejected += 1;
                     return;
-                };
-                let opened = v2.open(raw, i64::from(self.unix_now(now)));
-                let Ok((wrapped, key)) = opened else {
-                    self.stats.tls_crypt_v2_rejected += 1;
-                    return;
-                };
-                match key.unwrap(wrapped, &mut buf) {
-                    Ok(u) => (
-                        u.packet,
-                        Some((u.packet_id, u.timestamp)),
-                        Some(Arc::new(key)),
-                    ),
-                    Err(_) => {
-                        self.stats.tls_crypt_rejected += 1;
+                }
+            }
+        } else {
+            match &self.tls_crypt {
+                Some(key) => {
+                    if raw.len() < MIN_WRAPPED_LEN {
+                        self.stats.malformed += 1;
                         return;
                     }
-                }
-            } else {
-                match &self.tls_crypt {
-                    Some(key) => {
-                        if raw.len() < MIN_WRAPPED_LEN {
-                            self.stats.malformed += 1;
+                    match key.unwrap(raw, &mut buf) {
+                        Ok(u) => (
+                            u.packet,
+                            Some((u.packet_id, u.timestamp)),
+                            Some(key.clone()),
+                        ),
+                        Err(_) => {
+                            self.stats.tls_crypt_rejected += 1;
                             return;
                         }
-                        match key.unwrap(raw, &mut buf) {
-                            Ok(u) => (
-                                u.packet,
-                                Some((u.packet_id, u.timestamp)),
-                                Some(key.clone()),
-                            ),
-                            Err(_) => {
-                                self.stats.tls_crypt_rejected += 1;
-                                return;
-                            }
-                        }
                     }
-                    // tls-crypt-v2 never runs next to unwrapped clients (its DoS protection
-                    // would be void).
-                    None if self.tls_crypt_v2.is_some() => {
-                        self.stats.tls_crypt_rejected += 1;
-                        return;
-                    }
-                    None => (raw, None, None),
                 }
-            };
+                // tls-crypt-v2 never runs next to unwrapped clients (its DoS protection
+                // would be void).
+                None if self.tls_crypt_v2.is_some() => {
+                    self.stats.tls_crypt_rejected += 1;
+                    return;
+                }
+                None => (raw, None, None),
+            }
+        };
         let Ok(Packet::Control(pkt)) = decode(plain) else {
             self.stats.malformed += 1;
             return;
