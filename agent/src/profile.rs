@@ -85,7 +85,7 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
     // A tls-crypt-v2 endpoint gets a fresh client key per profile (the point of v2: one
     // lost profile does not expose the others); the v1 key then stays on the server only.
     if let Some(p) = &cfg.tls.tls_crypt_v2_server_key {
-        let t = crate::pki_cli::tls_crypt_v2_client_pem(p)?;
+        let t = crate::cli::pki::tls_crypt_v2_client_pem(p)?;
         writeln!(out, "<tls-crypt-v2>\n{}</tls-crypt-v2>", ensure_newline(&t))?;
     } else if let Some(p) = &cfg.tls.tls_crypt_key {
         let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;

@@ -85,7 +85,7 @@ fn stock_client_connects_with_tls_crypt_v2_and_foreign_keys_create_nothing() {
 
     // A key from our pki (UDP) and one openvpn makes under our server key (TCP).
     let pki_key = dir.join("alice-v2.key");
-    portcullis::pki_cli::tls_crypt_v2_client(&server_key, &pki_key).unwrap();
+    portcullis::cli::pki::tls_crypt_v2_client(&server_key, &pki_key).unwrap();
     let stock_key = dir.join("alice-stock-v2.key");
     let out = Command::new("openvpn")
         .arg("--tls-crypt-v2")
