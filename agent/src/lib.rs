@@ -3,6 +3,7 @@ pub mod agent;
 pub mod auth;
 pub mod config;
 pub mod connlog;
+pub mod console;
 pub mod datapath;
 pub mod demo;
 pub mod explain;

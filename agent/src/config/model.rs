@@ -69,6 +69,9 @@ pub struct EndpointConfig {
     pub logging: LoggingSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// The web console (`[console]`); absent means none.
+    #[serde(default)]
+    pub console: Option<crate::console::ConsoleSection>,
     /// Admin socket path (default `/run/portcullis/<name>.sock`).
     #[serde(default)]
     pub admin_socket: Option<PathBuf>,

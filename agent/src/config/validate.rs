@@ -12,6 +12,9 @@ impl EndpointConfig {
     /// agent and `portcullis check` run both and print all errors together).
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = Vec::new();
+        if let Some(c) = &self.console {
+            errs.extend(c.problems());
+        }
         for (i, t) in self.target_network.iter().enumerate() {
             if t.snat_address.is_some() {
                 continue;

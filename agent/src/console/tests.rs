@@ -1,0 +1,343 @@
+//! The console's security over real HTTPS on loopback: sessions, CSRF, escaping, expiry,
+//! the login rate limit, the audit trail.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::accounts::hash_password;
+use super::audit::AuditLog;
+use super::config::{AdminAccount, ConsoleSection, Role};
+use super::{server, Console};
+
+pub(super) struct Lab {
+    pub base: String,
+    pub agent: ureq::Agent,
+    pub audit: PathBuf,
+    dir: PathBuf,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub(super) fn admin(name: &str, password: &str, role: Role) -> AdminAccount {
+    AdminAccount {
+        name: name.into(),
+        password_hash: hash_password(password).unwrap(),
+        role,
+        totp_secret: None,
+    }
+}
+
+pub(super) fn lab(tag: &str, admins: Vec<AdminAccount>, lifetime: Duration, failures: u32) -> Lab {
+    let dir = std::env::temp_dir().join(format!("pc-console-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("audit.log");
+    let cfg = ConsoleSection {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert: dir.join("cert.pem"),
+        tls_key: dir.join("key.pem"),
+        session_minutes: 30,
+        login_failures_per_minute: failures,
+        audit_log: Some(audit.clone()),
+        admins,
+    };
+    assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    std::fs::write(&cfg.tls_cert, ck.cert.pem()).unwrap();
+    std::fs::write(&cfg.tls_key, ck.signing_key.serialize_pem()).unwrap();
+    let tls = server::tls_config(&cfg.tls_cert, &cfg.tls_key).unwrap();
+    let console = Arc::new(Console::with_session_lifetime(
+        &cfg,
+        Some(AuditLog::open(&audit).unwrap()),
+        lifetime,
+    ));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(cfg.listen))
+        .unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    rt.spawn(server::serve(listener, tls, console.router()));
+    let certs = ureq::tls::parse_pem(ck.cert.pem().as_bytes())
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(20)))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)))
+                .build(),
+        )
+        .build()
+        .into();
+    Lab {
+        base: format!("https://{addr}"),
+        agent,
+        audit,
+        dir,
+        rt: Some(rt),
+    }
+}
+
+/// Status, the `Set-Cookie` and `Location` headers, the body.
+pub(super) struct Got {
+    pub status: u16,
+    pub set_cookie: Option<String>,
+    pub location: Option<String>,
+    pub csp: Option<String>,
+    pub body: String,
+}
+
+fn got(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Got {
+    let mut r = r.expect("an HTTPS answer");
+    let h = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (set_cookie, location, csp) =
+        (h("set-cookie"), h("location"), h("content-security-policy"));
+    Got {
+        status: r.status().as_u16(),
+        set_cookie,
+        location,
+        csp,
+        body: r.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
+
+impl Lab {
+    pub fn get(&self, path: &str, cookie: Option<&str>) -> Got {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        got(req.call())
+    }
+
+    pub fn post(&self, path: &str, form: &[(&str, &str)], cookie: Option<&str>) -> Got {
+        let mut req = self.agent.post(format!("{}{path}", self.base));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        got(req.send_form(form.iter().copied()))
+    }
+
+    /// Signs in; returns the cookie (`name=value`) to send back.
+    pub fn login(&self, name: &str, password: &str) -> String {
+        let g = self.post(
+            "/login",
+            &[("name", name), ("password", password), ("code", "")],
+            None,
+        );
+        assert_eq!(g.status, 303, "login of {name}: {}", g.body);
+        let c = g.set_cookie.expect("a session cookie");
+        c.split(';').next().unwrap().to_owned()
+    }
+
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// The CSRF token of the first form on a page.
+pub(super) fn csrf_of(page: &str) -> String {
+    let at = page
+        .find(r#"name="csrf" value=""#)
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..].split('"').next().unwrap().to_owned()
+}
+
+#[test]
+fn nothing_is_served_without_a_session() {
+    let lab = lab(
+        "nosession",
+        vec![admin("ann", "pw-ann", Role::Operator)],
+        Duration::from_secs(60),
+        5,
+    );
+    let g = lab.get("/", None);
+    assert_eq!((g.status, g.location.as_deref()), (303, Some("/login")));
+    assert!(!g.body.contains("Signed in"));
+    let g = lab.post("/logout", &[("csrf", "x")], None);
+    assert_eq!(g.status, 401);
+    // A made-up cookie is no session either.
+    let g = lab.get("/", Some("portcullis_console=00ff"));
+    assert_eq!(g.status, 303);
+    let g = lab.get("/login", None);
+    assert_eq!(g.status, 200);
+    let csp = g.csp.expect("a CSP on every page");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert!(!g.body.contains("<script>"), "no inline script: {}", g.body);
+}
+
+#[test]
+fn login_sets_a_strict_cookie_and_logout_needs_the_csrf_token() {
+    let lab = lab(
+        "login",
+        vec![admin("ann", "pw-ann", Role::Operator)],
+        Duration::from_secs(60),
+        5,
+    );
+    let g = lab.post("/login", &[("name", "ann"), ("password", "pw-ann")], None);
+    assert_eq!((g.status, g.location.as_deref()), (303, Some("/")));
+    let set = g.set_cookie.unwrap();
+    for flag in [
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Max-Age=60",
+        "Path=/",
+    ] {
+        assert!(set.contains(flag), "{flag} in {set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let home = lab.get("/", Some(&cookie));
+    assert_eq!(home.status, 200);
+    assert!(
+        home.body.contains("Signed in as <strong>ann</strong>"),
+        "{}",
+        home.body
+    );
+    // A state change without (or with a wrong) CSRF token is refused and changes nothing.
+    assert_eq!(lab.post("/logout", &[], Some(&cookie)).status, 403);
+    assert_eq!(
+        lab.post("/logout", &[("csrf", "0000")], Some(&cookie))
+            .status,
+        403
+    );
+    assert_eq!(lab.get("/", Some(&cookie)).status, 200);
+    let g = lab.post("/logout", &[("csrf", &csrf_of(&home.body))], Some(&cookie));
+    assert_eq!((g.status, g.location.as_deref()), (303, Some("/login")));
+    assert!(g.set_cookie.unwrap().contains("Max-Age=0"));
+    assert_eq!(lab.get("/", Some(&cookie)).status, 303, "the session ended");
+    let actions: Vec<(String, String)> = lab
+        .audit_lines()
+        .iter()
+        .map(|v| {
+            (
+                v["action"].as_str().unwrap().into(),
+                v["result"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("console_login".into(), "ok".into()),
+            ("console_logout".into(), "ok".into())
+        ]
+    );
+    assert_eq!(lab.audit_lines()[0]["from"], "127.0.0.1");
+}
+
+#[test]
+fn a_script_name_is_rendered_as_text() {
+    let evil = "<script>alert(1)</script>";
+    let lab = lab(
+        "xss",
+        vec![admin(evil, "pw", Role::ReadOnly)],
+        Duration::from_secs(60),
+        5,
+    );
+    let cookie = lab.login(evil, "pw");
+    let home = lab.get("/", Some(&cookie));
+    assert_eq!(home.status, 200);
+    assert!(!home.body.contains(evil), "{}", home.body);
+    assert!(
+        home.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{}",
+        home.body
+    );
+    let g = lab.post(
+        "/login",
+        &[("name", "\"><script>x()</script>"), ("password", "no")],
+        None,
+    );
+    assert_eq!(g.status, 401);
+    assert!(!g.body.contains("<script>x()"), "{}", g.body);
+    assert!(g.body.contains("&quot;&gt;&lt;script&gt;x()"), "{}", g.body);
+}
+
+#[test]
+fn sessions_expire() {
+    let lab = lab(
+        "expiry",
+        vec![admin("ann", "pw", Role::Operator)],
+        Duration::from_millis(800),
+        5,
+    );
+    let cookie = lab.login("ann", "pw");
+    assert_eq!(lab.get("/", Some(&cookie)).status, 200);
+    std::thread::sleep(Duration::from_millis(1000));
+    let g = lab.get("/", Some(&cookie));
+    assert_eq!((g.status, g.location.as_deref()), (303, Some("/login")));
+}
+
+#[test]
+fn failed_logins_are_rate_limited_and_audited() {
+    let lab = lab(
+        "ratelimit",
+        vec![admin("ann", "pw", Role::Operator)],
+        Duration::from_secs(60),
+        3,
+    );
+    for _ in 0..3 {
+        let g = lab.post("/login", &[("name", "ann"), ("password", "guess")], None);
+        assert_eq!(g.status, 401);
+    }
+    // Even the right password is refused until the bucket refills.
+    let g = lab.post("/login", &[("name", "ann"), ("password", "pw")], None);
+    assert_eq!(g.status, 429, "{}", g.body);
+    assert!(g.set_cookie.is_none());
+    // The limit is per source too: another name from the same address is refused.
+    let g = lab.post("/login", &[("name", "bob"), ("password", "x")], None);
+    assert_eq!(g.status, 429);
+    let results: Vec<String> = lab
+        .audit_lines()
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {}",
+                v["action"].as_str().unwrap(),
+                v["result"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            "console_login_failed bad_password",
+            "console_login_failed bad_password",
+            "console_login_failed bad_password",
+            "console_login_failed rate_limited",
+            "console_login_failed rate_limited",
+        ]
+    );
+}
