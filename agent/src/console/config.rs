@@ -23,10 +23,6 @@ pub struct ConsoleSection {
     /// Failed logins allowed per minute, per account and per source address (0 = no limit).
     #[serde(default = "default_login_failures_per_minute")]
     pub login_failures_per_minute: u32,
-    /// Where administrative actions are written as JSON lines (default
-    /// `/var/log/portcullis/<endpoint>-audit.log`).
-    #[serde(default)]
-    pub audit_log: Option<PathBuf>,
     /// Local administrator accounts.
     #[serde(default, rename = "admin")]
     pub admins: Vec<AdminAccount>,

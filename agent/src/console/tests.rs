@@ -47,7 +47,6 @@ pub(super) fn lab(tag: &str, admins: Vec<AdminAccount>, lifetime: Duration, fail
         tls_key: dir.join("key.pem"),
         session_minutes: 30,
         login_failures_per_minute: failures,
-        audit_log: Some(audit.clone()),
         admins,
     };
     assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
