@@ -150,12 +150,14 @@ impl FromRequestParts<Arc<Console>> for Authed {
 }
 
 impl Authed {
-    /// Refuses a state change whose form does not carry this session's CSRF token.
-    pub fn check_csrf(&self, sent: &str) -> Result<(), Response> {
-        if same_token(sent, &self.session.csrf) {
-            Ok(())
-        } else {
-            Err((
+    /// Whether a state change's form carries this session's CSRF token.
+    pub fn csrf_ok(&self, sent: &str) -> bool {
+        same_token(sent, &self.session.csrf)
+    }
+
+    /// The answer to a state change without the right CSRF token.
+    pub fn csrf_refused(&self) -> Response {
+        (
                 StatusCode::FORBIDDEN,
                 Html(
                     pages::refused(
@@ -166,8 +168,7 @@ impl Authed {
                     .into_string(),
                 ),
             )
-                .into_response())
-        }
+                .into_response()
     }
 }
 
@@ -281,8 +282,8 @@ async fn logout(
     a: Authed,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = a.check_csrf(&f.csrf) {
-        return r;
+    if !a.csrf_ok(&f.csrf) {
+        return a.csrf_refused();
     }
     c.sessions
         .lock()
