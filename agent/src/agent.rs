@@ -323,6 +323,7 @@ pub fn start_datapath(
         tap_name: tap_name.into(),
         tap_mac: tap.mac,
         gateway: policy.gateway_addr,
+        gateway_ports: policy.gateway_ports.clone(),
         targets: policy
             .target_networks
             .iter()

@@ -76,6 +76,36 @@ pub mod globals {
     pub const DENY_EVENTS_PER_SEC: &str = "DENY_EVENTS_PER_SEC";
     /// The gateway's own tunnel address, `[u8; 4]`: packets to it go to the host's stack.
     pub const GATEWAY_ADDR: &str = "GATEWAY_ADDR";
+    /// What clients may reach on the gateway address, `[u32; MAX_GATEWAY_PORTS]` of
+    /// [`super::gateway_port`] words, unused entries 0.
+    pub const GATEWAY_PORTS: &str = "GATEWAY_PORTS";
+}
+
+/// Entries of the `GATEWAY_PORTS` global (a bounded linear scan per packet to the gateway).
+pub const MAX_GATEWAY_PORTS: usize = 16;
+
+/// One open service of the gateway address as a `GATEWAY_PORTS` word: the IP protocol in
+/// bits 16..24 and the TCP/UDP port (for ICMP: the message type, 8 = echo) below. Never 0.
+pub const fn gateway_port(proto: u8, port: u16) -> u32 {
+    ((proto as u32) << 16) | port as u32
+}
+
+/// First two bytes of a session MAC: locally administered, "P".
+pub const SESSION_MAC_PREFIX: [u8; 2] = [0x02, 0x50];
+
+/// The Ethernet source address the agent gives a frame it writes to the TAP for the session
+/// in `slot` (its peer id): the TAP program checks it against the `clients` entry of the
+/// frame's source address, so a session cannot send as another one.
+pub const fn session_mac(slot: u32) -> [u8; 6] {
+    let s = slot.to_be_bytes();
+    [
+        SESSION_MAC_PREFIX[0],
+        SESSION_MAC_PREFIX[1],
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+    ]
 }
 
 // ---- capacities -------------------------------------------------------------------------
@@ -195,10 +225,22 @@ pub enum DropReason {
     RedirectFailed = 18,
     /// Target network index points nowhere (a compiler/reconciler bug, counted not hidden).
     BadTarget = 19,
+    /// The source address belongs to a live session, but the frame came from another one
+    /// (its source MAC names another session slot).
+    ForgedSource = 20,
+    /// To the gateway's pool address, on a protocol or port not in `gateway_ports`.
+    GatewayPortClosed = 21,
+    /// TTL <= 1 (so not forwarded) to a destination the host's FIB does not forward: one of
+    /// the host's own addresses (target network, loopback, broadcast), which the kernel
+    /// would deliver to its sockets, or one without a route (the FIB reports both alike).
+    LocalDestination = 22,
+    /// A TCP RST or FIN from the network whose sequence number is outside the window the
+    /// flow has seen: a blind spoof must not close the flow.
+    TcpOutOfWindow = 23,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 24;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Malformed,
         DropReason::NotIp,
@@ -220,6 +262,10 @@ impl DropReason {
         DropReason::ClientUnreachable,
         DropReason::RedirectFailed,
         DropReason::BadTarget,
+        DropReason::ForgedSource,
+        DropReason::GatewayPortClosed,
+        DropReason::LocalDestination,
+        DropReason::TcpOutOfWindow,
     ];
 
     pub fn from_u8(v: u8) -> Option<Self> {
@@ -249,6 +295,10 @@ impl DropReason {
             DropReason::ClientUnreachable => "client_unreachable",
             DropReason::RedirectFailed => "redirect_failed",
             DropReason::BadTarget => "bad_target",
+            DropReason::ForgedSource => "forged_source",
+            DropReason::GatewayPortClosed => "gateway_port_closed",
+            DropReason::LocalDestination => "local_destination",
+            DropReason::TcpOutOfWindow => "tcp_out_of_window",
         }
     }
 }
@@ -271,7 +321,8 @@ pub enum Event {
     EgressPassHost = 5,
     /// Translated packet passed to the kernel because the next hop has no neighbour entry yet.
     PassNoNeighbour = 6,
-    /// Packet for the gateway itself (or TTL <= 1) passed to the kernel from the TAP.
+    /// Packet passed to the kernel from the TAP: to an open port of the gateway address, or
+    /// with TTL <= 1 after authorization (the kernel answers ICMP time exceeded).
     PassLocal = 7,
     /// Established flow re-checked after a policy generation change and still allowed.
     Revalidated = 8,
@@ -283,10 +334,12 @@ pub enum Event {
     DenyEventSuppressed = 11,
     /// Expired conntrack entry found by a packet and revived by re-checking the policy.
     Revived = 12,
+    /// Reply to a kept-port flow that a socket of the gateway host owns: left to the host.
+    HostSocketWins = 13,
 }
 
 impl Event {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
     pub const ALL: [Event; Self::COUNT as usize] = [
         Event::FastPath,
         Event::NewFlow,
@@ -301,6 +354,7 @@ impl Event {
         Event::IcmpErrorTranslated,
         Event::DenyEventSuppressed,
         Event::Revived,
+        Event::HostSocketWins,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -318,6 +372,7 @@ impl Event {
             Event::IcmpErrorTranslated => "icmp_error_translated",
             Event::DenyEventSuppressed => "deny_event_suppressed",
             Event::Revived => "revived",
+            Event::HostSocketWins => "host_socket_wins",
         }
     }
 }
@@ -340,7 +395,15 @@ pub mod ct_flags {
     pub const REVOKED: u8 = 1;
     /// Client-to-client flow: no address translation.
     pub const LOCAL: u8 = 2;
+    /// `CtEntry::seq_in_end` holds the network side's sequence number.
+    pub const REPLY_SEQ: u8 = 4;
 }
+
+/// How far from the network side's tracked sequence number an RST or FIN may be and still
+/// close the flow. Without the window scale of the handshake the exact receive window is
+/// unknown; 1 MiB covers what a server may have in flight beyond the last segment the
+/// gateway saw, and leaves a blind spoofer 1 chance in 2,048 per packet (not 1 in 1).
+pub const TCP_RST_WINDOW: u32 = 1 << 20;
 
 /// Idle timeout of a conntrack entry; one function so the XDP program and the agent's
 /// garbage collector agree.
@@ -517,6 +580,12 @@ pub struct CtEntry {
     pub fib_ifindex: u32,
     pub fib_dmac: [u8; 6],
     pub fib_smac: [u8; 6],
+    /// TCP: the client's next sequence number (highest seq + length seen going out).
+    pub seq_out_end: u32,
+    /// TCP: the network side's next sequence number, valid once `ct_flags::REPLY_SEQ` is
+    /// set (by a SYN-ACK that acknowledges the client's SYN). RST and FIN from the network
+    /// are accepted only near it (see `TCP_RST_WINDOW`).
+    pub seq_in_end: u32,
 }
 
 /// How long a flow may reuse its cached FIB result: bounds how stale a next hop can be
@@ -576,7 +645,7 @@ const _: () = {
     assert!(size_of::<PortRange>() == 4);
     assert!(size_of::<PolicyMeta>() == 8);
     assert!(size_of::<FlowKey>() == 40);
-    assert!(size_of::<CtEntry>() == 104);
+    assert!(size_of::<CtEntry>() == 112);
     assert!(size_of::<NatRev>() == 40);
     assert!(size_of::<SessionStats>() == 32);
     assert!(size_of::<DenyEvent>() == 56);
@@ -615,7 +684,7 @@ mod user {
 
     // bytemuck::Pod by hand does not check padding; these do, by summing field sizes.
     const _: () = {
-        assert!(size_of::<CtEntry>() == 6 * 8 + 16 + 2 + 1 + 1 + 3 * 4 + 8 + 4 + 6 + 6);
+        assert!(size_of::<CtEntry>() == 6 * 8 + 16 + 2 + 1 + 1 + 3 * 4 + 8 + 4 + 6 + 6 + 4 + 4);
         assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert!(size_of::<Target>() == 4 + 1 + 1 + 2 + 16 + 2 + 2 + 4);
         assert!(size_of::<DenyEvent>() == 8 + 40 + 4 + 1 + 3);

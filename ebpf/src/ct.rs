@@ -1,16 +1,13 @@
-//! Conntrack and SNAT port claims.
-use aya_ebpf::{
-    bindings::{bpf_sock_tuple, BPF_NOEXIST},
-    helpers::{bpf_get_prandom_u32, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
-    programs::XdpContext,
-    EbpfContext,
-};
+//! Conntrack: flow admission, TCP state, re-checks after a policy change.
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use portcullis_common::{
-    ct_flags, ct_state, flow_timeout_ns, ClientInfo, ClientKey, CtEntry, DropReason, Event,
-    FlowKey, NatRev, Target, FAMILY_V4, PAT_ATTEMPTS, PROTO_TCP, PROTO_UDP, TARGET_TUNNEL,
+    ct_flags, ct_state, flow_timeout_ns, ClientInfo, CtEntry, DropReason, Event, FlowKey, Target,
+    PROTO_TCP, TARGET_TUNNEL, TCP_RST_WINDOW,
 };
 
 use crate::{
+    keys::{client_key, v4_of},
+    nat,
     packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     policy::{self, Generation},
     stats, CLIENTS, CONNTRACK, FLOWS_CLOSED, FLOWS_OPENED, NAT_REV,
@@ -19,32 +16,20 @@ use crate::{
 const EEXIST: i32 = 17;
 
 #[inline(always)]
-pub fn v4(a: [u8; 4]) -> [u8; 16] {
-    portcullis_common::v4_addr(a)
-}
-
-#[inline(always)]
-pub fn v4_of(a: &[u8; 16]) -> [u8; 4] {
-    [a[0], a[1], a[2], a[3]]
-}
-
-#[inline(always)]
-pub fn client_key(a: [u8; 4]) -> ClientKey {
-    ClientKey {
-        addr: v4(a),
-        family: FAMILY_V4,
-        _pad: [0; 3],
-    }
-}
-
-#[inline(always)]
 pub fn expired(e: &CtEntry, proto: u8, now: u64) -> bool {
     now.saturating_sub(e.last_seen_ns) > flow_timeout_ns(proto, e.state)
 }
 
-/// TCP/UDP state as seen from the client's side.
+/// `a` is later than `b` in TCP sequence space (RFC 1982 arithmetic).
 #[inline(always)]
-pub fn track_forward(e: *mut CtEntry, proto: u8, tcp_flags: u8) {
+fn after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// TCP/UDP state as seen from the client's side; `seq_end` is the client's next sequence
+/// number after this segment.
+#[inline(always)]
+pub fn track_forward(e: *mut CtEntry, proto: u8, tcp_flags: u8, seq_end: u32) {
     if proto != PROTO_TCP {
         return;
     }
@@ -54,8 +39,47 @@ pub fn track_forward(e: *mut CtEntry, proto: u8, tcp_flags: u8) {
         } else if tcp_flags & TCP_FIN != 0 && (*e).state != ct_state::CLOSED {
             (*e).state = ct_state::CLOSING;
         } else if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && (*e).state == ct_state::CLOSED {
-            // The client reuses the tuple after a reset: a new connection.
+            // The client reuses the tuple after a reset: a new connection, new sequences.
             (*e).state = ct_state::NEW;
+            (*e).flags &= !ct_flags::REPLY_SEQ;
+            (*e).seq_out_end = seq_end;
+        }
+        if after(seq_end, (*e).seq_out_end) {
+            (*e).seq_out_end = seq_end;
+        }
+    }
+}
+
+/// Whether a TCP segment from the network may act on the flow. An RST or FIN must be in
+/// sequence, as netfilter requires: before the handshake it must acknowledge the client's
+/// SYN exactly, afterwards its sequence number must be within [`TCP_RST_WINDOW`] of the
+/// network side's tracked one. Other segments always pass (the client's stack judges them).
+#[inline(always)]
+pub fn reply_in_window(e: &CtEntry, tcp_flags: u8, seq: u32, ack: u32) -> bool {
+    if tcp_flags & (TCP_RST | TCP_FIN) == 0 {
+        return true;
+    }
+    if e.flags & ct_flags::REPLY_SEQ == 0 {
+        return tcp_flags & TCP_ACK != 0 && ack == e.seq_out_end;
+    }
+    (seq.wrapping_sub(e.seq_in_end) as i32).unsigned_abs() <= TCP_RST_WINDOW
+}
+
+/// Follow the network side's sequence numbers: learnt from the SYN-ACK that acknowledges
+/// the client's SYN, then advanced only by segments near it, so a spoofed segment cannot
+/// drag the window to where a spoofed RST would land.
+#[inline(always)]
+pub fn track_reply_seq(e: *mut CtEntry, tcp_flags: u8, seq: u32, ack: u32, seq_end: u32) {
+    unsafe {
+        if (*e).flags & ct_flags::REPLY_SEQ == 0 {
+            if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK && ack == (*e).seq_out_end {
+                (*e).seq_in_end = seq_end;
+                (*e).flags |= ct_flags::REPLY_SEQ;
+            }
+        } else if (seq.wrapping_sub((*e).seq_in_end) as i32).unsigned_abs() <= TCP_RST_WINDOW
+            && after(seq_end, (*e).seq_in_end)
+        {
+            (*e).seq_in_end = seq_end;
         }
     }
 }
@@ -116,49 +140,6 @@ pub fn revalidate(e: *mut CtEntry, key: &FlowKey, g: Generation) -> Result<(), D
     }
 }
 
-/// True when a local socket on the gateway owns the reply tuple, so keeping the client's
-/// source port would steal the host's own traffic.
-#[inline(always)]
-fn local_socket_owns(ctx: &XdpContext, rev: &FlowKey) -> bool {
-    if rev.proto != PROTO_TCP && rev.proto != PROTO_UDP {
-        return false;
-    }
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    unsafe {
-        let t = &mut tuple.__bindgen_anon_1.ipv4;
-        t.saddr = u32::from_ne_bytes(v4_of(&rev.src));
-        t.daddr = u32::from_ne_bytes(v4_of(&rev.dst));
-        t.sport = rev.sport.to_be();
-        t.dport = rev.dport.to_be();
-    }
-    let size = core::mem::size_of::<u32>() as u32 * 3;
-    // BPF_F_CURRENT_NETNS: the kernel treats a negative s32 as "this namespace".
-    let netns = u64::MAX;
-    let sk = unsafe {
-        if rev.proto == PROTO_TCP {
-            bpf_sk_lookup_tcp(ctx.as_ptr(), &mut tuple, size, netns, 0)
-        } else {
-            bpf_sk_lookup_udp(ctx.as_ptr(), &mut tuple, size, netns, 0)
-        }
-    };
-    if sk.is_null() {
-        return false;
-    }
-    unsafe { bpf_sk_release(sk.cast()) };
-    true
-}
-
-/// Claim the reply key with BPF_NOEXIST: the kernel arbitrates between CPUs, so a live
-/// mapping is never handed out twice.
-#[inline(always)]
-fn claim(rev: &FlowKey, fwd: &FlowKey) -> Result<bool, DropReason> {
-    match NAT_REV.insert(rev, NatRev { fwd: *fwd }, BPF_NOEXIST as u64) {
-        Ok(()) => Ok(true),
-        Err(e) if e == -EEXIST => Ok(false),
-        Err(_) => Err(DropReason::ConntrackFull),
-    }
-}
-
 /// Admit a new flow: quota, SNAT/PAT claim, CONNTRACK insert. Returns the new entry.
 #[inline(always)]
 pub fn create(
@@ -169,6 +150,7 @@ pub fn create(
     g: Generation,
     now: u64,
     bytes: u64,
+    seq_end: u32,
 ) -> Result<CtEntry, DropReason> {
     let slot = client.slot;
     let opened = FLOWS_OPENED
@@ -191,6 +173,7 @@ pub fn create(
         generation: g.number,
         slot,
         target: TARGET_TUNNEL,
+        seq_out_end: seq_end,
         ..CtEntry::default()
     };
     let mut rev = FlowKey {
@@ -208,7 +191,7 @@ pub fn create(
         }
         entry.flags = ct_flags::LOCAL;
         // Both ends are clients: a collision means the peer opened the same tuple.
-        if !claim(&rev, key)? {
+        if !nat::claim(&rev, key)? {
             return Err(DropReason::PortsExhausted);
         }
     } else {
@@ -216,26 +199,7 @@ pub fn create(
         entry.target = target_idx;
         entry.nat_addr = t.snat_addr;
         rev.dst = t.snat_addr;
-        let mut claimed = !local_socket_owns(ctx, &rev) && claim(&rev, key)?;
-        if claimed {
-            stats::event(Event::PortKept);
-        } else {
-            let span = u32::from(t.port_max.saturating_sub(t.port_min)) + 1;
-            let start = unsafe { bpf_get_prandom_u32() } % span;
-            let mut i = 0;
-            while i < PAT_ATTEMPTS {
-                rev.dport = t.port_min + ((start + i) % span) as u16;
-                if claim(&rev, key)? {
-                    claimed = true;
-                    break;
-                }
-                i += 1;
-            }
-            if !claimed {
-                return Err(DropReason::PortsExhausted);
-            }
-            stats::event(Event::PortTranslated);
-        }
+        nat::claim_port(ctx, &mut rev, key, t)?;
         entry.nat_port = rev.dport;
     }
     if let Err(e) = CONNTRACK.insert(key, entry, BPF_NOEXIST as u64) {

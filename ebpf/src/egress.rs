@@ -6,10 +6,11 @@ use portcullis_common::{
 };
 
 use crate::{
-    csum, ct,
+    ct, keys,
+    nat::{self, INNER_IP, INNER_L4},
     packet::{
-        self, be16, ptr_at, set_be16, IcmpHdr, Ipv4Hdr, L4Ports, ICMP_DEST_UNREACH,
-        ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_TIME_EXCEEDED, L4_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
+        self, be16, ptr_at, IcmpHdr, Ipv4Hdr, L4Ports, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY,
+        ICMP_ECHO_REQUEST, ICMP_TIME_EXCEEDED, L4_OFF,
     },
     policy, stats, tap, CONNTRACK, EGRESS_PORTS, NAT_REV, TAP_IFINDEX,
 };
@@ -22,8 +23,8 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
         return Ok(pass_host());
     };
     let mut key = FlowKey {
-        src: ct::v4(p.src),
-        dst: ct::v4(p.dst),
+        src: keys::v4(p.src),
+        dst: keys::v4(p.dst),
         sport: 0,
         dport: 0,
         proto: p.proto,
@@ -31,6 +32,7 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
         _pad: [0; 2],
     };
     let mut tcp_flags = 0;
+    let (mut seq, mut ack, mut seq_end) = (0u32, 0u32, 0u32);
     match p.proto {
         PROTO_TCP | PROTO_UDP => {
             if (p.tot_len as usize) < packet::IP_LEN + packet::l4_min_len(p.proto) {
@@ -42,9 +44,19 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
             key.sport = be16(unsafe { &raw const (*ports).sport });
             key.dport = be16(unsafe { &raw const (*ports).dport });
             if p.proto == PROTO_TCP {
-                if let Ok(f) = ptr_at::<u8>(ctx, L4_OFF + 13) {
-                    tcp_flags = unsafe { *f };
+                // Ours only if the header is whole (checked against the total length).
+                let Ok(h) = ptr_at::<[u8; 14]>(ctx, L4_OFF) else {
+                    return Ok(pass_host());
+                };
+                let h = unsafe { *h };
+                let doff = h[12] >> 4;
+                if doff < 5 || (doff as usize) * 4 > p.tot_len as usize - packet::IP_LEN {
+                    return Ok(pass_host());
                 }
+                tcp_flags = h[13];
+                seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+                seq_end = tap::tcp_seq_end(ctx, &p, doff, tcp_flags)?;
             }
         }
         PROTO_ICMP => {
@@ -72,6 +84,13 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
         // An expired mapping no longer admits inbound packets (RFC 4787 REQ-6 filtering).
         return Ok(pass_host());
     }
+    // A kept port that a host socket now also uses (it connected after the client's flow
+    // began): the host's traffic must reach the host, never a client. Translated ports
+    // come from the PAT range, which the host reserves, so only kept ports are looked up.
+    if fwd.sport == key.dport && nat::host_socket_owns(ctx, &key) {
+        stats::event(Event::HostSocketWins);
+        return Ok(PASS);
+    }
     let g = policy::active();
     if unsafe { (*e).generation } != g.number {
         ct::revalidate(e, &fwd, g)?;
@@ -79,6 +98,12 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
         return Err(DropReason::PolicyRevoked);
     }
     let bytes = u64::from(p.tot_len);
+    if p.proto == PROTO_TCP {
+        if !ct::reply_in_window(unsafe { &*e }, tcp_flags, seq, ack) {
+            return Err(DropReason::TcpOutOfWindow);
+        }
+        ct::track_reply_seq(e, tcp_flags, seq, ack, seq_end);
+    }
     ct::track_reply(e, fwd.proto, tcp_flags);
     let slot = unsafe {
         (*e).last_seen_ns = now;
@@ -93,48 +118,10 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
     }
 
     // DNAT back to the client's address and port.
-    let client = ct::v4_of(&fwd.src);
-    let ip = p.ip;
-    unsafe {
-        let c = csum::replace4(be16(&raw const (*ip).csum), p.dst, client);
-        set_be16(&raw mut (*ip).csum, c);
-        (*ip).dst = client;
-    }
-    let port_changed = fwd.sport != key.dport;
-    match p.proto {
-        PROTO_TCP | PROTO_UDP => {
-            let off = if p.proto == PROTO_TCP {
-                TCP_CSUM_OFF
-            } else {
-                UDP_CSUM_OFF
-            };
-            let cs: *mut u16 = ptr_at(ctx, L4_OFF + off)?;
-            let old = be16(cs);
-            let mut c = csum::replace4(old, p.dst, client);
-            if port_changed {
-                c = csum::replace2(c, key.dport, fwd.sport);
-                let ports: *mut L4Ports = ptr_at(ctx, L4_OFF)?;
-                set_be16(unsafe { &raw mut (*ports).dport }, fwd.sport);
-            }
-            if p.proto == PROTO_UDP {
-                c = csum::udp_fixup(old, c);
-            }
-            set_be16(cs, c);
-        }
-        _ => {
-            if port_changed {
-                let icmp: *mut IcmpHdr = ptr_at(ctx, L4_OFF)?;
-                unsafe {
-                    let c = csum::replace2(be16(&raw const (*icmp).csum), key.dport, fwd.sport);
-                    set_be16(&raw mut (*icmp).csum, c);
-                    set_be16(&raw mut (*icmp).id, fwd.sport);
-                }
-            }
-        }
-    }
+    nat::dnat(ctx, &p, &key, &fwd)?;
     stats::event(Event::ReverseNat);
     stats::egress(slot, bytes);
-    into_tap(ctx, ip, client)
+    into_tap(ctx, p.ip, keys::v4_of(&fwd.src))
 }
 
 #[inline(always)]
@@ -151,10 +138,6 @@ fn into_tap(ctx: &XdpContext, ip: *mut Ipv4Hdr, client: [u8; 4]) -> Result<u32, 
         .redirect(TAP_IFINDEX.load(), 0)
         .map_err(|_| DropReason::RedirectFailed)
 }
-
-/// Offsets inside an ICMP error: the embedded IPv4 header and its first 8 L4 bytes.
-const INNER_IP: usize = L4_OFF + 8;
-const INNER_L4: usize = INNER_IP + packet::IP_LEN;
 
 /// ICMP destination-unreachable / time-exceeded about a packet we translated: translate
 /// the embedded header back (source address and port) and send it to the client, so path
@@ -174,8 +157,8 @@ fn icmp_error(ctx: &XdpContext, p: &packet::Parsed) -> Result<u32, DropReason> {
     }
     // The embedded packet went client → network after translation: src = SNAT address.
     let mut key = FlowKey {
-        src: ct::v4(idst),
-        dst: ct::v4(isrc),
+        src: keys::v4(idst),
+        dst: keys::v4(isrc),
         sport: 0,
         dport: 0,
         proto: iproto,
@@ -196,7 +179,7 @@ fn icmp_error(ctx: &XdpContext, p: &packet::Parsed) -> Result<u32, DropReason> {
         }
         _ => return Ok(pass_host()),
     }
-    if ct::v4(p.dst) != key.dst {
+    if keys::v4(p.dst) != key.dst {
         return Ok(pass_host());
     }
     let Some(rev) = (unsafe { NAT_REV.get(&key) }) else {
@@ -219,63 +202,8 @@ fn icmp_error(ctx: &XdpContext, p: &packet::Parsed) -> Result<u32, DropReason> {
     if unsafe { (*e).generation } != g.number && ct::revalidate(e, &fwd, g).is_err() {
         return Ok(pass_host());
     }
-    let client = ct::v4_of(&fwd.src);
-    let outer_icmp: *mut IcmpHdr = ptr_at(ctx, L4_OFF)?;
-    let mut icsum = be16(unsafe { &raw const (*outer_icmp).csum });
-    unsafe {
-        // Outer destination.
-        let c = csum::replace4(be16(&raw const (*p.ip).csum), p.dst, client);
-        set_be16(&raw mut (*p.ip).csum, c);
-        (*p.ip).dst = client;
-        // Inner source address, its header checksum, and the ICMP checksum over both.
-        let old_ic = be16(&raw const (*inner).csum);
-        let new_ic = csum::replace4(old_ic, isrc, client);
-        (*inner).src = client;
-        set_be16(&raw mut (*inner).csum, new_ic);
-        icsum = csum::replace4(icsum, isrc, client);
-        icsum = csum::replace2(icsum, old_ic, new_ic);
-    }
-    let inner_l4w: *mut [u16; 4] = ptr_at(ctx, INNER_L4)?;
-    match iproto {
-        PROTO_TCP | PROTO_UDP => unsafe {
-            // Inner source port; the inner UDP checksum (in the 8 quoted bytes) too.
-            let old_port = u16::from_be((*inner_l4w)[0]);
-            (*inner_l4w)[0] = fwd.sport.to_be();
-            icsum = csum::replace2(icsum, old_port, fwd.sport);
-            // The inner TCP checksum, when the quote reaches it (Linux quotes up to 576
-            // bytes): it covers the pseudo-header address and the port just restored.
-            if iproto == PROTO_TCP {
-                if let Ok(tc) = ptr_at::<u16>(ctx, INNER_L4 + TCP_CSUM_OFF) {
-                    let old_tc = be16(tc);
-                    let new_tc =
-                        csum::replace2(csum::replace4(old_tc, isrc, client), old_port, fwd.sport);
-                    set_be16(tc, new_tc);
-                    icsum = csum::replace2(icsum, old_tc, new_tc);
-                }
-            }
-            if iproto == PROTO_UDP {
-                let old_uc = u16::from_be((*inner_l4w)[3]);
-                if old_uc != 0 {
-                    let mut uc = csum::replace4(old_uc, isrc, client);
-                    uc = csum::udp_fixup(old_uc, csum::replace2(uc, old_port, fwd.sport));
-                    (*inner_l4w)[3] = uc.to_be();
-                    icsum = csum::replace2(icsum, old_uc, uc);
-                }
-            }
-        },
-        _ => unsafe {
-            // Inner echo identifier and the inner ICMP checksum that covers it.
-            let old_id = u16::from_be((*inner_l4w)[2]);
-            let old_c = u16::from_be((*inner_l4w)[1]);
-            let new_c = csum::replace2(old_c, old_id, fwd.sport);
-            (*inner_l4w)[2] = fwd.sport.to_be();
-            (*inner_l4w)[1] = new_c.to_be();
-            icsum = csum::replace2(icsum, old_id, fwd.sport);
-            icsum = csum::replace2(icsum, old_c, new_c);
-        },
-    }
-    set_be16(unsafe { &raw mut (*outer_icmp).csum }, icsum);
+    nat::icmp_error_back(ctx, p, inner, iproto, isrc, &fwd)?;
     stats::event(Event::IcmpErrorTranslated);
     stats::egress(unsafe { (*e).slot }, u64::from(p.tot_len));
-    into_tap(ctx, p.ip, client)
+    into_tap(ctx, p.ip, keys::v4_of(&fwd.src))
 }

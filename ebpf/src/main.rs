@@ -7,6 +7,8 @@
 mod csum;
 mod ct;
 mod egress;
+mod keys;
+mod nat;
 mod packet;
 mod policy;
 mod stats;
@@ -22,7 +24,7 @@ use aya_ebpf::{
 use portcullis_common::{
     AuthzValue, ClientInfo, ClientKey, CtEntry, DenyEvent, FlowKey, NatRev, PolicyMeta, PortRange,
     RouteValue, SessionStats, SgNode, Target, TokenBucket, DEFAULT_MAX_FLOWS, MAX_AUTHZ_PREFIXES,
-    MAX_CLIENTS, MAX_ROUTES, MAX_SG_PREFIXES, MAX_SG_RANGES, MAX_TARGETS,
+    MAX_CLIENTS, MAX_GATEWAY_PORTS, MAX_ROUTES, MAX_SG_PREFIXES, MAX_SG_RANGES, MAX_TARGETS,
 };
 
 // ---- load-time globals --------------------------------------------------------------------
@@ -164,6 +166,10 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
-/// The gateway's tunnel address (the TAP's address): traffic to it is the host's business.
+/// The gateway's tunnel address (the TAP's address): clients reach the host only there.
 #[unsafe(no_mangle)]
 static GATEWAY_ADDR: Global<[u8; 4]> = Global::new([0; 4]);
+/// Which protocols and ports of the gateway address are open (`portcullis_common::
+/// gateway_port` words, 0 = unused); the agent sets it from `gateway_ports`.
+#[unsafe(no_mangle)]
+static GATEWAY_PORTS: Global<[u32; MAX_GATEWAY_PORTS]> = Global::new([0; MAX_GATEWAY_PORTS]);

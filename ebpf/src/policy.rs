@@ -149,7 +149,8 @@ pub fn check(
     };
     let target_idx = r.target;
     // Client-to-client: the destination must be a live session (part of routing).
-    if target_idx == TARGET_TUNNEL && unsafe { CLIENTS.get(crate::ct::client_key(dst)) }.is_none() {
+    if target_idx == TARGET_TUNNEL && unsafe { CLIENTS.get(crate::keys::client_key(dst)) }.is_none()
+    {
         return Err(DropReason::ClientUnreachable);
     }
     let sg_enabled = POLICY_META.get(g.slot).map(|m| m.sg_enabled).unwrap_or(0);

@@ -6,28 +6,34 @@ use aya_ebpf::{
     EbpfContext,
 };
 use portcullis_common::{
-    ct_flags, CtEntry, DropReason, Event, FlowKey, FAMILY_V4, FIB_CACHE_NS, NO_SLOT, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP,
+    ct_flags, gateway_port, session_mac, CtEntry, DropReason, Event, FlowKey, FAMILY_V4,
+    FIB_CACHE_NS, MAX_GATEWAY_PORTS, NO_SLOT, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
-    csum, ct,
+    ct, keys, nat,
     packet::{
-        self, be16, ptr_at, set_be16, EthHdr, IcmpHdr, L4Ports, Parsed, ICMP_ECHO_REQUEST, L4_OFF,
-        TCP_ACK, TCP_CSUM_OFF, TCP_SYN, UDP_CSUM_OFF,
+        self, be16, ptr_at, EthHdr, IcmpHdr, L4Ports, Parsed, ICMP_ECHO_REQUEST, L4_OFF, TCP_ACK,
+        TCP_FIN, TCP_SYN,
     },
-    policy, stats, CLIENTS, CONNTRACK, EGRESS_PORTS, GATEWAY_ADDR, NAT_REV, TAP_MAC,
+    policy, stats, CLIENTS, CONNTRACK, EGRESS_PORTS, GATEWAY_ADDR, GATEWAY_PORTS, NAT_REV, TAP_MAC,
 };
 
 const AF_INET: u8 = 2;
 const FIB_SUCCESS: i64 = 0;
+/// BPF_FIB_LKUP_RET_NOT_FWDED: the destination is local (or broadcast), not forwarded.
+const FIB_NOT_FWDED: i64 = 4;
 const FIB_NO_NEIGH: i64 = 7;
+/// BPF_FIB_LOOKUP_SKIP_NEIGH: only the route matters when nothing is sent on.
+const FIB_SKIP_NEIGH: u32 = 1 << 2;
 
 /// The flow key and TCP flags of a parsed packet.
 pub struct L4 {
     pub key: FlowKey,
     pub tcp_flags: u8,
     pub icmp_type: u8,
+    /// TCP: the sender's next sequence number after this segment (seq + data + SYN + FIN).
+    pub seq_end: u32,
 }
 
 /// Parse the L4 header far enough for CONNTRACK, checked against the IP total length.
@@ -38,8 +44,8 @@ pub fn parse_l4(ctx: &XdpContext, p: &Parsed) -> Result<L4, DropReason> {
         return Err(DropReason::Malformed);
     }
     let mut key = FlowKey {
-        src: ct::v4(p.src),
-        dst: ct::v4(p.dst),
+        src: keys::v4(p.src),
+        dst: keys::v4(p.dst),
         sport: 0,
         dport: 0,
         proto: p.proto,
@@ -48,6 +54,7 @@ pub fn parse_l4(ctx: &XdpContext, p: &Parsed) -> Result<L4, DropReason> {
     };
     let mut tcp_flags = 0;
     let mut icmp_type = 0;
+    let mut seq_end = 0;
     match p.proto {
         PROTO_TCP | PROTO_UDP => {
             let ports: *mut L4Ports = ptr_at(ctx, L4_OFF)?;
@@ -60,6 +67,7 @@ pub fn parse_l4(ctx: &XdpContext, p: &Parsed) -> Result<L4, DropReason> {
                     return Err(DropReason::Malformed);
                 }
                 tcp_flags = flags;
+                seq_end = tcp_seq_end(ctx, p, off, flags)?;
             }
         }
         PROTO_ICMP => {
@@ -75,7 +83,104 @@ pub fn parse_l4(ctx: &XdpContext, p: &Parsed) -> Result<L4, DropReason> {
         key,
         tcp_flags,
         icmp_type,
+        seq_end,
     })
+}
+
+/// The sequence number after a TCP segment: seq + payload length + one each for SYN and
+/// FIN. `doff` is the data offset in words, already checked against the total length.
+#[inline(always)]
+pub fn tcp_seq_end(ctx: &XdpContext, p: &Parsed, doff: u8, flags: u8) -> Result<u32, DropReason> {
+    let seq: *mut [u8; 4] = ptr_at(ctx, L4_OFF + 4)?;
+    let seq = u32::from_be_bytes(unsafe { *seq });
+    let data = u32::from(p.tot_len) - packet::IP_LEN as u32 - u32::from(doff) * 4;
+    Ok(seq
+        .wrapping_add(data)
+        .wrapping_add(u32::from(flags & TCP_SYN != 0))
+        .wrapping_add(u32::from(flags & TCP_FIN != 0)))
+}
+
+/// The L4 key for a deny event about a frame refused before its L4 header was checked.
+#[inline(always)]
+fn l4_or_default(ctx: &XdpContext, p: &Parsed) -> FlowKey {
+    parse_l4(ctx, p).map(|l4| l4.key).unwrap_or_default()
+}
+
+/// True when the frame's source MAC names session `slot` (see
+/// `portcullis_common::session_mac`): the agent writes the sending session's slot there,
+/// so a client that forges another session's address is caught here even if the worker's
+/// own check were bypassed.
+#[inline(always)]
+fn from_session(ctx: &XdpContext, slot: u32) -> Result<bool, DropReason> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    let (got, want) = (unsafe { (*eth).src }, session_mac(slot));
+    // Byte by byte: an array comparison may become a memcmp call, which BPF cannot make.
+    let mut i = 0;
+    while i < 6 {
+        if got[i] != want[i] {
+            return Ok(false);
+        }
+        i += 1;
+    }
+    Ok(true)
+}
+
+/// Whether `gateway_ports` opens the gateway address to this packet (TCP/UDP by
+/// destination port, ICMP by message type). A bounded scan of a short load-time list.
+#[inline(always)]
+fn gateway_port_open(l4: &L4) -> bool {
+    let port = match l4.key.proto {
+        PROTO_TCP | PROTO_UDP => l4.key.dport,
+        PROTO_ICMP => u16::from(l4.icmp_type),
+        _ => return false,
+    };
+    let want = gateway_port(l4.key.proto, port);
+    let open = GATEWAY_PORTS.load();
+    let mut i = 0;
+    while i < MAX_GATEWAY_PORTS {
+        if open[i] == want {
+            return true;
+        }
+        if open[i] == 0 {
+            return false;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// An authorized packet whose TTL runs out here: the kernel sends ICMP time exceeded, but
+/// only for a destination it would forward. A local address of the host (the target-network
+/// address, loopback, a broadcast) would be delivered to the host's own sockets regardless
+/// of TTL, so the kernel's own FIB decides, as it does for the packet itself: only a
+/// forwarding route passes. The FIB is the authority the kernel uses, so unlike a list of
+/// local addresses kept by the agent it cannot go stale when an address is added.
+/// (A packet with TTL > 1 to a local address is refused by `forward`'s lookup already.)
+#[inline(always)]
+fn ttl_expired(ctx: &XdpContext, p: &Parsed) -> Result<u32, DropReason> {
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = p.proto;
+    // tot_len stays 0: the MTU check is for packets that are sent on.
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(p.src);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(p.dst);
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            FIB_SKIP_NEIGH,
+        )
+    };
+    match rc {
+        FIB_SUCCESS | FIB_NO_NEIGH => {
+            stats::event(Event::PassLocal);
+            Ok(xdp_action::XDP_PASS)
+        }
+        FIB_NOT_FWDED => Err(DropReason::LocalDestination),
+        _ => Err(DropReason::FibLookupFailed),
+    }
 }
 
 #[inline(always)]
@@ -86,19 +191,23 @@ fn deny(key: &FlowKey, slot: u32, r: DropReason) -> DropReason {
 
 pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
     let p = packet::parse_ipv4(ctx)?;
-    let client_key = ct::client_key(p.src);
-    let Some(client) = (unsafe { CLIENTS.get(client_key) }) else {
-        let l4 = parse_l4(ctx, &p).unwrap_or(L4 {
-            key: FlowKey::default(),
-            tcp_flags: 0,
-            icmp_type: 0,
-        });
-        return Err(deny(&l4.key, NO_SLOT, DropReason::Spoofed));
+    let Some(client) = (unsafe { CLIENTS.get(keys::client_key(p.src)) }) else {
+        return Err(deny(&l4_or_default(ctx, &p), NO_SLOT, DropReason::Spoofed));
     };
+    if !from_session(ctx, client.slot)? {
+        return Err(deny(
+            &l4_or_default(ctx, &p),
+            NO_SLOT,
+            DropReason::ForgedSource,
+        ));
+    }
     let l4 = parse_l4(ctx, &p)?;
     let key = l4.key;
-    if p.dst == GATEWAY_ADDR.load() || p.ttl <= 1 {
-        // The host answers (ICMP time exceeded, its own services); it does not forward these.
+    if p.dst == GATEWAY_ADDR.load() {
+        // The one address of the host clients may reach, and only its open ports.
+        if !gateway_port_open(&l4) {
+            return Err(deny(&key, client.slot, DropReason::GatewayPortClosed));
+        }
         stats::event(Event::PassLocal);
         return Ok(xdp_action::XDP_PASS);
     }
@@ -117,8 +226,11 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
         } else if e_ref.flags & ct_flags::REVOKED != 0 {
             return Err(deny(&key, client.slot, DropReason::PolicyRevoked));
         }
+        if p.ttl <= 1 {
+            return ttl_expired(ctx, &p).map_err(|r| deny(&key, client.slot, r));
+        }
         stats::event(Event::FastPath);
-        ct::track_forward(e, key.proto, l4.tcp_flags);
+        ct::track_forward(e, key.proto, l4.tcp_flags, l4.seq_end);
         unsafe {
             (*e).last_seen_ns = now;
             (*e).packets_out += 1;
@@ -137,6 +249,9 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
                     ct::revalidate(e, &fwd, g).map_err(|r| deny(&key, client.slot, r))?;
                 } else if unsafe { (*e).flags } & ct_flags::REVOKED != 0 {
                     return Err(deny(&key, client.slot, DropReason::PolicyRevoked));
+                }
+                if p.ttl <= 1 {
+                    return ttl_expired(ctx, &p).map_err(|r| deny(&key, client.slot, r));
                 }
                 ct::track_reply(e, key.proto, l4.tcp_flags);
                 unsafe {
@@ -165,7 +280,11 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
     if key.proto == PROTO_TCP && l4.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return Err(deny(&key, client.slot, DropReason::TcpNoSyn));
     }
-    ct::create(ctx, &key, client, target_idx, g, now, bytes)
+    if p.ttl <= 1 {
+        // Authorized like any new flow, but nothing is forwarded: the kernel answers.
+        return ttl_expired(ctx, &p).map_err(|r| deny(&key, client.slot, r));
+    }
+    ct::create(ctx, &key, client, target_idx, g, now, bytes, l4.seq_end)
         .map_err(|r| deny(&key, client.slot, r))?;
     stats::ingress(client.slot, bytes);
     // The entry just inserted (the pointer lets forward() cache the next hop in it). It can
@@ -190,7 +309,7 @@ fn forward(
     if e.flags & ct_flags::LOCAL != 0 {
         return to_client(ctx, p, p.dst);
     }
-    snat(ctx, p, key, e)?;
+    nat::snat(ctx, p, key, e)?;
     if e.fib_at_ns != 0 && now.wrapping_sub(e.fib_at_ns) < FIB_CACHE_NS {
         let (ifindex, dmac, smac) = (e.fib_ifindex, e.fib_dmac, e.fib_smac);
         packet::dec_ttl(p.ip);
@@ -212,7 +331,7 @@ fn forward(
     fib.ifindex = ctx.ingress_ifindex() as u32;
     unsafe {
         fib.__bindgen_anon_2.tos = (*p.ip).tos;
-        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ct::v4_of(&e.nat_addr));
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(keys::v4_of(&e.nat_addr));
         fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(p.dst);
     }
     let rc = unsafe {
@@ -248,57 +367,12 @@ fn forward(
         .map_err(|_| DropReason::RedirectFailed)
 }
 
-/// Rewrite source address and port to the flow's translation, patching checksums.
-#[inline(always)]
-fn snat(ctx: &XdpContext, p: &Parsed, key: &FlowKey, e: &CtEntry) -> Result<(), DropReason> {
-    let new_src = ct::v4_of(&e.nat_addr);
-    let ip = p.ip;
-    unsafe {
-        let c = csum::replace4(be16(&raw const (*ip).csum), p.src, new_src);
-        set_be16(&raw mut (*ip).csum, c);
-        (*ip).src = new_src;
-    }
-    let port_changed = e.nat_port != key.sport;
-    match key.proto {
-        PROTO_TCP | PROTO_UDP => {
-            let off = if key.proto == PROTO_TCP {
-                TCP_CSUM_OFF
-            } else {
-                UDP_CSUM_OFF
-            };
-            let cs: *mut u16 = ptr_at(ctx, L4_OFF + off)?;
-            let old = be16(cs);
-            let mut c = csum::replace4(old, p.src, new_src);
-            if port_changed {
-                c = csum::replace2(c, key.sport, e.nat_port);
-                let ports: *mut L4Ports = ptr_at(ctx, L4_OFF)?;
-                set_be16(unsafe { &raw mut (*ports).sport }, e.nat_port);
-            }
-            if key.proto == PROTO_UDP {
-                c = csum::udp_fixup(old, c);
-            }
-            set_be16(cs, c);
-        }
-        _ => {
-            if port_changed {
-                let icmp: *mut IcmpHdr = ptr_at(ctx, L4_OFF)?;
-                unsafe {
-                    let c = csum::replace2(be16(&raw const (*icmp).csum), key.sport, e.nat_port);
-                    set_be16(&raw mut (*icmp).csum, c);
-                    set_be16(&raw mut (*icmp).id, e.nat_port);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Hand a packet to the agent through the TAP (XDP_TX on a TAP queues it for the reader),
 /// addressed to the client `dst`.
 #[inline(always)]
 pub fn to_client(ctx: &XdpContext, p: &Parsed, dst: [u8; 4]) -> Result<u32, DropReason> {
     // The receiving session's egress counters (the sender's ingress is counted by the caller).
-    if let Some(peer) = unsafe { CLIENTS.get(ct::client_key(dst)) } {
+    if let Some(peer) = unsafe { CLIENTS.get(keys::client_key(dst)) } {
         stats::egress(peer.slot, u64::from(p.tot_len));
     }
     packet::dec_ttl(p.ip);

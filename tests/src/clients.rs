@@ -371,7 +371,27 @@ impl Clients {
             .map(|q| q.try_clone())
             .collect::<io::Result<Vec<_>>>()
             .expect("clone TAP queue");
-        let relay = Relay::start(&ports, taps, gw.tap.mac).expect("start relay");
+        // The relay writes each client's session slot, as the worker writes the peer id:
+        // read it from the `clients` map the test fills.
+        let clients_map = gw
+            .dp
+            .options
+            .pin_dir()
+            .join(portcullis_common::map_names::CLIENTS);
+        let slot_of: crate::relay::SlotOf = Box::new(move |a| {
+            let map =
+                aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&clients_map).ok()?)
+                    .ok()?;
+            let m: aya::maps::HashMap<
+                _,
+                portcullis_common::ClientKey,
+                portcullis_common::ClientInfo,
+            > = aya::maps::HashMap::try_from(map).ok()?;
+            m.get(&portcullis_common::ClientKey::v4(a), 0)
+                .ok()
+                .map(|c| c.slot)
+        });
+        let relay = Relay::start(&ports, taps, gw.tap.mac, slot_of).expect("start relay");
         let clients = Clients { relay, list };
         for (i, c) in clients.list.iter().enumerate() {
             assert!(

@@ -49,8 +49,9 @@ pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_TIMESTAMP: u8 = 13;
 
-/// The MAC test inputs use as the client's (the agent writes frames with some source MAC).
-pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
+/// The source MAC test inputs carry by default: that of the session in slot 0 (the agent
+/// writes the sending session's slot there, see `portcullis_common::session_mac`).
+pub const CLIENT_MAC: [u8; 6] = portcullis_common::session_mac(0);
 
 /// The pseudo-MAC the data path gives frames addressed to client `a` (see
 /// `ebpf/src/tap.rs::set_client_macs`).
@@ -231,6 +232,21 @@ impl Pkt {
     pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Pkt {
         self.eth_src = src;
         self.eth_dst = dst;
+        self
+    }
+
+    /// Sent by the session in `slot` (its source MAC).
+    pub fn session(mut self, slot: u32) -> Pkt {
+        self.eth_src = portcullis_common::session_mac(slot);
+        self
+    }
+
+    /// TCP sequence and acknowledgement numbers (no-op for other protocols).
+    pub fn seq_ack(mut self, s: u32, a: u32) -> Pkt {
+        if let L4::Tcp { seq, ack, .. } = &mut self.l4 {
+            *seq = s;
+            *ack = a;
+        }
         self
     }
 

@@ -361,6 +361,7 @@ all_users = true
                 tap_name: TAP.into(),
                 tap_mac: tap.mac,
                 gateway: policy.gateway_addr,
+                gateway_ports: policy.gateway_ports.clone(),
                 targets: policy
                     .target_networks
                     .iter()

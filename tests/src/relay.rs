@@ -101,6 +101,9 @@ fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Session slot of a client address, `None` when it has no session.
+pub type SlotOf = Box<dyn Fn(Ipv4Addr) -> Option<u32> + Send>;
+
 /// One Ethernet interface the relay serves (clients live behind it).
 #[derive(Clone, Copy, Debug)]
 pub struct RelayPort {
@@ -112,7 +115,14 @@ impl Relay {
     /// Relay between client-side interfaces and the TAP queues. Replies may arrive on any
     /// TAP queue (the kernel picks one per CPU), so one thread serves all of them and
     /// routes by destination address.
-    pub fn start(ports: &[RelayPort], taps: Vec<File>, tap_mac: [u8; 6]) -> io::Result<Relay> {
+    /// `slot_of` names the session slot of a client address (what the worker knows as the
+    /// peer id): frames carry it in their source MAC, as the worker writes them.
+    pub fn start(
+        ports: &[RelayPort],
+        taps: Vec<File>,
+        tap_mac: [u8; 6],
+        slot_of: SlotOf,
+    ) -> io::Result<Relay> {
         let socks = ports
             .iter()
             .map(|p| packet_socket(p.ifindex).map(|s| (s, p.mac)))
@@ -122,7 +132,7 @@ impl Relay {
         let (stop2, stats2) = (stop.clone(), stats.clone());
         let thread = std::thread::Builder::new()
             .name("relay".into())
-            .spawn(move || run(socks, taps, tap_mac, &stop2, &stats2))?;
+            .spawn(move || run(socks, taps, tap_mac, &slot_of, &stop2, &stats2))?;
         Ok(Relay {
             stop,
             stats,
@@ -172,6 +182,7 @@ fn run(
     socks: Vec<(OwnedFd, [u8; 6])>,
     mut taps: Vec<File>,
     tap_mac: [u8; 6],
+    slot_of: &SlotOf,
     stop: &AtomicBool,
     stats: &RelayStats,
 ) {
@@ -222,7 +233,9 @@ fn run(
                 clients.insert(src_ip, (i, src_mac));
                 frame[0..6].copy_from_slice(&tap_mac);
                 let o = src_ip.octets();
-                frame[6..12].copy_from_slice(&[0x02, 0x50, o[0], o[1], o[2], o[3]]);
+                // No session: any slot the data path cannot match (it drops as spoofed).
+                let slot = slot_of(src_ip).unwrap_or(u32::MAX);
+                frame[6..12].copy_from_slice(&portcullis_common::session_mac(slot));
                 // Spread clients over queues the way workers will: by source address.
                 let q = usize::from(o[3]) % taps.len();
                 if taps[q].write(frame).is_ok() {

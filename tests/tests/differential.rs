@@ -51,8 +51,9 @@ const GW_VETH: &str = "172.31.255.0/31";
 const GW_VETH_ADDR: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 0);
 const NEXT_HOP: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 1);
 
-/// Destinations whose FIB lookup the kernel refuses (local or loopback in the gateway
-/// namespace): the policy may allow them, the data path then counts `FibLookupFailed`.
+/// Destinations the kernel's FIB does not forward (loopback, the gateway's own addresses):
+/// the policy may allow them, the data path then counts `FibLookupFailed` (with TTL <= 1,
+/// `LocalDestination`).
 /// Nothing else may fail the FIB lookup here (the anchors at the start check this model).
 fn kernel_refuses(dst: Ipv4Addr) -> bool {
     dst.is_loopback() || dst == GW_VETH_ADDR
@@ -84,6 +85,8 @@ enum Mutation {
     Padding(usize),
     /// TCP data offset, in 32-bit words.
     TcpDataOffset(u8),
+    /// Sent by another session than the one owning the source address.
+    OtherSession,
 }
 
 #[derive(Clone, Debug)]
@@ -110,6 +113,7 @@ fn arb_mutation() -> impl Strategy<Value = Mutation> {
             .prop_map(Mutation::EtherType),
         1 => (1usize..40).prop_map(Mutation::Padding),
         1 => (0u8..16).prop_map(Mutation::TcpDataOffset),
+        1 => Just(Mutation::OtherSession),
     ]
 }
 
@@ -218,7 +222,9 @@ impl TestPacket {
             }
             other => Pkt::raw(self.src, f.dst, other, &[0, 0, 0x08, 0, 1, 2, 3, 4]),
         };
-        p.ttl(self.ttl)
+        // LIVE[i] is the session in slot i (the fixture writes the clients map so).
+        let slot = LIVE.iter().position(|a| *a == self.src).unwrap_or(0) as u32;
+        p.ttl(self.ttl).session(slot)
     }
 
     fn frame(&self) -> Vec<u8> {
@@ -247,6 +253,7 @@ impl TestPacket {
                     v[14 + 20 + 12] = o << 4;
                 }
             }
+            Mutation::OtherSession => v[6..12].copy_from_slice(&portcullis_common::session_mac(7)),
         }
         v
     }
@@ -284,6 +291,13 @@ fn expected(
 ) -> Verdict {
     match evaluate_frame(policy, clients, frame) {
         FrameDecision::Drop(r) => Verdict::Drop(r),
+        // TTL expired after authorization: the kernel answers, unless it is a local address.
+        FrameDecision::PassLocal
+            if frame[22] <= 1
+                && kernel_refuses(Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33])) =>
+        {
+            Verdict::Drop(DropReason::LocalDestination)
+        }
         FrameDecision::PassLocal => Verdict::PassLocal,
         FrameDecision::Flow(Decision::Forward {
             target_index, snat, ..
@@ -374,7 +388,12 @@ fn observe(fx: &mut Fixture, frame: &[u8], want: &Verdict) -> Result<Verdict, Te
         XDP_DROP => match delta.drops.as_slice() {
             [(r, 1)] => {
                 // Only drops after admission (the FIB said no) leave a flow behind.
-                if !matches!(r, DropReason::FibLookupFailed | DropReason::RedirectFailed) {
+                if !matches!(
+                    r,
+                    DropReason::FibLookupFailed
+                        | DropReason::RedirectFailed
+                        | DropReason::LocalDestination
+                ) {
                     prop_assert!(flows.is_empty(), "dropped but tracked: {}", ctx());
                 }
                 Verdict::Drop(*r)
@@ -627,6 +646,7 @@ snat_address = "192.0.2.1"
         "ip_options",
         "fragment",
         "spoofed_source",
+        "forged_source",
         "no_authorization_rule",
         "not_authorized",
         "no_route",

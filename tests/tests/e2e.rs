@@ -3,6 +3,8 @@
 //! servers in the server namespace answer. See `tests::clients` for the topology.
 //!
 //! Run serially as root: `cargo test -p tests --test e2e -- --test-threads=1`.
+#[path = "e2e/host_sockets.rs"]
+mod host_sockets;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/limits.rs"]

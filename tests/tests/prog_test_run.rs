@@ -44,6 +44,20 @@ const NO_FIB: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 5);
 const OTHER_DEV: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
 const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
 const PAT: [u16; 2] = [62000, 62001];
+/// The client's next sequence number after the SYN `Pkt::tcp` builds (seq 0x1000_0000).
+const SYN_END: u32 = 0x1000_0001;
+/// The server's initial sequence number in [`handshake`].
+const SERVER_ISN: u32 = 0x7000_0000;
+
+/// Setup: the client's SYN out, the server's SYN-ACK (acknowledging it) back.
+fn handshake(env: &mut Env, syn: &Pkt) {
+    env.send(syn);
+    let synack = Pkt::tcp(SERVER, 80, SNAT, syn.sport(), tcp::SYN | tcp::ACK)
+        .seq_ack(SERVER_ISN, SYN_END)
+        .macs(env.gw.server_mac, env.gw.gw_mac);
+    let (a, _) = env.run(Prog::Egress, &synack.frame());
+    assert_eq!(a, XDP_REDIRECT, "SYN-ACK of the handshake");
+}
 const MAX_FLOWS: u32 = 8;
 
 fn policy_toml(extra: &str, with_lan_rule: bool) -> PolicyInput {
@@ -153,6 +167,30 @@ struct Env {
     tap_mac: [u8; 6],
     /// Deny events the TAP program should have emitted, in order.
     denies: Vec<(DropReason, FlowKey)>,
+    /// Host sockets a case's setup opened (closed before the next case).
+    sockets: Vec<std::net::UdpSocket>,
+}
+
+/// The session slot of each test client (as `add_client` wrote it); other sources get 0.
+fn slot_of(a: Ipv4Addr) -> u32 {
+    match a {
+        B => 1,
+        Q => 2,
+        _ => 0,
+    }
+}
+
+/// `p` as the agent writes it for its sender's session.
+fn sent(p: &Pkt) -> Pkt {
+    p.clone().session(slot_of(p.src))
+}
+
+/// A host socket on the SNAT address, port `port`, connected to the server's DNS port (a
+/// UDP connect sends nothing).
+fn host_socket(env: &mut Env, port: u16) {
+    let s = std::net::UdpSocket::bind((SNAT, port)).expect("bind host socket");
+    s.connect((SERVER, 53)).expect("connect host socket");
+    env.sockets.push(s);
 }
 
 /// The conntrack key of a packet as the client sends it.
@@ -179,7 +217,7 @@ impl Env {
 
     /// Setup step: `p` from a client must be admitted and forwarded.
     fn send(&mut self, p: &Pkt) {
-        let (a, _) = self.run(Prog::Tap, &p.frame());
+        let (a, _) = self.run(Prog::Tap, &sent(p).frame());
         assert!(
             a == XDP_REDIRECT || a == XDP_TX,
             "setup packet {p:?} got {}",
@@ -246,7 +284,7 @@ struct Case {
 }
 
 fn tap(name: &'static str, p: &Pkt) -> Case {
-    case(name, Prog::Tap, p.frame()).key(key_of(p))
+    case(name, Prog::Tap, sent(p).frame()).key(key_of(p))
 }
 
 fn egress(name: &'static str, p: &Pkt) -> Case {
@@ -330,6 +368,7 @@ fn run_case(env: &mut Env, c: &Case) -> Vec<String> {
         env.set_policy(base());
     }
     env.gw.dp.maps.delete_flows(|_, _| true).unwrap();
+    env.sockets.clear();
     if let Some(s) = &c.setup {
         s(env);
     }
@@ -426,6 +465,7 @@ fn xdp_programs_on_a_table_of_frames() {
         gw_if,
         tap_mac,
         denies: Vec::new(),
+        sockets: Vec::new(),
     };
     env.gw.add_client(A, &[], 0);
     env.gw.add_client(B, &["admins"], 1);
@@ -467,7 +507,7 @@ fn xdp_programs_on_a_table_of_frames() {
         ));
     }
     for e in &got {
-        let spoofed = e.reason == D::Spoofed as u8;
+        let spoofed = e.reason == D::Spoofed as u8 || e.reason == D::ForgedSource as u8;
         let expect_slot = if spoofed {
             NO_SLOT
         } else {
@@ -671,6 +711,46 @@ fn table(env: &Env) -> Vec<Case> {
             Out::Unchanged,
             &[PassLocal],
         ),
+        case(
+            "another session's address: forged",
+            Prog::Tap,
+            Pkt::udp(B, 40000, SERVER, 53, b"query").session(0).frame(),
+        )
+        .key(key_of(&Pkt::udp(B, 40000, SERVER, 53, b"")))
+        .drops(D::ForgedSource),
+        tap(
+            "TCP to a closed port of the gateway",
+            &Pkt::tcp(A, 40000, GATEWAY, 22, tcp::SYN),
+        )
+        .drops(D::GatewayPortClosed),
+        tap(
+            "UDP to the gateway (no DNS forwarder configured)",
+            &Pkt::udp(A, 40000, GATEWAY, 53, b"query"),
+        )
+        .drops(D::GatewayPortClosed),
+        tap(
+            "TTL 1 to a destination the client may not reach",
+            &Pkt::tcp(A, 40000, ADMIN_HOST, 22, tcp::SYN).ttl(1),
+        )
+        .drops(D::NotAuthorized),
+        tap(
+            "TTL 1 to the gateway's target-network address",
+            &Pkt::udp(A, 40000, SNAT, 53, b"query").ttl(1),
+        )
+        .drops(D::LocalDestination),
+        tap(
+            "kept port: a host socket already holds it, PAT instead",
+            &udp,
+        )
+        .setup(|env| host_socket(env, 40000))
+        .gives(
+            XDP_REDIRECT,
+            Out::Lazy({
+                let udp = udp.clone();
+                Box::new(move |env: &Env| out_net(&udp, env.flow(&udp).nat_port).frame())
+            }),
+            &[NewFlow, PortTranslated],
+        ),
         // ---- policy -------------------------------------------------------------------------
         tap(
             "no rule covers the destination",
@@ -832,7 +912,7 @@ fn table(env: &Env) -> Vec<Case> {
             XDP_PASS,
             // Translated but not yet forwarded: TTL and MACs are the kernel's business.
             Out::Frame(
-                Pkt::tcp(B, 40000, ADMIN_HOST, 22, tcp::SYN)
+                sent(&Pkt::tcp(B, 40000, ADMIN_HOST, 22, tcp::SYN))
                     .src(SNAT)
                     .frame(),
             ),
@@ -1236,7 +1316,7 @@ fn table(env: &Env) -> Vec<Case> {
         ),
         egress(
             "server RST closes the flow",
-            &from_net(Pkt::tcp(SERVER, 80, SNAT, 40000, tcp::RST | tcp::ACK)),
+            &from_net(Pkt::tcp(SERVER, 80, SNAT, 40000, tcp::RST | tcp::ACK).seq_ack(0, SYN_END)),
         )
         .setup({
             let syn = syn.clone();
@@ -1247,7 +1327,11 @@ fn table(env: &Env) -> Vec<Case> {
         .gives(
             XDP_REDIRECT,
             Out::Frame(
-                to_client(Pkt::tcp(SERVER, 80, SNAT, 40000, tcp::RST | tcp::ACK), A).frame(),
+                to_client(
+                    Pkt::tcp(SERVER, 80, SNAT, 40000, tcp::RST | tcp::ACK).seq_ack(0, SYN_END),
+                    A,
+                )
+                .frame(),
             ),
             &[ReverseNat],
         )
@@ -1255,6 +1339,86 @@ fn table(env: &Env) -> Vec<Case> {
             let syn = syn.clone();
             move |env| assert_eq!(env.flow(&syn).state, ct_state::CLOSED)
         }),
+        egress(
+            "spoofed RST before the handshake (does not acknowledge the SYN)",
+            &from_net(Pkt::tcp(SERVER, 80, SNAT, 40000, tcp::RST | tcp::ACK)),
+        )
+        .setup({
+            let syn = syn.clone();
+            move |env| env.send(&syn)
+        })
+        .drops(D::TcpOutOfWindow)
+        .check({
+            let syn = syn.clone();
+            move |env| assert_eq!(env.flow(&syn).state, ct_state::NEW)
+        }),
+        egress(
+            "spoofed RST far outside the server's window",
+            &from_net(
+                Pkt::tcp(SERVER, 80, SNAT, 40000, tcp::RST | tcp::ACK)
+                    .seq_ack(SERVER_ISN.wrapping_add(0x4000_0000), SYN_END),
+            ),
+        )
+        .setup({
+            let syn = syn.clone();
+            move |env| handshake(env, &syn)
+        })
+        .drops(D::TcpOutOfWindow)
+        .check({
+            let syn = syn.clone();
+            move |env| assert_eq!(env.flow(&syn).state, ct_state::ESTABLISHED)
+        }),
+        egress(
+            "spoofed FIN far outside the server's window",
+            &from_net(
+                Pkt::tcp(SERVER, 80, SNAT, 40000, tcp::FIN | tcp::ACK)
+                    .seq_ack(SERVER_ISN.wrapping_sub(0x0100_0000), SYN_END),
+            ),
+        )
+        .setup({
+            let syn = syn.clone();
+            move |env| handshake(env, &syn)
+        })
+        .drops(D::TcpOutOfWindow),
+        egress(
+            "RST in the server's window closes the flow",
+            &from_net(
+                Pkt::tcp(SERVER, 80, SNAT, 40000, tcp::RST | tcp::ACK)
+                    .seq_ack(SERVER_ISN.wrapping_add(1000), SYN_END),
+            ),
+        )
+        .setup({
+            let syn = syn.clone();
+            move |env| handshake(env, &syn)
+        })
+        .gives(
+            XDP_REDIRECT,
+            Out::Frame(
+                to_client(
+                    Pkt::tcp(SERVER, 80, SNAT, 40000, tcp::RST | tcp::ACK)
+                        .seq_ack(SERVER_ISN.wrapping_add(1000), SYN_END),
+                    A,
+                )
+                .frame(),
+            ),
+            &[ReverseNat],
+        )
+        .check({
+            let syn = syn.clone();
+            move |env| assert_eq!(env.flow(&syn).state, ct_state::CLOSED)
+        }),
+        egress(
+            "reply to a kept port a host socket took later goes to the host",
+            &udp_reply(40000),
+        )
+        .setup({
+            let udp = udp.clone();
+            move |env| {
+                env.send(&udp);
+                host_socket(env, 40000);
+            }
+        })
+        .gives(XDP_PASS, Out::Unchanged, &[HostSocketWins]),
         egress("reply with TTL 1 goes to the kernel", &synack(40000).ttl(1))
             .setup({
                 let syn = syn.clone();

@@ -16,8 +16,9 @@ fn udp_round_trip_through_the_data_path() {
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
 
+    // Written as the worker writes it: the source MAC names the session's slot (0).
     let mut frame = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], gw.tap.mac)
+    PacketBuilder::ethernet2(portcullis_common::session_mac(0), gw.tap.mac)
         .ipv4(client.octets(), SERVER.octets(), 64)
         .udp(40000, 7000)
         .write(&mut frame, b"ping")

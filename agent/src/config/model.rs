@@ -22,6 +22,9 @@ pub struct EndpointConfig {
     /// The gateway's own address in the pool (default: the first host).
     #[serde(default)]
     pub gateway_addr: Option<Ipv4Addr>,
+    /// What clients may reach on the gateway address (default: ping only).
+    #[serde(default = "crate::policy::model::default_gateway_ports")]
+    pub gateway_ports: Vec<crate::policy::model::GatewayPort>,
     /// `udp://ADDR:PORT` / `tcp://ADDR:PORT`, several allowed.
     pub listen: Vec<String>,
     /// Host name or address clients connect to, for exported profiles.

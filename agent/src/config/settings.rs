@@ -38,6 +38,7 @@ pub fn restart_only_changes(old: &EndpointConfig, new: &EndpointConfig) -> Vec<&
     check(old.name != new.name, "name");
     check(old.client_cidr != new.client_cidr, "client_cidr");
     check(old.gateway_addr != new.gateway_addr, "gateway_addr");
+    check(old.gateway_ports != new.gateway_ports, "gateway_ports");
     check(old.listen != new.listen, "listen");
     check(
         old.max_connections != new.max_connections,
@@ -82,6 +83,7 @@ impl EndpointConfig {
         PolicyInput {
             client_cidr: self.client_cidr,
             gateway_addr: self.gateway(),
+            gateway_ports: self.gateway_ports.clone(),
             groups: self.groups.clone(),
             target_networks: self
                 .target_network

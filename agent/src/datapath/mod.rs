@@ -126,6 +126,8 @@ pub struct DatapathOptions {
     pub tap_mac: [u8; 6],
     /// The gateway's tunnel address (on the TAP).
     pub gateway: Ipv4Addr,
+    /// What clients may reach on it (`PolicyInput::gateway_ports`); fixed while loaded.
+    pub gateway_ports: Vec<crate::policy::model::GatewayPort>,
     /// Target-network interfaces to attach the egress program to.
     pub targets: Vec<String>,
     /// Conntrack capacity (default `DEFAULT_MAX_FLOWS`).
@@ -162,6 +164,17 @@ impl Datapath {
         let mut mac8 = [0u8; 8];
         mac8[..6].copy_from_slice(&options.tap_mac);
         let gw = options.gateway.octets();
+        if options.gateway_ports.len() > portcullis_common::MAX_GATEWAY_PORTS {
+            return Err(DatapathError::Other(format!(
+                "gateway_ports: at most {} entries",
+                portcullis_common::MAX_GATEWAY_PORTS
+            )));
+        }
+        let mut gw_ports = [0u32; portcullis_common::MAX_GATEWAY_PORTS];
+        for (w, p) in gw_ports.iter_mut().zip(&options.gateway_ports) {
+            let (proto, port) = p.proto_port();
+            *w = portcullis_common::gateway_port(proto, port);
+        }
         let pins: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &pins {
@@ -175,6 +188,7 @@ impl Datapath {
             .override_global(globals::TAP_IFINDEX, &options.tap_ifindex, true)
             .override_global(globals::TAP_MAC, &mac8, true)
             .override_global(globals::GATEWAY_ADDR, &gw, true)
+            .override_global(globals::GATEWAY_PORTS, &gw_ports, true)
             .override_global(
                 globals::DENY_EVENTS_PER_SEC,
                 &options.deny_events_per_sec,

@@ -59,16 +59,6 @@ pub fn tap_mac(gateway: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x50, o[0], o[1], o[2], o[3]]
 }
 
-/// The source MAC of every frame the agent writes to the TAP for a session: the same prefix
-/// and the session's slot (its peer id, the `slot` of its `clients` entry), big-endian. The
-/// TAP's XDP program drops a frame whose slot is not the one in the `clients` entry of its
-/// source address. Slots stay below `MAX_CLIENTS` (2^16), so this never equals the TAP's own
-/// MAC, whose last four bytes are a unicast gateway address.
-pub fn session_mac(slot: u32) -> [u8; 6] {
-    let s = slot.to_be_bytes();
-    [0x02, 0x50, s[0], s[1], s[2], s[3]]
-}
-
 fn open_queue(name: &str) -> Result<File, TapError> {
     if name.len() >= libc::IFNAMSIZ {
         return Err(TapError::NameTooLong(name.to_string()));

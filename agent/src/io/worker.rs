@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::tap::session_mac;
 use super::tcp::TcpConns;
 use super::udp::{from_sockaddr, Batch, SendQueue};
 use super::{Ctl, TunnelStats, BATCH, BUF, ETH_HLEN, HEADROOM};
 use crate::openvpn::peer::{DataVerdict, Link, PeerTable};
+use portcullis_common::session_mac;
 
 pub(super) struct WorkerCtx {
     pub(super) socks: Vec<UdpSocket>,

@@ -15,8 +15,9 @@ use portcullis_common::{
 };
 
 use super::compile::{CompiledPolicy, LpmEntry};
-use super::eval::{finish_frame, parse_frame, ICMP_ECHO_REQUEST};
+use super::eval::{finish_frame, parse_frame, slot_in, ICMP_ECHO_REQUEST};
 pub use super::eval::{FrameDecision, Verdict};
+use super::model::GatewayPort;
 use super::prefix::mask;
 
 /// Read access to one generation's maps, with the semantics of the BPF map types:
@@ -162,10 +163,11 @@ pub fn evaluate_new_flow(
 pub fn evaluate_frame(
     view: &impl CompiledView,
     gateway_addr: Ipv4Addr,
+    gateway_ports: &[GatewayPort],
     clients: &BTreeMap<Ipv4Addr, GroupBits>,
     frame: &[u8],
 ) -> FrameDecision<Verdict> {
-    let flow = match parse_frame(frame, gateway_addr, |a| clients.contains_key(&a)) {
+    let flow = match parse_frame(frame, gateway_addr, gateway_ports, |a| slot_in(clients, a)) {
         Ok(f) => f,
         Err(stop) => return stop.into(),
     };

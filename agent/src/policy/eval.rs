@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use ipnet::IpNet;
 use portcullis_common::{DropReason, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
-use super::model::{PolicyInput, Proto, SgRule};
+use super::model::{GatewayPort, PolicyInput, Proto, SgRule};
 
 /// ICMP echo request: the only ICMP message that may open a flow.
 pub const ICMP_ECHO_REQUEST: u8 = 8;
@@ -83,7 +83,10 @@ impl FlowOutcome for Verdict {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FrameDecision<D = Decision> {
     Drop(DropReason),
-    /// For the gateway itself, or TTL <= 1: handed to the kernel (`XDP_PASS`).
+    /// Handed to the kernel (`XDP_PASS`): to an open port of the gateway address, or with
+    /// TTL <= 1 after the policy allowed it (the kernel answers ICMP time exceeded; to a
+    /// local address of the host the data path drops it instead, which only the kernel's
+    /// FIB can tell).
     PassLocal,
     /// A new flow that is admitted. Never holds a drop: drops are [`FrameDecision::Drop`].
     Flow(D),
@@ -127,6 +130,7 @@ pub struct FlowInfo {
     pub dport: u16,
     pub icmp_type: Option<u8>,
     pub tcp_flags: Option<u8>,
+    pub ttl: u8,
 }
 
 pub mod tcp_flags {
@@ -144,14 +148,16 @@ const IP_OFFSET_MASK: u16 = 0x1fff;
 
 /// Parses a frame the way the XDP TAP program does, up to (not including) the policy
 /// lookups. Checks in order: Ethernet header, ethertype, IPv4 header (version, IHL, total
-/// length against the bytes present), fragments, anti-spoofing, L4 header (measured
-/// against the IP total length; protocols other than TCP/UDP/ICMP are not checked),
-/// then local delivery (destination is the gateway, or TTL <= 1). Checksums are not
-/// verified (the receiver does that).
+/// length against the bytes present), fragments, anti-spoofing (the source is a live
+/// session, and the source MAC names that session's slot), L4 header (measured against the
+/// IP total length; protocols other than TCP/UDP/ICMP are not checked), then the gateway
+/// address (passed on an open port, dropped on any other). Checksums are not verified (the
+/// receiver does that). `session_slot` gives a live session's slot, `None` for others.
 pub fn parse_frame(
     frame: &[u8],
     gateway_addr: Ipv4Addr,
-    is_live_client: impl Fn(Ipv4Addr) -> bool,
+    gateway_ports: &[GatewayPort],
+    session_slot: impl Fn(Ipv4Addr) -> Option<u32>,
 ) -> Result<FlowInfo, FrameStop> {
     use DropReason::*;
     let drop = |r| Err(FrameStop::Drop(r));
@@ -186,8 +192,11 @@ pub fn parse_frame(
     let proto = ip[9];
     let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    if !is_live_client(src) {
+    let Some(slot) = session_slot(src) else {
         return drop(Spoofed);
+    };
+    if frame[6..12] != portcullis_common::session_mac(slot) {
+        return drop(ForgedSource);
     }
     // Only the bytes the IP header claims belong to the packet (the rest is padding).
     let l4 = &ip[20..total_len];
@@ -200,6 +209,7 @@ pub fn parse_frame(
         dport: 0,
         icmp_type: None,
         tcp_flags: None,
+        ttl,
     };
     match proto {
         PROTO_TCP => {
@@ -232,15 +242,31 @@ pub fn parse_frame(
         }
         _ => {}
     }
-    if dst == gateway_addr || ttl <= 1 {
-        return Err(FrameStop::PassLocal);
+    if dst == gateway_addr {
+        let port = match (proto, info.icmp_type) {
+            (PROTO_TCP | PROTO_UDP, _) => Some(info.dport),
+            (PROTO_ICMP, Some(ty)) => Some(u16::from(ty)),
+            _ => None,
+        };
+        let open = port.is_some_and(|port| {
+            gateway_ports
+                .iter()
+                .any(|g| g.proto_port() == (proto, port))
+        });
+        return Err(if open {
+            FrameStop::PassLocal
+        } else {
+            FrameStop::Drop(GatewayPortClosed)
+        });
     }
     Ok(info)
 }
 
 /// Combines a new-flow decision with the TCP rule: a TCP packet may only open a flow with a
 /// SYN and no ACK. The policy decision comes first, so a non-SYN packet to a forbidden
-/// destination is counted under the policy reason, not as `TcpNoSyn`.
+/// destination is counted under the policy reason, not as `TcpNoSyn`. A packet that would
+/// open a flow but has TTL <= 1 goes to the kernel instead (time exceeded): only after
+/// everything a new flow must pass.
 pub fn finish_frame<D: FlowOutcome>(flow: &FlowInfo, decision: D) -> FrameDecision<D> {
     if let Some(r) = decision.drop_reason() {
         return FrameDecision::Drop(r);
@@ -250,17 +276,28 @@ pub fn finish_frame<D: FlowOutcome>(flow: &FlowInfo, decision: D) -> FrameDecisi
             return FrameDecision::Drop(DropReason::TcpNoSyn);
         }
     }
+    if flow.ttl <= 1 {
+        return FrameDecision::PassLocal;
+    }
     FrameDecision::Flow(decision)
 }
 
+/// The slot the evaluators give the live sessions of a `clients` map: their position in
+/// address order (the tests write the `clients` map the same way).
+pub fn slot_in<V>(clients: &BTreeMap<Ipv4Addr, V>, a: Ipv4Addr) -> Option<u32> {
+    clients.keys().position(|k| *k == a).map(|i| i as u32)
+}
+
 /// Reference decision for a frame from a client: `clients` maps every live session's
-/// address to its groups.
+/// address to its groups; sessions have the slots [`slot_in`] gives.
 pub fn evaluate_frame(
     input: &PolicyInput,
     clients: &BTreeMap<Ipv4Addr, BTreeSet<String>>,
     frame: &[u8],
 ) -> FrameDecision {
-    let flow = match parse_frame(frame, input.gateway_addr, |a| clients.contains_key(&a)) {
+    let flow = match parse_frame(frame, input.gateway_addr, &input.gateway_ports, |a| {
+        slot_in(clients, a)
+    }) {
         Ok(f) => f,
         Err(stop) => return stop.into(),
     };

@@ -16,8 +16,13 @@ pub struct PolicyInput {
     /// Pool the client tunnel addresses are taken from.
     pub client_cidr: Ipv4Net,
     /// The gateway's own address inside `client_cidr` (the TAP address), usually the first
-    /// host. Packets to it are passed to the kernel (ping, DNS forwarder).
+    /// host. The only address of the gateway host clients can reach, and only on
+    /// `gateway_ports`.
     pub gateway_addr: Ipv4Addr,
+    /// What clients may reach on `gateway_addr` (default: ping only). Every other port of it,
+    /// and every other local address of the host, is dropped by the data path.
+    #[serde(default = "default_gateway_ports")]
+    pub gateway_ports: Vec<GatewayPort>,
     /// Local groups: group name -> user names. Directory groups come from LDAP instead.
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
@@ -61,6 +66,64 @@ fn default_pat_port_min() -> u16 {
 
 fn default_pat_port_max() -> u16 {
     DEFAULT_PAT_PORT_MAX
+}
+
+/// A service of the gateway address open to clients: `"icmp"` (echo), `"tcp/PORT"` or
+/// `"udp/PORT"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum GatewayPort {
+    IcmpEcho,
+    Tcp(u16),
+    Udp(u16),
+}
+
+pub fn default_gateway_ports() -> Vec<GatewayPort> {
+    vec![GatewayPort::IcmpEcho]
+}
+
+impl GatewayPort {
+    /// Protocol number and port (for ICMP: the message type) of the packets it admits.
+    pub fn proto_port(self) -> (u8, u16) {
+        match self {
+            GatewayPort::IcmpEcho => (portcullis_common::PROTO_ICMP, 8),
+            GatewayPort::Tcp(p) => (portcullis_common::PROTO_TCP, p),
+            GatewayPort::Udp(p) => (portcullis_common::PROTO_UDP, p),
+        }
+    }
+}
+
+impl std::fmt::Display for GatewayPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GatewayPort::IcmpEcho => f.write_str("icmp"),
+            GatewayPort::Tcp(p) => write!(f, "tcp/{p}"),
+            GatewayPort::Udp(p) => write!(f, "udp/{p}"),
+        }
+    }
+}
+
+impl TryFrom<String> for GatewayPort {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not \"icmp\", \"tcp/PORT\" or \"udp/PORT\"");
+        if s == "icmp" {
+            return Ok(GatewayPort::IcmpEcho);
+        }
+        let (proto, port) = s.split_once('/').ok_or_else(bad)?;
+        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+        match proto {
+            "tcp" => Ok(GatewayPort::Tcp(port)),
+            "udp" => Ok(GatewayPort::Udp(port)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl From<GatewayPort> for String {
+    fn from(p: GatewayPort) -> String {
+        p.to_string()
+    }
 }
 
 /// A route-table entry: destination CIDR -> target network.

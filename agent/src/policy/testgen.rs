@@ -107,6 +107,7 @@ pub fn base_policy() -> PolicyInput {
     PolicyInput {
         client_cidr: pool(),
         gateway_addr: Ipv4Addr::new(10, 100, 0, 1),
+        gateway_ports: super::model::default_gateway_ports(),
         groups: BTreeMap::new(),
         target_networks: vec![
             target("t0", "eth1", [192, 0, 2, 1], (61000, 65535)),

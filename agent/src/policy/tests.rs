@@ -13,7 +13,9 @@ use proptest::prelude::*;
 use super::compile::{coalesce, compile, compile_with_previous, CompiledPolicy, ErrorKind};
 use super::compiled_eval::{self, CompiledView};
 use super::eval::{evaluate_frame, evaluate_new_flow, tcp_flags, Decision, FrameDecision, Verdict};
-use super::model::{AuthzRule, PolicyInput, Proto, Route, SecurityGroup, SgRule, TargetNetwork};
+use super::model::{
+    AuthzRule, GatewayPort, PolicyInput, Proto, Route, SecurityGroup, SgRule, TargetNetwork,
+};
 use super::testgen::{self, live_clients, resolver, LIVE};
 use crate::reconcile::SlotContents;
 
@@ -85,6 +87,7 @@ fn base() -> PolicyInput {
     PolicyInput {
         client_cidr: testgen::pool(),
         gateway_addr: ip("10.100.0.1"),
+        gateway_ports: super::model::default_gateway_ports(),
         groups: BTreeMap::new(),
         target_networks: vec![target("vpc", "eth1", "10.0.0.5")],
         routes: vec![route("10.0.0.0/8", "vpc")],
@@ -894,8 +897,11 @@ fn policy_deserializes_from_toml() {
 // ---- frames -------------------------------------------------------------------------------
 
 /// An Ethernet + IPv4 frame (no options, TTL 64) carrying `l4`.
+/// The source MAC names the sender's session slot (LIVE[i] has slot i).
 fn frame(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 12];
+    let slot = LIVE.iter().position(|a| *a == src).unwrap_or(0) as u32;
+    let mut f = vec![0u8; 6];
+    f.extend_from_slice(&portcullis_common::session_mac(slot));
     f.extend_from_slice(&0x0800u16.to_be_bytes());
     let total = (20 + l4.len()) as u16;
     f.extend_from_slice(&[0x45, 0]);
@@ -937,7 +943,7 @@ fn frame_decision(p: &PolicyInput, f: &[u8]) -> FrameDecision {
         .iter()
         .map(|(a, g)| (*a, c.groups_bitmap(g.iter().map(String::as_str))))
         .collect();
-    let compiled = compiled_eval::evaluate_frame(&c, p.gateway_addr, &bitmaps, f);
+    let compiled = compiled_eval::evaluate_frame(&c, p.gateway_addr, &p.gateway_ports, &bitmaps, f);
     assert_eq!(compiled, reference.verdict());
     reference
 }
@@ -1026,16 +1032,43 @@ fn frames_are_parsed_in_the_data_path_order() {
     padded.extend_from_slice(&[0xff; 6]);
     assert_eq!(fd(&padded), FrameDecision::Flow(vpc()));
 
-    // Local delivery: the gateway itself, or TTL <= 1 (so the kernel sends time-exceeded).
+    // The gateway address: only its open ports (by default ping) reach the host.
     assert_eq!(
         fd(&frame(me, gw, PROTO_ICMP, &icmp(8))),
         FrameDecision::PassLocal
     );
+    assert_eq!(
+        fd(&frame(me, gw, PROTO_TCP, &tcp(22, tcp_flags::SYN))),
+        drop(GatewayPortClosed)
+    );
+    assert_eq!(
+        fd(&frame(me, gw, PROTO_UDP, &udp(53))),
+        drop(GatewayPortClosed)
+    );
+    assert_eq!(
+        fd(&frame(me, gw, PROTO_ICMP, &icmp(13))),
+        drop(GatewayPortClosed)
+    );
+    let mut open = p.clone();
+    open.gateway_ports = vec![GatewayPort::Udp(53)];
+    assert_eq!(
+        frame_decision(&open, &frame(me, gw, PROTO_UDP, &udp(53))),
+        FrameDecision::PassLocal
+    );
+    assert_eq!(
+        frame_decision(&open, &frame(me, gw, PROTO_ICMP, &icmp(8))),
+        drop(GatewayPortClosed)
+    );
+    // TTL <= 1: to the kernel (time exceeded) only when the flow would be allowed.
     assert_eq!(fd(&with(22, 1)), FrameDecision::PassLocal);
     assert_eq!(fd(&with(22, 0)), FrameDecision::PassLocal);
-    let mut ttl1_forbidden = frame(other, dst, PROTO_TCP, &tcp(443, tcp_flags::ACK));
+    let mut ttl1_forbidden = frame(other, dst, PROTO_TCP, &tcp(443, tcp_flags::SYN));
     ttl1_forbidden[22] = 1;
-    assert_eq!(fd(&ttl1_forbidden), FrameDecision::PassLocal);
+    assert_eq!(fd(&ttl1_forbidden), drop(NotAuthorized));
+    // A live session's address sent by another session (its slot in the source MAC).
+    let mut forged = syn.clone();
+    forged[6..12].copy_from_slice(&portcullis_common::session_mac(1));
+    assert_eq!(fd(&forged), drop(ForgedSource));
 
     // TCP: the policy decides first, then only SYN without ACK may open a flow.
     let ack = frame(me, dst, PROTO_TCP, &tcp(443, tcp_flags::ACK));
@@ -1134,7 +1167,13 @@ proptest! {
 
             let fr = flow_frame(LIVE[0], f, *fl);
             let want = evaluate_frame(&policy, &clients, &fr).verdict();
-            let got = compiled_eval::evaluate_frame(&slot, policy.gateway_addr, &bitmaps, &fr);
+            let got = compiled_eval::evaluate_frame(
+                &slot,
+                policy.gateway_addr,
+                &policy.gateway_ports,
+                &bitmaps,
+                &fr,
+            );
             prop_assert_eq!(got, want, "frame for {:?}", f);
         }
     }

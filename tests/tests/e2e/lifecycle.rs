@@ -498,6 +498,7 @@ fn preflight_errors_name_the_problem() {
         tap_name: "lo".into(),
         tap_mac: [2, 0, 0, 0, 0, 1],
         gateway: std::net::Ipv4Addr::new(10, 100, 0, 1),
+        gateway_ports: portcullis::policy::model::default_gateway_ports(),
         targets: vec![],
         max_flows: None,
         deny_events_per_sec: 0,

@@ -210,6 +210,7 @@ fn run(args: Args) -> Result<()> {
             tap_name: GW_IN.into(),
             tap_mac: topo.gw_in_mac,
             gateway: input.gateway_addr,
+            gateway_ports: input.gateway_ports.clone(),
             targets: vec![GW_OUT.into()],
             max_flows: None,
             deny_events_per_sec: 100,

@@ -92,6 +92,7 @@ pub fn bench_policy_with_rules(n: usize) -> PolicyInput {
     PolicyInput {
         client_cidr: "10.100.0.0/16".parse().unwrap(),
         gateway_addr: Ipv4Addr::new(10, 100, 0, 1),
+        gateway_ports: portcullis::policy::model::default_gateway_ports(),
         groups: BTreeMap::new(),
         target_networks: vec![TargetNetwork {
             name: "sink".into(),

@@ -16,7 +16,7 @@ use portcullis::datapath::Datapath;
 use portcullis_common::{PROG_BASELINE, PROG_TAP};
 
 use crate::{
-    policy::{fill_client, BENCH_CLIENT, FILL_CLIENTS, FILL_FLOWS_PER_CLIENT},
+    policy::{fill_client, BENCH_CLIENT, BENCH_SLOT, FILL_CLIENTS, FILL_FLOWS_PER_CLIENT},
     rawbpf::xdp_md,
     stop_requested,
 };
@@ -28,6 +28,19 @@ const XDP_REDIRECT: u32 = 4;
 /// Frames are 64 bytes (Ethernet + IPv4 + UDP/TCP + payload, no FCS).
 pub const FRAME_LEN: usize = 64;
 
+/// The session slot of a bench or fill client (as `main` writes the clients map): frames
+/// carry it in their source MAC, as the agent's worker writes them.
+fn sender_mac(src: Ipv4Addr) -> [u8; 6] {
+    let slot = if src == BENCH_CLIENT {
+        BENCH_SLOT
+    } else {
+        (0..FILL_CLIENTS)
+            .find(|i| fill_client(*i) == src)
+            .map_or(u32::MAX, |i| i + 1)
+    };
+    portcullis_common::session_mac(slot)
+}
+
 pub fn udp_frame(
     dst_mac: [u8; 6],
     src: Ipv4Addr,
@@ -36,7 +49,7 @@ pub fn udp_frame(
     dport: u16,
 ) -> Vec<u8> {
     let mut f = Vec::with_capacity(FRAME_LEN);
-    PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x02], dst_mac)
+    PacketBuilder::ethernet2(sender_mac(src), dst_mac)
         .ipv4(src.octets(), dst.octets(), 64)
         .udp(sport, dport)
         .write(&mut f, &[0u8; FRAME_LEN - 42])
@@ -52,7 +65,7 @@ fn tcp_syn_frame(
     dport: u16,
 ) -> Vec<u8> {
     let mut f = Vec::with_capacity(FRAME_LEN);
-    PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x02], dst_mac)
+    PacketBuilder::ethernet2(sender_mac(src), dst_mac)
         .ipv4(src.octets(), dst.octets(), 64)
         .tcp(sport, dport, 1, 64_240)
         .syn()
