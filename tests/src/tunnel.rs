@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis::datapath::maps::Maps;
-use portcullis::gateway::ClientsMapHooks;
+use portcullis::endpoint::hooks::ClientsMapHooks;
 use portcullis::io::tls_files::{ReloadableTls, TlsFiles};
 use portcullis::io::{Tunnel, TunnelOptions};
 use portcullis::openvpn::env::Env;

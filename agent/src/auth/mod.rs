@@ -15,6 +15,7 @@ pub mod grants;
 pub mod hook;
 pub mod limiter;
 pub mod otp;
+pub mod recheck;
 pub mod slots;
 
 pub use authenticator::{Authenticator, LocalGroups, RENEGOTIATION_WAIT};

@@ -18,20 +18,10 @@ use anyhow::{bail, Context, Result};
 use portcullis_common::{DenyEvent, DropReason};
 
 use crate::{
-    datapath::{self, maps::Maps},
-    gateway::ClientsMapHooks,
-    io::{
-        tap::Tap,
-        tls_files::{ReloadableTls, TlsFiles},
-        Tunnel, TunnelOptions,
-    },
-    openvpn::{
-        env::Env,
-        packet::Role,
-        server::{PushSettings, Server, ServerEvent, ServerSettings},
-        tls::TlsOptions,
-        tls_crypt::{StaticKey, TlsCryptKey},
-    },
+    config::EndpointConfig,
+    datapath,
+    endpoint::{BuildOptions, Endpoint},
+    openvpn::{env::Env, server::ServerEvent, tls_crypt::StaticKey},
     pki,
     policy::{self, PolicyInput},
 };
@@ -188,33 +178,8 @@ pub fn run(opts: DemoOptions) -> Result<()> {
 
     // Everything below runs inside the gateway namespace (this thread only).
     let _in_gw = topo.gw.enter()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let tap = rt.block_on(Tap::open(
-        TAP,
-        2,
-        input.gateway_addr,
-        input.client_cidr,
-        1500,
-    ))?;
     let pin_root = std::path::PathBuf::from(datapath::DEFAULT_PIN_ROOT);
     datapath::remove_pins(&pin_root.join(ENDPOINT));
-    let compiled = policy::compile(&input, &|n| datapath::ifindex(n)).map_err(|errs| {
-        anyhow::anyhow!(
-            "embedded policy invalid:\n{}",
-            errs.iter()
-                .map(|e| format!("  {e}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
-    let (mut dp, generation) =
-        crate::agent::start_datapath(ENDPOINT, &pin_root, &tap, TAP, &input, &compiled)?;
-    println!(
-        "gateway: XDP on {TAP} (clients) and pc-dgw0 (private network), policy generation {generation}, maps pinned in {}/{ENDPOINT}",
-        datapath::DEFAULT_PIN_ROOT
-    );
     // The OpenVPN server: a demo PKI, tls-crypt, full tunnel (so that every destination is
     // the data path's decision), listening on the underlay.
     let pki_dir = std::path::PathBuf::from(PKI_DIR);
@@ -229,61 +194,24 @@ pub fn run(opts: DemoOptions) -> Result<()> {
     let tc_key = StaticKey::generate(&*Env::system().rng)
         .map_err(|_| anyhow::anyhow!("no system randomness for the tls-crypt key"))?;
     std::fs::write(pki_dir.join("tls-crypt.key"), tc_key.to_pem())?;
-    let tls = Arc::new(ReloadableTls::new(
-        TlsFiles {
-            ca: pki_dir.join("ca.crt"),
-            cert: pki_dir.join("server.crt"),
-            key: pki_dir.join("server.key"),
-            crls: Vec::new(),
-        },
-        TlsOptions::default(),
-    )?);
-    let server = Server::new(
-        ServerSettings {
-            client_cidr: input.client_cidr,
-            push: PushSettings {
-                full_tunnel: true,
-                ..PushSettings::default()
-            },
-            ..ServerSettings::default()
-        },
-        tls,
-        Some(Arc::new(TlsCryptKey::new(&tc_key, Role::Server))),
-        Env::system(),
-        Instant::now(),
-    )
-    .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
-    let groups_of = {
-        let input = input.clone();
-        let compiled = compiled.clone();
-        move |user: &str, _: &crate::auth::Grant| {
-            let g = input.local_groups_of(user);
-            compiled.groups_bitmap(g.iter().map(String::as_str))
-        }
-    };
-    let (ev_tx, ev_rx) = std::sync::mpsc::channel();
-    let hooks = ClientsMapHooks::new(Maps::open_pinned(&dp.options.pin_dir())?)
-        .with_groups(Box::new(groups_of))
-        .with_events(ev_tx);
-    let taps = tap
-        .queues
-        .iter()
-        .map(|q| q.try_clone())
-        .collect::<std::io::Result<Vec<_>>>()?;
     let listen = SocketAddr::from((net::UNDERLAY_GW, OVPN_PORT));
-    let tunnel = Tunnel::start(
-        server,
-        taps,
-        tap.mac,
-        &TunnelOptions {
-            udp: vec![listen],
-            tcp: vec![listen],
-            workers: 0,
-            authorizer: None,
+    let cfg = endpoint_config(&pki_dir, listen)?;
+    let mut endpoint = Endpoint::build(
+        &cfg,
+        &BuildOptions {
+            pin_root,
+            tap_name: Some(TAP.into()),
+            tap_queues: Some(2),
+            signals: false,
+            ..BuildOptions::default()
         },
-        Box::new(hooks),
-    )
-    .context("starting the OpenVPN listeners")?;
+    )?;
+    let generation = endpoint.generation();
+    println!(
+        "gateway: XDP on {TAP} (clients) and pc-dgw0 (private network), policy generation {generation}, maps pinned in {}/{ENDPOINT}",
+        datapath::DEFAULT_PIN_ROOT
+    );
+    let ev_rx = endpoint.subscribe();
     println!("openvpn server: udp and tcp {listen}, tls-crypt, certificates in {PKI_DIR}");
 
     let mut clients = Vec::new();
@@ -303,7 +231,8 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         slots.push((u.name, ev.0, ev.1));
         clients.push(c);
     }
-    let mut events = dp.maps.take_deny_events()?;
+    let mut events = endpoint.datapath_mut().maps.take_deny_events()?;
+    let dp = endpoint.datapath();
 
     let probes: [(&User, Probe); 10] = [
         (&USERS[0], Probe::Ping(Ipv4Addr::new(10, 0, 0, 10))),
@@ -365,11 +294,9 @@ pub fn run(opts: DemoOptions) -> Result<()> {
 
     println!("\nconnections (as `portcullis connections list` shows them):");
     // Certificate-only: no directory grants.
-    let conns = crate::agent::list(&dp, &tunnel, &connections, &Default::default());
-    print!(
-        "{}",
-        crate::agent::connections_table(&serde_json::to_value(&conns)?)
-    );
+    let conns =
+        crate::endpoint::status::list(dp, endpoint.tunnel(), &connections, &Default::default());
+    print!("{}", crate::cli::connections::table(&conns));
 
     // Live counters: both users send a ping every 200 ms for 3 s; the per-session counters
     // (per-CPU array in the data path) are read every second.
@@ -463,16 +390,31 @@ pub fn run(opts: DemoOptions) -> Result<()> {
     }
     println!("\ntearing down");
     drop(clients);
-    tunnel.stop();
-    tap.unpersist();
-    dp.shutdown(false)?;
-    drop(tap);
+    endpoint.shutdown()?;
     drop(servers);
     drop(topo);
     if unexpected > 0 {
         bail!("{unexpected} probe(s) did not get the verdict the policy prescribes");
     }
     Ok(())
+}
+
+/// The demo endpoint: the embedded policy, the demo PKI, full tunnel, UDP and TCP on
+/// `listen`.
+fn endpoint_config(pki_dir: &std::path::Path, listen: SocketAddr) -> Result<EndpointConfig> {
+    let d = pki_dir.display();
+    // Top-level keys first: the policy's tables follow.
+    let text = format!(
+        "name = \"{ENDPOINT}\"\nlisten = [\"udp://{listen}\", \"tcp://{listen}\"]\n\
+         admin_socket = \"{d}/admin.sock\"\n{DEFAULT_POLICY}\n\
+         [tls]\ncert = \"{d}/server.crt\"\nkey = \"{d}/server.key\"\n\
+         client_ca = \"{d}/ca.crt\"\ntls_crypt_key = \"{d}/tls-crypt.key\"\n"
+    );
+    let cfg = EndpointConfig::parse(&text)
+        .map_err(|e| anyhow::anyhow!("the demo endpoint is invalid:\n{e}"))?;
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("the demo endpoint is invalid:\n{e}"))?;
+    Ok(cfg)
 }
 
 /// Removes a directory on drop.
@@ -594,9 +536,9 @@ fn drain_events(rb: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<DenyEven
     std::thread::sleep(Duration::from_millis(50));
     let mut out = Vec::new();
     while let Some(item) = rb.next() {
-        if item.len() >= std::mem::size_of::<DenyEvent>() {
-            // SAFETY: the XDP program writes whole DenyEvent records.
-            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DenyEvent>()) });
+        // The XDP program writes whole records; a short one is not ours.
+        if let Some(bytes) = item.get(..std::mem::size_of::<DenyEvent>()) {
+            out.push(bytemuck::pod_read_unaligned(bytes));
         }
     }
     out

@@ -276,11 +276,11 @@ fn demo_pki_files_and_modes() {
 #[test]
 fn pki_cli_tightens_an_existing_key_file() {
     let dir = TempDir::new("pki-cli-mode");
-    crate::pki_cli::init(&dir.0, "Test CA", 30).unwrap();
+    crate::cli::pki::init(&dir.0, "Test CA", 30).unwrap();
     let key = dir.0.join("alice.key");
     std::fs::write(&key, "old").unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    crate::pki_cli::issue(&dir.0, "alice", false, 30).unwrap();
+    crate::cli::pki::issue(&dir.0, "alice", false, 30).unwrap();
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "alice.key is {mode:o}");
     assert!(std::fs::read_to_string(&key)

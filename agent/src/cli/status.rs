@@ -1,11 +1,13 @@
-//! `portcullis status`: what the data path of an endpoint is doing, read from its pins.
+//! `portcullis status`: what an endpoint is doing, from the agent or read from its pins.
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde_json::json;
 
+use crate::admin::StatusReply;
 use crate::datapath::Maps;
 
+/// The data path alone, from its pinned maps (works while the agent is down).
 pub fn print(dir: &Path, as_json: bool) -> Result<()> {
     let maps = Maps::open_pinned(dir).with_context(|| {
         format!(
@@ -42,52 +44,32 @@ pub fn print(dir: &Path, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-/// The settings waiting for a restart, from a `status` or `reload` reply.
-pub fn pending_restart(v: &serde_json::Value) -> Vec<&str> {
-    v["pending_restart"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str())
-        .collect()
-}
-
 /// The agent's `status` reply as a table.
-pub fn print_agent(v: &serde_json::Value) {
-    let s = |k: &str| match &v[k] {
-        serde_json::Value::String(x) => x.clone(),
-        serde_json::Value::Null => "-".into(),
-        x => x.to_string(),
-    };
-    println!("endpoint           {}", s("endpoint"));
-    println!("policy generation  {}", s("generation"));
-    println!("reloads            {}", s("reloads"));
-    if let Some(t) = v["last_reload_timing"]["total_ms"].as_f64() {
-        println!("last reload        {t:.1} ms");
+pub fn print_agent(v: &StatusReply) {
+    println!("endpoint           {}", v.endpoint);
+    println!("policy generation  {}", v.generation);
+    println!("reloads            {}", v.reloads);
+    if let Some(t) = &v.last_reload_timing {
+        println!("last reload        {:.1} ms", t.total_ms);
     }
-    let pending = pending_restart(v);
-    if !pending.is_empty() {
-        println!("pending restart    {}", pending.join(", "));
+    if !v.pending_restart.is_empty() {
+        println!("pending restart    {}", v.pending_restart.join(", "));
     }
-    if let Some(e) = v["last_reload_error"].as_str() {
+    if let Some(e) = &v.last_reload_error {
         println!("last reload error  {e}");
     }
     println!(
         "sessions           {} ({} established)",
-        s("sessions"),
-        s("established")
+        v.sessions, v.established
     );
-    println!("conntrack flows    {}", s("flows"));
+    println!("conntrack flows    {}", v.flows);
     println!("drops:");
-    for (r, n) in v["drops"].as_object().into_iter().flatten() {
+    for (r, n) in &v.drops {
         println!("  {r:<24} {n}");
     }
     println!("maps:               entries   capacity   fill");
-    for (m, f) in v["maps"].as_object().into_iter().flatten() {
-        let (e, c) = (
-            f["entries"].as_u64().unwrap_or(0),
-            f["capacity"].as_u64().unwrap_or(0),
-        );
+    for (m, f) in &v.maps {
+        let (e, c) = (f.entries, f.capacity);
         let pct = if c > 0 {
             e as f64 * 100.0 / c as f64
         } else {

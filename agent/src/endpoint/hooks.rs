@@ -1,7 +1,6 @@
 //! Glue between the tunnel and the XDP data path: a connected client's tunnel address and
 //! groups go into the `clients` map (which makes the address a valid source and selects its
 //! authorization rules); a disconnect removes it and cuts its flows.
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -9,29 +8,18 @@ use std::sync::{Arc, Mutex};
 
 use portcullis_common::{ClientInfo, GroupBits, DEFAULT_FLOWS_PER_CLIENT};
 
+use super::handoff::Adopted;
 use crate::auth::{Grant, Grants};
 use crate::datapath::maps::Maps;
 use crate::io::TunnelHooks;
 use crate::openvpn::server::ServerEvent;
 
-/// `clients` entries a previous agent left behind (`run --keep-maps`), by tunnel address, with
-/// the user whose session held it (`None`: not known). An entry leaves this table when a
-/// session gets its address, or when the agent gives up waiting and removes it.
-pub type Adopted = Arc<Mutex<HashMap<Ipv4Addr, Option<KeptUser>>>>;
-
-/// Who held a kept session: its certificate name and directory user (empty without one).
-/// Both must match for a returning session to inherit the flows (users may share a
-/// certificate).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct KeptUser {
-    pub common_name: String,
-    #[serde(default)]
-    pub username: String,
-}
-
 /// Resolves a session's group bitmap (by the compiled policy's group numbering) from its
 /// certificate name and what authentication granted (directory user and groups).
 pub type GroupResolver = Box<dyn Fn(&str, &Grant) -> GroupBits + Send>;
+
+/// Event watchers added while the endpoint runs (see [`super::Endpoint::subscribe`]).
+pub type Subscribers = Arc<Mutex<Vec<Sender<ServerEvent>>>>;
 
 pub struct ClientsMapHooks {
     maps: Maps,
@@ -39,8 +27,10 @@ pub struct ClientsMapHooks {
     groups: GroupResolver,
     /// Directory grants of sessions being admitted (moved to live sessions here).
     grants: Option<Arc<Grants>>,
-    /// A copy of every event, for callers that watch (tests, the demo, the log exporter).
+    /// A copy of every event, for callers that watch (the endpoint's telemetry, tests, the
+    /// demo).
     events: Option<Sender<ServerEvent>>,
+    subscribers: Subscribers,
     /// Set while an agent that keeps its maps shuts down: sessions end, but their entries and
     /// flows stay for the next agent, whose clients reconnect to the same addresses.
     keep: Arc<AtomicBool>,
@@ -55,6 +45,7 @@ impl ClientsMapHooks {
             groups: Box::new(|_, _| GroupBits::default()),
             grants: None,
             events: None,
+            subscribers: Subscribers::default(),
             keep: Arc::new(AtomicBool::new(false)),
             adopted: Adopted::default(),
         }
@@ -77,6 +68,12 @@ impl ClientsMapHooks {
 
     pub fn with_events(mut self, tx: Sender<ServerEvent>) -> Self {
         self.events = Some(tx);
+        self
+    }
+
+    /// Watchers that come and go: each gets a copy of every event while it listens.
+    pub fn with_subscribers(mut self, s: Subscribers) -> Self {
+        self.subscribers = s;
         self
     }
 
@@ -185,5 +182,8 @@ impl TunnelHooks for ClientsMapHooks {
         if let Some(tx) = &self.events {
             let _ = tx.send(ev.clone());
         }
+        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        // A watcher that went away is forgotten.
+        subs.retain(|tx| tx.send(ev.clone()).is_ok());
     }
 }

@@ -1,0 +1,12 @@
+//! The admin API of a running endpoint: a typed, versioned request/reply protocol on a Unix
+//! socket, the server that dispatches it to one trait, and the client the CLI uses.
+pub mod client;
+pub mod protocol;
+pub mod server;
+
+pub use client::{AdminClient, ClientError};
+pub use protocol::{
+    Action, ConnectionInfo, ConnectionsReply, ErrorReply, MapFill, ReloadReply, ReloadTiming,
+    Reply, Request, StatusReply, TerminateReply, VERSION,
+};
+pub use server::{AdminApi, AdminServer};

@@ -1,0 +1,210 @@
+//! The admin protocol: one JSON object per line each way, over the endpoint's Unix socket.
+//!
+//! A request is `{"v":1,"cmd":"status"}` (`v` may be left out: version 1). A reply is the
+//! typed reply of that command with `"v"` and `"ok":true` beside its fields, or
+//! `{"v":1,"ok":false,"error":"..."}`. Fields are only ever added within a version, so a
+//! reader built against version 1 keeps working; a change that removes or retypes a field
+//! takes a new version, and an agent answers a version it does not speak with an error.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this agent speaks.
+pub const VERSION: u32 = 1;
+
+fn version_1() -> u32 {
+    1
+}
+
+/// A request line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    #[serde(default = "version_1")]
+    pub v: u32,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+impl Request {
+    pub fn new(action: Action) -> Self {
+        Self { v: VERSION, action }
+    }
+}
+
+/// What a request asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Action {
+    Status,
+    Reload,
+    Connections,
+    /// Ends the session `id`, and every session of `user` (certificate or directory name).
+    Terminate {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    },
+}
+
+/// A reply line: `ok` and the version beside the fields of `body`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reply<T> {
+    pub v: u32,
+    pub ok: bool,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+/// The reply to a request that failed (bad request, refused reload, no such session).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+}
+
+impl ErrorReply {
+    pub fn new(error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+        }
+    }
+}
+
+/// How long the phases of the last successful reload took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReloadTiming {
+    /// File to compiled policy.
+    pub load_ms: f64,
+    /// Map writes.
+    pub reconcile_ms: f64,
+    /// Live sessions' group bitmaps.
+    pub sessions_ms: f64,
+    pub total_ms: f64,
+}
+
+/// Fill of one data-path map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+/// `status`: the endpoint's policy generation, reloads, sessions, drops and map fill.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub endpoint: String,
+    pub generation: u32,
+    pub reloads: u64,
+    pub last_reload_error: Option<String>,
+    pub last_reload_timing: Option<ReloadTiming>,
+    /// Settings changed in the file that wait for a restart of the agent.
+    pub pending_restart: Vec<String>,
+    pub sessions: u64,
+    pub established: u64,
+    /// Conntrack entries.
+    pub flows: u64,
+    /// Drop reason name → packets.
+    pub drops: BTreeMap<String, u64>,
+    /// Map name → fill.
+    pub maps: BTreeMap<String, MapFill>,
+}
+
+/// `reload`: the new policy generation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    pub generation: u32,
+    pub timing: Option<ReloadTiming>,
+    pub pending_restart: Vec<String>,
+}
+
+/// One connection, as `connections list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    pub id: u32,
+    /// The certificate's common name.
+    pub user: Option<String>,
+    pub client_address: Option<String>,
+    pub public_address: String,
+    pub transport: String,
+    pub established: bool,
+    pub since_secs: u64,
+    pub ingress_bytes: u64,
+    pub egress_bytes: u64,
+    pub ingress_packets: u64,
+    pub egress_packets: u64,
+    /// The directory user name of the session, if it logged in with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The session's directory groups (names, DNs or SIDs as configured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directory_groups: Vec<String>,
+}
+
+/// `connections`: every session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionsReply {
+    pub connections: Vec<ConnectionInfo>,
+}
+
+/// `terminate`: the sessions told to disconnect (never empty: no match is an error reply).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminateReply {
+    pub terminated: Vec<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_without_a_version_are_version_1() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"connections"}"#).unwrap();
+        assert_eq!(r, Request::new(Action::Connections));
+        let r: Request = serde_json::from_str(r#"{"cmd":"terminate","user":"bob"}"#).unwrap();
+        assert_eq!(
+            r.action,
+            Action::Terminate {
+                id: None,
+                user: Some("bob".into())
+            }
+        );
+    }
+
+    #[test]
+    fn request_round_trip() {
+        for c in [
+            Action::Status,
+            Action::Reload,
+            Action::Connections,
+            Action::Terminate {
+                id: Some(3),
+                user: None,
+            },
+        ] {
+            let line = serde_json::to_string(&Request::new(c.clone())).unwrap();
+            assert!(line.contains(r#""v":1"#), "{line}");
+            let back: Request = serde_json::from_str(&line).unwrap();
+            assert_eq!(back.action, c);
+        }
+    }
+
+    #[test]
+    fn replies_are_flat() {
+        let line = serde_json::to_string(&Reply {
+            v: VERSION,
+            ok: true,
+            body: TerminateReply {
+                terminated: vec![4, 5],
+            },
+        })
+        .unwrap();
+        assert_eq!(line, r#"{"v":1,"ok":true,"terminated":[4,5]}"#);
+        let line = serde_json::to_string(&Reply {
+            v: VERSION,
+            ok: false,
+            body: ErrorReply::new("no such session"),
+        })
+        .unwrap();
+        assert_eq!(line, r#"{"v":1,"ok":false,"error":"no such session"}"#);
+    }
+}

@@ -1,0 +1,203 @@
+//! The live policy of a running endpoint and its reload: the file is validated and compiled
+//! as one new generation; an invalid file leaves the running policy in place.
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Result};
+use portcullis_common::GroupBits;
+
+use super::handoff::Adopted;
+use crate::admin::ReloadTiming;
+use crate::config::EndpointConfig;
+use crate::datapath::{self, Datapath};
+use crate::io::{Command, Tunnel};
+use crate::policy::{self, CompiledPolicy, PolicyInput};
+use crate::reconcile;
+
+/// The live policy, shared with the tunnel hooks (group bitmaps of new sessions).
+pub struct Live {
+    pub policy: PolicyInput,
+    pub compiled: CompiledPolicy,
+    pub generation: u32,
+    pub config_stamp: Option<SystemTime>,
+    pub reloads: u64,
+    pub last_reload_error: Option<String>,
+    pub last_reconcile: Duration,
+    /// Phases of the last successful reload.
+    pub last_reload_timing: Option<ReloadTiming>,
+    /// Sessions of a previous agent (`--keep-maps`) not back yet, removed at the deadline.
+    pub kept: Option<(Instant, Adopted)>,
+    /// Settings changed in the file that wait for a restart.
+    pub pending_restart: Vec<&'static str>,
+    /// What authentication granted each session (directory user and groups).
+    pub grants: Arc<crate::auth::Grants>,
+}
+
+/// [`Live`] behind its lock, shared by the loop, the tunnel's control thread and the hooks.
+pub type SharedLive = Arc<Mutex<Live>>;
+
+/// Takes the lock (a panic elsewhere does not make the policy unreadable).
+pub fn lock(live: &SharedLive) -> MutexGuard<'_, Live> {
+    live.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Live {
+    /// A session's bitmap: local groups of its certificate name and directory user, and its
+    /// directory groups. Groups no rule names have no bit, so they cost nothing per packet.
+    pub fn session_groups(&self, common_name: &str, grant: &crate::auth::Grant) -> GroupBits {
+        let g = crate::auth::combined_groups(
+            &|u: &str| self.policy.local_groups_of(u),
+            common_name,
+            grant,
+        );
+        self.compiled.groups_bitmap(g.iter().map(String::as_str))
+    }
+}
+
+/// Compiles the policy part, with every error message.
+pub fn compile(
+    cfg: &EndpointConfig,
+    previous: Option<&BTreeMap<String, u16>>,
+) -> Result<CompiledPolicy> {
+    policy::compile_with_previous(&cfg.policy(), &|n| datapath::ifindex(n), previous).map_err(
+        |errs| {
+            anyhow::anyhow!(
+                "the policy is invalid:\n{}",
+                errs.iter()
+                    .map(|e| format!("  {}", crate::config::endpoint_paths(&e.to_string())))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        },
+    )
+}
+
+/// Loads the file and compiles its policy; the file's errors and the policy compiler's are
+/// reported together (with the compiler's warnings), so one round fixes them all.
+pub fn load_and_compile(
+    path: &Path,
+    resolve_ifindex: &dyn Fn(&str) -> Option<u32>,
+    previous: Option<&BTreeMap<String, u16>>,
+) -> Result<(EndpointConfig, CompiledPolicy)> {
+    let cfg = EndpointConfig::load_unvalidated(path)
+        .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", path.display()))?;
+    let file_errors = cfg.validate().err().map(|e| e.0).unwrap_or_default();
+    let compiler_errors =
+        match policy::compile_with_previous(&cfg.policy(), resolve_ifindex, previous) {
+            Ok(compiled) if file_errors.is_empty() => return Ok((cfg, compiled)),
+            Ok(_) => Vec::new(),
+            Err(errs) => errs
+                .iter()
+                .map(|e| crate::config::endpoint_paths(&e.to_string()))
+                .collect(),
+        };
+    let errors = crate::config::merge_reports(&file_errors, &compiler_errors);
+    bail!(
+        "{} is invalid:\n{}",
+        path.display(),
+        errors
+            .iter()
+            .map(|e| format!("  {e}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+/// The file's modification time, to notice edits.
+pub fn stamp(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Validates, compiles and applies the file as one new policy generation; an invalid file
+/// leaves the running policy in place. Group changes reach live sessions at once (their
+/// bitmaps in the clients map are rewritten); flows no longer allowed are cut by the data
+/// path's revalidation.
+pub fn reload(
+    config_path: &Path,
+    running: &EndpointConfig,
+    dp: &mut Datapath,
+    tunnel: &Tunnel,
+    live: &SharedLive,
+) -> std::result::Result<u32, String> {
+    let t0 = Instant::now();
+    let mut l = lock(live);
+    l.config_stamp = stamp(config_path);
+    let mut timing = ReloadTiming::default();
+    let result = (|| -> Result<u32> {
+        let (cfg, compiled) = load_and_compile(
+            config_path,
+            &|n| datapath::ifindex(n),
+            Some(&l.compiled.group_bits),
+        )?;
+        let pending = crate::config::restart_only_changes(running, &cfg);
+        if compiled.targets.len() != l.compiled.targets.len() {
+            bail!("adding or removing target networks needs a restart (the XDP program attaches to their interfaces)");
+        }
+        if crate::config::target_attachments(running) != crate::config::target_attachments(&cfg) {
+            bail!("changing a target network's interface or PAT ports needs a restart (the XDP program and the reserved ports are set up at start)");
+        }
+        timing.load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let g = reconcile::reconcile(&mut dp.maps, &compiled)?;
+        l.last_reconcile = t.elapsed();
+        timing.reconcile_ms = l.last_reconcile.as_secs_f64() * 1e3;
+        l.policy = cfg.policy();
+        l.compiled = compiled;
+        l.generation = g;
+        // New sessions get the new pushed options; live ones keep theirs until they reconnect.
+        tunnel.command(Command::Settings(Box::new(cfg.server_settings())));
+        if !pending.is_empty() {
+            tracing::warn!(
+                settings = ?pending,
+                "these settings changed and take effect at the next restart of the agent; the rest is applied"
+            );
+        }
+        l.pending_restart = pending;
+        Ok(g)
+    })();
+    match result {
+        Ok(g) => {
+            l.reloads += 1;
+            l.last_reload_error = None;
+            drop(l);
+            let t = Instant::now();
+            // Live sessions get their new group bitmaps. The sessions are listed without the
+            // lock: the tunnel's control thread takes it to resolve the groups of a client
+            // that connects meanwhile (which then either has the new policy already, or is
+            // in this list because it connected before).
+            let sessions = tunnel.sessions();
+            let mut l = lock(live);
+            for s in sessions {
+                if let (Some(addr), Some(user)) = (s.tunnel_addr, s.common_name.as_deref()) {
+                    if let Ok(Some(mut info)) = dp.maps.client(addr) {
+                        let grant = l.grants.get(s.peer_id).unwrap_or_default();
+                        info.groups = l.session_groups(user, &grant);
+                        if let Err(e) = dp.maps.upsert_client(addr, info) {
+                            tracing::error!(%addr, user, error = %e, "updating the groups of a live session");
+                        }
+                    }
+                }
+            }
+            timing.sessions_ms = t.elapsed().as_secs_f64() * 1e3;
+            timing.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+            l.last_reload_timing = Some(timing);
+            tracing::info!(
+                generation = g,
+                load_ms = timing.load_ms,
+                reconcile_ms = timing.reconcile_ms,
+                sessions_ms = timing.sessions_ms,
+                took_ms = timing.total_ms,
+                "policy reloaded"
+            );
+            Ok(g)
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            tracing::error!("reload refused, the running policy stays: {msg}");
+            l.last_reload_error = Some(msg.clone());
+            Err(msg)
+        }
+    }
+}

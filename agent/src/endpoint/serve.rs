@@ -1,0 +1,276 @@
+//! The agent's loop: it only selects (signals, the one-second tick, admin requests) and hands
+//! each to the module that owns it.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use super::live::{self, lock};
+use super::status::{self, Connections};
+use super::telemetry::Telemetry;
+use super::{handoff, Endpoint};
+use crate::admin::{
+    AdminApi, AdminServer, ConnectionsReply, ErrorReply, ReloadReply, StatusReply, TerminateReply,
+};
+use crate::auth::recheck::{self, Change, Recheck};
+use crate::datapath::{self, Datapath};
+use crate::io::{Command, SessionInfo};
+
+/// The admin API over a running endpoint and its connection table.
+struct Api<'a> {
+    ep: &'a mut Endpoint,
+    connections: &'a Connections,
+}
+
+impl Endpoint {
+    /// Reloads the file (without one, there is nothing to reload).
+    fn reload(&mut self) -> Result<u32, String> {
+        let Some(path) = self.opts.config_path.clone() else {
+            return Err("this endpoint was built without a configuration file".into());
+        };
+        let tunnel = self.tunnel.as_ref().expect("running");
+        live::reload(&path, &self.cfg, &mut self.dp, tunnel, &self.live)
+    }
+
+    fn file_changed(&self) -> bool {
+        self.opts
+            .config_path
+            .as_deref()
+            .is_some_and(|p| live::stamp(p) != lock(&self.live).config_stamp)
+    }
+}
+
+impl AdminApi for Api<'_> {
+    fn status(&mut self) -> StatusReply {
+        status::status(
+            &self.ep.cfg.name,
+            &self.ep.dp,
+            &self.ep.live,
+            self.ep.tunnel(),
+        )
+    }
+
+    fn reload(&mut self) -> Result<ReloadReply, ErrorReply> {
+        let generation = self.ep.reload().map_err(ErrorReply::new)?;
+        let l = lock(&self.ep.live);
+        Ok(ReloadReply {
+            generation,
+            timing: l.last_reload_timing,
+            pending_restart: l.pending_restart.iter().map(|s| (*s).to_owned()).collect(),
+        })
+    }
+
+    fn connections(&mut self) -> ConnectionsReply {
+        // The grants outside the live lock: listing waits for the control thread.
+        let grants = self.ep.grants();
+        ConnectionsReply {
+            connections: status::list(&self.ep.dp, self.ep.tunnel(), self.connections, &grants),
+        }
+    }
+
+    fn terminate(
+        &mut self,
+        id: Option<u32>,
+        user: Option<&str>,
+    ) -> Result<TerminateReply, ErrorReply> {
+        let grants = self.ep.grants();
+        // A user is its certificate name or its directory user name.
+        let is_user = |s: &SessionInfo| {
+            user.is_some_and(|u| {
+                s.common_name.as_deref() == Some(u)
+                    || grants.get(s.peer_id).is_some_and(|g| g.username == u)
+            })
+        };
+        let tunnel = self.ep.tunnel();
+        let ids: Vec<u32> = tunnel
+            .sessions()
+            .iter()
+            .filter(|s| Some(s.peer_id) == id || is_user(s))
+            .map(|s| s.peer_id)
+            .collect();
+        if ids.is_empty() {
+            return Err(ErrorReply::new("no such session"));
+        }
+        for i in &ids {
+            tunnel.command(Command::Disconnect(*i));
+        }
+        Ok(TerminateReply { terminated: ids })
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP, when the endpoint handles signals.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Waits for a signal of `s` (true: stop, false: reload); never without signals.
+async fn next_signal(s: &mut Option<Signals>) -> bool {
+    match s {
+        Some(s) => tokio::select! {
+            _ = s.term.recv() => true,
+            _ = s.int.recv() => true,
+            _ = s.hup.recv() => false,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies a re-check pass's changes to the data path and the tunnel.
+fn apply_recheck(ep: &mut Endpoint, results: recheck::RecheckResults, connections: &Connections) {
+    use crate::openvpn::server::ServerEvent;
+    let l = lock(&ep.live);
+    let session = |peer: u32| match connections.get(&peer) {
+        Some((
+            ServerEvent::Connected {
+                tunnel_addr,
+                common_name,
+                ..
+            },
+            _,
+        )) => Some((*tunnel_addr, common_name.clone())),
+        _ => None,
+    };
+    let bitmap = |cn: &str, g: &crate::auth::Grant| l.session_groups(cn, g);
+    let changes = recheck::decide(results, &l.grants, &session, &bitmap);
+    let dp: &mut Datapath = &mut ep.dp;
+    let tunnel = ep.tunnel.as_ref().expect("running");
+    for change in changes {
+        match change {
+            Change::End {
+                peer_id,
+                addr,
+                reason,
+            } => {
+                // Out of the data path now, not when the client has taken the HALT.
+                let _ = dp.maps.remove_client(addr);
+                tunnel.command(Command::Halt {
+                    peer_id,
+                    reason: reason.into(),
+                });
+            }
+            Change::Regroup {
+                peer_id,
+                addr,
+                groups,
+                lost,
+            } => {
+                if let Ok(Some(mut info)) = dp.maps.client(addr) {
+                    info.groups = groups;
+                    if let Err(e) = dp.maps.upsert_client(addr, info) {
+                        tracing::error!(peer_id, error = %e, "updating the groups of a live session");
+                    }
+                }
+                if lost {
+                    let src = portcullis_common::v4_addr(addr.octets());
+                    let cut = dp.maps.delete_flows(|k, _| {
+                        if k.src != src {
+                            return false;
+                        }
+                        let dst = std::net::Ipv4Addr::new(k.dst[0], k.dst[1], k.dst[2], k.dst[3]);
+                        !crate::policy::compiled_eval::lpm(&l.compiled.authz, dst).is_some_and(
+                            |v| {
+                                v.all_users != 0
+                                    || v.groups.iter().zip(groups.iter()).any(|(r, u)| r & u != 0)
+                            },
+                        )
+                    });
+                    if let Err(e) = cut {
+                        tracing::error!(peer_id, error = %e, "cutting flows of a session that lost groups");
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notify>>) -> Result<()> {
+    let mut admin = AdminServer::bind(&ep.cfg.admin_socket())?;
+    let mut signals = if ep.opts.signals {
+        Some(Signals::install()?)
+    } else {
+        None
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut telemetry = Telemetry::open(&ep.cfg, &mut ep.dp, &ep.live)?;
+    let _metrics_task = match ep.cfg.metrics.listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+            Some(tokio::spawn(crate::metrics::serve(
+                l,
+                telemetry.metrics.clone(),
+            )))
+        }
+        None => None,
+    };
+    let mut last_gc = Instant::now();
+    let recheck_every = ep
+        .directory
+        .as_ref()
+        .map(|d| Duration::from_secs(d.config().recheck_interval_secs))
+        .filter(|d| !d.is_zero());
+    let mut recheck = Recheck::default();
+    loop {
+        tokio::select! {
+            stop_now = next_signal(&mut signals) => {
+                if stop_now {
+                    return Ok(());
+                }
+                let _ = ep.reload();
+            }
+            _ = async {
+                match &stop {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => return Ok(()),
+            _ = tick.tick() => {
+                while let Ok(ev) = ep.events.try_recv() {
+                    telemetry.on_event(ev, &ep.dp);
+                }
+                telemetry.tick(&ep.dp, &ep.live);
+                if last_gc.elapsed() >= Duration::from_secs(5) {
+                    last_gc = Instant::now();
+                    // The expiry scans conntrack anyway: its count (taken before it deleted
+                    // anything) is the fill level, without a second scan.
+                    let scanned = match ep.dp.maps.gc(datapath::maps::monotonic_ns()) {
+                        Ok(st) => Some(st.scanned as usize),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "expiring flows");
+                            None
+                        }
+                    };
+                    telemetry.after_gc(&ep.dp, &ep.live, ep.tls.current().crls(), scanned);
+                    let tunnel = ep.tunnel.as_ref().expect("running");
+                    handoff::expire_kept(&mut ep.dp, tunnel, &ep.live);
+                }
+                if let (Some(every), Some(dir)) = (recheck_every, ep.directory.clone()) {
+                    if let Some(results) = recheck.finished() {
+                        apply_recheck(ep, results, &telemetry.connections);
+                    }
+                    recheck.start_if_due(every, &dir, &ep.grants());
+                }
+                if ep.file_changed() {
+                    let _ = ep.reload();
+                }
+            }
+            call = admin.next() => {
+                call.answer(&mut Api { ep, connections: &telemetry.connections });
+            }
+        }
+    }
+}
