@@ -14,10 +14,12 @@ use axum::{Form, Router};
 use serde::Deserialize;
 
 use super::accounts::{Accounts, LoginFailure};
-use super::audit::{AuditEntry, AuditLog};
 use super::config::ConsoleSection;
+use super::monitor::{self, History};
 use super::pages;
 use super::sessions::{same_token, Session, Sessions, COOKIE};
+use crate::admin::audit::{AuditEntry, AuditFilter, AuditLog};
+use crate::admin::{AdminHandle, Caller};
 use crate::auth::limiter::FailureLimiter;
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
@@ -30,14 +32,18 @@ pub struct Console {
     /// Failed logins per account name and per source address.
     limit_name: Mutex<FailureLimiter>,
     limit_source: Mutex<FailureLimiter>,
-    audit: Option<AuditLog>,
+    audit: Arc<AuditLog>,
+    /// The admin API: every read and action goes through it.
+    pub(super) admin: AdminHandle,
+    history: Mutex<History>,
 }
 
 impl Console {
-    pub fn new(cfg: &ConsoleSection, audit: Option<AuditLog>) -> Self {
+    pub fn new(cfg: &ConsoleSection, audit: Arc<AuditLog>, admin: AdminHandle) -> Self {
         Self::with_session_lifetime(
             cfg,
             audit,
+            admin,
             Duration::from_secs(u64::from(cfg.session_minutes) * 60),
         )
     }
@@ -45,7 +51,8 @@ impl Console {
     /// As `new`, with a session lifetime below the file's one-minute floor (tests).
     pub fn with_session_lifetime(
         cfg: &ConsoleSection,
-        audit: Option<AuditLog>,
+        audit: Arc<AuditLog>,
+        admin: AdminHandle,
         lifetime: Duration,
     ) -> Self {
         let window = Duration::from_secs(60);
@@ -55,25 +62,43 @@ impl Console {
             limit_name: Mutex::new(FailureLimiter::new(cfg.login_failures_per_minute, window)),
             limit_source: Mutex::new(FailureLimiter::new(cfg.login_failures_per_minute, window)),
             audit,
+            admin,
+            history: Mutex::new(History::default()),
         }
     }
 
     fn record(&self, who: &str, from: IpAddr, action: &str, target: &str, result: &str) {
-        if let Some(a) = &self.audit {
-            a.record(&AuditEntry::now(
-                who,
-                &from.to_string(),
-                action,
-                target,
-                result,
-            ));
-        }
+        self.audit.record(&AuditEntry::now(
+            who,
+            &format!("console {from}"),
+            action,
+            target,
+            result,
+        ));
+    }
+
+    pub(super) fn record_entry(&self, e: &AuditEntry) {
+        self.audit.record(e);
+    }
+
+    pub(super) fn audit_search(&self, f: &AuditFilter, limit: usize) -> Vec<AuditEntry> {
+        self.audit.search(f, limit)
+    }
+
+    pub(super) fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The router over this state.
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
-            .route("/", get(home))
+            .route("/", get(monitor::dashboard))
+            .route("/account", get(account))
+            .route("/live/dashboard", get(monitor::dashboard_live))
+            .route("/connections", get(monitor::connections))
+            .route("/live/connections", get(monitor::connections_live))
+            .route("/connections/terminate", post(monitor::terminate))
+            .route("/audit", get(monitor::audit))
             .route("/login", get(login_page).post(login))
             .route("/logout", post(logout))
             .route("/assets/console.js", get(script))
@@ -140,7 +165,7 @@ impl FromRequestParts<Arc<Console>> for Authed {
                     .get(header::ACCEPT)
                     .and_then(|v| v.to_str().ok())
                     .is_none_or(|a| !a.contains("application/json"));
-            if wants_page && !p.uri.path().starts_with("/api/") {
+            if wants_page && !p.uri.path().starts_with("/live/") {
                 Redirect::to("/login").into_response()
             } else {
                 (StatusCode::UNAUTHORIZED, "no session: sign in first\n").into_response()
@@ -150,6 +175,14 @@ impl FromRequestParts<Arc<Console>> for Authed {
 }
 
 impl Authed {
+    /// This administrator as the admin API's caller.
+    pub fn caller(&self, from: &str) -> Caller {
+        Caller {
+            who: self.session.admin.clone(),
+            from: from.to_owned(),
+        }
+    }
+
     /// Whether a state change's form carries this session's CSRF token.
     pub fn csrf_ok(&self, sent: &str) -> bool {
         same_token(sent, &self.session.csrf)
@@ -172,7 +205,7 @@ impl Authed {
     }
 }
 
-async fn home(a: Authed) -> Html<String> {
+async fn account(a: Authed) -> Html<String> {
     Html(pages::home(&a.session).into_string())
 }
 

@@ -21,7 +21,12 @@ pub fn layout(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                 header {
                     span.brand { "Portcullis" }
                     @if let Some(s) = session {
-                        nav { a href="/" { "Home" } }
+                        nav {
+                            a href="/" { "Dashboard" }
+                            a href="/connections" { "Connections" }
+                            a href="/audit" { "Audit trail" }
+                            a href="/account" { "Account" }
+                        }
                         span.who { (s.admin) " (" (s.role.name()) ")" }
                         form method="post" action="/logout" {
                             input type="hidden" name="csrf" value=(s.csrf);
@@ -53,7 +58,7 @@ pub fn login(name: &str, message: Option<&str>) -> Markup {
 
 pub fn home(s: &Session) -> Markup {
     layout(
-        "Home",
+        "Account",
         Some(s),
         html! {
             p { "Signed in as " strong { (s.admin) } "." }

@@ -6,12 +6,84 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::accounts::hash_password;
-use super::audit::AuditLog;
 use super::config::{AdminAccount, ConsoleSection, Role};
 use super::{server, Console};
+use crate::admin::audit::AuditLog;
+use crate::admin::{
+    AdminApi, AdminServer, ConnectionInfo, ConnectionsReply, ErrorReply, ReloadReply, StatusReply,
+    TerminateReply,
+};
+
+/// The endpoint's side of the admin API: two sessions whose counters grow with every look.
+struct FakeEndpoint {
+    sessions: Vec<ConnectionInfo>,
+}
+
+fn session(id: u32, user: &str, addr: &str) -> ConnectionInfo {
+    ConnectionInfo {
+        id,
+        user: Some(user.into()),
+        client_address: Some(addr.into()),
+        public_address: "192.0.2.10:51000".into(),
+        transport: "udp".into(),
+        established: true,
+        since_secs: 65,
+        ingress_bytes: 1000,
+        egress_bytes: 2000,
+        ingress_packets: 10,
+        egress_packets: 20,
+        username: None,
+        directory_groups: vec!["engineering".into()],
+    }
+}
+
+impl AdminApi for FakeEndpoint {
+    fn status(&mut self) -> StatusReply {
+        StatusReply {
+            endpoint: "lab".into(),
+            generation: 3,
+            reloads: 2,
+            last_reload_error: None,
+            last_reload_timing: None,
+            pending_restart: vec![],
+            sessions: self.sessions.len() as u64,
+            established: self.sessions.len() as u64,
+            flows: 4,
+            drops: [("no_authz_rule".to_string(), 9u64)].into_iter().collect(),
+            maps: Default::default(),
+        }
+    }
+    fn reload(&mut self) -> Result<ReloadReply, ErrorReply> {
+        Err(ErrorReply::new("no file"))
+    }
+    fn connections(&mut self) -> ConnectionsReply {
+        for s in &mut self.sessions {
+            s.ingress_bytes += 1500;
+            s.egress_bytes += 3000;
+        }
+        ConnectionsReply {
+            connections: self.sessions.clone(),
+        }
+    }
+    fn terminate(
+        &mut self,
+        id: Option<u32>,
+        _user: Option<&str>,
+    ) -> Result<TerminateReply, ErrorReply> {
+        let before = self.sessions.len();
+        self.sessions.retain(|s| Some(s.id) != id);
+        if self.sessions.len() == before {
+            return Err(ErrorReply::new("no such session"));
+        }
+        Ok(TerminateReply {
+            terminated: id.into_iter().collect(),
+        })
+    }
+}
 
 pub(super) struct Lab {
     pub base: String,
+    pub socket: PathBuf,
     pub agent: ureq::Agent,
     pub audit: PathBuf,
     dir: PathBuf,
@@ -54,16 +126,32 @@ pub(super) fn lab(tag: &str, admins: Vec<AdminAccount>, lifetime: Duration, fail
     std::fs::write(&cfg.tls_cert, ck.cert.pem()).unwrap();
     std::fs::write(&cfg.tls_key, ck.signing_key.serialize_pem()).unwrap();
     let tls = server::tls_config(&cfg.tls_cert, &cfg.tls_key).unwrap();
-    let console = Arc::new(Console::with_session_lifetime(
-        &cfg,
-        Some(AuditLog::open(&audit).unwrap()),
-        lifetime,
-    ));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
+    let log = Arc::new(AuditLog::open(&audit).unwrap());
+    let socket = dir.join("admin.sock");
+    let mut server = rt.block_on(async { AdminServer::bind(&socket) }).unwrap();
+    server.set_audit(log.clone());
+    let console = Arc::new(Console::with_session_lifetime(
+        &cfg,
+        log,
+        server.handle(),
+        lifetime,
+    ));
+    let mut endpoint = FakeEndpoint {
+        sessions: vec![
+            session(7, "alice", "10.100.0.2"),
+            session(8, "<script>alert('bob')</script>", "10.100.0.3"),
+        ],
+    };
+    rt.spawn(async move {
+        loop {
+            server.next().await.answer(&mut endpoint);
+        }
+    });
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(cfg.listen))
         .unwrap();
@@ -88,6 +176,7 @@ pub(super) fn lab(tag: &str, admins: Vec<AdminAccount>, lifetime: Duration, fail
         .into();
     Lab {
         base: format!("https://{addr}"),
+        socket,
         agent,
         audit,
         dir,
@@ -217,7 +306,7 @@ fn login_sets_a_strict_cookie_and_logout_needs_the_csrf_token() {
         assert!(set.contains(flag), "{flag} in {set}");
     }
     let cookie = set.split(';').next().unwrap().to_owned();
-    let home = lab.get("/", Some(&cookie));
+    let home = lab.get("/account", Some(&cookie));
     assert_eq!(home.status, 200);
     assert!(
         home.body.contains("Signed in as <strong>ann</strong>"),
@@ -253,7 +342,7 @@ fn login_sets_a_strict_cookie_and_logout_needs_the_csrf_token() {
             ("console_logout".into(), "ok".into())
         ]
     );
-    assert_eq!(lab.audit_lines()[0]["from"], "127.0.0.1");
+    assert_eq!(lab.audit_lines()[0]["from"], "console 127.0.0.1");
 }
 
 #[test]
@@ -266,7 +355,7 @@ fn a_script_name_is_rendered_as_text() {
         5,
     );
     let cookie = lab.login(evil, "pw");
-    let home = lab.get("/", Some(&cookie));
+    let home = lab.get("/account", Some(&cookie));
     assert_eq!(home.status, 200);
     assert!(!home.body.contains(evil), "{}", home.body);
     assert!(
@@ -338,5 +427,175 @@ fn failed_logins_are_rate_limited_and_audited() {
             "console_login_failed rate_limited",
             "console_login_failed rate_limited",
         ]
+    );
+}
+
+#[test]
+fn every_page_and_action_is_refused_without_a_session() {
+    let lab = lab(
+        "refused",
+        vec![admin("ann", "pw", Role::Operator)],
+        Duration::from_secs(60),
+        5,
+    );
+    for page in ["/", "/account", "/connections", "/audit"] {
+        let g = lab.get(page, None);
+        assert_eq!(
+            (g.status, g.location.as_deref()),
+            (303, Some("/login")),
+            "{page}"
+        );
+    }
+    for live in ["/live/dashboard", "/live/connections"] {
+        assert_eq!(lab.get(live, None).status, 401, "{live}");
+    }
+    let g = lab.post(
+        "/connections/terminate",
+        &[("csrf", "x"), ("id", "7")],
+        None,
+    );
+    assert_eq!(g.status, 401);
+    let cookie = lab.login("ann", "pw");
+    assert!(
+        lab.get("/connections", Some(&cookie))
+            .body
+            .contains("alice"),
+        "nothing was terminated"
+    );
+}
+
+#[test]
+fn the_dashboard_and_connections_show_the_endpoint_live() {
+    let lab = lab(
+        "pages",
+        vec![admin("ann", "pw", Role::ReadOnly)],
+        Duration::from_secs(60),
+        5,
+    );
+    let cookie = lab.login("ann", "pw");
+    let d = lab.get("/", Some(&cookie));
+    assert_eq!(d.status, 200);
+    assert!(
+        d.body.contains(r#"data-refresh="/live/dashboard""#),
+        "{}",
+        d.body
+    );
+    assert!(
+        d.body.contains(r#"<div class="n" id="active">2</div>"#),
+        "{}",
+        d.body
+    );
+    assert!(
+        d.body.contains("no_authz_rule") && d.body.contains("<svg"),
+        "{}",
+        d.body
+    );
+    let live = lab.get("/live/dashboard", Some(&cookie));
+    assert_eq!(live.status, 200);
+    assert!(!live.body.contains("<html"), "a fragment: {}", live.body);
+    let c = lab.get("/connections?q=alice", Some(&cookie));
+    assert!(
+        c.body.contains("alice") && !c.body.contains("alert("),
+        "{}",
+        c.body
+    );
+    let all = lab.get("/connections?sort=user&desc=true", Some(&cookie));
+    assert!(!all.body.contains("<script>alert"), "{}", all.body);
+    assert!(
+        all.body
+            .contains("&lt;script&gt;alert('bob')&lt;/script&gt;"),
+        "{}",
+        all.body
+    );
+    // Byte counts grow between two looks (the fake's counters grow per call).
+    let bytes = |b: &str| {
+        let at = b.find(r#"<td class="bytes-in">"#).unwrap() + 21;
+        b[at..].split('<').next().unwrap().to_owned()
+    };
+    let first = bytes(&lab.get("/live/connections?q=alice", Some(&cookie)).body);
+    let second = bytes(&lab.get("/live/connections?q=alice", Some(&cookie)).body);
+    assert_ne!(first, second);
+    // A read-only account is offered no terminate button.
+    assert!(!all.body.contains("Terminate"), "{}", all.body);
+}
+
+#[test]
+fn terminate_needs_an_operator_and_the_csrf_token_and_is_audited() {
+    let lab = lab(
+        "terminate",
+        vec![
+            admin("ann", "pw", Role::Operator),
+            admin("rob", "pw", Role::ReadOnly),
+        ],
+        Duration::from_secs(60),
+        5,
+    );
+    let rob = lab.login("rob", "pw");
+    let page = lab.get("/account", Some(&rob)).body;
+    let g = lab.post(
+        "/connections/terminate",
+        &[("csrf", &csrf_of(&page)), ("id", "7")],
+        Some(&rob),
+    );
+    assert_eq!(g.status, 403, "{}", g.body);
+    let ann = lab.login("ann", "pw");
+    let page = lab.get("/connections", Some(&ann)).body;
+    assert!(
+        page.contains(r#"data-confirm="Terminate session 7 of alice?""#),
+        "{page}"
+    );
+    assert_eq!(
+        lab.post("/connections/terminate", &[("id", "7")], Some(&ann))
+            .status,
+        403
+    );
+    assert!(lab.get("/connections", Some(&ann)).body.contains("alice"));
+    let g = lab.post(
+        "/connections/terminate",
+        &[("csrf", &csrf_of(&page)), ("id", "7")],
+        Some(&ann),
+    );
+    assert_eq!(g.status, 200, "{}", g.body);
+    assert!(g.body.contains("Terminated session [7]"), "{}", g.body);
+    assert!(!lab.get("/connections", Some(&ann)).body.contains("alice"));
+    // The same action from the admin socket is recorded with the socket peer's identity.
+    let mut cli = crate::admin::AdminClient::connect(&lab.socket).unwrap();
+    cli.terminate(Some(8), None).unwrap();
+    let lines = lab.audit_lines();
+    let terminates: Vec<_> = lines
+        .iter()
+        .filter(|v| v["action"] == "terminate")
+        .collect();
+    assert_eq!(terminates.len(), 3, "{lines:?}");
+    assert_eq!(terminates[0]["who"], "rob");
+    assert_eq!(terminates[0]["result"], "refused: read-only account");
+    assert_eq!(terminates[1]["who"], "ann");
+    assert_eq!(terminates[1]["from"], "console 127.0.0.1");
+    assert_eq!(terminates[1]["target"], "session 7");
+    assert_eq!(terminates[1]["result"], "ok: terminated 7");
+    let uid = nix::unistd::getuid();
+    assert!(
+        terminates[2]["who"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("uid {uid}")),
+        "{:?}",
+        terminates[2]
+    );
+    assert!(
+        terminates[2]["from"]
+            .as_str()
+            .unwrap()
+            .starts_with("admin socket, pid "),
+        "{:?}",
+        terminates[2]
+    );
+    // The audit page shows and filters them.
+    let a = lab.get("/audit?action=terminate&who=ann", Some(&ann));
+    assert_eq!(a.status, 200);
+    assert!(
+        a.body.contains("ok: terminated 7") && !a.body.contains("read-only account"),
+        "{}",
+        a.body
     );
 }

@@ -105,6 +105,7 @@ fn start_datapath(
         tap_name: tap.name.clone(),
         tap_mac: tap.mac,
         gateway: policy.gateway_addr,
+        gateway_ports: policy.gateway_ports.clone(),
         targets: policy
             .target_networks
             .iter()

@@ -198,6 +198,21 @@ fn apply_recheck(ep: &mut Endpoint, results: recheck::RecheckResults, connection
 
 pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notify>>) -> Result<()> {
     let mut admin = AdminServer::bind(&ep.cfg.admin_socket())?;
+    let audit = match &ep.cfg.logging.admin_audit_log {
+        Some(p) => Some(Arc::new(
+            crate::admin::audit::AuditLog::open(p)
+                .with_context(|| format!("opening the admin audit trail {}", p.display()))?,
+        )),
+        None => None,
+    };
+    if let Some(a) = &audit {
+        admin.set_audit(a.clone());
+    }
+    // Validation requires the audit trail with the console.
+    let _console_task = match (&ep.cfg.console, &audit) {
+        (Some(c), Some(a)) => Some(crate::console::spawn(c, a.clone(), admin.handle()).await?),
+        _ => None,
+    };
     let mut signals = if ep.opts.signals {
         Some(Signals::install()?)
     } else {
