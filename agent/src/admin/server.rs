@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::audit::{AuditEntry, AuditLog};
 use super::protocol::{
-    Action, ConnectionsReply, ErrorReply, ReloadReply, Reply, Request, StatusReply, TerminateReply,
-    VERSION,
+    Action, ConnectionsReply, ErrorReply, ExplainReply, PolicyReply, ReloadReply, Reply, Request,
+    StatusReply, TerminateReply, VERSION,
 };
 
 /// What the agent answers on its admin socket: one method per command.
@@ -28,6 +28,8 @@ pub trait AdminApi {
         id: Option<u32>,
         user: Option<&str>,
     ) -> Result<TerminateReply, ErrorReply>;
+    fn policy(&mut self) -> PolicyReply;
+    fn explain(&mut self, user: &str, to: &str) -> Result<ExplainReply, ErrorReply>;
 }
 
 fn line<T: Serialize>(ok: bool, body: T) -> String {
@@ -76,6 +78,8 @@ pub fn answer(api: &mut dyn AdminApi, request: &str) -> String {
         Action::Reload => reply(api.reload()),
         Action::Connections => line(true, api.connections()),
         Action::Terminate { id, user } => reply(api.terminate(id, user.as_deref())),
+        Action::Policy => line(true, api.policy()),
+        Action::Explain { user, to } => reply(api.explain(&user, &to)),
     }
 }
 
@@ -130,7 +134,7 @@ fn audited(action: &Action) -> Option<(&'static str, String)> {
                 (None, None) => String::new(),
             },
         )),
-        Action::Status | Action::Connections => None,
+        Action::Status | Action::Connections | Action::Policy | Action::Explain { .. } => None,
     }
 }
 
@@ -386,6 +390,12 @@ mod tests {
                 }),
                 _ => Err(ErrorReply::new("no such session")),
             }
+        }
+        fn policy(&mut self) -> PolicyReply {
+            unreachable!("not asked in these tests")
+        }
+        fn explain(&mut self, _: &str, _: &str) -> Result<ExplainReply, ErrorReply> {
+            unreachable!("not asked in these tests")
         }
     }
 

@@ -99,6 +99,7 @@ impl Console {
             .route("/live/connections", get(monitor::connections_live))
             .route("/connections/terminate", post(monitor::terminate))
             .route("/audit", get(monitor::audit))
+            .route("/endpoint", get(monitor::endpoint))
             .route("/login", get(login_page).post(login))
             .route("/logout", post(logout))
             .route("/assets/console.js", get(script))

@@ -15,7 +15,10 @@ use super::app::{Authed, Console};
 use super::config::Role;
 use super::views;
 use crate::admin::audit::{AuditEntry, AuditFilter};
-use crate::admin::{Action, ConnectionInfo, ConnectionsReply, StatusReply, TerminateReply};
+use crate::admin::{
+    Action, ConnectionInfo, ConnectionsReply, ExplainReply, PolicyReply, StatusReply,
+    TerminateReply,
+};
 
 /// Samples of the traffic totals, for rates and the throughput chart.
 #[derive(Default)]
@@ -303,4 +306,35 @@ pub async fn audit(
 ) -> Response {
     let entries = c.audit_search(&f, 500);
     Html(views::audit(&a.session, &f, &entries).into_string()).into_response()
+}
+
+/// The explain form's fields.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ExplainQuery {
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub to: String,
+}
+
+pub async fn endpoint(
+    State(c): State<Arc<Console>>,
+    a: Authed,
+    Query(q): Query<ExplainQuery>,
+) -> Response {
+    let caller = a.caller("console");
+    let policy: PolicyReply = match c.admin.ask(Action::Policy, caller.clone()).await {
+        Ok(p) => p,
+        Err(e) => return unavailable(e),
+    };
+    let answer = if q.user.is_empty() || q.to.is_empty() {
+        None
+    } else {
+        let explain = Action::Explain {
+            user: q.user.clone(),
+            to: q.to.clone(),
+        };
+        Some(c.admin.ask::<ExplainReply>(explain, caller).await)
+    };
+    Html(views::endpoint(&a.session, &policy, &q, answer).into_string()).into_response()
 }

@@ -24,6 +24,7 @@ pub fn layout(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                         nav {
                             a href="/" { "Dashboard" }
                             a href="/connections" { "Connections" }
+                            a href="/endpoint" { "Endpoint" }
                             a href="/audit" { "Audit trail" }
                             a href="/account" { "Account" }
                         }

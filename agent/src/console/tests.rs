@@ -10,8 +10,8 @@ use super::config::{AdminAccount, ConsoleSection, Role};
 use super::{server, Console};
 use crate::admin::audit::AuditLog;
 use crate::admin::{
-    AdminApi, AdminServer, ConnectionInfo, ConnectionsReply, ErrorReply, ReloadReply, StatusReply,
-    TerminateReply,
+    AdminApi, AdminServer, ConnectionInfo, ConnectionsReply, ErrorReply, ExplainReply, PolicyReply,
+    ReloadReply, StatusReply, TerminateReply,
 };
 
 /// The endpoint's side of the admin API: two sessions whose counters grow with every look.
@@ -79,6 +79,29 @@ impl AdminApi for FakeEndpoint {
             terminated: id.into_iter().collect(),
         })
     }
+    fn policy(&mut self) -> PolicyReply {
+        PolicyReply {
+            generation: 3,
+            policy: demo_policy(),
+        }
+    }
+    fn explain(&mut self, user: &str, to: &str) -> Result<ExplainReply, ErrorReply> {
+        let to = to.parse().map_err(ErrorReply::new)?;
+        let e = crate::explain::explain(&demo_policy(), user, to)
+            .map_err(|e| ErrorReply::new(e.to_string()))?;
+        Ok(ExplainReply {
+            user: e.user,
+            groups: e.groups,
+            destination: e.destination,
+            verdict: e.verdict,
+            reason: e.reason,
+            steps: e.steps,
+        })
+    }
+}
+
+fn demo_policy() -> crate::policy::model::PolicyInput {
+    toml::from_str(include_str!("../demo/policy.toml")).unwrap()
 }
 
 pub(super) struct Lab {
@@ -597,5 +620,46 @@ fn terminate_needs_an_operator_and_the_csrf_token_and_is_audited() {
         a.body.contains("ok: terminated 7") && !a.body.contains("read-only account"),
         "{}",
         a.body
+    );
+}
+
+#[test]
+fn the_endpoint_page_shows_the_policy_and_explains_a_flow() {
+    let lab = lab(
+        "endpoint",
+        vec![admin("ann", "pw", Role::ReadOnly)],
+        Duration::from_secs(60),
+        5,
+    );
+    let cookie = lab.login("ann", "pw");
+    let p = lab.get("/endpoint", Some(&cookie));
+    assert_eq!(p.status, 200);
+    assert!(
+        p.body.contains("engineering reaches the app server only"),
+        "{}",
+        p.body
+    );
+    let yes = lab.get(
+        "/endpoint?user=alice&to=10.0.0.10%3A80%2Ftcp",
+        Some(&cookie),
+    );
+    assert!(
+        yes.body.contains(r#"<strong class="allow">ALLOWED"#),
+        "{}",
+        yes.body
+    );
+    assert!(
+        yes.body.contains("engineering reaches the app server only"),
+        "{}",
+        yes.body
+    );
+    // The /32 rule for engineering hides the /24 rule for finance: bob is refused there.
+    let no = lab.get("/endpoint?user=bob&to=10.0.0.10%3A80%2Ftcp", Some(&cookie));
+    assert!(no.body.contains(r#"<strong class="drop">"#), "{}", no.body);
+    let bad = lab.get("/endpoint?user=%3Cb%3E&to=nowhere", Some(&cookie));
+    assert!(
+        bad.body.contains("is not an IPv4 address") && !bad.body.contains("<b>"),
+        "{}",
+        bad.body
     );
 }

@@ -230,3 +230,56 @@ pub fn audit(s: &Session, f: &crate::admin::audit::AuditFilter, entries: &[Audit
         },
     )
 }
+
+/// The endpoint's running policy and the "can user U reach IP:port/proto?" form.
+pub fn endpoint(
+    s: &Session,
+    p: &crate::admin::PolicyReply,
+    q: &super::monitor::ExplainQuery,
+    answer: Option<Result<crate::admin::ExplainReply, String>>,
+) -> Markup {
+    let pol = &p.policy;
+    layout(
+        "Endpoint",
+        Some(s),
+        html! {
+            section #explain {
+                h2 { "Can a user reach a destination?" }
+                form.filter method="get" action="/endpoint" {
+                    input type="text" name="user" value=(q.user) placeholder="user" required;
+                    input type="text" name="to" value=(q.to) placeholder="10.0.0.5:443/tcp" required;
+                    button type="submit" { "Explain" }
+                }
+                @match &answer {
+                    Some(Ok(e)) => {
+                        p.verdict { strong { (e.user) } " → " (e.destination) ": "
+                            strong class=(if e.reason.is_none() { "allow" } else { "drop" }) { (e.verdict) }
+                            " — groups: " (if e.groups.is_empty() { "none".to_string() } else { e.groups.join(", ") })
+                        }
+                        ol.steps { @for st in &e.steps { li { (st) } } }
+                    }
+                    Some(Err(e)) => p.error role="alert" { (e) },
+                    None => {},
+                }
+            }
+            p { "Policy generation " (p.generation) "; client pool " (pol.client_cidr) ", gateway " (pol.gateway_addr) "." }
+            h2 { "Authorization rules" }
+            table #authz { thead { tr { th { "#" } th { "Destination" } th { "Who" } th { "Description" } } }
+                tbody { @for (i, r) in pol.authorization_rules.iter().enumerate() {
+                    tr { td { (i) } td { (r.destination) }
+                         td { @if r.all_users { "all users" } @else { (r.groups.join(", ")) } }
+                         td { (r.description.as_deref().unwrap_or("")) } }
+                } } }
+            h2 { "Routes" }
+            table #routes { thead { tr { th { "Destination" } th { "Target network" } th { "Description" } } }
+                tbody { @for r in &pol.routes {
+                    tr { td { (r.destination) } td { (r.target_network) } td { (r.description.as_deref().unwrap_or("")) } }
+                } } }
+            h2 { "Groups (local)" }
+            table #groups { thead { tr { th { "Group" } th { "Users" } } }
+                tbody { @for (g, users) in &pol.groups { tr { td { (g) } td { (users.join(", ")) } } } } }
+            h2 { "Security groups and everything else, as running" }
+            pre.policy { (serde_json::to_string_pretty(pol).unwrap_or_default()) }
+        },
+    )
+}
