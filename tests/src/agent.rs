@@ -23,10 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use portcullis::netns::Veth;
+
 use crate::{
-    gateway::{fmt_mac, PinRoot, GW_IF, GW_NET_ADDR, SERVER},
-    mac_of,
-    openvpn::{Proc, TempDir, Underlay, OVPN_PORT, UNDERLAY_GW},
+    gateway::{PinRoot, GW_IF, GW_NET_ADDR},
+    openvpn::{Lab, Proc, TempDir, Underlay, OVPN_PORT, UNDERLAY_GW},
     unique, NetNs,
 };
 
@@ -510,6 +511,7 @@ pub fn tunnel_addr(ns: &NetNs) -> Option<Ipv4Addr> {
 pub struct AgentLab {
     pub agent: Option<Agent>,
     pub underlay: Underlay,
+    _private_link: Veth,
     pub net: NetNs,
     pub gw: NetNs,
     pub pins: PinRoot,
@@ -545,8 +547,12 @@ impl AgentLab {
         let config = dir.path().join("endpoint.toml");
         write_atomic(&config, &endpoint_toml(policy));
         let socket = dir.path().join("admin.sock");
-        let (gw, net) = private_network();
-        let underlay = Underlay::attach(&gw, n_clients);
+        let Lab {
+            underlay,
+            private_link,
+            net,
+            gw,
+        } = Lab::topology(n_clients);
         let pins = PinRoot(PathBuf::from(format!(
             "/sys/fs/bpf/portcullis-test-{}",
             unique("a")
@@ -562,6 +568,7 @@ impl AgentLab {
         let lab = AgentLab {
             agent: Some(agent),
             underlay,
+            _private_link: private_link,
             net,
             gw,
             pins,
@@ -683,60 +690,9 @@ impl AgentLab {
     }
 }
 
-/// Gateway namespace (`pct-gw0` 10.0.0.1/24, `ip_forward` on) and private network
-/// (`eth0` 10.0.0.10/24, default route via 10.0.0.1), with the offloads and static
-/// neighbours of `gateway::Gateway` and IPv6 off.
-pub fn private_network() -> (NetNs, NetNs) {
-    let gw = NetNs::new("g");
-    let net = NetNs::new("n");
-    gw.ip(&[
-        "link", "add", GW_IF, "type", "veth", "peer", "name", "eth0", "netns", &net.name,
-    ]);
-    gw.ip(&["addr", "add", &format!("{GW_NET_ADDR}/24"), "dev", GW_IF]);
-    net.ip(&["addr", "add", &format!("{SERVER}/24"), "dev", "eth0"]);
-    gw.ip(&["link", "set", GW_IF, "up"]);
-    net.ip(&["link", "set", "eth0", "up"]);
-    // Complete checksums from the senders; GRO on the peer of XDP-redirected frames.
-    net.exec(&["ethtool", "-K", "eth0", "gro", "on", "tx", "off"]);
-    gw.exec(&["ethtool", "-K", GW_IF, "tx", "off"]);
-    for ns in [&gw, &net] {
-        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
-        ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
-    }
-    // Before the underlay: writing ip_forward resets every interface's forwarding.
-    gw.sysctl("net.ipv4.ip_forward", "1");
-    let smac = fmt_mac(&mac_of(&net, "eth0"));
-    let gmac = fmt_mac(&mac_of(&gw, GW_IF));
-    gw.ip(&[
-        "neigh",
-        "replace",
-        &SERVER.to_string(),
-        "lladdr",
-        &smac,
-        "dev",
-        GW_IF,
-        "nud",
-        "permanent",
-    ]);
-    net.ip(&[
-        "neigh",
-        "replace",
-        &GW_NET_ADDR.to_string(),
-        "lladdr",
-        &gmac,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
-    net.ip(&["route", "add", "default", "via", &GW_NET_ADDR.to_string()]);
-    (gw, net)
-}
-
 /// `GET /metrics` from the agent's metrics endpoint (127.0.0.1:9108 inside `ns`).
 pub fn scrape_metrics(ns: &NetNs) -> String {
-    let name = ns.name.clone();
-    crate::clients::run_in_ns(&name, || {
+    ns.run(|| {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect_timeout(
             &"127.0.0.1:9108".parse().unwrap(),

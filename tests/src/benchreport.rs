@@ -1,7 +1,8 @@
-//! Report helpers shared by the benchmark programs: the machine description and a tiny
+//! Report helpers shared by the benchmark programs: the provenance of a run (commit, binary,
+//! machine, load; see [`machine`]) and a tiny
 //! hand-written SVG line plotter (no plotting dependency: the output is a few hundred lines
 //! of SVG anyone can read).
-use std::fmt::Write;
+use std::{fmt::Write, path::Path};
 
 use serde_json::{json, Value};
 
@@ -53,7 +54,61 @@ pub fn first_line_of(cmd: &[&str]) -> Option<String> {
         .map(|l| l.trim().to_string())
 }
 
-/// Kernel, CPU model and clock, cores, memory, load average, git commit, openvpn version.
+/// `git` on the repository this crate was built from (wherever the program runs from).
+/// `safe.directory=*`: the benchmarks run as root in a tree another user may own, which git
+/// otherwise refuses to read.
+fn git(args: &[&str]) -> Option<String> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let o = std::process::Command::new("git")
+        .args(["-c", "safe.directory=*", "-C"])
+        .arg(repo)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A program's path, its modification time and its build profile (`release`/`debug`, from
+/// the `target/<profile>/` directory it sits in).
+fn binary(path: &Path) -> Value {
+    let modified = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    let profile = path
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n == "release" || n == "debug");
+    json!({
+        "path": path.display().to_string(),
+        "modified_unix_time": modified,
+        "build_profile": profile,
+    })
+}
+
+/// Where a run comes from and what it ran on; every suite's JSON has it as `machine`.
+/// Captured when a suite starts; [`write_suite_reports`] completes it when the JSON is
+/// written (`loadavg_after`, `finished_unix_time`).
+///
+/// - the source: `git_commit` and `git_dirty` (tracked files changed since that commit:
+///   then the commit alone does not reproduce the run) of the repository this program was
+///   built from, read at run time (`cargo xtask bench` builds right before it runs);
+/// - the binaries: this program (`binary`: path, modification time, build profile, and
+///   `debug_assertions` of the build) and the agent it runs, when `PORTCULLIS_BIN` names one;
+/// - the machine: kernel, CPU model and clock, cores, memory, openvpn version, and the load
+///   average at the start and at the end.
 pub fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -70,6 +125,18 @@ pub fn machine() -> Value {
             .parse::<u64>()
             .ok()
     });
+    let commit = git(&["rev-parse", "HEAD"]).map(|s| s.trim().to_string());
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| {
+        s.lines()
+            .map(|l| l.get(3..).unwrap_or(l).to_string())
+            .collect::<Vec<_>>()
+    });
+    let mut this = std::env::current_exe()
+        .map(|p| binary(&p))
+        .unwrap_or(Value::Null);
+    if this.is_object() {
+        this["debug_assertions"] = json!(cfg!(debug_assertions));
+    }
     json!({
         "kernel": read_trim("/proc/sys/kernel/osrelease"),
         "kernel_version": read_trim("/proc/version"),
@@ -78,9 +145,53 @@ pub fn machine() -> Value {
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "memory_gib": mem_kib.map(|k| k as f64 / 1024.0 / 1024.0),
         "loadavg_before": read_trim("/proc/loadavg"),
-        "git_commit": first_line_of(&["git", "rev-parse", "HEAD"]),
+        "started_unix_time": unix_now(),
+        "git_commit": commit,
+        "git_dirty": dirty.as_ref().map(|d| !d.is_empty()),
+        "git_dirty_files": dirty,
+        "binary": this,
+        "agent_binary": std::env::var_os("PORTCULLIS_BIN").map(|p| binary(Path::new(&p))),
         "openvpn_version": first_line_of(&["openvpn", "--version"]),
     })
+}
+
+/// Completes a report's `machine` at the end of the run: the load average now (unless the
+/// suite recorded its own) and the time.
+pub fn finish_machine(report: &mut Value) {
+    if !report["machine"].is_object() {
+        report["machine"] = machine();
+    }
+    let m = &mut report["machine"];
+    if m["loadavg_after"].is_null() {
+        m["loadavg_after"] = json!(read_trim("/proc/loadavg"));
+    }
+    m["finished_unix_time"] = json!(unix_now());
+}
+
+/// One line of the provenance for a Markdown report: commit (and whether the tree was
+/// dirty), the binary and its profile, load average before and after.
+pub fn provenance_line(m: &Value) -> String {
+    let commit = m["git_commit"]
+        .as_str()
+        .map_or("unknown".into(), |c| c.get(..12).unwrap_or(c).to_string());
+    let dirty = match m["git_dirty"].as_bool() {
+        Some(true) => format!(
+            " + uncommitted changes to {} file(s)",
+            m["git_dirty_files"].as_array().map_or(0, Vec::len)
+        ),
+        Some(false) => String::new(),
+        None => " (tree state unknown)".into(),
+    };
+    format!(
+        "commit {commit}{dirty}; binary `{}` ({} build); kernel {}, {} ({} cores); load average before / after: {} / {}",
+        m["binary"]["path"].as_str().unwrap_or("?"),
+        m["binary"]["build_profile"].as_str().unwrap_or("unknown"),
+        m["kernel"].as_str().unwrap_or("?"),
+        m["cpu_model"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["loadavg_before"].as_str().unwrap_or("?"),
+        m["loadavg_after"].as_str().unwrap_or("?"),
+    )
 }
 
 /// One line of a plot.
@@ -325,7 +436,8 @@ pub fn svg_grid(plots: &[Plot], cols: usize, w: f64, h: f64) -> String {
 }
 
 /// Writes `<out>/<suite>.md` and `.svg` from `report` (and `.json` when `write_json`; not when
-/// re-rendering a saved report).
+/// re-rendering a saved report). A new report's provenance is completed first
+/// ([`finish_machine`]).
 pub fn write_suite_reports(
     out: &std::path::Path,
     suite: &str,
@@ -336,6 +448,14 @@ pub fn write_suite_reports(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut finished;
+    let report = if write_json {
+        finished = report.clone();
+        finish_machine(&mut finished);
+        &finished
+    } else {
+        report
+    };
     if write_json {
         std::fs::write(
             out.join(format!("{suite}.json")),
@@ -376,6 +496,43 @@ pub fn tunnel_stats(st: &portcullis::io::TunnelStats) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finishing_a_report_completes_its_provenance() {
+        let mut r = json!({"machine": {"loadavg_before": "1.00 1.00 1.00 1/1 1"}});
+        finish_machine(&mut r);
+        assert!(r["machine"]["loadavg_after"].is_string());
+        assert!(r["machine"]["finished_unix_time"].as_u64().unwrap() > 0);
+        // A load average the suite recorded itself is kept.
+        let mut r = json!({"machine": {"loadavg_after": "mine"}});
+        finish_machine(&mut r);
+        assert_eq!(r["machine"]["loadavg_after"], "mine");
+        // A report without a machine gets one.
+        let mut r = json!({});
+        finish_machine(&mut r);
+        assert!(r["machine"]["cores"].as_u64().unwrap() >= 1);
+        assert!(r["machine"]["binary"]["path"].is_string());
+    }
+
+    #[test]
+    fn provenance_line_says_commit_dirty_binary_and_load() {
+        let m = json!({
+            "git_commit": "0123456789abcdef0123", "git_dirty": true,
+            "git_dirty_files": ["a.rs", "b.rs"],
+            "binary": {"path": "/t/release/bench-x", "build_profile": "release"},
+            "kernel": "6.18", "cpu_model": "CPU", "cores": 2,
+            "loadavg_before": "0.5", "loadavg_after": "0.7",
+        });
+        assert_eq!(
+            provenance_line(&m),
+            "commit 0123456789ab + uncommitted changes to 2 file(s); binary `/t/release/bench-x` (release build); kernel 6.18, CPU (2 cores); load average before / after: 0.5 / 0.7"
+        );
+        let unknown = provenance_line(&json!({}));
+        assert!(
+            unknown.starts_with("commit unknown (tree state unknown); binary `?` (unknown build)"),
+            "{unknown}"
+        );
+    }
 
     #[test]
     fn plot_renders_lines_and_handles_empty() {

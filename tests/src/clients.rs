@@ -12,10 +12,9 @@
 //! gateway-side veth never routes (`forwarding=0`), and the frames the client sends are not
 //! addressed to it: only the relay sees them, the kernel around the data path never does.
 use std::{
-    fs::File,
     io::{self, Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd},
+    os::fd::AsRawFd,
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -26,24 +25,20 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
-use portcullis::io::tap::tap_mac;
+use portcullis::{
+    io::tap::tap_mac,
+    netns::{Offloads, Veth, VethEnd},
+};
 use portcullis_common::{map_names, CtEntry, DenyEvent, FlowKey, NatRev};
 
 use crate::relay::{Relay, RelayPort};
 use crate::{gateway::Gateway, mac_of, unique, NetNs};
 
+pub use portcullis::netns::{inet_checksum, IcmpSocket};
+
 /// Run `f` on a fresh thread inside the named namespace (sockets it creates live there).
 pub fn run_in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let target = File::open(&path).expect("open netns");
-        // SAFETY: setns on a valid netns fd; affects only this new thread.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("namespace thread panicked")
+    NetNs::open(ns).run(f)
 }
 
 /// Poll `f` every 5 ms until it is true or `timeout` passes; returns the last answer.
@@ -81,13 +76,14 @@ pub struct Client {
     pub addr: Ipv4Addr,
     /// The gateway-side veth the relay serves.
     pub gw_if: String,
+    _link: Veth,
     pub ns: NetNs,
 }
 
 impl Client {
     /// Run `f` on a thread inside the client's namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        run_in_ns(&self.ns.name, f)
+        self.ns.run(f)
     }
 
     /// A UDP socket bound to `addr:port` in the client namespace (0 = any port), with a
@@ -129,118 +125,6 @@ impl Client {
     }
 }
 
-/// A raw `IPPROTO_ICMP` socket (the client's own kernel builds the IP header).
-pub struct IcmpSocket {
-    file: File,
-}
-
-impl IcmpSocket {
-    pub fn new() -> io::Result<IcmpSocket> {
-        // SAFETY: plain socket(2); the fd is owned by the File below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ICMP,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 20_000,
-        };
-        // SAFETY: SO_RCVTIMEO with a timeval on our fd.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        // SAFETY: fd is a fresh socket we own.
-        Ok(IcmpSocket {
-            file: unsafe { File::from_raw_fd(fd) },
-        })
-    }
-
-    pub fn send_echo(&self, dst: Ipv4Addr, id: u16, seq: u16, payload: &[u8]) -> io::Result<()> {
-        let mut pkt = vec![8u8, 0, 0, 0];
-        pkt.extend_from_slice(&id.to_be_bytes());
-        pkt.extend_from_slice(&seq.to_be_bytes());
-        pkt.extend_from_slice(payload);
-        let c = inet_checksum(&pkt);
-        pkt[2..4].copy_from_slice(&c.to_be_bytes());
-        // SAFETY: zeroed sockaddr_in, fields set below.
-        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        sa.sin_family = libc::AF_INET as u16;
-        sa.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
-        // SAFETY: sendto from our buffer with a sockaddr_in of the right size.
-        let rc = unsafe {
-            libc::sendto(
-                self.file.as_raw_fd(),
-                pkt.as_ptr().cast(),
-                pkt.len(),
-                0,
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Wait for the echo reply from `src` with `id` and `seq`.
-    pub fn wait_reply(&self, src: Ipv4Addr, id: u16, seq: u16, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 2048];
-        while Instant::now() < deadline {
-            let Ok(n) = (&self.file).read(&mut buf) else {
-                continue;
-            };
-            let ihl = usize::from(buf[0] & 0xf) * 4;
-            if n < ihl + 8 {
-                continue;
-            }
-            let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
-            let icmp = &buf[ihl..n];
-            if from == src
-                && icmp[0] == 0
-                && u16::from_be_bytes([icmp[4], icmp[5]]) == id
-                && u16::from_be_bytes([icmp[6], icmp[7]]) == seq
-            {
-                assert_eq!(inet_checksum(icmp), 0, "echo reply checksum");
-                return true;
-            }
-        }
-        false
-    }
-}
-
-impl IcmpSocket {
-    /// The next ICMP message of `ty` within `timeout`: (source, code, ICMP bytes).
-    pub fn wait_type(&self, ty: u8, timeout: Duration) -> Option<(Ipv4Addr, u8, Vec<u8>)> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 2048];
-        while Instant::now() < deadline {
-            let Ok(n) = (&self.file).read(&mut buf) else {
-                continue;
-            };
-            let ihl = usize::from(buf[0] & 0xf) * 4;
-            if n >= ihl + 8 && buf[ihl] == ty {
-                let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
-                return Some((from, buf[ihl + 1], buf[ihl..n].to_vec()));
-            }
-        }
-        None
-    }
-}
-
 /// Set an `int` socket option (e.g. `SO_NO_CHECK`, `IP_TTL`).
 pub fn setsockopt_int(fd: &impl AsRawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) {
     // SAFETY: setsockopt with an int option on a valid socket.
@@ -276,18 +160,6 @@ pub fn set_ip_options(fd: &impl AsRawFd, opts: &[u8]) {
     assert_eq!(rc, 0, "IP_OPTIONS: {}", io::Error::last_os_error());
 }
 
-/// RFC 1071 checksum (0 when verifying a buffer that includes its checksum).
-pub fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Client namespaces and the relay that carries their frames into the gateway's TAP.
 /// Field order is drop order: the relay stops before the namespaces go.
 pub struct Clients {
@@ -301,28 +173,23 @@ impl Clients {
     /// (which also teaches the relay where each client lives).
     pub fn start(gw: &Gateway, addrs: &[Ipv4Addr]) -> Clients {
         let gateway = gw.policy.gateway_addr;
-        let gw_mac = tap_mac(gateway)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let gw_mac = tap_mac(gateway);
         let mut list = Vec::new();
         for &addr in addrs {
             let ns = NetNs::new("c");
             let gw_if = unique("r");
-            gw.gw.ip(&[
-                "link", "add", &gw_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-            ]);
-            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
-            ns.sysctl("net.ipv6.conf.eth0.disable_ipv6", "1");
+            ns.netns().disable_ipv6().unwrap_or_else(|e| panic!("{e}"));
+            // Complete checksums, as a tunnel delivers them (see docs/topology.md).
+            let link = Veth::create(
+                VethEnd::new(gw.gw.netns(), &gw_if, Offloads::KERNEL),
+                VethEnd::new(ns.netns(), "eth0", Offloads::KERNEL.complete_checksums()),
+            )
+            .unwrap_or_else(|e| panic!("relay veth: {e}"));
             gw.gw
                 .sysctl(&format!("net.ipv6.conf.{gw_if}.disable_ipv6"), "1");
             gw.gw
                 .sysctl(&format!("net.ipv4.conf.{gw_if}.forwarding"), "0");
             ns.ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
-            ns.ip(&["link", "set", "eth0", "up"]);
-            gw.gw.ip(&["link", "set", &gw_if, "up"]);
             ns.ip(&[
                 "route",
                 "add",
@@ -341,20 +208,15 @@ impl Clients {
                 "dev",
                 "eth0",
             ]);
-            ns.ip(&[
-                "neigh",
-                "replace",
-                &gateway.to_string(),
-                "lladdr",
-                &gw_mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ]);
-            // Complete checksums, as a tunnel delivers them (see demo/net.rs).
-            ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
-            list.push(Client { addr, gw_if, ns });
+            ns.netns()
+                .add_neighbours("eth0", &[gateway], gw_mac)
+                .unwrap_or_else(|e| panic!("{e}"));
+            list.push(Client {
+                addr,
+                gw_if,
+                _link: link,
+                ns,
+            });
         }
         // The test thread is inside the gateway namespace: the relay's sockets bind there.
         let ports: Vec<RelayPort> = list

@@ -1,14 +1,16 @@
 //! Harness for the privileged integration tests: network namespaces and links that clean
-//! themselves up (RAII, also on panic), and small helpers around `ip`.
+//! themselves up (RAII, also on panic), built by the product's topology builder
+//! (`portcullis::netns`, described in `docs/topology.md`), and small helpers around `ip` that
+//! panic on failure, as tests should.
 //!
 //! Every name starts with `pct-` and carries the process id and a counter, so concurrent
 //! or leftover runs never collide and `cargo xtask cleanup` can find strays.
 use std::{
-    fs::File,
-    os::fd::AsRawFd,
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
 };
+
+pub use portcullis::netns::{Netns, NsGuard};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -61,18 +63,28 @@ pub fn sh_ok(args: &[&str]) -> bool {
         .unwrap_or(false)
 }
 
-/// A network namespace, deleted on drop.
+/// A network namespace for tests: the product's [`Netns`] (deleted on drop when this handle
+/// made it) with helpers that panic on failure and return the command's whole output.
 pub struct NetNs {
     pub name: String,
+    ns: Netns,
 }
 
 impl NetNs {
+    /// A new namespace named [`unique`]`(tag)`, loopback up.
     pub fn new(tag: &str) -> NetNs {
         let name = unique(tag);
-        sh(&["ip", "netns", "add", &name]);
-        let ns = NetNs { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
+        NetNs::from(Netns::create(&name).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// A handle on an existing namespace, which it does not delete.
+    pub fn open(name: &str) -> NetNs {
+        NetNs::from(Netns::open(name).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// The product's handle (for [`Netns::run`], [`Netns::mac`], the topology builder).
+    pub fn netns(&self) -> &Netns {
+        &self.ns
     }
 
     /// `ip -n <ns> ...`
@@ -96,70 +108,33 @@ impl NetNs {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) {
-        self.exec(&["sysctl", "-qw", &format!("{key}={value}")]);
+        self.ns.sysctl(key, value).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Move the calling thread into this namespace until the guard drops. Sockets, TAP
     /// devices and BPF_PROG_TEST_RUN then see this namespace.
     pub fn enter(&self) -> NsGuard {
-        let orig = File::open("/proc/thread-self/ns/net").expect("open own netns");
-        let target = File::open(format!("/run/netns/{}", self.name)).expect("open netns");
-        // SAFETY: setns on valid fds; affects only this thread.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "setns into {}: {}",
-            self.name,
-            std::io::Error::last_os_error()
-        );
-        NsGuard { orig }
+        self.ns.enter().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Run `f` on a thread inside this namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.ns.run(f).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+impl From<Netns> for NetNs {
+    fn from(ns: Netns) -> NetNs {
+        NetNs {
+            name: ns.name().to_string(),
+            ns,
+        }
     }
-}
-
-/// Restores the thread's original network namespace.
-pub struct NsGuard {
-    orig: File,
-}
-
-impl Drop for NsGuard {
-    fn drop(&mut self) {
-        // SAFETY: setns back to the fd we opened before entering.
-        unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
-    }
-}
-
-/// A veth pair between two namespaces with addresses; the peer gets GRO on, because a
-/// frame XDP-redirected into a veth is dropped unless the peer has XDP or GRO.
-pub fn veth(a: &NetNs, a_if: &str, a_addr: &str, b: &NetNs, b_if: &str, b_addr: &str) {
-    a.ip(&[
-        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
-    ]);
-    a.ip(&["addr", "add", a_addr, "dev", a_if]);
-    b.ip(&["addr", "add", b_addr, "dev", b_if]);
-    a.ip(&["link", "set", a_if, "up"]);
-    b.ip(&["link", "set", b_if, "up"]);
-    a.exec(&["ethtool", "-K", a_if, "gro", "on"]);
-    b.exec(&["ethtool", "-K", b_if, "gro", "on"]);
 }
 
 /// The MAC address of `iface` in `ns`.
 pub fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
-    let out = ns.exec(&["cat", &format!("/sys/class/net/{iface}/address")]);
-    let s = String::from_utf8_lossy(&out.stdout);
-    let mut mac = [0u8; 6];
-    for (i, p) in s.trim().split(':').enumerate() {
-        mac[i] = u8::from_str_radix(p, 16).expect("mac");
-    }
-    mac
+    ns.ns.mac(iface).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub mod agent;
@@ -167,6 +142,7 @@ pub mod benchreport;
 pub mod benchsys;
 pub mod clients;
 pub mod emulator;
+pub mod etcd;
 pub mod frames;
 pub mod ldap;
 pub mod nft;
@@ -187,15 +163,17 @@ pub mod gateway {
     use std::{net::Ipv4Addr, path::PathBuf};
 
     use aya::programs::XdpMode;
+    pub use portcullis::netns::fmt_mac;
     use portcullis::{
         datapath::{Datapath, DatapathOptions},
         io::tap::Tap,
+        netns::{PrivateNetwork, Topology, Veth},
         policy::{compile, CompiledPolicy, PolicyInput},
         reconcile,
     };
     use portcullis_common::{ClientInfo, DEFAULT_FLOWS_PER_CLIENT};
 
-    use super::{mac_of, unique, NetNs, NsGuard};
+    use super::{unique, NetNs, NsGuard};
 
     pub const GW_IF: &str = "pct-gw0";
     pub const TAP: &str = "pct-tap";
@@ -263,6 +241,7 @@ all_users = true
         pub server_mac: [u8; 6],
         pub gw_mac: [u8; 6],
         guard: Option<NsGuard>,
+        _private_link: Veth,
         pub net: NetNs,
         pub gw: NetNs,
         _pins: PinRoot,
@@ -272,69 +251,25 @@ all_users = true
         /// Build the topology, enter the gateway namespace on this thread, create the TAP,
         /// load and attach the data path and apply `policy`.
         pub fn new(policy: PolicyInput, opts: Options) -> Gateway {
-            let gw = NetNs::new("g");
-            let net = NetNs::new("n");
-            gw.ip(&[
-                "link", "add", GW_IF, "type", "veth", "peer", "name", "eth0", "netns", &net.name,
-            ]);
-            gw.ip(&["addr", "add", "10.0.0.1/24", "dev", GW_IF]);
-            net.ip(&["addr", "add", "10.0.0.10/24", "dev", "eth0"]);
-            for a in &opts.extra_server_addrs {
-                net.ip(&["addr", "add", &format!("{a}/24"), "dev", "eth0"]);
-            }
-            gw.ip(&["link", "set", GW_IF, "up"]);
-            net.ip(&["link", "set", "eth0", "up"]);
-            // Redirected frames need GRO on the veth peer; complete checksums (no tx offload)
-            // are what a real NIC or tunnel delivers.
-            net.exec(&["ethtool", "-K", "eth0", "gro", "on", "tx", "off"]);
-            gw.exec(&["ethtool", "-K", GW_IF, "tx", "off"]);
-            gw.sysctl("net.ipv4.ip_forward", "1");
-            for ns in [&gw, &net] {
-                ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
-                ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
-            }
-            let server_mac = mac_of(&net, "eth0");
-            let gw_mac = mac_of(&gw, GW_IF);
-            // Static neighbours: the FIB lookup succeeds from the first packet, and the
-            // server answers without ARP.
-            let smac = fmt_mac(&server_mac);
-            gw.ip(&[
-                "neigh",
-                "replace",
-                &SERVER.to_string(),
-                "lladdr",
-                &smac,
-                "dev",
-                GW_IF,
-                "nud",
-                "permanent",
-            ]);
-            for a in &opts.extra_server_addrs {
-                gw.ip(&[
-                    "neigh",
-                    "replace",
-                    &a.to_string(),
-                    "lladdr",
-                    &smac,
-                    "dev",
-                    GW_IF,
-                    "nud",
-                    "permanent",
-                ]);
-            }
-            net.ip(&[
-                "neigh",
-                "replace",
-                "10.0.0.1",
-                "lladdr",
-                &fmt_mac(&gw_mac),
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ]);
-            // Replies to translated flows go back to the SNAT address on the gateway.
-            net.ip(&["route", "add", "default", "via", "10.0.0.1"]);
+            let (gw_name, net_name) = (unique("g"), unique("n"));
+            let mut hosts = vec![SERVER];
+            hosts.extend(&opts.extra_server_addrs);
+            let topo = Topology::builder(
+                &gw_name,
+                &net_name,
+                PrivateNetwork {
+                    gw_if: GW_IF,
+                    gw_addr: GW_NET_ADDR,
+                    prefix_len: 24,
+                    net_if: "eth0",
+                    hosts,
+                    extra_neighbours: Vec::new(),
+                },
+            )
+            .build()
+            .unwrap_or_else(|e| panic!("gateway topology: {e}"));
+            let (server_mac, gw_mac) = (topo.net_mac, topo.gw_mac);
+            let (gw, net) = (NetNs::from(topo.gw), NetNs::from(topo.net));
 
             let pins = PinRoot(PathBuf::from(format!(
                 "/sys/fs/bpf/portcullis-test-{}",
@@ -383,6 +318,7 @@ all_users = true
                 server_mac,
                 gw_mac,
                 guard: Some(guard),
+                _private_link: topo.private_link,
                 net,
                 gw,
                 _pins: pins,
@@ -431,16 +367,7 @@ all_users = true
 
         /// Run `f` on a thread inside the server namespace.
         pub fn in_net<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-            let name = self.net.name.clone();
-            std::thread::spawn(move || {
-                let ns = NetNs { name };
-                let _g = ns.enter();
-                let r = f();
-                std::mem::forget(ns); // owned by the Gateway
-                r
-            })
-            .join()
-            .expect("server thread")
+            self.net.run(f)
         }
     }
 
@@ -449,12 +376,5 @@ all_users = true
             // Leave the namespace before it is deleted.
             self.guard.take();
         }
-    }
-
-    pub fn fmt_mac(m: &[u8; 6]) -> String {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
     }
 }

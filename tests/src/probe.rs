@@ -94,9 +94,7 @@ impl Sink {
                 let (stop, data, ready) = (stop.clone(), data.clone(), ready_tx.clone());
                 let name = ns.name.clone();
                 std::thread::spawn(move || {
-                    let ns = NetNs { name };
-                    let guard = ns.enter();
-                    std::mem::forget(ns); // owned by the caller
+                    let guard = NetNs::open(&name).enter();
                     let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind the probe sink");
                     drop(guard);
                     sock.set_read_timeout(Some(Duration::from_millis(50))).ok();
@@ -191,9 +189,7 @@ impl Sender {
         let name = ns.name.clone();
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
-            let ns = NetNs { name };
-            let guard = ns.enter();
-            std::mem::forget(ns);
+            let guard = NetNs::open(&name).enter();
             let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind the probe sender");
             drop(guard);
             let mut sent = Sent {

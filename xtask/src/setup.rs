@@ -30,6 +30,10 @@ pub const APT_PACKAGES: &[&str] = &[
     // with its own configuration inside a test namespace; the system one is turned off).
     "slapd",
     "ldap-utils",
+    // Fleet mode: the etcd the fleet tests start (Debian's package installs without starting
+    // a service), and protoc, which the etcd client crate's build script needs.
+    "etcd-server",
+    "protobuf-compiler",
 ];
 
 /// bpf-linker release series that matches LLVM 22 (`cargo install` picks the newest 0.13.x).

@@ -202,6 +202,13 @@ pub fn run(args: &TestArgs) -> Result<()> {
         runner.step("benchmark harness (bench --quick)", false, || {
             bench::run(&bench::BenchArgs::quick_after_setup())
         });
+        // The forwarding benchmark's fallback generator (AF_PACKET), forced: where live
+        // frames work it would otherwise never run. Forced, the suite fails unless it sends.
+        runner.step(
+            "benchmark fallback generator (bench datapath --quick --generator af-packet)",
+            false,
+            || bench::run(&bench::BenchArgs::quick_fallback_generator()),
+        );
         runner.step("cleanup after privileged tests", true, cleanup::run);
     }
 

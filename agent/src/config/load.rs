@@ -74,6 +74,14 @@ impl EndpointConfig {
                 fix(p);
             }
         }
+        if let Some(f) = &mut self.fleet {
+            for p in [&mut f.ca_file, &mut f.cert_file, &mut f.key_file]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
         if let Some(p) = &mut self.admin_socket {
             fix(p);
         }

@@ -11,9 +11,10 @@
 //! Layout: [`model`] (the sections and their defaults), [`load`] (reading, paths),
 //! [`validate`] (checks with paths and fixes), [`listeners`], [`settings`] (what the file
 //! means for the tunnel, the data path and the policy compiler), [`directory`] (the
-//! `[directory]` section), [`errors`] (how problems are reported).
+//! `[directory]` section), [`fleet`] (the `[fleet]` section), [`errors`] (how problems are reported).
 pub mod directory;
 pub mod errors;
+pub mod fleet;
 pub mod listeners;
 pub mod load;
 pub mod model;
@@ -22,6 +23,7 @@ pub mod validate;
 
 pub use directory::{DirectoryConfig, GroupId, GroupSource, Nested};
 pub use errors::{endpoint_paths, merge_reports, ConfigError, ConfigErrors};
+pub use fleet::FleetSection;
 pub use listeners::Listener;
 pub use model::{
     AuthSection, CrlExpired, EndpointConfig, LoggingSection, MetricsSection, TargetNetworkEntry,

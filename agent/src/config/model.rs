@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::DirectoryConfig;
+use super::{DirectoryConfig, FleetSection};
 use crate::openvpn::crypto::Cipher;
 use crate::policy::model::{AuthzRule, Route, SecurityGroup};
 
@@ -91,6 +91,9 @@ pub struct EndpointConfig {
     /// How long the hook may take (default 30, as AWS); a timeout refuses the connection.
     #[serde(default = "default_hook_timeout")]
     pub client_connect_timeout_secs: u64,
+    /// Fleet mode (several gateways on one etcd); absent: standalone, no etcd.
+    #[serde(default)]
+    pub fleet: Option<FleetSection>,
 }
 
 fn default_hook_timeout() -> u64 {

@@ -285,3 +285,34 @@ fn the_documented_example_parses_and_compiles() {
     assert_eq!(c.ciphers().unwrap().len(), 2);
     crate::policy::compile(&c.policy(), &|_| Some(1)).unwrap();
 }
+
+/// `[fleet]`: absent means standalone; present, its paths are relative to the file and its
+/// problems carry `fleet.` paths next to the rest of the file's.
+#[test]
+fn fleet_section_loads_and_reports_with_paths() {
+    let d = dir_with_files();
+    let f = d.0.join("fleet.toml");
+    std::fs::write(&f, GOOD).unwrap();
+    assert_eq!(EndpointConfig::load(&f).unwrap().fleet, None);
+    std::fs::write(d.0.join("etcd-ca.pem"), "x").unwrap();
+    let good = format!(
+        "{GOOD}[fleet]\nendpoints = [\"https://10.0.0.5:2379\"]\ngateway_id = \"gw-a\"\n\
+         ca_file = \"etcd-ca.pem\"\n"
+    );
+    std::fs::write(&f, &good).unwrap();
+    let c = EndpointConfig::load(&f).unwrap();
+    let fleet = c.fleet.clone().unwrap();
+    assert_eq!(fleet.ca_file, Some(d.0.join("etcd-ca.pem")));
+    assert_eq!(fleet.lease_ttl_secs, 10);
+    // Joining or leaving a fleet is not a live reload.
+    std::fs::write(&f, GOOD).unwrap();
+    let standalone = EndpointConfig::load(&f).unwrap();
+    assert_eq!(restart_only_changes(&standalone, &c), vec!["fleet"]);
+    let bad = good
+        .replace("https://10.0.0.5:2379", "10.0.0.5:2379")
+        .replace("gw-a", "gw/a");
+    std::fs::write(&f, bad).unwrap();
+    let e = EndpointConfig::load(&f).unwrap_err();
+    let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, vec!["fleet.endpoints[0]", "fleet.gateway_id"], "{e}");
+}

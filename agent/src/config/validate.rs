@@ -264,6 +264,9 @@ impl EndpointConfig {
                 }
             }
         }
+        if let Some(f) = &self.fleet {
+            errs.extend(f.validate());
+        }
         if errs.is_empty() {
             Ok(())
         } else {

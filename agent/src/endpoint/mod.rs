@@ -105,12 +105,12 @@ fn start_datapath(
         tap_name: tap.name.clone(),
         tap_mac: tap.mac,
         gateway: policy.gateway_addr,
-        gateway_ports: policy.gateway_ports.clone(),
         targets: policy
             .target_networks
             .iter()
             .map(|t| t.interface.clone())
             .collect(),
+        gateway_ports: policy.gateway_ports.clone(),
         max_flows: None,
         deny_events_per_sec: 1000,
         mode: XdpMode::Driver,

@@ -26,6 +26,20 @@ fn load(dir: &Path, suite: &str) -> Result<Option<Value>> {
     }
 }
 
+/// The source a suite report was measured on: the short commit, "+dirty" when tracked files
+/// had changed, "?" when the report does not say (older reports).
+fn commit_of(r: &Value) -> String {
+    let m = &r["machine"];
+    let c = m["git_commit"]
+        .as_str()
+        .map_or("?", |c| c.get(..12).unwrap_or(c));
+    if m["git_dirty"] == true {
+        format!("{c}+dirty")
+    } else {
+        c.to_string()
+    }
+}
+
 /// `YYYY-MM-DD HH:MM UTC` from unix seconds (the connection log's civil-date code).
 fn utc(secs: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
@@ -210,9 +224,34 @@ fn summary(suite: &str, r: &Value) -> Vec<String> {
                     num(f(&c["median_ns"]))
                 ));
             }
-            for p in arr(&r["forwarding"]["ratios"]) {
+            let fw = &r["forwarding"];
+            if fw["measured"] == false {
                 out.push(format!(
-                    "forwarding, {} B frames, {} flow(s): XDP {:.2} Mpps, nftables {:.2} Mpps ({:.2}x), kernel without rules {:.2} Mpps",
+                    "forwarding: not measured ({})",
+                    fw["not_measured_reason"].as_str().unwrap_or("?")
+                ));
+            } else if let Some(kind) = fw["generator"]["kind"].as_str() {
+                out.push(format!(
+                    "forwarding generator: {kind}{}",
+                    if fw["generator"]["fallback"] == true {
+                        " (a fallback: see the suite report for why)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            for p in arr(&fw["ratios"]) {
+                let spread = if f(&p["ratio_min"]).is_finite() {
+                    format!(
+                        ", rounds {:.2}-{:.2}x",
+                        f(&p["ratio_min"]),
+                        f(&p["ratio_max"])
+                    )
+                } else {
+                    String::new()
+                };
+                out.push(format!(
+                    "forwarding, {} B frames, {} flow(s): XDP {:.2} Mpps, nftables {:.2} Mpps ({:.2}x{spread}), kernel without rules {:.2} Mpps",
                     p["frame_bytes"],
                     p["flows"],
                     f(&p["xdp_pps"]) / 1e6,
@@ -317,13 +356,13 @@ fn run(dir: &Path) -> Result<()> {
     );
     let _ = writeln!(
         w,
-        "| suite | status | command | finished | seconds | load average before → after | files |"
+        "| suite | status | command | commit | finished | seconds | load average before → after | files |"
     );
-    let _ = writeln!(w, "|---|---|---|---:|---:|---|---|");
+    let _ = writeln!(w, "|---|---|---|---|---:|---:|---|---|");
     for (name, r) in &reports {
         match r {
             None => {
-                let _ = writeln!(w, "| {name} | not run | | | | | |");
+                let _ = writeln!(w, "| {name} | not run | | | | | | |");
             }
             Some(r) => {
                 let cmd = r["invoked_as"]
@@ -332,8 +371,9 @@ fn run(dir: &Path) -> Result<()> {
                     .unwrap_or_else(|| format!("`{}`", r["command"].as_str().unwrap_or("?")));
                 let _ = writeln!(
                     w,
-                    "| {name} | {} | {cmd} | {} | {} | {} → {} | [{name}.md]({name}.md), [{name}.json]({name}.json) |",
+                    "| {name} | {} | {cmd} | {} | {} | {} | {} → {} | [{name}.md]({name}.md), [{name}.json]({name}.json) |",
                     if r["quick"] == true { "ran (--quick)" } else { "ran" },
+                    commit_of(r),
                     r["unix_time"].as_u64().map(utc).unwrap_or_default(),
                     num(f(&r["elapsed_seconds"])),
                     r["machine"]["loadavg_before"].as_str().unwrap_or("?"),
@@ -341,6 +381,19 @@ fn run(dir: &Path) -> Result<()> {
                 );
             }
         }
+    }
+    let commits: std::collections::BTreeSet<String> = reports
+        .iter()
+        .flat_map(|(_, r)| r.as_ref())
+        .map(commit_of)
+        .collect();
+    if commits.len() > 1 {
+        let _ = writeln!(
+            w,
+            "\n**The suite reports come from {} different source states ({}): compare their figures with care.**",
+            commits.len(),
+            commits.into_iter().collect::<Vec<_>>().join(", ")
+        );
     }
     let _ = writeln!(w, "\n## Plots\n");
     for (file, p) in &plots {

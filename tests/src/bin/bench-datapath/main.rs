@@ -1,19 +1,23 @@
 //! `bench-datapath`: the data-path benchmark behind `cargo xtask bench datapath`.
 //!
 //! ```text
-//! bench-datapath [--quick] [--out DIR]
+//! bench-datapath [--quick] [--out DIR] [--generator auto|live-frames|af-packet]
 //! ```
 //!
 //! Builds three network namespaces (generator, gateway, sink), loads the XDP data path in
 //! the gateway with 10,000 authorization rules and 1,000 security-group rules, and measures
 //! (a) ns/packet with BPF_PROG_TEST_RUN (100,000 conntrack entries loaded) and (b) packets/s
 //! forwarded by the gateway running the data path, then an nftables twin of the same policy,
-//! then plain kernel forwarding. Writes `datapath.json`, `datapath.md` and `datapath.svg` to
+//! interleaved window by window, then plain kernel forwarding. The traffic generator is the
+//! first that works here (live frames, else AF_PACKET; see `generator`); with none, (b) is
+//! reported as not measured and the program still succeeds. Writes `datapath.json`, `datapath.md` and `datapath.svg` to
 //! DIR (default `target/bench`). Needs root. See docs/benchmarks.md for the method.
 //!
 //! All traffic stays inside the namespaces it creates; every loop is bounded in count and
 //! time; namespaces, links and pins are removed on exit, on error and on Ctrl-C (and by
 //! `cargo xtask cleanup` if the process is killed outright).
+mod forwarding;
+mod generator;
 mod policy;
 mod progrun;
 mod rate;
@@ -22,12 +26,10 @@ mod report;
 mod topo;
 
 use std::{
+    os::fd::AsFd,
     path::PathBuf,
     process::ExitCode,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -40,16 +42,14 @@ use portcullis::{
 };
 use portcullis_common::{ClientInfo, DropReason, Event, DEFAULT_FLOWS_PER_CLIENT};
 use serde_json::{json, Value};
-use tests::benchreport::read_trim;
 use tests::gateway::PinRoot;
-use tests::nft;
 
 use crate::{
+    generator::Request,
     policy::{
-        bench_policy, bench_policy_with_rules, client_groups, fill_client, BENCH_CLIENT,
-        BENCH_MAX_FLOWS, BENCH_SLOT, FILL_CLIENTS,
+        bench_policy, bench_policy_with_rules, fill_client, BENCH_CLIENT, BENCH_MAX_FLOWS,
+        BENCH_SLOT, FILL_CLIENTS,
     },
-    rate::{Generator, Mode},
     topo::{in_ns, Topology, GW_IN, GW_OUT, SINK_IF},
 };
 
@@ -68,42 +68,53 @@ pub fn stop_requested() -> bool {
 }
 
 const FAST_PATH_TARGET_NS: f64 = 250.0;
-const RATIO_TARGET: f64 = 3.0;
-const FRAME_SIZES: [usize; 2] = [64, 1400];
-const FLOW_COUNTS: [u32; 2] = [1, 10_000];
+pub const RATIO_TARGET: f64 = 3.0;
+pub const FRAME_SIZES: [usize; 2] = [64, 1400];
+pub const FLOW_COUNTS: [u32; 2] = [1, 10_000];
 
 struct Args {
     quick: bool,
     out: PathBuf,
+    generator: Request,
 }
 
-struct Settings {
+pub struct Settings {
     runs_per_case: usize,
     /// Authorization rule counts of the cost-per-packet sweep, and runs per case per point.
     rule_counts: Vec<usize>,
     rule_sweep_runs: usize,
-    warmup: Duration,
-    window: Duration,
-    repetitions: usize,
+    pub warmup: Duration,
+    pub window: Duration,
+    /// Rounds of one XDP and one nftables window per forwarding point.
+    pub rounds: usize,
+    /// Windows per point of the kernel-forwarding reference.
+    pub repetitions: usize,
 }
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         quick: false,
         out: PathBuf::from("target/bench"),
+        generator: Request::Auto,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => args.quick = true,
             "--out" => args.out = it.next().context("--out needs a directory")?.into(),
+            "--generator" => {
+                args.generator = Request::parse(&it.next().context("--generator needs a name")?)?
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench-datapath [--quick] [--out DIR]\n\n\
+                    "usage: bench-datapath [--quick] [--out DIR] [--generator auto|live-frames|af-packet]\n\n\
                      Data-path benchmark (needs root): BPF_PROG_TEST_RUN ns/packet and forwarding\n\
                      rate of XDP vs an nftables twin. Writes DIR/datapath.{{json,md,svg}}\n\
-                     (default DIR: target/bench). --quick: short runs (about 30 s) whose figures\n\
-                     only show that the harness works."
+                     (default DIR: target/bench). --quick: short runs (about a minute) whose\n\
+                     figures only show that the harness works. --generator: the forwarding\n\
+                     benchmark's traffic generator; auto (default) takes live frames, else\n\
+                     AF_PACKET, else reports the forwarding rate as not measured; naming one\n\
+                     uses only that one and fails if it cannot send."
                 );
                 std::process::exit(0);
             }
@@ -129,7 +140,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn event_counters(dp: &Datapath) -> Result<(u64, u64, u64, u64)> {
+/// The data path's (fast path, new flows, pass_no_neighbour, drops) counters so far.
+pub fn event_counters(dp: &Datapath) -> Result<(u64, u64, u64, u64)> {
     let ev = dp.maps.event_counters()?;
     let drops: u64 = dp.maps.drop_counters()?.values().sum();
     Ok((
@@ -165,6 +177,7 @@ fn run(args: Args) -> Result<()> {
             rule_sweep_runs: 500,
             warmup: Duration::from_millis(300),
             window: Duration::from_millis(700),
+            rounds: 3,
             repetitions: 1,
         }
     } else {
@@ -174,12 +187,13 @@ fn run(args: Args) -> Result<()> {
             rule_sweep_runs: 5_000,
             warmup: Duration::from_secs(1),
             window: Duration::from_secs(4),
+            rounds: 5,
             repetitions: 3,
         }
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let mut machine = tests::benchreport::machine();
+    let machine = tests::benchreport::machine();
     let mut notes: Vec<String> = Vec::new();
 
     // ---- topology, sink, data path ----------------------------------------------------------
@@ -192,9 +206,43 @@ fn run(args: Args) -> Result<()> {
     let sink_prog = rawbpf::load_xdp("pcb_sink", &rawbpf::drop_program())?;
     let sink_ifindex = topo::ifindex(&topo.sink, SINK_IF)?;
     let _sink_link = in_ns(&topo.sink.name, || {
-        rawbpf::attach_xdp(&sink_prog, sink_ifindex)
+        rawbpf::attach_xdp(sink_prog.as_fd(), sink_ifindex)
     })
     .context("attaching the sink's XDP_DROP program")?;
+    // Before the data path is loaded: the probes' frames are forwarded by the kernel.
+    let generator = generator::choose(&topo, args.generator)?;
+    match (generator.kind, args.generator) {
+        (Some(k), _) => {
+            println!("bench-datapath: traffic generator for (b): {}", k.name());
+            if !generator.refused.is_empty() {
+                notes.push(format!(
+                    "forwarding generator: {} (fallback; {})",
+                    k.name(),
+                    generator
+                        .refused
+                        .iter()
+                        .map(|(k, why)| format!("{} refused: {why}", k.name()))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+            }
+        }
+        (None, Request::Only(k)) => bail!(
+            "the {} generator was asked for and does not work here: {}",
+            k.name(),
+            generator.refusals()
+        ),
+        (None, Request::Auto) => {
+            println!(
+                "bench-datapath: (b) will not be measured: {}",
+                generator.not_measured_reason()
+            );
+            notes.push(format!(
+                "forwarding rate not measured: {}",
+                generator.not_measured_reason()
+            ));
+        }
+    }
     let gw_in_ifindex = topo::ifindex(&topo.gw, GW_IN)?;
 
     let input = bench_policy();
@@ -378,175 +426,15 @@ fn run(args: Args) -> Result<()> {
     prog_test_run["rule_sweep_method"] = json!("after the cases above: the policy replaced by one with N authorization rules (the two deciding for the sink plus N-2 /30 rules; security groups unchanged), then fast path (hot flow), new flow and denied-by-authorization, rule_sweep_runs runs each interleaved in 10 rounds, same thread placement; the 100,000 pre-loaded flows stay");
 
     // ---- (b) forwarding rate ----------------------------------------------------------------
-    let mut generators = Vec::new();
-    for size in FRAME_SIZES {
-        for flows in FLOW_COUNTS {
-            generators.push(Arc::new(Generator::new(&topo, size, flows)?));
-        }
-    }
-    let counters = rate::Counters::open(&topo)?;
-    let nft_path = args.out.join("datapath-nftables.nft");
-    let mut points: Vec<Value> = Vec::new();
-    let mut medians: Vec<(Mode, usize, u32, f64)> = Vec::new();
-    let mut nft_info = json!({});
-    for mode in [Mode::Xdp, Mode::Nft, Mode::Kernel] {
-        match mode {
-            Mode::Xdp => {}
-            Mode::Nft => {
-                if let Some(d) = dp.take() {
-                    d.shutdown(false)?;
-                }
-                // The kernel forwards from here on: whatever the data path's shutdown did
-                // to the "TAP", the gateway's input must forward.
-                topo::exec(
-                    &topo.gw,
-                    &[
-                        "sysctl",
-                        "-qw",
-                        &format!("net.ipv4.conf.{GW_IN}.forwarding=1"),
-                    ],
-                )?;
-                let text = nft::render(&input, GW_IN, &client_groups());
-                std::fs::write(&nft_path, &text)
-                    .with_context(|| format!("writing {}", nft_path.display()))?;
-                let t = Instant::now();
-                topo::exec(&topo.gw, &["nft", "-f", &nft_path.to_string_lossy()])
-                    .context("loading the nftables twin")?;
-                nft_info = json!({
-                    "ruleset_file": nft_path.file_name().map(|n| n.to_string_lossy().into_owned()),
-                    "ruleset_lines": text.lines().count(),
-                    "load_seconds": t.elapsed().as_secs_f64(),
-                });
-            }
-            Mode::Kernel => {
-                topo::exec(&topo.gw, &["nft", "delete", "table", "inet", nft::TABLE])?;
-            }
-        }
-        let placed = rate::place_napi(&topo);
-        if !placed {
-            notes.push(format!(
-                "{}: could not run and pin the NAPI threads (threaded NAPI); CPU placement was left to the kernel",
-                mode.name()
-            ));
-        }
-        for g in &generators {
-            println!(
-                "bench-datapath: (b) {} {} B {} flow(s)",
-                mode.name(),
-                g.frame_len,
-                g.flows
-            );
-            let before = match (&dp, mode) {
-                (Some(d), Mode::Xdp) => Some(event_counters(d)?),
-                _ => None,
-            };
-            let mut runs = Vec::new();
-            for _ in 0..s.repetitions {
-                runs.push(rate::measure(&counters, g, s.warmup, s.window)?);
-            }
-            if std::env::var_os("PORTCULLIS_BENCH_DIAG").is_some() {
-                for (ns, dev) in [
-                    (&topo.gen, topo::GEN_IF),
-                    (&topo.gw, GW_IN),
-                    (&topo.gw, GW_OUT),
-                    (&topo.sink, SINK_IF),
-                ] {
-                    let st = topo::exec(ns, &["ethtool", "-S", dev]).unwrap_or_default();
-                    let nz: Vec<&str> = st
-                        .lines()
-                        .filter(|l| !l.trim_end().ends_with(": 0"))
-                        .collect();
-                    println!("  [diag] {dev}: {}", nz.join(" | "));
-                }
-            }
-            let xdp_counters = match (&dp, before) {
-                (Some(d), Some(b)) => {
-                    let a = event_counters(d)?;
-                    json!({
-                        "fast_path": a.0 - b.0, "new_flows": a.1 - b.1,
-                        "pass_no_neighbour": a.2 - b.2, "drops": a.3 - b.3,
-                    })
-                }
-                _ => Value::Null,
-            };
-            let mut delivered: Vec<f64> = runs.iter().map(|r| r.delivered_pps).collect();
-            delivered.sort_by(f64::total_cmp);
-            let median = delivered[delivered.len() / 2];
-            for r in &runs {
-                println!(
-                    "  delivered {:.3} Mpps, offered {:.3}, input drops {:.3}, sink drops {:.3}, CPU busy {:?}",
-                    r.delivered_pps / 1e6,
-                    r.offered_pps / 1e6,
-                    r.gw_input_drop_pps / 1e6,
-                    r.sink_drop_pps / 1e6,
-                    r.cpu_busy.iter().map(|c| (c * 100.0).round()).collect::<Vec<_>>()
-                );
-            }
-            medians.push((mode, g.frame_len, g.flows, median));
-            points.push(json!({
-                "mode": mode.name(),
-                "frame_bytes": g.frame_len,
-                "flows": g.flows,
-                "delivered_pps": median,
-                "napi_pinned": placed,
-                "xdp_counters": xdp_counters,
-                "runs": runs.iter().map(|r| json!({
-                    "seconds": r.seconds,
-                    "delivered_pps": r.delivered_pps,
-                    "offered_pps": r.offered_pps,
-                    "gw_input_drop_pps": r.gw_input_drop_pps,
-                    "sink_drop_pps": r.sink_drop_pps,
-                    "cpu_busy": r.cpu_busy,
-                })).collect::<Vec<_>>(),
-            }));
-        }
-        if mode == Mode::Nft {
-            let ct = topo::exec(
-                &topo.gw,
-                &["cat", "/proc/sys/net/netfilter/nf_conntrack_count"],
-            )
-            .unwrap_or_default();
-            nft_info["conntrack_entries_after"] = json!(ct.trim().parse::<u64>().ok());
-        }
-    }
-    let get = |m: Mode, size: usize, flows: u32| {
-        medians
-            .iter()
-            .find(|x| x.0 == m && x.1 == size && x.2 == flows)
-            .map(|x| x.3)
-            .unwrap_or(f64::NAN)
+    let mut forwarding = match generator.kind {
+        Some(kind) => forwarding::run(&topo, &mut dp, &input, kind, &s, &args.out, &mut notes)?,
+        None => json!({
+            "measured": false,
+            "not_measured_reason": generator.not_measured_reason(),
+        }),
     };
-    let mut ratios = Vec::new();
-    let mut min_ratio = f64::INFINITY;
-    for size in FRAME_SIZES {
-        for flows in FLOW_COUNTS {
-            let (x, n) = (get(Mode::Xdp, size, flows), get(Mode::Nft, size, flows));
-            let ratio = x / n;
-            min_ratio = min_ratio.min(ratio);
-            ratios.push(json!({
-                "frame_bytes": size, "flows": flows, "xdp_pps": x, "nftables_pps": n,
-                "kernel_forwarding_pps": get(Mode::Kernel, size, flows), "ratio": ratio,
-            }));
-        }
-    }
-    let forwarding = json!({
-        "method": "generator namespace -> gateway namespace -> sink namespace over veth pairs; the generator is a raw XDP program run in BPF_PROG_RUN live-frames mode that rewrites the header (UDP source port random over the flows, UDP checksum 0) and redirects out of its veth; the sink's veth runs an XDP_DROP program and packets/s is the delta of its rx_packets over the window; the gateway's input NAPI runs in a kernel thread pinned to the forwarding CPU, the generator and the sink share the other CPU",
-        "frame_bytes_note": "frame length without the 4-byte FCS (veth has none)",
-        "warmup_seconds": s.warmup.as_secs_f64(),
-        "measure_seconds": s.window.as_secs_f64(),
-        "repetitions": s.repetitions,
-        "forward_cpu": rate::FORWARD_CPU,
-        "generator_cpu": rate::GEN_CPU,
-        "points": points,
-        "ratios": ratios,
-        "min_ratio": min_ratio,
-        "target_ratio": RATIO_TARGET,
-        "meets_target": min_ratio >= RATIO_TARGET,
-        "nftables": nft_info,
-    });
-
+    forwarding["generator"] = generator.to_json();
     // ---- reports -------------------------------------------------------------------------------
-    machine["loadavg_after"] = json!(read_trim("/proc/loadavg"));
     if std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -569,10 +457,36 @@ fn run(args: Args) -> Result<()> {
         "drop_reasons_note": format!("deny verdicts measured: {} and {}", DropReason::NotAuthorized.name(), DropReason::SecurityGroup.name()),
         "notes": notes,
     });
-    let json_path = args.out.join("datapath.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
-    std::fs::write(args.out.join("datapath.md"), report::markdown(&report))?;
-    std::fs::write(args.out.join("datapath.svg"), report::svg(&report))?;
+    tests::benchreport::write_suite_reports(
+        &args.out,
+        "datapath",
+        &report,
+        true,
+        report::markdown,
+        report::svg,
+    )?;
+    // A generator asked for by name must produce figures: that is how the fallback is kept
+    // from rotting on machines where live frames work.
+    if let Request::Only(k) = args.generator {
+        let empty: Vec<String> = forwarding["ratios"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|x| {
+                !(tests::benchreport::f(&x["xdp_pps"]) > 0.0
+                    && tests::benchreport::f(&x["nftables_pps"]) > 0.0)
+            })
+            .map(|x| format!("{} B {} flow(s)", x["frame_bytes"], x["flows"]))
+            .collect();
+        if !empty.is_empty() {
+            bail!(
+                "the {} generator delivered nothing to the sink at: {}",
+                k.name(),
+                empty.join(", ")
+            );
+        }
+    }
+
     println!(
         "bench-datapath: wrote {}/datapath.{{json,md,svg}} in {:.0} s",
         args.out.display(),

@@ -7,27 +7,19 @@
 //! forwarding does, as long as the generator offers more than that (the report shows the
 //! offered rate and the drops at the gateway's input to tell).
 use std::{
-    os::{fd::OwnedFd, unix::thread::JoinHandleExt},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::{
-    policy::BENCH_CLIENT,
-    progrun::udp_frame,
-    rawbpf, stop_requested,
-    topo::{self, Topology, GEN_IF, GW_IN, SINK_ADDR, SINK_IF},
+    generator::{self, Generator, GEN_CPU},
+    stop_requested,
+    topo::{self, Topology, GW_IN, SINK_IF},
 };
 
-/// First UDP source port of the generator's flows (flows = consecutive ports).
-pub const GEN_BASE_PORT: u16 = 20_000;
-pub const GEN_CPU: usize = 0;
 pub const FORWARD_CPU: usize = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,131 +39,6 @@ impl Mode {
     }
 }
 
-/// A generator program for one (frame size, flows) point.
-pub struct Generator {
-    pub frame_len: usize,
-    pub flows: u32,
-    frame: Vec<u8>,
-    prog: OwnedFd,
-    gen_ifindex: u32,
-    gen_ns: String,
-}
-
-impl Generator {
-    pub fn new(topo: &Topology, frame_len: usize, flows: u32) -> Result<Generator> {
-        let gen_ifindex = topo::ifindex(&topo.gen, GEN_IF)?;
-        let mut frame = udp_frame(topo.gw_in_mac, BENCH_CLIENT, GEN_BASE_PORT, SINK_ADDR, 9);
-        // Grow to the frame size: fix the IPv4 and UDP lengths, recompute the IPv4 header
-        // checksum; the UDP checksum is 0 ("none"), so the generator may change the port.
-        frame.resize(frame_len, 0);
-        frame[0..6].copy_from_slice(&topo.gw_in_mac);
-        frame[6..12].copy_from_slice(&topo.gen_mac);
-        let ip_len = (frame_len - 14) as u16;
-        frame[16..18].copy_from_slice(&ip_len.to_be_bytes());
-        frame[24..26].copy_from_slice(&[0, 0]);
-        let csum = inet_checksum(&frame[14..34]);
-        frame[24..26].copy_from_slice(&csum.to_be_bytes());
-        frame[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
-        frame[40..42].copy_from_slice(&[0, 0]);
-        let header: [u8; rawbpf::HEADER_LEN] = frame[..rawbpf::HEADER_LEN].try_into().unwrap();
-        let insns = rawbpf::generator_program(&header, GEN_BASE_PORT, flows, gen_ifindex);
-        let prog = rawbpf::load_xdp("pcb_gen", &insns)?;
-        Ok(Generator {
-            frame_len,
-            flows,
-            frame,
-            prog,
-            gen_ifindex,
-            gen_ns: topo.gen.name.clone(),
-        })
-    }
-}
-
-fn inet_checksum(b: &[u8]) -> u16 {
-    let mut s: u32 = b
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
-
-/// A running generator thread; stops (and is joined) on drop.
-struct Running {
-    stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<Result<()>>>,
-}
-
-impl Running {
-    /// Stop the generator: set the flag, then interrupt its syscall with SIGUSR1 until the
-    /// thread is gone (repeatedly, in case a signal lands just before the syscall starts).
-    fn stop_and_join(&mut self) -> Option<thread::Result<Result<()>>> {
-        self.stop.store(true, Ordering::Relaxed);
-        let h = self.handle.take()?;
-        for _ in 0..1_000 {
-            if h.is_finished() {
-                break;
-            }
-            // SAFETY: the thread has not been joined, so its pthread_t is valid.
-            unsafe { libc::pthread_kill(h.as_pthread_t(), libc::SIGUSR1) };
-            thread::sleep(Duration::from_millis(5));
-        }
-        Some(h.join())
-    }
-
-    fn finish(mut self) -> Result<()> {
-        match self.stop_and_join() {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(anyhow!("generator thread panicked")),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.stop_and_join();
-    }
-}
-
-/// Start the generator: one live-frames `BPF_PROG_RUN` call that runs until SIGUSR1 stops
-/// it. One long call and not many short ones: each call sets up and tears down a page pool,
-/// and the teardown waits for an RCU grace period, during which nothing would be sent.
-/// Bounded all the same: by `max_time` at 10 Mpps in frames, and by the loop count.
-fn start(generator: &Arc<Generator>, max_time: Duration) -> Running {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (g, st) = (generator.clone(), stop.clone());
-    let handle = thread::spawn(move || -> Result<()> {
-        topo::pin_to_cpu(0, GEN_CPU);
-        topo::boost(0);
-        topo::in_ns(&g.gen_ns, || {
-            let deadline = Instant::now() + max_time;
-            let frames = (max_time.as_secs_f64() * 10e6).min(f64::from(u32::MAX)) as u32;
-            let mut calls = 0;
-            while !st.load(Ordering::Relaxed)
-                && !stop_requested()
-                && Instant::now() < deadline
-                && calls < 1_000
-            {
-                calls += 1;
-                match rawbpf::run_live(&g.prog, &g.frame, g.gen_ifindex, frames) {
-                    // EINTR: stopped by SIGUSR1 (or Ctrl-C); the loop condition decides.
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                    Err(e) => return Err(e).context("generator BPF_PROG_RUN (live frames)"),
-                }
-            }
-            Ok(())
-        })
-    });
-    Running {
-        stop,
-        handle: Some(handle),
-    }
-}
-
 /// One measurement window.
 #[derive(Clone, Debug, Default)]
 pub struct Sample {
@@ -183,6 +50,10 @@ pub struct Sample {
     /// Frames the sink's ring refused (the sink, not the gateway, was the limit).
     pub sink_drop_pps: f64,
     pub cpu_busy: Vec<f64>,
+    /// AF_PACKET generator only: frames it sent, and frames the kernel refused at its veth
+    /// (the gateway's input ring was full), per second.
+    pub generator_sent_pps: Option<f64>,
+    pub generator_refused_pps: Option<f64>,
 }
 
 /// Counters sampled at both ends of a window.
@@ -191,6 +62,7 @@ struct Snap {
     sink: topo::LinkStats,
     gw_in: topo::LinkStats,
     cpu: Vec<(u64, u64)>,
+    generator: Option<generator::SendCounts>,
 }
 
 /// The two devices a window reads.
@@ -208,7 +80,7 @@ impl Counters {
     }
 }
 
-fn snap(c: &Counters) -> Result<Snap> {
+fn snap(c: &Counters, g: &Generator) -> Result<Snap> {
     let sink = c.sink.read()?;
     let gw_in = c.gw_in.read()?;
     Ok(Snap {
@@ -216,6 +88,7 @@ fn snap(c: &Counters) -> Result<Snap> {
         sink,
         gw_in,
         cpu: topo::cpu_times(),
+        generator: g.counts(),
     })
 }
 
@@ -226,14 +99,14 @@ pub fn measure(
     warmup: Duration,
     window: Duration,
 ) -> Result<Sample> {
-    let running = start(generator, warmup + window + Duration::from_secs(5));
+    let running = generator::start(generator, warmup + window + Duration::from_secs(5));
     sleep_checked(warmup)?;
-    let a = snap(counters)?;
+    let a = snap(counters, generator)?;
     if std::env::var_os("PORTCULLIS_BENCH_DIAG").is_some() {
-        let mut prev = snap(counters)?;
+        let mut prev = snap(counters, generator)?;
         for _ in 0..10 {
             sleep_checked(window / 10)?;
-            let cur = snap(counters)?;
+            let cur = snap(counters, generator)?;
             let dt = cur.at.duration_since(prev.at).as_secs_f64();
             println!(
                 "  [diag] dt {:.3}s sink {:.3} Mpps gw_in {:.3} Mpps gw_in_drop {:.3}",
@@ -247,7 +120,7 @@ pub fn measure(
     } else {
         sleep_checked(window)?;
     }
-    let b = snap(counters)?;
+    let b = snap(counters, generator)?;
     running.finish()?;
     let secs = b.at.duration_since(a.at).as_secs_f64();
     let per_s = |x: u64, y: u64| y.saturating_sub(x) as f64 / secs;
@@ -262,6 +135,14 @@ pub fn measure(
         gw_input_drop_pps: per_s(a.gw_in.rx_dropped, b.gw_in.rx_dropped),
         sink_drop_pps: per_s(a.sink.rx_dropped, b.sink.rx_dropped),
         cpu_busy: topo::cpu_busy(&a.cpu, &b.cpu),
+        generator_sent_pps: a
+            .generator
+            .zip(b.generator)
+            .map(|(x, y)| per_s(x.sent, y.sent)),
+        generator_refused_pps: a
+            .generator
+            .zip(b.generator)
+            .map(|(x, y)| per_s(x.refused, y.refused)),
     })
 }
 

@@ -1,5 +1,5 @@
 //! The benchmark's two helper XDP programs, written as raw BPF instructions and loaded with
-//! bpf(2) directly: the traffic generator and the sink's drop program. They are not part of
+//! bpf(2) directly: the live-frames traffic generator and the sink's drop program. They are not part of
 //! the data path's object (`ebpf/`), and building them here keeps that object unchanged.
 //!
 //! The generator runs in `BPF_PROG_RUN` "live frames" mode (`BPF_F_TEST_XDP_LIVE_FRAMES`,
@@ -10,12 +10,14 @@
 //! rather than relying on the initial contents.
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_DETACH: libc::c_long = 34;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 /// `enum bpf_attach_type`: BPF_XDP.
 const BPF_XDP: u32 = 37;
@@ -189,7 +191,7 @@ struct LinkCreateAttr {
 
 /// Attach an XDP program to `ifindex` (in the calling thread's network namespace) through a
 /// BPF link; closing the returned fd detaches it, also when the process dies.
-pub fn attach_xdp(prog: &OwnedFd, ifindex: u32) -> io::Result<OwnedFd> {
+pub fn attach_xdp(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
     let mut attr = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
         target_ifindex: ifindex,
@@ -199,6 +201,36 @@ pub fn attach_xdp(prog: &OwnedFd, ifindex: u32) -> io::Result<OwnedFd> {
     let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: a successful BPF_LINK_CREATE returns a new fd that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+/// Open a pinned BPF object (`BPF_OBJ_GET`).
+pub fn obj_get(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        ..ObjGetAttr::default()
+    };
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: a successful BPF_OBJ_GET returns a new fd that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Detach a BPF link now (`BPF_LINK_DETACH`), whoever else holds it; the fd stays valid.
+pub fn detach_link(link: &OwnedFd) -> io::Result<()> {
+    let mut attr = [link.as_raw_fd() as u32, 0];
+    bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
 }
 
 #[repr(C)]

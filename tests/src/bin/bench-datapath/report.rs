@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use tests::benchreport::{esc, f};
+use tests::benchreport::{esc, f, provenance_line};
 
 fn mpps(pps: f64) -> String {
     format!("{:.3}", pps / 1e6)
@@ -18,17 +18,13 @@ pub fn markdown(r: &Value) -> String {
     let _ = writeln!(w, "# Portcullis data path benchmark\n");
     let _ = writeln!(
         w,
-        "- command: `{}`{}\n- kernel: {}\n- CPU: {} ({} cores)\n- load average before / after: {} / {}\n- mode: {}\n",
+        "- command: `{}`{}\n- provenance: {}\n- mode: {}\n",
         r["command"].as_str().unwrap_or(""),
         r["invoked_as"]
             .as_str()
             .map(|c| format!(" (via `{c}`)"))
             .unwrap_or_default(),
-        m["kernel"].as_str().unwrap_or(""),
-        m["cpu_model"].as_str().unwrap_or(""),
-        m["cores"],
-        m["loadavg_before"].as_str().unwrap_or(""),
-        m["loadavg_after"].as_str().unwrap_or(""),
+        provenance_line(m),
         if r["quick"].as_bool() == Some(true) {
             "--quick (short runs: the figures only show that the harness works)"
         } else {
@@ -95,30 +91,78 @@ pub fn markdown(r: &Value) -> String {
     );
 
     let fw = &r["forwarding"];
+    let gen = &fw["generator"];
+    if fw["measured"].as_bool() == Some(false) {
+        let _ = writeln!(
+            w,
+            "## (b) forwarding rate: not measured\n\n{}\n",
+            fw["not_measured_reason"]
+                .as_str()
+                .unwrap_or("no reason recorded")
+        );
+    } else {
+        markdown_forwarding(w, fw, gen);
+    }
+    if let Some(notes) = r["notes"].as_array() {
+        let _ = writeln!(w, "\n## Notes\n");
+        for n in notes {
+            let _ = writeln!(w, "- {}", n.as_str().unwrap_or(""));
+        }
+    }
+    s
+}
+
+fn markdown_forwarding(w: &mut String, fw: &Value, gen: &Value) {
     let _ = writeln!(
         w,
-        "## (b) forwarding rate, packets/s delivered to the sink (median of {} runs of {} s after {} s warm-up)\n",
-        fw["repetitions"], fw["measure_seconds"], fw["warmup_seconds"]
+        "## (b) forwarding rate, packets/s delivered to the sink (XDP and nftables interleaved: {} rounds of one {} s window each after {} s warm-up; kernel forwarding: median of {} windows)\n",
+        fw["rounds"], fw["measure_seconds"], fw["warmup_seconds"], fw["repetitions"]
+    );
+    let refused: Vec<String> = gen["refused"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| {
+            format!(
+                "{} refused: {}",
+                x["kind"].as_str().unwrap_or("?"),
+                x["reason"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        w,
+        "Generator: **{}**{} ({}; requested: {}).\n",
+        gen["kind"].as_str().unwrap_or("?"),
+        if refused.is_empty() {
+            String::new()
+        } else {
+            format!(", a fallback: {}", refused.join("; "))
+        },
+        gen["method"].as_str().unwrap_or(""),
+        gen["requested"].as_str().unwrap_or("?"),
     );
     let _ = writeln!(
         w,
-        "| frame bytes | flows | XDP Mpps | nftables Mpps | XDP / nftables | kernel forwarding, no rules, Mpps |\n|---:|---:|---:|---:|---:|---:|"
+        "| frame bytes | flows | XDP Mpps | nftables Mpps | XDP / nftables, median of rounds | min - max | kernel forwarding, no rules, Mpps |\n|---:|---:|---:|---:|---:|---:|---:|"
     );
     for x in fw["ratios"].as_array().into_iter().flatten() {
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | **{:.2}x** | {} |",
+            "| {} | {} | {} | {} | **{:.2}x** | {:.2} - {:.2} | {} |",
             x["frame_bytes"],
             x["flows"],
             mpps(f(&x["xdp_pps"])),
             mpps(f(&x["nftables_pps"])),
             f(&x["ratio"]),
+            f(&x["ratio_min"]),
+            f(&x["ratio_max"]),
             mpps(f(&x["kernel_forwarding_pps"])),
         );
     }
     let _ = writeln!(
         w,
-        "\nTarget: XDP >= {}x nftables: **{}** (lowest ratio {:.2}x).\n",
+        "\nTarget: XDP >= {}x nftables: **{}** (lowest median ratio {:.2}x).\n",
         fw["target_ratio"],
         if fw["meets_target"].as_bool() == Some(true) {
             "met"
@@ -136,7 +180,7 @@ pub fn markdown(r: &Value) -> String {
     );
     let _ = writeln!(
         w,
-        "| mode | frame | flows | delivered Mpps | offered Mpps | input drops Mpps | sink drops Mpps | CPU busy |\n|---|---:|---:|---:|---:|---:|---:|---|"
+        "| mode | frame | flows | round | delivered Mpps | offered Mpps | input drops Mpps | sink drops Mpps | generator sent / refused Mpps | CPU busy |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---|"
     );
     for pnt in fw["points"].as_array().into_iter().flatten() {
         for run in pnt["runs"].as_array().into_iter().flatten() {
@@ -146,12 +190,22 @@ pub fn markdown(r: &Value) -> String {
                 .flatten()
                 .map(|c| format!("{:.0}%", f(c) * 100.0))
                 .collect();
+            let generator = if run["generator_sent_pps"].is_number() {
+                format!(
+                    "{} / {}",
+                    mpps(f(&run["generator_sent_pps"])),
+                    mpps(f(&run["generator_refused_pps"]))
+                )
+            } else {
+                "n/a".into()
+            };
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {generator} | {} |",
                 pnt["mode"].as_str().unwrap_or(""),
                 pnt["frame_bytes"],
                 pnt["flows"],
+                run["round"],
                 mpps(f(&run["delivered_pps"])),
                 mpps(f(&run["offered_pps"])),
                 mpps(f(&run["gw_input_drop_pps"])),
@@ -160,13 +214,6 @@ pub fn markdown(r: &Value) -> String {
             );
         }
     }
-    if let Some(notes) = r["notes"].as_array() {
-        let _ = writeln!(w, "\n## Notes\n");
-        for n in notes {
-            let _ = writeln!(w, "- {}", n.as_str().unwrap_or(""));
-        }
-    }
-    s
 }
 
 /// Two panels: ns/packet per case (with the 250 ns target), and Mpps per forwarding point.
@@ -312,9 +359,19 @@ pub fn svg(r: &Value) -> String {
             by + bh + 32.0,
             f(&x["ratio"])
         );
+        if f(&x["ratio_min"]).is_finite() {
+            let _ = writeln!(
+                w,
+                r#"<text x="{:.1}" y="{}" text-anchor="middle" font-size="9">{:.2}-{:.2}</text>"#,
+                gx + bar_w * 1.5,
+                by + bh + 44.0,
+                f(&x["ratio_min"]),
+                f(&x["ratio_max"])
+            );
+        }
     }
     for (si, (_, label, color)) in series.iter().enumerate() {
-        let ly = by + bh + 50.0 + si as f64 * 16.0;
+        let ly = by + bh + 62.0 + si as f64 * 16.0;
         let _ = writeln!(
             w,
             r#"<rect x="{bx}" y="{:.1}" width="12" height="12" fill="{color}"/><text x="{}" y="{:.1}">{label}</text>"#,
@@ -325,4 +382,63 @@ pub fn svg(r: &Value) -> String {
     }
     let _ = writeln!(w, "</svg>");
     s
+}
+
+#[cfg(test)]
+mod checks {
+    use super::*;
+    use serde_json::json;
+
+    fn report(forwarding: Value) -> Value {
+        json!({
+            "command": "bench-datapath --quick",
+            "quick": true,
+            "machine": {"git_commit": "0123456789abcdef", "git_dirty": false, "cores": 2},
+            "setup": {},
+            "prog_test_run": {"cases": []},
+            "forwarding": forwarding,
+            "notes": [],
+        })
+    }
+
+    #[test]
+    fn forwarding_not_measured_says_why() {
+        let md = markdown(&report(json!({
+            "measured": false,
+            "not_measured_reason": "no traffic generator works here: live_frames: EPERM",
+            "generator": {"requested": "auto", "kind": null, "refused": []},
+        })));
+        assert!(md.contains("## (b) forwarding rate: not measured"), "{md}");
+        assert!(md.contains("live_frames: EPERM"), "{md}");
+        assert!(md.contains("commit 0123456789ab;"), "{md}");
+        assert!(!md.contains("XDP / nftables"), "{md}");
+        // The chart has no forwarding bars, and still renders.
+        assert!(svg(&report(json!({"measured": false}))).ends_with("</svg>\n"));
+    }
+
+    #[test]
+    fn forwarding_names_the_generator_and_the_spread() {
+        let md = markdown(&report(json!({
+            "measured": true,
+            "rounds": 3,
+            "generator": {
+                "requested": "auto", "kind": "af_packet", "method": "sendmmsg",
+                "refused": [{"kind": "live_frames", "reason": "EPERM"}],
+            },
+            "ratios": [{
+                "frame_bytes": 64, "flows": 1, "xdp_pps": 2.0e6, "nftables_pps": 1.0e6,
+                "ratio": 2.0, "ratio_min": 1.5, "ratio_max": 2.5,
+                "kernel_forwarding_pps": 1.2e6,
+            }],
+            "points": [],
+        })));
+        assert!(
+            md.contains("Generator: **af_packet**, a fallback: live_frames refused: EPERM"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 64 | 1 | 2.000 | 1.000 | **2.00x** | 1.50 - 2.50 | 1.200 |"),
+            "{md}"
+        );
+    }
 }

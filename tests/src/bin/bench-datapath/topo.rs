@@ -10,7 +10,9 @@
 //! Everything lives in namespaces named `pct-*` (removed on drop, and by `cargo xtask
 //! cleanup` after a crash); the devices are created inside them, never in the root
 //! namespace, so their fixed names cannot collide with anything outside.
-//! 198.18.0.0/15 is the range RFC 2544 reserves for benchmarking.
+//! 198.18.0.0/15 is the range RFC 2544 reserves for benchmarking. Offloads, neighbours and
+//! routes are those of every lab (`docs/topology.md`); the sink's own offloads do not matter,
+//! its XDP program drops every frame.
 use std::{
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -18,21 +20,23 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use tests::{mac_of, NetNs};
+use portcullis::netns::{self, Netns, Offloads, PrivateNetwork, Veth, VethEnd};
+use tests::NetNs;
 
 pub const GEN_IF: &str = "pcbgen";
 pub const GW_IN: &str = "pcbin";
 pub const GW_OUT: &str = "pcbout";
 pub const SINK_IF: &str = "pcbsink";
 pub const GW_IN_ADDR: &str = "10.100.0.1/16";
-pub const GW_OUT_ADDR: &str = "198.18.0.1/24";
+pub const GW_OUT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const SINK_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
+/// Field order is drop order: the links, then the namespaces.
 pub struct Topology {
+    _links: Vec<Veth>,
     pub gen: NetNs,
     pub gw: NetNs,
     pub sink: NetNs,
-    pub gen_mac: [u8; 6],
     pub gw_in_mac: [u8; 6],
 }
 
@@ -55,92 +59,47 @@ pub fn exec(ns: &NetNs, args: &[&str]) -> Result<String> {
         .args(args))
 }
 
-/// `ip -n <ns> <args>`.
-pub fn ip(ns: &NetNs, args: &[&str]) -> Result<String> {
-    run(Command::new("ip").args(["-n", &ns.name]).args(args))
-}
-
-fn sysctl(ns: &NetNs, key: &str, value: &str) -> Result<()> {
-    exec(ns, &["sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
-}
-
 impl Topology {
+    /// The gateway and the sink are the product's lab topology (`portcullis::netns::Topology`:
+    /// the sink is the private network, with a static neighbour for every address the
+    /// benchmark sends to, so the XDP FIB lookup succeeds from the first packet); the
+    /// generator hangs on one more veth pair, in place of the underlay clients.
     pub fn build() -> Result<Topology> {
-        // NetNs::new panics on failure (it is the test harness); that unwinds like an error.
-        let gen = NetNs::new("bg");
-        let gw = NetNs::new("bw");
-        let sink = NetNs::new("bs");
-        for ns in [&gen, &gw, &sink] {
-            sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")?;
-            sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")?;
-        }
-        ip(
-            &gen,
-            &[
-                "link", "add", GEN_IF, "type", "veth", "peer", "name", GW_IN, "netns", &gw.name,
-            ],
-        )?;
-        ip(
+        let (gw, sink) = (tests::unique("bw"), tests::unique("bs"));
+        let sink_addrs: Vec<Ipv4Addr> = (3..=254).map(|h| Ipv4Addr::new(198, 18, 0, h)).collect();
+        let t = netns::Topology::builder(
             &gw,
-            &[
-                "link", "add", GW_OUT, "type", "veth", "peer", "name", SINK_IF, "netns", &sink.name,
-            ],
-        )?;
-        ip(&gw, &["addr", "add", GW_IN_ADDR, "dev", GW_IN])?;
-        ip(&gw, &["addr", "add", GW_OUT_ADDR, "dev", GW_OUT])?;
-        ip(
             &sink,
-            &["addr", "add", &format!("{SINK_ADDR}/24"), "dev", SINK_IF],
-        )?;
-        for (ns, dev) in [
-            (&gen, GEN_IF),
-            (&gw, GW_IN),
-            (&gw, GW_OUT),
-            (&sink, SINK_IF),
-        ] {
-            ip(ns, &["link", "set", dev, "up"])?;
-        }
+            PrivateNetwork {
+                gw_if: GW_OUT,
+                gw_addr: GW_OUT_ADDR,
+                prefix_len: 24,
+                net_if: SINK_IF,
+                hosts: vec![SINK_ADDR],
+                extra_neighbours: sink_addrs,
+            },
+        )
+        .build()?;
+        let gen = Netns::create(&tests::unique("bg"))?;
+        gen.disable_ipv6()?;
         // NAPI on the gateway's input even without XDP (the nftables run): frames that the
         // generator's XDP redirects into a veth need NAPI (an XDP program or GRO) on the peer.
-        exec(&gw, &["ethtool", "-K", GW_IN, "gro", "on"])?;
-        sysctl(&gw, "net.ipv4.ip_forward", "1")?;
+        let gen_link = Veth::create(
+            VethEnd::new(&gen, GEN_IF, Offloads::KERNEL),
+            VethEnd::new(&t.gw, GW_IN, Offloads::KERNEL.receive_redirects()),
+        )?;
+        t.gw.ip(&["addr", "add", GW_IN_ADDR, "dev", GW_IN])?;
         // The client pool is routed to pcbin (connected route); no reverse-path filtering of
         // the generator's client addresses.
-        sysctl(&gw, "net.ipv4.conf.all.rp_filter", "0")?;
-        sysctl(&gw, "net.ipv4.conf.default.rp_filter", "0")?;
-        sysctl(&gw, &format!("net.ipv4.conf.{GW_IN}.rp_filter"), "0")?;
-        let gen_mac = mac_of(&gen, GEN_IF);
-        let gw_in_mac = mac_of(&gw, GW_IN);
-        let sink_mac = mac_of(&sink, SINK_IF);
-        // Permanent neighbours for every sink-side address the benchmark sends to, so the
-        // XDP FIB lookup succeeds from the first packet and the kernel never has to ARP.
-        let mac = tests::gateway::fmt_mac(&sink_mac);
-        let batch: String = (2..=254)
-            .map(|h| {
-                format!("neigh replace 198.18.0.{h} lladdr {mac} dev {GW_OUT} nud permanent\n")
-            })
-            .collect();
-        let mut child = Command::new("ip")
-            .args(["-n", &gw.name, "-batch", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .context("running ip -batch")?;
-        {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .context("ip -batch stdin")?
-                .write_all(batch.as_bytes())?;
+        for k in ["all", "default", GW_IN] {
+            t.gw.sysctl(&format!("net.ipv4.conf.{k}.rp_filter"), "0")?;
         }
-        if !child.wait()?.success() {
-            bail!("adding neighbour entries failed");
-        }
+        let gw_in_mac = t.gw.mac(GW_IN)?;
         Ok(Topology {
-            gen,
-            gw,
-            sink,
-            gen_mac,
+            _links: vec![gen_link, t.private_link],
+            gen: NetNs::from(gen),
+            gw: NetNs::from(t.gw),
+            sink: NetNs::from(t.net),
             gw_in_mac,
         })
     }
@@ -148,12 +107,7 @@ impl Topology {
 
 /// Run `f` on the calling thread inside `ns`, then come back.
 pub fn in_ns<T>(ns_name: &str, f: impl FnOnce() -> T) -> T {
-    let ns = NetNs {
-        name: ns_name.to_string(),
-    };
-    let guard = ns.enter();
-    // Owned by the topology: do not delete it when this handle goes.
-    std::mem::forget(ns);
+    let guard = NetNs::open(ns_name).enter();
     let r = f();
     drop(guard);
     r
@@ -161,10 +115,7 @@ pub fn in_ns<T>(ns_name: &str, f: impl FnOnce() -> T) -> T {
 
 /// ifindex of `dev` in `ns`.
 pub fn ifindex(ns: &NetNs, dev: &str) -> Result<u32> {
-    let s = exec(ns, &["cat", &format!("/sys/class/net/{dev}/ifindex")])?;
-    s.trim()
-        .parse()
-        .with_context(|| format!("ifindex of {dev}"))
+    Ok(ns.netns().ifindex(dev)?)
 }
 
 /// Receive counters of a device. On a veth with XDP, `rx_packets` counts

@@ -1,0 +1,242 @@
+//! A real etcd cluster for the fleet tests: 1 or 3 members of Debian's `etcd-server` on
+//! loopback ports (one address, different ports, as a namespace would hold them), each with a
+//! temporary data directory. Dropping the cluster kills every member and removes the data, also
+//! when the test panics.
+use std::fs::File;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis::config::FleetSection;
+use portcullis::pki::{CertificateAuthority, Validity};
+
+/// How long a new cluster may take to elect a leader (measured: under 4 s for three members).
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
+/// Server and client certificates for an etcd that demands client certificates.
+pub struct EtcdTls {
+    pub ca_file: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// A fresh CA with a server certificate for 127.0.0.1 and one client certificate, in `dir`.
+    fn write(dir: &Path) -> EtcdTls {
+        let ca = CertificateAuthority::generate("etcd test CA", Validity::days_from_now(1))
+            .expect("etcd CA");
+        let server = ca
+            .issue_server("127.0.0.1", Validity::days_from_now(1))
+            .expect("etcd server cert");
+        let client = ca
+            .issue_client("gw-test", Validity::days_from_now(1))
+            .expect("etcd client cert");
+        let put = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).expect("write etcd TLS file");
+            p
+        };
+        EtcdTls {
+            ca_file: put("ca.pem", &ca.cert_pem()),
+            server_cert: put("server.pem", &server.cert_pem),
+            server_key: put("server-key.pem", &server.key_pem),
+            client_cert: put("client.pem", &client.cert_pem),
+            client_key: put("client-key.pem", &client.key_pem),
+        }
+    }
+}
+
+struct Member {
+    name: String,
+    client_url: String,
+    child: Option<Child>,
+}
+
+/// A running etcd cluster on loopback, removed on drop.
+pub struct EtcdCluster {
+    dir: PathBuf,
+    members: Vec<Member>,
+    pub tls: Option<EtcdTls>,
+}
+
+/// `n` distinct loopback ports nobody listens on now: the kernel picks them while all are
+/// held, so they differ; etcd binds them right after they are released.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("pick a loopback port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("bound port").port())
+        .collect()
+}
+
+impl EtcdCluster {
+    /// `members` members (1 or 3) over plain HTTP.
+    pub async fn start(members: usize) -> EtcdCluster {
+        Self::start_with(members, false).await
+    }
+
+    /// `members` members that serve clients over TLS and demand a client certificate signed
+    /// by [`EtcdCluster::tls`]'s CA.
+    pub async fn start_tls(members: usize) -> EtcdCluster {
+        Self::start_with(members, true).await
+    }
+
+    async fn start_with(count: usize, tls: bool) -> EtcdCluster {
+        assert!(count >= 1, "an etcd cluster has at least one member");
+        let tag = crate::unique("etcd");
+        let dir = std::env::temp_dir().join(&tag);
+        std::fs::create_dir_all(&dir).expect("etcd test dir");
+        // From here on, drop removes `dir` and kills what started.
+        let mut cluster = EtcdCluster {
+            dir,
+            members: Vec::new(),
+            tls: None,
+        };
+        if tls {
+            cluster.tls = Some(EtcdTls::write(&cluster.dir));
+        }
+        let scheme = if tls { "https" } else { "http" };
+        let ports = free_ports(2 * count);
+        let peers: Vec<(String, String, String)> = (0..count)
+            .map(|i| {
+                (
+                    format!("m{i}"),
+                    format!("{scheme}://127.0.0.1:{}", ports[2 * i]),
+                    format!("http://127.0.0.1:{}", ports[2 * i + 1]),
+                )
+            })
+            .collect();
+        let initial: Vec<String> = peers
+            .iter()
+            .map(|(name, _, peer)| format!("{name}={peer}"))
+            .collect();
+        let initial = initial.join(",");
+        for (name, client_url, peer_url) in &peers {
+            let data = cluster.dir.join(name);
+            let log = File::create(cluster.dir.join(format!("{name}.log"))).expect("etcd log");
+            let mut cmd = Command::new("etcd");
+            cmd.arg(format!("--name={name}"))
+                .arg(format!("--data-dir={}", data.display()))
+                .arg(format!("--listen-client-urls={client_url}"))
+                .arg(format!("--advertise-client-urls={client_url}"))
+                .arg(format!("--listen-peer-urls={peer_url}"))
+                .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+                .arg(format!("--initial-cluster={initial}"))
+                .arg(format!("--initial-cluster-token={tag}"))
+                .arg("--initial-cluster-state=new")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("etcd log"))
+                .stderr(log);
+            if let Some(t) = &cluster.tls {
+                cmd.arg(format!("--cert-file={}", t.server_cert.display()))
+                    .arg(format!("--key-file={}", t.server_key.display()))
+                    .arg(format!("--trusted-ca-file={}", t.ca_file.display()))
+                    .arg("--client-cert-auth");
+            }
+            // SAFETY: prctl is async-signal-safe and touches only the child being started.
+            unsafe {
+                cmd.pre_exec(|| {
+                    // A test process killed outright (no Drop) takes its etcd along.
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+            let child = cmd
+                .spawn()
+                .expect("start etcd (install Debian's etcd-server: cargo xtask setup)");
+            cluster.members.push(Member {
+                name: name.clone(),
+                client_url: client_url.clone(),
+                child: Some(child),
+            });
+        }
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// Waits until every member answers through the gateway's own client (so the test also
+    /// proves the TLS settings a gateway would use).
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        for i in 0..self.members.len() {
+            let section = self.fleet_section_for(&[self.members[i].client_url.clone()], "probe");
+            loop {
+                match portcullis::fleet::connect(&section).await {
+                    Ok(_) => break,
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!(
+                        "etcd member {} not ready within {READY_WITHIN:?}: {e}\n{}",
+                        self.members[i].name,
+                        self.log(i)
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The client URLs of the members still running.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.client_url.clone())
+            .collect()
+    }
+
+    /// The `[fleet]` section a gateway named `gateway_id` would have for this cluster (with
+    /// the client certificate when the cluster demands one).
+    pub fn fleet_section(&self, gateway_id: &str) -> FleetSection {
+        self.fleet_section_for(&self.endpoints(), gateway_id)
+    }
+
+    fn fleet_section_for(&self, endpoints: &[String], gateway_id: &str) -> FleetSection {
+        FleetSection {
+            endpoints: endpoints.to_vec(),
+            gateway_id: gateway_id.into(),
+            lease_ttl_secs: 3,
+            ca_file: self.tls.as_ref().map(|t| t.ca_file.clone()),
+            cert_file: self.tls.as_ref().map(|t| t.client_cert.clone()),
+            key_file: self.tls.as_ref().map(|t| t.client_key.clone()),
+        }
+    }
+
+    /// SIGKILLs member `i` (its data stays until the cluster drops).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Member `i`'s log, for failure messages.
+    pub fn log(&self, i: usize) -> String {
+        let p = self.dir.join(format!("{}.log", self.members[i].name));
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// The directory holding the members' data, logs and TLS files (gone after drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
