@@ -59,7 +59,7 @@ pub fn answer(api: &mut dyn AdminApi, request: &str) -> String {
             return line(
                 false,
                 ErrorReply::new(format!(
-                    "bad request: {e} (expected one JSON object per line, such as {{\"v\":{VERSION},\"cmd\":\"status\"}}; commands: status, reload, connections, terminate)"
+                    "bad request: {e} (expected one JSON object per line, such as {{\"v\":{VERSION},\"cmd\":\"status\"}}; commands: status, reload, connections, terminate, policy, explain)"
                 )),
             )
         }
