@@ -65,6 +65,11 @@ pub enum Command {
         #[command(subcommand)]
         action: PolicyCmd,
     },
+    /// Web console helpers.
+    Console {
+        #[command(subcommand)]
+        action: ConsoleCmd,
+    },
     /// A small CA for endpoints without a PKI: init, issue-server, issue-client, revoke, crl, tls-crypt-v2 keys.
     Pki {
         #[command(subcommand)]
@@ -170,6 +175,13 @@ pub enum PolicyCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub enum ConsoleCmd {
+    /// Read a password (one line) on stdin and print its argon2 hash for
+    /// `[[console.admin]] password_hash`.
+    HashPassword,
 }
 
 #[derive(Subcommand)]
@@ -352,6 +364,18 @@ pub fn run(command: Command) -> Result<()> {
                 }
                 println!("{}", e.verdict);
             }
+            Ok(())
+        }
+        Command::Console {
+            action: ConsoleCmd::HashPassword,
+        } => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "no password on stdin");
+            let hash =
+                crate::console::accounts::hash_password(password).map_err(anyhow::Error::msg)?;
+            println!("{hash}");
             Ok(())
         }
         Command::Pki { action } => match action {

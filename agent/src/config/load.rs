@@ -94,5 +94,12 @@ impl EndpointConfig {
         if let Some(p) = &mut self.logging.flow_log {
             fix(p);
         }
+        if let Some(p) = &mut self.logging.admin_audit_log {
+            fix(p);
+        }
+        if let Some(c) = &mut self.console {
+            fix(&mut c.tls_cert);
+            fix(&mut c.tls_key);
+        }
     }
 }

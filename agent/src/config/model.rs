@@ -72,6 +72,9 @@ pub struct EndpointConfig {
     pub logging: LoggingSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// The web console (`[console]`); absent means none.
+    #[serde(default)]
+    pub console: Option<crate::console::ConsoleSection>,
     /// Admin socket path (default `/run/portcullis/<name>.sock`).
     #[serde(default)]
     pub admin_socket: Option<PathBuf>,
@@ -200,6 +203,10 @@ pub struct LoggingSection {
     /// Also record allowed flows in the flow log (start and end, from conntrack scans).
     #[serde(default)]
     pub allowed_flows: bool,
+    /// The admin audit trail (JSON lines): every administrative action from the admin socket
+    /// and the console, who did it, from where, and the result.
+    #[serde(default)]
+    pub admin_audit_log: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,16 @@ impl EndpointConfig {
     /// agent and `portcullis check` run both and print all errors together).
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = Vec::new();
+        if let Some(c) = &self.console {
+            errs.extend(c.problems());
+            if self.logging.admin_audit_log.is_none() {
+                errs.push(err(
+                    "logging.admin_audit_log",
+                    "not set, and the console records every administrative action: give a \
+                     file, e.g. admin_audit_log = \"/var/log/portcullis/audit.log\"",
+                ));
+            }
+        }
         for (i, t) in self.target_network.iter().enumerate() {
             if t.snat_address.is_some() {
                 continue;
