@@ -14,8 +14,10 @@ use portcullis::endpoint::{AdjustServer, BuildOptions, Endpoint};
 use portcullis::io::tls_files::ReloadableTls;
 use portcullis::io::TunnelHandle;
 use portcullis::netns::Netns;
+use portcullis::openvpn::env::Env;
 use portcullis::openvpn::server::{PushSettings, ServerEvent};
 use portcullis::openvpn::session::Renegotiation;
+use portcullis::openvpn::tls_crypt_v2::ServerKey;
 use portcullis::policy::PolicyInput;
 use tokio::sync::Notify;
 
@@ -24,9 +26,14 @@ use crate::openvpn::{LabPki, TempDir, Underlay, OVPN_PORT, UNDERLAY_GW};
 
 /// The lab endpoint's name (its pins live under `<pins>/lab`).
 const ENDPOINT: &str = "lab";
+/// The tls-crypt-v2 server key's file name in the lab directory.
+const V2_SERVER_KEY: &str = "tls-crypt-v2-server.key";
 
 pub struct TunnelOpts {
     pub tls_crypt: bool,
+    /// tls-crypt-v2 with a fresh server key ([`TunnelLab::tls_crypt_v2`]) and this
+    /// `max_age_days` (`Some(None)`: any age); `None`: off.
+    pub tls_crypt_v2: Option<Option<u32>>,
     pub udp: bool,
     pub tcp: bool,
     pub reneg: Renegotiation,
@@ -48,6 +55,7 @@ impl Default for TunnelOpts {
     fn default() -> Self {
         Self {
             tls_crypt: true,
+            tls_crypt_v2: None,
             udp: true,
             tcp: true,
             reneg: Renegotiation::default(),
@@ -90,6 +98,8 @@ pub struct TunnelLab {
     pub underlay: Underlay,
     pub gw: Network,
     pub pki: LabPki,
+    /// The tls-crypt-v2 server key's file, when [`TunnelOpts::tls_crypt_v2`] is set.
+    pub tls_crypt_v2: Option<PathBuf>,
     /// Every event [`TunnelLab::wait_event`] and [`TunnelLab::seen`] took from `events`, in
     /// order, so waiting for one event does not lose the others.
     history: Mutex<Vec<ServerEvent>>,
@@ -133,6 +143,15 @@ fn endpoint_file(
     if opts.tls_crypt {
         tls.insert("tls_crypt_key".into(), path(&pki.tls_crypt));
     }
+    if let Some(max_age_days) = opts.tls_crypt_v2 {
+        tls.insert(
+            "tls_crypt_v2_server_key".into(),
+            path(&dir.join(V2_SERVER_KEY)),
+        );
+        if let Some(d) = max_age_days {
+            tls.insert("tls_crypt_v2_max_age_days".into(), i64::from(d).into());
+        }
+    }
     t.insert("tls".into(), tls.into());
     t
 }
@@ -161,6 +180,12 @@ impl TunnelLab {
         opts.crls.extend(prepare(&mut pki));
         let gw = Network::new(&Options::default());
         let underlay = Underlay::attach(&gw.gw, opts.clients);
+        let tls_crypt_v2 = opts.tls_crypt_v2.map(|_| {
+            let key = ServerKey::generate(&*Env::system().rng).unwrap();
+            let path = dir.path().join(V2_SERVER_KEY);
+            std::fs::write(&path, key.to_pem()).unwrap();
+            path
+        });
         let config = endpoint_file(&opts.policy, dir.path(), &pki, &opts);
         let config_path = dir.path().join("endpoint.toml");
         std::fs::write(&config_path, config.to_string()).expect("write the endpoint file");
@@ -234,6 +259,7 @@ impl TunnelLab {
             underlay,
             gw,
             pki,
+            tls_crypt_v2,
             history: Mutex::new(Vec::new()),
             config_path,
             config,
