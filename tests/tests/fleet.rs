@@ -165,3 +165,119 @@ async fn three_members_keep_writing_with_one_killed() {
     let got = fresh.get("/portcullis/corp/policy", None).await.unwrap();
     assert_eq!(got.kvs()[0].value(), b"v2");
 }
+
+fn shared(name: &str, dns: &str) -> portcullis::config::SharedConfig {
+    portcullis::config::SharedConfig {
+        name: name.into(),
+        split_tunnel: true,
+        dns_servers: vec![dns.parse().unwrap()],
+        session_timeout_hours: 24,
+        disconnect_on_session_timeout: true,
+        banner: None,
+        data_ciphers: vec!["AES-256-GCM".into()],
+        groups: Default::default(),
+        route: vec![],
+        authorization_rule: vec![],
+        security_group: vec![],
+        applied_security_groups: vec![],
+    }
+}
+
+async fn next(
+    rx: &mut tokio::sync::mpsc::Receiver<portcullis::fleet::PolicyUpdate>,
+) -> portcullis::fleet::Published {
+    match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+        Ok(Some(portcullis::fleet::PolicyUpdate::Published(p))) => p,
+        other => panic!("no published revision within 1 s: {other:?}"),
+    }
+}
+
+/// Followers get the current policy, then each publish within 1 s; one that lost its etcd
+/// member resumes on another and still gets every newer publish, none twice.
+#[tokio::test]
+async fn followers_get_every_publish_and_resume_after_losing_a_member() {
+    if !have_etcd() {
+        return;
+    }
+    let mut etcd = EtcdCluster::start(3).await;
+    let keys = Keys::new("corp");
+    let mut admin = connect(&etcd.fleet_section("admin")).await.unwrap();
+    let r1 = portcullis::fleet::publish(&mut admin, &keys, &shared("corp", "10.0.0.1"))
+        .await
+        .unwrap();
+    let mut rxs = Vec::new();
+    let mut tasks = Vec::new();
+    for gw in ["gw-a", "gw-b", "gw-c"] {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tasks.push(tokio::spawn(portcullis::fleet::follow(
+            etcd.fleet_section(gw),
+            keys.clone(),
+            0,
+            tx,
+        )));
+        rxs.push(rx);
+    }
+    for rx in &mut rxs {
+        let p = next(rx).await;
+        assert_eq!(
+            (p.revision, p.shared.dns_servers[0].to_string()),
+            (r1, "10.0.0.1".into())
+        );
+    }
+    let r2 = portcullis::fleet::publish(&mut admin, &keys, &shared("corp", "10.0.0.2"))
+        .await
+        .unwrap();
+    assert!(r2 > r1);
+    for rx in &mut rxs {
+        let p = next(rx).await;
+        assert_eq!(
+            (p.revision, p.shared.dns_servers[0].to_string()),
+            (r2, "10.0.0.2".into())
+        );
+    }
+    // A member dies (perhaps the leader: the first publish after it may wait for an
+    // election); publishes go on through the others and reach every follower.
+    etcd.kill(0);
+    let mut admin = connect(&etcd.fleet_section("admin")).await.unwrap();
+    let start = Instant::now();
+    let r3 = loop {
+        match portcullis::fleet::publish(&mut admin, &keys, &shared("corp", "10.0.0.3")).await {
+            Ok(r) => break r,
+            Err(e) => assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no publish with 2 of 3 members: {e}"
+            ),
+        }
+    };
+    for rx in &mut rxs {
+        // A publish that timed out may still have committed: a revision before r3 with the
+        // same text may come first, never one out of order.
+        let mut last = r2;
+        while last < r3 {
+            let p = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a follower never resumed")
+                .expect("follower running");
+            match p {
+                portcullis::fleet::PolicyUpdate::Published(p) => {
+                    assert!(p.revision > last, "{} after {last}", p.revision);
+                    assert_eq!(p.shared.dns_servers[0].to_string(), "10.0.0.3");
+                    last = p.revision;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(last, r3);
+    }
+    // Nothing is delivered twice.
+    for rx in &mut rxs {
+        assert!(rx.try_recv().is_err());
+    }
+    drop(rxs);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("follower stops when the gateway stops listening")
+            .unwrap();
+    }
+}
