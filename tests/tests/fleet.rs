@@ -264,6 +264,9 @@ async fn followers_get_every_publish_and_resume_after_losing_a_member() {
                     assert_eq!(p.shared.dns_servers[0].to_string(), "10.0.0.3");
                     last = p.revision;
                 }
+                // Losing the member may show as a short outage of the follower.
+                portcullis::fleet::PolicyUpdate::Degraded(_)
+                | portcullis::fleet::PolicyUpdate::Following => {}
                 other => panic!("{other:?}"),
             }
         }
@@ -271,7 +274,16 @@ async fn followers_get_every_publish_and_resume_after_losing_a_member() {
     }
     // Nothing is delivered twice.
     for rx in &mut rxs {
-        assert!(rx.try_recv().is_err());
+        while let Ok(u) = rx.try_recv() {
+            assert!(
+                matches!(
+                    u,
+                    portcullis::fleet::PolicyUpdate::Degraded(_)
+                        | portcullis::fleet::PolicyUpdate::Following
+                ),
+                "{u:?}"
+            );
+        }
     }
     drop(rxs);
     for t in tasks {

@@ -34,6 +34,11 @@ pub enum PolicyUpdate {
     /// A revision whose text is not a shared part (written by something other than
     /// `fleet publish`): the running policy stays.
     Unreadable { revision: i64, error: String },
+    /// etcd cannot be reached (or the watch broke): the running policy stays, the follower
+    /// keeps trying. Sent once per outage.
+    Degraded(String),
+    /// Following again after [`PolicyUpdate::Degraded`]; a newer revision, if any, follows.
+    Following,
 }
 
 /// Writes the shared part; returns its revision. The caller has validated the whole file
@@ -68,12 +73,22 @@ pub async fn follow(
     mut after: i64,
     tx: mpsc::Sender<PolicyUpdate>,
 ) {
+    let mut degraded = false;
     loop {
-        match follow_once(&section, &keys, &mut after, &tx).await {
+        match follow_once(&section, &keys, &mut after, &mut degraded, &tx).await {
             Ok(()) => return, // the gateway stopped listening
             Err(e) => {
                 tracing::warn!(error = %e, "following the fleet policy; connecting again");
-                tokio::time::sleep(RETRY).await;
+                if !degraded {
+                    degraded = true;
+                    if tx.send(PolicyUpdate::Degraded(e.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
             }
         }
     }
@@ -84,6 +99,7 @@ async fn follow_once(
     section: &FleetSection,
     keys: &Keys,
     after: &mut i64,
+    degraded: &mut bool,
     tx: &mpsc::Sender<PolicyUpdate>,
 ) -> Result<(), FleetError> {
     let mut client = connect(section).await?;
@@ -92,6 +108,9 @@ async fn follow_once(
         .await
         .map_err(FleetError::Etcd)?;
     let read_at = got.header().map_or(0, |h| h.revision());
+    if std::mem::take(degraded) && tx.send(PolicyUpdate::Following).await.is_err() {
+        return Ok(());
+    }
     if let Some(kv) = got.kvs().first() {
         if kv.mod_revision() > *after {
             *after = kv.mod_revision();
