@@ -293,3 +293,154 @@ async fn followers_get_every_publish_and_resume_after_losing_a_member() {
             .unwrap();
     }
 }
+
+/// The policy both gateways' files start with: `alice` in `eng`, which reaches the private
+/// network.
+const ENG_ALLOWED: &str = r#"
+[groups]
+eng = ["alice"]
+
+[[authorization_rule]]
+destination = "10.0.0.0/24"
+groups = ["eng"]
+description = "engineering reaches the private network"
+"#;
+
+/// `policy` with a `[fleet]` section for the cluster at `port` on loopback.
+fn with_fleet(policy: &str, port: u16, gateway_id: &str) -> String {
+    format!(
+        "{policy}\n[fleet]\nendpoints = [\"http://127.0.0.1:{port}\"]\ngateway_id = \"{gateway_id}\"\nlease_ttl_secs = 3\n"
+    )
+}
+
+fn fleet_status(lab: &tests::agent::AgentLab) -> serde_json::Value {
+    lab.agent().status()["fleet"].clone()
+}
+
+/// Two `portcullis run` gateways with `[fleet]`: started while etcd is out of reach, they run
+/// their local file's policy and say degraded; once etcd is reachable they follow. One
+/// `fleet publish` (alice leaves eng) is then running on both within 1 s: both status
+/// replies show its revision and alice's pings stop on both, without a reconnect. A file
+/// `check` refuses publishes nothing.
+#[test]
+fn one_publish_is_enforced_on_every_gateway() {
+    use tests::agent::{cli, endpoint_toml, poll, write_atomic, AgentLab};
+    use tests::gateway::SERVER;
+    use tests::openvpn::ping;
+    tests::require_root!();
+    if !have_etcd() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = rt.block_on(EtcdCluster::start(1));
+    let port: u16 = etcd.endpoints()[0]
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a client port");
+    let labs: Vec<AgentLab> = ["gw-a", "gw-b"]
+        .iter()
+        .map(|gw| AgentLab::new(1, &["alice"], &with_fleet(ENG_ALLOWED, port, gw)))
+        .collect();
+    // etcd is not reachable from the gateways' namespaces yet: local policy, degraded.
+    for lab in &labs {
+        let degraded = poll(Duration::from_secs(5), || {
+            let f = fleet_status(lab);
+            f["degraded"].is_string().then_some(f)
+        })
+        .unwrap_or_else(|| panic!("no degraded status: {}", lab.agent().log_tail(30)));
+        assert_eq!(degraded["revision"], serde_json::Value::Null, "{degraded}");
+    }
+    let clients: Vec<_> = labs.iter().map(|lab| lab.connect(0, "alice")).collect();
+    for (lab, client) in labs.iter().zip(&clients) {
+        assert!(
+            ping(lab.client_ns(0), SERVER, 5, Duration::from_secs(5)),
+            "{}",
+            client.log()
+        );
+    }
+    // etcd comes within reach: both follow (nothing published yet).
+    for lab in &labs {
+        tests::etcd::forward_into(&lab.gw, port);
+    }
+    for lab in &labs {
+        poll(Duration::from_secs(10), || {
+            fleet_status(lab)["degraded"].is_null().then_some(())
+        })
+        .unwrap_or_else(|| panic!("still degraded: {}", lab.agent().log_tail(30)));
+    }
+
+    // A file `check` refuses changes nothing.
+    let file = labs[0].dir.path().join("publish.toml");
+    write_atomic(
+        &file,
+        &endpoint_toml(&with_fleet(ENG_ALLOWED, port, "admin")).replace(
+            "split_tunnel = true",
+            "split_tunnel = true\nbogus = 1",
+        ),
+    );
+    let o = cli(&["fleet", "publish", "--config", &file.to_string_lossy()]);
+    assert!(!o.success() && o.stderr.contains("bogus"), "{o}");
+    let mut admin = rt
+        .block_on(connect(&etcd.fleet_section("admin")))
+        .expect("connect");
+    let stored = rt
+        .block_on(admin.get(Keys::new(tests::agent::ENDPOINT).policy(), None))
+        .unwrap();
+    assert!(stored.kvs().is_empty(), "a refused file was published");
+
+    // alice leaves eng, published once.
+    let gens: Vec<_> = labs
+        .iter()
+        .map(|l| l.agent().status()["reloads"].clone())
+        .collect();
+    write_atomic(
+        &file,
+        &endpoint_toml(&with_fleet(
+            &ENG_ALLOWED.replace("[\"alice\"]", "[]"),
+            port,
+            "admin",
+        )),
+    );
+    let published_at = Instant::now();
+    let o = cli(&["fleet", "publish", "--config", &file.to_string_lossy()]);
+    assert!(o.success(), "{o}");
+    let revision: i64 = o
+        .stdout
+        .trim()
+        .strip_prefix("published: revision ")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no revision printed: {o}"));
+    for (lab, reloads) in labs.iter().zip(&gens) {
+        let deadline = published_at + Duration::from_secs(1);
+        let st = poll(
+            deadline.saturating_duration_since(Instant::now()),
+            || {
+                let st = lab.agent().status();
+                (st["fleet"]["revision"] == revision).then_some(st)
+            },
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "revision {revision} not running within 1 s of the publish: {}\n{}",
+                fleet_status(lab),
+                lab.agent().log_tail(30)
+            )
+        });
+        assert!(st["reloads"].as_u64() > reloads.as_u64(), "{st}");
+        assert_eq!(st["last_reload_error"], serde_json::Value::Null, "{st}");
+    }
+    for (lab, client) in labs.iter().zip(&clients) {
+        assert!(
+            !ping(lab.client_ns(0), SERVER, 2, Duration::from_secs(1)),
+            "alice still reaches {SERVER} after the publish: {}",
+            client.log()
+        );
+    }
+    // `portcullis status` names the revision.
+    let o = cli(&["status", "--config", &labs[1].config_arg()]);
+    assert!(
+        o.stdout.contains(&format!("fleet revision     {revision}")),
+        "{o}"
+    );
+}

@@ -56,8 +56,15 @@ impl EndpointConfig {
     }
 
     /// This (host-local) file with the shared part replaced by `shared`; the caller validates
-    /// the result as any file (`validate` and the policy compiler).
-    pub fn with_shared(mut self, shared: SharedConfig) -> EndpointConfig {
+    /// the result as any file (`validate` and the policy compiler). A part published for
+    /// another endpoint is refused.
+    pub fn with_shared(mut self, shared: SharedConfig) -> Result<EndpointConfig, OtherEndpoint> {
+        if shared.name != self.name {
+            return Err(OtherEndpoint {
+                published: shared.name,
+                local: self.name,
+            });
+        }
         let SharedConfig {
             name: _,
             split_tunnel,
@@ -83,8 +90,16 @@ impl EndpointConfig {
         self.authorization_rule = authorization_rule;
         self.security_group = security_group;
         self.applied_security_groups = applied_security_groups;
-        self
+        Ok(self)
     }
+}
+
+/// A shared part of another endpoint than the file's.
+#[derive(Debug, thiserror::Error)]
+#[error("the published policy is for endpoint {published:?}, this file is for {local:?}")]
+pub struct OtherEndpoint {
+    pub published: String,
+    pub local: String,
 }
 
 impl SharedConfig {

@@ -335,7 +335,7 @@ fn shared_part_round_trips_and_merges_without_host_settings() {
         .replace("split_tunnel = true", "split_tunnel = false");
     std::fs::write(&f, local_text).unwrap();
     let local = EndpointConfig::load(&f).unwrap();
-    let merged = local.clone().with_shared(shared);
+    let merged = local.clone().with_shared(shared.clone()).unwrap();
     // Shared: from the publish.
     assert_eq!(merged.groups, published.groups);
     assert!(merged.split_tunnel);
@@ -346,4 +346,14 @@ fn shared_part_round_trips_and_merges_without_host_settings() {
     assert_eq!(merged.tls, local.tls);
     // What remains different is only what a live reload applies.
     assert!(restart_only_changes(&local, &merged).is_empty());
+    // The merge is checked as a file: it is valid here.
+    merged.validate().unwrap();
+
+    // A part published for another endpoint is refused.
+    let other = SharedConfig {
+        name: "other".into(),
+        ..shared
+    };
+    let e = local.with_shared(other).unwrap_err();
+    assert!(e.to_string().contains("\"other\""), "{e}");
 }

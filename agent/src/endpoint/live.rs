@@ -116,15 +116,7 @@ pub fn load_merge_and_compile(
     let mut cfg = EndpointConfig::load_unvalidated(path)
         .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", path.display()))?;
     if let Some(shared) = shared {
-        if shared.name != cfg.name {
-            bail!(
-                "the published policy is for endpoint {:?}, this gateway's file ({}) is for {:?}",
-                shared.name,
-                path.display(),
-                cfg.name
-            );
-        }
-        cfg = cfg.with_shared(shared.clone());
+        cfg = cfg.with_shared(shared.clone())?;
     }
     let file_errors = cfg.validate().err().map(|e| e.0).unwrap_or_default();
     let compiler_errors =
