@@ -66,7 +66,7 @@ pub enum Command {
         #[command(subcommand)]
         action: PolicyCmd,
     },
-    /// A small CA for endpoints without a PKI: init, issue-server, issue-client, revoke, crl.
+    /// A small CA for endpoints without a PKI: init, issue-server, issue-client, revoke, crl, tls-crypt-v2 keys.
     Pki {
         #[command(subcommand)]
         action: PkiCmd,
@@ -230,6 +230,19 @@ pub enum PkiCmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Create a tls-crypt-v2 server key (`[tls] tls_crypt_v2_server_key`).
+    TlsCryptV2Server {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Create a tls-crypt-v2 client key wrapped under SERVER_KEY (`client-config export`
+    /// makes one per profile by itself).
+    TlsCryptV2Client {
+        #[arg(long)]
+        server_key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 impl Command {
@@ -364,6 +377,10 @@ pub fn run(command: Command) -> Result<()> {
             PkiCmd::IssueClient { dir, cn, days } => pki::issue(&dir, &cn, false, days),
             PkiCmd::Revoke { dir, cn } => pki::revoke(&dir, &cn),
             PkiCmd::Crl { dir } => pki::crl(&dir),
+            PkiCmd::TlsCryptV2Server { out } => pki::tls_crypt_v2_server(&out),
+            PkiCmd::TlsCryptV2Client { server_key, out } => {
+                pki::tls_crypt_v2_client(&server_key, &out)
+            }
         },
         Command::Fleet {
             action: FleetCmd::Publish { config },

@@ -114,6 +114,15 @@ pub struct TlsSection {
     /// tls-crypt (v1) static key: unauthenticated control packets are dropped before TLS.
     #[serde(default)]
     pub tls_crypt_key: Option<PathBuf>,
+    /// tls-crypt-v2 server key (`portcullis pki tls-crypt-v2-server`): per-client wrapped
+    /// keys, opened from the client's first packet before any state or TLS. Alone, or next to
+    /// `tls_crypt_key` for clients with the v1 key.
+    #[serde(default)]
+    pub tls_crypt_v2_server_key: Option<PathBuf>,
+    /// Refuse tls-crypt-v2 client keys older than this many days (by the timestamp the key
+    /// carries; keys without one are refused too). Unset: any age.
+    #[serde(default)]
+    pub tls_crypt_v2_max_age_days: Option<u32>,
     /// "1.2" (default) or "1.3".
     #[serde(default = "default_tls_min")]
     pub min_version: String,
