@@ -374,10 +374,8 @@ fn one_publish_is_enforced_on_every_gateway() {
     let file = labs[0].dir.path().join("publish.toml");
     write_atomic(
         &file,
-        &endpoint_toml(&with_fleet(ENG_ALLOWED, port, "admin")).replace(
-            "split_tunnel = true",
-            "split_tunnel = true\nbogus = 1",
-        ),
+        &endpoint_toml(&with_fleet(ENG_ALLOWED, port, "admin"))
+            .replace("split_tunnel = true", "split_tunnel = true\nbogus = 1"),
     );
     let o = cli(&["fleet", "publish", "--config", &file.to_string_lossy()]);
     assert!(!o.success() && o.stderr.contains("bogus"), "{o}");
@@ -413,13 +411,10 @@ fn one_publish_is_enforced_on_every_gateway() {
         .unwrap_or_else(|| panic!("no revision printed: {o}"));
     for (lab, reloads) in labs.iter().zip(&gens) {
         let deadline = published_at + Duration::from_secs(1);
-        let st = poll(
-            deadline.saturating_duration_since(Instant::now()),
-            || {
-                let st = lab.agent().status();
-                (st["fleet"]["revision"] == revision).then_some(st)
-            },
-        )
+        let st = poll(deadline.saturating_duration_since(Instant::now()), || {
+            let st = lab.agent().status();
+            (st["fleet"]["revision"] == revision).then_some(st)
+        })
         .unwrap_or_else(|| {
             panic!(
                 "revision {revision} not running within 1 s of the publish: {}\n{}",

@@ -6,8 +6,7 @@ pub mod server;
 
 pub use client::{AdminClient, ClientError};
 pub use protocol::{
-    FleetStatus,
-    Action, ConnectionInfo, ConnectionsReply, ErrorReply, MapFill, ReloadReply, ReloadTiming,
-    Reply, Request, StatusReply, TerminateReply, VERSION,
+    Action, ConnectionInfo, ConnectionsReply, ErrorReply, FleetStatus, MapFill, ReloadReply,
+    ReloadTiming, Reply, Request, StatusReply, TerminateReply, VERSION,
 };
 pub use server::{AdminApi, AdminServer};

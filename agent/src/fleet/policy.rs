@@ -81,7 +81,11 @@ pub async fn follow(
                 tracing::warn!(error = %e, "following the fleet policy; connecting again");
                 if !degraded {
                     degraded = true;
-                    if tx.send(PolicyUpdate::Degraded(e.to_string())).await.is_err() {
+                    if tx
+                        .send(PolicyUpdate::Degraded(e.to_string()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
