@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connlog;
+pub mod console;
 pub mod datapath;
 pub mod demo;
 pub mod endpoint;

@@ -82,7 +82,12 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
         }
         _ => bail!("give both --cert and --key, or neither"),
     }
-    if let Some(p) = &cfg.tls.tls_crypt_key {
+    // A tls-crypt-v2 endpoint gets a fresh client key per profile (the point of v2: one
+    // lost profile does not expose the others); the v1 key then stays on the server only.
+    if let Some(p) = &cfg.tls.tls_crypt_v2_server_key {
+        let t = crate::cli::pki::tls_crypt_v2_client_pem(p)?;
+        writeln!(out, "<tls-crypt-v2>\n{}</tls-crypt-v2>", ensure_newline(&t))?;
+    } else if let Some(p) = &cfg.tls.tls_crypt_key {
         let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
         writeln!(out, "<tls-crypt>\n{}</tls-crypt>", ensure_newline(&t))?;
     }
@@ -176,6 +181,50 @@ mod tests {
             format!("verify-x509-name {} name", quote(&cn)),
             r#"verify-x509-name "Corp VPN \"main\"" name"#
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_crypt_v2_endpoints_get_a_fresh_client_key_per_profile() {
+        use crate::openvpn::tls_crypt_v2::{ClientKey, ServerKey};
+        let dir = std::env::temp_dir().join(format!("pc-profile-v2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = CertificateAuthority::generate("profile CA", Validity::days_from_now(2)).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
+        let server = ServerKey::from_bytes([3; 128]);
+        std::fs::write(dir.join("v2.key"), server.to_pem()).unwrap();
+        let mut cfg = EndpointConfig::parse(
+            r#"
+name = "corp"
+client_cidr = "10.100.0.0/22"
+listen = ["udp://0.0.0.0:1194"]
+public_address = "vpn.example.com"
+[tls]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+tls_crypt_v2_server_key = "v2.key"
+"#,
+        )
+        .unwrap();
+        cfg.tls.client_ca = dir.join("ca.crt");
+        cfg.tls.tls_crypt_v2_server_key = Some(dir.join("v2.key"));
+        let key_of = |profile: &str| {
+            let a = profile.find("<tls-crypt-v2>\n").expect("block") + 15;
+            let b = profile.find("</tls-crypt-v2>").expect("end");
+            ClientKey::parse(&profile[a..b]).unwrap()
+        };
+        let one = key_of(&render(&cfg, None, None).unwrap());
+        let two = key_of(&render(&cfg, None, None).unwrap());
+        // Both open under the server key; each export has its own Kc.
+        let a = server.unwrap(&one.wkc).unwrap();
+        let b = server.unwrap(&two.wkc).unwrap();
+        assert_eq!(a.key.as_bytes(), one.key.as_bytes());
+        assert_ne!(a.key.as_bytes(), b.key.as_bytes());
+        assert!(matches!(
+            a.metadata,
+            crate::openvpn::tls_crypt_v2::Metadata::Timestamp(_)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

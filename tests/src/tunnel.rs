@@ -17,6 +17,7 @@ use portcullis::openvpn::server::{PushSettings, Server, ServerEvent, ServerSetti
 use portcullis::openvpn::session::{Renegotiation, TlsProvider};
 use portcullis::openvpn::tls::TlsOptions;
 use portcullis::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
+use portcullis::openvpn::tls_crypt_v2::{ServerKey, TlsCryptV2Server};
 use portcullis::policy::PolicyInput;
 
 use crate::gateway::{base_policy, Gateway, Options};
@@ -24,6 +25,9 @@ use crate::openvpn::{LabPki, TempDir, Underlay, OVPN_PORT, UNDERLAY_GW};
 
 pub struct TunnelOpts {
     pub tls_crypt: bool,
+    /// tls-crypt-v2 with a fresh server key ([`TunnelLab::tls_crypt_v2`]) and this
+    /// `max_age_days` (`Some(None)`: any age); `None`: off.
+    pub tls_crypt_v2: Option<Option<u32>>,
     pub udp: bool,
     pub tcp: bool,
     pub reneg: Renegotiation,
@@ -45,6 +49,7 @@ impl Default for TunnelOpts {
     fn default() -> Self {
         Self {
             tls_crypt: true,
+            tls_crypt_v2: None,
             udp: true,
             tcp: true,
             reneg: Renegotiation::default(),
@@ -76,6 +81,8 @@ pub struct TunnelLab {
     pub underlay: Underlay,
     pub gw: Gateway,
     pub pki: LabPki,
+    /// The tls-crypt-v2 server key's file, when [`TunnelOpts::tls_crypt_v2`] is set.
+    pub tls_crypt_v2: Option<PathBuf>,
     /// Every event [`TunnelLab::wait_event`] and [`TunnelLab::seen`] took from `events`, in
     /// order, so waiting for one event does not lose the others.
     history: Mutex<Vec<ServerEvent>>,
@@ -136,8 +143,15 @@ impl TunnelLab {
             ))
         });
         let provider: Arc<dyn TlsProvider> = tls.clone();
-        let server =
+        let mut server =
             Server::new(settings, provider, tc, Env::system(), Instant::now()).expect("server");
+        let tls_crypt_v2 = opts.tls_crypt_v2.map(|max_age_days| {
+            let key = ServerKey::generate(&*Env::system().rng).unwrap();
+            let path = dir.path().join("tls-crypt-v2-server.key");
+            std::fs::write(&path, key.to_pem()).unwrap();
+            server.set_tls_crypt_v2(Some(Arc::new(TlsCryptV2Server { key, max_age_days })));
+            path
+        });
         let queues = (0..gw.tap.queues.len())
             .map(|i| std::fs::File::from(gw.tap.queue_fd(i).unwrap()))
             .collect();
@@ -165,6 +179,7 @@ impl TunnelLab {
             underlay,
             gw,
             pki,
+            tls_crypt_v2,
             history: Mutex::new(Vec::new()),
             _dir: dir,
         }

@@ -1,12 +1,13 @@
 //! The admin API of a running endpoint: a typed, versioned request/reply protocol on a Unix
 //! socket, the server that dispatches it to one trait, and the client the CLI uses.
+pub mod audit;
 pub mod client;
 pub mod protocol;
 pub mod server;
 
 pub use client::{AdminClient, ClientError};
 pub use protocol::{
-    Action, ConnectionInfo, ConnectionsReply, ErrorReply, MapFill, ReloadReply, ReloadTiming,
-    Reply, Request, StatusReply, TerminateReply, VERSION,
+    Action, ConnectionInfo, ConnectionsReply, ErrorReply, ExplainReply, MapFill, PolicyReply,
+    ReloadReply, ReloadTiming, Reply, Request, StatusReply, TerminateReply, VERSION,
 };
-pub use server::{AdminApi, AdminServer};
+pub use server::{AdminApi, AdminHandle, AdminServer, Caller};

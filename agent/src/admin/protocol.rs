@@ -45,6 +45,13 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<String>,
     },
+    /// The running policy.
+    Policy,
+    /// Whether `user` may open a flow to `to` (`10.0.0.5:443/tcp`), and the deciding rule.
+    Explain {
+        user: String,
+        to: String,
+    },
 }
 
 /// A reply line: `ok` and the version beside the fields of `body`.
@@ -150,6 +157,28 @@ pub struct ConnectionsReply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TerminateReply {
     pub terminated: Vec<u32>,
+}
+
+/// `policy`: the policy as the running generation was compiled from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyReply {
+    pub generation: u32,
+    pub policy: crate::policy::model::PolicyInput,
+}
+
+/// `explain`: the running policy's decision for a new flow, step by step (as `policy
+/// explain` prints it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainReply {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub destination: String,
+    /// The verdict in words (`ALLOWED: out through ...`, `DROPPED: ...`).
+    pub verdict: String,
+    /// The drop reason's name when dropped.
+    pub reason: Option<String>,
+    /// Each check and the rule that decided it.
+    pub steps: Vec<String>,
 }
 
 #[cfg(test)]

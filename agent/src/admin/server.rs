@@ -3,14 +3,18 @@
 //! that connects and says nothing holds up neither the loop nor other clients.
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
+use super::audit::{AuditEntry, AuditLog};
 use super::protocol::{
-    Action, ConnectionsReply, ErrorReply, ReloadReply, Reply, Request, StatusReply, TerminateReply,
-    VERSION,
+    Action, ConnectionsReply, ErrorReply, ExplainReply, PolicyReply, ReloadReply, Reply, Request,
+    StatusReply, TerminateReply, VERSION,
 };
 
 /// What the agent answers on its admin socket: one method per command.
@@ -24,6 +28,8 @@ pub trait AdminApi {
         id: Option<u32>,
         user: Option<&str>,
     ) -> Result<TerminateReply, ErrorReply>;
+    fn policy(&mut self) -> PolicyReply;
+    fn explain(&mut self, user: &str, to: &str) -> Result<ExplainReply, ErrorReply>;
 }
 
 fn line<T: Serialize>(ok: bool, body: T) -> String {
@@ -53,7 +59,7 @@ pub fn answer(api: &mut dyn AdminApi, request: &str) -> String {
             return line(
                 false,
                 ErrorReply::new(format!(
-                    "bad request: {e} (expected one JSON object per line, such as {{\"v\":{VERSION},\"cmd\":\"status\"}}; commands: status, reload, connections, terminate)"
+                    "bad request: {e} (expected one JSON object per line, such as {{\"v\":{VERSION},\"cmd\":\"status\"}}; commands: status, reload, connections, terminate, policy, explain)"
                 )),
             )
         }
@@ -72,6 +78,83 @@ pub fn answer(api: &mut dyn AdminApi, request: &str) -> String {
         Action::Reload => reply(api.reload()),
         Action::Connections => line(true, api.connections()),
         Action::Terminate { id, user } => reply(api.terminate(id, user.as_deref())),
+        Action::Policy => line(true, api.policy()),
+        Action::Explain { user, to } => reply(api.explain(&user, &to)),
+    }
+}
+
+/// Who sent a request: written to the audit trail with every state change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// A console account, or the admin socket peer's user (`root (uid 0)`).
+    pub who: String,
+    /// `console 192.0.2.1`, or `admin socket, pid 42`.
+    pub from: String,
+}
+
+impl Caller {
+    /// The peer of an admin socket connection, from `SO_PEERCRED`.
+    fn of_socket(stream: &tokio::net::UnixStream) -> Self {
+        match stream.peer_cred() {
+            Ok(c) => {
+                let uid = c.uid();
+                let name = nix::unistd::User::from_uid(uid.into())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name);
+                Caller {
+                    who: match name {
+                        Some(n) => format!("{n} (uid {uid})"),
+                        None => format!("uid {uid}"),
+                    },
+                    from: match c.pid() {
+                        Some(p) => format!("admin socket, pid {p}"),
+                        None => "admin socket".into(),
+                    },
+                }
+            }
+            Err(_) => Caller {
+                who: "unknown".into(),
+                from: "admin socket".into(),
+            },
+        }
+    }
+}
+
+/// The audit trail's name and target of a state-changing action; `None` for reads.
+fn audited(action: &Action) -> Option<(&'static str, String)> {
+    match action {
+        Action::Reload => Some(("reload", String::new())),
+        Action::Terminate { id, user } => Some((
+            "terminate",
+            match (id, user) {
+                (Some(i), Some(u)) => format!("session {i}, user {u}"),
+                (Some(i), None) => format!("session {i}"),
+                (None, Some(u)) => format!("user {u}"),
+                (None, None) => String::new(),
+            },
+        )),
+        Action::Status | Action::Connections | Action::Policy | Action::Explain { .. } => None,
+    }
+}
+
+/// `ok` (with the reload's new generation or the terminated sessions) or the error.
+fn outcome(reply: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(reply).unwrap_or_default();
+    if v["ok"] == true {
+        match (&v["generation"], &v["terminated"]) {
+            (serde_json::Value::Number(g), _) => format!("ok: generation {g}"),
+            (_, serde_json::Value::Array(t)) => format!(
+                "ok: terminated {}",
+                t.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => "ok".into(),
+        }
+    } else {
+        format!("error: {}", v["error"].as_str().unwrap_or("unknown"))
     }
 }
 
@@ -79,12 +162,66 @@ pub fn answer(api: &mut dyn AdminApi, request: &str) -> String {
 pub struct Call {
     request: String,
     reply: oneshot::Sender<String>,
+    caller: Caller,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl Call {
-    /// Answers through `api` (on the caller's task: the endpoint's loop).
+    /// Answers through `api` (on the caller's task: the endpoint's loop), and records a
+    /// state change in the audit trail.
     pub fn answer(self, api: &mut dyn AdminApi) {
-        let _ = self.reply.send(answer(api, &self.request));
+        let out = answer(api, &self.request);
+        if let Some(log) = &self.audit {
+            let action = serde_json::from_str::<Request>(&self.request).ok();
+            if let Some((what, target)) = action.as_ref().and_then(|r| audited(&r.action)) {
+                log.record(&AuditEntry::now(
+                    &self.caller.who,
+                    &self.caller.from,
+                    what,
+                    &target,
+                    outcome(&out),
+                ));
+            }
+        }
+        let _ = self.reply.send(out);
+    }
+}
+
+/// Asks the endpoint's loop in-process, through the same dispatch and audit as the socket:
+/// the console's way in.
+#[derive(Clone)]
+pub struct AdminHandle {
+    calls: mpsc::Sender<Call>,
+}
+
+impl AdminHandle {
+    /// The typed reply to `action`, or the agent's error.
+    pub async fn ask<T: DeserializeOwned>(
+        &self,
+        action: Action,
+        caller: Caller,
+    ) -> Result<T, String> {
+        let request = serde_json::to_string(&Request::new(action)).map_err(|e| e.to_string())?;
+        let (tx, rx) = oneshot::channel();
+        let call = Call {
+            request,
+            reply: tx,
+            caller,
+            audit: None,
+        };
+        self.calls
+            .send(call)
+            .await
+            .map_err(|_| "the agent is stopping".to_string())?;
+        let line = rx
+            .await
+            .map_err(|_| "the agent dropped the request".to_string())?;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| format!("bad reply: {e}"))?;
+        if v["ok"] != true {
+            return Err(v["error"].as_str().unwrap_or("unknown error").to_owned());
+        }
+        serde_json::from_value(v).map_err(|e| format!("bad reply: {e}"))
     }
 }
 
@@ -94,6 +231,7 @@ pub struct AdminServer {
     path: PathBuf,
     calls_tx: mpsc::Sender<Call>,
     calls_rx: mpsc::Receiver<Call>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl AdminServer {
@@ -123,7 +261,20 @@ impl AdminServer {
             path: path.to_path_buf(),
             calls_tx,
             calls_rx,
+            audit: None,
         })
+    }
+
+    /// Records every state change (from the socket and from handles) in `log`.
+    pub fn set_audit(&mut self, log: Arc<AuditLog>) {
+        self.audit = Some(log);
+    }
+
+    /// An in-process way to ask this server's loop.
+    pub fn handle(&self) -> AdminHandle {
+        AdminHandle {
+            calls: self.calls_tx.clone(),
+        }
     }
 
     /// The next request of any client, accepting connections meanwhile. Cancel-safe (for
@@ -136,7 +287,10 @@ impl AdminServer {
                         tokio::spawn(connection(stream, self.calls_tx.clone()));
                     }
                 }
-                Some(call) = self.calls_rx.recv() => return call,
+                Some(mut call) = self.calls_rx.recv() => {
+                    call.audit = self.audit.clone();
+                    return call;
+                }
             }
         }
     }
@@ -150,11 +304,18 @@ impl Drop for AdminServer {
 
 /// One client: its request lines go to the loop, the replies back in order.
 async fn connection(stream: tokio::net::UnixStream, calls: mpsc::Sender<Call>) {
+    let caller = Caller::of_socket(&stream);
     let (rd, mut wr) = stream.into_split();
     let mut lines = BufReader::new(rd).lines();
     while let Ok(Some(request)) = lines.next_line().await {
         let (tx, rx) = oneshot::channel();
-        if calls.send(Call { request, reply: tx }).await.is_err() {
+        let call = Call {
+            request,
+            reply: tx,
+            caller: caller.clone(),
+            audit: None,
+        };
+        if calls.send(call).await.is_err() {
             break;
         }
         let Ok(mut out) = rx.await else { break };
@@ -229,6 +390,12 @@ mod tests {
                 }),
                 _ => Err(ErrorReply::new("no such session")),
             }
+        }
+        fn policy(&mut self) -> PolicyReply {
+            unreachable!("not asked in these tests")
+        }
+        fn explain(&mut self, _: &str, _: &str) -> Result<ExplainReply, ErrorReply> {
+            unreachable!("not asked in these tests")
         }
     }
 

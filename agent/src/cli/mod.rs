@@ -65,7 +65,12 @@ pub enum Command {
         #[command(subcommand)]
         action: PolicyCmd,
     },
-    /// A small CA for endpoints without a PKI: init, issue-server, issue-client, revoke, crl.
+    /// Web console helpers.
+    Console {
+        #[command(subcommand)]
+        action: ConsoleCmd,
+    },
+    /// A small CA for endpoints without a PKI: init, issue-server, issue-client, revoke, crl, tls-crypt-v2 keys.
     Pki {
         #[command(subcommand)]
         action: PkiCmd,
@@ -173,6 +178,13 @@ pub enum PolicyCmd {
 }
 
 #[derive(Subcommand)]
+pub enum ConsoleCmd {
+    /// Read a password (one line) on stdin and print its argon2 hash for
+    /// `[[console.admin]] password_hash`.
+    HashPassword,
+}
+
+#[derive(Subcommand)]
 pub enum PkiCmd {
     /// Create a CA in DIR.
     Init {
@@ -212,6 +224,19 @@ pub enum PkiCmd {
     Crl {
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Create a tls-crypt-v2 server key (`[tls] tls_crypt_v2_server_key`).
+    TlsCryptV2Server {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Create a tls-crypt-v2 client key wrapped under SERVER_KEY (`client-config export`
+    /// makes one per profile by itself).
+    TlsCryptV2Client {
+        #[arg(long)]
+        server_key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -341,12 +366,28 @@ pub fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Console {
+            action: ConsoleCmd::HashPassword,
+        } => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "no password on stdin");
+            let hash =
+                crate::console::accounts::hash_password(password).map_err(anyhow::Error::msg)?;
+            println!("{hash}");
+            Ok(())
+        }
         Command::Pki { action } => match action {
             PkiCmd::Init { dir, name, days } => pki::init(&dir, &name, days),
             PkiCmd::IssueServer { dir, cn, days } => pki::issue(&dir, &cn, true, days),
             PkiCmd::IssueClient { dir, cn, days } => pki::issue(&dir, &cn, false, days),
             PkiCmd::Revoke { dir, cn } => pki::revoke(&dir, &cn),
             PkiCmd::Crl { dir } => pki::crl(&dir),
+            PkiCmd::TlsCryptV2Server { out } => pki::tls_crypt_v2_server(&out),
+            PkiCmd::TlsCryptV2Client { server_key, out } => {
+                pki::tls_crypt_v2_client(&server_key, &out)
+            }
         },
         Command::Demo { keep } => crate::demo::run(crate::demo::DemoOptions { keep }),
         Command::Status {

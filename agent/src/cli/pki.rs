@@ -182,3 +182,38 @@ pub fn crl(dir: &Path) -> Result<()> {
     save_index(dir, &index)?;
     Ok(())
 }
+
+/// `pki tls-crypt-v2-server`: a new tls-crypt-v2 server key at `out` (0600); refuses to
+/// overwrite one (every client key wrapped under it would stop working).
+pub fn tls_crypt_v2_server(out: &Path) -> Result<()> {
+    if out.exists() {
+        bail!(
+            "{} exists: refusing to replace a tls-crypt-v2 server key (its client keys would all stop working)",
+            out.display()
+        );
+    }
+    let key = crate::openvpn::tls_crypt_v2::ServerKey::generate(&ring::rand::SystemRandom::new())
+        .map_err(|_| anyhow::anyhow!("no randomness"))?;
+    write(out, &key.to_pem(), 0o600)
+}
+
+/// A new client key wrapped under the server key in `server_key`, with the current time as
+/// its metadata (what `tls.tls_crypt_v2_max_age_days` checks), as PEM.
+pub fn tls_crypt_v2_client_pem(server_key: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(server_key)
+        .with_context(|| format!("reading {}", server_key.display()))?;
+    let key = crate::openvpn::tls_crypt_v2::ServerKey::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", server_key.display()))?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let client = key
+        .new_client_key(&ring::rand::SystemRandom::new(), now)
+        .map_err(|_| anyhow::anyhow!("no randomness"))?;
+    Ok(client.to_pem())
+}
+
+/// `pki tls-crypt-v2-client`: a new client key at `out` (0600).
+pub fn tls_crypt_v2_client(server_key: &Path, out: &Path) -> Result<()> {
+    write(out, &tls_crypt_v2_client_pem(server_key)?, 0o600)
+}

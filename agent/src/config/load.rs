@@ -60,6 +60,9 @@ impl EndpointConfig {
         if let Some(p) = &mut self.tls.tls_crypt_key {
             fix(p);
         }
+        if let Some(p) = &mut self.tls.tls_crypt_v2_server_key {
+            fix(p);
+        }
         if let Some(p) = &mut self.client_connect {
             fix(p);
         }
@@ -90,6 +93,13 @@ impl EndpointConfig {
         }
         if let Some(p) = &mut self.logging.flow_log {
             fix(p);
+        }
+        if let Some(p) = &mut self.logging.admin_audit_log {
+            fix(p);
+        }
+        if let Some(c) = &mut self.console {
+            fix(&mut c.tls_cert);
+            fix(&mut c.tls_key);
         }
     }
 }

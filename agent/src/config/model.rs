@@ -72,6 +72,9 @@ pub struct EndpointConfig {
     pub logging: LoggingSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// The web console (`[console]`); absent means none.
+    #[serde(default)]
+    pub console: Option<crate::console::ConsoleSection>,
     /// Admin socket path (default `/run/portcullis/<name>.sock`).
     #[serde(default)]
     pub admin_socket: Option<PathBuf>,
@@ -114,6 +117,15 @@ pub struct TlsSection {
     /// tls-crypt (v1) static key: unauthenticated control packets are dropped before TLS.
     #[serde(default)]
     pub tls_crypt_key: Option<PathBuf>,
+    /// tls-crypt-v2 server key (`portcullis pki tls-crypt-v2-server`): per-client wrapped
+    /// keys, opened from the client's first packet before any state or TLS. Alone, or next to
+    /// `tls_crypt_key` for clients with the v1 key.
+    #[serde(default)]
+    pub tls_crypt_v2_server_key: Option<PathBuf>,
+    /// Refuse tls-crypt-v2 client keys older than this many days (by the timestamp the key
+    /// carries; keys without one are refused too). Unset: any age.
+    #[serde(default)]
+    pub tls_crypt_v2_max_age_days: Option<u32>,
     /// "1.2" (default) or "1.3".
     #[serde(default = "default_tls_min")]
     pub min_version: String,
@@ -191,6 +203,10 @@ pub struct LoggingSection {
     /// Also record allowed flows in the flow log (start and end, from conntrack scans).
     #[serde(default)]
     pub allowed_flows: bool,
+    /// The admin audit trail (JSON lines): every administrative action from the admin socket
+    /// and the console, who did it, from where, and the result.
+    #[serde(default)]
+    pub admin_audit_log: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

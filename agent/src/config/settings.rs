@@ -48,6 +48,7 @@ pub fn restart_only_changes(old: &EndpointConfig, new: &EndpointConfig) -> Vec<&
     check(old.auth != new.auth, "auth");
     check(old.logging != new.logging, "logging");
     check(old.metrics != new.metrics, "metrics");
+    check(old.console != new.console, "console");
     check(old.admin_socket != new.admin_socket, "admin_socket");
     check(old.client_connect != new.client_connect, "client_connect");
     check(

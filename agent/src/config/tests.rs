@@ -286,6 +286,37 @@ fn the_documented_example_parses_and_compiles() {
     crate::policy::compile(&c.policy(), &|_| Some(1)).unwrap();
 }
 
+#[test]
+fn tls_crypt_v2_options_are_checked() {
+    let d = dir_with_files();
+    let key = crate::openvpn::tls_crypt_v2::ServerKey::from_bytes([7; 128]);
+    std::fs::write(d.0.join("v2.key"), key.to_pem()).unwrap();
+    std::fs::write(d.0.join("bad-v2.key"), "not a key").unwrap();
+    let with = |extra: &str| {
+        let f = d.0.join("v2.toml");
+        std::fs::write(
+            &f,
+            GOOD.replace(
+                "client_ca = \"ca.crt\"",
+                &format!("client_ca = \"ca.crt\"\n{extra}"),
+            ),
+        )
+        .unwrap();
+        EndpointConfig::load(&f)
+    };
+    let c = with("tls_crypt_v2_server_key = \"v2.key\"\ntls_crypt_v2_max_age_days = 30").unwrap();
+    assert_eq!(c.tls.tls_crypt_v2_server_key, Some(d.0.join("v2.key")));
+    assert_eq!(c.tls.tls_crypt_v2_max_age_days, Some(30));
+    let paths = |e: ConfigErrors| e.0.iter().map(|e| e.path.clone()).collect::<Vec<_>>();
+    let e = with("tls_crypt_v2_server_key = \"bad-v2.key\"").unwrap_err();
+    assert_eq!(paths(e), ["tls.tls_crypt_v2_server_key"]);
+    let e =
+        with("tls_crypt_v2_server_key = \"v2.key\"\ntls_crypt_v2_max_age_days = 0").unwrap_err();
+    assert_eq!(paths(e), ["tls.tls_crypt_v2_max_age_days"]);
+    let e = with("tls_crypt_v2_max_age_days = 3").unwrap_err();
+    assert_eq!(paths(e), ["tls.tls_crypt_v2_max_age_days"]);
+}
+
 /// `[fleet]`: absent means standalone; present, its paths are relative to the file and its
 /// problems carry `fleet.` paths next to the rest of the file's.
 #[test]

@@ -12,6 +12,16 @@ impl EndpointConfig {
     /// agent and `portcullis check` run both and print all errors together).
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = Vec::new();
+        if let Some(c) = &self.console {
+            errs.extend(c.problems());
+            if self.logging.admin_audit_log.is_none() {
+                errs.push(err(
+                    "logging.admin_audit_log",
+                    "not set, and the console records every administrative action: give a \
+                     file, e.g. admin_audit_log = \"/var/log/portcullis/audit.log\"",
+                ));
+            }
+        }
         for (i, t) in self.target_network.iter().enumerate() {
             if t.snat_address.is_some() {
                 continue;
@@ -178,6 +188,9 @@ impl EndpointConfig {
         if let Some(k) = &self.tls.tls_crypt_key {
             files.push(("tls.tls_crypt_key".into(), k));
         }
+        if let Some(k) = &self.tls.tls_crypt_v2_server_key {
+            files.push(("tls.tls_crypt_v2_server_key".into(), k));
+        }
         for (path, f) in files {
             if let Err(e) = std::fs::File::open(f) {
                 errs.push(err(path, format!("cannot read {}: {e}", f.display())));
@@ -195,6 +208,33 @@ impl EndpointConfig {
                     ));
                 }
             }
+        }
+        if let Some(k) = &self.tls.tls_crypt_v2_server_key {
+            if let Ok(text) = std::fs::read_to_string(k) {
+                if let Err(e) = crate::openvpn::tls_crypt_v2::ServerKey::parse(&text) {
+                    errs.push(err(
+                        "tls.tls_crypt_v2_server_key",
+                        format!(
+                            "{}: {e} (make one with `portcullis pki tls-crypt-v2-server`)",
+                            k.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.tls.tls_crypt_v2_max_age_days == Some(0) {
+            errs.push(err(
+                "tls.tls_crypt_v2_max_age_days",
+                "0 would refuse every key: give at least 1, or leave it out",
+            ));
+        }
+        if self.tls.tls_crypt_v2_max_age_days.is_some()
+            && self.tls.tls_crypt_v2_server_key.is_none()
+        {
+            errs.push(err(
+                "tls.tls_crypt_v2_max_age_days",
+                "set without tls.tls_crypt_v2_server_key",
+            ));
         }
         if let Some(h) = &self.client_connect {
             if !h.is_file() {

@@ -32,6 +32,7 @@ use crate::openvpn::packet::Role;
 use crate::openvpn::server::{AuthMode, Server, ServerEvent};
 use crate::openvpn::session::TlsProvider;
 use crate::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
+use crate::openvpn::tls_crypt_v2::{ServerKey, TlsCryptV2Server};
 use crate::policy::{CompiledPolicy, PolicyInput};
 use crate::reconcile;
 use hooks::{ClientsMapHooks, Subscribers};
@@ -138,6 +139,20 @@ fn tls_crypt(cfg: &EndpointConfig) -> Result<Option<Arc<TlsCryptKey>>> {
     Ok(Some(Arc::new(TlsCryptKey::new(&key, Role::Server))))
 }
 
+fn tls_crypt_v2(cfg: &EndpointConfig) -> Result<Option<Arc<TlsCryptV2Server>>> {
+    let Some(p) = &cfg.tls.tls_crypt_v2_server_key else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("reading the tls-crypt-v2 server key {}", p.display()))?;
+    let key = ServerKey::parse(&text)
+        .map_err(|e| anyhow::anyhow!("tls-crypt-v2 server key {}: {e}", p.display()))?;
+    Ok(Some(Arc::new(TlsCryptV2Server {
+        key,
+        max_age_days: cfg.tls.tls_crypt_v2_max_age_days,
+    })))
+}
+
 impl Endpoint {
     /// Brings the endpoint up: TAP, data path (re-adopting pins and kept sessions of a
     /// previous agent), TLS, the OpenVPN server and its listeners. `cfg` is validated; the
@@ -199,7 +214,7 @@ impl Endpoint {
             a.into_authorizer()
         });
         let provider: Arc<dyn TlsProvider> = tls.clone();
-        let server = Server::new(
+        let mut server = Server::new(
             settings,
             provider,
             tls_crypt(cfg)?,
@@ -207,6 +222,7 @@ impl Endpoint {
             Instant::now(),
         )
         .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
+        server.set_tls_crypt_v2(tls_crypt_v2(cfg)?);
         let groups_of = {
             let live = live.clone();
             move |user: &str, grant: &crate::auth::Grant| lock(&live).session_groups(user, grant)

@@ -11,7 +11,8 @@ use super::status::{self, Connections};
 use super::telemetry::Telemetry;
 use super::{handoff, Endpoint};
 use crate::admin::{
-    AdminApi, AdminServer, ConnectionsReply, ErrorReply, ReloadReply, StatusReply, TerminateReply,
+    AdminApi, AdminServer, ConnectionsReply, ErrorReply, ExplainReply, PolicyReply, ReloadReply,
+    StatusReply, TerminateReply,
 };
 use crate::auth::recheck::{self, Change, Recheck};
 use crate::datapath::{self, Datapath};
@@ -96,6 +97,29 @@ impl AdminApi for Api<'_> {
             tunnel.command(Command::Disconnect(*i));
         }
         Ok(TerminateReply { terminated: ids })
+    }
+
+    fn policy(&mut self) -> PolicyReply {
+        let l = lock(&self.ep.live);
+        PolicyReply {
+            generation: l.generation,
+            policy: l.policy.clone(),
+        }
+    }
+
+    fn explain(&mut self, user: &str, to: &str) -> Result<ExplainReply, ErrorReply> {
+        let to: crate::explain::Destination = to.parse().map_err(ErrorReply::new)?;
+        let policy = lock(&self.ep.live).policy.clone();
+        let e = crate::explain::explain(&policy, user, to)
+            .map_err(|e| ErrorReply::new(e.to_string()))?;
+        Ok(ExplainReply {
+            user: e.user,
+            groups: e.groups,
+            destination: e.destination,
+            verdict: e.verdict,
+            reason: e.reason,
+            steps: e.steps,
+        })
     }
 }
 
@@ -198,6 +222,21 @@ fn apply_recheck(ep: &mut Endpoint, results: recheck::RecheckResults, connection
 
 pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notify>>) -> Result<()> {
     let mut admin = AdminServer::bind(&ep.cfg.admin_socket())?;
+    let audit = match &ep.cfg.logging.admin_audit_log {
+        Some(p) => Some(Arc::new(
+            crate::admin::audit::AuditLog::open(p)
+                .with_context(|| format!("opening the admin audit trail {}", p.display()))?,
+        )),
+        None => None,
+    };
+    if let Some(a) = &audit {
+        admin.set_audit(a.clone());
+    }
+    // Validation requires the audit trail with the console.
+    let _console_task = match (&ep.cfg.console, &audit) {
+        (Some(c), Some(a)) => Some(crate::console::spawn(c, a.clone(), admin.handle()).await?),
+        _ => None,
+    };
     let mut signals = if ep.opts.signals {
         Some(Signals::install()?)
     } else {

@@ -123,17 +123,21 @@ impl HmacCookie {
         self.id_for_slot(addr, client_session, self.slot_at(now))
     }
 
-    /// Builds the stateless reply to a client's first packet: HARD_RESET_SERVER_V2, key 0,
-    /// acking the client's pid 0 with its session id, message id 0, empty payload (doc §3.3,
-    /// §3.4). The caller encodes it (and wraps it with tls-crypt id 1 if configured) and keeps
-    /// nothing.
+    /// Builds the stateless reply to a client's first packet (HARD_RESET_CLIENT_V2, or V3 of
+    /// tls-crypt-v2): HARD_RESET_SERVER_V2, key 0, acking the client's pid 0 with its session
+    /// id, message id 0, empty payload (doc §3.3, §3.4; a tls-crypt-v2 caller sets the
+    /// early-negotiation TLV). The caller encodes it (and wraps it with tls-crypt id 1 if
+    /// configured) and keeps nothing.
     pub fn reset_reply(
         &self,
         reset: &ControlPacket<'_>,
         addr: SocketAddr,
         now: Instant,
     ) -> Result<ControlPacket<'static>, CookieError> {
-        if reset.opcode != Opcode::HardResetClientV2 {
+        if !matches!(
+            reset.opcode,
+            Opcode::HardResetClientV2 | Opcode::HardResetClientV3
+        ) {
             return Err(CookieError::UnexpectedOpcode(reset.opcode));
         }
         if reset.key_id != KeyId::ZERO {
@@ -540,13 +544,22 @@ mod tests {
             c.reset_reply(&later, addr(), t),
             Err(CookieError::ResetNotFirst(5))
         );
+        // A tls-crypt-v2 reset gets the same reply (the caller adds the TLV).
         let v3 = ControlPacket {
             opcode: Opcode::HardResetClientV3,
             ..r
         };
         assert_eq!(
-            c.reset_reply(&v3, addr(), t),
-            Err(CookieError::UnexpectedOpcode(Opcode::HardResetClientV3))
+            c.reset_reply(&v3, addr(), t).unwrap(),
+            c.reset_reply(&r, addr(), t).unwrap()
+        );
+        let soft = ControlPacket {
+            opcode: Opcode::SoftResetV1,
+            ..r
+        };
+        assert_eq!(
+            c.reset_reply(&soft, addr(), t),
+            Err(CookieError::UnexpectedOpcode(Opcode::SoftResetV1))
         );
         let ctl = ControlPacket {
             opcode: Opcode::ControlV1,

@@ -41,4 +41,5 @@ pub mod session;
 pub mod testclient;
 pub mod tls;
 pub mod tls_crypt;
+pub mod tls_crypt_v2;
 pub mod verdict;

@@ -897,3 +897,4 @@ fn renegotiation_verdicts_under_external_auth() {
 
 mod bad_input;
 mod hardening;
+mod tls_crypt_v2;

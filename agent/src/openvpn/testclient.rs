@@ -14,6 +14,7 @@ use super::keys::{ClientKeyMethod2, ClientKeySource, KeyBlock, Password, ServerK
 use super::packet::{decode, KeyId, Opcode, Packet, Role, SessionId, MAX_CONTROL_PACKET_LEN};
 use super::reliable::{self, Reliable};
 use super::tls_crypt::{PacketIdSender, StaticKey, TlsCryptKey, TlsCryptSession};
+use super::tls_crypt_v2::{ClientKey, EARLY_NEG_START};
 
 /// A 2.6.14 Linux client's peer info (doc §5.5).
 pub const PEER_INFO_2_6: &str = "IV_VER=2.6.14\nIV_PLAT=linux\nIV_TCPNL=1\nIV_MTU=1600\nIV_NCP=2\n\
@@ -60,6 +61,10 @@ pub struct TestClient {
     sid: SessionId,
     server_sid: Option<SessionId>,
     wrap: Option<(TlsCryptKey, TlsCryptSession)>,
+    /// tls-crypt-v2: the wrapped key, appended to the V3 reset and to the first
+    /// P_CONTROL_WKC_V1 (the 2.6 early-negotiation handshake).
+    wkc: Option<Vec<u8>>,
+    wkc_resend_pending: bool,
     keys: Vec<Key>,
     pub peer_info: String,
     pub username: String,
@@ -94,6 +99,8 @@ impl TestClient {
                     TlsCryptSession::new(PacketIdSender::new(1_700_000_000)),
                 )
             }),
+            wkc: None,
+            wkc_resend_pending: false,
             keys: Vec::new(),
             peer_info: PEER_INFO_2_6.to_owned(),
             username: String::new(),
@@ -105,6 +112,27 @@ impl TestClient {
             dec: Vec::new(),
         };
         c.new_key(KeyId::ZERO, Opcode::HardResetClientV2);
+        c
+    }
+
+    /// A tls-crypt-v2 client with `key` (Kc and WKc), announcing early negotiation as a 2.6
+    /// client does: its replay ids start at EARLY_NEG_START + 1.
+    pub fn with_tls_crypt_v2(
+        tls_cfg: Arc<ClientConfig>,
+        server_name: &str,
+        key: &ClientKey,
+    ) -> Self {
+        let mut c = Self::new(tls_cfg, server_name, None);
+        c.wrap = Some((
+            TlsCryptKey::new(&key.key, Role::Client),
+            TlsCryptSession::new(PacketIdSender::starting_at(
+                EARLY_NEG_START + 1,
+                1_700_000_000,
+            )),
+        ));
+        c.wkc = Some(key.wkc.clone());
+        c.keys.clear();
+        c.new_key(KeyId::ZERO, Opcode::HardResetClientV3);
         c
     }
 
@@ -149,9 +177,16 @@ impl TestClient {
         let mut out = Vec::new();
         let mut plain = [0u8; MAX_CONTROL_PACKET_LEN];
         for k in &mut self.keys {
-            while let Some(p) = k.reliable.poll_transmit(now) {
+            while let Some(mut p) = k.reliable.poll_transmit(now) {
+                // After the server asked for it, the first message carries WKc again.
+                let append_wkc = p.opcode == Opcode::HardResetClientV3
+                    || (self.wkc_resend_pending && p.opcode == Opcode::ControlV1);
+                if self.wkc_resend_pending && p.opcode == Opcode::ControlV1 {
+                    p.opcode = Opcode::ControlWkcV1;
+                    self.wkc_resend_pending = false;
+                }
                 let n = p.encode(&mut plain).expect("encode");
-                out.push(match &mut self.wrap {
+                let mut bytes = match &mut self.wrap {
                     Some((key, st)) => {
                         let mut w = vec![0u8; n + 64];
                         let m = st.wrap(key, &plain[..n], &mut w).expect("wrap");
@@ -159,7 +194,11 @@ impl TestClient {
                         w
                     }
                     None => plain[..n].to_vec(),
-                });
+                };
+                if append_wkc {
+                    bytes.extend_from_slice(self.wkc.as_deref().unwrap_or_default());
+                }
+                out.push(bytes);
             }
         }
         out
@@ -186,6 +225,13 @@ impl TestClient {
         };
         if self.server_sid.is_none() {
             self.server_sid = Some(pkt.session_id);
+            // The early-negotiation TLV of a tls-crypt-v2 server: resend WKc.
+            if self.wkc.is_some()
+                && pkt.opcode == Opcode::HardResetServerV2
+                && pkt.payload == super::tls_crypt_v2::RESEND_WKC_TLV
+            {
+                self.wkc_resend_pending = true;
+            }
         }
         if pkt.opcode == Opcode::SoftResetV1 && !self.keys.iter().any(|k| k.id == pkt.key_id) {
             self.new_key(pkt.key_id, Opcode::SoftResetV1);

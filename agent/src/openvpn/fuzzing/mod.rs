@@ -167,7 +167,10 @@ fn check_control(p: &ControlPacket<'_>, data: &[u8]) {
     let cookie = HmacCookie::new(FUZZ_COOKIE_SECRET, DEFAULT_HAND_WINDOW, now);
     let addr = fuzz_cookie_addr();
     if let Ok(reply) = cookie.reset_reply(p, addr, now) {
-        assert_eq!(p.opcode, Opcode::HardResetClientV2);
+        assert!(matches!(
+            p.opcode,
+            Opcode::HardResetClientV2 | Opcode::HardResetClientV3
+        ));
         let bytes = reply.to_vec().expect("reset reply encodes");
         assert!(packet::decode(&bytes).is_ok());
         let ack = ControlPacket {

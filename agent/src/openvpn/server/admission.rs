@@ -11,8 +11,12 @@ use super::super::packet::{
 };
 use super::super::peer::{DataPeer, Link};
 use super::super::session::{CloseReason, Session, Start};
-use super::super::tls_crypt::{PacketIdSender, TlsCryptSession, MIN_WRAPPED_LEN};
+use super::super::tls_crypt::{PacketIdSender, TlsCryptKey, TlsCryptSession, MIN_WRAPPED_LEN};
+use super::super::tls_crypt_v2::{announces_early_neg, RESEND_WKC_TLV};
 use super::{Entry, Server};
+
+/// The tls-crypt key a new session wraps with: the group key, a v2 client's own, or none.
+type WrapKey = Option<Arc<TlsCryptKey>>;
 
 impl Server {
     /// A control packet (anything that is not P_DATA_V1/V2) from `link`.
@@ -44,7 +48,11 @@ impl Server {
             // anything else is unroutable.
             if !matches!(
                 opcode,
-                Opcode::HardResetClientV2 | Opcode::ControlV1 | Opcode::AckV1
+                Opcode::HardResetClientV2
+                    | Opcode::HardResetClientV3
+                    | Opcode::ControlV1
+                    | Opcode::ControlWkcV1
+                    | Opcode::AckV1
             ) {
                 self.stats.unroutable += 1;
                 return;
@@ -54,23 +62,59 @@ impl Server {
             self.stats.unroutable += 1;
             return;
         }
-        // tls-crypt first, so unauthenticated packets cost no TLS work (doc §11.4).
+        // tls-crypt first, so unauthenticated packets cost no TLS work (doc §11.4). A
+        // tls-crypt-v2 client's packets that carry its wrapped key are opened with that key;
+        // every other packet with the group key (or none).
         let mut buf = [0u8; MAX_CONTROL_PACKET_LEN];
-        let (plain, wrap_id): (&[u8], Option<(u32, u32)>) = match &self.tls_crypt {
-            Some(key) => {
-                if raw.len() < MIN_WRAPPED_LEN {
-                    self.stats.malformed += 1;
+        let v2_opcode = matches!(opcode, Opcode::HardResetClientV3 | Opcode::ControlWkcV1);
+        let (plain, wrap_id, key): (&[u8], Option<(u32, u32)>, WrapKey) = if v2_opcode {
+            let Some(v2) = &self.tls_crypt_v2 else {
+                self.stats.tls_crypt_rejected += 1;
+                return;
+            };
+            let opened = v2.open(raw, i64::from(self.unix_now(now)));
+            let Ok((wrapped, key)) = opened else {
+                self.stats.tls_crypt_v2_rejected += 1;
+                return;
+            };
+            match key.unwrap(wrapped, &mut buf) {
+                Ok(u) => (
+                    u.packet,
+                    Some((u.packet_id, u.timestamp)),
+                    Some(Arc::new(key)),
+                ),
+                Err(_) => {
+                    self.stats.tls_crypt_rejected += 1;
                     return;
                 }
-                match key.unwrap(raw, &mut buf) {
-                    Ok(u) => (u.packet, Some((u.packet_id, u.timestamp))),
-                    Err(_) => {
-                        self.stats.tls_crypt_rejected += 1;
+            }
+        } else {
+            match &self.tls_crypt {
+                Some(key) => {
+                    if raw.len() < MIN_WRAPPED_LEN {
+                        self.stats.malformed += 1;
                         return;
                     }
+                    match key.unwrap(raw, &mut buf) {
+                        Ok(u) => (
+                            u.packet,
+                            Some((u.packet_id, u.timestamp)),
+                            Some(key.clone()),
+                        ),
+                        Err(_) => {
+                            self.stats.tls_crypt_rejected += 1;
+                            return;
+                        }
+                    }
                 }
+                // tls-crypt-v2 never runs next to unwrapped clients (its DoS protection
+                // would be void).
+                None if self.tls_crypt_v2.is_some() => {
+                    self.stats.tls_crypt_rejected += 1;
+                    return;
+                }
+                None => (raw, None, None),
             }
-            None => (raw, None),
         };
         let Ok(Packet::Control(pkt)) = decode(plain) else {
             self.stats.malformed += 1;
@@ -79,13 +123,28 @@ impl Server {
         // TCP too: the TCP handshake proves the address, but not that the client speaks the
         // protocol; no session state before the client's second packet on either transport.
         let addr = link.addr();
-        if pkt.opcode == Opcode::HardResetClientV2 {
+        if matches!(
+            pkt.opcode,
+            Opcode::HardResetClientV2 | Opcode::HardResetClientV3
+        ) {
             // A connection whose session ended does not start another one.
             if link.is_tcp() && self.closed.contains_key(&link) {
                 self.stats.unroutable += 1;
                 return;
             }
-            self.stateless_reset(link, addr, &pkt, now);
+            // A V3 reset from a client that cannot resend its wrapped key (2.5 and older)
+            // would need state before the cookie round trip: refused.
+            let resend_wkc = pkt.opcode == Opcode::HardResetClientV3;
+            if resend_wkc && !wrap_id.is_some_and(|(id, _)| announces_early_neg(id)) {
+                self.stats.tls_crypt_v2_rejected += 1;
+                return;
+            }
+            self.stateless_reset(link, addr, &pkt, key.as_deref(), resend_wkc, now);
+            return;
+        }
+        // A tls-crypt-v2 client's first packet after the cookie must carry its key again.
+        if self.tls_crypt.is_none() && self.tls_crypt_v2.is_some() && !v2_opcode {
+            self.stats.tls_crypt_rejected += 1;
             return;
         }
         if self
@@ -98,7 +157,6 @@ impl Server {
         }
         match self.cookie.verify(&pkt, addr, now) {
             Ok(acc) => {
-                let _ = wrap_id;
                 // A live session is replaced only by a new client session (a restart): a
                 // duplicate or replay of the packets that set up the live session itself
                 // carries its client session id, still within the cookie's lifetime, and must
@@ -117,6 +175,7 @@ impl Server {
                         client: acc.client_session,
                         server: acc.server_session,
                     },
+                    key,
                     // Our stateless reset was wrapped with id 1 (doc §11.3).
                     2,
                     now,
@@ -135,6 +194,8 @@ impl Server {
         link: Link,
         addr: std::net::SocketAddr,
         pkt: &ControlPacket<'_>,
+        key: Option<&TlsCryptKey>,
+        resend_wkc: bool,
         now: Instant,
     ) {
         // Over TCP a reply reflects nothing (the address is proven), so only UDP is limited.
@@ -142,15 +203,18 @@ impl Server {
             self.stats.reset_rate_limited += 1;
             return;
         }
-        let Ok(reply) = self.cookie.reset_reply(pkt, addr, now) else {
+        let Ok(mut reply) = self.cookie.reset_reply(pkt, addr, now) else {
             self.stats.malformed += 1;
             return;
         };
+        if resend_wkc {
+            reply.payload = &RESEND_WKC_TLV;
+        }
         let mut plain = [0u8; 64];
         let Ok(n) = reply.encode(&mut plain) else {
             return;
         };
-        let bytes = match &self.tls_crypt {
+        let bytes = match key {
             Some(key) => {
                 let mut out = [0u8; 128];
                 match key.wrap(&plain[..n], 1, self.unix_now(now), &mut out) {
@@ -168,6 +232,7 @@ impl Server {
         &mut self,
         link: Link,
         start: Start<'_>,
+        key: Option<Arc<TlsCryptKey>>,
         first_wrap_id: u32,
         now: Instant,
     ) {
@@ -196,9 +261,9 @@ impl Server {
         } else {
             self.udp_cfg.clone()
         };
-        let wrap = self.tls_crypt.as_ref().map(|k| {
+        let wrap = key.map(|k| {
             (
-                k.clone(),
+                k,
                 TlsCryptSession::new(PacketIdSender::starting_at(
                     first_wrap_id,
                     self.unix_now(now),

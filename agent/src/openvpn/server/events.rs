@@ -65,6 +65,9 @@ pub enum ServerEvent {
 pub struct ServerStats {
     pub malformed: u64,
     pub tls_crypt_rejected: u64,
+    /// tls-crypt-v2 first packets refused before any state: a wrapped client key that does
+    /// not open with our server key, is too old, or a client without early negotiation.
+    pub tls_crypt_v2_rejected: u64,
     pub cookie_rejected: u64,
     pub reset_rate_limited: u64,
     pub session_limit: u64,

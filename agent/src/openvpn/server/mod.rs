@@ -26,6 +26,7 @@ use super::session::{
 };
 use super::tls::ClientIdentity;
 use super::tls_crypt::TlsCryptKey;
+use super::tls_crypt_v2::TlsCryptV2Server;
 
 mod admission;
 mod events;
@@ -73,6 +74,7 @@ pub struct Server {
     tcp_cfg: Arc<SessionConfig>,
     tls: Arc<dyn TlsProvider>,
     tls_crypt: Option<Arc<TlsCryptKey>>,
+    tls_crypt_v2: Option<Arc<TlsCryptV2Server>>,
     cookie: HmacCookie,
     limiter: ResetLimiter,
     sessions: HashMap<Link, Entry>,
@@ -135,6 +137,7 @@ impl Server {
             settings,
             tls,
             tls_crypt,
+            tls_crypt_v2: None,
             sessions: HashMap::new(),
             closed: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -150,6 +153,12 @@ impl Server {
             stats: ServerStats::default(),
             next_serial: 1,
         })
+    }
+
+    /// Accepts tls-crypt-v2 clients whose keys are wrapped under `v2` (next to tls-crypt v1
+    /// clients if a v1 key was given to [`Server::new`]). Set before the first packet.
+    pub fn set_tls_crypt_v2(&mut self, v2: Option<Arc<TlsCryptV2Server>>) {
+        self.tls_crypt_v2 = v2;
     }
 
     /// The table the packet workers use.

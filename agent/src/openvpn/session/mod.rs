@@ -20,12 +20,14 @@ use super::env::Rng;
 use super::keys::{KeyBlock, PrfInputs};
 use super::options::{protocol_flags_option, KeyDerivation, PeerInfo, PushReply};
 use super::packet::{
-    decode, ControlPacket, KeyId, Opcode, Packet, Role, SessionId, MAX_CONTROL_PACKET_LEN,
+    decode, split_first_byte, ControlPacket, KeyId, Opcode, Packet, Role, SessionId,
+    MAX_CONTROL_PACKET_LEN,
 };
 use super::peer::DataPeer;
 use super::reliable::Reliable;
 use super::tls::ClientIdentity;
 use super::tls_crypt::{TlsCryptKey, TlsCryptSession};
+use super::tls_crypt_v2::split_wkc;
 // The vocabulary shared with authentication lives in `verdict`; re-exported for the callers
 // that name it through the session.
 pub use super::verdict::{AuthRequest, CloseReason, FailureCode, Refusal, TEMPORARY_BACKOFF_SECS};
@@ -228,6 +230,16 @@ impl Session {
         if self.life == Life::Closed {
             return false;
         }
+        // A tls-crypt-v2 client's P_CONTROL_WKC_V1 carries its wrapped key again (its
+        // retransmission can reach the session): the key is already ours, and the packet in
+        // front of it is authenticated with it, so the trailing copy is dropped unread.
+        let raw = match raw.first().map(|b| split_first_byte(*b)) {
+            Some(Ok((Opcode::ControlWkcV1, _))) => match split_wkc(raw) {
+                Ok((wrapped, _)) => wrapped,
+                Err(_) => return false,
+            },
+            _ => raw,
+        };
         let mut buf = [0u8; MAX_CONTROL_PACKET_LEN];
         let plain: &[u8] = match &mut self.wrap {
             Some((key, st)) => match st.unwrap(key, raw, &mut buf, now) {

@@ -1,0 +1,347 @@
+//! The console's routes: login and logout, the pages, the assets; every response carries a
+//! strict Content-Security-Policy and no-store.
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+
+use super::accounts::{Accounts, LoginFailure};
+use super::config::ConsoleSection;
+use super::monitor::{self, History};
+use super::pages;
+use super::sessions::{same_token, Session, Sessions, COOKIE};
+use crate::admin::audit::{AuditEntry, AuditFilter, AuditLog};
+use crate::admin::{AdminHandle, Caller};
+use crate::auth::limiter::FailureLimiter;
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The console's state, shared by every request.
+pub struct Console {
+    accounts: Arc<Mutex<Accounts>>,
+    sessions: Mutex<Sessions>,
+    /// Failed logins per account name and per source address.
+    limit_name: Mutex<FailureLimiter>,
+    limit_source: Mutex<FailureLimiter>,
+    audit: Arc<AuditLog>,
+    /// The admin API: every read and action goes through it.
+    pub(super) admin: AdminHandle,
+    history: Mutex<History>,
+}
+
+impl Console {
+    pub fn new(cfg: &ConsoleSection, audit: Arc<AuditLog>, admin: AdminHandle) -> Self {
+        Self::with_session_lifetime(
+            cfg,
+            audit,
+            admin,
+            Duration::from_secs(u64::from(cfg.session_minutes) * 60),
+        )
+    }
+
+    /// As `new`, with a session lifetime below the file's one-minute floor (tests).
+    pub fn with_session_lifetime(
+        cfg: &ConsoleSection,
+        audit: Arc<AuditLog>,
+        admin: AdminHandle,
+        lifetime: Duration,
+    ) -> Self {
+        let window = Duration::from_secs(60);
+        Self {
+            accounts: Arc::new(Mutex::new(Accounts::new(cfg.admins.clone()))),
+            sessions: Mutex::new(Sessions::new(lifetime)),
+            limit_name: Mutex::new(FailureLimiter::new(cfg.login_failures_per_minute, window)),
+            limit_source: Mutex::new(FailureLimiter::new(cfg.login_failures_per_minute, window)),
+            audit,
+            admin,
+            history: Mutex::new(History::default()),
+        }
+    }
+
+    fn record(&self, who: &str, from: IpAddr, action: &str, target: &str, result: &str) {
+        self.audit.record(&AuditEntry::now(
+            who,
+            &format!("console {from}"),
+            action,
+            target,
+            result,
+        ));
+    }
+
+    pub(super) fn record_entry(&self, e: &AuditEntry) {
+        self.audit.record(e);
+    }
+
+    pub(super) fn audit_search(&self, f: &AuditFilter, limit: usize) -> Vec<AuditEntry> {
+        self.audit.search(f, limit)
+    }
+
+    pub(super) fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The router over this state.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/", get(monitor::dashboard))
+            .route("/account", get(account))
+            .route("/live/dashboard", get(monitor::dashboard_live))
+            .route("/connections", get(monitor::connections))
+            .route("/live/connections", get(monitor::connections_live))
+            .route("/connections/terminate", post(monitor::terminate))
+            .route("/audit", get(monitor::audit))
+            .route("/endpoint", get(monitor::endpoint))
+            .route("/login", get(login_page).post(login))
+            .route("/logout", post(logout))
+            .route("/assets/console.js", get(script))
+            .route("/assets/console.css", get(style))
+            .fallback(not_found)
+            .layer(axum::middleware::map_response(security_headers))
+            .with_state(self)
+    }
+}
+
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "strict-transport-security",
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A request with a live session. Without one, a page redirects to the login page and any
+/// other request gets 401.
+pub struct Authed {
+    pub session: Session,
+    pub token: String,
+}
+
+impl FromRequestParts<Arc<Console>> for Authed {
+    type Rejection = Response;
+
+    async fn from_request_parts(p: &mut Parts, c: &Arc<Console>) -> Result<Self, Response> {
+        let found = cookie_token(&p.headers).and_then(|t| {
+            let s = c
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&t, Instant::now())?;
+            Some(Authed {
+                session: s,
+                token: t,
+            })
+        });
+        found.ok_or_else(|| {
+            let wants_page = p.method == axum::http::Method::GET
+                && p.headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_none_or(|a| !a.contains("application/json"));
+            if wants_page && !p.uri.path().starts_with("/live/") {
+                Redirect::to("/login").into_response()
+            } else {
+                (StatusCode::UNAUTHORIZED, "no session: sign in first\n").into_response()
+            }
+        })
+    }
+}
+
+impl Authed {
+    /// This administrator as the admin API's caller.
+    pub fn caller(&self, from: &str) -> Caller {
+        Caller {
+            who: self.session.admin.clone(),
+            from: from.to_owned(),
+        }
+    }
+
+    /// Whether a state change's form carries this session's CSRF token.
+    pub fn csrf_ok(&self, sent: &str) -> bool {
+        same_token(sent, &self.session.csrf)
+    }
+
+    /// The answer to a state change without the right CSRF token.
+    pub fn csrf_refused(&self) -> Response {
+        (
+                StatusCode::FORBIDDEN,
+                Html(
+                    pages::refused(
+                        "Refused",
+                        "The form is stale or was not sent by this console (CSRF token missing or wrong). Reload the page and try again.",
+                        Some(&self.session),
+                    )
+                    .into_string(),
+                ),
+            )
+                .into_response()
+    }
+}
+
+async fn account(a: Authed) -> Html<String> {
+    Html(pages::home(&a.session).into_string())
+}
+
+async fn login_page() -> Html<String> {
+    Html(pages::login("", None).into_string())
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    code: String,
+}
+
+async fn login(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let now = Instant::now();
+    let source = peer.ip().to_string();
+    let limited = {
+        let n = c.limit_name.lock().unwrap_or_else(|e| e.into_inner());
+        let s = c.limit_source.lock().unwrap_or_else(|e| e.into_inner());
+        !n.allowed(&f.name, now) || !s.allowed(&source, now)
+    };
+    if limited {
+        c.record(
+            &f.name,
+            peer.ip(),
+            "console_login_failed",
+            "",
+            "rate_limited",
+        );
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            Html(
+                pages::login(
+                    &f.name,
+                    Some("Too many failed sign-ins: wait a minute and try again."),
+                )
+                .into_string(),
+            ),
+        )
+            .into_response();
+    }
+    // argon2 is deliberately slow: off the async workers.
+    let accounts = c.accounts.clone();
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (name, password, code) = (f.name.clone(), f.password, f.code);
+    let checked = tokio::task::spawn_blocking(move || {
+        accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(&name, &password, &code, unix)
+    })
+    .await
+    .unwrap_or(Err(LoginFailure::BadPassword));
+    match checked {
+        Ok(role) => {
+            let (token, lifetime) = {
+                let mut s = c.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                (s.start(&f.name, role, now), s.lifetime())
+            };
+            c.record(&f.name, peer.ip(), "console_login", "", "ok");
+            let cookie = format!(
+                "{COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
+                lifetime.as_secs()
+            );
+            ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+        }
+        Err(why) => {
+            c.limit_name
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .failed(&f.name, now);
+            c.limit_source
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .failed(&source, now);
+            c.record(&f.name, peer.ip(), "console_login_failed", "", why.reason());
+            (
+                StatusCode::UNAUTHORIZED,
+                Html(pages::login(&f.name, Some("Sign-in refused.")).into_string()),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The hidden field of every state-changing form.
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+async fn logout(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    a: Authed,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if !a.csrf_ok(&f.csrf) {
+        return a.csrf_refused();
+    }
+    c.sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .end(&a.token);
+    c.record(&a.session.admin, peer.ip(), "console_logout", "", "ok");
+    let gone = format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
+    ([(header::SET_COOKIE, gone)], Redirect::to("/login")).into_response()
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("assets/console.js"),
+    )
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("assets/console.css"),
+    )
+}
+
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, "not found\n")
+}

@@ -1,0 +1,51 @@
+//! The web console (`[console]`, off by default): administrators sign in over HTTPS and see
+//! the endpoint; every action is recorded in the admin audit trail.
+//!
+//! Layout: [`config`] (the section and its checks), [`accounts`] (argon2 passwords, TOTP),
+//! [`sessions`] (login sessions, CSRF tokens), [`pages`]
+//! (maud templates, auto-escaped), [`app`] (routes and their guards), [`server`] (TLS and
+//! HTTP/1 over the agent's tokio runtime).
+pub mod accounts;
+pub mod app;
+pub mod config;
+pub mod monitor;
+pub mod pages;
+pub mod server;
+pub mod sessions;
+pub mod views;
+
+pub use app::Console;
+pub use config::{AdminAccount, ConsoleSection, Role};
+
+#[cfg(test)]
+mod tests;
+
+/// Starts the console of `cfg` on the running runtime: binds its listener, reads its
+/// certificate, and serves until the returned guard is dropped.
+pub async fn spawn(
+    cfg: &ConsoleSection,
+    audit: std::sync::Arc<crate::admin::audit::AuditLog>,
+    admin: crate::admin::AdminHandle,
+) -> anyhow::Result<Running> {
+    use anyhow::Context;
+    let tls = server::tls_config(&cfg.tls_cert, &cfg.tls_key)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding the console listener {}", cfg.listen))?;
+    let console = std::sync::Arc::new(Console::new(cfg, audit, admin));
+    tracing::info!(listen = %cfg.listen, "console: serving https://{}/", cfg.listen);
+    Ok(Running(tokio::spawn(server::serve(
+        listener,
+        tls,
+        console.router(),
+    ))))
+}
+
+/// The serving console; dropping it stops the listener (the endpoint stopped).
+pub struct Running(tokio::task::JoinHandle<()>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,285 @@
+//! The monitoring pages' HTML: the dashboard (cards and server-side SVG charts), the
+//! connections table, the audit trail. maud escapes every interpolated string.
+use maud::{html, Markup};
+
+use super::config::Role;
+use super::monitor::{ConnQuery, History};
+use super::pages::layout;
+use super::sessions::Session;
+use crate::admin::audit::AuditEntry;
+use crate::admin::{ConnectionInfo, StatusReply};
+
+fn bytes(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+fn since(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        format!("{h}h {m:02}m")
+    } else {
+        format!("{m}m {s:02}s")
+    }
+}
+
+/// Horizontal bars, one per (label, value, of): the value's share of `of` (or of the
+/// largest value when `of` is 0).
+fn bars(rows: &[(String, u64, u64)], unit: &str) -> Markup {
+    let max = rows.iter().map(|r| r.1).max().unwrap_or(0).max(1);
+    let h = 22 * rows.len().max(1);
+    html! {
+        svg.chart viewBox={"0 0 420 " (h)} width="420" height=(h) role="img" {
+            @if rows.is_empty() {
+                text x="0" y="15" { "none" }
+            }
+            @for (i, (label, v, of)) in rows.iter().enumerate() {
+                @let frac = if *of > 0 { *v as f64 / *of as f64 } else { *v as f64 / max as f64 };
+                @let w = (frac.clamp(0.0, 1.0) * 200.0).max(if *v > 0 { 2.0 } else { 0.0 });
+                @let y = i * 22;
+                text x="0" y=(y + 15) { (label) }
+                rect.track x="150" y=(y + 4) width="200" height="14" {}
+                rect.bar x="150" y=(y + 4) width=(format!("{w:.1}")) height="14" {}
+                text x="356" y=(y + 15) {
+                    (v) @if *of > 0 { " / " (of) } " " (unit)
+                }
+            }
+        }
+    }
+}
+
+/// A line chart of the recent throughput (bytes per second each way).
+fn throughput(h: &History) -> Markup {
+    let pts = h.rates();
+    let max = pts.iter().map(|(i, o)| i.max(*o)).fold(1.0f64, f64::max);
+    let line = |pick: fn(&(f64, f64)) -> f64| {
+        pts.iter()
+            .enumerate()
+            .map(|(x, p)| format!("{},{:.1}", x * 7, 100.0 - pick(p) / max * 95.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    html! {
+        svg.chart viewBox="0 0 420 110" width="420" height="110" role="img" {
+            rect.track x="0" y="0" width="420" height="100" {}
+            polyline.in points=(line(|p| p.0)) {}
+            polyline.out points=(line(|p| p.1)) {}
+            text x="4" y="12" { "peak " (bytes(max as u64)) "/s" }
+        }
+        p.legend { span.in { "■ in (from clients)" } " " span.out { "■ out (to clients)" } }
+    }
+}
+
+/// The part of the dashboard that refreshes every 2 s.
+pub fn dashboard_live(st: &StatusReply, conns: &[ConnectionInfo], h: &History) -> Markup {
+    let bin: u64 = conns.iter().map(|c| c.ingress_bytes).sum();
+    let bout: u64 = conns.iter().map(|c| c.egress_bytes).sum();
+    let pin: u64 = conns.iter().map(|c| c.ingress_packets).sum();
+    let pout: u64 = conns.iter().map(|c| c.egress_packets).sum();
+    let drops: Vec<(String, u64, u64)> = st
+        .drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| (k.clone(), *n, 0))
+        .collect();
+    let maps: Vec<(String, u64, u64)> = st
+        .maps
+        .iter()
+        .map(|(k, m)| (k.clone(), m.entries, m.capacity))
+        .collect();
+    html! {
+        div.cards {
+            div.card { div.k { "Active connections" } div.n id="active" { (st.established) } div { (st.sessions) " sessions in all" } }
+            div.card { div.k { "Bytes in / out" } div.n id="bytes" { (bytes(bin)) " / " (bytes(bout)) } div { (pin) " / " (pout) " packets" } }
+            div.card { div.k { "Flows" } div.n { (st.flows) } }
+            div.card { div.k { "Policy generation" } div.n { (st.generation) }
+                div { (st.reloads) " reloads; last: "
+                    @match (&st.last_reload_error, &st.last_reload_timing) {
+                        (Some(e), _) => span.error { "failed: " (e) },
+                        (None, Some(t)) => { "ok in " (format!("{:.1}", t.total_ms)) " ms" },
+                        (None, None) => "none yet",
+                    }
+                }
+            }
+        }
+        div.charts {
+            section { h2 { "Throughput" } (throughput(h)) }
+            section { h2 { "Data-path drops by reason" } (bars(&drops, "packets")) }
+            section { h2 { "Map fill" } (bars(&maps, "")) }
+        }
+    }
+}
+
+pub fn dashboard(s: &Session, live: Markup) -> Markup {
+    layout(
+        "Dashboard",
+        Some(s),
+        html! { div #dashboard data-refresh="/live/dashboard" { (live) } },
+    )
+}
+
+fn sort_link(q: &ConnQuery, key: &str, label: &str) -> Markup {
+    let desc = q.sort == key && !q.desc;
+    let href = format!(
+        "/connections?q={}&sort={key}&desc={desc}",
+        super::monitor::url_encode(&q.q)
+    );
+    html! { a href=(href) { (label) @if q.sort == key { (if q.desc { " ▼" } else { " ▲" }) } } }
+}
+
+/// The rows of the connections table (refreshed every 2 s).
+pub fn connection_rows(s: &Session, conns: &[ConnectionInfo], rates: &[(u32, f64, f64)]) -> Markup {
+    html! {
+        @if conns.is_empty() { tr { td colspan="10" { "No connection matches." } } }
+        @for c in conns {
+            @let rate = rates.iter().find(|r| r.0 == c.id).map(|r| (r.1, r.2)).unwrap_or((0.0, 0.0));
+            tr data-id=(c.id) {
+                td { (c.id) }
+                td.user { (c.user.as_deref().unwrap_or("-")) }
+                td { (c.username.as_deref().unwrap_or("-")) }
+                td { (c.directory_groups.join(", ")) }
+                td { (c.client_address.as_deref().unwrap_or("-")) }
+                td { (c.public_address) " " small { (c.transport) } }
+                td { (since(c.since_secs)) @if !c.established { " (connecting)" } }
+                td.bytes-in { (bytes(c.ingress_bytes)) }
+                td.bytes-out { (bytes(c.egress_bytes)) }
+                td { (bytes(rate.0 as u64)) "/s ↑ " (bytes(rate.1 as u64)) "/s ↓" }
+                td {
+                    @if s.role == Role::Operator {
+                        form method="post" action="/connections/terminate"
+                            data-confirm={"Terminate session " (c.id) " of " (c.user.as_deref().unwrap_or("?")) "?"} {
+                            input type="hidden" name="csrf" value=(s.csrf);
+                            input type="hidden" name="id" value=(c.id);
+                            button.danger type="submit" { "Terminate" }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn connections(s: &Session, q: &ConnQuery, rows: Markup, notice: Option<&str>) -> Markup {
+    let live = format!(
+        "/live/connections?q={}&sort={}&desc={}",
+        super::monitor::url_encode(&q.q),
+        super::monitor::url_encode(&q.sort),
+        q.desc
+    );
+    layout(
+        "Connections",
+        Some(s),
+        html! {
+            @if let Some(n) = notice { p.notice role="status" { (n) } }
+            form.filter method="get" action="/connections" {
+                input type="search" name="q" value=(q.q) placeholder="user, group or address";
+                input type="hidden" name="sort" value=(q.sort);
+                button type="submit" { "Filter" }
+            }
+            table #connections {
+                thead { tr {
+                    th { (sort_link(q, "id", "Id")) }
+                    th { (sort_link(q, "user", "User")) }
+                    th { "Directory user" }
+                    th { "Groups" }
+                    th { "Client address" }
+                    th { "Public address" }
+                    th { (sort_link(q, "since", "Connected for")) }
+                    th { (sort_link(q, "in", "Bytes in")) }
+                    th { (sort_link(q, "out", "Bytes out")) }
+                    th { "Rate" }
+                    th {}
+                } }
+                tbody data-refresh=(live) { (rows) }
+            }
+        },
+    )
+}
+
+pub fn audit(s: &Session, f: &crate::admin::audit::AuditFilter, entries: &[AuditEntry]) -> Markup {
+    layout(
+        "Audit trail",
+        Some(s),
+        html! {
+            form.filter method="get" action="/audit" {
+                input type="search" name="who" value=(f.who) placeholder="who";
+                input type="search" name="action" value=(f.action) placeholder="action";
+                input type="search" name="result" value=(f.result) placeholder="result";
+                input type="search" name="text" value=(f.text) placeholder="target or source";
+                button type="submit" { "Filter" }
+            }
+            table #audit {
+                thead { tr { th { "Time (UTC)" } th { "Who" } th { "From" } th { "Action" } th { "Target" } th { "Result" } } }
+                tbody {
+                    @if entries.is_empty() { tr { td colspan="6" { "No entry matches." } } }
+                    @for e in entries {
+                        tr { td { (e.time) } td { (e.who) } td { (e.from) } td.action { (e.action) } td { (e.target) } td { (e.result) } }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The endpoint's running policy and the "can user U reach IP:port/proto?" form.
+pub fn endpoint(
+    s: &Session,
+    p: &crate::admin::PolicyReply,
+    q: &super::monitor::ExplainQuery,
+    answer: Option<Result<crate::admin::ExplainReply, String>>,
+) -> Markup {
+    let pol = &p.policy;
+    layout(
+        "Endpoint",
+        Some(s),
+        html! {
+            section #explain {
+                h2 { "Can a user reach a destination?" }
+                form.filter method="get" action="/endpoint" {
+                    input type="text" name="user" value=(q.user) placeholder="user" required;
+                    input type="text" name="to" value=(q.to) placeholder="10.0.0.5:443/tcp" required;
+                    button type="submit" { "Explain" }
+                }
+                @match &answer {
+                    Some(Ok(e)) => {
+                        p.verdict { strong { (e.user) } " → " (e.destination) ": "
+                            strong class=(if e.reason.is_none() { "allow" } else { "drop" }) { (e.verdict) }
+                            " — groups: " (if e.groups.is_empty() { "none".to_string() } else { e.groups.join(", ") })
+                        }
+                        ol.steps { @for st in &e.steps { li { (st) } } }
+                    }
+                    Some(Err(e)) => p.error role="alert" { (e) },
+                    None => {},
+                }
+            }
+            p { "Policy generation " (p.generation) "; client pool " (pol.client_cidr) ", gateway " (pol.gateway_addr) "." }
+            h2 { "Authorization rules" }
+            table #authz { thead { tr { th { "#" } th { "Destination" } th { "Who" } th { "Description" } } }
+                tbody { @for (i, r) in pol.authorization_rules.iter().enumerate() {
+                    tr { td { (i) } td { (r.destination) }
+                         td { @if r.all_users { "all users" } @else { (r.groups.join(", ")) } }
+                         td { (r.description.as_deref().unwrap_or("")) } }
+                } } }
+            h2 { "Routes" }
+            table #routes { thead { tr { th { "Destination" } th { "Target network" } th { "Description" } } }
+                tbody { @for r in &pol.routes {
+                    tr { td { (r.destination) } td { (r.target_network) } td { (r.description.as_deref().unwrap_or("")) } }
+                } } }
+            h2 { "Groups (local)" }
+            table #groups { thead { tr { th { "Group" } th { "Users" } } }
+                tbody { @for (g, users) in &pol.groups { tr { td { (g) } td { (users.join(", ")) } } } } }
+            h2 { "Security groups and everything else, as running" }
+            pre.policy { (serde_json::to_string_pretty(pol).unwrap_or_default()) }
+        },
+    )
+}
