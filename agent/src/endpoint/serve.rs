@@ -347,7 +347,7 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
                             None
                         }
                     };
-                    telemetry.after_gc(&ep.dp, &ep.live, ep.tls.current().crls(), scanned);
+                    telemetry.after_gc(&ep.dp, &ep.live, &ep.tls, scanned);
                     let tunnel = ep.tunnel.as_ref().expect("running");
                     handoff::expire_kept(&mut ep.dp, tunnel, &ep.live);
                 }
