@@ -39,6 +39,8 @@ pub struct Metrics {
     pub auth_failures: Family<Reason, Counter>,
     pub handshake_seconds: Histogram,
     pub crl_days_to_expiry: Family<Crl, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// 1 while the last reload of the TLS files (CA, certificate, key, CRLs) failed.
+    pub tls_reload_failing: Gauge,
     pub ingress_bytes: Counter,
     pub egress_bytes: Counter,
     pub ingress_packets: Counter,
@@ -63,6 +65,7 @@ impl Metrics {
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
             crl_days_to_expiry: Family::default(),
+            tls_reload_failing: Gauge::default(),
             ingress_bytes: Counter::default(),
             egress_bytes: Counter::default(),
             ingress_packets: Counter::default(),
@@ -99,6 +102,11 @@ impl Metrics {
             "crl_days_to_expiry",
             "Days until each CRL's nextUpdate (negative: expired)",
             m.crl_days_to_expiry.clone(),
+        );
+        registry.register(
+            "tls_reload_failing",
+            "1 while the last reload of the TLS files failed (the previous ones stay in force, retried every second)",
+            m.tls_reload_failing.clone(),
         );
         registry.register(
             "ingress_bytes",

@@ -240,3 +240,31 @@ impl Drop for EtcdCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Makes the cluster's client port `port` reachable on the loopback of `ns` (a gateway's
+/// namespace): a listener there, each connection relayed to the same port on the root
+/// namespace's loopback. Only loopback traffic on both sides. The relay lives as long as the
+/// test process (its threads block in accept and copy; nothing outside loopback is touched).
+pub fn forward_into(ns: &crate::NetNs, port: u16) {
+    let listener = ns
+        .run(move || TcpListener::bind(("127.0.0.1", port)))
+        .unwrap_or_else(|e| panic!("listen on 127.0.0.1:{port} in {}: {e}", ns.name));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(down) = conn else { continue };
+            let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+            let (mut d, mut u) = (down, up);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut d, &mut u);
+                let _ = u.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u2, &mut d2);
+                let _ = d2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use portcullis::openvpn::server::ServerEvent;
 use tests::clients::{inet_checksum, run_in_ns, UdpServer};
-use tests::gateway::SERVER;
+use tests::gateway::{GATEWAY, GW_NET_ADDR, SERVER};
 use tests::openvpn::{ping, ClientConfig, OvpnClient, Proto, OVPN_PORT, UNDERLAY_GW};
 use tests::require_root;
 use tests::tunnel::{TunnelLab, TunnelOpts};
@@ -158,6 +158,86 @@ fn a_client_cannot_send_as_another_client() {
         spoofed >= 15,
         "the worker counted the forged packets: {spoofed}"
     );
+}
+
+/// Services of the gateway host itself (stand-ins for SSH and the metrics listener on its
+/// target-network address, a closed port of the pool gateway address)
+/// are not reachable from a client, with TTL 1 (which once went to the host before
+/// authorization) or any other TTL: nothing arrives and nothing answers.
+#[test]
+fn a_client_cannot_reach_the_gateways_own_services() {
+    require_root!();
+    let lab = TunnelLab::new(TunnelOpts {
+        clients: 1,
+        ..TunnelOpts::default()
+    });
+    let (_alice, alice_addr) = connect(
+        &lab,
+        0,
+        &ClientConfig::new(&lab.pki, "alice", Proto::Udp),
+        "alice",
+    );
+    // Bound on this thread, which is in the gateway's namespace: the host's own sockets.
+    let local = [
+        SocketAddrV4::new(GW_NET_ADDR, 22),
+        SocketAddrV4::new(GW_NET_ADDR, 9100),
+        SocketAddrV4::new(GATEWAY, 7302),
+    ];
+    let host: Vec<UdpSocket> = local
+        .iter()
+        .map(|a| {
+            let s = UdpSocket::bind(a).unwrap_or_else(|e| panic!("bind {a} on the gateway: {e}"));
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let server = UdpServer::start(&lab.gw, SocketAddrV4::new(SERVER, 7100), false);
+    let ns = lab.underlay.client(0).ns.name.clone();
+    let answered = run_in_ns(&ns, move || {
+        let mut answered = Vec::new();
+        for ttl in [1, 64] {
+            for dst in local {
+                // Connected, so an ICMP error (port unreachable, time exceeded) would show
+                // as an error on recv: any answer at all is a failure.
+                let s = UdpSocket::bind(SocketAddrV4::new(alice_addr, 0)).unwrap();
+                s.set_ttl(ttl).unwrap();
+                s.connect(dst).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                for _ in 0..3 {
+                    let _ = s.send(format!("ttl {ttl} to {dst}").as_bytes());
+                }
+                let mut buf = [0u8; 64];
+                match s.recv(&mut buf) {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    other => answered.push(format!("ttl {ttl} to {dst}: {other:?}")),
+                }
+            }
+        }
+        // The same client still reaches the target network.
+        let s = UdpSocket::bind(SocketAddrV4::new(alice_addr, 0)).unwrap();
+        s.send_to(b"genuine", SocketAddrV4::new(SERVER, 7100))
+            .unwrap();
+        answered
+    });
+    assert!(answered.is_empty(), "the gateway answered: {answered:?}");
+    assert!(
+        server.wait_count(1, Duration::from_secs(5)),
+        "the client's own traffic to the target network arrives"
+    );
+    let mut buf = [0u8; 128];
+    for (s, a) in host.iter().zip(local) {
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
+            panic!(
+                "{from} reached the gateway's own {a}: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+        }
+    }
 }
 
 /// A P_CONTROL_HARD_RESET_CLIENT_V2 without tls-crypt: opcode 7 key 0, a session id, no

@@ -165,3 +165,277 @@ async fn three_members_keep_writing_with_one_killed() {
     let got = fresh.get("/portcullis/corp/policy", None).await.unwrap();
     assert_eq!(got.kvs()[0].value(), b"v2");
 }
+
+fn shared(name: &str, dns: &str) -> portcullis::config::SharedConfig {
+    portcullis::config::SharedConfig {
+        name: name.into(),
+        split_tunnel: true,
+        dns_servers: vec![dns.parse().unwrap()],
+        session_timeout_hours: 24,
+        disconnect_on_session_timeout: true,
+        banner: None,
+        data_ciphers: vec!["AES-256-GCM".into()],
+        groups: Default::default(),
+        route: vec![],
+        authorization_rule: vec![],
+        security_group: vec![],
+        applied_security_groups: vec![],
+    }
+}
+
+async fn next(
+    rx: &mut tokio::sync::mpsc::Receiver<portcullis::fleet::PolicyUpdate>,
+) -> portcullis::fleet::Published {
+    match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+        Ok(Some(portcullis::fleet::PolicyUpdate::Published(p))) => p,
+        other => panic!("no published revision within 1 s: {other:?}"),
+    }
+}
+
+/// Followers get the current policy, then each publish within 1 s; one that lost its etcd
+/// member resumes on another and still gets every newer publish, none twice.
+#[tokio::test]
+async fn followers_get_every_publish_and_resume_after_losing_a_member() {
+    if !have_etcd() {
+        return;
+    }
+    let mut etcd = EtcdCluster::start(3).await;
+    let keys = Keys::new("corp");
+    let mut admin = connect(&etcd.fleet_section("admin")).await.unwrap();
+    let r1 = portcullis::fleet::publish(&mut admin, &keys, &shared("corp", "10.0.0.1"))
+        .await
+        .unwrap();
+    let mut rxs = Vec::new();
+    let mut tasks = Vec::new();
+    for gw in ["gw-a", "gw-b", "gw-c"] {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tasks.push(tokio::spawn(portcullis::fleet::follow(
+            etcd.fleet_section(gw),
+            keys.clone(),
+            0,
+            tx,
+        )));
+        rxs.push(rx);
+    }
+    for rx in &mut rxs {
+        let p = next(rx).await;
+        assert_eq!(
+            (p.revision, p.shared.dns_servers[0].to_string()),
+            (r1, "10.0.0.1".into())
+        );
+    }
+    let r2 = portcullis::fleet::publish(&mut admin, &keys, &shared("corp", "10.0.0.2"))
+        .await
+        .unwrap();
+    assert!(r2 > r1);
+    for rx in &mut rxs {
+        let p = next(rx).await;
+        assert_eq!(
+            (p.revision, p.shared.dns_servers[0].to_string()),
+            (r2, "10.0.0.2".into())
+        );
+    }
+    // A member dies (perhaps the leader: the first publish after it may wait for an
+    // election); publishes go on through the others and reach every follower.
+    etcd.kill(0);
+    let mut admin = connect(&etcd.fleet_section("admin")).await.unwrap();
+    let start = Instant::now();
+    let r3 = loop {
+        match portcullis::fleet::publish(&mut admin, &keys, &shared("corp", "10.0.0.3")).await {
+            Ok(r) => break r,
+            Err(e) => assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no publish with 2 of 3 members: {e}"
+            ),
+        }
+    };
+    for rx in &mut rxs {
+        // A publish that timed out may still have committed: a revision before r3 with the
+        // same text may come first, never one out of order.
+        let mut last = r2;
+        while last < r3 {
+            let p = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a follower never resumed")
+                .expect("follower running");
+            match p {
+                portcullis::fleet::PolicyUpdate::Published(p) => {
+                    assert!(p.revision > last, "{} after {last}", p.revision);
+                    assert_eq!(p.shared.dns_servers[0].to_string(), "10.0.0.3");
+                    last = p.revision;
+                }
+                // Losing the member may show as a short outage of the follower.
+                portcullis::fleet::PolicyUpdate::Degraded(_)
+                | portcullis::fleet::PolicyUpdate::Following => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(last, r3);
+    }
+    // Nothing is delivered twice.
+    for rx in &mut rxs {
+        while let Ok(u) = rx.try_recv() {
+            assert!(
+                matches!(
+                    u,
+                    portcullis::fleet::PolicyUpdate::Degraded(_)
+                        | portcullis::fleet::PolicyUpdate::Following
+                ),
+                "{u:?}"
+            );
+        }
+    }
+    drop(rxs);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("follower stops when the gateway stops listening")
+            .unwrap();
+    }
+}
+
+/// The policy both gateways' files start with: `alice` in `eng`, which reaches the private
+/// network.
+const ENG_ALLOWED: &str = r#"
+[groups]
+eng = ["alice"]
+
+[[authorization_rule]]
+destination = "10.0.0.0/24"
+groups = ["eng"]
+description = "engineering reaches the private network"
+"#;
+
+/// `policy` with a `[fleet]` section for the cluster at `port` on loopback.
+fn with_fleet(policy: &str, port: u16, gateway_id: &str) -> String {
+    format!(
+        "{policy}\n[fleet]\nendpoints = [\"http://127.0.0.1:{port}\"]\ngateway_id = \"{gateway_id}\"\nlease_ttl_secs = 3\n"
+    )
+}
+
+fn fleet_status(lab: &tests::agent::AgentLab) -> serde_json::Value {
+    lab.agent().status()["fleet"].clone()
+}
+
+/// Two `portcullis run` gateways with `[fleet]`: started while etcd is out of reach, they run
+/// their local file's policy and say degraded; once etcd is reachable they follow. One
+/// `fleet publish` (alice leaves eng) is then running on both within 1 s: both status
+/// replies show its revision and alice's pings stop on both, without a reconnect. A file
+/// `check` refuses publishes nothing.
+#[test]
+fn one_publish_is_enforced_on_every_gateway() {
+    use tests::agent::{cli, endpoint_toml, poll, write_atomic, AgentLab};
+    use tests::gateway::SERVER;
+    use tests::openvpn::ping;
+    tests::require_root!();
+    if !have_etcd() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = rt.block_on(EtcdCluster::start(1));
+    let port: u16 = etcd.endpoints()[0]
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a client port");
+    let labs: Vec<AgentLab> = ["gw-a", "gw-b"]
+        .iter()
+        .map(|gw| AgentLab::new(1, &["alice"], &with_fleet(ENG_ALLOWED, port, gw)))
+        .collect();
+    // etcd is not reachable from the gateways' namespaces yet: local policy, degraded.
+    for lab in &labs {
+        let degraded = poll(Duration::from_secs(5), || {
+            let f = fleet_status(lab);
+            f["degraded"].is_string().then_some(f)
+        })
+        .unwrap_or_else(|| panic!("no degraded status: {}", lab.agent().log_tail(30)));
+        assert_eq!(degraded["revision"], serde_json::Value::Null, "{degraded}");
+    }
+    let clients: Vec<_> = labs.iter().map(|lab| lab.connect(0, "alice")).collect();
+    for (lab, client) in labs.iter().zip(&clients) {
+        assert!(
+            ping(lab.client_ns(0), SERVER, 5, Duration::from_secs(5)),
+            "{}",
+            client.log()
+        );
+    }
+    // etcd comes within reach: both follow (nothing published yet).
+    for lab in &labs {
+        tests::etcd::forward_into(&lab.gw, port);
+    }
+    for lab in &labs {
+        poll(Duration::from_secs(10), || {
+            fleet_status(lab)["degraded"].is_null().then_some(())
+        })
+        .unwrap_or_else(|| panic!("still degraded: {}", lab.agent().log_tail(30)));
+    }
+
+    // A file `check` refuses changes nothing.
+    let file = labs[0].dir.path().join("publish.toml");
+    write_atomic(
+        &file,
+        &endpoint_toml(&with_fleet(ENG_ALLOWED, port, "admin"))
+            .replace("split_tunnel = true", "split_tunnel = true\nbogus = 1"),
+    );
+    let o = cli(&["fleet", "publish", "--config", &file.to_string_lossy()]);
+    assert!(!o.success() && o.stderr.contains("bogus"), "{o}");
+    let mut admin = rt
+        .block_on(connect(&etcd.fleet_section("admin")))
+        .expect("connect");
+    let stored = rt
+        .block_on(admin.get(Keys::new(tests::agent::ENDPOINT).policy(), None))
+        .unwrap();
+    assert!(stored.kvs().is_empty(), "a refused file was published");
+
+    // alice leaves eng, published once.
+    let gens: Vec<_> = labs
+        .iter()
+        .map(|l| l.agent().status()["reloads"].clone())
+        .collect();
+    write_atomic(
+        &file,
+        &endpoint_toml(&with_fleet(
+            &ENG_ALLOWED.replace("[\"alice\"]", "[]"),
+            port,
+            "admin",
+        )),
+    );
+    let published_at = Instant::now();
+    let o = cli(&["fleet", "publish", "--config", &file.to_string_lossy()]);
+    assert!(o.success(), "{o}");
+    let revision: i64 = o
+        .stdout
+        .trim()
+        .strip_prefix("published: revision ")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no revision printed: {o}"));
+    for (lab, reloads) in labs.iter().zip(&gens) {
+        let deadline = published_at + Duration::from_secs(1);
+        let st = poll(deadline.saturating_duration_since(Instant::now()), || {
+            let st = lab.agent().status();
+            (st["fleet"]["revision"] == revision).then_some(st)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "revision {revision} not running within 1 s of the publish: {}\n{}",
+                fleet_status(lab),
+                lab.agent().log_tail(30)
+            )
+        });
+        assert!(st["reloads"].as_u64() > reloads.as_u64(), "{st}");
+        assert_eq!(st["last_reload_error"], serde_json::Value::Null, "{st}");
+    }
+    for (lab, client) in labs.iter().zip(&clients) {
+        assert!(
+            !ping(lab.client_ns(0), SERVER, 2, Duration::from_secs(1)),
+            "alice still reaches {SERVER} after the publish: {}",
+            client.log()
+        );
+    }
+    // `portcullis status` names the revision.
+    let o = cli(&["status", "--config", &labs[1].config_arg()]);
+    assert!(
+        o.stdout.contains(&format!("fleet revision     {revision}")),
+        "{o}"
+    );
+}

@@ -114,6 +114,20 @@ pub struct StatusReply {
     pub drops: BTreeMap<String, u64>,
     /// Map name → fill.
     pub maps: BTreeMap<String, MapFill>,
+    /// In a fleet: the published policy revision this gateway runs.
+    #[serde(default)]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// A fleet gateway's view of the one policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// The etcd revision of the published policy applied here; `None` while the gateway
+    /// runs its local file's policy (nothing published yet, or etcd not reached since start).
+    pub revision: Option<i64>,
+    /// Why the gateway cannot follow the fleet policy now (etcd unreachable); `None` when it
+    /// follows.
+    pub degraded: Option<String>,
 }
 
 /// `reload`: the new policy generation.

@@ -352,6 +352,7 @@ mod tests {
                 flows: 0,
                 drops: Default::default(),
                 maps: Default::default(),
+                fleet: None,
             }
         }
         fn reload(&mut self) -> Result<ReloadReply, ErrorReply> {

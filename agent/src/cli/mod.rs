@@ -2,6 +2,7 @@
 //! and calls [`run`].
 pub mod check;
 pub mod connections;
+pub mod fleet;
 pub mod pki;
 pub mod status;
 
@@ -82,6 +83,11 @@ pub enum Command {
         /// Keep everything up until Ctrl-C, to inspect the pinned maps with bpftool.
         #[arg(long)]
         keep: bool,
+    },
+    /// Fleet mode: several gateways serving one endpoint, coordinated through etcd.
+    Fleet {
+        #[command(subcommand)]
+        action: FleetCmd,
     },
     /// A running endpoint: policy generation, reloads, sessions, drops and map fill levels
     /// (from the agent, via --config/--admin-socket), or the data path alone from its pinned
@@ -182,6 +188,17 @@ pub enum ConsoleCmd {
     /// Read a password (one line) on stdin and print its argon2 hash for
     /// `[[console.admin]] password_hash`.
     HashPassword,
+}
+
+#[derive(Subcommand)]
+pub enum FleetCmd {
+    /// Check FILE exactly as `check` does and publish its shared part (groups, rules, routes,
+    /// security groups, pushed options) to etcd; every gateway of the endpoint applies it
+    /// through its live reload. Prints the etcd revision (what `status` shows per gateway).
+    Publish {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -389,6 +406,13 @@ pub fn run(command: Command) -> Result<()> {
                 pki::tls_crypt_v2_client(&server_key, &out)
             }
         },
+        Command::Fleet {
+            action: FleetCmd::Publish { config },
+        } => {
+            let revision = fleet::publish(&config)?;
+            println!("published: revision {revision}");
+            Ok(())
+        }
         Command::Demo { keep } => crate::demo::run(crate::demo::DemoOptions { keep }),
         Command::Status {
             admin: _,

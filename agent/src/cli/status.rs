@@ -58,6 +58,15 @@ pub fn print_agent(v: &StatusReply) {
     if let Some(e) = &v.last_reload_error {
         println!("last reload error  {e}");
     }
+    if let Some(f) = &v.fleet {
+        match f.revision {
+            Some(r) => println!("fleet revision     {r}"),
+            None => println!("fleet revision     none (the local file's policy)"),
+        }
+        if let Some(e) = &f.degraded {
+            println!("fleet              degraded: {e}");
+        }
+    }
     println!(
         "sessions           {} ({} established)",
         v.sessions, v.established

@@ -11,7 +11,7 @@
 //! Layout: [`model`] (the sections and their defaults), [`load`] (reading, paths),
 //! [`validate`] (checks with paths and fixes), [`listeners`], [`settings`] (what the file
 //! means for the tunnel, the data path and the policy compiler), [`directory`] (the
-//! `[directory]` section), [`fleet`] (the `[fleet]` section), [`errors`] (how problems are reported).
+//! `[directory]` section), [`fleet`] (the `[fleet]` section), [`shared`] (the part a fleet publishes), [`errors`] (how problems are reported).
 pub mod directory;
 pub mod errors;
 pub mod fleet;
@@ -19,6 +19,7 @@ pub mod listeners;
 pub mod load;
 pub mod model;
 pub mod settings;
+pub mod shared;
 pub mod validate;
 
 pub use directory::{DirectoryConfig, GroupId, GroupSource, Nested};
@@ -30,6 +31,7 @@ pub use model::{
     TlsSection,
 };
 pub use settings::{interface_ipv4, restart_only_changes, target_attachments};
+pub use shared::SharedConfig;
 
 #[cfg(test)]
 mod tests;

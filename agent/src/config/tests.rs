@@ -347,3 +347,44 @@ fn fleet_section_loads_and_reports_with_paths() {
     let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, vec!["fleet.endpoints[0]", "fleet.gateway_id"], "{e}");
 }
+
+/// The shared part round-trips through its stored text, and merging it into another
+/// gateway's file replaces the policy and pushed options but no host setting.
+#[test]
+fn shared_part_round_trips_and_merges_without_host_settings() {
+    let d = dir_with_files();
+    let f = d.0.join("corp.toml");
+    std::fs::write(&f, GOOD).unwrap();
+    let published = EndpointConfig::load(&f).unwrap();
+    let shared = published.shared();
+    assert_eq!(SharedConfig::from_text(&shared.to_text()).unwrap(), shared);
+
+    let local_text = GOOD
+        .replace("udp://0.0.0.0:1194", "udp://0.0.0.0:1195")
+        .replace("snat_address = \"10.0.0.1\"", "snat_address = \"10.0.0.9\"")
+        .replace("engineering = [\"alice\"]", "engineering = [\"bob\"]")
+        .replace("split_tunnel = true", "split_tunnel = false");
+    std::fs::write(&f, local_text).unwrap();
+    let local = EndpointConfig::load(&f).unwrap();
+    let merged = local.clone().with_shared(shared.clone()).unwrap();
+    // Shared: from the publish.
+    assert_eq!(merged.groups, published.groups);
+    assert!(merged.split_tunnel);
+    assert_eq!(merged.authorization_rule, published.authorization_rule);
+    // Host-local: from this gateway's file.
+    assert_eq!(merged.listen, local.listen);
+    assert_eq!(merged.target_network, local.target_network);
+    assert_eq!(merged.tls, local.tls);
+    // What remains different is only what a live reload applies.
+    assert!(restart_only_changes(&local, &merged).is_empty());
+    // The merge is checked as a file: it is valid here.
+    merged.validate().unwrap();
+
+    // A part published for another endpoint is refused.
+    let other = SharedConfig {
+        name: "other".into(),
+        ..shared
+    };
+    let e = local.with_shared(other).unwrap_err();
+    assert!(e.to_string().contains("\"other\""), "{e}");
+}

@@ -51,6 +51,7 @@ impl AdminApi for FakeEndpoint {
             flows: 4,
             drops: [("no_authz_rule".to_string(), 9u64)].into_iter().collect(),
             maps: Default::default(),
+            fleet: None,
         }
     }
     fn reload(&mut self) -> Result<ReloadReply, ErrorReply> {

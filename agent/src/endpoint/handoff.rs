@@ -86,10 +86,31 @@ pub fn write_kept(state: &Path, tunnel: &Tunnel, grants: &crate::auth::Grants) {
         .collect();
     if let Err(e) = serde_json::to_vec(&held)
         .map_err(std::io::Error::other)
-        .and_then(|b| std::fs::write(state, b))
+        .and_then(|b| write_private(state, &b))
     {
         tracing::warn!(path = %state.display(), error = %e, "writing the kept sessions");
     }
+}
+
+/// Writes `bytes` to `path` readable by the owner only: who held which address names users.
+/// The file is created 0600 (never briefly wider, whatever the umask) under a temporary name
+/// and renamed over `path`, so an older file with a looser mode is replaced, not reused.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// After the grace period, removes what a previous agent's sessions left and no session
@@ -123,5 +144,32 @@ pub fn expire_kept(dp: &mut Datapath, tunnel: &Tunnel, live: &SharedLive) {
             }
             Err(e) => tracing::warn!(%addr, error = %e, "removing a previous agent's session"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().mode() & 0o777
+    }
+
+    #[test]
+    fn kept_sessions_file_is_private_even_over_a_loose_one() {
+        let dir = std::env::temp_dir().join(format!("pc-kept-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = kept_sessions_path(&dir.join("admin.sock"));
+        write_private(&path, b"{}").unwrap();
+        assert_eq!(mode(&path), 0o600, "a new file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, b"{\"10.100.0.2\":null}").unwrap();
+        assert_eq!(mode(&path), 0o600, "over an older world-readable file");
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"10.100.0.2\":null}");
+        let left = std::fs::read_dir(&dir).unwrap().count();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(left, 1, "no temporary file left behind");
     }
 }

@@ -10,7 +10,7 @@ use portcullis_common::GroupBits;
 
 use super::handoff::Adopted;
 use crate::admin::ReloadTiming;
-use crate::config::EndpointConfig;
+use crate::config::{EndpointConfig, SharedConfig};
 use crate::datapath::{self, Datapath};
 use crate::io::{Command, Tunnel};
 use crate::policy::{self, CompiledPolicy, PolicyInput};
@@ -33,6 +33,27 @@ pub struct Live {
     pub pending_restart: Vec<&'static str>,
     /// What authentication granted each session (directory user and groups).
     pub grants: Arc<crate::auth::Grants>,
+    /// In a fleet (the file has `[fleet]`): the published policy this gateway runs.
+    pub fleet: Option<FleetState>,
+}
+
+/// A fleet gateway's following of the one policy.
+#[derive(Default)]
+pub struct FleetState {
+    /// The published revision applied: its shared part replaces the local file's in every
+    /// reload, so an edit of the local file changes only host settings.
+    pub applied: Option<crate::fleet::Published>,
+    /// Why the gateway cannot follow the fleet now (etcd unreachable).
+    pub degraded: Option<String>,
+}
+
+impl FleetState {
+    pub fn status(&self) -> crate::admin::FleetStatus {
+        crate::admin::FleetStatus {
+            revision: self.applied.as_ref().map(|p| p.revision),
+            degraded: self.degraded.clone(),
+        }
+    }
 }
 
 /// [`Live`] behind its lock, shared by the loop, the tunnel's control thread and the hooks.
@@ -81,8 +102,22 @@ pub fn load_and_compile(
     resolve_ifindex: &dyn Fn(&str) -> Option<u32>,
     previous: Option<&BTreeMap<String, u16>>,
 ) -> Result<(EndpointConfig, CompiledPolicy)> {
-    let cfg = EndpointConfig::load_unvalidated(path)
+    load_merge_and_compile(path, None, resolve_ifindex, previous)
+}
+
+/// [`load_and_compile`] with the shared part of a fleet publish in place of the file's: the
+/// merge is checked exactly as a file.
+pub fn load_merge_and_compile(
+    path: &Path,
+    shared: Option<&SharedConfig>,
+    resolve_ifindex: &dyn Fn(&str) -> Option<u32>,
+    previous: Option<&BTreeMap<String, u16>>,
+) -> Result<(EndpointConfig, CompiledPolicy)> {
+    let mut cfg = EndpointConfig::load_unvalidated(path)
         .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", path.display()))?;
+    if let Some(shared) = shared {
+        cfg = cfg.with_shared(shared.clone())?;
+    }
     let file_errors = cfg.validate().err().map(|e| e.0).unwrap_or_default();
     let compiler_errors =
         match policy::compile_with_previous(&cfg.policy(), resolve_ifindex, previous) {
@@ -110,12 +145,14 @@ pub fn stamp(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Validates, compiles and applies the file as one new policy generation; an invalid file
-/// leaves the running policy in place. Group changes reach live sessions at once (their
+/// Validates, compiles and applies the file (in a fleet: with `shared`, the published part, in
+/// place of the file's) as one new policy generation; an invalid result leaves the running
+/// policy in place. Group changes reach live sessions at once (their
 /// bitmaps in the clients map are rewritten); flows no longer allowed are cut by the data
 /// path's revalidation.
 pub fn reload(
     config_path: &Path,
+    shared: Option<&SharedConfig>,
     running: &EndpointConfig,
     dp: &mut Datapath,
     tunnel: &Tunnel,
@@ -126,8 +163,9 @@ pub fn reload(
     l.config_stamp = stamp(config_path);
     let mut timing = ReloadTiming::default();
     let result = (|| -> Result<u32> {
-        let (cfg, compiled) = load_and_compile(
+        let (cfg, compiled) = load_merge_and_compile(
             config_path,
+            shared,
             &|n| datapath::ifindex(n),
             Some(&l.compiled.group_bits),
         )?;

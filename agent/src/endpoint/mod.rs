@@ -214,6 +214,8 @@ impl Endpoint {
             pending_restart: Vec::new(),
             kept: Some((Instant::now() + handoff::KEPT_GRACE, adopted.clone())),
             grants: grants.clone(),
+            // Until the first publish is applied, the local file's policy runs.
+            fleet: cfg.fleet.as_ref().map(|_| live::FleetState::default()),
         }));
         let local_groups: crate::auth::LocalGroups = {
             let live = live.clone();

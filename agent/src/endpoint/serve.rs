@@ -15,7 +15,9 @@ use crate::admin::{
     StatusReply, TerminateReply,
 };
 use crate::auth::recheck::{self, Change, Recheck};
+use crate::config::SharedConfig;
 use crate::datapath::{self, Datapath};
+use crate::fleet::{Keys, PolicyUpdate};
 use crate::io::{Command, SessionInfo};
 
 /// The admin API over a running endpoint and its connection table.
@@ -25,13 +27,58 @@ struct Api<'a> {
 }
 
 impl Endpoint {
-    /// Reloads the file (without one, there is nothing to reload).
+    /// Reloads the file (without one, there is nothing to reload); in a fleet, with the
+    /// published part this gateway runs.
     fn reload(&mut self) -> Result<u32, String> {
+        let shared = lock(&self.live)
+            .fleet
+            .as_ref()
+            .and_then(|f| f.applied.as_ref())
+            .map(|p| p.shared.clone());
+        self.reload_with(shared.as_ref())
+    }
+
+    fn reload_with(&mut self, shared: Option<&SharedConfig>) -> Result<u32, String> {
         let Some(path) = self.opts.config_path.clone() else {
             return Err("this endpoint was built without a configuration file".into());
         };
         let tunnel = self.tunnel.as_ref().expect("running");
-        live::reload(&path, &self.cfg, &mut self.dp, tunnel, &self.live)
+        live::reload(&path, shared, &self.cfg, &mut self.dp, tunnel, &self.live)
+    }
+
+    /// Applies what the fleet policy follower reports: a published revision goes through
+    /// the same reload as a file edit (and is the one this gateway runs only if it applies).
+    fn on_fleet(&mut self, update: PolicyUpdate) {
+        match update {
+            PolicyUpdate::Published(p) => match self.reload_with(Some(&p.shared)) {
+                Ok(generation) => {
+                    tracing::info!(revision = p.revision, generation, "fleet policy applied");
+                    if let Some(f) = lock(&self.live).fleet.as_mut() {
+                        f.applied = Some(p);
+                    }
+                }
+                Err(e) => tracing::error!(
+                    revision = p.revision,
+                    "fleet policy refused on this gateway, the running policy stays: {e}"
+                ),
+            },
+            PolicyUpdate::Unreadable { revision, error } => tracing::error!(
+                revision,
+                "the fleet policy key holds no published policy, the running policy stays: {error}"
+            ),
+            PolicyUpdate::Degraded(error) => {
+                tracing::warn!("fleet degraded: running the last policy applied: {error}");
+                if let Some(f) = lock(&self.live).fleet.as_mut() {
+                    f.degraded = Some(error);
+                }
+            }
+            PolicyUpdate::Following => {
+                tracing::info!("fleet: following the published policy again");
+                if let Some(f) = lock(&self.live).fleet.as_mut() {
+                    f.degraded = None;
+                }
+            }
+        }
     }
 
     fn file_changed(&self) -> bool {
@@ -263,6 +310,13 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
         .map(|d| Duration::from_secs(d.config().recheck_interval_secs))
         .filter(|d| !d.is_zero());
     let mut recheck = Recheck::default();
+    // In a fleet, the follower hands over each published revision; it stops when `fleet`
+    // is dropped (the loop returns).
+    let (fleet_tx, mut fleet) = tokio::sync::mpsc::channel(8);
+    let _follower = ep.cfg.fleet.clone().map(|section| {
+        let keys = Keys::new(&ep.cfg.name);
+        tokio::spawn(crate::fleet::follow(section, keys, 0, fleet_tx))
+    });
     loop {
         tokio::select! {
             stop_now = next_signal(&mut signals) => {
@@ -293,7 +347,7 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
                             None
                         }
                     };
-                    telemetry.after_gc(&ep.dp, &ep.live, ep.tls.current().crls(), scanned);
+                    telemetry.after_gc(&ep.dp, &ep.live, &ep.tls, scanned);
                     let tunnel = ep.tunnel.as_ref().expect("running");
                     handoff::expire_kept(&mut ep.dp, tunnel, &ep.live);
                 }
@@ -307,6 +361,7 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
                     let _ = ep.reload();
                 }
             }
+            Some(update) = fleet.recv() => ep.on_fleet(update),
             call = admin.next() => {
                 call.answer(&mut Api { ep, connections: &telemetry.connections });
             }

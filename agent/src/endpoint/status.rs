@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::live::{lock, SharedLive};
+use super::live::{self, lock, SharedLive};
 use crate::admin::{ConnectionInfo, MapFill, StatusReply};
 use crate::datapath::Datapath;
 use crate::io::{SessionInfo, Tunnel};
@@ -80,6 +80,7 @@ pub fn status(endpoint: &str, dp: &Datapath, live: &SharedLive, tunnel: &Tunnel)
                 ((*n).to_owned(), fill)
             })
             .collect(),
+        fleet: l.fleet.as_ref().map(live::FleetState::status),
     }
 }
 

@@ -192,17 +192,19 @@ impl Telemetry {
         };
     }
 
-    /// After a conntrack expiry pass (`scanned`: the entries it counted): CRL and map-fill
-    /// gauges.
+    /// After a conntrack expiry pass (`scanned`: the entries it counted): TLS reload, CRL and
+    /// map-fill gauges.
     pub fn after_gc(
         &self,
         dp: &Datapath,
         live: &SharedLive,
-        crls: &[crate::openvpn::tls::CrlStatus],
+        tls: &crate::io::tls_files::ReloadableTls,
         scanned: Option<usize>,
     ) {
         let m = self.metrics();
-        m.set_crls(crls);
+        m.set_crls(tls.current().crls());
+        m.tls_reload_failing
+            .set(i64::from(tls.reload_failure().is_some()));
         let fill = map_fill(dp, &lock(live).compiled, scanned);
         for (map, entries, capacity) in fill {
             let k = crate::metrics::Map { map: map.into() };

@@ -17,6 +17,10 @@ const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(2), Duration::from_
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
+    #[error("etcd: {0}")]
+    Etcd(etcd_client::Error),
+    #[error("the etcd watch ended: {0}")]
+    WatchEnded(String),
     #[error("fleet.{field}: cannot read {}: {source}", path.display())]
     ReadFile {
         field: &'static str,

@@ -6,6 +6,8 @@
 //! documented there and in `docs/fleet.md`.
 pub mod client;
 pub mod keys;
+pub mod policy;
 
 pub use client::{connect, FleetError};
 pub use keys::Keys;
+pub use policy::{follow, publish, PolicyUpdate, Published};

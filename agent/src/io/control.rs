@@ -29,6 +29,7 @@ pub(super) struct ControlCtx {
     pub(super) peers: Arc<PeerTable>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) stats: Arc<TunnelStats>,
+    pub(super) deferred: Arc<super::lifecycle::Deferred>,
 }
 
 pub(super) async fn run(mut c: ControlCtx) {
@@ -74,6 +75,9 @@ pub(super) async fn run(mut c: ControlCtx) {
                 flush(&mut c);
                 break;
             }
+        }
+        for m in c.deferred.take() {
+            handle_ctl(&mut c, m, now);
         }
         c.server.handle_timeout(now);
         flush(&mut c);

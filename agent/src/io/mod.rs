@@ -15,6 +15,7 @@
 //!
 //! [`PeerTable`]: crate::openvpn::peer::PeerTable
 mod control;
+mod lifecycle;
 pub mod tap;
 mod tcp;
 pub mod tls_files;
@@ -79,7 +80,11 @@ pub struct TunnelStats {
     /// Decrypted packets that were not IPv4.
     pub data_not_ipv4: AtomicU64,
     pub tap_no_peer: AtomicU64,
+    /// Control packets dropped because the control channel was full (clients retransmit).
     pub control_queue_full: AtomicU64,
+    /// Client exits and floats that found the control channel full and waited aside for
+    /// the control thread's next turn (never dropped).
+    pub lifecycle_deferred: AtomicU64,
     /// TCP connections accepted.
     pub tcp_connections: AtomicU64,
     /// TCP connections closed right away: over the total or the per-source limit.
@@ -217,6 +222,7 @@ impl Tunnel {
         let peers = server.peers();
         let (ctl_tx, ctl_rx) = mpsc::channel::<Ctl>(8192);
         let tcp_conns = Arc::new(tcp::TcpConns::default());
+        let deferred = Arc::new(lifecycle::Deferred::default());
         let tcp_limits = TcpLimits::for_sessions(server.settings().max_sessions);
         let tap_for_tcp = taps[0].try_clone()?;
         let base = Instant::now();
@@ -238,6 +244,7 @@ impl Tunnel {
                 tcp: tcp_conns.clone(),
                 stop: stop.clone(),
                 stats: stats.clone(),
+                deferred: deferred.clone(),
                 base,
             };
             workers.push(
@@ -272,6 +279,7 @@ impl Tunnel {
                     peers,
                     stop: stop2,
                     stats: stats2,
+                    deferred,
                 }));
             })?;
         Ok(Tunnel {

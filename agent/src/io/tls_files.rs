@@ -61,6 +61,10 @@ pub struct ReloadableTls {
     /// Modification times of the files at the last (attempted) load, for
     /// [`ReloadableTls::reload_if_changed`].
     stamps: Mutex<Vec<Option<SystemTime>>>,
+    /// Why the last reload failed (None: it succeeded). While set, every
+    /// [`ReloadableTls::reload_if_changed`] retries: a CRL caught half-written or briefly
+    /// unreadable must not leave the old one in force until the file changes again.
+    failing: Mutex<Option<String>>,
 }
 
 impl ReloadableTls {
@@ -86,22 +90,33 @@ impl ReloadableTls {
             clock,
             current: RwLock::new(Arc::new(ctx)),
             stamps,
+            failing: Mutex::new(None),
         })
     }
 
     /// Reloads when any of the files changed since the last load (a CRL republished by the
-    /// CA, a renewed server certificate). Cheap enough to call every few seconds; a failed
-    /// reload is logged and retried only after the files change again.
+    /// CA, a renewed server certificate), and on every call while the last reload failed
+    /// (the previous configuration stays in force meanwhile). Cheap enough to call every
+    /// second.
     pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
         let now = file_stamps(&self.files);
         {
             let mut s = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
-            if *s == now {
+            if *s == now && self.reload_failure().is_none() {
                 return None;
             }
             *s = now;
         }
         Some(self.reload())
+    }
+
+    /// Why the last reload failed, while it keeps failing (the previous configuration is in
+    /// force); None once a reload succeeds.
+    pub fn reload_failure(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn current(&self) -> Arc<TlsContext> {
@@ -113,11 +128,21 @@ impl ReloadableTls {
         match load(&self.files, &self.options, self.clock.clone()) {
             Ok(ctx) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
+                *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 tracing::info!(ca = %self.files.ca.display(), "TLS configuration reloaded");
                 Ok(())
             }
             Err(e) => {
-                tracing::error!("TLS reload failed, keeping the previous configuration: {e}");
+                let text = e.to_string();
+                let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+                // Retried every second: log each new reason once, not every attempt.
+                if failing.as_deref() != Some(text.as_str()) {
+                    tracing::error!(
+                        "TLS reload failed, keeping the previous configuration (retrying every \
+                         second until it loads): {e}"
+                    );
+                }
+                *failing = Some(text);
                 Err(e)
             }
         }

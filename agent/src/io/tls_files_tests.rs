@@ -443,3 +443,40 @@ fn openssl_session(
     );
     (id, ekm, text)
 }
+
+/// A reload that fails (here: a CRL caught half-written) is retried on the next call, not
+/// only once the file's modification time changes again: the writer may finish within the
+/// same timestamp, or the file may become readable without being rewritten.
+#[test]
+fn failed_reload_is_retried_until_it_loads() {
+    let dir = TempDir::new("tls-retry");
+    let pki = pki();
+    let files = files(&dir.0, &pki, &crl(&pki.ca, &[], true));
+    let crl_path = dir.0.join("crl.pem");
+    let tls = ReloadableTls::new(files, TlsOptions::default()).unwrap();
+    let before = tls.current();
+    assert!(tls.reload_if_changed().is_none(), "nothing changed");
+
+    write(&crl_path, b"-----BEGIN X509 CRL-----\ngarbage\n");
+    let stamp = std::fs::metadata(&crl_path).unwrap().modified().unwrap();
+    assert!(matches!(tls.reload_if_changed(), Some(Err(_))));
+    assert!(Arc::ptr_eq(&before, &tls.current()), "old CRL kept");
+    assert!(tls.reload_failure().unwrap().contains("crl.pem"));
+    assert!(
+        matches!(tls.reload_if_changed(), Some(Err(_))),
+        "retried while failing"
+    );
+
+    // The complete CRL, with the very same modification time as the broken one.
+    write(&crl_path, crl(&pki.ca, &[&pki.alice], true).as_bytes());
+    std::fs::File::options()
+        .write(true)
+        .open(&crl_path)
+        .unwrap()
+        .set_modified(stamp)
+        .unwrap();
+    assert!(matches!(tls.reload_if_changed(), Some(Ok(()))));
+    assert_eq!(tls.current().crls()[0].revoked, 1);
+    assert_eq!(tls.reload_failure(), None);
+    assert!(tls.reload_if_changed().is_none(), "no retry once it loaded");
+}

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::lifecycle::Deferred;
 use super::tcp::TcpConns;
 use super::udp::{from_sockaddr, Batch, SendQueue};
 use super::{Ctl, TunnelStats, BATCH, BUF, ETH_HLEN, HEADROOM};
@@ -26,12 +27,29 @@ pub(super) struct WorkerCtx {
     pub(super) tcp: Arc<TcpConns>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) stats: Arc<TunnelStats>,
+    pub(super) deferred: Arc<Deferred>,
     pub(super) base: Instant,
 }
 
+/// Hands a control packet to the control thread; a full channel drops it (counted): the
+/// client retransmits.
 fn send_ctl(ctl: &mpsc::Sender<Ctl>, stats: &TunnelStats, m: Ctl) {
     if ctl.try_send(m).is_err() {
         stats.control_queue_full.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Hands an `Exit` or `Floated` to the control thread; over a full channel it waits in
+/// `deferred` (counted) instead of being lost.
+pub(super) fn send_lifecycle(
+    ctl: &mpsc::Sender<Ctl>,
+    deferred: &Deferred,
+    stats: &TunnelStats,
+    m: Ctl,
+) {
+    if let Err(mpsc::error::TrySendError::Full(m)) = ctl.try_send(m) {
+        stats.lifecycle_deferred.fetch_add(1, Ordering::Relaxed);
+        deferred.push(m);
     }
 }
 
@@ -203,7 +221,7 @@ pub(super) fn run(mut w: WorkerCtx) {
 fn data_in(w: &mut WorkerCtx, link: Link, buf: &mut [u8; BUF], len: usize, now: Instant) {
     let (v, floated) = w.peers.open(link, &mut buf[..len], now);
     if let Some(f) = floated {
-        send_ctl(&w.ctl, &w.stats, Ctl::Floated(f));
+        send_lifecycle(&w.ctl, &w.deferred, &w.stats, Ctl::Floated(f));
     }
     match v {
         DataVerdict::Tunnel {
@@ -213,7 +231,7 @@ fn data_in(w: &mut WorkerCtx, link: Link, buf: &mut [u8; BUF], len: usize, now: 
         } => to_tap(&mut w.tap, buf, range, (addr, peer_id), w.tap_mac, &w.stats),
         DataVerdict::Consumed => {}
         DataVerdict::Exit { peer_id, session } => {
-            send_ctl(&w.ctl, &w.stats, Ctl::Exit(peer_id, session))
+            send_lifecycle(&w.ctl, &w.deferred, &w.stats, Ctl::Exit(peer_id, session))
         }
         DataVerdict::Dropped(crate::openvpn::peer::DropCause::UnknownPeer) => {
             w.stats.data_unknown_peer.fetch_add(1, Ordering::Relaxed);
@@ -238,6 +256,44 @@ mod tests {
         ip[12..16].copy_from_slice(&src.octets());
         ip[16..20].copy_from_slice(&[10, 0, 0, 5]);
         (buf, HEADROOM..HEADROOM + 20)
+    }
+
+    /// A flood that fills the control channel must not lose a client's exit or float: they
+    /// wait (counted) and the control thread takes them on its next turn.
+    #[test]
+    fn exit_and_float_survive_a_full_control_channel() {
+        let (tx, mut rx) = mpsc::channel::<Ctl>(1);
+        let stats = TunnelStats::default();
+        let deferred = Deferred::default();
+        let link = Link::Udp {
+            listener: 0,
+            addr: "192.0.2.1:1194".parse().unwrap(),
+        };
+        send_ctl(&tx, &stats, Ctl::Packet(link, vec![0; 8]));
+        send_ctl(&tx, &stats, Ctl::Packet(link, vec![0; 8]));
+        assert_eq!(stats.control_queue_full.load(Ordering::Relaxed), 1);
+        let to = Link::Udp {
+            listener: 0,
+            addr: "192.0.2.1:1195".parse().unwrap(),
+        };
+        let f = crate::openvpn::peer::Float {
+            peer_id: 3,
+            session: 30,
+            from: link,
+            to,
+        };
+        send_lifecycle(&tx, &deferred, &stats, Ctl::Floated(f));
+        send_lifecycle(&tx, &deferred, &stats, Ctl::Exit(3, 30));
+        send_lifecycle(&tx, &deferred, &stats, Ctl::Exit(3, 30));
+        assert_eq!(stats.lifecycle_deferred.load(Ordering::Relaxed), 3);
+        let got = deferred.take();
+        assert!(matches!(got[..], [Ctl::Floated(g), Ctl::Exit(3, 30)] if g == f));
+        assert!(deferred.take().is_empty(), "taken once");
+        // With room in the channel nothing waits aside.
+        assert!(matches!(rx.try_recv(), Ok(Ctl::Packet(..))));
+        send_lifecycle(&tx, &deferred, &stats, Ctl::Exit(4, 40));
+        assert!(matches!(rx.try_recv(), Ok(Ctl::Exit(4, 40))));
+        assert!(deferred.take().is_empty());
     }
 
     #[test]

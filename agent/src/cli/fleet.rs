@@ -1,0 +1,29 @@
+//! `portcullis fleet`: the one policy of a fleet of gateways, stored in etcd.
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::endpoint::live::load_and_compile;
+use crate::fleet::Keys;
+
+/// `fleet publish`: checks the file exactly as `check` does (a refused file changes
+/// nothing), then writes its shared part; every gateway of the endpoint applies it.
+pub fn publish(path: &Path) -> Result<i64> {
+    // Interfaces may not exist on the machine that publishes: resolved as `check` does.
+    let (cfg, _) = load_and_compile(path, &|_| Some(1), None)?;
+    let section = cfg.fleet.clone().with_context(|| {
+        format!(
+            "{} has no [fleet] section: it says which etcd to publish to",
+            path.display()
+        )
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut client = crate::fleet::connect(&section).await?;
+        let revision =
+            crate::fleet::publish(&mut client, &Keys::new(&cfg.name), &cfg.shared()).await?;
+        Ok(revision)
+    })
+}

@@ -1,0 +1,114 @@
+//! The shared part of an endpoint file: what a fleet publishes once and every gateway applies.
+//!
+//! It is exactly what a live reload applies (the policy and the pushed options), so a gateway
+//! applies a published revision through the same reload as a file edit. Everything that
+//! needs a restart or names something on one host (listeners, target network interfaces and
+//! SNAT addresses, TLS files, logs, the admin socket, `[fleet]`) stays in each gateway's file.
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::EndpointConfig;
+use crate::policy::model::{AuthzRule, Route, SecurityGroup};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedConfig {
+    /// The endpoint the part belongs to: a gateway refuses a part of another endpoint.
+    pub name: String,
+    pub split_tunnel: bool,
+    pub dns_servers: Vec<Ipv4Addr>,
+    pub session_timeout_hours: u32,
+    pub disconnect_on_session_timeout: bool,
+    #[serde(default)]
+    pub banner: Option<String>,
+    pub data_ciphers: Vec<String>,
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub route: Vec<Route>,
+    #[serde(default)]
+    pub authorization_rule: Vec<AuthzRule>,
+    #[serde(default)]
+    pub security_group: Vec<SecurityGroup>,
+    #[serde(default)]
+    pub applied_security_groups: Vec<String>,
+}
+
+impl EndpointConfig {
+    /// The part of this file a fleet shares.
+    pub fn shared(&self) -> SharedConfig {
+        SharedConfig {
+            name: self.name.clone(),
+            split_tunnel: self.split_tunnel,
+            dns_servers: self.dns_servers.clone(),
+            session_timeout_hours: self.session_timeout_hours,
+            disconnect_on_session_timeout: self.disconnect_on_session_timeout,
+            banner: self.banner.clone(),
+            data_ciphers: self.data_ciphers.clone(),
+            groups: self.groups.clone(),
+            route: self.route.clone(),
+            authorization_rule: self.authorization_rule.clone(),
+            security_group: self.security_group.clone(),
+            applied_security_groups: self.applied_security_groups.clone(),
+        }
+    }
+
+    /// This (host-local) file with the shared part replaced by `shared`; the caller validates
+    /// the result as any file (`validate` and the policy compiler). A part published for
+    /// another endpoint is refused.
+    pub fn with_shared(mut self, shared: SharedConfig) -> Result<EndpointConfig, OtherEndpoint> {
+        if shared.name != self.name {
+            return Err(OtherEndpoint {
+                published: shared.name,
+                local: self.name,
+            });
+        }
+        let SharedConfig {
+            name: _,
+            split_tunnel,
+            dns_servers,
+            session_timeout_hours,
+            disconnect_on_session_timeout,
+            banner,
+            data_ciphers,
+            groups,
+            route,
+            authorization_rule,
+            security_group,
+            applied_security_groups,
+        } = shared;
+        self.split_tunnel = split_tunnel;
+        self.dns_servers = dns_servers;
+        self.session_timeout_hours = session_timeout_hours;
+        self.disconnect_on_session_timeout = disconnect_on_session_timeout;
+        self.banner = banner;
+        self.data_ciphers = data_ciphers;
+        self.groups = groups;
+        self.route = route;
+        self.authorization_rule = authorization_rule;
+        self.security_group = security_group;
+        self.applied_security_groups = applied_security_groups;
+        Ok(self)
+    }
+}
+
+/// A shared part of another endpoint than the file's.
+#[derive(Debug, thiserror::Error)]
+#[error("the published policy is for endpoint {published:?}, this file is for {local:?}")]
+pub struct OtherEndpoint {
+    pub published: String,
+    pub local: String,
+}
+
+impl SharedConfig {
+    /// The text stored in etcd (TOML, readable with `etcdctl get`).
+    pub fn to_text(&self) -> String {
+        toml::to_string(self).expect("the shared part always serializes")
+    }
+
+    pub fn from_text(text: &str) -> Result<SharedConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
