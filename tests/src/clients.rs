@@ -32,7 +32,10 @@ use portcullis::{
 use portcullis_common::{map_names, CtEntry, DenyEvent, FlowKey, NatRev};
 
 use crate::relay::{Relay, RelayPort};
-use crate::{gateway::Gateway, mac_of, unique, NetNs};
+use crate::{
+    gateway::{Gateway, Network},
+    mac_of, unique, NetNs,
+};
 
 pub use portcullis::netns::{inet_checksum, IcmpSocket};
 
@@ -290,7 +293,7 @@ pub struct UdpServer {
 }
 
 impl UdpServer {
-    pub fn start(gw: &Gateway, addr: SocketAddrV4, echo: bool) -> UdpServer {
+    pub fn start(gw: &Network, addr: SocketAddrV4, echo: bool) -> UdpServer {
         let socket = gw
             .in_net(move || UdpSocket::bind(addr))
             .unwrap_or_else(|e| panic!("bind server {addr}: {e}"));
@@ -374,7 +377,7 @@ pub struct TcpServer {
 }
 
 impl TcpServer {
-    pub fn start(gw: &Gateway, addr: SocketAddrV4) -> TcpServer {
+    pub fn start(gw: &Network, addr: SocketAddrV4) -> TcpServer {
         let l = gw
             .in_net(move || TcpListener::bind(addr))
             .unwrap_or_else(|e| panic!("bind server {addr}: {e}"));

@@ -231,26 +231,22 @@ all_users = true
         }
     }
 
-    /// Field order matters for drop order: data path first, then the TAP, then leaving the
-    /// namespace, then the namespaces and pins.
-    pub struct Gateway {
-        pub dp: Datapath,
-        pub tap: Tap,
-        pub compiled: CompiledPolicy,
-        pub policy: PolicyInput,
+    /// The namespaces of a gateway without its data path: the gateway namespace with the
+    /// private network behind it, for an endpoint that creates its own TAP and data path
+    /// (`portcullis::endpoint::Endpoint::build`). Field order is drop order.
+    pub struct Network {
         pub server_mac: [u8; 6],
         pub gw_mac: [u8; 6],
-        guard: Option<NsGuard>,
         _private_link: Veth,
         pub net: NetNs,
         pub gw: NetNs,
-        _pins: PinRoot,
+        /// The bpffs directory for the data path's pins, removed on drop.
+        pub pins: PinRoot,
     }
 
-    impl Gateway {
-        /// Build the topology, enter the gateway namespace on this thread, create the TAP,
-        /// load and attach the data path and apply `policy`.
-        pub fn new(policy: PolicyInput, opts: Options) -> Gateway {
+    impl Network {
+        /// Builds the gateway and private-network namespaces and the link between them.
+        pub fn new(opts: &Options) -> Network {
             let (gw_name, net_name) = (unique("g"), unique("n"));
             let mut hosts = vec![SERVER];
             hosts.extend(&opts.extra_server_addrs);
@@ -268,14 +264,50 @@ all_users = true
             )
             .build()
             .unwrap_or_else(|e| panic!("gateway topology: {e}"));
-            let (server_mac, gw_mac) = (topo.net_mac, topo.gw_mac);
-            let (gw, net) = (NetNs::from(topo.gw), NetNs::from(topo.net));
+            Network {
+                server_mac: topo.net_mac,
+                gw_mac: topo.gw_mac,
+                _private_link: topo.private_link,
+                net: NetNs::from(topo.net),
+                gw: NetNs::from(topo.gw),
+                pins: PinRoot(PathBuf::from(format!(
+                    "/sys/fs/bpf/portcullis-test-{}",
+                    unique("p")
+                ))),
+            }
+        }
 
-            let pins = PinRoot(PathBuf::from(format!(
-                "/sys/fs/bpf/portcullis-test-{}",
-                unique("p")
-            )));
-            let guard = gw.enter();
+        /// Run `f` on a thread inside the server namespace.
+        pub fn in_net<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+            self.net.run(f)
+        }
+    }
+
+    /// A [`Network`] with the TAP and the data path, built by the test itself. Field order
+    /// matters for drop order: data path first, then the TAP, then leaving the namespace,
+    /// then the namespaces and pins.
+    pub struct Gateway {
+        pub dp: Datapath,
+        pub tap: Tap,
+        pub compiled: CompiledPolicy,
+        pub policy: PolicyInput,
+        guard: Option<NsGuard>,
+        pub network: Network,
+    }
+
+    impl std::ops::Deref for Gateway {
+        type Target = Network;
+        fn deref(&self) -> &Network {
+            &self.network
+        }
+    }
+
+    impl Gateway {
+        /// Build the topology, enter the gateway namespace on this thread, create the TAP,
+        /// load and attach the data path and apply `policy`.
+        pub fn new(policy: PolicyInput, opts: Options) -> Gateway {
+            let network = Network::new(&opts);
+            let guard = network.gw.enter();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -291,7 +323,7 @@ all_users = true
                 .expect("create TAP");
             let mut dp = Datapath::load(DatapathOptions {
                 endpoint: "test".into(),
-                pin_root: pins.0.clone(),
+                pin_root: network.pins.0.clone(),
                 tap_ifindex: tap.ifindex,
                 tap_name: TAP.into(),
                 tap_mac: tap.mac,
@@ -315,13 +347,8 @@ all_users = true
                 tap,
                 compiled,
                 policy,
-                server_mac,
-                gw_mac,
                 guard: Some(guard),
-                _private_link: topo.private_link,
-                net,
-                gw,
-                _pins: pins,
+                network,
             }
         }
 
@@ -363,11 +390,6 @@ all_users = true
             self.compiled = compiled;
             self.policy = policy;
             g
-        }
-
-        /// Run `f` on a thread inside the server namespace.
-        pub fn in_net<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-            self.net.run(f)
         }
     }
 

@@ -1,27 +1,33 @@
-//! Our OpenVPN server, in-process, in front of the XDP data path: a [`gateway::Gateway`]
-//! (gateway and private-network namespaces, TAP, XDP programs, policy) plus the tunnel
-//! listening on the underlay, and client namespaces on the underlay for stock `openvpn`
-//! clients.
+//! Our OpenVPN server, in-process, in front of the XDP data path: the agent's endpoint
+//! ([`Endpoint::build`], as `portcullis run` starts it, its loop on a thread) in a
+//! [`Network`] (gateway and private-network namespaces), listening on the underlay,
+//! and client namespaces on the underlay for stock `openvpn` clients.
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use portcullis::config::EndpointConfig;
 use portcullis::datapath::maps::Maps;
-use portcullis::endpoint::hooks::ClientsMapHooks;
-use portcullis::io::tls_files::{ReloadableTls, TlsFiles};
-use portcullis::io::{Tunnel, TunnelOptions};
+use portcullis::endpoint::{AdjustServer, BuildOptions, Endpoint};
+use portcullis::io::tls_files::ReloadableTls;
+use portcullis::io::TunnelHandle;
+use portcullis::netns::Netns;
 use portcullis::openvpn::env::Env;
-use portcullis::openvpn::packet::Role;
-use portcullis::openvpn::server::{PushSettings, Server, ServerEvent, ServerSettings};
-use portcullis::openvpn::session::{Renegotiation, TlsProvider};
-use portcullis::openvpn::tls::TlsOptions;
-use portcullis::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
-use portcullis::openvpn::tls_crypt_v2::{ServerKey, TlsCryptV2Server};
+use portcullis::openvpn::server::{PushSettings, ServerEvent};
+use portcullis::openvpn::session::Renegotiation;
+use portcullis::openvpn::tls_crypt_v2::ServerKey;
 use portcullis::policy::PolicyInput;
+use tokio::sync::Notify;
 
-use crate::gateway::{base_policy, Gateway, Options};
+use crate::gateway::{base_policy, Network, Options, TAP};
 use crate::openvpn::{LabPki, TempDir, Underlay, OVPN_PORT, UNDERLAY_GW};
+
+/// The lab endpoint's name (its pins live under `<pins>/lab`).
+const ENDPOINT: &str = "lab";
+/// The tls-crypt-v2 server key's file name in the lab directory.
+const V2_SERVER_KEY: &str = "tls-crypt-v2-server.key";
 
 pub struct TunnelOpts {
     pub tls_crypt: bool,
@@ -39,7 +45,7 @@ pub struct TunnelOpts {
     pub ping_restart: Duration,
     /// Packet workers of the tunnel.
     pub workers: usize,
-    /// Concurrent sessions (`ServerSettings::max_sessions`); `None`: the default.
+    /// Concurrent sessions (the endpoint's `max_connections`); `None`: the default.
     pub max_sessions: Option<usize>,
     /// Stateless reset replies per second and burst; `None`: the default.
     pub reset_rate: Option<(u32, u32)>,
@@ -72,21 +78,89 @@ impl Default for TunnelOpts {
     }
 }
 
-/// Field order is drop order: the tunnel stops first, then the clients' namespaces go, then
-/// the gateway.
+/// The endpoint's loop on its thread, inside the gateway namespace.
+struct Running {
+    stop: Arc<Notify>,
+    /// Says when the loop and the endpoint's shutdown are done.
+    done: mpsc::Receiver<anyhow::Result<()>>,
+    thread: JoinHandle<()>,
+}
+
+/// Field order is drop order (after [`Drop`] stopped the endpoint): the clients'
+/// namespaces go, then the gateway.
 pub struct TunnelLab {
-    pub tunnel: Option<Tunnel>,
+    running: Option<Running>,
+    tunnel: TunnelHandle,
     pub events: mpsc::Receiver<ServerEvent>,
     pub tls: Arc<ReloadableTls>,
+    /// The endpoint's pinned maps (counters, flows).
+    pub maps: Maps,
     pub underlay: Underlay,
-    pub gw: Gateway,
+    pub gw: Network,
     pub pki: LabPki,
     /// The tls-crypt-v2 server key's file, when [`TunnelOpts::tls_crypt_v2`] is set.
     pub tls_crypt_v2: Option<PathBuf>,
     /// Every event [`TunnelLab::wait_event`] and [`TunnelLab::seen`] took from `events`, in
     /// order, so waiting for one event does not lose the others.
     history: Mutex<Vec<ServerEvent>>,
+    config_path: PathBuf,
+    config: toml::Table,
     _dir: TempDir,
+}
+
+/// The endpoint file for `policy`, with the lab PKI and listeners: the policy's keys at the
+/// top level, as an operator writes them.
+fn endpoint_file(
+    policy: &PolicyInput,
+    dir: &std::path::Path,
+    pki: &LabPki,
+    opts: &TunnelOpts,
+) -> toml::Table {
+    let mut t = toml::Table::try_from(policy).expect("the policy serializes");
+    let at = SocketAddr::V4(SocketAddrV4::new(UNDERLAY_GW, OVPN_PORT));
+    let mut listen = Vec::new();
+    if opts.udp {
+        listen.push(toml::Value::from(format!("udp://{at}")));
+    }
+    if opts.tcp {
+        listen.push(toml::Value::from(format!("tcp://{at}")));
+    }
+    let path = |p: &std::path::Path| toml::Value::from(p.display().to_string());
+    t.insert("name".into(), ENDPOINT.into());
+    t.insert("listen".into(), listen.into());
+    t.insert("admin_socket".into(), path(&dir.join("admin.sock")));
+    if let Some(n) = opts.max_sessions {
+        t.insert("max_connections".into(), (n as i64).into());
+    }
+    let mut tls = toml::Table::new();
+    tls.insert("cert".into(), path(&pki.server.cert));
+    tls.insert("key".into(), path(&pki.server.key));
+    tls.insert("client_ca".into(), path(&pki.ca));
+    tls.insert(
+        "crl".into(),
+        opts.crls.iter().map(|c| path(c)).collect::<Vec<_>>().into(),
+    );
+    if opts.tls_crypt {
+        tls.insert("tls_crypt_key".into(), path(&pki.tls_crypt));
+    }
+    if let Some(max_age_days) = opts.tls_crypt_v2 {
+        tls.insert(
+            "tls_crypt_v2_server_key".into(),
+            path(&dir.join(V2_SERVER_KEY)),
+        );
+        if let Some(d) = max_age_days {
+            tls.insert("tls_crypt_v2_max_age_days".into(), i64::from(d).into());
+        }
+    }
+    t.insert("tls".into(), tls.into());
+    t
+}
+
+fn parse_endpoint(t: &toml::Table) -> EndpointConfig {
+    let cfg = EndpointConfig::parse(&t.to_string()).unwrap_or_else(|e| panic!("lab endpoint: {e}"));
+    cfg.validate()
+        .unwrap_or_else(|e| panic!("lab endpoint invalid: {e}"));
+    cfg
 }
 
 impl TunnelLab {
@@ -104,89 +178,122 @@ impl TunnelLab {
         let dir = TempDir::new("tlab");
         let mut pki = LabPki::generate(dir.path());
         opts.crls.extend(prepare(&mut pki));
-        let gw = Gateway::new(opts.policy.clone(), Options::default());
+        let gw = Network::new(&Options::default());
         let underlay = Underlay::attach(&gw.gw, opts.clients);
-        let tls = Arc::new(
-            ReloadableTls::new(
-                TlsFiles {
-                    ca: pki.ca.clone(),
-                    cert: pki.server.cert.clone(),
-                    key: pki.server.key.clone(),
-                    crls: opts.crls.clone(),
-                },
-                TlsOptions::default(),
-            )
-            .expect("server TLS"),
-        );
-        // The pool is the policy's (the TAP was given the same one).
-        let mut settings = ServerSettings {
-            client_cidr: opts.policy.client_cidr,
-            push: opts.push.clone(),
-            ..ServerSettings::default()
-        };
-        if let Some(n) = opts.max_sessions {
-            settings.max_sessions = n;
-        }
-        if let Some(r) = opts.reset_rate {
-            settings.reset_rate = r;
-        }
-        for s in [&mut settings.udp, &mut settings.tcp] {
-            s.reneg = opts.reneg.clone();
-            s.ping = opts.ping;
-            s.ping_restart = opts.ping_restart;
-        }
-        let tc = opts.tls_crypt.then(|| {
-            let text = std::fs::read_to_string(&pki.tls_crypt).unwrap();
-            Arc::new(TlsCryptKey::new(
-                &StaticKey::parse(&text).unwrap(),
-                Role::Server,
-            ))
-        });
-        let provider: Arc<dyn TlsProvider> = tls.clone();
-        let mut server =
-            Server::new(settings, provider, tc, Env::system(), Instant::now()).expect("server");
-        let tls_crypt_v2 = opts.tls_crypt_v2.map(|max_age_days| {
+        let tls_crypt_v2 = opts.tls_crypt_v2.map(|_| {
             let key = ServerKey::generate(&*Env::system().rng).unwrap();
-            let path = dir.path().join("tls-crypt-v2-server.key");
+            let path = dir.path().join(V2_SERVER_KEY);
             std::fs::write(&path, key.to_pem()).unwrap();
-            server.set_tls_crypt_v2(Some(Arc::new(TlsCryptV2Server { key, max_age_days })));
             path
         });
-        let queues = (0..gw.tap.queues.len())
-            .map(|i| std::fs::File::from(gw.tap.queue_fd(i).unwrap()))
-            .collect();
-        let (tx, rx) = mpsc::channel();
-        let maps = Maps::open_pinned(&gw.dp.options.pin_dir()).expect("pinned maps");
-        let hooks = ClientsMapHooks::new(maps).with_events(tx);
-        let at = SocketAddr::V4(SocketAddrV4::new(UNDERLAY_GW, OVPN_PORT));
-        let tunnel = Tunnel::start(
-            server,
-            queues,
-            gw.tap.mac,
-            &TunnelOptions {
-                udp: if opts.udp { vec![at] } else { vec![] },
-                tcp: if opts.tcp { vec![at] } else { vec![] },
-                workers: opts.workers,
-                authorizer: None,
-            },
-            Box::new(hooks),
-        )
-        .expect("tunnel starts");
+        let config = endpoint_file(&opts.policy, dir.path(), &pki, &opts);
+        let config_path = dir.path().join("endpoint.toml");
+        std::fs::write(&config_path, config.to_string()).expect("write the endpoint file");
+        let cfg = parse_endpoint(&config);
+        // What the endpoint file does not say: the lab's timings and push options.
+        let (push, reneg, ping, ping_restart, reset_rate) = (
+            opts.push.clone(),
+            opts.reneg.clone(),
+            opts.ping,
+            opts.ping_restart,
+            opts.reset_rate,
+        );
+        let adjust = AdjustServer(Arc::new(move |s| {
+            s.push = push.clone();
+            if let Some(r) = reset_rate {
+                s.reset_rate = r;
+            }
+            for t in [&mut s.udp, &mut s.tcp] {
+                t.reneg = reneg.clone();
+                t.ping = ping;
+                t.ping_restart = ping_restart;
+            }
+        }));
+        let build = BuildOptions {
+            config_path: Some(config_path.clone()),
+            pin_root: gw.pins.0.clone(),
+            keep_maps: false,
+            workers: opts.workers,
+            tap_queues: Some(1),
+            tap_name: Some(TAP.into()),
+            signals: false,
+            adjust_server: Some(adjust),
+        };
+        let stop = Arc::new(Notify::new());
+        let (up_tx, up_rx) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel();
+        let gw_name = gw.gw.name.clone();
+        let loop_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("pct-endpoint".into())
+            .spawn(move || {
+                let gw_ns = Netns::open(&gw_name).expect("the gateway namespace");
+                let _in_gw = gw_ns.enter().expect("enter the gateway namespace");
+                let ep = match Endpoint::build(&cfg, &build) {
+                    Ok(ep) => ep,
+                    Err(e) => {
+                        let _ = up_tx.send(Err(format!("{e:#}")));
+                        return;
+                    }
+                };
+                let _ = up_tx.send(Ok((
+                    ep.tunnel().handle(),
+                    ep.subscribe(),
+                    ep.tls().clone(),
+                    ep.datapath().options.pin_dir(),
+                )));
+                let _ = done_tx.send(ep.run_until(Some(loop_stop)));
+            })
+            .expect("spawn the endpoint thread");
+        let (tunnel, events, tls, pin_dir) = up_rx
+            .recv()
+            .expect("the endpoint thread ended")
+            .unwrap_or_else(|e| panic!("the lab endpoint did not start: {e}"));
+        let maps = Maps::open_pinned(&pin_dir).expect("pinned maps");
         TunnelLab {
-            tunnel: Some(tunnel),
-            events: rx,
+            running: Some(Running { stop, done, thread }),
+            tunnel,
+            events,
             tls,
+            maps,
             underlay,
             gw,
             pki,
             tls_crypt_v2,
             history: Mutex::new(Vec::new()),
+            config_path,
+            config,
             _dir: dir,
         }
     }
 
-    pub fn tunnel(&self) -> &Tunnel {
-        self.tunnel.as_ref().expect("running")
+    /// Applies `policy` as an operator does: rewrites the endpoint file, which the endpoint
+    /// reloads (it checks every second); returns once the new generation is active.
+    pub fn set_policy(&mut self, policy: PolicyInput) -> u32 {
+        let before = self.maps.active_generation().expect("active generation");
+        let mut t = toml::Table::try_from(&policy).expect("the policy serializes");
+        for (k, v) in &self.config {
+            if !t.contains_key(k) && !is_policy_key(k) {
+                t.insert(k.clone(), v.clone());
+            }
+        }
+        parse_endpoint(&t);
+        std::fs::write(&self.config_path, t.to_string()).expect("write the endpoint file");
+        self.config = t;
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let g = self.maps.active_generation().expect("active generation");
+            if g != before {
+                return g;
+            }
+            assert!(Instant::now() < end, "the endpoint did not reload its file");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The endpoint's tunnel (commands, sessions, statistics).
+    pub fn tunnel(&self) -> &TunnelHandle {
+        &self.tunnel
     }
 
     /// Waits for an event matching `f`, skipping others (they stay in [`TunnelLab::seen`]);
@@ -246,41 +353,51 @@ impl TunnelLab {
     }
 }
 
-/// How long [`TunnelLab`]'s drop waits for `Tunnel::stop` (the RESTART linger is 2 s).
+/// How long [`TunnelLab`]'s drop waits for the endpoint to stop (the RESTART linger is 2 s).
 pub const STOP_LIMIT: Duration = Duration::from_secs(10);
 
-impl TunnelLab {
-    /// Stops the tunnel (RESTART to every client, then its threads), giving up after `limit`
-    /// so that a hung server cannot hang the test: returns how long the stop took, or an error
-    /// when it did not return (its threads are then left behind until the process exits).
-    pub fn stop_tunnel(&mut self, limit: Duration) -> Result<Duration, String> {
-        let t = self.tunnel.take().ok_or("the tunnel is not running")?;
-        stop_within(t, limit)
-    }
+/// The policy's keys in an endpoint file (replaced as a whole by [`TunnelLab::set_policy`]).
+fn is_policy_key(k: &str) -> bool {
+    matches!(
+        k,
+        "client_cidr"
+            | "gateway_addr"
+            | "gateway_ports"
+            | "groups"
+            | "target_networks"
+            | "routes"
+            | "authorization_rules"
+            | "security_groups"
+            | "applied_security_groups"
+    )
 }
 
-fn stop_within(tunnel: Tunnel, limit: Duration) -> Result<Duration, String> {
-    let start = Instant::now();
-    let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("pct-tunnel-stop".into())
-        .spawn(move || {
-            tunnel.stop();
-            let _ = tx.send(());
-        })
-        .map_err(|e| format!("spawning the stop thread: {e}"))?;
-    match rx.recv_timeout(limit) {
-        Ok(()) => Ok(start.elapsed()),
-        Err(_) => Err(format!(
-            "Tunnel::stop did not return within {limit:?}; its threads are left running"
-        )),
+impl TunnelLab {
+    /// Stops the endpoint (RESTART to every client, then its threads, TAP and data path),
+    /// giving up after `limit` so that a hung server cannot hang the test: returns how long
+    /// the stop took, or an error when it did not end (its thread is then left behind until
+    /// the process exits).
+    pub fn stop_tunnel(&mut self, limit: Duration) -> Result<Duration, String> {
+        let r = self.running.take().ok_or("the endpoint is not running")?;
+        let start = Instant::now();
+        r.stop.notify_one();
+        match r.done.recv_timeout(limit) {
+            Ok(result) => {
+                let _ = r.thread.join();
+                result.map_err(|e| format!("the endpoint's loop failed: {e:#}"))?;
+                Ok(start.elapsed())
+            }
+            Err(_) => Err(format!(
+                "the endpoint did not stop within {limit:?}; its thread is left running"
+            )),
+        }
     }
 }
 
 impl Drop for TunnelLab {
     fn drop(&mut self) {
-        if let Some(t) = self.tunnel.take() {
-            if let Err(e) = stop_within(t, STOP_LIMIT) {
+        if self.running.is_some() {
+            if let Err(e) = self.stop_tunnel(STOP_LIMIT) {
                 eprintln!("WARNING: {e}");
             }
         }

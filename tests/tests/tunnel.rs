@@ -139,18 +139,14 @@ fn rekeys(lab: &TunnelLab, mark: usize, peer_id: u32) -> usize {
 }
 
 fn in_clients_map(lab: &TunnelLab, addr: Ipv4Addr) -> bool {
-    lab.gw
-        .dp
-        .maps
+    lab.maps
         .client(addr)
         .expect("read the clients map")
         .is_some()
 }
 
 fn drops(lab: &TunnelLab, reason: DropReason) -> u64 {
-    lab.gw
-        .dp
-        .maps
+    lab.maps
         .drop_counters()
         .expect("read the drop counters")
         .get(&reason)
@@ -385,8 +381,6 @@ fn traffic_passes_xdp_with_snat() {
     let cfg = ClientConfig::new(&lab.pki, "alice", Proto::Udp);
     let c = connect(&lab, 0, &cfg, "alice");
     let info = lab
-        .gw
-        .dp
         .maps
         .client(c.tunnel_addr)
         .unwrap()
@@ -471,7 +465,7 @@ fn traffic_passes_xdp_with_snat() {
         "NotAuthorized drops went from {before} to {after}"
     );
     // The same destination with a policy that allows it: the denial was the policy's.
-    lab.gw.set_policy(base_policy());
+    lab.set_policy(base_policy());
     assert!(
         ping(ns(&lab, 0), DENIED, 3, Duration::from_secs(3)),
         "{DENIED} unreachable even when authorized"

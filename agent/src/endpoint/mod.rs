@@ -29,7 +29,7 @@ use crate::io::tls_files::ReloadableTls;
 use crate::io::{Tunnel, TunnelOptions};
 use crate::openvpn::env::Env;
 use crate::openvpn::packet::Role;
-use crate::openvpn::server::{AuthMode, Server, ServerEvent};
+use crate::openvpn::server::{AuthMode, Server, ServerEvent, ServerSettings};
 use crate::openvpn::session::TlsProvider;
 use crate::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
 use crate::openvpn::tls_crypt_v2::{ServerKey, TlsCryptV2Server};
@@ -56,6 +56,19 @@ pub struct BuildOptions {
     /// [`Endpoint::run`] ends on SIGTERM/SIGINT and reloads on SIGHUP (the agent); without,
     /// it runs until [`Endpoint::run_until`]'s stop is notified.
     pub signals: bool,
+    /// Server settings the endpoint file does not carry (the test lab's short ping and
+    /// renegotiation intervals, the scale benchmark's flood guard), applied last.
+    pub adjust_server: Option<AdjustServer>,
+}
+
+/// See [`BuildOptions::adjust_server`].
+#[derive(Clone)]
+pub struct AdjustServer(pub Arc<dyn Fn(&mut ServerSettings) + Send + Sync>);
+
+impl std::fmt::Debug for AdjustServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdjustServer(..)")
+    }
 }
 
 impl Default for BuildOptions {
@@ -68,6 +81,7 @@ impl Default for BuildOptions {
             tap_queues: None,
             tap_name: None,
             signals: true,
+            adjust_server: None,
         }
     }
 }
@@ -215,6 +229,9 @@ impl Endpoint {
             settings.auth = AuthMode::External;
             a.into_authorizer()
         });
+        if let Some(adjust) = &opts.adjust_server {
+            (adjust.0)(&mut settings);
+        }
         let provider: Arc<dyn TlsProvider> = tls.clone();
         let mut server = Server::new(
             settings,

@@ -146,6 +146,27 @@ pub struct Tunnel {
     pub tcp_addrs: Vec<SocketAddr>,
 }
 
+/// See [`Tunnel::handle`]; commands sent after the tunnel stopped are dropped.
+#[derive(Clone)]
+pub struct TunnelHandle {
+    ctl: mpsc::Sender<Ctl>,
+    pub stats: Arc<TunnelStats>,
+    pub udp_addrs: Vec<SocketAddr>,
+    pub tcp_addrs: Vec<SocketAddr>,
+}
+
+impl TunnelHandle {
+    pub fn command(&self, c: Command) {
+        let _ = self.ctl.try_send(Ctl::Cmd(c));
+    }
+
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.command(Command::List(tx));
+        rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default()
+    }
+}
+
 pub(crate) const BATCH: usize = 32;
 pub(crate) const BUF: usize = 2048;
 /// Room in front of a plaintext for the data header, packet id and tag (P_DATA_V2).
@@ -273,13 +294,22 @@ impl Tunnel {
     }
 
     pub fn command(&self, c: Command) {
-        let _ = self.ctl.try_send(Ctl::Cmd(c));
+        self.handle().command(c)
     }
 
     pub fn sessions(&self) -> Vec<SessionInfo> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.command(Command::List(tx));
-        rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default()
+        self.handle().sessions()
+    }
+
+    /// Commands and statistics for another thread than the one owning the tunnel (the
+    /// tests and benchmarks, while the endpoint's loop owns it).
+    pub fn handle(&self) -> TunnelHandle {
+        TunnelHandle {
+            ctl: self.ctl.clone(),
+            stats: self.stats.clone(),
+            udp_addrs: self.udp_addrs.clone(),
+            tcp_addrs: self.tcp_addrs.clone(),
+        }
     }
 
     /// Tells every client to reconnect (RESTART), waits briefly for the acks, then stops all
