@@ -153,6 +153,16 @@ fn endpoint_file(
         }
     }
     t.insert("tls".into(), tls.into());
+    // Logs and metrics on, as a deployed `portcullis run` has them: the tests and the
+    // benchmarks measure that endpoint, not a quieter one. The metrics listener is on the
+    // gateway namespace's own loopback.
+    let mut logging = toml::Table::new();
+    logging.insert("connection_log".into(), path(&dir.join("connections.log")));
+    logging.insert("flow_log".into(), path(&dir.join("flows.log")));
+    t.insert("logging".into(), logging.into());
+    let mut metrics = toml::Table::new();
+    metrics.insert("listen".into(), "127.0.0.1:9108".into());
+    t.insert("metrics".into(), metrics.into());
     t
 }
 
