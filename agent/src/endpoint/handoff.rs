@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::live::{lock, SharedLive};
 use crate::datapath::{maps::Maps, Datapath};
 use crate::io::Tunnel;
 
@@ -115,13 +114,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// After the grace period, removes what a previous agent's sessions left and no session
 /// took back (their clients did not reconnect), with their flows.
-pub fn expire_kept(dp: &mut Datapath, tunnel: &Tunnel, live: &SharedLive) {
-    let due = {
-        let mut l = lock(live);
-        match &l.kept {
-            Some((at, _)) if Instant::now() >= *at => l.kept.take().map(|(_, a)| a),
-            _ => None,
-        }
+/// `kept` is the live state's `(deadline, entries)`; it is taken once the deadline has passed.
+pub fn expire_kept(dp: &mut Datapath, tunnel: &Tunnel, kept: &mut Option<(Instant, Adopted)>) {
+    let due = match kept {
+        Some((at, _)) if Instant::now() >= *at => kept.take().map(|(_, a)| a),
+        _ => None,
     };
     let Some(adopted) = due else { return };
     let held: Vec<Ipv4Addr> = tunnel

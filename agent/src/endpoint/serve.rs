@@ -349,7 +349,12 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
                     };
                     telemetry.after_gc(&ep.dp, &ep.live, &ep.tls, scanned);
                     let tunnel = ep.tunnel.as_ref().expect("running");
-                    handoff::expire_kept(&mut ep.dp, tunnel, &ep.live);
+                    {
+                        // Taken out under the lock, expired outside it (the map writes).
+                        let mut kept = live::lock(&ep.live).kept.take();
+                        handoff::expire_kept(&mut ep.dp, tunnel, &mut kept);
+                        live::lock(&ep.live).kept = kept;
+                    }
                 }
                 if let (Some(every), Some(dir)) = (recheck_every, ep.directory.clone()) {
                     if let Some(results) = recheck.finished() {

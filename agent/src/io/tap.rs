@@ -13,8 +13,14 @@ use std::{
     },
 };
 
+use std::io::Write;
+use std::sync::atomic::Ordering;
+
 use ipnet::Ipv4Net;
+use portcullis_common::session_mac;
 use thiserror::Error;
+
+use super::{TunnelStats, ETH_HLEN};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
@@ -198,4 +204,66 @@ async fn configure(
     .await;
     task.abort();
     result
+}
+
+// Decrypted packets into TAP frames: the worker and the TCP reader both write through here.
+/// Why a decrypted packet is not written to the TAP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotForTap {
+    /// Not an IPv4 packet (the data path is IPv4 only).
+    NotIpv4,
+    /// Its source is not the sending session's own tunnel address.
+    Spoofed,
+}
+
+/// Builds the Ethernet header in the bytes just before `buf[range]`, an IP packet that the
+/// session in `slot` (its peer id, the `slot` of its `clients` entry) sent from tunnel
+/// address `own`, and returns the frame's range. A packet with any other source is refused:
+/// it would be judged by another session's groups, quota and name. The XDP program checks
+/// the slot in the source MAC against the `clients` entry of the source address again, so
+/// neither layer alone is trusted.
+pub(super) fn frame(
+    buf: &mut [u8],
+    range: std::ops::Range<usize>,
+    tap_mac: [u8; 6],
+    own: Ipv4Addr,
+    slot: u32,
+) -> Result<std::ops::Range<usize>, NotForTap> {
+    let ip = &buf[range.clone()];
+    if ip.len() < 20 || ip[0] >> 4 != 4 || range.start < ETH_HLEN {
+        return Err(NotForTap::NotIpv4);
+    }
+    if Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]) != own {
+        return Err(NotForTap::Spoofed);
+    }
+    let start = range.start - ETH_HLEN;
+    let eth = &mut buf[start..range.start];
+    eth[0..6].copy_from_slice(&tap_mac);
+    eth[6..12].copy_from_slice(&session_mac(slot));
+    eth[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    Ok(start..range.end)
+}
+
+/// Writes a decrypted packet of session `slot` to the TAP (see [`frame`]), counting why not.
+pub(super) fn to_tap(
+    tap: &mut File,
+    buf: &mut [u8],
+    range: std::ops::Range<usize>,
+    (own, slot): (Ipv4Addr, u32),
+    tap_mac: [u8; 6],
+    stats: &TunnelStats,
+) {
+    match frame(buf, range, tap_mac, own, slot) {
+        Ok(f) => {
+            if tap.write(&buf[f]).is_ok() {
+                stats.tap_tx.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Err(NotForTap::Spoofed) => {
+            stats.data_spoofed.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(NotForTap::NotIpv4) => {
+            stats.data_not_ipv4.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use super::worker::to_tap;
+use super::tap::to_tap;
 use super::{Ctl, TunnelStats, BUF, HEADROOM};
 use crate::openvpn::packet::{encode_frame, StreamDecoder, MAX_TCP_FRAME_LEN};
 use crate::openvpn::peer::{DataVerdict, Link, PeerTable};
