@@ -177,20 +177,24 @@ fn a_client_cannot_reach_the_gateways_own_services() {
         &ClientConfig::new(&lab.pki, "alice", Proto::Udp),
         "alice",
     );
-    // Bound on this thread, which is in the gateway's namespace: the host's own sockets.
+    // The host's own sockets, bound inside the gateway's namespace (the endpoint runs there
+    // on its own thread; a socket stays in the namespace it was made in).
     let local = [
         SocketAddrV4::new(GW_NET_ADDR, 22),
         SocketAddrV4::new(GW_NET_ADDR, 9100),
         SocketAddrV4::new(GATEWAY, 7302),
     ];
-    let host: Vec<UdpSocket> = local
-        .iter()
-        .map(|a| {
-            let s = UdpSocket::bind(a).unwrap_or_else(|e| panic!("bind {a} on the gateway: {e}"));
-            s.set_nonblocking(true).unwrap();
-            s
-        })
-        .collect();
+    let host: Vec<UdpSocket> = lab.gw.gw.run(move || {
+        local
+            .iter()
+            .map(|a| {
+                let s =
+                    UdpSocket::bind(a).unwrap_or_else(|e| panic!("bind {a} on the gateway: {e}"));
+                s.set_nonblocking(true).unwrap();
+                s
+            })
+            .collect()
+    });
     let server = UdpServer::start(&lab.gw, SocketAddrV4::new(SERVER, 7100), false);
     let ns = lab.underlay.client(0).ns.name.clone();
     let answered = run_in_ns(&ns, move || {
