@@ -355,15 +355,11 @@ impl Agent {
     }
 
     pub fn log(&self) -> String {
-        fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        crate::openvpn::read_log(&self.log)
     }
 
     pub fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        crate::openvpn::last_lines(&self.log(), n)
     }
 
     pub fn log_count(&self, pattern: &str) -> usize {

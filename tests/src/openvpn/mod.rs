@@ -28,7 +28,7 @@ pub use config::{Cipher, ClientConfig, Proto, StockServerConfig};
 pub use iperf::{iperf3_client, iperf3_server, parse_iperf3, ping, Iperf3Server, IperfResult};
 pub use lab::{netns_exists, Lab, Underlay, UnderlayClient};
 pub use pki::{write_tls_crypt_key, CertKey, LabPki};
-pub use proc::{Proc, TempDir};
+pub use proc::{last_lines, read_log, Proc, TempDir};
 pub use stock::{Connected, OvpnClient, StockServer};
 
 use std::net::Ipv4Addr;

@@ -87,16 +87,12 @@ impl Proc {
 
     /// The log so far (empty if unreadable).
     pub fn log(&self) -> String {
-        fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        read_log(&self.log)
     }
 
     /// The last `n` lines of the log.
     pub fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        last_lines(&self.log(), n)
     }
 
     /// Wait until the log contains `pattern`; false on timeout or when the process exits
@@ -171,4 +167,17 @@ impl Drop for Proc {
             );
         }
     }
+}
+
+/// A process's log file so far (empty if unreadable).
+pub fn read_log(path: &std::path::Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The last `n` lines of `log`.
+pub fn last_lines(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
