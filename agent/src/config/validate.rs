@@ -111,6 +111,17 @@ impl EndpointConfig {
                 format!("must be 1 ... {}", portcullis_common::MAX_CLIENTS),
             ));
         }
+        for (key, secs) in [
+            (
+                "tcp_handshake_timeout_secs",
+                self.tcp_handshake_timeout_secs,
+            ),
+            ("tcp_idle_timeout_secs", self.tcp_idle_timeout_secs),
+        ] {
+            if secs == 0 || secs > 3600 {
+                errs.push(err(key, "must be 1 ... 3600 seconds"));
+            }
+        }
         if !["1.2", "1.3"].contains(&self.tls.min_version.as_str()) {
             errs.push(err("tls.min_version", "use \"1.2\" or \"1.3\""));
         }
