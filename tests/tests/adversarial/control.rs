@@ -179,7 +179,7 @@ fn sent_control_packets(fd: &OwnedFd, to: SocketAddrV4) -> Vec<(SocketAddrV4, Ve
         };
         let Ok(n) = usize::try_from(n) else { break };
         let p = &buf[..n];
-        if from.sll_pkttype != libc::PACKET_OUTGOING as u8
+        if from.sll_pkttype != libc::PACKET_OUTGOING
             || from.sll_protocol != (libc::ETH_P_IP as u16).to_be()
             || n < 29
             || p[9] != 17
