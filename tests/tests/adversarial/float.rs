@@ -207,8 +207,9 @@ fn a_float_onto_another_clients_session_is_refused() {
     let f = stale_and_floating(&lab, "bob", "alice");
     let ns = &lab.underlay.client(0).ns;
     let bob_addr = f.stale.tunnel_addr.unwrap();
-    // Whether the pings come back does not matter here (the packets are alice's own and
-    // authenticated; replies go to her session's address): what matters is bob's session.
+    let rejected = lab.tunnel().stats.data_rejected.load(Ordering::Relaxed);
+    // The worker drops alice's packets from bob's address (and the control thread would
+    // refuse the float too): these pings get no answer.
     let _ = ping(ns, SERVER, 3, Duration::from_secs(3));
     std::thread::sleep(Duration::from_secs(2));
     assert!(
@@ -237,6 +238,10 @@ fn a_float_onto_another_clients_session_is_refused() {
     assert!(
         lab.maps.client(bob_addr).unwrap().is_some(),
         "bob's clients entry stays"
+    );
+    assert!(
+        lab.tunnel().stats.data_rejected.load(Ordering::Relaxed) > rejected,
+        "the gateway refused alice's packets from bob's address"
     );
     // Without the rewrite, alice's traffic passes as before.
     ns.exec(&["nft", "delete", "table", "ip", "pct_float"]);
