@@ -119,3 +119,62 @@ fn tcp_connections_without_an_openvpn_handshake_are_closed_and_freed() {
         client.log()
     );
 }
+
+/// A connected TCP client that goes silent (stopped, its connection left open) loses its
+/// connection after `tcp_idle_timeout_secs`, and its session ends with it, long before the
+/// session's own ping timeout; while it pings, the idle timeout does not touch it.
+#[test]
+fn a_silent_tcp_connection_is_closed_after_the_idle_timeout() {
+    require_root!();
+    const IDLE: Duration = Duration::from_secs(5);
+    let lab = TunnelLab::new(TunnelOpts {
+        clients: 1,
+        tcp_timeouts: Some((60, IDLE.as_secs())),
+        // The client pings every 2 s (pushed); the session's own timeout is 2 × 60 s.
+        ping: Duration::from_secs(2),
+        ping_restart: Duration::from_secs(60),
+        ..TunnelOpts::default()
+    });
+    let (client, _) = connect(
+        &lab,
+        0,
+        &ClientConfig::new(&lab.pki, "alice", Proto::Tcp),
+        "alice",
+    );
+    let peer_id = lab.tunnel().sessions()[0].peer_id;
+    // Twice the idle timeout with keepalives: still connected.
+    let mark = lab.mark();
+    std::thread::sleep(IDLE * 2);
+    assert!(
+        comings_and_goings(&lab, mark).is_empty(),
+        "a pinging client keeps its connection: {:#?}",
+        lab.seen_since(mark)
+    );
+    assert!(ping(
+        &lab.underlay.client(0).ns,
+        SERVER,
+        3,
+        Duration::from_secs(5)
+    ));
+    // SAFETY: kill(2) on our child's pid.
+    unsafe { libc::kill(client.pid() as i32, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    let ended = lab.wait_event_since(
+        mark,
+        IDLE + Duration::from_secs(10),
+        |e| matches!(e, ServerEvent::Disconnected { peer_id: p, .. } if *p == peer_id),
+    );
+    let took = stopped.elapsed();
+    // SAFETY: as above; the client may go on (and reconnect) before it is dropped.
+    unsafe { libc::kill(client.pid() as i32, libc::SIGCONT) };
+    assert!(
+        ended.is_some(),
+        "the silent client's session did not end within {:?}",
+        IDLE + Duration::from_secs(10)
+    );
+    assert!(
+        lab.tunnel().stats.tcp_timed_out.load(Ordering::Relaxed) >= 1,
+        "closed by the idle timeout"
+    );
+    eprintln!("silent TCP session ended {took:?} after the client stopped (idle {IDLE:?})");
+}
