@@ -2,9 +2,12 @@
 //! client's address, and an unauthenticated flood (malformed and spoofed datagrams, one
 //! source's handshake flood, a TCP connection flood) while a real client still connects;
 //! duplicated and replayed control packets ([`control`]), a float onto another session's
-//! address ([`float`]), TCP connections that never finish a handshake ([`tcp`]).
+//! address ([`float`]), TCP connections that never finish a handshake or go silent
+//! ([`tcp`]); another local user against the admin socket ([`admin`]).
 //!
 //! Every lab is built by the test and removed on drop; every loop is bounded in time.
+#[path = "adversarial/admin.rs"]
+mod admin;
 #[path = "adversarial/control.rs"]
 mod control;
 #[path = "adversarial/float.rs"]
