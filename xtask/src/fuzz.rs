@@ -32,6 +32,10 @@ pub struct FuzzArgs {
     /// Targets run at once (each is one single-threaded libFuzzer process).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Stop a target after this many minutes of wall time even if its CPU budget is not spent
+    /// (default: four times the budget and a minute). The report says whether it was.
+    #[arg(long)]
+    max_wall_minutes: Option<f64>,
     /// Largest input libFuzzer makes (the server and reliable targets read long programs).
     #[arg(long, default_value_t = 4096)]
     max_len: usize,
@@ -89,7 +93,8 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         let mut i = 0;
         while i < running.len() {
-            if let Some(result) = poll(&mut running[i], &out)? {
+            if let Some(mut result) = poll(&mut running[i], &out)? {
+                record_in_campaign(&out, &mut result)?;
                 println!("fuzz: {}", summary(&result));
                 results.push(result);
                 running.remove(i);
@@ -140,6 +145,40 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     Ok(())
 }
 
+/// Adds a target's run to `<out>/campaign.json`, the CPU time each target has had over every
+/// run that grew the same corpus (a campaign may span runs), and copies the total into
+/// `result` (`campaign_cpu_seconds`, `campaign_executions`).
+fn record_in_campaign(out: &Path, result: &mut Value) -> Result<()> {
+    let path = out.join("campaign.json");
+    let mut campaign: Value = fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_else(|| json!({}));
+    let name = result["target"].as_str().unwrap_or("").to_string();
+    let entry = &mut campaign[&name];
+    let cpu = entry["cpu_seconds"].as_f64().unwrap_or(0.0)
+        + result["cpu_seconds"].as_f64().unwrap_or(0.0);
+    let execs =
+        entry["executions"].as_f64().unwrap_or(0.0) + result["executions"].as_f64().unwrap_or(0.0);
+    entry["cpu_seconds"] = json!(cpu);
+    entry["executions"] = json!(execs);
+    let run = json!({
+        "git_commit": git(&["rev-parse", "HEAD"]),
+        "finished_unix_time": unix_now(),
+        "cpu_seconds": result["cpu_seconds"],
+        "executions": result["executions"],
+        "outcome": result["outcome"],
+    });
+    match entry["runs"].as_array_mut() {
+        Some(runs) => runs.push(run),
+        None => entry["runs"] = json!([run]),
+    }
+    result["campaign_cpu_seconds"] = json!(cpu);
+    result["campaign_executions"] = json!(execs);
+    fs::write(&path, serde_json::to_string_pretty(&campaign)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// The `[[bin]]` names of the fuzz manifest.
 fn targets(fuzz_dir: &Path) -> Result<Vec<String>> {
     let manifest = fs::read_to_string(fuzz_dir.join("Cargo.toml"))
@@ -188,8 +227,11 @@ fn start(
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     let cpu_budget = Duration::from_secs_f64(args.minutes * 60.0);
-    // A bound on wall time too (loops are bounded): four times the budget and a minute.
-    let wall_cap = cpu_budget * 4 + Duration::from_secs(60);
+    // A bound on wall time too (loops are bounded).
+    let wall_cap = match args.max_wall_minutes {
+        Some(m) => Duration::from_secs_f64(m * 60.0),
+        None => cpu_budget * 4 + Duration::from_secs(60),
+    };
     let log = fs::File::create(logs.join(format!("{name}.log")))?;
     let child = Command::new(bin_dir.join(name))
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
@@ -303,10 +345,11 @@ fn poll(r: &mut Running, out: &Path) -> Result<Option<Value>> {
 
 fn summary(r: &Value) -> String {
     format!(
-        "{}: {} after {} CPU s ({} wall s): {} executions, cov {}, ft {}, corpus {}",
+        "{}: {} after {} CPU s ({} in the campaign; {} wall s): {} executions, cov {}, ft {}, corpus {}",
         r["target"].as_str().unwrap_or(""),
         r["outcome"].as_str().unwrap_or(""),
         r["cpu_seconds"],
+        r["campaign_cpu_seconds"],
         r["wall_seconds"],
         r["executions"],
         r["coverage"],
@@ -330,13 +373,14 @@ fn markdown(report: &Value) -> String {
         p["loadavg_after"].as_str().unwrap_or("?"),
         p["rustc"].as_str().unwrap_or("?"),
     );
-    md.push_str("| target | outcome | CPU s | executions | exec/s | coverage | features | corpus |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| target | outcome | CPU s | campaign CPU s | executions | exec/s | coverage | features | corpus |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for t in report["targets"].as_array().into_iter().flatten() {
         md.push_str(&format!(
-            "| `{}` | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             t["target"].as_str().unwrap_or(""),
             t["outcome"].as_str().unwrap_or(""),
             t["cpu_seconds"],
+            t["campaign_cpu_seconds"],
             t["executions"],
             t["executions_per_second"],
             t["coverage"],
