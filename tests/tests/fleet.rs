@@ -187,7 +187,7 @@ async fn next(
     rx: &mut tokio::sync::mpsc::Receiver<portcullis::fleet::PolicyUpdate>,
 ) -> portcullis::fleet::Published {
     match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
-        Ok(Some(portcullis::fleet::PolicyUpdate::Published(p))) => p,
+        Ok(Some(portcullis::fleet::PolicyUpdate::Published(p))) => *p,
         other => panic!("no published revision within 1 s: {other:?}"),
     }
 }
