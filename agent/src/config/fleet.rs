@@ -13,6 +13,8 @@ use super::errors::{err, ConfigError};
 /// lease (its sessions and address blocks would be dropped); above 300 s a dead gateway's
 /// addresses and registry entries linger for minutes.
 pub const LEASE_TTL_SECS: std::ops::RangeInclusive<u64> = 3..=300;
+/// Bounds of `registry_refresh_secs`: the registry's counters are at most a minute old.
+pub const REGISTRY_REFRESH_SECS: std::ops::RangeInclusive<u64> = 1..=60;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,10 @@ pub struct FleetSection {
     /// by at most this long.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl_secs: u64,
+    /// How often a session's counters are rewritten in the registry (when they changed):
+    /// one put per session per interval.
+    #[serde(default = "default_registry_refresh")]
+    pub registry_refresh_secs: u64,
     /// CA bundle (PEM) that issued the etcd servers' certificates (required with https://).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -38,6 +44,10 @@ pub struct FleetSection {
 
 fn default_lease_ttl() -> u64 {
     10
+}
+
+fn default_registry_refresh() -> u64 {
+    60
 }
 
 impl FleetSection {
@@ -89,6 +99,18 @@ impl FleetSection {
                     self.lease_ttl_secs,
                     LEASE_TTL_SECS.start(),
                     LEASE_TTL_SECS.end()
+                ),
+            ));
+        }
+        if !REGISTRY_REFRESH_SECS.contains(&self.registry_refresh_secs) {
+            errs.push(err(
+                "fleet.registry_refresh_secs",
+                format!(
+                    "{} is outside {} ... {}: how often session counters are written to etcd \
+                     (default 60)",
+                    self.registry_refresh_secs,
+                    REGISTRY_REFRESH_SECS.start(),
+                    REGISTRY_REFRESH_SECS.end()
                 ),
             ));
         }
@@ -183,6 +205,7 @@ mod tests {
             endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
             gateway_id: "gw-a".into(),
             lease_ttl_secs: 10,
+            registry_refresh_secs: 60,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -207,6 +230,7 @@ mod tests {
             toml::from_str("endpoints = [\"http://127.0.0.1:2379\"]\ngateway_id = \"gw-1\"\n")
                 .unwrap();
         assert_eq!(s.lease_ttl_secs, 10);
+        assert_eq!(s.registry_refresh_secs, 60);
         assert!(!s.uses_tls());
         assert!(toml::from_str::<FleetSection>(
             "endpoints = []\ngateway_id = \"g\"\nlease_ttl = 5\n"
@@ -264,6 +288,10 @@ mod tests {
         for ttl in [3, 300] {
             s.lease_ttl_secs = ttl;
             assert_eq!(paths(&s), Vec::<String>::new(), "{ttl}");
+        }
+        for r in [0, 61] {
+            s.registry_refresh_secs = r;
+            assert_eq!(paths(&s), vec!["fleet.registry_refresh_secs"], "{r}");
         }
     }
 }

@@ -53,6 +53,8 @@ pub enum FailureCode {
     /// No cipher or key derivation in common.
     Negotiation,
     AddressPoolExhausted,
+    /// In a fleet: no leased block with a free address, or the gateway's lease ran out.
+    AddressBlockUnavailable,
     HandshakeTimeout,
     Protocol,
     Internal,
@@ -81,6 +83,7 @@ impl FailureCode {
             FailureCode::Tls => "tls",
             FailureCode::Negotiation => "negotiation",
             FailureCode::AddressPoolExhausted => "address_pool_exhausted",
+            FailureCode::AddressBlockUnavailable => "address_block_unavailable",
             FailureCode::HandshakeTimeout => "handshake_timeout",
             FailureCode::Protocol => "protocol",
             FailureCode::Internal => "internal",
