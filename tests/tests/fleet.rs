@@ -446,5 +446,7 @@ fn one_publish_is_enforced_on_every_gateway() {
 mod blocks;
 #[path = "fleet/gateways.rs"]
 mod gateways;
+#[path = "fleet/limits.rs"]
+mod limits;
 #[path = "fleet/registry.rs"]
 mod registry;

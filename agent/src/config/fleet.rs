@@ -32,6 +32,10 @@ pub struct FleetSection {
     /// one put per session per interval.
     #[serde(default = "default_registry_refresh")]
     pub registry_refresh_secs: u64,
+    /// The most connections one user (directory user, else certificate name) may hold
+    /// across the fleet, checked atomically in etcd; none: no cap.
+    #[serde(default)]
+    pub max_connections_per_user: Option<u32>,
     /// CA bundle (PEM) that issued the etcd servers' certificates (required with https://).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -112,6 +116,12 @@ impl FleetSection {
                     REGISTRY_REFRESH_SECS.start(),
                     REGISTRY_REFRESH_SECS.end()
                 ),
+            ));
+        }
+        if self.max_connections_per_user == Some(0) {
+            errs.push(err(
+                "fleet.max_connections_per_user",
+                "0 would admit nobody: use 1 or more, or leave it out for no cap",
             ));
         }
         let tls = self.uses_tls();
@@ -206,6 +216,7 @@ mod tests {
             gateway_id: "gw-a".into(),
             lease_ttl_secs: 10,
             registry_refresh_secs: 60,
+            max_connections_per_user: None,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -289,6 +300,9 @@ mod tests {
             s.lease_ttl_secs = ttl;
             assert_eq!(paths(&s), Vec::<String>::new(), "{ttl}");
         }
+        s.max_connections_per_user = Some(0);
+        assert_eq!(paths(&s), vec!["fleet.max_connections_per_user"]);
+        s.max_connections_per_user = Some(5);
         for r in [0, 61] {
             s.registry_refresh_secs = r;
             assert_eq!(paths(&s), vec!["fleet.registry_refresh_secs"], "{r}");

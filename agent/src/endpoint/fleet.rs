@@ -10,6 +10,7 @@ use crate::admin::{Action, AdminApi, Call};
 use crate::fleet::admin::RemoteTarget;
 use crate::fleet::registry::unix_now;
 use crate::fleet::{Keys, Member, SessionRecord};
+use crate::openvpn::server::ServerEvent;
 
 pub(super) struct FleetGlue {
     member: Member,
@@ -23,7 +24,13 @@ impl FleetGlue {
         let section = ep.cfg.fleet.clone()?;
         let fence = ep.fence.clone()?;
         let refresh = Duration::from_secs(section.registry_refresh_secs);
-        let member = Member::start(section, Keys::new(&ep.cfg.name), ep.cfg.client_cidr, fence);
+        let member = Member::start(
+            section,
+            Keys::new(&ep.cfg.name),
+            ep.cfg.client_cidr,
+            fence,
+            ep.user_gate.clone(),
+        );
         Some(FleetGlue {
             member,
             refresh,
@@ -50,7 +57,14 @@ impl FleetGlue {
         let records: Vec<SessionRecord> = status::list(&ep.dp, ep.tunnel(), connections, &grants)
             .iter()
             .filter(|c| c.established && c.client_address.is_some())
-            .map(|c| SessionRecord::from_info(&self.member.gateway, c, now))
+            .map(|c| {
+                let mut r = SessionRecord::from_info(&self.member.gateway, c, now);
+                // The serial names the session's `users/` key (per-user cap).
+                if let Some((ServerEvent::Connected { session, .. }, _)) = connections.get(&c.id) {
+                    r.serial = *session;
+                }
+                r
+            })
             .collect();
         self.member.sessions.send_replace(records);
     }

@@ -104,6 +104,8 @@ pub struct Endpoint {
     keep_flag: Arc<AtomicBool>,
     /// In a fleet: the address blocks this gateway holds in etcd (see `fleet::member`).
     fence: Option<Arc<crate::openvpn::fence::AddressFence>>,
+    /// In a fleet with `max_connections_per_user`: admissions checked in etcd.
+    user_gate: Option<crate::fleet::UserGate>,
 }
 
 /// Loads and attaches the XDP data path for `policy` on `tap` and its target interfaces
@@ -232,6 +234,19 @@ impl Endpoint {
             settings.auth = AuthMode::External;
             a.into_authorizer()
         });
+        // The fleet-wide per-user cap decides after authentication, in etcd.
+        let user_gate = cfg
+            .fleet
+            .as_ref()
+            .and_then(|f| f.max_connections_per_user)
+            .map(|m| crate::fleet::UserGate::new(m as usize));
+        let authorizer = match &user_gate {
+            Some(g) => {
+                settings.auth = AuthMode::External;
+                Some(g.wrap(authorizer))
+            }
+            None => authorizer,
+        };
         if let Some(adjust) = &opts.adjust_server {
             (adjust.0)(&mut settings);
         }
@@ -316,6 +331,7 @@ impl Endpoint {
             directory,
             keep_flag,
             fence,
+            user_gate,
         })
     }
 

@@ -15,7 +15,9 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use super::gate::{AdmitRequest, UserGate};
 use super::lease::GatewayLease;
+use super::limits::Admitted;
 use super::registry::{unix_now, Registry, SessionRecord};
 use super::{blocks, connect, terminate, FleetError, Keys};
 use crate::config::FleetSection;
@@ -93,6 +95,8 @@ struct Ctx {
     sessions: watch::Receiver<Vec<SessionRecord>>,
     terminates: mpsc::Sender<u32>,
     shared: Arc<Shared>,
+    /// With `max_connections_per_user`: the authorizer's admission requests, and the cap.
+    admits: Option<(mpsc::Receiver<AdmitRequest>, usize)>,
 }
 
 impl Member {
@@ -103,6 +107,7 @@ impl Member {
         keys: Keys,
         pool: Ipv4Net,
         fence: Arc<AddressFence>,
+        gate: Option<UserGate>,
     ) -> Member {
         let (sessions_tx, sessions_rx) = watch::channel(Vec::new());
         let (term_tx, term_rx) = mpsc::channel(64);
@@ -116,6 +121,7 @@ impl Member {
             sessions: sessions_rx,
             terminates: term_tx,
             shared: shared.clone(),
+            admits: gate.and_then(|g| Some((g.take_requests()?, g.max))),
         };
         Member {
             sessions: sessions_tx,
@@ -130,8 +136,9 @@ impl Member {
 
 async fn run(mut ctx: Ctx) {
     let mut registry = Registry::default();
+    let mut admitted = Admitted::default();
     loop {
-        let e = run_once(&mut ctx, &mut registry).await;
+        let e = run_once(&mut ctx, &mut registry, &mut admitted).await;
         ctx.shared.set_client(None);
         match e {
             Ok(()) => return, // the gateway stopped
@@ -199,7 +206,21 @@ async fn gateways(client: &mut Client, keys: &Keys) -> Result<Vec<String>, Fleet
         .collect())
 }
 
-async fn run_once(ctx: &mut Ctx, registry: &mut Registry) -> Result<(), FleetError> {
+/// The next admission request, if the cap is on.
+async fn next_admit(
+    admits: &mut Option<(mpsc::Receiver<AdmitRequest>, usize)>,
+) -> Option<(AdmitRequest, usize)> {
+    match admits {
+        Some((rx, max)) => rx.recv().await.map(|r| (r, *max)),
+        None => std::future::pending().await,
+    }
+}
+
+async fn run_once(
+    ctx: &mut Ctx,
+    registry: &mut Registry,
+    admitted: &mut Admitted,
+) -> Result<(), FleetError> {
     let gw = ctx.section.gateway_id.clone();
     let mut client = connect(&ctx.section).await?;
     let (mut lease, mut valid) =
@@ -224,6 +245,9 @@ async fn run_once(ctx: &mut Ctx, registry: &mut Registry) -> Result<(), FleetErr
         .await
         .map_err(FleetError::Etcd)?;
     top_up(ctx, &mut client, lease.id, valid).await?;
+    admitted
+        .renew(&mut client, &ctx.keys, &gw, lease.id)
+        .await?;
     // Every session again under the new lease.
     registry.forget();
     let refresh = Duration::from_secs(ctx.section.registry_refresh_secs);
@@ -255,6 +279,11 @@ async fn run_once(ctx: &mut Ctx, registry: &mut Registry) -> Result<(), FleetErr
                 }
                 let now = ctx.sessions.borrow_and_update().clone();
                 registry.sync(&mut client, &ctx.keys, lease.id, &now, refresh).await?;
+                let live = now.iter().map(|s| s.serial).collect();
+                admitted.sweep(&mut client, &ctx.keys, &gw, &live).await?;
+            }
+            Some((req, max)) = next_admit(&mut ctx.admits) => {
+                admitted.decide(&mut client, &ctx.keys, &gw, lease.id, &req, max).await?;
             }
             msg = requests.message() => {
                 let resp = msg

@@ -8,14 +8,17 @@
 pub mod admin;
 pub mod blocks;
 pub mod client;
+pub mod gate;
 pub mod keys;
 pub mod lease;
+pub mod limits;
 pub mod member;
 pub mod policy;
 pub mod registry;
 pub mod terminate;
 
 pub use client::{connect, FleetError};
+pub use gate::UserGate;
 pub use keys::Keys;
 pub use member::Member;
 pub use policy::{follow, publish, PolicyUpdate, Published};

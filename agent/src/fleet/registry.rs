@@ -20,6 +20,9 @@ use crate::admin::ConnectionInfo;
 pub struct SessionRecord {
     pub gateway: String,
     pub id: u32,
+    /// The gateway's serial of the session: unlike `id`, never reused while it runs.
+    #[serde(default)]
+    pub serial: u64,
     /// The certificate's common name.
     pub user: Option<String>,
     /// The directory user, if the session logged in with one.
@@ -51,6 +54,7 @@ impl SessionRecord {
         SessionRecord {
             gateway: gateway.to_owned(),
             id: c.id,
+            serial: 0,
             user: c.user.clone(),
             username: c.username.clone(),
             groups: c.directory_groups.clone(),

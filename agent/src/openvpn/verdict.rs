@@ -55,6 +55,10 @@ pub enum FailureCode {
     AddressPoolExhausted,
     /// In a fleet: no leased block with a free address, or the gateway's lease ran out.
     AddressBlockUnavailable,
+    /// In a fleet: the user holds `max_connections_per_user` connections already.
+    UserConnectionLimit,
+    /// In a fleet: etcd did not answer an admission that needs it.
+    FleetUnavailable,
     HandshakeTimeout,
     Protocol,
     Internal,
@@ -84,6 +88,8 @@ impl FailureCode {
             FailureCode::Negotiation => "negotiation",
             FailureCode::AddressPoolExhausted => "address_pool_exhausted",
             FailureCode::AddressBlockUnavailable => "address_block_unavailable",
+            FailureCode::UserConnectionLimit => "user_connection_limit",
+            FailureCode::FleetUnavailable => "fleet_unavailable",
             FailureCode::HandshakeTimeout => "handshake_timeout",
             FailureCode::Protocol => "protocol",
             FailureCode::Internal => "internal",

@@ -37,6 +37,7 @@ impl Gateway {
             Keys::new("corp"),
             pool(),
             fence.clone(),
+            None,
         );
         Gateway {
             pool: AddressPool::new(pool()).unwrap(),

@@ -39,6 +39,7 @@ fn member(etcd: &EtcdCluster, id: &str) -> Member {
         Keys::new("corp"),
         "10.100.0.0/24".parse().unwrap(),
         AddressFence::new(),
+        None,
     )
 }
 
