@@ -134,3 +134,97 @@ fn any_gateway_lists_the_fleet_and_terminates_a_session_on_another() {
     assert_eq!(left[0]["user"], "bob", "{left:#?}");
     drop(bob);
 }
+
+/// `max_connections_per_user = 1` on two gateways with stock clients: alice connected to
+/// gw-a is refused on gw-b (`AUTH_FAILED`, `user_connection_limit` in gw-b's connection
+/// log); once her session on gw-a is terminated, gw-b admits her.
+#[test]
+fn the_per_user_cap_holds_across_gateways() {
+    tests::require_root!();
+    if !have_etcd() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = rt.block_on(EtcdCluster::start(1));
+    let port: u16 = etcd.endpoints()[0]
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a client port");
+    let cfg = |gw: &str| with_fleet(ENG_ALLOWED, port, gw) + "max_connections_per_user = 1\n";
+    let a = AgentLab::new(1, &["alice"], &cfg("gw-a"));
+    let b = AgentLab::new(1, &["alice"], &cfg("gw-b"));
+    for lab in [&a, &b] {
+        tests::etcd::forward_into(&lab.gw, port);
+    }
+    for lab in [&a, &b] {
+        poll(Duration::from_secs(10), || {
+            (lab.agent().status()["fleet"]["member"]["lease_valid"] == true).then_some(())
+        })
+        .unwrap_or_else(|| panic!("no lease: {}", lab.agent().log_tail(30)));
+    }
+    let _first = a.connect(0, "alice");
+    let second = b.start_client(0, "alice");
+    poll(Duration::from_secs(15), || {
+        second.log().contains("AUTH_FAILED").then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "alice's second connection was not refused:\n{}",
+            second.log()
+        )
+    });
+    // The attempt is logged when it ends (the refused session lingers to deliver AUTH_FAILED).
+    poll(Duration::from_secs(10), || {
+        std::fs::read_to_string(b.dir.path().join("connections.log"))
+            .unwrap_or_default()
+            .contains("user_connection_limit")
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no user_connection_limit in gw-b's connection log: {}",
+            std::fs::read_to_string(b.dir.path().join("connections.log")).unwrap_or_default()
+        )
+    });
+    drop(second);
+
+    // Her session on gw-a ends: the place is free for gw-b.
+    cli_ok(&[
+        "connections",
+        "terminate",
+        "--config",
+        &a.config_arg(),
+        "--user",
+        "alice",
+    ]);
+    // Released in etcd within a couple of ticks of the disconnect.
+    let mut c = rt
+        .block_on(portcullis::fleet::connect(&etcd.fleet_section("probe")))
+        .unwrap();
+    let prefix = portcullis::fleet::Keys::new(tests::agent::ENDPOINT).user_connections("alice");
+    poll(Duration::from_secs(5), || {
+        let n = rt
+            .block_on(
+                c.get(
+                    prefix.as_str(),
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_count_only(),
+                    ),
+                ),
+            )
+            .unwrap()
+            .count();
+        (n == 0).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "alice's connection on gw-a still counted: {}",
+            a.agent().log_tail(20)
+        )
+    });
+    let third = b.connect(0, "alice");
+    assert!(third.log().contains("Initialization Sequence Completed"));
+}
