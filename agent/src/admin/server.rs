@@ -23,10 +23,13 @@ pub trait AdminApi {
     fn reload(&mut self) -> Result<ReloadReply, ErrorReply>;
     fn connections(&mut self) -> ConnectionsReply;
     /// Disconnects session `id` and every session of `user`; no such session is an error.
+    /// `gateway` names the gateway of session `id` in a fleet (a standalone agent refuses
+    /// one: it has no other gateway).
     fn terminate(
         &mut self,
         id: Option<u32>,
         user: Option<&str>,
+        gateway: Option<&str>,
     ) -> Result<TerminateReply, ErrorReply>;
     fn policy(&mut self) -> PolicyReply;
     fn explain(&mut self, user: &str, to: &str) -> Result<ExplainReply, ErrorReply>;
@@ -77,15 +80,9 @@ pub fn answer(api: &mut dyn AdminApi, request: &str) -> String {
         Action::Status => line(true, api.status()),
         Action::Reload => reply(api.reload()),
         Action::Connections => line(true, api.connections()),
-        Action::Terminate {
-            gateway: Some(g), ..
-        } => line(
-            false,
-            ErrorReply::new(format!(
-                "session on gateway {g}: this gateway is not in a fleet (no [fleet] section)"
-            )),
-        ),
-        Action::Terminate { id, user, .. } => reply(api.terminate(id, user.as_deref())),
+        Action::Terminate { id, user, gateway } => {
+            reply(api.terminate(id, user.as_deref(), gateway.as_deref()))
+        }
         Action::Policy => line(true, api.policy()),
         Action::Explain { user, to } => reply(api.explain(&user, &to)),
     }
@@ -452,6 +449,7 @@ mod tests {
             &mut self,
             id: Option<u32>,
             user: Option<&str>,
+            _gateway: Option<&str>,
         ) -> Result<TerminateReply, ErrorReply> {
             self.asked.push(format!("terminate {id:?} {user:?}"));
             match id {

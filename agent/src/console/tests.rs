@@ -72,6 +72,7 @@ impl AdminApi for FakeEndpoint {
         &mut self,
         id: Option<u32>,
         _user: Option<&str>,
+        _gateway: Option<&str>,
     ) -> Result<TerminateReply, ErrorReply> {
         let before = self.sessions.len();
         self.sessions.retain(|s| Some(s.id) != id);

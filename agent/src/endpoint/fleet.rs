@@ -96,7 +96,7 @@ impl FleetGlue {
                 let here = gateway.as_deref().is_none_or(|g| g == own);
                 let local_id = id.filter(|_| here);
                 let local = if local_id.is_some() || user.is_some() {
-                    api.terminate(local_id, user.as_deref())
+                    api.terminate(local_id, user.as_deref(), None)
                 } else {
                     Err(crate::admin::ErrorReply::new("no such session"))
                 };

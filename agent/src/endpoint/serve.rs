@@ -123,7 +123,15 @@ impl AdminApi for Api<'_> {
         &mut self,
         id: Option<u32>,
         user: Option<&str>,
+        gateway: Option<&str>,
     ) -> Result<TerminateReply, ErrorReply> {
+        // A fleet gateway answers terminate in `endpoint::fleet` (other gateways' sessions);
+        // here only this gateway's.
+        if let Some(g) = gateway {
+            return Err(ErrorReply::new(format!(
+                "session on gateway {g}: this gateway is not in a fleet (no [fleet] section)"
+            )));
+        }
         let grants = self.ep.grants();
         // A user is its certificate name or its directory user name.
         let is_user = |s: &SessionInfo| {
@@ -381,7 +389,7 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
             Some(update) = fleet.recv() => ep.on_fleet(update),
             Some(id) = FleetGlue::next_terminate(&mut glue) => {
                 let mut api = Api { ep, connections: &telemetry.connections };
-                match api.terminate(Some(id), None) {
+                match api.terminate(Some(id), None, None) {
                     Ok(_) => tracing::info!(peer_id = id, "session ended at the fleet's request"),
                     Err(e) => tracing::info!(peer_id = id, "fleet terminate request: {}", e.error),
                 }
