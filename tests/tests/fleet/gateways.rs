@@ -228,3 +228,56 @@ fn the_per_user_cap_holds_across_gateways() {
     let third = b.connect(0, "alice");
     assert!(third.log().contains("Initialization Sequence Completed"));
 }
+
+/// A gateway that loses etcd keeps its established sessions but, once its lease's TTL has
+/// run out, refuses new clients with `AUTH_FAILED,TEMP` (its blocks may be another
+/// gateway's by then); `status` says the lease is gone.
+#[test]
+fn a_gateway_without_its_lease_refuses_new_clients_temporarily() {
+    use tests::gateway::SERVER;
+    use tests::openvpn::ping;
+    tests::require_root!();
+    if !have_etcd() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut etcd = rt.block_on(EtcdCluster::start(1));
+    let port: u16 = etcd.endpoints()[0]
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a client port");
+    let lab = AgentLab::new(2, &["alice", "bob"], &with_fleet(ENG_ALLOWED, port, "gw-a"));
+    tests::etcd::forward_into(&lab.gw, port);
+    poll(Duration::from_secs(10), || {
+        (lab.agent().status()["fleet"]["member"]["lease_valid"] == true).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no lease: {}", lab.agent().log_tail(30)));
+    let alice = lab.connect(0, "alice");
+
+    etcd.kill(0);
+    let cut = Instant::now();
+    poll(Duration::from_secs(6), || {
+        (lab.agent().status()["fleet"]["member"]["lease_valid"] == false).then_some(())
+    })
+    .unwrap_or_else(|| panic!("lease still valid: {}", lab.agent().status()));
+    assert!(
+        cut.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        cut.elapsed()
+    );
+    let bob = lab.start_client(1, "bob");
+    poll(Duration::from_secs(15), || {
+        bob.log().contains("AUTH_FAILED,TEMP").then_some(())
+    })
+    .unwrap_or_else(|| panic!("bob was not refused as temporary:\n{}", bob.log()));
+    assert!(!bob.log().contains("Initialization Sequence Completed"));
+    // alice's session carries on without etcd.
+    assert!(
+        ping(lab.client_ns(0), SERVER, 3, Duration::from_secs(5)),
+        "{}",
+        alice.log()
+    );
+    let st = cli_ok(&["status", "--config", &lab.config_arg()]);
+    assert!(st.contains("fleet lease        none"), "{st}");
+}
