@@ -896,5 +896,6 @@ fn renegotiation_verdicts_under_external_auth() {
 }
 
 mod bad_input;
+mod fence;
 mod hardening;
 mod tls_crypt_v2;
