@@ -9,7 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::protocol::{
-    Action, ConnectionsReply, ErrorReply, ReloadReply, Request, StatusReply, TerminateReply,
+    Action, CertificatesReply, ConnectionsReply, ErrorReply, ReloadReply, Request, RevokeReply,
+    StatusReply, TerminateReply,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -90,5 +91,17 @@ impl AdminClient {
         user: Option<String>,
     ) -> Result<TerminateReply, ClientError> {
         self.call(Action::Terminate { id, user })
+    }
+
+    pub fn certificates(&mut self) -> Result<CertificatesReply, ClientError> {
+        self.call(Action::Certificates)
+    }
+
+    pub fn revoke(
+        &mut self,
+        name: Option<String>,
+        serial: Option<String>,
+    ) -> Result<RevokeReply, ClientError> {
+        self.call(Action::Revoke { name, serial })
     }
 }

@@ -7,7 +7,8 @@ pub mod server;
 
 pub use client::{AdminClient, ClientError};
 pub use protocol::{
-    Action, ConnectionInfo, ConnectionsReply, ErrorReply, ExplainReply, FleetStatus, MapFill,
-    PolicyReply, ReloadReply, ReloadTiming, Reply, Request, StatusReply, TerminateReply, VERSION,
+    Action, CertificateInfo, CertificatesReply, ConnectionInfo, ConnectionsReply, CrlInfo,
+    ErrorReply, ExplainReply, FleetStatus, LogKind, LogQuery, LogsReply, MapFill, PolicyReply,
+    ReloadReply, ReloadTiming, Reply, Request, RevokeReply, StatusReply, TerminateReply, VERSION,
 };
 pub use server::{AdminApi, AdminHandle, AdminServer, Caller};

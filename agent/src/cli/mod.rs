@@ -1,5 +1,6 @@
 //! The command line: clap types, and each command's work and output. `main.rs` only parses
 //! and calls [`run`].
+pub mod certificates;
 pub mod check;
 pub mod connections;
 pub mod fleet;
@@ -55,6 +56,11 @@ pub enum Command {
     Connections {
         #[command(subcommand)]
         action: ConnectionsCmd,
+    },
+    /// The running agent's built-in PKI (`[tls] pki_dir`): list, revoke (audited).
+    Certificates {
+        #[command(subcommand)]
+        action: CertificatesCmd,
     },
     /// Client profiles.
     ClientConfig {
@@ -149,6 +155,29 @@ pub enum ConnectionsCmd {
         id: Option<u32>,
         #[arg(long)]
         user: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CertificatesCmd {
+    /// Name, serial, expiry and revocation of every certificate issued, and the CRL's dates.
+    List {
+        #[command(flatten)]
+        admin: Admin,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke every certificate of NAME, or the one of --serial; the agent republishes its
+    /// CRL and ends the revoked sessions within a second.
+    Revoke {
+        #[command(flatten)]
+        admin: Admin,
+        /// The certificate's common name.
+        #[arg(required_unless_present = "serial", conflicts_with = "serial")]
+        name: Option<String>,
+        /// A serial (hex, from `certificates list`).
+        #[arg(long)]
+        serial: Option<String>,
     },
 }
 
@@ -349,6 +378,33 @@ pub fn run(command: Command) -> Result<()> {
             Err(ClientError::Refused(_)) => anyhow::bail!("no such session"),
             Err(e) => Err(e.into()),
         },
+        Command::Certificates {
+            action: CertificatesCmd::List { admin, json },
+        } => {
+            let r = client(&admin)?.certificates().map_err(refused)?;
+            if json {
+                print_reply(r)
+            } else {
+                print!("{}", certificates::table(&r));
+                Ok(())
+            }
+        }
+        Command::Certificates {
+            action:
+                CertificatesCmd::Revoke {
+                    admin,
+                    name,
+                    serial,
+                },
+        } => {
+            let r = client(&admin)?.revoke(name, serial).map_err(refused)?;
+            println!(
+                "revoked {} (CRL #{}); their sessions end within a second",
+                r.revoked.join(", "),
+                r.crl_number
+            );
+            Ok(())
+        }
         Command::ClientConfig {
             action: ClientConfigCmd::Export { config, cert, key },
         } => {

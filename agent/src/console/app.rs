@@ -14,6 +14,7 @@ use axum::{Form, Router};
 use serde::Deserialize;
 
 use super::accounts::{Accounts, LoginFailure};
+use super::certs;
 use super::config::ConsoleSection;
 use super::monitor::{self, History};
 use super::pages;
@@ -100,6 +101,8 @@ impl Console {
             .route("/connections/terminate", post(monitor::terminate))
             .route("/audit", get(monitor::audit))
             .route("/endpoint", get(monitor::endpoint))
+            .route("/certificates", get(certs::page))
+            .route("/certificates/revoke", post(certs::revoke))
             .route("/login", get(login_page).post(login))
             .route("/logout", post(logout))
             .route("/assets/console.js", get(script))

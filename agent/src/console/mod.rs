@@ -7,6 +7,7 @@
 //! HTTP/1 over the agent's tokio runtime).
 pub mod accounts;
 pub mod app;
+pub mod certs;
 pub mod config;
 pub mod monitor;
 pub mod pages;
@@ -19,6 +20,8 @@ pub use config::{AdminAccount, ConsoleSection, Role};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_certs;
 
 /// Starts the console of `cfg` on the running runtime: binds its listener, reads its
 /// certificate, and serves until the returned guard is dropped.

@@ -10,13 +10,15 @@ use super::config::{AdminAccount, ConsoleSection, Role};
 use super::{server, Console};
 use crate::admin::audit::AuditLog;
 use crate::admin::{
-    AdminApi, AdminServer, ConnectionInfo, ConnectionsReply, ErrorReply, ExplainReply, PolicyReply,
-    ReloadReply, StatusReply, TerminateReply,
+    AdminApi, AdminServer, CertificatesReply, ConnectionInfo, ConnectionsReply, ErrorReply,
+    ExplainReply, PolicyReply, ReloadReply, RevokeReply, StatusReply, TerminateReply,
 };
 
 /// The endpoint's side of the admin API: two sessions whose counters grow with every look.
 struct FakeEndpoint {
     sessions: Vec<ConnectionInfo>,
+    /// A real `portcullis pki` directory: certificates and revoke are the endpoint's code.
+    pki: PathBuf,
 }
 
 fn session(id: u32, user: &str, addr: &str) -> ConnectionInfo {
@@ -99,6 +101,16 @@ impl AdminApi for FakeEndpoint {
             steps: e.steps,
         })
     }
+    fn certificates(&mut self) -> Result<CertificatesReply, ErrorReply> {
+        crate::pki::store::api_list(Some(&self.pki))
+    }
+    fn revoke(
+        &mut self,
+        name: Option<&str>,
+        serial: Option<&str>,
+    ) -> Result<RevokeReply, ErrorReply> {
+        crate::pki::store::api_revoke(Some(&self.pki), name, serial)
+    }
 }
 
 fn demo_policy() -> crate::policy::model::PolicyInput {
@@ -110,6 +122,9 @@ pub(super) struct Lab {
     pub socket: PathBuf,
     pub agent: ureq::Agent,
     pub audit: PathBuf,
+    /// The endpoint's PKI directory: a CA with client certificates `alice` and
+    /// [`XSS_CERT`].
+    pub pki: PathBuf,
     dir: PathBuf,
     rt: Option<tokio::runtime::Runtime>,
 }
@@ -122,6 +137,9 @@ impl Drop for Lab {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A certificate name that a console without escaping would run as script.
+pub(super) const XSS_CERT: &str = "<script>alert('cert')";
 
 pub(super) fn admin(name: &str, password: &str, role: Role) -> AdminAccount {
     AdminAccount {
@@ -165,7 +183,14 @@ pub(super) fn lab(tag: &str, admins: Vec<AdminAccount>, lifetime: Duration, fail
         server.handle(),
         lifetime,
     ));
+    let pki = dir.join("pki");
+    let store = crate::pki::store::PkiDir::new(&pki);
+    store.init("Lab CA", 30).unwrap();
+    for cn in ["alice", XSS_CERT] {
+        store.issue(cn, false, 30, true).unwrap();
+    }
     let mut endpoint = FakeEndpoint {
+        pki: pki.clone(),
         sessions: vec![
             session(7, "alice", "10.100.0.2"),
             session(8, "<script>alert('bob')</script>", "10.100.0.3"),
@@ -203,6 +228,7 @@ pub(super) fn lab(tag: &str, admins: Vec<AdminAccount>, lifetime: Duration, fail
         socket,
         agent,
         audit,
+        pki,
         dir,
         rt: Some(rt),
     }
