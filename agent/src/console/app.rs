@@ -14,11 +14,11 @@ use axum::{Form, Router};
 use serde::Deserialize;
 
 use super::accounts::{Accounts, LoginFailure};
-use super::certs;
 use super::config::ConsoleSection;
 use super::monitor::{self, History};
 use super::pages;
 use super::sessions::{same_token, Session, Sessions, COOKIE};
+use super::{certs, logs};
 use crate::admin::audit::{AuditEntry, AuditFilter, AuditLog};
 use crate::admin::{AdminHandle, Caller};
 use crate::auth::limiter::FailureLimiter;
@@ -102,6 +102,8 @@ impl Console {
             .route("/audit", get(monitor::audit))
             .route("/endpoint", get(monitor::endpoint))
             .route("/certificates", get(certs::page))
+            .route("/logs/connections", get(logs::connections))
+            .route("/logs/flows", get(logs::flows))
             .route("/certificates/revoke", post(certs::revoke))
             .route("/login", get(login_page).post(login))
             .route("/logout", post(logout))

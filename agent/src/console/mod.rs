@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod app;
 pub mod certs;
 pub mod config;
+pub mod logs;
 pub mod monitor;
 pub mod pages;
 pub mod server;
@@ -22,6 +23,8 @@ pub use config::{AdminAccount, ConsoleSection, Role};
 mod tests;
 #[cfg(test)]
 mod tests_certs;
+#[cfg(test)]
+mod tests_logs;
 
 /// Starts the console of `cfg` on the running runtime: binds its listener, reads its
 /// certificate, and serves until the returned guard is dropped.

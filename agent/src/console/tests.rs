@@ -11,7 +11,8 @@ use super::{server, Console};
 use crate::admin::audit::AuditLog;
 use crate::admin::{
     AdminApi, AdminServer, CertificatesReply, ConnectionInfo, ConnectionsReply, ErrorReply,
-    ExplainReply, PolicyReply, ReloadReply, RevokeReply, StatusReply, TerminateReply,
+    ExplainReply, LogKind, LogQuery, LogsReply, PolicyReply, ReloadReply, RevokeReply, StatusReply,
+    TerminateReply,
 };
 
 /// The endpoint's side of the admin API: two sessions whose counters grow with every look.
@@ -101,6 +102,13 @@ impl AdminApi for FakeEndpoint {
             steps: e.steps,
         })
     }
+    fn logs(&mut self, log: LogKind, query: &LogQuery) -> Result<LogsReply, ErrorReply> {
+        let name = match log {
+            LogKind::Connections => "connections.log",
+            LogKind::Flows => "flows.log",
+        };
+        crate::logsearch::api(log, Some(&self.pki.with_file_name(name)), query)
+    }
     fn certificates(&mut self) -> Result<CertificatesReply, ErrorReply> {
         crate::pki::store::api_list(Some(&self.pki))
     }
@@ -122,10 +130,12 @@ pub(super) struct Lab {
     pub socket: PathBuf,
     pub agent: ureq::Agent,
     pub audit: PathBuf,
+    /// The connection log (`connections.log`) and flow log (`flows.log`) the endpoint
+    /// searches are in `dir`, next to `pki`.
+    pub dir: PathBuf,
     /// The endpoint's PKI directory: a CA with client certificates `alice` and
     /// [`XSS_CERT`].
     pub pki: PathBuf,
-    dir: PathBuf,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -488,7 +498,16 @@ fn every_page_and_action_is_refused_without_a_session() {
         Duration::from_secs(60),
         5,
     );
-    for page in ["/", "/account", "/connections", "/audit"] {
+    for page in [
+        "/",
+        "/account",
+        "/connections",
+        "/audit",
+        "/endpoint",
+        "/certificates",
+        "/logs/connections",
+        "/logs/flows",
+    ] {
         let g = lab.get(page, None);
         assert_eq!(
             (g.status, g.location.as_deref()),
