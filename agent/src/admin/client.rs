@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::protocol::{
-    Action, CertificatesReply, ConnectionsReply, ErrorReply, ReloadReply, Request, RevokeReply,
-    StatusReply, TerminateReply,
+    Action, CertificatesReply, ConnectionsReply, ErrorReply, LogKind, LogQuery, LogsReply,
+    ReloadReply, Request, RevokeReply, StatusReply, TerminateReply,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -103,5 +103,9 @@ impl AdminClient {
         serial: Option<String>,
     ) -> Result<RevokeReply, ClientError> {
         self.call(Action::Revoke { name, serial })
+    }
+
+    pub fn logs(&mut self, log: LogKind, query: LogQuery) -> Result<LogsReply, ClientError> {
+        self.call(Action::Logs { log, query })
     }
 }

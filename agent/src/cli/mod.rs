@@ -1,9 +1,11 @@
 //! The command line: clap types, and each command's work and output. `main.rs` only parses
 //! and calls [`run`].
 pub mod certificates;
+pub use certificates::CertificatesCmd;
 pub mod check;
 pub mod connections;
 pub mod fleet;
+pub mod logs;
 pub mod pki;
 pub mod status;
 
@@ -61,6 +63,11 @@ pub enum Command {
     Certificates {
         #[command(subcommand)]
         action: CertificatesCmd,
+    },
+    /// Search the running agent's connection log or flow log (JSON lines, newest first).
+    Logs {
+        #[command(subcommand)]
+        action: LogsCmd,
     },
     /// Client profiles.
     ClientConfig {
@@ -159,26 +166,11 @@ pub enum ConnectionsCmd {
 }
 
 #[derive(Subcommand)]
-pub enum CertificatesCmd {
-    /// Name, serial, expiry and revocation of every certificate issued, and the CRL's dates.
-    List {
-        #[command(flatten)]
-        admin: Admin,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Revoke every certificate of NAME, or the one of --serial; the agent republishes its
-    /// CRL and ends the revoked sessions within a second.
-    Revoke {
-        #[command(flatten)]
-        admin: Admin,
-        /// The certificate's common name.
-        #[arg(required_unless_present = "serial", conflicts_with = "serial")]
-        name: Option<String>,
-        /// A serial (hex, from `certificates list`).
-        #[arg(long)]
-        serial: Option<String>,
-    },
+pub enum LogsCmd {
+    /// Connection attempts, updates and ends, by user, time and failure code.
+    Connections(logs::LogsArgs),
+    /// Denied (and logged allowed) flows, by user, time, destination and rule.
+    Flows(logs::LogsArgs),
 }
 
 #[derive(Subcommand)]
@@ -405,6 +397,10 @@ pub fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
+        Command::Logs { action } => match action {
+            LogsCmd::Connections(a) => logs::run(crate::admin::LogKind::Connections, a),
+            LogsCmd::Flows(a) => logs::run(crate::admin::LogKind::Flows, a),
+        },
         Command::ClientConfig {
             action: ClientConfigCmd::Export { config, cert, key },
         } => {
