@@ -25,6 +25,8 @@ mod tests;
 mod tests_certs;
 #[cfg(test)]
 mod tests_logs;
+#[cfg(test)]
+mod tests_security;
 
 /// Starts the console of `cfg` on the running runtime: binds its listener, reads its
 /// certificate, and serves until the returned guard is dropped.
