@@ -140,7 +140,7 @@ pub fn view(
                             td { (when(c.not_after)) @if expired { " (expired)" } }
                             td { @if c.revoked { span.bad { "revoked" } } @else { "valid" } }
                             td {
-                                @if s.role == Role::Operator && !c.revoked {
+                                @if s.role == Role::Operator && !c.revoked && c.kind == "client" {
                                     form method="post" action="/certificates/revoke"
                                         data-confirm={"Revoke certificate " (c.serial) " of " (c.name) "? Its sessions end now and it can never connect again."} {
                                         input type="hidden" name="csrf" value=(s.csrf);

@@ -211,6 +211,22 @@ impl PkiDir {
         }
         // Already revoked: nothing new, the CRL is republished all the same (a fresh
         // nextUpdate).
+        // The gateway's own certificate is replaced (`pki issue-server`), never revoked
+        // from here: a CRL listing it would refuse the endpoint to every client that checks.
+        let server = wanted.iter().find_map(|s| {
+            index
+                .issued
+                .iter()
+                .find(|(n, ss)| {
+                    ss.contains(s) && index.kinds.get(*n).is_some_and(|k| k == "server")
+                })
+                .map(|(n, _)| n.clone())
+        });
+        if let Some(n) = server {
+            bail!(
+                "{n:?} is the server's certificate: it is not revoked here; issue a new one with `portcullis pki issue-server` instead"
+            );
+        }
         wanted.retain(|s| !index.revoked.contains(s));
         index.revoked.extend(wanted.iter().cloned());
         self.publish(&ca, &mut index)?;

@@ -58,6 +58,11 @@ fn issue_list_and_revoke_by_name_and_serial() {
     );
     let e = api_revoke(Some(&dir.0), Some("a"), Some("b")).unwrap_err();
     assert!(e.error.contains("not both"), "{}", e.error);
+    let srv = pki.issue("vpn.example.test", true, 30, true).unwrap();
+    let e = api_revoke(Some(&dir.0), None, Some(&hex(&srv.serial))).unwrap_err();
+    assert!(e.error.contains("server's certificate"), "{}", e.error);
+    let e = api_revoke(Some(&dir.0), Some("vpn.example.test"), None).unwrap_err();
+    assert!(e.error.contains("pki issue-server"), "{}", e.error);
     let e = api_list(None).unwrap_err();
     assert!(e.error.contains("[tls] pki_dir"), "{}", e.error);
 }
