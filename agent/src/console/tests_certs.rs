@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::config::Role;
 use super::tests::{admin, csrf_of, lab, XSS_CERT};
+use crate::admin::server::NO_PKI;
 use crate::pki::store::{read_crl, PkiDir};
 
 #[test]
@@ -155,4 +156,55 @@ fn revoke_needs_an_operator_and_the_csrf_token_and_is_audited() {
     // The audit page shows the script-named target as text.
     let a = lab.get("/audit?action=revoke", Some(&ann)).body;
     assert!(!a.contains(XSS_CERT), "{a}");
+}
+
+/// The page's judgement of dates and kinds, from a reply as the agent sends it.
+#[test]
+fn the_crl_is_flagged_before_and_after_its_next_update_and_servers_get_no_revoke() {
+    use crate::admin::{CertificateInfo, CertificatesReply, CrlInfo};
+    let s = super::sessions::Session {
+        admin: "ann".into(),
+        role: Role::Operator,
+        csrf: "t".into(),
+        expires: std::time::Instant::now() + Duration::from_secs(60),
+    };
+    let day = 86_400;
+    let reply = |next: u64| CertificatesReply {
+        certificates: vec![
+            CertificateInfo {
+                name: "vpn.example.test".into(),
+                serial: "0a".into(),
+                kind: "server".into(),
+                not_after: Some(100 * day),
+                revoked: false,
+            },
+            CertificateInfo {
+                name: "alice".into(),
+                serial: "0b".into(),
+                kind: "client".into(),
+                not_after: Some(5 * day),
+                revoked: false,
+            },
+        ],
+        crl: Some(CrlInfo {
+            number: 4,
+            this_update: 0,
+            next_update: Some(next),
+            revoked: 0,
+        }),
+    };
+    let page =
+        |next: u64, now: u64| super::certs::view(&s, Ok(reply(next)), None, now).into_string();
+    let p = page(30 * day, 10 * day);
+    assert!(p.contains("— current"), "{p}");
+    assert!(
+        p.contains("(expired)"),
+        "alice's certificate is past its not-after: {p}"
+    );
+    assert_eq!(p.matches("/certificates/revoke").count(), 1, "{p}");
+    assert!(p.contains(r#"name="serial" value="0b""#), "{p}");
+    assert!(page(30 * day, 25 * day).contains("expires within a week"));
+    assert!(page(30 * day, 30 * day).contains("expired: the endpoint refuses clients"));
+    let e = super::certs::view(&s, Err(NO_PKI.into()), None, 0).into_string();
+    assert!(e.contains("[tls] pki_dir"), "{e}");
 }
