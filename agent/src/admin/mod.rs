@@ -4,6 +4,7 @@ pub mod audit;
 pub mod client;
 pub mod protocol;
 pub mod server;
+mod socket;
 
 pub use client::{AdminClient, ClientError};
 pub use protocol::{

@@ -280,26 +280,20 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `path` (creating its directory, replacing a stale socket), mode 0600: the socket
-    /// can terminate sessions and reload the policy.
+    /// Binds `path` (creating its directory 0700 if missing, replacing a stale socket), mode
+    /// 0600: the socket can terminate sessions and reload the policy.
+    ///
+    /// `bind(2)` creates the socket with the umask's mode, so a socket bound at `path` and
+    /// chmodded after would be open to other local users in between. It is bound instead in
+    /// a fresh 0700 directory next to `path`, made 0600 there and renamed into place: at
+    /// `path` it only ever exists private, whatever the umask.
     pub fn bind(path: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("creating {} for the admin socket: {e}", dir.display()),
-                )
-            })?;
-        }
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path).map_err(|e| {
+        let listener = super::socket::bind_private(path).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("binding the admin socket {}: {e}", path.display()),
             )
         })?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let (calls_tx, calls_rx) = mpsc::channel(16);
         Ok(Self {
             listener,

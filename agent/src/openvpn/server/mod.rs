@@ -198,6 +198,9 @@ impl Server {
             max_sessions: self.settings.max_sessions,
             reset_rate: self.settings.reset_rate,
             auth: self.settings.auth,
+            // Read once by the listeners when the tunnel starts.
+            tcp_handshake_timeout: self.settings.tcp_handshake_timeout,
+            tcp_idle_timeout: self.settings.tcp_idle_timeout,
             ..new
         };
         (self.udp_cfg, self.tcp_cfg) = session_configs(&keep);
