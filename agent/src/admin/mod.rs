@@ -2,15 +2,17 @@
 //! socket, the server that dispatches it to one trait, and the client the CLI uses.
 pub mod audit;
 pub mod client;
+pub mod dispatch;
 pub mod protocol;
 pub mod server;
 mod socket;
 
 pub use client::{AdminClient, ClientError};
+pub use dispatch::AdminApi;
 pub use protocol::{
     Action, CertificateInfo, CertificatesReply, ConnectionInfo, ConnectionsReply, CrlInfo,
     ErrorReply, ExplainReply, FleetMember, FleetStatus, LogKind, LogQuery, LogsReply, MapFill,
     PolicyReply, ReloadReply, ReloadTiming, Reply, Request, RevokeReply, StatusReply,
     TerminateReply, VERSION,
 };
-pub use server::{AdminApi, AdminHandle, AdminServer, Call, Caller};
+pub use server::{AdminHandle, AdminServer, Call, Caller};

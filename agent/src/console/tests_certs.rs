@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::config::Role;
 use super::tests::{admin, csrf_of, lab, XSS_CERT};
-use crate::admin::server::NO_PKI;
+use crate::admin::dispatch::NO_PKI;
 use crate::pki::store::{read_crl, PkiDir};
 
 #[test]

@@ -8,12 +8,13 @@
 //! one line whatever the request carried.
 
 use crate::admin::audit::AuditEntry;
+use crate::admin::dispatch::{answer, audited, outcome};
 use crate::admin::protocol::{
     Action, CertificatesReply, ConnectionsReply, ErrorReply, ExplainReply, LogKind, LogQuery,
     LogsReply, PolicyReply, ReloadReply, Request, RevokeReply, StatusReply, TerminateReply,
     VERSION,
 };
-use crate::admin::server::{answer, audited, outcome, request_line};
+use crate::admin::server::request_line;
 use crate::admin::{AdminApi, ConnectionInfo};
 
 /// Answers from fixed data (echoing the request's arguments, so replies carry fuzzed text)

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{CertificateAuthority, IssuedCert, Validity};
-use crate::admin::server::NO_PKI;
+use crate::admin::dispatch::NO_PKI;
 use crate::admin::{CertificateInfo, CertificatesReply, CrlInfo, ErrorReply, RevokeReply};
 
 /// How long a published CRL is valid: it must be republished before (`portcullis pki crl`
