@@ -11,11 +11,13 @@ use crate::config::{EndpointConfig, Listener};
 /// The profile text. `cert`/`key` (PEM files) are inlined when given; otherwise the user adds
 /// `cert`/`key` lines (or `<cert>`/`<key>` blocks) for their own certificate.
 pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> Result<String> {
-    let host = match &cfg.public_address {
-        Some(h) => h.clone(),
-        None => bail!(
+    let hosts = match (&cfg.public_address, cfg.gateway_addresses.is_empty()) {
+        (_, false) => cfg.gateway_addresses.clone(),
+        (Some(h), true) => vec![h.clone()],
+        (None, true) => bail!(
             "the endpoint has no public_address: set `public_address = \"vpn.example.com\"` \
-             (the name or address clients connect to) in the configuration"
+             (the name or address clients connect to), or `gateway_addresses = [...]` for a \
+             fleet, in the configuration"
         ),
     };
     let listeners = cfg
@@ -27,11 +29,19 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
     writeln!(out, "# Portcullis endpoint {}", cfg.name)?;
     writeln!(out, "client")?;
     writeln!(out, "dev tun")?;
-    for l in &listeners {
-        match l {
-            Listener::Udp(a) => writeln!(out, "remote {host} {} udp", a.port())?,
-            Listener::Tcp(a) => writeln!(out, "remote {host} {} tcp-client", a.port())?,
+    for host in &hosts {
+        for l in &listeners {
+            match l {
+                Listener::Udp(a) => writeln!(out, "remote {host} {} udp", a.port())?,
+                Listener::Tcp(a) => writeln!(out, "remote {host} {} tcp-client", a.port())?,
+            }
         }
+    }
+    if hosts.len() > 1 {
+        // Clients spread over the gateways, and one that gets no answer (a dead gateway, or
+        // its pushed ping-restart firing) tries the next after 10 s instead of 120.
+        writeln!(out, "remote-random")?;
+        writeln!(out, "server-poll-timeout 10")?;
     }
     writeln!(out, "resolv-retry infinite")?;
     // Tells the server at once when the client quits, so its session and address are freed.
@@ -225,6 +235,62 @@ tls_crypt_v2_server_key = "v2.key"
             a.metadata,
             crate::openvpn::tls_crypt_v2::Metadata::Timestamp(_)
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A fleet's profile lists every gateway for every listener, in random order, and moves
+    /// on from a silent one quickly; a bad gateway address is refused by name.
+    #[test]
+    fn fleet_profiles_list_every_gateway() {
+        let dir = std::env::temp_dir().join(format!("pc-profile-fleet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = CertificateAuthority::generate("profile CA", Validity::days_from_now(2)).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
+        let text = |gateways: &str| {
+            format!(
+                r#"
+name = "corp"
+client_cidr = "10.100.0.0/22"
+listen = ["udp://0.0.0.0:1194", "tcp://0.0.0.0:443"]
+public_address = "vpn.example.com"
+gateway_addresses = {gateways}
+[tls]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+"#
+            )
+        };
+        let mut cfg = EndpointConfig::parse(&text(r#"["gw-a.example.com", "192.0.2.7"]"#)).unwrap();
+        cfg.tls.client_ca = dir.join("ca.crt");
+        let p = render(&cfg, None, None).unwrap();
+        let remotes: Vec<&str> = p.lines().filter(|l| l.starts_with("remote ")).collect();
+        assert_eq!(
+            remotes,
+            [
+                "remote gw-a.example.com 1194 udp",
+                "remote gw-a.example.com 443 tcp-client",
+                "remote 192.0.2.7 1194 udp",
+                "remote 192.0.2.7 443 tcp-client",
+            ]
+        );
+        assert!(
+            p.contains("\nremote-random\n") && p.contains("\nserver-poll-timeout 10\n"),
+            "{p}"
+        );
+        cfg.gateway_addresses.clear();
+        let one = render(&cfg, None, None).unwrap();
+        assert!(
+            one.contains("remote vpn.example.com 1194 udp") && !one.contains("remote-random"),
+            "{one}"
+        );
+        let bad = EndpointConfig::parse(&text(r#"["gw-a:1194"]"#)).unwrap();
+        let e = bad.validate().unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|e| e.path == "gateway_addresses[0]" && e.message.contains("no port")),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -176,6 +176,7 @@ fn shared(name: &str, dns: &str) -> portcullis::config::SharedConfig {
         keepalive_interval_secs: 10,
         keepalive_timeout_secs: 60,
         renegotiate_secs: 3600,
+        gateway_addresses: vec![],
         banner: None,
         data_ciphers: vec!["AES-256-GCM".into()],
         groups: Default::default(),

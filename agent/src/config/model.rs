@@ -30,6 +30,12 @@ pub struct EndpointConfig {
     /// Host name or address clients connect to, for exported profiles.
     #[serde(default)]
     pub public_address: Option<String>,
+    /// Every gateway's host name or address, for exported profiles of a fleet: a `remote`
+    /// line each (with `remote-random`), so a client spreads over the gateways and moves to
+    /// another when its gateway stops answering. Overrides `public_address`; unnecessary
+    /// when `public_address` is one name that resolves to every gateway.
+    #[serde(default)]
+    pub gateway_addresses: Vec<String>,
     /// Split tunnel (push the routes) or full tunnel (`redirect-gateway def1`, the AWS
     /// default).
     #[serde(default)]

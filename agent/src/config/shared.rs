@@ -29,6 +29,8 @@ pub struct SharedConfig {
     #[serde(default = "super::model::default_renegotiate_secs")]
     pub renegotiate_secs: u32,
     #[serde(default)]
+    pub gateway_addresses: Vec<String>,
+    #[serde(default)]
     pub banner: Option<String>,
     pub data_ciphers: Vec<String>,
     #[serde(default)]
@@ -55,6 +57,7 @@ impl EndpointConfig {
             keepalive_interval_secs: self.keepalive_interval_secs,
             keepalive_timeout_secs: self.keepalive_timeout_secs,
             renegotiate_secs: self.renegotiate_secs,
+            gateway_addresses: self.gateway_addresses.clone(),
             banner: self.banner.clone(),
             data_ciphers: self.data_ciphers.clone(),
             groups: self.groups.clone(),
@@ -84,6 +87,7 @@ impl EndpointConfig {
             keepalive_interval_secs,
             keepalive_timeout_secs,
             renegotiate_secs,
+            gateway_addresses,
             banner,
             data_ciphers,
             groups,
@@ -99,6 +103,7 @@ impl EndpointConfig {
         self.keepalive_interval_secs = keepalive_interval_secs;
         self.keepalive_timeout_secs = keepalive_timeout_secs;
         self.renegotiate_secs = renegotiate_secs;
+        self.gateway_addresses = gateway_addresses;
         self.banner = banner;
         self.data_ciphers = data_ciphers;
         self.groups = groups;

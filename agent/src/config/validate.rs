@@ -89,6 +89,20 @@ impl EndpointConfig {
                 ),
             ));
         }
+        for (i, g) in self.gateway_addresses.iter().enumerate() {
+            // Written into profiles as `remote HOST PORT PROTO`: one word, no port.
+            if g.is_empty()
+                || g.contains(|c: char| c.is_whitespace() || c == ':' || c == '#' || c == ';')
+            {
+                errs.push(err(
+                    format!("gateway_addresses[{i}]"),
+                    format!(
+                        "{g:?} is not a host name or IPv4 address (no port: the listeners' \
+                         ports are used, the same on every gateway)"
+                    ),
+                ));
+            }
+        }
         let (ping, restart) = (self.keepalive_interval_secs, self.keepalive_timeout_secs);
         if ping == 0 || ping > 3600 {
             errs.push(err(
