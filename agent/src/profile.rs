@@ -61,6 +61,20 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
             writeln!(out, "static-challenge \"{c}\" 1")?;
         }
     }
+    if cfg.auth.uses_oidc() {
+        // Single sign-on: the client opens the login page it is sent (OpenVPN Connect,
+        // Tunnelblick 4, the openvpn 2.6 GUIs announce this with IV_SSO).
+        writeln!(out, "# Sign-in happens in a web browser (single sign-on).")?;
+        if !cfg.auth.methods.iter().any(|m| m == "certificate") {
+            let cn = server_common_name(&cfg.tls.cert)?;
+            writeln!(out, "verify-x509-name {} name", quote(&cn))?;
+            // openvpn 2.x refuses a profile with neither a certificate nor auth-user-pass; the
+            // name and password typed here are not checked (the web login is), as with
+            // other SSO-only servers.
+            writeln!(out, "# Any user name and password: they are not checked.")?;
+            writeln!(out, "auth-user-pass")?;
+        }
+    }
     writeln!(out, "verb 3")?;
     writeln!(out, "<ca>\n{}</ca>", ensure_newline(&ca))?;
     match (cert, key) {

@@ -9,11 +9,13 @@
 //! - [`hook`]: the client-connect hook (a program or an HTTP POST).
 //! - [`otp`]: TOTP codes and the static-challenge response.
 //! - [`slots`]: the bound on directory logins in progress.
+//! - [`oidc`]: single sign-on through an OpenID Connect provider (web login, AUTH_PENDING).
 pub mod authenticator;
 pub mod directory;
 pub mod grants;
 pub mod hook;
 pub mod limiter;
+pub mod oidc;
 pub mod otp;
 pub mod recheck;
 pub mod slots;

@@ -897,4 +897,5 @@ fn renegotiation_verdicts_under_external_auth() {
 
 mod bad_input;
 mod hardening;
+mod pending_auth;
 mod tls_crypt_v2;
