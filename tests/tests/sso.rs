@@ -169,6 +169,28 @@ fn callback_text(r: LoginResult) -> (String, String) {
     }
 }
 
+/// Where the short URL the client got sends the browser (the provider's authorization URL),
+/// read with curl in the gateway namespace (`-k`: only the Location header of our own
+/// listener is read).
+fn provider_url(lab: &AgentLab, short: &str) -> String {
+    let out = tests::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.gw.name,
+        "curl",
+        "-sk",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{redirect_url}",
+        short,
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// `state=<id>.<secret>` of a login URL with the secret changed.
 fn tamper_state(url: &str) -> String {
     let start = url.find("state=").expect("state in the login URL") + "state=".len();
@@ -227,11 +249,16 @@ fn sso_web_login_groups_and_refusals() {
     // callback admits the session with her claim's groups.
     let (alice, _gui_a, url) = start(&lab, 0);
     assert!(
-        url.starts_with(&format!("{}/auth?", idp.issuer))
-            && url.contains("code_challenge_method=S256")
-            && url.contains("nonce=")
-            && url.contains("state="),
+        url.starts_with(&format!("https://127.0.0.1:{CALLBACK_PORT}/login/")),
         "login URL: {url}"
+    );
+    let auth = provider_url(&lab, &url);
+    assert!(
+        auth.starts_with(&format!("{}/auth?", idp.issuer))
+            && auth.contains("code_challenge_method=S256")
+            && auth.contains("nonce=")
+            && auth.contains("state="),
+        "authorization URL: {auth}"
     );
     assert!(
         !alice.log().contains(COMPLETED) && tests::agent::tunnel_addr(lab.client_ns(0)).is_none(),
@@ -278,7 +305,8 @@ fn sso_web_login_groups_and_refusals() {
     // A callback whose state was tampered with (right login at the provider): refused, and
     // the session it named ends.
     let (bob, _gui_b, url) = start(&lab, 1);
-    let (text, _) = callback_text(browser.login(&tamper_state(&url), "bob", "bob-pw"));
+    let forged = tamper_state(&provider_url(&lab, &url));
+    let (text, _) = callback_text(browser.login(&forged, "bob", "bob-pw"));
     assert!(text.contains("sso_state"), "{text}");
     refused(&bob, "login state mismatch", Duration::from_secs(10));
     drop(bob);

@@ -39,6 +39,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "nodejs",
     "chromium",
     "chromium-driver",
+    "curl",
 ];
 
 /// Where `npm ci` installs the test OpenID provider's packages (outside the source tree; the

@@ -1,10 +1,11 @@
-//! The callback listener: HTTPS (the console's rustls + hyper server), one route,
+//! The callback listener: HTTPS (the console's rustls + hyper server) with two routes:
+//! `GET /login/<id>`, the short URL the client opens, which redirects to the provider, and
 //! `GET /callback?state=…&code=…` (or `&error=…`), where the provider sends the browser after
 //! the login. The page only says whether the VPN connection may proceed; the verdict goes to
 //! the session that waits (see [`super::Sso::callback`]).
 use std::sync::{Arc, Weak};
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -32,8 +33,30 @@ pub async fn serve(
 ) {
     let app = Router::new()
         .route("/callback", get(callback))
+        .route("/login/{id}", get(login))
         .with_state(sso);
     crate::console::server::serve(listener, tls, app).await;
+}
+
+/// The short URL the client was sent: on to the provider while the login waits.
+async fn login(State(sso): State<Weak<Sso>>, Path(id): Path<String>) -> Response {
+    let Some(sso) = sso.upgrade() else {
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The VPN gateway is stopping.",
+        );
+    };
+    match sso.auth_url(&id) {
+        Some(url) => (
+            StatusCode::FOUND,
+            [("location", url.as_str()), ("cache-control", "no-store")],
+        )
+            .into_response(),
+        None => page(
+            StatusCode::NOT_FOUND,
+            "This sign-in link is unknown, used or expired: connect again.",
+        ),
+    }
 }
 
 async fn callback(State(sso): State<Weak<Sso>>, Query(q): Query<CallbackQuery>) -> Response {

@@ -31,6 +31,8 @@ use flow::{FlowError, Identity, Provider};
 
 /// One login waiting for its callback.
 struct Login {
+    /// The provider's authorization URL, where `/login/<id>` sends the browser.
+    auth_url: String,
     secret: String,
     nonce: Nonce,
     verifier: PkceCodeVerifier,
@@ -48,6 +50,9 @@ pub struct Sso {
     rng: SystemRandom,
     /// Where the callback listener is bound (port 0 in the configuration: the port it got).
     pub callback_addr: SocketAddr,
+    /// `redirect_url` with `/callback` replaced by `/login/`: the start of the URL sent to the
+    /// client.
+    login_base: String,
 }
 
 /// What the browser is told after the callback (and the log).
@@ -79,25 +84,25 @@ impl Sso {
             .with_context(|| format!("binding oidc.redirect_listen {}", o.redirect_listen))?;
         listener.set_nonblocking(true)?;
         let callback_addr = listener.local_addr()?;
-        let sso = Arc::new(Sso {
-            provider,
-            rt: None,
-            logins: Mutex::new(HashMap::new()),
-            timeout: Duration::from_secs(o.pending_timeout_secs),
-            max_pending: o.max_pending,
-            rng: SystemRandom::new(),
-            callback_addr,
-        });
-        let weak = Arc::downgrade(&sso);
-        rt.spawn(async move {
-            match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => callback::serve(l, tls, weak).await,
-                Err(e) => tracing::error!("OIDC callback listener: {e}"),
+        let sso = Arc::new_cyclic(|weak: &std::sync::Weak<Sso>| {
+            let weak = weak.clone();
+            rt.spawn(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => callback::serve(l, tls, weak).await,
+                    Err(e) => tracing::error!("OIDC callback listener: {e}"),
+                }
+            });
+            Sso {
+                provider,
+                rt: Some(rt),
+                logins: Mutex::new(HashMap::new()),
+                timeout: Duration::from_secs(o.pending_timeout_secs),
+                max_pending: o.max_pending,
+                rng: SystemRandom::new(),
+                callback_addr,
+                login_base: format!("{}/login/", o.redirect_url.trim_end_matches("/callback")),
             }
         });
-        // The runtime is set once, before anyone else holds the Arc.
-        let mut sso = sso;
-        Arc::get_mut(&mut sso).expect("sole owner").rt = Some(rt);
         tracing::info!(issuer = o.issuer, callback = %callback_addr, "single sign-on ready");
         Ok(sso)
     }
@@ -140,6 +145,7 @@ impl Sso {
             logins.insert(
                 id.clone(),
                 Login {
+                    auth_url: started.url,
                     secret,
                     nonce: started.nonce,
                     verifier: started.verifier,
@@ -149,7 +155,11 @@ impl Sso {
             );
         }
         tracing::info!(%link, login = id, "SSO login pending");
-        pending.announce(self.timeout, format!("{prefix}{}", started.url));
+        // The client gets our short URL, which redirects to the provider: the 2.6 client
+        // hands its management client only INFO messages of up to about 240 bytes (a longer
+        // one is dropped with "Received INFO command is too long"), shorter than most
+        // authorization URLs.
+        pending.announce(self.timeout, format!("{prefix}{}{id}", self.login_base));
         let verdict = match rx.recv_timeout(self.timeout) {
             Ok(v) => v,
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => Err(Refusal::new(
@@ -222,6 +232,11 @@ impl Sso {
             let _ = login.done.try_send(Err(r.clone()));
         }
         outcome
+    }
+
+    /// The provider's authorization URL of login `id`, while it waits.
+    pub fn auth_url(&self, id: &str) -> Option<String> {
+        lock(&self.logins).get(id).map(|l| l.auth_url.clone())
     }
 
     /// Logins waiting for their callback.
