@@ -57,6 +57,11 @@ pending_timeout_secs = {PENDING_TIMEOUT}
 idp-engineering = "eng"
 idp-finance = "finance"
 
+# "sso" is the name every test client types into its unchecked auth-user-pass prompt: a
+# local group for that name must grant nothing (else anyone could type a member's name).
+[groups]
+finance = ["sso"]
+
 [[authorization_rule]]
 destination = "10.0.0.0/24"
 groups = ["eng"]
@@ -270,7 +275,8 @@ fn sso_web_login_groups_and_refusals() {
     assert!(reaches(&lab, 0, OTHER), "alice (eng) → {OTHER}");
     assert!(
         blocked(&lab, 0, SERVER),
-        "alice reached {SERVER}: finance's /32 must hide eng's /24 there"
+        "alice reached {SERVER}: finance's /32 must hide eng's /24 there, and the name she \
+         typed (in finance's local group) must grant nothing"
     );
     let conns = lab.connections();
     let a = conns

@@ -132,6 +132,7 @@ impl Authenticator {
         let grant = Grant {
             username: who.username,
             groups: who.groups,
+            name_unverified: !req.identity.has_certificate(),
         };
         self.after_login(link, req, grant)
     }
@@ -230,6 +231,7 @@ impl Authenticator {
                     grant = Grant {
                         username: user.to_owned(),
                         groups: u.groups,
+                        ..Grant::default()
                     };
                 }
                 Err(e) => {
