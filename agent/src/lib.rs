@@ -12,6 +12,9 @@ pub mod endpoint;
 pub mod explain;
 pub mod fleet;
 pub mod flowlog;
+/// Fuzz target bodies for `agent/fuzz` and the corpus replay tests (docs/fuzzing.md).
+#[cfg(any(test, feature = "testing"))]
+pub mod fuzzing;
 pub mod io;
 pub mod metrics;
 pub mod netns;

@@ -255,7 +255,6 @@ fn plain_reset(sid: u64) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "regression under investigation (issue 12): since the lab runs the endpoint through Endpoint::build, real clients do not connect during this flood; see docs/security.md"]
 fn a_flood_from_one_host_does_not_keep_a_real_client_out() {
     require_root!();
     // Without tls-crypt, so the flood's resets reach the reset limiter (with it, anyone who

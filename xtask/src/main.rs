@@ -7,6 +7,7 @@
 mod bench;
 mod cleanup;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -19,7 +20,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "Portcullis developer tasks: setup, test, cleanup, demo, bench"
+    about = "Portcullis developer tasks: setup, test, cleanup, demo, bench, fuzz"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,6 +43,10 @@ enum Command {
     /// Run setup and the benchmarks (release builds, as root); each suite writes
     /// target/bench/<suite>.{json,md,svg}. `--quick` for short runs that prove the harness.
     Bench(bench::BenchArgs),
+    /// Build agent/fuzz with cargo-fuzz (installed when missing) and run every fuzz target
+    /// (or the ones named) for `--minutes` of CPU time each; writes report.{json,md} and
+    /// fails when a target crashed. Not root. See docs/fuzzing.md.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
         Command::Cleanup => cleanup::run(),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -122,7 +122,7 @@ impl Caller {
 }
 
 /// The audit trail's name and target of a state-changing action; `None` for reads.
-fn audited(action: &Action) -> Option<(&'static str, String)> {
+pub(crate) fn audited(action: &Action) -> Option<(&'static str, String)> {
     match action {
         Action::Reload => Some(("reload", String::new())),
         Action::Terminate { id, user } => Some((
@@ -139,7 +139,7 @@ fn audited(action: &Action) -> Option<(&'static str, String)> {
 }
 
 /// `ok` (with the reload's new generation or the terminated sessions) or the error.
-fn outcome(reply: &str) -> String {
+pub(crate) fn outcome(reply: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(reply).unwrap_or_default();
     if v["ok"] == true {
         match (&v["generation"], &v["terminated"]) {
@@ -302,25 +302,62 @@ impl Drop for AdminServer {
     }
 }
 
+/// Longest request line accepted, newline included. Real requests are a few hundred bytes;
+/// a client that sends more is answered and disconnected, so no peer grows the agent's memory.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// The request in one line as read from the socket (`raw`, its newline still on unless the
+/// peer closed first or it was cut at [`MAX_REQUEST`]), or the error to answer.
+pub(crate) fn request_line(raw: &[u8]) -> Result<&str, ErrorReply> {
+    let Some(line) = raw
+        .strip_suffix(b"\n")
+        .or((raw.len() < MAX_REQUEST).then_some(raw))
+    else {
+        return Err(ErrorReply::new(format!(
+            "bad request: longer than {MAX_REQUEST} bytes (one JSON object per line); closing"
+        )));
+    };
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    std::str::from_utf8(line).map_err(|e| {
+        ErrorReply::new(format!(
+            "bad request: not UTF-8 ({e}); requests are JSON lines such as {{\"v\":{VERSION},\"cmd\":\"status\"}}"
+        ))
+    })
+}
+
 /// One client: its request lines go to the loop, the replies back in order.
 async fn connection(stream: tokio::net::UnixStream, calls: mpsc::Sender<Call>) {
     let caller = Caller::of_socket(&stream);
     let (rd, mut wr) = stream.into_split();
-    let mut lines = BufReader::new(rd).lines();
-    while let Ok(Some(request)) = lines.next_line().await {
-        let (tx, rx) = oneshot::channel();
-        let call = Call {
-            request,
-            reply: tx,
-            caller: caller.clone(),
-            audit: None,
-        };
-        if calls.send(call).await.is_err() {
-            break;
+    let mut rd = BufReader::new(rd);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        let limit = MAX_REQUEST as u64;
+        match (&mut rd).take(limit).read_until(b'\n', &mut raw).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
         }
-        let Ok(mut out) = rx.await else { break };
+        let mut out = match request_line(&raw) {
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                let call = Call {
+                    request: request.to_owned(),
+                    reply: tx,
+                    caller: caller.clone(),
+                    audit: None,
+                };
+                if calls.send(call).await.is_err() {
+                    break;
+                }
+                let Ok(out) = rx.await else { break };
+                out
+            }
+            Err(e) => line(false, e),
+        };
         out.push('\n');
-        if wr.write_all(out.as_bytes()).await.is_err() {
+        let cut = raw.len() >= MAX_REQUEST && !raw.ends_with(b"\n");
+        if wr.write_all(out.as_bytes()).await.is_err() || cut {
             break;
         }
     }
@@ -452,5 +489,72 @@ mod tests {
             );
         }
         assert!(f.asked.is_empty(), "{:?}", f.asked);
+    }
+
+    #[test]
+    fn request_lines_are_bounded_and_utf8() {
+        assert_eq!(
+            request_line(b"{\"cmd\":\"status\"}\r\n").unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        assert_eq!(
+            request_line(b"{}").unwrap(),
+            "{}",
+            "the last line, without a newline"
+        );
+        let e = request_line(b"{\"cmd\":\"st\xffatus\"}\n").unwrap_err();
+        assert!(e.error.contains("not UTF-8"), "{}", e.error);
+        let mut long = vec![b' '; MAX_REQUEST - 1];
+        long.push(b'\n');
+        assert!(
+            request_line(&long).is_ok(),
+            "a line of exactly the limit is read"
+        );
+        long.pop();
+        long.push(b' ');
+        let e = request_line(&long).unwrap_err();
+        assert!(e.error.contains("longer than"), "{}", e.error);
+    }
+
+    /// A peer that sends an endless line gets an error and is disconnected; the agent never
+    /// holds more than the limit of it.
+    #[tokio::test]
+    async fn an_endless_request_line_is_refused_and_the_peer_dropped() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = std::env::temp_dir().join(format!("pct-admin-{}", std::process::id()));
+        let path = dir.join("admin.sock");
+        let mut server = AdminServer::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let mut api = Fake::default();
+            loop {
+                server.next().await.answer(&mut api);
+            }
+        });
+        let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+        s.write_all(b"{\"cmd\":\"status\"}\n").await.unwrap();
+        let chunk = vec![b'x'; 16 * 1024];
+        // The agent stops reading at the limit: later writes may fail once it closed.
+        for _ in 0..8 {
+            if s.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        // Read until the agent closes (a reset, since our excess bytes are unread, counts).
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while let Ok(Ok(n @ 1..)) = tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent closes the connection"
+        );
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(lines[0].contains("\"ok\":true"), "{}", lines[0]);
+        assert!(lines[1].contains("longer than"), "{}", lines[1]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

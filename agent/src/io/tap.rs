@@ -15,12 +15,14 @@ use std::{
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use ipnet::Ipv4Net;
 use portcullis_common::session_mac;
 use thiserror::Error;
 
 use super::{TunnelStats, ETH_HLEN};
+use crate::openvpn::peer::{Link, PeerTable};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
@@ -209,7 +211,7 @@ async fn configure(
 // Decrypted packets into TAP frames: the worker and the TCP reader both write through here.
 /// Why a decrypted packet is not written to the TAP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum NotForTap {
+pub enum NotForTap {
     /// Not an IPv4 packet (the data path is IPv4 only).
     NotIpv4,
     /// Its source is not the sending session's own tunnel address.
@@ -222,7 +224,7 @@ pub(super) enum NotForTap {
 /// it would be judged by another session's groups, quota and name. The XDP program checks
 /// the slot in the source MAC against the `clients` entry of the source address again, so
 /// neither layer alone is trusted.
-pub(super) fn frame(
+pub fn frame(
     buf: &mut [u8],
     range: std::ops::Range<usize>,
     tap_mac: [u8; 6],
@@ -265,5 +267,106 @@ pub(super) fn to_tap(
         Err(NotForTap::NotIpv4) => {
             stats.data_not_ipv4.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+// Frames the kernel wrote to the TAP into the tunnel: the worker reads and sends through here.
+/// Why a frame read from the TAP is not sent into the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotForTunnel {
+    /// Shorter than an Ethernet and an IPv4 header, or not IPv4.
+    NotIpv4,
+    /// No session holds the destination address.
+    NoPeer,
+    /// The session has no send key (not connected yet, or closing), or the buffer lacks room.
+    Seal,
+}
+
+/// Seals the frame the TAP gave (`buf[offset - ETH_HLEN..offset - ETH_HLEN + n]`, its IP
+/// packet at `offset`, with the session's overhead of room in front) for the session that
+/// holds its destination address, in place; returns the data packet's range and where it
+/// goes. Only that session's keys are used: the destination, not the frame's MACs (which the
+/// kernel chose), decides who receives it.
+pub fn from_tap(
+    peers: &PeerTable,
+    buf: &mut [u8],
+    offset: usize,
+    n: usize,
+    now: Instant,
+) -> Result<(std::ops::Range<usize>, Link), NotForTunnel> {
+    let f = offset
+        .checked_sub(ETH_HLEN)
+        .and_then(|start| buf.get(start..start + n))
+        .ok_or(NotForTunnel::NotIpv4)?;
+    if f.len() < ETH_HLEN + 20 || f[12..14] != [0x08, 0x00] || f[ETH_HLEN] >> 4 != 4 {
+        return Err(NotForTunnel::NotIpv4);
+    }
+    let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+    let peer = peers.by_addr(dst).ok_or(NotForTunnel::NoPeer)?;
+    peer.seal(buf, offset, n - ETH_HLEN, now)
+        .map_err(|_| NotForTunnel::Seal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::HEADROOM;
+
+    const TAP_MAC: [u8; 6] = [0x02, 0x50, 10, 100, 0, 1];
+
+    /// A buffer with an IPv4 header from `src` at offset HEADROOM.
+    fn packet(src: Ipv4Addr) -> ([u8; 64], std::ops::Range<usize>) {
+        let mut buf = [0u8; 64];
+        let ip = &mut buf[HEADROOM..HEADROOM + 20];
+        ip[0] = 0x45;
+        ip[12..16].copy_from_slice(&src.octets());
+        ip[16..20].copy_from_slice(&[10, 0, 0, 5]);
+        (buf, HEADROOM..HEADROOM + 20)
+    }
+
+    #[test]
+    fn own_source_is_framed_with_the_slot_in_the_source_mac() {
+        let own = Ipv4Addr::new(10, 100, 0, 2);
+        let (mut buf, range) = packet(own);
+        let f = frame(&mut buf, range.clone(), TAP_MAC, own, 0x0001_0203).unwrap();
+        assert_eq!(f, range.start - ETH_HLEN..range.end);
+        assert_eq!(buf[f.start..f.start + 6], TAP_MAC);
+        assert_eq!(buf[f.start + 6..f.start + 12], [0x02, 0x50, 0, 1, 2, 3]);
+        assert_eq!(buf[f.start + 12..f.start + 14], [0x08, 0x00]);
+    }
+
+    #[test]
+    fn another_sessions_source_is_refused() {
+        let own = Ipv4Addr::new(10, 100, 0, 2);
+        for forged in [
+            Ipv4Addr::new(10, 100, 0, 3),   // another client
+            Ipv4Addr::new(10, 100, 0, 1),   // the gateway
+            Ipv4Addr::new(10, 100, 0, 200), // unassigned
+            Ipv4Addr::new(192, 0, 2, 1),    // outside the pool
+        ] {
+            let (mut buf, range) = packet(forged);
+            let before = buf;
+            assert_eq!(
+                frame(&mut buf, range, TAP_MAC, own, 7),
+                Err(NotForTap::Spoofed),
+                "{forged}"
+            );
+            assert_eq!(buf, before, "nothing written for {forged}");
+        }
+    }
+
+    #[test]
+    fn short_and_non_ipv4_packets_are_refused() {
+        let own = Ipv4Addr::new(10, 100, 0, 2);
+        let (mut buf, _) = packet(own);
+        assert_eq!(
+            frame(&mut buf, HEADROOM..HEADROOM + 19, TAP_MAC, own, 7),
+            Err(NotForTap::NotIpv4)
+        );
+        buf[HEADROOM] = 0x60;
+        assert_eq!(
+            frame(&mut buf, HEADROOM..HEADROOM + 40, TAP_MAC, own, 7),
+            Err(NotForTap::NotIpv4)
+        );
     }
 }

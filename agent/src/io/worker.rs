@@ -2,7 +2,7 @@
 //! TAP frames sealed back to clients, control packets handed to the control thread.
 use std::fs::File;
 use std::io::Read;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::lifecycle::Deferred;
-use super::tap::to_tap;
+use super::tap::{from_tap, to_tap, NotForTunnel};
 use super::tcp::TcpConns;
 use super::udp::{from_sockaddr, Batch, SendQueue};
 use super::{Ctl, TunnelStats, BATCH, BUF, ETH_HLEN, HEADROOM};
@@ -128,18 +128,13 @@ pub(super) fn run(mut w: WorkerCtx) {
                     Err(_) => break,
                 };
                 w.stats.tap_rx.fetch_add(1, Ordering::Relaxed);
-                let f = &out[HEADROOM - ETH_HLEN..HEADROOM - ETH_HLEN + n];
-                if f.len() < ETH_HLEN + 20 || f[12..14] != [0x08, 0x00] {
-                    continue;
-                }
-                let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
-                let Some(peer) = w.peers.by_addr(dst) else {
-                    w.stats.tap_no_peer.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                let ip_len = n - ETH_HLEN;
-                let Ok((range, link)) = peer.seal(out, HEADROOM, ip_len, now) else {
-                    continue;
+                let (range, link) = match from_tap(&w.peers, out, HEADROOM, n, now) {
+                    Ok(sealed) => sealed,
+                    Err(NotForTunnel::NoPeer) => {
+                        w.stats.tap_no_peer.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(_) => continue,
                 };
                 match link {
                     Link::Udp { listener, addr } => {
@@ -183,20 +178,7 @@ fn data_in(w: &mut WorkerCtx, link: Link, buf: &mut [u8; BUF], len: usize, now: 
 
 #[cfg(test)]
 mod tests {
-    use super::super::tap::{frame, NotForTap};
     use super::*;
-
-    const TAP_MAC: [u8; 6] = [0x02, 0x50, 10, 100, 0, 1];
-
-    /// A buffer with an IPv4 header from `src` at offset HEADROOM.
-    fn packet(src: Ipv4Addr) -> ([u8; 64], std::ops::Range<usize>) {
-        let mut buf = [0u8; 64];
-        let ip = &mut buf[HEADROOM..HEADROOM + 20];
-        ip[0] = 0x45;
-        ip[12..16].copy_from_slice(&src.octets());
-        ip[16..20].copy_from_slice(&[10, 0, 0, 5]);
-        (buf, HEADROOM..HEADROOM + 20)
-    }
 
     /// A flood that fills the control channel must not lose a client's exit or float: they
     /// wait (counted) and the control thread takes them on its next turn.
@@ -234,51 +216,5 @@ mod tests {
         send_lifecycle(&tx, &deferred, &stats, Ctl::Exit(4, 40));
         assert!(matches!(rx.try_recv(), Ok(Ctl::Exit(4, 40))));
         assert!(deferred.take().is_empty());
-    }
-
-    #[test]
-    fn own_source_is_framed_with_the_slot_in_the_source_mac() {
-        let own = Ipv4Addr::new(10, 100, 0, 2);
-        let (mut buf, range) = packet(own);
-        let f = frame(&mut buf, range.clone(), TAP_MAC, own, 0x0001_0203).unwrap();
-        assert_eq!(f, range.start - ETH_HLEN..range.end);
-        assert_eq!(buf[f.start..f.start + 6], TAP_MAC);
-        assert_eq!(buf[f.start + 6..f.start + 12], [0x02, 0x50, 0, 1, 2, 3]);
-        assert_eq!(buf[f.start + 12..f.start + 14], [0x08, 0x00]);
-    }
-
-    #[test]
-    fn another_sessions_source_is_refused() {
-        let own = Ipv4Addr::new(10, 100, 0, 2);
-        for forged in [
-            Ipv4Addr::new(10, 100, 0, 3),   // another client
-            Ipv4Addr::new(10, 100, 0, 1),   // the gateway
-            Ipv4Addr::new(10, 100, 0, 200), // unassigned
-            Ipv4Addr::new(192, 0, 2, 1),    // outside the pool
-        ] {
-            let (mut buf, range) = packet(forged);
-            let before = buf;
-            assert_eq!(
-                frame(&mut buf, range, TAP_MAC, own, 7),
-                Err(NotForTap::Spoofed),
-                "{forged}"
-            );
-            assert_eq!(buf, before, "nothing written for {forged}");
-        }
-    }
-
-    #[test]
-    fn short_and_non_ipv4_packets_are_refused() {
-        let own = Ipv4Addr::new(10, 100, 0, 2);
-        let (mut buf, _) = packet(own);
-        assert_eq!(
-            frame(&mut buf, HEADROOM..HEADROOM + 19, TAP_MAC, own, 7),
-            Err(NotForTap::NotIpv4)
-        );
-        buf[HEADROOM] = 0x60;
-        assert_eq!(
-            frame(&mut buf, HEADROOM..HEADROOM + 40, TAP_MAC, own, 7),
-            Err(NotForTap::NotIpv4)
-        );
     }
 }

@@ -1,4 +1,5 @@
-//! Fuzz target bodies, kept in the library so that `agent/fuzz` (cargo-fuzz, libFuzzer) and the
+//! The OpenVPN codecs' fuzz target bodies (registered in `crate::fuzzing::TARGETS`), kept in
+//! the library so that `agent/fuzz` (cargo-fuzz, libFuzzer) and the
 //! unit tests run the same code: the tests replay the committed seed corpus
 //! (`agent/fuzz/corpus/<target>/`) and random bytes through every body, so CI exercises the
 //! invariants without a fuzzer. See docs/fuzzing.md.
@@ -26,21 +27,8 @@ use super::packet::{
 use super::reliable::{Config, Received, Reliable, ReliableError};
 use super::tls_crypt::{self, PacketIdSender, Role, StaticKey, TlsCryptKey, TlsCryptSession};
 
-/// A fuzz target body.
-pub type Body = fn(&[u8]);
-
 /// The whole server (in its own module: it needs certificates and the in-memory client).
 pub use super::fuzz_server::server;
-
-/// Every target: its name (the `fuzz_targets/<name>.rs` file and the corpus directory) and body.
-pub const TARGETS: &[(&str, Body)] = &[
-    ("packet_decode", packet_decode),
-    ("stream_decoder", stream_decoder),
-    ("reliable", reliable),
-    ("control_message", control_message),
-    ("tls_crypt_unwrap", tls_crypt_unwrap),
-    ("server", server),
-];
 
 /// The two session ids of the observed run (a) (protocol doc §1.4): client and server.
 pub const CLIENT_SID: u64 = 0x9d34_f1ba_c8d6_6152;
