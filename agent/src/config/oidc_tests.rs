@@ -67,3 +67,48 @@ fn unknown_fields_are_refused() {
     );
     assert!(r.is_err());
 }
+
+fn endpoint(auth_and_oidc: &str) -> crate::config::EndpointConfig {
+    crate::config::EndpointConfig::parse(&format!(
+        r#"
+name = "corp"
+client_cidr = "10.100.0.0/22"
+listen = ["udp://0.0.0.0:1194"]
+[tls]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+{auth_and_oidc}
+"#
+    ))
+    .unwrap()
+}
+
+const SECTION: &str = r#"
+[oidc]
+issuer = "https://login.example.com"
+client_id = "portcullis"
+redirect_listen = "0.0.0.0:8443"
+redirect_url = "https://vpn.example.com:8443/callback"
+"#;
+
+#[test]
+fn methods_and_section_must_agree() {
+    let paths = |c: &crate::config::EndpointConfig| -> Vec<String> {
+        c.validate_oidc().into_iter().map(|e| e.path).collect()
+    };
+    let ok = endpoint(&format!(
+        "[auth]\nmethods = [\"certificate\", \"oidc\"]\n{SECTION}"
+    ));
+    assert_eq!(paths(&ok), Vec::<String>::new());
+    assert_eq!(paths(&endpoint("[auth]\nmethods = [\"oidc\"]\n")), ["oidc"]);
+    assert_eq!(paths(&endpoint(SECTION)), ["auth.methods"]);
+    let with_ldap = endpoint(&format!(
+        "[auth]\nmethods = [\"ldap\", \"oidc\"]\n{SECTION}"
+    ));
+    assert_eq!(paths(&with_ldap), ["auth.methods"]);
+    let with_code = endpoint(&format!(
+        "[auth]\nmethods = [\"oidc\"]\nstatic_challenge = \"Code\"\n{SECTION}"
+    ));
+    assert_eq!(paths(&with_code), ["auth.static_challenge"]);
+}
