@@ -36,11 +36,11 @@ fn callback_url() -> String {
     format!("https://127.0.0.1:{CALLBACK_PORT}/callback")
 }
 
-fn policy(idp: &Idp) -> String {
+fn policy(idp: &Idp, methods: &str) -> String {
     format!(
         r#"
 [auth]
-methods = ["oidc"]
+methods = {methods}
 
 [oidc]
 issuer = "{issuer}"
@@ -103,7 +103,21 @@ fn profile(lab: &AgentLab, i: usize, gui: bool) -> String {
 
 /// A client with the GUI's management connection, and the login URL it was sent.
 fn start(lab: &AgentLab, i: usize) -> (ProfileClient, Gui, String) {
-    let c = ProfileClient::start(lab.client_ns(i), &profile(lab, i, true));
+    start_with(lab, i, &profile(lab, i, true))
+}
+
+/// `cn`'s exported profile (with its certificate) and what an SSO-capable GUI adds.
+fn cert_profile(lab: &AgentLab, cn: &str) -> String {
+    let p = lab.export_profile(cn);
+    assert!(
+        !p.contains("auth-user-pass") && p.contains("<cert>"),
+        "a certificate + SSO profile needs no auth-user-pass:\n{p}"
+    );
+    format!("{p}setenv IV_SSO webauth\nmanagement 127.0.0.1 {MGMT_PORT}\nmanagement-hold\n")
+}
+
+fn start_with(lab: &AgentLab, i: usize, profile: &str) -> (ProfileClient, Gui, String) {
+    let c = ProfileClient::start(lab.client_ns(i), profile);
     let mut gui = Gui::attach(lab.client_ns(i), MGMT_PORT);
     let url = gui
         .web_auth_url(Duration::from_secs(20))
@@ -229,7 +243,7 @@ fn sso_web_login_groups_and_refusals() {
             },
         ],
     );
-    let lab = AgentLab::new(3, &["unused"], &policy(&idp));
+    let lab = AgentLab::new(3, &["unused"], &policy(&idp, r#"["oidc"]"#));
     idp.launch(&lab.gw);
     let gateway_cert = lab.pki.dir.join("server.crt");
     let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
@@ -359,4 +373,100 @@ fn sso_web_login_groups_and_refusals() {
         "{}",
         idp.log()
     );
+}
+
+/// `["certificate", "oidc"]`: the certificate's name keeps its local groups next to the
+/// provider's; and a code obtained for one session's login, delivered with another session's
+/// state, is refused at the exchange (its PKCE verifier belongs to the other login) and ends
+/// only the session the state named.
+#[test]
+fn sso_with_certificates_and_a_callback_for_another_session() {
+    require_root!();
+    for check in [tests::idp::available(), tests::idp_browser::available()] {
+        if let Err(e) = check {
+            panic!("{e}");
+        }
+    }
+    let mut idp = Idp::prepare(
+        IDP_PORT,
+        &callback_url(),
+        &[User {
+            name: "bob",
+            password: "bob-pw",
+            groups: &["idp-finance"],
+        }],
+    );
+    let policy = format!(
+        "{}\n[groups]\neng = [\"carol\"]\n",
+        policy(&idp, r#"["certificate", "oidc"]"#).replace("[groups]\nfinance = [\"sso\"]\n", "")
+    );
+    let lab = AgentLab::new(3, &["carol", "dave", "erin"], &policy);
+    idp.launch(&lab.gw);
+    let gateway_cert = lab.pki.dir.join("server.crt");
+    let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
+    let (idp, browser) = (&idp, &mut browser);
+    lab.net
+        .ip(&["addr", "add", &format!("{OTHER}/24"), "dev", "eth0"]);
+    let net_mac = fmt_mac(&mac_of(&lab.net, "eth0"));
+    lab.gw.ip(&[
+        "neigh",
+        "replace",
+        &OTHER.to_string(),
+        "lladdr",
+        &net_mac,
+        "dev",
+        tests::gateway::GW_IF,
+        "nud",
+        "permanent",
+    ]);
+
+    // Two sessions wait; dave's login code arrives with erin's state.
+    let (dave, _gd, dave_url) = start_with(&lab, 1, &cert_profile(&lab, "dave"));
+    let (erin, _ge, erin_url) = start_with(&lab, 2, &cert_profile(&lab, "erin"));
+    let dave_auth = provider_url(&lab, &dave_url);
+    let erin_auth = provider_url(&lab, &erin_url);
+    let state_of = |u: &str| {
+        let s = u.find("state=").unwrap() + "state=".len();
+        let e = u[s..].find('&').map_or(u.len(), |e| s + e);
+        (s, e, u[s..e].to_owned())
+    };
+    let (s, e, _) = state_of(&dave_auth);
+    let (_, _, erin_state) = state_of(&erin_auth);
+    let crossed = format!("{}{erin_state}{}", &dave_auth[..s], &dave_auth[e..]);
+    let (text, _) = callback_text(browser.login(&crossed, "bob", "bob-pw"));
+    assert!(text.contains("sso_token"), "{text}");
+    refused(
+        &erin,
+        "code refused by the provider",
+        Duration::from_secs(10),
+    );
+    failure_logged(&lab, "sso_token");
+    // Dave's own login still waits and completes.
+    assert!(!dave.log().contains("AUTH_FAILED"), "{}", dave.log());
+    let (text, _) = callback_text(browser.login(&dave_url, "bob", "bob-pw"));
+    assert!(text.contains("Signed in as bob"), "{text}");
+    connected(&lab, &dave, "dave");
+    drop((dave, erin));
+
+    // Carol's certificate is in the local group eng, bob's claim maps to finance: both count.
+    let (carol, _gc, url) = start_with(&lab, 0, &cert_profile(&lab, "carol"));
+    let (text, _) = callback_text(browser.login(&url, "bob", "bob-pw"));
+    assert!(text.contains("Signed in as bob"), "{text}");
+    connected(&lab, &carol, "carol");
+    assert!(
+        reaches(&lab, 0, OTHER),
+        "carol (eng by certificate) → {OTHER}"
+    );
+    assert!(
+        reaches(&lab, 0, SERVER),
+        "carol (finance by claim) → {SERVER}"
+    );
+    let conns = lab.connections();
+    assert!(
+        conns
+            .iter()
+            .any(|c| c["user"] == "carol" && c["username"] == "bob"),
+        "{conns:?}"
+    );
+    assert!(idp.log().contains("login ok for bob"), "{}", idp.log());
 }
