@@ -129,12 +129,15 @@ impl Authenticator {
             return Ok(());
         }
         let who = sso.login(link, req, pending)?;
+        // The client-connect hook is told the provider's user, not what the client typed.
+        let mut req = req.clone();
+        req.username = who.username.clone();
         let grant = Grant {
             username: who.username,
             groups: who.groups,
             name_unverified: !req.identity.has_certificate(),
         };
-        self.after_login(link, req, grant)
+        self.after_login(link, &req, grant)
     }
 
     /// `Err` carries the short text sent in `AUTH_FAILED` and the code the connection log and
