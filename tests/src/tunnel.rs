@@ -153,6 +153,16 @@ fn endpoint_file(
         }
     }
     t.insert("tls".into(), tls.into());
+    let secs = |d: Duration| i64::try_from(d.as_secs()).expect("seconds fit");
+    t.insert("keepalive_interval_secs".into(), secs(opts.ping).into());
+    t.insert(
+        "keepalive_timeout_secs".into(),
+        secs(opts.ping_restart).into(),
+    );
+    t.insert(
+        "renegotiate_secs".into(),
+        opts.reneg.interval.map_or(0, secs).into(),
+    );
     // Logs and metrics on, as a deployed `portcullis run` has them: the tests and the
     // benchmarks measure that endpoint, not a quieter one. The metrics listener is on the
     // gateway namespace's own loopback.
@@ -200,23 +210,17 @@ impl TunnelLab {
         let config_path = dir.path().join("endpoint.toml");
         std::fs::write(&config_path, config.to_string()).expect("write the endpoint file");
         let cfg = parse_endpoint(&config);
-        // What the endpoint file does not say: the lab's timings and push options.
-        let (push, reneg, ping, ping_restart, reset_rate) = (
-            opts.push.clone(),
-            opts.reneg.clone(),
-            opts.ping,
-            opts.ping_restart,
-            opts.reset_rate,
-        );
+        // What the endpoint file does not say: the lab's push options, renegotiation by
+        // volume, and the reset rate of the scale benchmark.
+        let (push, reneg, reset_rate) = (opts.push.clone(), opts.reneg.clone(), opts.reset_rate);
         let adjust = AdjustServer(Arc::new(move |s| {
             s.push = push.clone();
             if let Some(r) = reset_rate {
                 s.reset_rate = r;
             }
             for t in [&mut s.udp, &mut s.tcp] {
-                t.reneg = reneg.clone();
-                t.ping = ping;
-                t.ping_restart = ping_restart;
+                t.reneg.bytes = reneg.bytes;
+                t.reneg.packets = reneg.packets;
             }
         }));
         let build = BuildOptions {

@@ -173,6 +173,9 @@ fn shared(name: &str, dns: &str) -> portcullis::config::SharedConfig {
         dns_servers: vec![dns.parse().unwrap()],
         session_timeout_hours: 24,
         disconnect_on_session_timeout: true,
+        keepalive_interval_secs: 10,
+        keepalive_timeout_secs: 60,
+        renegotiate_secs: 3600,
         banner: None,
         data_ciphers: vec!["AES-256-GCM".into()],
         groups: Default::default(),
@@ -187,7 +190,7 @@ async fn next(
     rx: &mut tokio::sync::mpsc::Receiver<portcullis::fleet::PolicyUpdate>,
 ) -> portcullis::fleet::Published {
     match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
-        Ok(Some(portcullis::fleet::PolicyUpdate::Published(p))) => p,
+        Ok(Some(portcullis::fleet::PolicyUpdate::Published(p))) => *p,
         other => panic!("no published revision within 1 s: {other:?}"),
     }
 }

@@ -42,6 +42,17 @@ pub struct EndpointConfig {
     /// At the timeout, disconnect (true, AWS default) or let the client reconnect at once.
     #[serde(default = "default_true")]
     pub disconnect_on_session_timeout: bool,
+    /// Keepalive pushed to clients as `ping` (seconds between pings when idle, both ways).
+    #[serde(default = "default_keepalive_interval_secs")]
+    pub keepalive_interval_secs: u32,
+    /// Pushed as `ping-restart`: a client that hears nothing for this long reconnects (in a
+    /// fleet, to another gateway: lower it for faster failover). The gateway drops a silent
+    /// client after twice this, as an OpenVPN server with `keepalive` does.
+    #[serde(default = "default_keepalive_timeout_secs")]
+    pub keepalive_timeout_secs: u32,
+    /// Data-channel keys are renegotiated this often (`reneg-sec`; 0: not by time).
+    #[serde(default = "default_renegotiate_secs")]
+    pub renegotiate_secs: u32,
     /// Text shown to clients after connecting (AWS: up to 1,400 characters).
     #[serde(default)]
     pub banner: Option<String>,
@@ -228,6 +239,15 @@ pub struct MetricsSection {
 
 fn default_session_timeout_hours() -> u32 {
     24
+}
+pub(super) fn default_keepalive_interval_secs() -> u32 {
+    10
+}
+pub(super) fn default_keepalive_timeout_secs() -> u32 {
+    60
+}
+pub(super) fn default_renegotiate_secs() -> u32 {
+    3600
 }
 fn default_true() -> bool {
     true

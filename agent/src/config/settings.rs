@@ -190,8 +190,13 @@ impl EndpointConfig {
         };
         s.udp.ciphers = ciphers.clone();
         s.tcp.ciphers = ciphers;
-        s.udp.halt_on_session_timeout = self.disconnect_on_session_timeout;
-        s.tcp.halt_on_session_timeout = self.disconnect_on_session_timeout;
+        for t in [&mut s.udp, &mut s.tcp] {
+            t.halt_on_session_timeout = self.disconnect_on_session_timeout;
+            t.ping = Duration::from_secs(self.keepalive_interval_secs.into());
+            t.ping_restart = Duration::from_secs(self.keepalive_timeout_secs.into());
+            t.reneg.interval = (self.renegotiate_secs != 0)
+                .then(|| Duration::from_secs(self.renegotiate_secs.into()));
+        }
         s
     }
 }

@@ -21,6 +21,13 @@ pub struct SharedConfig {
     pub dns_servers: Vec<Ipv4Addr>,
     pub session_timeout_hours: u32,
     pub disconnect_on_session_timeout: bool,
+    // Defaults: a revision published before these existed still reads.
+    #[serde(default = "super::model::default_keepalive_interval_secs")]
+    pub keepalive_interval_secs: u32,
+    #[serde(default = "super::model::default_keepalive_timeout_secs")]
+    pub keepalive_timeout_secs: u32,
+    #[serde(default = "super::model::default_renegotiate_secs")]
+    pub renegotiate_secs: u32,
     #[serde(default)]
     pub banner: Option<String>,
     pub data_ciphers: Vec<String>,
@@ -45,6 +52,9 @@ impl EndpointConfig {
             dns_servers: self.dns_servers.clone(),
             session_timeout_hours: self.session_timeout_hours,
             disconnect_on_session_timeout: self.disconnect_on_session_timeout,
+            keepalive_interval_secs: self.keepalive_interval_secs,
+            keepalive_timeout_secs: self.keepalive_timeout_secs,
+            renegotiate_secs: self.renegotiate_secs,
             banner: self.banner.clone(),
             data_ciphers: self.data_ciphers.clone(),
             groups: self.groups.clone(),
@@ -71,6 +81,9 @@ impl EndpointConfig {
             dns_servers,
             session_timeout_hours,
             disconnect_on_session_timeout,
+            keepalive_interval_secs,
+            keepalive_timeout_secs,
+            renegotiate_secs,
             banner,
             data_ciphers,
             groups,
@@ -83,6 +96,9 @@ impl EndpointConfig {
         self.dns_servers = dns_servers;
         self.session_timeout_hours = session_timeout_hours;
         self.disconnect_on_session_timeout = disconnect_on_session_timeout;
+        self.keepalive_interval_secs = keepalive_interval_secs;
+        self.keepalive_timeout_secs = keepalive_timeout_secs;
+        self.renegotiate_secs = renegotiate_secs;
         self.banner = banner;
         self.data_ciphers = data_ciphers;
         self.groups = groups;

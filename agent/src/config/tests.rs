@@ -388,3 +388,46 @@ fn shared_part_round_trips_and_merges_without_host_settings() {
     let e = local.with_shared(other).unwrap_err();
     assert!(e.to_string().contains("\"other\""), "{e}");
 }
+
+/// Keepalive and renegotiation come from the file and reach both listeners' sessions; a
+/// timeout that one lost ping would trip is refused with both fields named.
+#[test]
+fn keepalive_and_renegotiation_settings() {
+    let d = dir_with_files();
+    let f = d.0.join("keepalive.toml");
+    let (head, tail) = GOOD.split_at(GOOD.find("[tls]").unwrap());
+    let with = |extra: &str| {
+        std::fs::write(&f, format!("{head}{extra}\n{tail}")).unwrap();
+        EndpointConfig::load(&f)
+    };
+    let cfg =
+        with("keepalive_interval_secs = 5\nkeepalive_timeout_secs = 20\nrenegotiate_secs = 0")
+            .unwrap();
+    let s = cfg.server_settings();
+    for t in [&s.udp, &s.tcp] {
+        assert_eq!(t.ping, Duration::from_secs(5));
+        assert_eq!(t.ping_restart, Duration::from_secs(20));
+        assert_eq!(t.reneg.interval, None);
+    }
+    let s = with("").unwrap().server_settings();
+    assert_eq!(
+        (s.udp.ping, s.udp.ping_restart, s.udp.reneg.interval),
+        (
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Some(Duration::from_secs(3600))
+        )
+    );
+    let e = with("keepalive_interval_secs = 30\nkeepalive_timeout_secs = 45").unwrap_err();
+    assert!(
+        e.0.iter().any(|e| e.path == "keepalive_timeout_secs"
+            && e.message.contains("twice")
+            && e.message.contains("keepalive_interval_secs = 30")),
+        "{e}"
+    );
+    let e = with("keepalive_interval_secs = 0").unwrap_err();
+    assert!(
+        e.0.iter().any(|e| e.path == "keepalive_interval_secs"),
+        "{e}"
+    );
+}

@@ -89,6 +89,22 @@ impl EndpointConfig {
                 ),
             ));
         }
+        let (ping, restart) = (self.keepalive_interval_secs, self.keepalive_timeout_secs);
+        if ping == 0 || ping > 3600 {
+            errs.push(err(
+                "keepalive_interval_secs",
+                format!("{ping} is out of range: use 1 to 3600 seconds (default 10)"),
+            ));
+        } else if restart < 2 * ping || restart > 86_400 {
+            errs.push(err(
+                "keepalive_timeout_secs",
+                format!(
+                    "{restart} does not fit keepalive_interval_secs = {ping}: use at least twice \
+                     the interval (so one lost ping does not restart the client) and at most \
+                     86400 (default 60)"
+                ),
+            ));
+        }
         if let Some(b) = &self.banner {
             // Pushed as `echo` options: printable ASCII, no commas (the push separator);
             // newlines separate lines.

@@ -56,8 +56,8 @@ pub struct BuildOptions {
     /// [`Endpoint::run`] ends on SIGTERM/SIGINT and reloads on SIGHUP (the agent); without,
     /// it runs until [`Endpoint::run_until`]'s stop is notified.
     pub signals: bool,
-    /// Server settings the endpoint file does not carry (the test lab's short ping and
-    /// renegotiation intervals, the scale benchmark's flood guard), applied last.
+    /// Server settings the endpoint file does not carry (the test lab's push options and
+    /// renegotiation by volume, the scale benchmark's reset rate), applied last.
     pub adjust_server: Option<AdjustServer>,
 }
 

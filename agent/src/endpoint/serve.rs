@@ -54,7 +54,7 @@ impl Endpoint {
                 Ok(generation) => {
                     tracing::info!(revision = p.revision, generation, "fleet policy applied");
                     if let Some(f) = lock(&self.live).fleet.as_mut() {
-                        f.applied = Some(p);
+                        f.applied = Some(*p);
                     }
                 }
                 Err(e) => tracing::error!(

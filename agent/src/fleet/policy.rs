@@ -30,7 +30,7 @@ pub struct Published {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PolicyUpdate {
     /// A new revision to apply.
-    Published(Published),
+    Published(Box<Published>),
     /// A revision whose text is not a shared part (written by something other than
     /// `fleet publish`): the running policy stays.
     Unreadable { revision: i64, error: String },
@@ -60,7 +60,7 @@ fn update(revision: i64, value: &[u8]) -> PolicyUpdate {
         .map_err(|e| e.to_string())
         .and_then(|t| SharedConfig::from_text(t).map_err(|e| e.to_string()))
     {
-        Ok(shared) => PolicyUpdate::Published(Published { revision, shared }),
+        Ok(shared) => PolicyUpdate::Published(Box::new(Published { revision, shared })),
         Err(error) => PolicyUpdate::Unreadable { revision, error },
     }
 }
