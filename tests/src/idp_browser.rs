@@ -230,20 +230,30 @@ impl Drop for Browser {
 
 /// Browsers that escaped the process group: those whose command line names a user-data
 /// directory under `dir` (only ours), by pid.
+/// Waits (bounded) until they are gone.
 fn kill_browsers_under(dir: &Path) {
     let needle = dir.to_string_lossy().into_owned();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for p in procs.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let mut left = 0;
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
         };
-        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmd).contains(&needle) {
-            // SAFETY: a process started for this guard (its user-data directory is ours).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(&needle) {
+                left += 1;
+                // SAFETY: a process started for this guard (its user-data directory is ours).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
         }
+        if left == 0 || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

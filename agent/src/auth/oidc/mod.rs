@@ -29,6 +29,9 @@ use crate::openvpn::peer::Link;
 use crate::openvpn::verdict::{AuthRequest, FailureCode, Refusal};
 use flow::{FlowError, Identity, Provider};
 
+/// How much longer than the server's own wait the client is told to wait for the verdict.
+const VERDICT_GRACE: Duration = Duration::from_secs(5);
+
 /// One login waiting for its callback.
 struct Login {
     /// The provider's authorization URL, where `/login/<id>` sends the browser.
@@ -159,7 +162,13 @@ impl Sso {
         // hands its management client only INFO messages of up to about 240 bytes (a longer
         // one is dropped with "Received INFO command is too long"), shorter than most
         // authorization URLs.
-        pending.announce(self.timeout, format!("{prefix}{}{id}", self.login_base));
+        // The client is told a little more than we wait: with the same figure it gives up
+        // ("No reply from server to push requests") just as our AUTH_FAILED is on its way,
+        // and restarts instead of reporting why.
+        pending.announce(
+            self.timeout + VERDICT_GRACE,
+            format!("{prefix}{}{id}", self.login_base),
+        );
         let verdict = match rx.recv_timeout(self.timeout) {
             Ok(v) => v,
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => Err(Refusal::new(
