@@ -204,6 +204,8 @@ impl EtcdCluster {
             endpoints: endpoints.to_vec(),
             gateway_id: gateway_id.into(),
             lease_ttl_secs: 3,
+            registry_refresh_secs: 1,
+            max_connections_per_user: None,
             ca_file: self.tls.as_ref().map(|t| t.ca_file.clone()),
             cert_file: self.tls.as_ref().map(|t| t.client_cert.clone()),
             key_file: self.tls.as_ref().map(|t| t.client_key.clone()),

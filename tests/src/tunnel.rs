@@ -49,6 +49,9 @@ pub struct TunnelOpts {
     pub max_sessions: Option<usize>,
     /// Stateless reset replies per second and burst; `None`: the default.
     pub reset_rate: Option<(u32, u32)>,
+    /// The endpoint file's `tcp_handshake_timeout_secs` and `tcp_idle_timeout_secs`;
+    /// `None`: the defaults.
+    pub tcp_timeouts: Option<(u64, u64)>,
 }
 
 impl Default for TunnelOpts {
@@ -74,6 +77,7 @@ impl Default for TunnelOpts {
             workers: 2,
             max_sessions: None,
             reset_rate: None,
+            tcp_timeouts: None,
         }
     }
 }
@@ -131,6 +135,13 @@ fn endpoint_file(
     t.insert("admin_socket".into(), path(&dir.join("admin.sock")));
     if let Some(n) = opts.max_sessions {
         t.insert("max_connections".into(), (n as i64).into());
+    }
+    if let Some((handshake, idle)) = opts.tcp_timeouts {
+        t.insert(
+            "tcp_handshake_timeout_secs".into(),
+            (handshake as i64).into(),
+        );
+        t.insert("tcp_idle_timeout_secs".into(), (idle as i64).into());
     }
     let mut tls = toml::Table::new();
     tls.insert("cert".into(), path(&pki.server.cert));

@@ -1,8 +1,20 @@
 //! Attacks on the tunnel with stock clients, in namespaces: a client forging another
 //! client's address, and an unauthenticated flood (malformed and spoofed datagrams, one
-//! source's handshake flood, a TCP connection flood) while a real client still connects.
+//! source's handshake flood, a TCP connection flood) while a real client still connects;
+//! duplicated and replayed control packets ([`control`]), a float onto another session's
+//! address ([`float`]), TCP connections that never finish a handshake or go silent
+//! ([`tcp`]); another local user against the admin socket ([`admin`]).
 //!
 //! Every lab is built by the test and removed on drop; every loop is bounded in time.
+#[path = "adversarial/admin.rs"]
+mod admin;
+#[path = "adversarial/control.rs"]
+mod control;
+#[path = "adversarial/float.rs"]
+mod float;
+#[path = "adversarial/tcp.rs"]
+mod tcp;
+
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -85,6 +97,40 @@ fn send_raw(fd: &OwnedFd, pkt: &[u8]) -> bool {
         )
     };
     n == pkt.len() as isize
+}
+
+/// Loads `ruleset` into namespace `ns`'s nftables (its tables go with the namespace).
+fn nft(ns: &tests::NetNs, ruleset: &str) {
+    let file = std::env::temp_dir().join(tests::unique("nf"));
+    std::fs::write(&file, ruleset).unwrap();
+    // Panics with nft's error when the ruleset does not load.
+    ns.exec(&["nft", "-f", &file.display().to_string()]);
+    let _ = std::fs::remove_file(&file);
+}
+
+/// The packets counted by the rules of `chain` (`family table chain`) in `ns`, summed.
+fn nft_packets(ns: &tests::NetNs, chain: &[&str]) -> u64 {
+    let mut args = vec!["nft", "list", "chain"];
+    args.extend_from_slice(chain);
+    let out = ns.exec(&args);
+    String::from_utf8_lossy(&out.stdout)
+        .split("packets ")
+        .skip(1)
+        .filter_map(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Every `Connected` (`true`) and `Disconnected` (`false`) event since `mark`, with its peer
+/// id.
+fn comings_and_goings(lab: &TunnelLab, mark: usize) -> Vec<(bool, u32)> {
+    lab.seen_since(mark)
+        .iter()
+        .filter_map(|e| match e {
+            ServerEvent::Connected { peer_id, .. } => Some((true, *peer_id)),
+            ServerEvent::Disconnected { peer_id, .. } => Some((false, *peer_id)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// This process's resident memory (the tunnel runs in it), in bytes.

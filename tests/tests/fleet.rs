@@ -8,7 +8,7 @@ use etcd_client::{GetOptions, PutOptions};
 use portcullis::fleet::{connect, FleetError, Keys};
 use tests::etcd::EtcdCluster;
 
-fn have_etcd() -> bool {
+pub(crate) fn have_etcd() -> bool {
     let ok = std::process::Command::new("etcd")
         .arg("--version")
         .output()
@@ -299,7 +299,7 @@ async fn followers_get_every_publish_and_resume_after_losing_a_member() {
 
 /// The policy both gateways' files start with: `alice` in `eng`, which reaches the private
 /// network.
-const ENG_ALLOWED: &str = r#"
+pub(crate) const ENG_ALLOWED: &str = r#"
 [groups]
 eng = ["alice"]
 
@@ -310,7 +310,7 @@ description = "engineering reaches the private network"
 "#;
 
 /// `policy` with a `[fleet]` section for the cluster at `port` on loopback.
-fn with_fleet(policy: &str, port: u16, gateway_id: &str) -> String {
+pub(crate) fn with_fleet(policy: &str, port: u16, gateway_id: &str) -> String {
     format!(
         "{policy}\n[fleet]\nendpoints = [\"http://127.0.0.1:{port}\"]\ngateway_id = \"{gateway_id}\"\nlease_ttl_secs = 3\n"
     )
@@ -321,7 +321,8 @@ fn fleet_status(lab: &tests::agent::AgentLab) -> serde_json::Value {
 }
 
 /// Two `portcullis run` gateways with `[fleet]`: started while etcd is out of reach, they run
-/// their local file's policy and say degraded; once etcd is reachable they follow. One
+/// their local file's policy and say degraded; once etcd is reachable they follow (and lease
+/// address blocks, so clients are admitted). One
 /// `fleet publish` (alice leaves eng) is then running on both within 1 s: both status
 /// replies show its revision and alice's pings stop on both, without a reconnect. A file
 /// `check` refuses publishes nothing.
@@ -354,15 +355,8 @@ fn one_publish_is_enforced_on_every_gateway() {
         .unwrap_or_else(|| panic!("no degraded status: {}", lab.agent().log_tail(30)));
         assert_eq!(degraded["revision"], serde_json::Value::Null, "{degraded}");
     }
-    let clients: Vec<_> = labs.iter().map(|lab| lab.connect(0, "alice")).collect();
-    for (lab, client) in labs.iter().zip(&clients) {
-        assert!(
-            ping(lab.client_ns(0), SERVER, 5, Duration::from_secs(5)),
-            "{}",
-            client.log()
-        );
-    }
-    // etcd comes within reach: both follow (nothing published yet).
+    // etcd comes within reach: both follow (nothing published yet). Clients connect only
+    // now: a gateway that never held a lease has no address block to admit them into.
     for lab in &labs {
         tests::etcd::forward_into(&lab.gw, port);
     }
@@ -371,6 +365,14 @@ fn one_publish_is_enforced_on_every_gateway() {
             fleet_status(lab)["degraded"].is_null().then_some(())
         })
         .unwrap_or_else(|| panic!("still degraded: {}", lab.agent().log_tail(30)));
+    }
+    let clients: Vec<_> = labs.iter().map(|lab| lab.connect(0, "alice")).collect();
+    for (lab, client) in labs.iter().zip(&clients) {
+        assert!(
+            ping(lab.client_ns(0), SERVER, 5, Duration::from_secs(5)),
+            "{}",
+            client.log()
+        );
     }
 
     // A file `check` refuses changes nothing.
@@ -442,3 +444,12 @@ fn one_publish_is_enforced_on_every_gateway() {
         "{o}"
     );
 }
+
+#[path = "fleet/blocks.rs"]
+mod blocks;
+#[path = "fleet/gateways.rs"]
+mod gateways;
+#[path = "fleet/limits.rs"]
+mod limits;
+#[path = "fleet/registry.rs"]
+mod registry;

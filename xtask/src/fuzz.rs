@@ -73,7 +73,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     cargo_fuzz()?;
     // Sanitizer flags are nightly-only; the stable toolchain here enables them this way.
     util::run(
-        cargo()
+        shell_cargo()
             .args(["fuzz", "build", "--release"])
             .current_dir(&fuzz_dir)
             .env("RUSTC_BOOTSTRAP", "1")
@@ -158,8 +158,8 @@ fn record_in_campaign(out: &Path, result: &mut Value) -> Result<()> {
     let entry = &mut campaign[&name];
     let cpu = entry["cpu_seconds"].as_f64().unwrap_or(0.0)
         + result["cpu_seconds"].as_f64().unwrap_or(0.0);
-    let execs =
-        entry["executions"].as_f64().unwrap_or(0.0) + result["executions"].as_f64().unwrap_or(0.0);
+    let execs = (entry["executions"].as_f64().unwrap_or(0.0)
+        + result["executions"].as_f64().unwrap_or(0.0)) as u64;
     entry["cpu_seconds"] = json!(cpu);
     entry["executions"] = json!(execs);
     let run = json!({
@@ -198,6 +198,20 @@ fn targets(fuzz_dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// `cargo` as a shell runs it, without what `cargo run` put in our environment for us
+/// (`CARGO*`, the library path): with those, the sanitizer build's fingerprints differ from a
+/// build started by hand and every crate is compiled again (half an hour on two cores).
+fn shell_cargo() -> Command {
+    let mut cmd = command("cargo");
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if (k.starts_with("CARGO") && k != "CARGO_HOME") || k == "LD_LIBRARY_PATH" {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 /// Installs cargo-fuzz when `cargo fuzz` does not run.
 fn cargo_fuzz() -> Result<()> {
     if cargo()
@@ -210,7 +224,7 @@ fn cargo_fuzz() -> Result<()> {
         return Ok(());
     }
     println!("fuzz: cargo-fuzz is missing, installing it (about a minute)");
-    util::run(cargo().args(["install", "cargo-fuzz", "--locked"]))
+    util::run(shell_cargo().args(["install", "cargo-fuzz", "--locked"]))
 }
 
 fn start(
@@ -306,7 +320,8 @@ fn poll(r: &mut Running, out: &Path) -> Result<Option<Value>> {
             artifacts.join(", ")
         )
     };
-    let stat = |key: &str| -> Option<f64> {
+    // libFuzzer's final `stat::` lines are integers.
+    let stat = |key: &str| -> Option<u64> {
         log.lines().rev().find_map(|l| {
             l.strip_prefix(&format!("stat::{key}:"))
                 .and_then(|v| v.trim().parse().ok())

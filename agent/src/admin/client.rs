@@ -88,7 +88,8 @@ impl AdminClient {
         &mut self,
         id: Option<u32>,
         user: Option<String>,
+        gateway: Option<String>,
     ) -> Result<TerminateReply, ClientError> {
-        self.call(Action::Terminate { id, user })
+        self.call(Action::Terminate { id, user, gateway })
     }
 }

@@ -4,10 +4,12 @@ pub mod audit;
 pub mod client;
 pub mod protocol;
 pub mod server;
+mod socket;
 
 pub use client::{AdminClient, ClientError};
 pub use protocol::{
-    Action, ConnectionInfo, ConnectionsReply, ErrorReply, ExplainReply, FleetStatus, MapFill,
-    PolicyReply, ReloadReply, ReloadTiming, Reply, Request, StatusReply, TerminateReply, VERSION,
+    Action, ConnectionInfo, ConnectionsReply, ErrorReply, ExplainReply, FleetMember, FleetStatus,
+    MapFill, PolicyReply, ReloadReply, ReloadTiming, Reply, Request, StatusReply, TerminateReply,
+    VERSION,
 };
-pub use server::{AdminApi, AdminHandle, AdminServer, Caller};
+pub use server::{AdminApi, AdminHandle, AdminServer, Call, Caller};

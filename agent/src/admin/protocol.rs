@@ -44,6 +44,10 @@ pub enum Action {
         id: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<String>,
+        /// In a fleet: the gateway that runs session `id` (from `connections list`); none:
+        /// this gateway. A user's sessions are ended on every gateway.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gateway: Option<String>,
     },
     /// The running policy.
     Policy,
@@ -128,6 +132,19 @@ pub struct FleetStatus {
     /// Why the gateway cannot follow the fleet policy now (etcd unreachable); `None` when it
     /// follows.
     pub degraded: Option<String>,
+    #[serde(default)]
+    pub member: FleetMember,
+}
+
+/// A fleet gateway's membership: its lease, its address blocks and the gateways alive.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetMember {
+    /// Whether the gateway's etcd lease is valid now (no new session is admitted otherwise).
+    pub lease_valid: bool,
+    /// The blocks of the client CIDR this gateway holds.
+    pub blocks: Vec<String>,
+    /// The gateways with a presence key (alive within their lease TTL), as last read.
+    pub gateways: Vec<String>,
 }
 
 /// `reload`: the new policy generation.
@@ -159,18 +176,28 @@ pub struct ConnectionInfo {
     /// The session's directory groups (names, DNs or SIDs as configured).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub directory_groups: Vec<String>,
+    /// In a fleet: the gateway that runs the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// `connections`: every session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionsReply {
     pub connections: Vec<ConnectionInfo>,
+    /// In a fleet: why only this gateway's sessions are listed (etcd out of reach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_error: Option<String>,
 }
 
 /// `terminate`: the sessions told to disconnect (never empty: no match is an error reply).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TerminateReply {
     pub terminated: Vec<u32>,
+    /// In a fleet: sessions of other gateways asked to end (`gateway/id`); each ends within
+    /// a second on its gateway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<String>,
 }
 
 /// `policy`: the policy as the running generation was compiled from.
@@ -208,7 +235,8 @@ mod tests {
             r.action,
             Action::Terminate {
                 id: None,
-                user: Some("bob".into())
+                user: Some("bob".into()),
+                gateway: None,
             }
         );
     }
@@ -222,6 +250,7 @@ mod tests {
             Action::Terminate {
                 id: Some(3),
                 user: None,
+                gateway: Some("gw-b".into()),
             },
         ] {
             let line = serde_json::to_string(&Request::new(c.clone())).unwrap();
@@ -238,6 +267,7 @@ mod tests {
             ok: true,
             body: TerminateReply {
                 terminated: vec![4, 5],
+                remote: vec![],
             },
         })
         .unwrap();

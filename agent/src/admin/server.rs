@@ -23,10 +23,13 @@ pub trait AdminApi {
     fn reload(&mut self) -> Result<ReloadReply, ErrorReply>;
     fn connections(&mut self) -> ConnectionsReply;
     /// Disconnects session `id` and every session of `user`; no such session is an error.
+    /// `gateway` names the gateway of session `id` in a fleet (a standalone agent refuses
+    /// one: it has no other gateway).
     fn terminate(
         &mut self,
         id: Option<u32>,
         user: Option<&str>,
+        gateway: Option<&str>,
     ) -> Result<TerminateReply, ErrorReply>;
     fn policy(&mut self) -> PolicyReply;
     fn explain(&mut self, user: &str, to: &str) -> Result<ExplainReply, ErrorReply>;
@@ -77,7 +80,9 @@ pub fn answer(api: &mut dyn AdminApi, request: &str) -> String {
         Action::Status => line(true, api.status()),
         Action::Reload => reply(api.reload()),
         Action::Connections => line(true, api.connections()),
-        Action::Terminate { id, user } => reply(api.terminate(id, user.as_deref())),
+        Action::Terminate { id, user, gateway } => {
+            reply(api.terminate(id, user.as_deref(), gateway.as_deref()))
+        }
         Action::Policy => line(true, api.policy()),
         Action::Explain { user, to } => reply(api.explain(&user, &to)),
     }
@@ -125,14 +130,17 @@ impl Caller {
 pub(crate) fn audited(action: &Action) -> Option<(&'static str, String)> {
     match action {
         Action::Reload => Some(("reload", String::new())),
-        Action::Terminate { id, user } => Some((
+        Action::Terminate { id, user, gateway } => Some((
             "terminate",
             match (id, user) {
                 (Some(i), Some(u)) => format!("session {i}, user {u}"),
                 (Some(i), None) => format!("session {i}"),
                 (None, Some(u)) => format!("user {u}"),
                 (None, None) => String::new(),
-            },
+            } + &gateway
+                .as_ref()
+                .map(|g| format!(" on gateway {g}"))
+                .unwrap_or_default(),
         )),
         Action::Status | Action::Connections | Action::Policy | Action::Explain { .. } => None,
     }
@@ -171,6 +179,25 @@ impl Call {
     /// state change in the audit trail.
     pub fn answer(self, api: &mut dyn AdminApi) {
         let out = answer(api, &self.request);
+        self.send(out);
+    }
+
+    /// What the request asks, if it is a request this agent speaks (for a loop that answers
+    /// some commands later, such as a fleet gateway that asks etcd first).
+    pub fn action(&self) -> Option<Action> {
+        serde_json::from_str::<Request>(&self.request)
+            .ok()
+            .filter(|r| r.v == VERSION)
+            .map(|r| r.action)
+    }
+
+    /// Answers with a result computed elsewhere: the same reply line and audit record as
+    /// [`Call::answer`].
+    pub fn finish<T: Serialize>(self, r: Result<T, ErrorReply>) {
+        self.send(reply(r));
+    }
+
+    fn send(self, out: String) {
         if let Some(log) = &self.audit {
             let action = serde_json::from_str::<Request>(&self.request).ok();
             if let Some((what, target)) = action.as_ref().and_then(|r| audited(&r.action)) {
@@ -235,26 +262,20 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `path` (creating its directory, replacing a stale socket), mode 0600: the socket
-    /// can terminate sessions and reload the policy.
+    /// Binds `path` (creating its directory 0700 if missing, replacing a stale socket), mode
+    /// 0600: the socket can terminate sessions and reload the policy.
+    ///
+    /// `bind(2)` creates the socket with the umask's mode, so a socket bound at `path` and
+    /// chmodded after would be open to other local users in between. It is bound instead in
+    /// a fresh 0700 directory next to `path`, made 0600 there and renamed into place: at
+    /// `path` it only ever exists private, whatever the umask.
     pub fn bind(path: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("creating {} for the admin socket: {e}", dir.display()),
-                )
-            })?;
-        }
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path).map_err(|e| {
+        let listener = super::socket::bind_private(path).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("binding the admin socket {}: {e}", path.display()),
             )
         })?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let (calls_tx, calls_rx) = mpsc::channel(16);
         Ok(Self {
             listener,
@@ -413,18 +434,22 @@ mod tests {
                     egress_packets: 0,
                     username: None,
                     directory_groups: vec![],
+                    gateway: None,
                 }],
+                fleet_error: None,
             }
         }
         fn terminate(
             &mut self,
             id: Option<u32>,
             user: Option<&str>,
+            _gateway: Option<&str>,
         ) -> Result<TerminateReply, ErrorReply> {
             self.asked.push(format!("terminate {id:?} {user:?}"));
             match id {
                 Some(7) => Ok(TerminateReply {
                     terminated: vec![7],
+                    remote: vec![],
                 }),
                 _ => Err(ErrorReply::new("no such session")),
             }

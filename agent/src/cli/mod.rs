@@ -144,9 +144,10 @@ pub enum ConnectionsCmd {
     Terminate {
         #[command(flatten)]
         admin: Admin,
-        /// Session id (from `connections list`).
-        #[arg(required_unless_present = "user")]
-        id: Option<u32>,
+        /// Session id (from `connections list`); in a fleet `GATEWAY/ID` for a session of
+        /// another gateway.
+        #[arg(required_unless_present = "user", value_parser = connections::parse_id)]
+        id: Option<connections::SessionRef>,
         #[arg(long)]
         user: Option<String>,
     },
@@ -336,17 +337,27 @@ pub fn run(command: Command) -> Result<()> {
                 print_reply(r)
             } else {
                 print!("{}", connections::table(&r.connections));
+                if let Some(e) = &r.fleet_error {
+                    eprintln!("fleet: {e}");
+                }
                 Ok(())
             }
         }
         Command::Connections {
             action: ConnectionsCmd::Terminate { admin, id, user },
-        } => match client(&admin)?.terminate(id, user) {
+        } => match client(&admin)?.terminate(
+            id.as_ref().map(|i| i.id),
+            user,
+            id.and_then(|i| i.gateway),
+        ) {
             Ok(r) => {
                 println!("terminated: {}", serde_json::to_string(&r.terminated)?);
+                if !r.remote.is_empty() {
+                    println!("on other gateways: {}", r.remote.join(", "));
+                }
                 Ok(())
             }
-            Err(ClientError::Refused(_)) => anyhow::bail!("no such session"),
+            Err(ClientError::Refused(e)) => anyhow::bail!("{e}"),
             Err(e) => Err(e.into()),
         },
         Command::ClientConfig {

@@ -66,6 +66,17 @@ pub fn print_agent(v: &StatusReply) {
         if let Some(e) = &f.degraded {
             println!("fleet              degraded: {e}");
         }
+        let m = &f.member;
+        println!(
+            "fleet lease        {}",
+            if m.lease_valid {
+                "valid"
+            } else {
+                "none: new clients refused (AUTH_FAILED,TEMP)"
+            }
+        );
+        println!("fleet blocks       {}", m.blocks.join(" "));
+        println!("fleet gateways     {}", m.gateways.join(" "));
     }
     println!(
         "sessions           {} ({} established)",

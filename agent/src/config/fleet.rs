@@ -13,6 +13,8 @@ use super::errors::{err, ConfigError};
 /// lease (its sessions and address blocks would be dropped); above 300 s a dead gateway's
 /// addresses and registry entries linger for minutes.
 pub const LEASE_TTL_SECS: std::ops::RangeInclusive<u64> = 3..=300;
+/// Bounds of `registry_refresh_secs`: the registry's counters are at most a minute old.
+pub const REGISTRY_REFRESH_SECS: std::ops::RangeInclusive<u64> = 1..=60;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,14 @@ pub struct FleetSection {
     /// by at most this long.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl_secs: u64,
+    /// How often a session's counters are rewritten in the registry (when they changed):
+    /// one put per session per interval.
+    #[serde(default = "default_registry_refresh")]
+    pub registry_refresh_secs: u64,
+    /// The most connections one user (directory user, else certificate name) may hold
+    /// across the fleet, checked atomically in etcd; none: no cap.
+    #[serde(default)]
+    pub max_connections_per_user: Option<u32>,
     /// CA bundle (PEM) that issued the etcd servers' certificates (required with https://).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -38,6 +48,10 @@ pub struct FleetSection {
 
 fn default_lease_ttl() -> u64 {
     10
+}
+
+fn default_registry_refresh() -> u64 {
+    60
 }
 
 impl FleetSection {
@@ -90,6 +104,24 @@ impl FleetSection {
                     LEASE_TTL_SECS.start(),
                     LEASE_TTL_SECS.end()
                 ),
+            ));
+        }
+        if !REGISTRY_REFRESH_SECS.contains(&self.registry_refresh_secs) {
+            errs.push(err(
+                "fleet.registry_refresh_secs",
+                format!(
+                    "{} is outside {} ... {}: how often session counters are written to etcd \
+                     (default 60)",
+                    self.registry_refresh_secs,
+                    REGISTRY_REFRESH_SECS.start(),
+                    REGISTRY_REFRESH_SECS.end()
+                ),
+            ));
+        }
+        if self.max_connections_per_user == Some(0) {
+            errs.push(err(
+                "fleet.max_connections_per_user",
+                "0 would admit nobody: use 1 or more, or leave it out for no cap",
             ));
         }
         let tls = self.uses_tls();
@@ -183,6 +215,8 @@ mod tests {
             endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
             gateway_id: "gw-a".into(),
             lease_ttl_secs: 10,
+            registry_refresh_secs: 60,
+            max_connections_per_user: None,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -207,6 +241,7 @@ mod tests {
             toml::from_str("endpoints = [\"http://127.0.0.1:2379\"]\ngateway_id = \"gw-1\"\n")
                 .unwrap();
         assert_eq!(s.lease_ttl_secs, 10);
+        assert_eq!(s.registry_refresh_secs, 60);
         assert!(!s.uses_tls());
         assert!(toml::from_str::<FleetSection>(
             "endpoints = []\ngateway_id = \"g\"\nlease_ttl = 5\n"
@@ -264,6 +299,13 @@ mod tests {
         for ttl in [3, 300] {
             s.lease_ttl_secs = ttl;
             assert_eq!(paths(&s), Vec::<String>::new(), "{ttl}");
+        }
+        s.max_connections_per_user = Some(0);
+        assert_eq!(paths(&s), vec!["fleet.max_connections_per_user"]);
+        s.max_connections_per_user = Some(5);
+        for r in [0, 61] {
+            s.registry_refresh_secs = r;
+            assert_eq!(paths(&s), vec!["fleet.registry_refresh_secs"], "{r}");
         }
     }
 }

@@ -61,6 +61,14 @@ pub struct EndpointConfig {
     pub data_ciphers: Vec<String>,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// A TCP connection whose session has not connected within this many seconds is closed
+    /// (before authentication a connection costs memory and holds a connection slot).
+    #[serde(default = "default_tcp_handshake_timeout")]
+    pub tcp_handshake_timeout_secs: u64,
+    /// A TCP connection that sends nothing for this many seconds is closed (connected
+    /// clients ping every few seconds).
+    #[serde(default = "default_tcp_idle_timeout")]
+    pub tcp_idle_timeout_secs: u64,
     pub tls: TlsSection,
     #[serde(default)]
     pub auth: AuthSection,
@@ -257,6 +265,12 @@ fn default_ciphers() -> Vec<String> {
 }
 fn default_max_connections() -> usize {
     4096
+}
+fn default_tcp_handshake_timeout() -> u64 {
+    60
+}
+fn default_tcp_idle_timeout() -> u64 {
+    300
 }
 fn default_tls_min() -> String {
     "1.2".into()

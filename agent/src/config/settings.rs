@@ -44,6 +44,14 @@ pub fn restart_only_changes(old: &EndpointConfig, new: &EndpointConfig) -> Vec<&
         old.max_connections != new.max_connections,
         "max_connections",
     );
+    check(
+        old.tcp_handshake_timeout_secs != new.tcp_handshake_timeout_secs,
+        "tcp_handshake_timeout_secs",
+    );
+    check(
+        old.tcp_idle_timeout_secs != new.tcp_idle_timeout_secs,
+        "tcp_idle_timeout_secs",
+    );
     check(old.tls != new.tls, "tls");
     check(old.auth != new.auth, "auth");
     check(old.logging != new.logging, "logging");
@@ -186,6 +194,8 @@ impl EndpointConfig {
                     .unwrap_or_default(),
             },
             max_sessions: self.max_connections,
+            tcp_handshake_timeout: Duration::from_secs(self.tcp_handshake_timeout_secs),
+            tcp_idle_timeout: Duration::from_secs(self.tcp_idle_timeout_secs),
             ..ServerSettings::default()
         };
         s.udp.ciphers = ciphers.clone();

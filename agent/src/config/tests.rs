@@ -178,6 +178,13 @@ fn auth_errors_name_their_fields() {
         ),
         ["client_connect_url", "client_connect_timeout_secs"]
     );
+    assert_eq!(
+        check(
+            "tcp_handshake_timeout_secs = 0\ntcp_idle_timeout_secs = 3601\n",
+            ""
+        ),
+        ["tcp_handshake_timeout_secs", "tcp_idle_timeout_secs"]
+    );
     // Directory-only makes the client certificate optional in TLS; with certificates not.
     std::fs::write(&f, format!("{GOOD}[auth]\nmethods = [\"ldap\"]\n{dir}")).unwrap();
     assert!(

@@ -127,6 +127,21 @@ impl EndpointConfig {
                 format!("must be 1 ... {}", portcullis_common::MAX_CLIENTS),
             ));
         }
+        for (key, secs, default) in [
+            (
+                "tcp_handshake_timeout_secs",
+                self.tcp_handshake_timeout_secs,
+                60,
+            ),
+            ("tcp_idle_timeout_secs", self.tcp_idle_timeout_secs, 300),
+        ] {
+            if secs == 0 || secs > 3600 {
+                errs.push(err(
+                    key,
+                    format!("{secs} is out of range: use 1 to 3600 seconds (default {default})"),
+                ));
+            }
+        }
         if !["1.2", "1.3"].contains(&self.tls.min_version.as_str()) {
             errs.push(err("tls.min_version", "use \"1.2\" or \"1.3\""));
         }

@@ -273,6 +273,7 @@ pub async fn terminate(
             Action::Terminate {
                 id: Some(f.id),
                 user: None,
+                gateway: None,
             },
             caller,
         )

@@ -34,6 +34,7 @@ fn session(id: u32, user: &str, addr: &str) -> ConnectionInfo {
         egress_packets: 20,
         username: None,
         directory_groups: vec!["engineering".into()],
+        gateway: None,
     }
 }
 
@@ -64,12 +65,14 @@ impl AdminApi for FakeEndpoint {
         }
         ConnectionsReply {
             connections: self.sessions.clone(),
+            fleet_error: None,
         }
     }
     fn terminate(
         &mut self,
         id: Option<u32>,
         _user: Option<&str>,
+        _gateway: Option<&str>,
     ) -> Result<TerminateReply, ErrorReply> {
         let before = self.sessions.len();
         self.sessions.retain(|s| Some(s.id) != id);
@@ -78,6 +81,7 @@ impl AdminApi for FakeEndpoint {
         }
         Ok(TerminateReply {
             terminated: id.into_iter().collect(),
+            remote: vec![],
         })
     }
     fn policy(&mut self) -> PolicyReply {
@@ -584,7 +588,7 @@ fn terminate_needs_an_operator_and_the_csrf_token_and_is_audited() {
     assert!(!lab.get("/connections", Some(&ann)).body.contains("alice"));
     // The same action from the admin socket is recorded with the socket peer's identity.
     let mut cli = crate::admin::AdminClient::connect(&lab.socket).unwrap();
-    cli.terminate(Some(8), None).unwrap();
+    cli.terminate(Some(8), None, None).unwrap();
     let lines = lab.audit_lines();
     let terminates: Vec<_> = lines
         .iter()

@@ -45,6 +45,8 @@ pub struct FleetState {
     pub applied: Option<crate::fleet::Published>,
     /// Why the gateway cannot follow the fleet now (etcd unreachable).
     pub degraded: Option<String>,
+    /// The membership, as the fleet member last reported it.
+    pub member: crate::admin::FleetMember,
 }
 
 impl FleetState {
@@ -52,6 +54,7 @@ impl FleetState {
         crate::admin::FleetStatus {
             revision: self.applied.as_ref().map(|p| p.revision),
             degraded: self.degraded.clone(),
+            member: self.member.clone(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! start; [`Endpoint::run`] is the agent's loop, which only selects and hands each event to
 //! the module that owns it (the admin API, reload, telemetry, the kept-session handoff, the
 //! directory re-check).
+mod fleet;
 pub mod handoff;
 pub mod hooks;
 pub mod live;
@@ -101,6 +102,10 @@ pub struct Endpoint {
     directory: Option<Arc<Directory>>,
     /// Set before a stop that keeps the maps: disconnects then leave the data path alone.
     keep_flag: Arc<AtomicBool>,
+    /// In a fleet: the address blocks this gateway holds in etcd (see `fleet::member`).
+    fence: Option<Arc<crate::openvpn::fence::AddressFence>>,
+    /// In a fleet with `max_connections_per_user`: admissions checked in etcd.
+    user_gate: Option<crate::fleet::UserGate>,
 }
 
 /// Loads and attaches the XDP data path for `policy` on `tap` and its target interfaces
@@ -229,6 +234,19 @@ impl Endpoint {
             settings.auth = AuthMode::External;
             a.into_authorizer()
         });
+        // The fleet-wide per-user cap decides after authentication, in etcd.
+        let user_gate = cfg
+            .fleet
+            .as_ref()
+            .and_then(|f| f.max_connections_per_user)
+            .map(|m| crate::fleet::UserGate::new(m as usize));
+        let authorizer = match &user_gate {
+            Some(g) => {
+                settings.auth = AuthMode::External;
+                Some(g.wrap(authorizer))
+            }
+            None => authorizer,
+        };
         if let Some(adjust) = &opts.adjust_server {
             (adjust.0)(&mut settings);
         }
@@ -242,6 +260,12 @@ impl Endpoint {
         )
         .map_err(|e| anyhow::anyhow!("OpenVPN server: {e}"))?;
         server.set_tls_crypt_v2(tls_crypt_v2(cfg)?);
+        // In a fleet, addresses come only from blocks leased in etcd.
+        let fence = cfg
+            .fleet
+            .as_ref()
+            .map(|_| crate::openvpn::fence::AddressFence::new());
+        server.set_address_fence(fence.clone());
         let groups_of = {
             let live = live.clone();
             move |user: &str, grant: &crate::auth::Grant| lock(&live).session_groups(user, grant)
@@ -306,6 +330,8 @@ impl Endpoint {
             tls,
             directory,
             keep_flag,
+            fence,
+            user_gate,
         })
     }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use super::fleet::FleetGlue;
 use super::live::{self, lock};
 use super::status::{self, Connections};
 use super::telemetry::Telemetry;
@@ -114,6 +115,7 @@ impl AdminApi for Api<'_> {
         let grants = self.ep.grants();
         ConnectionsReply {
             connections: status::list(&self.ep.dp, self.ep.tunnel(), self.connections, &grants),
+            fleet_error: None,
         }
     }
 
@@ -121,7 +123,15 @@ impl AdminApi for Api<'_> {
         &mut self,
         id: Option<u32>,
         user: Option<&str>,
+        gateway: Option<&str>,
     ) -> Result<TerminateReply, ErrorReply> {
+        // A fleet gateway answers terminate in `endpoint::fleet` (other gateways' sessions);
+        // here only this gateway's.
+        if let Some(g) = gateway {
+            return Err(ErrorReply::new(format!(
+                "session on gateway {g}: this gateway is not in a fleet (no [fleet] section)"
+            )));
+        }
         let grants = self.ep.grants();
         // A user is its certificate name or its directory user name.
         let is_user = |s: &SessionInfo| {
@@ -143,7 +153,10 @@ impl AdminApi for Api<'_> {
         for i in &ids {
             tunnel.command(Command::Disconnect(*i));
         }
-        Ok(TerminateReply { terminated: ids })
+        Ok(TerminateReply {
+            terminated: ids,
+            remote: Vec::new(),
+        })
     }
 
     fn policy(&mut self) -> PolicyReply {
@@ -317,6 +330,8 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
         let keys = Keys::new(&ep.cfg.name);
         tokio::spawn(crate::fleet::follow(section, keys, 0, fleet_tx))
     });
+    // In a fleet: the lease, address blocks, registry and terminate requests.
+    let mut glue = FleetGlue::start(ep);
     loop {
         tokio::select! {
             stop_now = next_signal(&mut signals) => {
@@ -332,8 +347,13 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
                 }
             } => return Ok(()),
             _ = tick.tick() => {
+                let mut changed = false;
                 while let Ok(ev) = ep.events.try_recv() {
+                    changed = true;
                     telemetry.on_event(ev, &ep.dp);
+                }
+                if let Some(g) = &mut glue {
+                    g.tick(ep, &telemetry.connections, changed);
                 }
                 telemetry.tick(&ep.dp, &ep.live);
                 if last_gc.elapsed() >= Duration::from_secs(5) {
@@ -367,8 +387,22 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
                 }
             }
             Some(update) = fleet.recv() => ep.on_fleet(update),
+            Some(id) = FleetGlue::next_terminate(&mut glue) => {
+                let mut api = Api { ep, connections: &telemetry.connections };
+                match api.terminate(Some(id), None, None) {
+                    Ok(_) => tracing::info!(peer_id = id, "session ended at the fleet's request"),
+                    Err(e) => tracing::info!(peer_id = id, "fleet terminate request: {}", e.error),
+                }
+            }
             call = admin.next() => {
-                call.answer(&mut Api { ep, connections: &telemetry.connections });
+                let mut api = Api { ep, connections: &telemetry.connections };
+                let call = match &glue {
+                    Some(g) => g.take_call(call, &mut api),
+                    None => Some(call),
+                };
+                if let Some(call) = call {
+                    call.answer(&mut api);
+                }
             }
         }
     }

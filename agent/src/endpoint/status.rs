@@ -114,6 +114,7 @@ pub fn list(
                 egress_bytes: stats.egress_bytes,
                 ingress_packets: stats.ingress_packets,
                 egress_packets: stats.egress_packets,
+                gateway: None,
             }
         })
         .collect()

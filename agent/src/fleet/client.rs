@@ -21,6 +21,10 @@ pub enum FleetError {
     Etcd(etcd_client::Error),
     #[error("the etcd watch ended: {0}")]
     WatchEnded(String),
+    #[error(
+        "the gateway's etcd lease {0:x} expired: its blocks and sessions were dropped from etcd"
+    )]
+    LeaseLost(i64),
     #[error("fleet.{field}: cannot read {}: {source}", path.display())]
     ReadFile {
         field: &'static str,

@@ -67,7 +67,9 @@ impl AdminApi for Recorder {
                 egress_packets: 0,
                 username: None,
                 directory_groups: vec![],
+                gateway: None,
             }],
+            fleet_error: None,
         }
     }
 
@@ -75,14 +77,17 @@ impl AdminApi for Recorder {
         &mut self,
         id: Option<u32>,
         user: Option<&str>,
+        gateway: Option<&str>,
     ) -> Result<TerminateReply, ErrorReply> {
         self.calls.push(Action::Terminate {
             id,
             user: user.map(str::to_owned),
+            gateway: gateway.map(str::to_owned),
         });
         match (id, user) {
             (Some(i), _) if i % 2 == 0 => Ok(TerminateReply {
                 terminated: vec![i],
+                remote: vec![],
             }),
             (_, Some(u)) => Err(ErrorReply::new(format!("no session of {u}"))),
             _ => Err(ErrorReply::new("no such session")),

@@ -266,7 +266,7 @@ impl Tunnel {
         let (ctl_tx, ctl_rx) = mpsc::channel::<Ctl>(8192);
         let tcp_conns = Arc::new(tcp::TcpConns::default());
         let deferred = Arc::new(lifecycle::Deferred::default());
-        let tcp_limits = TcpLimits::for_sessions(server.settings().max_sessions);
+        let tcp_limits = TcpLimits::for_settings(server.settings());
         let tap_for_tcp = taps[0].try_clone()?;
         let base = Instant::now();
         let mut workers = Vec::new();

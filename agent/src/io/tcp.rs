@@ -21,6 +21,7 @@ use super::tap::to_tap;
 use super::{Ctl, TunnelStats, BUF, HEADROOM};
 use crate::openvpn::packet::{encode_frame, StreamDecoder, MAX_TCP_FRAME_LEN};
 use crate::openvpn::peer::{DataVerdict, Link, PeerTable};
+use crate::openvpn::server::ServerSettings;
 
 /// Bounds on TCP connections.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,13 +38,14 @@ pub struct TcpLimits {
 }
 
 impl TcpLimits {
-    /// Room for every session on TCP plus a margin for connections still in their handshake.
-    pub fn for_sessions(max_sessions: usize) -> Self {
+    /// Room for every session on TCP plus a margin for connections still in their handshake;
+    /// the timeouts of the server's settings.
+    pub fn for_settings(s: &ServerSettings) -> Self {
         Self {
-            max_connections: max_sessions + max_sessions / 4 + 16,
+            max_connections: s.max_sessions + s.max_sessions / 4 + 16,
             per_source: 64,
-            handshake_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(300),
+            handshake_timeout: s.tcp_handshake_timeout,
+            idle_timeout: s.tcp_idle_timeout,
         }
     }
 }
@@ -303,7 +305,10 @@ mod tests {
         TcpLimits {
             max_connections: max,
             per_source,
-            ..TcpLimits::for_sessions(16)
+            ..TcpLimits::for_settings(&ServerSettings {
+                max_sessions: 16,
+                ..ServerSettings::default()
+            })
         }
     }
 

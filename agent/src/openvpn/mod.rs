@@ -22,6 +22,7 @@
 pub mod cookie;
 pub mod crypto;
 pub mod env;
+pub mod fence;
 /// Fuzz target bodies shared by `agent/fuzz` and the corpus replay test (docs/fuzzing.md).
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzz_server;

@@ -133,6 +133,35 @@ impl AddressPool {
         Some(self.addr_of(slot))
     }
 
+    /// Like [`AddressPool::acquire`], but only inside `blocks` (a fleet gateway's leased
+    /// blocks of the pool): the user's last address if it is free and inside, else the first
+    /// free one of the blocks in order. `None` when they are full.
+    pub fn acquire_in(&mut self, user: &str, blocks: &[Ipv4Net]) -> Option<Ipv4Addr> {
+        let h = self.user_hash(user);
+        let inside = |a: Ipv4Addr| blocks.iter().any(|b| b.contains(&a));
+        let slot = match self.memory.get(h) {
+            Some(s) if !self.is_set(s) && inside(self.addr_of(s)) => s,
+            _ => self.free_slots_in(blocks).next()?,
+        };
+        self.set(slot, true);
+        self.in_use += 1;
+        self.memory.remember(h, slot);
+        Some(self.addr_of(slot))
+    }
+
+    /// Free addresses inside `blocks`.
+    pub fn free_in(&self, blocks: &[Ipv4Net]) -> usize {
+        self.free_slots_in(blocks).count()
+    }
+
+    fn free_slots_in<'a>(&'a self, blocks: &'a [Ipv4Net]) -> impl Iterator<Item = usize> + 'a {
+        blocks
+            .iter()
+            .flat_map(|b| u32::from(b.network())..=u32::from(b.broadcast()))
+            .filter_map(|a| self.slot_of(Ipv4Addr::from(a)))
+            .filter(|&s| !self.is_set(s))
+    }
+
     /// Returns a leased address; `false` (and no change) when it is not leased or not ours.
     pub fn release(&mut self, addr: Ipv4Addr) -> bool {
         match self.slot_of(addr) {

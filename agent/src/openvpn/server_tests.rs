@@ -896,6 +896,7 @@ fn renegotiation_verdicts_under_external_auth() {
 }
 
 mod bad_input;
+mod fence;
 mod hardening;
 mod pending_auth;
 mod tls_crypt_v2;

@@ -53,6 +53,12 @@ pub enum FailureCode {
     /// No cipher or key derivation in common.
     Negotiation,
     AddressPoolExhausted,
+    /// In a fleet: no leased block with a free address, or the gateway's lease ran out.
+    AddressBlockUnavailable,
+    /// In a fleet: the user holds `max_connections_per_user` connections already.
+    UserConnectionLimit,
+    /// In a fleet: etcd did not answer an admission that needs it.
+    FleetUnavailable,
     HandshakeTimeout,
     Protocol,
     Internal,
@@ -95,6 +101,9 @@ impl FailureCode {
             FailureCode::Tls => "tls",
             FailureCode::Negotiation => "negotiation",
             FailureCode::AddressPoolExhausted => "address_pool_exhausted",
+            FailureCode::AddressBlockUnavailable => "address_block_unavailable",
+            FailureCode::UserConnectionLimit => "user_connection_limit",
+            FailureCode::FleetUnavailable => "fleet_unavailable",
             FailureCode::HandshakeTimeout => "handshake_timeout",
             FailureCode::Protocol => "protocol",
             FailureCode::Internal => "internal",

@@ -17,6 +17,7 @@ use ring::hmac;
 use super::cookie::{HmacCookie, ResetLimiter};
 use super::crypto::Cipher;
 use super::env::Env;
+use super::fence::{AddressFence, Closed};
 use super::options::{PushReply, RedirectGateway};
 use super::packet::{KeyId, SessionId};
 use super::peer::{Float, Link, PeerTable};
@@ -84,6 +85,8 @@ pub struct Server {
     closed: HashMap<Link, (SessionId, Instant)>,
     timers: BinaryHeap<Reverse<(Instant, Link)>>,
     pool: AddressPool,
+    /// In a fleet: the blocks of the pool this gateway may lease from now.
+    fence: Option<Arc<AddressFence>>,
     peers: Arc<PeerTable>,
     /// First in, first out: the id freed longest ago is reused first, so a worker's late
     /// report about an ended session is unlikely to meet a new one on the same id (and the
@@ -142,6 +145,7 @@ impl Server {
             closed: HashMap::new(),
             timers: BinaryHeap::new(),
             pool,
+            fence: None,
             peers: Arc::new(PeerTable::default()),
             free_peer_ids: (0..n).collect(),
             half_open: HashMap::new(),
@@ -159,6 +163,22 @@ impl Server {
     /// clients if a v1 key was given to [`Server::new`]). Set before the first packet.
     pub fn set_tls_crypt_v2(&mut self, v2: Option<Arc<TlsCryptV2Server>>) {
         self.tls_crypt_v2 = v2;
+    }
+
+    /// In a fleet: new sessions get addresses only inside the fence's blocks, and none when
+    /// the fence is closed (refused with `AUTH_FAILED,TEMP`). Set before the first packet.
+    pub fn set_address_fence(&mut self, fence: Option<Arc<AddressFence>>) {
+        if let Some(f) = &fence {
+            f.report_free(self.pool.free_in(&f.blocks()));
+        }
+        self.fence = fence;
+    }
+
+    /// Tells the fence how many addresses its blocks have left.
+    fn report_free(&self) {
+        if let Some(f) = &self.fence {
+            f.report_free(self.pool.free_in(&f.blocks()));
+        }
     }
 
     /// The table the packet workers use.
@@ -198,6 +218,9 @@ impl Server {
             max_sessions: self.settings.max_sessions,
             reset_rate: self.settings.reset_rate,
             auth: self.settings.auth,
+            // Read once by the listeners when the tunnel starts.
+            tcp_handshake_timeout: self.settings.tcp_handshake_timeout,
+            tcp_idle_timeout: self.settings.tcp_idle_timeout,
             ..new
         };
         (self.udp_cfg, self.tcp_cfg) = session_configs(&keep);
@@ -309,6 +332,7 @@ impl Server {
                     self.remember_closed(link, s.remote_session(), now);
                     if let Some(a) = e.tunnel_addr {
                         self.pool.release(a);
+                        self.report_free();
                     }
                     self.free_peer_ids.push_back(peer.peer_id);
                     use std::sync::atomic::Ordering::Relaxed;
@@ -351,12 +375,32 @@ impl Server {
         let addr = match e.tunnel_addr {
             Some(a) => a,
             None => {
-                let a = self.pool.acquire(user).ok_or_else(|| {
-                    Refusal::new(
-                        FailureCode::AddressPoolExhausted,
-                        "client address pool exhausted",
-                    )
-                })?;
+                let a = match &self.fence {
+                    None => self.pool.acquire(user).ok_or_else(|| {
+                        Refusal::new(
+                            FailureCode::AddressPoolExhausted,
+                            "client address pool exhausted",
+                        )
+                    })?,
+                    Some(f) => {
+                        let got = f.open_blocks(Instant::now()).and_then(|b| {
+                            self.pool.acquire_in(user, &b).ok_or(Closed::NoFreeAddress)
+                        });
+                        f.report_free(self.pool.free_in(&f.blocks()));
+                        // Temporary: another gateway, or this one in a moment, has addresses.
+                        got.map_err(|c| {
+                            Refusal::temporary(
+                                FailureCode::AddressBlockUnavailable,
+                                match c {
+                                    Closed::NoLease => "gateway lost its fleet lease, try another",
+                                    Closed::NoFreeAddress => {
+                                        "no leased address free on this gateway"
+                                    }
+                                },
+                            )
+                        })?
+                    }
+                };
                 e.tunnel_addr = Some(a);
                 a
             }

@@ -46,6 +46,10 @@ pub struct ServerSettings {
     pub reset_rate: (u32, u32),
     pub udp: SessionConfig,
     pub tcp: SessionConfig,
+    /// A TCP connection whose session has not connected by then is closed (`io::tcp`).
+    pub tcp_handshake_timeout: Duration,
+    /// A TCP connection silent for this long is closed (`io::tcp`).
+    pub tcp_idle_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -61,6 +65,8 @@ impl Default for ServerSettings {
                 transport: Transport::Tcp,
                 ..SessionConfig::default()
             },
+            tcp_handshake_timeout: Duration::from_secs(60),
+            tcp_idle_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -1,0 +1,96 @@
+//! The way from the authorizer threads (which decide each new connection and may block) to
+//! the fleet member (which owns the etcd connection) for `max_connections_per_user`.
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::io::Authorizer;
+use crate::openvpn::session::{FailureCode, Refusal};
+
+/// How long a connection waits for the fleet's admission before it is refused as temporary
+/// (etcd out of reach).
+const ADMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One admission asked of the member.
+pub struct AdmitRequest {
+    pub user: String,
+    /// The server's serial of the session: names its `users/` key.
+    pub serial: u64,
+    pub reply: std::sync::mpsc::Sender<Result<(), Refusal>>,
+}
+
+/// The fleet-wide cap on one user's connections.
+#[derive(Clone)]
+pub struct UserGate {
+    pub max: usize,
+    tx: mpsc::Sender<AdmitRequest>,
+    rx: Arc<Mutex<Option<mpsc::Receiver<AdmitRequest>>>>,
+}
+
+impl UserGate {
+    pub fn new(max: usize) -> UserGate {
+        let (tx, rx) = mpsc::channel(256);
+        UserGate {
+            max,
+            tx,
+            rx: Arc::new(Mutex::new(Some(rx))),
+        }
+    }
+
+    /// The member takes the requests (once).
+    pub fn take_requests(&self) -> Option<mpsc::Receiver<AdmitRequest>> {
+        self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Asks the member to admit connection `serial` of `user`; blocks (an authorizer thread).
+    pub fn admit_blocking(&self, user: &str, serial: u64) -> Result<(), Refusal> {
+        let unavailable = |why: &str| {
+            Refusal::temporary(
+                FailureCode::FleetUnavailable,
+                format!("fleet admission unavailable: {why}"),
+            )
+        };
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.tx
+            .try_send(AdmitRequest {
+                user: user.to_owned(),
+                serial,
+                reply,
+            })
+            .map_err(|_| unavailable("too many admissions waiting"))?;
+        answer
+            .recv_timeout(ADMIT_TIMEOUT)
+            .map_err(|_| unavailable("etcd did not answer"))?
+    }
+
+    /// `inner` (the directory, or none: certificates only) and then, for a new connection,
+    /// the fleet-wide cap. The user is the directory user where there is one, else the
+    /// certificate's common name.
+    pub fn wrap(&self, inner: Option<Authorizer>) -> Authorizer {
+        let gate = self.clone();
+        Arc::new(move |link, req| {
+            match &inner {
+                Some(a) => a(link, req)?,
+                // Certificate-only endpoints run in external mode for the cap: the same
+                // refusal of a client without a certificate as the server's own check.
+                None if !req.identity.has_certificate() => {
+                    return Err(Refusal::new(
+                        FailureCode::CertificateRequired,
+                        "client certificate required",
+                    ))
+                }
+                None => {}
+            }
+            if !req.initial {
+                return Ok(());
+            }
+            let user = if req.username.is_empty() {
+                req.identity.common_name.as_str()
+            } else {
+                req.username.as_str()
+            };
+            gate.admit_blocking(user, req.session)
+        })
+    }
+}

@@ -1,0 +1,74 @@
+//! The gateway's etcd lease: every key that describes something alive on this gateway
+//! (presence, address blocks, sessions) is written under it, so a gateway that dies leaves
+//! nothing behind once the TTL has passed, and nothing before.
+//!
+//! The gateway counts the lease as valid until `TTL` after it *sent* the last keep-alive that
+//! etcd answered: etcd counts from when it received that keep-alive, which is later, so the
+//! gateway never believes in a lease etcd has already expired (clocks are not compared: only
+//! this host's monotonic clock is used).
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
+
+use super::FleetError;
+
+pub struct GatewayLease {
+    pub id: i64,
+    ttl: Duration,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
+impl GatewayLease {
+    /// A new lease of `ttl_secs`; returns it and until when it is valid.
+    pub async fn grant(
+        client: &mut Client,
+        ttl_secs: u64,
+    ) -> Result<(GatewayLease, Instant), FleetError> {
+        let sent = Instant::now();
+        let ttl = Duration::from_secs(ttl_secs);
+        let id = client
+            .lease_grant(ttl_secs as i64, None)
+            .await
+            .map_err(FleetError::Etcd)?
+            .id();
+        let (keeper, stream) = client
+            .lease_keep_alive(id)
+            .await
+            .map_err(FleetError::Etcd)?;
+        Ok((
+            GatewayLease {
+                id,
+                ttl,
+                keeper,
+                stream,
+            },
+            sent + ttl,
+        ))
+    }
+
+    /// How often to keep the lease alive: three tries within one TTL.
+    pub fn interval(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    /// One keep-alive; returns until when the lease is valid now. An expired lease (etcd
+    /// answers TTL 0: its keys are gone) is [`FleetError::LeaseLost`].
+    pub async fn keep_alive(&mut self) -> Result<Instant, FleetError> {
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(self.interval(), async {
+            self.keeper.keep_alive().await?;
+            self.stream.message().await
+        })
+        .await
+        .map_err(|_| FleetError::WatchEnded("the lease keep-alive was not answered".into()))?
+        .map_err(FleetError::Etcd)?;
+        match answer {
+            Some(r) if r.ttl() > 0 => Ok(sent + Duration::from_secs(r.ttl() as u64)),
+            Some(_) => Err(FleetError::LeaseLost(self.id)),
+            None => Err(FleetError::WatchEnded(
+                "the lease keep-alive stream closed".into(),
+            )),
+        }
+    }
+}

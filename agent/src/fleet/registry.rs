@@ -1,0 +1,276 @@
+//! The connection registry: every established session of the fleet under
+//! `sessions/<gateway>/<id>`, written under its gateway's lease.
+//!
+//! A gateway hands [`Registry::sync`] the full list of its sessions whenever one came or went
+//! (and at least once per refresh interval); the registry writes what changed since its last
+//! write: a new or changed session at once, the counters of a session at most once per
+//! interval, a deletion for each session gone. After a new lease it writes everything again,
+//! so the registry matches the gateway after an etcd outage, with nothing lost or doubled.
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions, PutOptions, SortOrder, SortTarget};
+use serde::{Deserialize, Serialize};
+
+use super::{FleetError, Keys};
+use crate::admin::ConnectionInfo;
+
+/// One session as the fleet sees it (the value of its `sessions/` key, JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub gateway: String,
+    pub id: u32,
+    /// The gateway's serial of the session: unlike `id`, never reused while it runs.
+    #[serde(default)]
+    pub serial: u64,
+    /// The certificate's common name.
+    pub user: Option<String>,
+    /// The directory user, if the session logged in with one.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub client_address: Option<String>,
+    pub public_address: String,
+    pub transport: String,
+    /// Unix seconds.
+    pub started: u64,
+    pub ingress_bytes: u64,
+    pub egress_bytes: u64,
+    pub ingress_packets: u64,
+    pub egress_packets: u64,
+    /// Unix seconds of this write: a reader sees how fresh the counters are.
+    pub updated: u64,
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl SessionRecord {
+    pub fn from_info(gateway: &str, c: &ConnectionInfo, now: u64) -> SessionRecord {
+        SessionRecord {
+            gateway: gateway.to_owned(),
+            id: c.id,
+            serial: 0,
+            user: c.user.clone(),
+            username: c.username.clone(),
+            groups: c.directory_groups.clone(),
+            client_address: c.client_address.clone(),
+            public_address: c.public_address.clone(),
+            transport: c.transport.clone(),
+            started: now.saturating_sub(c.since_secs),
+            ingress_bytes: c.ingress_bytes,
+            egress_bytes: c.egress_bytes,
+            ingress_packets: c.ingress_packets,
+            egress_packets: c.egress_packets,
+            updated: now,
+        }
+    }
+
+    pub fn to_info(&self, now: u64) -> ConnectionInfo {
+        ConnectionInfo {
+            id: self.id,
+            user: self.user.clone(),
+            client_address: self.client_address.clone(),
+            public_address: self.public_address.clone(),
+            transport: self.transport.clone(),
+            established: true,
+            since_secs: now.saturating_sub(self.started),
+            ingress_bytes: self.ingress_bytes,
+            egress_bytes: self.egress_bytes,
+            ingress_packets: self.ingress_packets,
+            egress_packets: self.egress_packets,
+            username: self.username.clone(),
+            directory_groups: self.groups.clone(),
+            gateway: Some(self.gateway.clone()),
+        }
+    }
+
+    /// Same session, same identity (everything but the counters and the time of writing;
+    /// the start may wobble by a second between two lists).
+    fn same_session(&self, o: &SessionRecord) -> bool {
+        self.user == o.user
+            && self.username == o.username
+            && self.groups == o.groups
+            && self.client_address == o.client_address
+            && self.public_address == o.public_address
+            && self.transport == o.transport
+            && self.started.abs_diff(o.started) <= 2
+    }
+
+    fn same_counters(&self, o: &SessionRecord) -> bool {
+        (
+            self.ingress_bytes,
+            self.egress_bytes,
+            self.ingress_packets,
+            self.egress_packets,
+        ) == (
+            o.ingress_bytes,
+            o.egress_bytes,
+            o.ingress_packets,
+            o.egress_packets,
+        )
+    }
+
+    /// Whether `name` is this session's user (certificate name or directory user).
+    pub fn is_user(&self, name: &str) -> bool {
+        self.user.as_deref() == Some(name) || self.username.as_deref() == Some(name)
+    }
+}
+
+/// What this gateway has written to the registry.
+#[derive(Default)]
+pub struct Registry {
+    written: HashMap<u32, (SessionRecord, Instant)>,
+}
+
+impl Registry {
+    /// Everything must be written again (a new lease: the old keys are gone or going).
+    pub fn forget(&mut self) {
+        self.written.clear();
+    }
+
+    /// Brings the registry in line with `sessions` (this gateway's, all of them); counters
+    /// are rewritten when they changed and the last write is `refresh` old.
+    pub async fn sync(
+        &mut self,
+        client: &mut Client,
+        keys: &Keys,
+        lease: i64,
+        sessions: &[SessionRecord],
+        refresh: Duration,
+    ) -> Result<(), FleetError> {
+        let now = Instant::now();
+        for s in sessions {
+            let due = match self.written.get(&s.id) {
+                None => true,
+                Some((w, at)) => {
+                    !w.same_session(s)
+                        || (!w.same_counters(s) && now.duration_since(*at) >= refresh)
+                }
+            };
+            if due {
+                let value = serde_json::to_string(s).expect("plain fields");
+                client
+                    .put(
+                        keys.session(&s.gateway, &s.id.to_string()),
+                        value,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )
+                    .await
+                    .map_err(FleetError::Etcd)?;
+                self.written.insert(s.id, (s.clone(), now));
+            }
+        }
+        let gone: Vec<(u32, String)> = self
+            .written
+            .iter()
+            .filter(|(id, _)| !sessions.iter().any(|s| s.id == **id))
+            .map(|(id, (w, _))| (*id, w.gateway.clone()))
+            .collect();
+        for (id, gateway) in gone {
+            client
+                .delete(keys.session(&gateway, &id.to_string()), None)
+                .await
+                .map_err(FleetError::Etcd)?;
+            self.written.remove(&id);
+        }
+        Ok(())
+    }
+}
+
+/// Sessions read per request: `connections list` of a large fleet is paged, not one reply.
+const PAGE: i64 = 1000;
+
+/// Every session of the fleet, in key order (gateway, then id as text).
+pub async fn list(client: &mut Client, keys: &Keys) -> Result<Vec<SessionRecord>, FleetError> {
+    let prefix = keys.sessions();
+    // The end of the prefix range: the prefix with its last byte incremented (`/` + 1).
+    let end = format!("{}0", prefix.trim_end_matches('/'));
+    let mut from = prefix.clone();
+    let mut out = Vec::new();
+    loop {
+        let got = client
+            .get(
+                from.as_str(),
+                Some(
+                    GetOptions::new()
+                        .with_range(end.as_str())
+                        .with_limit(PAGE)
+                        .with_sort(SortTarget::Key, SortOrder::Ascend),
+                ),
+            )
+            .await
+            .map_err(FleetError::Etcd)?;
+        for kv in got.kvs() {
+            // A value that is not a record (written by something else) is skipped.
+            if let Ok(r) = serde_json::from_slice::<SessionRecord>(kv.value()) {
+                out.push(r);
+            }
+        }
+        match (got.more(), got.kvs().last()) {
+            (true, Some(last)) => {
+                // The next page starts just after the last key read.
+                let mut next = last.key().to_vec();
+                next.push(0);
+                from = String::from_utf8_lossy(&next).into_owned();
+            }
+            _ => return Ok(out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: u32) -> ConnectionInfo {
+        ConnectionInfo {
+            id,
+            user: Some("alice".into()),
+            client_address: Some("10.8.0.2".into()),
+            public_address: "192.0.2.1:1194".into(),
+            transport: "udp".into(),
+            established: true,
+            since_secs: 10,
+            ingress_bytes: 1,
+            egress_bytes: 2,
+            ingress_packets: 3,
+            egress_packets: 4,
+            username: Some("alice.d".into()),
+            directory_groups: vec!["eng".into()],
+            gateway: None,
+        }
+    }
+
+    #[test]
+    fn record_round_trip_names_the_gateway() {
+        let r = SessionRecord::from_info("gw-a", &info(7), 1000);
+        assert_eq!(r.started, 990);
+        let back = r.to_info(1005);
+        assert_eq!(back.gateway.as_deref(), Some("gw-a"));
+        assert_eq!(back.since_secs, 15);
+        assert_eq!(
+            ConnectionInfo {
+                gateway: None,
+                since_secs: 10,
+                ..back
+            },
+            info(7)
+        );
+        assert!(r.is_user("alice") && r.is_user("alice.d") && !r.is_user("bob"));
+    }
+
+    #[test]
+    fn counters_are_not_identity() {
+        let a = SessionRecord::from_info("gw-a", &info(7), 1000);
+        let mut b = SessionRecord::from_info("gw-a", &info(7), 1001);
+        b.ingress_bytes = 99;
+        assert!(a.same_session(&b) && !a.same_counters(&b));
+        b.client_address = Some("10.8.0.3".into());
+        assert!(!a.same_session(&b));
+    }
+}

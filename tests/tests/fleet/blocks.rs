@@ -1,0 +1,234 @@
+//! Address blocks against a real etcd: a race for one block has one winner; two gateways
+//! fill the whole pool between them without one address twice; a dead gateway's blocks stay
+//! held until its lease has expired and then go to the other; a gateway cut off from etcd
+//! stops admitting once its TTL has run out.
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use portcullis::fleet::{blocks, connect, Keys, Member};
+use portcullis::openvpn::fence::{AddressFence, Closed};
+use portcullis::openvpn::pool::AddressPool;
+use tests::etcd::EtcdCluster;
+
+use super::have_etcd;
+
+const POOL: &str = "10.100.0.0/24";
+
+fn pool() -> Ipv4Net {
+    POOL.parse().unwrap()
+}
+
+/// A gateway's admission side: the pool of its server and its fence, as the endpoint wires
+/// them, with the member that fills the fence from etcd.
+struct Gateway {
+    pool: AddressPool,
+    fence: Arc<AddressFence>,
+    member: Option<Member>,
+}
+
+impl Gateway {
+    fn start(etcd: &EtcdCluster, id: &str) -> Gateway {
+        let fence = AddressFence::new();
+        let member = Member::start(
+            etcd.fleet_section(id),
+            Keys::new("corp"),
+            pool(),
+            fence.clone(),
+            None,
+        );
+        Gateway {
+            pool: AddressPool::new(pool()).unwrap(),
+            fence,
+            member: Some(member),
+        }
+    }
+
+    /// One admission, as `Server::assign` does it.
+    fn admit(&mut self, user: &str) -> Result<Ipv4Addr, Closed> {
+        let r = self
+            .fence
+            .open_blocks(Instant::now())
+            .and_then(|b| self.pool.acquire_in(user, &b).ok_or(Closed::NoFreeAddress));
+        self.fence
+            .report_free(self.pool.free_in(&self.fence.blocks()));
+        r
+    }
+
+    async fn wait_open(&self) {
+        let start = Instant::now();
+        while self
+            .fence
+            .open_blocks(Instant::now())
+            .map_or(true, |b| b.is_empty())
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no block leased within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_race_for_one_block_has_one_winner() {
+    if !have_etcd() {
+        return;
+    }
+    let etcd = EtcdCluster::start(1).await;
+    let keys = Keys::new("corp");
+    let block: Ipv4Net = "10.100.0.64/26".parse().unwrap();
+    let mut racers = Vec::new();
+    for i in 0..8 {
+        let section = etcd.fleet_section(&format!("gw-{i}"));
+        let keys = keys.clone();
+        racers.push(tokio::spawn(async move {
+            let mut c = connect(&section).await.unwrap();
+            let lease = c.lease_grant(30, None).await.unwrap().id();
+            blocks::try_claim(&mut c, &keys, &section.gateway_id, lease, block)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for r in racers {
+        winners += usize::from(r.await.unwrap());
+    }
+    assert_eq!(winners, 1, "one block, {winners} holders");
+}
+
+#[tokio::test]
+async fn two_gateways_share_the_pool_without_one_address_twice() {
+    if !have_etcd() {
+        return;
+    }
+    let etcd = EtcdCluster::start(1).await;
+    let mut a = Gateway::start(&etcd, "gw-a");
+    let mut b = Gateway::start(&etcd, "gw-b");
+    a.wait_open().await;
+    b.wait_open().await;
+    // Both admit in turn until neither gets an address for 2 s (the pool is all held).
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    let mut idle_since = Instant::now();
+    let mut n = 0;
+    while idle_since.elapsed() < Duration::from_secs(2) {
+        n += 1;
+        let mut progress = false;
+        if let Ok(x) = a.admit(&format!("user{n}")) {
+            got_a.push(x);
+            progress = true;
+        }
+        if let Ok(x) = b.admit(&format!("user{n}")) {
+            got_b.push(x);
+            progress = true;
+        }
+        if progress {
+            idle_since = Instant::now();
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(n < 10_000, "runaway admission loop");
+    }
+    let all: HashSet<Ipv4Addr> = got_a.iter().chain(&got_b).copied().collect();
+    assert_eq!(
+        all.len(),
+        got_a.len() + got_b.len(),
+        "an address was handed out twice"
+    );
+    // 256 addresses less network, gateway and broadcast, every one of them used.
+    assert_eq!(all.len(), 253, "a: {}, b: {}", got_a.len(), got_b.len());
+    assert!(!got_a.is_empty() && !got_b.is_empty());
+    let (ba, bb): (HashSet<_>, HashSet<_>) = (
+        a.fence.blocks().into_iter().collect(),
+        b.fence.blocks().into_iter().collect(),
+    );
+    assert!(ba.is_disjoint(&bb), "{ba:?} {bb:?}");
+    assert_eq!(ba.len() + bb.len(), 4);
+}
+
+#[tokio::test]
+async fn a_dead_gateways_blocks_return_after_its_lease_never_before() {
+    if !have_etcd() {
+        return;
+    }
+    let etcd = EtcdCluster::start(1).await;
+    let keys = Keys::new("corp");
+    let mut a = Gateway::start(&etcd, "gw-a");
+    a.wait_open().await;
+    // gw-a takes every block: it admits until the pool is dry.
+    let start = Instant::now();
+    while a.fence.blocks().len() < 4 || a.admit("x").is_ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "gw-a never filled the pool"
+        );
+        let _ = a.admit("x");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let held_by_a = a.fence.blocks();
+    let mut b = Gateway::start(&etcd, "gw-b");
+    // gw-a dies without a word (no revoke: its keep-alives just stop).
+    drop(a.member.take());
+    let died = Instant::now();
+    let mut c = connect(&etcd.fleet_section("probe")).await.unwrap();
+    loop {
+        b.fence.report_free(0); // b wants a block, all the time
+        if let Ok(blocks) = b.fence.open_blocks(Instant::now()) {
+            if !blocks.is_empty() {
+                break;
+            }
+        }
+        // Until the lease expires the blocks are gw-a's.
+        let got = c.get(keys.block(held_by_a[0]), None).await.unwrap();
+        if died.elapsed() < Duration::from_millis(2500) {
+            assert_eq!(got.kvs()[0].value(), b"gw-a", "gw-a's block released early");
+        }
+        assert!(
+            died.elapsed() < Duration::from_secs(10),
+            "gw-a's blocks never returned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        died.elapsed() >= Duration::from_millis(2500),
+        "gw-b got a block {:?} after gw-a died: before its 3 s lease expired",
+        died.elapsed()
+    );
+    assert!(held_by_a.contains(&b.fence.blocks()[0]));
+    assert!(b.admit("y").is_ok());
+}
+
+#[tokio::test]
+async fn a_gateway_cut_off_from_etcd_stops_admitting_within_its_ttl() {
+    if !have_etcd() {
+        return;
+    }
+    let mut etcd = EtcdCluster::start(1).await;
+    let mut a = Gateway::start(&etcd, "gw-a");
+    a.wait_open().await;
+    assert!(a.admit("alice").is_ok());
+    etcd.kill(0);
+    let cut = Instant::now();
+    // Still admitting from its blocks for a while (the lease is valid in etcd too)...
+    assert!(a.admit("bob").is_ok(), "refused right after the cut");
+    // ...but never past the TTL (3 s) after the cut.
+    loop {
+        match a.admit("carol") {
+            Err(Closed::NoLease) => break,
+            _ => assert!(
+                cut.elapsed() < Duration::from_millis(3200),
+                "still admitting {:?} after etcd went away (TTL 3 s)",
+                cut.elapsed()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cut.elapsed() >= Duration::from_millis(1000),
+        "closed too early: {:?}",
+        cut.elapsed()
+    );
+}
