@@ -16,6 +16,7 @@ pub mod flowlog;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzzing;
 pub mod io;
+pub mod logsearch;
 pub mod metrics;
 pub mod netns;
 pub mod openvpn;

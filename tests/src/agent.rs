@@ -257,6 +257,7 @@ admin_socket = "admin.sock"
 connection_log = "connections.log"
 flow_log = "flows.log"
 allowed_flows = true
+admin_audit_log = "audit.log"
 
 [metrics]
 listen = "127.0.0.1:9108"
@@ -267,6 +268,7 @@ key = "pki/server.key"
 client_ca = "pki/ca.crt"
 crl = ["pki/crl.pem"]
 tls_crypt_key = "pki/tc.key"
+pki_dir = "pki"
 
 [[target_network]]
 name = "private"

@@ -9,7 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::protocol::{
-    Action, ConnectionsReply, ErrorReply, ReloadReply, Request, StatusReply, TerminateReply,
+    Action, CertificatesReply, ConnectionsReply, ErrorReply, LogKind, LogQuery, LogsReply,
+    ReloadReply, Request, RevokeReply, StatusReply, TerminateReply,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -91,5 +92,21 @@ impl AdminClient {
         gateway: Option<String>,
     ) -> Result<TerminateReply, ClientError> {
         self.call(Action::Terminate { id, user, gateway })
+    }
+
+    pub fn certificates(&mut self) -> Result<CertificatesReply, ClientError> {
+        self.call(Action::Certificates)
+    }
+
+    pub fn revoke(
+        &mut self,
+        name: Option<String>,
+        serial: Option<String>,
+    ) -> Result<RevokeReply, ClientError> {
+        self.call(Action::Revoke { name, serial })
+    }
+
+    pub fn logs(&mut self, log: LogKind, query: LogQuery) -> Result<LogsReply, ClientError> {
+        self.call(Action::Logs { log, query })
     }
 }

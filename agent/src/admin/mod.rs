@@ -8,8 +8,9 @@ mod socket;
 
 pub use client::{AdminClient, ClientError};
 pub use protocol::{
-    Action, ConnectionInfo, ConnectionsReply, ErrorReply, ExplainReply, FleetMember, FleetStatus,
-    MapFill, PolicyReply, ReloadReply, ReloadTiming, Reply, Request, StatusReply, TerminateReply,
-    VERSION,
+    Action, CertificateInfo, CertificatesReply, ConnectionInfo, ConnectionsReply, CrlInfo,
+    ErrorReply, ExplainReply, FleetMember, FleetStatus, LogKind, LogQuery, LogsReply, MapFill,
+    PolicyReply, ReloadReply, ReloadTiming, Reply, Request, RevokeReply, StatusReply,
+    TerminateReply, VERSION,
 };
 pub use server::{AdminApi, AdminHandle, AdminServer, Call, Caller};

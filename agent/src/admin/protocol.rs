@@ -56,6 +56,61 @@ pub enum Action {
         user: String,
         to: String,
     },
+    /// The client certificates of the endpoint's built-in PKI (`[tls] pki_dir`) and its CRL.
+    Certificates,
+    /// Revokes the certificates of `name` (every one issued to it) or the one of `serial`
+    /// (hex), republishes the CRL; the endpoint's CRL reload then ends their sessions.
+    Revoke {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        serial: Option<String>,
+    },
+    /// The newest records of the connection log or the denied-flow log that match `query`
+    /// (a bounded read of the file's tail).
+    Logs {
+        log: LogKind,
+        #[serde(default)]
+        query: LogQuery,
+    },
+}
+
+/// Which JSON-lines log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogKind {
+    /// `[logging] connection_log`.
+    Connections,
+    /// `[logging] flow_log`: denied flows (and allowed ones when configured).
+    Flows,
+}
+
+/// A search of a log; empty fields match everything. Times are UTC, `YYYY-MM-DD[ HH:MM[:SS]]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogQuery {
+    /// Part of the user name (directory user or certificate name).
+    pub user: String,
+    pub since: String,
+    pub until: String,
+    /// Connections: the failure code (`invalid_credentials`, ...), exact.
+    pub code: String,
+    /// Flows: part of the destination (`10.0.0.5`, `10.0.0.5:443`).
+    pub destination: String,
+    /// Flows: part of the deciding rule, or the drop reason's name.
+    pub rule: String,
+    /// At most this many records, newest first (0: the default 200; at most 1000).
+    pub limit: u32,
+}
+
+/// `logs`: the matching records as the log has them, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsReply {
+    pub records: Vec<serde_json::Value>,
+    /// Lines of the tail read (the search does not look further back than this).
+    pub scanned: u64,
+    /// Whether the file is longer than the tail read.
+    pub truncated: bool,
 }
 
 /// A reply line: `ok` and the version beside the fields of `body`.
@@ -222,6 +277,46 @@ pub struct ExplainReply {
     pub steps: Vec<String>,
 }
 
+/// One certificate the built-in PKI issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateInfo {
+    /// The common name (the VPN user name for a client certificate).
+    pub name: String,
+    /// Hex, as `openssl x509 -serial` prints it (lower case).
+    pub serial: String,
+    /// "client" or "server".
+    pub kind: String,
+    /// Unix seconds; `None` when the PKI no longer has the certificate to read it from.
+    pub not_after: Option<u64>,
+    pub revoked: bool,
+}
+
+/// The published CRL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlInfo {
+    pub number: u64,
+    /// Unix seconds.
+    pub this_update: u64,
+    /// Unix seconds: after it, the endpoint refuses every client (`crl_expired = "refuse"`)
+    /// until a fresh CRL is published.
+    pub next_update: Option<u64>,
+    pub revoked: u64,
+}
+
+/// `certificates`: what the built-in PKI issued, newest serial of a name last.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificatesReply {
+    pub certificates: Vec<CertificateInfo>,
+    pub crl: Option<CrlInfo>,
+}
+
+/// `revoke`: the serials newly revoked (never empty: nothing to revoke is an error reply).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeReply {
+    pub revoked: Vec<String>,
+    pub crl_number: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +346,11 @@ mod tests {
                 id: Some(3),
                 user: None,
                 gateway: Some("gw-b".into()),
+            },
+            Action::Certificates,
+            Action::Revoke {
+                name: Some("alice".into()),
+                serial: None,
             },
         ] {
             let line = serde_json::to_string(&Request::new(c.clone())).unwrap();

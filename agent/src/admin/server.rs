@@ -13,8 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::audit::{AuditEntry, AuditLog};
 use super::protocol::{
-    Action, ConnectionsReply, ErrorReply, ExplainReply, PolicyReply, ReloadReply, Reply, Request,
-    StatusReply, TerminateReply, VERSION,
+    Action, CertificatesReply, ConnectionsReply, ErrorReply, ExplainReply, LogKind, LogQuery,
+    LogsReply, PolicyReply, ReloadReply, Reply, Request, RevokeReply, StatusReply, TerminateReply,
+    VERSION,
 };
 
 /// What the agent answers on its admin socket: one method per command.
@@ -33,7 +34,25 @@ pub trait AdminApi {
     ) -> Result<TerminateReply, ErrorReply>;
     fn policy(&mut self) -> PolicyReply;
     fn explain(&mut self, user: &str, to: &str) -> Result<ExplainReply, ErrorReply>;
+    /// The built-in PKI's certificates (`crate::pki::store`); an endpoint without one says so.
+    fn certificates(&mut self) -> Result<CertificatesReply, ErrorReply> {
+        Err(ErrorReply::new(NO_PKI))
+    }
+    fn revoke(
+        &mut self,
+        _name: Option<&str>,
+        _serial: Option<&str>,
+    ) -> Result<RevokeReply, ErrorReply> {
+        Err(ErrorReply::new(NO_PKI))
+    }
+    /// A search of a JSON-lines log (`crate::logsearch`).
+    fn logs(&mut self, _log: LogKind, _query: &LogQuery) -> Result<LogsReply, ErrorReply> {
+        Err(ErrorReply::new("this agent keeps no logs to search"))
+    }
 }
+
+/// The answer of an endpoint without `[tls] pki_dir` to the certificate commands.
+pub const NO_PKI: &str = "this endpoint has no built-in PKI: set [tls] pki_dir to the `portcullis pki` directory that issues its client certificates";
 
 fn line<T: Serialize>(ok: bool, body: T) -> String {
     let reply = Reply {
@@ -62,7 +81,7 @@ pub fn answer(api: &mut dyn AdminApi, request: &str) -> String {
             return line(
                 false,
                 ErrorReply::new(format!(
-                    "bad request: {e} (expected one JSON object per line, such as {{\"v\":{VERSION},\"cmd\":\"status\"}}; commands: status, reload, connections, terminate, policy, explain)"
+                    "bad request: {e} (expected one JSON object per line, such as {{\"v\":{VERSION},\"cmd\":\"status\"}}; commands: status, reload, connections, terminate, policy, explain, certificates, revoke, logs)"
                 )),
             )
         }
@@ -85,6 +104,9 @@ pub fn answer(api: &mut dyn AdminApi, request: &str) -> String {
         }
         Action::Policy => line(true, api.policy()),
         Action::Explain { user, to } => reply(api.explain(&user, &to)),
+        Action::Certificates => reply(api.certificates()),
+        Action::Revoke { name, serial } => reply(api.revoke(name.as_deref(), serial.as_deref())),
+        Action::Logs { log, query } => reply(api.logs(log, &query)),
     }
 }
 
@@ -142,7 +164,21 @@ pub(crate) fn audited(action: &Action) -> Option<(&'static str, String)> {
                 .map(|g| format!(" on gateway {g}"))
                 .unwrap_or_default(),
         )),
-        Action::Status | Action::Connections | Action::Policy | Action::Explain { .. } => None,
+        Action::Revoke { name, serial } => Some((
+            "revoke",
+            match (name, serial) {
+                (Some(n), Some(s)) => format!("certificate {n}, serial {s}"),
+                (Some(n), None) => format!("certificate {n}"),
+                (None, Some(s)) => format!("serial {s}"),
+                (None, None) => String::new(),
+            },
+        )),
+        Action::Status
+        | Action::Connections
+        | Action::Policy
+        | Action::Explain { .. }
+        | Action::Certificates
+        | Action::Logs { .. } => None,
     }
 }
 
@@ -159,7 +195,16 @@ pub(crate) fn outcome(reply: &str) -> String {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            _ => "ok".into(),
+            _ => match &v["revoked"] {
+                serde_json::Value::Array(r) => format!(
+                    "ok: revoked {}",
+                    r.iter()
+                        .map(|x| x.as_str().unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                _ => "ok".into(),
+            },
         }
     } else {
         format!("error: {}", v["error"].as_str().unwrap_or("unknown"))

@@ -1,8 +1,11 @@
 //! The command line: clap types, and each command's work and output. `main.rs` only parses
 //! and calls [`run`].
+pub mod certificates;
+pub use certificates::CertificatesCmd;
 pub mod check;
 pub mod connections;
 pub mod fleet;
+pub mod logs;
 pub mod pki;
 pub mod status;
 
@@ -55,6 +58,16 @@ pub enum Command {
     Connections {
         #[command(subcommand)]
         action: ConnectionsCmd,
+    },
+    /// The running agent's built-in PKI (`[tls] pki_dir`): list, revoke (audited).
+    Certificates {
+        #[command(subcommand)]
+        action: CertificatesCmd,
+    },
+    /// Search the running agent's connection log or flow log (JSON lines, newest first).
+    Logs {
+        #[command(subcommand)]
+        action: LogsCmd,
     },
     /// Client profiles.
     ClientConfig {
@@ -151,6 +164,14 @@ pub enum ConnectionsCmd {
         #[arg(long)]
         user: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum LogsCmd {
+    /// Connection attempts, updates and ends, by user, time and failure code.
+    Connections(logs::LogsArgs),
+    /// Denied (and logged allowed) flows, by user, time, destination and rule.
+    Flows(logs::LogsArgs),
 }
 
 #[derive(Subcommand)]
@@ -359,6 +380,37 @@ pub fn run(command: Command) -> Result<()> {
             }
             Err(ClientError::Refused(e)) => anyhow::bail!("{e}"),
             Err(e) => Err(e.into()),
+        },
+        Command::Certificates {
+            action: CertificatesCmd::List { admin, json },
+        } => {
+            let r = client(&admin)?.certificates().map_err(refused)?;
+            if json {
+                print_reply(r)
+            } else {
+                print!("{}", certificates::table(&r));
+                Ok(())
+            }
+        }
+        Command::Certificates {
+            action:
+                CertificatesCmd::Revoke {
+                    admin,
+                    name,
+                    serial,
+                },
+        } => {
+            let r = client(&admin)?.revoke(name, serial).map_err(refused)?;
+            println!(
+                "revoked {} (CRL #{}); their sessions end within a second",
+                r.revoked.join(", "),
+                r.crl_number
+            );
+            Ok(())
+        }
+        Command::Logs { action } => match action {
+            LogsCmd::Connections(a) => logs::run(crate::admin::LogKind::Connections, a),
+            LogsCmd::Flows(a) => logs::run(crate::admin::LogKind::Flows, a),
         },
         Command::ClientConfig {
             action: ClientConfigCmd::Export { config, cert, key },

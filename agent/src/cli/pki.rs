@@ -1,40 +1,15 @@
 //! `portcullis pki`: a small CA in a directory (`ca.crt`, `ca.key`, issued certificates,
 //! `index.json` of serials and revocations, `crl.pem`), for endpoints without a PKI of their
 //! own. Keys are written 0600.
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
-use crate::pki::{CertificateAuthority, Validity};
+use crate::pki::store::{hex, PkiDir};
 
-#[derive(Default, Serialize, Deserialize)]
-struct Index {
-    /// Common name → serials issued for it (hex).
-    issued: BTreeMap<String, Vec<String>>,
-    /// Revoked serials (hex).
-    revoked: Vec<String>,
-    crl_number: u64,
-    /// Common name → "server" or "client": a re-issue (renewal) keeps the kind, so a client
-    /// certificate can never replace the server's files or the other way round.
-    #[serde(default)]
-    kinds: BTreeMap<String, String>,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Result<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16)
-                .with_context(|| format!("bad serial {s:?} in index.json"))
-        })
-        .collect()
+fn dir(d: &Path) -> PkiDir {
+    PkiDir::new(d)
 }
 
 /// Through `pki::write_file`, which also sets the mode of a file that exists already (a key
@@ -43,143 +18,41 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
     Ok(crate::pki::write_file(path, text, mode)?)
 }
 
-fn load(dir: &Path) -> Result<(CertificateAuthority, Index)> {
-    let cert = std::fs::read_to_string(dir.join("ca.crt")).with_context(|| {
-        format!(
-            "reading {}/ca.crt (run `portcullis pki init --dir {}` first)",
-            dir.display(),
-            dir.display()
-        )
-    })?;
-    let key = std::fs::read_to_string(dir.join("ca.key"))
-        .with_context(|| format!("reading {}/ca.key", dir.display()))?;
-    let ca = CertificateAuthority::load(&cert, &key)?;
-    let index = match std::fs::read_to_string(dir.join("index.json")) {
-        Ok(t) => serde_json::from_str(&t).context("index.json is corrupt")?,
-        Err(_) => Index::default(),
-    };
-    Ok((ca, index))
-}
-
-fn save_index(dir: &Path, index: &Index) -> Result<()> {
-    write(
-        &dir.join("index.json"),
-        &serde_json::to_string_pretty(index)?,
-        0o600,
-    )
-}
-
-pub fn init(dir: &Path, name: &str, days: u32) -> Result<()> {
-    if dir.join("ca.key").exists() {
-        bail!(
-            "{}/ca.key exists: refusing to overwrite a CA",
-            dir.display()
-        );
-    }
-    std::fs::create_dir_all(dir)?;
-    let ca = CertificateAuthority::generate(name, Validity::days_from_now(days))?;
-    write(&dir.join("ca.crt"), &ca.cert_pem(), 0o644)?;
-    write(&dir.join("ca.key"), &ca.key_pem(), 0o600)?;
-    save_index(dir, &Index::default())?;
-    crl(dir)?;
-    println!("CA {name:?} in {}: ca.crt, ca.key, crl.pem", dir.display());
+pub fn init(d: &Path, name: &str, days: u32) -> Result<()> {
+    dir(d).init(name, days)?;
+    println!("CA {name:?} in {}: ca.crt, ca.key, crl.pem", d.display());
     Ok(())
 }
 
-/// The files are named after the CN: it must be a plain file name, and not the CA's own
-/// (`--cn ca` would overwrite `ca.crt` and `ca.key`, losing the CA).
-fn check_cn(dir: &Path, cn: &str) -> Result<()> {
-    if cn.is_empty()
-        || cn.starts_with('.')
-        || cn.chars().any(|c| c == '/' || c == '\\' || c.is_control())
-    {
-        bail!("{cn:?} cannot name the certificate files: use a CN without `/`, `\\`, control characters or a leading `.`");
-    }
-    if cn == "ca" {
-        bail!(
-            "CN \"ca\" would overwrite the CA's own {}/ca.crt and ca.key: pick another name",
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
-pub fn issue(dir: &Path, cn: &str, server: bool, days: u32) -> Result<()> {
-    check_cn(dir, cn)?;
-    let (ca, mut index) = load(dir)?;
-    let kind = if server { "server" } else { "client" };
-    if let Some(k) = index.kinds.get(cn) {
-        if k != kind {
-            bail!(
-                "{cn:?} already names a {k} certificate in {}: pick another CN (re-issuing keeps the kind)",
-                dir.display()
-            );
-        }
-    }
-    let v = Validity::days_from_now(days);
-    let c = if server {
-        ca.issue_server(cn, v)?
-    } else {
-        ca.issue_client(cn, v)?
-    };
-    write(&dir.join(format!("{cn}.crt")), &c.cert_pem, 0o644)?;
-    write(&dir.join(format!("{cn}.key")), &c.key_pem, 0o600)?;
-    index
-        .issued
-        .entry(cn.to_owned())
-        .or_default()
-        .push(hex(&c.serial));
-    index.kinds.insert(cn.to_owned(), kind.to_owned());
-    save_index(dir, &index)?;
+pub fn issue(d: &Path, cn: &str, server: bool, days: u32) -> Result<()> {
+    let c = dir(d).issue(cn, server, days, true)?;
     println!(
         "{} certificate for {cn:?}: {}/{cn}.crt, {cn}.key (serial {})",
         if server { "server" } else { "client" },
-        dir.display(),
+        d.display(),
         hex(&c.serial)
     );
     Ok(())
 }
 
-pub fn revoke(dir: &Path, cn: &str) -> Result<()> {
-    let (_, mut index) = load(dir)?;
-    let serials =
-        index.issued.get(cn).cloned().with_context(|| {
-            format!("no certificate for {cn:?} in {}/index.json", dir.display())
-        })?;
-    for s in serials {
-        if !index.revoked.contains(&s) {
-            index.revoked.push(s);
-        }
+/// Offline, on the directory (no agent needed); `portcullis certificates revoke` asks the
+/// running agent instead, which also audits it.
+pub fn revoke(d: &Path, cn: &str) -> Result<()> {
+    let r = dir(d).revoke(Some(cn), None)?;
+    if r.revoked.is_empty() {
+        println!("every certificate of {cn:?} was already revoked; crl.pem republished");
+    } else {
+        println!(
+            "revoked every certificate of {cn:?} ({}); the running agent picks up crl.pem within seconds",
+            r.revoked.join(", ")
+        );
     }
-    save_index(dir, &index)?;
-    crl(dir)?;
-    println!(
-        "revoked every certificate of {cn:?}; the running agent picks up crl.pem within seconds"
-    );
     Ok(())
 }
 
 /// Regenerates `crl.pem` (valid 30 days: re-run before then, e.g. from a timer).
-pub fn crl(dir: &Path) -> Result<()> {
-    let (ca, mut index) = load(dir)?;
-    index.crl_number += 1;
-    let serials = index
-        .revoked
-        .iter()
-        .map(|s| unhex(s))
-        .collect::<Result<Vec<_>>>()?;
-    let now = SystemTime::now();
-    let pem = ca.crl(
-        &serials,
-        now - Duration::from_secs(3600),
-        now + Duration::from_secs(30 * 86400),
-        index.crl_number,
-    )?;
-    // Written then renamed, so the agent never reads half a CRL.
-    let tmp = dir.join(".crl.pem.tmp");
-    write(&tmp, &pem, 0o644)?;
-    std::fs::rename(&tmp, dir.join("crl.pem"))?;
-    save_index(dir, &index)?;
+pub fn crl(d: &Path) -> Result<()> {
+    dir(d).crl()?;
     Ok(())
 }
 

@@ -60,6 +60,9 @@ impl EndpointConfig {
         if let Some(p) = &mut self.tls.tls_crypt_key {
             fix(p);
         }
+        if let Some(p) = &mut self.tls.pki_dir {
+            fix(p);
+        }
         if let Some(p) = &mut self.tls.tls_crypt_v2_server_key {
             fix(p);
         }

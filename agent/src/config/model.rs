@@ -152,6 +152,11 @@ pub struct TlsSection {
     /// "1.2" (default) or "1.3".
     #[serde(default = "default_tls_min")]
     pub min_version: String,
+    /// The `portcullis pki` directory that issues the client certificates: the admin API
+    /// (CLI `certificates`, the console) then lists and revokes them, and the self-service
+    /// portal may issue them. Its `crl.pem` must be one of `crl`.
+    #[serde(default)]
+    pub pki_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

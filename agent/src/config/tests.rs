@@ -324,6 +324,34 @@ fn tls_crypt_v2_options_are_checked() {
     assert_eq!(paths(e), ["tls.tls_crypt_v2_max_age_days"]);
 }
 
+/// `[tls] pki_dir`: relative to the file; its CA must issue the clients and its CRL be
+/// checked, or the file is refused naming `tls.pki_dir`.
+#[test]
+fn pki_dir_is_checked_against_the_crl_and_client_ca() {
+    let d = dir_with_files();
+    let pki = d.0.join("pki");
+    crate::pki::store::PkiDir::new(&pki)
+        .init("Config CA", 30)
+        .unwrap();
+    let with = |tls: &str| {
+        let f = d.0.join("pki.toml");
+        let text = GOOD.replace("client_ca = \"ca.crt\"", tls);
+        std::fs::write(&f, text).unwrap();
+        EndpointConfig::load(&f)
+    };
+    let good = "client_ca = \"pki/ca.crt\"\ncrl = [\"pki/crl.pem\"]\npki_dir = \"pki\"";
+    let c = with(good).unwrap();
+    assert_eq!(c.tls.pki_dir, Some(pki.clone()));
+    let e = with("client_ca = \"pki/ca.crt\"\npki_dir = \"pki\"").unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].path, "tls.pki_dir");
+    assert!(e.0[0].message.contains("crl.pem is not in tls.crl"), "{e}");
+    let e = with("client_ca = \"ca.crt\"\ncrl = [\"pki/crl.pem\"]\npki_dir = \"pki\"").unwrap_err();
+    assert!(e.0[0].message.contains("not in tls.client_ca"), "{e}");
+    let e = with("client_ca = \"ca.crt\"\npki_dir = \"nowhere\"").unwrap_err();
+    assert!(e.0[0].message.contains("pki init"), "{e}");
+}
+
 /// `[fleet]`: absent means standalone; present, its paths are relative to the file and its
 /// problems carry `fleet.` paths next to the rest of the file's.
 #[test]

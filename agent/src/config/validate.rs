@@ -223,6 +223,13 @@ impl EndpointConfig {
         if let Some(k) = &self.tls.tls_crypt_v2_server_key {
             files.push(("tls.tls_crypt_v2_server_key".into(), k));
         }
+        if let Some(d) = &self.tls.pki_dir {
+            errs.extend(
+                crate::pki::store::check_config(d, &self.tls.crl, &self.tls.client_ca)
+                    .into_iter()
+                    .map(|m| err("tls.pki_dir", m)),
+            );
+        }
         for (path, f) in files {
             if let Err(e) = std::fs::File::open(f) {
                 errs.push(err(path, format!("cannot read {}: {e}", f.display())));

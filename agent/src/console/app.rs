@@ -18,6 +18,7 @@ use super::config::ConsoleSection;
 use super::monitor::{self, History};
 use super::pages;
 use super::sessions::{same_token, Session, Sessions, COOKIE};
+use super::{certs, logs};
 use crate::admin::audit::{AuditEntry, AuditFilter, AuditLog};
 use crate::admin::{AdminHandle, Caller};
 use crate::auth::limiter::FailureLimiter;
@@ -100,6 +101,10 @@ impl Console {
             .route("/connections/terminate", post(monitor::terminate))
             .route("/audit", get(monitor::audit))
             .route("/endpoint", get(monitor::endpoint))
+            .route("/certificates", get(certs::page))
+            .route("/logs/connections", get(logs::connections))
+            .route("/logs/flows", get(logs::flows))
+            .route("/certificates/revoke", post(certs::revoke))
             .route("/login", get(login_page).post(login))
             .route("/logout", post(logout))
             .route("/assets/console.js", get(script))

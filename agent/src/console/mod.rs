@@ -7,7 +7,9 @@
 //! HTTP/1 over the agent's tokio runtime).
 pub mod accounts;
 pub mod app;
+pub mod certs;
 pub mod config;
+pub mod logs;
 pub mod monitor;
 pub mod pages;
 pub mod server;
@@ -19,6 +21,12 @@ pub use config::{AdminAccount, ConsoleSection, Role};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_certs;
+#[cfg(test)]
+mod tests_logs;
+#[cfg(test)]
+mod tests_security;
 
 /// Starts the console of `cfg` on the running runtime: binds its listener, reads its
 /// certificate, and serves until the returned guard is dropped.

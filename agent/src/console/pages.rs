@@ -25,6 +25,9 @@ pub fn layout(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                             a href="/" { "Dashboard" }
                             a href="/connections" { "Connections" }
                             a href="/endpoint" { "Endpoint" }
+                            a href="/certificates" { "Certificates" }
+                            a href="/logs/connections" { "Connection log" }
+                            a href="/logs/flows" { "Denied flows" }
                             a href="/audit" { "Audit trail" }
                             a href="/account" { "Account" }
                         }

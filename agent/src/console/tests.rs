@@ -1,5 +1,6 @@
-//! The console's security over real HTTPS on loopback: sessions, CSRF, escaping, expiry,
-//! the login rate limit, the audit trail.
+//! The console's test lab: a real HTTPS console on loopback in front of a real admin server,
+//! whose endpoint side ([`FakeEndpoint`]) answers from fixed sessions and a policy, and from a
+//! real PKI directory and real log files. The tests are in `tests_*.rs`.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,13 +11,16 @@ use super::config::{AdminAccount, ConsoleSection, Role};
 use super::{server, Console};
 use crate::admin::audit::AuditLog;
 use crate::admin::{
-    AdminApi, AdminServer, ConnectionInfo, ConnectionsReply, ErrorReply, ExplainReply, PolicyReply,
-    ReloadReply, StatusReply, TerminateReply,
+    AdminApi, AdminServer, CertificatesReply, ConnectionInfo, ConnectionsReply, ErrorReply,
+    ExplainReply, LogKind, LogQuery, LogsReply, PolicyReply, ReloadReply, RevokeReply, StatusReply,
+    TerminateReply,
 };
 
 /// The endpoint's side of the admin API: two sessions whose counters grow with every look.
 struct FakeEndpoint {
     sessions: Vec<ConnectionInfo>,
+    /// A real `portcullis pki` directory: certificates and revoke are the endpoint's code.
+    pki: PathBuf,
 }
 
 fn session(id: u32, user: &str, addr: &str) -> ConnectionInfo {
@@ -103,6 +107,23 @@ impl AdminApi for FakeEndpoint {
             steps: e.steps,
         })
     }
+    fn logs(&mut self, log: LogKind, query: &LogQuery) -> Result<LogsReply, ErrorReply> {
+        let name = match log {
+            LogKind::Connections => "connections.log",
+            LogKind::Flows => "flows.log",
+        };
+        crate::logsearch::api(log, Some(&self.pki.with_file_name(name)), query)
+    }
+    fn certificates(&mut self) -> Result<CertificatesReply, ErrorReply> {
+        crate::pki::store::api_list(Some(&self.pki))
+    }
+    fn revoke(
+        &mut self,
+        name: Option<&str>,
+        serial: Option<&str>,
+    ) -> Result<RevokeReply, ErrorReply> {
+        crate::pki::store::api_revoke(Some(&self.pki), name, serial)
+    }
 }
 
 fn demo_policy() -> crate::policy::model::PolicyInput {
@@ -114,7 +135,12 @@ pub(super) struct Lab {
     pub socket: PathBuf,
     pub agent: ureq::Agent,
     pub audit: PathBuf,
-    dir: PathBuf,
+    /// The connection log (`connections.log`) and flow log (`flows.log`) the endpoint
+    /// searches are in `dir`, next to `pki`.
+    pub dir: PathBuf,
+    /// The endpoint's PKI directory: a CA with client certificates `alice` and
+    /// [`XSS_CERT`].
+    pub pki: PathBuf,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -126,6 +152,9 @@ impl Drop for Lab {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A certificate name that a console without escaping would run as script.
+pub(super) const XSS_CERT: &str = "<script>alert('cert')";
 
 pub(super) fn admin(name: &str, password: &str, role: Role) -> AdminAccount {
     AdminAccount {
@@ -169,7 +198,14 @@ pub(super) fn lab(tag: &str, admins: Vec<AdminAccount>, lifetime: Duration, fail
         server.handle(),
         lifetime,
     ));
+    let pki = dir.join("pki");
+    let store = crate::pki::store::PkiDir::new(&pki);
+    store.init("Lab CA", 30).unwrap();
+    for cn in ["alice", XSS_CERT] {
+        store.issue(cn, false, 30, true).unwrap();
+    }
     let mut endpoint = FakeEndpoint {
+        pki: pki.clone(),
         sessions: vec![
             session(7, "alice", "10.100.0.2"),
             session(8, "<script>alert('bob')</script>", "10.100.0.3"),
@@ -207,6 +243,7 @@ pub(super) fn lab(tag: &str, admins: Vec<AdminAccount>, lifetime: Duration, fail
         socket,
         agent,
         audit,
+        pki,
         dir,
         rt: Some(rt),
     }
@@ -285,386 +322,4 @@ pub(super) fn csrf_of(page: &str) -> String {
         .expect("a form with a CSRF token")
         + 19;
     page[at..].split('"').next().unwrap().to_owned()
-}
-
-#[test]
-fn nothing_is_served_without_a_session() {
-    let lab = lab(
-        "nosession",
-        vec![admin("ann", "pw-ann", Role::Operator)],
-        Duration::from_secs(60),
-        5,
-    );
-    let g = lab.get("/", None);
-    assert_eq!((g.status, g.location.as_deref()), (303, Some("/login")));
-    assert!(!g.body.contains("Signed in"));
-    let g = lab.post("/logout", &[("csrf", "x")], None);
-    assert_eq!(g.status, 401);
-    // A made-up cookie is no session either.
-    let g = lab.get("/", Some("portcullis_console=00ff"));
-    assert_eq!(g.status, 303);
-    let g = lab.get("/login", None);
-    assert_eq!(g.status, 200);
-    let csp = g.csp.expect("a CSP on every page");
-    assert!(
-        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
-        "{csp}"
-    );
-    assert!(!g.body.contains("<script>"), "no inline script: {}", g.body);
-}
-
-#[test]
-fn login_sets_a_strict_cookie_and_logout_needs_the_csrf_token() {
-    let lab = lab(
-        "login",
-        vec![admin("ann", "pw-ann", Role::Operator)],
-        Duration::from_secs(60),
-        5,
-    );
-    let g = lab.post("/login", &[("name", "ann"), ("password", "pw-ann")], None);
-    assert_eq!((g.status, g.location.as_deref()), (303, Some("/")));
-    let set = g.set_cookie.unwrap();
-    for flag in [
-        "Secure",
-        "HttpOnly",
-        "SameSite=Strict",
-        "Max-Age=60",
-        "Path=/",
-    ] {
-        assert!(set.contains(flag), "{flag} in {set}");
-    }
-    let cookie = set.split(';').next().unwrap().to_owned();
-    let home = lab.get("/account", Some(&cookie));
-    assert_eq!(home.status, 200);
-    assert!(
-        home.body.contains("Signed in as <strong>ann</strong>"),
-        "{}",
-        home.body
-    );
-    // A state change without (or with a wrong) CSRF token is refused and changes nothing.
-    assert_eq!(lab.post("/logout", &[], Some(&cookie)).status, 403);
-    assert_eq!(
-        lab.post("/logout", &[("csrf", "0000")], Some(&cookie))
-            .status,
-        403
-    );
-    assert_eq!(lab.get("/", Some(&cookie)).status, 200);
-    let g = lab.post("/logout", &[("csrf", &csrf_of(&home.body))], Some(&cookie));
-    assert_eq!((g.status, g.location.as_deref()), (303, Some("/login")));
-    assert!(g.set_cookie.unwrap().contains("Max-Age=0"));
-    assert_eq!(lab.get("/", Some(&cookie)).status, 303, "the session ended");
-    let actions: Vec<(String, String)> = lab
-        .audit_lines()
-        .iter()
-        .map(|v| {
-            (
-                v["action"].as_str().unwrap().into(),
-                v["result"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        actions,
-        [
-            ("console_login".into(), "ok".into()),
-            ("console_logout".into(), "ok".into())
-        ]
-    );
-    assert_eq!(lab.audit_lines()[0]["from"], "console 127.0.0.1");
-}
-
-#[test]
-fn a_script_name_is_rendered_as_text() {
-    let evil = "<script>alert(1)</script>";
-    let lab = lab(
-        "xss",
-        vec![admin(evil, "pw", Role::ReadOnly)],
-        Duration::from_secs(60),
-        5,
-    );
-    let cookie = lab.login(evil, "pw");
-    let home = lab.get("/account", Some(&cookie));
-    assert_eq!(home.status, 200);
-    assert!(!home.body.contains(evil), "{}", home.body);
-    assert!(
-        home.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
-        "{}",
-        home.body
-    );
-    let g = lab.post(
-        "/login",
-        &[("name", "\"><script>x()</script>"), ("password", "no")],
-        None,
-    );
-    assert_eq!(g.status, 401);
-    assert!(!g.body.contains("<script>x()"), "{}", g.body);
-    assert!(g.body.contains("&quot;&gt;&lt;script&gt;x()"), "{}", g.body);
-}
-
-#[test]
-fn sessions_expire() {
-    let lab = lab(
-        "expiry",
-        vec![admin("ann", "pw", Role::Operator)],
-        Duration::from_millis(800),
-        5,
-    );
-    let cookie = lab.login("ann", "pw");
-    assert_eq!(lab.get("/", Some(&cookie)).status, 200);
-    std::thread::sleep(Duration::from_millis(1000));
-    let g = lab.get("/", Some(&cookie));
-    assert_eq!((g.status, g.location.as_deref()), (303, Some("/login")));
-}
-
-#[test]
-fn failed_logins_are_rate_limited_and_audited() {
-    let lab = lab(
-        "ratelimit",
-        vec![admin("ann", "pw", Role::Operator)],
-        Duration::from_secs(60),
-        3,
-    );
-    for _ in 0..3 {
-        let g = lab.post("/login", &[("name", "ann"), ("password", "guess")], None);
-        assert_eq!(g.status, 401);
-    }
-    // Even the right password is refused until the bucket refills.
-    let g = lab.post("/login", &[("name", "ann"), ("password", "pw")], None);
-    assert_eq!(g.status, 429, "{}", g.body);
-    assert!(g.set_cookie.is_none());
-    // The limit is per source too: another name from the same address is refused.
-    let g = lab.post("/login", &[("name", "bob"), ("password", "x")], None);
-    assert_eq!(g.status, 429);
-    let results: Vec<String> = lab
-        .audit_lines()
-        .iter()
-        .map(|v| {
-            format!(
-                "{} {}",
-                v["action"].as_str().unwrap(),
-                v["result"].as_str().unwrap()
-            )
-        })
-        .collect();
-    assert_eq!(
-        results,
-        [
-            "console_login_failed bad_password",
-            "console_login_failed bad_password",
-            "console_login_failed bad_password",
-            "console_login_failed rate_limited",
-            "console_login_failed rate_limited",
-        ]
-    );
-}
-
-#[test]
-fn every_page_and_action_is_refused_without_a_session() {
-    let lab = lab(
-        "refused",
-        vec![admin("ann", "pw", Role::Operator)],
-        Duration::from_secs(60),
-        5,
-    );
-    for page in ["/", "/account", "/connections", "/audit"] {
-        let g = lab.get(page, None);
-        assert_eq!(
-            (g.status, g.location.as_deref()),
-            (303, Some("/login")),
-            "{page}"
-        );
-    }
-    for live in ["/live/dashboard", "/live/connections"] {
-        assert_eq!(lab.get(live, None).status, 401, "{live}");
-    }
-    let g = lab.post(
-        "/connections/terminate",
-        &[("csrf", "x"), ("id", "7")],
-        None,
-    );
-    assert_eq!(g.status, 401);
-    let cookie = lab.login("ann", "pw");
-    assert!(
-        lab.get("/connections", Some(&cookie))
-            .body
-            .contains("alice"),
-        "nothing was terminated"
-    );
-}
-
-#[test]
-fn the_dashboard_and_connections_show_the_endpoint_live() {
-    let lab = lab(
-        "pages",
-        vec![admin("ann", "pw", Role::ReadOnly)],
-        Duration::from_secs(60),
-        5,
-    );
-    let cookie = lab.login("ann", "pw");
-    let d = lab.get("/", Some(&cookie));
-    assert_eq!(d.status, 200);
-    assert!(
-        d.body.contains(r#"data-refresh="/live/dashboard""#),
-        "{}",
-        d.body
-    );
-    assert!(
-        d.body.contains(r#"<div class="n" id="active">2</div>"#),
-        "{}",
-        d.body
-    );
-    assert!(
-        d.body.contains("no_authz_rule") && d.body.contains("<svg"),
-        "{}",
-        d.body
-    );
-    let live = lab.get("/live/dashboard", Some(&cookie));
-    assert_eq!(live.status, 200);
-    assert!(!live.body.contains("<html"), "a fragment: {}", live.body);
-    let c = lab.get("/connections?q=alice", Some(&cookie));
-    assert!(
-        c.body.contains("alice") && !c.body.contains("alert("),
-        "{}",
-        c.body
-    );
-    let all = lab.get("/connections?sort=user&desc=true", Some(&cookie));
-    assert!(!all.body.contains("<script>alert"), "{}", all.body);
-    assert!(
-        all.body
-            .contains("&lt;script&gt;alert('bob')&lt;/script&gt;"),
-        "{}",
-        all.body
-    );
-    // Byte counts grow between two looks (the fake's counters grow per call).
-    let bytes = |b: &str| {
-        let at = b.find(r#"<td class="bytes-in">"#).unwrap() + 21;
-        b[at..].split('<').next().unwrap().to_owned()
-    };
-    let first = bytes(&lab.get("/live/connections?q=alice", Some(&cookie)).body);
-    let second = bytes(&lab.get("/live/connections?q=alice", Some(&cookie)).body);
-    assert_ne!(first, second);
-    // A read-only account is offered no terminate button.
-    assert!(!all.body.contains("Terminate"), "{}", all.body);
-}
-
-#[test]
-fn terminate_needs_an_operator_and_the_csrf_token_and_is_audited() {
-    let lab = lab(
-        "terminate",
-        vec![
-            admin("ann", "pw", Role::Operator),
-            admin("rob", "pw", Role::ReadOnly),
-        ],
-        Duration::from_secs(60),
-        5,
-    );
-    let rob = lab.login("rob", "pw");
-    let page = lab.get("/account", Some(&rob)).body;
-    let g = lab.post(
-        "/connections/terminate",
-        &[("csrf", &csrf_of(&page)), ("id", "7")],
-        Some(&rob),
-    );
-    assert_eq!(g.status, 403, "{}", g.body);
-    let ann = lab.login("ann", "pw");
-    let page = lab.get("/connections", Some(&ann)).body;
-    assert!(
-        page.contains(r#"data-confirm="Terminate session 7 of alice?""#),
-        "{page}"
-    );
-    assert_eq!(
-        lab.post("/connections/terminate", &[("id", "7")], Some(&ann))
-            .status,
-        403
-    );
-    assert!(lab.get("/connections", Some(&ann)).body.contains("alice"));
-    let g = lab.post(
-        "/connections/terminate",
-        &[("csrf", &csrf_of(&page)), ("id", "7")],
-        Some(&ann),
-    );
-    assert_eq!(g.status, 200, "{}", g.body);
-    assert!(g.body.contains("Terminated session [7]"), "{}", g.body);
-    assert!(!lab.get("/connections", Some(&ann)).body.contains("alice"));
-    // The same action from the admin socket is recorded with the socket peer's identity.
-    let mut cli = crate::admin::AdminClient::connect(&lab.socket).unwrap();
-    cli.terminate(Some(8), None, None).unwrap();
-    let lines = lab.audit_lines();
-    let terminates: Vec<_> = lines
-        .iter()
-        .filter(|v| v["action"] == "terminate")
-        .collect();
-    assert_eq!(terminates.len(), 3, "{lines:?}");
-    assert_eq!(terminates[0]["who"], "rob");
-    assert_eq!(terminates[0]["result"], "refused: read-only account");
-    assert_eq!(terminates[1]["who"], "ann");
-    assert_eq!(terminates[1]["from"], "console 127.0.0.1");
-    assert_eq!(terminates[1]["target"], "session 7");
-    assert_eq!(terminates[1]["result"], "ok: terminated 7");
-    let uid = nix::unistd::getuid();
-    assert!(
-        terminates[2]["who"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("uid {uid}")),
-        "{:?}",
-        terminates[2]
-    );
-    assert!(
-        terminates[2]["from"]
-            .as_str()
-            .unwrap()
-            .starts_with("admin socket, pid "),
-        "{:?}",
-        terminates[2]
-    );
-    // The audit page shows and filters them.
-    let a = lab.get("/audit?action=terminate&who=ann", Some(&ann));
-    assert_eq!(a.status, 200);
-    assert!(
-        a.body.contains("ok: terminated 7") && !a.body.contains("read-only account"),
-        "{}",
-        a.body
-    );
-}
-
-#[test]
-fn the_endpoint_page_shows_the_policy_and_explains_a_flow() {
-    let lab = lab(
-        "endpoint",
-        vec![admin("ann", "pw", Role::ReadOnly)],
-        Duration::from_secs(60),
-        5,
-    );
-    let cookie = lab.login("ann", "pw");
-    let p = lab.get("/endpoint", Some(&cookie));
-    assert_eq!(p.status, 200);
-    assert!(
-        p.body.contains("engineering reaches the app server only"),
-        "{}",
-        p.body
-    );
-    let yes = lab.get(
-        "/endpoint?user=alice&to=10.0.0.10%3A80%2Ftcp",
-        Some(&cookie),
-    );
-    assert!(
-        yes.body.contains(r#"<strong class="allow">ALLOWED"#),
-        "{}",
-        yes.body
-    );
-    assert!(
-        yes.body.contains("engineering reaches the app server only"),
-        "{}",
-        yes.body
-    );
-    // The /32 rule for engineering hides the /24 rule for finance: bob is refused there.
-    let no = lab.get("/endpoint?user=bob&to=10.0.0.10%3A80%2Ftcp", Some(&cookie));
-    assert!(no.body.contains(r#"<strong class="drop">"#), "{}", no.body);
-    let bad = lab.get("/endpoint?user=%3Cb%3E&to=nowhere", Some(&cookie));
-    assert!(
-        bad.body.contains("is not an IPv4 address") && !bad.body.contains("<b>"),
-        "{}",
-        bad.body
-    );
 }

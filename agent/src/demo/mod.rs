@@ -3,6 +3,7 @@
 //! with its own certificate (a demo PKI made on the fly); real traffic (ICMP, TCP, UDP from
 //! the clients' own network stacks) goes through the tunnel into the XDP data path, which
 //! applies an embedded AWS-style policy; the verdicts are shown with their reasons.
+mod console;
 mod net;
 
 use std::{
@@ -195,7 +196,15 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("no system randomness for the tls-crypt key"))?;
     std::fs::write(pki_dir.join("tls-crypt.key"), tc_key.to_pem())?;
     let listen = SocketAddr::from((net::UNDERLAY_GW, OVPN_PORT));
-    let cfg = endpoint_config(&pki_dir, listen)?;
+    // The console is served by the agent's loop, which the demo runs only with --keep.
+    let console = match opts.keep {
+        true => Some(console::prepare(
+            &pki_dir,
+            SocketAddr::from((net::UNDERLAY_GW, console::PORT)),
+        )?),
+        false => None,
+    };
+    let cfg = endpoint_config(&pki_dir, listen, console.as_ref().map(|c| c.toml.as_str()))?;
     let mut endpoint = Endpoint::build(
         &cfg,
         &BuildOptions {
@@ -382,15 +391,31 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         generation % 2
     );
     println!("  bpftool map show pinned {pins}/drop_counters");
-    if opts.keep {
+    if let Some(c) = &console {
+        println!(
+            "\nWeb console: {} (self-signed; from the client namespaces, e.g. `ip netns exec {} curl -k {}`)",
+            c.url, USERS[0].ns, c.url
+        );
+        println!("  login: {} / {} (operator)", console::ADMIN, c.password);
+        println!("  admin socket: portcullis connections list --admin-socket {PKI_DIR}/admin.sock");
         println!("Running until Ctrl-C ...");
-        while !INTERRUPTED.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        // The agent's loop (admin socket, console, telemetry) until Ctrl-C.
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let notify = stop.clone();
+        std::thread::spawn(move || {
+            while !INTERRUPTED.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            notify.notify_one();
+        });
+        endpoint.run_until(Some(stop))?;
+        println!("\ntearing down");
+        drop(clients);
+    } else {
+        println!("\ntearing down");
+        drop(clients);
+        endpoint.shutdown()?;
     }
-    println!("\ntearing down");
-    drop(clients);
-    endpoint.shutdown()?;
     drop(servers);
     drop(topo);
     if unexpected > 0 {
@@ -401,14 +426,19 @@ pub fn run(opts: DemoOptions) -> Result<()> {
 
 /// The demo endpoint: the embedded policy, the demo PKI, full tunnel, UDP and TCP on
 /// `listen`.
-fn endpoint_config(pki_dir: &std::path::Path, listen: SocketAddr) -> Result<EndpointConfig> {
+fn endpoint_config(
+    pki_dir: &std::path::Path,
+    listen: SocketAddr,
+    console: Option<&str>,
+) -> Result<EndpointConfig> {
     let d = pki_dir.display();
     // Top-level keys first: the policy's tables follow.
     let text = format!(
         "name = \"{ENDPOINT}\"\nlisten = [\"udp://{listen}\", \"tcp://{listen}\"]\n\
          admin_socket = \"{d}/admin.sock\"\n{DEFAULT_POLICY}\n\
          [tls]\ncert = \"{d}/server.crt\"\nkey = \"{d}/server.key\"\n\
-         client_ca = \"{d}/ca.crt\"\ntls_crypt_key = \"{d}/tls-crypt.key\"\n"
+         client_ca = \"{d}/ca.crt\"\ntls_crypt_key = \"{d}/tls-crypt.key\"\n{}",
+        console.unwrap_or_default()
     );
     let cfg = EndpointConfig::parse(&text)
         .map_err(|e| anyhow::anyhow!("the demo endpoint is invalid:\n{e}"))?;

@@ -12,8 +12,8 @@ use super::status::{self, Connections};
 use super::telemetry::Telemetry;
 use super::{handoff, Endpoint};
 use crate::admin::{
-    AdminApi, AdminServer, ConnectionsReply, ErrorReply, ExplainReply, PolicyReply, ReloadReply,
-    StatusReply, TerminateReply,
+    AdminApi, AdminServer, CertificatesReply, ConnectionsReply, ErrorReply, ExplainReply, LogKind,
+    LogQuery, LogsReply, PolicyReply, ReloadReply, RevokeReply, StatusReply, TerminateReply,
 };
 use crate::auth::recheck::{self, Change, Recheck};
 use crate::config::SharedConfig;
@@ -180,6 +180,29 @@ impl AdminApi for Api<'_> {
             reason: e.reason,
             steps: e.steps,
         })
+    }
+
+    fn certificates(&mut self) -> Result<CertificatesReply, ErrorReply> {
+        crate::pki::store::api_list(self.ep.cfg.tls.pki_dir.as_deref())
+    }
+
+    /// The CRL is republished in `[tls] pki_dir`; the control thread's one-second TLS check
+    /// reloads it and ends the revoked sessions with `HALT`, as for a CRL published by hand.
+    fn revoke(
+        &mut self,
+        name: Option<&str>,
+        serial: Option<&str>,
+    ) -> Result<RevokeReply, ErrorReply> {
+        crate::pki::store::api_revoke(self.ep.cfg.tls.pki_dir.as_deref(), name, serial)
+    }
+
+    fn logs(&mut self, log: LogKind, query: &LogQuery) -> Result<LogsReply, ErrorReply> {
+        let l = &self.ep.cfg.logging;
+        let path = match log {
+            LogKind::Connections => l.connection_log.as_deref(),
+            LogKind::Flows => l.flow_log.as_deref(),
+        };
+        crate::logsearch::api(log, path, query)
     }
 }
 

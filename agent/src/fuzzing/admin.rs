@@ -4,13 +4,14 @@
 //! What must hold: nothing panics; the answer is one line of JSON with `v` and `ok`; a line
 //! that is not a version-1 request calls no method and is answered `ok: false` with an error
 //! that starts `bad request`; a request calls exactly the method it names, with its
-//! arguments; only state changes (reload, terminate) are audited, and an audit line stays
+//! arguments; only state changes (reload, terminate, revoke) are audited, and an audit line stays
 //! one line whatever the request carried.
 
 use crate::admin::audit::AuditEntry;
 use crate::admin::protocol::{
-    Action, ConnectionsReply, ErrorReply, ExplainReply, PolicyReply, ReloadReply, Request,
-    StatusReply, TerminateReply, VERSION,
+    Action, CertificatesReply, ConnectionsReply, ErrorReply, ExplainReply, LogKind, LogQuery,
+    LogsReply, PolicyReply, ReloadReply, Request, RevokeReply, StatusReply, TerminateReply,
+    VERSION,
 };
 use crate::admin::server::{answer, audited, outcome, request_line};
 use crate::admin::{AdminApi, ConnectionInfo};
@@ -112,6 +113,44 @@ impl AdminApi for Recorder {
         });
         Err(ErrorReply::new(format!("cannot read {to:?} for {user:?}")))
     }
+
+    fn certificates(&mut self) -> Result<CertificatesReply, ErrorReply> {
+        self.calls.push(Action::Certificates);
+        Ok(CertificatesReply {
+            certificates: vec![],
+            crl: None,
+        })
+    }
+
+    fn revoke(
+        &mut self,
+        name: Option<&str>,
+        serial: Option<&str>,
+    ) -> Result<RevokeReply, ErrorReply> {
+        self.calls.push(Action::Revoke {
+            name: name.map(str::to_owned),
+            serial: serial.map(str::to_owned),
+        });
+        match (name, serial) {
+            (Some(n), None) => Ok(RevokeReply {
+                revoked: vec![n.to_owned()],
+                crl_number: 2,
+            }),
+            _ => Err(ErrorReply::new("name or serial")),
+        }
+    }
+
+    fn logs(&mut self, log: LogKind, query: &LogQuery) -> Result<LogsReply, ErrorReply> {
+        self.calls.push(Action::Logs {
+            log,
+            query: query.clone(),
+        });
+        Ok(LogsReply {
+            records: vec![serde_json::json!({ "username": query.user })],
+            scanned: 1,
+            truncated: false,
+        })
+    }
 }
 
 pub fn admin_request(data: &[u8]) {
@@ -146,7 +185,10 @@ pub fn admin_request(data: &[u8]) {
                 Some(req.clone())
             );
             let audit = audited(&req.action);
-            let changes = matches!(req.action, Action::Reload | Action::Terminate { .. });
+            let changes = matches!(
+                req.action,
+                Action::Reload | Action::Terminate { .. } | Action::Revoke { .. }
+            );
             assert_eq!(audit.is_some(), changes, "{:?}", req.action);
             if let Some((what, target)) = audit {
                 let entry = AuditEntry::now("fuzz", "admin socket", what, &target, outcome(&reply));

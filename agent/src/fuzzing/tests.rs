@@ -129,6 +129,13 @@ fn admin_seeds() -> Seeds {
             "explain",
             r#"{"cmd":"explain","user":"alice","to":"10.0.0.5:443/tcp"}"#,
         ),
+        ("certificates", r#"{"cmd":"certificates"}"#),
+        ("revoke-name", r#"{"cmd":"revoke","name":"<script>\n"}"#),
+        ("revoke-serial", r#"{"cmd":"revoke","serial":"0a1b"}"#),
+        (
+            "logs",
+            r#"{"cmd":"logs","log":"flows","query":{"user":"bob","limit":5}}"#,
+        ),
         ("version-2", r#"{"v":2,"cmd":"status"}"#),
         ("not-json", "status please"),
     ]

@@ -416,6 +416,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 mod files;
+pub mod store;
 
 pub use files::{write_demo_pki, write_file};
 
