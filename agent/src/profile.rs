@@ -71,6 +71,20 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
             writeln!(out, "static-challenge \"{c}\" 1")?;
         }
     }
+    if cfg.auth.uses_oidc() {
+        // Single sign-on: the client opens the login page it is sent (OpenVPN Connect,
+        // Tunnelblick 4, the openvpn 2.6 GUIs announce this with IV_SSO).
+        writeln!(out, "# Sign-in happens in a web browser (single sign-on).")?;
+        if !cfg.auth.methods.iter().any(|m| m == "certificate") {
+            let cn = server_common_name(&cfg.tls.cert)?;
+            writeln!(out, "verify-x509-name {} name", quote(&cn))?;
+            // openvpn 2.x refuses a profile with neither a certificate nor auth-user-pass; the
+            // name and password typed here are not checked (the web login is), as with
+            // other SSO-only servers.
+            writeln!(out, "# Any user name and password: they are not checked.")?;
+            writeln!(out, "auth-user-pass")?;
+        }
+    }
     writeln!(out, "verb 3")?;
     writeln!(out, "<ca>\n{}</ca>", ensure_newline(&ca))?;
     match (cert, key) {
@@ -291,6 +305,52 @@ client_ca = "ca.crt"
                 .any(|e| e.path == "gateway_addresses[0]" && e.message.contains("no port")),
             "{e}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// SSO alone: openvpn 2.x needs a certificate or auth-user-pass, so the profile carries a
+    /// bare (unchecked) auth-user-pass and the server name check; with certificates it
+    /// carries neither.
+    #[test]
+    fn sso_profiles_give_stock_clients_what_they_need() {
+        let dir = std::env::temp_dir().join(format!("pc-profile-sso-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = CertificateAuthority::generate("profile CA", Validity::days_from_now(2)).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
+        let server = ca
+            .issue_server("vpn.example.com", Validity::days_from_now(2))
+            .unwrap();
+        std::fs::write(dir.join("server.crt"), &server.cert_pem).unwrap();
+        let cfg = |methods: &str| {
+            let mut c = EndpointConfig::parse(&format!(
+                r#"
+name = "corp"
+client_cidr = "10.100.0.0/22"
+listen = ["udp://0.0.0.0:1194"]
+public_address = "vpn.example.com"
+[tls]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+[auth]
+methods = {methods}
+"#
+            ))
+            .unwrap();
+            c.tls.client_ca = dir.join("ca.crt");
+            c.tls.cert = dir.join("server.crt");
+            c
+        };
+        let only = render(&cfg(r#"["oidc"]"#), None, None).unwrap();
+        assert!(only.contains("\nauth-user-pass\n"), "{only}");
+        assert!(
+            only.contains("verify-x509-name vpn.example.com name"),
+            "{only}"
+        );
+        assert!(!only.contains("# Add your certificate"), "{only}");
+        let both = render(&cfg(r#"["certificate", "oidc"]"#), None, None).unwrap();
+        assert!(!both.contains("auth-user-pass"), "{both}");
+        assert!(both.contains("web browser"), "{both}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

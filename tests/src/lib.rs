@@ -144,6 +144,8 @@ pub mod clients;
 pub mod emulator;
 pub mod etcd;
 pub mod frames;
+pub mod idp;
+pub mod idp_browser;
 pub mod ldap;
 pub mod nft;
 pub mod openvpn;

@@ -34,7 +34,19 @@ pub const APT_PACKAGES: &[&str] = &[
     // a service), and protoc, which the etcd client crate's build script needs.
     "etcd-server",
     "protobuf-compiler",
+    // Single sign-on tests: a real OpenID provider (npm's `oidc-provider`, run by Node, see
+    // `idp_packages`) and a real browser driven through WebDriver.
+    "nodejs",
+    "chromium",
+    "chromium-driver",
+    "curl",
 ];
+
+/// Where `npm ci` installs the test OpenID provider's packages (outside the source tree; the
+/// tests read it from here, see `tests/src/idp.rs`).
+pub const IDP_CACHE: &str = "/var/cache/portcullis/idp";
+/// The provider's package.json and package-lock.json.
+const IDP_SOURCE: &str = "tests/idp";
 
 /// bpf-linker release series that matches LLVM 22 (`cargo install` picks the newest 0.13.x).
 const BPF_LINKER_SERIES: &str = "0.13";
@@ -60,6 +72,50 @@ pub fn run() -> Result<()> {
     bpf_toolchain_files()?;
     bpf_linker()?;
     bpffs()?;
+    idp_packages()?;
+    Ok(())
+}
+
+/// `npm ci` of tests/idp into [`IDP_CACHE`], only when the lock file there differs from the
+/// source's (so a second run installs nothing, and a changed lock reinstalls).
+fn idp_packages() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let lock = fs::read(root.join(IDP_SOURCE).join("package-lock.json"))
+        .context("reading tests/idp/package-lock.json")?;
+    let cache = Path::new(IDP_CACHE);
+    let installed = cache
+        .join("node_modules/oidc-provider/package.json")
+        .exists();
+    if installed && fs::read(cache.join("package-lock.json")).ok().as_deref() == Some(&lock[..]) {
+        report("npm oidc-provider", "present");
+        return Ok(());
+    }
+    // NodeSource's nodejs ships npm (and conflicts with Debian's npm package); Debian's does
+    // not.
+    if command("npm").arg("--version").output().is_err() {
+        util::run(
+            command("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q", "npm"]),
+        )?;
+    }
+    fs::create_dir_all(cache).with_context(|| format!("creating {IDP_CACHE}"))?;
+    for f in ["package.json", "package-lock.json"] {
+        fs::copy(root.join(IDP_SOURCE).join(f), cache.join(f))
+            .with_context(|| format!("copying {IDP_SOURCE}/{f} to {IDP_CACHE}"))?;
+    }
+    util::run(
+        command("npm")
+            .args([
+                "ci",
+                "--omit=dev",
+                "--ignore-scripts",
+                "--no-audit",
+                "--no-fund",
+            ])
+            .current_dir(cache),
+    )?;
+    report("npm oidc-provider", "installed");
     Ok(())
 }
 

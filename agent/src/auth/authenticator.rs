@@ -14,9 +14,10 @@ use super::directory::{DirError, Directory};
 use super::grants::{combined_groups, Grant, Grants};
 use super::hook::ConnectHook;
 use super::limiter::{source_key, FailureLimiter};
+use super::oidc::Sso;
 use super::slots::LoginSlots;
 use crate::config::EndpointConfig;
-use crate::io::Authorizer;
+use crate::io::{Authorizer, Pending};
 use crate::openvpn::peer::Link;
 use crate::openvpn::verdict::{AuthRequest, FailureCode, Refusal};
 
@@ -41,6 +42,8 @@ pub struct Authenticator {
     pub logins: LoginSlots,
     /// How long a renegotiation waits for a login slot before it is refused for now.
     pub renegotiation_wait: Duration,
+    /// Single sign-on (`"oidc"` in `auth.methods`): the web login replaces the directory.
+    pub sso: Option<Arc<Sso>>,
 }
 
 /// A renegotiation's wait for a login slot: well inside the 60 s handshake window, so the
@@ -66,7 +69,11 @@ impl Authenticator {
             _ => None,
         };
         let hook = ConnectHook::from_config(cfg)?;
-        if directory.is_none() && hook.is_none() {
+        let sso = match (&cfg.oidc, cfg.auth.uses_oidc()) {
+            (Some(o), true) => Some(Sso::start(cfg, o).context("setting up single sign-on")?),
+            _ => None,
+        };
+        if directory.is_none() && hook.is_none() && sso.is_none() {
             return Ok(None);
         }
         let window = Duration::from_secs(cfg.auth.failed_login_window_secs.max(1));
@@ -85,14 +92,17 @@ impl Authenticator {
             otp_used: Mutex::new(HashMap::new()),
             logins: LoginSlots::default(),
             renegotiation_wait: RENEGOTIATION_WAIT,
+            sso,
         }))
     }
 
     pub fn into_authorizer(self) -> Authorizer {
         let a = Arc::new(self);
-        Arc::new(move |link, req| {
+        Arc::new(move |link, req, pending| {
             // A panic in a directory library must still produce a verdict (fail closed).
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.decide(link, req))) {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                a.decide_pending(link, req, pending)
+            })) {
                 Ok(v) => v,
                 Err(_) => {
                     tracing::error!(%link, "authentication panicked; connection refused");
@@ -100,6 +110,34 @@ impl Authenticator {
                 }
             }
         })
+    }
+
+    /// [`Authenticator::decide`], with a web login first for a new connection when single
+    /// sign-on is on: the groups then come from the provider's claim. A renegotiation keeps
+    /// the session's web login (its TLS session is the one that logged in; the certificate
+    /// name and user name cannot change, see the session).
+    pub fn decide_pending(
+        &self,
+        link: Link,
+        req: &AuthRequest,
+        pending: &Pending,
+    ) -> Result<(), Refusal> {
+        let Some(sso) = &self.sso else {
+            return self.decide(link, req);
+        };
+        if !req.initial {
+            return Ok(());
+        }
+        let who = sso.login(link, req, pending)?;
+        // The client-connect hook is told the provider's user, not what the client typed.
+        let mut req = req.clone();
+        req.username = who.username.clone();
+        let grant = Grant {
+            username: who.username,
+            groups: who.groups,
+            name_unverified: !req.identity.has_certificate(),
+        };
+        self.after_login(link, &req, grant)
     }
 
     /// `Err` carries the short text sent in `AUTH_FAILED` and the code the connection log and
@@ -196,6 +234,7 @@ impl Authenticator {
                     grant = Grant {
                         username: user.to_owned(),
                         groups: u.groups,
+                        ..Grant::default()
                     };
                 }
                 Err(e) => {
@@ -206,6 +245,12 @@ impl Authenticator {
                 }
             }
         }
+        self.after_login(link, req, grant)
+    }
+
+    /// The client-connect hook, then the grant offered to the session.
+    fn after_login(&self, link: Link, req: &AuthRequest, grant: Grant) -> Result<(), Refusal> {
+        let cn = req.identity.common_name.as_str();
         if let Some(hook) = &self.hook {
             let mut groups = self.groups_for(cn, &grant);
             groups.sort();

@@ -23,6 +23,7 @@ fn authenticator(otp: bool) -> Authenticator {
         otp_used: Mutex::new(HashMap::new()),
         logins: LoginSlots::default(),
         renegotiation_wait: RENEGOTIATION_WAIT,
+        sso: None,
     }
 }
 
@@ -151,6 +152,7 @@ fn renegotiations_recheck_only_the_password() {
     let a = Authenticator {
         directory: Some(Arc::new(Directory::new(&cfg).unwrap())),
         renegotiation_wait: Duration::from_millis(300),
+        sso: None,
         ..authenticator(false)
     };
     assert_eq!(

@@ -12,8 +12,13 @@ use crate::openvpn::peer::Link;
 pub struct Grant {
     /// The directory user name (empty with certificate-only authentication).
     pub username: String,
-    /// Directory groups (names, DNs or SIDs, as `directory.group_id` says).
+    /// Directory groups (names, DNs or SIDs, as `directory.group_id` says), or the groups of
+    /// a single sign-on.
     pub groups: Vec<String>,
+    /// The session's name is only what the client typed (single sign-on without a client
+    /// certificate: the profile's `auth-user-pass` is not checked), so it grants no local
+    /// groups; `username` (from the provider) does.
+    pub name_unverified: bool,
 }
 
 /// How long an offered grant waits for its session to be established.
@@ -103,8 +108,12 @@ pub fn combined_groups(
     cn: &str,
     grant: &Grant,
 ) -> Vec<String> {
-    let mut g = local(cn);
-    if !grant.username.is_empty() && grant.username != cn {
+    let mut g = if grant.name_unverified {
+        Vec::new()
+    } else {
+        local(cn)
+    };
+    if !grant.username.is_empty() && (grant.username != cn || grant.name_unverified) {
         g.extend(local(&grant.username));
     }
     g.extend(grant.groups.iter().cloned());
@@ -128,6 +137,7 @@ mod tests {
             Grant {
                 username: "alice".into(),
                 groups: vec!["eng".into()],
+                ..Grant::default()
             },
         );
         // Another session on the same link (a client restart) does not get it.
@@ -151,7 +161,23 @@ mod tests {
         let grant = Grant {
             username: "alice".into(),
             groups: vec!["dir".into()],
+            ..Grant::default()
         };
+        // A name the client typed for single sign-on grants nothing of its own.
+        let sso = Grant {
+            username: "bob".into(),
+            groups: vec!["idp".into()],
+            name_unverified: true,
+        };
+        assert_eq!(combined_groups(&local, "alice", &sso), ["idp"]);
+        let sso_alice = Grant {
+            username: "alice".into(),
+            ..sso.clone()
+        };
+        assert_eq!(
+            combined_groups(&local, "alice", &sso_alice),
+            ["local-a", "idp"]
+        );
         assert_eq!(
             combined_groups(&local, "cert-cn", &grant),
             ["local-cn", "local-a", "dir"]

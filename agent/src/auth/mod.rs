@@ -9,14 +9,18 @@
 //! - [`hook`]: the client-connect hook (a program or an HTTP POST).
 //! - [`otp`]: TOTP codes and the static-challenge response.
 //! - [`slots`]: the bound on directory logins in progress.
+//! - [`token`]: session tokens (`auth-token`), the primitive only (not wired yet).
+//! - [`oidc`]: single sign-on through an OpenID Connect provider (web login, AUTH_PENDING).
 pub mod authenticator;
 pub mod directory;
 pub mod grants;
 pub mod hook;
 pub mod limiter;
+pub mod oidc;
 pub mod otp;
 pub mod recheck;
 pub mod slots;
+pub mod token;
 
 pub use authenticator::{Authenticator, LocalGroups, RENEGOTIATION_WAIT};
 pub use grants::{combined_groups, Grant, Grants};

@@ -131,6 +131,7 @@ pub fn decide(
         let new = Grant {
             username: old.username.clone(),
             groups: groups.clone(),
+            name_unverified: old.name_unverified,
         };
         let before = bitmap(&common_name, &old);
         let after = bitmap(&common_name, &new);
@@ -176,6 +177,7 @@ mod tests {
         let grant = Grant {
             username: "u".into(),
             groups: groups.iter().map(|s| (*s).to_owned()).collect(),
+            ..Grant::default()
         };
         g.offer(link, 7, grant);
         g.establish(link, 7, 1).unwrap();

@@ -80,6 +80,9 @@ impl EndpointConfig {
                 fix(p);
             }
         }
+        if let Some(o) = &mut self.oidc {
+            o.resolve_paths(&fix);
+        }
         if let Some(f) = &mut self.fleet {
             for p in [&mut f.ca_file, &mut f.cert_file, &mut f.key_file]
                 .into_iter()

@@ -18,6 +18,7 @@ pub mod fleet;
 pub mod listeners;
 pub mod load;
 pub mod model;
+pub mod oidc;
 pub mod settings;
 pub mod shared;
 pub mod validate;
@@ -30,6 +31,7 @@ pub use model::{
     AuthSection, CrlExpired, EndpointConfig, LoggingSection, MetricsSection, TargetNetworkEntry,
     TlsSection,
 };
+pub use oidc::OidcConfig;
 pub use settings::{interface_ipv4, restart_only_changes, target_attachments};
 pub use shared::SharedConfig;
 

@@ -81,6 +81,10 @@ pub struct EndpointConfig {
     /// LDAP / Active Directory for `auth.methods = ["certificate", "ldap"]`.
     #[serde(default)]
     pub directory: Option<DirectoryConfig>,
+    /// OpenID Connect single sign-on for `auth.methods = ["oidc"]` (alone or with
+    /// "certificate").
+    #[serde(default)]
+    pub oidc: Option<super::oidc::OidcConfig>,
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
     #[serde(default, alias = "target_networks")]
@@ -172,7 +176,8 @@ pub enum CrlExpired {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
-    /// "certificate" (mutual TLS; the certificate CN is the user name) and/or "ldap".
+    /// "certificate" (mutual TLS; the certificate CN is the user name) and/or "ldap", or
+    /// "oidc" (web login, alone or with "certificate").
     #[serde(default = "default_auth_methods")]
     pub methods: Vec<String>,
     /// With "ldap": the directory user name must equal the certificate's common name.
@@ -208,6 +213,10 @@ impl Default for AuthSection {
 impl AuthSection {
     pub fn uses_directory(&self) -> bool {
         self.methods.iter().any(|m| m == "ldap")
+    }
+
+    pub fn uses_oidc(&self) -> bool {
+        self.methods.iter().any(|m| m == "oidc")
     }
 }
 

@@ -72,6 +72,7 @@ pub fn restart_only_changes(old: &EndpointConfig, new: &EndpointConfig) -> Vec<&
         "client_connect_timeout_secs",
     );
     check(old.directory != new.directory, "directory");
+    check(old.oidc != new.oidc, "oidc");
     check(old.fleet != new.fleet, "fleet");
     v
 }

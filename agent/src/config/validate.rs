@@ -160,13 +160,14 @@ impl EndpointConfig {
             errs.push(err("tls.min_version", "use \"1.2\" or \"1.3\""));
         }
         for (i, m) in self.auth.methods.iter().enumerate() {
-            if !["certificate", "ldap"].contains(&m.as_str()) {
+            if !["certificate", "ldap", "oidc"].contains(&m.as_str()) {
                 errs.push(err(
                     format!("auth.methods[{i}]"),
-                    format!("unknown method `{m}`: use \"certificate\" and/or \"ldap\""),
+                    format!("unknown method `{m}`: use \"certificate\" and/or \"ldap\", or \"oidc\" (alone or with \"certificate\")"),
                 ));
             }
         }
+        errs.extend(self.validate_oidc());
         match (self.auth.uses_directory(), &self.directory) {
             (true, None) => errs.push(err(
                 "directory",

@@ -69,9 +69,9 @@ impl UserGate {
     /// certificate's common name.
     pub fn wrap(&self, inner: Option<Authorizer>) -> Authorizer {
         let gate = self.clone();
-        Arc::new(move |link, req| {
+        Arc::new(move |link, req, pending| {
             match &inner {
-                Some(a) => a(link, req)?,
+                Some(a) => a(link, req, pending)?,
                 // Certificate-only endpoints run in external mode for the cap: the same
                 // refusal of a client without a certificate as the server's own check.
                 None if !req.identity.has_certificate() => {

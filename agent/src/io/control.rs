@@ -123,6 +123,15 @@ fn handle_ctl(c: &mut ControlCtx, m: Ctl, now: Instant) {
         }) => c
             .server
             .authorize_external(link, session, key_id, verdict, initial, now),
+        Ctl::Cmd(Command::AuthPending {
+            link,
+            session,
+            key_id,
+            timeout,
+            info,
+        }) => c
+            .server
+            .auth_pending(link, session, key_id, timeout, &info, now),
         Ctl::Cmd(Command::Settings(s)) => c.server.update_settings(*s),
         Ctl::Cmd(Command::Disconnect(id)) => c.server.close_peer(
             id,
@@ -170,7 +179,13 @@ fn flush(c: &mut ControlCtx) {
                 Some(a) => {
                     let (a, req, tx) = (a.clone(), request.clone(), c.ctl_tx.clone());
                     std::thread::spawn(move || {
-                        let verdict = a(link, &req);
+                        let pending = super::Pending {
+                            ctl: Some(tx.clone()),
+                            link,
+                            session,
+                            key_id,
+                        };
+                        let verdict = a(link, &req, &pending);
                         let _ = tx.blocking_send(Ctl::Cmd(Command::Authorize {
                             link,
                             session,

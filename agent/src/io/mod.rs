@@ -50,15 +50,50 @@ pub struct TunnelOptions {
     pub authorizer: Option<Authorizer>,
 }
 
-/// A connection decision: `Err` is the reason sent in `AUTH_FAILED`.
+/// A connection decision: `Err` is the reason sent in `AUTH_FAILED`. The [`Pending`] lets a
+/// decision that waits for something out of band (a web login) tell the client first.
 pub type Authorizer = Arc<
     dyn Fn(
             Link,
             &crate::openvpn::session::AuthRequest,
+            &Pending,
         ) -> Result<(), crate::openvpn::session::Refusal>
         + Send
         + Sync,
 >;
+
+/// Sends `AUTH_PENDING` and `INFO_PRE` to the client of one authorization in progress.
+pub struct Pending {
+    ctl: Option<mpsc::Sender<Ctl>>,
+    link: Link,
+    session: u64,
+    key_id: crate::openvpn::packet::KeyId,
+}
+
+impl Pending {
+    /// A handle that tells no one (unit tests, callers without a tunnel).
+    pub fn detached(link: Link) -> Pending {
+        Pending {
+            ctl: None,
+            link,
+            session: 0,
+            key_id: crate::openvpn::packet::KeyId::ZERO,
+        }
+    }
+
+    /// The client waits up to `timeout` more and is shown `info` (`WEB_AUTH::<url>`).
+    pub fn announce(&self, timeout: Duration, info: String) {
+        if let Some(tx) = &self.ctl {
+            let _ = tx.blocking_send(Ctl::Cmd(Command::AuthPending {
+                link: self.link,
+                session: self.session,
+                key_id: self.key_id,
+                timeout,
+                info,
+            }));
+        }
+    }
+}
 
 /// Called on the control thread for every server event (connect, disconnect, …): this is
 /// where the XDP clients map is kept in sync.
@@ -104,6 +139,14 @@ pub enum Command {
         key_id: crate::openvpn::packet::KeyId,
         verdict: Result<(), crate::openvpn::session::Refusal>,
         initial: bool,
+    },
+    /// An authorization continues out of band: `AUTH_PENDING` and `INFO_PRE,<info>`.
+    AuthPending {
+        link: Link,
+        session: u64,
+        key_id: crate::openvpn::packet::KeyId,
+        timeout: Duration,
+        info: String,
     },
     Disconnect(u32),
     /// Settings for sessions that start from now on (`Server::update_settings`).

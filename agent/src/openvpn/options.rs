@@ -193,6 +193,35 @@ pub fn auth_failed_temp(peer: IvProto, backoff_secs: Option<u32>, reason: &str) 
     )
 }
 
+/// `AUTH_PENDING,timeout N` (§8.2) for a client with IV_PROTO bit 4, bare `AUTH_PENDING` for
+/// older ones (which then wait their own hand-window).
+pub fn auth_pending(peer: IvProto, timeout_secs: u64) -> String {
+    if peer.auth_pending_kw() {
+        format!("AUTH_PENDING,timeout {timeout_secs}")
+    } else {
+        "AUTH_PENDING".to_owned()
+    }
+}
+
+/// How to send this client to a web login, from its `IV_SSO` (a comma-separated list:
+/// `webauth`, `openurl`, `crtext`): the `INFO_PRE` prefix the URL follows (`WEB_AUTH::`, with
+/// no flags, preferred; `OPEN_URL:` for clients that only know that), or `None`.
+pub fn web_auth_prefix(info: &PeerInfo) -> Option<&'static str> {
+    let methods: Vec<&str> = info
+        .entries
+        .iter()
+        .filter(|(k, _)| k == "IV_SSO")
+        .flat_map(|(_, v)| v.split(','))
+        .collect();
+    if methods.contains(&"webauth") {
+        Some("WEB_AUTH::")
+    } else if methods.contains(&"openurl") {
+        Some("OPEN_URL:")
+    } else {
+        None
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Peer info (§5.5)
 

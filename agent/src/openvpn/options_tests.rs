@@ -441,3 +441,29 @@ fn options_string_mirrors_client() {
     );
     assert_eq!(options_string_item("V4", "cipher"), None);
 }
+
+#[test]
+fn auth_pending_carries_the_timeout_only_for_clients_that_take_it() {
+    assert_eq!(
+        auth_pending(IvProto(IvProto::AUTH_PENDING_KW), 120),
+        "AUTH_PENDING,timeout 120"
+    );
+    assert_eq!(auth_pending(IvProto(IvProto::DATA_V2), 120), "AUTH_PENDING");
+}
+
+#[test]
+fn the_web_login_form_follows_iv_sso() {
+    let info = |s: &str| PeerInfo::parse(s);
+    assert_eq!(
+        web_auth_prefix(&info("IV_VER=2.6.14\nIV_SSO=openurl,webauth,crtext\n")),
+        Some("WEB_AUTH::")
+    );
+    assert_eq!(
+        web_auth_prefix(&info("IV_SSO=openurl\n")),
+        Some("OPEN_URL:")
+    );
+    assert_eq!(web_auth_prefix(&info("IV_SSO=crtext\n")), None);
+    assert_eq!(web_auth_prefix(&info("IV_VER=2.6.14\n")), None);
+    // A value that only contains the word is not the method.
+    assert_eq!(web_auth_prefix(&info("IV_SSO=nowebauth\n")), None);
+}

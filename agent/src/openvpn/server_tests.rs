@@ -898,4 +898,5 @@ fn renegotiation_verdicts_under_external_auth() {
 mod bad_input;
 mod fence;
 mod hardening;
+mod pending_auth;
 mod tls_crypt_v2;

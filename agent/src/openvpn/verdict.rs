@@ -64,6 +64,20 @@ pub enum FailureCode {
     Internal,
     /// The attempt ended otherwise (client exit, server shutdown) before it was established.
     Other,
+    /// Single sign-on: the client cannot open a web login (no webauth/openurl in IV_SSO).
+    SsoUnsupportedClient,
+    /// The web login was not completed within `oidc.pending_timeout_secs`.
+    SsoTimeout,
+    /// The provider answered the login with an error (the user cancelled, access denied).
+    SsoDenied,
+    /// A callback whose `state` does not match the session's login.
+    SsoState,
+    /// The code exchange was refused or the ID token failed verification.
+    SsoToken,
+    /// The provider could not be reached (discovery, token endpoint).
+    SsoUnavailable,
+    /// Too many web logins waiting at once.
+    SsoBusy,
 }
 
 impl FailureCode {
@@ -94,6 +108,13 @@ impl FailureCode {
             FailureCode::Protocol => "protocol",
             FailureCode::Internal => "internal",
             FailureCode::Other => "other",
+            FailureCode::SsoUnsupportedClient => "sso_unsupported_client",
+            FailureCode::SsoTimeout => "sso_timeout",
+            FailureCode::SsoDenied => "sso_denied",
+            FailureCode::SsoState => "sso_state",
+            FailureCode::SsoToken => "sso_token",
+            FailureCode::SsoUnavailable => "sso_unavailable",
+            FailureCode::SsoBusy => "sso_busy",
         }
     }
 }

@@ -472,6 +472,24 @@ impl Server {
         self.after(link, now);
     }
 
+    /// The authenticator continues out of band (a web login): the session of `link` (if it is
+    /// still the one with serial `session`) tells its client to wait and where to log in.
+    pub fn auth_pending(
+        &mut self,
+        link: Link,
+        session: u64,
+        key_id: KeyId,
+        timeout: std::time::Duration,
+        info: &str,
+        now: Instant,
+    ) {
+        match self.sessions.get_mut(&link) {
+            Some(e) if e.serial == session => e.session.auth_pending(key_id, timeout, info, now),
+            _ => return,
+        }
+        self.after(link, now);
+    }
+
     fn authorize(
         &mut self,
         link: Link,

@@ -394,6 +394,36 @@ impl Session {
         self.drive(now);
     }
 
+    /// Authentication continues out of band (a web login, doc §8.2): tells the client to keep
+    /// waiting `timeout` for the verdict (`AUTH_PENDING,timeout N`, or bare `AUTH_PENDING`
+    /// for a client without IV_PROTO bit 4) and sends it `INFO_PRE,<info>` (for example
+    /// `WEB_AUTH::<url>`). Only for a key whose verdict is still pending; nothing is pushed or
+    /// installed before [`Session::authorize`].
+    pub fn auth_pending(&mut self, key_id: KeyId, timeout: Duration, info: &str, now: Instant) {
+        let proto = self
+            .negotiated
+            .as_ref()
+            .map(|n| n.peer_info.proto)
+            .unwrap_or_default();
+        let ks = if self.primary.id == key_id {
+            &mut self.primary
+        } else {
+            match &mut self.pending {
+                Some(p) if p.id == key_id => p,
+                _ => return,
+            }
+        };
+        if ks.auth != Auth::Pending || ks.phase == Phase::Handshake || self.life != Life::Running {
+            return;
+        }
+        let _ = write_message(
+            &mut ks.tls,
+            &super::options::auth_pending(proto, timeout.as_secs()),
+        );
+        let _ = write_message(&mut ks.tls, &format!("INFO_PRE,{info}"));
+        self.drive(now);
+    }
+
     /// The PUSH_REPLY for this session, with the negotiated cipher, peer-id, key-derivation
     /// flags and keepalive filled in. `base` carries routes, DNS, address, timeouts.
     pub fn push_reply(&self, mut base: PushReply) -> Option<PushReply> {
