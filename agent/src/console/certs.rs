@@ -12,10 +12,10 @@ use axum::Form;
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::app::{Authed, Console};
 use super::config::Role;
 use super::pages::{layout, refused};
 use super::sessions::Session;
+use super::state::{Authed, Console};
 use crate::admin::audit::AuditEntry;
 use crate::admin::{Action, CertificatesReply, RevokeReply};
 use crate::pki::store::when;

@@ -10,8 +10,8 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::app::{Authed, Console};
 use super::pages::layout;
+use super::state::{Authed, Console};
 use crate::admin::{Action, LogKind, LogQuery, LogsReply};
 
 /// The search form as sent (all text, so an empty or bad limit is not a 400 of its own).

@@ -9,15 +9,18 @@ pub mod accounts;
 pub mod app;
 pub mod certs;
 pub mod config;
+pub mod history;
 pub mod logs;
 pub mod monitor;
 pub mod pages;
+pub mod query;
 pub mod server;
 pub mod sessions;
+pub mod state;
 pub mod views;
 
-pub use app::Console;
 pub use config::{AdminAccount, ConsoleSection, Role};
+pub use state::Console;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,5 @@
 //! The monitoring pages: dashboard, connections (with terminate), audit trail. They read and
 //! act only through the admin API, as the CLI does.
-use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,97 +10,15 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::Form;
 use serde::Deserialize;
 
-use super::app::{Authed, Console};
 use super::config::Role;
+use super::query::{ConnQuery, ExplainQuery};
+use super::state::{Authed, Console};
 use super::views;
 use crate::admin::audit::{AuditEntry, AuditFilter};
 use crate::admin::{
     Action, ConnectionInfo, ConnectionsReply, ExplainReply, PolicyReply, StatusReply,
     TerminateReply,
 };
-
-/// Samples of the traffic totals, for rates and the throughput chart.
-#[derive(Default)]
-pub struct History {
-    /// (when, bytes in, bytes out), oldest first.
-    totals: VecDeque<(Instant, u64, u64)>,
-    /// Per session: (when, bytes in, bytes out) of the previous sample and the rate since.
-    sessions: BTreeMap<u32, (Instant, u64, u64, f64, f64)>,
-}
-
-/// Samples kept for the chart: 60 of them, one per refresh (two minutes at 2 s).
-const SAMPLES: usize = 60;
-
-impl History {
-    /// Takes a sample of `conns` at `now` (samples closer than a second are merged).
-    pub fn sample(&mut self, conns: &[ConnectionInfo], now: Instant) {
-        let bin: u64 = conns.iter().map(|c| c.ingress_bytes).sum();
-        let bout: u64 = conns.iter().map(|c| c.egress_bytes).sum();
-        if self
-            .totals
-            .back()
-            .is_none_or(|(t, _, _)| now.duration_since(*t).as_millis() >= 1000)
-        {
-            self.totals.push_back((now, bin, bout));
-            if self.totals.len() > SAMPLES {
-                self.totals.pop_front();
-            }
-        }
-        let mut next = BTreeMap::new();
-        for c in conns {
-            let (i, o) = (c.ingress_bytes, c.egress_bytes);
-            let entry = match self.sessions.get(&c.id) {
-                Some(&(t, pi, po, ri, ro)) => {
-                    let dt = now.duration_since(t).as_secs_f64();
-                    if dt < 1.0 {
-                        (t, pi, po, ri, ro)
-                    } else {
-                        let r = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
-                        (now, i, o, r(i, pi), r(o, po))
-                    }
-                }
-                None => (now, i, o, 0.0, 0.0),
-            };
-            next.insert(c.id, entry);
-        }
-        self.sessions = next;
-    }
-
-    /// Bytes per second each way between consecutive samples.
-    pub fn rates(&self) -> Vec<(f64, f64)> {
-        self.totals
-            .iter()
-            .zip(self.totals.iter().skip(1))
-            .map(|(a, b)| {
-                let dt = b.0.duration_since(a.0).as_secs_f64().max(0.001);
-                (
-                    b.1.saturating_sub(a.1) as f64 / dt,
-                    b.2.saturating_sub(a.2) as f64 / dt,
-                )
-            })
-            .collect()
-    }
-
-    /// Per session: (id, bytes/s in, bytes/s out).
-    pub fn session_rates(&self) -> Vec<(u32, f64, f64)> {
-        self.sessions
-            .iter()
-            .map(|(id, s)| (*id, s.3, s.4))
-            .collect()
-    }
-}
-
-/// Percent-encodes a query value.
-pub fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 fn unavailable(e: String) -> Response {
     (
@@ -143,49 +60,6 @@ pub async fn dashboard_live(State(c): State<Arc<Console>>, a: Authed) -> Respons
             Html(views::dashboard_live(&st, &conns, &c.history()).into_string()).into_response()
         }
         Err(r) => r,
-    }
-}
-
-/// The connections table's filter and order.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct ConnQuery {
-    #[serde(default)]
-    pub q: String,
-    #[serde(default)]
-    pub sort: String,
-    #[serde(default)]
-    pub desc: bool,
-}
-
-impl ConnQuery {
-    fn apply(&self, mut conns: Vec<ConnectionInfo>) -> Vec<ConnectionInfo> {
-        let q = self.q.to_lowercase();
-        if !q.is_empty() {
-            conns.retain(|c| {
-                [
-                    c.user.as_deref().unwrap_or(""),
-                    c.username.as_deref().unwrap_or(""),
-                    c.client_address.as_deref().unwrap_or(""),
-                    &c.public_address,
-                ]
-                .iter()
-                .any(|f| f.to_lowercase().contains(&q))
-                    || c.directory_groups
-                        .iter()
-                        .any(|g| g.to_lowercase().contains(&q))
-            });
-        }
-        match self.sort.as_str() {
-            "user" => conns.sort_by(|a, b| a.user.cmp(&b.user)),
-            "since" => conns.sort_by_key(|c| c.since_secs),
-            "in" => conns.sort_by_key(|c| c.ingress_bytes),
-            "out" => conns.sort_by_key(|c| c.egress_bytes),
-            _ => conns.sort_by_key(|c| c.id),
-        }
-        if self.desc {
-            conns.reverse();
-        }
-        conns
     }
 }
 
@@ -307,15 +181,6 @@ pub async fn audit(
 ) -> Response {
     let entries = c.audit_search(&f, 500);
     Html(views::audit(&a.session, &f, &entries).into_string()).into_response()
-}
-
-/// The explain form's fields.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct ExplainQuery {
-    #[serde(default)]
-    pub user: String,
-    #[serde(default)]
-    pub to: String,
 }
 
 pub async fn endpoint(

@@ -3,8 +3,9 @@
 use maud::{html, Markup};
 
 use super::config::Role;
-use super::monitor::{ConnQuery, History};
+use super::history::History;
 use super::pages::layout;
+use super::query::{url_encode, ConnQuery, ExplainQuery};
 use super::sessions::Session;
 use crate::admin::audit::AuditEntry;
 use crate::admin::{ConnectionInfo, StatusReply};
@@ -130,10 +131,7 @@ pub fn dashboard(s: &Session, live: Markup) -> Markup {
 
 fn sort_link(q: &ConnQuery, key: &str, label: &str) -> Markup {
     let desc = q.sort == key && !q.desc;
-    let href = format!(
-        "/connections?q={}&sort={key}&desc={desc}",
-        super::monitor::url_encode(&q.q)
-    );
+    let href = format!("/connections?q={}&sort={key}&desc={desc}", url_encode(&q.q));
     html! { a href=(href) { (label) @if q.sort == key { (if q.desc { " ▼" } else { " ▲" }) } } }
 }
 
@@ -172,8 +170,8 @@ pub fn connection_rows(s: &Session, conns: &[ConnectionInfo], rates: &[(u32, f64
 pub fn connections(s: &Session, q: &ConnQuery, rows: Markup, notice: Option<&str>) -> Markup {
     let live = format!(
         "/live/connections?q={}&sort={}&desc={}",
-        super::monitor::url_encode(&q.q),
-        super::monitor::url_encode(&q.sort),
+        url_encode(&q.q),
+        url_encode(&q.sort),
         q.desc
     );
     layout(
@@ -235,7 +233,7 @@ pub fn audit(s: &Session, f: &crate::admin::audit::AuditFilter, entries: &[Audit
 pub fn endpoint(
     s: &Session,
     p: &crate::admin::PolicyReply,
-    q: &super::monitor::ExplainQuery,
+    q: &ExplainQuery,
     answer: Option<Result<crate::admin::ExplainReply, String>>,
 ) -> Markup {
     let pol = &p.policy;
