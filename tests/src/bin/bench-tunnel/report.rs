@@ -366,6 +366,23 @@ pub fn markdown(r: &Value) -> String {
         st["ping_count"],
         st["ping_interval_ms"],
     );
+    // Both servers' UDP buffers as the kernel reports them (`ss -m`): the same, or it shows.
+    let buffers = |side: &str| {
+        r[side]["server"]["socket_buffers"]["sockets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| format!("rb {} / tb {}", s["rb"], s["tb"]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        w,
+        "UDP socket buffers (4 MiB asked by both; the kernel reports twice that): stock {}; \
+         Portcullis {}.\n",
+        buffers("stock"),
+        buffers("portcullis"),
+    );
 
     let _ = writeln!(w, "## Summary (ratio = Portcullis / stock)\n");
     let _ = writeln!(

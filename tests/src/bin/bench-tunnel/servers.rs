@@ -7,6 +7,7 @@ use super::*;
 /// `connect-freq-initial` raised so the 2.6 default reset limiter (100 per 10 s) does not
 /// cap the handshake rate, and a /21 pool instead of the /24: the stock server frees a
 /// session 5 s after its EXIT, so 300 handshakes in a few seconds would exhaust a /24.
+/// And the socket buffers Portcullis uses ([`SOCKET_BUFFER`], see [`CoreBufferMax`]).
 pub(crate) fn stock_config(pki: &LabPki, status: &Path) -> Result<String> {
     let mut cfg = StockServerConfig::new(pki, Proto::Udp);
     cfg.extra = vec![
@@ -14,6 +15,8 @@ pub(crate) fn stock_config(pki: &LabPki, status: &Path) -> Result<String> {
         "status-version 2".into(),
         "max-clients 2048".into(),
         "connect-freq-initial 100000 10".into(),
+        format!("sndbuf {SOCKET_BUFFER}"),
+        format!("rcvbuf {SOCKET_BUFFER}"),
     ];
     let text = cfg.render();
     let from = "server 10.100.0.0 255.255.255.0";
@@ -21,6 +24,71 @@ pub(crate) fn stock_config(pki: &LabPki, status: &Path) -> Result<String> {
         bail!("the harness's stock server config changed: no {from:?} line in\n{text}");
     }
     Ok(text.replace(from, &format!("server 10.100.0.0 {STOCK_POOL_NETMASK}")))
+}
+
+/// The UDP socket buffer both servers run with: what Portcullis sets on its listeners
+/// (`SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`, `io/udp.rs`), and what the stock server asks for
+/// with `rcvbuf`/`sndbuf`.
+pub(crate) const SOCKET_BUFFER: u64 = 4 << 20;
+
+/// `net.core.rmem_max` and `wmem_max` of the gateway namespace raised to [`SOCKET_BUFFER`]
+/// for the stock server's run (`rcvbuf`/`sndbuf` use `SO_RCVBUF`, which the kernel caps
+/// there), and put back on drop.
+pub(crate) struct CoreBufferMax<'a> {
+    ns: &'a NetNs,
+    old: Vec<(&'static str, String)>,
+}
+
+impl<'a> CoreBufferMax<'a> {
+    pub(crate) fn raise(ns: &'a NetNs) -> Result<Self> {
+        let mut old = Vec::new();
+        for key in ["net.core.rmem_max", "net.core.wmem_max"] {
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            let was = ns
+                .run(move || std::fs::read_to_string(path))
+                .with_context(|| format!("reading {key}"))?
+                .trim()
+                .to_string();
+            if was.parse::<u64>().unwrap_or(0) < SOCKET_BUFFER {
+                ns.sysctl(key, &SOCKET_BUFFER.to_string());
+                old.push((key, was));
+            }
+        }
+        Ok(Self { ns, old })
+    }
+}
+
+impl Drop for CoreBufferMax<'_> {
+    fn drop(&mut self) {
+        for (key, was) in &self.old {
+            let _ = self.ns.netns().sysctl(key, was);
+        }
+    }
+}
+
+/// The receive and send buffers (`ss -uamn`: `rb`, `tb`, in bytes, as the kernel doubled
+/// them) of the UDP sockets bound to the OpenVPN port in `ns`: the proof that both servers
+/// ran with the same.
+pub(crate) fn socket_buffers(ns: &NetNs) -> Value {
+    let out = ns.exec(&["ss", "-uamn"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let port = format!(":{OVPN_PORT} ");
+    let mut socks = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(l) = lines.next() {
+        if !l.contains(&port) {
+            continue;
+        }
+        let mem = lines.peek().copied().unwrap_or_default();
+        let field = |name: &str| {
+            mem.split([',', '(', ')'])
+                .find_map(|f| f.trim().strip_prefix(name)?.parse::<u64>().ok())
+        };
+        socks.push(
+            json!({"socket": l.split_whitespace().nth(3), "rb": field("rb"), "tb": field("tb")}),
+        );
+    }
+    json!({"requested": SOCKET_BUFFER, "sockets": socks})
 }
 
 /// `(sessions, sessions)` from the stock server's status file (`CLIENT_LIST` lines).
@@ -43,6 +111,7 @@ pub(crate) fn run_stock(s: &Settings, c: &Cycles) -> Result<Value> {
     let conf = dir.path().join("server.conf");
     std::fs::write(&conf, &conf_text)?;
     let conf_s = conf.display().to_string();
+    let buffer_max = CoreBufferMax::raise(&lab.gw)?;
     let server = Proc::spawn(
         &lab.gw,
         &["openvpn", "--config", &conf_s],
@@ -52,6 +121,7 @@ pub(crate) fn run_stock(s: &Settings, c: &Cycles) -> Result<Value> {
     server
         .wait_log_or_exit("Initialization Sequence Completed", Duration::from_secs(20))
         .map_err(|e| anyhow!("{e}"))?;
+    let buffers = socket_buffers(&lab.gw);
     let sessions = || stock_sessions(&status);
     let side = Side {
         name: "stock",
@@ -81,8 +151,10 @@ pub(crate) fn run_stock(s: &Settings, c: &Cycles) -> Result<Value> {
         "cpu_accounting": format!("on-CPU time of the openvpn server process's tasks: {}", sys::cpu_time_source()),
         "rss": "VmRSS of the openvpn server process",
         "log_pool_exhausted": log.matches("no free --ifconfig-pool").count(),
+        "socket_buffers": buffers,
     });
     drop(server);
+    drop(buffer_max);
     drop(lab);
     Ok(v)
 }
@@ -127,6 +199,7 @@ pub(crate) fn run_portcullis(s: &Settings, c: &Cycles) -> Result<Value> {
         sessions: &sessions,
         tmp: dir.path(),
     };
+    let buffers = socket_buffers(&lab.gw.gw);
     let mut v = measure_side(&side, s, c)?;
     let st = &lab.tunnel().stats;
     v["server"] = json!({
@@ -136,6 +209,7 @@ pub(crate) fn run_portcullis(s: &Settings, c: &Cycles) -> Result<Value> {
         "rss": "VmRSS of this benchmark process (the tunnel is in-process; the load generator is a separate process)",
         "reset_limiter": "ServerSettings::default: 200 stateless reset replies/s, burst 400",
         "tunnel_stats": tests::benchreport::tunnel_stats(st),
+        "socket_buffers": buffers,
     });
     drop(lab);
     Ok(v)
