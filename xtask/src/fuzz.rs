@@ -36,6 +36,10 @@ pub struct FuzzArgs {
     /// (default: four times the budget and a minute). The report says whether it was.
     #[arg(long)]
     max_wall_minutes: Option<f64>,
+    /// Seconds (wall time) one input may take before libFuzzer reports it as a timeout. Raise
+    /// it on a loaded or niced machine, where a slow input waits for the CPU.
+    #[arg(long, default_value_t = 20)]
+    unit_timeout: u64,
     /// Largest input libFuzzer makes (the server and reliable targets read long programs).
     #[arg(long, default_value_t = 4096)]
     max_len: usize,
@@ -250,7 +254,8 @@ fn start(
     let child = Command::new(bin_dir.join(name))
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .arg(format!("-max_len={}", args.max_len))
-        .args(["-rss_limit_mb=2048", "-timeout=20", "-print_final_stats=1"])
+        .args(["-rss_limit_mb=2048", "-print_final_stats=1"])
+        .arg(format!("-timeout={}", args.unit_timeout))
         .arg(format!("-max_total_time={}", wall_cap.as_secs() + 30))
         .arg(&corpus)
         .arg(fuzz_dir.join("corpus").join(name))
