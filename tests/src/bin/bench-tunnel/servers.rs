@@ -31,37 +31,47 @@ pub(crate) fn stock_config(pki: &LabPki, status: &Path) -> Result<String> {
 /// with `rcvbuf`/`sndbuf`.
 pub(crate) const SOCKET_BUFFER: u64 = 4 << 20;
 
-/// `net.core.rmem_max` and `wmem_max` of the gateway namespace raised to [`SOCKET_BUFFER`]
-/// for the stock server's run (`rcvbuf`/`sndbuf` use `SO_RCVBUF`, which the kernel caps
-/// there), and put back on drop.
-pub(crate) struct CoreBufferMax<'a> {
-    ns: &'a NetNs,
+/// `net.core.rmem_max` and `wmem_max` raised to [`SOCKET_BUFFER`] for the stock server's run
+/// (`rcvbuf`/`sndbuf` use `SO_RCVBUF`, which the kernel caps there), and put back on drop.
+/// They are host-wide, not per namespace, and only the host's namespace may write them: this
+/// runs on the benchmark's main thread, which is in the host's namespace between the labs.
+pub(crate) struct CoreBufferMax {
     old: Vec<(&'static str, String)>,
 }
 
-impl<'a> CoreBufferMax<'a> {
-    pub(crate) fn raise(ns: &'a NetNs) -> Result<Self> {
+fn sysctl_path(key: &str) -> String {
+    format!("/proc/sys/{}", key.replace('.', "/"))
+}
+
+fn host_sysctl_write(key: &str, value: &str) -> Result<()> {
+    std::fs::write(sysctl_path(key), value).with_context(|| {
+        format!("setting {key} = {value} (needs root in the host's network namespace)")
+    })
+}
+
+impl CoreBufferMax {
+    pub(crate) fn raise() -> Result<Self> {
         let mut old = Vec::new();
         for key in ["net.core.rmem_max", "net.core.wmem_max"] {
-            let path = format!("/proc/sys/{}", key.replace('.', "/"));
-            let was = ns
-                .run(move || std::fs::read_to_string(path))
+            let was = std::fs::read_to_string(sysctl_path(key))
                 .with_context(|| format!("reading {key}"))?
                 .trim()
                 .to_string();
             if was.parse::<u64>().unwrap_or(0) < SOCKET_BUFFER {
-                ns.sysctl(key, &SOCKET_BUFFER.to_string());
+                host_sysctl_write(key, &SOCKET_BUFFER.to_string())?;
                 old.push((key, was));
             }
         }
-        Ok(Self { ns, old })
+        Ok(Self { old })
     }
 }
 
-impl Drop for CoreBufferMax<'_> {
+impl Drop for CoreBufferMax {
     fn drop(&mut self) {
         for (key, was) in &self.old {
-            let _ = self.ns.netns().sysctl(key, was);
+            if let Err(e) = host_sysctl_write(key, was) {
+                eprintln!("bench-tunnel: could not put {key} back to {was}: {e}");
+            }
         }
     }
 }
@@ -111,7 +121,7 @@ pub(crate) fn run_stock(s: &Settings, c: &Cycles) -> Result<Value> {
     let conf = dir.path().join("server.conf");
     std::fs::write(&conf, &conf_text)?;
     let conf_s = conf.display().to_string();
-    let buffer_max = CoreBufferMax::raise(&lab.gw)?;
+    let buffer_max = CoreBufferMax::raise()?;
     let server = Proc::spawn(
         &lab.gw,
         &["openvpn", "--config", &conf_s],
