@@ -38,6 +38,11 @@ pub struct BenchArgs {
     /// Skip `cargo xtask setup` (when it just ran, e.g. from `cargo xtask test`).
     #[arg(long, hide = true)]
     no_setup: bool,
+    /// Build and run the programs in the dev profile (for `cargo xtask test`'s harness proof:
+    /// the privileged tests just built its dependencies, a release build would add minutes;
+    /// figures of such a run mean nothing, as with any `--quick` run).
+    #[arg(long, hide = true)]
+    dev_build: bool,
     /// Write the reports under `target/bench/<SUBDIR>` instead of `target/bench`.
     #[arg(long, hide = true, value_name = "SUBDIR")]
     out_subdir: Option<String>,
@@ -51,6 +56,7 @@ impl BenchArgs {
             quick: true,
             generator: None,
             no_setup: true,
+            dev_build: true,
             out_subdir: None,
         }
     }
@@ -64,6 +70,7 @@ impl BenchArgs {
             quick: true,
             generator: Some("af-packet".into()),
             no_setup: true,
+            dev_build: true,
             out_subdir: Some("generator-af-packet".into()),
         }
     }
@@ -101,25 +108,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     // One build for every program: one cargo invocation links them all in parallel.
     let mut build = cargo();
-    build.args([
-        "build",
-        "--release",
-        "--package",
-        "tests",
-        "--bin",
-        REPORT_BIN,
-    ]);
+    build.arg("build");
+    if !args.dev_build {
+        build.arg("--release");
+    }
+    build.args(["--package", "tests", "--bin", REPORT_BIN]);
+    let bin_dir = target.join(if args.dev_build { "debug" } else { "release" });
     for (_, bin) in &suites {
         build.args(["--bin", bin]);
     }
-    // The control suite runs `portcullis run` itself, as shipped: the release binary.
+    // The control suite runs `portcullis run` itself, as shipped: the release binary (the
+    // dev one in `cargo xtask test`).
     build.args(["--package", "portcullis-agent", "--bin", "portcullis"]);
     util::run(&mut build)?;
     let started = std::time::Instant::now();
     for (name, bin) in suites {
         let t = std::time::Instant::now();
-        let mut cmd = command(target.join("release").join(bin));
-        cmd.env("PORTCULLIS_BIN", target.join("release").join("portcullis"));
+        let mut cmd = command(bin_dir.join(bin));
+        cmd.env("PORTCULLIS_BIN", bin_dir.join("portcullis"));
         if args.quick {
             cmd.arg("--quick");
         }
@@ -149,11 +155,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     // The combined report covers whatever suite reports exist (a suite never run here, or
     // run on another branch such as `control`, is listed as "not run").
-    util::run(
-        command(target.join("release").join(REPORT_BIN))
-            .arg("--dir")
-            .arg(&out),
-    )?;
+    util::run(command(bin_dir.join(REPORT_BIN)).arg("--dir").arg(&out))?;
     println!(
         "bench: suites ran in {:.0} s; combined report {}",
         started.elapsed().as_secs_f64(),
