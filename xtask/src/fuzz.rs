@@ -86,6 +86,9 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     let bin_dir = out.join("x86_64-unknown-linux-gnu/release");
     let started_at = unix_now();
     let load_before = read_trim("/proc/loadavg");
+    // The source the binaries were just built from (the tree may move on during a long run).
+    let commit = git(&["rev-parse", "HEAD"]);
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty());
     let mut queue: Vec<String> = chosen.iter().rev().cloned().collect();
     let mut running: Vec<Running> = Vec::new();
     let mut results = Vec::new();
@@ -98,7 +101,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         let mut i = 0;
         while i < running.len() {
             if let Some(mut result) = poll(&mut running[i], &out)? {
-                record_in_campaign(&out, &mut result)?;
+                record_in_campaign(&out, &commit, &mut result)?;
                 println!("fuzz: {}", summary(&result));
                 results.push(result);
                 running.remove(i);
@@ -109,8 +112,8 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     }
     let report = json!({
         "provenance": {
-            "git_commit": git(&["rev-parse", "HEAD"]),
-            "git_dirty": git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
+            "git_commit": commit,
+            "git_dirty": dirty,
             "hostname": read_trim("/proc/sys/kernel/hostname"),
             "kernel": read_trim("/proc/sys/kernel/osrelease"),
             "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
@@ -152,7 +155,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
 /// Adds a target's run to `<out>/campaign.json`, the CPU time each target has had over every
 /// run that grew the same corpus (a campaign may span runs), and copies the total into
 /// `result` (`campaign_cpu_seconds`, `campaign_executions`).
-fn record_in_campaign(out: &Path, result: &mut Value) -> Result<()> {
+fn record_in_campaign(out: &Path, commit: &Option<String>, result: &mut Value) -> Result<()> {
     let path = out.join("campaign.json");
     let mut campaign: Value = fs::read_to_string(&path)
         .ok()
@@ -167,7 +170,7 @@ fn record_in_campaign(out: &Path, result: &mut Value) -> Result<()> {
     entry["cpu_seconds"] = json!(cpu);
     entry["executions"] = json!(execs);
     let run = json!({
-        "git_commit": git(&["rev-parse", "HEAD"]),
+        "git_commit": commit,
         "finished_unix_time": unix_now(),
         "cpu_seconds": result["cpu_seconds"],
         "executions": result["executions"],
