@@ -185,15 +185,22 @@ mod tests {
     use super::*;
     use crate::pki::{CertificateAuthority, Validity};
 
+    /// A fresh directory for one test with a CA and its `ca.crt`.
+    fn scratch(test: &str) -> (std::path::PathBuf, CertificateAuthority) {
+        let dir = std::env::temp_dir().join(format!("pc-profile-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = CertificateAuthority::generate("profile CA", Validity::days_from_now(2)).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
+        (dir, ca)
+    }
+
     #[test]
     fn server_names_are_quoted_for_the_profile() {
         assert_eq!(quote("vpn.example.com"), "vpn.example.com");
         assert_eq!(quote("Corp VPN"), "\"Corp VPN\"");
         assert_eq!(quote(r#"a "b" \c"#), r#""a \"b\" \\c""#);
         assert_eq!(quote("x#y;z'"), "\"x#y;z'\"");
-        let dir = std::env::temp_dir().join(format!("pc-profile-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = CertificateAuthority::generate("profile CA", Validity::days_from_now(2)).unwrap();
+        let (dir, ca) = scratch("names");
         let cert = ca
             .issue_server("Corp VPN \"main\"", Validity::days_from_now(2))
             .unwrap();
@@ -211,10 +218,7 @@ mod tests {
     #[test]
     fn tls_crypt_v2_endpoints_get_a_fresh_client_key_per_profile() {
         use crate::openvpn::tls_crypt_v2::{ClientKey, ServerKey};
-        let dir = std::env::temp_dir().join(format!("pc-profile-v2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = CertificateAuthority::generate("profile CA", Validity::days_from_now(2)).unwrap();
-        std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
+        let (dir, _ca) = scratch("v2");
         let server = ServerKey::from_bytes([3; 128]);
         std::fs::write(dir.join("v2.key"), server.to_pem()).unwrap();
         let mut cfg = EndpointConfig::parse(
@@ -256,10 +260,7 @@ tls_crypt_v2_server_key = "v2.key"
     /// on from a silent one quickly; a bad gateway address is refused by name.
     #[test]
     fn fleet_profiles_list_every_gateway() {
-        let dir = std::env::temp_dir().join(format!("pc-profile-fleet-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = CertificateAuthority::generate("profile CA", Validity::days_from_now(2)).unwrap();
-        std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
+        let (dir, _ca) = scratch("fleet");
         let text = |gateways: &str| {
             format!(
                 r#"
@@ -313,10 +314,7 @@ client_ca = "ca.crt"
     /// carries neither.
     #[test]
     fn sso_profiles_give_stock_clients_what_they_need() {
-        let dir = std::env::temp_dir().join(format!("pc-profile-sso-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = CertificateAuthority::generate("profile CA", Validity::days_from_now(2)).unwrap();
-        std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
+        let (dir, ca) = scratch("sso");
         let server = ca
             .issue_server("vpn.example.com", Validity::days_from_now(2))
             .unwrap();
