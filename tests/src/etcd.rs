@@ -206,6 +206,7 @@ impl EtcdCluster {
             lease_ttl_secs: 3,
             registry_refresh_secs: 1,
             max_connections_per_user: None,
+            max_connections: None,
             ca_file: self.tls.as_ref().map(|t| t.ca_file.clone()),
             cert_file: self.tls.as_ref().map(|t| t.client_cert.clone()),
             key_file: self.tls.as_ref().map(|t| t.client_key.clone()),

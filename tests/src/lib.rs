@@ -143,6 +143,7 @@ pub mod benchsys;
 pub mod clients;
 pub mod emulator;
 pub mod etcd;
+pub mod fleet;
 pub mod frames;
 pub mod idp;
 pub mod idp_browser;

@@ -184,6 +184,7 @@ fn shared(name: &str, dns: &str) -> portcullis::config::SharedConfig {
         authorization_rule: vec![],
         security_group: vec![],
         applied_security_groups: vec![],
+        crl_pem: vec![],
     }
 }
 
@@ -317,6 +318,40 @@ pub(crate) fn with_fleet(policy: &str, port: u16, gateway_id: &str) -> String {
     )
 }
 
+/// One etcd member and two `portcullis run` gateways `gw-a` and `gw-b` (each its own lab
+/// topology and PKI with `users[i]`; files: `ENG_ALLOWED` and `fleet_extra` lines added to
+/// `[fleet]`). Returns once both hold a lease and see each other. Drop order of the tuple
+/// as bound (`let (etcd, a, b)`): the gateways stop before etcd.
+pub(crate) fn two_gateways(
+    users: [&[&str]; 2],
+    fleet_extra: &str,
+) -> (EtcdCluster, tests::agent::AgentLab, tests::agent::AgentLab) {
+    use tests::agent::{poll, AgentLab};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = rt.block_on(EtcdCluster::start(1));
+    let port = tests::fleet::port_of(&etcd.endpoints()[0]);
+    let lab = |gw: &str, users: &[&str]| {
+        AgentLab::new(
+            1,
+            users,
+            &(with_fleet(ENG_ALLOWED, port, gw) + fleet_extra),
+        )
+    };
+    let (a, b) = (lab("gw-a", users[0]), lab("gw-b", users[1]));
+    for lab in [&a, &b] {
+        tests::etcd::forward_into(&lab.gw, port);
+    }
+    for lab in [&a, &b] {
+        poll(Duration::from_secs(10), || {
+            let m = fleet_status(lab)["member"].clone();
+            (m["lease_valid"] == true && m["gateways"].as_array().map(Vec::len) == Some(2))
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("not a member: {}", lab.agent().log_tail(30)));
+    }
+    (etcd, a, b)
+}
+
 fn fleet_status(lab: &tests::agent::AgentLab) -> serde_json::Value {
     lab.agent().status()["fleet"].clone()
 }
@@ -338,11 +373,7 @@ fn one_publish_is_enforced_on_every_gateway() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let etcd = rt.block_on(EtcdCluster::start(1));
-    let port: u16 = etcd.endpoints()[0]
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a client port");
+    let port = tests::fleet::port_of(&etcd.endpoints()[0]);
     let labs: Vec<AgentLab> = ["gw-a", "gw-b"]
         .iter()
         .map(|gw| AgentLab::new(1, &["alice"], &with_fleet(ENG_ALLOWED, port, gw)))
@@ -448,9 +479,13 @@ fn one_publish_is_enforced_on_every_gateway() {
 
 #[path = "fleet/blocks.rs"]
 mod blocks;
+#[path = "fleet/failover.rs"]
+mod failover;
 #[path = "fleet/gateways.rs"]
 mod gateways;
 #[path = "fleet/limits.rs"]
 mod limits;
 #[path = "fleet/registry.rs"]
 mod registry;
+#[path = "fleet/revocation.rs"]
+mod revocation;

@@ -1,5 +1,6 @@
-//! `cargo xtask demo`: set up, build the agent in release mode and hand over to
-//! `portcullis demo`, whose exit status becomes ours.
+//! `cargo xtask demo [--keep | --fleet]`: set up, build the agent in release mode and hand
+//! over to `portcullis demo`, whose exit status becomes ours (`--fleet`: two gateways and a
+//! one-member etcd, see `agent/src/demo/fleet.rs`).
 
 use std::{ffi::OsString, os::unix::process::CommandExt};
 

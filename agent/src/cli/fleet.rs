@@ -17,13 +17,27 @@ pub fn publish(path: &Path) -> Result<i64> {
             path.display()
         )
     })?;
+    let mut shared = cfg.shared();
+    // The CRLs travel with the policy (they are public): a revocation is one publish.
+    for (i, path) in cfg.tls.crl.iter().enumerate() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("tls.crl[{i}]: reading {}", path.display()))?;
+        if !text.contains("-----BEGIN X509 CRL-----") {
+            anyhow::bail!(
+                "tls.crl[{i}]: {} is not a PEM CRL: fleet publish stores CRLs as PEM text \
+                 (convert it: openssl crl -inform DER -in FILE -out FILE.pem)",
+                path.display()
+            );
+        }
+        shared.crl_pem.push(text);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let mut client = crate::fleet::connect(&section).await?;
         let revision =
-            crate::fleet::publish(&mut client, &Keys::new(&cfg.name), &cfg.shared()).await?;
+            crate::fleet::publish(&mut client, &Keys::new(&cfg.name), &shared).await?;
         Ok(revision)
     })
 }

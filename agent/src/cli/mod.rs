@@ -96,6 +96,10 @@ pub enum Command {
         /// Keep everything up until Ctrl-C, to inspect the pinned maps with bpftool.
         #[arg(long)]
         keep: bool,
+        /// Two gateways of one endpoint and a one-member etcd (needs etcd-server): the
+        /// fleet-wide registry, one publish, and a failover when a gateway is killed.
+        #[arg(long, conflicts_with = "keep")]
+        fleet: bool,
     },
     /// Fleet mode: several gateways serving one endpoint, coordinated through etcd.
     Fleet {
@@ -476,7 +480,9 @@ pub fn run(command: Command) -> Result<()> {
             println!("published: revision {revision}");
             Ok(())
         }
-        Command::Demo { keep } => crate::demo::run(crate::demo::DemoOptions { keep }),
+        Command::Demo { keep, fleet } => {
+            crate::demo::run(crate::demo::DemoOptions { keep, fleet })
+        }
         Command::Status {
             admin: _,
             endpoint: Some(endpoint),

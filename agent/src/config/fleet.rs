@@ -36,6 +36,11 @@ pub struct FleetSection {
     /// across the fleet, checked atomically in etcd; none: no cap.
     #[serde(default)]
     pub max_connections_per_user: Option<u32>,
+    /// The most connections the endpoint admits across the fleet (every gateway together),
+    /// checked atomically in etcd like the per-user cap; none: only each gateway's own
+    /// `max_connections`.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
     /// CA bundle (PEM) that issued the etcd servers' certificates (required with https://).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -122,6 +127,12 @@ impl FleetSection {
             errs.push(err(
                 "fleet.max_connections_per_user",
                 "0 would admit nobody: use 1 or more, or leave it out for no cap",
+            ));
+        }
+        if self.max_connections == Some(0) {
+            errs.push(err(
+                "fleet.max_connections",
+                "0 would admit nobody: use 1 or more, or leave it out for no fleet-wide cap",
             ));
         }
         let tls = self.uses_tls();
@@ -217,6 +228,7 @@ mod tests {
             lease_ttl_secs: 10,
             registry_refresh_secs: 60,
             max_connections_per_user: None,
+            max_connections: None,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -303,6 +315,9 @@ mod tests {
         s.max_connections_per_user = Some(0);
         assert_eq!(paths(&s), vec!["fleet.max_connections_per_user"]);
         s.max_connections_per_user = Some(5);
+        s.max_connections = Some(0);
+        assert_eq!(paths(&s), vec!["fleet.max_connections"]);
+        s.max_connections = Some(100);
         for r in [0, 61] {
             s.registry_refresh_secs = r;
             assert_eq!(paths(&s), vec!["fleet.registry_refresh_secs"], "{r}");

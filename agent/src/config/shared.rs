@@ -43,6 +43,11 @@ pub struct SharedConfig {
     pub security_group: Vec<SecurityGroup>,
     #[serde(default)]
     pub applied_security_groups: Vec<String>,
+    /// The CRLs (PEM text) `fleet publish` read from the publisher's `[tls] crl` files:
+    /// every gateway checks clients against these instead of its own CRL files, and cuts
+    /// the live sessions they revoke. Empty: each gateway's own files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crl_pem: Vec<String>,
 }
 
 impl EndpointConfig {
@@ -65,6 +70,8 @@ impl EndpointConfig {
             authorization_rule: self.authorization_rule.clone(),
             security_group: self.security_group.clone(),
             applied_security_groups: self.applied_security_groups.clone(),
+            // The file names CRL files; `fleet publish` reads them in (this stays pure).
+            crl_pem: Vec::new(),
         }
     }
 
@@ -95,6 +102,8 @@ impl EndpointConfig {
             authorization_rule,
             security_group,
             applied_security_groups,
+            // TLS material, applied to the gateway's TLS context, not the file.
+            crl_pem: _,
         } = shared;
         self.split_tunnel = split_tunnel;
         self.dns_servers = dns_servers;

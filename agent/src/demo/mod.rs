@@ -4,6 +4,7 @@
 //! the clients' own network stacks) goes through the tunnel into the XDP data path, which
 //! applies an embedded AWS-style policy; the verdicts are shown with their reasons.
 mod console;
+mod fleet;
 mod net;
 
 use std::{
@@ -43,6 +44,8 @@ extern "C" fn on_sigint(_: libc::c_int) {
 pub struct DemoOptions {
     /// Keep everything up until Ctrl-C (to inspect with bpftool).
     pub keep: bool,
+    /// Two gateways of one fleet instead of one gateway ([`fleet`]).
+    pub fleet: bool,
 }
 
 struct User {
@@ -165,6 +168,9 @@ impl std::fmt::Display for Probe {
 pub fn run(opts: DemoOptions) -> Result<()> {
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    if opts.fleet {
+        return fleet::run();
+    }
     let input: PolicyInput =
         toml::from_str(DEFAULT_POLICY).context("parsing the embedded demo policy")?;
 

@@ -104,7 +104,8 @@ pub struct Endpoint {
     keep_flag: Arc<AtomicBool>,
     /// In a fleet: the address blocks this gateway holds in etcd (see `fleet::member`).
     fence: Option<Arc<crate::openvpn::fence::AddressFence>>,
-    /// In a fleet with `max_connections_per_user`: admissions checked in etcd.
+    /// In a fleet with `max_connections_per_user` or `max_connections`: admissions checked
+    /// in etcd.
     user_gate: Option<crate::fleet::UserGate>,
 }
 
@@ -234,12 +235,12 @@ impl Endpoint {
             settings.auth = AuthMode::External;
             a.into_authorizer()
         });
-        // The fleet-wide per-user cap decides after authentication, in etcd.
+        // The fleet-wide caps decide after authentication, in etcd.
         let user_gate = cfg
             .fleet
             .as_ref()
-            .and_then(|f| f.max_connections_per_user)
-            .map(|m| crate::fleet::UserGate::new(m as usize));
+            .and_then(crate::fleet::limits::Caps::of)
+            .map(crate::fleet::UserGate::with_caps);
         let authorizer = match &user_gate {
             Some(g) => {
                 settings.auth = AuthMode::External;

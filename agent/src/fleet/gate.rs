@@ -1,10 +1,12 @@
 //! The way from the authorizer threads (which decide each new connection and may block) to
-//! the fleet member (which owns the etcd connection) for `max_connections_per_user`.
+//! the fleet member (which owns the etcd connection) for the fleet-wide caps
+//! (`max_connections_per_user`, `max_connections`).
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::limits::Caps;
 use crate::io::Authorizer;
 use crate::openvpn::session::{FailureCode, Refusal};
 
@@ -20,19 +22,24 @@ pub struct AdmitRequest {
     pub reply: std::sync::mpsc::Sender<Result<(), Refusal>>,
 }
 
-/// The fleet-wide cap on one user's connections.
+/// The fleet-wide caps on a new connection (one user's, the endpoint's).
 #[derive(Clone)]
 pub struct UserGate {
-    pub max: usize,
+    pub caps: Caps,
     tx: mpsc::Sender<AdmitRequest>,
     rx: Arc<Mutex<Option<mpsc::Receiver<AdmitRequest>>>>,
 }
 
 impl UserGate {
+    /// Only `max_connections_per_user = max`.
     pub fn new(max: usize) -> UserGate {
+        UserGate::with_caps(Caps::per_user(max))
+    }
+
+    pub fn with_caps(caps: Caps) -> UserGate {
         let (tx, rx) = mpsc::channel(256);
         UserGate {
-            max,
+            caps,
             tx,
             rx: Arc::new(Mutex::new(Some(rx))),
         }
@@ -65,7 +72,7 @@ impl UserGate {
     }
 
     /// `inner` (the directory, or none: certificates only) and then, for a new connection,
-    /// the fleet-wide cap. The user is the directory user where there is one, else the
+    /// the fleet-wide caps. The user is the directory user where there is one, else the
     /// certificate's common name.
     pub fn wrap(&self, inner: Option<Authorizer>) -> Authorizer {
         let gate = self.clone();

@@ -8,6 +8,7 @@
 //! | `sessions/<gateway>/<connection>` | one session (JSON) | under the owner's lease |
 //! | `terminate/<gateway>/<connection>` | who asked, when | short lease; watched by the owner |
 //! | `users/<user>/<gateway>/<connection>` | empty: one admitted connection of the user | under the owner's lease |
+//! | `admitted/<gateway>/<connection>` | empty: one admitted connection of the endpoint | under the owner's lease |
 //!
 //! Every key that describes something alive on a gateway is written under that gateway's
 //! lease, so a gateway that dies leaves nothing behind after its TTL. Parts that come from
@@ -111,6 +112,15 @@ impl Keys {
 
     pub fn user_connection(&self, user: &str, gateway: &str, connection: &str) -> String {
         format!("{}{gateway}/{connection}", self.user_connections(user))
+    }
+
+    /// Every admitted connection of the endpoint (counted for `[fleet] max_connections`).
+    pub fn admissions(&self) -> String {
+        format!("{}admitted/", self.root)
+    }
+
+    pub fn admission(&self, gateway: &str, connection: &str) -> String {
+        format!("{}{gateway}/{connection}", self.admissions())
     }
 }
 

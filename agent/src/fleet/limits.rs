@@ -1,19 +1,77 @@
-//! `max_connections_per_user` across the fleet: a new connection of a user is admitted only by
-//! a transaction that proves no other connection of that user was admitted anywhere since
-//! the count was read, so two gateways cannot both admit the connection over the cap.
+//! Fleet-wide admission caps: `max_connections_per_user` and `max_connections` (the whole
+//! endpoint). A new connection is admitted only by a transaction that proves no other
+//! connection counted by the same cap was admitted anywhere since the count was read, so two
+//! gateways cannot both admit the connection over a cap.
 //!
-//! Admission reads `users/<user>/` (count `n` at store revision `R`); with `n < max` it
-//! commits `if mod_revision(users/<user>/*) < R + 1 then put(users/<user>/<gateway>/<serial>,
-//! lease)`. A key created anywhere after `R` fails the compare, and the admission is tried
-//! again with the new count. A disconnect deletes the key; a dead gateway's keys go with its
-//! lease, so the count heals without a decrement.
+//! For each cap that is on, admission reads its prefix (`users/<user>/`, `admitted/`: count
+//! `n` at store revision `R`); with every `n < max` it commits `if mod_revision(prefix/*) <
+//! R + 1` (for each prefix) `then put(prefix/<gateway>/<serial>, lease)` (each). A key created
+//! anywhere after `R` fails the compare, and the admission is tried again with the new
+//! counts. A disconnect deletes the keys; a dead gateway's keys go with its lease, so the
+//! counts heal without a decrement.
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
 use super::{FleetError, Keys};
 
 /// Compare failures in a row before the admission gives up (refused as temporary): each
-/// one means another connection of the same user was admitted meanwhile.
+/// one means another connection counted by the same cap was admitted meanwhile.
 const TRIES: usize = 8;
+
+/// The fleet-wide caps that are on (at least one of them, where a gate exists).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// `[fleet] max_connections_per_user`.
+    pub per_user: Option<usize>,
+    /// `[fleet] max_connections`: the whole endpoint.
+    pub total: Option<usize>,
+}
+
+impl Caps {
+    pub fn per_user(max: usize) -> Caps {
+        Caps {
+            per_user: Some(max),
+            total: None,
+        }
+    }
+
+    /// The caps of a `[fleet]` section; `None` when neither is set (no admission in etcd).
+    pub fn of(section: &crate::config::FleetSection) -> Option<Caps> {
+        let c = Caps {
+            per_user: section.max_connections_per_user.map(|m| m as usize),
+            total: section.max_connections.map(|m| m as usize),
+        };
+        (c != Caps::default()).then_some(c)
+    }
+
+    /// The keys one admitted connection holds, with the prefix and cap each counts against.
+    fn keys(
+        &self,
+        keys: &Keys,
+        gateway: &str,
+        user: &str,
+        serial: u64,
+    ) -> Vec<(String, String, usize, bool)> {
+        let serial = serial.to_string();
+        let mut v = Vec::new();
+        if let Some(max) = self.per_user {
+            v.push((
+                keys.user_connections(user),
+                keys.user_connection(user, gateway, &serial),
+                max,
+                true,
+            ));
+        }
+        if let Some(max) = self.total {
+            v.push((
+                keys.admissions(),
+                keys.admission(gateway, &serial),
+                max,
+                false,
+            ));
+        }
+        v
+    }
+}
 
 /// The outcome of one admission.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,12 +79,14 @@ pub enum Admission {
     Admitted,
     /// The user holds this many connections in the fleet already.
     OverCap(usize),
-    /// Every try lost a race with another admission of the same user.
+    /// The endpoint holds this many connections in the fleet already.
+    OverEndpointCap(usize),
+    /// Every try lost a race with another admission counted by the same cap.
     Contended,
 }
 
-/// Admits connection `serial` of `user` on `gateway` if the user holds fewer than `max`
-/// connections fleet-wide; the key lives under `lease`.
+/// Admits connection `serial` of `user` on `gateway` if every cap of `caps` has room
+/// fleet-wide; the keys live under `lease`.
 pub async fn admit(
     client: &mut Client,
     keys: &Keys,
@@ -34,32 +94,39 @@ pub async fn admit(
     lease: i64,
     user: &str,
     serial: u64,
-    max: usize,
+    caps: Caps,
 ) -> Result<Admission, FleetError> {
-    let prefix = keys.user_connections(user);
-    let key = keys.user_connection(user, gateway, &serial.to_string());
+    let counted = caps.keys(keys, gateway, user, serial);
     for _ in 0..TRIES {
-        let got = client
-            .get(
-                prefix.as_str(),
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            )
-            .await
-            .map_err(FleetError::Etcd)?;
-        let n = usize::try_from(got.count()).unwrap_or(usize::MAX);
-        if n >= max {
-            return Ok(Admission::OverCap(n));
-        }
-        let read_at = got.header().map_or(0, |h| h.revision());
-        let txn = Txn::new()
-            .when([
+        let mut when = Vec::with_capacity(counted.len());
+        for (prefix, _, max, is_user) in &counted {
+            let got = client
+                .get(
+                    prefix.as_str(),
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+                .map_err(FleetError::Etcd)?;
+            let n = usize::try_from(got.count()).unwrap_or(usize::MAX);
+            if n >= *max {
+                return Ok(if *is_user {
+                    Admission::OverCap(n)
+                } else {
+                    Admission::OverEndpointCap(n)
+                });
+            }
+            let read_at = got.header().map_or(0, |h| h.revision());
+            when.push(
                 Compare::mod_revision(prefix.as_str(), CompareOp::Less, read_at + 1).with_prefix(),
-            ])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                "",
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
+            );
+        }
+        let puts: Vec<TxnOp> = counted
+            .iter()
+            .map(|(_, key, _, _)| {
+                TxnOp::put(key.as_str(), "", Some(PutOptions::new().with_lease(lease)))
+            })
+            .collect();
+        let txn = Txn::new().when(when).and_then(puts);
         if client.txn(txn).await.map_err(FleetError::Etcd)?.succeeded() {
             return Ok(Admission::Admitted);
         }
@@ -67,21 +134,15 @@ pub async fn admit(
     Ok(Admission::Contended)
 }
 
-/// The connection ended (or never got established): it no longer counts.
-pub async fn release(
-    client: &mut Client,
-    keys: &Keys,
-    gateway: &str,
-    user: &str,
-    serial: u64,
-) -> Result<(), FleetError> {
-    client
-        .delete(
-            keys.user_connection(user, gateway, &serial.to_string()),
-            None,
-        )
-        .await
-        .map_err(FleetError::Etcd)?;
+/// The connection ended (or never got established): it no longer counts (`held`: the keys
+/// its admission wrote).
+pub async fn release(client: &mut Client, held: &[String]) -> Result<(), FleetError> {
+    for key in held {
+        client
+            .delete(key.as_str(), None)
+            .await
+            .map_err(FleetError::Etcd)?;
+    }
     Ok(())
 }
 
@@ -90,13 +151,14 @@ pub async fn release(
 const UNSEEN_GRACE: std::time::Duration = std::time::Duration::from_secs(75);
 
 struct Entry {
-    user: String,
+    /// The keys its admission wrote.
+    held: Vec<String>,
     at: std::time::Instant,
     /// Seen as a live session since: released as soon as it is gone.
     seen: bool,
 }
 
-/// The connections this gateway admitted under the cap (its `users/` keys).
+/// The connections this gateway admitted under the caps (its `users/` and `admitted/` keys).
 #[derive(Default)]
 pub struct Admitted {
     entries: std::collections::HashMap<u64, Entry>,
@@ -111,15 +173,20 @@ impl Admitted {
         gateway: &str,
         lease: i64,
         req: &super::gate::AdmitRequest,
-        max: usize,
+        caps: Caps,
     ) -> Result<(), FleetError> {
         use crate::openvpn::session::{FailureCode, Refusal};
-        let verdict = match admit(client, keys, gateway, lease, &req.user, req.serial, max).await? {
+        let verdict = match admit(client, keys, gateway, lease, &req.user, req.serial, caps).await?
+        {
             Admission::Admitted => {
                 self.entries.insert(
                     req.serial,
                     Entry {
-                        user: req.user.clone(),
+                        held: caps
+                            .keys(keys, gateway, &req.user, req.serial)
+                            .into_iter()
+                            .map(|(_, key, _, _)| key)
+                            .collect(),
                         at: std::time::Instant::now(),
                         seen: false,
                     },
@@ -128,11 +195,19 @@ impl Admitted {
             }
             Admission::OverCap(n) => Err(Refusal::new(
                 FailureCode::UserConnectionLimit,
-                format!("{n} connections of this user already (max_connections_per_user {max})"),
+                format!(
+                    "{n} connections of this user already (max_connections_per_user {})",
+                    caps.per_user.unwrap_or(n)
+                ),
+            )),
+            // Temporary: the endpoint is full now, a place frees when anyone disconnects.
+            Admission::OverEndpointCap(n) => Err(Refusal::temporary(
+                FailureCode::EndpointConnectionLimit,
+                format!("the endpoint is full ({n} connections), try again later"),
             )),
             Admission::Contended => Err(Refusal::temporary(
                 FailureCode::FleetUnavailable,
-                "too many simultaneous connections of this user, try again",
+                "too many simultaneous connections, try again",
             )),
         };
         // The thread that asked may have given up (timeout): its session then never
@@ -145,19 +220,19 @@ impl Admitted {
     pub async fn renew(
         &self,
         client: &mut Client,
-        keys: &Keys,
-        gateway: &str,
         lease: i64,
     ) -> Result<(), FleetError> {
-        for (serial, e) in &self.entries {
-            client
-                .put(
-                    keys.user_connection(&e.user, gateway, &serial.to_string()),
-                    "",
-                    Some(PutOptions::new().with_lease(lease)),
-                )
-                .await
-                .map_err(FleetError::Etcd)?;
+        for e in self.entries.values() {
+            for key in &e.held {
+                client
+                    .put(
+                        key.as_str(),
+                        "",
+                        Some(PutOptions::new().with_lease(lease)),
+                    )
+                    .await
+                    .map_err(FleetError::Etcd)?;
+            }
         }
         Ok(())
     }
@@ -166,8 +241,6 @@ impl Admitted {
     pub async fn sweep(
         &mut self,
         client: &mut Client,
-        keys: &Keys,
-        gateway: &str,
         live: &std::collections::HashSet<u64>,
     ) -> Result<(), FleetError> {
         for (serial, e) in self.entries.iter_mut() {
@@ -181,7 +254,7 @@ impl Admitted {
             .collect();
         for serial in gone {
             if let Some(e) = self.entries.get(&serial) {
-                release(client, keys, gateway, &e.user, serial).await?;
+                release(client, &e.held).await?;
             }
             self.entries.remove(&serial);
         }

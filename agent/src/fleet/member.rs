@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::gate::{AdmitRequest, UserGate};
 use super::lease::GatewayLease;
-use super::limits::Admitted;
+use super::limits::{Admitted, Caps};
 use super::registry::{unix_now, Registry, SessionRecord};
 use super::{blocks, connect, terminate, FleetError, Keys};
 use crate::config::FleetSection;
@@ -95,8 +95,8 @@ struct Ctx {
     sessions: watch::Receiver<Vec<SessionRecord>>,
     terminates: mpsc::Sender<u32>,
     shared: Arc<Shared>,
-    /// With `max_connections_per_user`: the authorizer's admission requests, and the cap.
-    admits: Option<(mpsc::Receiver<AdmitRequest>, usize)>,
+    /// With a fleet-wide cap: the authorizer's admission requests, and the caps.
+    admits: Option<(mpsc::Receiver<AdmitRequest>, Caps)>,
 }
 
 impl Member {
@@ -121,7 +121,7 @@ impl Member {
             sessions: sessions_rx,
             terminates: term_tx,
             shared: shared.clone(),
-            admits: gate.and_then(|g| Some((g.take_requests()?, g.max))),
+            admits: gate.and_then(|g| Some((g.take_requests()?, g.caps))),
         };
         Member {
             sessions: sessions_tx,
@@ -206,12 +206,12 @@ async fn gateways(client: &mut Client, keys: &Keys) -> Result<Vec<String>, Fleet
         .collect())
 }
 
-/// The next admission request, if the cap is on.
+/// The next admission request, if a cap is on.
 async fn next_admit(
-    admits: &mut Option<(mpsc::Receiver<AdmitRequest>, usize)>,
-) -> Option<(AdmitRequest, usize)> {
+    admits: &mut Option<(mpsc::Receiver<AdmitRequest>, Caps)>,
+) -> Option<(AdmitRequest, Caps)> {
     match admits {
-        Some((rx, max)) => rx.recv().await.map(|r| (r, *max)),
+        Some((rx, caps)) => rx.recv().await.map(|r| (r, *caps)),
         None => std::future::pending().await,
     }
 }
@@ -245,9 +245,7 @@ async fn run_once(
         .await
         .map_err(FleetError::Etcd)?;
     top_up(ctx, &mut client, lease.id, valid).await?;
-    admitted
-        .renew(&mut client, &ctx.keys, &gw, lease.id)
-        .await?;
+    admitted.renew(&mut client, lease.id).await?;
     // Every session again under the new lease.
     registry.forget();
     let refresh = Duration::from_secs(ctx.section.registry_refresh_secs);
@@ -280,10 +278,10 @@ async fn run_once(
                 let now = ctx.sessions.borrow_and_update().clone();
                 registry.sync(&mut client, &ctx.keys, lease.id, &now, refresh).await?;
                 let live = now.iter().map(|s| s.serial).collect();
-                admitted.sweep(&mut client, &ctx.keys, &gw, &live).await?;
+                admitted.sweep(&mut client, &live).await?;
             }
-            Some((req, max)) = next_admit(&mut ctx.admits) => {
-                admitted.decide(&mut client, &ctx.keys, &gw, lease.id, &req, max).await?;
+            Some((req, caps)) = next_admit(&mut ctx.admits) => {
+                admitted.decide(&mut client, &ctx.keys, &gw, lease.id, &req, caps).await?;
             }
             msg = requests.message() => {
                 let resp = msg

@@ -57,7 +57,7 @@ pub(super) async fn run(mut c: ControlCtx) {
     let mut next_maintenance = Instant::now();
     loop {
         let now = Instant::now();
-        if now >= next_maintenance {
+        if now >= next_maintenance || c.server.tls_provider().changed_outside() {
             if c.server.tls_provider().maintain() {
                 let n = c.server.cut_revoked(now);
                 if n > 0 {

@@ -36,15 +36,36 @@ fn read(what: &'static str, path: &Path) -> Result<Input, TlsError> {
 
 /// Reads and checks all files; nothing is half-applied on error.
 pub fn load(files: &TlsFiles, opts: &TlsOptions, clock: WallClock) -> Result<TlsContext, TlsError> {
-    let inputs = Inputs {
-        ca: read("CA bundle", &files.ca)?,
-        cert: read("server certificate", &files.cert)?,
-        key: read("server key", &files.key)?,
-        crls: files
+    load_with(files, None, opts, clock)
+}
+
+/// Like [`load`], with `published` CRLs (a fleet's, PEM text) in place of the CRL files.
+fn load_with(
+    files: &TlsFiles,
+    published: Option<&[String]>,
+    opts: &TlsOptions,
+    clock: WallClock,
+) -> Result<TlsContext, TlsError> {
+    let crls = match published {
+        Some(pems) => pems
+            .iter()
+            .enumerate()
+            .map(|(i, pem)| Input {
+                path: PathBuf::from(format!("<published crl #{i}>")),
+                bytes: pem.as_bytes().to_vec(),
+            })
+            .collect(),
+        None => files
             .crls
             .iter()
             .map(|path| read("CRL", path))
             .collect::<Result<Vec<_>, _>>()?,
+    };
+    let inputs = Inputs {
+        ca: read("CA bundle", &files.ca)?,
+        cert: read("server certificate", &files.cert)?,
+        key: read("server key", &files.key)?,
+        crls,
     };
     TlsContext::build(inputs, opts, clock)
 }
@@ -65,6 +86,11 @@ pub struct ReloadableTls {
     /// [`ReloadableTls::reload_if_changed`] retries: a CRL caught half-written or briefly
     /// unreadable must not leave the old one in force until the file changes again.
     failing: Mutex<Option<String>>,
+    /// A fleet's published CRLs, used instead of the CRL files while set.
+    published: Mutex<Option<Vec<String>>>,
+    /// Set when published CRLs were applied: the next [`TlsProvider::maintain`] reports a
+    /// change, so live sessions they revoke are cut.
+    fresh: std::sync::atomic::AtomicBool,
 }
 
 impl ReloadableTls {
@@ -91,7 +117,26 @@ impl ReloadableTls {
             current: RwLock::new(Arc::new(ctx)),
             stamps,
             failing: Mutex::new(None),
+            published: Mutex::new(None),
+            fresh: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Uses `pems` (a fleet's published CRLs) instead of the CRL files from now on; `None`:
+    /// the files again. Applied at once (the next maintenance tick cuts what they revoke);
+    /// refused CRLs leave the previous ones in force.
+    pub fn set_published_crls(&self, pems: Option<Vec<String>>) -> Result<(), TlsError> {
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        if *published == pems {
+            return Ok(());
+        }
+        let ctx = load_with(&self.files, pems.as_deref(), &self.options, self.clock.clone())?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
+        *published = pems;
+        self.fresh
+            .store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!("TLS: the fleet's published CRLs applied");
+        Ok(())
     }
 
     /// Reloads when any of the files changed since the last load (a CRL republished by the
@@ -125,7 +170,17 @@ impl ReloadableTls {
     }
 
     pub fn reload(&self) -> Result<(), TlsError> {
-        match load(&self.files, &self.options, self.clock.clone()) {
+        let published = self
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match load_with(
+            &self.files,
+            published.as_deref(),
+            &self.options,
+            self.clock.clone(),
+        ) {
             Ok(ctx) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
                 *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -169,7 +224,8 @@ impl TlsProvider for ReloadableTls {
     /// CRLs are checked on every new connection and renegotiation, so a republished CRL
     /// takes effect within one maintenance interval without a restart.
     fn maintain(&self) -> bool {
-        let changed = matches!(self.reload_if_changed(), Some(Ok(())));
+        let changed = matches!(self.reload_if_changed(), Some(Ok(())))
+            | self.fresh.swap(false, std::sync::atomic::Ordering::AcqRel);
         let now = self
             .clock
             .current_time()
@@ -184,6 +240,10 @@ impl TlsProvider for ReloadableTls {
 
     fn is_revoked(&self, id: &ClientIdentity) -> bool {
         self.current().is_revoked(id)
+    }
+
+    fn changed_outside(&self) -> bool {
+        self.fresh.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -57,6 +57,8 @@ pub enum FailureCode {
     AddressBlockUnavailable,
     /// In a fleet: the user holds `max_connections_per_user` connections already.
     UserConnectionLimit,
+    /// In a fleet: the endpoint holds `[fleet] max_connections` connections already.
+    EndpointConnectionLimit,
     /// In a fleet: etcd did not answer an admission that needs it.
     FleetUnavailable,
     HandshakeTimeout,
@@ -103,6 +105,7 @@ impl FailureCode {
             FailureCode::AddressPoolExhausted => "address_pool_exhausted",
             FailureCode::AddressBlockUnavailable => "address_block_unavailable",
             FailureCode::UserConnectionLimit => "user_connection_limit",
+            FailureCode::EndpointConnectionLimit => "endpoint_connection_limit",
             FailureCode::FleetUnavailable => "fleet_unavailable",
             FailureCode::HandshakeTimeout => "handshake_timeout",
             FailureCode::Protocol => "protocol",

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tests::agent::{cli, cli_ok, poll, tunnel_addr, AgentLab};
 use tests::etcd::EtcdCluster;
 
-use super::{have_etcd, with_fleet, ENG_ALLOWED};
+use super::{have_etcd, two_gateways, with_fleet, ENG_ALLOWED};
 
 fn fleet_list(lab: &AgentLab) -> Vec<serde_json::Value> {
     lab.connections()
@@ -19,26 +19,7 @@ fn any_gateway_lists_the_fleet_and_terminates_a_session_on_another() {
     if !have_etcd() {
         return;
     }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let etcd = rt.block_on(EtcdCluster::start(1));
-    let port: u16 = etcd.endpoints()[0]
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a client port");
-    let a = AgentLab::new(1, &["alice"], &with_fleet(ENG_ALLOWED, port, "gw-a"));
-    let b = AgentLab::new(1, &["bob"], &with_fleet(ENG_ALLOWED, port, "gw-b"));
-    for lab in [&a, &b] {
-        tests::etcd::forward_into(&lab.gw, port);
-    }
-    for lab in [&a, &b] {
-        poll(Duration::from_secs(10), || {
-            lab.agent().status()["fleet"]["degraded"]
-                .is_null()
-                .then_some(())
-        })
-        .unwrap_or_else(|| panic!("not following: {}", lab.agent().log_tail(30)));
-    }
+    let (_etcd, a, b) = two_gateways([&["alice"], &["bob"]], "");
     // Each gateway's status shows its lease, its blocks and both gateways' presence.
     for lab in [&a, &b] {
         let m = poll(Duration::from_secs(5), || {
@@ -145,24 +126,7 @@ fn the_per_user_cap_holds_across_gateways() {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let etcd = rt.block_on(EtcdCluster::start(1));
-    let port: u16 = etcd.endpoints()[0]
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a client port");
-    let cfg = |gw: &str| with_fleet(ENG_ALLOWED, port, gw) + "max_connections_per_user = 1\n";
-    let a = AgentLab::new(1, &["alice"], &cfg("gw-a"));
-    let b = AgentLab::new(1, &["alice"], &cfg("gw-b"));
-    for lab in [&a, &b] {
-        tests::etcd::forward_into(&lab.gw, port);
-    }
-    for lab in [&a, &b] {
-        poll(Duration::from_secs(10), || {
-            (lab.agent().status()["fleet"]["member"]["lease_valid"] == true).then_some(())
-        })
-        .unwrap_or_else(|| panic!("no lease: {}", lab.agent().log_tail(30)));
-    }
+    let (etcd, a, b) = two_gateways([&["alice"], &["alice"]], "max_connections_per_user = 1\n");
     let _first = a.connect(0, "alice");
     let second = b.start_client(0, "alice");
     poll(Duration::from_secs(15), || {
@@ -242,11 +206,7 @@ fn a_gateway_without_its_lease_refuses_new_clients_temporarily() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut etcd = rt.block_on(EtcdCluster::start(1));
-    let port: u16 = etcd.endpoints()[0]
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a client port");
+    let port = tests::fleet::port_of(&etcd.endpoints()[0]);
     let lab = AgentLab::new(2, &["alice", "bob"], &with_fleet(ENG_ALLOWED, port, "gw-a"));
     tests::etcd::forward_into(&lab.gw, port);
     poll(Duration::from_secs(10), || {
@@ -280,4 +240,47 @@ fn a_gateway_without_its_lease_refuses_new_clients_temporarily() {
     );
     let st = cli_ok(&["status", "--config", &lab.config_arg()]);
     assert!(st.contains("fleet lease        none"), "{st}");
+}
+
+/// `[fleet] max_connections = 1` on two gateways with stock clients: alice connected on gw-a
+/// fills the endpoint, so bob on gw-b is refused as temporary (`AUTH_FAILED,TEMP`,
+/// `endpoint_connection_limit` in gw-b's connection log) and his client keeps retrying; once
+/// alice's session ends, bob's next try gets in.
+#[test]
+fn the_endpoint_cap_holds_across_gateways() {
+    tests::require_root!();
+    if !have_etcd() {
+        return;
+    }
+    let (_etcd, a, b) = two_gateways([&["alice"], &["bob"]], "max_connections = 1\n");
+    let _alice = a.connect(0, "alice");
+    let bob = b.start_client(0, "bob");
+    poll(Duration::from_secs(15), || {
+        bob.log().contains("AUTH_FAILED,TEMP").then_some(())
+    })
+    .unwrap_or_else(|| panic!("bob was not refused while the endpoint is full:\n{}", bob.log()));
+    assert!(!bob.log().contains(tests::agent::COMPLETED), "{}", bob.log());
+    poll(Duration::from_secs(10), || {
+        std::fs::read_to_string(b.dir.path().join("connections.log"))
+            .unwrap_or_default()
+            .contains("endpoint_connection_limit")
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no endpoint_connection_limit in gw-b's connection log: {}",
+            std::fs::read_to_string(b.dir.path().join("connections.log")).unwrap_or_default()
+        )
+    });
+    cli_ok(&[
+        "connections",
+        "terminate",
+        "--config",
+        &a.config_arg(),
+        "--user",
+        "alice",
+    ]);
+    // The client retries after the pushed backoff (10 s) plus its own reconnect delay.
+    bob.wait_connected(Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("bob not admitted once alice left: {e}\n{}", b.agent().log_tail(30)));
 }

@@ -206,7 +206,7 @@ async fn concurrent_admissions_are_serialized_by_the_transaction() {
             let (keys, barrier) = (keys.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                admit(&mut c, &keys, &format!("gw-{i}"), lease, "alice", 1, MAX)
+                admit(&mut c, &keys, &format!("gw-{i}"), lease, "alice", 1, portcullis::fleet::limits::Caps::per_user(MAX))
                     .await
                     .unwrap()
             })
@@ -227,4 +227,75 @@ async fn concurrent_admissions_are_serialized_by_the_transaction() {
             .all(|o| matches!(o, Admission::Admitted | Admission::OverCap(_))),
         "{outcomes:?}"
     );
+}
+
+/// `[fleet] max_connections` (the whole endpoint) through the gates of two gateways: twelve
+/// connections of twelve users at once, cap five: exactly five get in, the others are refused
+/// as temporary with `endpoint_connection_limit`; with the per-user cap on as well, both
+/// prefixes are compared in the one transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_never_admit_one_connection_over_the_endpoint_cap() {
+    use portcullis::fleet::limits::Caps;
+    if !have_etcd() {
+        return;
+    }
+    let etcd = EtcdCluster::start(1).await;
+    let caps = Caps {
+        per_user: Some(2),
+        total: Some(MAX),
+    };
+    let start = |id: &str| {
+        let gate = UserGate::with_caps(caps);
+        let m = Member::start(
+            etcd.fleet_section(id),
+            Keys::new("corp"),
+            "10.100.0.0/24".parse().unwrap(),
+            AddressFence::new(),
+            Some(gate.clone()),
+        );
+        (m, gate)
+    };
+    let (a, ga) = start("gw-a");
+    let (b, gb) = start("gw-b");
+    let gates = Arc::new([ga, gb]);
+    let handles: Vec<_> = (0..12u64)
+        .map(|s| {
+            let gate = gates[(s % 2) as usize].clone();
+            std::thread::spawn(move || (s, admit(&gate, &format!("user{s}"), s)))
+        })
+        .collect();
+    let outcomes: Vec<_> = tokio::task::spawn_blocking(move || {
+        handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let admitted: Vec<u64> = outcomes
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(admitted.len(), MAX, "{outcomes:?}");
+    for (_, r) in &outcomes {
+        if let Err(r) = r {
+            // `admit` retries temporary refusals for 10 s: a full endpoint stays full.
+            assert_eq!(r.code, FailureCode::EndpointConnectionLimit, "{r:?}");
+        }
+    }
+    let mut c = portcullis::fleet::connect(&etcd.fleet_section("probe"))
+        .await
+        .unwrap();
+    let n = c
+        .get(
+            Keys::new("corp").admissions(),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .unwrap()
+        .count();
+    assert_eq!(n, MAX as i64);
+    drop((a, b));
 }

@@ -16,6 +16,12 @@ pub trait TlsProvider: Send + Sync {
     fn maintain(&self) -> bool {
         false
     }
+    /// True when the configuration was replaced from outside (a fleet's published CRLs)
+    /// since the last [`TlsProvider::maintain`]: the control thread then runs it at once
+    /// instead of at the next tick, so a revocation is enforced within its wake-up (200 ms).
+    fn changed_outside(&self) -> bool {
+        false
+    }
     /// Whether the current CRLs revoke this client.
     fn is_revoked(&self, _id: &ClientIdentity) -> bool {
         false

@@ -1,0 +1,83 @@
+//! Revocation everywhere: alice is connected to two gateways at once (a stock client on
+//! each), bob to the second. Her certificate is revoked in the PKI and `fleet publish` carries
+//! the new CRL to every gateway (their own CRL files never change): both of alice's sessions
+//! are told `HALT` within 1 s of the publish; bob's stays.
+use std::time::Duration;
+
+use tests::agent::{poll, ProfileClient};
+use tests::fleet::{underlay_addr, FleetLab};
+
+use super::{have_etcd, ENG_ALLOWED};
+
+const HALT: &str = "Halt command was pushed by server";
+
+/// `profile` with its `remote` lines cut to gateway `i`'s (a client pinned to one gateway).
+fn pinned(profile: &str, i: usize) -> String {
+    let addr = underlay_addr(i).to_string();
+    profile
+        .lines()
+        .filter(|l| {
+            !l.starts_with("remote-random")
+                && (!l.starts_with("remote ") || l.split_whitespace().nth(1) == Some(addr.as_str()))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn a_published_crl_cuts_the_revoked_on_every_gateway_within_a_second() {
+    tests::require_root!();
+    if !have_etcd() {
+        return;
+    }
+    let policy = tests::fleet::gateway_addresses(2) + ENG_ALLOWED;
+    let lab = FleetLab::new(2, 1, &["alice", "bob"], &policy);
+    // Several clients share the one client namespace: each its own tun device.
+    let start = |cn: &str, i: usize| {
+        let c = ProfileClient::start(&lab.client, &pinned(&lab.export_profile(cn), i));
+        c.wait_connected(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{cn} on gw-{i}: {e}"));
+        c
+    };
+    let alice0 = start("alice", 0);
+    let alice1 = start("alice", 1);
+    let bob1 = start("bob", 1);
+
+    lab.pki.revoke("alice");
+    let (revision, published) = lab.publish(&policy);
+    for (c, gw) in [(&alice0, 0), (&alice1, 1)] {
+        poll(
+            Duration::from_secs(1).saturating_sub(published.elapsed()),
+            || c.log().contains(HALT).then_some(()),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "alice on gw-{gw} not cut within 1 s of publishing revision {revision}:\n{}\n{}",
+                c.log(),
+                lab.gateways[gw].agent().log_tail(30)
+            )
+        });
+    }
+    eprintln!(
+        "revocation: both of alice's sessions HALTed {:?} after the publish started",
+        published.elapsed()
+    );
+    // Each gateway runs the revision, and its own CRL file was not touched.
+    for gw in &lab.gateways {
+        assert_eq!(gw.fleet_status()["revision"], revision, "{}", gw.id);
+        let own = std::fs::read_to_string(gw.dir.path().join("crl.pem")).unwrap();
+        let pki = std::fs::read_to_string(lab.pki.dir.join("crl.pem")).unwrap();
+        assert_ne!(own, pki, "{}'s own CRL file changed", gw.id);
+    }
+    // bob is not revoked: still connected.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!bob1.log().contains(HALT), "{}", bob1.log());
+    assert!(
+        lab.gateways[1]
+            .connections()
+            .iter()
+            .any(|c| c["user"] == "bob" && c["gateway"] == "gw-1"),
+        "{:#?}",
+        lab.gateways[1].connections()
+    );
+}
