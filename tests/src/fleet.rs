@@ -195,7 +195,8 @@ impl FleetLab {
             "dev",
             GW_IF,
         ]);
-        self.net.ip(&["link", "set", &format!("gw{i}"), "master", "br0"]);
+        self.net
+            .ip(&["link", "set", &format!("gw{i}"), "master", "br0"]);
         let underlay = Veth::create(
             VethEnd::new(ns.netns(), "pct-ul", kernel),
             VethEnd::new(self.client.netns(), &format!("ul{i}"), kernel),
@@ -308,21 +309,15 @@ impl FleetLab {
 /// `gateway_addresses = [...]` naming the lab's first `n` gateways (a top-level line for a
 /// policy: profiles then list every gateway).
 pub fn gateway_addresses(n: usize) -> String {
-    let list: Vec<String> = (0..n).map(|i| format!("\"{}\"", underlay_addr(i))).collect();
+    let list: Vec<String> = (0..n)
+        .map(|i| format!("\"{}\"", underlay_addr(i)))
+        .collect();
     format!("gateway_addresses = [{}]\n", list.join(", "))
 }
 
 /// A bridge `br0`, up, forwarding at once.
 fn bridge(ns: &NetNs) {
-    ns.ip(&[
-        "link",
-        "add",
-        "br0",
-        "type",
-        "bridge",
-        "forward_delay",
-        "0",
-    ]);
+    ns.ip(&["link", "add", "br0", "type", "bridge", "forward_delay", "0"]);
     ns.ip(&["link", "set", "br0", "up"]);
 }
 

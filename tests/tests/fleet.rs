@@ -331,11 +331,7 @@ pub(crate) fn two_gateways(
     let etcd = rt.block_on(EtcdCluster::start(1));
     let port = tests::fleet::port_of(&etcd.endpoints()[0]);
     let lab = |gw: &str, users: &[&str]| {
-        AgentLab::new(
-            1,
-            users,
-            &(with_fleet(ENG_ALLOWED, port, gw) + fleet_extra),
-        )
+        AgentLab::new(1, users, &(with_fleet(ENG_ALLOWED, port, gw) + fleet_extra))
     };
     let (a, b) = (lab("gw-a", users[0]), lab("gw-b", users[1]));
     for lab in [&a, &b] {

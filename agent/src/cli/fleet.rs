@@ -36,8 +36,7 @@ pub fn publish(path: &Path) -> Result<i64> {
         .build()?;
     rt.block_on(async {
         let mut client = crate::fleet::connect(&section).await?;
-        let revision =
-            crate::fleet::publish(&mut client, &Keys::new(&cfg.name), &shared).await?;
+        let revision = crate::fleet::publish(&mut client, &Keys::new(&cfg.name), &shared).await?;
         Ok(revision)
     })
 }

@@ -480,9 +480,7 @@ pub fn run(command: Command) -> Result<()> {
             println!("published: revision {revision}");
             Ok(())
         }
-        Command::Demo { keep, fleet } => {
-            crate::demo::run(crate::demo::DemoOptions { keep, fleet })
-        }
+        Command::Demo { keep, fleet } => crate::demo::run(crate::demo::DemoOptions { keep, fleet }),
         Command::Status {
             admin: _,
             endpoint: Some(endpoint),

@@ -156,6 +156,9 @@ impl Topology {
             ns.disable_ipv6()?;
         }
         bridge(&ul, &[ETCD], 24)?;
+        // 192.0.2.100 is the clients' default router too: the full tunnel's host route to
+        // the gateway goes via it, so it forwards (back onto the same bridge).
+        ul.sysctl("net.ipv4.ip_forward", "1")?;
         bridge(
             &net,
             &[Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 20)],
@@ -214,10 +217,7 @@ impl Topology {
 fn gateway_file(dir: &Path, i: usize) -> String {
     let (id, _, underlay, private) = GATEWAYS[i];
     let d = dir.display();
-    let all: Vec<String> = GATEWAYS
-        .iter()
-        .map(|g| format!("\"{}\"", g.2))
-        .collect();
+    let all: Vec<String> = GATEWAYS.iter().map(|g| format!("\"{}\"", g.2)).collect();
     let policy = DEFAULT_POLICY.replace(
         "snat_address = \"10.0.0.1\"",
         &format!("snat_address = \"{private}\""),
@@ -263,10 +263,9 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let _dir_guard = RemoveDir(dir.clone());
     crate::pki::write_demo_pki(&dir, "portcullis-demo-gateway", &["alice", "bob"])?;
-    let tc_key = crate::openvpn::tls_crypt::StaticKey::generate(
-        &*crate::openvpn::env::Env::system().rng,
-    )
-    .map_err(|_| anyhow::anyhow!("no system randomness for the tls-crypt key"))?;
+    let tc_key =
+        crate::openvpn::tls_crypt::StaticKey::generate(&*crate::openvpn::env::Env::system().rng)
+            .map_err(|_| anyhow::anyhow!("no system randomness for the tls-crypt key"))?;
     std::fs::write(dir.join("tls-crypt.key"), tc_key.to_pem())?;
 
     let topo = Topology::build()?;
@@ -290,7 +289,10 @@ pub fn run() -> Result<()> {
     if !etcd.wait_log("ready to serve client requests", 1, Duration::from_secs(20)) {
         bail!("etcd did not start:\n{}", etcd.log());
     }
-    println!("etcd: one member at {url} (namespace {UL}), data in {}", etcd_data.display());
+    println!(
+        "etcd: one member at {url} (namespace {UL}), data in {}",
+        etcd_data.display()
+    );
 
     // Pins before gateways: dropped after them (a running agent's pins stay in place).
     let mut pins = Vec::new();
@@ -344,7 +346,11 @@ pub fn run() -> Result<()> {
             &["openvpn", "--config", &path.to_string_lossy()],
             &dir.join(format!("{user}.log")),
         )?;
-        if !c.wait_log("Initialization Sequence Completed", 1, Duration::from_secs(30)) {
+        if !c.wait_log(
+            "Initialization Sequence Completed",
+            1,
+            Duration::from_secs(30),
+        ) {
             bail!("{user}'s openvpn did not connect:\n{}", c.log());
         }
         println!("client {user}: openvpn from {addr} with the exported profile ({} remotes, remote-random)", GATEWAYS.len());
@@ -355,20 +361,40 @@ pub fn run() -> Result<()> {
     let table = connections(&exe, &dir, 1);
     print_indented(&table);
 
-    let probe = |ns: &str, p: Probe| -> Result<String> {
+    // (namespace, user, flow, allowed by the demo policy)
+    let probe = |ns: &str, p: Probe, allowed: bool| -> Result<(String, bool)> {
         let ns = Netns::open(ns)?;
-        Ok(match ns.run(move || run_probe(p))? {
-            Ok(r) => format!("ALLOWED {r}"),
-            Err(e) => format!("DENIED/FAILED ({e})"),
+        let got = ns.run(move || run_probe(p))?;
+        Ok(match got {
+            Ok(r) => (format!("ALLOWED {r}"), allowed),
+            Err(e) => (format!("DENIED (no reply: {e})"), !allowed),
         })
     };
+    let mut unexpected = 0;
     println!();
-    for (ns, user, p) in [
-        (CLIENTS[0].1, "alice", Probe::Tcp(Ipv4Addr::new(10, 0, 0, 10), 80)),
-        (CLIENTS[0].1, "alice", Probe::Tcp(Ipv4Addr::new(10, 0, 0, 20), 5432)),
-        (CLIENTS[1].1, "bob", Probe::Tcp(Ipv4Addr::new(10, 0, 0, 20), 5432)),
+    for (ns, user, p, allowed) in [
+        (
+            CLIENTS[0].1,
+            "alice",
+            Probe::Tcp(Ipv4Addr::new(10, 0, 0, 10), 80),
+            true,
+        ),
+        (
+            CLIENTS[0].1,
+            "alice",
+            Probe::Tcp(Ipv4Addr::new(10, 0, 0, 20), 5432),
+            false,
+        ),
+        (
+            CLIENTS[1].1,
+            "bob",
+            Probe::Tcp(Ipv4Addr::new(10, 0, 0, 20), 5432),
+            true,
+        ),
     ] {
-        println!("{user:<6} {:<22} {}", p.to_string(), probe(ns, p)?);
+        let (text, as_expected) = probe(ns, p, allowed)?;
+        unexpected += usize::from(!as_expected);
+        println!("{user:<6} {:<22} {text}", p.to_string());
     }
 
     // Failover: the gateway alice is on dies without a word.
@@ -381,23 +407,30 @@ pub fn run() -> Result<()> {
     println!("\nSIGKILL {dead_id} (alice's gateway); her client notices by the pushed ping-restart (5 s) and moves on ...");
     gateways[on].signal(libc::SIGKILL);
     let killed = Instant::now();
-    if clients[0].wait_log("Initialization Sequence Completed", 2, Duration::from_secs(40)) {
+    if clients[0].wait_log(
+        "Initialization Sequence Completed",
+        2,
+        Duration::from_secs(40),
+    ) {
         println!(
             "alice reconnected to the other gateway {:.1} s after the kill",
             killed.elapsed().as_secs_f64()
         );
-        println!(
-            "alice  {:<22} {}",
-            Probe::Tcp(Ipv4Addr::new(10, 0, 0, 10), 80).to_string(),
-            probe(CLIENTS[0].1, Probe::Tcp(Ipv4Addr::new(10, 0, 0, 10), 80))?
-        );
+        let p = Probe::Tcp(Ipv4Addr::new(10, 0, 0, 10), 80);
+        let (text, as_expected) = probe(CLIENTS[0].1, p, true)?;
+        unexpected += usize::from(!as_expected);
+        println!("alice  {:<22} {text}", p.to_string());
     } else {
-        println!("alice did not reconnect within 40 s; her log: {}", clients[0].log.display());
+        println!("alice did not reconnect within 40 s:\n{}", clients[0].log());
+        unexpected += 1;
     }
     // The dead gateway's registry entries expire with its lease (3 s).
     std::thread::sleep(Duration::from_secs(3).saturating_sub(killed.elapsed()));
     std::thread::sleep(Duration::from_secs(1));
-    println!("\nconnections list on {} after {dead_id}'s lease expired:", GATEWAYS[1 - on].0);
+    println!(
+        "\nconnections list on {} after {dead_id}'s lease expired:",
+        GATEWAYS[1 - on].0
+    );
     print_indented(&connections(&exe, &dir, 1 - on));
 
     println!("\ntearing down (gateways, clients, etcd and its data, namespaces)");
@@ -405,5 +438,8 @@ pub fn run() -> Result<()> {
     drop(gateways);
     drop(etcd);
     drop(topo);
+    if unexpected > 0 {
+        bail!("{unexpected} step(s) of the fleet demo did not go as the policy and the fleet prescribe");
+    }
     Ok(())
 }

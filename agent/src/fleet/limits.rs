@@ -217,19 +217,11 @@ impl Admitted {
     }
 
     /// Writes every admitted connection again under a new lease (the old one may be gone).
-    pub async fn renew(
-        &self,
-        client: &mut Client,
-        lease: i64,
-    ) -> Result<(), FleetError> {
+    pub async fn renew(&self, client: &mut Client, lease: i64) -> Result<(), FleetError> {
         for e in self.entries.values() {
             for key in &e.held {
                 client
-                    .put(
-                        key.as_str(),
-                        "",
-                        Some(PutOptions::new().with_lease(lease)),
-                    )
+                    .put(key.as_str(), "", Some(PutOptions::new().with_lease(lease)))
                     .await
                     .map_err(FleetError::Etcd)?;
             }

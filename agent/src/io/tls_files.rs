@@ -130,11 +130,15 @@ impl ReloadableTls {
         if *published == pems {
             return Ok(());
         }
-        let ctx = load_with(&self.files, pems.as_deref(), &self.options, self.clock.clone())?;
+        let ctx = load_with(
+            &self.files,
+            pems.as_deref(),
+            &self.options,
+            self.clock.clone(),
+        )?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
         *published = pems;
-        self.fresh
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.fresh.store(true, std::sync::atomic::Ordering::Release);
         tracing::info!("TLS: the fleet's published CRLs applied");
         Ok(())
     }

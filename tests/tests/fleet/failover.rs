@@ -31,7 +31,10 @@ fn keys_valued(rt: &tokio::runtime::Runtime, c: &mut Client, prefix: &str, value
     let got = rt
         .block_on(c.get(prefix, Some(GetOptions::new().with_prefix())))
         .unwrap();
-    got.kvs().iter().filter(|kv| kv.value() == value.as_bytes()).count()
+    got.kvs()
+        .iter()
+        .filter(|kv| kv.value() == value.as_bytes())
+        .count()
 }
 
 fn count(rt: &tokio::runtime::Runtime, c: &mut Client, prefix: &str) -> i64 {
@@ -80,8 +83,12 @@ fn a_killed_gateways_client_moves_to_another_and_its_keys_expire_with_its_lease(
         "no traffic through the first gateway:\n{}",
         alice.log()
     );
-    let first = poll(Duration::from_secs(5), || alice_on(&lab, 0, None))
-        .unwrap_or_else(|| panic!("alice not in the registry: {:#?}", lab.gateways[0].connections()));
+    let first = poll(Duration::from_secs(5), || alice_on(&lab, 0, None)).unwrap_or_else(|| {
+        panic!(
+            "alice not in the registry: {:#?}",
+            lab.gateways[0].connections()
+        )
+    });
     let dead = lab.index_of(&first);
     let lease = rt
         .block_on(etcd.get(keys.gateway(&first), None))
@@ -129,8 +136,14 @@ fn a_killed_gateways_client_moves_to_another_and_its_keys_expire_with_its_lease(
     });
     let (sessions_gone, blocks_gone) = (sessions_gone.unwrap(), blocks_gone.unwrap());
     eprintln!("registry: {first}'s sessions gone {sessions_gone:?}, blocks {blocks_gone:?} after SIGKILL (lease TTL {TTL:?})");
-    assert!(sessions_gone <= TTL + Duration::from_secs(1), "{sessions_gone:?}");
-    assert!(seen_held, "{first}'s blocks were never seen under its living lease");
+    assert!(
+        sessions_gone <= TTL + Duration::from_secs(1),
+        "{sessions_gone:?}"
+    );
+    assert!(
+        seen_held,
+        "{first}'s blocks were never seen under its living lease"
+    );
     assert!(
         blocks_gone >= TTL - Duration::from_secs(1),
         "blocks returned {blocks_gone:?} after the kill: before the lease could expire"
@@ -156,8 +169,10 @@ fn a_killed_gateways_client_moves_to_another_and_its_keys_expire_with_its_lease(
 
     // Alice is registered on a living gateway, as every living gateway lists.
     let alive: Vec<usize> = (0..3).filter(|&i| i != dead).collect();
-    let second = poll(Duration::from_secs(5), || alice_on(&lab, alive[0], Some(&first)))
-        .unwrap_or_else(|| panic!("{:#?}", lab.gateways[alive[0]].connections()));
+    let second = poll(Duration::from_secs(5), || {
+        alice_on(&lab, alive[0], Some(&first))
+    })
+    .unwrap_or_else(|| panic!("{:#?}", lab.gateways[alive[0]].connections()));
     assert_ne!(second, first);
     let other = *alive
         .iter()
@@ -174,7 +189,13 @@ fn a_killed_gateways_client_moves_to_another_and_its_keys_expire_with_its_lease(
         poll(Duration::from_secs(10), || {
             (gw.fleet_status()["member"]["lease_valid"] == true).then_some(())
         })
-        .unwrap_or_else(|| panic!("{} lost its lease with 2 of 3 etcd members: {}", gw.id, gw.fleet_status()));
+        .unwrap_or_else(|| {
+            panic!(
+                "{} lost its lease with 2 of 3 etcd members: {}",
+                gw.id,
+                gw.fleet_status()
+            )
+        });
     }
     assert!(
         ping(&lab.client, SERVER, 2, Duration::from_secs(3)),
@@ -187,7 +208,12 @@ fn a_killed_gateways_client_moves_to_another_and_its_keys_expire_with_its_lease(
             .into_iter()
             .find(|c| c["user"] == "alice" && c["gateway"] == second.as_str())
     })
-    .unwrap_or_else(|| panic!("alice not listed with 2 of 3 members: {:#?}", lab.gateways[other].connections()));
+    .unwrap_or_else(|| {
+        panic!(
+            "alice not listed with 2 of 3 members: {:#?}",
+            lab.gateways[other].connections()
+        )
+    });
     let asked = Instant::now();
     cli_ok(&[
         "connections",
@@ -197,8 +223,14 @@ fn a_killed_gateways_client_moves_to_another_and_its_keys_expire_with_its_lease(
         &format!("{second}/{}", row["id"]),
     ]);
     poll(Duration::from_secs(2), || {
-        alice.log().contains("Halt command was pushed by server").then_some(())
+        alice
+            .log()
+            .contains("Halt command was pushed by server")
+            .then_some(())
     })
     .unwrap_or_else(|| panic!("no HALT with 2 of 3 etcd members:\n{}", alice.log()));
-    eprintln!("terminate across gateways with one etcd member dead: HALT after {:?}", asked.elapsed());
+    eprintln!(
+        "terminate across gateways with one etcd member dead: HALT after {:?}",
+        asked.elapsed()
+    );
 }

@@ -258,8 +258,17 @@ fn the_endpoint_cap_holds_across_gateways() {
     poll(Duration::from_secs(15), || {
         bob.log().contains("AUTH_FAILED,TEMP").then_some(())
     })
-    .unwrap_or_else(|| panic!("bob was not refused while the endpoint is full:\n{}", bob.log()));
-    assert!(!bob.log().contains(tests::agent::COMPLETED), "{}", bob.log());
+    .unwrap_or_else(|| {
+        panic!(
+            "bob was not refused while the endpoint is full:\n{}",
+            bob.log()
+        )
+    });
+    assert!(
+        !bob.log().contains(tests::agent::COMPLETED),
+        "{}",
+        bob.log()
+    );
     poll(Duration::from_secs(10), || {
         std::fs::read_to_string(b.dir.path().join("connections.log"))
             .unwrap_or_default()
@@ -282,5 +291,10 @@ fn the_endpoint_cap_holds_across_gateways() {
     ]);
     // The client retries after the pushed backoff (10 s) plus its own reconnect delay.
     bob.wait_connected(Duration::from_secs(40))
-        .unwrap_or_else(|e| panic!("bob not admitted once alice left: {e}\n{}", b.agent().log_tail(30)));
+        .unwrap_or_else(|e| {
+            panic!(
+                "bob not admitted once alice left: {e}\n{}",
+                b.agent().log_tail(30)
+            )
+        });
 }

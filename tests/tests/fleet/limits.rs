@@ -206,9 +206,17 @@ async fn concurrent_admissions_are_serialized_by_the_transaction() {
             let (keys, barrier) = (keys.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                admit(&mut c, &keys, &format!("gw-{i}"), lease, "alice", 1, portcullis::fleet::limits::Caps::per_user(MAX))
-                    .await
-                    .unwrap()
+                admit(
+                    &mut c,
+                    &keys,
+                    &format!("gw-{i}"),
+                    lease,
+                    "alice",
+                    1,
+                    portcullis::fleet::limits::Caps::per_user(MAX),
+                )
+                .await
+                .unwrap()
             })
         })
         .collect();
@@ -265,7 +273,10 @@ async fn two_gateways_never_admit_one_connection_over_the_endpoint_cap() {
         })
         .collect();
     let outcomes: Vec<_> = tokio::task::spawn_blocking(move || {
-        handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
     })
     .await
     .unwrap();

@@ -48,7 +48,11 @@ fn a_published_crl_cuts_the_revoked_on_every_gateway_within_a_second() {
     // The PKI's CRL alone reaches no gateway (each reads its own file): nobody is cut.
     std::thread::sleep(Duration::from_millis(1500));
     for c in [&alice0, &alice1] {
-        assert!(!c.log().contains(HALT), "cut before the publish:\n{}", c.log());
+        assert!(
+            !c.log().contains(HALT),
+            "cut before the publish:\n{}",
+            c.log()
+        );
     }
     let (revision, published) = lab.publish(&policy);
     for (c, gw) in [(&alice0, 0), (&alice1, 1)] {
