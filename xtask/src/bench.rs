@@ -19,6 +19,7 @@ const SUITES: &[(&str, &str)] = &[
     ("tunnel", "bench-tunnel"),
     ("scale", "bench-scale"),
     ("control", "bench-control"),
+    ("fleet", "bench-fleet"),
 ];
 /// Writes the combined report from the suites' JSON files.
 const REPORT_BIN: &str = "bench-report";

@@ -97,6 +97,12 @@ fn a_killed_gateways_client_moves_to_another_and_its_keys_expire_with_its_lease(
         .first()
         .map(|kv| kv.lease())
         .expect("the gateway's presence key");
+    // Registered (within a second of the connect) before the kill, so its removal means
+    // something.
+    poll(Duration::from_secs(5), || {
+        (count(&rt, &mut etcd, &keys.sessions_of(&first)) == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("alice's session on {first} never registered"));
     let blocks_held = keys_valued(&rt, &mut etcd, &keys.blocks(), &first);
     assert!(blocks_held > 0, "{first} holds no address block");
     eprintln!("alice on {first} (lease {lease:x}, {blocks_held} block(s)); SIGKILL");
