@@ -6,10 +6,10 @@
 //! write: a new or changed session at once, the counters of a session at most once per
 //! interval, a deletion for each session gone. After a new lease it writes everything again,
 //! so the registry matches the gateway after an etcd outage, with nothing lost or doubled.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, GetOptions, PutOptions, SortOrder, SortTarget};
+use etcd_client::{Client, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use super::{FleetError, Keys};
@@ -134,7 +134,11 @@ impl Registry {
     }
 
     /// Brings the registry in line with `sessions` (this gateway's, all of them); counters
-    /// are rewritten when they changed and the last write is `refresh` old.
+    /// are rewritten when they changed and the last write is `refresh` old. The writes go
+    /// in transactions of [`BATCH`]: a gateway re-registering thousands of sessions (a new
+    /// lease, a refresh of everyone) does it in a few requests and one revision each, so it
+    /// is done long before its lease needs the next keep-alive (one write per session in
+    /// series took 7 s for 3,300 sessions in the benchmark, longer than a 3 s lease).
     pub async fn sync(
         &mut self,
         client: &mut Client,
@@ -144,6 +148,8 @@ impl Registry {
         refresh: Duration,
     ) -> Result<(), FleetError> {
         let now = Instant::now();
+        let mut ops = Vec::new();
+        let mut put = Vec::new();
         for s in sessions {
             let due = match self.written.get(&s.id) {
                 None => true,
@@ -154,33 +160,47 @@ impl Registry {
             };
             if due {
                 let value = serde_json::to_string(s).expect("plain fields");
-                client
-                    .put(
-                        keys.session(&s.gateway, &s.id.to_string()),
-                        value,
-                        Some(PutOptions::new().with_lease(lease)),
-                    )
-                    .await
-                    .map_err(FleetError::Etcd)?;
-                self.written.insert(s.id, (s.clone(), now));
+                ops.push(TxnOp::put(
+                    keys.session(&s.gateway, &s.id.to_string()),
+                    value,
+                    Some(PutOptions::new().with_lease(lease)),
+                ));
+                put.push(s.clone());
             }
         }
-        let gone: Vec<(u32, String)> = self
+        let live: HashSet<u32> = sessions.iter().map(|s| s.id).collect();
+        let gone: Vec<u32> = self
             .written
             .iter()
-            .filter(|(id, _)| !sessions.iter().any(|s| s.id == **id))
-            .map(|(id, (w, _))| (*id, w.gateway.clone()))
+            .filter(|(id, _)| !live.contains(id))
+            .map(|(id, (w, _))| {
+                ops.push(TxnOp::delete(
+                    keys.session(&w.gateway, &id.to_string()),
+                    None,
+                ));
+                *id
+            })
             .collect();
-        for (id, gateway) in gone {
+        let mut ops = ops.into_iter().peekable();
+        while ops.peek().is_some() {
+            let batch: Vec<TxnOp> = ops.by_ref().take(BATCH).collect();
             client
-                .delete(keys.session(&gateway, &id.to_string()), None)
+                .txn(Txn::new().and_then(batch))
                 .await
                 .map_err(FleetError::Etcd)?;
+        }
+        for s in put {
+            self.written.insert(s.id, (s, now));
+        }
+        for id in gone {
             self.written.remove(&id);
         }
         Ok(())
     }
 }
+
+/// Writes per registry transaction: etcd's default `--max-txn-ops` is 128.
+pub const BATCH: usize = 128;
 
 /// Sessions read per request: `connections list` of a large fleet is paged, not one reply.
 const PAGE: i64 = 1000;
