@@ -13,7 +13,8 @@ use super::telemetry::Telemetry;
 use super::{handoff, Endpoint};
 use crate::admin::{
     AdminApi, AdminServer, CertificatesReply, ConnectionsReply, ErrorReply, ExplainReply, LogKind,
-    LogQuery, LogsReply, PolicyReply, ReloadReply, RevokeReply, StatusReply, TerminateReply,
+    LogQuery, LogsReply, PolicyReply, ProfileReply, ReloadReply, RevokeReply, StatusReply,
+    TerminateReply,
 };
 use crate::auth::recheck::{self, Change, Recheck};
 use crate::config::SharedConfig;
@@ -204,6 +205,10 @@ impl AdminApi for Api<'_> {
         };
         crate::logsearch::api(log, path, query)
     }
+
+    fn profile(&mut self, user: &str, certificate: bool) -> Result<ProfileReply, ErrorReply> {
+        crate::profile::api(&self.ep.cfg, user, certificate)
+    }
 }
 
 /// SIGTERM, SIGINT and SIGHUP, when the endpoint handles signals.
@@ -317,7 +322,9 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
     }
     // Validation requires the audit trail with the console.
     let _console_task = match (&ep.cfg.console, &audit) {
-        (Some(c), Some(a)) => Some(crate::console::spawn(c, a.clone(), admin.handle()).await?),
+        (Some(c), Some(a)) => Some(
+            crate::console::spawn(c, a.clone(), admin.handle(), ep.authenticator.clone()).await?,
+        ),
         _ => None,
     };
     let mut signals = if ep.opts.signals {
