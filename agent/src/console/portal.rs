@@ -24,6 +24,7 @@ use super::config::Role;
 use super::pages::layout;
 use super::sessions::{same_token, Session};
 use super::state::{cookie_named, Console};
+use crate::admin::audit::AuditEntry;
 use crate::admin::{Action, Caller, ProfileReply};
 use crate::openvpn::verdict::{FailureCode, Refusal};
 
@@ -62,6 +63,17 @@ impl FromRequestParts<Arc<Console>> for PortalAuthed {
             }
         })
     }
+}
+
+/// An audit line of the portal (`from`: `portal <address>`, as its downloads).
+fn record(c: &Console, who: &str, ip: std::net::IpAddr, action: &str, result: &str) {
+    c.record_entry(&AuditEntry::now(
+        who,
+        &format!("portal {ip}"),
+        action,
+        "",
+        result,
+    ));
 }
 
 fn not_found() -> Response {
@@ -164,7 +176,7 @@ pub async fn login(
                 // The role is unused here: portal sessions open no administrator page.
                 (s.start(&u.username, Role::ReadOnly, now), s.lifetime())
             };
-            c.record(&u.username, ip, "portal_login", "", "ok");
+            record(&c, &u.username, ip, "portal_login", "ok");
             let cookie = format!(
                 "{COOKIE}={token}; Path=/portal; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
                 lifetime.as_secs()
@@ -172,7 +184,7 @@ pub async fn login(
             ([(header::SET_COOKIE, cookie)], Redirect::to("/portal")).into_response()
         }
         Err(r) => {
-            c.record(&f.name, ip, "portal_login_failed", "", r.code.as_str());
+            record(&c, &f.name, ip, "portal_login_failed", r.code.as_str());
             let (status, message) = match r.code {
                 FailureCode::RateLimited => (
                     StatusCode::TOO_MANY_REQUESTS,
@@ -263,7 +275,7 @@ pub async fn logout(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .end(&p.token);
-    c.record(&p.session.admin, peer.ip(), "portal_logout", "", "ok");
+    record(&c, &p.session.admin, peer.ip(), "portal_logout", "ok");
     let gone = format!("{COOKIE}=; Path=/portal; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
     ([(header::SET_COOKIE, gone)], Redirect::to("/portal/login")).into_response()
 }

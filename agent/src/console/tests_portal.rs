@@ -114,9 +114,12 @@ fn a_user_downloads_their_profile_with_a_personal_certificate() {
             .any(|c| c.name == "alice" && c.serial == serial),
         "the issued certificate is listed (and revocable) in the console"
     );
-    assert!(audit
-        .iter()
-        .any(|e| e["action"] == "portal_login" && e["who"] == "alice"));
+    assert!(
+        audit.iter().any(|e| e["action"] == "portal_login"
+            && e["who"] == "alice"
+            && e["from"] == "portal 127.0.0.1"),
+        "{audit:?}"
+    );
 }
 
 #[test]
