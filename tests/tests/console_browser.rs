@@ -2,7 +2,8 @@
 //! `chromium`, driven through `chromedriver` with fantoccini) against `portcullis run` with
 //! stock `openvpn` clients and a real OpenLDAP directory:
 //!
-//! - an administrator signs in, sees alice and bob connected with byte counts that grow
+//! - an administrator signs in, sees alice and bob connected (and their logins on the
+//!   dashboard's attempts chart) with byte counts that grow
 //!   while the page stays loaded, explains a flow, terminates bob's session (his client logs
 //!   the HALT), revokes alice's certificate (hers too), and finds each action in the audit
 //!   trail;
@@ -184,7 +185,9 @@ fn console_and_portal_in_a_real_browser() {
             // Both sessions, live: the cards come from /live/dashboard every 2 s.
             wait_text(&c, "#active", |t| t == "2").await;
             let charts = c.find_all(Locator::Css("svg.chart")).await.unwrap();
-            assert!(charts.len() >= 2, "the dashboard's charts");
+            assert!(charts.len() >= 3, "the dashboard's charts");
+            // alice's and bob's logins, from the connection log.
+            wait_text(&c, "#attempts", |t| t.contains("successful")).await;
             wait_text(&c, "span.who", |t| {
                 t.contains(ADMIN) && t.contains("operator")
             })

@@ -7,6 +7,7 @@
 //! HTTP/1 over the agent's tokio runtime), [`portal`] (the users' self-service portal).
 pub mod accounts;
 pub mod app;
+pub mod attempts;
 pub mod certs;
 pub mod config;
 pub mod history;

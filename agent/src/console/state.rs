@@ -38,7 +38,12 @@ pub struct Console {
     pub(super) portal_sessions: Mutex<Sessions>,
     /// `[console] self_service_issue_certificates`.
     pub(super) portal_issue: bool,
+    /// The dashboard's attempts chart as last counted (see `attempts.rs`).
+    pub(super) attempts: Mutex<Option<AttemptsCache>>,
 }
+
+/// When the attempts chart was counted, and its rows or why there are none.
+pub(super) type AttemptsCache = (Instant, Result<Vec<super::attempts::Row>, String>);
 
 impl Console {
     pub fn new(cfg: &ConsoleSection, audit: Arc<AuditLog>, admin: AdminHandle) -> Self {
@@ -69,6 +74,7 @@ impl Console {
             portal: None,
             portal_sessions: Mutex::new(Sessions::new(lifetime)),
             portal_issue: cfg.self_service && cfg.self_service_issue_certificates,
+            attempts: Mutex::new(None),
         }
     }
 
@@ -95,6 +101,10 @@ impl Console {
 
     pub(super) fn audit_search(&self, f: &AuditFilter, limit: usize) -> Vec<AuditEntry> {
         self.audit.search(f, limit)
+    }
+
+    pub(super) fn attempts(&self) -> std::sync::MutexGuard<'_, Option<AttemptsCache>> {
+        self.attempts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(super) fn history(&self) -> std::sync::MutexGuard<'_, History> {
