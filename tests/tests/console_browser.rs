@@ -4,7 +4,7 @@
 //!
 //! - an administrator signs in, sees alice and bob connected (and their logins on the
 //!   dashboard's attempts chart) with byte counts that grow
-//!   while the page stays loaded, explains a flow, terminates bob's session (his client logs
+//!   while the page stays loaded, explains a flow (with alice's directory groups), terminates bob's session (his client logs
 //!   the HALT), revokes alice's certificate (hers too), and finds each action in the audit
 //!   trail;
 //! - erin, a directory user with no certificate, signs in to the portal, downloads her profile
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, Locator};
-use tests::agent::{poll, AgentLab, ProfileClient};
+use tests::agent::{AgentLab, ProfileClient};
 use tests::browser::Chromium;
 use tests::gateway::SERVER;
 use tests::ldap::{self, Slapd};
@@ -259,6 +259,9 @@ fn console_and_portal_in_a_real_browser() {
             assert!(v.contains("ALLOWED"), "{v}");
             let steps = wait_text(&c, "ol.steps", |_| true).await;
             assert!(steps.contains("10.0.0.0/24"), "the deciding rule: {steps}");
+            // alice is a directory user: her live session's directory groups are used.
+            assert!(steps.contains("live session"), "{steps}");
+            assert!(v.contains("groups: eng"), "alice's directory group: {v}");
             wait_text(&c, "#authz", |t| {
                 t.contains("everyone reaches the private network")
             })
@@ -320,7 +323,7 @@ fn console_and_portal_in_a_real_browser() {
     let portal = chrome.session();
     let d = shots.clone();
     let downloads = chrome.download_dir();
-    portal.step(move |c| {
+    let file = portal.step(move |c| {
         Box::pin(async move {
             c.goto(&format!("{CONSOLE}/portal")).await.unwrap();
             wait_text(&c, "h1", |t| t.contains("download your VPN profile")).await;
@@ -335,19 +338,26 @@ fn console_and_portal_in_a_real_browser() {
             );
             shot(&c, &d, "09-portal-profile").await;
             click(&c, "#download").await;
-            // An administrator's page stays closed to the portal's session.
+            // The download ends the form's navigation; then an administrator's page stays
+            // closed to the portal's session.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let file = loop {
+                let found = std::fs::read_dir(&downloads).ok().and_then(|d| {
+                    d.flatten()
+                        .map(|e| e.path())
+                        .find(|p| p.extension().is_some_and(|x| x == "ovpn"))
+                });
+                if let Some(f) = found {
+                    break f;
+                }
+                assert!(Instant::now() < deadline, "the profile was not downloaded");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
             c.goto(&format!("{CONSOLE}/connections")).await.unwrap();
             wait_text(&c, "h1", |t| t == "Sign in").await;
+            file
         })
     });
-    let file = poll(Duration::from_secs(20), || {
-        std::fs::read_dir(&downloads)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "ovpn"))
-    })
-    .expect("the profile was not downloaded");
     assert!(
         file.file_name()
             .unwrap()
