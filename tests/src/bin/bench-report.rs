@@ -274,10 +274,13 @@ fn summary(suite: &str, r: &Value) -> Vec<String> {
                     },
                     num(f(&row["portcullis"])),
                     num(f(&row["stock"])),
-                    if f(&row["ratio"]).is_finite() {
-                        format!("{:.2}x", f(&row["ratio"]))
-                    } else {
-                        "n/a".into()
+                    match (f(&row["ratio"]), f(&row["ratio_min"]), f(&row["ratio_max"])) {
+                        (r, lo, hi) if r.is_finite() && lo.is_finite() => format!(
+                            "{r:.2}x, median of {} rounds, range {lo:.2}-{hi:.2}x",
+                            row["rounds_measured"]
+                        ),
+                        (r, _, _) if r.is_finite() => format!("{r:.2}x"),
+                        _ => "n/a".into(),
                     }
                 ));
             }
