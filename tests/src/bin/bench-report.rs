@@ -260,6 +260,15 @@ fn summary(suite: &str, r: &Value) -> Vec<String> {
                     f(&p["kernel_forwarding_pps"]) / 1e6
                 ));
             }
+            for p in arr(&r["tap_input"]["points"]) {
+                out.push(format!(
+                    "TAP input (the deployed path: frames written into the TAP, XDP in each write), {} B frames, {} flow(s): {:.2} Mpps delivered, {:.0} ns writer CPU per frame",
+                    p["frame_bytes"],
+                    p["flows"],
+                    f(&p["delivered_pps"]) / 1e6,
+                    f(&p["writer_cpu_ns_per_frame"]),
+                ));
+            }
         }
         "tunnel" | "scale" => {
             for row in arr(&r["comparison"]) {
