@@ -19,7 +19,10 @@ fn agree(cache: &mut RuleCache, text: &str) -> ParseStats {
     match (&full, &inc) {
         (Ok(a), Ok(b)) => {
             assert_eq!(a, b, "incremental parse differs for:\n{text}");
-            let (ca, cb) = (compile(&a.policy(), &resolver), compile(&b.policy(), &resolver));
+            let (ca, cb) = (
+                compile(&a.policy(), &resolver),
+                compile(&b.policy(), &resolver),
+            );
             assert_eq!(
                 ca.map_err(|e| format!("{e:?}")),
                 cb.map_err(|e| format!("{e:?}"))
@@ -179,7 +182,10 @@ fn shapes_it_does_not_handle_take_the_full_parse() {
     ];
     for text in &cases {
         let mut cache = RuleCache::default();
-        assert!(agree(&mut cache, text).full, "expected the full parse for:\n{text}");
+        assert!(
+            agree(&mut cache, text).full,
+            "expected the full parse for:\n{text}"
+        );
     }
     // A commented-out rule or a rule header with a comment is fine.
     let mut cache = RuleCache::default();

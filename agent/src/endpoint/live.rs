@@ -119,7 +119,14 @@ pub fn load_merge_and_compile(
     previous: Option<&BTreeMap<String, u16>>,
 ) -> Result<(EndpointConfig, CompiledPolicy)> {
     let parsed = EndpointConfig::load_unvalidated(path);
-    validate_and_compile(path, parsed, shared, resolve_ifindex, previous, &mut Default::default())
+    validate_and_compile(
+        path,
+        parsed,
+        shared,
+        resolve_ifindex,
+        previous,
+        &mut Default::default(),
+    )
 }
 
 /// The rest of [`load_merge_and_compile`] after parsing, timing its phases into `timing`.
@@ -141,15 +148,14 @@ fn validate_and_compile(
     let t = Instant::now();
     let compiled = policy::compile_with_previous(&cfg.policy(), resolve_ifindex, previous);
     timing.compile_ms = t.elapsed().as_secs_f64() * 1e3;
-    let compiler_errors =
-        match compiled {
-            Ok(compiled) if file_errors.is_empty() => return Ok((cfg, compiled)),
-            Ok(_) => Vec::new(),
-            Err(errs) => errs
-                .iter()
-                .map(|e| crate::config::endpoint_paths(&e.to_string()))
-                .collect(),
-        };
+    let compiler_errors = match compiled {
+        Ok(compiled) if file_errors.is_empty() => return Ok((cfg, compiled)),
+        Ok(_) => Vec::new(),
+        Err(errs) => errs
+            .iter()
+            .map(|e| crate::config::endpoint_paths(&e.to_string()))
+            .collect(),
+    };
     let errors = crate::config::merge_reports(&file_errors, &compiler_errors);
     bail!(
         "{} is invalid:\n{}",

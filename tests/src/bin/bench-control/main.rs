@@ -219,7 +219,7 @@ fn run(s: &Settings) -> Result<()> {
             }
             all_lost += lost;
             // The agent's own phases, median over the changes of this point.
-            let mut phase = |k: &str| {
+            let phase = |k: &str| {
                 let mut v: Vec<f64> = samples
                     .iter()
                     .filter_map(|s| s["agent_timing"][k].as_f64())

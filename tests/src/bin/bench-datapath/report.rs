@@ -122,15 +122,17 @@ fn markdown_tap(w: &mut String, tap: &Value) {
         let _ = writeln!(
             w,
             "\n## (c) the deployed input, frames written into a TAP: not measured\n\n{}\n",
-            tap["not_measured_reason"].as_str().unwrap_or("no reason recorded")
+            tap["not_measured_reason"]
+                .as_str()
+                .unwrap_or("no reason recorded")
         );
         return;
     }
     let _ = writeln!(
         w,
         "\n## (c) the deployed input: frames written into a TAP (XDP inside each write)\n\n\
-         (b) above feeds a veth (frames arrive by NAPI); this is the path production uses. {}\n\n\
-         | frame | flows | writes/s | delivered pps | writer CPU per frame (ns) | fast path | new flows | pass, no neighbour | drops |\n\
+         (b) above feeds a veth (frames arrive by NAPI); this is the path production uses. Method: {}\n\n\
+         | frame | flows | writes/s | delivered pps | writer CPU per frame (ns) | fast path | new flows | pass, no neighbour | drops (events: warm-up + window) |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         tap["method"].as_str().unwrap_or("")
     );

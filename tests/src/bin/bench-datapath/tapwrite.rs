@@ -224,7 +224,7 @@ pub fn run(topo: &Topology, input: &PolicyInput, pins: &Path, s: &Settings) -> R
     dp.shutdown(false)?;
     drop(tap);
     Ok(json!({
-        "method": format!("the deployed input: one thread in the gateway namespace (pinned to CPU {FORWARD_CPU}, nice -20) writes UDP frames from the bench client to the sink, one write() per frame, into a TAP device ({TAP_NAME}: IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE, the agent's flags) carrying the data path (native XDP on tun: the program runs inside each write) with the same policy; the source port cycles over the flows; writes/s over the window, frames/s = the sink's rx_packets delta, writer CPU = its thread CPU time (write syscall + XDP + redirect + veth transmit) per frame. (b) feeds a veth instead (NAPI, softirq)"),
+        "method": format!("one thread in the gateway namespace (pinned to CPU {FORWARD_CPU}, nice -20) writes UDP frames from the bench client to the sink, one write() per frame, into a TAP device ({TAP_NAME}: IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE, the agent's flags) carrying the data path (native XDP on tun: the program runs inside each write) with the same policy; the source port cycles over the flows; writes/s over the window, frames/s = the sink's rx_packets delta, writer CPU = its thread CPU time (write syscall + XDP + redirect + veth transmit) per frame; the event counters cover the warm-up and the window. (b) feeds a veth instead (NAPI, softirq)"),
         "points": points,
     }))
 }

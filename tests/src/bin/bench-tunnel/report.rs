@@ -271,11 +271,7 @@ pub fn combine(rounds: &[Value]) -> Value {
         .map(|r0| {
             let same: Vec<&Value> = rounds
                 .iter()
-                .filter_map(|rows| {
-                    rows.as_array()?
-                        .iter()
-                        .find(|r| r["label"] == r0["label"])
-                })
+                .filter_map(|rows| rows.as_array()?.iter().find(|r| r["label"] == r0["label"]))
                 .collect();
             let of = |k: &str| -> Vec<f64> { same.iter().map(|r| f(&r[k])).collect() };
             let ratios = of("ratio");
@@ -301,7 +297,12 @@ pub fn combine(rounds: &[Value]) -> Value {
             let m = median_mid(&ratios);
             r["ratio"] = json!(m);
             if let Some(t) = r0["target_ratio"].as_f64() {
-                let met = m.is_finite() && if r0["better"] == "higher" { m >= t } else { m <= t };
+                let met = m.is_finite()
+                    && if r0["better"] == "higher" {
+                        m >= t
+                    } else {
+                        m <= t
+                    };
                 r["met"] = json!(met);
             }
             r["ratio_min"] = json!(lo);
