@@ -41,7 +41,9 @@ pub struct ParseStats {
 /// The rule sections of the last file, parsed, by their text.
 #[derive(Default)]
 pub struct RuleCache {
-    rules: HashMap<Box<str>, Vec<AuthzRule>>,
+    /// Section text -> (the parse in which it was last seen, its rules).
+    rules: HashMap<Box<str>, (u64, Vec<AuthzRule>)>,
+    generation: u64,
     pub last: ParseStats,
 }
 
@@ -69,25 +71,33 @@ impl RuleCache {
 
     fn try_incremental(&mut self, text: &str) -> Option<EndpointConfig> {
         let split = split(text)?;
-        let mut rules = Vec::new();
-        let mut next: HashMap<Box<str>, Vec<AuthzRule>> =
-            HashMap::with_capacity(split.sections.len());
-        let mut parsed = 0;
-        for &s in &split.sections {
-            if let Some(v) = next.get(s) {
-                rules.extend(v.iter().cloned());
-                continue;
-            }
-            let (key, v) = match self.rules.remove_entry(s) {
-                Some(kv) => kv,
-                None => {
-                    parsed += 1;
-                    let v = toml::from_str::<RuleSection>(s).ok()?.authorization_rule;
-                    (Box::from(s), v)
+        // Mark the cached sections this file still has (one lookup each; nothing moves, so
+        // a reload that changes one rule in 10,000 touches no allocation of the others).
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
+        let (mut missing, mut live) = (Vec::new(), 0);
+        for (i, &s) in split.sections.iter().enumerate() {
+            match self.rules.get_mut(s) {
+                Some(e) if e.0 != generation => {
+                    e.0 = generation;
+                    live += 1;
                 }
-            };
-            rules.extend(v.iter().cloned());
-            next.insert(key, v);
+                Some(_) => {}
+                None => missing.push(i),
+            }
+        }
+        // Many new sections (a first load, a wholesale replace): one parse of the file is
+        // cheaper than one per section (28-60 ms for 10,000 sections alone, against ~20 ms).
+        if missing.len() > 64 && missing.len() * 4 > split.sections.len() {
+            return self.whole(text, &split);
+        }
+        for &i in &missing {
+            let s = split.sections[i];
+            if !self.rules.contains_key(s) {
+                let v = toml::from_str::<RuleSection>(s).ok()?.authorization_rule;
+                self.rules.insert(Box::from(s), (generation, v));
+                live += 1;
+            }
         }
         // Each piece between rule sections must parse alone: then no rule header sat inside
         // an open array (the only construct besides multi-line strings, refused in `split`,
@@ -101,13 +111,41 @@ impl RuleCache {
         if !cfg.authorization_rule.is_empty() {
             return None;
         }
+        let mut rules = Vec::with_capacity(split.sections.len());
+        for &s in &split.sections {
+            rules.extend(self.rules.get(s)?.1.iter().cloned());
+        }
         cfg.authorization_rule = rules;
+        // Sections of older files go (a linear pass, only when some are gone).
+        if self.rules.len() > live {
+            self.rules.retain(|_, e| e.0 == generation);
+        }
         self.last = ParseStats {
             sections: split.sections.len(),
-            parsed,
+            parsed: missing.len(),
             full: false,
         };
-        self.rules = next;
+        Some(cfg)
+    }
+
+    /// One parse of the whole file; the cache is refilled from its rules (each section holds
+    /// exactly one rule header, so the file's rules are the sections' in order).
+    fn whole(&mut self, text: &str, split: &Split) -> Option<EndpointConfig> {
+        let cfg = EndpointConfig::parse(text).ok()?;
+        self.rules.clear();
+        if cfg.authorization_rule.len() == split.sections.len() {
+            let generation = self.generation;
+            for (&s, r) in split.sections.iter().zip(&cfg.authorization_rule) {
+                self.rules
+                    .entry(Box::from(s))
+                    .or_insert_with(|| (generation, vec![r.clone()]));
+            }
+        }
+        self.last = ParseStats {
+            sections: split.sections.len(),
+            parsed: split.sections.len(),
+            full: false,
+        };
         Some(cfg)
     }
 }

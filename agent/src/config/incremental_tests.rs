@@ -192,3 +192,25 @@ fn shapes_it_does_not_handle_take_the_full_parse() {
     let text = format!("{HEAD}# [[authorization_rule]]\n[[authorization_rule]] # x\ndestination = \"10.0.0.0/24\"\n");
     assert!(!agree(&mut cache, &text).full);
 }
+
+#[test]
+fn many_new_sections_take_one_parse_of_the_file_and_fill_the_cache() {
+    let mut cache = RuleCache::default();
+    // A first load and a wholesale replace: more than a quarter of the sections are new.
+    let mut text = rules(400, None);
+    text += "\n[[route]]\ndestination = \"10.1.0.0/16\"\ntarget_network = \"private\"\n";
+    text += "\n[[authorization_rule]] # twice the same text\ndestination = \"10.1.9.9/32\"\ngroups = [\"a\"]\n";
+    text += "\n[[authorization_rule]] # twice the same text\ndestination = \"10.1.9.9/32\"\ngroups = [\"a\"]\n";
+    let first = agree(&mut cache, &text);
+    assert_eq!(
+        (first.sections, first.parsed, first.full),
+        (402, 402, false)
+    );
+    // The cache it filled serves the next, small change.
+    let edited = text.replace("10.1.0.7/32", "10.1.0.251/32");
+    assert_eq!(agree(&mut cache, &edited).parsed, 1);
+    let replaced = edited.replace("10.1.0.", "10.1.5.");
+    // 250 of 402 new: the whole file is parsed again.
+    assert_eq!(agree(&mut cache, &replaced).parsed, 402);
+    assert_eq!(agree(&mut cache, &replaced).parsed, 0);
+}
