@@ -8,6 +8,7 @@
 //! - [`directory`]: the LDAP / Active Directory client (pool, user lookup, groups).
 //! - [`hook`]: the client-connect hook (a program or an HTTP POST).
 //! - [`otp`]: TOTP codes and the static-challenge response.
+//! - [`portal`]: the self-service portal's sign-in (the same directory check and limits).
 //! - [`slots`]: the bound on directory logins in progress.
 //! - [`token`]: session tokens (`auth-token`), the primitive only (not wired yet).
 //! - [`oidc`]: single sign-on through an OpenID Connect provider (web login, AUTH_PENDING).
@@ -18,6 +19,7 @@ pub mod hook;
 pub mod limiter;
 pub mod oidc;
 pub mod otp;
+pub mod portal;
 pub mod recheck;
 pub mod slots;
 pub mod token;
@@ -25,4 +27,5 @@ pub mod token;
 pub use authenticator::{Authenticator, LocalGroups, RENEGOTIATION_WAIT};
 pub use grants::{combined_groups, Grant, Grants};
 pub use limiter::FailureLimiter;
+pub use portal::PortalUser;
 pub use slots::{LoginSlots, MAX_LOGINS_IN_FLIGHT};
