@@ -864,3 +864,44 @@ pub fn svg(r: &Value) -> String {
     let _ = writeln!(w, "</svg>");
     s
 }
+
+#[cfg(test)]
+mod combine_tests {
+    use super::*;
+
+    fn rows(ours: f64, stock: f64) -> Value {
+        json!([row(
+            "handshakes",
+            "hs".into(),
+            "1/s",
+            true,
+            ours,
+            stock,
+            Some(5.0)
+        )])
+    }
+
+    #[test]
+    fn combine_takes_the_median_of_the_per_round_ratios_and_their_range() {
+        // Ratios 2, 6 and 8: median 6 (met), range 2-8; the servers' medians are their own.
+        let c = combine(&[rows(200.0, 100.0), rows(600.0, 100.0), rows(400.0, 50.0)]);
+        let r = &c[0];
+        assert_eq!(f(&r["ratio"]), 6.0);
+        assert_eq!((f(&r["ratio_min"]), f(&r["ratio_max"])), (2.0, 8.0));
+        assert_eq!(f(&r["portcullis"]), 400.0);
+        assert_eq!(f(&r["stock"]), 100.0);
+        assert_eq!(r["met"], true);
+        assert_eq!(r["rounds_measured"], 3);
+        // A round that measured nothing does not count; an even count averages the middle two.
+        let c = combine(&[
+            rows(200.0, 100.0),
+            rows(f64::NAN, 100.0),
+            rows(800.0, 100.0),
+        ]);
+        assert_eq!(f(&c[0]["ratio"]), 5.0);
+        assert_eq!(c[0]["rounds_measured"], 2);
+        assert_eq!(c[0]["met"], true);
+        let c = combine(&[rows(200.0, 100.0), rows(300.0, 100.0)]);
+        assert_eq!(c[0]["met"], false);
+    }
+}
