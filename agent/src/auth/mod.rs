@@ -9,7 +9,8 @@
 //! - [`hook`]: the client-connect hook (a program or an HTTP POST).
 //! - [`otp`]: TOTP codes and the static-challenge response.
 //! - [`slots`]: the bound on directory logins in progress.
-//! - [`token`]: session tokens (`auth-token`), the primitive only (not wired yet).
+//! - [`token`]: session tokens (`auth-token`): minting and checking one.
+//! - [`sessions`]: session tokens in a running gateway (issue, renew, accept).
 //! - [`oidc`]: single sign-on through an OpenID Connect provider (web login, AUTH_PENDING).
 pub mod authenticator;
 pub mod directory;
@@ -19,6 +20,7 @@ pub mod limiter;
 pub mod oidc;
 pub mod otp;
 pub mod recheck;
+pub mod sessions;
 pub mod slots;
 pub mod token;
 
