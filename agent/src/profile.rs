@@ -96,8 +96,12 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
             writeln!(out, "<cert>\n{}</cert>", ensure_newline(&c))?;
             writeln!(out, "<key>\n{}</key>", ensure_newline(&k))?;
         }
-        // Directory only: the user name and password are the credentials.
-        (None, None) if !cfg.auth.methods.iter().any(|m| m == "certificate") => {}
+        // Directory or single sign-on only: the user name and password (or the web login)
+        // are the credentials. OpenVPN 3 (Connect) otherwise expects a certificate from
+        // its external key store ("Missing External PKI alias"); 2.x ignores the variable.
+        (None, None) if !cfg.auth.methods.iter().any(|m| m == "certificate") => {
+            writeln!(out, "setenv CLIENT_CERT 0")?;
+        }
         (None, None) => {
             writeln!(
                 out,
