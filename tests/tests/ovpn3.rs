@@ -86,7 +86,10 @@ fn ovpn3_udp_tcp_ciphers_tls_crypt_and_tls_crypt_v2() {
     assert!(out.success(), "reload: {}", out);
     for (n, proto) in [(1, "udp"), (2, "tcp")] {
         let c = connect(&lab, 0, &profile, &["-P", proto]);
-        assert!(reaches(&lab, 0), "ovpncli over {proto} with ChaCha20: no traffic");
+        assert!(
+            reaches(&lab, 0),
+            "ovpncli over {proto} with ChaCha20: no traffic"
+        );
         connected_with(&lab, "CHACHA20-POLY1305", n);
         drop(c);
     }
@@ -111,14 +114,23 @@ fn ovpn3_udp_tcp_ciphers_tls_crypt_and_tls_crypt_v2() {
     );
     for proto in ["udp", "tcp"] {
         let c = connect(&lab, 1, &v2_profile, &["-P", proto]);
-        assert!(reaches(&lab, 1), "ovpncli with tls-crypt-v2 over {proto}: no traffic");
+        assert!(
+            reaches(&lab, 1),
+            "ovpncli with tls-crypt-v2 over {proto}: no traffic"
+        );
         drop(c);
     }
 
     // A client key wrapped under another server's key: no session, no connection.
     let other = lab.dir.path().join("other-v2.key");
     let other_client = lab.dir.path().join("other-v2-client.key");
-    assert!(cli(&["pki", "tls-crypt-v2-server", "--out", &other.to_string_lossy()]).success());
+    assert!(cli(&[
+        "pki",
+        "tls-crypt-v2-server",
+        "--out",
+        &other.to_string_lossy()
+    ])
+    .success());
     let out = cli(&[
         "pki",
         "tls-crypt-v2-client",

@@ -665,9 +665,9 @@ fn sso_with_the_openvpn3_client() {
     }
     let conns = lab.connections();
     assert!(
-        conns
-            .iter()
-            .any(|c| c["username"] == "alice" && c["directory_groups"] == serde_json::json!(["eng"])),
+        conns.iter().any(
+            |c| c["username"] == "alice" && c["directory_groups"] == serde_json::json!(["eng"])
+        ),
         "{conns:?}"
     );
     // eng's /24 holds the test's server host, which finance's /32 hides from eng.
@@ -675,5 +675,8 @@ fn sso_with_the_openvpn3_client() {
         blocked(&lab, 0, SERVER),
         "alice (eng) reached {SERVER}, finance's host"
     );
-    assert!(reaches(&lab, 0, OTHER), "alice (eng) → {OTHER} through ovpncli");
+    assert!(
+        reaches(&lab, 0, OTHER),
+        "alice (eng) → {OTHER} through ovpncli"
+    );
 }

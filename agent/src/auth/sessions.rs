@@ -145,10 +145,9 @@ fn refusal(e: TokenError) -> Refusal {
             FailureCode::TokenExpired,
             "SESSION:session expired, log in again",
         ),
-        TokenError::Invalid | TokenError::Malformed => Refusal::new(
-            FailureCode::TokenInvalid,
-            "SESSION:session token not valid",
-        ),
+        TokenError::Invalid | TokenError::Malformed => {
+            Refusal::new(FailureCode::TokenInvalid, "SESSION:session token not valid")
+        }
     }
 }
 

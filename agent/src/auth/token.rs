@@ -84,7 +84,11 @@ impl TokenKey {
             "auth.token_secret_file {}: the secret (first line) must have at least 32 characters (e.g. `openssl rand -base64 48`)",
             path.display()
         );
-        Ok(TokenKey::new(secret.as_bytes(), lifetime_secs, renewal_secs))
+        Ok(TokenKey::new(
+            secret.as_bytes(),
+            lifetime_secs,
+            renewal_secs,
+        ))
     }
 
     /// A new random session id, for a real login.

@@ -122,10 +122,22 @@ fn session_tokens_spare_the_directory_and_bad_ones_are_refused() {
     tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
     for (token, code, what) in [
-        (other.mint("alice", sid, now, now), "token_invalid", "another secret"),
-        (key.mint("alice", sid, now - 700, now - 10), "token_expired", "past its lifetime"),
+        (
+            other.mint("alice", sid, now, now),
+            "token_invalid",
+            "another secret",
+        ),
+        (
+            key.mint("alice", sid, now - 700, now - 10),
+            "token_expired",
+            "past its lifetime",
+        ),
         (tampered, "token_invalid", "tampered"),
-        (key.mint("dave", sid, now, now), "account_disabled", "disabled user"),
+        (
+            key.mint("dave", sid, now, now),
+            "account_disabled",
+            "disabled user",
+        ),
     ] {
         let (cn, user) = if what == "disabled user" {
             ("dave", "dave")
@@ -152,7 +164,10 @@ fn session_tokens_spare_the_directory_and_bad_ones_are_refused() {
     // same secret file would take it the same way), without a bind.
     let twin = login(&lab, 2, "erin", "alice", &good);
     connected(&lab, &twin, "alice's token on a second client");
-    assert!(reaches(&lab, 2, OTHER), "the token's session (eng) → {OTHER}");
+    assert!(
+        reaches(&lab, 2, OTHER),
+        "the token's session (eng) → {OTHER}"
+    );
     drop(twin);
     assert_eq!(slapd.binds(&alice_dn), 1);
 

@@ -78,11 +78,23 @@ fn ovpn3_directory_login_renegotiation_and_session_tokens() {
         slapd.binds(&alice) - 1
     );
     // OpenVPN 3 uses a pushed auth-token for renegotiations as 2.6 does.
-    assert_eq!(slapd.binds(&alice), 1, "ovpncli resent its password instead of the token");
+    assert_eq!(
+        slapd.binds(&alice),
+        1,
+        "ovpncli resent its password instead of the token"
+    );
     drop(c);
 
     // A wrong password: refused, never connected.
-    let bad = Ovpn3::start(lab.client_ns(0), &profile, &["-u", "alice", "-p", "wrong", "-t", "8"]);
-    assert!(bad.wait_connected(Duration::from_secs(10)).is_err(), "{}", bad.log());
+    let bad = Ovpn3::start(
+        lab.client_ns(0),
+        &profile,
+        &["-u", "alice", "-p", "wrong", "-t", "8"],
+    );
+    assert!(
+        bad.wait_connected(Duration::from_secs(10)).is_err(),
+        "{}",
+        bad.log()
+    );
     assert!(bad.log().contains("AUTH_FAILED"), "{}", bad.log());
 }

@@ -26,9 +26,9 @@ use super::session::{
     CloseReason, FailureCode, Refusal, Session, SessionConfig, SessionEvent, TlsProvider,
 };
 use super::tls::ClientIdentity;
-use super::verdict::IssuedToken;
 use super::tls_crypt::TlsCryptKey;
 use super::tls_crypt_v2::TlsCryptV2Server;
+use super::verdict::IssuedToken;
 
 mod admission;
 mod events;
