@@ -23,6 +23,16 @@ pub struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Crl {
     pub crl: String,
 }
@@ -50,8 +60,30 @@ pub struct Metrics {
     pub reconcile_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub map_entries: Family<Map, Gauge>,
     pub map_capacity: Family<Map, Gauge>,
-    /// Last absolute values of monotonic sources, to turn them into counter increments.
-    last_drops: std::collections::BTreeMap<String, u64>,
+    pub tunnel_packets: Family<Kind, Counter>,
+    pub tunnel_drops: Family<Reason, Counter>,
+    pub tcp_connections: Family<Outcome, Counter>,
+    /// Last absolute values of monotonic sources (by family and label), to turn them into
+    /// counter increments.
+    last: std::collections::BTreeMap<(&'static str, String), u64>,
+}
+
+/// Adds to `family` what each monotonic total grew by since the last call.
+fn add_growth<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug>(
+    last: &mut std::collections::BTreeMap<(&'static str, String), u64>,
+    family_name: &'static str,
+    family: &Family<L, Counter>,
+    totals: impl IntoIterator<Item = (String, u64)>,
+    label: impl Fn(String) -> L,
+) {
+    for (name, v) in totals {
+        let seen = last.entry((family_name, name.clone())).or_insert(0);
+        // Created at 0 too, so that `rate()` sees a series before the first event.
+        family
+            .get_or_create(&label(name))
+            .inc_by(v.saturating_sub(*seen));
+        *seen = (*seen).max(v);
+    }
 }
 
 impl Metrics {
@@ -75,7 +107,10 @@ impl Metrics {
             reconcile_seconds: Gauge::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
-            last_drops: Default::default(),
+            tunnel_packets: Family::default(),
+            tunnel_drops: Family::default(),
+            tcp_connections: Family::default(),
+            last: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -153,6 +188,21 @@ impl Metrics {
             "Maximum entries of data-path maps (fill = map_entries / map_capacity)",
             m.map_capacity.clone(),
         );
+        registry.register(
+            "tunnel_packets",
+            "Datagrams and TAP frames the tunnel moved, and stateless handshake replies",
+            m.tunnel_packets.clone(),
+        );
+        registry.register(
+            "tunnel_drops",
+            "Packets the tunnel refused before the data path, by reason",
+            m.tunnel_drops.clone(),
+        );
+        registry.register(
+            "tcp_connections",
+            "TCP connections accepted, refused at a limit, or closed at a timeout",
+            m.tcp_connections.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -195,17 +245,43 @@ impl Metrics {
 
     /// Sets monotonic drop totals (as the data path counts them).
     pub fn set_drops(&mut self, totals: &[(String, u64)]) {
-        for (name, v) in totals {
-            let last = self.last_drops.entry(name.clone()).or_insert(0);
-            if *v > *last {
-                self.drops
-                    .get_or_create(&Reason {
-                        reason: name.clone(),
-                    })
-                    .inc_by(*v - *last);
-                *last = *v;
-            }
-        }
+        add_growth(
+            &mut self.last,
+            "datapath_drops",
+            &self.drops,
+            totals.iter().cloned(),
+            |reason| Reason { reason },
+        );
+    }
+
+    /// Sets the tunnel's monotonic totals.
+    pub fn set_tunnel(&mut self, t: &crate::io::TunnelTotals) {
+        let owned = |v: &[(&str, u64)]| {
+            v.iter()
+                .map(|(k, n)| ((*k).to_owned(), *n))
+                .collect::<Vec<_>>()
+        };
+        add_growth(
+            &mut self.last,
+            "tunnel_packets",
+            &self.tunnel_packets,
+            owned(&t.packets),
+            |kind| Kind { kind },
+        );
+        add_growth(
+            &mut self.last,
+            "tunnel_drops",
+            &self.tunnel_drops,
+            owned(&t.drops),
+            |reason| Reason { reason },
+        );
+        add_growth(
+            &mut self.last,
+            "tcp_connections",
+            &self.tcp_connections,
+            owned(&t.tcp),
+            |outcome| Outcome { outcome },
+        );
     }
 
     pub fn set_crls(&self, crls: &[crate::openvpn::tls::CrlStatus]) {
@@ -373,5 +449,27 @@ mod tests {
         );
         assert!(out.contains("portcullis_policy_generation 7"), "{out}");
         assert!(out.contains("portcullis_active_connections 0"), "{out}");
+    }
+
+    #[test]
+    fn tunnel_counters_are_exported_as_growth() {
+        use std::sync::atomic::Ordering;
+        let stats = crate::io::TunnelStats::default();
+        stats.data_spoofed.store(2, Ordering::Relaxed);
+        stats.tcp_refused.store(1, Ordering::Relaxed);
+        stats.server.lock().unwrap().reset_rate_limited = 4;
+        let mut m = Metrics::new();
+        m.set_tunnel(&stats.totals());
+        stats.data_spoofed.store(5, Ordering::Relaxed);
+        m.set_tunnel(&stats.totals());
+        let out = m.encode();
+        for line in [
+            "portcullis_tunnel_drops_total{reason=\"data_spoofed_source\"} 5",
+            "portcullis_tunnel_drops_total{reason=\"reset_rate_limited\"} 4",
+            "portcullis_tcp_connections_total{outcome=\"refused\"} 1",
+            "portcullis_tunnel_packets_total{kind=\"udp_rx\"} 0",
+        ] {
+            assert!(out.contains(line), "{line}: {out}");
+        }
     }
 }

@@ -208,8 +208,8 @@ fn a_client_cannot_send_as_another_client() {
 
 /// Services of the gateway host itself (stand-ins for SSH and the metrics listener on its
 /// target-network address, a closed port of the pool gateway address)
-/// are not reachable from a client, with TTL 1 (which once went to the host before
-/// authorization) or any other TTL: nothing arrives and nothing answers.
+/// are not reachable from a client over UDP or TCP, with TTL 1 (which once went to the host
+/// before authorization) or any other TTL: nothing arrives and nothing answers.
 #[test]
 fn a_client_cannot_reach_the_gateways_own_services() {
     require_root!();
@@ -230,18 +230,25 @@ fn a_client_cannot_reach_the_gateways_own_services() {
         SocketAddrV4::new(GW_NET_ADDR, 9100),
         SocketAddrV4::new(GATEWAY, 7302),
     ];
-    let host: Vec<UdpSocket> = lab.gw.gw.run(move || {
+    let (host, host_tcp): (Vec<UdpSocket>, Vec<std::net::TcpListener>) = lab.gw.gw.run(move || {
         local
             .iter()
             .map(|a| {
                 let s =
                     UdpSocket::bind(a).unwrap_or_else(|e| panic!("bind {a} on the gateway: {e}"));
                 s.set_nonblocking(true).unwrap();
-                s
+                let l = std::net::TcpListener::bind(a)
+                    .unwrap_or_else(|e| panic!("listen on {a} on the gateway: {e}"));
+                l.set_nonblocking(true).unwrap();
+                (s, l)
             })
-            .collect()
+            .unzip()
     });
     let server = UdpServer::start(&lab.gw, SocketAddrV4::new(SERVER, 7100), false);
+    let target_tcp = lab
+        .gw
+        .in_net(|| std::net::TcpListener::bind(SocketAddrV4::new(SERVER, 7101)))
+        .expect("listen on the target network");
     let ns = lab.underlay.client(0).ns.name.clone();
     let answered = run_in_ns(&ns, move || {
         let mut answered = Vec::new();
@@ -268,17 +275,40 @@ fn a_client_cannot_reach_the_gateways_own_services() {
                 }
             }
         }
-        // The same client still reaches the target network.
+        // TCP: neither a connection nor a reset (a reset would show the port exists).
+        for ttl in [1, 64] {
+            for dst in local {
+                match tcp_connect_with_ttl(alice_addr, dst, ttl, Duration::from_millis(600)) {
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                    other => answered.push(format!("tcp ttl {ttl} to {dst}: {other:?}")),
+                }
+            }
+        }
+        // The same client still reaches the target network, by TCP too (so the probe above
+        // can tell a connection when there is one).
+        let to_target = SocketAddrV4::new(SERVER, 7101);
+        if let Err(e) = tcp_connect_with_ttl(alice_addr, to_target, 64, Duration::from_secs(3)) {
+            answered.push(format!("tcp to the target network {to_target} failed: {e}"));
+        }
         let s = UdpSocket::bind(SocketAddrV4::new(alice_addr, 0)).unwrap();
         s.send_to(b"genuine", SocketAddrV4::new(SERVER, 7100))
             .unwrap();
         answered
     });
-    assert!(answered.is_empty(), "the gateway answered: {answered:?}");
+    assert!(
+        answered.is_empty(),
+        "the gateway answered, or the target did not: {answered:?}"
+    );
+    drop(target_tcp);
     assert!(
         server.wait_count(1, Duration::from_secs(5)),
         "the client's own traffic to the target network arrives"
     );
+    for (l, a) in host_tcp.iter().zip(local) {
+        if let Ok((_, from)) = l.accept() {
+            panic!("{from} opened a TCP connection to the gateway's own {a}");
+        }
+    }
     let mut buf = [0u8; 128];
     for (s, a) in host.iter().zip(local) {
         if let Ok((n, from)) = s.recv_from(&mut buf) {
@@ -286,6 +316,83 @@ fn a_client_cannot_reach_the_gateways_own_services() {
                 "{from} reached the gateway's own {a}: {:?}",
                 String::from_utf8_lossy(&buf[..n])
             );
+        }
+    }
+}
+
+/// A TCP connection from `src` to `dst` whose packets carry TTL `ttl` (set before the SYN,
+/// which `std` cannot do): `TimedOut` when nothing answered within `wait`.
+fn tcp_connect_with_ttl(
+    src: Ipv4Addr,
+    dst: SocketAddrV4,
+    ttl: u32,
+    wait: Duration,
+) -> std::io::Result<TcpStream> {
+    let sockaddr = |a: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let last = || Err(std::io::Error::last_os_error());
+    // SAFETY: plain socket calls on a descriptor this function owns (OwnedFd closes it).
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return last();
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let ttl = ttl as libc::c_int;
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_TTL,
+            (&ttl as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+        {
+            return last();
+        }
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let from = sockaddr(SocketAddrV4::new(src, 0));
+        if libc::bind(
+            fd.as_raw_fd(),
+            (&from as *const libc::sockaddr_in).cast(),
+            len,
+        ) != 0
+        {
+            return last();
+        }
+        let to = sockaddr(dst);
+        if libc::connect(
+            fd.as_raw_fd(),
+            (&to as *const libc::sockaddr_in).cast(),
+            len,
+        ) != 0
+            && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS)
+        {
+            return last();
+        }
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        match libc::poll(&mut pfd, 1, wait.as_millis() as libc::c_int) {
+            0 => return Err(std::io::ErrorKind::TimedOut.into()),
+            n if n < 0 => return last(),
+            _ => {}
+        }
+        let stream = TcpStream::from(fd);
+        match stream.take_error()? {
+            Some(e) => Err(e),
+            None => Ok(stream),
         }
     }
 }

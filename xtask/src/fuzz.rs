@@ -24,7 +24,7 @@ const INTERRUPTED: i32 = 72;
 
 #[derive(Args)]
 pub struct FuzzArgs {
-    /// Targets to run (default: every `[[bin]]` of agent/fuzz/Cargo.toml).
+    /// Targets to run (default: every target `cargo fuzz list` names in agent/fuzz).
     targets: Vec<String>,
     /// CPU minutes per target.
     #[arg(long, default_value_t = 1.0)]
@@ -60,6 +60,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         bail!("--minutes must be above 0 and --jobs at least 1");
     }
     let fuzz_dir = util::root_dir().join("agent/fuzz");
+    cargo_fuzz()?;
     let all = targets(&fuzz_dir)?;
     let chosen: Vec<String> = if args.targets.is_empty() {
         all.clone()
@@ -74,7 +75,6 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     let out = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| util::root_dir().join("target/fuzz"));
-    cargo_fuzz()?;
     // Sanitizer flags are nightly-only; the stable toolchain here enables them this way.
     util::run(
         shell_cargo()
@@ -186,21 +186,15 @@ fn record_in_campaign(out: &Path, commit: &Option<String>, result: &mut Value) -
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// The `[[bin]]` names of the fuzz manifest.
+/// The fuzz targets, as cargo-fuzz itself lists them.
 fn targets(fuzz_dir: &Path) -> Result<Vec<String>> {
-    let manifest = fs::read_to_string(fuzz_dir.join("Cargo.toml"))
-        .with_context(|| format!("reading {}/Cargo.toml", fuzz_dir.display()))?;
-    let names: Vec<String> = manifest
-        .split("[[bin]]")
-        .skip(1)
-        .filter_map(|bin| {
-            bin.lines()
-                .find_map(|l| l.trim().strip_prefix("name = "))
-                .map(|n| n.trim_matches('"').to_string())
-        })
-        .collect();
+    let listed = util::output(shell_cargo().args(["fuzz", "list"]).current_dir(fuzz_dir))?;
+    let names: Vec<String> = listed.split_whitespace().map(str::to_string).collect();
     if names.is_empty() {
-        bail!("{}/Cargo.toml lists no [[bin]] targets", fuzz_dir.display());
+        bail!(
+            "`cargo fuzz list` in {} names no targets",
+            fuzz_dir.display()
+        );
     }
     Ok(names)
 }

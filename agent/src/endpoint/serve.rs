@@ -378,7 +378,7 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
                 if let Some(g) = &mut glue {
                     g.tick(ep, &telemetry.connections, changed);
                 }
-                telemetry.tick(&ep.dp, &ep.live);
+                telemetry.tick(&ep.dp, &ep.live, &ep.tunnel().stats);
                 if last_gc.elapsed() >= Duration::from_secs(5) {
                     last_gc = Instant::now();
                     // The expiry scans conntrack anyway: its count (taken before it deleted

@@ -127,7 +127,7 @@ impl Telemetry {
 
     /// Every second: the connection log's interim records, the flow log, traffic totals,
     /// drop counters and the policy generation.
-    pub fn tick(&mut self, dp: &Datapath, live: &SharedLive) {
+    pub fn tick(&mut self, dp: &Datapath, live: &SharedLive, tunnel: &crate::io::TunnelStats) {
         let stats = |slot| dp.maps.session_stats(slot).unwrap_or_default();
         if let Some(log) = &mut self.connlog {
             log.tick(&stats);
@@ -172,6 +172,7 @@ impl Telemetry {
         );
         m.egress_packets
             .inc_by(total.egress_packets.saturating_sub(counted.egress_packets));
+        m.set_tunnel(&tunnel.totals());
         if let Ok(d) = dp.maps.drop_counters() {
             m.set_drops(
                 &d.iter()

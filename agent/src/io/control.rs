@@ -64,6 +64,7 @@ pub(super) async fn run(mut c: ControlCtx) {
                     tracing::info!(sessions = n, "revoked certificates: sessions ended");
                 }
             }
+            *c.stats.server.lock().unwrap_or_else(|e| e.into_inner()) = c.server.stats.clone();
             next_maintenance = now + Duration::from_secs(1);
         }
         if c.stop.load(Ordering::Relaxed) && shutting_down.is_none() {

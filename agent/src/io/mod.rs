@@ -138,6 +138,61 @@ pub struct TunnelStats {
     pub tcp_refused: AtomicU64,
     /// TCP connections closed for their handshake or idle timeout.
     pub tcp_timed_out: AtomicU64,
+    /// The control thread's own counters, copied every second (the server is not shared).
+    pub server: std::sync::Mutex<crate::openvpn::server::ServerStats>,
+}
+
+/// What [`TunnelStats::totals`] reports, each a list of (label, monotonic total).
+pub struct TunnelTotals {
+    /// Datagrams and frames moved: `udp_rx`, `udp_tx`, `tap_rx`, `tap_tx`, `stateless_reply`.
+    pub packets: Vec<(&'static str, u64)>,
+    /// Packets the tunnel refused before the data path, by reason.
+    pub drops: Vec<(&'static str, u64)>,
+    /// TCP connections: `accepted`, `refused`, `timed_out`.
+    pub tcp: Vec<(&'static str, u64)>,
+}
+
+impl TunnelStats {
+    /// Every counter by the label the metrics give it.
+    pub fn totals(&self) -> TunnelTotals {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let s = self
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        TunnelTotals {
+            packets: vec![
+                ("udp_rx", n(&self.udp_rx)),
+                ("udp_tx", n(&self.udp_tx)),
+                ("tap_rx", n(&self.tap_rx)),
+                ("tap_tx", n(&self.tap_tx)),
+                ("stateless_reply", s.stateless_replies),
+            ],
+            drops: vec![
+                ("data_unknown_peer", n(&self.data_unknown_peer)),
+                ("data_rejected", n(&self.data_rejected)),
+                ("data_spoofed_source", n(&self.data_spoofed)),
+                ("data_not_ipv4", n(&self.data_not_ipv4)),
+                ("tap_no_peer", n(&self.tap_no_peer)),
+                ("control_queue_full", n(&self.control_queue_full)),
+                ("control_malformed", s.malformed),
+                ("tls_crypt_rejected", s.tls_crypt_rejected),
+                ("tls_crypt_v2_rejected", s.tls_crypt_v2_rejected),
+                ("cookie_rejected", s.cookie_rejected),
+                ("reset_rate_limited", s.reset_rate_limited),
+                ("session_limit", s.session_limit),
+                ("half_open_limit", s.half_open_limit),
+                ("unroutable", s.unroutable),
+                ("float_refused", s.float_refused),
+            ],
+            tcp: vec![
+                ("accepted", n(&self.tcp_connections)),
+                ("refused", n(&self.tcp_refused)),
+                ("timed_out", n(&self.tcp_timed_out)),
+            ],
+        }
+    }
 }
 
 /// Requests to the control thread.

@@ -88,6 +88,16 @@ fn run_connect_list_terminate() {
         m.contains("portcullis_handshake_duration_seconds_count 1"),
         "{m}"
     );
+    // The tunnel's own counters: the datagrams of the handshake and the ping.
+    let udp_rx = m
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_tunnel_packets_total{kind=\"udp_rx\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(udp_rx > Some(0), "udp_rx {udp_rx:?}: {m}");
+    assert!(
+        m.contains("portcullis_tunnel_drops_total{reason=\"data_spoofed_source\"} 0"),
+        "{m}"
+    );
     let log = std::fs::read_to_string(lab.dir.path().join("connections.log")).unwrap_or_default();
     let first: serde_json::Value =
         serde_json::from_str(log.lines().next().unwrap_or("{}")).expect("JSON connection log");
