@@ -11,6 +11,20 @@ use crate::config::{EndpointConfig, Listener};
 /// The profile text. `cert`/`key` (PEM files) are inlined when given; otherwise the user adds
 /// `cert`/`key` lines (or `<cert>`/`<key>` blocks) for their own certificate.
 pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> Result<String> {
+    let pair = match (cert, key) {
+        (Some(c), Some(k)) => Some((
+            std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?,
+            std::fs::read_to_string(k).with_context(|| format!("reading {}", k.display()))?,
+        )),
+        (None, None) => None,
+        _ => bail!("give both --cert and --key, or neither"),
+    };
+    render_pem(cfg, pair.as_ref().map(|(c, k)| (c.as_str(), k.as_str())))
+}
+
+/// [`render`] with the client certificate and key as PEM text (the portal's issued pair,
+/// which never touches the gateway's disk).
+pub fn render_pem(cfg: &EndpointConfig, cert_key: Option<(&str, &str)>) -> Result<String> {
     let hosts = match (&cfg.public_address, cfg.gateway_addresses.is_empty()) {
         (_, false) => cfg.gateway_addresses.clone(),
         (Some(h), true) => vec![h.clone()],
@@ -87,28 +101,23 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
     }
     writeln!(out, "verb 3")?;
     writeln!(out, "<ca>\n{}</ca>", ensure_newline(&ca))?;
-    match (cert, key) {
-        (Some(c), Some(k)) => {
-            let c =
-                std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
-            let k =
-                std::fs::read_to_string(k).with_context(|| format!("reading {}", k.display()))?;
-            writeln!(out, "<cert>\n{}</cert>", ensure_newline(&c))?;
-            writeln!(out, "<key>\n{}</key>", ensure_newline(&k))?;
+    match cert_key {
+        Some((c, k)) => {
+            writeln!(out, "<cert>\n{}</cert>", ensure_newline(c))?;
+            writeln!(out, "<key>\n{}</key>", ensure_newline(k))?;
         }
         // Directory or single sign-on only: the user name and password (or the web login)
         // are the credentials. OpenVPN 3 (Connect) otherwise expects a certificate from
         // its external key store ("Missing External PKI alias"); 2.x ignores the variable.
-        (None, None) if !cfg.auth.methods.iter().any(|m| m == "certificate") => {
+        None if !cfg.auth.methods.iter().any(|m| m == "certificate") => {
             writeln!(out, "setenv CLIENT_CERT 0")?;
         }
-        (None, None) => {
+        None => {
             writeln!(
                 out,
                 "# Add your certificate and key:\n# cert alice.crt\n# key alice.key"
             )?;
         }
-        _ => bail!("give both --cert and --key, or neither"),
     }
     // A tls-crypt-v2 endpoint gets a fresh client key per profile (the point of v2: one
     // lost profile does not expose the others); the v1 key then stays on the server only.
@@ -120,6 +129,59 @@ pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> 
         writeln!(out, "<tls-crypt>\n{}</tls-crypt>", ensure_newline(&t))?;
     }
     Ok(out)
+}
+
+/// How long a certificate issued from the self-service portal is valid.
+pub const PORTAL_CERT_DAYS: u32 = 365;
+
+/// The admin API's `profile`: `user`'s profile for this endpoint and, with `certificate`
+/// (only when `[console] self_service_issue_certificates` is on and the endpoint has the
+/// built-in PKI), a personal client certificate issued into it. The key is handed out, not
+/// kept: the gateway cannot leak it later.
+pub fn api(
+    cfg: &EndpointConfig,
+    user: &str,
+    certificate: bool,
+) -> Result<crate::admin::ProfileReply, crate::admin::ErrorReply> {
+    use crate::admin::ErrorReply;
+    let fail = |e: anyhow::Error| ErrorReply::new(format!("{e:#}"));
+    let (profile, serial) = if certificate {
+        if !cfg
+            .console
+            .as_ref()
+            .is_some_and(|c| c.self_service_issue_certificates)
+        {
+            return Err(ErrorReply::new(
+                "issuing certificates for profiles is off: set [console] \
+                 self_service_issue_certificates = true to allow it",
+            ));
+        }
+        let dir = cfg
+            .tls
+            .pki_dir
+            .as_deref()
+            .ok_or_else(|| ErrorReply::new(crate::admin::dispatch::NO_PKI))?;
+        let c = crate::pki::store::PkiDir::new(dir)
+            .issue(user, false, PORTAL_CERT_DAYS, false)
+            .map_err(fail)?;
+        let p = render_pem(cfg, Some((&c.cert_pem, &c.key_pem))).map_err(fail)?;
+        (p, Some(crate::pki::store::hex(&c.serial)))
+    } else {
+        (render_pem(cfg, None).map_err(fail)?, None)
+    };
+    let safe = |s: &str| -> String {
+        s.chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => c,
+                _ => '_',
+            })
+            .collect()
+    };
+    Ok(crate::admin::ProfileReply {
+        file_name: format!("{}-{}.ovpn", safe(&cfg.name), safe(user)),
+        profile,
+        serial,
+    })
 }
 
 /// The common name of the server certificate (the first one in the file). Without one (or

@@ -140,6 +140,7 @@ pub fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
 pub mod agent;
 pub mod benchreport;
 pub mod benchsys;
+pub mod browser;
 pub mod clients;
 pub mod emulator;
 pub mod etcd;

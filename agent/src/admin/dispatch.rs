@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use super::protocol::{
     Action, CertificatesReply, ConnectionsReply, ErrorReply, ExplainReply, LogKind, LogQuery,
-    LogsReply, PolicyReply, ReloadReply, Reply, Request, RevokeReply, StatusReply, TerminateReply,
-    VERSION,
+    LogsReply, PolicyReply, ProfileReply, ReloadReply, Reply, Request, RevokeReply, StatusReply,
+    TerminateReply, VERSION,
 };
 
 /// What the agent answers on its admin socket: one method per command.
@@ -40,6 +40,10 @@ pub trait AdminApi {
     fn logs(&mut self, _log: LogKind, _query: &LogQuery) -> Result<LogsReply, ErrorReply> {
         Err(ErrorReply::new("this agent keeps no logs to search"))
     }
+    /// A user's profile (`crate::profile::api`), with a certificate issued into it if asked.
+    fn profile(&mut self, _user: &str, _certificate: bool) -> Result<ProfileReply, ErrorReply> {
+        Err(ErrorReply::new("this agent makes no profiles"))
+    }
 }
 
 /// The answer of an endpoint without `[tls] pki_dir` to the certificate commands.
@@ -72,7 +76,7 @@ pub fn answer(api: &mut dyn AdminApi, request: &str) -> String {
             return line(
                 false,
                 ErrorReply::new(format!(
-                    "bad request: {e} (expected one JSON object per line, such as {{\"v\":{VERSION},\"cmd\":\"status\"}}; commands: status, reload, connections, terminate, policy, explain, certificates, revoke, logs)"
+                    "bad request: {e} (expected one JSON object per line, such as {{\"v\":{VERSION},\"cmd\":\"status\"}}; commands: status, reload, connections, terminate, policy, explain, certificates, revoke, logs, profile)"
                 )),
             )
         }
@@ -98,6 +102,7 @@ pub fn answer(api: &mut dyn AdminApi, request: &str) -> String {
         Action::Certificates => reply(api.certificates()),
         Action::Revoke { name, serial } => reply(api.revoke(name.as_deref(), serial.as_deref())),
         Action::Logs { log, query } => reply(api.logs(log, &query)),
+        Action::Profile { user, certificate } => reply(api.profile(&user, certificate)),
     }
 }
 
@@ -126,6 +131,15 @@ pub(crate) fn audited(action: &Action) -> Option<(&'static str, String)> {
                 (None, None) => String::new(),
             },
         )),
+        // A download is recorded too: it hands out the endpoint's tls-crypt key.
+        Action::Profile {
+            user,
+            certificate: false,
+        } => Some(("profile_download", format!("user {user}"))),
+        Action::Profile {
+            user,
+            certificate: true,
+        } => Some(("certificate_issue", format!("user {user}"))),
         Action::Status
         | Action::Connections
         | Action::Policy
@@ -149,6 +163,9 @@ pub(crate) fn outcome(reply: &str) -> String {
                     .join(", ")
             ),
             _ => match &v["revoked"] {
+                _ if v["serial"].is_string() => {
+                    format!("ok: serial {}", v["serial"].as_str().unwrap_or_default())
+                }
                 serde_json::Value::Array(r) => format!(
                     "ok: revoked {}",
                     r.iter()

@@ -12,7 +12,7 @@ pub use dispatch::AdminApi;
 pub use protocol::{
     Action, CertificateInfo, CertificatesReply, ConnectionInfo, ConnectionsReply, CrlInfo,
     ErrorReply, ExplainReply, FleetMember, FleetStatus, LogKind, LogQuery, LogsReply, MapFill,
-    PolicyReply, ReloadReply, ReloadTiming, Reply, Request, RevokeReply, StatusReply,
+    PolicyReply, ProfileReply, ReloadReply, ReloadTiming, Reply, Request, RevokeReply, StatusReply,
     TerminateReply, VERSION,
 };
 pub use server::{AdminHandle, AdminServer, Call, Caller};

@@ -73,6 +73,15 @@ pub enum Action {
         #[serde(default)]
         query: LogQuery,
     },
+    /// The `.ovpn` profile of this endpoint for `user` (the self-service portal's download,
+    /// as `client-config export` makes it); with `certificate`, a personal client certificate
+    /// is issued by the built-in PKI and embedded with its key, which the agent does not keep
+    /// (`[console] self_service_issue_certificates`).
+    Profile {
+        user: String,
+        #[serde(default)]
+        certificate: bool,
+    },
 }
 
 /// Which JSON-lines log.
@@ -310,6 +319,17 @@ pub struct CertificatesReply {
     pub crl: Option<CrlInfo>,
 }
 
+/// `profile`: the profile text and the name to save it under.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileReply {
+    /// `<endpoint>-<user>.ovpn`, with only file-name-safe characters.
+    pub file_name: String,
+    pub profile: String,
+    /// The serial (hex) of the certificate issued into it, if one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
 /// `revoke`: the serials newly revoked (never empty: nothing to revoke is an error reply).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokeReply {
@@ -351,6 +371,10 @@ mod tests {
             Action::Revoke {
                 name: Some("alice".into()),
                 serial: None,
+            },
+            Action::Profile {
+                user: "alice".into(),
+                certificate: true,
             },
         ] {
             let line = serde_json::to_string(&Request::new(c.clone())).unwrap();

@@ -110,7 +110,12 @@ impl Authenticator {
     }
 
     pub fn into_authorizer(self) -> Authorizer {
-        let a = Arc::new(self);
+        Self::shared_authorizer(Arc::new(self))
+    }
+
+    /// The authorizer over an authenticator shared with the console's self-service portal
+    /// (one failed-login limit and one-time-code replay guard for both).
+    pub fn shared_authorizer(a: Arc<Self>) -> Authorizer {
         Arc::new(move |link, req, pending| {
             // A panic in a directory library must still produce a verdict (fail closed).
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -243,103 +248,119 @@ impl Authenticator {
         let cn = req.identity.common_name.as_str();
         let mut grant = Grant::default();
         if let Some(dir) = &self.directory {
-            let user = req.username.as_str();
-            // The directory ignores leading and trailing spaces (RFC 4518): such a spelling
-            // would be another limiter bucket and replay-guard key for the same entry.
-            if user.trim() != user || user.chars().any(char::is_control) {
-                tracing::warn!(%link, user = ?user, "login refused: user name with leading or trailing spaces or control characters");
-                return Err(Refusal::new(
-                    FailureCode::InvalidCredentials,
-                    "user name with leading or trailing spaces or control characters",
-                ));
-            }
-            let source = source_key(link.addr().ip());
-            let user_key = format!("user:{}", user.to_lowercase());
-            let now = Instant::now();
-            // Tokens are taken now and given back unless the login fails (check-then-act
-            // would let every login in flight pass the same check).
-            let mut tokens = Tokens {
-                auth: self,
-                user: Vec::new(),
-                source: None,
-                spent: false,
-            };
-            let allowed = tokens.take_user(&user_key, now) && tokens.take_source(&source, now);
-            if !allowed {
-                tracing::warn!(%link, user, "login refused: too many failed logins");
-                return Err(Refusal::new(
-                    FailureCode::RateLimited,
-                    "too many failed logins, try again later",
-                ));
-            }
-            if self.username_must_match_cn && user != cn {
-                tracing::warn!(%link, user, common_name = cn, "username does not match the certificate");
-                return Err(Refusal::new(
-                    FailureCode::UsernameMismatch,
-                    "username does not match the certificate",
-                ));
-            }
-            let Some(_slot) = self.logins.try_take() else {
-                tracing::warn!(%link, user, "login refused: too many directory logins in progress");
-                return Err(Refusal::temporary(
-                    FailureCode::DirectoryBusy,
-                    "directory busy, try again later",
-                ));
-            };
-            let t0 = Instant::now();
-            let (password, code) = if self.otp {
-                match crate::auth::otp::parse_scrv1(req.password.expose()) {
-                    Some((p, c)) => (p, Some(c)),
-                    None => {
-                        tracing::warn!(%link, user, "login without the one-time code (no static-challenge in the profile?)");
-                        return Err(Refusal::new(
-                            FailureCode::OneTimeCode,
-                            "one-time code required",
-                        ));
-                    }
-                }
-            } else {
-                (req.password.expose().to_owned(), None)
-            };
-            // Spellings of one entry (case, inner spaces, compatibility forms) share the bucket
-            // of its DN, taken once the DN is known and before the password is checked.
-            let mut limited = false;
-            let checked = dir
-                .authenticate_checked(user, &password, |dn| {
-                    limited = !tokens.take_user(&format!("dn:{}", dn.to_lowercase()), now);
-                    !limited
-                })
-                .and_then(|u| match &code {
-                    None => Ok(u),
-                    Some(c) => self
-                        .check_code(user, &u.dn, u.totp_secret.as_deref(), c)
-                        .map(|()| u),
-                });
-            if limited {
-                tracing::warn!(%link, user, "login refused: too many failed logins for this directory entry");
-                return Err(Refusal::new(
-                    FailureCode::RateLimited,
-                    "too many failed logins, try again later",
-                ));
-            }
-            match checked {
-                Ok(u) => {
-                    tracing::info!(%link, user, dn = u.dn, groups = ?u.groups, took_ms = t0.elapsed().as_millis() as u64, "directory login");
-                    grant = Grant {
-                        username: user.to_owned(),
-                        groups: u.groups,
-                        ..Grant::default()
-                    };
-                }
-                Err(e) => {
-                    // An outage is not the user's fault: it does not use up their tokens.
-                    tokens.spent = !matches!(e, DirError::Unavailable(_));
-                    tracing::warn!(%link, user, reason = %e, "directory login failed");
-                    return Err(e.refusal());
-                }
-            }
+            let must_match = self.username_must_match_cn.then_some(cn);
+            grant = self.directory_login(
+                dir,
+                &link,
+                req.username.as_str(),
+                must_match,
+                link.addr().ip(),
+                Credentials::Openvpn(req.password.expose()),
+            )?;
         }
         self.after_login(link, req, grant)
+    }
+
+    /// The directory check shared by VPN logins and the self-service portal: the user name's
+    /// spelling, the failed-login limits (per user, per source, per directory entry), the
+    /// login slots, the password and the one-time code. `must_match` is the certificate name
+    /// the user name must equal (`username_must_match_cn`); `link` names the login in logs.
+    pub(super) fn directory_login(
+        &self,
+        dir: &Directory,
+        link: &dyn std::fmt::Display,
+        user: &str,
+        must_match: Option<&str>,
+        source: std::net::IpAddr,
+        credentials: Credentials<'_>,
+    ) -> Result<Grant, Refusal> {
+        // The directory ignores leading and trailing spaces (RFC 4518): such a spelling
+        // would be another limiter bucket and replay-guard key for the same entry.
+        if user.trim() != user || user.chars().any(char::is_control) {
+            tracing::warn!(%link, user = ?user, "login refused: user name with leading or trailing spaces or control characters");
+            return Err(Refusal::new(
+                FailureCode::InvalidCredentials,
+                "user name with leading or trailing spaces or control characters",
+            ));
+        }
+        let source = source_key(source);
+        let user_key = format!("user:{}", user.to_lowercase());
+        let now = Instant::now();
+        // Tokens are taken now and given back unless the login fails (check-then-act
+        // would let every login in flight pass the same check).
+        let mut tokens = Tokens {
+            auth: self,
+            user: Vec::new(),
+            source: None,
+            spent: false,
+        };
+        let allowed = tokens.take_user(&user_key, now) && tokens.take_source(&source, now);
+        if !allowed {
+            tracing::warn!(%link, user, "login refused: too many failed logins");
+            return Err(Refusal::new(
+                FailureCode::RateLimited,
+                "too many failed logins, try again later",
+            ));
+        }
+        if let Some(cn) = must_match.filter(|cn| *cn != user) {
+            tracing::warn!(%link, user, common_name = cn, "username does not match the certificate");
+            return Err(Refusal::new(
+                FailureCode::UsernameMismatch,
+                "username does not match the certificate",
+            ));
+        }
+        let Some(_slot) = self.logins.try_take() else {
+            tracing::warn!(%link, user, "login refused: too many directory logins in progress");
+            return Err(Refusal::temporary(
+                FailureCode::DirectoryBusy,
+                "directory busy, try again later",
+            ));
+        };
+        let t0 = Instant::now();
+        let Some((password, code)) = credentials.split(self.otp) else {
+            tracing::warn!(%link, user, "login without the one-time code (no static-challenge in the profile?)");
+            return Err(Refusal::new(
+                FailureCode::OneTimeCode,
+                "one-time code required",
+            ));
+        };
+        // Spellings of one entry (case, inner spaces, compatibility forms) share the bucket
+        // of its DN, taken once the DN is known and before the password is checked.
+        let mut limited = false;
+        let checked = dir
+            .authenticate_checked(user, &password, |dn| {
+                limited = !tokens.take_user(&format!("dn:{}", dn.to_lowercase()), now);
+                !limited
+            })
+            .and_then(|u| match &code {
+                None => Ok(u),
+                Some(c) => self
+                    .check_code(user, &u.dn, u.totp_secret.as_deref(), c)
+                    .map(|()| u),
+            });
+        if limited {
+            tracing::warn!(%link, user, "login refused: too many failed logins for this directory entry");
+            return Err(Refusal::new(
+                FailureCode::RateLimited,
+                "too many failed logins, try again later",
+            ));
+        }
+        match checked {
+            Ok(u) => {
+                tracing::info!(%link, user, dn = u.dn, groups = ?u.groups, took_ms = t0.elapsed().as_millis() as u64, "directory login");
+                Ok(Grant {
+                    username: user.to_owned(),
+                    groups: u.groups,
+                    ..Grant::default()
+                })
+            }
+            Err(e) => {
+                // An outage is not the user's fault: it does not use up their tokens.
+                tokens.spent = !matches!(e, DirError::Unavailable(_));
+                tracing::warn!(%link, user, reason = %e, "directory login failed");
+                Err(e.refusal())
+            }
+        }
     }
 
     /// The client-connect hook, then the grant offered to the session.
@@ -443,6 +464,32 @@ impl Authenticator {
     }
 }
 
+/// What a login typed, as it arrives.
+#[derive(Clone, Copy)]
+pub(super) enum Credentials<'a> {
+    /// The OpenVPN password field: `SCRV1:<password>:<code>` when the endpoint asks a code.
+    Openvpn(&'a str),
+    /// The portal's form: the password and the code in their own fields.
+    Portal { password: &'a str, code: &'a str },
+}
+
+impl Credentials<'_> {
+    /// The password and, when `otp`, the code; `None` when the code is missing.
+    fn split(&self, otp: bool) -> Option<(String, Option<String>)> {
+        match (*self, otp) {
+            (Credentials::Openvpn(p), true) => {
+                crate::auth::otp::parse_scrv1(p).map(|(p, c)| (p, Some(c)))
+            }
+            (Credentials::Openvpn(p), false) => Some((p.to_owned(), None)),
+            (Credentials::Portal { password, code }, true) => {
+                let code = code.trim();
+                (!code.is_empty()).then(|| (password.to_owned(), Some(code.to_owned())))
+            }
+            (Credentials::Portal { password, .. }, false) => Some((password.to_owned(), None)),
+        }
+    }
+}
+
 /// Limiter tokens one login took: given back when dropped unless `spent` (the login failed).
 struct Tokens<'a> {
     auth: &'a Authenticator,
@@ -492,4 +539,4 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 #[path = "authenticator_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -212,9 +212,9 @@ fn renegotiations_recheck_only_the_password() {
 /// A minimal LDAP server on 127.0.0.1 (BER by hand): every search finds the one entry
 /// `dn` (with `pcTotpSecret` = `totp` when set), the service account and `right` passwords
 /// bind, any other password is invalidCredentials after `delay`. Counts the user binds.
-struct FakeLdap {
-    url: String,
-    user_binds: Arc<std::sync::atomic::AtomicUsize>,
+pub(crate) struct FakeLdap {
+    pub(crate) url: String,
+    pub(crate) user_binds: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn ber(tag: u8, content: &[u8]) -> Vec<u8> {
@@ -244,7 +244,7 @@ fn read_tlv(r: &mut impl std::io::Read) -> Option<(u8, Vec<u8>)> {
     Some((h[0], c))
 }
 
-fn fake_ldap(dn: &'static str, totp: Option<&'static str>, delay: Duration) -> FakeLdap {
+pub(crate) fn fake_ldap(dn: &'static str, totp: Option<&'static str>, delay: Duration) -> FakeLdap {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("ldap://{}", l.local_addr().unwrap());
     let user_binds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -304,7 +304,7 @@ fn fake_ldap(dn: &'static str, totp: Option<&'static str>, delay: Duration) -> F
     FakeLdap { url, user_binds }
 }
 
-fn service_authenticator(f: &FakeLdap, per_user: u32, otp: bool) -> Authenticator {
+pub(crate) fn service_authenticator(f: &FakeLdap, per_user: u32, otp: bool) -> Authenticator {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let pw = std::env::temp_dir().join(format!("pc-auth-svc-{}-{n}", std::process::id()));

@@ -8,6 +8,7 @@
 //! - [`directory`]: the LDAP / Active Directory client (pool, user lookup, groups).
 //! - [`hook`]: the client-connect hook (a program or an HTTP POST).
 //! - [`otp`]: TOTP codes and the static-challenge response.
+//! - [`portal`]: the self-service portal's sign-in (the same directory check and limits).
 //! - [`slots`]: the bound on directory logins in progress.
 //! - [`token`]: session tokens (`auth-token`): minting and checking one.
 //! - [`sessions`]: session tokens in a running gateway (issue, renew, accept).
@@ -19,6 +20,7 @@ pub mod hook;
 pub mod limiter;
 pub mod oidc;
 pub mod otp;
+pub mod portal;
 pub mod recheck;
 pub mod sessions;
 pub mod slots;
@@ -27,4 +29,5 @@ pub mod token;
 pub use authenticator::{Authenticator, LocalGroups, RENEGOTIATION_WAIT};
 pub use grants::{combined_groups, Grant, Grants};
 pub use limiter::FailureLimiter;
+pub use portal::PortalUser;
 pub use slots::{LoginSlots, MAX_LOGINS_IN_FLIGHT};

@@ -14,6 +14,7 @@ impl EndpointConfig {
         let mut errs = Vec::new();
         if let Some(c) = &self.console {
             errs.extend(c.problems());
+            errs.extend(crate::console::config::portal_problems(self));
             if self.logging.admin_audit_log.is_none() {
                 errs.push(err(
                     "logging.admin_audit_log",

@@ -17,7 +17,7 @@ use super::monitor;
 use super::pages;
 use super::sessions::COOKIE;
 use super::state::{Authed, Console};
-use super::{certs, logs};
+use super::{certs, logs, portal};
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -38,6 +38,10 @@ impl Console {
             .route("/logs/connections", get(logs::connections))
             .route("/logs/flows", get(logs::flows))
             .route("/certificates/revoke", post(certs::revoke))
+            .route("/portal", get(portal::home))
+            .route("/portal/login", get(portal::login_form).post(portal::login))
+            .route("/portal/profile", post(portal::profile))
+            .route("/portal/logout", post(portal::logout))
             .route("/login", get(login_page).post(login))
             .route("/logout", post(logout))
             .route("/assets/console.js", get(script))

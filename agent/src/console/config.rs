@@ -26,6 +26,14 @@ pub struct ConsoleSection {
     /// Local administrator accounts.
     #[serde(default, rename = "admin")]
     pub admins: Vec<AdminAccount>,
+    /// The self-service portal (`/portal`): users sign in with their directory password
+    /// (and one-time code) and download their own profile. Needs `"ldap"` in `auth.methods`.
+    #[serde(default)]
+    pub self_service: bool,
+    /// The portal also issues each download a personal client certificate from the built-in
+    /// PKI (`[tls] pki_dir`), embedded with its key (not kept on the gateway).
+    #[serde(default)]
+    pub self_service_issue_certificates: bool,
 }
 
 /// `[[console.admin]]`: one local administrator.
@@ -67,6 +75,47 @@ fn default_session_minutes() -> u32 {
 }
 fn default_login_failures_per_minute() -> u32 {
     5
+}
+
+/// What the portal needs from the rest of the endpoint's file.
+pub fn portal_problems(cfg: &crate::config::EndpointConfig) -> Vec<ConfigError> {
+    let Some(c) = &cfg.console else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if c.self_service && !cfg.auth.uses_directory() {
+        out.push(err(
+            "console.self_service".into(),
+            "the portal signs users in with their directory password, and this endpoint has \
+             no directory: add \"ldap\" to auth.methods (and a [directory]), or remove \
+             self_service"
+                .into(),
+        ));
+    }
+    if c.self_service_issue_certificates {
+        let at = "console.self_service_issue_certificates".to_string();
+        if !c.self_service {
+            out.push(err(
+                at.clone(),
+                "certificates are issued from the portal: set self_service = true too".into(),
+            ));
+        }
+        if cfg.tls.pki_dir.is_none() {
+            out.push(err(
+                at.clone(),
+                "needs the built-in PKI that issues the certificates: set [tls] pki_dir".into(),
+            ));
+        }
+        if !cfg.auth.methods.iter().any(|m| m == "certificate") {
+            out.push(err(
+                at,
+                "this endpoint does not use client certificates (\"certificate\" is not in \
+                 auth.methods): remove the option"
+                    .into(),
+            ));
+        }
+    }
+    out
 }
 
 fn err(path: String, message: String) -> ConfigError {
@@ -151,6 +200,58 @@ mod tests {
         assert_eq!((c.session_minutes, c.login_failures_per_minute), (30, 5));
         assert_eq!(c.admins[0].role, Role::Operator);
         assert!(c.problems().is_empty(), "{:?}", c.problems());
+    }
+
+    /// The portal's options need a directory, and certificates from the portal need the
+    /// built-in PKI and certificate logins.
+    #[test]
+    fn the_portal_needs_a_directory_and_issuing_needs_the_pki() {
+        let file = |auth: &str, pki: &str, portal: &str| {
+            crate::config::EndpointConfig::parse(&format!(
+                r#"
+name = "e"
+client_cidr = "10.100.0.0/22"
+listen = ["udp://0.0.0.0:1194"]
+[tls]
+cert = "s.crt"
+key = "s.key"
+client_ca = "ca.crt"
+{pki}
+[auth]
+methods = {auth}
+[console]
+listen = "127.0.0.1:8443"
+tls_cert = "c"
+tls_key = "k"
+{portal}
+"#
+            ))
+            .unwrap()
+        };
+        let problems = |c: &crate::config::EndpointConfig| -> Vec<String> {
+            portal_problems(c)
+                .into_iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect()
+        };
+        let ok = file(
+            r#"["certificate", "ldap"]"#,
+            r#"pki_dir = "pki""#,
+            "self_service = true\nself_service_issue_certificates = true",
+        );
+        assert!(problems(&ok).is_empty(), "{:?}", problems(&ok));
+        let p = problems(&file(r#"["certificate"]"#, "", "self_service = true"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("console.self_service: ") && p[0].contains("\"ldap\""));
+        let p = problems(&file(
+            r#"["ldap"]"#,
+            "",
+            "self_service_issue_certificates = true",
+        ));
+        assert_eq!(p.len(), 3, "{p:?}");
+        for says in ["self_service = true", "pki_dir", "client certificates"] {
+            assert!(p.iter().any(|m| m.contains(says)), "{says}: {p:?}");
+        }
     }
 
     #[test]

@@ -4,15 +4,17 @@
 //! Layout: [`config`] (the section and its checks), [`accounts`] (argon2 passwords, TOTP),
 //! [`sessions`] (login sessions, CSRF tokens), [`pages`]
 //! (maud templates, auto-escaped), [`app`] (routes and their guards), [`server`] (TLS and
-//! HTTP/1 over the agent's tokio runtime).
+//! HTTP/1 over the agent's tokio runtime), [`portal`] (the users' self-service portal).
 pub mod accounts;
 pub mod app;
+pub mod attempts;
 pub mod certs;
 pub mod config;
 pub mod history;
 pub mod logs;
 pub mod monitor;
 pub mod pages;
+pub mod portal;
 pub mod query;
 pub mod server;
 pub mod sessions;
@@ -29,21 +31,25 @@ mod tests_certs;
 #[cfg(test)]
 mod tests_logs;
 #[cfg(test)]
+mod tests_portal;
+#[cfg(test)]
 mod tests_security;
 
 /// Starts the console of `cfg` on the running runtime: binds its listener, reads its
-/// certificate, and serves until the returned guard is dropped.
+/// certificate, and serves until the returned guard is dropped. `portal` is the endpoint's
+/// authenticator, for the self-service portal's sign-in.
 pub async fn spawn(
     cfg: &ConsoleSection,
     audit: std::sync::Arc<crate::admin::audit::AuditLog>,
     admin: crate::admin::AdminHandle,
+    portal: Option<std::sync::Arc<crate::auth::Authenticator>>,
 ) -> anyhow::Result<Running> {
     use anyhow::Context;
     let tls = server::tls_config(&cfg.tls_cert, &cfg.tls_key)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding the console listener {}", cfg.listen))?;
-    let console = std::sync::Arc::new(Console::new(cfg, audit, admin));
+    let console = std::sync::Arc::new(Console::new(cfg, audit, admin).with_portal(cfg, portal));
     tracing::info!(listen = %cfg.listen, "console: serving https://{}/", cfg.listen);
     Ok(Running(tokio::spawn(server::serve(
         listener,

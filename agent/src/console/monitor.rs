@@ -44,21 +44,23 @@ async fn snapshot(c: &Console, a: &Authed) -> Result<(StatusReply, Vec<Connectio
     Ok((st, conns.connections))
 }
 
+/// The dashboard's live part: status, connections, and attempts from the connection log.
+async fn live(c: &Console, a: &Authed) -> Result<maud::Markup, Response> {
+    let (st, conns) = snapshot(c, a).await?;
+    let attempts = super::attempts::rows(c, a.caller("console")).await;
+    Ok(views::dashboard_live(&st, &conns, &c.history(), &attempts))
+}
+
 pub async fn dashboard(State(c): State<Arc<Console>>, a: Authed) -> Response {
-    match snapshot(&c, &a).await {
-        Ok((st, conns)) => {
-            let live = views::dashboard_live(&st, &conns, &c.history());
-            Html(views::dashboard(&a.session, live).into_string()).into_response()
-        }
+    match live(&c, &a).await {
+        Ok(live) => Html(views::dashboard(&a.session, live).into_string()).into_response(),
         Err(r) => r,
     }
 }
 
 pub async fn dashboard_live(State(c): State<Arc<Console>>, a: Authed) -> Response {
-    match snapshot(&c, &a).await {
-        Ok((st, conns)) => {
-            Html(views::dashboard_live(&st, &conns, &c.history()).into_string()).into_response()
-        }
+    match live(&c, &a).await {
+        Ok(live) => Html(live.into_string()).into_response(),
         Err(r) => r,
     }
 }

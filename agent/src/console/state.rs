@@ -19,6 +19,7 @@ use super::sessions::{same_token, Session, Sessions, COOKIE};
 use crate::admin::audit::{AuditEntry, AuditFilter, AuditLog};
 use crate::admin::{AdminHandle, Caller};
 use crate::auth::limiter::FailureLimiter;
+use crate::auth::Authenticator;
 
 /// The console's state, shared by every request.
 pub struct Console {
@@ -31,7 +32,18 @@ pub struct Console {
     /// The admin API: every read and action goes through it.
     pub(super) admin: AdminHandle,
     pub(super) history: Mutex<History>,
+    /// The self-service portal's sign-in (`[console] self_service`), `None` when off.
+    pub(super) portal: Option<Arc<Authenticator>>,
+    /// Portal logins: a store of their own, so they never pass for an administrator's.
+    pub(super) portal_sessions: Mutex<Sessions>,
+    /// `[console] self_service_issue_certificates`.
+    pub(super) portal_issue: bool,
+    /// The dashboard's attempts chart as last counted (see `attempts.rs`).
+    pub(super) attempts: Mutex<Option<AttemptsCache>>,
 }
+
+/// When the attempts chart was counted, and its rows or why there are none.
+pub(super) type AttemptsCache = (Instant, Result<Vec<super::attempts::Row>, String>);
 
 impl Console {
     pub fn new(cfg: &ConsoleSection, audit: Arc<AuditLog>, admin: AdminHandle) -> Self {
@@ -59,7 +71,18 @@ impl Console {
             audit,
             admin,
             history: Mutex::new(History::default()),
+            portal: None,
+            portal_sessions: Mutex::new(Sessions::new(lifetime)),
+            portal_issue: cfg.self_service && cfg.self_service_issue_certificates,
+            attempts: Mutex::new(None),
         }
+    }
+
+    /// Serves the self-service portal with `auth` when the section turns it on (validation
+    /// makes sure an endpoint with the portal on has a directory, hence an authenticator).
+    pub fn with_portal(mut self, cfg: &ConsoleSection, auth: Option<Arc<Authenticator>>) -> Self {
+        self.portal = auth.filter(|a| cfg.self_service && a.directory.is_some());
+        self
     }
 
     pub(super) fn record(&self, who: &str, from: IpAddr, action: &str, target: &str, result: &str) {
@@ -80,19 +103,28 @@ impl Console {
         self.audit.search(f, limit)
     }
 
+    pub(super) fn attempts(&self) -> std::sync::MutexGuard<'_, Option<AttemptsCache>> {
+        self.attempts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(super) fn history(&self) -> std::sync::MutexGuard<'_, History> {
         self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 pub(super) fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    cookie_named(headers, COOKIE)
+}
+
+/// The value of cookie `name`.
+pub(super) fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
 }
 

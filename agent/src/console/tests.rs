@@ -12,8 +12,8 @@ use super::{server, Console};
 use crate::admin::audit::AuditLog;
 use crate::admin::{
     AdminApi, AdminServer, CertificatesReply, ConnectionInfo, ConnectionsReply, ErrorReply,
-    ExplainReply, LogKind, LogQuery, LogsReply, PolicyReply, ReloadReply, RevokeReply, StatusReply,
-    TerminateReply,
+    ExplainReply, LogKind, LogQuery, LogsReply, PolicyReply, ProfileReply, ReloadReply,
+    RevokeReply, StatusReply, TerminateReply,
 };
 
 /// The endpoint's side of the admin API: two sessions whose counters grow with every look.
@@ -21,6 +21,34 @@ struct FakeEndpoint {
     sessions: Vec<ConnectionInfo>,
     /// A real `portcullis pki` directory: certificates and revoke are the endpoint's code.
     pki: PathBuf,
+    /// For `profile`, the endpoint's code too: certificates and a directory, the PKI above.
+    config: crate::config::EndpointConfig,
+}
+
+fn endpoint_config(
+    pki: &std::path::Path,
+    console: &ConsoleSection,
+) -> crate::config::EndpointConfig {
+    let mut c = crate::config::EndpointConfig::parse(
+        r#"
+name = "lab"
+client_cidr = "10.100.0.0/22"
+listen = ["udp://0.0.0.0:1194"]
+public_address = "vpn.lab"
+[tls]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+[auth]
+methods = ["certificate", "ldap"]
+"#,
+    )
+    .unwrap();
+    c.tls.cert = pki.with_file_name("vpn.lab.crt");
+    c.tls.client_ca = pki.join("ca.crt");
+    c.tls.pki_dir = Some(pki.to_path_buf());
+    c.console = Some(console.clone());
+    c
 }
 
 fn session(id: u32, user: &str, addr: &str) -> ConnectionInfo {
@@ -124,6 +152,9 @@ impl AdminApi for FakeEndpoint {
     ) -> Result<RevokeReply, ErrorReply> {
         crate::pki::store::api_revoke(Some(&self.pki), name, serial)
     }
+    fn profile(&mut self, user: &str, certificate: bool) -> Result<ProfileReply, ErrorReply> {
+        crate::profile::api(&self.config, user, certificate)
+    }
 }
 
 fn demo_policy() -> crate::policy::model::PolicyInput {
@@ -166,6 +197,17 @@ pub(super) fn admin(name: &str, password: &str, role: Role) -> AdminAccount {
 }
 
 pub(super) fn lab(tag: &str, admins: Vec<AdminAccount>, lifetime: Duration, failures: u32) -> Lab {
+    lab_with_portal(tag, admins, lifetime, failures, None)
+}
+
+/// [`lab`] with the self-service portal signing users in through `portal`.
+pub(super) fn lab_with_portal(
+    tag: &str,
+    admins: Vec<AdminAccount>,
+    lifetime: Duration,
+    failures: u32,
+    portal: Option<Arc<crate::auth::Authenticator>>,
+) -> Lab {
     let dir = std::env::temp_dir().join(format!("pc-console-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -177,6 +219,8 @@ pub(super) fn lab(tag: &str, admins: Vec<AdminAccount>, lifetime: Duration, fail
         session_minutes: 30,
         login_failures_per_minute: failures,
         admins,
+        self_service: true,
+        self_service_issue_certificates: true,
     };
     assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
@@ -192,19 +236,29 @@ pub(super) fn lab(tag: &str, admins: Vec<AdminAccount>, lifetime: Duration, fail
     let socket = dir.join("admin.sock");
     let mut server = rt.block_on(async { AdminServer::bind(&socket) }).unwrap();
     server.set_audit(log.clone());
-    let console = Arc::new(Console::with_session_lifetime(
-        &cfg,
-        log,
-        server.handle(),
-        lifetime,
-    ));
+    let console = Arc::new(
+        Console::with_session_lifetime(&cfg, log, server.handle(), lifetime)
+            .with_portal(&cfg, portal),
+    );
     let pki = dir.join("pki");
     let store = crate::pki::store::PkiDir::new(&pki);
     store.init("Lab CA", 30).unwrap();
     for cn in ["alice", XSS_CERT] {
         store.issue(cn, false, 30, true).unwrap();
     }
+    // The profile names the server certificate's CN; kept out of the PKI's index, which the
+    // certificate tests count.
+    let other = crate::pki::CertificateAuthority::generate(
+        "server CA",
+        crate::pki::Validity::days_from_now(2),
+    )
+    .unwrap();
+    let server_cert = other
+        .issue_server("vpn.lab", crate::pki::Validity::days_from_now(2))
+        .unwrap();
+    std::fs::write(dir.join("vpn.lab.crt"), &server_cert.cert_pem).unwrap();
     let mut endpoint = FakeEndpoint {
+        config: endpoint_config(&pki, &cfg),
         pki: pki.clone(),
         sessions: vec![
             session(7, "alice", "10.100.0.2"),

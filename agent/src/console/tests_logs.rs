@@ -133,3 +133,42 @@ fn denied_flows_are_searchable_and_escaped() {
         .body;
     assert!(g.contains("No record matches."), "{g}");
 }
+
+/// The dashboard charts attempts of the last hour by outcome and failure code, from the
+/// connection log; older records and escaped codes included as text only.
+#[test]
+fn the_dashboard_charts_attempts_and_failures_by_reason() {
+    let lab = lab(
+        "attempts",
+        vec![admin("ann", "pw-attempts-1", Role::ReadOnly)],
+        Duration::from_secs(600),
+        5,
+    );
+    let now = std::time::SystemTime::now();
+    let at = |ago: u64| crate::connlog::rfc3339(now - Duration::from_secs(ago));
+    let rec = |ago: u64, status: &str, code: &str| {
+        json!({"connection-log-type": "connection-attempt", "connection-attempt-status": status,
+               "connection-attempt-failure-reason": code, "connection-last-update-time": at(ago)})
+        .to_string()
+    };
+    let lines = [
+        rec(30, "successful", "NA"),
+        rec(60, "failed", "invalid_credentials"),
+        rec(90, "failed", XSS),
+        rec(7200, "failed", "rate_limited"),
+    ];
+    std::fs::write(lab.dir.join("connections.log"), lines.join("\n") + "\n").unwrap();
+    let cookie = lab.login("ann", "pw-attempts-1");
+    let page = lab.get("/", Some(&cookie)).body;
+    let chart = &page[page.find(r#"id="attempts""#).expect("the attempts chart")..];
+    let chart = &chart[..chart.find("</svg>").unwrap()];
+    assert!(chart.contains(">successful<"), "{chart}");
+    assert!(chart.contains(">invalid_credentials<"), "{chart}");
+    assert!(
+        !chart.contains("rate_limited"),
+        "older than the hour: {chart}"
+    );
+    assert!(!chart.contains(XSS) && chart.contains("&lt;img"), "{chart}");
+    let live = lab.get("/live/dashboard", Some(&cookie)).body;
+    assert!(live.contains(r#"id="attempts""#), "the chart refreshes too");
+}

@@ -2,6 +2,7 @@
 //! connections table, the audit trail. maud escapes every interpolated string.
 use maud::{html, Markup};
 
+use super::attempts::Row;
 use super::config::Role;
 use super::history::History;
 use super::pages::layout;
@@ -81,8 +82,41 @@ fn throughput(h: &History) -> Markup {
     }
 }
 
+/// Connection attempts of the last hour, one row per outcome (successful, then each failure
+/// code), twelve five-minute bars each, all on one scale.
+fn attempts_chart(rows: &Result<Vec<Row>, String>) -> Markup {
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => return html! { p.muted { "No attempts to show: " (e) } },
+    };
+    let max = rows.iter().flat_map(|r| r.1).max().unwrap_or(0).max(1);
+    let h = 22 * rows.len().max(1);
+    html! {
+        svg.chart #attempts viewBox={"0 0 420 " (h)} width="420" height=(h) role="img" {
+            @for (i, (label, counts)) in rows.iter().enumerate() {
+                @let y = i * 22;
+                text x="0" y=(y + 15) { (label) }
+                @for (k, n) in counts.iter().enumerate() {
+                    @let bh = (*n as f64 / max as f64 * 16.0).max(if *n > 0 { 2.0 } else { 0.0 });
+                    rect.track x=(150 + k * 17) y=(y + 2) width="14" height="16" {}
+                    rect class=(if label == "successful" { "bar" } else { "bar bad" })
+                        x=(150 + k * 17) y=(format!("{:.1}", y as f64 + 18.0 - bh)) width="14"
+                        height=(format!("{bh:.1}")) { title { (n) " in 5 min" } }
+                }
+                text x="360" y=(y + 15) { (counts.iter().sum::<u64>()) }
+            }
+        }
+        p.legend { "Last hour, five minutes a bar (oldest left); the total on the right." }
+    }
+}
+
 /// The part of the dashboard that refreshes every 2 s.
-pub fn dashboard_live(st: &StatusReply, conns: &[ConnectionInfo], h: &History) -> Markup {
+pub fn dashboard_live(
+    st: &StatusReply,
+    conns: &[ConnectionInfo],
+    h: &History,
+    attempts: &Result<Vec<Row>, String>,
+) -> Markup {
     let bin: u64 = conns.iter().map(|c| c.ingress_bytes).sum();
     let bout: u64 = conns.iter().map(|c| c.egress_bytes).sum();
     let pin: u64 = conns.iter().map(|c| c.ingress_packets).sum();
@@ -115,6 +149,7 @@ pub fn dashboard_live(st: &StatusReply, conns: &[ConnectionInfo], h: &History) -
         }
         div.charts {
             section { h2 { "Throughput" } (throughput(h)) }
+            section { h2 { "Connection attempts and authentication failures by reason" } (attempts_chart(attempts)) }
             section { h2 { "Data-path drops by reason" } (bars(&drops, "packets")) }
             section { h2 { "Map fill" } (bars(&maps, "")) }
         }

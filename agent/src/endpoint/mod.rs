@@ -100,6 +100,8 @@ pub struct Endpoint {
     subscribers: Subscribers,
     tls: Arc<ReloadableTls>,
     directory: Option<Arc<Directory>>,
+    /// The connection authenticator, shared with the console's self-service portal.
+    authenticator: Option<Arc<Authenticator>>,
     /// Set before a stop that keeps the maps: disconnects then leave the data path alone.
     keep_flag: Arc<AtomicBool>,
     /// In a fleet: the address blocks this gateway holds in etcd (see `fleet::member`).
@@ -230,9 +232,10 @@ impl Endpoint {
         // The periodic re-check asks the same directory client.
         let directory = authenticator.as_ref().and_then(|a| a.directory.clone());
         let mut settings = cfg.server_settings();
-        let authorizer = authenticator.map(|a| {
+        let authenticator = authenticator.map(Arc::new);
+        let authorizer = authenticator.clone().map(|a| {
             settings.auth = AuthMode::External;
-            a.into_authorizer()
+            Authenticator::shared_authorizer(a)
         });
         // The fleet-wide per-user cap decides after authentication, in etcd.
         let user_gate = cfg
@@ -329,6 +332,7 @@ impl Endpoint {
             subscribers,
             tls,
             directory,
+            authenticator,
             keep_flag,
             fence,
             user_gate,

@@ -13,7 +13,8 @@ use super::telemetry::Telemetry;
 use super::{handoff, Endpoint};
 use crate::admin::{
     AdminApi, AdminServer, CertificatesReply, ConnectionsReply, ErrorReply, ExplainReply, LogKind,
-    LogQuery, LogsReply, PolicyReply, ReloadReply, RevokeReply, StatusReply, TerminateReply,
+    LogQuery, LogsReply, PolicyReply, ProfileReply, ReloadReply, RevokeReply, StatusReply,
+    TerminateReply,
 };
 use crate::auth::recheck::{self, Change, Recheck};
 use crate::config::SharedConfig;
@@ -167,18 +168,44 @@ impl AdminApi for Api<'_> {
         }
     }
 
+    /// A directory user's groups are known while they are connected: those of their live
+    /// session (its certificate's and user's local groups and its directory groups) decide;
+    /// otherwise the policy's local groups of `user`, and the first step says which.
     fn explain(&mut self, user: &str, to: &str) -> Result<ExplainReply, ErrorReply> {
         let to: crate::explain::Destination = to.parse().map_err(ErrorReply::new)?;
         let policy = lock(&self.ep.live).policy.clone();
-        let e = crate::explain::explain(&policy, user, to)
-            .map_err(|e| ErrorReply::new(e.to_string()))?;
+        let grants = self.ep.grants();
+        let live = self.ep.tunnel().sessions().into_iter().find_map(|s| {
+            let g = grants.get(s.peer_id)?;
+            let cn = s.common_name.unwrap_or_default();
+            (!g.username.is_empty() && g.username == user).then_some((cn, g))
+        });
+        let fail = |e: anyhow::Error| ErrorReply::new(e.to_string());
+        let (e, source) = match live {
+            Some((cn, g)) => {
+                let local = |u: &str| policy.local_groups_of(u);
+                let groups = crate::auth::combined_groups(&local, &cn, &g);
+                let e = crate::explain::explain_with_groups(&policy, user, groups, to)
+                    .map_err(fail)?;
+                (
+                    e,
+                    format!("groups: those of {user}'s live session (certificate {cn:?}), directory groups included"),
+                )
+            }
+            None => (
+                crate::explain::explain(&policy, user, to).map_err(fail)?,
+                format!("groups: the policy's local groups of {user} (no live directory session of {user}: directory groups are known while connected)"),
+            ),
+        };
+        let mut steps = vec![source];
+        steps.extend(e.steps);
         Ok(ExplainReply {
             user: e.user,
             groups: e.groups,
             destination: e.destination,
             verdict: e.verdict,
             reason: e.reason,
-            steps: e.steps,
+            steps,
         })
     }
 
@@ -203,6 +230,10 @@ impl AdminApi for Api<'_> {
             LogKind::Flows => l.flow_log.as_deref(),
         };
         crate::logsearch::api(log, path, query)
+    }
+
+    fn profile(&mut self, user: &str, certificate: bool) -> Result<ProfileReply, ErrorReply> {
+        crate::profile::api(&self.ep.cfg, user, certificate)
     }
 }
 
@@ -317,7 +348,9 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
     }
     // Validation requires the audit trail with the console.
     let _console_task = match (&ep.cfg.console, &audit) {
-        (Some(c), Some(a)) => Some(crate::console::spawn(c, a.clone(), admin.handle()).await?),
+        (Some(c), Some(a)) => Some(
+            crate::console::spawn(c, a.clone(), admin.handle(), ep.authenticator.clone()).await?,
+        ),
         _ => None,
     };
     let mut signals = if ep.opts.signals {

@@ -4,15 +4,15 @@
 //! What must hold: nothing panics; the answer is one line of JSON with `v` and `ok`; a line
 //! that is not a version-1 request calls no method and is answered `ok: false` with an error
 //! that starts `bad request`; a request calls exactly the method it names, with its
-//! arguments; only state changes (reload, terminate, revoke) are audited, and an audit line stays
+//! arguments; only state changes (reload, terminate, revoke) and profile downloads are audited, and an audit line stays
 //! one line whatever the request carried.
 
 use crate::admin::audit::AuditEntry;
 use crate::admin::dispatch::{answer, audited, outcome};
 use crate::admin::protocol::{
     Action, CertificatesReply, ConnectionsReply, ErrorReply, ExplainReply, LogKind, LogQuery,
-    LogsReply, PolicyReply, ReloadReply, Request, RevokeReply, StatusReply, TerminateReply,
-    VERSION,
+    LogsReply, PolicyReply, ProfileReply, ReloadReply, Request, RevokeReply, StatusReply,
+    TerminateReply, VERSION,
 };
 use crate::admin::server::request_line;
 use crate::admin::{AdminApi, ConnectionInfo};
@@ -152,6 +152,18 @@ impl AdminApi for Recorder {
             truncated: false,
         })
     }
+
+    fn profile(&mut self, user: &str, certificate: bool) -> Result<ProfileReply, ErrorReply> {
+        self.calls.push(Action::Profile {
+            user: user.to_owned(),
+            certificate,
+        });
+        Ok(ProfileReply {
+            file_name: format!("e-{user}.ovpn"),
+            profile: format!("# {user}\n"),
+            serial: certificate.then(|| "01".into()),
+        })
+    }
 }
 
 pub fn admin_request(data: &[u8]) {
@@ -188,7 +200,10 @@ pub fn admin_request(data: &[u8]) {
             let audit = audited(&req.action);
             let changes = matches!(
                 req.action,
-                Action::Reload | Action::Terminate { .. } | Action::Revoke { .. }
+                Action::Reload
+                    | Action::Terminate { .. }
+                    | Action::Revoke { .. }
+                    | Action::Profile { .. }
             );
             assert_eq!(audit.is_some(), changes, "{:?}", req.action);
             if let Some((what, target)) = audit {
