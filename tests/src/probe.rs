@@ -296,12 +296,10 @@ pub fn probe_policy(fillers: usize, variant: u32, allow_b: bool) -> String {
              description = \"stream B\"\n",
         );
     }
-    let base = u32::from(Ipv4Addr::new(
-        10,
-        if variant == 0 { 128 } else { 192 },
-        0,
-        0,
-    ));
+    // Each variant has its own /18 of the /9 (16,384 fillers at most, 512 variants), so a
+    // new variant replaces every filler rule (variants 1, 2, ... used to share one block,
+    // which made the control suite's "replace" changes after the first no-ops for the fillers).
+    let base = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + variant * 16_384;
     for i in 0..fillers as u32 {
         let _ = write!(
             p,

@@ -27,7 +27,8 @@ const REPORT_BIN: &str = "bench-report";
 pub struct BenchArgs {
     /// Suite to run (default: every suite). Known: datapath, tunnel, scale, control.
     suite: Option<String>,
-    /// Short runs (well under 3 minutes) that prove the harness works; figures not meaningful.
+    /// Short runs (about 3 minutes for every suite on a quiet machine) that prove the harness
+    /// works; figures not meaningful.
     #[arg(long)]
     quick: bool,
     /// The datapath suite's traffic generator: auto (default: live frames, else AF_PACKET,

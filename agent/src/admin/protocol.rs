@@ -148,8 +148,22 @@ impl ErrorReply {
 /// How long the phases of the last successful reload took.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReloadTiming {
-    /// File to compiled policy.
+    /// File to compiled policy (the three phases below and the checks between them).
     pub load_ms: f64,
+    /// Reading and parsing the file (only the changed rule sections: `config::incremental`).
+    #[serde(default)]
+    pub parse_ms: f64,
+    /// Checking the file (files it names, listeners, overlaps).
+    #[serde(default)]
+    pub validate_ms: f64,
+    /// The policy compiler.
+    #[serde(default)]
+    pub compile_ms: f64,
+    /// Rule sections in the file, and how many were parsed (the others were unchanged).
+    #[serde(default)]
+    pub rule_sections: u64,
+    #[serde(default)]
+    pub rule_sections_parsed: u64,
     /// Map writes.
     pub reconcile_ms: f64,
     /// Live sessions' group bitmaps.

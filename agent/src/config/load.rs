@@ -4,6 +4,16 @@ use std::path::{Path, PathBuf};
 use super::errors::{err, key_path_at};
 use super::{ConfigErrors, EndpointConfig};
 
+/// The file's text, or the error naming it.
+pub(super) fn read_file(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![err(
+            path.display().to_string(),
+            format!("cannot read the configuration file: {e}"),
+        )])
+    })
+}
+
 impl EndpointConfig {
     /// Reads, parses and validates `path`. Relative file paths inside are relative to the
     /// file's directory.
@@ -19,12 +29,7 @@ impl EndpointConfig {
     ///
     /// [`validate`]: EndpointConfig::validate
     pub fn load_unvalidated(path: &Path) -> Result<EndpointConfig, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![err(
-                path.display().to_string(),
-                format!("cannot read the configuration file: {e}"),
-            )])
-        })?;
+        let text = read_file(path)?;
         let mut cfg = Self::parse(&text)?;
         cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         Ok(cfg)

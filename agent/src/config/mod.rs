@@ -11,10 +11,11 @@
 //! Layout: [`model`] (the sections and their defaults), [`load`] (reading, paths),
 //! [`validate`] (checks with paths and fixes), [`listeners`], [`settings`] (what the file
 //! means for the tunnel, the data path and the policy compiler), [`directory`] (the
-//! `[directory]` section), [`fleet`] (the `[fleet]` section), [`shared`] (the part a fleet publishes), [`errors`] (how problems are reported).
+//! `[directory]` section), [`fleet`] (the `[fleet]` section), [`shared`] (the part a fleet publishes), [`incremental`] (reparsing only changed rule sections on reload), [`errors`] (how problems are reported).
 pub mod directory;
 pub mod errors;
 pub mod fleet;
+pub mod incremental;
 pub mod listeners;
 pub mod load;
 pub mod model;

@@ -10,7 +10,7 @@ use portcullis_common::GroupBits;
 
 use super::handoff::Adopted;
 use crate::admin::ReloadTiming;
-use crate::config::{EndpointConfig, SharedConfig};
+use crate::config::{incremental::RuleCache, EndpointConfig, SharedConfig};
 use crate::datapath::{self, Datapath};
 use crate::io::{Command, Tunnel};
 use crate::policy::{self, CompiledPolicy, PolicyInput};
@@ -35,6 +35,8 @@ pub struct Live {
     pub grants: Arc<crate::auth::Grants>,
     /// In a fleet (the file has `[fleet]`): the published policy this gateway runs.
     pub fleet: Option<FleetState>,
+    /// The rule sections of the last file parsed: a reload parses only the changed ones.
+    pub rule_cache: RuleCache,
 }
 
 /// A fleet gateway's following of the one policy.
@@ -116,21 +118,44 @@ pub fn load_merge_and_compile(
     resolve_ifindex: &dyn Fn(&str) -> Option<u32>,
     previous: Option<&BTreeMap<String, u16>>,
 ) -> Result<(EndpointConfig, CompiledPolicy)> {
-    let mut cfg = EndpointConfig::load_unvalidated(path)
-        .map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", path.display()))?;
+    let parsed = EndpointConfig::load_unvalidated(path);
+    validate_and_compile(
+        path,
+        parsed,
+        shared,
+        resolve_ifindex,
+        previous,
+        &mut Default::default(),
+    )
+}
+
+/// The rest of [`load_merge_and_compile`] after parsing, timing its phases into `timing`.
+fn validate_and_compile(
+    path: &Path,
+    parsed: std::result::Result<EndpointConfig, crate::config::ConfigErrors>,
+    shared: Option<&SharedConfig>,
+    resolve_ifindex: &dyn Fn(&str) -> Option<u32>,
+    previous: Option<&BTreeMap<String, u16>>,
+    timing: &mut ReloadTiming,
+) -> Result<(EndpointConfig, CompiledPolicy)> {
+    let mut cfg = parsed.map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", path.display()))?;
     if let Some(shared) = shared {
         cfg = cfg.with_shared(shared.clone())?;
     }
+    let t = Instant::now();
     let file_errors = cfg.validate().err().map(|e| e.0).unwrap_or_default();
-    let compiler_errors =
-        match policy::compile_with_previous(&cfg.policy(), resolve_ifindex, previous) {
-            Ok(compiled) if file_errors.is_empty() => return Ok((cfg, compiled)),
-            Ok(_) => Vec::new(),
-            Err(errs) => errs
-                .iter()
-                .map(|e| crate::config::endpoint_paths(&e.to_string()))
-                .collect(),
-        };
+    timing.validate_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let compiled = policy::compile_with_previous(&cfg.policy(), resolve_ifindex, previous);
+    timing.compile_ms = t.elapsed().as_secs_f64() * 1e3;
+    let compiler_errors = match compiled {
+        Ok(compiled) if file_errors.is_empty() => return Ok((cfg, compiled)),
+        Ok(_) => Vec::new(),
+        Err(errs) => errs
+            .iter()
+            .map(|e| crate::config::endpoint_paths(&e.to_string()))
+            .collect(),
+    };
     let errors = crate::config::merge_reports(&file_errors, &compiler_errors);
     bail!(
         "{} is invalid:\n{}",
@@ -166,11 +191,17 @@ pub fn reload(
     l.config_stamp = stamp(config_path);
     let mut timing = ReloadTiming::default();
     let result = (|| -> Result<u32> {
-        let (cfg, compiled) = load_merge_and_compile(
+        let parsed = l.rule_cache.load_unvalidated(config_path);
+        timing.parse_ms = t0.elapsed().as_secs_f64() * 1e3;
+        timing.rule_sections = l.rule_cache.last.sections as u64;
+        timing.rule_sections_parsed = l.rule_cache.last.parsed as u64;
+        let (cfg, compiled) = validate_and_compile(
             config_path,
+            parsed,
             shared,
             &|n| datapath::ifindex(n),
             Some(&l.compiled.group_bits),
+            &mut timing,
         )?;
         let pending = crate::config::restart_only_changes(running, &cfg);
         if compiled.targets.len() != l.compiled.targets.len() {

@@ -209,6 +209,11 @@ impl Endpoint {
                 .context("loading the TLS files")?,
         );
         let grants = Arc::new(Grants::default());
+        // Parsed once more here so that the first reload, too, parses only what changed.
+        let mut rule_cache = crate::config::incremental::RuleCache::default();
+        if let Some(path) = opts.config_path.as_deref() {
+            let _ = rule_cache.load_unvalidated(path);
+        }
         let live: SharedLive = Arc::new(Mutex::new(Live {
             policy,
             compiled,
@@ -223,6 +228,7 @@ impl Endpoint {
             grants: grants.clone(),
             // Until the first publish is applied, the local file's policy runs.
             fleet: cfg.fleet.as_ref().map(|_| live::FleetState::default()),
+            rule_cache,
         }));
         let local_groups: crate::auth::LocalGroups = {
             let live = live.clone();

@@ -260,6 +260,15 @@ fn summary(suite: &str, r: &Value) -> Vec<String> {
                     f(&p["kernel_forwarding_pps"]) / 1e6
                 ));
             }
+            for p in arr(&r["tap_input"]["points"]) {
+                out.push(format!(
+                    "TAP input (the deployed path: frames written into the TAP, XDP in each write), {} B frames, {} flow(s): {:.2} Mpps delivered, {:.0} ns writer CPU per frame",
+                    p["frame_bytes"],
+                    p["flows"],
+                    f(&p["delivered_pps"]) / 1e6,
+                    f(&p["writer_cpu_ns_per_frame"]),
+                ));
+            }
         }
         "tunnel" | "scale" => {
             for row in arr(&r["comparison"]) {
@@ -274,10 +283,13 @@ fn summary(suite: &str, r: &Value) -> Vec<String> {
                     },
                     num(f(&row["portcullis"])),
                     num(f(&row["stock"])),
-                    if f(&row["ratio"]).is_finite() {
-                        format!("{:.2}x", f(&row["ratio"]))
-                    } else {
-                        "n/a".into()
+                    match (f(&row["ratio"]), f(&row["ratio_min"]), f(&row["ratio_max"])) {
+                        (r, lo, hi) if r.is_finite() && lo.is_finite() => format!(
+                            "{r:.2}x, median of {} rounds, range {lo:.2}-{hi:.2}x",
+                            row["rounds_measured"]
+                        ),
+                        (r, _, _) if r.is_finite() => format!("{r:.2}x"),
+                        _ => "n/a".into(),
                     }
                 ));
             }

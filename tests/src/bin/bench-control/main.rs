@@ -218,6 +218,24 @@ fn run(s: &Settings) -> Result<()> {
                 }));
             }
             all_lost += lost;
+            // The agent's own phases, median over the changes of this point.
+            let phase = |k: &str| {
+                let mut v: Vec<f64> = samples
+                    .iter()
+                    .filter_map(|s| s["agent_timing"][k].as_f64())
+                    .collect();
+                median(&mut v)
+            };
+            let agent_ms = json!({
+                "parse": phase("parse_ms"),
+                "validate": phase("validate_ms"),
+                "compile": phase("compile_ms"),
+                "load": phase("load_ms"),
+                "reconcile": phase("reconcile_ms"),
+                "sessions": phase("sessions_ms"),
+                "total": phase("total_ms"),
+                "rule_sections_parsed": phase("rule_sections_parsed"),
+            });
             let max = lat.iter().copied().fold(f64::NAN, f64::max);
             let missed = samples.len() - lat.len();
             points.push(json!({
@@ -225,6 +243,7 @@ fn run(s: &Settings) -> Result<()> {
                 "change": kind,
                 "reload_to_enforced_ms": {"median": median(&mut lat), "max": max},
                 "reload_reply_ms": {"median": median(&mut replies)},
+                "agent_phases_ms_median": agent_ms,
                 "not_enforced": missed,
                 "lost_packets": lost,
                 "sent_packets": sent_a,
@@ -279,6 +298,12 @@ fn reload(lab: &AgentLab) -> Result<Value> {
     Ok(v["timing"].clone())
 }
 
+fn num2(v: &Value) -> String {
+    v.as_f64()
+        .filter(|x| x.is_finite())
+        .map_or("–".into(), |x| format!("{x:.2}"))
+}
+
 fn num(v: &Value) -> String {
     v.as_f64()
         .filter(|x| x.is_finite())
@@ -299,15 +324,22 @@ fn markdown(r: &Value) -> String {
             ""
         }
     ));
-    md.push_str("| Rules | Change | Reload → enforced, median (ms) | max (ms) | Admin reply, median (ms) | Allowed datagrams lost |\n|---:|---|---:|---:|---:|---:|\n");
+    md.push_str("| Rules | Change | Reload → enforced, median (ms) | max (ms) | Admin reply, median (ms) | agent: parse / validate / compile / map writes, median (ms) | rule sections parsed | Allowed datagrams lost |\n|---:|---|---:|---:|---:|---|---:|---:|\n");
     for p in r["points"].as_array().into_iter().flatten() {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} of {} |\n",
+            "| {} | {} | {} | {} | {} | {} / {} / {} / {} | {} | {} of {} |\n",
             p["rules"],
             p["change"].as_str().unwrap_or_default(),
             num(&p["reload_to_enforced_ms"]["median"]),
             num(&p["reload_to_enforced_ms"]["max"]),
             num(&p["reload_reply_ms"]["median"]),
+            num2(&p["agent_phases_ms_median"]["parse"]),
+            num2(&p["agent_phases_ms_median"]["validate"]),
+            num2(&p["agent_phases_ms_median"]["compile"]),
+            num2(&p["agent_phases_ms_median"]["reconcile"]),
+            p["agent_phases_ms_median"]["rule_sections_parsed"]
+                .as_f64()
+                .map_or("–".into(), |x| format!("{x:.0}")),
             p["lost_packets"],
             p["sent_packets"],
         ));

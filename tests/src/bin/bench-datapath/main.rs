@@ -8,7 +8,8 @@
 //! the gateway with 10,000 authorization rules and 1,000 security-group rules, and measures
 //! (a) ns/packet with BPF_PROG_TEST_RUN (100,000 conntrack entries loaded) and (b) packets/s
 //! forwarded by the gateway running the data path, then an nftables twin of the same policy,
-//! interleaved window by window, then plain kernel forwarding. The traffic generator is the
+//! interleaved window by window, then plain kernel forwarding, and (c) the deployed input:
+//! frames written into a TAP carrying the data path (`tapwrite`). The traffic generator is the
 //! first that works here (live frames, else AF_PACKET; see `generator`); with none, (b) is
 //! reported as not measured and the program still succeeds. Writes `datapath.json`, `datapath.md` and `datapath.svg` to
 //! DIR (default `target/bench`). Needs root. See docs/benchmarks.md for the method.
@@ -23,6 +24,7 @@ mod progrun;
 mod rate;
 mod rawbpf;
 mod report;
+mod tapwrite;
 mod topo;
 
 use std::{
@@ -434,6 +436,19 @@ fn run(args: Args) -> Result<()> {
         }),
     };
     forwarding["generator"] = generator.to_json();
+
+    // ---- (c) the deployed input: frames written into a TAP --------------------------------------
+    // Needs no generator. The veth's data path goes first (one program per target device).
+    if let Some(d) = dp.take() {
+        d.shutdown(false)?;
+    }
+    println!("bench-datapath: (c) frames written into a TAP carrying the data path");
+    let tap_input = tapwrite::run(&topo, &input, &pins.0, &s).unwrap_or_else(|e| {
+        let why = format!("{e:#}");
+        println!("bench-datapath: (c) not measured: {why}");
+        notes.push(format!("TAP input not measured: {why}"));
+        json!({ "measured": false, "not_measured_reason": why })
+    });
     // ---- reports -------------------------------------------------------------------------------
     if std::thread::available_parallelism()
         .map(|n| n.get())
@@ -454,6 +469,7 @@ fn run(args: Args) -> Result<()> {
         "setup": setup,
         "prog_test_run": prog_test_run,
         "forwarding": forwarding,
+        "tap_input": tap_input,
         "drop_reasons_note": format!("deny verdicts measured: {} and {}", DropReason::NotAuthorized.name(), DropReason::SecurityGroup.name()),
         "notes": notes,
     });

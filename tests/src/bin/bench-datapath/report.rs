@@ -103,6 +103,7 @@ pub fn markdown(r: &Value) -> String {
     } else {
         markdown_forwarding(w, fw, gen);
     }
+    markdown_tap(w, &r["tap_input"]);
     if let Some(notes) = r["notes"].as_array() {
         let _ = writeln!(w, "\n## Notes\n");
         for n in notes {
@@ -110,6 +111,46 @@ pub fn markdown(r: &Value) -> String {
         }
     }
     s
+}
+
+/// Part (c): frames written into the TAP, as the agent's workers do.
+fn markdown_tap(w: &mut String, tap: &Value) {
+    if tap.is_null() {
+        return;
+    }
+    if tap["measured"].as_bool() == Some(false) {
+        let _ = writeln!(
+            w,
+            "\n## (c) the deployed input, frames written into a TAP: not measured\n\n{}\n",
+            tap["not_measured_reason"]
+                .as_str()
+                .unwrap_or("no reason recorded")
+        );
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "\n## (c) the deployed input: frames written into a TAP (XDP inside each write)\n\n\
+         (b) above feeds a veth (frames arrive by NAPI); this is the path production uses. Method: {}\n\n\
+         | frame | flows | writes/s | delivered pps | writer CPU per frame (ns) | fast path | new flows | pass, no neighbour | drops (events: warm-up + window) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        tap["method"].as_str().unwrap_or("")
+    );
+    for p in tap["points"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            w,
+            "| {} B | {} | {:.3} M | {:.3} M | {:.0} | {} | {} | {} | {} |",
+            p["frame_bytes"],
+            p["flows"],
+            f(&p["writes_per_s"]) / 1e6,
+            f(&p["delivered_pps"]) / 1e6,
+            f(&p["writer_cpu_ns_per_frame"]),
+            p["fast_path"],
+            p["new_flows"],
+            p["pass_no_neighbour"],
+            p["drops"],
+        );
+    }
 }
 
 fn markdown_forwarding(w: &mut String, fw: &Value, gen: &Value) {

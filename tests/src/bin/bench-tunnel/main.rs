@@ -106,6 +106,9 @@ struct Settings {
     ping_count: u16,
     ping_interval: Duration,
     gen_deadline: Duration,
+    /// Rounds of one window per server (order alternating): the ratios are per round, the
+    /// report gives their median and spread. Memory is measured in the first round only.
+    rounds: usize,
 }
 
 impl Settings {
@@ -129,6 +132,7 @@ impl Settings {
             "ping_count": self.ping_count,
             "ping_interval_ms": self.ping_interval.as_millis() as u64,
             "generator_deadline_s": self.gen_deadline.as_secs_f64(),
+            "rounds": self.rounds,
         })
     }
 }
@@ -269,6 +273,7 @@ fn run(args: Args) -> Result<()> {
             ping_count: 50,
             ping_interval: Duration::from_millis(20),
             gen_deadline: Duration::from_secs(30),
+            rounds: 2,
         }
     } else {
         Settings {
@@ -285,6 +290,7 @@ fn run(args: Args) -> Result<()> {
             ping_count: 50,
             ping_interval: Duration::from_millis(20),
             gen_deadline: Duration::from_secs(90),
+            rounds: 3,
         }
     };
     let mut s = s;
@@ -313,12 +319,48 @@ fn run(args: Args) -> Result<()> {
     };
     println!("bench-tunnel: cycles: {}", c.method);
 
-    let stock = run_stock(&s, &c)?;
-    check_stop()?;
-    let ours = run_portcullis(&s, &c)?;
+    // Interleaved: the servers alternate round by round (stock first in even rounds), so a
+    // drift of the machine's background load over the run hits both alike; each ratio is
+    // taken within one round. Only the first round measures memory per session (not a rate).
+    let mut rounds: Vec<(Value, Value)> = Vec::new();
+    for round in 0..s.rounds {
+        let mut sr = s.clone();
+        if round > 0 {
+            sr.memory_sessions = 0;
+        }
+        println!("bench-tunnel: round {} of {}", round + 1, s.rounds);
+        let (stock, ours) = if round % 2 == 0 {
+            let stock = run_stock(&sr, &c)?;
+            check_stop()?;
+            (stock, run_portcullis(&sr, &c)?)
+        } else {
+            let ours = run_portcullis(&sr, &c)?;
+            check_stop()?;
+            (run_stock(&sr, &c)?, ours)
+        };
+        check_stop()?;
+        rounds.push((ours, stock));
+    }
 
     machine["loadavg_after"] = json!(read_trim("/proc/loadavg"));
-    let comparison = report::compare(&ours, &stock);
+    let per_round: Vec<Value> = rounds
+        .iter()
+        .map(|(ours, stock)| report::compare(ours, stock))
+        .collect();
+    let comparison = report::combine(&per_round);
+    let (ours, stock) = rounds.swap_remove(0);
+    let later: Vec<Value> = rounds
+        .into_iter()
+        .enumerate()
+        .map(|(i, (o, st))| {
+            json!({
+                "round": i + 1,
+                "first": if (i + 1) % 2 == 0 { "stock" } else { "portcullis" },
+                "portcullis": o,
+                "stock": st,
+            })
+        })
+        .collect();
     let targets = report::targets(
         &comparison,
         TARGET_THROUGHPUT,
@@ -344,7 +386,8 @@ fn run(args: Args) -> Result<()> {
         "nice": if niced { json!(-20) } else { json!("setpriority failed: default priority") },
         "cycles": { "perf": c.perf, "method": c.method, "hz": c.hz, "perf_probe_output": c.probe },
         "method": {
-            "order": "stock first, then Portcullis, each in its own lab (dropped before the next); per server: warm-up handshakes, memory, handshake rate, stock clients, idle RTT, iperf3",
+            "order": "interleaved: `rounds` rounds, each one window per server in its own lab (dropped before the next), stock first in even rounds and Portcullis first in odd ones; per server and round: warm-up handshakes, memory (first round only), handshake rate, stock clients, idle RTT, iperf3. `portcullis` and `stock` hold the first round, `later_rounds` the others",
+            "ratios": "per figure, the ratio Portcullis / stock within each round; `comparison` gives the median over rounds (`ratio`), its minimum and maximum (`ratio_min`, `ratio_max`) and every round's (`round_ratios`); `portcullis` and `stock` there are the medians of each server's figures over rounds; a target is judged on the median ratio",
             "priority": "every process and thread of the benchmark runs at nice -20 (inherited), so other load on the machine takes little CPU from it; the whole-machine figures still include whatever other load ran",
             "throughput": "iperf3 TCP, one stream per client, each client namespace runs a stock openvpn 2.6 client (disable-dco) and an iperf3 client to its own iperf3 server on 10.0.0.10 in the private namespace; receiver-side goodput (sum_received), summed over clients",
             "cpu_per_byte": "CPU time during the iperf3 run (from before the clients start until all finished) divided by bytes moved (goodput x seconds); gateway = the server process/threads (on-CPU time; this kernel has no IRQ_TIME_ACCOUNTING, so softirq work that runs while a gateway thread is on the CPU is charged to it); benchmark tasks = gateway + the openvpn clients + iperf3's own CPU report; machine = all busy time in /proc/stat (user+nice+system+irq+softirq), which includes any other load on the machine",
@@ -355,6 +398,7 @@ fn run(args: Args) -> Result<()> {
         },
         "portcullis": ours,
         "stock": stock,
+        "later_rounds": later,
         "comparison": comparison,
         "targets": targets,
         "notes": notes,

@@ -311,58 +311,12 @@ pub(crate) fn measure_side(side: &Side, s: &Settings, c: &Cycles) -> Result<Valu
         Value::Null
     };
 
-    // ---- memory per connected session ---------------------------------------------------------
-    println!(
-        "bench-tunnel: {}: memory with {} idle sessions",
-        side.name, s.memory_sessions
-    );
-    let rss0 = sys::rss_kib(side.rss_pid);
-    let (held, during) = run_generator(
-        side,
-        s,
-        s.memory_sessions,
-        s.memory_inflight,
-        true,
-        "memory",
-        || {
-            let rss1 = sys::rss_kib(side.rss_pid);
-            // The stock server rewrites its status file every second.
-            let end = Instant::now() + Duration::from_secs(3);
-            let mut seen = (side.sessions)();
-            while seen.is_none_or(|(_, e)| e < s.memory_sessions) && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(200));
-                seen = (side.sessions)();
-            }
-            json!({ "rss_after_kib": rss1, "server_sessions": seen.map(|x| x.0), "server_established": seen.map(|x| x.1) })
-        },
-    )?;
-    let connected = held["completed"].as_u64().unwrap_or(0);
-    let rss1 = during["rss_after_kib"].as_u64();
-    let per_session = match (rss0, rss1) {
-        (Some(a), Some(b)) if connected > 0 => (b as f64 - a as f64) / connected as f64,
-        _ => f64::NAN,
+    // ---- memory per connected session (skipped with memory_sessions = 0) ----------------------
+    let memory = if s.memory_sessions == 0 {
+        Value::Null
+    } else {
+        measure_memory(side, s, &mut notes, drain)?
     };
-    println!(
-        "  {connected} sessions: RSS {rss0:?} -> {rss1:?} KiB, {per_session:.1} KiB per session"
-    );
-    if connected < s.memory_sessions as u64 {
-        notes.push(format!(
-            "memory: only {connected} of {} sessions connected",
-            s.memory_sessions
-        ));
-    }
-    let memory = json!({
-        "sessions_requested": s.memory_sessions,
-        "sessions_connected": connected,
-        "rss_before_kib": rss0,
-        "rss_after_kib": rss1,
-        "per_session_kib": per_session,
-        "server_view": during,
-        "generator": held,
-    });
-    if !wait_drained(side, drain) {
-        notes.push("memory-test sessions still present 20 s after EXIT".into());
-    }
 
     // ---- handshakes per second, at each concurrency ---------------------------------------------
     let mut rates = Vec::new();
@@ -498,5 +452,65 @@ pub(crate) fn measure_side(side: &Side, s: &Settings, c: &Cycles) -> Result<Valu
         "idle_rtt": idle,
         "throughput": points,
         "notes": notes,
+    }))
+}
+
+/// RSS before and while `memory_sessions` generator sessions are connected and idle.
+fn measure_memory(
+    side: &Side,
+    s: &Settings,
+    notes: &mut Vec<String>,
+    drain: Duration,
+) -> Result<Value> {
+    println!(
+        "bench-tunnel: {}: memory with {} idle sessions",
+        side.name, s.memory_sessions
+    );
+    let rss0 = sys::rss_kib(side.rss_pid);
+    let (held, during) = run_generator(
+        side,
+        s,
+        s.memory_sessions,
+        s.memory_inflight,
+        true,
+        "memory",
+        || {
+            let rss1 = sys::rss_kib(side.rss_pid);
+            // The stock server rewrites its status file every second.
+            let end = Instant::now() + Duration::from_secs(3);
+            let mut seen = (side.sessions)();
+            while seen.is_none_or(|(_, e)| e < s.memory_sessions) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(200));
+                seen = (side.sessions)();
+            }
+            json!({ "rss_after_kib": rss1, "server_sessions": seen.map(|x| x.0), "server_established": seen.map(|x| x.1) })
+        },
+    )?;
+    let connected = held["completed"].as_u64().unwrap_or(0);
+    let rss1 = during["rss_after_kib"].as_u64();
+    let per_session = match (rss0, rss1) {
+        (Some(a), Some(b)) if connected > 0 => (b as f64 - a as f64) / connected as f64,
+        _ => f64::NAN,
+    };
+    println!(
+        "  {connected} sessions: RSS {rss0:?} -> {rss1:?} KiB, {per_session:.1} KiB per session"
+    );
+    if connected < s.memory_sessions as u64 {
+        notes.push(format!(
+            "memory: only {connected} of {} sessions connected",
+            s.memory_sessions
+        ));
+    }
+    if !wait_drained(side, drain) {
+        notes.push("memory-test sessions still present 20 s after EXIT".into());
+    }
+    Ok(json!({
+        "sessions_requested": s.memory_sessions,
+        "sessions_connected": connected,
+        "rss_before_kib": rss0,
+        "rss_after_kib": rss1,
+        "per_session_kib": per_session,
+        "server_view": during,
+        "generator": held,
     }))
 }

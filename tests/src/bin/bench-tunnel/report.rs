@@ -259,6 +259,73 @@ pub fn compare(ours: &Value, stock: &Value) -> Value {
     Value::Array(rows)
 }
 
+/// The rows of every round (each from [`compare`]) as one: per figure (matched by label),
+/// the median of each server's figure, the median ratio over the rounds with its minimum and
+/// maximum, and every round's ratio; the target is judged on the median ratio.
+pub fn combine(rounds: &[Value]) -> Value {
+    let Some(first) = rounds.first().and_then(Value::as_array) else {
+        return json!([]);
+    };
+    let rows = first
+        .iter()
+        .map(|r0| {
+            let same: Vec<&Value> = rounds
+                .iter()
+                .filter_map(|rows| rows.as_array()?.iter().find(|r| r["label"] == r0["label"]))
+                .collect();
+            let of = |k: &str| -> Vec<f64> { same.iter().map(|r| f(&r[k])).collect() };
+            let ratios = of("ratio");
+            let finite: Vec<f64> = ratios.iter().copied().filter(|x| x.is_finite()).collect();
+            let (lo, hi) = if finite.is_empty() {
+                (f64::NAN, f64::NAN)
+            } else {
+                (
+                    finite.iter().copied().fold(f64::INFINITY, f64::min),
+                    finite.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                )
+            };
+            let mut r = row(
+                r0["group"].as_str().unwrap_or(""),
+                r0["label"].as_str().unwrap_or("").to_string(),
+                r0["unit"].as_str().unwrap_or(""),
+                r0["better"] == "higher",
+                median_mid(&of("portcullis")),
+                median_mid(&of("stock")),
+                r0["target_ratio"].as_f64(),
+            );
+            // The median of the per-round ratios, not the ratio of the medians.
+            let m = median_mid(&ratios);
+            r["ratio"] = json!(m);
+            if let Some(t) = r0["target_ratio"].as_f64() {
+                let met = m.is_finite()
+                    && if r0["better"] == "higher" {
+                        m >= t
+                    } else {
+                        m <= t
+                    };
+                r["met"] = json!(met);
+            }
+            r["ratio_min"] = json!(lo);
+            r["ratio_max"] = json!(hi);
+            r["round_ratios"] = json!(ratios);
+            r["rounds_measured"] = json!(finite.len());
+            r
+        })
+        .collect();
+    Value::Array(rows)
+}
+
+/// Median of the finite values (the mean of the two middle ones for an even count).
+fn median_mid(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 fn target_summary(rows: &[&Value], target: f64, higher: bool, what: &str) -> Value {
     let ratios: Vec<f64> = rows.iter().map(|r| f(&r["ratio"])).collect();
     let met = rows.iter().filter(|r| r["met"] == true).count();
@@ -384,10 +451,17 @@ pub fn markdown(r: &Value) -> String {
         buffers("portcullis"),
     );
 
-    let _ = writeln!(w, "## Summary (ratio = Portcullis / stock)\n");
     let _ = writeln!(
         w,
-        "| figure | unit | Portcullis | stock | ratio | better | target |\n|---|---|---:|---:|---:|---|---|"
+        "## Summary (ratio = Portcullis / stock)\n\nThe servers alternate round by round ({} \
+         rounds, stock first in even rounds); each ratio is taken within a round; the table \
+         gives the median of the rounds' ratios and their range, and each server's median \
+         figure.\n",
+        r["settings"]["rounds"]
+    );
+    let _ = writeln!(
+        w,
+        "| figure | unit | Portcullis | stock | ratio (median) | ratio min–max (rounds) | better | target |\n|---|---|---:|---:|---:|---:|---|---|"
     );
     for row in r["comparison"].as_array().into_iter().flatten() {
         let target = match row["target_ratio"].as_f64() {
@@ -408,12 +482,15 @@ pub fn markdown(r: &Value) -> String {
         };
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {}–{} ({}) | {} | {} |",
             row["label"].as_str().unwrap_or(""),
             row["unit"].as_str().unwrap_or(""),
             num(f(&row["portcullis"])),
             num(f(&row["stock"])),
             ratio_s(f(&row["ratio"])),
+            ratio_s(f(&row["ratio_min"])),
+            ratio_s(f(&row["ratio_max"])),
+            row["rounds_measured"],
             row["better"].as_str().unwrap_or(""),
             target,
         );
@@ -786,4 +863,45 @@ pub fn svg(r: &Value) -> String {
     }
     let _ = writeln!(w, "</svg>");
     s
+}
+
+#[cfg(test)]
+mod combine_tests {
+    use super::*;
+
+    fn rows(ours: f64, stock: f64) -> Value {
+        json!([row(
+            "handshakes",
+            "hs".into(),
+            "1/s",
+            true,
+            ours,
+            stock,
+            Some(5.0)
+        )])
+    }
+
+    #[test]
+    fn combine_takes_the_median_of_the_per_round_ratios_and_their_range() {
+        // Ratios 2, 6 and 8: median 6 (met), range 2-8; the servers' medians are their own.
+        let c = combine(&[rows(200.0, 100.0), rows(600.0, 100.0), rows(400.0, 50.0)]);
+        let r = &c[0];
+        assert_eq!(f(&r["ratio"]), 6.0);
+        assert_eq!((f(&r["ratio_min"]), f(&r["ratio_max"])), (2.0, 8.0));
+        assert_eq!(f(&r["portcullis"]), 400.0);
+        assert_eq!(f(&r["stock"]), 100.0);
+        assert_eq!(r["met"], true);
+        assert_eq!(r["rounds_measured"], 3);
+        // A round that measured nothing does not count; an even count averages the middle two.
+        let c = combine(&[
+            rows(200.0, 100.0),
+            rows(f64::NAN, 100.0),
+            rows(800.0, 100.0),
+        ]);
+        assert_eq!(f(&c[0]["ratio"]), 5.0);
+        assert_eq!(c[0]["rounds_measured"], 2);
+        assert_eq!(c[0]["met"], true);
+        let c = combine(&[rows(200.0, 100.0), rows(300.0, 100.0)]);
+        assert_eq!(c[0]["met"], false);
+    }
 }
