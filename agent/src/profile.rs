@@ -109,8 +109,12 @@ pub fn render_pem(cfg: &EndpointConfig, cert_key: Option<(&str, &str)>) -> Resul
             writeln!(out, "<cert>\n{}</cert>", ensure_newline(c))?;
             writeln!(out, "<key>\n{}</key>", ensure_newline(k))?;
         }
-        // Directory only: the user name and password are the credentials.
-        None if !cfg.auth.methods.iter().any(|m| m == "certificate") => {}
+        // Directory or single sign-on only: the user name and password (or the web login)
+        // are the credentials. OpenVPN 3 (Connect) otherwise expects a certificate from
+        // its external key store ("Missing External PKI alias"); 2.x ignores the variable.
+        None if !cfg.auth.methods.iter().any(|m| m == "certificate") => {
+            writeln!(out, "setenv CLIENT_CERT 0")?;
+        }
         None => {
             writeln!(
                 out,

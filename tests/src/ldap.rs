@@ -175,7 +175,8 @@ access to * by users read by * none
     }
 
     fn run(&mut self, ns: &NetNs) {
-        // -d 0: stay in the foreground (the Proc owns it) without debug output.
+        // -d stats: stay in the foreground (the Proc owns it), logging each operation (one
+        // line per bind, which tests count: see `Slapd::binds`).
         let mut listen = format!("ldap://127.0.0.1:{}/", self.port);
         if let Some(u) = &self.ldaps_url {
             listen.push_str(&format!(" {u}/"));
@@ -185,7 +186,7 @@ access to * by users read by * none
             &[
                 "/usr/sbin/slapd",
                 "-d",
-                "0",
+                "stats",
                 "-h",
                 &listen,
                 "-f",
@@ -242,6 +243,16 @@ access to * by users read by * none
             );
         }
         o.status.success()
+    }
+
+    /// How many binds as `dn` slapd has logged (a login's password check is one).
+    pub fn binds(&self, dn: &str) -> usize {
+        let needle = format!("BIND dn=\"{dn}\" method=");
+        std::fs::read_to_string(self.dir.path().join("slapd.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
     }
 
     /// `ldapadd` of `ldif` (panics on failure).

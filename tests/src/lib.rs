@@ -151,6 +151,7 @@ pub mod idp_browser;
 pub mod ldap;
 pub mod nft;
 pub mod openvpn;
+pub mod ovpn3;
 pub mod probe;
 pub mod relay;
 pub mod tunnel;

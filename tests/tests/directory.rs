@@ -14,6 +14,8 @@
 mod challenge;
 #[path = "directory/logins.rs"]
 mod logins;
+#[path = "directory/tokens.rs"]
+mod tokens;
 
 use std::net::Ipv4Addr;
 use std::path::Path;

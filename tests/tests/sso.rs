@@ -14,6 +14,14 @@
 //! the gateway namespace (where the callback listener is), the clients in theirs. Needs
 //! `target/debug/portcullis`, and from `cargo xtask setup`: nodejs, the npm packages in
 //! /var/cache/portcullis/idp, chromium and chromium-driver. Every wait is bounded.
+//!
+//! Also: [`tokens`] (session tokens after a web login) and [`ovpn3`] (the OpenVPN 3 core
+//! client's web login).
+#[path = "sso/ovpn3.rs"]
+mod ovpn3;
+#[path = "sso/tokens.rs"]
+mod tokens;
+
 use std::net::Ipv4Addr;
 use std::time::Duration;
 

@@ -73,6 +73,36 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     bpffs()?;
     idp_packages()?;
+    openvpn3_client()?;
+    Ok(())
+}
+
+/// Where the OpenVPN 3 core client is installed (`tests/src/ovpn3.rs` reads it from here).
+pub const OPENVPN3_CACHE: &str = "/var/cache/openvpn3";
+/// The build script and source snapshot, beside the checkout (not part of the repository).
+const OPENVPN3_SOURCE: &str = "../shared/tools/openvpn3";
+
+/// `ovpncli`, the OpenVPN 3 core's command-line client (not packaged by Debian), built by
+/// the shared script when the shared tools are beside the checkout; without them the tests
+/// that need it skip themselves by name.
+fn openvpn3_client() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = root.join(OPENVPN3_SOURCE).join("build.sh");
+    let bin = Path::new(OPENVPN3_CACHE).join("ovpncli");
+    if bin.is_file() {
+        report("openvpn3 ovpncli", "present");
+        return Ok(());
+    }
+    if !script.is_file() {
+        report(
+            "openvpn3 ovpncli",
+            "skipped (no ../shared/tools/openvpn3: its tests will say so)",
+        );
+        return Ok(());
+    }
+    // The script installs its build packages with apt and is idempotent itself.
+    util::run(command("bash").arg(&script).arg(OPENVPN3_CACHE))?;
+    report("openvpn3 ovpncli", "built");
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use super::grants::{combined_groups, Grant, Grants};
 use super::hook::ConnectHook;
 use super::limiter::{source_key, FailureLimiter};
 use super::oidc::Sso;
+use super::sessions::SessionTokens;
 use super::slots::LoginSlots;
 use crate::config::EndpointConfig;
 use crate::io::{Authorizer, Pending};
@@ -44,6 +45,9 @@ pub struct Authenticator {
     pub renegotiation_wait: Duration,
     /// Single sign-on (`"oidc"` in `auth.methods`): the web login replaces the directory.
     pub sso: Option<Arc<Sso>>,
+    /// Session tokens (`auth.token_secret_file`): pushed after a login, accepted instead of
+    /// the password on renegotiations and reconnects.
+    pub tokens: Option<SessionTokens>,
 }
 
 /// A renegotiation's wait for a login slot: well inside the 60 s handshake window, so the
@@ -76,6 +80,14 @@ impl Authenticator {
         if directory.is_none() && hook.is_none() && sso.is_none() {
             return Ok(None);
         }
+        let tokens = match &cfg.auth.token_secret_file {
+            Some(f) => Some(SessionTokens::new(super::token::TokenKey::from_file(
+                f,
+                cfg.auth.token_lifetime_secs,
+                cfg.token_renewal_secs(),
+            )?)),
+            None => None,
+        };
         let window = Duration::from_secs(cfg.auth.failed_login_window_secs.max(1));
         Ok(Some(Authenticator {
             directory,
@@ -93,6 +105,7 @@ impl Authenticator {
             logins: LoginSlots::default(),
             renegotiation_wait: RENEGOTIATION_WAIT,
             sso,
+            tokens,
         }))
     }
 
@@ -120,29 +133,110 @@ impl Authenticator {
     /// [`Authenticator::decide`], with a web login first for a new connection when single
     /// sign-on is on: the groups then come from the provider's claim. A renegotiation keeps
     /// the session's web login (its TLS session is the one that logged in; the certificate
-    /// name and user name cannot change, see the session).
+    /// name and user name cannot change, see the session). With session tokens, a token sent
+    /// as the password replaces the password or web login, and every admitted login or
+    /// renegotiation gets a new or renewed token.
     pub fn decide_pending(
         &self,
         link: Link,
         req: &AuthRequest,
         pending: &Pending,
     ) -> Result<(), Refusal> {
-        let Some(sso) = &self.sso else {
-            return self.decide(link, req);
-        };
+        if let Some(t) = &self.tokens {
+            if super::token::is_token(req.password.expose()) {
+                return self.decide_token(t, link, req, pending);
+            }
+        }
+        let sso_grant = match &self.sso {
+            None => self.decide(link, req).map(|()| None),
+            Some(sso) => self.decide_sso(sso, link, req, pending),
+        }?;
+        if let Some(t) = &self.tokens {
+            if req.initial {
+                t.issue(link, req, sso_grant, pending);
+            } else {
+                t.renew(link, req, pending);
+            }
+        }
+        Ok(())
+    }
+
+    /// A web login for a new connection; `Ok` with the provider's grant (`None` for a
+    /// renegotiation, which keeps the login).
+    fn decide_sso(
+        &self,
+        sso: &Sso,
+        link: Link,
+        req: &AuthRequest,
+        pending: &Pending,
+    ) -> Result<Option<Grant>, Refusal> {
         if !req.initial {
-            return Ok(());
+            return Ok(None);
         }
         let who = sso.login(link, req, pending)?;
-        // The client-connect hook is told the provider's user, not what the client typed.
-        let mut req = req.clone();
-        req.username = who.username.clone();
         let grant = Grant {
             username: who.username,
             groups: who.groups,
             name_unverified: !req.identity.has_certificate(),
         };
+        self.after_sso(link, req, grant.clone())?;
+        Ok(Some(grant))
+    }
+
+    /// The hook and the grant of a web login (or of a reconnect that resumes one).
+    fn after_sso(&self, link: Link, req: &AuthRequest, grant: Grant) -> Result<(), Refusal> {
+        // The client-connect hook is told the provider's user, not what the client typed.
+        let mut req = req.clone();
+        req.username = grant.username.clone();
         self.after_login(link, &req, grant)
+    }
+
+    /// The client sent a session token as its password: no bind as the user, no web login.
+    /// A reconnect still reads a directory user's state and groups (service account), so a
+    /// disabled user or one whose groups went is refused as at any login.
+    fn decide_token(
+        &self,
+        t: &SessionTokens,
+        link: Link,
+        req: &AuthRequest,
+        pending: &Pending,
+    ) -> Result<(), Refusal> {
+        let user = req.username.as_str();
+        let (claims, sso_grant) = t.check(link, req, req.password.expose()).inspect_err(|r| {
+            tracing::warn!(%link, user, code = %r.code, "session token refused");
+        })?;
+        if req.initial {
+            if let Some(g) = sso_grant {
+                self.after_sso(link, req, g)?;
+            } else if let Some(dir) = &self.directory {
+                if self.username_must_match_cn && user != req.identity.common_name {
+                    return Err(Refusal::new(
+                        FailureCode::UsernameMismatch,
+                        "username does not match the certificate",
+                    ));
+                }
+                let u = dir.refresh(user).map_err(|e| {
+                    tracing::warn!(%link, user, reason = %e, "reconnect with a session token refused by the directory");
+                    e.refusal()
+                })?;
+                let grant = Grant {
+                    username: user.to_owned(),
+                    groups: u.groups,
+                    ..Grant::default()
+                };
+                self.after_login(link, req, grant)?;
+            } else {
+                // A web login seen by another gateway (or before a restart): its groups are
+                // not here, so the user logs in again (a 2.6 client does so by itself).
+                return Err(Refusal::new(
+                    FailureCode::TokenInvalid,
+                    "SESSION:session unknown on this gateway, log in again",
+                ));
+            }
+        }
+        tracing::info!(%link, user, initial = req.initial, "session token accepted");
+        t.accepted(link, req, &claims, pending);
+        Ok(())
     }
 
     /// `Err` carries the short text sent in `AUTH_FAILED` and the code the connection log and

@@ -24,6 +24,7 @@ fn authenticator(otp: bool) -> Authenticator {
         logins: LoginSlots::default(),
         renegotiation_wait: RENEGOTIATION_WAIT,
         sso: None,
+        tokens: None,
     }
 }
 
@@ -153,6 +154,7 @@ fn renegotiations_recheck_only_the_password() {
         directory: Some(Arc::new(Directory::new(&cfg).unwrap())),
         renegotiation_wait: Duration::from_millis(300),
         sso: None,
+        tokens: None,
         ..authenticator(false)
     };
     assert_eq!(

@@ -10,7 +10,8 @@
 //! - [`otp`]: TOTP codes and the static-challenge response.
 //! - [`portal`]: the self-service portal's sign-in (the same directory check and limits).
 //! - [`slots`]: the bound on directory logins in progress.
-//! - [`token`]: session tokens (`auth-token`), the primitive only (not wired yet).
+//! - [`token`]: session tokens (`auth-token`): minting and checking one.
+//! - [`sessions`]: session tokens in a running gateway (issue, renew, accept).
 //! - [`oidc`]: single sign-on through an OpenID Connect provider (web login, AUTH_PENDING).
 pub mod authenticator;
 pub mod directory;
@@ -21,6 +22,7 @@ pub mod oidc;
 pub mod otp;
 pub mod portal;
 pub mod recheck;
+pub mod sessions;
 pub mod slots;
 pub mod token;
 

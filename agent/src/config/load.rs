@@ -77,6 +77,9 @@ impl EndpointConfig {
         if let Some(p) = &mut self.client_connect_ca_file {
             fix(p);
         }
+        if let Some(p) = &mut self.auth.token_secret_file {
+            fix(p);
+        }
         if let Some(d) = &mut self.directory {
             if let Some(p) = &mut d.ca_file {
                 fix(p);

@@ -22,6 +22,7 @@ pub mod model;
 pub mod oidc;
 pub mod settings;
 pub mod shared;
+pub mod tokens;
 pub mod validate;
 
 pub use directory::{DirectoryConfig, GroupId, GroupSource, Nested};

@@ -195,6 +195,18 @@ pub struct AuthSection {
     /// is checked as TOTP against `directory.totp_secret_attribute`.
     #[serde(default)]
     pub static_challenge: Option<String>,
+    /// Session tokens (`auth-token`, as OpenVPN's `auth-gen-token`): the HMAC secret's file
+    /// (host-local, like every secret file; the same content on every gateway that should
+    /// accept the others' tokens). Unset: no tokens.
+    #[serde(default)]
+    pub token_secret_file: Option<PathBuf>,
+    /// A token dies this long after the real login, however often it was renewed.
+    #[serde(default = "default_token_lifetime")]
+    pub token_lifetime_secs: u64,
+    /// Tokens are renewed at each renegotiation; one not renewed for twice this is stale.
+    /// Default: `renegotiate_secs`.
+    #[serde(default)]
+    pub token_renewal_secs: Option<u64>,
 }
 
 impl Default for AuthSection {
@@ -206,6 +218,9 @@ impl Default for AuthSection {
             failed_logins_per_source: default_failures_per_source(),
             failed_login_window_secs: default_failure_window(),
             static_challenge: None,
+            token_secret_file: None,
+            token_lifetime_secs: default_token_lifetime(),
+            token_renewal_secs: None,
         }
     }
 }
@@ -220,6 +235,9 @@ impl AuthSection {
     }
 }
 
+fn default_token_lifetime() -> u64 {
+    12 * 3600
+}
 fn default_failures_per_user() -> u32 {
     5
 }

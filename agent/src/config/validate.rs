@@ -169,6 +169,7 @@ impl EndpointConfig {
             }
         }
         errs.extend(self.validate_oidc());
+        errs.extend(self.validate_tokens());
         match (self.auth.uses_directory(), &self.directory) {
             (true, None) => errs.push(err(
                 "directory",

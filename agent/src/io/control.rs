@@ -124,6 +124,11 @@ fn handle_ctl(c: &mut ControlCtx, m: Ctl, now: Instant) {
         }) => c
             .server
             .authorize_external(link, session, key_id, verdict, initial, now),
+        Ctl::Cmd(Command::AuthToken {
+            link,
+            session,
+            token,
+        }) => c.server.set_auth_token(link, session, token),
         Ctl::Cmd(Command::AuthPending {
             link,
             session,

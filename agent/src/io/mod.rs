@@ -81,6 +81,18 @@ impl Pending {
         }
     }
 
+    /// The session token to push with this authorization's verdict (sent before the verdict
+    /// on the same channel, so the control thread has it when the verdict comes).
+    pub fn issue_token(&self, token: crate::openvpn::verdict::IssuedToken) {
+        if let Some(tx) = &self.ctl {
+            let _ = tx.blocking_send(Ctl::Cmd(Command::AuthToken {
+                link: self.link,
+                session: self.session,
+                token,
+            }));
+        }
+    }
+
     /// The client waits up to `timeout` more and is shown `info` (`WEB_AUTH::<url>`).
     pub fn announce(&self, timeout: Duration, info: String) {
         if let Some(tx) = &self.ctl {
@@ -194,6 +206,12 @@ pub enum Command {
         key_id: crate::openvpn::packet::KeyId,
         verdict: Result<(), crate::openvpn::session::Refusal>,
         initial: bool,
+    },
+    /// A session token for the verdict that follows (see [`Pending::issue_token`]).
+    AuthToken {
+        link: Link,
+        session: u64,
+        token: crate::openvpn::verdict::IssuedToken,
     },
     /// An authorization continues out of band: `AUTH_PENDING` and `INFO_PRE,<info>`.
     AuthPending {

@@ -895,6 +895,7 @@ fn renegotiation_verdicts_under_external_auth() {
     assert!(ended.1.is_some(), "it was an established session");
 }
 
+mod auth_token;
 mod bad_input;
 mod fence;
 mod hardening;

@@ -80,6 +80,11 @@ pub enum FailureCode {
     SsoUnavailable,
     /// Too many web logins waiting at once.
     SsoBusy,
+    /// A session token (`auth-token`) minted with another secret, for another user or
+    /// session, or tampered with.
+    TokenInvalid,
+    /// A session token past its lifetime, or not renewed for two renewal periods.
+    TokenExpired,
 }
 
 impl FailureCode {
@@ -118,6 +123,8 @@ impl FailureCode {
             FailureCode::SsoToken => "sso_token",
             FailureCode::SsoUnavailable => "sso_unavailable",
             FailureCode::SsoBusy => "sso_busy",
+            FailureCode::TokenInvalid => "token_invalid",
+            FailureCode::TokenExpired => "token_expired",
         }
     }
 }
@@ -152,6 +159,19 @@ impl Refusal {
             temporary: true,
             ..Refusal::new(code, message)
         }
+    }
+}
+
+/// A session token for the client (`auth-token`), minted by the authenticator: pushed with
+/// the PUSH_REPLY of a new session, or alone (`PUSH_REPLY,auth-token …`) after a
+/// renegotiation, as OpenVPN's `auth-gen-token` renews it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedToken(pub String);
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A bearer credential: never in a log.
+        f.write_str("IssuedToken(..)")
     }
 }
 

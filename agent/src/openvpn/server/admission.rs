@@ -292,6 +292,7 @@ impl Server {
                         tunnel_addr: None,
                         deadline: None,
                         half_open: true,
+                        auth_token: None,
                     },
                 );
                 self.half_open.insert(source, half_open + 1);

@@ -28,6 +28,7 @@ use super::session::{
 use super::tls::ClientIdentity;
 use super::tls_crypt::TlsCryptKey;
 use super::tls_crypt_v2::TlsCryptV2Server;
+use super::verdict::IssuedToken;
 
 mod admission;
 mod events;
@@ -46,6 +47,8 @@ struct Entry {
     deadline: Option<Instant>,
     /// Not connected yet: counted in `Server::half_open` for its source.
     half_open: bool,
+    /// The session token to push with the next verdict that admits (initial or renewal).
+    auth_token: Option<IssuedToken>,
 }
 
 /// One half-open session from `link`'s source address connected or ended.
@@ -427,7 +430,7 @@ impl Server {
             tun_mtu: None,
             // Filled in by the session from its `max_session`.
             session_timeout: None,
-            auth_token: None,
+            auth_token: e.auth_token.take().map(|t| t.0),
             echo: p.echo.clone(),
         };
         let reply = e
@@ -463,13 +466,29 @@ impl Server {
                     .unwrap_or_default();
                 self.assign(link, &user)
             }
-            Ok(()) => Ok(Vec::new()),
+            // A renewed token goes alone, as OpenVPN's `send_push_reply_auth_token`.
+            Ok(()) => Ok(self
+                .sessions
+                .get_mut(&link)
+                .and_then(|e| e.auth_token.take())
+                .map(|t| vec![format!("PUSH_REPLY,auth-token {}", t.0)])
+                .unwrap_or_default()),
             Err(e) => Err(e),
         };
         self.authorize(link, key_id, v, now);
         // Called from outside the collect loop: send the push (or AUTH_FAILED) now rather
         // than at the session's next timer or the client's next PUSH_REQUEST.
         self.after(link, now);
+    }
+
+    /// The authenticator minted a session token for the verdict on session `session` that
+    /// follows (dropped if that session is gone).
+    pub fn set_auth_token(&mut self, link: Link, session: u64, token: IssuedToken) {
+        if let Some(e) = self.sessions.get_mut(&link) {
+            if e.serial == session {
+                e.auth_token = Some(token);
+            }
+        }
     }
 
     /// The authenticator continues out of band (a web login): the session of `link` (if it is

@@ -368,6 +368,12 @@ impl Session {
                 ks.auth = Auth::Accepted;
                 if key_id == KeyId::ZERO || self.push.is_none() {
                     self.push = Some(push);
+                } else {
+                    // After a renegotiation: what the verdict adds (a renewed auth-token) goes
+                    // on the new key's channel, as the 2.6 server sends it.
+                    for m in &push {
+                        let _ = write_message(&mut ks.tls, m);
+                    }
                 }
             }
             Err(reason) => {

@@ -1,0 +1,100 @@
+//! Single sign-on with the OpenVPN 3 core client.
+use super::*;
+
+/// The OpenVPN 3 core client (`ovpncli`, as in OpenVPN Connect) signs in through the web
+/// login: it announces `IV_SSO` (`--sso-methods`), writes the `WEB_AUTH` URL it gets to a
+/// file (`-Z`, where Connect would open a browser), the browser completes it, and the
+/// tunnel carries the provider's groups. Skipped by name without `ovpncli`.
+#[test]
+fn sso_with_the_openvpn3_client() {
+    require_root!();
+    tests::require_ovpn3!("sso_with_the_openvpn3_client");
+    for check in [tests::idp::available(), tests::idp_browser::available()] {
+        if let Err(e) = check {
+            panic!("{e}");
+        }
+    }
+    let mut idp = Idp::prepare(
+        IDP_PORT,
+        &callback_url(),
+        &[User {
+            name: "alice",
+            password: "alice-pw",
+            groups: &["idp-engineering"],
+        }],
+    );
+    let lab = AgentLab::new(1, &["unused"], &policy(&idp, r#"["oidc"]"#));
+    idp.launch(&lab.gw);
+    let gateway_cert = lab.pki.dir.join("server.crt");
+    let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
+    let browser = &mut browser;
+    lab.net
+        .ip(&["addr", "add", &format!("{OTHER}/24"), "dev", "eth0"]);
+    let net_mac = fmt_mac(&mac_of(&lab.net, "eth0"));
+    lab.gw.ip(&[
+        "neigh",
+        "replace",
+        &OTHER.to_string(),
+        "lladdr",
+        &net_mac,
+        "dev",
+        tests::gateway::GW_IF,
+        "nud",
+        "permanent",
+    ]);
+    let p = cli_ok(&["client-config", "export", "--config", &lab.config_arg()]);
+    let url_file = lab.dir.path().join("ovpn3-url");
+    let c = tests::ovpn3::Ovpn3::start(
+        lab.client_ns(0),
+        &p,
+        &[
+            "--sso-methods",
+            "webauth,openurl",
+            "-Z",
+            &url_file.to_string_lossy(),
+            "-u",
+            "sso",
+            "-p",
+            "not-checked",
+        ],
+    );
+    let url = poll(Duration::from_secs(20), || {
+        std::fs::read_to_string(&url_file)
+            .ok()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "ovpncli wrote no login URL:\n{}\nagent:\n{}",
+            c.log(),
+            lab.agent().log_tail(20)
+        )
+    });
+    let url = url.strip_prefix("WEB_AUTH::").unwrap_or(&url).to_owned();
+    assert!(
+        url.starts_with(&format!("https://127.0.0.1:{CALLBACK_PORT}/login/")),
+        "login URL: {url}"
+    );
+    let (text, _) = callback_text(browser.login(&url, "alice", "alice-pw"));
+    assert!(text.contains("Signed in as alice"), "{text}");
+    if let Err(e) = c.wait_connected(Duration::from_secs(20)) {
+        panic!("ovpncli: {e}\nagent:\n{}", lab.agent().log_tail(30));
+    }
+    let conns = lab.connections();
+    assert!(
+        conns.iter().any(
+            |c| c["username"] == "alice" && c["directory_groups"] == serde_json::json!(["eng"])
+        ),
+        "{conns:?}"
+    );
+    // eng's /24 holds the test's server host, which finance's /32 hides from eng.
+    assert!(
+        blocked(&lab, 0, SERVER),
+        "alice (eng) reached {SERVER}, finance's host"
+    );
+    assert!(
+        reaches(&lab, 0, OTHER),
+        "alice (eng) → {OTHER} through ovpncli"
+    );
+}
