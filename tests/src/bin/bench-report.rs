@@ -1,7 +1,7 @@
 //! `bench-report [--dir DIR]`: the combined benchmark report, `DIR/report.md` with SVG plots
 //! (`report-throughput.svg`, `report-cost-per-packet.svg`, `report-reload.svg`,
 //! `report-handshakes.svg`), from whatever suite reports are in DIR (default `target/bench`):
-//! `datapath.json`, `tunnel.json`, `scale.json`, `control.json`. A missing suite is reported
+//! `datapath.json`, `tunnel.json`, `scale.json`, `control.json`, `fleet.json`. A missing suite is reported
 //! as "not run". `cargo xtask bench` runs it after the suites. Needs no privileges.
 use std::{
     fmt::Write,
@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use tests::benchreport::{esc, f, machine, num, svg_grid, Plot, Series, COLORS};
 
-const SUITES: [&str; 4] = ["datapath", "tunnel", "scale", "control"];
+const SUITES: [&str; 5] = ["datapath", "tunnel", "scale", "control", "fleet"];
 
 fn load(dir: &Path, suite: &str) -> Result<Option<Value>> {
     let p = dir.join(format!("{suite}.json"));
@@ -306,6 +306,36 @@ fn summary(suite: &str, r: &Value) -> Vec<String> {
                     p["sent_packets"]
                 ));
             }
+        }
+        "fleet" => {
+            for g in arr(&r["publish"]["gateways"]) {
+                out.push(format!(
+                    "publish → enforced on {}: p50 {} ms, max {} ms",
+                    g["gateway"].as_str().unwrap_or("?"),
+                    num(f(&g["ms"]["p50"])),
+                    num(f(&g["ms"]["max"]))
+                ));
+            }
+            let reg = &r["registry"];
+            for phase in ["connect", "refresh", "disconnect"] {
+                let p = &reg[phase];
+                out.push(format!(
+                    "registry, {} sessions over {} gateways, {phase}: {} s, {} writes/s, {} etcd requests per session",
+                    reg["sessions"],
+                    reg["gateways"],
+                    num(f(&p["secs"])),
+                    num(f(&p["writes_per_sec"])),
+                    num(f(&p["etcd_requests_per_session"]))
+                ));
+            }
+            let fo = &r["failover"];
+            out.push(format!(
+                "failover after SIGKILL: traffic again in {} s (pushed ping-restart {} s), registry clean in {} s (lease TTL {} s)",
+                num(f(&fo["traffic_again_secs"])),
+                fo["pushed_ping_restart_secs"],
+                num(f(&fo["registry_clean_secs"])),
+                fo["lease_ttl_secs"]
+            ));
         }
         _ => {}
     }
