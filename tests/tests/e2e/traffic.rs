@@ -508,6 +508,9 @@ all_users = true
         cut, 3,
         "UDP 9001 (revoked), TCP 9100 (closing), UDP 9003: all towards b"
     );
+    // A second removal (the re-check ended the session, then its Disconnected event comes)
+    // finds nothing to do, and says so without an error.
+    assert_eq!(gw.dp.maps.remove_client(C2).unwrap(), 0);
     assert!(gw
         .dp
         .maps

@@ -215,10 +215,8 @@ impl Maps {
         {
             let mut m: HashMap<_, ClientKey, ClientInfo> =
                 typed!(self, HashMap, map_names::CLIENTS);
-            match m.remove(&ClientKey::v4(addr)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(DatapathError::map(map_names::CLIENTS, e)),
-            }
+            absent_is_removed(m.remove(&ClientKey::v4(addr)))
+                .map_err(|e| DatapathError::map(map_names::CLIENTS, e))?;
         }
         let a = portcullis_common::v4_addr(addr.octets());
         let cut =
@@ -326,9 +324,20 @@ fn lpm_delete<V: aya::Pod>(
     addr: [u8; 4],
 ) -> Result<(), DatapathError> {
     let mut m: LpmTrie<_, [u8; 4], V> = typed!(maps, LpmTrie, name);
-    match m.remove(&v4_key(prefix, addr)) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(e) => Err(DatapathError::map(name, e)),
+    absent_is_removed(m.remove(&v4_key(prefix, addr))).map_err(|e| DatapathError::map(name, e))
+}
+
+/// A delete of a key that is not there is done: aya reports it as the syscall's `ENOENT`
+/// (only lookups say `KeyNotFound`).
+fn absent_is_removed(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        other => other,
     }
 }
 
