@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::header::{self, HeaderValue};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -17,7 +17,7 @@ use super::monitor;
 use super::pages;
 use super::sessions::COOKIE;
 use super::state::{Authed, Console};
-use super::{certs, logs, portal};
+use super::{certs, logs, portal, signin};
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -73,12 +73,26 @@ async fn account(a: Authed) -> Html<String> {
     Html(pages::home(&a.session).into_string())
 }
 
-async fn login_page() -> Html<String> {
-    Html(pages::login("", None).into_string())
+async fn login_page() -> Response {
+    signin_page(StatusCode::OK, "", None)
+}
+
+/// The sign-in page with a fresh CSRF value in its form and its cookie.
+fn signin_page(status: StatusCode, name: &str, message: Option<&str>) -> Response {
+    let issued = signin::ADMIN.issue();
+    let mut r = (
+        status,
+        Html(pages::login(name, message, &issued.value).into_string()),
+    )
+        .into_response();
+    signin::SigninGuard::set(r.headers_mut(), &issued);
+    r
 }
 
 #[derive(Deserialize)]
 struct LoginForm {
+    #[serde(default)]
+    csrf: String,
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -90,8 +104,17 @@ struct LoginForm {
 async fn login(
     State(c): State<Arc<Console>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
+    if !signin::ADMIN.check(&headers, &f.csrf) {
+        c.record(&f.name, peer.ip(), "console_login_failed", "", "csrf");
+        return signin_page(
+            StatusCode::FORBIDDEN,
+            &f.name,
+            Some("The sign-in form is stale or was not sent by this console: try again."),
+        );
+    }
     let now = Instant::now();
     let source = peer.ip().to_string();
     let limited = {
@@ -107,17 +130,11 @@ async fn login(
             "",
             "rate_limited",
         );
-        return (
+        return signin_page(
             StatusCode::TOO_MANY_REQUESTS,
-            Html(
-                pages::login(
-                    &f.name,
-                    Some("Too many failed sign-ins: wait a minute and try again."),
-                )
-                .into_string(),
-            ),
-        )
-            .into_response();
+            &f.name,
+            Some("Too many failed sign-ins: wait a minute and try again."),
+        );
     }
     // argon2 is deliberately slow: off the async workers.
     let accounts = c.accounts.clone();
@@ -157,11 +174,7 @@ async fn login(
                 .unwrap_or_else(|e| e.into_inner())
                 .failed(&source, now);
             c.record(&f.name, peer.ip(), "console_login_failed", "", why.reason());
-            (
-                StatusCode::UNAUTHORIZED,
-                Html(pages::login(&f.name, Some("Sign-in refused.")).into_string()),
-            )
-                .into_response()
+            signin_page(StatusCode::UNAUTHORIZED, &f.name, Some("Sign-in refused."))
         }
     }
 }

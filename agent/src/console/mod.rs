@@ -18,6 +18,7 @@ pub mod portal;
 pub mod query;
 pub mod server;
 pub mod sessions;
+pub mod signin;
 pub mod state;
 pub mod views;
 

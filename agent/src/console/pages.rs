@@ -44,13 +44,14 @@ pub fn layout(title: &str, session: Option<&Session>, body: Markup) -> Markup {
     }
 }
 
-pub fn login(name: &str, message: Option<&str>) -> Markup {
+pub fn login(name: &str, message: Option<&str>, csrf: &str) -> Markup {
     layout(
         "Sign in",
         None,
         html! {
             @if let Some(m) = message { p.error role="alert" { (m) } }
             form.login method="post" action="/login" {
+                input type="hidden" name="csrf" value=(csrf);
                 label { "Name" input type="text" name="name" value=(name) autocomplete="username" required; }
                 label { "Password" input type="password" name="password" autocomplete="current-password" required; }
                 label { "One-time code (if your account has one)" input type="text" name="code" inputmode="numeric" autocomplete="one-time-code"; }

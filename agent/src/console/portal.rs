@@ -23,6 +23,7 @@ use super::app::CsrfForm;
 use super::config::Role;
 use super::pages::layout;
 use super::sessions::{same_token, Session};
+use super::signin;
 use super::state::{cookie_named, Console};
 use crate::admin::audit::AuditEntry;
 use crate::admin::{Action, Caller, ProfileReply};
@@ -91,12 +92,13 @@ fn frame(title: &str, body: Markup) -> Markup {
     )
 }
 
-fn login_page(name: &str, otp: bool, message: Option<&str>) -> Markup {
+fn login_page(name: &str, otp: bool, message: Option<&str>, csrf: &str) -> Markup {
     frame(
         "Sign in to download your VPN profile",
         html! {
             @if let Some(m) = message { p.error role="alert" { (m) } }
             form.login method="post" action="/portal/login" {
+                input type="hidden" name="csrf" value=(csrf);
                 label { "Directory user name" input type="text" name="name" value=(name) autocomplete="username" required; }
                 label { "Password" input type="password" name="password" autocomplete="current-password" required; }
                 @if otp {
@@ -137,13 +139,27 @@ pub async fn home(State(c): State<Arc<Console>>, p: PortalAuthed) -> Html<String
 
 pub async fn login_form(State(c): State<Arc<Console>>) -> Response {
     match &c.portal {
-        Some(a) => Html(login_page("", a.otp, None).into_string()).into_response(),
+        Some(a) => signin_page(StatusCode::OK, "", a.otp, None),
         None => not_found(),
     }
 }
 
+/// The sign-in page with a fresh CSRF value in its form and its cookie.
+fn signin_page(status: StatusCode, name: &str, otp: bool, message: Option<&str>) -> Response {
+    let issued = signin::PORTAL.issue();
+    let mut r = (
+        status,
+        Html(login_page(name, otp, message, &issued.value).into_string()),
+    )
+        .into_response();
+    signin::SigninGuard::set(r.headers_mut(), &issued);
+    r
+}
+
 #[derive(Deserialize)]
 pub struct LoginForm {
+    #[serde(default)]
+    csrf: String,
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -155,12 +171,22 @@ pub struct LoginForm {
 pub async fn login(
     State(c): State<Arc<Console>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
     let Some(auth) = c.portal.clone() else {
         return not_found();
     };
     let otp = auth.otp;
+    if !signin::PORTAL.check(&headers, &f.csrf) {
+        record(&c, &f.name, peer.ip(), "portal_login_failed", "csrf");
+        return signin_page(
+            StatusCode::FORBIDDEN,
+            &f.name,
+            otp,
+            Some("The sign-in form is stale or was not sent by this portal: try again."),
+        );
+    }
     let (name, password, code) = (f.name.clone(), f.password, f.code);
     let ip = peer.ip();
     // The directory is asked (blocking network calls): off the async workers.
@@ -195,11 +221,7 @@ pub async fn login(
                     format!("Sign-in refused: {}.", r.message),
                 ),
             };
-            (
-                status,
-                Html(login_page(&f.name, otp, Some(&message)).into_string()),
-            )
-                .into_response()
+            signin_page(status, &f.name, otp, Some(&message))
         }
     }
 }

@@ -348,12 +348,24 @@ impl Lab {
         got(req.send_form(form.iter().copied()))
     }
 
+    /// Posts a sign-in form as a browser does: fetches the form page first and sends back its
+    /// CSRF value, in the form and in the cookie the page set.
+    pub fn signin(&self, path: &str, form: &[(&str, &str)]) -> Got {
+        let page = self.get(path, None);
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+        let cookie = page.set_cookie.expect("the sign-in form's cookie");
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let csrf = csrf_of(&page.body);
+        let mut fields = vec![("csrf", csrf.as_str())];
+        fields.extend_from_slice(form);
+        self.post(path, &fields, Some(&cookie))
+    }
+
     /// Signs in; returns the cookie (`name=value`) to send back.
     pub fn login(&self, name: &str, password: &str) -> String {
-        let g = self.post(
+        let g = self.signin(
             "/login",
             &[("name", name), ("password", password), ("code", "")],
-            None,
         );
         assert_eq!(g.status, 303, "login of {name}: {}", g.body);
         let c = g.set_cookie.expect("a session cookie");

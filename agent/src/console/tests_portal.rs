@@ -23,10 +23,9 @@ fn portal_lab(tag: &str, per_user: u32) -> Lab {
 
 /// Signs `name` in to the portal; returns the cookie to send back.
 fn portal_login(l: &Lab, name: &str) -> String {
-    let g = l.post(
+    let g = l.signin(
         "/portal/login",
         &[("name", name), ("password", "right"), ("code", "")],
-        None,
     );
     assert_eq!(g.status, 303, "{}", g.body);
     assert_eq!(g.location.as_deref(), Some("/portal"));
@@ -176,22 +175,20 @@ fn portal_sessions_are_not_admin_sessions_and_need_csrf() {
 fn portal_logins_are_rate_limited_with_the_vpn_logins() {
     let l = portal_lab("limit", 2);
     for _ in 0..2 {
-        let g = l.post(
-            "/portal/login",
-            &[("name", "alice"), ("password", "guess")],
-            None,
-        );
+        let g = l.signin("/portal/login", &[("name", "alice"), ("password", "guess")]);
         assert_eq!(g.status, 401, "{}", g.body);
         assert!(g.body.contains("Sign-in refused"), "{}", g.body);
-        assert!(g.set_cookie.is_none());
+        assert!(!g
+            .set_cookie
+            .unwrap_or_default()
+            .starts_with("portcullis_portal="));
     }
-    let g = l.post(
-        "/portal/login",
-        &[("name", "alice"), ("password", "right")],
-        None,
-    );
+    let g = l.signin("/portal/login", &[("name", "alice"), ("password", "right")]);
     assert_eq!(g.status, 429, "{}", g.body);
-    assert!(g.set_cookie.is_none());
+    assert!(!g
+        .set_cookie
+        .unwrap_or_default()
+        .starts_with("portcullis_portal="));
     let reasons: Vec<String> = l
         .audit_lines()
         .iter()
@@ -221,4 +218,26 @@ fn without_self_service_there_is_no_portal() {
         None,
     );
     assert_eq!(g.status, 404);
+}
+
+#[test]
+fn a_portal_sign_in_without_the_forms_csrf_value_is_refused() {
+    let l = portal_lab("signin-csrf", 5);
+    let g = l.post(
+        "/portal/login",
+        &[("name", "alice"), ("password", "right")],
+        None,
+    );
+    assert_eq!(g.status, 403, "{}", g.body);
+    assert!(!g
+        .set_cookie
+        .unwrap_or_default()
+        .starts_with("portcullis_portal="));
+    let refused = l
+        .audit_lines()
+        .iter()
+        .filter(|e| e["action"] == "portal_login_failed" && e["result"] == "csrf")
+        .count();
+    assert_eq!(refused, 1);
+    portal_login(&l, "alice");
 }

@@ -39,7 +39,7 @@ fn login_sets_a_strict_cookie_and_logout_needs_the_csrf_token() {
         Duration::from_secs(60),
         5,
     );
-    let g = lab.post("/login", &[("name", "ann"), ("password", "pw-ann")], None);
+    let g = lab.signin("/login", &[("name", "ann"), ("password", "pw-ann")]);
     assert_eq!((g.status, g.location.as_deref()), (303, Some("/")));
     let set = g.set_cookie.unwrap();
     for flag in [
@@ -109,10 +109,9 @@ fn a_script_name_is_rendered_as_text() {
         "{}",
         home.body
     );
-    let g = lab.post(
+    let g = lab.signin(
         "/login",
         &[("name", "\"><script>x()</script>"), ("password", "no")],
-        None,
     );
     assert_eq!(g.status, 401);
     assert!(!g.body.contains("<script>x()"), "{}", g.body);
@@ -143,15 +142,18 @@ fn failed_logins_are_rate_limited_and_audited() {
         3,
     );
     for _ in 0..3 {
-        let g = lab.post("/login", &[("name", "ann"), ("password", "guess")], None);
+        let g = lab.signin("/login", &[("name", "ann"), ("password", "guess")]);
         assert_eq!(g.status, 401);
     }
     // Even the right password is refused until the bucket refills.
-    let g = lab.post("/login", &[("name", "ann"), ("password", "pw")], None);
+    let g = lab.signin("/login", &[("name", "ann"), ("password", "pw")]);
     assert_eq!(g.status, 429, "{}", g.body);
-    assert!(g.set_cookie.is_none());
+    assert!(!g
+        .set_cookie
+        .unwrap_or_default()
+        .starts_with("portcullis_console="));
     // The limit is per source too: another name from the same address is refused.
-    let g = lab.post("/login", &[("name", "bob"), ("password", "x")], None);
+    let g = lab.signin("/login", &[("name", "bob"), ("password", "x")]);
     assert_eq!(g.status, 429);
     let results: Vec<String> = lab
         .audit_lines()
@@ -394,4 +396,53 @@ fn the_endpoint_page_shows_the_policy_and_explains_a_flow() {
         "{}",
         bad.body
     );
+}
+
+/// A sign-in posted without the form's CSRF value (as a page elsewhere would post it), or with
+/// a value that is not the cookie's, is refused before any password check and audited.
+#[test]
+fn a_sign_in_without_the_forms_csrf_value_is_refused() {
+    let lab = lab(
+        "signin-csrf",
+        vec![admin("ann", "pw", Role::Operator)],
+        Duration::from_secs(60),
+        5,
+    );
+    let g = lab.post("/login", &[("name", "ann"), ("password", "pw")], None);
+    assert_eq!(g.status, 403, "{}", g.body);
+    assert!(!g
+        .set_cookie
+        .unwrap_or_default()
+        .starts_with("portcullis_console="));
+    let page = lab.get("/login", None);
+    let cookie = page.set_cookie.unwrap();
+    let cookie = cookie.split(';').next().unwrap();
+    let g = lab.post(
+        "/login",
+        &[
+            ("csrf", "0123456789abcdef0123456789abcdef"),
+            ("name", "ann"),
+            ("password", "pw"),
+        ],
+        Some(cookie),
+    );
+    assert_eq!(g.status, 403, "a value that is not the cookie's");
+    let g = lab.post(
+        "/login",
+        &[
+            ("csrf", &csrf_of(&page.body)),
+            ("name", "ann"),
+            ("password", "pw"),
+        ],
+        None,
+    );
+    assert_eq!(g.status, 403, "the form's value without its cookie");
+    let csrf_refusals = lab
+        .audit_lines()
+        .iter()
+        .filter(|e| e["action"] == "console_login_failed" && e["result"] == "csrf")
+        .count();
+    assert_eq!(csrf_refusals, 3);
+    // The same form, as sent by the console's own page, signs in.
+    lab.login("ann", "pw");
 }
