@@ -525,6 +525,26 @@ pub struct AgentLab {
 }
 
 impl AgentLab {
+    /// Gives the private network a second host address, `addr` (a destination other rules
+    /// decide), with a permanent neighbour entry for it on the gateway so that the first
+    /// packet is not lost to address resolution.
+    pub fn add_net_address(&self, addr: Ipv4Addr) {
+        self.net
+            .ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        let net_mac = portcullis::netns::fmt_mac(&crate::mac_of(&self.net, "eth0"));
+        self.gw.ip(&[
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            &net_mac,
+            "dev",
+            GW_IF,
+            "nud",
+            "permanent",
+        ]);
+    }
+
     /// The topology, a PKI with `clients`, the endpoint file with `policy`
     /// ([`endpoint_toml`]) and a running agent.
     pub fn new(n_clients: usize, clients: &[&str], policy: &str) -> AgentLab {

@@ -22,10 +22,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tests::agent::{poll, scrape_metrics, AgentLab, ProfileClient, COMPLETED};
-use tests::gateway::{fmt_mac, SERVER};
+use tests::gateway::SERVER;
 use tests::ldap::{self, group_dn, group_sid, user_dn, Slapd};
 use tests::openvpn::ping;
-use tests::{mac_of, require_root};
+use tests::require_root;
 
 const LDAP_PORT: u16 = 3890;
 /// A second host in the private network, inside eng's /24 but outside finance's /32.

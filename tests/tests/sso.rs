@@ -26,11 +26,11 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use tests::agent::{cli_ok, poll, scrape_metrics, AgentLab, ProfileClient, COMPLETED};
-use tests::gateway::{fmt_mac, SERVER};
+use tests::gateway::SERVER;
 use tests::idp::{Idp, User, CLIENT_ID};
 use tests::idp_browser::{Browser, Gui, LoginResult};
 use tests::openvpn::ping;
-use tests::{mac_of, require_root};
+use tests::require_root;
 
 const IDP_PORT: u16 = 9443;
 const CALLBACK_PORT: u16 = 8443;
@@ -257,20 +257,7 @@ fn sso_web_login_groups_and_refusals() {
     let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
     // Declared after the lab: Node and the browser stop before the namespaces go.
     let (idp, browser) = (&idp, &mut browser);
-    lab.net
-        .ip(&["addr", "add", &format!("{OTHER}/24"), "dev", "eth0"]);
-    let net_mac = fmt_mac(&mac_of(&lab.net, "eth0"));
-    lab.gw.ip(&[
-        "neigh",
-        "replace",
-        &OTHER.to_string(),
-        "lladdr",
-        &net_mac,
-        "dev",
-        tests::gateway::GW_IF,
-        "nud",
-        "permanent",
-    ]);
+    lab.add_net_address(OTHER);
 
     // Alice: the client is sent to the provider (code flow with PKCE), she signs in, the
     // callback admits the session with her claim's groups.
@@ -413,20 +400,7 @@ fn sso_with_certificates_and_a_callback_for_another_session() {
     let gateway_cert = lab.pki.dir.join("server.crt");
     let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
     let (idp, browser) = (&idp, &mut browser);
-    lab.net
-        .ip(&["addr", "add", &format!("{OTHER}/24"), "dev", "eth0"]);
-    let net_mac = fmt_mac(&mac_of(&lab.net, "eth0"));
-    lab.gw.ip(&[
-        "neigh",
-        "replace",
-        &OTHER.to_string(),
-        "lladdr",
-        &net_mac,
-        "dev",
-        tests::gateway::GW_IF,
-        "nud",
-        "permanent",
-    ]);
+    lab.add_net_address(OTHER);
 
     // Two sessions wait; dave's login code arrives with erin's state.
     let (dave, _gd, dave_url) = start_with(&lab, 1, &cert_profile(&lab, "dave"));

@@ -16,20 +16,7 @@ fn directory_logins_groups_and_outages() {
     slapd.launch(&lab.gw);
     // Declared after the lab: slapd stops before the lab's namespaces go.
     let slapd = &mut slapd;
-    lab.net
-        .ip(&["addr", "add", &format!("{OTHER}/24"), "dev", "eth0"]);
-    let net_mac = fmt_mac(&mac_of(&lab.net, "eth0"));
-    lab.gw.ip(&[
-        "neigh",
-        "replace",
-        &OTHER.to_string(),
-        "lladdr",
-        &net_mac,
-        "dev",
-        tests::gateway::GW_IF,
-        "nud",
-        "permanent",
-    ]);
+    lab.add_net_address(OTHER);
 
     // The AWS worked scenario, groups by SID from a real directory.
     let alice = login(&lab, 0, "alice", "alice", &ldap::password("alice"));
@@ -310,20 +297,7 @@ groups = ["ledger"]
     slapd.launch(&lab.gw);
     let hook = HookServer::start(&lab.gw);
     let slapd = &mut slapd;
-    lab.net
-        .ip(&["addr", "add", &format!("{OTHER}/24"), "dev", "eth0"]);
-    let net_mac = fmt_mac(&mac_of(&lab.net, "eth0"));
-    lab.gw.ip(&[
-        "neigh",
-        "replace",
-        &OTHER.to_string(),
-        "lladdr",
-        &net_mac,
-        "dev",
-        tests::gateway::GW_IF,
-        "nud",
-        "permanent",
-    ]);
+    lab.add_net_address(OTHER);
     let profile = tests::agent::cli_ok(&["client-config", "export", "--config", &lab.config_arg()]);
     assert!(
         profile.contains("\nverify-x509-name server name\n"),

@@ -46,20 +46,7 @@ fn session_tokens_spare_the_directory_and_bad_ones_are_refused() {
     );
     slapd.launch(&lab.gw);
     let slapd = &mut slapd;
-    lab.net
-        .ip(&["addr", "add", &format!("{OTHER}/24"), "dev", "eth0"]);
-    let net_mac = fmt_mac(&mac_of(&lab.net, "eth0"));
-    lab.gw.ip(&[
-        "neigh",
-        "replace",
-        &OTHER.to_string(),
-        "lladdr",
-        &net_mac,
-        "dev",
-        tests::gateway::GW_IF,
-        "nud",
-        "permanent",
-    ]);
+    lab.add_net_address(OTHER);
     let alice_dn = user_dn("alice");
 
     // One password login: one bind as alice.

@@ -28,20 +28,7 @@ fn sso_with_the_openvpn3_client() {
     let gateway_cert = lab.pki.dir.join("server.crt");
     let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
     let browser = &mut browser;
-    lab.net
-        .ip(&["addr", "add", &format!("{OTHER}/24"), "dev", "eth0"]);
-    let net_mac = fmt_mac(&mac_of(&lab.net, "eth0"));
-    lab.gw.ip(&[
-        "neigh",
-        "replace",
-        &OTHER.to_string(),
-        "lladdr",
-        &net_mac,
-        "dev",
-        tests::gateway::GW_IF,
-        "nud",
-        "permanent",
-    ]);
+    lab.add_net_address(OTHER);
     let p = cli_ok(&["client-config", "export", "--config", &lab.config_arg()]);
     let url_file = lab.dir.path().join("ovpn3-url");
     let c = tests::ovpn3::Ovpn3::start(

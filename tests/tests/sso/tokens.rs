@@ -37,20 +37,7 @@ fn sso_session_tokens_spare_the_web_login() {
     let gateway_cert = lab.pki.dir.join("server.crt");
     let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
     let (idp, browser) = (&idp, &mut browser);
-    lab.net
-        .ip(&["addr", "add", &format!("{OTHER}/24"), "dev", "eth0"]);
-    let net_mac = fmt_mac(&mac_of(&lab.net, "eth0"));
-    lab.gw.ip(&[
-        "neigh",
-        "replace",
-        &OTHER.to_string(),
-        "lladdr",
-        &net_mac,
-        "dev",
-        tests::gateway::GW_IF,
-        "nud",
-        "permanent",
-    ]);
+    lab.add_net_address(OTHER);
 
     let p = profile(&lab, 0, true);
     assert!(p.contains("\nverb 3\n"), "{p}");
