@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::accounts::LoginFailure;
 use super::monitor;
 use super::pages;
-use super::sessions::COOKIE;
+use super::sessions::{CsrfForm, COOKIE};
 use super::state::{Authed, Console};
 use super::{certs, logs, portal, signin};
 
@@ -177,13 +177,6 @@ async fn login(
             signin_page(StatusCode::UNAUTHORIZED, &f.name, Some("Sign-in refused."))
         }
     }
-}
-
-/// The hidden field of every state-changing form.
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    pub csrf: String,
 }
 
 async fn logout(

@@ -2,17 +2,15 @@
 //! dashboard: counted from the connection log through the admin API's `logs` action (no
 //! second way into the agent). The search reads the log's tail on the endpoint's loop, so the
 //! console asks at most every [`REFRESH`], whatever the number of open dashboards.
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use super::state::Console;
-use crate::admin::{Action, Caller, LogKind, LogQuery, LogsReply};
 use crate::connlog::rfc3339;
 
 /// Buckets of the chart: twelve of five minutes.
 pub const BUCKETS: usize = 12;
-const BUCKET: Duration = Duration::from_secs(300);
+pub const BUCKET: Duration = Duration::from_secs(300);
 /// How stale the counts may be.
 pub const REFRESH: Duration = Duration::from_secs(10);
 
@@ -55,34 +53,6 @@ pub fn count(records: &[Value], now: SystemTime) -> Vec<Row> {
     std::iter::once(("successful".to_owned(), ok))
         .chain(failed)
         .collect()
-}
-
-/// The rows, from the cache when fresh; `Err` says why there are none (no connection log).
-pub async fn rows(c: &Console, caller: Caller) -> Result<Vec<Row>, String> {
-    if let Some((at, r)) = c.attempts().as_ref() {
-        if at.elapsed() < REFRESH {
-            return r.clone();
-        }
-    }
-    let now = SystemTime::now();
-    let query = LogQuery {
-        since: rfc3339(now - BUCKET * BUCKETS as u32),
-        limit: 1000,
-        ..LogQuery::default()
-    };
-    let got: Result<LogsReply, String> = c
-        .admin
-        .ask(
-            Action::Logs {
-                log: LogKind::Connections,
-                query,
-            },
-            caller,
-        )
-        .await;
-    let r = got.map(|l| count(&l.records, now));
-    *c.attempts() = Some((Instant::now(), r.clone()));
-    r
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! act only through the admin API, as the CLI does.
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
@@ -13,12 +13,13 @@ use serde::Deserialize;
 use super::config::Role;
 use super::query::{ConnQuery, ExplainQuery};
 use super::state::{Authed, Console};
-use super::views;
+use super::{attempts, views};
 use crate::admin::audit::{AuditEntry, AuditFilter};
 use crate::admin::{
-    Action, ConnectionInfo, ConnectionsReply, ExplainReply, PolicyReply, StatusReply,
-    TerminateReply,
+    Action, Caller, ConnectionInfo, ConnectionsReply, ExplainReply, LogKind, LogQuery, LogsReply,
+    PolicyReply, StatusReply, TerminateReply,
 };
+use crate::connlog::rfc3339;
 
 fn unavailable(e: String) -> Response {
     (
@@ -47,7 +48,7 @@ async fn snapshot(c: &Console, a: &Authed) -> Result<(StatusReply, Vec<Connectio
 /// The dashboard's live part: status, connections, and attempts from the connection log.
 async fn live(c: &Console, a: &Authed) -> Result<maud::Markup, Response> {
     let (st, conns) = snapshot(c, a).await?;
-    let attempts = super::attempts::rows(c, a.caller("console")).await;
+    let attempts = attempt_rows(c, a.caller("console")).await;
     Ok(views::dashboard_live(&st, &conns, &c.history(), &attempts))
 }
 
@@ -205,4 +206,32 @@ pub async fn endpoint(
         Some(c.admin.ask::<ExplainReply>(explain, caller).await)
     };
     Html(views::endpoint(&a.session, &policy, &q, answer).into_string()).into_response()
+}
+
+/// The attempts chart's rows, from the cache when fresh; `Err` says why there are none (no connection log).
+async fn attempt_rows(c: &Console, caller: Caller) -> Result<Vec<attempts::Row>, String> {
+    if let Some((at, r)) = c.attempts().as_ref() {
+        if at.elapsed() < attempts::REFRESH {
+            return r.clone();
+        }
+    }
+    let now = SystemTime::now();
+    let query = LogQuery {
+        since: rfc3339(now - attempts::BUCKET * attempts::BUCKETS as u32),
+        limit: 1000,
+        ..LogQuery::default()
+    };
+    let got: Result<LogsReply, String> = c
+        .admin
+        .ask(
+            Action::Logs {
+                log: LogKind::Connections,
+                query,
+            },
+            caller,
+        )
+        .await;
+    let r = got.map(|l| attempts::count(&l.records, now));
+    *c.attempts() = Some((Instant::now(), r.clone()));
+    r
 }

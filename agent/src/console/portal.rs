@@ -19,10 +19,9 @@ use axum::Form;
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::app::CsrfForm;
 use super::config::Role;
 use super::pages::layout;
-use super::sessions::{same_token, Session};
+use super::sessions::{same_token, CsrfForm, Session};
 use super::signin;
 use super::state::{cookie_named, Console};
 use crate::admin::audit::AuditEntry;

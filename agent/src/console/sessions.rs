@@ -36,6 +36,13 @@ fn token(rng: &SystemRandom) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The hidden field of every state-changing form.
+#[derive(serde::Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
 /// Equal-time comparison of two tokens.
 pub fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0

@@ -248,7 +248,7 @@ impl Endpoint {
         let user_gate = cfg
             .fleet
             .as_ref()
-            .and_then(crate::fleet::limits::Caps::of)
+            .and_then(crate::fleet::gate::Caps::of)
             .map(crate::fleet::UserGate::with_caps);
         let authorizer = match &user_gate {
             Some(g) => {

@@ -6,13 +6,39 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::limits::Caps;
 use crate::io::Authorizer;
 use crate::openvpn::session::{FailureCode, Refusal};
 
 /// How long a connection waits for the fleet's admission before it is refused as temporary
 /// (etcd out of reach).
 const ADMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The fleet-wide caps that are on (at least one of them, where a gate exists).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// `[fleet] max_connections_per_user`.
+    pub per_user: Option<usize>,
+    /// `[fleet] max_connections`: the whole endpoint.
+    pub total: Option<usize>,
+}
+
+impl Caps {
+    pub fn per_user(max: usize) -> Caps {
+        Caps {
+            per_user: Some(max),
+            total: None,
+        }
+    }
+
+    /// The caps of a `[fleet]` section; `None` when neither is set (no admission in etcd).
+    pub fn of(section: &crate::config::FleetSection) -> Option<Caps> {
+        let c = Caps {
+            per_user: section.max_connections_per_user.map(|m| m as usize),
+            total: section.max_connections.map(|m| m as usize),
+        };
+        (c != Caps::default()).then_some(c)
+    }
+}
 
 /// One admission asked of the member.
 pub struct AdmitRequest {

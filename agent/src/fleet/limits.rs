@@ -11,38 +11,15 @@
 //! counts heal without a decrement.
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
+use super::gate::Caps;
 use super::{FleetError, Keys};
 
 /// Compare failures in a row before the admission gives up (refused as temporary): each
 /// one means another connection counted by the same cap was admitted meanwhile.
 const TRIES: usize = 8;
 
-/// The fleet-wide caps that are on (at least one of them, where a gate exists).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Caps {
-    /// `[fleet] max_connections_per_user`.
-    pub per_user: Option<usize>,
-    /// `[fleet] max_connections`: the whole endpoint.
-    pub total: Option<usize>,
-}
-
+/// Where the caps are counted in etcd.
 impl Caps {
-    pub fn per_user(max: usize) -> Caps {
-        Caps {
-            per_user: Some(max),
-            total: None,
-        }
-    }
-
-    /// The caps of a `[fleet]` section; `None` when neither is set (no admission in etcd).
-    pub fn of(section: &crate::config::FleetSection) -> Option<Caps> {
-        let c = Caps {
-            per_user: section.max_connections_per_user.map(|m| m as usize),
-            total: section.max_connections.map(|m| m as usize),
-        };
-        (c != Caps::default()).then_some(c)
-    }
-
     /// The keys one admitted connection holds, with the prefix and cap each counts against.
     fn keys(
         &self,

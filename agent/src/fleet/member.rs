@@ -15,9 +15,10 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use super::gate::Caps;
 use super::gate::{AdmitRequest, UserGate};
 use super::lease::GatewayLease;
-use super::limits::{Admitted, Caps};
+use super::limits::Admitted;
 use super::registry::{unix_now, Registry, SessionRecord};
 use super::{blocks, connect, terminate, FleetError, Keys};
 use crate::config::FleetSection;

@@ -213,7 +213,7 @@ async fn concurrent_admissions_are_serialized_by_the_transaction() {
                     lease,
                     "alice",
                     1,
-                    portcullis::fleet::limits::Caps::per_user(MAX),
+                    portcullis::fleet::gate::Caps::per_user(MAX),
                 )
                 .await
                 .unwrap()
@@ -243,7 +243,7 @@ async fn concurrent_admissions_are_serialized_by_the_transaction() {
 /// prefixes are compared in the one transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_never_admit_one_connection_over_the_endpoint_cap() {
-    use portcullis::fleet::limits::Caps;
+    use portcullis::fleet::gate::Caps;
     if !have_etcd() {
         return;
     }
