@@ -227,14 +227,20 @@ fn tamper_state(url: &str) -> String {
     format!("{}{id}.forged{}", &url[..start], &url[end..])
 }
 
-#[test]
-fn sso_web_login_groups_and_refusals() {
-    require_root!();
+/// The OpenID provider (Node) and the browser (chromium, chromedriver) every SSO test
+/// drives: a machine without them fails the test with what to install.
+fn require_sso_tools() {
     for check in [tests::idp::available(), tests::idp_browser::available()] {
         if let Err(e) = check {
             panic!("{e}");
         }
     }
+}
+
+#[test]
+fn sso_web_login_groups_and_refusals() {
+    require_root!();
+    require_sso_tools();
     let mut idp = Idp::prepare(
         IDP_PORT,
         &callback_url(),
@@ -377,11 +383,7 @@ fn sso_web_login_groups_and_refusals() {
 #[test]
 fn sso_with_certificates_and_a_callback_for_another_session() {
     require_root!();
-    for check in [tests::idp::available(), tests::idp_browser::available()] {
-        if let Err(e) = check {
-            panic!("{e}");
-        }
-    }
+    require_sso_tools();
     let mut idp = Idp::prepare(
         IDP_PORT,
         &callback_url(),

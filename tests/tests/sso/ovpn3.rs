@@ -9,11 +9,7 @@ use super::*;
 fn sso_with_the_openvpn3_client() {
     require_root!();
     tests::require_ovpn3!("sso_with_the_openvpn3_client");
-    for check in [tests::idp::available(), tests::idp_browser::available()] {
-        if let Err(e) = check {
-            panic!("{e}");
-        }
-    }
+    require_sso_tools();
     let mut idp = Idp::prepare(
         IDP_PORT,
         &callback_url(),

@@ -8,11 +8,7 @@ use super::*;
 #[test]
 fn sso_session_tokens_spare_the_web_login() {
     require_root!();
-    for check in [tests::idp::available(), tests::idp_browser::available()] {
-        if let Err(e) = check {
-            panic!("{e}");
-        }
-    }
+    require_sso_tools();
     let mut idp = Idp::prepare(
         IDP_PORT,
         &callback_url(),
