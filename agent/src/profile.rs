@@ -141,6 +141,26 @@ pub const PORTAL_CERT_DAYS: u32 = 365;
 /// (only when `[console] self_service_issue_certificates` is on and the endpoint has the
 /// built-in PKI), a personal client certificate issued into it. The key is handed out, not
 /// kept: the gateway cannot leak it later.
+/// How a refusal for `self_service_max_certificates` starts (the portal answers it 409).
+pub const CERTIFICATE_LIMIT: &str = "certificate limit reached: ";
+
+/// The client certificates of `user` in the PKI that are neither revoked nor expired.
+fn valid_client_certificates(
+    dir: &std::path::Path,
+    user: &str,
+) -> Result<usize, crate::admin::ErrorReply> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let list = crate::pki::store::api_list(Some(dir))?;
+    Ok(list
+        .certificates
+        .iter()
+        .filter(|c| c.kind == "client" && c.name == user && !c.revoked)
+        .filter(|c| c.not_after.is_none_or(|t| t > now))
+        .count())
+}
+
 pub fn api(
     cfg: &EndpointConfig,
     user: &str,
@@ -164,6 +184,18 @@ pub fn api(
             .pki_dir
             .as_deref()
             .ok_or_else(|| ErrorReply::new(crate::admin::dispatch::NO_PKI))?;
+        let max = cfg
+            .console
+            .as_ref()
+            .map_or(0, |c| c.self_service_max_certificates);
+        let held = valid_client_certificates(dir, user)?;
+        if max > 0 && held >= max as usize {
+            return Err(ErrorReply::new(format!(
+                "{CERTIFICATE_LIMIT}{user} already holds {held} valid certificates, the most [console] \
+                 self_service_max_certificates allows ({max}): an administrator revokes one \
+                 on the console's Certificates page (or raises the limit)"
+            )));
+        }
         let c = crate::pki::store::PkiDir::new(dir)
             .issue(user, false, PORTAL_CERT_DAYS, false)
             .map_err(fail)?;

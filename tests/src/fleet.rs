@@ -129,6 +129,18 @@ impl FleetLab {
     /// an etcd of `members` members, a PKI with `clients`. Returns once every gateway holds a
     /// lease and sees all `n` gateways' presence.
     pub fn new(n: usize, members: usize, clients: &[&str], policy: &str) -> FleetLab {
+        Self::with_host(n, members, clients, policy, |_| String::new())
+    }
+
+    /// As [`FleetLab::new`], with `host(i)` appended to gateway `i`'s file: host-local
+    /// sections such as `[console]`, which a publish never carries.
+    pub fn with_host(
+        n: usize,
+        members: usize,
+        clients: &[&str],
+        policy: &str,
+        host: impl Fn(usize) -> String,
+    ) -> FleetLab {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let etcd = rt.block_on(EtcdCluster::start(members));
         let dir = TempDir::new("fleet");
@@ -150,7 +162,7 @@ impl FleetLab {
             dir,
         };
         for i in 0..n {
-            let gw = lab.add_gateway(i, policy);
+            let gw = lab.add_gateway(i, policy, &host(i));
             lab.gateways.push(gw);
         }
         for gw in &lab.gateways {
@@ -171,7 +183,7 @@ impl FleetLab {
         lab
     }
 
-    fn add_gateway(&self, i: usize, policy: &str) -> FleetGateway {
+    fn add_gateway(&self, i: usize, policy: &str, host: &str) -> FleetGateway {
         let id = format!("gw-{i}");
         let ns = NetNs::new("fg");
         ns.netns().disable_ipv6().unwrap_or_else(|e| panic!("{e}"));
@@ -224,7 +236,7 @@ impl FleetLab {
         let config = dir.path().join("endpoint.toml");
         write_atomic(
             &config,
-            &gateway_toml(i, policy, &self.etcd.endpoints(), &id),
+            &(gateway_toml(i, policy, &self.etcd.endpoints(), &id) + host),
         );
         let pins = PinRoot(PathBuf::from(format!(
             "/sys/fs/bpf/portcullis-test-{}",
@@ -283,6 +295,16 @@ impl FleetLab {
         c
     }
 
+    /// `cn`'s stock client with the exported profile cut to gateway `i`'s `remote`,
+    /// connected (several clients share the client namespace: each its own tun device).
+    pub fn connect_to(&self, cn: &str, i: usize) -> ProfileClient {
+        let c = ProfileClient::start(&self.client, &pinned(&self.export_profile(cn), i));
+        if let Err(e) = c.wait_connected(Duration::from_secs(30)) {
+            panic!("{cn} does not connect to gw-{i}: {e}");
+        }
+        c
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -313,6 +335,19 @@ pub fn gateway_addresses(n: usize) -> String {
         .map(|i| format!("\"{}\"", underlay_addr(i)))
         .collect();
     format!("gateway_addresses = [{}]\n", list.join(", "))
+}
+
+/// `profile` with its `remote` lines cut to gateway `i`'s (a client pinned to one gateway).
+pub fn pinned(profile: &str, i: usize) -> String {
+    let addr = underlay_addr(i).to_string();
+    profile
+        .lines()
+        .filter(|l| {
+            !l.starts_with("remote-random")
+                && (!l.starts_with("remote ") || l.split_whitespace().nth(1) == Some(addr.as_str()))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// A bridge `br0`, up, forwarding at once.

@@ -475,6 +475,8 @@ fn one_publish_is_enforced_on_every_gateway() {
 
 #[path = "fleet/blocks.rs"]
 mod blocks;
+#[path = "fleet/console.rs"]
+mod console;
 #[path = "fleet/failover.rs"]
 mod failover;
 #[path = "fleet/gateways.rs"]

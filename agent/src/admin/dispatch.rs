@@ -155,13 +155,20 @@ pub(crate) fn outcome(reply: &str) -> String {
     if v["ok"] == true {
         match (&v["generation"], &v["terminated"]) {
             (serde_json::Value::Number(g), _) => format!("ok: generation {g}"),
-            (_, serde_json::Value::Array(t)) => format!(
-                "ok: terminated {}",
-                t.iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            (_, serde_json::Value::Array(t)) => {
+                let list = |a: &[serde_json::Value]| {
+                    a.iter()
+                        .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                // In a fleet, sessions of other gateways are asked to end (`gateway/id`).
+                match v["remote"].as_array().filter(|r| !r.is_empty()) {
+                    Some(r) if t.is_empty() => format!("ok: asked {} to end", list(r)),
+                    Some(r) => format!("ok: terminated {}; asked {} to end", list(t), list(r)),
+                    None => format!("ok: terminated {}", list(t)),
+                }
+            }
             _ => match &v["revoked"] {
                 _ if v["serial"].is_string() => {
                     format!("ok: serial {}", v["serial"].as_str().unwrap_or_default())

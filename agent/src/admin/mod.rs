@@ -11,8 +11,8 @@ pub use client::{AdminClient, ClientError};
 pub use dispatch::AdminApi;
 pub use protocol::{
     Action, CertificateInfo, CertificatesReply, ConnectionInfo, ConnectionsReply, CrlInfo,
-    ErrorReply, ExplainReply, FleetMember, FleetStatus, LogKind, LogQuery, LogsReply, MapFill,
-    PolicyReply, ProfileReply, ReloadReply, ReloadTiming, Reply, Request, RevokeReply, StatusReply,
-    TerminateReply, VERSION,
+    ErrorReply, ExplainReply, FleetMember, FleetPeer, FleetStatus, LogKind, LogQuery, LogsReply,
+    MapFill, PolicyReply, ProfileReply, ReloadReply, ReloadTiming, Reply, Request, RevokeReply,
+    StatusReply, TerminateReply, VERSION,
 };
 pub use server::{AdminHandle, AdminServer, Call, Caller};

@@ -223,6 +223,24 @@ pub struct FleetMember {
     pub blocks: Vec<String>,
     /// The gateways with a presence key (alive within their lease TTL), as last read.
     pub gateways: Vec<String>,
+    /// The same gateways with what their presence says (version, policy revision).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<FleetPeer>,
+}
+
+/// One gateway of the fleet as its presence key says (written by that gateway).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetPeer {
+    pub gateway: String,
+    /// Its Portcullis version ("?" when its presence could not be read).
+    pub version: String,
+    /// The published policy revision it runs (`None`: its local file's policy), as of its
+    /// last keep-alive.
+    #[serde(default)]
+    pub revision: Option<i64>,
+    /// Unix seconds since its current lease (0: unknown).
+    #[serde(default)]
+    pub since: u64,
 }
 
 /// `reload`: the new policy generation.
@@ -396,6 +414,28 @@ mod tests {
             let back: Request = serde_json::from_str(&line).unwrap();
             assert_eq!(back.action, c);
         }
+    }
+
+    #[test]
+    fn audit_outcome_names_the_remote_sessions_asked_to_end() {
+        use crate::admin::dispatch::outcome;
+        let r =
+            |t: TerminateReply| outcome(&crate::admin::dispatch::reply::<TerminateReply>(Ok(t)));
+        let asked = r(TerminateReply {
+            terminated: vec![],
+            remote: vec!["gw-b/3".into()],
+        });
+        assert_eq!(asked, "ok: asked gw-b/3 to end");
+        let both = r(TerminateReply {
+            terminated: vec![4],
+            remote: vec!["gw-b/3".into()],
+        });
+        assert_eq!(both, "ok: terminated 4; asked gw-b/3 to end");
+        let local = r(TerminateReply {
+            terminated: vec![4, 5],
+            remote: vec![],
+        });
+        assert_eq!(local, "ok: terminated 4, 5");
     }
 
     #[test]

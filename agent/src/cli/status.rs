@@ -77,6 +77,10 @@ pub fn print_agent(v: &StatusReply) {
         );
         println!("fleet blocks       {}", m.blocks.join(" "));
         println!("fleet gateways     {}", m.gateways.join(" "));
+        for p in &m.peers {
+            let rev = p.revision.map_or("none".to_owned(), |r| r.to_string());
+            println!("  {:<16} revision {rev}, version {}", p.gateway, p.version);
+        }
     }
     println!(
         "sessions           {} ({} established)",

@@ -17,7 +17,7 @@ use super::pages::{layout, refused};
 use super::sessions::Session;
 use super::state::{Authed, Console};
 use crate::admin::audit::AuditEntry;
-use crate::admin::{Action, CertificatesReply, RevokeReply};
+use crate::admin::{Action, CertificatesReply, RevokeReply, StatusReply};
 use crate::pki::store::when;
 
 /// A CRL this close to its nextUpdate is flagged: past it, the endpoint refuses every client.
@@ -33,16 +33,22 @@ pub async fn page(State(c): State<Arc<Console>>, a: Authed) -> Response {
     render(&c, &a, None, StatusCode::OK).await
 }
 
+/// Whether this gateway is in a fleet (where a revocation needs a publish to act).
+async fn in_fleet(c: &Console, a: &Authed) -> bool {
+    c.admin
+        .ask::<StatusReply>(Action::Status, a.caller("console"))
+        .await
+        .is_ok_and(|s| s.fleet.is_some())
+}
+
 async fn render(c: &Console, a: &Authed, notice: Option<String>, status: StatusCode) -> Response {
     let r = c
         .admin
         .ask::<CertificatesReply>(Action::Certificates, a.caller("console"))
         .await;
-    (
-        status,
-        Html(view(&a.session, r, notice.as_deref(), now()).into_string()),
-    )
-        .into_response()
+    let fleet = in_fleet(c, a).await;
+    let page = view(&a.session, r, notice.as_deref(), now(), fleet);
+    (status, Html(page.into_string())).into_response()
 }
 
 #[derive(Deserialize)]
@@ -89,6 +95,17 @@ pub async fn revoke(
     }
     let r: Result<RevokeReply, String> = c.admin.ask(Action::Revoke { name, serial }, caller).await;
     match r {
+        Ok(r) if in_fleet(&c, &a).await => {
+            let n = format!(
+                "Revoked serial {} in this gateway's PKI (CRL #{}). In a fleet the gateways \
+                 enforce the CRLs of the last fleet publish: run `portcullis fleet publish` \
+                 with this PKI's CRL to end its sessions on every gateway (within a second \
+                 of the publish); until then they go on.",
+                r.revoked.join(", "),
+                r.crl_number
+            );
+            render(&c, &a, Some(n), StatusCode::OK).await
+        }
         Ok(r) => {
             let n = format!(
                 "Revoked serial {} (CRL #{}); its sessions end within a second.",
@@ -109,12 +126,18 @@ pub async fn revoke(
     }
 }
 
-/// The page; `now` (Unix seconds) judges expiry.
+/// What a revoke does in a fleet, said on the page before anyone presses Revoke.
+const FLEET_NOTE: &str = "This gateway is in a fleet: a revoke here writes this gateway's PKI \
+    and CRL only. Every gateway enforces the CRLs of the last `portcullis fleet publish`, so \
+    the certificate's sessions end, on every gateway, when the next publish carries this CRL.";
+
+/// The page; `now` (Unix seconds) judges expiry; `fleet`: the gateway is in a fleet.
 pub fn view(
     s: &Session,
     r: Result<CertificatesReply, String>,
     notice: Option<&str>,
     now: u64,
+    fleet: bool,
 ) -> Markup {
     let body = match r {
         Err(e) => html! {
@@ -123,6 +146,7 @@ pub fn view(
         },
         Ok(r) => html! {
             @if let Some(n) = notice { p.notice role="status" { (n) } }
+            @if fleet { p.error #fleet-crl { (FLEET_NOTE) } }
             (crl(&r, now))
             table #certificates {
                 thead { tr {
@@ -142,7 +166,7 @@ pub fn view(
                             td {
                                 @if s.role == Role::Operator && !c.revoked && c.kind == "client" {
                                     form method="post" action="/certificates/revoke"
-                                        data-confirm={"Revoke certificate " (c.serial) " of " (c.name) "? Its sessions end now and it can never connect again."} {
+                                        data-confirm={"Revoke certificate " (c.serial) " of " (c.name) (if fleet { "? It can never connect again; in a fleet its sessions end with the next fleet publish." } else { "? Its sessions end now and it can never connect again." })} {
                                         input type="hidden" name="csrf" value=(s.csrf);
                                         input type="hidden" name="serial" value=(c.serial);
                                         button.danger type="submit" { "Revoke" }

@@ -34,6 +34,11 @@ pub struct ConsoleSection {
     /// PKI (`[tls] pki_dir`), embedded with its key (not kept on the gateway).
     #[serde(default)]
     pub self_service_issue_certificates: bool,
+    /// The most valid (unexpired, unrevoked) client certificates a user may hold for the
+    /// portal to issue them another (0 = no limit): each download mints one, and a key
+    /// that leaves the gateway is a credential until it is revoked.
+    #[serde(default = "default_self_service_max_certificates")]
+    pub self_service_max_certificates: u32,
 }
 
 /// `[[console.admin]]`: one local administrator.
@@ -75,6 +80,9 @@ fn default_session_minutes() -> u32 {
 }
 fn default_login_failures_per_minute() -> u32 {
     5
+}
+fn default_self_service_max_certificates() -> u32 {
+    3
 }
 
 /// What the portal needs from the rest of the endpoint's file.

@@ -30,6 +30,8 @@ mod tests;
 #[cfg(test)]
 mod tests_certs;
 #[cfg(test)]
+mod tests_fleet;
+#[cfg(test)]
 mod tests_logs;
 #[cfg(test)]
 mod tests_portal;

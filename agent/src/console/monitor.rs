@@ -16,8 +16,8 @@ use super::state::{Authed, Console};
 use super::{attempts, views};
 use crate::admin::audit::{AuditEntry, AuditFilter};
 use crate::admin::{
-    Action, Caller, ConnectionInfo, ConnectionsReply, ExplainReply, LogKind, LogQuery, LogsReply,
-    PolicyReply, StatusReply, TerminateReply,
+    Action, Caller, ConnectionsReply, ExplainReply, LogKind, LogQuery, LogsReply, PolicyReply,
+    StatusReply, TerminateReply,
 };
 use crate::connlog::rfc3339;
 
@@ -29,7 +29,7 @@ fn unavailable(e: String) -> Response {
         .into_response()
 }
 
-async fn snapshot(c: &Console, a: &Authed) -> Result<(StatusReply, Vec<ConnectionInfo>), Response> {
+async fn snapshot(c: &Console, a: &Authed) -> Result<(StatusReply, ConnectionsReply), Response> {
     let caller = a.caller("console");
     let st: StatusReply = c
         .admin
@@ -41,8 +41,12 @@ async fn snapshot(c: &Console, a: &Authed) -> Result<(StatusReply, Vec<Connectio
         .ask(Action::Connections, caller)
         .await
         .map_err(unavailable)?;
-    c.history().sample(&conns.connections, Instant::now());
-    Ok((st, conns.connections))
+    c.history().sample(
+        &conns.connections,
+        conns.fleet_error.is_none(),
+        Instant::now(),
+    );
+    Ok((st, conns))
 }
 
 /// The dashboard's live part: status, connections, and attempts from the connection log.
@@ -72,15 +76,19 @@ async fn rows(c: &Console, a: &Authed, q: &ConnQuery) -> Result<maud::Markup, Re
         .ask(Action::Connections, a.caller("console"))
         .await
         .map_err(unavailable)?;
-    let rates = {
+    let (rates, ended) = {
         let mut h = c.history();
-        h.sample(&conns.connections, Instant::now());
-        h.session_rates()
+        h.sample(
+            &conns.connections,
+            conns.fleet_error.is_none(),
+            Instant::now(),
+        );
+        (h.session_rates(), h.ended())
     };
-    Ok(views::connection_rows(
-        &a.session,
-        &q.apply(conns.connections),
-        &rates,
+    let ended: Vec<_> = ended.into_iter().filter(|e| q.matches(&e.last)).collect();
+    let rows = q.apply(conns.connections.clone());
+    Ok(views::connections_live(
+        &a.session, &conns, &rows, &rates, &ended, q,
     ))
 }
 
@@ -111,6 +119,9 @@ pub struct TerminateForm {
     #[serde(default)]
     csrf: String,
     id: u32,
+    /// The row's gateway in a fleet (ids are per gateway); none or empty: this gateway.
+    #[serde(default)]
+    gateway: String,
 }
 
 pub async fn terminate(
@@ -123,12 +134,17 @@ pub async fn terminate(
         return a.csrf_refused();
     }
     let caller = a.caller(&format!("console {}", peer.ip()));
+    let gateway = Some(f.gateway.clone()).filter(|g| !g.is_empty());
+    let on = gateway
+        .as_ref()
+        .map(|g| format!(" on gateway {g}"))
+        .unwrap_or_default();
     if a.session.role != Role::Operator {
         c.record_entry(&AuditEntry::now(
             &caller.who,
             &caller.from,
             "terminate",
-            &format!("session {}", f.id),
+            &format!("session {}{on}", f.id),
             "refused: read-only account",
         ));
         return (
@@ -150,14 +166,19 @@ pub async fn terminate(
             Action::Terminate {
                 id: Some(f.id),
                 user: None,
-                gateway: None,
+                gateway,
             },
             caller,
         )
         .await;
     let notice = match &r {
-        Ok(t) => format!("Terminated session {:?}.", t.terminated),
-        Err(e) => format!("Terminating session {} failed: {e}", f.id),
+        Ok(t) if t.terminated.is_empty() => format!(
+            "Asked {} to end session {}{on}: it ends there within a second.",
+            t.remote.join(", "),
+            f.id
+        ),
+        Ok(_) => format!("Terminated session {}{on}.", f.id),
+        Err(e) => format!("Terminating session {}{on} failed: {e}", f.id),
     };
     let q = ConnQuery::default();
     match rows(&c, &a, &q).await {
@@ -196,6 +217,10 @@ pub async fn endpoint(
         Ok(p) => p,
         Err(e) => return unavailable(e),
     };
+    let status: StatusReply = match c.admin.ask(Action::Status, caller.clone()).await {
+        Ok(s) => s,
+        Err(e) => return unavailable(e),
+    };
     let answer = if q.user.is_empty() || q.to.is_empty() {
         None
     } else {
@@ -205,7 +230,8 @@ pub async fn endpoint(
         };
         Some(c.admin.ask::<ExplainReply>(explain, caller).await)
     };
-    Html(views::endpoint(&a.session, &policy, &q, answer).into_string()).into_response()
+    Html(views::endpoint(&a.session, status.fleet.as_ref(), &policy, &q, answer).into_string())
+        .into_response()
 }
 
 /// The attempts chart's rows, from the cache when fresh; `Err` says why there are none (no connection log).

@@ -266,6 +266,17 @@ pub async fn profile(
             }
             resp
         }
+        Err(e) if e.starts_with(crate::profile::CERTIFICATE_LIMIT) => {
+            tracing::info!(user, "portal: certificate refused: {e}");
+            (
+                StatusCode::CONFLICT,
+                Html(
+                    frame("No new certificate", html! { p.error role="alert" { (e) } })
+                        .into_string(),
+                ),
+            )
+                .into_response()
+        }
         Err(e) => {
             tracing::error!(user, error = e, "portal: making a profile failed");
             (

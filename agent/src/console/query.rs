@@ -28,29 +28,35 @@ pub struct ConnQuery {
 }
 
 impl ConnQuery {
-    pub(super) fn apply(&self, mut conns: Vec<ConnectionInfo>) -> Vec<ConnectionInfo> {
+    /// Whether `c` matches the filter (user, directory user, group, addresses, gateway).
+    pub(super) fn matches(&self, c: &ConnectionInfo) -> bool {
         let q = self.q.to_lowercase();
-        if !q.is_empty() {
-            conns.retain(|c| {
-                [
-                    c.user.as_deref().unwrap_or(""),
-                    c.username.as_deref().unwrap_or(""),
-                    c.client_address.as_deref().unwrap_or(""),
-                    &c.public_address,
-                ]
+        q.is_empty()
+            || [
+                c.user.as_deref().unwrap_or(""),
+                c.username.as_deref().unwrap_or(""),
+                c.client_address.as_deref().unwrap_or(""),
+                &c.public_address,
+                c.gateway.as_deref().unwrap_or(""),
+            ]
+            .iter()
+            .any(|f| f.to_lowercase().contains(&q))
+            || c.directory_groups
                 .iter()
-                .any(|f| f.to_lowercase().contains(&q))
-                    || c.directory_groups
-                        .iter()
-                        .any(|g| g.to_lowercase().contains(&q))
-            });
-        }
+                .any(|g| g.to_lowercase().contains(&q))
+    }
+
+    pub(super) fn apply(&self, mut conns: Vec<ConnectionInfo>) -> Vec<ConnectionInfo> {
+        conns.retain(|c| self.matches(c));
+        // Ids are per gateway: (gateway, id) is the order of last resort.
+        conns.sort_by(|a, b| (&a.gateway, a.id).cmp(&(&b.gateway, b.id)));
         match self.sort.as_str() {
             "user" => conns.sort_by(|a, b| a.user.cmp(&b.user)),
+            "gateway" => conns.sort_by(|a, b| a.gateway.cmp(&b.gateway)),
             "since" => conns.sort_by_key(|c| c.since_secs),
             "in" => conns.sort_by_key(|c| c.ingress_bytes),
             "out" => conns.sort_by_key(|c| c.egress_bytes),
-            _ => conns.sort_by_key(|c| c.id),
+            _ => {}
         }
         if self.desc {
             conns.reverse();

@@ -221,6 +221,7 @@ pub(super) fn lab_with_portal(
         admins,
         self_service: true,
         self_service_issue_certificates: true,
+        self_service_max_certificates: 3,
     };
     assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();

@@ -193,8 +193,9 @@ fn the_crl_is_flagged_before_and_after_its_next_update_and_servers_get_no_revoke
             revoked: 0,
         }),
     };
-    let page =
-        |next: u64, now: u64| super::certs::view(&s, Ok(reply(next)), None, now).into_string();
+    let page = |next: u64, now: u64| {
+        super::certs::view(&s, Ok(reply(next)), None, now, false).into_string()
+    };
     let p = page(30 * day, 10 * day);
     assert!(p.contains("— current"), "{p}");
     assert!(
@@ -205,6 +206,17 @@ fn the_crl_is_flagged_before_and_after_its_next_update_and_servers_get_no_revoke
     assert!(p.contains(r#"name="serial" value="0b""#), "{p}");
     assert!(page(30 * day, 25 * day).contains("expires within a week"));
     assert!(page(30 * day, 30 * day).contains("expired: the endpoint refuses clients"));
-    let e = super::certs::view(&s, Err(NO_PKI.into()), None, 0).into_string();
+    let e = super::certs::view(&s, Err(NO_PKI.into()), None, 0, false).into_string();
     assert!(e.contains("[tls] pki_dir"), "{e}");
+    // In a fleet a revoke needs a publish to act: said before and in the confirm question.
+    assert!(!p.contains("fleet-crl"), "{p}");
+    let f = super::certs::view(&s, Ok(reply(30 * day)), None, 10 * day, true).into_string();
+    assert!(
+        f.contains(r#"id="fleet-crl""#) && f.contains("fleet publish"),
+        "{f}"
+    );
+    assert!(
+        f.contains("in a fleet its sessions end with the next fleet publish"),
+        "{f}"
+    );
 }

@@ -121,6 +121,73 @@ fn a_user_downloads_their_profile_with_a_personal_certificate() {
     );
 }
 
+/// A user cannot mint certificates without end: past `self_service_max_certificates` (3 in
+/// the lab) valid ones, the download is refused with the reason, audited, and issues none;
+/// once one is revoked, the next download issues again.
+#[test]
+fn portal_certificates_are_limited_per_user() {
+    let l = portal_lab("cert-limit", 50);
+    let cookie = portal_login(&l, "alice");
+    let csrf = csrf_of(&l.get("/portal", Some(&cookie)).body);
+    let valid = || {
+        crate::pki::store::PkiDir::new(&l.pki)
+            .list()
+            .unwrap()
+            .certificates
+            .into_iter()
+            .filter(|c| c.name == "alice" && !c.revoked)
+            .count()
+    };
+    let before = valid();
+    let mut refused = None;
+    for _ in 0..5 {
+        let g = l.post("/portal/profile", &[("csrf", &csrf)], Some(&cookie));
+        if g.status != 200 {
+            refused = Some(g);
+            break;
+        }
+    }
+    let g = refused.expect("no refusal after five downloads");
+    assert_eq!(g.status, 409, "{}", g.body);
+    assert!(
+        g.body.contains("already holds 3 valid certificates")
+            && g.body.contains("self_service_max_certificates"),
+        "{}",
+        g.body
+    );
+    assert_eq!(
+        valid(),
+        3,
+        "issued up to the limit from {before}, not past it"
+    );
+    let audit = l.audit_lines();
+    let last = audit
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "certificate_issue")
+        .unwrap();
+    assert!(
+        last["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("error: certificate limit reached"),
+        "{last}"
+    );
+    // A revoked certificate no longer counts.
+    let serial = crate::pki::store::PkiDir::new(&l.pki)
+        .list()
+        .unwrap()
+        .certificates
+        .into_iter()
+        .find(|c| c.name == "alice" && !c.revoked)
+        .unwrap()
+        .serial;
+    crate::pki::store::api_revoke(Some(&l.pki), None, Some(&serial)).unwrap();
+    let g = l.post("/portal/profile", &[("csrf", &csrf)], Some(&cookie));
+    assert_eq!(g.status, 200, "{}", g.body);
+    assert_eq!(valid(), 3);
+}
+
 #[test]
 fn portal_sessions_are_not_admin_sessions_and_need_csrf() {
     let l = portal_lab("separate", 5);

@@ -276,6 +276,12 @@ fn the_dashboard_and_connections_show_the_endpoint_live() {
     assert!(!all.body.contains("Terminate"), "{}", all.body);
 }
 
+/// The live sessions' table of the connections page.
+fn live_rows(page: &str) -> &str {
+    let t = &page[page.find(r#"<table id="connections""#).expect("the table")..];
+    &t[..t.find("</table>").unwrap()]
+}
+
 #[test]
 fn terminate_needs_an_operator_and_the_csrf_token_and_is_audited() {
     let lab = lab(
@@ -313,8 +319,12 @@ fn terminate_needs_an_operator_and_the_csrf_token_and_is_audited() {
         Some(&ann),
     );
     assert_eq!(g.status, 200, "{}", g.body);
-    assert!(g.body.contains("Terminated session [7]"), "{}", g.body);
-    assert!(!lab.get("/connections", Some(&ann)).body.contains("alice"));
+    assert!(g.body.contains("Terminated session 7."), "{}", g.body);
+    let after = lab.get("/connections", Some(&ann)).body;
+    assert!(!live_rows(&after).contains("alice"), "{after}");
+    // It stays visible among the sessions that ended within the hour.
+    let ended = &after[after.find(r#"<table id="ended""#).unwrap()..];
+    assert!(ended.contains(r#"<td class="user">alice</td>"#), "{after}");
     // The same action from the admin socket is recorded with the socket peer's identity.
     let mut cli = crate::admin::AdminClient::connect(&lab.socket).unwrap();
     cli.terminate(Some(8), None, None).unwrap();

@@ -1,15 +1,18 @@
 //! The monitoring pages' HTML: the dashboard (cards and server-side SVG charts), the
 //! connections table, the audit trail. maud escapes every interpolated string.
+use std::collections::BTreeMap;
+
 use maud::{html, Markup};
 
 use super::attempts::Row;
 use super::config::Role;
-use super::history::History;
+use super::history::{key_of, Ended, History, RowKey};
 use super::pages::layout;
 use super::query::{url_encode, ConnQuery, ExplainQuery};
 use super::sessions::Session;
 use crate::admin::audit::AuditEntry;
-use crate::admin::{ConnectionInfo, StatusReply};
+use crate::admin::{ConnectionInfo, ConnectionsReply, FleetStatus, StatusReply};
+use crate::connlog::rfc3339;
 
 fn bytes(n: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -113,10 +116,17 @@ fn attempts_chart(rows: &Result<Vec<Row>, String>) -> Markup {
 /// The part of the dashboard that refreshes every 2 s.
 pub fn dashboard_live(
     st: &StatusReply,
-    conns: &[ConnectionInfo],
+    conns: &ConnectionsReply,
     h: &History,
     attempts: &Result<Vec<Row>, String>,
 ) -> Markup {
+    let fleet_error = conns.fleet_error.as_deref();
+    let conns = &conns.connections[..];
+    // In a fleet the list is every gateway's (or says it is not): count it, not this host.
+    let active = match &st.fleet {
+        Some(_) => conns.iter().filter(|c| c.established).count() as u64,
+        None => st.established,
+    };
     let bin: u64 = conns.iter().map(|c| c.ingress_bytes).sum();
     let bout: u64 = conns.iter().map(|c| c.egress_bytes).sum();
     let pin: u64 = conns.iter().map(|c| c.ingress_packets).sum();
@@ -134,7 +144,13 @@ pub fn dashboard_live(
         .collect();
     html! {
         div.cards {
-            div.card { div.k { "Active connections" } div.n id="active" { (st.established) } div { (st.sessions) " sessions in all" } }
+            div.card { div.k { "Active connections" } div.n id="active" { (active) }
+                @if st.fleet.is_some() {
+                    div { "in the fleet; " (st.established) " on this gateway" }
+                } @else {
+                    div { (st.sessions) " sessions in all" }
+                }
+            }
             div.card { div.k { "Bytes in / out" } div.n id="bytes" { (bytes(bin)) " / " (bytes(bout)) } div { (pin) " / " (pout) " packets" } }
             div.card { div.k { "Flows" } div.n { (st.flows) } }
             div.card { div.k { "Policy generation" } div.n { (st.generation) }
@@ -147,6 +163,8 @@ pub fn dashboard_live(
                 }
             }
         }
+        @if let Some(e) = fleet_error { p.error role="alert" { "Fleet: " (e) } }
+        @if let Some(f) = &st.fleet { section #fleet { h2 { "Fleet" } (fleet(f, Some(conns))) } }
         div.charts {
             section { h2 { "Throughput" } (throughput(h)) }
             section { h2 { "Connection attempts and authentication failures by reason" } (attempts_chart(attempts)) }
@@ -170,17 +188,28 @@ fn sort_link(q: &ConnQuery, key: &str, label: &str) -> Markup {
     html! { a href=(href) { (label) @if q.sort == key { (if q.desc { " ▼" } else { " ▲" }) } } }
 }
 
-/// The rows of the connections table (refreshed every 2 s).
-pub fn connection_rows(s: &Session, conns: &[ConnectionInfo], rates: &[(u32, f64, f64)]) -> Markup {
+/// A session's gateway as a cell: standalone rows have none (this host).
+fn gateway_cell(g: &Option<String>) -> Markup {
+    html! { @match g { Some(g) => (g), None => span.muted { "this host" } } }
+}
+
+/// The rows of the connections table.
+fn connection_rows(
+    s: &Session,
+    conns: &[ConnectionInfo],
+    rates: &BTreeMap<RowKey, (f64, f64)>,
+) -> Markup {
     html! {
-        @if conns.is_empty() { tr { td colspan="10" { "No connection matches." } } }
+        @if conns.is_empty() { tr { td colspan="12" { "No connection matches." } } }
         @for c in conns {
-            @let rate = rates.iter().find(|r| r.0 == c.id).map(|r| (r.1, r.2)).unwrap_or((0.0, 0.0));
-            tr data-id=(c.id) {
+            @let rate = rates.get(&key_of(c)).copied().unwrap_or((0.0, 0.0));
+            @let on = c.gateway.as_ref().map(|g| format!(" on gateway {g}")).unwrap_or_default();
+            tr data-id=(c.id) data-gateway=[c.gateway.as_deref()] {
                 td { (c.id) }
                 td.user { (c.user.as_deref().unwrap_or("-")) }
                 td { (c.username.as_deref().unwrap_or("-")) }
                 td { (c.directory_groups.join(", ")) }
+                td.gateway { (gateway_cell(&c.gateway)) }
                 td { (c.client_address.as_deref().unwrap_or("-")) }
                 td { (c.public_address) " " small { (c.transport) } }
                 td { (since(c.since_secs)) @if !c.established { " (connecting)" } }
@@ -190,9 +219,10 @@ pub fn connection_rows(s: &Session, conns: &[ConnectionInfo], rates: &[(u32, f64
                 td {
                     @if s.role == Role::Operator {
                         form method="post" action="/connections/terminate"
-                            data-confirm={"Terminate session " (c.id) " of " (c.user.as_deref().unwrap_or("?")) "?"} {
+                            data-confirm={"Terminate session " (c.id) " of " (c.user.as_deref().unwrap_or("?")) (on) "?"} {
                             input type="hidden" name="csrf" value=(s.csrf);
                             input type="hidden" name="id" value=(c.id);
+                            @if let Some(g) = &c.gateway { input type="hidden" name="gateway" value=(g); }
                             button.danger type="submit" { "Terminate" }
                         }
                     }
@@ -202,8 +232,72 @@ pub fn connection_rows(s: &Session, conns: &[ConnectionInfo], rates: &[(u32, f64
     }
 }
 
-pub fn connections(s: &Session, q: &ConnQuery, rows: Markup, notice: Option<&str>) -> Markup {
-    let live = format!(
+/// The sessions this console saw end within the last hour.
+fn ended_rows(ended: &[Ended]) -> Markup {
+    html! {
+        @if ended.is_empty() { tr { td colspan="8" { "None seen." } } }
+        @for e in ended {
+            @let c = &e.last;
+            tr data-id=(c.id) data-gateway=[c.gateway.as_deref()] {
+                td { (rfc3339(e.seen_gone)) }
+                td { (c.id) }
+                td.user { (c.user.as_deref().unwrap_or("-")) }
+                td { (c.username.as_deref().unwrap_or("-")) }
+                td.gateway { (gateway_cell(&c.gateway)) }
+                td { (c.client_address.as_deref().unwrap_or("-")) " from " (c.public_address) }
+                td { (since(c.since_secs)) }
+                td { (bytes(c.ingress_bytes)) " / " (bytes(c.egress_bytes)) }
+            }
+        }
+    }
+}
+
+/// The part of the connections page that refreshes every 2 s: the live sessions, and those
+/// seen to end within the last hour (both filtered as asked).
+pub fn connections_live(
+    s: &Session,
+    reply: &ConnectionsReply,
+    rows: &[ConnectionInfo],
+    rates: &BTreeMap<RowKey, (f64, f64)>,
+    ended: &[Ended],
+    q: &ConnQuery,
+) -> Markup {
+    html! {
+        @if let Some(e) = &reply.fleet_error {
+            p.error #fleet-error role="alert" {
+                "Only this gateway's sessions are listed: the fleet registry is out of reach (" (e) ")."
+            }
+        }
+        table #connections {
+            thead { tr {
+                th { (sort_link(q, "id", "Id")) }
+                th { (sort_link(q, "user", "User")) }
+                th { "Directory user" }
+                th { "Groups" }
+                th { (sort_link(q, "gateway", "Gateway")) }
+                th { "Client address" }
+                th { "Public address" }
+                th { (sort_link(q, "since", "Connected for")) }
+                th { (sort_link(q, "in", "Bytes in")) }
+                th { (sort_link(q, "out", "Bytes out")) }
+                th { "Rate" }
+                th {}
+            } }
+            tbody { (connection_rows(s, rows, rates)) }
+        }
+        h2 { "Ended in the last hour" }
+        p.muted { "Sessions this console saw end (every gateway's, while a console page was refreshing); "
+            "each gateway's connection log has every disconnect with its reason." }
+        table #ended {
+            thead { tr { th { "Gone by (UTC)" } th { "Id" } th { "User" } th { "Directory user" } th { "Gateway" }
+                th { "Addresses" } th { "Lasted at least" } th { "Bytes in / out" } } }
+            tbody { (ended_rows(ended)) }
+        }
+    }
+}
+
+pub fn connections(s: &Session, q: &ConnQuery, live: Markup, notice: Option<&str>) -> Markup {
+    let url = format!(
         "/live/connections?q={}&sort={}&desc={}",
         url_encode(&q.q),
         url_encode(&q.sort),
@@ -215,28 +309,73 @@ pub fn connections(s: &Session, q: &ConnQuery, rows: Markup, notice: Option<&str
         html! {
             @if let Some(n) = notice { p.notice role="status" { (n) } }
             form.filter method="get" action="/connections" {
-                input type="search" name="q" value=(q.q) placeholder="user, group or address";
+                input type="search" name="q" value=(q.q) placeholder="user, group, address or gateway";
                 input type="hidden" name="sort" value=(q.sort);
                 button type="submit" { "Filter" }
             }
-            table #connections {
-                thead { tr {
-                    th { (sort_link(q, "id", "Id")) }
-                    th { (sort_link(q, "user", "User")) }
-                    th { "Directory user" }
-                    th { "Groups" }
-                    th { "Client address" }
-                    th { "Public address" }
-                    th { (sort_link(q, "since", "Connected for")) }
-                    th { (sort_link(q, "in", "Bytes in")) }
-                    th { (sort_link(q, "out", "Bytes out")) }
-                    th { "Rate" }
-                    th {}
-                } }
-                tbody data-refresh=(live) { (rows) }
-            }
+            div #live-connections data-refresh=(url) { (live) }
         },
     )
+}
+
+/// When a gateway's lease began, as "for 2h 05m".
+fn member_for(start: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if start == 0 || start > now {
+        "?".into()
+    } else {
+        since(now - start)
+    }
+}
+
+/// A fleet gateway's view of the fleet: its own lease and blocks, and each gateway alive
+/// with the policy revision it runs (and, given the fleet's sessions, how many it serves).
+pub fn fleet(f: &FleetStatus, conns: Option<&[ConnectionInfo]>) -> Markup {
+    let m = &f.member;
+    let newest = m
+        .peers
+        .iter()
+        .filter_map(|p| p.revision)
+        .max()
+        .max(f.revision);
+    html! {
+        p {
+            "This gateway runs "
+            @match f.revision {
+                Some(r) => { "published policy revision " strong { (r) } }
+                None => "its local file's policy (nothing published applied yet)",
+            }
+            "; its lease is "
+            @if m.lease_valid { "valid" } @else { strong.error { "not valid: new clients are refused (AUTH_FAILED,TEMP)" } }
+            "; address blocks: " (if m.blocks.is_empty() { "none".to_owned() } else { m.blocks.join(", ") }) "."
+        }
+        @if let Some(d) = &f.degraded { p.error role="alert" { "Degraded: " (d) } }
+        table #fleet-gateways {
+            thead { tr { th { "Gateway" } th { "Policy revision" } th { "Version" } th { "Member for" }
+                @if conns.is_some() { th { "Sessions" } } } }
+            tbody {
+                @if m.peers.is_empty() { tr { td colspan="5" { "No gateway's presence read yet." } } }
+                @for p in &m.peers {
+                    tr data-gateway=(p.gateway) {
+                        td.gateway { (p.gateway) }
+                        td.revision {
+                            @match p.revision {
+                                Some(r) => { (r) @if Some(r) < newest { " " strong.error { "(behind)" } } }
+                                None => span.muted { "local file" },
+                            }
+                        }
+                        td { (p.version) }
+                        td { (member_for(p.since)) }
+                        @if let Some(cs) = conns {
+                            td.sessions { (cs.iter().filter(|c| c.established && c.gateway.as_deref() == Some(p.gateway.as_str())).count()) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 pub fn audit(s: &Session, f: &crate::admin::audit::AuditFilter, entries: &[AuditEntry]) -> Markup {
@@ -267,6 +406,7 @@ pub fn audit(s: &Session, f: &crate::admin::audit::AuditFilter, entries: &[Audit
 /// The endpoint's running policy and the "can user U reach IP:port/proto?" form.
 pub fn endpoint(
     s: &Session,
+    fleet_status: Option<&FleetStatus>,
     p: &crate::admin::PolicyReply,
     q: &ExplainQuery,
     answer: Option<Result<crate::admin::ExplainReply, String>>,
@@ -296,6 +436,13 @@ pub fn endpoint(
                 }
             }
             p { "Policy generation " (p.generation) "; client pool " (pol.client_cidr) ", gateway " (pol.gateway_addr) "." }
+            @if let Some(f) = fleet_status {
+                section #fleet {
+                    h2 { "Fleet" }
+                    p.muted { "The policy below is this gateway's; every gateway on the newest revision runs the same shared part (fleet publish)." }
+                    (fleet(f, None))
+                }
+            }
             h2 { "Authorization rules" }
             table #authz { thead { tr { th { "#" } th { "Destination" } th { "Who" } th { "Description" } } }
                 tbody { @for (i, r) in pol.authorization_rules.iter().enumerate() {

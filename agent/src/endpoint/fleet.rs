@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::status::{self, Connections};
 use super::Endpoint;
-use crate::admin::{Action, AdminApi, Call};
+use crate::admin::{Action, AdminApi, Call, FleetPeer};
 use crate::fleet::admin::RemoteTarget;
 use crate::fleet::registry::unix_now;
 use crate::fleet::{Keys, Member, SessionRecord};
@@ -42,10 +42,23 @@ impl FleetGlue {
     /// once per refresh interval (for the counters).
     pub fn tick(&mut self, ep: &Endpoint, connections: &Connections, changed: bool) {
         if let (Some(fence), Some(f)) = (&ep.fence, super::live::lock(&ep.live).fleet.as_mut()) {
+            let shared = &self.member.shared;
+            shared.set_revision(f.applied.as_ref().map(|p| p.revision));
+            let peers: Vec<FleetPeer> = shared
+                .gateways()
+                .into_iter()
+                .map(|p| FleetPeer {
+                    gateway: p.gateway,
+                    version: p.version,
+                    revision: p.revision,
+                    since: p.since,
+                })
+                .collect();
             f.member = crate::admin::FleetMember {
                 lease_valid: fence.valid_at(Instant::now()),
                 blocks: fence.blocks().iter().map(|b| b.to_string()).collect(),
-                gateways: self.member.shared.gateways(),
+                gateways: peers.iter().map(|p| p.gateway.clone()).collect(),
+                peers,
             };
         }
         if !changed && self.last_sent.elapsed() < self.refresh {

@@ -34,6 +34,10 @@ pub struct Presence {
     pub version: String,
     /// Unix seconds of this lease's start.
     pub since: u64,
+    /// The published policy revision the gateway runs (`None`: its local file's policy);
+    /// rewritten at the next keep-alive after it changes.
+    #[serde(default)]
+    pub revision: Option<i64>,
 }
 
 /// What the gateway's loop and admin answers read of the member.
@@ -42,7 +46,9 @@ pub struct Shared {
     /// A connected client while the member holds a lease (clones share one connection).
     client: Mutex<Option<Client>>,
     /// The gateways with a presence key, as last read (after a keep-alive).
-    gateways: Mutex<Vec<String>>,
+    gateways: Mutex<Vec<Presence>>,
+    /// The policy revision this gateway runs, as its loop last said (for its presence).
+    revision: Mutex<Option<i64>>,
 }
 
 impl Shared {
@@ -55,12 +61,21 @@ impl Shared {
             .ok_or_else(|| "etcd is out of reach of this gateway".to_owned())
     }
 
-    /// The gateways alive in the fleet, as last read.
-    pub fn gateways(&self) -> Vec<String> {
+    /// The gateways alive in the fleet (their presence), as last read.
+    pub fn gateways(&self) -> Vec<Presence> {
         self.gateways
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The policy revision this gateway runs now; its presence says so within a keep-alive.
+    pub fn set_revision(&self, r: Option<i64>) {
+        *self.revision.lock().unwrap_or_else(|e| e.into_inner()) = r;
+    }
+
+    fn revision(&self) -> Option<i64> {
+        *self.revision.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn set_client(&self, c: Option<Client>) {
@@ -186,25 +201,53 @@ async fn top_up(
     Ok(())
 }
 
-/// The ids of the gateways with a presence key.
-async fn gateways(client: &mut Client, keys: &Keys) -> Result<Vec<String>, FleetError> {
+/// The presence of the gateways with a presence key (one a gateway: the values are small).
+/// A value this version cannot read (an older or newer gateway) still counts, by its key.
+async fn gateways(client: &mut Client, keys: &Keys) -> Result<Vec<Presence>, FleetError> {
     let got = client
-        .get(
-            keys.gateways(),
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
+        .get(keys.gateways(), Some(GetOptions::new().with_prefix()))
         .await
         .map_err(FleetError::Etcd)?;
     Ok(got
         .kvs()
         .iter()
         .filter_map(|kv| {
-            kv.key_str()
+            let id = kv
+                .key_str()
                 .ok()?
-                .strip_prefix(&keys.gateways())
-                .map(str::to_owned)
+                .strip_prefix(&keys.gateways())?
+                .to_owned();
+            Some(
+                serde_json::from_slice::<Presence>(kv.value())
+                    .ok()
+                    .filter(|p| p.gateway == id)
+                    .unwrap_or(Presence {
+                        gateway: id,
+                        version: "?".into(),
+                        since: 0,
+                        revision: None,
+                    }),
+            )
         })
         .collect())
+}
+
+/// Writes this gateway's presence under `lease`.
+async fn put_presence(
+    client: &mut Client,
+    keys: &Keys,
+    presence: &Presence,
+    lease: i64,
+) -> Result<(), FleetError> {
+    client
+        .put(
+            keys.gateway(&presence.gateway),
+            serde_json::to_string(presence).expect("plain fields"),
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .map_err(FleetError::Etcd)?;
+    Ok(())
 }
 
 /// The next admission request, if a cap is on.
@@ -232,19 +275,13 @@ async fn run_once(
         tracing::error!(block = %b, "fleet: address block taken by another gateway while this one was out of reach; its sessions there keep their addresses");
     }
     ctx.fence.set(kept, Some(valid));
-    let presence = Presence {
+    let mut presence = Presence {
         gateway: gw.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         since: unix_now(),
+        revision: ctx.shared.revision(),
     };
-    client
-        .put(
-            ctx.keys.gateway(&gw),
-            serde_json::to_string(&presence).expect("plain fields"),
-            Some(PutOptions::new().with_lease(lease.id)),
-        )
-        .await
-        .map_err(FleetError::Etcd)?;
+    put_presence(&mut client, &ctx.keys, &presence, lease.id).await?;
     top_up(ctx, &mut client, lease.id, valid).await?;
     admitted.renew(&mut client, lease.id).await?;
     // Every session again under the new lease.
@@ -268,6 +305,11 @@ async fn run_once(
             _ = keepalive.tick() => {
                 valid = lease.keep_alive().await?;
                 ctx.fence.extend(valid);
+                // The console shows which revision each gateway runs: say when it changed.
+                if presence.revision != ctx.shared.revision() {
+                    presence.revision = ctx.shared.revision();
+                    put_presence(&mut client, &ctx.keys, &presence, lease.id).await?;
+                }
                 let alive = gateways(&mut client, &ctx.keys).await?;
                 *ctx.shared.gateways.lock().unwrap_or_else(|e| e.into_inner()) = alive;
             }

@@ -5,25 +5,12 @@
 //! publish; bob's stays.
 use std::time::Duration;
 
-use tests::agent::{poll, ProfileClient};
-use tests::fleet::{underlay_addr, FleetLab};
+use tests::agent::poll;
+use tests::fleet::FleetLab;
 
 use super::{have_etcd, ENG_ALLOWED};
 
 const HALT: &str = "Halt command was pushed by server";
-
-/// `profile` with its `remote` lines cut to gateway `i`'s (a client pinned to one gateway).
-fn pinned(profile: &str, i: usize) -> String {
-    let addr = underlay_addr(i).to_string();
-    profile
-        .lines()
-        .filter(|l| {
-            !l.starts_with("remote-random")
-                && (!l.starts_with("remote ") || l.split_whitespace().nth(1) == Some(addr.as_str()))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
 
 #[test]
 fn a_published_crl_cuts_the_revoked_on_every_gateway_within_a_second() {
@@ -33,13 +20,7 @@ fn a_published_crl_cuts_the_revoked_on_every_gateway_within_a_second() {
     }
     let policy = tests::fleet::gateway_addresses(2) + ENG_ALLOWED;
     let lab = FleetLab::new(2, 1, &["alice", "bob"], &policy);
-    // Several clients share the one client namespace: each its own tun device.
-    let start = |cn: &str, i: usize| {
-        let c = ProfileClient::start(&lab.client, &pinned(&lab.export_profile(cn), i));
-        c.wait_connected(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("{cn} on gw-{i}: {e}"));
-        c
-    };
+    let start = |cn: &str, i: usize| lab.connect_to(cn, i);
     let alice0 = start("alice", 0);
     let alice1 = start("alice", 1);
     let bob1 = start("bob", 1);
