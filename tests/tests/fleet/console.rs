@@ -176,6 +176,17 @@ fn the_console_lists_and_terminates_a_session_on_another_gateway() {
         dash.contains("This gateway runs published policy revision"),
         "{dash}"
     );
+    // The endpoint page shows the same membership next to the running policy.
+    let endpoint = http.get("/endpoint").body;
+    for gw in ["gw-0", "gw-1"] {
+        let tr = format!(
+            r#"<tr data-gateway="{gw}"><td class="gateway">{gw}</td><td class="revision">{revision}"#
+        );
+        assert!(
+            endpoint.contains(&tr),
+            "{gw} on revision {revision} not on the endpoint page:\n{endpoint}"
+        );
+    }
 
     // The connections page lists alice's session on gw-1 (from the registry) and bob's here.
     let page = poll(Duration::from_secs(10), || {
