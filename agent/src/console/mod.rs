@@ -54,18 +54,20 @@ pub async fn spawn(
         .with_context(|| format!("binding the console listener {}", cfg.listen))?;
     let console = std::sync::Arc::new(Console::new(cfg, audit, admin).with_portal(cfg, portal));
     tracing::info!(listen = %cfg.listen, "console: serving https://{}/", cfg.listen);
-    Ok(Running(tokio::spawn(server::serve(
-        listener,
-        tls,
-        console.router(),
-    ))))
+    let watcher = tokio::spawn(monitor::watch(console.clone()));
+    Ok(Running(
+        tokio::spawn(server::serve(listener, tls, console.router())),
+        watcher,
+    ))
 }
 
-/// The serving console; dropping it stops the listener (the endpoint stopped).
-pub struct Running(tokio::task::JoinHandle<()>);
+/// The serving console (listener and session watcher); dropping it stops both (the
+/// endpoint stopped).
+pub struct Running(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>);
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.abort();
+        self.1.abort();
     }
 }

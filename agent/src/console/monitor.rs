@@ -49,6 +49,35 @@ async fn snapshot(c: &Console, a: &Authed) -> Result<(StatusReply, ConnectionsRe
     Ok((st, conns))
 }
 
+/// How often the console lists the sessions by itself, with or without a page open.
+pub const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Lists the sessions every [`WATCH_EVERY`] for as long as the console serves, so a session
+/// that ends while no administrator has a page open still shows as ended (and the rates
+/// have samples to start from). A failed listing is skipped: the next one catches up.
+pub async fn watch(c: Arc<Console>) {
+    let caller = Caller {
+        who: "console".into(),
+        from: "console session watcher".into(),
+    };
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Ok(conns) = c
+            .admin
+            .ask::<ConnectionsReply>(Action::Connections, caller.clone())
+            .await
+        {
+            c.history().sample(
+                &conns.connections,
+                conns.fleet_error.is_none(),
+                Instant::now(),
+            );
+        }
+    }
+}
+
 /// The dashboard's live part: status, connections, and attempts from the connection log.
 async fn live(c: &Console, a: &Authed) -> Result<maud::Markup, Response> {
     let (st, conns) = snapshot(c, a).await?;

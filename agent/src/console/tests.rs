@@ -275,6 +275,8 @@ pub(super) fn lab_with_portal(
         .block_on(tokio::net::TcpListener::bind(cfg.listen))
         .unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
+    // As `console::spawn` does: the watcher lists the sessions with no page open.
+    rt.spawn(super::monitor::watch(console.clone()));
     rt.spawn(server::serve(listener, tls, console.router()));
     let certs = ureq::tls::parse_pem(ck.cert.pem().as_bytes())
         .filter_map(|i| match i {

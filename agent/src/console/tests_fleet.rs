@@ -214,3 +214,25 @@ fn terminate_of_another_gateways_row_is_asked_and_audited_with_its_gateway() {
     assert_eq!(t.len(), 1, "{lines:?}");
     assert_eq!(t[0]["target"], "session 7 on gateway gw-b");
 }
+
+/// A session that ends while no administrator has a page open still shows as ended: the
+/// console's watcher lists the sessions every two seconds by itself. (Without it, the first
+/// page after the end never saw the session and shows nothing ended.)
+#[test]
+fn a_session_that_ends_with_no_page_open_shows_as_ended() {
+    let lab = lab(
+        "watcher",
+        vec![admin("ann", "pw", Role::Operator)],
+        Duration::from_secs(60),
+        5,
+    );
+    // Two watcher rounds see session 7 live, then the CLI ends it.
+    std::thread::sleep(super::monitor::WATCH_EVERY * 2 + Duration::from_millis(500));
+    let mut cli = crate::admin::AdminClient::connect(&lab.socket).unwrap();
+    cli.terminate(Some(7), None, None).unwrap();
+    std::thread::sleep(super::monitor::WATCH_EVERY * 2 + Duration::from_millis(500));
+    let ann = lab.login("ann", "pw");
+    let page = lab.get("/connections", Some(&ann)).body;
+    let ended = &page[page.find(r#"<table id="ended""#).expect("an ended table")..];
+    assert!(ended.contains(r#"<td class="user">alice</td>"#), "{page}");
+}
