@@ -129,6 +129,18 @@ impl FleetLab {
     /// an etcd of `members` members, a PKI with `clients`. Returns once every gateway holds a
     /// lease and sees all `n` gateways' presence.
     pub fn new(n: usize, members: usize, clients: &[&str], policy: &str) -> FleetLab {
+        Self::new_with(n, members, clients, policy, "")
+    }
+
+    /// [`FleetLab::new`] with `fleet_extra` lines added to every gateway's `[fleet]` section
+    /// (e.g. `max_connections_per_user = 1`).
+    pub fn new_with(
+        n: usize,
+        members: usize,
+        clients: &[&str],
+        policy: &str,
+        fleet_extra: &str,
+    ) -> FleetLab {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let etcd = rt.block_on(EtcdCluster::start(members));
         let dir = TempDir::new("fleet");
@@ -150,7 +162,7 @@ impl FleetLab {
             dir,
         };
         for i in 0..n {
-            let gw = lab.add_gateway(i, policy);
+            let gw = lab.add_gateway(i, policy, fleet_extra);
             lab.gateways.push(gw);
         }
         for gw in &lab.gateways {
@@ -171,7 +183,7 @@ impl FleetLab {
         lab
     }
 
-    fn add_gateway(&self, i: usize, policy: &str) -> FleetGateway {
+    fn add_gateway(&self, i: usize, policy: &str, fleet_extra: &str) -> FleetGateway {
         let id = format!("gw-{i}");
         let ns = NetNs::new("fg");
         ns.netns().disable_ipv6().unwrap_or_else(|e| panic!("{e}"));
@@ -224,7 +236,7 @@ impl FleetLab {
         let config = dir.path().join("endpoint.toml");
         write_atomic(
             &config,
-            &gateway_toml(i, policy, &self.etcd.endpoints(), &id),
+            &(gateway_toml(i, policy, &self.etcd.endpoints(), &id) + fleet_extra),
         );
         let pins = PinRoot(PathBuf::from(format!(
             "/sys/fs/bpf/portcullis-test-{}",
@@ -290,10 +302,16 @@ impl FleetLab {
     /// `fleet publish` of `policy` as the lab's endpoint file (with the PKI's own CRL, so
     /// a revocation travels with it); the revision and the instant the command was started.
     pub fn publish(&self, policy: &str) -> (i64, std::time::Instant) {
+        self.publish_file(&endpoint_toml(policy))
+    }
+
+    /// `fleet publish` of `text` (an endpoint file without `[fleet]`, relative paths from
+    /// the lab directory) with the lab's `[fleet]` section added.
+    pub fn publish_file(&self, text: &str) -> (i64, std::time::Instant) {
         let file = self.dir().join("publish.toml");
         write_atomic(
             &file,
-            &(endpoint_toml(policy) + &fleet_section(&self.etcd.endpoints(), "admin")),
+            &(text.to_owned() + &fleet_section(&self.etcd.endpoints(), "admin")),
         );
         let at = std::time::Instant::now();
         let out = cli_ok(&["fleet", "publish", "--config", &file.to_string_lossy()]);

@@ -223,6 +223,14 @@ pub struct FleetMember {
     pub blocks: Vec<String>,
     /// The gateways with a presence key (alive within their lease TTL), as last read.
     pub gateways: Vec<String>,
+    /// Why the gateway is out of the fleet now (etcd out of reach, its lease lost): new
+    /// sessions are refused once `lease_valid` is false, established ones keep running.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The gateways whose session-token secret (`auth.token_secret_file`) differs from this
+    /// one's: a token pushed by one is refused by the other (the client logs in again).
+    #[serde(default)]
+    pub token_secret_mismatch: Vec<String>,
 }
 
 /// `reload`: the new policy generation.

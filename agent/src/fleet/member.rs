@@ -2,39 +2,37 @@
 //! claims address blocks for the [`AddressFence`], writes the gateway's sessions to the
 //! registry and hands the terminate requests addressed to this gateway to its loop.
 //!
-//! After any etcd error it starts over with a new connection and a new lease: it claims its
-//! blocks again, writes its presence and every session again and reads the terminate
-//! requests that came meanwhile. Until then the fence runs out with the old lease (no new
-//! session is admitted into blocks another gateway may hold by then).
+//! After any etcd error it starts over with a new connection (after 0.5 s, then backing off
+//! to 4 s while etcd stays out of reach). It takes up its lease again when etcd still holds
+//! it (a member died, a connection broke, or all of etcd was stopped and came back: etcd
+//! expires nothing without a leader), else grants a new one; then it claims its blocks
+//! again, writes its presence and every session again, deletes the records of sessions that
+//! ended meanwhile and reads the terminate requests that came meanwhile. Until then the fence
+//! runs out with the old lease's validity (no new session is admitted into blocks another
+//! gateway may hold by then).
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, GetOptions, PutOptions};
+use etcd_client::{Client, PutOptions};
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::gate::Caps;
 use super::gate::{AdmitRequest, UserGate};
 use super::lease::GatewayLease;
 use super::limits::Admitted;
+use super::presence::{self, Presence};
 use super::registry::{unix_now, Registry, SessionRecord};
 use super::{blocks, connect, terminate, FleetError, Keys};
 use crate::config::FleetSection;
 use crate::openvpn::fence::{AddressFence, LOW_WATER};
 
-/// How long the member waits before starting over after an error.
+/// How long the member waits before starting over after an error; doubled after each
+/// failed start up to [`RETRY_MAX`] (a fleet of gateways must not hammer an etcd that is
+/// coming back), back to this once a start succeeds.
 const RETRY: Duration = Duration::from_millis(500);
-
-/// The value of `gateways/<gateway>`: that the gateway is alive, and what it runs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Presence {
-    pub gateway: String,
-    pub version: String,
-    /// Unix seconds of this lease's start.
-    pub since: u64,
-}
+const RETRY_MAX: Duration = Duration::from_secs(4);
 
 /// What the gateway's loop and admin answers read of the member.
 #[derive(Default)]
@@ -43,6 +41,10 @@ pub struct Shared {
     client: Mutex<Option<Client>>,
     /// The gateways with a presence key, as last read (after a keep-alive).
     gateways: Mutex<Vec<String>>,
+    /// Why the member is not in the fleet now (the last etcd error), `None` while it is.
+    error: Mutex<Option<String>>,
+    /// The gateways whose session-token secret differs from this one's, as last read.
+    token_mismatch: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -55,12 +57,45 @@ impl Shared {
             .ok_or_else(|| "etcd is out of reach of this gateway".to_owned())
     }
 
+    /// A client to etcd, waiting up to `within` for the member to be in the fleet again (an
+    /// operator's command that comes while the member reconnects after losing an etcd
+    /// member, about a second, is answered, not failed).
+    pub async fn client_within(&self, within: Duration) -> Result<Client, String> {
+        let until = Instant::now() + within;
+        loop {
+            match self.client() {
+                Err(_) if Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// The gateways alive in the fleet, as last read.
     pub fn gateways(&self) -> Vec<String> {
         self.gateways
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The gateways whose session-token secret differs from this gateway's (their tokens
+    /// are refused here, and this one's there), as last read.
+    pub fn token_mismatch(&self) -> Vec<String> {
+        self.token_mismatch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Why the gateway is out of the fleet now (etcd out of reach, the lease lost), if it is.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = e;
     }
 
     fn set_client(&self, c: Option<Client>) {
@@ -98,6 +133,8 @@ struct Ctx {
     shared: Arc<Shared>,
     /// With a fleet-wide cap: the authorizer's admission requests, and the caps.
     admits: Option<(mpsc::Receiver<AdmitRequest>, Caps)>,
+    /// The fingerprint of this gateway's session-token secret, published in its presence.
+    token_secret: Option<String>,
 }
 
 impl Member {
@@ -109,6 +146,19 @@ impl Member {
         pool: Ipv4Net,
         fence: Arc<AddressFence>,
         gate: Option<UserGate>,
+    ) -> Member {
+        Self::start_with_token(section, keys, pool, fence, gate, None)
+    }
+
+    /// [`Member::start`] of a gateway with session tokens: `token_secret` is the
+    /// [`presence::fingerprint`] of its secret, compared with every other gateway's.
+    pub fn start_with_token(
+        section: FleetSection,
+        keys: Keys,
+        pool: Ipv4Net,
+        fence: Arc<AddressFence>,
+        gate: Option<UserGate>,
+        token_secret: Option<String>,
     ) -> Member {
         let (sessions_tx, sessions_rx) = watch::channel(Vec::new());
         let (term_tx, term_rx) = mpsc::channel(64);
@@ -123,6 +173,7 @@ impl Member {
             terminates: term_tx,
             shared: shared.clone(),
             admits: gate.and_then(|g| Some((g.take_requests()?, g.caps))),
+            token_secret,
         };
         Member {
             sessions: sessions_tx,
@@ -138,16 +189,32 @@ impl Member {
 async fn run(mut ctx: Ctx) {
     let mut registry = Registry::default();
     let mut admitted = Admitted::default();
+    let mut lease = None;
+    let mut pause = RETRY;
     loop {
-        let e = run_once(&mut ctx, &mut registry, &mut admitted).await;
+        let mut joined = false;
+        let e = run_once(
+            &mut ctx,
+            &mut registry,
+            &mut admitted,
+            &mut lease,
+            &mut joined,
+        )
+        .await;
         ctx.shared.set_client(None);
         match e {
             Ok(()) => return, // the gateway stopped
             Err(e) => {
-                tracing::warn!(error = %e, "fleet membership; starting over with a new lease")
+                tracing::warn!(error = %e, "fleet membership lost; connecting again");
+                ctx.shared.set_error(Some(e.to_string()));
             }
         }
-        tokio::time::sleep(RETRY).await;
+        pause = if joined {
+            RETRY
+        } else {
+            (pause * 2).min(RETRY_MAX)
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -186,25 +253,26 @@ async fn top_up(
     Ok(())
 }
 
-/// The ids of the gateways with a presence key.
-async fn gateways(client: &mut Client, keys: &Keys) -> Result<Vec<String>, FleetError> {
-    let got = client
-        .get(
-            keys.gateways(),
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
-        .await
-        .map_err(FleetError::Etcd)?;
-    Ok(got
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
-            kv.key_str()
-                .ok()?
-                .strip_prefix(&keys.gateways())
-                .map(str::to_owned)
-        })
-        .collect())
+/// Reads the gateways alive and compares their token secrets with this one's.
+async fn read_gateways(ctx: &Ctx, client: &mut Client) -> Result<(), FleetError> {
+    let all = presence::read_all(client, &ctx.keys).await?;
+    let gw = &ctx.section.gateway_id;
+    let mismatch = presence::token_mismatch(gw, ctx.token_secret.as_deref(), &all);
+    let mut known = ctx
+        .shared
+        .token_mismatch
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if mismatch != *known && !mismatch.is_empty() {
+        tracing::warn!(gateways = ?mismatch, "fleet: these gateways have another session-token secret (auth.token_secret_file): a client moving between them and this one must log in again");
+    }
+    *known = mismatch;
+    drop(known);
+    *ctx.shared
+        .gateways
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = all.into_iter().map(|p| p.gateway).collect();
+    Ok(())
 }
 
 /// The next admission request, if a cap is on.
@@ -217,15 +285,42 @@ async fn next_admit(
     }
 }
 
+/// Takes up lease `last` again if etcd still holds it, else grants a new one; the flag says
+/// whether it is the same lease.
+async fn lease_for(
+    client: &mut Client,
+    last: Option<i64>,
+    ttl_secs: u64,
+) -> Result<(GatewayLease, Instant, bool), FleetError> {
+    if let Some(id) = last {
+        if let Some((lease, valid)) = GatewayLease::resume(client, id, ttl_secs).await? {
+            tracing::info!(
+                lease = id,
+                "fleet: the gateway's lease is still held; taken up again"
+            );
+            return Ok((lease, valid, true));
+        }
+        tracing::warn!(
+            lease = id,
+            "fleet: the gateway's lease expired while etcd was out of reach; a new one"
+        );
+    }
+    let (lease, valid) = GatewayLease::grant(client, ttl_secs).await?;
+    Ok((lease, valid, false))
+}
+
 async fn run_once(
     ctx: &mut Ctx,
     registry: &mut Registry,
     admitted: &mut Admitted,
+    last_lease: &mut Option<i64>,
+    joined: &mut bool,
 ) -> Result<(), FleetError> {
     let gw = ctx.section.gateway_id.clone();
     let mut client = connect(&ctx.section).await?;
-    let (mut lease, mut valid) =
-        GatewayLease::grant(&mut client, ctx.section.lease_ttl_secs).await?;
+    let (mut lease, mut valid, resumed) =
+        lease_for(&mut client, *last_lease, ctx.section.lease_ttl_secs).await?;
+    *last_lease = Some(lease.id);
     let had = ctx.fence.blocks();
     let kept = blocks::reclaim(&mut client, &ctx.keys, &gw, lease.id, &had).await?;
     for b in had.iter().filter(|b| !kept.contains(b)) {
@@ -236,6 +331,7 @@ async fn run_once(
         gateway: gw.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         since: unix_now(),
+        token_secret: ctx.token_secret.clone(),
     };
     client
         .put(
@@ -245,12 +341,21 @@ async fn run_once(
         )
         .await
         .map_err(FleetError::Etcd)?;
+    read_gateways(ctx, &mut client).await?;
     top_up(ctx, &mut client, lease.id, valid).await?;
     admitted.renew(&mut client, lease.id).await?;
-    // Every session again under the new lease.
-    registry.forget();
     let refresh = Duration::from_secs(ctx.section.registry_refresh_secs);
     let now = ctx.sessions.borrow_and_update().clone();
+    // Admissions whose sessions ended while etcd was out of reach free their places now.
+    let live = now.iter().map(|s| s.serial).collect();
+    admitted.sweep(&mut client, &live).await?;
+    // Every session again; under the same lease the records of sessions that ended
+    // meanwhile are still there and go now (under a new one they expire with the old).
+    if resumed {
+        registry.resume(&mut client, &ctx.keys, &gw, &now).await?;
+    } else {
+        registry.forget();
+    }
     registry
         .sync(&mut client, &ctx.keys, lease.id, &now, refresh)
         .await?;
@@ -260,7 +365,9 @@ async fn run_once(
         terminate::done(&mut client, &ctx.keys, &gw, id).await?;
     }
     ctx.shared.set_client(Some(client.clone()));
-    tracing::info!(lease = lease.id, blocks = ?ctx.fence.blocks(), "fleet: member of the fleet");
+    ctx.shared.set_error(None);
+    *joined = true;
+    tracing::info!(lease = lease.id, resumed, blocks = ?ctx.fence.blocks(), "fleet: member of the fleet");
     let mut keepalive = tokio::time::interval(lease.interval());
     keepalive.tick().await;
     loop {
@@ -268,8 +375,7 @@ async fn run_once(
             _ = keepalive.tick() => {
                 valid = lease.keep_alive().await?;
                 ctx.fence.extend(valid);
-                let alive = gateways(&mut client, &ctx.keys).await?;
-                *ctx.shared.gateways.lock().unwrap_or_else(|e| e.into_inner()) = alive;
+                read_gateways(ctx, &mut client).await?;
             }
             _ = ctx.fence.wanted() => top_up(ctx, &mut client, lease.id, valid).await?,
             changed = ctx.sessions.changed() => {
