@@ -4,7 +4,7 @@
 //! - once a gateway's lease may have expired, new sessions are refused as temporary
 //!   (`AUTH_FAILED,TEMP`; `fleet_unavailable` or `address_block_unavailable` in the
 //!   connection log), so no address block another gateway may hold is used and no per-user
-//!   cap is decided without etcd; `status` (JSON and text) says why;
+//!   cap is decided without etcd; `status` (JSON and text) and the metrics say so;
 //! - when etcd is back each gateway takes up its own lease again (etcd expired nothing while
 //!   it had no leader), admission resumes (the refused client gets in on its own retry, the
 //!   user over the cap is refused for good), and the registry matches reality: a session
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
 use portcullis::fleet::Keys;
-use tests::agent::{cli_ok, poll, ProfileClient, COMPLETED};
+use tests::agent::{cli_ok, poll, scrape_metrics, ProfileClient, COMPLETED};
 use tests::fleet::{gateway_addresses, underlay_addr, FleetLab};
 use tests::gateway::SERVER;
 use tests::openvpn::ping;
@@ -60,6 +60,21 @@ fn lease_of(rt: &tokio::runtime::Runtime, c: &mut Client, key: &str) -> i64 {
 /// `cn`'s stock client on gateway `i` only.
 fn start(lab: &FleetLab, cn: &str, i: usize) -> ProfileClient {
     ProfileClient::start(&lab.client, &pinned(&lab.export_profile(cn), i))
+}
+
+/// Gateway `i`'s metrics show `line` within 3 s (the gauges follow the status each tick).
+fn metric_is(lab: &FleetLab, i: usize, line: &str) {
+    poll(Duration::from_secs(3), || {
+        scrape_metrics(&lab.gateways[i].ns)
+            .lines()
+            .any(|l| l == line)
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        let m = scrape_metrics(&lab.gateways[i].ns);
+        let fleet: Vec<&str> = m.lines().filter(|l| l.contains("fleet")).collect();
+        panic!("gw-{i}: no {line:?} in its metrics: {fleet:#?}")
+    });
 }
 
 fn connection_log(lab: &FleetLab, i: usize) -> String {
@@ -133,6 +148,8 @@ fn all_of_etcd_stopped_and_back_without_a_gateway_restart() {
         "etcd stopped: both gateways out of the fleet, admission closed {:?} after",
         stopped.elapsed()
     );
+    metric_is(&lab, 1, "portcullis_fleet_degraded 1");
+    metric_is(&lab, 1, "portcullis_fleet_lease_valid 0");
     let text = cli_ok(&["status", "--config", &lab.gateways[1].config_arg()]);
     assert!(
         text.contains("fleet member       out of the fleet"),
@@ -203,6 +220,8 @@ fn all_of_etcd_stopped_and_back_without_a_gateway_restart() {
         "etcd back after a {outage:?} outage: both gateways members again {:?} later",
         back.elapsed()
     );
+    metric_is(&lab, 1, "portcullis_fleet_degraded 0");
+    metric_is(&lab, 1, "portcullis_fleet_lease_valid 1");
     let mut etcd = rt
         .block_on(portcullis::fleet::connect(&lab.etcd.fleet_section("probe")))
         .expect("connect to etcd");
