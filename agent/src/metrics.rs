@@ -57,6 +57,11 @@ pub struct Metrics {
     pub egress_packets: Counter,
     pub drops: Family<Reason, Counter>,
     pub policy_generation: Gauge,
+    /// Fleet mode: 1 while this gateway is out of the fleet (etcd out of reach, its lease
+    /// lost, or the policy not followed); 0 in the fleet and standalone.
+    pub fleet_degraded: Gauge,
+    /// Fleet mode: 1 while the gateway's lease is valid (new sessions can be admitted).
+    pub fleet_lease_valid: Gauge,
     pub reconcile_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub map_entries: Family<Map, Gauge>,
     pub map_capacity: Family<Map, Gauge>,
@@ -104,6 +109,8 @@ impl Metrics {
             egress_packets: Counter::default(),
             drops: Family::default(),
             policy_generation: Gauge::default(),
+            fleet_degraded: Gauge::default(),
+            fleet_lease_valid: Gauge::default(),
             reconcile_seconds: Gauge::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
@@ -172,6 +179,16 @@ impl Metrics {
             "policy_generation",
             "Active policy generation",
             m.policy_generation.clone(),
+        );
+        registry.register(
+            "fleet_degraded",
+            "1 while this fleet gateway is out of the fleet (etcd out of reach, lease lost)",
+            m.fleet_degraded.clone(),
+        );
+        registry.register(
+            "fleet_lease_valid",
+            "1 while this fleet gateway's etcd lease is valid (new sessions admitted)",
+            m.fleet_lease_valid.clone(),
         );
         registry.register(
             "reconcile_duration_seconds",

@@ -53,7 +53,36 @@ impl EtcdTls {
 struct Member {
     name: String,
     client_url: String,
+    /// Its command line, so a killed member can be started again on its data.
+    args: Vec<String>,
     child: Option<Child>,
+}
+
+/// Starts one member with `args`, logging to `log` (appended: a restart keeps the old log).
+fn spawn_member(args: &[String], log: &Path) -> Child {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("etcd log");
+    let mut cmd = Command::new("etcd");
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("etcd log"))
+        .stderr(log);
+    // SAFETY: prctl is async-signal-safe and touches only the child being started.
+    unsafe {
+        cmd.pre_exec(|| {
+            // A test process killed outright (no Drop) takes its etcd along.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd.spawn()
+        .expect("start etcd (install Debian's etcd-server: cargo xtask setup)")
 }
 
 /// A running etcd cluster on loopback, removed on drop.
@@ -118,43 +147,31 @@ impl EtcdCluster {
         let initial = initial.join(",");
         for (name, client_url, peer_url) in &peers {
             let data = cluster.dir.join(name);
-            let log = File::create(cluster.dir.join(format!("{name}.log"))).expect("etcd log");
-            let mut cmd = Command::new("etcd");
-            cmd.arg(format!("--name={name}"))
-                .arg(format!("--data-dir={}", data.display()))
-                .arg(format!("--listen-client-urls={client_url}"))
-                .arg(format!("--advertise-client-urls={client_url}"))
-                .arg(format!("--listen-peer-urls={peer_url}"))
-                .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-                .arg(format!("--initial-cluster={initial}"))
-                .arg(format!("--initial-cluster-token={tag}"))
-                .arg("--initial-cluster-state=new")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("etcd log"))
-                .stderr(log);
+            let mut args = vec![
+                format!("--name={name}"),
+                format!("--data-dir={}", data.display()),
+                format!("--listen-client-urls={client_url}"),
+                format!("--advertise-client-urls={client_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster={initial}"),
+                format!("--initial-cluster-token={tag}"),
+                // Ignored by a member that restarts on its data (it rejoins its cluster).
+                "--initial-cluster-state=new".to_owned(),
+            ];
             if let Some(t) = &cluster.tls {
-                cmd.arg(format!("--cert-file={}", t.server_cert.display()))
-                    .arg(format!("--key-file={}", t.server_key.display()))
-                    .arg(format!("--trusted-ca-file={}", t.ca_file.display()))
-                    .arg("--client-cert-auth");
+                args.extend([
+                    format!("--cert-file={}", t.server_cert.display()),
+                    format!("--key-file={}", t.server_key.display()),
+                    format!("--trusted-ca-file={}", t.ca_file.display()),
+                    "--client-cert-auth".to_owned(),
+                ]);
             }
-            // SAFETY: prctl is async-signal-safe and touches only the child being started.
-            unsafe {
-                cmd.pre_exec(|| {
-                    // A test process killed outright (no Drop) takes its etcd along.
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
-            let child = cmd
-                .spawn()
-                .expect("start etcd (install Debian's etcd-server: cargo xtask setup)");
+            let child = spawn_member(&args, &cluster.dir.join(format!("{name}.log")));
             cluster.members.push(Member {
                 name: name.clone(),
                 client_url: client_url.clone(),
+                args,
                 child: Some(child),
             });
         }
@@ -218,6 +235,31 @@ impl EtcdCluster {
         if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Starts the killed members `which` again on their data (same ports, same cluster);
+    /// returns once each answers (a member answers only while the cluster has a leader, so
+    /// all are started before any is waited for).
+    pub async fn restart(&mut self, which: &[usize]) {
+        for &i in which {
+            if self.members[i].child.is_none() {
+                let log = self.dir.join(format!("{}.log", self.members[i].name));
+                self.members[i].child = Some(spawn_member(&self.members[i].args, &log));
+            }
+        }
+        let deadline = Instant::now() + READY_WITHIN;
+        for &i in which {
+            let section = self.fleet_section_for(&[self.members[i].client_url.clone()], "probe");
+            while let Err(e) = portcullis::fleet::connect(&section).await {
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd member {} not back within {READY_WITHIN:?}: {e}\n{}",
+                    self.members[i].name,
+                    self.log(i)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 

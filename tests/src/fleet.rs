@@ -132,8 +132,21 @@ impl FleetLab {
         Self::with_host(n, members, clients, policy, |_| String::new())
     }
 
+    /// [`FleetLab::new`] with `fleet_extra` lines added to every gateway's `[fleet]` section
+    /// (e.g. `max_connections_per_user = 1`): the file ends with that section.
+    pub fn new_with(
+        n: usize,
+        members: usize,
+        clients: &[&str],
+        policy: &str,
+        fleet_extra: &str,
+    ) -> Self {
+        Self::with_host(n, members, clients, policy, |_| fleet_extra.to_owned())
+    }
+
     /// As [`FleetLab::new`], with `host(i)` appended to gateway `i`'s file: host-local
-    /// sections such as `[console]`, which a publish never carries.
+    /// lines such as `[fleet]` settings (the file ends with that section) or a
+    /// `[console]` section, which a publish never carries.
     pub fn with_host(
         n: usize,
         members: usize,
@@ -312,10 +325,16 @@ impl FleetLab {
     /// `fleet publish` of `policy` as the lab's endpoint file (with the PKI's own CRL, so
     /// a revocation travels with it); the revision and the instant the command was started.
     pub fn publish(&self, policy: &str) -> (i64, std::time::Instant) {
+        self.publish_file(&endpoint_toml(policy))
+    }
+
+    /// `fleet publish` of `text` (an endpoint file without `[fleet]`, relative paths from
+    /// the lab directory) with the lab's `[fleet]` section added.
+    pub fn publish_file(&self, text: &str) -> (i64, std::time::Instant) {
         let file = self.dir().join("publish.toml");
         write_atomic(
             &file,
-            &(endpoint_toml(policy) + &fleet_section(&self.etcd.endpoints(), "admin")),
+            &(text.to_owned() + &fleet_section(&self.etcd.endpoints(), "admin")),
         );
         let at = std::time::Instant::now();
         let out = cli_ok(&["fleet", "publish", "--config", &file.to_string_lossy()]);

@@ -166,7 +166,7 @@ async fn three_members_keep_writing_with_one_killed() {
     assert_eq!(got.kvs()[0].value(), b"v2");
 }
 
-fn shared(name: &str, dns: &str) -> portcullis::config::SharedConfig {
+pub(crate) fn shared(name: &str, dns: &str) -> portcullis::config::SharedConfig {
     portcullis::config::SharedConfig {
         name: name.into(),
         split_tunnel: true,
@@ -185,6 +185,7 @@ fn shared(name: &str, dns: &str) -> portcullis::config::SharedConfig {
         security_group: vec![],
         applied_security_groups: vec![],
         crl_pem: vec![],
+        ca_pem: None,
     }
 }
 
@@ -475,6 +476,8 @@ fn one_publish_is_enforced_on_every_gateway() {
 
 #[path = "fleet/blocks.rs"]
 mod blocks;
+#[path = "fleet/ca_fleet.rs"]
+mod ca_fleet;
 #[path = "fleet/console.rs"]
 mod console;
 #[path = "fleet/failover.rs"]
@@ -483,7 +486,13 @@ mod failover;
 mod gateways;
 #[path = "fleet/limits.rs"]
 mod limits;
+#[path = "fleet/outage.rs"]
+mod outage;
+#[path = "fleet/presence.rs"]
+mod presence;
 #[path = "fleet/registry.rs"]
 mod registry;
 #[path = "fleet/revocation.rs"]
 mod revocation;
+#[path = "fleet/watch.rs"]
+mod watch;

@@ -226,6 +226,14 @@ pub struct FleetMember {
     /// The same gateways with what their presence says (version, policy revision).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<FleetPeer>,
+    /// Why the gateway is out of the fleet now (etcd out of reach, its lease lost): new
+    /// sessions are refused once `lease_valid` is false, established ones keep running.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The gateways whose session-token secret (`auth.token_secret_file`) differs from this
+    /// one's: a token pushed by one is refused by the other (the client logs in again).
+    #[serde(default)]
+    pub token_secret_mismatch: Vec<String>,
 }
 
 /// One gateway of the fleet as its presence key says (written by that gateway).

@@ -31,6 +31,18 @@ pub fn publish(path: &Path) -> Result<i64> {
         }
         shared.crl_pem.push(text);
     }
+    // The CA bundle too (certificates only: `check` has parsed it; a key in the file is
+    // refused, it must never reach etcd).
+    let ca = std::fs::read_to_string(&cfg.tls.client_ca)
+        .with_context(|| format!("tls.client_ca: reading {}", cfg.tls.client_ca.display()))?;
+    if ca.contains("PRIVATE KEY-----") {
+        anyhow::bail!(
+            "tls.client_ca: {} holds a private key: fleet publish stores the CA bundle in etcd, \
+             so it must hold certificates only",
+            cfg.tls.client_ca.display()
+        );
+    }
+    shared.ca_pem = Some(ca);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

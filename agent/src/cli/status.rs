@@ -75,11 +75,20 @@ pub fn print_agent(v: &StatusReply) {
                 "none: new clients refused (AUTH_FAILED,TEMP)"
             }
         );
+        if let Some(e) = &m.error {
+            println!("fleet member       out of the fleet, reconnecting: {e}");
+        }
         println!("fleet blocks       {}", m.blocks.join(" "));
         println!("fleet gateways     {}", m.gateways.join(" "));
         for p in &m.peers {
             let rev = p.revision.map_or("none".to_owned(), |r| r.to_string());
             println!("  {:<16} revision {rev}, version {}", p.gateway, p.version);
+        }
+        if !m.token_secret_mismatch.is_empty() {
+            println!(
+                "fleet WARNING      another session-token secret on {}: their tokens are refused here (copy auth.token_secret_file to every gateway)",
+                m.token_secret_mismatch.join(" ")
+            );
         }
     }
     println!(

@@ -48,6 +48,12 @@ pub struct SharedConfig {
     /// the live sessions they revoke. Empty: each gateway's own files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub crl_pem: Vec<String>,
+    /// The CA bundle (PEM text) `fleet publish` read from the publisher's `[tls] ca`: every
+    /// gateway verifies client certificates against it instead of its own `ca` file, from
+    /// the next handshake on (a CA added or rotated is one publish). `None`: each
+    /// gateway's own file. Only certificates; the CA key never leaves the CA's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 impl EndpointConfig {
@@ -72,6 +78,7 @@ impl EndpointConfig {
             applied_security_groups: self.applied_security_groups.clone(),
             // The file names CRL files; `fleet publish` reads them in (this stays pure).
             crl_pem: Vec::new(),
+            ca_pem: None,
         }
     }
 
@@ -104,6 +111,7 @@ impl EndpointConfig {
             applied_security_groups,
             // TLS material, applied to the gateway's TLS context, not the file.
             crl_pem: _,
+            ca_pem: _,
         } = shared;
         self.split_tunnel = split_tunnel;
         self.dns_servers = dns_servers;

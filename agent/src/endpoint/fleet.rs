@@ -24,12 +24,16 @@ impl FleetGlue {
         let section = ep.cfg.fleet.clone()?;
         let fence = ep.fence.clone()?;
         let refresh = Duration::from_secs(section.registry_refresh_secs);
-        let member = Member::start(
+        // The secret itself stays in its local file; only its fingerprint is published.
+        let token =
+            crate::fleet::presence::fingerprint_file(ep.cfg.auth.token_secret_file.as_deref());
+        let member = Member::start_with_token(
             section,
             Keys::new(&ep.cfg.name),
             ep.cfg.client_cidr,
             fence,
             ep.user_gate.clone(),
+            token,
         );
         Some(FleetGlue {
             member,
@@ -59,6 +63,8 @@ impl FleetGlue {
                 blocks: fence.blocks().iter().map(|b| b.to_string()).collect(),
                 gateways: peers.iter().map(|p| p.gateway.clone()).collect(),
                 peers,
+                error: self.member.shared.error(),
+                token_secret_mismatch: self.member.shared.token_mismatch(),
             };
         }
         if !changed && self.last_sent.elapsed() < self.refresh {

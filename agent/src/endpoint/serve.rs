@@ -55,13 +55,17 @@ impl Endpoint {
             PolicyUpdate::Published(p) => match self.reload_with(Some(&p.shared)) {
                 Ok(generation) => {
                     tracing::info!(revision = p.revision, generation, "fleet policy applied");
-                    // The published CRLs replace this gateway's CRL files (none published:
-                    // the files again); the control thread's next tick cuts the revoked.
-                    let crls = (!p.shared.crl_pem.is_empty()).then(|| p.shared.crl_pem.clone());
-                    if let Err(e) = self.tls.set_published_crls(crls) {
+                    // The published CA bundle and CRLs replace this gateway's files (not
+                    // published: the files again); the control thread's next tick cuts the
+                    // revoked.
+                    let published = crate::io::tls_files::PublishedTls {
+                        ca: p.shared.ca_pem.clone(),
+                        crls: (!p.shared.crl_pem.is_empty()).then(|| p.shared.crl_pem.clone()),
+                    };
+                    if let Err(e) = self.tls.set_published(published) {
                         tracing::error!(
                             revision = p.revision,
-                            "the published CRLs were refused, the previous ones stay: {e}"
+                            "the published CA bundle or CRLs were refused, the previous ones stay: {e}"
                         );
                     }
                     if let Some(f) = lock(&self.live).fleet.as_mut() {

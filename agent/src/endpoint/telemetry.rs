@@ -183,6 +183,11 @@ impl Telemetry {
         let l = lock(live);
         m.policy_generation.set(i64::from(l.generation));
         m.reconcile_seconds.set(l.last_reconcile.as_secs_f64());
+        if let Some(f) = &l.fleet {
+            let out = f.degraded.is_some() || f.member.error.is_some();
+            m.fleet_degraded.set(i64::from(out));
+            m.fleet_lease_valid.set(i64::from(f.member.lease_valid));
+        }
         drop(l);
         drop(m);
         self.counted = SessionStats {

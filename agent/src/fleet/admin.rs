@@ -4,8 +4,16 @@
 //! gateway).
 use super::member::Shared;
 use super::registry::{self, unix_now};
+use std::time::Duration;
+
+use super::client::retrying;
 use super::{terminate, Keys};
 use crate::admin::{ConnectionInfo, ConnectionsReply, ErrorReply, TerminateReply};
+
+/// How long an operator's command waits for a member that is reconnecting (after one etcd
+/// member died it is back within about a second; with all of etcd gone the command answers
+/// after this with what this gateway knows).
+const WAIT_MEMBER: Duration = Duration::from_secs(3);
 
 /// The fleet's sessions; with etcd out of reach, this gateway's and why.
 pub async fn connections(
@@ -17,10 +25,12 @@ pub async fn connections(
     for c in &mut local {
         c.gateway = Some(own.to_owned());
     }
-    let others = match shared.client() {
-        Ok(mut client) => registry::list(&mut client, keys)
-            .await
-            .map_err(|e| e.to_string()),
+    let others = match shared.client_within(WAIT_MEMBER).await {
+        Ok(client) => retrying(&client, |mut c| async move {
+            registry::list(&mut c, keys).await
+        })
+        .await
+        .map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
     match others {
@@ -88,19 +98,24 @@ async fn request_remote(
     target: &RemoteTarget<'_>,
     sent: &mut Vec<String>,
 ) -> Result<(), String> {
-    let mut client = shared.client()?;
-    let records = registry::list(&mut client, keys)
-        .await
-        .map_err(|e| e.to_string())?;
-    for r in records.iter().filter(|r| r.gateway != own) {
-        let by_id = target.gateway == Some(r.gateway.as_str()) && target.id == Some(r.id);
-        let by_user = target.user.is_some_and(|u| r.is_user(u));
-        if by_id || by_user {
-            terminate::request(&mut client, keys, &r.gateway, r.id, own)
-                .await
-                .map_err(|e| e.to_string())?;
-            sent.push(format!("{}/{}", r.gateway, r.id));
+    let client = shared.client_within(WAIT_MEMBER).await?;
+    // The whole read-and-request is repeated after a transport error (a request is a put:
+    // sending it twice is harmless); what was sent is reported once.
+    let done = retrying(&client, |mut c| async move {
+        let records = registry::list(&mut c, keys).await?;
+        let mut done = Vec::new();
+        for r in records.iter().filter(|r| r.gateway != own) {
+            let by_id = target.gateway == Some(r.gateway.as_str()) && target.id == Some(r.id);
+            let by_user = target.user.is_some_and(|u| r.is_user(u));
+            if by_id || by_user {
+                terminate::request(&mut c, keys, &r.gateway, r.id, own).await?;
+                done.push(format!("{}/{}", r.gateway, r.id));
+            }
         }
-    }
+        Ok(done)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    sent.extend(done);
     Ok(())
 }

@@ -107,19 +107,28 @@ pub async fn reclaim(
                 .get(keys.block(b), None)
                 .await
                 .map_err(FleetError::Etcd)?;
-            let ours = got
+            let Some(kv) = got
                 .kvs()
                 .first()
-                .is_some_and(|kv| kv.value() == gateway.as_bytes());
-            if ours {
-                client
-                    .put(
-                        keys.block(b),
-                        gateway,
-                        Some(PutOptions::new().with_lease(lease)),
-                    )
-                    .await
-                    .map_err(FleetError::Etcd)?;
+                .filter(|kv| kv.value() == gateway.as_bytes())
+            else {
+                continue;
+            };
+            // Moved only if it is still that same key (not expired and claimed anew by
+            // another gateway between the read and this write).
+            let key = keys.block(b);
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    kv.create_revision(),
+                )])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    gateway,
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            if client.txn(txn).await.map_err(FleetError::Etcd)?.succeeded() {
                 kept.push(b);
             }
         }

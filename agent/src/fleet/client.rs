@@ -12,8 +12,18 @@ use crate::config::FleetSection;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// One request: long enough for a leader election (about 1 s with etcd's defaults).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/2 pings find a silently dead connection (a member behind a cut link) in ~3 s.
-const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(1));
+/// HTTP/2 pings find a silently dead connection (a member behind a cut link) in ~8 s.
+/// Not more often: etcd's server enforces `--grpc-keepalive-min-time` (5 s by default) and
+/// answers pings that come sooner with a GOAWAY (`ENHANCE_YOUR_CALM`, "too_many_pings")
+/// after two strikes, which the client sees as "h2 protocol error" on every stream of the
+/// connection (an idle policy watch died this way every ~6 s with a 2 s interval). A member
+/// that dies outright closes its sockets and is noticed at once; the lease keep-alive has
+/// its own shorter timeout.
+pub const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(6), Duration::from_secs(2));
+/// How often an operator's request (list, terminate) is tried when etcd's answer is a
+/// transport error (a request routed to a member that just died), and the pause between.
+const TRIES: u32 = 4;
+const TRY_PAUSE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -38,6 +48,46 @@ pub enum FleetError {
         endpoints: String,
         source: etcd_client::Error,
     },
+}
+
+/// Whether `e` says the request never got an answer from a member (connection closed, reset,
+/// refused, timed out): worth sending again, possibly to another member. An answer (a failed
+/// compare, a lease not found, a permission) is not.
+pub fn is_transport(e: &FleetError) -> bool {
+    match e {
+        FleetError::Etcd(etcd_client::Error::TransportError(_))
+        | FleetError::Etcd(etcd_client::Error::IoError(_))
+        | FleetError::Unreachable { .. } => true,
+        // gRPC codes (tonic is not a direct dependency): CANCELLED 1 ("operation was
+        // canceled": the connection closed under the request), UNKNOWN 2 (h2 errors),
+        // DEADLINE_EXCEEDED 4, UNAVAILABLE 14.
+        FleetError::Etcd(etcd_client::Error::GRpcStatus(s)) => {
+            matches!(s.code() as i32, 1 | 2 | 4 | 14)
+        }
+        _ => false,
+    }
+}
+
+/// Runs `op` with a clone of `client` until it succeeds, fails with an answer, or failed
+/// [`TRIES`] times with transport errors (the balancer of a multi-endpoint client still
+/// routes to a member that just died until it sees the connection gone; a second try goes
+/// to a living one). `op` must be safe to repeat.
+pub async fn retrying<T, F, Fut>(client: &Client, mut op: F) -> Result<T, FleetError>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, FleetError>>,
+{
+    let mut tried = 1;
+    loop {
+        match op(client.clone()).await {
+            Err(e) if tried < TRIES && is_transport(&e) => {
+                tracing::debug!(error = %e, tried, "etcd request: transport error, trying again");
+                tried += 1;
+                tokio::time::sleep(TRY_PAUSE).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, FleetError> {

@@ -46,6 +46,10 @@ pub struct AdmitRequest {
     /// The server's serial of the session: names its `users/` key.
     pub serial: u64,
     pub reply: std::sync::mpsc::Sender<Result<(), Refusal>>,
+    /// When the asking thread stops waiting (and refuses the connection as temporary): a
+    /// request still queued then is dropped, not decided (it queued up while etcd was out
+    /// of reach; admitting it would hold a place for a connection that was refused).
+    pub deadline: std::time::Instant,
 }
 
 /// The fleet-wide caps on a new connection (one user's, the endpoint's).
@@ -90,6 +94,7 @@ impl UserGate {
                 user: user.to_owned(),
                 serial,
                 reply,
+                deadline: std::time::Instant::now() + ADMIT_TIMEOUT,
             })
             .map_err(|_| unavailable("too many admissions waiting"))?;
         answer

@@ -47,6 +47,33 @@ impl GatewayLease {
         ))
     }
 
+    /// Takes up lease `id` again on a new connection (after etcd or the connection to it was
+    /// lost): `None` when etcd has expired it (its keys are gone; a new lease is needed).
+    /// A lease etcd still holds proves that no other gateway could take its blocks meanwhile
+    /// (they are its keys), whatever this gateway's own clock said in between: etcd stopped
+    /// entirely expires nothing and, when it comes back, gives every lease its TTL again.
+    pub async fn resume(
+        client: &mut Client,
+        id: i64,
+        ttl_secs: u64,
+    ) -> Result<Option<(GatewayLease, Instant)>, FleetError> {
+        let (keeper, stream) = client
+            .lease_keep_alive(id)
+            .await
+            .map_err(FleetError::Etcd)?;
+        let mut lease = GatewayLease {
+            id,
+            ttl: Duration::from_secs(ttl_secs),
+            keeper,
+            stream,
+        };
+        match lease.keep_alive().await {
+            Ok(valid) => Ok(Some((lease, valid))),
+            Err(FleetError::LeaseLost(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// How often to keep the lease alive: three tries within one TTL.
     pub fn interval(&self) -> Duration {
         self.ttl / 3

@@ -153,6 +153,10 @@ impl Admitted {
         caps: Caps,
     ) -> Result<(), FleetError> {
         use crate::openvpn::session::{FailureCode, Refusal};
+        if std::time::Instant::now() >= req.deadline {
+            tracing::info!(user = %req.user, serial = req.serial, "fleet admission: the connection stopped waiting (refused as temporary) before etcd answered; not admitted");
+            return Ok(());
+        }
         let verdict = match admit(client, keys, gateway, lease, &req.user, req.serial, caps).await?
         {
             Admission::Admitted => {
@@ -187,9 +191,18 @@ impl Admitted {
                 "too many simultaneous connections, try again",
             )),
         };
-        // The thread that asked may have given up (timeout): its session then never
-        // becomes live and the sweep releases the key.
-        let _ = req.reply.send(verdict);
+        // The thread that asked may have given up meanwhile (its timeout): the connection
+        // was refused, so its place is released at once (found by the etcd outage test: a
+        // request queued during the outage, admitted when etcd came back, held the user's
+        // only place for 75 s and the user's own retry was refused as over the cap).
+        let admitted = verdict.is_ok();
+        if req.reply.send(verdict).is_err() && admitted {
+            // Forgotten only once released: after an error the sweep releases it later.
+            if let Some(e) = self.entries.get(&req.serial) {
+                release(client, &e.held).await?;
+            }
+            self.entries.remove(&req.serial);
+        }
         Ok(())
     }
 

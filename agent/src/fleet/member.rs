@@ -2,43 +2,37 @@
 //! claims address blocks for the [`AddressFence`], writes the gateway's sessions to the
 //! registry and hands the terminate requests addressed to this gateway to its loop.
 //!
-//! After any etcd error it starts over with a new connection and a new lease: it claims its
-//! blocks again, writes its presence and every session again and reads the terminate
-//! requests that came meanwhile. Until then the fence runs out with the old lease (no new
-//! session is admitted into blocks another gateway may hold by then).
+//! After any etcd error it starts over with a new connection (after 0.5 s, then backing off
+//! to 4 s while etcd stays out of reach). It takes up its lease again when etcd still holds
+//! it (a member died, a connection broke, or all of etcd was stopped and came back: etcd
+//! expires nothing without a leader), else grants a new one; then it claims its blocks
+//! again, writes its presence and every session again, deletes the records of sessions that
+//! ended meanwhile and reads the terminate requests that came meanwhile. Until then the fence
+//! runs out with the old lease's validity (no new session is admitted into blocks another
+//! gateway may hold by then).
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, GetOptions, PutOptions};
+use etcd_client::Client;
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::gate::Caps;
 use super::gate::{AdmitRequest, UserGate};
 use super::lease::GatewayLease;
 use super::limits::Admitted;
+use super::presence::{self, Presence};
 use super::registry::{unix_now, Registry, SessionRecord};
 use super::{blocks, connect, terminate, FleetError, Keys};
 use crate::config::FleetSection;
 use crate::openvpn::fence::{AddressFence, LOW_WATER};
 
-/// How long the member waits before starting over after an error.
+/// How long the member waits before starting over after an error; doubled after each
+/// failed start up to [`RETRY_MAX`] (a fleet of gateways must not hammer an etcd that is
+/// coming back), back to this once a start succeeds.
 const RETRY: Duration = Duration::from_millis(500);
-
-/// The value of `gateways/<gateway>`: that the gateway is alive, and what it runs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Presence {
-    pub gateway: String,
-    pub version: String,
-    /// Unix seconds of this lease's start.
-    pub since: u64,
-    /// The published policy revision the gateway runs (`None`: its local file's policy);
-    /// rewritten at the next keep-alive after it changes.
-    #[serde(default)]
-    pub revision: Option<i64>,
-}
+const RETRY_MAX: Duration = Duration::from_secs(4);
 
 /// What the gateway's loop and admin answers read of the member.
 #[derive(Default)]
@@ -49,6 +43,10 @@ pub struct Shared {
     gateways: Mutex<Vec<Presence>>,
     /// The policy revision this gateway runs, as its loop last said (for its presence).
     revision: Mutex<Option<i64>>,
+    /// Why the member is not in the fleet now (the last etcd error), `None` while it is.
+    error: Mutex<Option<String>>,
+    /// The gateways whose session-token secret differs from this one's, as last read.
+    token_mismatch: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -59,6 +57,21 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| "etcd is out of reach of this gateway".to_owned())
+    }
+
+    /// A client to etcd, waiting up to `within` for the member to be in the fleet again (an
+    /// operator's command that comes while the member reconnects after losing an etcd
+    /// member, about a second, is answered, not failed).
+    pub async fn client_within(&self, within: Duration) -> Result<Client, String> {
+        let until = Instant::now() + within;
+        loop {
+            match self.client() {
+                Err(_) if Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// The gateways alive in the fleet (their presence), as last read.
@@ -76,6 +89,24 @@ impl Shared {
 
     fn revision(&self) -> Option<i64> {
         *self.revision.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The gateways whose session-token secret differs from this gateway's (their tokens
+    /// are refused here, and this one's there), as last read.
+    pub fn token_mismatch(&self) -> Vec<String> {
+        self.token_mismatch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Why the gateway is out of the fleet now (etcd out of reach, the lease lost), if it is.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = e;
     }
 
     fn set_client(&self, c: Option<Client>) {
@@ -113,6 +144,8 @@ struct Ctx {
     shared: Arc<Shared>,
     /// With a fleet-wide cap: the authorizer's admission requests, and the caps.
     admits: Option<(mpsc::Receiver<AdmitRequest>, Caps)>,
+    /// The fingerprint of this gateway's session-token secret, published in its presence.
+    token_secret: Option<String>,
 }
 
 impl Member {
@@ -124,6 +157,19 @@ impl Member {
         pool: Ipv4Net,
         fence: Arc<AddressFence>,
         gate: Option<UserGate>,
+    ) -> Member {
+        Self::start_with_token(section, keys, pool, fence, gate, None)
+    }
+
+    /// [`Member::start`] of a gateway with session tokens: `token_secret` is the
+    /// [`presence::fingerprint`] of its secret, compared with every other gateway's.
+    pub fn start_with_token(
+        section: FleetSection,
+        keys: Keys,
+        pool: Ipv4Net,
+        fence: Arc<AddressFence>,
+        gate: Option<UserGate>,
+        token_secret: Option<String>,
     ) -> Member {
         let (sessions_tx, sessions_rx) = watch::channel(Vec::new());
         let (term_tx, term_rx) = mpsc::channel(64);
@@ -138,6 +184,7 @@ impl Member {
             terminates: term_tx,
             shared: shared.clone(),
             admits: gate.and_then(|g| Some((g.take_requests()?, g.caps))),
+            token_secret,
         };
         Member {
             sessions: sessions_tx,
@@ -153,16 +200,32 @@ impl Member {
 async fn run(mut ctx: Ctx) {
     let mut registry = Registry::default();
     let mut admitted = Admitted::default();
+    let mut lease = None;
+    let mut pause = RETRY;
     loop {
-        let e = run_once(&mut ctx, &mut registry, &mut admitted).await;
+        let mut joined = false;
+        let e = run_once(
+            &mut ctx,
+            &mut registry,
+            &mut admitted,
+            &mut lease,
+            &mut joined,
+        )
+        .await;
         ctx.shared.set_client(None);
         match e {
             Ok(()) => return, // the gateway stopped
             Err(e) => {
-                tracing::warn!(error = %e, "fleet membership; starting over with a new lease")
+                tracing::warn!(error = %e, "fleet membership lost; connecting again");
+                ctx.shared.set_error(Some(e.to_string()));
             }
         }
-        tokio::time::sleep(RETRY).await;
+        pause = if joined {
+            RETRY
+        } else {
+            (pause * 2).min(RETRY_MAX)
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -201,52 +264,25 @@ async fn top_up(
     Ok(())
 }
 
-/// The presence of the gateways with a presence key (one a gateway: the values are small).
-/// A value this version cannot read (an older or newer gateway) still counts, by its key.
-async fn gateways(client: &mut Client, keys: &Keys) -> Result<Vec<Presence>, FleetError> {
-    let got = client
-        .get(keys.gateways(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(FleetError::Etcd)?;
-    Ok(got
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
-            let id = kv
-                .key_str()
-                .ok()?
-                .strip_prefix(&keys.gateways())?
-                .to_owned();
-            Some(
-                serde_json::from_slice::<Presence>(kv.value())
-                    .ok()
-                    .filter(|p| p.gateway == id)
-                    .unwrap_or(Presence {
-                        gateway: id,
-                        version: "?".into(),
-                        since: 0,
-                        revision: None,
-                    }),
-            )
-        })
-        .collect())
-}
-
-/// Writes this gateway's presence under `lease`.
-async fn put_presence(
-    client: &mut Client,
-    keys: &Keys,
-    presence: &Presence,
-    lease: i64,
-) -> Result<(), FleetError> {
-    client
-        .put(
-            keys.gateway(&presence.gateway),
-            serde_json::to_string(presence).expect("plain fields"),
-            Some(PutOptions::new().with_lease(lease)),
-        )
-        .await
-        .map_err(FleetError::Etcd)?;
+/// Reads the gateways alive and compares their token secrets with this one's.
+async fn read_gateways(ctx: &Ctx, client: &mut Client) -> Result<(), FleetError> {
+    let all = presence::read_all(client, &ctx.keys).await?;
+    let gw = &ctx.section.gateway_id;
+    let mismatch = presence::token_mismatch(gw, ctx.token_secret.as_deref(), &all);
+    let mut known = ctx
+        .shared
+        .token_mismatch
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if mismatch != *known && !mismatch.is_empty() {
+        tracing::warn!(gateways = ?mismatch, "fleet: these gateways have another session-token secret (auth.token_secret_file): a client moving between them and this one must log in again");
+    }
+    *known = mismatch;
+    drop(known);
+    *ctx.shared
+        .gateways
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = all;
     Ok(())
 }
 
@@ -260,15 +296,42 @@ async fn next_admit(
     }
 }
 
+/// Takes up lease `last` again if etcd still holds it, else grants a new one; the flag says
+/// whether it is the same lease.
+async fn lease_for(
+    client: &mut Client,
+    last: Option<i64>,
+    ttl_secs: u64,
+) -> Result<(GatewayLease, Instant, bool), FleetError> {
+    if let Some(id) = last {
+        if let Some((lease, valid)) = GatewayLease::resume(client, id, ttl_secs).await? {
+            tracing::info!(
+                lease = id,
+                "fleet: the gateway's lease is still held; taken up again"
+            );
+            return Ok((lease, valid, true));
+        }
+        tracing::warn!(
+            lease = id,
+            "fleet: the gateway's lease expired while etcd was out of reach; a new one"
+        );
+    }
+    let (lease, valid) = GatewayLease::grant(client, ttl_secs).await?;
+    Ok((lease, valid, false))
+}
+
 async fn run_once(
     ctx: &mut Ctx,
     registry: &mut Registry,
     admitted: &mut Admitted,
+    last_lease: &mut Option<i64>,
+    joined: &mut bool,
 ) -> Result<(), FleetError> {
     let gw = ctx.section.gateway_id.clone();
     let mut client = connect(&ctx.section).await?;
-    let (mut lease, mut valid) =
-        GatewayLease::grant(&mut client, ctx.section.lease_ttl_secs).await?;
+    let (mut lease, mut valid, resumed) =
+        lease_for(&mut client, *last_lease, ctx.section.lease_ttl_secs).await?;
+    *last_lease = Some(lease.id);
     let had = ctx.fence.blocks();
     let kept = blocks::reclaim(&mut client, &ctx.keys, &gw, lease.id, &had).await?;
     for b in had.iter().filter(|b| !kept.contains(b)) {
@@ -280,14 +343,24 @@ async fn run_once(
         version: env!("CARGO_PKG_VERSION").into(),
         since: unix_now(),
         revision: ctx.shared.revision(),
+        token_secret: ctx.token_secret.clone(),
     };
-    put_presence(&mut client, &ctx.keys, &presence, lease.id).await?;
+    presence::put(&mut client, &ctx.keys, &presence, lease.id).await?;
+    read_gateways(ctx, &mut client).await?;
     top_up(ctx, &mut client, lease.id, valid).await?;
     admitted.renew(&mut client, lease.id).await?;
-    // Every session again under the new lease.
-    registry.forget();
     let refresh = Duration::from_secs(ctx.section.registry_refresh_secs);
     let now = ctx.sessions.borrow_and_update().clone();
+    // Admissions whose sessions ended while etcd was out of reach free their places now.
+    let live = now.iter().map(|s| s.serial).collect();
+    admitted.sweep(&mut client, &live).await?;
+    // Every session again; under the same lease the records of sessions that ended
+    // meanwhile are still there and go now (under a new one they expire with the old).
+    if resumed {
+        registry.resume(&mut client, &ctx.keys, &gw, &now).await?;
+    } else {
+        registry.forget();
+    }
     registry
         .sync(&mut client, &ctx.keys, lease.id, &now, refresh)
         .await?;
@@ -297,7 +370,9 @@ async fn run_once(
         terminate::done(&mut client, &ctx.keys, &gw, id).await?;
     }
     ctx.shared.set_client(Some(client.clone()));
-    tracing::info!(lease = lease.id, blocks = ?ctx.fence.blocks(), "fleet: member of the fleet");
+    ctx.shared.set_error(None);
+    *joined = true;
+    tracing::info!(lease = lease.id, resumed, blocks = ?ctx.fence.blocks(), "fleet: member of the fleet");
     let mut keepalive = tokio::time::interval(lease.interval());
     keepalive.tick().await;
     loop {
@@ -308,10 +383,9 @@ async fn run_once(
                 // The console shows which revision each gateway runs: say when it changed.
                 if presence.revision != ctx.shared.revision() {
                     presence.revision = ctx.shared.revision();
-                    put_presence(&mut client, &ctx.keys, &presence, lease.id).await?;
+                    presence::put(&mut client, &ctx.keys, &presence, lease.id).await?;
                 }
-                let alive = gateways(&mut client, &ctx.keys).await?;
-                *ctx.shared.gateways.lock().unwrap_or_else(|e| e.into_inner()) = alive;
+                read_gateways(ctx, &mut client).await?;
             }
             _ = ctx.fence.wanted() => top_up(ctx, &mut client, lease.id, valid).await?,
             changed = ctx.sessions.changed() => {

@@ -14,6 +14,7 @@ pub mod lease;
 pub mod limits;
 pub mod member;
 pub mod policy;
+pub mod presence;
 pub mod registry;
 pub mod terminate;
 

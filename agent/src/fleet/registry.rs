@@ -133,6 +133,43 @@ impl Registry {
         self.written.clear();
     }
 
+    /// After a reconnect under the same lease: what etcd holds for `gateway` is what was
+    /// written (a write in flight when the connection broke may or may not have landed), so
+    /// the records of sessions that ended meanwhile are deleted now and the next
+    /// [`Registry::sync`] writes every live one again.
+    pub async fn resume(
+        &mut self,
+        client: &mut Client,
+        keys: &Keys,
+        gateway: &str,
+        live: &[SessionRecord],
+    ) -> Result<(), FleetError> {
+        self.forget();
+        let prefix = keys.sessions_of(gateway);
+        let got = client
+            .get(
+                prefix.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .map_err(FleetError::Etcd)?;
+        let live: HashSet<String> = live.iter().map(|s| s.id.to_string()).collect();
+        let stale: Vec<TxnOp> = got
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok())
+            .filter(|k| k.strip_prefix(&prefix).is_some_and(|id| !live.contains(id)))
+            .map(|k| TxnOp::delete(k, None))
+            .collect();
+        for batch in stale.chunks(BATCH) {
+            client
+                .txn(Txn::new().and_then(batch.to_vec()))
+                .await
+                .map_err(FleetError::Etcd)?;
+        }
+        Ok(())
+    }
+
     /// Brings the registry in line with `sessions` (this gateway's, all of them); counters
     /// are rewritten when they changed and the last write is `refresh` old. The writes go
     /// in transactions of [`BATCH`]: a gateway re-registering thousands of sessions (a new

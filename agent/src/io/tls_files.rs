@@ -36,17 +36,26 @@ fn read(what: &'static str, path: &Path) -> Result<Input, TlsError> {
 
 /// Reads and checks all files; nothing is half-applied on error.
 pub fn load(files: &TlsFiles, opts: &TlsOptions, clock: WallClock) -> Result<TlsContext, TlsError> {
-    load_with(files, None, opts, clock)
+    load_with(files, &PublishedTls::default(), opts, clock)
 }
 
-/// Like [`load`], with `published` CRLs (a fleet's, PEM text) in place of the CRL files.
+/// What a fleet published of the TLS material (PEM text), used instead of the files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishedTls {
+    /// The CA bundle that issues client certificates, instead of the `ca` file.
+    pub ca: Option<String>,
+    /// The CRLs, instead of the CRL files.
+    pub crls: Option<Vec<String>>,
+}
+
+/// Like [`load`], with what a fleet published in place of the files it replaces.
 fn load_with(
     files: &TlsFiles,
-    published: Option<&[String]>,
+    published: &PublishedTls,
     opts: &TlsOptions,
     clock: WallClock,
 ) -> Result<TlsContext, TlsError> {
-    let crls = match published {
+    let crls = match published.crls.as_deref() {
         Some(pems) => pems
             .iter()
             .enumerate()
@@ -61,8 +70,15 @@ fn load_with(
             .map(|path| read("CRL", path))
             .collect::<Result<Vec<_>, _>>()?,
     };
+    let ca = match &published.ca {
+        Some(pem) => Input {
+            path: PathBuf::from("<published CA bundle>"),
+            bytes: pem.as_bytes().to_vec(),
+        },
+        None => read("CA bundle", &files.ca)?,
+    };
     let inputs = Inputs {
-        ca: read("CA bundle", &files.ca)?,
+        ca,
         cert: read("server certificate", &files.cert)?,
         key: read("server key", &files.key)?,
         crls,
@@ -86,8 +102,8 @@ pub struct ReloadableTls {
     /// [`ReloadableTls::reload_if_changed`] retries: a CRL caught half-written or briefly
     /// unreadable must not leave the old one in force until the file changes again.
     failing: Mutex<Option<String>>,
-    /// A fleet's published CRLs, used instead of the CRL files while set.
-    published: Mutex<Option<Vec<String>>>,
+    /// A fleet's published CA bundle and CRLs, used instead of the files while set.
+    published: Mutex<PublishedTls>,
     /// Set when published CRLs were applied: the next [`TlsProvider::maintain`] reports a
     /// change, so live sessions they revoke are cut.
     fresh: std::sync::atomic::AtomicBool,
@@ -117,29 +133,29 @@ impl ReloadableTls {
             current: RwLock::new(Arc::new(ctx)),
             stamps,
             failing: Mutex::new(None),
-            published: Mutex::new(None),
+            published: Mutex::new(PublishedTls::default()),
             fresh: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// Uses `pems` (a fleet's published CRLs) instead of the CRL files from now on; `None`:
-    /// the files again. Applied at once (the next maintenance tick cuts what they revoke);
-    /// refused CRLs leave the previous ones in force.
-    pub fn set_published_crls(&self, pems: Option<Vec<String>>) -> Result<(), TlsError> {
+    /// Uses what a fleet published (its CA bundle, its CRLs) instead of the files from now
+    /// on; a part not published: the file again. Applied at once to new handshakes
+    /// (connections and renegotiations); the next maintenance tick cuts the live sessions
+    /// the CRLs revoke. Refused material leaves the previous in force.
+    pub fn set_published(&self, p: PublishedTls) -> Result<(), TlsError> {
         let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
-        if *published == pems {
+        if *published == p {
             return Ok(());
         }
-        let ctx = load_with(
-            &self.files,
-            pems.as_deref(),
-            &self.options,
-            self.clock.clone(),
-        )?;
+        let ctx = load_with(&self.files, &p, &self.options, self.clock.clone())?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
-        *published = pems;
+        tracing::info!(
+            ca = p.ca.is_some(),
+            crls = p.crls.as_ref().map_or(0, Vec::len),
+            "TLS: the fleet's published CA bundle and CRLs applied"
+        );
+        *published = p;
         self.fresh.store(true, std::sync::atomic::Ordering::Release);
-        tracing::info!("TLS: the fleet's published CRLs applied");
         Ok(())
     }
 
@@ -179,12 +195,7 @@ impl ReloadableTls {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        match load_with(
-            &self.files,
-            published.as_deref(),
-            &self.options,
-            self.clock.clone(),
-        ) {
+        match load_with(&self.files, &published, &self.options, self.clock.clone()) {
             Ok(ctx) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
                 *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
