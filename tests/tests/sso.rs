@@ -15,10 +15,12 @@
 //! `target/debug/portcullis`, and from `cargo xtask setup`: nodejs, the npm packages in
 //! /var/cache/portcullis/idp, chromium and chromium-driver. Every wait is bounded.
 //!
-//! Also: [`tokens`] (session tokens after a web login) and [`ovpn3`] (the OpenVPN 3 core
-//! client's web login).
+//! Also: [`tokens`] (session tokens after a web login), [`renegotiation`] (the web login is
+//! not asked again at renegotiations) and [`ovpn3`] (the OpenVPN 3 core client's web login).
 #[path = "sso/ovpn3.rs"]
 mod ovpn3;
+#[path = "sso/renegotiation.rs"]
+mod renegotiation;
 #[path = "sso/tokens.rs"]
 mod tokens;
 

@@ -17,6 +17,7 @@ use super::limiter::{source_key, FailureLimiter};
 use super::oidc::Sso;
 use super::sessions::SessionTokens;
 use super::slots::LoginSlots;
+use super::token::Kind;
 use crate::config::EndpointConfig;
 use crate::io::{Authorizer, Pending};
 use crate::openvpn::peer::Link;
@@ -81,11 +82,17 @@ impl Authenticator {
             return Ok(None);
         }
         let tokens = match &cfg.auth.token_secret_file {
-            Some(f) => Some(SessionTokens::new(super::token::TokenKey::from_file(
-                f,
-                cfg.auth.token_lifetime_secs,
-                cfg.token_renewal_secs(),
-            )?)),
+            Some(f) => Some(SessionTokens::new(
+                super::token::TokenKey::from_file(
+                    f,
+                    cfg.auth.token_lifetime_secs,
+                    cfg.token_renewal_secs(),
+                )?,
+                super::revoked::Revoked::load(
+                    cfg.auth.token_revocation_path(),
+                    super::token::unix_now(),
+                )?,
+            )),
             None => None,
         };
         let window = Duration::from_secs(cfg.auth.failed_login_window_secs.max(1));
@@ -153,7 +160,7 @@ impl Authenticator {
         }?;
         if let Some(t) = &self.tokens {
             if req.initial {
-                t.issue(link, req, sso_grant, pending);
+                t.issue(link, req, sso_grant, self.directory.is_some(), pending);
             } else {
                 t.renew(link, req, pending);
             }
@@ -171,6 +178,7 @@ impl Authenticator {
         pending: &Pending,
     ) -> Result<Option<Grant>, Refusal> {
         if !req.initial {
+            tracing::info!(%link, "renegotiation keeps the session's web login");
             return Ok(None);
         }
         let who = sso.login(link, req, pending)?;
@@ -193,7 +201,9 @@ impl Authenticator {
 
     /// The client sent a session token as its password: no bind as the user, no web login.
     /// A reconnect still reads a directory user's state and groups (service account), so a
-    /// disabled user or one whose groups went is refused as at any login.
+    /// disabled user or one whose groups went is refused as at any login. A new connection's
+    /// token counts against the failed-login limits as a password does (per user, per
+    /// source): a refused one spends them, so tokens cannot be tried faster than passwords.
     fn decide_token(
         &self,
         t: &SessionTokens,
@@ -202,39 +212,71 @@ impl Authenticator {
         pending: &Pending,
     ) -> Result<(), Refusal> {
         let user = req.username.as_str();
-        let (claims, sso_grant) = t.check(link, req, req.password.expose()).inspect_err(|r| {
-            tracing::warn!(%link, user, code = %r.code, "session token refused");
-        })?;
+        // A renegotiation's token is checked against its own session's (a refused one ends
+        // the session, and its reconnect comes here as a new connection).
+        let mut limits = Tokens {
+            auth: self,
+            user: Vec::new(),
+            source: None,
+            spent: false,
+        };
         if req.initial {
-            if let Some(g) = sso_grant {
-                self.after_sso(link, req, g)?;
-            } else if let Some(dir) = &self.directory {
-                if self.username_must_match_cn && user != req.identity.common_name {
-                    return Err(Refusal::new(
-                        FailureCode::UsernameMismatch,
-                        "username does not match the certificate",
-                    ));
-                }
-                let u = dir.refresh(user).map_err(|e| {
-                    tracing::warn!(%link, user, reason = %e, "reconnect with a session token refused by the directory");
-                    e.refusal()
-                })?;
-                let grant = Grant {
-                    username: user.to_owned(),
-                    groups: u.groups,
-                    ..Grant::default()
-                };
-                self.after_login(link, req, grant)?;
-            } else {
-                // A web login seen by another gateway (or before a restart): its groups are
-                // not here, so the user logs in again (a 2.6 client does so by itself).
+            let now = Instant::now();
+            let allowed = limits.take_user(&format!("user:{}", user.to_lowercase()), now)
+                && limits.take_source(&source_key(link.addr().ip()), now);
+            if !allowed {
+                tracing::warn!(%link, user, "session token refused: too many failed logins");
                 return Err(Refusal::new(
-                    FailureCode::TokenInvalid,
-                    "SESSION:session unknown on this gateway, log in again",
+                    FailureCode::RateLimited,
+                    "too many failed logins, try again later",
                 ));
             }
         }
-        tracing::info!(%link, user, initial = req.initial, "session token accepted");
+        let admitted = t.check(link, req, req.password.expose()).inspect_err(|r| {
+            limits.spent = true;
+            tracing::warn!(%link, user, code = %r.code, "session token refused");
+        })?;
+        drop(limits);
+        let claims = admitted.claims;
+        if req.initial {
+            let wrong_endpoint = || {
+                // Minted with this secret for a login this endpoint no longer does (its
+                // methods changed): the user logs in again.
+                Refusal::new(
+                    FailureCode::TokenInvalid,
+                    "SESSION:session token for another sign-in method, log in again",
+                )
+            };
+            match (claims.granted.kind, admitted.sso) {
+                (_, Some(g)) if self.sso.is_some() => self.after_sso(link, req, g)?,
+                (Kind::Directory, None) => {
+                    let Some(dir) = &self.directory else {
+                        return Err(wrong_endpoint());
+                    };
+                    if self.username_must_match_cn && user != req.identity.common_name {
+                        return Err(Refusal::new(
+                            FailureCode::UsernameMismatch,
+                            "username does not match the certificate",
+                        ));
+                    }
+                    let u = dir.refresh(user).map_err(|e| {
+                        tracing::warn!(%link, user, reason = %e, "reconnect with a session token refused by the directory");
+                        e.refusal()
+                    })?;
+                    let grant = Grant {
+                        username: user.to_owned(),
+                        groups: u.groups,
+                        ..Grant::default()
+                    };
+                    self.after_login(link, req, grant)?;
+                }
+                (Kind::Certificate, None) if self.directory.is_none() && self.sso.is_none() => {
+                    self.after_login(link, req, Grant::default())?
+                }
+                _ => return Err(wrong_endpoint()),
+            }
+        }
+        tracing::info!(%link, user, initial = req.initial, kind = ?claims.granted.kind, "session token accepted");
         t.accepted(link, req, &claims, pending);
         Ok(())
     }
@@ -540,3 +582,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 #[path = "authenticator_tests.rs"]
 pub(crate) mod tests;
+
+#[cfg(test)]
+#[path = "authenticator_token_tests.rs"]
+mod token_tests;

@@ -28,7 +28,7 @@ fn authenticator(otp: bool) -> Authenticator {
     }
 }
 
-fn request(cn: &str, user: &str, password: &str) -> AuthRequest {
+pub(crate) fn request(cn: &str, user: &str, password: &str) -> AuthRequest {
     use crate::openvpn::{crypto::Cipher, keys::Password, options::PeerInfo, packet::KeyId};
     AuthRequest {
         session: 1,
@@ -48,6 +48,10 @@ fn request(cn: &str, user: &str, password: &str) -> AuthRequest {
 }
 
 fn link() -> Link {
+    token_link()
+}
+
+pub(crate) fn token_link() -> Link {
     Link::Udp {
         listener: 0,
         addr: "192.0.2.50:4000".parse().unwrap(),

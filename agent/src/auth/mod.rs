@@ -11,7 +11,8 @@
 //! - [`portal`]: the self-service portal's sign-in (the same directory check and limits).
 //! - [`slots`]: the bound on directory logins in progress.
 //! - [`token`]: session tokens (`auth-token`): minting and checking one.
-//! - [`sessions`]: session tokens in a running gateway (issue, renew, accept).
+//! - [`sessions`]: session tokens in a running gateway (issue, renew, accept, revoke).
+//! - [`revoked`]: the token sessions an operator revoked (persisted).
 //! - [`oidc`]: single sign-on through an OpenID Connect provider (web login, AUTH_PENDING).
 pub mod authenticator;
 pub mod directory;
@@ -22,6 +23,7 @@ pub mod oidc;
 pub mod otp;
 pub mod portal;
 pub mod recheck;
+pub mod revoked;
 pub mod sessions;
 pub mod slots;
 pub mod token;

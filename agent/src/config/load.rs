@@ -80,6 +80,9 @@ impl EndpointConfig {
         if let Some(p) = &mut self.auth.token_secret_file {
             fix(p);
         }
+        if let Some(p) = &mut self.auth.token_revocation_file {
+            fix(p);
+        }
         if let Some(d) = &mut self.directory {
             if let Some(p) = &mut d.ca_file {
                 fix(p);

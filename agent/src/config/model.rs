@@ -207,6 +207,10 @@ pub struct AuthSection {
     /// Default: `renegotiate_secs`.
     #[serde(default)]
     pub token_renewal_secs: Option<u64>,
+    /// Where the tokens of terminated sessions are kept as revoked (across restarts).
+    /// Default: the secret file's path with `.revoked` appended.
+    #[serde(default)]
+    pub token_revocation_file: Option<PathBuf>,
 }
 
 impl Default for AuthSection {
@@ -221,6 +225,7 @@ impl Default for AuthSection {
             token_secret_file: None,
             token_lifetime_secs: default_token_lifetime(),
             token_renewal_secs: None,
+            token_revocation_file: None,
         }
     }
 }

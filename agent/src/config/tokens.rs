@@ -1,10 +1,24 @@
 //! Validation of the session-token settings in `[auth]` (`token_secret_file`,
-//! `token_lifetime_secs`, `token_renewal_secs`); what uses them is `auth::token`.
+//! `token_lifetime_secs`, `token_renewal_secs`, `token_revocation_file`); what uses them is
+//! `auth::token` and `auth::revoked`.
 use super::errors::err;
 use super::ConfigError;
 
 /// The least lifetime: shorter would ask the user again on nearly every reconnect.
 const MIN_LIFETIME_SECS: u64 = 60;
+
+impl super::AuthSection {
+    /// The revoked tokens' file: `token_revocation_file`, else the secret file's path with
+    /// `.revoked` appended (`None` without tokens).
+    pub fn token_revocation_path(&self) -> Option<std::path::PathBuf> {
+        let secret = self.token_secret_file.as_ref()?;
+        Some(self.token_revocation_file.clone().unwrap_or_else(|| {
+            let mut p = secret.clone().into_os_string();
+            p.push(".revoked");
+            p.into()
+        }))
+    }
+}
 
 impl super::EndpointConfig {
     /// The token renewal period: `auth.token_renewal_secs`, else `renegotiate_secs`.
@@ -39,6 +53,16 @@ impl super::EndpointConfig {
                 ),
             )),
             Ok(_) => {}
+        }
+        if a.token_revocation_file
+            .as_ref()
+            .and_then(|f| f.parent())
+            .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            errs.push(err(
+                "auth.token_revocation_file",
+                "its directory does not exist: create it, or leave the field out (default: beside the secret file)",
+            ));
         }
         if !a.uses_directory() && !a.uses_oidc() {
             errs.push(err(

@@ -155,15 +155,28 @@ impl AdminApi for Api<'_> {
             })
         };
         let tunnel = self.ep.tunnel();
-        let ids: Vec<u32> = tunnel
+        let ended: Vec<SessionInfo> = tunnel
             .sessions()
-            .iter()
+            .into_iter()
             .filter(|s| Some(s.peer_id) == id || is_user(s))
-            .map(|s| s.peer_id)
             .collect();
-        if ids.is_empty() {
+        if ended.is_empty() {
             return Err(ErrorReply::new("no such session"));
         }
+        // Their session tokens too, before the sessions end: the client's automatic
+        // reconnect with the token must log in again.
+        if let Some(t) = self
+            .ep
+            .authenticator
+            .as_ref()
+            .and_then(|a| a.tokens.as_ref())
+        {
+            let revoked: usize = ended.iter().map(|s| t.revoke_link(s.link)).sum();
+            if revoked > 0 {
+                tracing::info!(revoked, "session tokens of the terminated sessions revoked");
+            }
+        }
+        let ids: Vec<u32> = ended.iter().map(|s| s.peer_id).collect();
         for i in &ids {
             tunnel.command(Command::Disconnect(*i));
         }

@@ -567,6 +567,10 @@ pub struct PushReply {
     pub session_timeout: Option<u32>,
     /// `auth-token <tok>`: sent instead of the password on renegotiation (§8.3).
     pub auth_token: Option<String>,
+    /// `auth-token-user <base64 name>`: the name to send with the token, pushed with it as
+    /// the 2.6 server does (a client without `auth-user-pass` has no name, and the 2.6
+    /// client then never sends the token).
+    pub auth_token_user: Option<String>,
     /// `echo …` options, last (the login banner, see [`banner_echo_options`]).
     pub echo: Vec<String>,
 }
@@ -615,6 +619,9 @@ impl PushReply {
         }
         if let Some(tok) = &self.auth_token {
             o.push(format!("auth-token {tok}"));
+            if let Some(u) = self.auth_token_user.as_deref().and_then(auth_token_user) {
+                o.push(u);
+            }
         }
         o.extend(self.echo.iter().cloned());
         for opt in &o {
@@ -661,6 +668,17 @@ pub fn banner_echo_options(title: &str, banner: &str) -> Vec<String> {
 
 /// A pushed option must be non-empty printable ASCII without commas (the separator), at most
 /// 255 bytes (§8.3).
+/// `auth-token-user <base64 name>`, or `None` for a name that does not fit a pushed option
+/// (then not pushed: the client keeps the name it has, as the 2.6 server does).
+pub fn auth_token_user(name: &str) -> Option<String> {
+    use base64::Engine as _;
+    let o = format!(
+        "auth-token-user {}",
+        base64::engine::general_purpose::STANDARD.encode(name)
+    );
+    (!name.is_empty() && o.len() <= PUSH_OPTION_MAX).then_some(o)
+}
+
 pub fn validate_push_option(opt: &str) -> Result<(), OptionsError> {
     let ok = !opt.is_empty()
         && opt.len() <= PUSH_OPTION_MAX

@@ -160,6 +160,7 @@ fn capture_like_reply() -> PushReply {
         tun_mtu: peer.mtu().map(|_| 1500),
         session_timeout: None,
         auth_token: None,
+        auth_token_user: None,
         echo: Vec::new(),
     }
 }

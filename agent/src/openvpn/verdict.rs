@@ -85,6 +85,8 @@ pub enum FailureCode {
     TokenInvalid,
     /// A session token past its lifetime, or not renewed for two renewal periods.
     TokenExpired,
+    /// A session token of a session the operator terminated (`connections terminate`).
+    TokenRevoked,
 }
 
 impl FailureCode {
@@ -125,6 +127,7 @@ impl FailureCode {
             FailureCode::SsoBusy => "sso_busy",
             FailureCode::TokenInvalid => "token_invalid",
             FailureCode::TokenExpired => "token_expired",
+            FailureCode::TokenRevoked => "token_revoked",
         }
     }
 }
@@ -164,9 +167,14 @@ impl Refusal {
 
 /// A session token for the client (`auth-token`), minted by the authenticator: pushed with
 /// the PUSH_REPLY of a new session, or alone (`PUSH_REPLY,auth-token …`) after a
-/// renegotiation, as OpenVPN's `auth-gen-token` renews it.
+/// renegotiation, as OpenVPN's `auth-gen-token` renews it. `user` goes with it as
+/// `auth-token-user`: the name the client sends with the token (a client without
+/// `auth-user-pass`, or whose typed name was not checked, has no other).
 #[derive(Clone, PartialEq, Eq)]
-pub struct IssuedToken(pub String);
+pub struct IssuedToken {
+    pub token: String,
+    pub user: String,
+}
 
 impl std::fmt::Debug for IssuedToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

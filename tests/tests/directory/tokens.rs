@@ -2,11 +2,12 @@
 //! the gateway pushes `auth-token`; the stock 2.6 client sends it instead of her password at
 //! every renegotiation and on a reconnect, and none of these binds as her in slapd. Tokens
 //! from another secret, expired, tampered with, or for a disabled user are refused with their
-//! codes; a disabled user is still cut by the re-check.
+//! codes, and count against the failed-login limit (then `rate_limited`); a disabled user is
+//! still cut by the re-check.
 //!
 //! Run: `flock /tmp/portcullis-priv.lock cargo test -p tests --test directory -- --test-threads=1 tokens`.
 use super::*;
-use portcullis::auth::token::{unix_now, TokenKey};
+use portcullis::auth::token::{unix_now, Granted, Kind, TokenKey};
 
 const SECRET: &str = "the fleet's session token secret, shared by every gateway";
 
@@ -96,32 +97,54 @@ fn session_tokens_spare_the_directory_and_bad_ones_are_refused() {
         "a reconnect with a token bound as alice"
     );
 
-    // Tokens the client did not get from this gateway's secret, typed as the password (a
-    // client without a pushed token exits on AUTH_FAILED): each refused with its code, and
-    // none costs a bind.
+    // The same right token on a second client works (another gateway of the fleet with the
+    // same secret file would take it the same way), without a bind.
     let key = TokenKey::new(SECRET.as_bytes(), 600, 3600);
     let other = TokenKey::new(b"another gateway's secret, also 32+ bytes", 600, 3600);
     let now = unix_now();
     let sid = key.new_session_id();
-    let good = key.mint("alice", sid, now, now);
+    let mint = |k: &TokenKey, user: &str, initial: u64, renewed: u64| {
+        let granted = Granted {
+            kind: Kind::Directory,
+            user: user.into(),
+            groups: Vec::new(),
+        };
+        k.mint(user, sid, initial, renewed, &granted).unwrap().0
+    };
+    let good = mint(&key, "alice", now, now);
+    let twin = login(&lab, 2, "erin", "alice", &good);
+    connected(&lab, &twin, "alice's token on a second client");
+    assert!(
+        reaches(&lab, 2, OTHER),
+        "the token's session (eng) → {OTHER}"
+    );
+    drop(twin);
+    assert_eq!(slapd.binds(&alice_dn), 1);
+
+    // Tokens the client did not get from this gateway's secret, typed as the password (a
+    // client without a pushed token exits on AUTH_FAILED): each refused with its code, and
+    // none costs a bind. Refused tokens count against the failed-login limit as passwords
+    // do (failed_logins_per_user = 2): the third guess for alice, and then even her right
+    // token, are refused as rate_limited before any check.
     let mut tampered = good.clone().into_bytes();
     let last = tampered.len() - 2;
     tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
     for (token, code, what) in [
         (
-            other.mint("alice", sid, now, now),
+            mint(&other, "alice", now, now),
             "token_invalid",
             "another secret",
         ),
         (
-            key.mint("alice", sid, now - 700, now - 10),
+            mint(&key, "alice", now - 700, now - 10),
             "token_expired",
             "past its lifetime",
         ),
-        (tampered, "token_invalid", "tampered"),
+        (tampered, "rate_limited", "tampered, past the limit"),
+        (good.clone(), "rate_limited", "right, past the limit"),
         (
-            key.mint("dave", sid, now, now),
+            mint(&key, "dave", now, now),
             "account_disabled",
             "disabled user",
         ),
@@ -140,23 +163,12 @@ fn session_tokens_spare_the_directory_and_bad_ones_are_refused() {
     assert_eq!(slapd.binds(&alice_dn), 1, "a refused token bound as alice");
     assert_eq!(slapd.binds(&user_dn("dave")), 0, "a token bound as dave");
     let metrics = scrape_metrics(&lab.gw);
-    for r in ["token_invalid", "token_expired"] {
+    for r in ["token_invalid", "token_expired", "rate_limited"] {
         assert!(
             metrics.contains(&format!("reason=\"{r}\"")),
             "no auth failure metric for {r}:\n{metrics}"
         );
     }
-
-    // The same right token on a second client works (another gateway of the fleet with the
-    // same secret file would take it the same way), without a bind.
-    let twin = login(&lab, 2, "erin", "alice", &good);
-    connected(&lab, &twin, "alice's token on a second client");
-    assert!(
-        reaches(&lab, 2, OTHER),
-        "the token's session (eng) → {OTHER}"
-    );
-    drop(twin);
-    assert_eq!(slapd.binds(&alice_dn), 1);
 
     // Disabled while connected with a token: the re-check still ends the session.
     slapd.modify(&format!(

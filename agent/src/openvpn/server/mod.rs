@@ -430,7 +430,8 @@ impl Server {
             tun_mtu: None,
             // Filled in by the session from its `max_session`.
             session_timeout: None,
-            auth_token: e.auth_token.take().map(|t| t.0),
+            auth_token_user: e.auth_token.as_ref().map(|t| t.user.clone()),
+            auth_token: e.auth_token.take().map(|t| t.token),
             echo: p.echo.clone(),
         };
         let reply = e
@@ -471,7 +472,7 @@ impl Server {
                 .sessions
                 .get_mut(&link)
                 .and_then(|e| e.auth_token.take())
-                .map(|t| vec![format!("PUSH_REPLY,auth-token {}", t.0)])
+                .map(|t| vec![format!("PUSH_REPLY,auth-token {}", t.token)])
                 .unwrap_or_default()),
             Err(e) => Err(e),
         };
@@ -486,6 +487,8 @@ impl Server {
     pub fn set_auth_token(&mut self, link: Link, session: u64, token: IssuedToken) {
         if let Some(e) = self.sessions.get_mut(&link) {
             if e.serial == session {
+                // The client sends the token with this name from now on.
+                e.session.allow_token_user(&token.user);
                 e.auth_token = Some(token);
             }
         }

@@ -60,6 +60,9 @@ pub(super) struct Negotiated {
     pub(super) identity: ClientIdentity,
     /// The key-method-2 user name of key 0 (empty without auth-user-pass).
     pub(super) username: String,
+    /// The name pushed with the session's token (`auth-token-user`): a renegotiation may
+    /// send it instead of key 0's.
+    pub(super) token_user: Option<String>,
 }
 
 /// Largest TLS plaintext buffered from the client before it is parsed (a key-method-2 message
@@ -232,10 +235,15 @@ pub(super) fn step_key(
             Ok(id) => id,
             // Only a TLS configuration for directory-only authentication lets a client through
             // the handshake without a certificate; its user name is then its name.
-            Err(crate::openvpn::tls::TlsError::NoClientCertificate) => {
-                ClientIdentity::without_certificate(&km.username)
-                    .map_err(|e| CloseReason::TlsError(e.to_string()))?
-            }
+            Err(crate::openvpn::tls::TlsError::NoClientCertificate) => match prior {
+                // A renegotiation sending the name pushed with the session's token
+                // (`auth-token-user`) is the same client: it keeps the session's name.
+                Some(n) if n.token_user.as_deref() == Some(km.username.as_str()) => {
+                    n.identity.clone()
+                }
+                _ => ClientIdentity::without_certificate(&km.username)
+                    .map_err(|e| CloseReason::TlsError(e.to_string()))?,
+            },
             Err(e) => return Err(CloseReason::TlsError(e.to_string())),
         };
         let peer_info = PeerInfo::parse(&km.peer_info);
@@ -250,7 +258,10 @@ pub(super) fn step_key(
             }
             // Groups were granted to the user of key 0: another user name on a renegotiation
             // is refused, as the 2.6 server does (doc §9.2).
-            Some(n) if n.username != km.username => {
+            Some(n)
+                if n.username != km.username
+                    && n.token_user.as_deref() != Some(km.username.as_str()) =>
+            {
                 return Err(CloseReason::ProtocolError(format!(
                     "user name changed on renegotiation from {:?} to {:?}",
                     n.username, km.username
@@ -268,6 +279,7 @@ pub(super) fn step_key(
                         common_name: identity.common_name.clone(),
                         identity: identity.clone(),
                         username: km.username.clone(),
+                        token_user: None,
                     },
                     (Err(e), _) => {
                         refuse_after_key(ks, &km, cfg.transport, rng, &e.auth_failed_message())?;

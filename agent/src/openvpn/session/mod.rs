@@ -210,6 +210,14 @@ impl Session {
             .filter(|u| !u.is_empty())
     }
 
+    /// The server pushes a session token with `auth-token-user <name>`: renegotiations may
+    /// send `name` (the user the authenticator admitted) instead of key 0's user name.
+    pub fn allow_token_user(&mut self, name: &str) {
+        if let Some(n) = self.negotiated.as_mut() {
+            n.token_user = Some(name.to_owned());
+        }
+    }
+
     /// The client certificate's identity (from key 0).
     pub fn identity(&self) -> Option<&ClientIdentity> {
         self.negotiated.as_ref().map(|n| &n.identity)
