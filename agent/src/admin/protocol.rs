@@ -159,6 +159,9 @@ pub struct ReloadTiming {
     /// The policy compiler.
     #[serde(default)]
     pub compile_ms: f64,
+    /// The compiler recompiled only what changed (`policy::compile::incremental`).
+    #[serde(default)]
+    pub compile_incremental: bool,
     /// Rule sections in the file, and how many were parsed (the others were unchanged).
     #[serde(default)]
     pub rule_sections: u64,

@@ -13,12 +13,13 @@ use crate::admin::ReloadTiming;
 use crate::config::{incremental::RuleCache, EndpointConfig, SharedConfig};
 use crate::datapath::{self, Datapath};
 use crate::io::{Command, Tunnel};
+use crate::policy::compile::incremental::{Compiled, IncrementalCompiler};
 use crate::policy::{self, CompiledPolicy, PolicyInput};
-use crate::reconcile;
+use crate::reconcile::Reconciler;
 
 /// The live policy, shared with the tunnel hooks (group bitmaps of new sessions).
 pub struct Live {
-    pub policy: PolicyInput,
+    pub policy: Arc<PolicyInput>,
     pub compiled: CompiledPolicy,
     pub generation: u32,
     pub config_stamp: Option<SystemTime>,
@@ -37,6 +38,10 @@ pub struct Live {
     pub fleet: Option<FleetState>,
     /// The rule sections of the last file parsed: a reload parses only the changed ones.
     pub rule_cache: RuleCache,
+    /// The live policy's compilation: a reload recompiles only what changed.
+    pub compiler: IncrementalCompiler,
+    /// The last generation applied: a reload diffs only the map keys that changed.
+    pub reconciler: Reconciler,
 }
 
 /// A fleet gateway's following of the one policy.
@@ -125,8 +130,10 @@ pub fn load_merge_and_compile(
         shared,
         resolve_ifindex,
         previous,
+        &mut IncrementalCompiler::default(),
         &mut Default::default(),
     )
+    .map(|(cfg, c)| (cfg, c.policy))
 }
 
 /// The rest of [`load_merge_and_compile`] after parsing, timing its phases into `timing`.
@@ -136,8 +143,9 @@ fn validate_and_compile(
     shared: Option<&SharedConfig>,
     resolve_ifindex: &dyn Fn(&str) -> Option<u32>,
     previous: Option<&BTreeMap<String, u16>>,
+    compiler: &mut IncrementalCompiler,
     timing: &mut ReloadTiming,
-) -> Result<(EndpointConfig, CompiledPolicy)> {
+) -> Result<(EndpointConfig, Compiled)> {
     let mut cfg = parsed.map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", path.display()))?;
     if let Some(shared) = shared {
         cfg = cfg.with_shared(shared.clone())?;
@@ -146,7 +154,7 @@ fn validate_and_compile(
     let file_errors = cfg.validate().err().map(|e| e.0).unwrap_or_default();
     timing.validate_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
-    let compiled = policy::compile_with_previous(&cfg.policy(), resolve_ifindex, previous);
+    let compiled = compiler.compile(Arc::new(cfg.policy()), resolve_ifindex, previous);
     timing.compile_ms = t.elapsed().as_secs_f64() * 1e3;
     let compiler_errors = match compiled {
         Ok(compiled) if file_errors.is_empty() => return Ok((cfg, compiled)),
@@ -187,7 +195,8 @@ pub fn reload(
     live: &SharedLive,
 ) -> std::result::Result<u32, String> {
     let t0 = Instant::now();
-    let mut l = lock(live);
+    let mut guard = lock(live);
+    let l = &mut *guard;
     l.config_stamp = stamp(config_path);
     let mut timing = ReloadTiming::default();
     let result = (|| -> Result<u32> {
@@ -201,10 +210,12 @@ pub fn reload(
             shared,
             &|n| datapath::ifindex(n),
             Some(&l.compiled.group_bits),
+            &mut l.compiler,
             &mut timing,
         )?;
         let pending = crate::config::restart_only_changes(running, &cfg);
-        if compiled.targets.len() != l.compiled.targets.len() {
+        timing.compile_incremental = compiled.incremental;
+        if compiled.policy.targets.len() != l.compiled.targets.len() {
             bail!("adding or removing target networks needs a restart (the XDP program attaches to their interfaces)");
         }
         if crate::config::target_attachments(running) != crate::config::target_attachments(&cfg) {
@@ -212,11 +223,13 @@ pub fn reload(
         }
         timing.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
-        let g = reconcile::reconcile(&mut dp.maps, &compiled)?;
+        let g = l
+            .reconciler
+            .reconcile(&mut dp.maps, &compiled.policy, &compiled.delta)?;
         l.last_reconcile = t.elapsed();
         timing.reconcile_ms = l.last_reconcile.as_secs_f64() * 1e3;
-        l.policy = cfg.policy();
-        l.compiled = compiled;
+        l.policy = Arc::clone(compiled.input());
+        l.compiled = l.compiler.commit(compiled);
         l.generation = g;
         // New sessions get the new pushed options; live ones keep theirs until they reconnect.
         tunnel.command(Command::Settings(Box::new(cfg.server_settings())));
@@ -229,8 +242,10 @@ pub fn reload(
         l.pending_restart = pending;
         Ok(g)
     })();
+    let l = guard;
     match result {
         Ok(g) => {
+            let mut l = l;
             l.reloads += 1;
             l.last_reload_error = None;
             drop(l);
@@ -266,6 +281,7 @@ pub fn reload(
             Ok(g)
         }
         Err(e) => {
+            let mut l = l;
             let msg = format!("{e:#}");
             tracing::error!("reload refused, the running policy stays: {msg}");
             l.last_reload_error = Some(msg.clone());

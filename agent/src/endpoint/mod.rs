@@ -215,9 +215,21 @@ impl Endpoint {
         if let Some(path) = opts.config_path.as_deref() {
             let _ = rule_cache.load_unvalidated(path);
         }
+        // The compiler's and the reconciler's base is the policy just applied, so the first
+        // reload is incremental too.
+        let mut compiler = crate::policy::compile::incremental::IncrementalCompiler::default();
+        let policy = Arc::new(policy);
+        let compiled = match compiler.compile(Arc::clone(&policy), &datapath::ifindex, None) {
+            Ok(c) if c.policy == compiled => compiler.commit(c),
+            _ => compiled,
+        };
+        let mut reconciler = crate::reconcile::Reconciler::default();
+        reconciler.adopt(generation);
         let live: SharedLive = Arc::new(Mutex::new(Live {
             policy,
             compiled,
+            compiler,
+            reconciler,
             generation,
             config_stamp: opts.config_path.as_deref().and_then(live::stamp),
             reloads: 0,

@@ -190,7 +190,7 @@ impl AdminApi for Api<'_> {
         let l = lock(&self.ep.live);
         PolicyReply {
             generation: l.generation,
-            policy: l.policy.clone(),
+            policy: (*l.policy).clone(),
         }
     }
 

@@ -51,7 +51,7 @@ fn arb_groups() -> impl Strategy<Value = Vec<String>> {
         .prop_map(|v| v.into_iter().map(String::from).collect())
 }
 
-fn arb_authz() -> impl Strategy<Value = AuthzRule> {
+pub fn arb_authz() -> impl Strategy<Value = AuthzRule> {
     (arb_prefix(), arb_groups(), any::<bool>()).prop_map(|(dest, groups, all)| AuthzRule {
         destination: IpNet::V4(dest),
         // A rule that allows nobody is a validation error; make it an all-users rule.
@@ -61,7 +61,7 @@ fn arb_authz() -> impl Strategy<Value = AuthzRule> {
     })
 }
 
-fn arb_sg_rule() -> impl Strategy<Value = SgRule> {
+pub fn arb_sg_rule() -> impl Strategy<Value = SgRule> {
     (
         select(vec![
             Proto::Tcp,

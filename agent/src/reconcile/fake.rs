@@ -78,6 +78,14 @@ impl PolicyMaps for FakePolicyMaps {
         Ok(self.active)
     }
 
+    fn with_slot(&self, slot: u8, f: &mut dyn FnMut(&SlotContents)) -> Result<(), PolicyMapError> {
+        f(self
+            .slots
+            .get(slot as usize)
+            .ok_or(PolicyMapError::NoSuchSlot(slot))?);
+        Ok(())
+    }
+
     fn apply(&mut self, op: &MapOp) -> Result<(), PolicyMapError> {
         if let Some(n) = self.fail_after {
             if n == 0 {

@@ -24,8 +24,7 @@ use portcullis_common::{
 use crate::policy::compile::{CompiledPolicy, LpmEntry};
 use crate::policy::compiled_eval::{lpm_map, CompiledView};
 
-/// Key of the IPv4 LPM tries: `(prefix_len, network address)`.
-pub type LpmKey = (u8, [u8; 4]);
+pub use crate::policy::compile::{LpmKey, PolicyDelta};
 
 /// The slot a generation lives in.
 pub fn slot_for(generation: u32) -> u8 {
@@ -196,6 +195,12 @@ pub trait PolicyMaps {
     fn active_generation(&self) -> Result<u32, PolicyMapError>;
     /// One write. Implementations must refuse writes to the live slot.
     fn apply(&mut self, op: &MapOp) -> Result<(), PolicyMapError>;
+    /// Runs `f` on slot `slot`'s contents; implementations that keep the slot in memory lend
+    /// it instead of copying it (the incremental reconciler reads a few keys of it).
+    fn with_slot(&self, slot: u8, f: &mut dyn FnMut(&SlotContents)) -> Result<(), PolicyMapError> {
+        f(&self.slot_contents(slot)?);
+        Ok(())
+    }
 }
 
 /// Brings the data path to `desired` and returns the generation now live.
@@ -244,12 +249,14 @@ impl CompiledView for SlotContents {
     }
 }
 
+mod delta;
 mod fake;
 mod plan;
 mod shadow;
 
+pub use delta::Reconciler;
 pub use fake::FakePolicyMaps;
-pub use plan::plan_generation;
+pub use plan::{plan_generation, plan_generation_delta};
 pub use shadow::Capacities;
 
 #[cfg(test)]

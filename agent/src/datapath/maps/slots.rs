@@ -169,6 +169,24 @@ impl reconcile::PolicyMaps for Maps {
         Ok(c)
     }
 
+    fn with_slot(
+        &self,
+        slot: u8,
+        f: &mut dyn FnMut(&SlotContents),
+    ) -> Result<(), reconcile::PolicyMapError> {
+        if slot > 1 {
+            return Err(reconcile::PolicyMapError::NoSuchSlot(slot));
+        }
+        // Lent from the shadow: a copy of a 10,000-rule slot costs more than the plan.
+        let mut shadow = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
+        let c = match &mut shadow[slot as usize] {
+            Some(c) => c,
+            s @ None => s.insert(self.read_slot(slot)?),
+        };
+        f(c);
+        Ok(())
+    }
+
     fn active_generation(&self) -> Result<u32, reconcile::PolicyMapError> {
         Maps::active_generation(self).map_err(|e| rec_err(map_names::POLICY_ACTIVE, "read", e))
     }

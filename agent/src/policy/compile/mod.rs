@@ -18,9 +18,14 @@ use portcullis_common::{
 use super::model::{PolicyInput, Proto};
 use super::prefix::contains;
 
+mod delta;
 mod errors;
+pub mod incremental;
+#[cfg(test)]
+mod incremental_tests;
 mod security_groups;
 
+pub use delta::PolicyDelta;
 use errors::Diags;
 pub use errors::{CompileError, ErrorKind};
 use security_groups::{compile_security_groups, SgEntry};
@@ -32,6 +37,8 @@ pub const CLIENT_CIDR_MAX_LEN: u8 = 30;
 
 /// An LPM-trie entry: `(prefix_len, network address, value)`.
 pub type LpmEntry<V> = (u8, [u8; 4], V);
+/// Key of the IPv4 LPM tries: `(prefix_len, network address)`.
+pub type LpmKey = (u8, [u8; 4]);
 
 /// The map contents for one policy generation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -251,34 +258,10 @@ pub fn compile_with_previous(
     );
 
     // ---- authorization rules -----------------------------------------------------------
+    let route_keys: Vec<(u8, u32)> = routes.keys().copied().collect();
     let mut rules: Vec<((u8, u32), &[String], bool)> = Vec::new();
     for (i, r) in input.authorization_rules.iter().enumerate() {
-        let p = format!("authorization_rules[{i}]");
-        let dest = d.v4_destination(&format!("{p}.destination"), &r.destination);
-        let mut names_ok = true;
-        for (j, g) in r.groups.iter().enumerate() {
-            if g.is_empty() {
-                d.push(format!("{p}.groups[{j}]"), ErrorKind::EmptyName);
-                names_ok = false;
-            }
-        }
-        if r.groups.is_empty() && !r.all_users {
-            d.push(format!("{p}.groups"), ErrorKind::AllowsNobody);
-        }
-        let Some(key) = dest else { continue };
-        // A route and a rule can only meet if one prefix contains the other.
-        let routed = routes
-            .keys()
-            .any(|&rk| contains(rk, key) || contains(key, rk));
-        if !routed {
-            d.push(
-                format!("{p}.destination"),
-                ErrorKind::AuthzWithoutRoute {
-                    destination: net_of(key),
-                },
-            );
-        }
-        if names_ok {
+        if let Some(key) = authz_rule_key(&mut d, i, r, &route_keys) {
             rules.push((key, &r.groups, r.all_users));
         }
     }
@@ -306,6 +289,123 @@ pub fn compile_with_previous(
     );
 
     // ---- security groups ---------------------------------------------------------------
+    let (sg_enabled, sg_nodes, sg_ranges) = compile_sg_section(input, &mut d);
+
+    if d.has_errors() {
+        return Err(d.list);
+    }
+    Ok(CompiledPolicy {
+        client_cidr: pool,
+        gateway_addr: gw,
+        group_bits,
+        authz: authz
+            .into_iter()
+            .map(|((len, net), v)| (len, net.to_be_bytes(), v))
+            .collect(),
+        routes: routes
+            .into_iter()
+            .map(|((len, net), v)| (len, net.to_be_bytes(), v))
+            .collect(),
+        targets,
+        target_names,
+        sg_enabled,
+        sg_nodes,
+        sg_ranges,
+        warnings: d.list,
+    })
+}
+
+impl CompiledPolicy {
+    /// The bitmap of a client in `user_groups`. Groups no rule names have no bit and are
+    /// ignored (they cannot change a decision).
+    pub fn groups_bitmap<'a>(&self, user_groups: impl IntoIterator<Item = &'a str>) -> GroupBits {
+        let mut bits = [0; GROUP_WORDS];
+        for g in user_groups {
+            if let Some(&bit) = self.group_bits.get(g) {
+                group_set(&mut bits, bit.into());
+            }
+        }
+        bits
+    }
+
+    /// The local groups of `user` (from `input.groups`), sorted. Directory groups are added
+    /// by the caller; feed the union to [`CompiledPolicy::groups_bitmap`].
+    pub fn client_groups(&self, input: &PolicyInput, user: &str) -> Vec<String> {
+        input.local_groups_of(user)
+    }
+
+    /// `policy_meta[slot]` for this policy at `generation`.
+    pub fn meta(&self, generation: u32) -> PolicyMeta {
+        PolicyMeta {
+            generation,
+            sg_enabled: u8::from(self.sg_enabled),
+            ..zeroed()
+        }
+    }
+}
+
+/// Sorts `ranges` and merges overlapping and adjacent ones, giving the sorted, disjoint,
+/// non-adjacent list the data path binary-searches.
+pub fn coalesce(ranges: impl IntoIterator<Item = (u16, u16)>) -> Vec<PortRange> {
+    let mut v: Vec<(u16, u16)> = ranges.into_iter().filter(|(lo, hi)| lo <= hi).collect();
+    v.sort_unstable();
+    let mut out: Vec<PortRange> = Vec::with_capacity(v.len());
+    for (lo, hi) in v {
+        match out.last_mut() {
+            // u32 so that hi = 65535 does not overflow when testing adjacency.
+            Some(last) if u32::from(lo) <= u32::from(last.hi) + 1 => last.hi = last.hi.max(hi),
+            _ => out.push(PortRange { lo, hi }),
+        }
+    }
+    out
+}
+
+// ---- internals ---------------------------------------------------------------------------
+
+/// One authorization rule's checks (diagnostics under `authorization_rules[i]`), and its
+/// trie key when it contributes to the map. Shared by the full and the incremental compiler
+/// so both report exactly the same.
+fn authz_rule_key(
+    d: &mut Diags,
+    i: usize,
+    r: &super::model::AuthzRule,
+    route_keys: &[(u8, u32)],
+) -> Option<(u8, u32)> {
+    let p = format!("authorization_rules[{i}]");
+    let dest = d.v4_destination(&format!("{p}.destination"), &r.destination);
+    let mut names_ok = true;
+    for (j, g) in r.groups.iter().enumerate() {
+        if g.is_empty() {
+            d.push(format!("{p}.groups[{j}]"), ErrorKind::EmptyName);
+            names_ok = false;
+        }
+    }
+    if r.groups.is_empty() && !r.all_users {
+        d.push(format!("{p}.groups"), ErrorKind::AllowsNobody);
+    }
+    let key = dest?;
+    // A route and a rule can only meet if one prefix contains the other.
+    let routed = route_keys
+        .iter()
+        .any(|&rk| contains(rk, key) || contains(key, rk));
+    if !routed {
+        d.push(
+            format!("{p}.destination"),
+            ErrorKind::AuthzWithoutRoute {
+                destination: net_of(key),
+            },
+        );
+    }
+    names_ok.then_some(key)
+}
+
+/// The security-group section of [`compile_with_previous`]: the applied groups' rules pushed
+/// down to prefixes. Depends on `security_groups` and `applied_security_groups` only, so the
+/// incremental compiler reuses its previous result when neither changed.
+fn compile_sg_section(
+    input: &PolicyInput,
+    d: &mut Diags,
+) -> (bool, Vec<LpmEntry<SgNode>>, Vec<PortRange>) {
     let mut sg_index: BTreeMap<&str, usize> = BTreeMap::new();
     // Valid rules per group, as (prefix, protocol, ports).
     let mut sg_rules: Vec<Vec<SgEntry>> = Vec::with_capacity(input.security_groups.len());
@@ -390,78 +490,9 @@ pub fn compile_with_previous(
         }
     }
     let sg_enabled = !input.applied_security_groups.is_empty();
-    let (sg_nodes, sg_ranges) = compile_security_groups(&applied_rules, &mut d);
-
-    if d.has_errors() {
-        return Err(d.list);
-    }
-    Ok(CompiledPolicy {
-        client_cidr: pool,
-        gateway_addr: gw,
-        group_bits,
-        authz: authz
-            .into_iter()
-            .map(|((len, net), v)| (len, net.to_be_bytes(), v))
-            .collect(),
-        routes: routes
-            .into_iter()
-            .map(|((len, net), v)| (len, net.to_be_bytes(), v))
-            .collect(),
-        targets,
-        target_names,
-        sg_enabled,
-        sg_nodes,
-        sg_ranges,
-        warnings: d.list,
-    })
+    let (sg_nodes, sg_ranges) = compile_security_groups(&applied_rules, d);
+    (sg_enabled, sg_nodes, sg_ranges)
 }
-
-impl CompiledPolicy {
-    /// The bitmap of a client in `user_groups`. Groups no rule names have no bit and are
-    /// ignored (they cannot change a decision).
-    pub fn groups_bitmap<'a>(&self, user_groups: impl IntoIterator<Item = &'a str>) -> GroupBits {
-        let mut bits = [0; GROUP_WORDS];
-        for g in user_groups {
-            if let Some(&bit) = self.group_bits.get(g) {
-                group_set(&mut bits, bit.into());
-            }
-        }
-        bits
-    }
-
-    /// The local groups of `user` (from `input.groups`), sorted. Directory groups are added
-    /// by the caller; feed the union to [`CompiledPolicy::groups_bitmap`].
-    pub fn client_groups(&self, input: &PolicyInput, user: &str) -> Vec<String> {
-        input.local_groups_of(user)
-    }
-
-    /// `policy_meta[slot]` for this policy at `generation`.
-    pub fn meta(&self, generation: u32) -> PolicyMeta {
-        PolicyMeta {
-            generation,
-            sg_enabled: u8::from(self.sg_enabled),
-            ..zeroed()
-        }
-    }
-}
-
-/// Sorts `ranges` and merges overlapping and adjacent ones, giving the sorted, disjoint,
-/// non-adjacent list the data path binary-searches.
-pub fn coalesce(ranges: impl IntoIterator<Item = (u16, u16)>) -> Vec<PortRange> {
-    let mut v: Vec<(u16, u16)> = ranges.into_iter().filter(|(lo, hi)| lo <= hi).collect();
-    v.sort_unstable();
-    let mut out: Vec<PortRange> = Vec::with_capacity(v.len());
-    for (lo, hi) in v {
-        match out.last_mut() {
-            // u32 so that hi = 65535 does not overflow when testing adjacency.
-            Some(last) if u32::from(lo) <= u32::from(last.hi) + 1 => last.hi = last.hi.max(hi),
-            _ => out.push(PortRange { lo, hi }),
-        }
-    }
-    out
-}
-
-// ---- internals ---------------------------------------------------------------------------
 
 fn assign_group_bits(
     referenced: &BTreeSet<&str>,
@@ -527,6 +558,14 @@ fn assign_group_bits(
 /// Map values start all-zero so padding is zero whatever fields `common` adds.
 fn zeroed<T: Zeroable>() -> T {
     T::zeroed()
+}
+
+/// The trie key of a canonical IPv4 destination (what [`Diags::v4_destination`] accepts).
+fn v4_key(net: &IpNet) -> Option<(u8, u32)> {
+    match net {
+        IpNet::V4(v4) if v4.trunc() == *v4 => Some((v4.prefix_len(), u32::from(v4.network()))),
+        _ => None,
+    }
 }
 
 fn net_of((len, net): (u8, u32)) -> Ipv4Net {

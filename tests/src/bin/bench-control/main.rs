@@ -53,8 +53,18 @@ fn parse_args(args: &[String]) -> Result<Settings> {
                 s.reps = 2;
             }
             "--out" => s.out = PathBuf::from(it.next().context("--out needs a directory")?),
+            // For a before/after comparison of one point (the full run takes all four).
+            "--sizes" => {
+                s.sizes = it
+                    .next()
+                    .context("--sizes needs a list such as 1000,10000")?
+                    .split(',')
+                    .map(|n| n.trim().parse().context("--sizes: not a number"))
+                    .collect::<Result<_>>()?;
+            }
+            "--reps" => s.reps = it.next().context("--reps needs a number")?.parse()?,
             "--help" | "-h" => {
-                println!("bench-control [--quick] [--out DIR]: reload-to-enforced latency and restart time");
+                println!("bench-control [--quick] [--sizes N,M,...] [--reps K] [--out DIR]: reload-to-enforced latency and restart time");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -235,6 +245,10 @@ fn run(s: &Settings) -> Result<()> {
                 "sessions": phase("sessions_ms"),
                 "total": phase("total_ms"),
                 "rule_sections_parsed": phase("rule_sections_parsed"),
+                "compiled_incrementally": samples
+                    .iter()
+                    .filter(|s| s["agent_timing"]["compile_incremental"] == true)
+                    .count(),
             });
             let max = lat.iter().copied().fold(f64::NAN, f64::max);
             let missed = samples.len() - lat.len();
@@ -324,10 +338,10 @@ fn markdown(r: &Value) -> String {
             ""
         }
     ));
-    md.push_str("| Rules | Change | Reload → enforced, median (ms) | max (ms) | Admin reply, median (ms) | agent: parse / validate / compile / map writes, median (ms) | rule sections parsed | Allowed datagrams lost |\n|---:|---|---:|---:|---:|---|---:|---:|\n");
+    md.push_str("| Rules | Change | Reload → enforced, median (ms) | max (ms) | Admin reply, median (ms) | agent: parse / validate / compile / map writes, median (ms) | rule sections parsed | compiled incrementally | Allowed datagrams lost |\n|---:|---|---:|---:|---:|---|---:|---:|---:|\n");
     for p in r["points"].as_array().into_iter().flatten() {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} / {} / {} / {} | {} | {} of {} |\n",
+            "| {} | {} | {} | {} | {} | {} / {} / {} / {} | {} | {} of {} | {} of {} |\n",
             p["rules"],
             p["change"].as_str().unwrap_or_default(),
             num(&p["reload_to_enforced_ms"]["median"]),
@@ -340,6 +354,8 @@ fn markdown(r: &Value) -> String {
             p["agent_phases_ms_median"]["rule_sections_parsed"]
                 .as_f64()
                 .map_or("–".into(), |x| format!("{x:.0}")),
+            p["agent_phases_ms_median"]["compiled_incrementally"],
+            p["samples"].as_array().map_or(0, Vec::len),
             p["lost_packets"],
             p["sent_packets"],
         ));
