@@ -154,6 +154,8 @@ fn the_dashboard_shows_each_gateways_revision_and_the_fleet_wide_count() {
                 peer("gw-b", Some(7)),
                 peer(XSS_GATEWAY, None),
             ],
+            error: Some("etcd <unreachable>".into()),
+            token_secret_mismatch: vec!["gw-b".into()],
         },
     };
     let conns = [
@@ -183,6 +185,15 @@ fn the_dashboard_shows_each_gateways_revision_and_the_fleet_wide_count() {
         "{html}"
     );
     assert!(!html.contains("<img"), "{html}");
+    // Why the gateway is out of the fleet (escaped), and the gateways whose tokens it refuses.
+    assert!(
+        html.contains("Out of the fleet, reconnecting: etcd &lt;unreachable&gt;"),
+        "{html}"
+    );
+    assert!(
+        html.contains("Another session-token secret on gw-b"),
+        "{html}"
+    );
 }
 
 #[test]

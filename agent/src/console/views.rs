@@ -352,6 +352,13 @@ pub fn fleet(f: &FleetStatus, conns: Option<&[ConnectionInfo]>) -> Markup {
             "; address blocks: " (if m.blocks.is_empty() { "none".to_owned() } else { m.blocks.join(", ") }) "."
         }
         @if let Some(d) = &f.degraded { p.error role="alert" { "Degraded: " (d) } }
+        @if let Some(e) = &m.error { p.error role="alert" #fleet-member-error { "Out of the fleet, reconnecting: " (e) } }
+        @if !m.token_secret_mismatch.is_empty() {
+            p.error role="alert" #token-secret-mismatch {
+                "Another session-token secret on " (m.token_secret_mismatch.join(", "))
+                ": their tokens are refused here (copy auth.token_secret_file to every gateway)."
+            }
+        }
         table #fleet-gateways {
             thead { tr { th { "Gateway" } th { "Policy revision" } th { "Version" } th { "Member for" }
                 @if conns.is_some() { th { "Sessions" } } } }
