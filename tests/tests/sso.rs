@@ -42,6 +42,40 @@ const MGMT_PORT: u16 = 7505;
 const OTHER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
 const PENDING_TIMEOUT: u64 = 12;
 
+/// alice, of the provider's `idp-engineering` group (the rule group `eng`).
+const ALICE: User<'static> = User {
+    name: "alice",
+    password: "alice-pw",
+    groups: &["idp-engineering"],
+};
+
+/// Starts the provider in the gateway's namespace and a browser that trusts it and the
+/// gateway's callback. Bind it after the lab: the browser stops before the namespaces go.
+fn launch(idp: &mut Idp, lab: &AgentLab) -> Browser {
+    idp.launch(&lab.gw);
+    let gateway_cert = lab.pki.dir.join("server.crt");
+    Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert])
+}
+
+/// The login URL `ovpncli` wrote to `url_file` (its `-Z`, where Connect opens a browser),
+/// without the `WEB_AUTH::` prefix.
+fn ovpn3_login_url(c: &tests::ovpn3::Ovpn3, url_file: &std::path::Path, lab: &AgentLab) -> String {
+    let url = poll(Duration::from_secs(20), || {
+        std::fs::read_to_string(url_file)
+            .ok()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "ovpncli wrote no login URL:\n{}\nagent:\n{}",
+            c.log(),
+            lab.agent().log_tail(20)
+        )
+    });
+    url.strip_prefix("WEB_AUTH::").unwrap_or(&url).to_owned()
+}
+
 fn callback_url() -> String {
     format!("https://127.0.0.1:{CALLBACK_PORT}/callback")
 }
@@ -260,9 +294,7 @@ fn sso_web_login_groups_and_refusals() {
         ],
     );
     let lab = AgentLab::new(3, &["unused"], &policy(&idp, r#"["oidc"]"#));
-    idp.launch(&lab.gw);
-    let gateway_cert = lab.pki.dir.join("server.crt");
-    let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
+    let mut browser = launch(&mut idp, &lab);
     // Declared after the lab: Node and the browser stop before the namespaces go.
     let (idp, browser) = (&idp, &mut browser);
     lab.add_net_address(OTHER);
@@ -400,9 +432,7 @@ fn sso_with_certificates_and_a_callback_for_another_session() {
         policy(&idp, r#"["certificate", "oidc"]"#).replace("[groups]\nfinance = [\"sso\"]\n", "")
     );
     let lab = AgentLab::new(3, &["carol", "dave", "erin"], &policy);
-    idp.launch(&lab.gw);
-    let gateway_cert = lab.pki.dir.join("server.crt");
-    let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
+    let mut browser = launch(&mut idp, &lab);
     let (idp, browser) = (&idp, &mut browser);
     lab.add_net_address(OTHER);
 

@@ -10,19 +10,9 @@ fn sso_with_the_openvpn3_client() {
     require_root!();
     tests::require_ovpn3!("sso_with_the_openvpn3_client");
     require_sso_tools();
-    let mut idp = Idp::prepare(
-        IDP_PORT,
-        &callback_url(),
-        &[User {
-            name: "alice",
-            password: "alice-pw",
-            groups: &["idp-engineering"],
-        }],
-    );
+    let mut idp = Idp::prepare(IDP_PORT, &callback_url(), &[ALICE]);
     let lab = AgentLab::new(1, &["unused"], &policy(&idp, r#"["oidc"]"#));
-    idp.launch(&lab.gw);
-    let gateway_cert = lab.pki.dir.join("server.crt");
-    let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
+    let mut browser = launch(&mut idp, &lab);
     let browser = &mut browser;
     lab.add_net_address(OTHER);
     let p = cli_ok(&["client-config", "export", "--config", &lab.config_arg()]);
@@ -41,20 +31,7 @@ fn sso_with_the_openvpn3_client() {
             "not-checked",
         ],
     );
-    let url = poll(Duration::from_secs(20), || {
-        std::fs::read_to_string(&url_file)
-            .ok()
-            .map(|u| u.trim().to_owned())
-            .filter(|u| !u.is_empty())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "ovpncli wrote no login URL:\n{}\nagent:\n{}",
-            c.log(),
-            lab.agent().log_tail(20)
-        )
-    });
-    let url = url.strip_prefix("WEB_AUTH::").unwrap_or(&url).to_owned();
+    let url = ovpn3_login_url(&c, &url_file, &lab);
     assert!(
         url.starts_with(&format!("https://127.0.0.1:{CALLBACK_PORT}/login/")),
         "login URL: {url}"

@@ -10,19 +10,9 @@ use super::*;
 fn sso_renegotiations_skip_the_web_login() {
     require_root!();
     require_sso_tools();
-    let mut idp = Idp::prepare(
-        IDP_PORT,
-        &callback_url(),
-        &[User {
-            name: "alice",
-            password: "alice-pw",
-            groups: &["idp-engineering"],
-        }],
-    );
+    let mut idp = Idp::prepare(IDP_PORT, &callback_url(), &[ALICE]);
     let lab = AgentLab::new(1, &["unused"], &policy(&idp, r#"["oidc"]"#));
-    idp.launch(&lab.gw);
-    let gateway_cert = lab.pki.dir.join("server.crt");
-    let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
+    let mut browser = launch(&mut idp, &lab);
     lab.add_net_address(OTHER);
     let p = profile(&lab, 0, true).replacen("\nverb 3\n", "\nreneg-sec 4\nverb 3\n", 1);
     assert!(p.contains("reneg-sec 4"), "{p}");

@@ -9,15 +9,7 @@ use super::*;
 fn sso_session_tokens_spare_the_web_login() {
     require_root!();
     require_sso_tools();
-    let mut idp = Idp::prepare(
-        IDP_PORT,
-        &callback_url(),
-        &[User {
-            name: "alice",
-            password: "alice-pw",
-            groups: &["idp-engineering"],
-        }],
-    );
+    let mut idp = Idp::prepare(IDP_PORT, &callback_url(), &[ALICE]);
     let token_secret = idp.secret_file.with_file_name("token.secret");
     std::fs::write(&token_secret, format!("{}\n", "s".repeat(48))).unwrap();
     let policy = policy(&idp, r#"["oidc"]"#).replacen(
@@ -29,9 +21,7 @@ fn sso_session_tokens_spare_the_web_login() {
         1,
     );
     let lab = AgentLab::new(1, &["unused"], &policy);
-    idp.launch(&lab.gw);
-    let gateway_cert = lab.pki.dir.join("server.crt");
-    let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
+    let mut browser = launch(&mut idp, &lab);
     let (idp, browser) = (&idp, &mut browser);
     lab.add_net_address(OTHER);
 
@@ -107,14 +97,6 @@ fn token_policy(idp: &Idp, methods: &str) -> String {
     )
 }
 
-fn alice() -> [User<'static>; 1] {
-    [User {
-        name: "alice",
-        password: "alice-pw",
-        groups: &["idp-engineering"],
-    }]
-}
-
 /// A client with no user name of its own (certificate + web login, no `auth-user-pass`):
 /// without `auth-token-user` openvpn 2.6 never sends the pushed token. With it, its
 /// renegotiations (every 4 s) and its reconnect to a restarted gateway (kept sessions; the
@@ -124,13 +106,11 @@ fn alice() -> [User<'static>; 1] {
 fn sso_tokens_for_a_certificate_client_survive_a_gateway_restart() {
     require_root!();
     require_sso_tools();
-    let mut idp = Idp::prepare(IDP_PORT, &callback_url(), &alice());
+    let mut idp = Idp::prepare(IDP_PORT, &callback_url(), &[ALICE]);
     let policy = token_policy(&idp, r#"["certificate", "oidc"]"#)
         .replace("[groups]\nfinance = [\"sso\"]\n", "");
     let mut lab = AgentLab::new_with(1, &["carol"], &policy, &["--keep-maps"]);
-    idp.launch(&lab.gw);
-    let gateway_cert = lab.pki.dir.join("server.crt");
-    let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
+    let mut browser = launch(&mut idp, &lab);
     lab.add_net_address(OTHER);
     let p = cert_profile(&lab, "carol").replacen("\nverb 3\n", "\nreneg-sec 4\nverb 3\n", 1);
     assert!(p.contains("reneg-sec 4"), "{p}");
@@ -195,13 +175,11 @@ fn sso_tokens_with_the_openvpn3_client() {
     require_root!();
     tests::require_ovpn3!("sso_tokens_with_the_openvpn3_client");
     require_sso_tools();
-    let mut idp = Idp::prepare(IDP_PORT, &callback_url(), &alice());
+    let mut idp = Idp::prepare(IDP_PORT, &callback_url(), &[ALICE]);
     let policy = token_policy(&idp, r#"["certificate", "oidc"]"#)
         .replace("[groups]\nfinance = [\"sso\"]\n", "");
     let lab = AgentLab::new(1, &["carol"], &policy);
-    idp.launch(&lab.gw);
-    let gateway_cert = lab.pki.dir.join("server.crt");
-    let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
+    let mut browser = launch(&mut idp, &lab);
     lab.add_net_address(OTHER);
     let p = lab
         .export_profile("carol")
@@ -217,14 +195,7 @@ fn sso_tokens_with_the_openvpn3_client() {
             &url_file.to_string_lossy(),
         ],
     );
-    let url = poll(Duration::from_secs(20), || {
-        std::fs::read_to_string(&url_file)
-            .ok()
-            .map(|u| u.trim().to_owned())
-            .filter(|u| !u.is_empty())
-    })
-    .unwrap_or_else(|| panic!("ovpncli wrote no login URL:\n{}", c.log()));
-    let url = url.strip_prefix("WEB_AUTH::").unwrap_or(&url).to_owned();
+    let url = ovpn3_login_url(&c, &url_file, &lab);
     let (text, _) = callback_text(browser.login(&url, "alice", "alice-pw"));
     assert!(text.contains("Signed in as alice"), "{text}");
     if let Err(e) = c.wait_connected(Duration::from_secs(20)) {
@@ -271,11 +242,9 @@ fn sso_tokens_with_the_openvpn3_client() {
 fn sso_a_terminated_sessions_token_is_refused() {
     require_root!();
     require_sso_tools();
-    let mut idp = Idp::prepare(IDP_PORT, &callback_url(), &alice());
+    let mut idp = Idp::prepare(IDP_PORT, &callback_url(), &[ALICE]);
     let lab = AgentLab::new(2, &["unused"], &token_policy(&idp, r#"["oidc"]"#));
-    idp.launch(&lab.gw);
-    let gateway_cert = lab.pki.dir.join("server.crt");
-    let mut browser = Browser::start(&lab.gw, DRIVER_PORT, &[&idp.cert_file, &gateway_cert]);
+    let mut browser = launch(&mut idp, &lab);
     let (first, mut gui, url) = start_with(&lab, 0, &profile(&lab, 0, true));
     let (text, _) = callback_text(browser.login(&url, "alice", "alice-pw"));
     assert!(text.contains("Signed in as alice"), "{text}");
