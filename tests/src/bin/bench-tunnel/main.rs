@@ -6,8 +6,9 @@
 //!
 //! In one run, on the same machine and topology, with the same stock `openvpn` 2.6 clients,
 //! cipher (AES-256-GCM) and transport (UDP, tls-crypt): first the stock `openvpn --server`
-//! (no DCO; `tests::openvpn::Lab::stock`), then Portcullis (our in-process tunnel in front of
-//! the XDP data path; `tests::tunnel::TunnelLab`). For each: memory per connected session,
+//! (no DCO; `tests::openvpn::Lab::stock`), then Portcullis (`portcullis run`, the agent
+//! binary, in its own process with its logs, metrics and admin socket on;
+//! `tests::agent::AgentLab`). For each: memory per connected session,
 //! handshakes per second (an in-process OpenVPN client, `TestClient`, run as a separate
 //! load-generator process), time-to-connected of a stock client, ICMP round-trip times idle
 //! and under load, iperf3 throughput with one and several clients (upload, and download in
@@ -38,12 +39,13 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use tests::{
+    agent::{Agent, AgentLab, CliPki},
     gateway::SERVER,
     openvpn::{
-        iperf3_client, iperf3_server, ping, ClientConfig, IperfResult, Lab, LabPki, OvpnClient,
-        Proc, Proto, StockServerConfig, TempDir, DEFAULT_CLIENTS, OVPN_PORT, UNDERLAY_GW,
+        iperf3_client, iperf3_server, ping, Cipher, ClientConfig, IperfResult, Lab, LabPki,
+        OvpnClient, Proc, Proto, StockServerConfig, TempDir, DEFAULT_CLIENTS, OVPN_PORT,
+        UNDERLAY_GW,
     },
-    tunnel::{TunnelLab, TunnelOpts},
     NetNs,
 };
 
@@ -281,7 +283,7 @@ fn run(args: Args) -> Result<()> {
             client_counts: vec![1, 3],
             directions: vec![false, true],
             handshakes: 300,
-            // Below 253: TunnelLab's /24 pool (in-flight sessions hold an address).
+            // Below 253: the agent lab's /24 client_cidr (in-flight sessions hold an address).
             inflight: vec![16, 64, 200],
             memory_inflight: 64,
             warmup_handshakes: 4,

@@ -17,6 +17,61 @@ pub(crate) fn ping_id() -> u16 {
     (std::process::id() as u16).wrapping_mul(31) ^ PING_ID.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The files a client needs, whichever PKI made them: the harness's `LabPki` (stock
+/// server) or `portcullis pki` (the agent's lab).
+pub(crate) struct Creds {
+    pub(crate) ca: PathBuf,
+    pub(crate) tls_crypt: PathBuf,
+    /// Certificate and key of each of [`DEFAULT_CLIENTS`].
+    pub(crate) clients: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Creds {
+    pub(crate) fn of_lab(pki: &LabPki) -> Creds {
+        Creds {
+            ca: pki.ca.clone(),
+            tls_crypt: pki.tls_crypt.clone(),
+            clients: DEFAULT_CLIENTS
+                .iter()
+                .map(|cn| {
+                    let ck = pki.client(cn);
+                    (ck.cert.clone(), ck.key.clone())
+                })
+                .collect(),
+        }
+    }
+
+    pub(crate) fn of_cli(pki: &CliPki) -> Creds {
+        Creds {
+            ca: pki.dir.join("ca.crt"),
+            tls_crypt: pki.tls_crypt_key(),
+            clients: DEFAULT_CLIENTS
+                .iter()
+                .map(|cn| (pki.cert(cn), pki.key(cn)))
+                .collect(),
+        }
+    }
+
+    /// The harness's client config (`ClientConfig::new`: UDP, AES-256-GCM, tls-crypt) for
+    /// client `i` of [`DEFAULT_CLIENTS`], with these files.
+    pub(crate) fn client_config(&self, i: usize) -> ClientConfig {
+        let (cert, key) = &self.clients[i];
+        ClientConfig {
+            remote: SocketAddrV4::new(UNDERLAY_GW, OVPN_PORT),
+            proto: Proto::Udp,
+            cipher: Cipher::Aes256Gcm,
+            tls_crypt: Some(self.tls_crypt.clone()),
+            ca: self.ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+            tls12_only: false,
+            ping_restart: None,
+            verb: 3,
+            extra: Vec::new(),
+        }
+    }
+}
+
 /// One server under test, as the measurements see it.
 pub(crate) struct Side<'a> {
     pub(crate) name: &'static str,
@@ -26,7 +81,7 @@ pub(crate) struct Side<'a> {
     pub(crate) private: &'a NetNs,
     /// The gateway namespace (where the server's UDP socket and tun/TAP live).
     pub(crate) gw_ns: &'a NetNs,
-    pub(crate) pki: &'a LabPki,
+    pub(crate) pki: &'a Creds,
     pub(crate) gw: GwSpec,
     /// The process whose RSS is the server's.
     pub(crate) rss_pid: u32,
@@ -48,8 +103,8 @@ pub(crate) fn run_generator(
     check_stop()?;
     let opts = gen::GenOpts {
         ca: side.pki.ca.clone(),
-        cert: side.pki.client(DEFAULT_CLIENTS[0]).cert.clone(),
-        key: side.pki.client(DEFAULT_CLIENTS[0]).key.clone(),
+        cert: side.pki.clients[0].0.clone(),
+        key: side.pki.clients[0].1.clone(),
         tls_crypt: Some(side.pki.tls_crypt.clone()),
         server: SocketAddr::V4(SocketAddrV4::new(UNDERLAY_GW, OVPN_PORT)),
         total,
@@ -375,19 +430,15 @@ pub(crate) fn measure_side(side: &Side, s: &Settings, c: &Cycles) -> Result<Valu
     check_stop()?;
     let mut ttc = Vec::new();
     for _ in 0..s.connect_samples {
-        let mut cfg = ClientConfig::new(side.pki, DEFAULT_CLIENTS[0], Proto::Udp);
+        let mut cfg = side.pki.client_config(0);
         cfg.extra.push("explicit-exit-notify 1".into());
         let (took, cl) = connect_timed(side, side.clients[0], &cfg)?;
         ttc.push(took);
         cl.proc.stop();
     }
     let mut clients = Vec::new();
-    for (cn, ns) in DEFAULT_CLIENTS
-        .iter()
-        .zip(&side.clients)
-        .take(s.max_clients())
-    {
-        let cfg = ClientConfig::new(side.pki, cn, Proto::Udp);
+    for (i, ns) in side.clients.iter().enumerate().take(s.max_clients()) {
+        let cfg = side.pki.client_config(i);
         let (took, cl) = connect_timed(side, ns, &cfg)?;
         ttc.push(took);
         clients.push(cl);

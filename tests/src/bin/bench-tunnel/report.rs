@@ -517,7 +517,7 @@ pub fn markdown(r: &Value) -> String {
     let _ = writeln!(
         w,
         "CPU over the iperf3 run (from before the clients start until the last finishes). Gateway = \
-         the stock server process, or Portcullis's pc-worker-*/pc-control threads. Tasks = gateway + \
+         the stock server process, or the `portcullis run` process (all its threads). Tasks = gateway + \
          openvpn clients + iperf3 (its own report). Machine = busy time of all CPUs, including any \
          other load on the machine. Drops: UDP receive-buffer errors in the gateway namespace and in \
          the client namespaces, and device drops (rx/tx) there.\n"

@@ -133,12 +133,13 @@ pub(crate) fn run_stock(s: &Settings, c: &Cycles) -> Result<Value> {
         .map_err(|e| anyhow!("{e}"))?;
     let buffers = socket_buffers(&lab.gw);
     let sessions = || stock_sessions(&status);
+    let creds = Creds::of_lab(&pki);
     let side = Side {
         name: "stock",
         clients: lab.underlay.clients.iter().map(|c| &c.ns).collect(),
         private: &lab.net,
         gw_ns: &lab.gw,
-        pki: &pki,
+        pki: &creds,
         gw: GwSpec {
             pid: server.pid(),
             threads: Vec::new(),
@@ -169,56 +170,65 @@ pub(crate) fn run_stock(s: &Settings, c: &Cycles) -> Result<Value> {
     Ok(v)
 }
 
+/// The policy part of the agent's endpoint file (`tests::agent::endpoint_toml`): every user
+/// may reach the private network's host (iperf3 servers, ping target).
+const AGENT_POLICY: &str = "[[authorization_rule]]\ndestination = \"10.0.0.10/32\"\nall_users = true\ndescription = \"the benchmark's iperf3 servers and ping target\"\n";
+
+/// `(sessions, established sessions)` from the agent's admin socket (`connections`, what
+/// `portcullis connections list` asks).
+fn agent_sessions(agent: &Agent) -> Option<(usize, usize)> {
+    let v = agent.admin(&json!({"v": 1, "cmd": "connections"})).ok()?;
+    let list = v["connections"].as_array()?;
+    Some((
+        list.len(),
+        list.iter().filter(|c| c["established"] == true).count(),
+    ))
+}
+
 pub(crate) fn run_portcullis(s: &Settings, c: &Cycles) -> Result<Value> {
-    println!("bench-tunnel: Portcullis: building the lab (XDP data path, TAP, tunnel)");
+    println!("bench-tunnel: Portcullis: starting `portcullis run` (XDP data path, TAP, tunnel)");
     let dir = TempDir::new("btours");
-    // Enters the gateway namespace on this thread until it drops.
-    let lab = TunnelLab::new(TunnelOpts {
-        clients: s.max_clients(),
-        tls_crypt: true,
-        udp: true,
-        tcp: false,
-        ..TunnelOpts::default()
-    });
-    let sessions = || {
-        let list = lab.tunnel().sessions();
-        Some((list.len(), list.iter().filter(|x| x.established).count()))
-    };
+    // `portcullis run` as deployed: its own process in the gateway namespace, the endpoint file
+    // with the connection and flow logs, the metrics listener and the admin socket on, a PKI
+    // made with `portcullis pki`, the release binary (`$PORTCULLIS_BIN`, set by xtask).
+    let lab = AgentLab::new(s.max_clients(), DEFAULT_CLIENTS, AGENT_POLICY);
+    let agent = lab.agent();
+    let creds = Creds::of_cli(&lab.pki);
+    let sessions = || agent_sessions(agent);
+    // The whole process, as for the stock server.
     let gw = GwSpec {
-        pid: std::process::id(),
-        threads: vec!["pc-worker-".into(), "pc-control".into()],
+        pid: agent.pid(),
+        threads: Vec::new(),
     };
-    // A thread names itself once it runs: wait (bounded) for the workers and the control thread.
-    let end = Instant::now() + Duration::from_secs(5);
-    let mut tasks = sys::gw_tasks(&gw);
-    while tasks.len() < 3 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-        tasks = sys::gw_tasks(&gw);
-    }
-    if tasks.is_empty() {
-        bail!("no pc-worker-*/pc-control threads in this process: the tunnel did not start?");
-    }
+    let tasks = sys::gw_tasks(&gw);
     let side = Side {
         name: "portcullis",
         clients: lab.underlay.clients.iter().map(|c| &c.ns).collect(),
-        private: &lab.gw.net,
-        gw_ns: &lab.gw.gw,
-        pki: &lab.pki,
+        private: &lab.net,
+        gw_ns: &lab.gw,
+        pki: &creds,
         gw,
-        rss_pid: std::process::id(),
+        rss_pid: agent.pid(),
         sessions: &sessions,
         tmp: dir.path(),
     };
-    let buffers = socket_buffers(&lab.gw.gw);
+    let buffers = socket_buffers(&lab.gw);
     let mut v = measure_side(&side, s, c)?;
-    let st = &lab.tunnel().stats;
+    if !agent.is_running() {
+        bail!(
+            "portcullis run exited during the run:\n{}",
+            agent.log_tail(40)
+        );
+    }
+    let status = agent.admin(&json!({"v": 1, "cmd": "status"})).ok();
+    let config = std::fs::read_to_string(&lab.config).unwrap_or_default();
     v["server"] = json!({
-        "what": "Portcullis tunnel in this process (tests::tunnel::TunnelLab: 2 packet workers, one control thread) in front of the XDP data path on a TAP",
-        "threads": tasks.iter().map(|t| t.1.clone()).collect::<Vec<_>>(),
-        "cpu_accounting": format!("on-CPU time of this process's threads named pc-worker-* and pc-control: {}; the XDP program runs inside the workers' TAP writes and in the veths' softirq", sys::cpu_time_source()),
-        "rss": "VmRSS of this benchmark process (the tunnel is in-process; the load generator is a separate process)",
-        "reset_limiter": "ServerSettings::default: 200 stateless reset replies/s, burst 400",
-        "tunnel_stats": tests::benchreport::tunnel_stats(st),
+        "what": format!("`portcullis run` (the agent binary {}) in the gateway namespace: the XDP data path on a TAP, connection and flow logs, metrics listener, admin socket", tests::agent::portcullis_bin().display()),
+        "config": config,
+        "threads_at_start": tasks.iter().map(|t| t.1.clone()).collect::<Vec<_>>(),
+        "cpu_accounting": format!("on-CPU time of the portcullis process's tasks: {}; the XDP program runs inside the agent's TAP writes and in the veths' softirq (machine figures count all of it)", sys::cpu_time_source()),
+        "rss": "VmRSS of the portcullis process; BPF map memory is kernel memory and not in it",
+        "agent_status": status,
         "socket_buffers": buffers,
     });
     drop(lab);
