@@ -53,9 +53,10 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Setup => setup::run(),
         Command::Test(args) => test::run(&args),
-        Command::Cleanup => cleanup::run(),
+        // These tear down or build labs: one privileged run on the machine at a time.
+        Command::Cleanup => util::lock_privileged().and_then(|_l| cleanup::run()),
         Command::Demo(args) => demo::run(args),
-        Command::Bench(args) => bench::run(&args),
+        Command::Bench(args) => util::lock_privileged().and_then(|_l| bench::run(&args)),
         Command::Fuzz(args) => fuzz::run(&args),
     };
     match result {

@@ -171,6 +171,14 @@ pub fn run(args: &TestArgs) -> Result<()> {
     } else {
         // End-to-end tests run target/debug/portcullis; `cargo test` alone may not build it.
         runner.cargo("build agent binary", &["build", "--package", AGENT_PACKAGE]);
+        // From the first cleanup to the last: no other privileged run on this machine.
+        let _lock = match util::lock_privileged() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("xtask test: running without the machine lock: {e:#}");
+                None
+            }
+        };
         runner.step("cleanup before privileged tests", false, cleanup::run);
         // Serial: the tests create network namespaces, links and pins. `--tests` leaves out
         // the (empty) doc-tests so cargo's last "test result:" line is the real one;

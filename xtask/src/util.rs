@@ -138,3 +138,35 @@ pub fn target_dir() -> Result<PathBuf> {
         .map(PathBuf::from)
         .context("cargo metadata has no target_directory")
 }
+
+/// The lock every privileged run on this machine holds: the tests' namespace names, pins,
+/// ports and the cleanup step are machine-wide, so two runs at once (two checkouts, or a
+/// developer's `flock /tmp/portcullis-priv.lock cargo test -p tests ...` beside
+/// `cargo xtask test`) would tear down each other's labs.
+pub const PRIVILEGED_LOCK: &str = "/tmp/portcullis-priv.lock";
+
+/// Holds [`PRIVILEGED_LOCK`] (an exclusive `flock`) until dropped; waits for another holder
+/// and says so.
+pub struct MachineLock(#[allow(dead_code)] std::fs::File);
+
+pub fn lock_privileged() -> Result<MachineLock> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(PRIVILEGED_LOCK)
+        .with_context(|| format!("opening {PRIVILEGED_LOCK}"))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        println!("xtask: another privileged run holds {PRIVILEGED_LOCK}; waiting for it");
+        // SAFETY: as above, blocking this time.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!(
+                "locking {PRIVILEGED_LOCK}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(MachineLock(file))
+}
