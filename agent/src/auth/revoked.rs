@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn only_revocations_made_here_are_announced() {
         let r = Revoked::load(None, 1_000).unwrap();
-        let mut rx = r.local_revocations();
+        let rx = r.local_revocations();
         r.add(&[(*b"from-fleet-1", 5_000)], 1_000);
         assert!(
             !rx.has_changed().unwrap(),
