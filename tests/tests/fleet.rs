@@ -494,5 +494,7 @@ mod presence;
 mod registry;
 #[path = "fleet/revocation.rs"]
 mod revocation;
+#[path = "fleet/token_revocation.rs"]
+mod token_revocation;
 #[path = "fleet/watch.rs"]
 mod watch;

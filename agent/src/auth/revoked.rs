@@ -1,19 +1,25 @@
 //! Session tokens an operator revoked (`connections terminate`): by token session id (kept by
 //! every renewal and reconnect, see [`super::token`]), until the token's lifetime would have
 //! ended anyway. Persisted (`auth.token_revocation_file`), so a restart does not bring a
-//! revoked token back.
+//! revoked token back. In a fleet, `crate::fleet::revocations` publishes this gateway's
+//! revocations ([`Revoked::revoke`], announced on [`Revoked::local_revocations`]) and adds
+//! the other gateways' ([`Revoked::add`]); this module knows nothing of the fleet.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use tokio::sync::watch;
+
 use super::token::SESSION_ID_LEN;
 
-type SessionId = [u8; SESSION_ID_LEN];
+pub type SessionId = [u8; SESSION_ID_LEN];
 
 /// Revoked token sessions, each until it would have expired (Unix seconds).
 pub struct Revoked {
     ids: Mutex<HashMap<SessionId, u64>>,
     file: Option<PathBuf>,
+    /// Bumped at each revocation made here (not at one learnt from the fleet).
+    local: watch::Sender<u64>,
 }
 
 impl Revoked {
@@ -45,14 +51,41 @@ impl Revoked {
         Ok(Revoked {
             ids: Mutex::new(ids),
             file,
+            local: watch::Sender::new(0),
         })
+    }
+
+    /// An operator revoked `ids` on this gateway ([`Revoked::add`]): those listening to
+    /// [`Revoked::local_revocations`] (the fleet member) are told.
+    pub fn revoke(&self, ids: &[(SessionId, u64)], now: u64) {
+        if ids.is_empty() {
+            return;
+        }
+        self.add(ids, now);
+        self.local.send_modify(|n| *n += 1);
+    }
+
+    /// Changes at every [`Revoked::revoke`]; the set itself is read with
+    /// [`Revoked::entries`] (a listener that was away misses nothing).
+    pub fn local_revocations(&self) -> watch::Receiver<u64> {
+        self.local.subscribe()
+    }
+
+    /// Every revocation whose token is still alive at `now`, with its end.
+    pub fn entries(&self, now: u64) -> Vec<(SessionId, u64)> {
+        lock(&self.ids)
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(id, until)| (*id, *until))
+            .collect()
     }
 
     pub fn contains(&self, id: &SessionId) -> bool {
         lock(&self.ids).contains_key(id)
     }
 
-    /// Revokes `ids` (each with the time its token dies) and writes the file.
+    /// Revokes `ids` (each with the time its token dies) and writes the file. Nobody is told:
+    /// what comes from the fleet goes back to no one.
     pub fn add(&self, ids: &[(SessionId, u64)], now: u64) {
         if ids.is_empty() {
             return;
@@ -87,11 +120,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .and_then(|()| std::fs::rename(&tmp, path))
 }
 
-fn hex(id: &SessionId) -> String {
+pub fn hex(id: &SessionId) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn parse_hex(s: &str) -> Option<SessionId> {
+pub fn parse_hex(s: &str) -> Option<SessionId> {
     let mut id = [0; SESSION_ID_LEN];
     if s.len() != SESSION_ID_LEN * 2 {
         return None;
@@ -137,5 +170,26 @@ mod tests {
             "never silently empty"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_revocations_made_here_are_announced() {
+        let r = Revoked::load(None, 1_000).unwrap();
+        let rx = r.local_revocations();
+        r.add(&[(*b"from-fleet-1", 5_000)], 1_000);
+        assert!(
+            !rx.has_changed().unwrap(),
+            "learnt from the fleet: not sent back"
+        );
+        r.revoke(&[(*b"revoked-here", 5_000), (*b"dead-already", 900)], 1_000);
+        assert!(rx.has_changed().unwrap());
+        let mut e = r.entries(1_000);
+        e.sort();
+        assert_eq!(
+            e,
+            vec![(*b"from-fleet-1", 5_000), (*b"revoked-here", 5_000)]
+        );
+        assert_eq!(parse_hex(&hex(b"revoked-here")), Some(*b"revoked-here"));
+        assert_eq!(parse_hex("zz"), None);
     }
 }

@@ -11,7 +11,7 @@
 //! reconnect (no provider can be asked again: the groups are the login's until the token's
 //! lifetime).
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::grants::Grant;
 use super::revoked::Revoked;
@@ -47,7 +47,7 @@ pub struct SessionTokens {
     /// Web logins whose groups did not fit in the token ([`Kind::SsoHeldLocally`]): kept
     /// on the gateway that saw the login.
     sso: Mutex<HashMap<SessionId, (Grant, u64)>>,
-    revoked: Revoked,
+    revoked: Arc<Revoked>,
 }
 
 impl SessionTokens {
@@ -56,8 +56,13 @@ impl SessionTokens {
             key,
             held: Mutex::new(HashMap::new()),
             sso: Mutex::new(HashMap::new()),
-            revoked,
+            revoked: Arc::new(revoked),
         }
+    }
+
+    /// The revoked token sessions (the fleet member shares them with the other gateways).
+    pub fn revoked(&self) -> Arc<Revoked> {
+        self.revoked.clone()
     }
 
     /// A real login succeeded (password, TOTP or web login): a new token session. `sso`:
@@ -198,7 +203,8 @@ impl SessionTokens {
     }
 
     /// The sessions at `link` were terminated by the operator: their tokens are refused
-    /// from now on, here and after a restart (another gateway of a fleet does not know).
+    /// from now on, here and after a restart, and in a fleet on every gateway
+    /// (`crate::fleet::revocations`).
     pub fn revoke_link(&self, link: Link) -> usize {
         let now = unix_now();
         let life = self.key.lifetime_secs;
@@ -207,7 +213,7 @@ impl SessionTokens {
             .filter(|((l, _), _)| *l == link)
             .map(|(_, h)| (h.id, h.initial.saturating_add(life)))
             .collect();
-        self.revoked.add(&ids, now);
+        self.revoked.revoke(&ids, now);
         ids.len()
     }
 

@@ -9,6 +9,7 @@
 //! | `terminate/<gateway>/<connection>` | who asked, when | short lease; watched by the owner |
 //! | `users/<user>/<gateway>/<connection>` | empty: one admitted connection of the user | under the owner's lease |
 //! | `admitted/<gateway>/<connection>` | empty: one admitted connection of the endpoint | under the owner's lease |
+//! | `revoked-tokens/<token session id hex>` | a revoked session token: until when, by whom (JSON) | a lease of its own, the token's remaining lifetime |
 //!
 //! Every key that describes something alive on a gateway is written under that gateway's
 //! lease, so a gateway that dies leaves nothing behind after its TTL. Parts that come from
@@ -121,6 +122,16 @@ impl Keys {
 
     pub fn admission(&self, gateway: &str, connection: &str) -> String {
         format!("{}{gateway}/{connection}", self.admissions())
+    }
+
+    /// Every revoked session token of the fleet.
+    pub fn revoked_tokens(&self) -> String {
+        format!("{}revoked-tokens/", self.root)
+    }
+
+    /// One revoked token session (its id in lower-case hex: no escaping needed).
+    pub fn revoked_token(&self, id_hex: &str) -> String {
+        format!("{}{id_hex}", self.revoked_tokens())
     }
 }
 

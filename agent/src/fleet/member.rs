@@ -7,7 +7,8 @@
 //! it (a member died, a connection broke, or all of etcd was stopped and came back: etcd
 //! expires nothing without a leader), else grants a new one; then it claims its blocks
 //! again, writes its presence and every session again, deletes the records of sessions that
-//! ended meanwhile and reads the terminate requests that came meanwhile. Until then the fence
+//! ended meanwhile, reads the terminate requests that came meanwhile, and reads the fleet's
+//! revoked session tokens and writes this gateway's that etcd missed. Until then the fence
 //! runs out with the old lease's validity (no new session is admitted into blocks another
 //! gateway may hold by then).
 use std::net::Ipv4Addr;
@@ -24,7 +25,9 @@ use super::lease::GatewayLease;
 use super::limits::Admitted;
 use super::presence::{self, Presence};
 use super::registry::{unix_now, Registry, SessionRecord};
+use super::revocations::Revocations;
 use super::{blocks, connect, terminate, FleetError, Keys};
+use crate::auth::revoked::Revoked;
 use crate::config::FleetSection;
 use crate::openvpn::fence::{AddressFence, LOW_WATER};
 
@@ -146,6 +149,8 @@ struct Ctx {
     admits: Option<(mpsc::Receiver<AdmitRequest>, Caps)>,
     /// The fingerprint of this gateway's session-token secret, published in its presence.
     token_secret: Option<String>,
+    /// With session tokens: the revoked ones, shared with the fleet.
+    revocations: Option<Revocations>,
 }
 
 impl Member {
@@ -158,11 +163,13 @@ impl Member {
         fence: Arc<AddressFence>,
         gate: Option<UserGate>,
     ) -> Member {
-        Self::start_with_token(section, keys, pool, fence, gate, None)
+        Self::start_with_token(section, keys, pool, fence, gate, None, None)
     }
 
     /// [`Member::start`] of a gateway with session tokens: `token_secret` is the
-    /// [`presence::fingerprint`] of its secret, compared with every other gateway's.
+    /// [`presence::fingerprint`] of its secret, compared with every other gateway's;
+    /// `revoked` its revoked tokens, which the member shares with the fleet (see
+    /// [`super::revocations`]).
     pub fn start_with_token(
         section: FleetSection,
         keys: Keys,
@@ -170,6 +177,7 @@ impl Member {
         fence: Arc<AddressFence>,
         gate: Option<UserGate>,
         token_secret: Option<String>,
+        revoked: Option<Arc<Revoked>>,
     ) -> Member {
         let (sessions_tx, sessions_rx) = watch::channel(Vec::new());
         let (term_tx, term_rx) = mpsc::channel(64);
@@ -185,6 +193,7 @@ impl Member {
             shared: shared.clone(),
             admits: gate.and_then(|g| Some((g.take_requests()?, g.caps))),
             token_secret,
+            revocations: revoked.map(Revocations::new),
         };
         Member {
             sessions: sessions_tx,
@@ -296,6 +305,16 @@ async fn next_admit(
     }
 }
 
+/// The next message of a watch, if there is one.
+async fn next_message(
+    w: &mut Option<etcd_client::WatchStream>,
+) -> Result<Option<etcd_client::WatchResponse>, etcd_client::Error> {
+    match w {
+        Some(w) => w.message().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Takes up lease `last` again if etcd still holds it, else grants a new one; the flag says
 /// whether it is the same lease.
 async fn lease_for(
@@ -369,6 +388,10 @@ async fn run_once(
         let _ = ctx.terminates.send(id).await;
         terminate::done(&mut client, &ctx.keys, &gw, id).await?;
     }
+    let mut revoked_watch = match &mut ctx.revocations {
+        Some(r) => Some(r.join(&mut client, &ctx.keys, &gw).await?),
+        None => None,
+    };
     ctx.shared.set_client(Some(client.clone()));
     ctx.shared.set_error(None);
     *joined = true;
@@ -410,6 +433,22 @@ async fn run_once(
                 for id in terminate::ids_in(&ctx.keys, &gw, &resp) {
                     let _ = ctx.terminates.send(id).await;
                     terminate::done(&mut client, &ctx.keys, &gw, id).await?;
+                }
+            }
+            () = Revocations::local_revocation(&mut ctx.revocations) => {
+                if let Some(r) = &mut ctx.revocations {
+                    r.publish(&mut client, &ctx.keys, &gw).await?;
+                }
+            }
+            msg = next_message(&mut revoked_watch) => {
+                let resp = msg
+                    .map_err(FleetError::Etcd)?
+                    .ok_or_else(|| FleetError::WatchEnded("the revoked-tokens watch closed".into()))?;
+                if resp.canceled() {
+                    return Err(FleetError::WatchEnded("the revoked-tokens watch was cancelled".into()));
+                }
+                if let Some(r) = &mut ctx.revocations {
+                    r.apply(&ctx.keys, &resp);
                 }
             }
         }

@@ -4,7 +4,8 @@
 //! the whole truth). With one, the gateway reaches etcd with [`connect`] and names every key
 //! it reads or writes through [`Keys`], so the layout lives in one place ([`keys`]) and is
 //! documented there and in `docs/fleet.md`. One task per gateway ([`Member`]) holds its
-//! lease, its address blocks, its registry entries and its terminate watch.
+//! lease, its address blocks, its registry entries, its terminate watch and the fleet's
+//! revoked session tokens.
 pub mod admin;
 pub mod blocks;
 pub mod client;
@@ -16,6 +17,7 @@ pub mod member;
 pub mod policy;
 pub mod presence;
 pub mod registry;
+pub mod revocations;
 pub mod terminate;
 
 pub use client::{connect, FleetError};

@@ -29,6 +29,7 @@ async fn gateways_with_another_token_secret_are_named() {
                 AddressFence::new(),
                 None,
                 Some(fp.clone()),
+                None,
             );
             (id.to_owned(), m)
         })
