@@ -154,14 +154,17 @@ fn from_the_tap(peers: &PeerTable, s: &[Session], body: &[u8], now: Instant) {
     }
 }
 
-/// Client `who % 3` seals `body` and sends it from its own address (even `who`) or from
-/// another session's address (odd `who`): the worker's path through the table and `frame`.
+/// Client `who % 3` seals `body` and sends it from its own address (`who` below 128) or
+/// from another session's address (128 and above): the worker's path through the table and `frame`.
 fn from_a_client(peers: &PeerTable, s: &[Session], who: u8, body: &[u8], now: Instant) {
     let sender = &s[usize::from(who % SESSIONS)];
     let from = if who & 0x80 == 0 {
         sender.server.link()
     } else {
-        s[usize::from((who + 1) % SESSIONS)].server.link()
+        // In usize: `who` 255 plus one overflows a u8.
+        s[(usize::from(who) + 1) % usize::from(SESSIONS)]
+            .server
+            .link()
     };
     let overhead = sender.client.overhead();
     let mut buf = vec![0u8; overhead + body.len()];

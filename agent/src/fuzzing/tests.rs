@@ -83,6 +83,14 @@ fn record(op: u8, who: u8, body: Vec<u8>) -> Vec<u8> {
     r
 }
 
+/// The highest sender byte forges the next session's address: `who + 1` once overflowed a
+/// u8 there (a harness fault the release-built fuzz campaign, without overflow checks, could
+/// not see; this proptest found it).
+#[test]
+fn the_highest_sender_byte_forges_the_next_session() {
+    tap(&record(1, 255, ipv4([10, 8, 0, 3], [10, 0, 0, 5], 4)));
+}
+
 fn tap_seeds() -> Seeds {
     let (s0, s1) = ([10, 8, 0, 2], [10, 8, 0, 3]);
     vec![
