@@ -69,8 +69,8 @@ impl FleetGlue {
                 blocks: fence.blocks().iter().map(|b| b.to_string()).collect(),
                 gateways: peers.iter().map(|p| p.gateway.clone()).collect(),
                 peers,
-                error: self.member.shared.error(),
-                token_secret_mismatch: self.member.shared.token_mismatch(),
+                error: shared.error(),
+                token_secret_mismatch: shared.token_mismatch(),
             };
         }
         if !changed && self.last_sent.elapsed() < self.refresh {

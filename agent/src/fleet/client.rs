@@ -137,3 +137,29 @@ pub async fn connect(section: &FleetSection) -> Result<Client, FleetError> {
     client.status().await.map_err(unreachable)?;
     Ok(client)
 }
+
+/// Everything under `prefix` now, and a watch of the prefix from the revision after that
+/// read, so that no key written in between is missed.
+pub async fn read_and_watch(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<(etcd_client::GetResponse, etcd_client::WatchStream), FleetError> {
+    use etcd_client::{GetOptions, WatchOptions};
+    let got = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(FleetError::Etcd)?;
+    let read_at = got.header().map_or(0, |h| h.revision());
+    let stream = client
+        .watch(
+            prefix,
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(read_at + 1),
+            ),
+        )
+        .await
+        .map_err(FleetError::Etcd)?;
+    Ok((got, stream))
+}

@@ -16,10 +16,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions, WatchStream};
+use etcd_client::{Client, EventType, PutOptions, WatchStream};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::client::read_and_watch;
 use super::registry::unix_now;
 use super::{FleetError, Keys};
 use crate::auth::revoked::{hex, parse_hex, Revoked, SessionId};
@@ -61,12 +62,7 @@ impl Revocations {
         keys: &Keys,
         gateway: &str,
     ) -> Result<WatchStream, FleetError> {
-        let prefix = keys.revoked_tokens();
-        let got = client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(FleetError::Etcd)?;
-        let read_at = got.header().map_or(0, |h| h.revision());
+        let (got, stream) = read_and_watch(client, &keys.revoked_tokens()).await?;
         self.in_etcd.clear();
         let now = unix_now();
         let found: Vec<(SessionId, u64)> = got
@@ -79,17 +75,7 @@ impl Revocations {
         // Marks what is seen now: the write below covers it.
         self.local.borrow_and_update();
         self.publish(client, keys, gateway).await?;
-        client
-            .watch(
-                prefix.as_str(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(read_at + 1),
-                ),
-            )
-            .await
-            .map_err(FleetError::Etcd)
+        Ok(stream)
     }
 
     /// Adds the revocations of one watch message to the set.

@@ -4,9 +4,10 @@
 //!
 //! A request lives under a short lease of its own, so one addressed to a gateway that died
 //! (its sessions are gone with it) does not linger.
-use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions, WatchStream};
+use etcd_client::{Client, EventType, PutOptions, WatchStream};
 use serde::{Deserialize, Serialize};
 
+use super::client::read_and_watch;
 use super::registry::unix_now;
 use super::{FleetError, Keys};
 
@@ -58,28 +59,12 @@ pub async fn pending_and_watch(
     keys: &Keys,
     gateway: &str,
 ) -> Result<(Vec<u32>, WatchStream), FleetError> {
-    let prefix = keys.terminates_of(gateway);
-    let got = client
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(FleetError::Etcd)?;
-    let read_at = got.header().map_or(0, |h| h.revision());
+    let (got, stream) = read_and_watch(client, &keys.terminates_of(gateway)).await?;
     let pending = got
         .kvs()
         .iter()
         .filter_map(|kv| id_of(keys, gateway, kv.key_str().ok()?))
         .collect();
-    let stream = client
-        .watch(
-            prefix.as_str(),
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(read_at + 1),
-            ),
-        )
-        .await
-        .map_err(FleetError::Etcd)?;
     Ok((pending, stream))
 }
 
