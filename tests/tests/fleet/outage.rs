@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, GetOptions};
 use portcullis::fleet::Keys;
 use tests::agent::{cli_ok, poll, scrape_metrics, ProfileClient, COMPLETED};
-use tests::fleet::{gateway_addresses, underlay_addr, FleetLab};
+use tests::fleet::{gateway_addresses, pinned, FleetLab};
 use tests::gateway::SERVER;
 use tests::openvpn::ping;
 
@@ -22,19 +22,6 @@ use super::{have_etcd, ENG_ALLOWED};
 
 /// The lab's lease TTL.
 const TTL: Duration = Duration::from_secs(3);
-
-/// `profile` with only gateway `i`'s `remote`.
-fn pinned(profile: &str, i: usize) -> String {
-    let addr = underlay_addr(i).to_string();
-    profile
-        .lines()
-        .filter(|l| {
-            !l.starts_with("remote-random")
-                && (!l.starts_with("remote ") || l.split_whitespace().nth(1) == Some(addr.as_str()))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
 
 fn keys_under(rt: &tokio::runtime::Runtime, c: &mut Client, prefix: &str) -> Vec<String> {
     rt.block_on(c.get(
