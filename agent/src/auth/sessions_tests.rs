@@ -1,32 +1,7 @@
 //! Session tokens across gateways, restarts and revocations.
 use super::*;
 
-fn token_link() -> Link {
-    Link::Udp {
-        listener: 0,
-        addr: "192.0.2.50:4000".parse().unwrap(),
-    }
-}
-
-/// A new connection of certificate `cn` sending `user` and `password`.
-fn request(cn: &str, user: &str, password: &str) -> AuthRequest {
-    use crate::openvpn::{crypto::Cipher, keys::Password, options::PeerInfo, packet::KeyId};
-    AuthRequest {
-        session: 1,
-        key_id: KeyId::ZERO,
-        initial: true,
-        identity: crate::openvpn::tls::ClientIdentity {
-            common_name: cn.into(),
-            serial_hex: "01".into(),
-            not_after: std::time::SystemTime::now(),
-            issuer: "CN=test".into(),
-        },
-        username: user.into(),
-        password: Password::new(password),
-        peer_info: PeerInfo::parse("IV_VER=2.6.14\n"),
-        cipher: Cipher::Aes256Gcm,
-    }
-}
+use crate::auth::authenticator::tests::{request, token_link};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-fleet";
 
