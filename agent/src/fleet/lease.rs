@@ -57,10 +57,13 @@ impl GatewayLease {
         id: i64,
         ttl_secs: u64,
     ) -> Result<Option<(GatewayLease, Instant)>, FleetError> {
-        let (keeper, stream) = client
-            .lease_keep_alive(id)
-            .await
-            .map_err(FleetError::Etcd)?;
+        let (keeper, stream) = match client.lease_keep_alive(id).await {
+            Ok(k) => k,
+            Err(e) => match lost_or(id, e) {
+                FleetError::LeaseLost(_) => return Ok(None),
+                e => return Err(e),
+            },
+        };
         let mut lease = GatewayLease {
             id,
             ttl: Duration::from_secs(ttl_secs),
@@ -89,7 +92,7 @@ impl GatewayLease {
         })
         .await
         .map_err(|_| FleetError::WatchEnded("the lease keep-alive was not answered".into()))?
-        .map_err(FleetError::Etcd)?;
+        .map_err(|e| lost_or(self.id, e))?;
         match answer {
             Some(r) if r.ttl() > 0 => Ok(sent + Duration::from_secs(r.ttl() as u64)),
             Some(_) => Err(FleetError::LeaseLost(self.id)),
@@ -97,5 +100,36 @@ impl GatewayLease {
                 "the lease keep-alive stream closed".into(),
             )),
         }
+    }
+}
+
+/// An expired lease is answered either with TTL 0 or, by the client on a stream that etcd
+/// closed, with "lease not found": both are [`FleetError::LeaseLost`] (a new lease is due;
+/// taking the old one up again can never succeed), anything else an etcd error.
+fn lost_or(id: i64, e: etcd_client::Error) -> FleetError {
+    match &e {
+        etcd_client::Error::LeaseKeepAliveError(m) if m.contains("lease not found") => {
+            FleetError::LeaseLost(id)
+        }
+        etcd_client::Error::GRpcStatus(s) if s.message().contains("lease not found") => {
+            FleetError::LeaseLost(id)
+        }
+        _ => FleetError::Etcd(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_not_found_is_a_lost_lease() {
+        let e = lost_or(
+            7,
+            etcd_client::Error::LeaseKeepAliveError("lease not found".into()),
+        );
+        assert!(matches!(e, FleetError::LeaseLost(7)), "{e}");
+        let e = lost_or(7, etcd_client::Error::LeaseKeepAliveError("other".into()));
+        assert!(matches!(e, FleetError::Etcd(_)), "{e}");
     }
 }
