@@ -6,7 +6,6 @@ use super::member::Shared;
 use super::registry::{self, unix_now};
 use std::time::Duration;
 
-use super::client::retrying;
 use super::{terminate, Keys};
 use crate::admin::{ConnectionInfo, ConnectionsReply, ErrorReply, TerminateReply};
 
@@ -25,14 +24,11 @@ pub async fn connections(
     for c in &mut local {
         c.gateway = Some(own.to_owned());
     }
-    let others = match shared.client_within(WAIT_MEMBER).await {
-        Ok(client) => retrying(&client, |mut c| async move {
+    let others = shared
+        .request(WAIT_MEMBER, |mut c| async move {
             registry::list(&mut c, keys).await
         })
-        .await
-        .map_err(|e| e.to_string()),
-        Err(e) => Err(e),
-    };
+        .await;
     match others {
         Ok(records) => {
             let now = unix_now();
@@ -98,24 +94,23 @@ async fn request_remote(
     target: &RemoteTarget<'_>,
     sent: &mut Vec<String>,
 ) -> Result<(), String> {
-    let client = shared.client_within(WAIT_MEMBER).await?;
     // The whole read-and-request is repeated after a transport error (a request is a put:
     // sending it twice is harmless); what was sent is reported once.
-    let done = retrying(&client, |mut c| async move {
-        let records = registry::list(&mut c, keys).await?;
-        let mut done = Vec::new();
-        for r in records.iter().filter(|r| r.gateway != own) {
-            let by_id = target.gateway == Some(r.gateway.as_str()) && target.id == Some(r.id);
-            let by_user = target.user.is_some_and(|u| r.is_user(u));
-            if by_id || by_user {
-                terminate::request(&mut c, keys, &r.gateway, r.id, own).await?;
-                done.push(format!("{}/{}", r.gateway, r.id));
+    let done = shared
+        .request(WAIT_MEMBER, |mut c| async move {
+            let records = registry::list(&mut c, keys).await?;
+            let mut done = Vec::new();
+            for r in records.iter().filter(|r| r.gateway != own) {
+                let by_id = target.gateway == Some(r.gateway.as_str()) && target.id == Some(r.id);
+                let by_user = target.user.is_some_and(|u| r.is_user(u));
+                if by_id || by_user {
+                    terminate::request(&mut c, keys, &r.gateway, r.id, own).await?;
+                    done.push(format!("{}/{}", r.gateway, r.id));
+                }
             }
-        }
-        Ok(done)
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+            Ok(done)
+        })
+        .await?;
     sent.extend(done);
     Ok(())
 }

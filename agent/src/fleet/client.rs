@@ -20,10 +20,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// that dies outright closes its sockets and is noticed at once; the lease keep-alive has
 /// its own shorter timeout.
 pub const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(6), Duration::from_secs(2));
-/// How often an operator's request (list, terminate) is tried when etcd's answer is a
-/// transport error (a request routed to a member that just died), and the pause between.
-const TRIES: u32 = 4;
-const TRY_PAUSE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -68,28 +64,6 @@ pub fn is_transport(e: &FleetError) -> bool {
     }
 }
 
-/// Runs `op` with a clone of `client` until it succeeds, fails with an answer, or failed
-/// [`TRIES`] times with transport errors (the balancer of a multi-endpoint client still
-/// routes to a member that just died until it sees the connection gone; a second try goes
-/// to a living one). `op` must be safe to repeat.
-pub async fn retrying<T, F, Fut>(client: &Client, mut op: F) -> Result<T, FleetError>
-where
-    F: FnMut(Client) -> Fut,
-    Fut: std::future::Future<Output = Result<T, FleetError>>,
-{
-    let mut tried = 1;
-    loop {
-        match op(client.clone()).await {
-            Err(e) if tried < TRIES && is_transport(&e) => {
-                tracing::debug!(error = %e, tried, "etcd request: transport error, trying again");
-                tried += 1;
-                tokio::time::sleep(TRY_PAUSE).await;
-            }
-            r => return r,
-        }
-    }
-}
-
 fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, FleetError> {
     std::fs::read(path).map_err(|source| FleetError::ReadFile {
         field,
@@ -127,15 +101,65 @@ fn options(section: &FleetSection) -> Result<ConnectOptions, FleetError> {
 /// itself connects lazily, which would hide a wrong address or certificate until the first
 /// real write).
 pub async fn connect(section: &FleetSection) -> Result<Client, FleetError> {
+    connect_to(section, &section.endpoints).await
+}
+
+async fn connect_to(section: &FleetSection, endpoints: &[String]) -> Result<Client, FleetError> {
     let unreachable = |source| FleetError::Unreachable {
-        endpoints: section.endpoints.join(","),
+        endpoints: endpoints.join(","),
         source,
     };
-    let mut client = Client::connect(&section.endpoints, Some(options(section)?))
+    let mut client = Client::connect(endpoints, Some(options(section)?))
         .await
         .map_err(unreachable)?;
     client.status().await.map_err(unreachable)?;
     Ok(client)
+}
+
+/// Which etcd member a long-lived task (the gateway's membership, the policy follower) talks
+/// to: one at a time, the next one after a failure.
+///
+/// Not the balancing client of [`connect`]: that one keeps a dead member in its set and
+/// routes about a third of the requests there until the member is back, so the dozen
+/// requests of a gateway's (re)join almost never all succeed with one member of three dead,
+/// and the gateway's lease expired while it retried. A single-member connection fails at
+/// once and as a whole when its member dies; the task starts over on the next member.
+#[derive(Debug, Default)]
+pub struct Rotation {
+    next: usize,
+}
+
+impl Rotation {
+    /// A connection to the first member, from the one after the last failure on, that
+    /// answers; every member tried and none answering is [`FleetError::Unreachable`] with
+    /// the last member's error.
+    pub async fn connect(&mut self, section: &FleetSection) -> Result<Client, FleetError> {
+        let n = section.endpoints.len().max(1);
+        let mut last = None;
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            let endpoint = section.endpoints.get(i).cloned().unwrap_or_default();
+            match connect_to(section, std::slice::from_ref(&endpoint)).await {
+                Ok(client) => {
+                    self.next = i;
+                    if k > 0 {
+                        tracing::info!(%endpoint, "fleet: etcd reached at another member");
+                    }
+                    return Ok(client);
+                }
+                Err(e) => {
+                    tracing::debug!(%endpoint, error = %e, "fleet: etcd member does not answer");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| FleetError::WatchEnded("fleet.endpoints is empty".into())))
+    }
+
+    /// The member in use failed: the next connection starts with the one after it.
+    pub fn failed(&mut self) {
+        self.next = self.next.wrapping_add(1);
+    }
 }
 
 /// Everything under `prefix` now, and a watch of the prefix from the revision after that

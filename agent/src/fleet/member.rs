@@ -19,6 +19,7 @@ use etcd_client::Client;
 use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, watch};
 
+use super::client::{is_transport, Rotation};
 use super::gate::Caps;
 use super::gate::{AdmitRequest, UserGate};
 use super::lease::GatewayLease;
@@ -26,7 +27,7 @@ use super::limits::Admitted;
 use super::presence::{self, Presence};
 use super::registry::{unix_now, Registry, SessionRecord};
 use super::revocations::Revocations;
-use super::{blocks, connect, terminate, FleetError, Keys};
+use super::{blocks, terminate, FleetError, Keys};
 use crate::auth::revoked::Revoked;
 use crate::config::FleetSection;
 use crate::openvpn::fence::{AddressFence, LOW_WATER};
@@ -36,6 +37,10 @@ use crate::openvpn::fence::{AddressFence, LOW_WATER};
 /// coming back), back to this once a start succeeds.
 const RETRY: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(4);
+/// How often an operator's request is tried after transport errors, and the pause between
+/// (the member notices its etcd member's death at once: the connection closes).
+const TRIES: u32 = 4;
+const TRY_PAUSE: Duration = Duration::from_millis(250);
 
 /// What the gateway's loop and admin answers read of the member.
 #[derive(Default)]
@@ -73,6 +78,30 @@ impl Shared {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 r => return r,
+            }
+        }
+    }
+
+    /// Runs an operator's request `op` (list, terminate) on the member's connection, until it
+    /// succeeds, fails with an answer, or failed [`TRIES`] times with transport errors. A
+    /// transport error means the member's etcd member just died under the request; the
+    /// member is then on another one within about a second, and the next try waits up to
+    /// `within` for that connection. `op` must be safe to repeat.
+    pub async fn request<T, F, Fut>(&self, within: Duration, mut op: F) -> Result<T, String>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, FleetError>>,
+    {
+        let mut tried = 1;
+        loop {
+            let client = self.client_within(within).await?;
+            match op(client).await {
+                Err(e) if tried < TRIES && is_transport(&e) => {
+                    tracing::debug!(error = %e, tried, "etcd request: transport error, trying again");
+                    tried += 1;
+                    tokio::time::sleep(TRY_PAUSE).await;
+                }
+                r => return r.map_err(|e| e.to_string()),
             }
         }
     }
@@ -151,6 +180,8 @@ struct Ctx {
     token_secret: Option<String>,
     /// With session tokens: the revoked ones, shared with the fleet.
     revocations: Option<Revocations>,
+    /// The etcd member the membership talks to.
+    rotation: Rotation,
 }
 
 impl Member {
@@ -194,6 +225,7 @@ impl Member {
             admits: gate.and_then(|g| Some((g.take_requests()?, g.caps))),
             token_secret,
             revocations: revoked.map(Revocations::new),
+            rotation: Rotation::default(),
         };
         Member {
             sessions: sessions_tx,
@@ -213,6 +245,7 @@ async fn run(mut ctx: Ctx) {
     let mut pause = RETRY;
     loop {
         let mut joined = false;
+        let started = Instant::now();
         let e = run_once(
             &mut ctx,
             &mut registry,
@@ -227,9 +260,16 @@ async fn run(mut ctx: Ctx) {
             Err(e) => {
                 tracing::warn!(error = %e, "fleet membership lost; connecting again");
                 ctx.shared.set_error(Some(e.to_string()));
+                ctx.rotation.failed();
             }
         }
-        pause = if joined {
+        // After a membership that worked a while, the next member is tried at once: the
+        // lease and every operator's request wait for it (one etcd member dying is a
+        // non-event). Failed starts back off, and so does a membership that fails as soon as
+        // it joined: a fleet must not hammer an etcd that is coming back.
+        pause = if joined && started.elapsed() >= RETRY {
+            Duration::ZERO
+        } else if pause.is_zero() {
             RETRY
         } else {
             (pause * 2).min(RETRY_MAX)
@@ -347,7 +387,7 @@ async fn run_once(
     joined: &mut bool,
 ) -> Result<(), FleetError> {
     let gw = ctx.section.gateway_id.clone();
-    let mut client = connect(&ctx.section).await?;
+    let mut client = ctx.rotation.connect(&ctx.section).await?;
     let (mut lease, mut valid, resumed) =
         lease_for(&mut client, *last_lease, ctx.section.lease_ttl_secs).await?;
     *last_lease = Some(lease.id);

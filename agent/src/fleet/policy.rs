@@ -11,7 +11,8 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::mpsc;
 
-use super::{connect, FleetError, Keys};
+use super::client::Rotation;
+use super::{FleetError, Keys};
 use crate::config::{FleetSection, SharedConfig};
 
 /// How long the follower waits before connecting again after an error.
@@ -74,11 +75,29 @@ pub async fn follow(
     tx: mpsc::Sender<PolicyUpdate>,
 ) {
     let mut degraded = false;
+    let mut rotation = Rotation::default();
     loop {
-        match follow_once(&section, &keys, &mut after, &mut degraded, &tx).await {
+        let mut read = false;
+        let started = tokio::time::Instant::now();
+        let r = follow_once(
+            &section,
+            &keys,
+            &mut rotation,
+            (&mut after, &mut degraded, &mut read),
+            &tx,
+        )
+        .await;
+        match r {
             Ok(()) => return, // the gateway stopped listening
             Err(e) => {
                 tracing::warn!(error = %e, "following the fleet policy; connecting again");
+                rotation.failed();
+                // After a connection that worked a while, the next member at once: one etcd
+                // member dying is not an outage (a publish meanwhile is read within the 1 s
+                // goal). One that fails as soon as it is read waits, never spins.
+                if read && started.elapsed() >= RETRY {
+                    continue;
+                }
                 if !degraded {
                     degraded = true;
                     if tx
@@ -98,20 +117,23 @@ pub async fn follow(
     }
 }
 
-/// One connection's worth of following: `Ok` when `tx` closed, `Err` to start over.
+/// One connection's worth of following: `Ok` when `tx` closed, `Err` to start over. It
+/// updates the last revision sent, whether an outage was reported (cleared when etcd
+/// answers again), and whether the policy was read on this connection.
 async fn follow_once(
     section: &FleetSection,
     keys: &Keys,
-    after: &mut i64,
-    degraded: &mut bool,
+    rotation: &mut Rotation,
+    (after, degraded, read): (&mut i64, &mut bool, &mut bool),
     tx: &mpsc::Sender<PolicyUpdate>,
 ) -> Result<(), FleetError> {
-    let mut client = connect(section).await?;
+    let mut client = rotation.connect(section).await?;
     let got = client
         .get(keys.policy(), None)
         .await
         .map_err(FleetError::Etcd)?;
     let read_at = got.header().map_or(0, |h| h.revision());
+    *read = true;
     if std::mem::take(degraded) && tx.send(PolicyUpdate::Following).await.is_err() {
         return Ok(());
     }
