@@ -159,13 +159,15 @@ fn a_published_directory_setting_changes_who_logs_in_on_every_gateway() {
             c.log()
         );
     }
-    let listed = lab.gateways[0].connections();
-    for (user, gw) in [("alice", "gw-0"), ("bob", "gw-1")] {
+    // Each asked on its own gateway (the other gateways' records come from etcd and may
+    // lag on a loaded machine).
+    for (user, i) in [("alice", 0), ("bob", 1)] {
+        let listed = lab.gateways[i].connections();
         assert!(
             listed
                 .iter()
-                .any(|c| c["user"] == user && c["gateway"] == gw),
-            "{user} on {gw} not listed: {listed:#?}"
+                .any(|c| c["user"] == user && c["established"] == true),
+            "{user} on gw-{i} not listed: {listed:#?}"
         );
     }
 }
