@@ -291,13 +291,37 @@ impl Drop for EtcdCluster {
 /// namespace's loopback. Only loopback traffic on both sides. The relay lives as long as the
 /// test process (its threads block in accept and copy; nothing outside loopback is touched).
 pub fn forward_into(ns: &crate::NetNs, port: u16) {
+    relay(ns, port, move || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+}
+
+/// As [`forward_into`], to port `port` on the loopback of namespace `from` instead of the
+/// root namespace's (e.g. a directory server in a namespace of its own).
+pub fn forward_between(into: &crate::NetNs, from: &crate::NetNs, port: u16) {
+    let from = from.name.clone();
+    relay(into, port, move || {
+        // Opened per connection: a namespace gone after its test fails the connect only.
+        portcullis::netns::Netns::open(&from)
+            .ok()?
+            .run(move || std::net::TcpStream::connect(("127.0.0.1", port)))
+            .ok()?
+            .ok()
+    });
+}
+
+fn relay(
+    ns: &crate::NetNs,
+    port: u16,
+    connect: impl Fn() -> Option<std::net::TcpStream> + Send + 'static,
+) {
     let listener = ns
         .run(move || TcpListener::bind(("127.0.0.1", port)))
         .unwrap_or_else(|e| panic!("listen on 127.0.0.1:{port} in {}: {e}", ns.name));
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(down) = conn else { continue };
-            let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            let Some(up) = connect() else {
                 continue;
             };
             let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());

@@ -186,6 +186,9 @@ pub(crate) fn shared(name: &str, dns: &str) -> portcullis::config::SharedConfig 
         applied_security_groups: vec![],
         crl_pem: vec![],
         ca_pem: None,
+        auth: None,
+        directory: None,
+        oidc: None,
     }
 }
 
@@ -486,6 +489,8 @@ mod failover;
 mod gateways;
 #[path = "fleet/limits.rs"]
 mod limits;
+#[path = "fleet/login.rs"]
+mod login;
 #[path = "fleet/outage.rs"]
 mod outage;
 #[path = "fleet/presence.rs"]

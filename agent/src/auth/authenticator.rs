@@ -33,56 +33,57 @@ pub struct Authenticator {
     pub username_must_match_cn: bool,
     pub hook: Option<ConnectHook>,
     pub local_groups: LocalGroups,
-    pub per_user: Mutex<FailureLimiter>,
-    pub per_source: Mutex<FailureLimiter>,
+    // The limiters, the replay guard, the login slots and the session tokens are shared
+    // with the authenticator that replaces this one on a reload ([`AuthState`]): a reload
+    // must not forget failed logins, let a code be used twice or lose issued tokens.
+    pub per_user: Arc<Mutex<FailureLimiter>>,
+    pub per_source: Arc<Mutex<FailureLimiter>>,
     pub grants: Arc<Grants>,
     /// `auth.static_challenge` is set: the password carries a TOTP code (SCRV1).
     pub otp: bool,
     /// The last TOTP step accepted per user: a code works once.
-    pub otp_used: Mutex<HashMap<String, u64>>,
+    pub otp_used: Arc<Mutex<HashMap<String, u64>>>,
     /// Directory logins in progress (each holds a thread while the directory answers).
-    pub logins: LoginSlots,
+    pub logins: Arc<LoginSlots>,
     /// How long a renegotiation waits for a login slot before it is refused for now.
     pub renegotiation_wait: Duration,
     /// Single sign-on (`"oidc"` in `auth.methods`): the web login replaces the directory.
     pub sso: Option<Arc<Sso>>,
     /// Session tokens (`auth.token_secret_file`): pushed after a login, accepted instead of
     /// the password on renegotiations and reconnects.
-    pub tokens: Option<SessionTokens>,
+    pub tokens: Option<Arc<SessionTokens>>,
+}
+
+/// What outlives one authenticator: built once at start, handed to each authenticator a
+/// reload builds (see `auth::live`).
+#[derive(Clone)]
+pub struct AuthState {
+    pub grants: Arc<Grants>,
+    pub local_groups: LocalGroups,
+    pub per_user: Arc<Mutex<FailureLimiter>>,
+    pub per_source: Arc<Mutex<FailureLimiter>>,
+    pub otp_used: Arc<Mutex<HashMap<String, u64>>>,
+    pub logins: Arc<LoginSlots>,
+    /// The client-connect hook (top-level `client_connect*`, restart-only).
+    pub hook: Option<ConnectHook>,
+    /// Session tokens: the secret is a host-local file read at start (restart-only).
+    pub tokens: Option<Arc<SessionTokens>>,
 }
 
 /// A renegotiation's wait for a login slot: well inside the 60 s handshake window, so the
 /// session's key exchange does not time out while it waits.
 pub const RENEGOTIATION_WAIT: Duration = Duration::from_secs(20);
 
-impl Authenticator {
-    /// The authenticator an endpoint's configuration asks for: `None` when it uses neither
-    /// a directory nor a client-connect hook (the certificate alone decides, and the server
-    /// answers at once instead of waiting for an external verdict). `grants` receives what
-    /// each admitted session was granted; `local_groups` resolves the policy's local groups.
-    /// The returned authenticator's `directory` is the client the periodic re-check shares.
-    pub fn from_config(
+impl AuthState {
+    /// The state of an endpoint's configuration at start. `grants` receives what each
+    /// admitted session was granted; `local_groups` resolves the policy's local groups.
+    pub fn new(
         cfg: &EndpointConfig,
         grants: Arc<Grants>,
         local_groups: LocalGroups,
-    ) -> anyhow::Result<Option<Self>> {
-        use anyhow::Context as _;
-        let directory = match (&cfg.directory, cfg.auth.uses_directory()) {
-            (Some(d), true) => Some(Arc::new(
-                Directory::new(d).context("setting up the directory client")?,
-            )),
-            _ => None,
-        };
-        let hook = ConnectHook::from_config(cfg)?;
-        let sso = match (&cfg.oidc, cfg.auth.uses_oidc()) {
-            (Some(o), true) => Some(Sso::start(cfg, o).context("setting up single sign-on")?),
-            _ => None,
-        };
-        if directory.is_none() && hook.is_none() && sso.is_none() {
-            return Ok(None);
-        }
+    ) -> anyhow::Result<AuthState> {
         let tokens = match &cfg.auth.token_secret_file {
-            Some(f) => Some(SessionTokens::new(
+            Some(f) => Some(Arc::new(SessionTokens::new(
                 super::token::TokenKey::from_file(
                     f,
                     cfg.auth.token_lifetime_secs,
@@ -92,27 +93,64 @@ impl Authenticator {
                     cfg.auth.token_revocation_path(),
                     super::token::unix_now(),
                 )?,
-            )),
+            ))),
             None => None,
         };
         let window = Duration::from_secs(cfg.auth.failed_login_window_secs.max(1));
+        Ok(AuthState {
+            grants,
+            local_groups,
+            per_user: Arc::new(Mutex::new(FailureLimiter::new(
+                cfg.auth.failed_logins_per_user,
+                window,
+            ))),
+            per_source: Arc::new(Mutex::new(FailureLimiter::new(
+                cfg.auth.failed_logins_per_source,
+                window,
+            ))),
+            otp_used: Arc::default(),
+            logins: Arc::default(),
+            hook: ConnectHook::from_config(cfg)?,
+            tokens,
+        })
+    }
+}
+
+impl Authenticator {
+    /// The authenticator an endpoint's configuration asks for, over `state`: `None` when it
+    /// uses neither a directory, single sign-on nor a client-connect hook (the certificate
+    /// alone decides, and the server answers at once instead of waiting for an external
+    /// verdict). `sso` is the running single sign-on when `cfg` uses it (its listener is
+    /// the caller's to keep). The limiters are `state`'s, with the limits it holds.
+    pub fn build(
+        cfg: &EndpointConfig,
+        state: &AuthState,
+        sso: Option<Arc<Sso>>,
+    ) -> anyhow::Result<Option<Self>> {
+        use anyhow::Context as _;
+        let directory = match (&cfg.directory, cfg.auth.uses_directory()) {
+            (Some(d), true) => Some(Arc::new(
+                Directory::new(d).context("setting up the directory client")?,
+            )),
+            _ => None,
+        };
+        if directory.is_none() && state.hook.is_none() && sso.is_none() {
+            return Ok(None);
+        }
         Ok(Some(Authenticator {
             directory,
             username_must_match_cn: cfg.auth.username_must_match_cn,
-            hook,
-            local_groups,
-            per_user: Mutex::new(FailureLimiter::new(cfg.auth.failed_logins_per_user, window)),
-            per_source: Mutex::new(FailureLimiter::new(
-                cfg.auth.failed_logins_per_source,
-                window,
-            )),
-            grants,
+            hook: state.hook.clone(),
+            local_groups: state.local_groups.clone(),
+            per_user: state.per_user.clone(),
+            per_source: state.per_source.clone(),
+            grants: state.grants.clone(),
             otp: cfg.auth.static_challenge.is_some(),
-            otp_used: Mutex::new(HashMap::new()),
-            logins: LoginSlots::default(),
+            otp_used: state.otp_used.clone(),
+            logins: state.logins.clone(),
             renegotiation_wait: RENEGOTIATION_WAIT,
             sso,
-            tokens,
+            tokens: state.tokens.clone(),
         }))
     }
 
@@ -123,18 +161,26 @@ impl Authenticator {
     /// The authorizer over an authenticator shared with the console's self-service portal
     /// (one failed-login limit and one-time-code replay guard for both).
     pub fn shared_authorizer(a: Arc<Self>) -> Authorizer {
-        Arc::new(move |link, req, pending| {
-            // A panic in a directory library must still produce a verdict (fail closed).
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                a.decide_pending(link, req, pending)
-            })) {
-                Ok(v) => v,
-                Err(_) => {
-                    tracing::error!(%link, "authentication panicked; connection refused");
-                    Err(Refusal::new(FailureCode::Internal, "internal error"))
-                }
+        Arc::new(move |link, req, pending| a.decide_caught(link, req, pending))
+    }
+
+    /// [`Authenticator::decide_pending`]; a panic in a directory library must still produce
+    /// a verdict (fail closed).
+    pub fn decide_caught(
+        &self,
+        link: Link,
+        req: &AuthRequest,
+        pending: &Pending,
+    ) -> Result<(), Refusal> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.decide_pending(link, req, pending)
+        })) {
+            Ok(v) => v,
+            Err(_) => {
+                tracing::error!(%link, "authentication panicked; connection refused");
+                Err(Refusal::new(FailureCode::Internal, "internal error"))
             }
-        })
+        }
     }
 
     /// [`Authenticator::decide`], with a web login first for a new connection when single

@@ -16,12 +16,12 @@ fn authenticator(otp: bool) -> Authenticator {
         username_must_match_cn: true,
         hook: None,
         local_groups: Arc::new(|_: &str| Vec::new()),
-        per_user: Mutex::new(FailureLimiter::new(2, Duration::from_secs(60))),
-        per_source: Mutex::new(FailureLimiter::new(10, Duration::from_secs(60))),
+        per_user: Arc::new(Mutex::new(FailureLimiter::new(2, Duration::from_secs(60)))),
+        per_source: Arc::new(Mutex::new(FailureLimiter::new(10, Duration::from_secs(60)))),
         grants: Arc::new(Grants::default()),
         otp,
-        otp_used: Mutex::new(HashMap::new()),
-        logins: LoginSlots::default(),
+        otp_used: Arc::default(),
+        logins: Arc::default(),
         renegotiation_wait: RENEGOTIATION_WAIT,
         sso: None,
         tokens: None,
@@ -327,8 +327,14 @@ pub(crate) fn service_authenticator(f: &FakeLdap, per_user: u32, otp: bool) -> A
     // Read by Directory::new.
     let _ = std::fs::remove_file(&pw);
     a.username_must_match_cn = false;
-    a.per_user = Mutex::new(FailureLimiter::new(per_user, Duration::from_secs(300)));
-    a.per_source = Mutex::new(FailureLimiter::new(100, Duration::from_secs(300)));
+    a.per_user = Arc::new(Mutex::new(FailureLimiter::new(
+        per_user,
+        Duration::from_secs(300),
+    )));
+    a.per_source = Arc::new(Mutex::new(FailureLimiter::new(
+        100,
+        Duration::from_secs(300),
+    )));
     a
 }
 

@@ -21,18 +21,24 @@ fn with_tokens(per_user: u32, per_source: u32) -> Authenticator {
         username_must_match_cn: false,
         hook: None,
         local_groups: Arc::new(|_: &str| Vec::new()),
-        per_user: Mutex::new(FailureLimiter::new(per_user, Duration::from_secs(300))),
-        per_source: Mutex::new(FailureLimiter::new(per_source, Duration::from_secs(300))),
+        per_user: Arc::new(Mutex::new(FailureLimiter::new(
+            per_user,
+            Duration::from_secs(300),
+        ))),
+        per_source: Arc::new(Mutex::new(FailureLimiter::new(
+            per_source,
+            Duration::from_secs(300),
+        ))),
         grants: Arc::new(Grants::default()),
         otp: false,
-        otp_used: Mutex::new(HashMap::new()),
-        logins: LoginSlots::default(),
+        otp_used: Arc::default(),
+        logins: Arc::default(),
         renegotiation_wait: RENEGOTIATION_WAIT,
         sso: None,
-        tokens: Some(SessionTokens::new(
+        tokens: Some(Arc::new(SessionTokens::new(
             TokenKey::new(SECRET, 3600, 600),
             Revoked::load(None, unix_now()).unwrap(),
-        )),
+        ))),
     }
 }
 

@@ -62,6 +62,36 @@ impl FailureLimiter {
         true
     }
 
+    /// New limits (a reload): each key keeps the failures it has counted so far, so
+    /// changing the limits never hands an attacker a fresh allowance.
+    pub fn set_limit(&mut self, capacity: u32, window: Duration) {
+        let capacity = f64::from(capacity);
+        let per_sec = capacity / window.as_secs_f64().max(1.0);
+        if capacity == self.capacity && per_sec == self.per_sec {
+            return;
+        }
+        let now = Instant::now();
+        let old = self.capacity;
+        let levels: Vec<(String, f64)> = self
+            .buckets
+            .keys()
+            .map(|k| (k.clone(), self.level(k, now)))
+            .collect();
+        self.capacity = capacity;
+        self.per_sec = per_sec;
+        self.buckets.clear();
+        if capacity == 0.0 {
+            return;
+        }
+        for (k, level) in levels {
+            let failures = old - level;
+            let left = (capacity - failures).clamp(0.0, capacity);
+            if left < capacity {
+                self.buckets.insert(k, (left, now));
+            }
+        }
+    }
+
     /// Returns a token taken by [`FailureLimiter::try_take`] (the login did not fail).
     pub fn give_back(&mut self, key: &str, now: Instant) {
         if self.capacity == 0.0 {
@@ -135,6 +165,30 @@ mod tests {
         assert!(l.allowed("u", t0 + Duration::from_secs(10)));
         let off = FailureLimiter::new(0, Duration::from_secs(30));
         assert!(off.allowed("u", t0));
+    }
+
+    /// A reload that changes the limits keeps what was counted: two failures of three stay
+    /// two failures under a limit of five (three left), and use up a limit of two.
+    #[test]
+    fn new_limits_keep_the_failures_counted() {
+        let now = Instant::now();
+        let mut l = FailureLimiter::new(3, Duration::from_secs(3000));
+        l.failed("u", now);
+        l.failed("u", now);
+        l.set_limit(5, Duration::from_secs(5000));
+        let left = |l: &mut FailureLimiter| {
+            let now = Instant::now();
+            (0..10).take_while(|_| l.try_take("u", now)).count()
+        };
+        assert_eq!(left(&mut l), 3);
+        let mut l = FailureLimiter::new(3, Duration::from_secs(3000));
+        l.failed("u", now);
+        l.failed("u", now);
+        l.set_limit(2, Duration::from_secs(2000));
+        assert_eq!(left(&mut l), 0);
+        assert!(l.allowed("fresh", Instant::now()));
+        l.set_limit(0, Duration::from_secs(1));
+        assert!(l.allowed("u", Instant::now()));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! - [`authenticator`]: the directory check, the failed-login rate limit and the
 //!   client-connect hook, run as one [`crate::io::Authorizer`] on the tunnel's authorizer
-//!   threads; built from the endpoint's configuration by [`Authenticator::from_config`].
+//!   threads; built from the endpoint's configuration by [`Authenticator::build`].
 //! - [`grants`]: what each admitted session was granted (directory user and groups).
 //! - [`limiter`]: token buckets of failed logins per user and per source.
 //! - [`directory`]: the LDAP / Active Directory client (pool, user lookup, groups).
@@ -13,12 +13,14 @@
 //! - [`token`]: session tokens (`auth-token`): minting and checking one.
 //! - [`sessions`]: session tokens in a running gateway (issue, renew, accept, revoke).
 //! - [`revoked`]: the token sessions an operator revoked (persisted).
+//! - [`live`]: the authenticator in force, replaced by a reload for new logins.
 //! - [`oidc`]: single sign-on through an OpenID Connect provider (web login, AUTH_PENDING).
 pub mod authenticator;
 pub mod directory;
 pub mod grants;
 pub mod hook;
 pub mod limiter;
+pub mod live;
 pub mod oidc;
 pub mod otp;
 pub mod portal;
@@ -28,8 +30,9 @@ pub mod sessions;
 pub mod slots;
 pub mod token;
 
-pub use authenticator::{Authenticator, LocalGroups, RENEGOTIATION_WAIT};
+pub use authenticator::{AuthState, Authenticator, LocalGroups, RENEGOTIATION_WAIT};
 pub use grants::{combined_groups, Grant, Grants};
 pub use limiter::FailureLimiter;
+pub use live::LiveAuth;
 pub use portal::PortalUser;
 pub use slots::{LoginSlots, MAX_LOGINS_IN_FLIGHT};

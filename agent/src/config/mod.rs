@@ -11,7 +11,7 @@
 //! Layout: [`model`] (the sections and their defaults), [`load`] (reading, paths),
 //! [`validate`] (checks with paths and fixes), [`listeners`], [`settings`] (what the file
 //! means for the tunnel, the data path and the policy compiler), [`directory`] (the
-//! `[directory]` section), [`fleet`] (the `[fleet]` section), [`shared`] (the part a fleet publishes), [`incremental`] (reparsing only changed rule sections on reload), [`errors`] (how problems are reported).
+//! `[directory]` section), [`fleet`] (the `[fleet]` section), [`shared`] (the part a fleet publishes) and [`shared_login`] (its `[auth]`, `[directory]`, `[oidc]` split), [`incremental`] (reparsing only changed rule sections on reload), [`errors`] (how problems are reported).
 pub mod directory;
 pub mod errors;
 pub mod fleet;
@@ -22,6 +22,7 @@ pub mod model;
 pub mod oidc;
 pub mod settings;
 pub mod shared;
+pub mod shared_login;
 pub mod tokens;
 pub mod validate;
 
@@ -35,7 +36,8 @@ pub use model::{
 };
 pub use oidc::OidcConfig;
 pub use settings::{interface_ipv4, restart_only_changes, target_attachments};
-pub use shared::SharedConfig;
+pub use shared::{SharedConfig, SharedRefused};
+pub use shared_login::{SharedAuth, SharedOidc};
 
 #[cfg(test)]
 mod tests;

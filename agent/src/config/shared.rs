@@ -1,15 +1,18 @@
 //! The shared part of an endpoint file: what a fleet publishes once and every gateway applies.
 //!
-//! It is exactly what a live reload applies (the policy and the pushed options), so a gateway
-//! applies a published revision through the same reload as a file edit. Everything that
-//! needs a restart or names something on one host (listeners, target network interfaces and
-//! SNAT addresses, TLS files, logs, the admin socket, `[fleet]`) stays in each gateway's file.
+//! It is exactly what a live reload applies (the policy, the pushed options, and who may log
+//! in: see [`super::shared_login`] for how `[auth]`, `[directory]` and `[oidc]` split), so a
+//! gateway applies a published revision through the same reload as a file edit. Everything
+//! that needs a restart or names something on one host (listeners, target network
+//! interfaces and SNAT addresses, TLS files, secrets, logs, the admin socket, `[fleet]`)
+//! stays in each gateway's file.
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::EndpointConfig;
+use super::shared_login::{SharedAuth, SharedOidc};
+use super::{DirectoryConfig, EndpointConfig};
 use crate::policy::model::{AuthzRule, Route, SecurityGroup};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +57,18 @@ pub struct SharedConfig {
     /// gateway's own file. Only certificates; the CA key never leaves the CA's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_pem: Option<String>,
+    /// Who may log in: the endpoint-wide part of `[auth]`. `None` (a revision published
+    /// before login settings were shared): each gateway keeps its own `[auth]`,
+    /// `[directory]` and `[oidc]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<SharedAuth>,
+    /// `[directory]`, whole (read with `auth`). Its files are paths each gateway must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectoryConfig>,
+    /// The provider part of `[oidc]` (read with `auth`); each gateway's own file keeps its
+    /// callback listener and URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<SharedOidc>,
 }
 
 impl EndpointConfig {
@@ -79,15 +94,19 @@ impl EndpointConfig {
             // The file names CRL files; `fleet publish` reads them in (this stays pure).
             crl_pem: Vec::new(),
             ca_pem: None,
+            auth: Some(self.auth.shared()),
+            directory: self.directory.clone(),
+            oidc: self.oidc.as_ref().map(|o| o.shared()),
         }
     }
 
     /// This (host-local) file with the shared part replaced by `shared`; the caller validates
     /// the result as any file (`validate` and the policy compiler). A part published for
-    /// another endpoint is refused.
-    pub fn with_shared(mut self, shared: SharedConfig) -> Result<EndpointConfig, OtherEndpoint> {
+    /// another endpoint is refused, and so is one that signs in through OIDC on a gateway
+    /// whose file has no callback for it.
+    pub fn with_shared(mut self, shared: SharedConfig) -> Result<EndpointConfig, SharedRefused> {
         if shared.name != self.name {
-            return Err(OtherEndpoint {
+            return Err(SharedRefused::OtherEndpoint {
                 published: shared.name,
                 local: self.name,
             });
@@ -112,7 +131,19 @@ impl EndpointConfig {
             // TLS material, applied to the gateway's TLS context, not the file.
             crl_pem: _,
             ca_pem: _,
+            auth,
+            directory,
+            oidc,
         } = shared;
+        if let Some(auth) = auth {
+            self.oidc = match (oidc, self.oidc) {
+                (None, _) => None,
+                (Some(provider), Some(local)) => Some(local.with_shared(provider)),
+                (Some(_), None) => return Err(SharedRefused::NoOidcCallback),
+            };
+            self.auth = self.auth.with_shared(auth);
+            self.directory = directory;
+        }
         self.split_tunnel = split_tunnel;
         self.dns_servers = dns_servers;
         self.session_timeout_hours = session_timeout_hours;
@@ -132,12 +163,18 @@ impl EndpointConfig {
     }
 }
 
-/// A shared part of another endpoint than the file's.
+/// Why a shared part cannot be merged into this gateway's file.
 #[derive(Debug, thiserror::Error)]
-#[error("the published policy is for endpoint {published:?}, this file is for {local:?}")]
-pub struct OtherEndpoint {
-    pub published: String,
-    pub local: String,
+pub enum SharedRefused {
+    #[error("the published policy is for endpoint {published:?}, this file is for {local:?}")]
+    OtherEndpoint { published: String, local: String },
+    #[error(
+        "oidc: the published policy signs in through OIDC, and this gateway's file has no \
+         [oidc] section for its own callback: add one with its redirect_listen and \
+         redirect_url (the provider sends each browser back to the gateway that started its \
+         login; the provider settings there are replaced by the published ones)"
+    )]
+    NoOidcCallback,
 }
 
 impl SharedConfig {

@@ -7,11 +7,11 @@ use ipnet::Ipv4Net;
 
 use super::*;
 
-fn dir_with_files() -> tempdir::Dir {
+pub(super) fn dir_with_files() -> tempdir::Dir {
     tempdir::Dir::new()
 }
 
-mod tempdir {
+pub(super) mod tempdir {
     pub struct Dir(pub std::path::PathBuf);
     impl Dir {
         pub fn new() -> Dir {
@@ -37,7 +37,7 @@ mod tempdir {
     }
 }
 
-const GOOD: &str = r#"
+pub(super) const GOOD: &str = r#"
 name = "corp"
 client_cidr = "10.100.0.0/22"
 listen = ["udp://0.0.0.0:1194", "tcp://0.0.0.0:443"]

@@ -39,13 +39,13 @@ mod tests_portal;
 mod tests_security;
 
 /// Starts the console of `cfg` on the running runtime: binds its listener, reads its
-/// certificate, and serves until the returned guard is dropped. `portal` is the endpoint's
-/// authenticator, for the self-service portal's sign-in.
+/// certificate, and serves until the returned guard is dropped. `portal` gives the endpoint's
+/// authenticator in force, for the self-service portal's sign-in.
 pub async fn spawn(
     cfg: &ConsoleSection,
     audit: std::sync::Arc<crate::admin::audit::AuditLog>,
     admin: crate::admin::AdminHandle,
-    portal: Option<std::sync::Arc<crate::auth::Authenticator>>,
+    portal: Option<state::PortalAuth>,
 ) -> anyhow::Result<Running> {
     use anyhow::Context;
     let tls = server::tls_config(&cfg.tls_cert, &cfg.tls_key)?;

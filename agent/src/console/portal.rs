@@ -41,7 +41,7 @@ impl FromRequestParts<Arc<Console>> for PortalAuthed {
     type Rejection = Response;
 
     async fn from_request_parts(p: &mut Parts, c: &Arc<Console>) -> Result<Self, Response> {
-        if c.portal.is_none() {
+        if c.portal_auth().is_none() {
             return Err(not_found());
         }
         let found = cookie_named(&p.headers, COOKIE).and_then(|t| {
@@ -137,7 +137,7 @@ pub async fn home(State(c): State<Arc<Console>>, p: PortalAuthed) -> Html<String
 }
 
 pub async fn login_form(State(c): State<Arc<Console>>) -> Response {
-    match &c.portal {
+    match c.portal_auth() {
         Some(a) => signin_page(StatusCode::OK, "", a.otp, None),
         None => not_found(),
     }
@@ -173,7 +173,7 @@ pub async fn login(
     headers: axum::http::HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
-    let Some(auth) = c.portal.clone() else {
+    let Some(auth) = c.portal_auth() else {
         return not_found();
     };
     let otp = auth.otp;

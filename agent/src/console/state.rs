@@ -22,6 +22,9 @@ use crate::auth::limiter::FailureLimiter;
 use crate::auth::Authenticator;
 
 /// The console's state, shared by every request.
+/// The endpoint's authenticator in force, asked at each portal sign-in.
+pub type PortalAuth = Arc<dyn Fn() -> Option<Arc<Authenticator>> + Send + Sync>;
+
 pub struct Console {
     pub(super) accounts: Arc<Mutex<Accounts>>,
     pub(super) sessions: Mutex<Sessions>,
@@ -33,7 +36,7 @@ pub struct Console {
     pub(super) admin: AdminHandle,
     pub(super) history: Mutex<History>,
     /// The self-service portal's sign-in (`[console] self_service`), `None` when off.
-    pub(super) portal: Option<Arc<Authenticator>>,
+    pub(super) portal: Option<PortalAuth>,
     /// Portal logins: a store of their own, so they never pass for an administrator's.
     pub(super) portal_sessions: Mutex<Sessions>,
     /// `[console] self_service_issue_certificates`.
@@ -80,9 +83,18 @@ impl Console {
 
     /// Serves the self-service portal with `auth` when the section turns it on (validation
     /// makes sure an endpoint with the portal on has a directory, hence an authenticator).
-    pub fn with_portal(mut self, cfg: &ConsoleSection, auth: Option<Arc<Authenticator>>) -> Self {
-        self.portal = auth.filter(|a| cfg.self_service && a.directory.is_some());
+    pub fn with_portal(mut self, cfg: &ConsoleSection, auth: Option<PortalAuth>) -> Self {
+        self.portal = auth.filter(|_| cfg.self_service);
         self
+    }
+
+    /// The portal's sign-in as of now (a reload may have changed the directory): `None`
+    /// when the portal is off or the endpoint has no directory any more.
+    pub(super) fn portal_auth(&self) -> Option<Arc<Authenticator>> {
+        self.portal
+            .as_ref()
+            .and_then(|f| f())
+            .filter(|a| a.directory.is_some())
     }
 
     pub(super) fn record(&self, who: &str, from: IpAddr, action: &str, target: &str, result: &str) {

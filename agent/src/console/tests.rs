@@ -238,8 +238,10 @@ pub(super) fn lab_with_portal(
     let mut server = rt.block_on(async { AdminServer::bind(&socket) }).unwrap();
     server.set_audit(log.clone());
     let console = Arc::new(
-        Console::with_session_lifetime(&cfg, log, server.handle(), lifetime)
-            .with_portal(&cfg, portal),
+        Console::with_session_lifetime(&cfg, log, server.handle(), lifetime).with_portal(
+            &cfg,
+            portal.map(|a| Arc::new(move || Some(a.clone())) as super::state::PortalAuth),
+        ),
     );
     let pki = dir.join("pki");
     let store = crate::pki::store::PkiDir::new(&pki);

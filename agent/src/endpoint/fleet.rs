@@ -27,11 +27,7 @@ impl FleetGlue {
         // The secret itself stays in its local file; only its fingerprint is published.
         let token =
             crate::fleet::presence::fingerprint_file(ep.cfg.auth.token_secret_file.as_deref());
-        let revoked = ep
-            .authenticator
-            .as_ref()
-            .and_then(|a| a.tokens.as_ref())
-            .map(|t| t.revoked());
+        let revoked = ep.auth.tokens().map(|t| t.revoked());
         let member = Member::start_with_token(
             section,
             Keys::new(&ep.cfg.name),

@@ -10,9 +10,13 @@ use portcullis_common::GroupBits;
 
 use super::handoff::Adopted;
 use crate::admin::ReloadTiming;
+use crate::auth::live::Prepared;
+use crate::auth::LiveAuth;
 use crate::config::{incremental::RuleCache, EndpointConfig, SharedConfig};
 use crate::datapath::{self, Datapath};
+use crate::io::tls_files::ReloadableTls;
 use crate::io::{Command, Tunnel};
+use crate::openvpn::server::{AuthMode, ServerSettings};
 use crate::policy::compile::incremental::{Compiled, IncrementalCompiler};
 use crate::policy::{self, CompiledPolicy, PolicyInput};
 use crate::reconcile::Reconciler;
@@ -176,16 +180,36 @@ fn validate_and_compile(
     )
 }
 
+/// Key exchanges wait for an external verdict when something decides beyond the
+/// certificate (an authenticator, a fleet-wide cap).
+pub fn auth_mode(external: bool) -> AuthMode {
+    if external {
+        AuthMode::External
+    } else {
+        AuthMode::CertificateOnly
+    }
+}
+
 /// The file's modification time, to notice edits.
 pub fn stamp(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// What a reload applies besides the policy and the pushed options: who may log in.
+pub struct Logins<'a> {
+    pub auth: &'a LiveAuth,
+    /// Whether a client certificate is required follows `auth.methods`.
+    pub tls: &'a ReloadableTls,
+    /// A fleet-wide connection cap decides every admission (external mode in any case).
+    pub capped: bool,
 }
 
 /// Validates, compiles and applies the file (in a fleet: with `shared`, the published part, in
 /// place of the file's) as one new policy generation; an invalid result leaves the running
 /// policy in place. Group changes reach live sessions at once (their
 /// bitmaps in the clients map are rewritten); flows no longer allowed are cut by the data
-/// path's revalidation.
+/// path's revalidation. New logins are decided by the new `[auth]`, `[directory]` and
+/// `[oidc]`; live sessions keep the authenticator that admitted them (`auth::live`).
 pub fn reload(
     config_path: &Path,
     shared: Option<&SharedConfig>,
@@ -193,13 +217,14 @@ pub fn reload(
     dp: &mut Datapath,
     tunnel: &Tunnel,
     live: &SharedLive,
+    logins: &Logins<'_>,
 ) -> std::result::Result<u32, String> {
     let t0 = Instant::now();
     let mut guard = lock(live);
     let l = &mut *guard;
     l.config_stamp = stamp(config_path);
     let mut timing = ReloadTiming::default();
-    let result = (|| -> Result<u32> {
+    let result = (|| -> Result<(u32, Prepared, ServerSettings)> {
         let parsed = l.rule_cache.load_unvalidated(config_path);
         timing.parse_ms = t0.elapsed().as_secs_f64() * 1e3;
         timing.rule_sections = l.rule_cache.last.sections as u64;
@@ -213,7 +238,7 @@ pub fn reload(
             &mut l.compiler,
             &mut timing,
         )?;
-        let pending = crate::config::restart_only_changes(running, &cfg);
+        let mut pending = crate::config::restart_only_changes(running, &cfg);
         timing.compile_incremental = compiled.incremental;
         if compiled.policy.targets.len() != l.compiled.targets.len() {
             bail!("adding or removing target networks needs a restart (the XDP program attaches to their interfaces)");
@@ -221,6 +246,14 @@ pub fn reload(
         if crate::config::target_attachments(running) != crate::config::target_attachments(&cfg) {
             bail!("changing a target network's interface or PAT ports needs a restart (the XDP program and the reserved ports are set up at start)");
         }
+        // Built now, in force after the policy: a login setting that cannot be applied
+        // (a directory file unreadable here, a callback port taken) refuses the reload.
+        let prepared = logins.auth.prepare(&cfg)?;
+        pending.extend(prepared.pending_restart.iter().copied());
+        logins
+            .tls
+            .set_options(cfg.tls_options())
+            .map_err(|e| anyhow::anyhow!("TLS with the new auth.methods: {e}"))?;
         timing.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
         let g = l
@@ -231,8 +264,6 @@ pub fn reload(
         l.policy = Arc::clone(compiled.input());
         l.compiled = l.compiler.commit(compiled);
         l.generation = g;
-        // New sessions get the new pushed options; live ones keep theirs until they reconnect.
-        tunnel.command(Command::Settings(Box::new(cfg.server_settings())));
         if !pending.is_empty() {
             tracing::warn!(
                 settings = ?pending,
@@ -240,11 +271,11 @@ pub fn reload(
             );
         }
         l.pending_restart = pending;
-        Ok(g)
+        Ok((g, prepared, cfg.server_settings()))
     })();
     let l = guard;
     match result {
-        Ok(g) => {
+        Ok((g, prepared, mut settings)) => {
             let mut l = l;
             l.reloads += 1;
             l.last_reload_error = None;
@@ -255,6 +286,12 @@ pub fn reload(
             // that connects meanwhile (which then either has the new policy already, or is
             // in this list because it connected before).
             let sessions = tunnel.sessions();
+            let links: Vec<_> = sessions.iter().map(|s| s.link).collect();
+            logins.auth.install(prepared, &links);
+            // New sessions get the new pushed options and authentication mode; live ones
+            // keep their options until they reconnect.
+            settings.auth = auth_mode(logins.auth.external() || logins.capped);
+            tunnel.command(Command::Settings(Box::new(settings)));
             let mut l = lock(live);
             for s in sessions {
                 if let (Some(addr), Some(user)) = (s.tunnel_addr, s.common_name.as_deref()) {

@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use aya::programs::XdpMode;
 
-use crate::auth::directory::Directory;
-use crate::auth::{Authenticator, Grants};
+use crate::auth::{Grants, LiveAuth};
 use crate::config::{EndpointConfig, Listener};
 use crate::datapath::{self, maps::Maps, Datapath, DatapathOptions};
 use crate::io::tap::Tap;
@@ -30,7 +29,7 @@ use crate::io::tls_files::ReloadableTls;
 use crate::io::{Tunnel, TunnelOptions};
 use crate::openvpn::env::Env;
 use crate::openvpn::packet::Role;
-use crate::openvpn::server::{AuthMode, Server, ServerEvent, ServerSettings};
+use crate::openvpn::server::{Server, ServerEvent, ServerSettings};
 use crate::openvpn::session::TlsProvider;
 use crate::openvpn::tls_crypt::{StaticKey, TlsCryptKey};
 use crate::openvpn::tls_crypt_v2::{ServerKey, TlsCryptV2Server};
@@ -99,9 +98,9 @@ pub struct Endpoint {
     events: Receiver<ServerEvent>,
     subscribers: Subscribers,
     tls: Arc<ReloadableTls>,
-    directory: Option<Arc<Directory>>,
-    /// The connection authenticator, shared with the console's self-service portal.
-    authenticator: Option<Arc<Authenticator>>,
+    /// The connection authenticator in force (replaced by reloads), shared with the
+    /// console's self-service portal and the directory re-check.
+    auth: Arc<LiveAuth>,
     /// Set before a stop that keeps the maps: disconnects then leave the data path alone.
     keep_flag: Arc<AtomicBool>,
     /// In a fleet: the address blocks this gateway holds in etcd (see `fleet::member`).
@@ -247,28 +246,21 @@ impl Endpoint {
             let live = live.clone();
             Arc::new(move |u: &str| lock(&live).policy.local_groups_of(u))
         };
-        let authenticator = Authenticator::from_config(cfg, grants.clone(), local_groups)?;
-        // The periodic re-check asks the same directory client.
-        let directory = authenticator.as_ref().and_then(|a| a.directory.clone());
+        let auth = Arc::new(LiveAuth::start(cfg, grants.clone(), local_groups)?);
         let mut settings = cfg.server_settings();
-        let authenticator = authenticator.map(Arc::new);
-        let authorizer = authenticator.clone().map(|a| {
-            settings.auth = AuthMode::External;
-            Authenticator::shared_authorizer(a)
-        });
         // The fleet-wide caps decide after authentication, in etcd.
         let user_gate = cfg
             .fleet
             .as_ref()
             .and_then(crate::fleet::gate::Caps::of)
             .map(crate::fleet::UserGate::with_caps);
-        let authorizer = match &user_gate {
-            Some(g) => {
-                settings.auth = AuthMode::External;
-                Some(g.wrap(authorizer))
-            }
-            None => authorizer,
-        };
+        // The tunnel always has the live authorizer, so that a reload can turn a directory
+        // or single sign-on on; the mode says whether key exchanges ask it.
+        settings.auth = live::auth_mode(auth.external() || user_gate.is_some());
+        let authorizer = Some(match &user_gate {
+            Some(g) => g.wrap(Some(auth.authorizer())),
+            None => auth.authorizer(),
+        });
         if let Some(adjust) = &opts.adjust_server {
             (adjust.0)(&mut settings);
         }
@@ -350,8 +342,7 @@ impl Endpoint {
             events: ev_rx,
             subscribers,
             tls,
-            directory,
-            authenticator,
+            auth,
             keep_flag,
             fence,
             user_gate,

@@ -45,7 +45,20 @@ impl Endpoint {
             return Err("this endpoint was built without a configuration file".into());
         };
         let tunnel = self.tunnel.as_ref().expect("running");
-        live::reload(&path, shared, &self.cfg, &mut self.dp, tunnel, &self.live)
+        let logins = live::Logins {
+            auth: &self.auth,
+            tls: &self.tls,
+            capped: self.user_gate.is_some(),
+        };
+        live::reload(
+            &path,
+            shared,
+            &self.cfg,
+            &mut self.dp,
+            tunnel,
+            &self.live,
+            &logins,
+        )
     }
 
     /// Applies what the fleet policy follower reports: a published revision goes through
@@ -165,12 +178,7 @@ impl AdminApi for Api<'_> {
         }
         // Their session tokens too, before the sessions end: the client's automatic
         // reconnect with the token must log in again.
-        if let Some(t) = self
-            .ep
-            .authenticator
-            .as_ref()
-            .and_then(|a| a.tokens.as_ref())
-        {
+        if let Some(t) = self.ep.auth.tokens() {
             let revoked: usize = ended.iter().map(|s| t.revoke_link(s.link)).sum();
             if revoked > 0 {
                 tracing::info!(revoked, "session tokens of the terminated sessions revoked");
@@ -360,6 +368,12 @@ fn apply_recheck(ep: &mut Endpoint, results: recheck::RecheckResults, connection
     }
 }
 
+/// The portal signs users in with the authenticator in force.
+fn portal_auth(auth: &Arc<crate::auth::LiveAuth>) -> crate::console::state::PortalAuth {
+    let auth = auth.clone();
+    Arc::new(move || auth.current())
+}
+
 pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notify>>) -> Result<()> {
     let mut admin = AdminServer::bind(&ep.cfg.admin_socket())?;
     let audit = match &ep.cfg.logging.admin_audit_log {
@@ -375,7 +389,8 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
     // Validation requires the audit trail with the console.
     let _console_task = match (&ep.cfg.console, &audit) {
         (Some(c), Some(a)) => Some(
-            crate::console::spawn(c, a.clone(), admin.handle(), ep.authenticator.clone()).await?,
+            crate::console::spawn(c, a.clone(), admin.handle(), Some(portal_auth(&ep.auth)))
+                .await?,
         ),
         _ => None,
     };
@@ -399,11 +414,6 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
         None => None,
     };
     let mut last_gc = Instant::now();
-    let recheck_every = ep
-        .directory
-        .as_ref()
-        .map(|d| Duration::from_secs(d.config().recheck_interval_secs))
-        .filter(|d| !d.is_zero());
     let mut recheck = Recheck::default();
     // In a fleet, the follower hands over each published revision; it stops when `fleet`
     // is dropped (the loop returns).
@@ -451,6 +461,11 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
                     };
                     telemetry.after_gc(&ep.dp, &ep.live, &ep.tls, scanned);
                     let tunnel = ep.tunnel.as_ref().expect("running");
+                    if ep.auth.retired() > 0 {
+                        // Sessions that kept a replaced authenticator and ended since.
+                        let links: Vec<_> = tunnel.sessions().iter().map(|s| s.link).collect();
+                        ep.auth.prune(&links);
+                    }
                     {
                         // Taken out under the lock, expired outside it (the map writes).
                         let mut kept = live::lock(&ep.live).kept.take();
@@ -458,7 +473,13 @@ pub(super) async fn serve(ep: &mut Endpoint, stop: Option<Arc<tokio::sync::Notif
                         live::lock(&ep.live).kept = kept;
                     }
                 }
-                if let (Some(every), Some(dir)) = (recheck_every, ep.directory.clone()) {
+                // The directory in force (a reload may change it or its interval).
+                let dir = ep.auth.directory();
+                let every = dir
+                    .as_ref()
+                    .map(|d| Duration::from_secs(d.config().recheck_interval_secs))
+                    .filter(|d| !d.is_zero());
+                if let (Some(every), Some(dir)) = (every, dir) {
                     if let Some(results) = recheck.finished() {
                         apply_recheck(ep, results, &telemetry.connections);
                     }

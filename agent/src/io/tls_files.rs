@@ -92,7 +92,9 @@ fn load_with(
 #[derive(Debug)]
 pub struct ReloadableTls {
     files: TlsFiles,
-    options: TlsOptions,
+    /// Changed by a reload that changes whether a client certificate is required
+    /// (`auth.methods`).
+    options: Mutex<TlsOptions>,
     clock: WallClock,
     current: RwLock<Arc<TlsContext>>,
     /// Modification times of the files at the last (attempted) load, for
@@ -128,7 +130,7 @@ impl ReloadableTls {
         let ctx = load(&files, &opts, clock.clone())?;
         Ok(ReloadableTls {
             files,
-            options: opts,
+            options: Mutex::new(opts),
             clock,
             current: RwLock::new(Arc::new(ctx)),
             stamps,
@@ -147,7 +149,7 @@ impl ReloadableTls {
         if *published == p {
             return Ok(());
         }
-        let ctx = load_with(&self.files, &p, &self.options, self.clock.clone())?;
+        let ctx = load_with(&self.files, &p, &self.options(), self.clock.clone())?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
         tracing::info!(
             ca = p.ca.is_some(),
@@ -156,6 +158,35 @@ impl ReloadableTls {
         );
         *published = p;
         self.fresh.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    fn options(&self) -> TlsOptions {
+        *self.options.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// New options (a reload changed `auth.methods`, so a client certificate became
+    /// required or optional), for handshakes from now on; refused material leaves the
+    /// previous context and options in force.
+    pub fn set_options(&self, opts: TlsOptions) -> Result<(), TlsError> {
+        // Taken one after the other (`set_published` holds `published` while it reads the
+        // options).
+        let published = self
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut options = self.options.lock().unwrap_or_else(|e| e.into_inner());
+        if *options == opts {
+            return Ok(());
+        }
+        let ctx = load_with(&self.files, &published, &opts, self.clock.clone())?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
+        *options = opts;
+        tracing::info!(
+            client_certificate_optional = opts.client_cert_optional,
+            "TLS options changed"
+        );
         Ok(())
     }
 
@@ -195,7 +226,7 @@ impl ReloadableTls {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        match load_with(&self.files, &published, &self.options, self.clock.clone()) {
+        match load_with(&self.files, &published, &self.options(), self.clock.clone()) {
             Ok(ctx) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
                 *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;

@@ -14,8 +14,9 @@ pub mod flow;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -41,21 +42,61 @@ struct Login {
     verifier: PkceCodeVerifier,
     link: Link,
     done: SyncSender<Result<Identity, Refusal>>,
+    /// The provider the login started with: its code is exchanged there even if a reload
+    /// changed the provider meanwhile.
+    provider: Arc<Provider>,
+}
+
+/// What a reload may change without touching the listener ([`Sso::reconfigure`]).
+pub struct SsoSettings {
+    provider: Arc<Provider>,
+    timeout: Duration,
+    max_pending: usize,
+    /// `redirect_url` with `/callback` replaced by `/login/`: the start of the URL sent to the
+    /// client.
+    login_base: String,
+}
+
+impl SsoSettings {
+    /// Reads the client secret: a file that cannot be read refuses the reload.
+    pub fn of(o: &OidcConfig) -> anyhow::Result<SsoSettings> {
+        Ok(SsoSettings {
+            provider: Arc::new(Provider::new(o)?),
+            timeout: Duration::from_secs(o.pending_timeout_secs),
+            max_pending: o.max_pending,
+            login_base: format!("{}/login/", o.redirect_url.trim_end_matches("/callback")),
+        })
+    }
+}
+
+/// What the callback listener was started with: only a restart changes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallbackListener {
+    pub listen: SocketAddr,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl CallbackListener {
+    pub fn of(o: &OidcConfig) -> CallbackListener {
+        CallbackListener {
+            listen: o.redirect_listen,
+            cert: o.callback_cert.clone(),
+            key: o.callback_key.clone(),
+        }
+    }
 }
 
 /// Web logins in progress and the runtime that serves their callbacks.
 pub struct Sso {
-    provider: Arc<Provider>,
+    settings: RwLock<Arc<SsoSettings>>,
     rt: Option<tokio::runtime::Runtime>,
     logins: Mutex<HashMap<String, Login>>,
-    timeout: Duration,
-    max_pending: usize,
     rng: SystemRandom,
     /// Where the callback listener is bound (port 0 in the configuration: the port it got).
     pub callback_addr: SocketAddr,
-    /// `redirect_url` with `/callback` replaced by `/login/`: the start of the URL sent to the
-    /// client.
-    login_base: String,
+    /// The listener's configuration.
+    pub listener: CallbackListener,
 }
 
 /// What the browser is told after the callback (and the log).
@@ -70,7 +111,7 @@ impl Sso {
     /// at start). The listener's certificate is `callback_cert`, or the endpoint's own.
     pub fn start(cfg: &EndpointConfig, o: &OidcConfig) -> anyhow::Result<Arc<Sso>> {
         use anyhow::Context as _;
-        let provider = Arc::new(Provider::new(o)?);
+        let settings = SsoSettings::of(o)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("pc-oidc")
@@ -96,18 +137,30 @@ impl Sso {
                 }
             });
             Sso {
-                provider,
+                settings: RwLock::new(Arc::new(settings)),
                 rt: Some(rt),
                 logins: Mutex::new(HashMap::new()),
-                timeout: Duration::from_secs(o.pending_timeout_secs),
-                max_pending: o.max_pending,
                 rng: SystemRandom::new(),
                 callback_addr,
-                login_base: format!("{}/login/", o.redirect_url.trim_end_matches("/callback")),
+                listener: CallbackListener::of(o),
             }
         });
         tracing::info!(issuer = o.issuer, callback = %callback_addr, "single sign-on ready");
         Ok(sso)
+    }
+
+    /// A reload's provider, claims, timeouts and `redirect_url`, for logins that start from
+    /// now on (logins in progress finish with the provider they started with). The listener
+    /// stays: the caller reports a change of it as needing a restart.
+    pub fn reconfigure(&self, settings: SsoSettings) {
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+    }
+
+    fn settings(&self) -> Arc<SsoSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The web login of a new connection: tells the client where to log in and waits for the
@@ -126,11 +179,12 @@ impl Sso {
             ));
         };
         let (id, secret) = (self.random(), self.random());
+        let settings = self.settings();
         let started = self
             .rt
             .as_ref()
             .expect("started")
-            .block_on(self.provider.start(format!("{id}.{secret}")))
+            .block_on(settings.provider.start(format!("{id}.{secret}")))
             .map_err(|e| {
                 tracing::warn!(%link, error = %e, "SSO login not started");
                 flow_refusal(&e)
@@ -138,7 +192,7 @@ impl Sso {
         let (tx, rx) = sync_channel(1);
         {
             let mut logins = lock(&self.logins);
-            if logins.len() >= self.max_pending {
+            if logins.len() >= settings.max_pending {
                 tracing::warn!(%link, "SSO login refused: too many web logins in progress");
                 return Err(Refusal::temporary(
                     FailureCode::SsoBusy,
@@ -154,6 +208,7 @@ impl Sso {
                     verifier: started.verifier,
                     link,
                     done: tx,
+                    provider: settings.provider.clone(),
                 },
             );
         }
@@ -166,10 +221,10 @@ impl Sso {
         // ("No reply from server to push requests") just as our AUTH_FAILED is on its way,
         // and restarts instead of reporting why.
         pending.announce(
-            self.timeout + VERDICT_GRACE,
-            format!("{prefix}{}{id}", self.login_base),
+            settings.timeout + VERDICT_GRACE,
+            format!("{prefix}{}{id}", settings.login_base),
         );
-        let verdict = match rx.recv_timeout(self.timeout) {
+        let verdict = match rx.recv_timeout(settings.timeout) {
             Ok(v) => v,
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => Err(Refusal::new(
                 FailureCode::SsoTimeout,
@@ -219,7 +274,7 @@ impl Sso {
                 &format!("login refused by the identity provider ({e})"),
             )
         } else if let Some(code) = code {
-            match self
+            match login
                 .provider
                 .finish(code, login.verifier, &login.nonce)
                 .await

@@ -213,14 +213,15 @@ impl Server {
     }
 
     /// New settings for sessions that start from now on (push, ciphers, timers, session
-    /// timeout); live sessions keep theirs. The address pool, the session limit, the reset
-    /// rate and the authentication mode are fixed at start and kept.
+    /// timeout); live sessions keep theirs. The address pool, the session limit and the
+    /// reset rate are fixed at start and kept. The authentication mode is taken (a reload
+    /// may turn a directory or single sign-on on or off): it is read at each key exchange,
+    /// and the authorizer decides renegotiations of sessions admitted before as they were.
     pub fn update_settings(&mut self, new: ServerSettings) {
         let keep = ServerSettings {
             client_cidr: self.settings.client_cidr,
             max_sessions: self.settings.max_sessions,
             reset_rate: self.settings.reset_rate,
-            auth: self.settings.auth,
             // Read once by the listeners when the tunnel starts.
             tcp_handshake_timeout: self.settings.tcp_handshake_timeout,
             tcp_idle_timeout: self.settings.tcp_idle_timeout,
