@@ -224,12 +224,56 @@ impl CliPki {
 
 // ---- endpoint file ----------------------------------------------------------------------------
 
+/// What the lab's endpoint file sets besides the policy. The default is the lab every test
+/// uses: a /24 pool and the agent's own limits. The scale benchmark widens them for 10,000
+/// sessions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointOpts {
+    /// `client_cidr`.
+    pub client_cidr: ipnet::Ipv4Net,
+    /// `max_connections` (`None`: the agent's default).
+    pub max_connections: Option<usize>,
+    /// `udp_reset_replies_per_sec` and `udp_reset_replies_burst` (`None`: the defaults).
+    pub udp_reset_replies: Option<(u32, u32)>,
+}
+
+impl Default for EndpointOpts {
+    fn default() -> Self {
+        EndpointOpts {
+            client_cidr: "10.100.0.0/24".parse().expect("literal"),
+            max_connections: None,
+            udp_reset_replies: None,
+        }
+    }
+}
+
+impl EndpointOpts {
+    /// The top-level lines these options add to the file.
+    fn toml_lines(&self) -> String {
+        let mut s = format!("client_cidr = \"{}\"\n", self.client_cidr);
+        if let Some(n) = self.max_connections {
+            s.push_str(&format!("max_connections = {n}\n"));
+        }
+        if let Some((rate, burst)) = self.udp_reset_replies {
+            s.push_str(&format!(
+                "udp_reset_replies_per_sec = {rate}\nudp_reset_replies_burst = {burst}\n"
+            ));
+        }
+        s
+    }
+}
+
 /// The lab's endpoint file: listeners on 192.0.2.1:1194 (UDP and TCP), split tunnel, the
 /// CLI PKI with its CRL and tls-crypt key, the admin socket next to the file, one target
 /// network behind [`GW_IF`] with a route to 10.0.0.0/24; `policy` (groups, authorization
 /// rules, ...) is appended as is. Relative paths: the file lives in the lab directory, the
-/// PKI in `pki/`.
+/// PKI in `pki/`. The pool and limits of [`EndpointOpts::default`].
 pub fn endpoint_toml(policy: &str) -> String {
+    endpoint_toml_with(&EndpointOpts::default(), policy)
+}
+
+/// [`endpoint_toml`] with another pool and other limits.
+pub fn endpoint_toml_with(opts: &EndpointOpts, policy: &str) -> String {
     // Top-level keys at the start of `policy` (before its first table) must precede the
     // tables of the file.
     let split = policy
@@ -244,10 +288,10 @@ pub fn endpoint_toml(policy: &str) -> String {
         .map(|l| format!("{l}\n"))
         .collect();
     let policy = rest.join("\n");
+    let opts = opts.toml_lines();
     format!(
         r#"{top}name = "{ENDPOINT}"
-client_cidr = "10.100.0.0/24"
-listen = ["udp://{UNDERLAY_GW}:{OVPN_PORT}", "tcp://{UNDERLAY_GW}:{OVPN_PORT}"]
+{opts}listen = ["udp://{UNDERLAY_GW}:{OVPN_PORT}", "tcp://{UNDERLAY_GW}:{OVPN_PORT}"]
 public_address = "{UNDERLAY_GW}"
 split_tunnel = true
 dns_servers = ["10.0.0.2"]
@@ -522,6 +566,8 @@ pub struct AgentLab {
     /// Extra `portcullis run` arguments, and how many agents ran (for log names).
     run_args: Vec<String>,
     runs: usize,
+    /// The pool and limits of the endpoint file (kept by [`AgentLab::write_policy`]).
+    endpoint: EndpointOpts,
 }
 
 impl AgentLab {
@@ -559,11 +605,29 @@ impl AgentLab {
         policy: &str,
         run_args: &[&str],
     ) -> AgentLab {
+        AgentLab::with_endpoint(
+            n_clients,
+            clients,
+            policy,
+            run_args,
+            &EndpointOpts::default(),
+        )
+    }
+
+    /// Like [`AgentLab::new_with`], with another pool and other limits in the endpoint file
+    /// ([`endpoint_toml_with`]).
+    pub fn with_endpoint(
+        n_clients: usize,
+        clients: &[&str],
+        policy: &str,
+        run_args: &[&str],
+        endpoint: &EndpointOpts,
+    ) -> AgentLab {
         let run_args: Vec<String> = run_args.iter().map(|s| s.to_string()).collect();
         let dir = TempDir::new("agent");
         let pki = CliPki::new(&dir.path().join("pki"), clients);
         let config = dir.path().join("endpoint.toml");
-        write_atomic(&config, &endpoint_toml(policy));
+        write_atomic(&config, &endpoint_toml_with(endpoint, policy));
         let socket = dir.path().join("admin.sock");
         let Lab {
             underlay,
@@ -596,6 +660,7 @@ impl AgentLab {
             dir,
             run_args,
             runs: 1,
+            endpoint: endpoint.clone(),
         };
         if let Err(e) = lab.agent().wait_ready(Duration::from_secs(30)) {
             panic!("{e}");
@@ -704,24 +769,64 @@ impl AgentLab {
 
     /// Rewrite the endpoint file with another policy part.
     pub fn write_policy(&self, policy: &str) {
-        write_atomic(&self.config, &endpoint_toml(policy));
+        write_atomic(&self.config, &endpoint_toml_with(&self.endpoint, policy));
     }
 }
 
 /// `GET /metrics` from the agent's metrics endpoint (127.0.0.1:9108 inside `ns`).
 pub fn scrape_metrics(ns: &NetNs) -> String {
+    try_scrape_metrics(ns).unwrap_or_else(|e| panic!("metrics endpoint: {e}"))
+}
+
+/// [`scrape_metrics`] that reports a refused connection instead of panicking (a benchmark
+/// keeps its figures when the last scrape fails).
+pub fn try_scrape_metrics(ns: &NetNs) -> std::io::Result<String> {
     ns.run(|| {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect_timeout(
             &"127.0.0.1:9108".parse().unwrap(),
             Duration::from_secs(2),
-        )
-        .expect("metrics endpoint");
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
-        out
+        Ok(out)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis::config::EndpointConfig;
+
+    /// The file as the agent reads it (its model refuses unknown keys, so a misspelt key
+    /// fails here, not in a privileged run).
+    fn parsed(opts: &EndpointOpts) -> EndpointConfig {
+        let text = endpoint_toml_with(
+            opts,
+            "[[authorization_rule]]\ndestination = \"10.0.0.10/32\"\nall_users = true\n",
+        );
+        portcullis::toml_from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    #[test]
+    fn endpoint_options_reach_the_agents_settings() {
+        let default = parsed(&EndpointOpts::default());
+        assert_eq!(default.client_cidr.to_string(), "10.100.0.0/24");
+        assert_eq!(
+            default.server_settings().reset_rate,
+            portcullis::openvpn::server::ServerSettings::DEFAULT_RESET_RATE
+        );
+        let wide = parsed(&EndpointOpts {
+            client_cidr: "10.100.0.0/17".parse().unwrap(),
+            max_connections: Some(16_384),
+            udp_reset_replies: Some((100_000, 100_000)),
+        });
+        assert_eq!(wide.client_cidr.to_string(), "10.100.0.0/17");
+        let s = wide.server_settings();
+        assert_eq!(s.max_sessions, 16_384);
+        assert_eq!(s.reset_rate, (100_000, 100_000));
+        assert_eq!(wide.authorization_rule.len(), 1);
+    }
 }

@@ -47,8 +47,6 @@ pub struct TunnelOpts {
     pub workers: usize,
     /// Concurrent sessions (the endpoint's `max_connections`); `None`: the default.
     pub max_sessions: Option<usize>,
-    /// Stateless reset replies per second and burst; `None`: the default.
-    pub reset_rate: Option<(u32, u32)>,
     /// The endpoint file's `tcp_handshake_timeout_secs` and `tcp_idle_timeout_secs`;
     /// `None`: the defaults.
     pub tcp_timeouts: Option<(u64, u64)>,
@@ -76,7 +74,6 @@ impl Default for TunnelOpts {
             ping_restart: Duration::from_secs(60),
             workers: 2,
             max_sessions: None,
-            reset_rate: None,
             tcp_timeouts: None,
         }
     }
@@ -221,14 +218,11 @@ impl TunnelLab {
         let config_path = dir.path().join("endpoint.toml");
         std::fs::write(&config_path, config.to_string()).expect("write the endpoint file");
         let cfg = parse_endpoint(&config);
-        // What the endpoint file does not say: the lab's push options, renegotiation by
-        // volume, and the reset rate of the scale benchmark.
-        let (push, reneg, reset_rate) = (opts.push.clone(), opts.reneg.clone(), opts.reset_rate);
+        // What the endpoint file does not say: the lab's push options and renegotiation by
+        // volume.
+        let (push, reneg) = (opts.push.clone(), opts.reneg.clone());
         let adjust = AdjustServer(Arc::new(move |s| {
             s.push = push.clone();
-            if let Some(r) = reset_rate {
-                s.reset_rate = r;
-            }
             for t in [&mut s.udp, &mut s.tcp] {
                 t.reneg.bytes = reneg.bytes;
                 t.reneg.packets = reneg.packets;

@@ -75,6 +75,15 @@ pub struct EndpointConfig {
     /// clients ping every few seconds).
     #[serde(default = "default_tcp_idle_timeout")]
     pub tcp_idle_timeout_secs: u64,
+    /// Stateless reset replies (the first answer to a UDP client's hard reset, sent before
+    /// any state exists) per second, all sources together; one source address gets an
+    /// eighth. A flood guard, so spoofed resets cannot make the gateway a reflector; raise it
+    /// where many clients connect at once (as openvpn's `connect-freq-initial`).
+    #[serde(default = "default_udp_reset_replies_per_sec")]
+    pub udp_reset_replies_per_sec: u32,
+    /// How many of those replies may go out at once before the rate applies.
+    #[serde(default = "default_udp_reset_replies_burst")]
+    pub udp_reset_replies_burst: u32,
     pub tls: TlsSection,
     #[serde(default)]
     pub auth: AuthSection,
@@ -305,6 +314,14 @@ fn default_tcp_handshake_timeout() -> u64 {
 }
 fn default_tcp_idle_timeout() -> u64 {
     300
+}
+/// The defaults of the tunnel (`ServerSettings::default().reset_rate`), so a file without
+/// the keys runs as before.
+fn default_udp_reset_replies_per_sec() -> u32 {
+    crate::openvpn::server::ServerSettings::DEFAULT_RESET_RATE.0
+}
+fn default_udp_reset_replies_burst() -> u32 {
+    crate::openvpn::server::ServerSettings::DEFAULT_RESET_RATE.1
 }
 fn default_tls_min() -> String {
     "1.2".into()

@@ -55,6 +55,15 @@ pub fn restart_only_changes(old: &EndpointConfig, new: &EndpointConfig) -> Vec<&
         old.tcp_idle_timeout_secs != new.tcp_idle_timeout_secs,
         "tcp_idle_timeout_secs",
     );
+    // The reset limiter is built once, with the tunnel (`Server::update_settings` keeps it).
+    check(
+        old.udp_reset_replies_per_sec != new.udp_reset_replies_per_sec,
+        "udp_reset_replies_per_sec",
+    );
+    check(
+        old.udp_reset_replies_burst != new.udp_reset_replies_burst,
+        "udp_reset_replies_burst",
+    );
     check(old.tls != new.tls, "tls");
     check(old.logging != new.logging, "logging");
     check(old.metrics != new.metrics, "metrics");
@@ -194,6 +203,7 @@ impl EndpointConfig {
                     .unwrap_or_default(),
             },
             max_sessions: self.max_connections,
+            reset_rate: (self.udp_reset_replies_per_sec, self.udp_reset_replies_burst),
             tcp_handshake_timeout: Duration::from_secs(self.tcp_handshake_timeout_secs),
             tcp_idle_timeout: Duration::from_secs(self.tcp_idle_timeout_secs),
             ..ServerSettings::default()

@@ -466,3 +466,64 @@ fn keepalive_and_renegotiation_settings() {
         "{e}"
     );
 }
+
+#[test]
+fn udp_reset_reply_limits_map_to_the_tunnel_and_are_checked() {
+    let d = dir_with_files();
+    let f = d.0.join("resets.toml");
+    let (head, tail) = GOOD.split_at(GOOD.find("[tls]").unwrap());
+    let with = |extra: &str| {
+        std::fs::write(&f, format!("{head}{extra}\n{tail}")).unwrap();
+        EndpointConfig::load(&f)
+    };
+    // Unset: the tunnel's own defaults, as before the keys existed.
+    let default = with("").unwrap();
+    assert_eq!(
+        default.server_settings().reset_rate,
+        crate::openvpn::server::ServerSettings::default().reset_rate
+    );
+    assert_eq!(default.server_settings().reset_rate, (200, 400));
+    let raised =
+        with("udp_reset_replies_per_sec = 20000\nudp_reset_replies_burst = 50000").unwrap();
+    assert_eq!(raised.server_settings().reset_rate, (20_000, 50_000));
+    // The limiter is built once with the tunnel: a change waits for a restart.
+    assert_eq!(
+        restart_only_changes(&default, &raised),
+        vec!["udp_reset_replies_per_sec", "udp_reset_replies_burst"]
+    );
+    // The bounds are inclusive.
+    let max = with(&format!(
+        "udp_reset_replies_per_sec = {MAX}\nudp_reset_replies_burst = 1",
+        MAX = validate::MAX_RESET_REPLIES
+    ))
+    .unwrap();
+    assert_eq!(
+        max.server_settings().reset_rate,
+        (validate::MAX_RESET_REPLIES, 1)
+    );
+    let e = with("udp_reset_replies_per_sec = 0\nudp_reset_replies_burst = 1000001").unwrap_err();
+    let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["udp_reset_replies_per_sec", "udp_reset_replies_burst"],
+        "{e}"
+    );
+    assert!(
+        e.0[0].message.contains("0 is out of range")
+            && e.0[0].message.contains("1 to 1000000 replies per second")
+            && e.0[0].message.contains("default 200"),
+        "{e}"
+    );
+    assert!(
+        e.0[1].message.contains("1000001 is out of range")
+            && e.0[1].message.contains("default 400"),
+        "{e}"
+    );
+    // A negative value is a type error, reported at its line and key.
+    let e = with("udp_reset_replies_burst = -1").unwrap_err();
+    assert!(
+        e.0.iter()
+            .any(|e| e.path.ends_with(", udp_reset_replies_burst") && e.message.contains("u32")),
+        "{e}"
+    );
+}

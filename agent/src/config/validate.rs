@@ -7,6 +7,9 @@ use ipnet::IpNet;
 use super::errors::err;
 use super::{interface_ipv4, ConfigErrors, EndpointConfig};
 
+/// The largest `udp_reset_replies_per_sec` and `udp_reset_replies_burst`.
+pub const MAX_RESET_REPLIES: u32 = 1_000_000;
+
 impl EndpointConfig {
     /// Everything except the policy compiler's checks (run `policy::compile` for those; the
     /// agent and `portcullis check` run both and print all errors together).
@@ -154,6 +157,33 @@ impl EndpointConfig {
                 errs.push(err(
                     key,
                     format!("{secs} is out of range: use 1 to 3600 seconds (default {default})"),
+                ));
+            }
+        }
+        // 0 would answer no new UDP client at all; past a million a second the limiter no
+        // longer limits anything a gateway could send (and the float buckets stay exact).
+        let default = crate::openvpn::server::ServerSettings::DEFAULT_RESET_RATE;
+        for (key, v, default, what) in [
+            (
+                "udp_reset_replies_per_sec",
+                self.udp_reset_replies_per_sec,
+                default.0,
+                "replies per second",
+            ),
+            (
+                "udp_reset_replies_burst",
+                self.udp_reset_replies_burst,
+                default.1,
+                "replies",
+            ),
+        ] {
+            if v == 0 || v > MAX_RESET_REPLIES {
+                errs.push(err(
+                    key,
+                    format!(
+                        "{v} is out of range: use 1 to {MAX_RESET_REPLIES} {what} (default \
+                         {default}; raise it where many clients connect at once)"
+                    ),
                 ));
             }
         }

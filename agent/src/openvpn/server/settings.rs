@@ -52,6 +52,12 @@ pub struct ServerSettings {
     pub tcp_idle_timeout: Duration,
 }
 
+impl ServerSettings {
+    /// Stateless reset replies per second and burst unless configured
+    /// (`udp_reset_replies_per_sec`, `udp_reset_replies_burst`).
+    pub const DEFAULT_RESET_RATE: (u32, u32) = (200, 400);
+}
+
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
@@ -59,7 +65,7 @@ impl Default for ServerSettings {
             push: PushSettings::default(),
             auth: AuthMode::default(),
             max_sessions: 4096,
-            reset_rate: (200, 400),
+            reset_rate: Self::DEFAULT_RESET_RATE,
             udp: SessionConfig::default(),
             tcp: SessionConfig {
                 transport: Transport::Tcp,

@@ -288,6 +288,7 @@ fn hold(emu: &mut Emulator, o: &GenOpts, deadline: Instant) -> Result<Value> {
         "sessions_up": emu.up(),
         "server_cpu_s": rest_cpu.gateway_s,
         "server_core_fraction": rest_cpu.gateway_s / window,
+        "machine_core_fraction": rest_cpu.busy_s / window,
         "server_cpu_ms_per_s_per_1000_sessions": rest_cpu.gateway_s / window * 1e3 / (emu.up().max(1) as f64 / 1000.0),
         "machine": rest_cpu.to_json(),
         "generator_cpu_s": g_rest,
@@ -407,6 +408,7 @@ fn sweep(emu: &mut Emulator, o: &GenOpts, deadline: Instant) -> Result<Value> {
         step["server_cpu_ms_per_handshake"] = json!(d.gateway_s * 1e3 / opened.completed as f64);
         step["generator_cpu_s"] = json!(g);
         step["generator_core_fraction"] = json!(g / wall);
+        step["machine_core_fraction"] = json!(d.busy_s / wall);
         step["machine"] = d.to_json();
         step["saturated"] = json!(saturated);
         steps.push(step);
@@ -442,6 +444,7 @@ fn sweep(emu: &mut Emulator, o: &GenOpts, deadline: Instant) -> Result<Value> {
             "offered_per_s": at_best["offered_per_s"],
             "latency_ms": at_best["latency_ms"],
             "server_core_fraction": at_best["server_core_fraction"],
+            "machine_core_fraction": at_best["machine_core_fraction"],
         },
     }))
 }

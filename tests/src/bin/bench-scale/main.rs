@@ -5,8 +5,10 @@
 //! bench-scale --render DIR/scale.json [--out DIR]
 //! ```
 //!
-//! Side by side in one run, the stock `openvpn --server` first, then Portcullis, each in its
-//! own lab, loaded by the same many-session client emulator (`bench-scale --emulate`,
+//! Side by side in one run, the stock `openvpn --server` first, then Portcullis (`portcullis
+//! run`, the agent binary in its own process with its logs, metrics, admin socket and
+//! certificate authentication on; `tests::agent::AgentLab`), each in its own lab, loaded by
+//! the same many-session client emulator (`bench-scale --emulate`,
 //! `tests::emulator`, a separate process in the client namespace): N idle sessions (1,000
 //! and 10,000) with memory per session, time to establish and keepalive CPU at rest;
 //! throughput and cycles per byte through 1, 4 and 16 of the first N's sessions; handshakes
@@ -24,27 +26,22 @@ use std::{
     net::{SocketAddr, SocketAddrV4, TcpStream},
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc, Arc,
-    },
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use portcullis::openvpn::server::ServerEvent;
 use serde_json::{json, Value};
 use tests::{
+    agent::{Agent, AgentLab, EndpointOpts},
     benchreport,
     benchsys::{self as sys, GwSpec},
     clients::run_in_ns,
     emulator,
-    gateway::{base_policy, SERVER},
+    gateway::SERVER,
     openvpn::{
         Lab, LabPki, Proc, Proto, StockServerConfig, TempDir, DEFAULT_CLIENTS, OVPN_PORT,
         UNDERLAY_GW,
     },
-    tunnel::{TunnelLab, TunnelOpts},
     NetNs,
 };
 
@@ -103,6 +100,7 @@ impl Settings {
             "handshake_timeout_s": self.handshake_timeout_s,
             "pool": POOL,
             "max_sessions": MAX_SESSIONS,
+            "portcullis_udp_reset_replies_per_s_and_burst": [RESET_REPLIES.0, RESET_REPLIES.1],
         })
     }
 }
@@ -196,6 +194,9 @@ struct Side<'a> {
     rss_pid: u32,
     /// Sessions as the server counts them (`None`: could not ask).
     sessions: &'a dyn Fn() -> Option<usize>,
+    /// What else a hold records of the server once its sessions are up (map fill; `Null`
+    /// where the server has nothing to tell).
+    snapshot: &'a dyn Fn() -> Value,
     tmp: &'a Path,
 }
 
@@ -228,14 +229,14 @@ fn gen_opts(side: &Side, s: &Settings) -> gen::GenOpts {
 }
 
 /// Run the emulator with `o` in the client namespace; for a hold plan, ask the server for
-/// its session count once the emulator says `MEASURED`. The emulator's result, and that
-/// count.
+/// its session count (and [`Side::snapshot`]) once the emulator says `MEASURED`. The
+/// emulator's result, that count and that snapshot.
 fn run_generator(
     side: &Side,
     o: &gen::GenOpts,
     tag: &str,
     limit: Duration,
-) -> Result<(Value, Option<usize>)> {
+) -> Result<(Value, Option<usize>, Value)> {
     check_stop()?;
     let exe = std::env::current_exe().context("locating this program")?;
     let mut argv: Vec<String> = vec![exe.display().to_string(), "--emulate".into()];
@@ -245,9 +246,13 @@ fn run_generator(
     let proc = Proc::spawn(side.client, &argv_ref, &log, "client emulator");
     let end = Instant::now() + limit;
     let mut counted = None;
+    let mut snapshot = Value::Null;
     if o.plan == "hold" {
         match proc.wait_log_or_exit("MEASURED", limit) {
-            Ok(()) => counted = (side.sessions)(),
+            Ok(()) => {
+                counted = (side.sessions)();
+                snapshot = (side.snapshot)();
+            }
             Err(e) => eprintln!("bench-scale: {}: {e}", side.name),
         }
     }
@@ -266,7 +271,7 @@ fn run_generator(
             )
         })
         .and_then(|j| serde_json::from_str::<Value>(j).context("emulator result"))?;
-    Ok((result, counted))
+    Ok((result, counted, snapshot))
 }
 
 /// Wait until the server reports no session: up to `timeout`, but give up early when the
@@ -316,8 +321,9 @@ fn measure_side(side: &Side, s: &Settings) -> Result<Value> {
             120.0 + n as f64 / 50.0 + s.rest_s + s.traffic.len() as f64 * (s.traffic_s + 2.0),
         );
         o.deadline = limit.as_secs_f64() - 10.0;
-        let (mut r, counted) = run_generator(side, &o, &format!("hold{n}"), limit)?;
+        let (mut r, counted, snapshot) = run_generator(side, &o, &format!("hold{n}"), limit)?;
         r["server_sessions_counted"] = json!(counted);
+        r["server_at_hold"] = snapshot;
         let up = r["sessions_up"].as_u64().unwrap_or(0);
         println!(
             "  {up} up in {:.1} s ({:.0}/s, p50 {:.0} ms, p99 {:.0} ms); server counts {counted:?}; \
@@ -375,7 +381,7 @@ fn measure_side(side: &Side, s: &Settings) -> Result<Value> {
         60.0 + s.rates.len() as f64 * (s.step_s + s.handshake_timeout_s + 5.0),
     );
     o.deadline = limit.as_secs_f64() - 10.0;
-    let (sweep, _) = run_generator(side, &o, "sweep", limit)?;
+    let (sweep, _, _) = run_generator(side, &o, "sweep", limit)?;
     for st in sweep["steps"].as_array().into_iter().flatten() {
         println!(
             "  offered {:.0}/s: achieved {:.0}/s, {} of {} connected, p50 {:.0} ms, p99 {:.0} ms, server {:.0}% of a core{}",
@@ -497,6 +503,7 @@ fn run_stock(s: &Settings) -> Result<Value> {
         },
         rss_pid: server.pid(),
         sessions: &sessions,
+        snapshot: &|| Value::Null,
         tmp: dir.path(),
     };
     let mut v = measure_side(&side, s)?;
@@ -523,92 +530,120 @@ fn run_stock(s: &Settings) -> Result<Value> {
 
 // ---- Portcullis ---------------------------------------------------------------------------------
 
+/// The policy part of the agent's endpoint file (`tests::agent::endpoint_toml_with`): every
+/// user may reach the sink on the private network's host.
+const AGENT_POLICY: &str = "[[authorization_rule]]\ndestination = \"10.0.0.10/32\"\nall_users = true\ndescription = \"the benchmark's traffic sink\"\n";
+
+/// As the stock server's `connect-freq-initial 100000 10`: the default (200 replies/s,
+/// burst 400, an eighth of it per source) is a flood guard that would cap the handshake
+/// sweep and the 10,000-session ramp, which all come from one source address.
+const RESET_REPLIES: (u32, u32) = (100_000, 100_000);
+
+/// The agent's `status` over its admin socket (`None`: it did not answer).
+fn agent_status(agent: &Agent) -> Option<Value> {
+    agent
+        .admin(&json!({"v": 1, "cmd": "status"}))
+        .ok()
+        .filter(|v| v["ok"] == true)
+}
+
+/// What a hold records of the agent when its sessions are up: sessions, conntrack entries
+/// and the fill of every BPF map, from `status`.
+fn agent_snapshot(agent: &Agent) -> Value {
+    agent_status(agent).map_or(Value::Null, |v| {
+        json!({
+            "sessions": v["sessions"],
+            "established": v["established"],
+            "flows": v["flows"],
+            "maps": v["maps"],
+        })
+    })
+}
+
+/// The tunnel's counters from the agent's metrics (`portcullis_tunnel_packets_total`,
+/// `portcullis_tunnel_drops_total`, `portcullis_connection_attempts_total`), name{labels} →
+/// value.
+fn agent_counters(ns: &NetNs) -> Value {
+    let text = match tests::agent::try_scrape_metrics(ns) {
+        Ok(t) => t,
+        Err(e) => return json!(format!("metrics not read: {e}")),
+    };
+    let mut m = serde_json::Map::new();
+    for l in text.lines() {
+        let wanted = [
+            "portcullis_tunnel_packets_total",
+            "portcullis_tunnel_drops_total",
+            "portcullis_connection_attempts_total",
+            "portcullis_active_connections",
+        ];
+        if !wanted.iter().any(|w| l.starts_with(w)) {
+            continue;
+        }
+        if let Some((k, v)) = l.rsplit_once(' ') {
+            if let Ok(v) = v.parse::<f64>() {
+                m.insert(k.to_string(), json!(v));
+            }
+        }
+    }
+    Value::Object(m)
+}
+
 fn run_portcullis(s: &Settings) -> Result<Value> {
-    println!("bench-scale: Portcullis: building the lab (XDP data path, TAP, tunnel)");
+    println!("bench-scale: Portcullis: starting `portcullis run` (XDP data path, TAP, tunnel)");
     let dir = TempDir::new("bsours");
-    let mut policy = base_policy();
-    policy.client_cidr = POOL.parse().expect("literal");
-    let mut lab = TunnelLab::new(TunnelOpts {
-        clients: 1,
-        tls_crypt: true,
-        udp: true,
-        tcp: false,
-        policy,
-        max_sessions: Some(MAX_SESSIONS),
-        // As the stock server's connect-freq-initial: the default (200/s, burst 400) is
-        // a flood guard that would cap the handshake sweep.
-        reset_rate: Some((100_000, 100_000)),
-        ..TunnelOpts::default()
-    });
-    sys::sink_setup(&lab.gw.net.name, SINK_PORT)?;
-    // The server's events would pile up in the lab's unbounded channel (and in this
-    // process's RSS, which is the server's here): count them on a thread instead, as the
-    // agent's connection log consumes them.
-    let (_keep, dummy) = mpsc::channel();
-    let events = std::mem::replace(&mut lab.events, dummy);
-    let connected = Arc::new(AtomicU64::new(0));
-    let disconnected = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let drain = {
-        let (c, d, done) = (connected.clone(), disconnected.clone(), done.clone());
-        std::thread::Builder::new()
-            .name("pct-events".into())
-            .spawn(move || {
-                while !done.load(Ordering::Relaxed) {
-                    match events.recv_timeout(Duration::from_millis(200)) {
-                        Ok(ServerEvent::Connected { .. }) => {
-                            c.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(ServerEvent::Disconnected { .. }) => {
-                            d.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            })?
+    // `portcullis run` as deployed, as in the tunnel suite: its own process in the gateway
+    // namespace, connection and flow logs, metrics listener and admin socket on, certificate
+    // authentication with a PKI made by `portcullis pki`, the release binary
+    // (`$PORTCULLIS_BIN`, set by xtask); the pool and limits for 10,000 sessions.
+    let endpoint = EndpointOpts {
+        client_cidr: POOL.parse().context("the pool")?,
+        max_connections: Some(MAX_SESSIONS),
+        udp_reset_replies: Some(RESET_REPLIES),
     };
+    let lab = AgentLab::with_endpoint(1, &[DEFAULT_CLIENTS[0]], AGENT_POLICY, &[], &endpoint);
+    let agent = lab.agent();
+    sys::sink_setup(&lab.net.name, SINK_PORT)?;
+    // The whole process, as for the stock server.
     let gw = GwSpec {
-        pid: std::process::id(),
-        threads: vec!["pc-worker-".into(), "pc-control".into()],
+        pid: agent.pid(),
+        threads: Vec::new(),
     };
-    let end = Instant::now() + Duration::from_secs(5);
-    let mut tasks = sys::gw_tasks(&gw);
-    while tasks.len() < 3 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-        tasks = sys::gw_tasks(&gw);
-    }
-    if tasks.is_empty() {
-        bail!("no pc-worker-*/pc-control threads in this process: the tunnel did not start?");
-    }
-    let sessions = || Some(lab.tunnel().sessions().len());
+    let tasks = sys::gw_tasks(&gw);
+    let sessions = || agent_status(agent).and_then(|v| v["sessions"].as_u64().map(|n| n as usize));
+    let snapshot = || agent_snapshot(agent);
+    let cn = DEFAULT_CLIENTS[0];
     let side = Side {
         name: "portcullis",
-        client: &lab.underlay.clients[0].ns,
-        private: &lab.gw.net,
-        ca: lab.pki.ca.clone(),
-        cert: lab.pki.client(DEFAULT_CLIENTS[0]).cert.clone(),
-        key: lab.pki.client(DEFAULT_CLIENTS[0]).key.clone(),
-        tls_crypt: lab.pki.tls_crypt.clone(),
+        client: lab.client_ns(0),
+        private: &lab.net,
+        ca: lab.pki.dir.join("ca.crt"),
+        cert: lab.pki.cert(cn),
+        key: lab.pki.key(cn),
+        tls_crypt: lab.pki.tls_crypt_key(),
         gw,
-        rss_pid: std::process::id(),
+        rss_pid: agent.pid(),
         sessions: &sessions,
+        snapshot: &snapshot,
         tmp: dir.path(),
     };
-    let measured = measure_side(&side, s);
-    done.store(true, Ordering::Relaxed);
-    let _ = drain.join();
-    let mut v = measured?;
-    let st = &lab.tunnel().stats;
-    let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut v = measure_side(&side, s)?;
+    if !agent.is_running() {
+        bail!(
+            "portcullis run exited during the run:\n{}",
+            agent.log_tail(40)
+        );
+    }
+    let config = std::fs::read_to_string(&lab.config).unwrap_or_default();
     v["server"] = json!({
-        "what": "Portcullis tunnel in this process (tests::tunnel::TunnelLab: 2 packet workers, one control thread) in front of the XDP data path on a TAP",
-        "threads": tasks.iter().map(|t| t.1.clone()).collect::<Vec<_>>(),
-        "cpu_accounting": format!("on-CPU time of this process's threads named pc-worker-* and pc-control: {}; the XDP program runs inside the workers' TAP writes", sys::cpu_time_source()),
-        "rss": "VmRSS of this benchmark process (the tunnel is in-process; the emulator is a separate process); BPF map memory (clients, conntrack) is kernel memory and not in it",
-        "settings": format!("pool {POOL}, max_sessions {MAX_SESSIONS}, stateless reset replies 100,000/s (default 200/s, burst 400)"),
-        "events": { "connected": ld(&connected), "disconnected": ld(&disconnected) },
-        "tunnel_stats": tests::benchreport::tunnel_stats(st),
+        "what": format!("`portcullis run` (the agent binary {}) in the gateway namespace: the XDP data path on a TAP, connection and flow logs, metrics listener, admin socket, certificate authentication", tests::agent::portcullis_bin().display()),
+        "config": config,
+        "threads_at_start": tasks.iter().map(|t| t.1.clone()).collect::<Vec<_>>(),
+        "cpu_accounting": format!("on-CPU time of the portcullis process's tasks: {}; the XDP program runs inside the agent's TAP writes and in the veths' softirq (the machine figures next to it count all of it)", sys::cpu_time_source()),
+        "rss": "VmRSS of the portcullis process (the emulator is a separate process); BPF map memory (clients, conntrack) is kernel memory and not in it",
+        "settings": format!("client_cidr {POOL}, max_connections {MAX_SESSIONS}, udp_reset_replies_per_sec {} and udp_reset_replies_burst {} (defaults 200 and 400)", RESET_REPLIES.0, RESET_REPLIES.1),
+        "agent_status": agent_status(agent),
+        "counters": agent_counters(&lab.gw),
+        "log_connections": std::fs::read_to_string(lab.dir.path().join("connections.log")).map(|t| t.lines().count()).ok(),
     });
     drop(lab);
     Ok(v)
@@ -719,8 +754,10 @@ fn run(args: Args) -> Result<()> {
         "nice": if niced { json!(-20) } else { json!("setpriority failed: default priority") },
         "method": {
             "order": "stock first, then Portcullis, each in its own lab (dropped before the next); per server: the idle holds in order (traffic during the first), then the handshake sweep",
+            "servers": "stock: `openvpn --server` (2.6, userspace, disable-dco) with `server.config`; Portcullis: `portcullis run` as deployed (the release agent binary in its own process in the gateway namespace, connection and flow logs, metrics listener, admin socket, certificate authentication against a `portcullis pki` CA) with `server.config`; both with a /17 pool, a 16,384-session limit and their stateless reset limiter raised far above the highest offered rate, since the emulator's sessions all come from one source address (stock: `connect-freq-initial 100000 10`; Portcullis: `udp_reset_replies_per_sec` and `udp_reset_replies_burst` 100,000, an eighth of it per source)",
+            "cpu": "server = on-CPU time of the server process's tasks (every thread of either process); softirq work (the veths, the XDP program on the far side) is charged to whichever task is on the CPU, so the whole-machine busy time (user+nice+system+irq+softirq from /proc/stat, `machine` in every window) is reported next to it: it includes the emulator and any other load on the machine",
             "emulator": "bench-scale --emulate (tests::emulator): one process in the client namespace, one UDP socket per session (own source port), epoll; per session a TestClient (tls-crypt, HMAC-cookie reset, TLS 1.3 with an ECDSA P-256 client certificate, key-method 2, PUSH_REQUEST 1 s after the key exchange until the PUSH_REPLY, AES-256-GCM data channel); keepalive: the 16-byte ping magic whenever nothing was sent for the pushed ping interval; EXIT on close",
-            "idle": "N sessions opened with up to open_in_flight handshakes at a time (as fast as the server answers); time to establish = first reset to last PUSH_REPLY; memory per session = (server RSS settle_s after the last connect - RSS before the first) / sessions up; keepalive CPU = server CPU over keepalive_window_s with every session idle (pings both ways)",
+            "idle": "N sessions opened with up to open_in_flight handshakes at a time (as fast as the server answers); time to establish = first reset to last PUSH_REPLY; memory per session = (server RSS settle_s after the last connect - RSS before the first) / sessions up; keepalive CPU = server CPU over keepalive_window_s with every session idle (pings both ways), whole-machine busy time next to it; map fill (Portcullis) = the agent's `status` once the sessions are up: sessions, conntrack entries, every BPF map's entries and capacity",
             "traffic": "during the first hold: sealed IPv4/UDP packets (traffic_ip_packet_bytes, to 10.0.0.10:9 in the private namespace) through k of the idle sessions as fast as the emulator can send for traffic_seconds; delivered = nftables counter at the sink's prerouting (the packets are dropped there, so nothing comes back); throughput = delivered IP bytes / seconds; cycles per byte = server CPU seconds x cpu MHz / delivered bytes",
             "sweep": "offered rates in steps: rate x step sessions opened at that rate (at most sweep_max_in_flight handshaking), each sending EXIT once connected; achieved = completions per second in the window [warm-up, step end] shifted by the step's median connect latency (warm-up: a quarter of the step, at most 2 s) (the open loop offers the rate for the whole step, so a server that keeps up at any constant latency achieves the offered rate); a step is saturated when achieved < 0.9 x offered or more than 1% fail; the sweep stops after the second saturated step; the figure is the highest achieved rate, with the p50/p99 connect latency of that step",
         },

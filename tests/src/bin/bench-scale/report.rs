@@ -2,7 +2,7 @@
 use std::fmt::Write;
 
 use serde_json::{json, Value};
-use tests::benchreport::{f, num, svg_grid, Plot, Series, COLORS};
+use tests::benchreport::{f, num, provenance_line, svg_grid, Plot, Series, COLORS};
 
 fn ratio(a: f64, b: f64) -> f64 {
     if a.is_finite() && b.is_finite() && b != 0.0 {
@@ -99,6 +99,14 @@ pub fn compare(r: &Value) -> Value {
             a * 100.0,
             b * 100.0,
         ));
+        let (a, b) = both(&["rest", "machine_core_fraction"]);
+        rows.push(row(
+            format!("{n} idle: whole machine busy at rest"),
+            "% of a core",
+            "lower",
+            a * 100.0,
+            b * 100.0,
+        ));
     }
     for k in [1u64, 4, 16] {
         let g = |side: &Value, key: &str| traffic_for(side, k).map_or(f64::NAN, |t| f(&t[key]));
@@ -115,6 +123,13 @@ pub fn compare(r: &Value) -> Value {
             "lower",
             g(p, "server_cycles_per_byte"),
             g(s, "server_cycles_per_byte"),
+        ));
+        rows.push(row(
+            format!("whole-machine cycles per byte, {k} active session(s)"),
+            "cycles/B",
+            "lower",
+            g(p, "machine_cycles_per_byte"),
+            g(s, "machine_cycles_per_byte"),
         ));
     }
     let sw = |side: &Value, path: &[&str]| {
@@ -144,6 +159,20 @@ pub fn compare(r: &Value) -> Value {
         "lower",
         sw(p, &["at_max", "latency_ms", "p99"]),
         sw(s, &["at_max", "latency_ms", "p99"]),
+    ));
+    rows.push(row(
+        "server CPU at that rate".into(),
+        "% of a core",
+        "lower",
+        sw(p, &["at_max", "server_core_fraction"]) * 100.0,
+        sw(s, &["at_max", "server_core_fraction"]) * 100.0,
+    ));
+    rows.push(row(
+        "whole machine busy at that rate".into(),
+        "% of a core",
+        "lower",
+        sw(p, &["at_max", "machine_core_fraction"]) * 100.0,
+        sw(s, &["at_max", "machine_core_fraction"]) * 100.0,
     ));
     Value::Array(rows)
 }
@@ -187,13 +216,10 @@ pub fn markdown(r: &Value) -> String {
     let mc = &r["machine"];
     let _ = writeln!(
         w,
-        "Machine: {} cores, {}, {:.1} GiB, kernel {}; load average {} before, {} after. Command: `{}`{}. {:.0} s.\n",
-        mc["cores"],
-        mc["cpu_model"].as_str().unwrap_or("?"),
+        "Provenance: {}; agent `{}`; {:.1} GiB. Command: `{}`{}. {:.0} s.\n",
+        provenance_line(mc),
+        mc["agent_binary"]["path"].as_str().unwrap_or("?"),
         f(&mc["memory_gib"]),
-        mc["kernel"].as_str().unwrap_or("?"),
-        mc["loadavg_before"].as_str().unwrap_or("?"),
-        mc["loadavg_after"].as_str().unwrap_or("?"),
         r["command"].as_str().unwrap_or(""),
         r["invoked_as"]
             .as_str()
@@ -235,14 +261,14 @@ pub fn markdown(r: &Value) -> String {
     let _ = writeln!(w, "\n## Handshake sweep\n");
     let _ = writeln!(
         w,
-        "| server | offered /s | achieved /s | connected / started | p50 ms | p99 ms | server % of a core | emulator % of a core | saturated |"
+        "| server | offered /s | achieved /s | connected / started | p50 ms | p99 ms | server % of a core | emulator % of a core | machine busy % of a core | saturated |"
     );
-    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for name in ["portcullis", "stock"] {
         for st in r[name]["sweep"]["steps"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 w,
-                "| {name} | {} | {} | {} / {} | {} | {} | {} | {} | {} |",
+                "| {name} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} |",
                 num(f(&st["offered_per_s"])),
                 num(f(&st["achieved_per_s"])),
                 st["completed"],
@@ -251,6 +277,7 @@ pub fn markdown(r: &Value) -> String {
                 num(f(&st["latency_ms"]["p99"])),
                 num(f(&st["server_core_fraction"]) * 100.0),
                 num(f(&st["generator_core_fraction"]) * 100.0),
+                num(f(&st["machine_core_fraction"]) * 100.0),
                 if st["saturated"] == true { "yes" } else { "" }
             );
         }
@@ -281,25 +308,27 @@ pub fn markdown(r: &Value) -> String {
     let _ = writeln!(w, "\n## Keepalive at rest\n");
     let _ = writeln!(
         w,
-        "| server | sessions | window s | server CPU s | % of a core | pings sent / received | silent past ping-restart |"
+        "| server | sessions | window s | server CPU s | % of a core | machine busy % of a core | pings sent / received | silent past ping-restart |"
     );
-    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for name in ["portcullis", "stock"] {
         for h in holds(&r[name]) {
             let rs = &h["rest"];
             let _ = writeln!(
                 w,
-                "| {name} | {} | {} | {} | {} | {} / {} | {} |",
+                "| {name} | {} | {} | {} | {} | {} | {} / {} | {} |",
                 rs["sessions_up"],
                 num(f(&rs["window_s"])),
                 num(f(&rs["server_cpu_s"])),
                 num(f(&rs["server_core_fraction"]) * 100.0),
+                num(f(&rs["machine_core_fraction"]) * 100.0),
                 rs["pings_sent"],
                 rs["pings_received"],
                 rs["sessions_silent_past_ping_restart"],
             );
         }
     }
+    map_fill(w, r);
     let notes: Vec<&Value> = r["notes"]
         .as_array()
         .map(|a| a.iter().collect())
@@ -315,6 +344,48 @@ pub fn markdown(r: &Value) -> String {
         let _ = writeln!(w, "- **{k}**: {}", v.as_str().unwrap_or(""));
     }
     m
+}
+
+/// The agent's sessions, conntrack entries and BPF map fill at each hold (from its `status`
+/// once the sessions were up); nothing for a report without them.
+fn map_fill(w: &mut String, r: &Value) {
+    let snaps: Vec<(&Value, &Value)> = holds(&r["portcullis"])
+        .into_iter()
+        .map(|h| (h, &h["server_at_hold"]))
+        .filter(|(_, s)| s.is_object())
+        .collect();
+    if snaps.is_empty() {
+        return;
+    }
+    let mut names: Vec<&String> = snaps
+        .iter()
+        .flat_map(|(_, s)| s["maps"].as_object().into_iter().flat_map(|m| m.keys()))
+        .collect();
+    names.sort();
+    names.dedup();
+    let _ = writeln!(w, "\n## Portcullis at each hold: sessions and BPF maps\n");
+    let _ = write!(w, "| sessions up | agent sessions | established | flows |");
+    for n in &names {
+        let _ = write!(w, " {n} |");
+    }
+    let _ = write!(w, "\n|---:|---:|---:|---:|");
+    for _ in &names {
+        let _ = write!(w, "---:|");
+    }
+    let _ = writeln!(w);
+    for (h, s) in snaps {
+        let _ = write!(
+            w,
+            "| {} | {} | {} | {} |",
+            h["sessions_up"], s["sessions"], s["established"], s["flows"]
+        );
+        for n in &names {
+            let m = &s["maps"][n.as_str()];
+            let _ = write!(w, " {} / {} |", m["entries"], m["capacity"]);
+        }
+        let _ = writeln!(w);
+    }
+    let _ = writeln!(w, "\nMaps: entries / capacity.");
 }
 
 /// Throughput points `(active sessions, Mbit/s)` of one server (used by the combined report).

@@ -39,7 +39,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use tests::{
-    agent::{Agent, AgentLab, CliPki},
+    agent::{Agent, AgentLab, CliPki, EndpointOpts},
     gateway::SERVER,
     openvpn::{
         iperf3_client, iperf3_server, ping, Cipher, ClientConfig, IperfResult, Lab, LabPki,

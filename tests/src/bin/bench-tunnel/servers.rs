@@ -185,13 +185,31 @@ fn agent_sessions(agent: &Agent) -> Option<(usize, usize)> {
     ))
 }
 
+/// The agent's `udp_reset_replies_per_sec` and `udp_reset_replies_burst`. The handshake
+/// generator's sessions all come from one address, and one source gets an eighth of the
+/// limiter: the default (200/s, burst 400, so 25/s and 50 per source) would cap the handshake
+/// rate from the 51st handshake on, as the stock server's default limiter would (raised with
+/// `connect-freq-initial` in [`stock_config`]).
+pub(crate) const RESET_REPLIES: (u32, u32) = (100_000, 100_000);
+
 pub(crate) fn run_portcullis(s: &Settings, c: &Cycles) -> Result<Value> {
     println!("bench-tunnel: Portcullis: starting `portcullis run` (XDP data path, TAP, tunnel)");
     let dir = TempDir::new("btours");
     // `portcullis run` as deployed: its own process in the gateway namespace, the endpoint file
     // with the connection and flow logs, the metrics listener and the admin socket on, a PKI
-    // made with `portcullis pki`, the release binary (`$PORTCULLIS_BIN`, set by xtask).
-    let lab = AgentLab::new(s.max_clients(), DEFAULT_CLIENTS, AGENT_POLICY);
+    // made with `portcullis pki`, the release binary (`$PORTCULLIS_BIN`, set by xtask). Its
+    // reset limiter raised as the stock server's `connect-freq-initial` ([`RESET_REPLIES`]).
+    let endpoint = EndpointOpts {
+        udp_reset_replies: Some(RESET_REPLIES),
+        ..EndpointOpts::default()
+    };
+    let lab = AgentLab::with_endpoint(
+        s.max_clients(),
+        DEFAULT_CLIENTS,
+        AGENT_POLICY,
+        &[],
+        &endpoint,
+    );
     let agent = lab.agent();
     let creds = Creds::of_cli(&lab.pki);
     let sessions = || agent_sessions(agent);
