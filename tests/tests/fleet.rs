@@ -488,6 +488,8 @@ mod gateways;
 mod limits;
 #[path = "fleet/outage.rs"]
 mod outage;
+#[path = "fleet/partition.rs"]
+mod partition;
 #[path = "fleet/presence.rs"]
 mod presence;
 #[path = "fleet/registry.rs"]
