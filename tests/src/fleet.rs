@@ -12,7 +12,9 @@
 //! Each gateway SNATs its clients to its own address on the shared network, so the server
 //! (10.0.0.10) answers whichever gateway a client is on. The underlay is a bridge in the
 //! client namespace, so one stock client can reach every gateway's address (its profile lists
-//! them all). Everything is removed on drop, also on panic: agents stopped (or already
+//! them all). A gateway can be cut off from etcd while etcd runs on ([`FleetLab::cut_from_etcd`],
+//! an nftables drop in its namespace) and given its path back ([`FleetLab::heal`]), and
+//! gateways can be added after the start ([`FleetLab::add`]). Everything is removed on drop, also on panic: agents stopped (or already
 //! killed), namespaces, links, pins, directories and etcd.
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -25,6 +27,9 @@ use crate::etcd::EtcdCluster;
 use crate::gateway::{PinRoot, GW_IF, SERVER};
 use crate::openvpn::{TempDir, OVPN_PORT, UNDERLAY_GW};
 use crate::{unique, NetNs};
+
+/// The nftables table of [`FleetLab::cut_from_etcd`].
+const CUT_TABLE: &str = "pct_etcd_cut";
 
 /// The client's address on the underlay bridge.
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
@@ -275,6 +280,66 @@ impl FleetLab {
             _pins: pins,
             dir,
         }
+    }
+
+    /// Starts one more gateway, `gw-<n>` (its file: `policy` and its `[fleet]` section), and
+    /// returns its index once it holds a lease (it may hold no block: the pool may be held).
+    pub fn add(&mut self, policy: &str) -> usize {
+        let i = self.gateways.len();
+        let gw = self.add_gateway(i, policy, "");
+        poll(Duration::from_secs(15), || {
+            (gw.fleet_status()["member"]["lease_valid"] == true).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} holds no lease: {}\n{}",
+                gw.id,
+                gw.fleet_status(),
+                gw.agent().log_tail(30)
+            )
+        });
+        self.gateways.push(gw);
+        i
+    }
+
+    /// Cuts gateway `i` off from etcd while etcd runs on (a partition, not an outage): an
+    /// nftables table in its namespace drops every packet to or from the etcd ports on its
+    /// loopback, where the relays to etcd listen. Nothing is reset: established connections
+    /// go silent, new ones time out, as behind a cut link. Gone with the namespace, or with
+    /// [`FleetLab::heal`].
+    pub fn cut_from_etcd(&self, i: usize) {
+        let ports: Vec<String> = self
+            .etcd
+            .endpoints()
+            .iter()
+            .map(|e| port_of(e).to_string())
+            .collect();
+        let ports = ports.join(", ");
+        let rules = format!(
+            "table inet {CUT_TABLE} {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  tcp dport {{ {ports} }} drop\n  tcp sport {{ {ports} }} drop\n }}\n}}\n"
+        );
+        let file = self.dir().join(format!("cut-{i}.nft"));
+        std::fs::write(&file, rules).expect("write the nft rules");
+        let o = self.gateways[i]
+            .ns
+            .exec(&["nft", "-f", &file.to_string_lossy()]);
+        assert!(
+            o.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Gives gateway `i` its path to etcd back (undoes [`FleetLab::cut_from_etcd`]).
+    pub fn heal(&self, i: usize) {
+        let o = self.gateways[i]
+            .ns
+            .exec(&["nft", "delete", "table", "inet", CUT_TABLE]);
+        assert!(
+            o.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 
     /// The index of the gateway named `id`.

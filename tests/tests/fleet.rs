@@ -493,6 +493,8 @@ mod limits;
 mod login;
 #[path = "fleet/outage.rs"]
 mod outage;
+#[path = "fleet/partition.rs"]
+mod partition;
 #[path = "fleet/presence.rs"]
 mod presence;
 #[path = "fleet/registry.rs"]

@@ -87,6 +87,10 @@ impl FleetGlue {
                 r
             })
             .collect();
+        let records = match &ep.fence {
+            Some(fence) => crate::fleet::registry::without_strays(&records, fence, Instant::now()),
+            None => records,
+        };
         self.member.sessions.send_replace(records);
     }
 

@@ -25,7 +25,7 @@ use super::gate::{AdmitRequest, UserGate};
 use super::lease::GatewayLease;
 use super::limits::Admitted;
 use super::presence::{self, Presence};
-use super::registry::{unix_now, Registry, SessionRecord};
+use super::registry::{self, unix_now, Registry, SessionRecord};
 use super::revocations::Revocations;
 use super::{blocks, terminate, FleetError, Keys};
 use crate::auth::revoked::Revoked;
@@ -409,7 +409,11 @@ async fn run_once(
     top_up(ctx, &mut client, lease.id, valid).await?;
     admitted.renew(&mut client, lease.id).await?;
     let refresh = Duration::from_secs(ctx.section.registry_refresh_secs);
-    let now = ctx.sessions.borrow_and_update().clone();
+    let now = registry::without_strays(
+        &ctx.sessions.borrow_and_update(),
+        &ctx.fence,
+        Instant::now(),
+    );
     // Admissions whose sessions ended while etcd was out of reach free their places now.
     let live = now.iter().map(|s| s.serial).collect();
     admitted.sweep(&mut client, &live).await?;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{FleetError, Keys};
 use crate::admin::ConnectionInfo;
+use crate::openvpn::fence::AddressFence;
 
 /// One session as the fleet sees it (the value of its `sessions/` key, JSON).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +120,25 @@ impl SessionRecord {
     pub fn is_user(&self, name: &str) -> bool {
         self.user.as_deref() == Some(name) || self.username.as_deref() == Some(name)
     }
+}
+
+/// The sessions the registry may list: all but the fence's strays (sessions on a block this
+/// gateway lost while cut off from etcd past its lease; the server is ending them, and the
+/// gateway that holds the block now may list the same address). Without this, a gateway back
+/// in the fleet would write them again under its new lease for the second until they end.
+pub fn without_strays(
+    sessions: &[SessionRecord],
+    fence: &AddressFence,
+    now: Instant,
+) -> Vec<SessionRecord> {
+    sessions
+        .iter()
+        .filter(|s| {
+            let addr = s.client_address.as_deref().and_then(|a| a.parse().ok());
+            !addr.is_some_and(|a| fence.is_stray(a, now))
+        })
+        .cloned()
+        .collect()
 }
 
 /// What this gateway has written to the registry.
@@ -319,6 +339,27 @@ mod tests {
             info(7)
         );
         assert!(r.is_user("alice") && r.is_user("alice.d") && !r.is_user("bob"));
+    }
+
+    #[test]
+    fn strays_are_not_listed() {
+        let fence = AddressFence::new();
+        let now = Instant::now();
+        fence.set(
+            vec!["10.8.0.0/26".parse().unwrap()],
+            Some(now + Duration::from_secs(3)),
+        );
+        let at = |addr: &str| SessionRecord {
+            client_address: Some(addr.into()),
+            ..SessionRecord::from_info("gw-a", &info(7), 1000)
+        };
+        let all = [at("10.8.0.2"), at("10.8.0.66")];
+        assert_eq!(without_strays(&all, &fence, now), vec![at("10.8.0.2")]);
+        // Without a valid lease the gateway does not know which blocks it holds: all listed.
+        assert_eq!(
+            without_strays(&all, &fence, now + Duration::from_secs(4)).len(),
+            2
+        );
     }
 
     #[test]

@@ -64,6 +64,13 @@ pub(super) async fn run(mut c: ControlCtx) {
                     tracing::info!(sessions = n, "revoked certificates: sessions ended");
                 }
             }
+            let n = c.server.fence_maintenance(now);
+            if n > 0 {
+                tracing::warn!(
+                    sessions = n,
+                    "fleet: sessions on an address block now held by another gateway told to reconnect"
+                );
+            }
             *c.stats.server.lock().unwrap_or_else(|e| e.into_inner()) = c.server.stats.clone();
             next_maintenance = now + Duration::from_secs(1);
         }

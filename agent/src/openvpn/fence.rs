@@ -4,16 +4,30 @@
 //!
 //! The fence is shared between the control thread (which admits sessions and must never wait
 //! on etcd) and the fleet task (which claims blocks and keeps the lease alive): a mutex around
-//! a few words, taken once per admission and once per keep-alive.
+//! a few words, taken once per admission, once per keep-alive and once a second by the
+//! control thread's maintenance.
+//!
+//! A block can leave the fence: after this gateway was cut off from etcd past its lease,
+//! another gateway may have claimed one of its blocks, and the member then sets the fence to
+//! the blocks it got back. The sessions still on addresses of a lost block are *strays*
+//! ([`AddressFence::is_stray`]): the other gateway hands out the same addresses, so the
+//! server ends them (`RESTART`: the client comes back with an address of a held block) and
+//! the registry never lists them again.
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
 /// When a gateway holds fewer free addresses than this in its blocks, it claims another
 /// block ahead of demand, so a burst of clients is not refused while a claim is in flight.
 pub const LOW_WATER: usize = 16;
+
+/// A gateway still short of addresses after a claim found every block held asks again this
+/// often (from the control thread's recount), so a block freed by a dead gateway's expired
+/// lease is picked up without waiting for a client to be refused; not more often, as each
+/// try reads the whole `blocks/` prefix and logs that the pool is held.
+pub const SHORT_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
 struct State {
@@ -23,6 +37,9 @@ struct State {
     valid_until: Option<Instant>,
     /// Free addresses in `blocks`, as the pool last counted them.
     free: usize,
+    /// When the fleet task was last asked for a block by [`AddressFence::recount`], and the
+    /// count it was asked with.
+    last_ask: Option<(Instant, usize)>,
 }
 
 /// Why the fence admits nothing now.
@@ -109,9 +126,39 @@ impl AddressFence {
         }
     }
 
+    /// The control thread's count, once a second: `free` addresses are left in the held
+    /// blocks. Corrects a count that went stale when blocks were lost (the member cannot count
+    /// the pool), and asks for a block when short: at once when the count changed, else every
+    /// [`SHORT_RETRY`] while every block of the pool was held at the last try.
+    pub fn recount(&self, free: usize, now: Instant) {
+        let mut s = self.lock();
+        s.free = free;
+        if free >= LOW_WATER {
+            s.last_ask = None;
+            return;
+        }
+        let due = match s.last_ask {
+            Some((at, n)) => n != free || now.duration_since(at) >= SHORT_RETRY,
+            None => true,
+        };
+        if due {
+            s.last_ask = Some((now, free));
+            self.wanted.notify_one();
+        }
+    }
+
     /// Whether `addr` lies in a held block.
     pub fn holds(&self, addr: Ipv4Addr) -> bool {
         self.lock().blocks.iter().any(|b| b.contains(&addr))
+    }
+
+    /// Whether a session on `addr` is a stray at `now`: the lease is valid (this gateway is in
+    /// the fleet and knows which blocks it holds) and `addr` lies in none of them (a block
+    /// lost to another gateway while this one was cut off). Never while the lease is not
+    /// valid: a gateway cut off from etcd does not know yet and keeps its sessions.
+    pub fn is_stray(&self, addr: Ipv4Addr, now: Instant) -> bool {
+        let s = self.lock();
+        s.valid_until.is_some_and(|t| now < t) && !s.blocks.iter().any(|b| b.contains(&addr))
     }
 }
 
@@ -135,6 +182,55 @@ mod tests {
         assert_eq!(f.open_blocks(later), Err(Closed::NoLease));
         f.extend(later + Duration::from_secs(3));
         assert_eq!(f.open_blocks(later), Ok(vec![b]));
+    }
+
+    #[test]
+    fn strays_are_addresses_outside_the_blocks_under_a_valid_lease() {
+        let f = AddressFence::new();
+        let now = Instant::now();
+        let (kept, lost): (Ipv4Net, Ipv4Net) = (
+            "10.9.0.0/26".parse().unwrap(),
+            "10.9.0.64/26".parse().unwrap(),
+        );
+        let (a, b) = ("10.9.0.5".parse().unwrap(), "10.9.0.70".parse().unwrap());
+        f.set(vec![kept, lost], Some(now + Duration::from_secs(3)));
+        assert!(!f.is_stray(a, now) && !f.is_stray(b, now));
+        // Cut off past the lease: nothing is known, nothing is a stray.
+        f.set(vec![kept], Some(now - Duration::from_millis(1)));
+        assert!(!f.is_stray(b, now));
+        // Back under a new lease with `lost` held elsewhere now: its sessions are strays.
+        f.set(vec![kept], Some(now + Duration::from_secs(3)));
+        assert!(!f.is_stray(a, now) && f.is_stray(b, now));
+    }
+
+    #[tokio::test]
+    async fn recount_asks_at_once_on_a_change_and_then_every_short_retry() {
+        let f = AddressFence::new();
+        let now = Instant::now();
+        let asked = |f: &Arc<AddressFence>| {
+            let f = f.clone();
+            async move {
+                tokio::time::timeout(Duration::from_millis(20), f.wanted())
+                    .await
+                    .is_ok()
+            }
+        };
+        // Stale after a lost block: the member counted 61, the pool has 0 in what is left.
+        f.add(vec![], 61, None);
+        f.recount(0, now);
+        assert_eq!(f.free(), 0);
+        assert!(asked(&f).await, "a short count asks at once");
+        f.recount(0, now + Duration::from_secs(1));
+        assert!(
+            !asked(&f).await,
+            "the same count asks again only after SHORT_RETRY"
+        );
+        f.recount(0, now + SHORT_RETRY);
+        assert!(asked(&f).await);
+        f.recount(3, now + SHORT_RETRY + Duration::from_secs(1));
+        assert!(asked(&f).await, "a changed count asks at once");
+        f.recount(40, now + SHORT_RETRY * 2);
+        assert!(!asked(&f).await, "not short: nothing asked");
     }
 
     #[test]

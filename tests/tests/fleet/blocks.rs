@@ -250,3 +250,165 @@ async fn a_gateway_cut_off_from_etcd_stops_admitting_within_its_ttl() {
         cut.elapsed()
     );
 }
+
+/// Claimants racing for one pool, each on its own connection.
+const CLAIMANTS: usize = 6;
+/// A /22: 16 blocks per round.
+const RACE_POOL: &str = "10.101.0.0/22";
+
+/// `CLAIMANTS` gateways, each with its own connection and lease (30 s: alive for the test).
+async fn claimants(etcd: &EtcdCluster) -> Vec<(String, etcd_client::Client, i64)> {
+    let mut out = Vec::new();
+    for i in 0..CLAIMANTS {
+        let section = etcd.fleet_section(&format!("gw-{i}"));
+        let mut c = connect(&section).await.unwrap();
+        let lease = c.lease_grant(30, None).await.unwrap().id();
+        out.push((section.gateway_id, c, lease));
+    }
+    out
+}
+
+/// Round after round, every claimant goes through all blocks of a fresh pool in the same
+/// order at the same moment (the worst case: `claim_one` spreads gateways out, this does not),
+/// claiming each with [`blocks::try_claim`]. Every block must end with exactly one winner,
+/// the gateway etcd names, under that gateway's lease; and the addresses each winner hands
+/// out of its blocks (the server's own pool) never meet another's. Fails at once if the
+/// claim's compare is dropped or turned into a read-then-write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_claimants_never_hold_one_block_twice() {
+    if !have_etcd() {
+        return;
+    }
+    const ROUNDS: usize = 25;
+    let etcd = EtcdCluster::start(1).await;
+    let racers = claimants(&etcd).await;
+    let mut probe = connect(&etcd.fleet_section("probe")).await.unwrap();
+    let pool: Ipv4Net = RACE_POOL.parse().unwrap();
+    let all = blocks::blocks_of(pool);
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        let keys = Keys::new(&format!("race{round}"));
+        let go = Arc::new(tokio::sync::Barrier::new(CLAIMANTS));
+        let tasks: Vec<_> = racers
+            .iter()
+            .map(|(gw, c, lease)| {
+                let (gw, mut c, lease) = (gw.clone(), c.clone(), *lease);
+                let (keys, all, go) = (keys.clone(), all.clone(), go.clone());
+                tokio::spawn(async move {
+                    go.wait().await;
+                    let mut won = Vec::new();
+                    for b in all {
+                        if blocks::try_claim(&mut c, &keys, &gw, lease, b)
+                            .await
+                            .unwrap()
+                        {
+                            won.push(b);
+                        }
+                    }
+                    (gw, lease, won)
+                })
+            })
+            .collect();
+        let mut holder = std::collections::HashMap::new();
+        let mut addresses = HashSet::new();
+        let mut handed = 0;
+        for t in tasks {
+            let (gw, lease, won) = t.await.unwrap();
+            let mut pool = AddressPool::new(pool).unwrap();
+            while let Some(a) = pool.acquire_in(&gw, &won) {
+                addresses.insert(a);
+                handed += 1;
+            }
+            for b in won {
+                if let Some(other) = holder.insert(b, (gw.clone(), lease)) {
+                    panic!("round {round}: {b} won by {} and {gw}", other.0);
+                }
+            }
+        }
+        assert_eq!(holder.len(), all.len(), "round {round}: a block nobody won");
+        assert_eq!(
+            addresses.len(),
+            handed,
+            "round {round}: an address was handed out twice"
+        );
+        for (b, (gw, lease)) in &holder {
+            let got = probe.get(keys.block(*b), None).await.unwrap();
+            let kv = &got.kvs()[0];
+            assert_eq!(
+                (kv.value(), kv.lease()),
+                (gw.as_bytes(), *lease),
+                "round {round}: etcd does not name {b}'s winner"
+            );
+        }
+    }
+    eprintln!(
+        "{ROUNDS} rounds of {CLAIMANTS} claimants x {} blocks: one winner each, {:?}",
+        all.len(),
+        started.elapsed()
+    );
+}
+
+/// A block held under a lease nobody keeps alive (a dead gateway), with `CLAIMANTS` claimants
+/// trying it all the time: it is won once, and only after etcd expired the holder's lease
+/// (every win checks that the lease is gone, and comes no earlier than the TTL after the
+/// last keep-alive, here the grant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_holders_block_is_won_once_and_only_after_its_lease_expired() {
+    if !have_etcd() {
+        return;
+    }
+    let etcd = EtcdCluster::start(1).await;
+    let keys = Keys::new("corp");
+    let block: Ipv4Net = "10.100.0.64/26".parse().unwrap();
+    let mut dead = connect(&etcd.fleet_section("gw-dead")).await.unwrap();
+    let granted = Instant::now();
+    let lease = dead.lease_grant(3, None).await.unwrap().id();
+    assert!(blocks::try_claim(&mut dead, &keys, "gw-dead", lease, block)
+        .await
+        .unwrap());
+    let racers = claimants(&etcd).await;
+    let tasks: Vec<_> = racers
+        .into_iter()
+        .map(|(gw, mut c, mine)| {
+            let keys = keys.clone();
+            tokio::spawn(async move {
+                let mut tries = 0u32;
+                while granted.elapsed() < Duration::from_secs(8) {
+                    tries += 1;
+                    if blocks::try_claim(&mut c, &keys, &gw, mine, block)
+                        .await
+                        .unwrap()
+                    {
+                        let at = granted.elapsed();
+                        // An expired lease is answered with TTL -1 (or not found).
+                        let ttl = c
+                            .lease_time_to_live(lease, None)
+                            .await
+                            .map_or(-1, |r| r.ttl());
+                        return (tries, Some((gw, at, ttl)));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (tries, None)
+            })
+        })
+        .collect();
+    let mut wins = Vec::new();
+    let mut tries = 0;
+    for t in tasks {
+        let (n, won) = t.await.unwrap();
+        tries += n;
+        wins.extend(won);
+    }
+    assert_eq!(wins.len(), 1, "{wins:?}");
+    let (gw, at, ttl) = &wins[0];
+    assert!(
+        *ttl <= 0,
+        "{gw} won while the holder's lease had {ttl} s left"
+    );
+    assert!(
+        *at >= Duration::from_secs(3),
+        "{gw} won {at:?} after the grant, before the 3 s TTL"
+    );
+    eprintln!("{tries} tries by {CLAIMANTS} claimants; {gw} won {at:?} after the grant");
+}

@@ -709,6 +709,37 @@ impl Server {
         revoked.len()
     }
 
+    /// In a fleet, once a second: tells the fence how many addresses its blocks have left
+    /// (see [`AddressFence::recount`]) and ends the sessions on addresses of a block this
+    /// gateway lost ([`AddressFence::is_stray`]: another gateway claimed it while this one was
+    /// cut off from etcd past its lease, and hands out the same addresses). The client is
+    /// told `RESTART`, so it reconnects at once and gets an address of a held block (a `HALT`
+    /// would leave the user without a tunnel for something that is not their doing).
+    pub fn fence_maintenance(&mut self, now: Instant) -> usize {
+        let Some(f) = self.fence.clone() else {
+            return 0;
+        };
+        let strays: Vec<Link> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.session.is_running())
+            .filter(|(_, e)| e.tunnel_addr.is_some_and(|a| f.is_stray(a, now)))
+            .map(|(l, _)| *l)
+            .collect();
+        for l in &strays {
+            if let Some(e) = self.sessions.get_mut(l) {
+                e.session.shutdown(
+                    "RESTART",
+                    CloseReason::Server("address block lost to another gateway".into()),
+                    now,
+                );
+            }
+            self.after(*l, now);
+        }
+        f.recount(self.pool.free_in(&f.blocks()), now);
+        strays.len()
+    }
+
     /// Starts a renegotiation of every established session now (operator request, tests).
     pub fn renegotiate_all(&mut self, now: Instant) {
         let links: Vec<Link> = self.sessions.keys().copied().collect();

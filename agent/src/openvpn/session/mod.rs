@@ -196,6 +196,11 @@ impl Session {
         self.life == Life::Closed
     }
 
+    /// Neither closing (told `RESTART`/`HALT`, lingering for the ack) nor closed.
+    pub fn is_running(&self) -> bool {
+        self.life == Life::Running
+    }
+
     pub fn common_name(&self) -> Option<&str> {
         self.negotiated.as_ref().map(|n| n.common_name.as_str())
     }
