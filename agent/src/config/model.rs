@@ -67,6 +67,13 @@ pub struct EndpointConfig {
     pub data_ciphers: Vec<String>,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Stateless handshake replies (the HMAC-cookie reset, every new UDP client's first
+    /// answer) per second and burst, all sources together; one source address gets an eighth
+    /// of each. What OpenVPN 2.6 calls `connect-freq-initial`.
+    #[serde(default = "default_handshake_rate")]
+    pub handshake_rate_per_second: u32,
+    #[serde(default = "default_handshake_burst")]
+    pub handshake_burst: u32,
     /// A TCP connection whose session has not connected within this many seconds is closed
     /// (before authentication a connection costs memory and holds a connection slot).
     #[serde(default = "default_tcp_handshake_timeout")]
@@ -299,6 +306,12 @@ fn default_ciphers() -> Vec<String> {
 }
 fn default_max_connections() -> usize {
     4096
+}
+fn default_handshake_rate() -> u32 {
+    crate::openvpn::server::DEFAULT_RESET_RATE.0
+}
+fn default_handshake_burst() -> u32 {
+    crate::openvpn::server::DEFAULT_RESET_RATE.1
 }
 fn default_tcp_handshake_timeout() -> u64 {
     60

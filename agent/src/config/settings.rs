@@ -45,6 +45,14 @@ pub fn restart_only_changes(old: &EndpointConfig, new: &EndpointConfig) -> Vec<&
         "max_connections",
     );
     check(
+        old.handshake_rate_per_second != new.handshake_rate_per_second,
+        "handshake_rate_per_second",
+    );
+    check(
+        old.handshake_burst != new.handshake_burst,
+        "handshake_burst",
+    );
+    check(
         old.tcp_handshake_timeout_secs != new.tcp_handshake_timeout_secs,
         "tcp_handshake_timeout_secs",
     );
@@ -194,6 +202,7 @@ impl EndpointConfig {
                     .unwrap_or_default(),
             },
             max_sessions: self.max_connections,
+            reset_rate: (self.handshake_rate_per_second, self.handshake_burst),
             tcp_handshake_timeout: Duration::from_secs(self.tcp_handshake_timeout_secs),
             tcp_idle_timeout: Duration::from_secs(self.tcp_idle_timeout_secs),
             ..ServerSettings::default()

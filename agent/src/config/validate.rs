@@ -7,6 +7,10 @@ use ipnet::IpNet;
 use super::errors::err;
 use super::{interface_ipv4, ConfigErrors, EndpointConfig};
 
+/// Highest `handshake_rate_per_second` / `handshake_burst`: far above what one gateway can
+/// handshake, so only a typo is refused.
+const MAX_HANDSHAKE_RATE: u32 = 1_000_000;
+
 impl EndpointConfig {
     /// Everything except the policy compiler's checks (run `policy::compile` for those; the
     /// agent and `portcullis check` run both and print all errors together).
@@ -141,6 +145,21 @@ impl EndpointConfig {
                 "max_connections",
                 format!("must be 1 ... {}", portcullis_common::MAX_CLIENTS),
             ));
+        }
+        for (key, v) in [
+            ("handshake_rate_per_second", self.handshake_rate_per_second),
+            ("handshake_burst", self.handshake_burst),
+        ] {
+            if v == 0 || v > MAX_HANDSHAKE_RATE {
+                errs.push(err(
+                    key,
+                    format!(
+                        "{v} is out of range: use 1 to {MAX_HANDSHAKE_RATE} (defaults: {} per second, burst {})",
+                        crate::openvpn::server::DEFAULT_RESET_RATE.0,
+                        crate::openvpn::server::DEFAULT_RESET_RATE.1
+                    ),
+                ));
+            }
         }
         for (key, secs, default) in [
             (

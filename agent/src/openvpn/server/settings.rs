@@ -34,6 +34,9 @@ pub enum AuthMode {
     External,
 }
 
+/// Stateless reset replies per second and burst (see [`ServerSettings::reset_rate`]).
+pub const DEFAULT_RESET_RATE: (u32, u32) = (200, 400);
+
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
     pub client_cidr: Ipv4Net,
@@ -59,7 +62,7 @@ impl Default for ServerSettings {
             push: PushSettings::default(),
             auth: AuthMode::default(),
             max_sessions: 4096,
-            reset_rate: (200, 400),
+            reset_rate: DEFAULT_RESET_RATE,
             udp: SessionConfig::default(),
             tcp: SessionConfig {
                 transport: Transport::Tcp,

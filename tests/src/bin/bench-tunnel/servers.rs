@@ -174,6 +174,20 @@ pub(crate) fn run_stock(s: &Settings, c: &Cycles) -> Result<Value> {
 /// may reach the private network's host (iperf3 servers, ping target).
 const AGENT_POLICY: &str = "[[authorization_rule]]\ndestination = \"10.0.0.10/32\"\nall_users = true\ndescription = \"the benchmark's iperf3 servers and ping target\"\n";
 
+/// The agent's stateless-reset limiter raised as the stock server's `connect-freq-initial`
+/// is (see [`stock_config`]): the generator's sessions all come from one address, which the
+/// default (200/s, an eighth of it per source) would hold to 25 handshakes a second.
+const AGENT_HANDSHAKE_RATE: &str = "handshake_rate_per_second = 100000\nhandshake_burst = 100000\n";
+
+/// The agent's endpoint file: [`AGENT_POLICY`], with the limiter raised unless `default_limits`.
+fn agent_policy(default_limits: bool) -> String {
+    if default_limits {
+        AGENT_POLICY.to_owned()
+    } else {
+        format!("{AGENT_HANDSHAKE_RATE}{AGENT_POLICY}")
+    }
+}
+
 /// `(sessions, established sessions)` from the agent's admin socket (`connections`, what
 /// `portcullis connections list` asks).
 fn agent_sessions(agent: &Agent) -> Option<(usize, usize)> {
@@ -191,7 +205,13 @@ pub(crate) fn run_portcullis(s: &Settings, c: &Cycles) -> Result<Value> {
     // `portcullis run` as deployed: its own process in the gateway namespace, the endpoint file
     // with the connection and flow logs, the metrics listener and the admin socket on, a PKI
     // made with `portcullis pki`, the release binary (`$PORTCULLIS_BIN`, set by xtask).
-    let lab = AgentLab::new(s.max_clients(), DEFAULT_CLIENTS, AGENT_POLICY);
+    let run_args: Vec<&str> = s.agent_args.iter().map(String::as_str).collect();
+    let lab = AgentLab::new_with(
+        s.max_clients(),
+        DEFAULT_CLIENTS,
+        &agent_policy(s.agent_default_limits),
+        &run_args,
+    );
     let agent = lab.agent();
     let creds = Creds::of_cli(&lab.pki);
     let sessions = || agent_sessions(agent);
