@@ -239,7 +239,6 @@ impl TunnelLab {
             pin_root: gw.pins.0.clone(),
             keep_maps: false,
             workers: opts.workers,
-            handshake_threads: None,
             tap_queues: Some(1),
             tap_name: Some(TAP.into()),
             signals: false,

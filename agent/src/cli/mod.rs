@@ -41,10 +41,6 @@ pub enum Command {
         /// bpffs directory under which the endpoint's pins live (<pin-root>/<name>).
         #[arg(long, default_value = crate::datapath::DEFAULT_PIN_ROOT)]
         pin_root: PathBuf,
-        /// Threads for TLS handshake work (default: one per CPU); 0 runs every handshake on
-        /// the control thread.
-        #[arg(long, value_name = "N")]
-        handshake_threads: Option<usize>,
     },
     /// Validate a configuration file and print a summary of the compiled policy.
     Check {
@@ -323,12 +319,7 @@ fn print_reply<T: Serialize>(body: T) -> Result<()> {
 
 /// `portcullis run`: one endpoint from one configuration file until SIGTERM/SIGINT; reloads
 /// on SIGHUP, `portcullis reload` or a change of the file.
-pub fn run_endpoint(
-    config: &std::path::Path,
-    keep_maps: bool,
-    pin_root: PathBuf,
-    handshake_threads: Option<usize>,
-) -> Result<()> {
+pub fn run_endpoint(config: &std::path::Path, keep_maps: bool, pin_root: PathBuf) -> Result<()> {
     // The file's and the policy compiler's errors together, before anything is set up.
     let (cfg, _) =
         crate::endpoint::live::load_and_compile(config, &|n| crate::datapath::ifindex(n), None)?;
@@ -338,7 +329,6 @@ pub fn run_endpoint(
             config_path: Some(config.to_path_buf()),
             pin_root,
             keep_maps,
-            handshake_threads,
             ..BuildOptions::default()
         },
     )?
@@ -351,8 +341,7 @@ pub fn run(command: Command) -> Result<()> {
             config,
             keep_maps,
             pin_root,
-            handshake_threads,
-        } => run_endpoint(&config, keep_maps, pin_root, handshake_threads),
+        } => run_endpoint(&config, keep_maps, pin_root),
         Command::Check { config, json } => check::check(&config, json),
         Command::Reload { admin } => {
             let r = client(&admin)?.reload().map_err(refused)?;

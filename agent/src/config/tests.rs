@@ -77,6 +77,8 @@ fn good_file_loads_and_maps_to_settings() {
         ]
     );
     let s = c.server_settings();
+    // Not in the file: the server's default reset limiter.
+    assert_eq!(s.reset_rate, crate::openvpn::server::DEFAULT_RESET_RATE);
     assert_eq!(
         s.push.routes,
         vec!["10.0.0.0/16".parse::<Ipv4Net>().unwrap()]
@@ -184,6 +186,13 @@ fn auth_errors_name_their_fields() {
             ""
         ),
         ["tcp_handshake_timeout_secs", "tcp_idle_timeout_secs"]
+    );
+    assert_eq!(
+        check(
+            "handshake_rate_per_second = 0\nhandshake_burst = 1000001\n",
+            ""
+        ),
+        ["handshake_rate_per_second", "handshake_burst"]
     );
     // Directory-only makes the client certificate optional in TLS; with certificates not.
     std::fs::write(&f, format!("{GOOD}[auth]\nmethods = [\"ldap\"]\n{dir}")).unwrap();
@@ -444,6 +453,11 @@ fn keepalive_and_renegotiation_settings() {
         assert_eq!(t.ping_restart, Duration::from_secs(20));
         assert_eq!(t.reneg.interval, None);
     }
+    // The stateless-reset limiter comes from the file too.
+    let s = with("handshake_rate_per_second = 5000\nhandshake_burst = 8000")
+        .unwrap()
+        .server_settings();
+    assert_eq!(s.reset_rate, (5000, 8000));
     let s = with("").unwrap().server_settings();
     assert_eq!(
         (s.udp.ping, s.udp.ping_restart, s.udp.reneg.interval),

@@ -50,9 +50,6 @@ pub struct BuildOptions {
     pub keep_maps: bool,
     /// Packet workers of the tunnel; 0: one per CPU.
     pub workers: usize,
-    /// Threads for TLS handshake work (`io::TunnelOptions::handshake_threads`); `None`: one
-    /// per CPU; 0: on the control thread.
-    pub handshake_threads: Option<usize>,
     /// TAP queues; `None`: one per CPU.
     pub tap_queues: Option<usize>,
     /// The TAP's name; `None`: `pc-<endpoint>` (cut to 15 bytes).
@@ -82,7 +79,6 @@ impl Default for BuildOptions {
             pin_root: PathBuf::from(datapath::DEFAULT_PIN_ROOT),
             keep_maps: false,
             workers: 0,
-            handshake_threads: None,
             tap_queues: None,
             tap_name: None,
             signals: true,
@@ -331,9 +327,6 @@ impl Endpoint {
                     })
                     .collect(),
                 workers: opts.workers,
-                handshake_threads: opts
-                    .handshake_threads
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 authorizer,
             },
             Box::new(hooks),

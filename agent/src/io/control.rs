@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::tcp::{Listener, TcpConns, TcpLimits};
 use super::{Authorizer, Command, Ctl, SessionInfo, TunnelHooks, TunnelStats};
 use crate::openvpn::peer::{Link, PeerTable};
-use crate::openvpn::server::{HandshakeWork, Server, ServerEvent};
+use crate::openvpn::server::{Server, ServerEvent};
 use crate::openvpn::session::CloseReason;
 
 pub(super) struct ControlCtx {
@@ -32,15 +32,7 @@ pub(super) struct ControlCtx {
     pub(super) deferred: Arc<super::lifecycle::Deferred>,
 }
 
-/// Handshake steps back from the blocking pool. Unbounded, but never holds more than one
-/// step per session (the server makes no second one before the first is back).
-type WorkDone = (
-    mpsc::UnboundedSender<HandshakeWork>,
-    mpsc::UnboundedReceiver<HandshakeWork>,
-);
-
 pub(super) async fn run(mut c: ControlCtx) {
-    let (work_tx, mut work_rx): WorkDone = mpsc::unbounded_channel();
     let next_conn = Arc::new(AtomicU64::new(1));
     for l in std::mem::take(&mut c.tcp_listeners) {
         let Ok(l) = tokio::net::TcpListener::from_std(l) else {
@@ -81,7 +73,7 @@ pub(super) async fn run(mut c: ControlCtx) {
         }
         if let Some(t) = shutting_down {
             if now >= t || c.server.session_count() == 0 {
-                flush(&mut c, &work_tx);
+                flush(&mut c);
                 break;
             }
         }
@@ -89,7 +81,7 @@ pub(super) async fn run(mut c: ControlCtx) {
             handle_ctl(&mut c, m, now);
         }
         c.server.handle_timeout(now);
-        flush(&mut c, &work_tx);
+        flush(&mut c);
         let wake = c
             .server
             .poll_timeout()
@@ -109,19 +101,9 @@ pub(super) async fn run(mut c: ControlCtx) {
                     }
                 }
             }
-            Some(w) = work_rx.recv() => {
-                let now = Instant::now();
-                c.server.finish_handshake_work(w, now);
-                for _ in 0..256 {
-                    match work_rx.try_recv() {
-                        Ok(w) => c.server.finish_handshake_work(w, now),
-                        Err(_) => break,
-                    }
-                }
-            }
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
-        flush(&mut c, &work_tx);
+        flush(&mut c);
     }
     c.tcp.close_all();
 }
@@ -180,16 +162,7 @@ fn handle_ctl(c: &mut ControlCtx, m: Ctl, now: Instant) {
     }
 }
 
-fn flush(c: &mut ControlCtx, work: &mpsc::UnboundedSender<HandshakeWork>) {
-    // First, so the pool starts on them while the rest goes out.
-    while let Some(mut w) = c.server.poll_handshake_work() {
-        let tx = work.clone();
-        tokio::task::spawn_blocking(move || {
-            w.run();
-            // The control thread is gone only when the tunnel stops.
-            let _ = tx.send(w);
-        });
-    }
+fn flush(c: &mut ControlCtx) {
     // Bounded by what the server queued.
     while let Some((link, bytes)) = c.server.poll_transmit() {
         match link {

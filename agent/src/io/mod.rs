@@ -11,10 +11,7 @@
 //! - **Control thread** ([`control`]): a single-threaded tokio runtime owning the [`Server`].
 //!   Workers hand it control packets through a bounded channel (a flood fills the channel and
 //!   is dropped, it never grows memory). It runs the timers, the TCP listeners ([`tcp`]) and
-//!   the hooks that keep the XDP clients map in sync. The TLS handshakes' public-key work
-//!   (most of a connect's CPU) runs on the runtime's blocking pool, up to
-//!   [`TunnelOptions::handshake_threads`] at once (`HandshakeWork`, one step per session at a
-//!   time), so the control thread is not the one core every handshake waits for.
+//!   the hooks that keep the XDP clients map in sync.
 //!
 //! [`PeerTable`]: crate::openvpn::peer::PeerTable
 mod control;
@@ -47,9 +44,6 @@ pub struct TunnelOptions {
     pub tcp: Vec<SocketAddr>,
     /// Packet workers; 0 = one per CPU.
     pub workers: usize,
-    /// Threads for TLS handshake steps (the server's ECDHE and signature, the client
-    /// certificate's verification); 0 = all of it inline on the control thread.
-    pub handshake_threads: usize,
     /// With `AuthMode::External`: decides each new connection (run on its own thread, so a
     /// slow decision never stalls the control thread). Renegotiations are decided by it too
     /// (`AuthRequest::initial` is false).
@@ -299,7 +293,7 @@ impl Tunnel {
     /// Binds the listeners (errors name the address), starts the workers and the control
     /// thread. `taps` are the TAP queues; workers beyond their number share queue 0.
     pub fn start(
-        mut server: Server,
+        server: Server,
         taps: Vec<File>,
         tap_mac: [u8; 6],
         opts: &TunnelOptions,
@@ -375,8 +369,6 @@ impl Tunnel {
                     .spawn(move || worker::run(ctx))?,
             );
         }
-        let handshake_threads = opts.handshake_threads;
-        server.set_handshake_offload(handshake_threads > 0);
         let stop2 = stop.clone();
         let stats2 = stats.clone();
         let authorizer = opts.authorizer.clone();
@@ -384,12 +376,8 @@ impl Tunnel {
         let control = std::thread::Builder::new()
             .name("pc-control".into())
             .spawn(move || {
-                // The blocking pool runs the handshake steps (nothing else of this runtime
-                // blocks), so its size is the handshakes' parallelism.
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    .max_blocking_threads(handshake_threads.max(1))
-                    .thread_name("pc-handshake")
                     .build()
                     .expect("tokio runtime");
                 rt.block_on(control::run(control::ControlCtx {

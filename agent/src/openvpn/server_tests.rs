@@ -898,7 +898,6 @@ fn renegotiation_verdicts_under_external_auth() {
 mod auth_token;
 mod bad_input;
 mod fence;
-mod handshake_offload;
 mod hardening;
 mod pending_auth;
 mod tls_crypt_v2;

@@ -163,11 +163,10 @@ fn pushed_options_reach_the_client() {
     assert!(ping(ns(&lab, 0), SERVER, 3, Duration::from_secs(3)));
 }
 
-/// Stock clients that connect at the same moment, while the handshakes' TLS work runs on the
-/// tunnel's handshake threads (`handshake_threads`: one per CPU, the lab's default): every one
-/// connects with its own session (its own peer id and address, the server's `Connected` event
-/// agreeing with what the client got) and its own keys (each pings through its own tunnel),
-/// and the TLS work did go through handshake steps.
+/// Stock clients that connect at the same moment: every one connects with its own session
+/// (its own peer id and address, the server's `Connected` event agreeing with what the client
+/// got) and its own keys (each pings through its own tunnel). Guards the control thread's
+/// demultiplexing of interleaved handshakes (and any future move of their TLS work elsewhere).
 #[test]
 fn clients_connecting_at_once_each_get_their_own_session_and_keys() {
     require_root!();
@@ -213,13 +212,4 @@ fn clients_connecting_at_once_each_get_their_own_session_and_keys() {
     addrs.dedup();
     assert_eq!(ids.len(), names.len(), "one peer id each: {seen:?}");
     assert_eq!(addrs.len(), names.len(), "one address each: {seen:?}");
-    // The control thread copies its counters every second.
-    let steps = wait_until(Duration::from_secs(3), || {
-        lab.tunnel().stats.server.lock().unwrap().handshake_steps >= 2 * names.len() as u64
-    });
-    assert!(
-        steps,
-        "the handshakes' TLS work did not go through handshake steps: {}",
-        lab.tunnel().stats.server.lock().unwrap().handshake_steps
-    );
 }

@@ -78,7 +78,4 @@ pub struct ServerStats {
     pub unroutable: u64,
     /// Floats refused because another client's session holds the address.
     pub float_refused: u64,
-    /// TLS handshake steps handed out to run off the control thread
-    /// ([`super::Server::set_handshake_offload`]).
-    pub handshake_steps: u64,
 }

@@ -23,7 +23,7 @@ use super::packet::{KeyId, SessionId};
 use super::peer::{Float, Link, PeerTable};
 use super::pool::AddressPool;
 use super::session::{
-    CloseReason, FailureCode, Refusal, Session, SessionConfig, SessionEvent, TlsProvider, TlsStep,
+    CloseReason, FailureCode, Refusal, Session, SessionConfig, SessionEvent, TlsProvider,
 };
 use super::tls::ClientIdentity;
 use super::tls_crypt::TlsCryptKey;
@@ -72,27 +72,6 @@ fn owner_key(id: &ClientIdentity) -> String {
     }
 }
 
-/// A session's TLS handshake step ([`TlsStep`]), addressed to it: run it on any thread
-/// ([`HandshakeWork::run`]) and hand it back with [`Server::finish_handshake_work`].
-pub struct HandshakeWork {
-    link: Link,
-    /// The session's serial: a step of an ended session never reaches its successor.
-    session: u64,
-    step: TlsStep,
-}
-
-impl HandshakeWork {
-    /// The public-key work of the step; `Send`, no access to the server.
-    pub fn run(&mut self) {
-        self.step.run();
-    }
-
-    /// Whose step it is.
-    pub fn link(&self) -> Link {
-        self.link
-    }
-}
-
 pub struct Server {
     settings: ServerSettings,
     udp_cfg: Arc<SessionConfig>,
@@ -120,8 +99,6 @@ pub struct Server {
     half_open: HashMap<std::net::IpAddr, usize>,
     events: VecDeque<ServerEvent>,
     out: VecDeque<(Link, Vec<u8>)>,
-    /// Handshake steps for the owner to run (with [`Server::set_handshake_offload`]).
-    steps: VecDeque<HandshakeWork>,
     base: Instant,
     unix_base: u32,
     env: Env,
@@ -177,7 +154,6 @@ impl Server {
             half_open: HashMap::new(),
             events: VecDeque::new(),
             out: VecDeque::new(),
-            steps: VecDeque::new(),
             base: now,
             unix_base,
             env,
@@ -250,42 +226,8 @@ impl Server {
             tcp_idle_timeout: self.settings.tcp_idle_timeout,
             ..new
         };
-        let mut keep = keep;
-        // Set by the owner for the way it runs (a pool), not by the configuration.
-        keep.udp.offload_handshakes = self.settings.udp.offload_handshakes;
-        keep.tcp.offload_handshakes = self.settings.tcp.offload_handshakes;
         (self.udp_cfg, self.tcp_cfg) = session_configs(&keep);
         self.settings = keep;
-    }
-
-    /// With `on`, sessions that start from now on hand their TLS handshake processing out as
-    /// [`HandshakeWork`] ([`Server::poll_handshake_work`]) instead of doing it inside
-    /// [`Server::handle_control`]: the owner runs it where it likes (`io` on a pool of
-    /// threads) and hands it back. Without (the default) all of it runs inline.
-    pub fn set_handshake_offload(&mut self, on: bool) {
-        self.settings.udp.offload_handshakes = on;
-        self.settings.tcp.offload_handshakes = on;
-        (self.udp_cfg, self.tcp_cfg) = session_configs(&self.settings);
-    }
-
-    /// The next handshake step to run; each session has at most one out at a time.
-    pub fn poll_handshake_work(&mut self) -> Option<HandshakeWork> {
-        self.steps.pop_front()
-    }
-
-    /// A step from [`Server::poll_handshake_work`] is back (run or not): its session goes on
-    /// from where the step left it. A step of a session that ended meanwhile is dropped.
-    pub fn finish_handshake_work(&mut self, work: HandshakeWork, now: Instant) {
-        let HandshakeWork {
-            link,
-            session,
-            step,
-        } = work;
-        match self.sessions.get_mut(&link) {
-            Some(e) if e.serial == session => e.session.finish_tls_step(step, now),
-            _ => return,
-        }
-        self.after(link, now);
     }
 
     fn unix_now(&self, now: Instant) -> u32 {
@@ -314,14 +256,6 @@ impl Server {
             };
             while let Some(p) = e.session.poll_transmit() {
                 self.out.push_back((link, p));
-            }
-            while let Some(step) = e.session.poll_tls_step() {
-                self.stats.handshake_steps += 1;
-                self.steps.push_back(HandshakeWork {
-                    link,
-                    session: e.serial,
-                    step,
-                });
             }
             let Some(ev) = e.session.poll_event() else {
                 break;

@@ -83,9 +83,6 @@ pub struct SessionConfig {
     /// interval (stock clients renegotiate every `reneg-sec`, 3600 s). Zero: no limit.
     pub client_reneg_interval: Duration,
     pub reliable: reliable::Config,
-    /// The client's handshake ciphertext is processed in [`super::TlsStep`]s that the
-    /// session's owner runs (on a pool: `io` sets this when it has one) instead of inline.
-    pub offload_handshakes: bool,
 }
 
 /// Client-initiated renegotiations a session may start back to back.
@@ -107,7 +104,6 @@ impl Default for SessionConfig {
             halt_on_session_timeout: false,
             client_reneg_interval: Duration::from_secs(20),
             reliable: reliable::Config::default(),
-            offload_handshakes: false,
         }
     }
 }

@@ -17,8 +17,6 @@ use crate::openvpn::packet::KeyId;
 use crate::openvpn::reliable::Reliable;
 use crate::openvpn::tls::{client_identity, describe_handshake_error, ClientIdentity};
 
-use super::tls_step::TlsStep;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
     /// Resets and TLS handshake, until the client's key-method-2 message is parsed.
@@ -38,10 +36,7 @@ pub(super) enum Auth {
 pub(super) struct KeyState {
     pub(super) id: KeyId,
     pub(super) reliable: Reliable,
-    /// `None` while a handshake step has it ([`TlsStep`]; only while handshaking).
-    pub(super) tls: Option<Box<ServerConnection>>,
-    /// A handshake step made and not yet taken by the session's owner.
-    pub(super) step: Option<TlsStep>,
+    pub(super) tls: ServerConnection,
     pub(super) started: Instant,
     pub(super) phase: Phase,
     pub(super) auth: Auth,
@@ -79,8 +74,7 @@ impl KeyState {
         Self {
             id,
             reliable,
-            tls: Some(Box::new(tls)),
-            step: None,
+            tls,
             started: now,
             phase: Phase::Handshake,
             auth: Auth::Pending,
@@ -91,53 +85,6 @@ impl KeyState {
             rx_installed: false,
             tx_installed: false,
         }
-    }
-
-    /// The TLS connection, which is home except while a handshake step has it; nothing that
-    /// happens before the handshake ends writes to it, so `Err` means a bug, not bad input.
-    pub(super) fn tls(&mut self) -> Result<&mut ServerConnection, CloseReason> {
-        self.tls.as_deref_mut().ok_or_else(|| {
-            CloseReason::ProtocolError("TLS connection away in a handshake step".into())
-        })
-    }
-
-    /// Whether the connection is home with output still to go out (false while away).
-    pub(super) fn tls_wants_write(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.wants_write())
-    }
-
-    /// With `offload`: the client's ciphertext of a handshake in progress goes out as a
-    /// [`TlsStep`] with the connection instead of being processed here. True if it did.
-    fn make_step(&mut self, offload: bool) -> bool {
-        let handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking());
-        if !offload || !handshaking || self.reliable.readable() == 0 {
-            return false;
-        }
-        let mut input = vec![0u8; self.reliable.readable()];
-        let n = self.reliable.read(&mut input);
-        input.truncate(n);
-        let conn = self.tls.take().expect("checked above");
-        self.step = Some(TlsStep::new(self.id, self.started, conn, input));
-        true
-    }
-
-    /// Whether `step` was made by this key state and is out.
-    pub(super) fn owns(&self, step: &TlsStep) -> bool {
-        self.tls.is_none() && self.id == step.key_id && self.started == step.started
-    }
-
-    /// A step made by [`KeyState::make_step`] is back: the connection is home again, with the
-    /// alert of a failed handshake queued for the reliable layer.
-    pub(super) fn finish_step(&mut self, step: TlsStep) -> Result<(), CloseReason> {
-        let TlsStep {
-            mut conn, error, ..
-        } = step;
-        let failed = error.map(|reason| {
-            let _ = conn.write_tls(&mut self.reliable);
-            reason
-        });
-        self.tls = Some(conn);
-        failed.map_or(Ok(()), Err)
     }
 }
 
@@ -172,8 +119,8 @@ pub(super) fn refuse_after_key(
     message: &str,
 ) -> Result<(), CloseReason> {
     let reply = server_key_method(km, transport, rng);
-    write_raw(ks.tls()?, &reply.to_bytes().map_err(km_err)?)?;
-    write_message(ks.tls()?, message)?;
+    write_raw(&mut ks.tls, &reply.to_bytes().map_err(km_err)?)?;
+    write_message(&mut ks.tls, message)?;
     ks.server_km = Some(reply);
     ks.phase = Phase::SentKey;
     ks.auth = Auth::Refused;
@@ -213,21 +160,17 @@ pub(super) fn write_message(tls: &mut ServerConnection, msg: &str) -> Result<(),
 /// Ciphertext from the reliability layer into TLS, plaintext out of TLS into the key state's
 /// buffer, TLS output into the reliability layer.
 pub(super) fn pump_tls(ks: &mut KeyState) -> Result<(), CloseReason> {
-    // Away in a handshake step: its output is pumped when it is back.
-    let Some(tls) = ks.tls.as_deref_mut() else {
-        return Ok(());
-    };
     // Bounded: each round consumes reliable bytes or stops.
     for _ in 0..64 {
         if ks.reliable.readable() == 0 {
             break;
         }
-        match tls.read_tls(&mut ks.reliable) {
+        match ks.tls.read_tls(&mut ks.reliable) {
             Ok(0) => break,
             Ok(_) => {
-                if let Err(e) = tls.process_new_packets() {
+                if let Err(e) = ks.tls.process_new_packets() {
                     // Let the alert out before giving up.
-                    let _ = tls.write_tls(&mut ks.reliable);
+                    let _ = ks.tls.write_tls(&mut ks.reliable);
                     return Err(handshake_close_reason(&e));
                 }
             }
@@ -237,7 +180,7 @@ pub(super) fn pump_tls(ks: &mut KeyState) -> Result<(), CloseReason> {
     }
     let mut buf = [0u8; 4096];
     loop {
-        match std::io::Read::read(&mut tls.reader(), &mut buf) {
+        match std::io::Read::read(&mut ks.tls.reader(), &mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 if ks.plain.len() + n > MAX_PLAINTEXT {
@@ -250,8 +193,8 @@ pub(super) fn pump_tls(ks: &mut KeyState) -> Result<(), CloseReason> {
             Err(_) => break,
         }
     }
-    while tls.wants_write() {
-        match tls.write_tls(&mut ks.reliable) {
+    while ks.tls.wants_write() {
+        match ks.tls.write_tls(&mut ks.reliable) {
             Ok(0) => break,
             Ok(_) => {}
             Err(_) => break,
@@ -280,20 +223,15 @@ pub(super) fn step_key(
     rng: &dyn Random,
 ) -> Result<KeyStep, CloseReason> {
     let mut step = KeyStep::default();
-    if ks.step.is_some() || ks.make_step(cfg.offload_handshakes) {
-        // The connection is away with the input: nothing more until it is back.
-        return Ok(step);
-    }
     pump_tls(ks)?;
-    let handshake_done = ks.tls.as_ref().is_some_and(|t| !t.is_handshaking());
-    if ks.phase == Phase::Handshake && handshake_done && ks.client_km.is_none() {
+    if ks.phase == Phase::Handshake && !ks.tls.is_handshaking() && ks.client_km.is_none() {
         let (km, used) = match ClientKeyMethod2::parse(&ks.plain) {
             Ok(x) => x,
             Err(KeyMethodError::Truncated(_)) if ks.plain.len() < MAX_PLAINTEXT => return Ok(step),
             Err(e) => return Err(km_err(e)),
         };
         ks.plain.drain(..used);
-        let identity = match client_identity(ks.tls()?) {
+        let identity = match client_identity(&ks.tls) {
             Ok(id) => id,
             // Only a TLS configuration for directory-only authentication lets a client through
             // the handshake without a certificate; its user name is then its name.
@@ -371,7 +309,7 @@ pub(super) fn step_key(
         }
         let reply = server_key_method(&km, cfg.transport, rng);
         // Alone in its TLS record (doc §5.6).
-        write_raw(ks.tls()?, &reply.to_bytes().map_err(km_err)?)?;
+        write_raw(&mut ks.tls, &reply.to_bytes().map_err(km_err)?)?;
         ks.server_km = Some(reply);
         ks.phase = Phase::SentKey;
         step.authenticate = Some(Box::new(AuthRequest {
@@ -390,7 +328,7 @@ pub(super) fn step_key(
         }
         pump_tls(ks)?;
     }
-    if ks.phase == Phase::SentKey && ks.reliable.all_acked() && !ks.tls_wants_write() {
+    if ks.phase == Phase::SentKey && ks.reliable.all_acked() && !ks.tls.wants_write() {
         ks.phase = Phase::Active;
     }
     if ks.phase != Phase::Handshake {

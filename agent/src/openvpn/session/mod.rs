@@ -34,11 +34,9 @@ pub use super::verdict::{AuthRequest, CloseReason, FailureCode, Refusal, TEMPORA
 
 mod config;
 mod key_state;
-mod tls_step;
 
 pub use config::{Renegotiation, SessionConfig, TlsProvider, CLIENT_RENEG_BURST};
 use key_state::{pump_tls, step_key, write_message, Auth, KeyState, Negotiated, Phase};
-pub use tls_step::TlsStep;
 
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
@@ -381,10 +379,8 @@ impl Session {
                 } else {
                     // After a renegotiation: what the verdict adds (a renewed auth-token) goes
                     // on the new key's channel, as the 2.6 server sends it.
-                    if let Ok(tls) = ks.tls() {
-                        for m in &push {
-                            let _ = write_message(tls, m);
-                        }
+                    for m in &push {
+                        let _ = write_message(&mut ks.tls, m);
                     }
                 }
             }
@@ -402,9 +398,7 @@ impl Session {
                 } else {
                     super::options::auth_failed(Some(&reason.message))
                 };
-                if let Ok(tls) = ks.tls() {
-                    let _ = write_message(tls, &msg);
-                }
+                let _ = write_message(&mut ks.tls, &msg);
                 self.close_after(
                     now + self.cfg.auth_failed_linger,
                     CloseReason::AuthFailed(reason),
@@ -436,11 +430,11 @@ impl Session {
         if ks.auth != Auth::Pending || ks.phase == Phase::Handshake || self.life != Life::Running {
             return;
         }
-        let Ok(tls) = ks.tls() else {
-            return;
-        };
-        let _ = write_message(tls, &super::options::auth_pending(proto, timeout.as_secs()));
-        let _ = write_message(tls, &format!("INFO_PRE,{info}"));
+        let _ = write_message(
+            &mut ks.tls,
+            &super::options::auth_pending(proto, timeout.as_secs()),
+        );
+        let _ = write_message(&mut ks.tls, &format!("INFO_PRE,{info}"));
         self.drive(now);
     }
 
@@ -467,9 +461,7 @@ impl Session {
             return;
         }
         if self.primary.phase == Phase::Active {
-            if let Ok(tls) = self.primary.tls() {
-                let _ = write_message(tls, message);
-            }
+            let _ = write_message(&mut self.primary.tls, message);
         }
         self.close_after(now + Duration::from_secs(2), reason);
         self.close_on_ack = true;
@@ -483,9 +475,7 @@ impl Session {
             return;
         }
         if self.primary.phase == Phase::Active {
-            if let Ok(tls) = self.primary.tls() {
-                let _ = write_message(tls, message);
-            }
+            let _ = write_message(&mut self.primary.tls, message);
         }
         self.drive(now);
         self.kill(reason);
@@ -519,37 +509,6 @@ impl Session {
     /// The next packet for the client's address.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.out.pop_front()
-    }
-
-    /// A handshake step to run ([`TlsStep::run`], on any thread) and hand back with
-    /// [`Session::finish_tls_step`]; only with `SessionConfig::offload_handshakes`.
-    pub fn poll_tls_step(&mut self) -> Option<TlsStep> {
-        if let Some(s) = self.primary.step.take() {
-            return Some(s);
-        }
-        self.pending.as_mut().and_then(|p| p.step.take())
-    }
-
-    /// A step from [`Session::poll_tls_step`] is back (run or not: an unrun step's input is
-    /// processed here). Dropped if its key state is gone (replaced, or the session closed).
-    pub fn finish_tls_step(&mut self, mut step: TlsStep, now: Instant) {
-        if self.life == Life::Closed {
-            return;
-        }
-        let ks = if self.primary.owns(&step) {
-            &mut self.primary
-        } else {
-            match &mut self.pending {
-                Some(p) if p.owns(&step) => p,
-                _ => return,
-            }
-        };
-        step.run();
-        if let Err(reason) = ks.finish_step(step) {
-            self.fail(reason, now);
-            return;
-        }
-        self.drive(now);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -686,8 +645,7 @@ impl Session {
         if self.close_on_ack
             && matches!(self.life, Life::Closing { .. })
             && self.primary.reliable.all_acked()
-            && self.primary.tls.is_some()
-            && !self.primary.tls_wants_write()
+            && !self.primary.tls.wants_write()
         {
             let reason = self
                 .pending_close
@@ -781,11 +739,7 @@ impl Session {
         };
         let block = match n.derivation {
             KeyDerivation::TlsEkm => KeyBlock::from_ekm(|out, label, ctx| {
-                ks.tls
-                    .as_deref()
-                    .ok_or(rustls::Error::HandshakeNotComplete)?
-                    .export_keying_material(out, label, ctx)
-                    .map(|_| ())
+                ks.tls.export_keying_material(out, label, ctx).map(|_| ())
             })
             .map_err(|e| CloseReason::TlsError(format!("keying material export: {e}")))?,
             KeyDerivation::LegacyPrf => {
@@ -829,7 +783,7 @@ impl Session {
             return Ok(());
         };
         for m in &messages {
-            write_message(self.primary.tls()?, m)?;
+            write_message(&mut self.primary.tls, m)?;
         }
         self.pushed = true;
         pump_tls(&mut self.primary)?;
@@ -838,8 +792,7 @@ impl Session {
         let tls_version = self
             .primary
             .tls
-            .as_ref()
-            .and_then(|t| t.protocol_version())
+            .protocol_version()
             .map(|v| format!("{v:?}"))
             .unwrap_or_default();
         self.events.push_back(SessionEvent::Established {

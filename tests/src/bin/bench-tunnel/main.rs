@@ -119,7 +119,7 @@ struct Settings {
     rounds: usize,
     /// Only the warm-up and the handshake-rate points are measured.
     handshakes_only: bool,
-    /// More `portcullis run` arguments (`--handshake-threads 0` for an A/B run).
+    /// More `portcullis run` arguments (an A/B run of an agent option).
     agent_args: Vec<String>,
     /// Keep the agent's default stateless-reset limiter (for an agent built before the
     /// setting existed); the default raises it as the stock server's.
@@ -224,7 +224,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
                      --rounds: interleaved rounds (default 3; --quick 2). --handshakes-only: only\n\
                      the warm-up and the handshake rate of each server (no memory, stock clients,\n\
                      RTT or iperf3), e.g. to profile or A/B the control path. --agent-arg: one more\n\
-                     `portcullis run` argument (repeat it; e.g. --agent-arg --handshake-threads=0).\n\
+                     `portcullis run` argument (repeat it), e.g. for an A/B run of an agent option.\n\
                      --agent-default-limits: keep the agent's default stateless-reset limiter\n\
                      (otherwise raised as the stock server's connect-freq-initial).\n\
                      --render: rewrite tunnel.md and tunnel.svg from an existing tunnel.json."
