@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Write the reports under `target/bench/<SUBDIR>` instead of `target/bench`.
     #[arg(long, hide = true, value_name = "SUBDIR")]
     out_subdir: Option<String>,
+    /// Arguments after `--` go to the one suite's program as they are, e.g.
+    /// `cargo xtask bench tunnel -- --handshakes-only --rounds 4` (see the program's `--help`).
+    #[arg(last = true, value_name = "SUITE ARGS")]
+    suite_args: Vec<String>,
 }
 
 impl BenchArgs {
@@ -60,6 +64,7 @@ impl BenchArgs {
             no_setup: true,
             dev_build: true,
             out_subdir: None,
+            suite_args: Vec::new(),
         }
     }
 
@@ -74,6 +79,7 @@ impl BenchArgs {
             no_setup: true,
             dev_build: true,
             out_subdir: Some("generator-af-packet".into()),
+            suite_args: Vec::new(),
         }
     }
 }
@@ -99,6 +105,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     if args.generator.is_some() && !suites.iter().any(|(n, _)| *n == "datapath") {
         bail!("--generator applies to the datapath suite only");
+    }
+    if !args.suite_args.is_empty() && suites.len() != 1 {
+        bail!(
+            "arguments after `--` go to one suite's program: name the suite (e.g. `cargo xtask bench tunnel -- --handshakes-only`)"
+        );
     }
     if !args.no_setup {
         setup::run()?;
@@ -140,6 +151,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if let (Some(g), "datapath") = (&args.generator, *name) {
             cmd.args(["--generator", g]);
             invoked.push_str(&format!(" --generator {g}"));
+        }
+        if !args.suite_args.is_empty() {
+            cmd.args(&args.suite_args);
+            invoked.push_str(&format!(" -- {}", args.suite_args.join(" ")));
         }
         cmd.env("PORTCULLIS_BENCH_COMMAND", invoked);
         util::run(&mut cmd).with_context(|| format!("benchmark suite {name}"))?;

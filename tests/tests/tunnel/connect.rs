@@ -162,3 +162,54 @@ fn pushed_options_reach_the_client() {
     );
     assert!(ping(ns(&lab, 0), SERVER, 3, Duration::from_secs(3)));
 }
+
+/// Stock clients that connect at the same moment: every one connects with its own session
+/// (its own peer id and address, the server's `Connected` event agreeing with what the client
+/// got) and its own keys (each pings through its own tunnel). Guards the control thread's
+/// demultiplexing of interleaved handshakes (and any future move of their TLS work elsewhere).
+#[test]
+fn clients_connecting_at_once_each_get_their_own_session_and_keys() {
+    require_root!();
+    let names = tests::openvpn::DEFAULT_CLIENTS;
+    let lab = TunnelLab::new(TunnelOpts {
+        clients: names.len(),
+        ..TunnelOpts::default()
+    });
+    let mark = lab.mark();
+    let clients: Vec<OvpnClient> = names
+        .iter()
+        .enumerate()
+        .map(|(i, cn)| OvpnClient::start(ns(&lab, i), &ClientConfig::new(&lab.pki, cn, Proto::Udp)))
+        .collect();
+    let mut seen = Vec::new();
+    for (i, (cn, client)) in names.iter().zip(&clients).enumerate() {
+        let up = client
+            .wait_connected(CONNECT)
+            .unwrap_or_else(|e| panic!("{cn} does not connect: {e}\n{}", client.log()));
+        let ev = lab.wait_event_since(mark, Duration::from_secs(5), |ev| {
+            matches!(ev, ServerEvent::Connected { common_name, tunnel_addr, .. }
+                if common_name == cn && *tunnel_addr == up.tun_addr)
+        });
+        let Some(ServerEvent::Connected { peer_id, .. }) = ev else {
+            panic!(
+                "no Connected event for {cn} at {}: {:#?}",
+                up.tun_addr,
+                lab.seen_since(mark)
+            );
+        };
+        seen.push((peer_id, up.tun_addr));
+        assert!(
+            ping(ns(&lab, i), SERVER, 3, Duration::from_secs(3)),
+            "{cn}: no ping through its tunnel\n{}",
+            client.log()
+        );
+    }
+    let mut ids: Vec<u32> = seen.iter().map(|s| s.0).collect();
+    let mut addrs: Vec<Ipv4Addr> = seen.iter().map(|s| s.1).collect();
+    ids.sort();
+    ids.dedup();
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(ids.len(), names.len(), "one peer id each: {seen:?}");
+    assert_eq!(addrs.len(), names.len(), "one address each: {seen:?}");
+}

@@ -86,6 +86,12 @@ struct Args {
     out: PathBuf,
     handshakes: Option<usize>,
     inflight: Option<Vec<usize>>,
+    rounds: Option<usize>,
+    /// Only the warm-up and the handshake rate (for profiling and A/B runs of the control
+    /// path: no memory, stock clients, RTT or iperf3).
+    handshakes_only: bool,
+    agent_args: Vec<String>,
+    agent_default_limits: bool,
     /// Only rewrite tunnel.md and tunnel.svg from this tunnel.json.
     render: Option<PathBuf>,
 }
@@ -111,6 +117,13 @@ struct Settings {
     /// Rounds of one window per server (order alternating): the ratios are per round, the
     /// report gives their median and spread. Memory is measured in the first round only.
     rounds: usize,
+    /// Only the warm-up and the handshake-rate points are measured.
+    handshakes_only: bool,
+    /// More `portcullis run` arguments (an A/B run of an agent option).
+    agent_args: Vec<String>,
+    /// Keep the agent's default stateless-reset limiter (for an agent built before the
+    /// setting existed); the default raises it as the stock server's.
+    agent_default_limits: bool,
 }
 
 impl Settings {
@@ -135,6 +148,9 @@ impl Settings {
             "ping_interval_ms": self.ping_interval.as_millis() as u64,
             "generator_deadline_s": self.gen_deadline.as_secs_f64(),
             "rounds": self.rounds,
+            "handshakes_only": self.handshakes_only,
+            "agent_args": self.agent_args,
+            "agent_handshake_limiter": if self.agent_default_limits { "default (200/s, burst 400; an eighth per source)" } else { "raised as the stock server's: udp_reset_replies_per_sec = udp_reset_replies_burst = 100000" },
         })
     }
 }
@@ -153,6 +169,10 @@ fn parse_args(args: &[String]) -> Result<Args> {
         out: PathBuf::from("target/bench"),
         handshakes: None,
         inflight: None,
+        rounds: None,
+        handshakes_only: false,
+        agent_args: Vec::new(),
+        agent_default_limits: false,
         render: None,
     };
     let mut it = args.iter();
@@ -166,6 +186,20 @@ fn parse_args(args: &[String]) -> Result<Args> {
             "--handshakes" => {
                 a.handshakes = Some(it.next().context("--handshakes needs a count")?.parse()?)
             }
+            "--handshakes-only" => a.handshakes_only = true,
+            "--agent-default-limits" => a.agent_default_limits = true,
+            "--agent-arg" => a
+                .agent_args
+                .push(it.next().context("--agent-arg needs an argument")?.clone()),
+            "--rounds" => {
+                a.rounds = Some(
+                    it.next()
+                        .context("--rounds needs a count")?
+                        .parse::<usize>()
+                        .context("--rounds needs a positive count")?
+                        .max(1),
+                )
+            }
             "--inflight" => {
                 a.inflight = Some(
                     it.next()
@@ -177,7 +211,8 @@ fn parse_args(args: &[String]) -> Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench-tunnel [--quick] [--out DIR] [--handshakes N] [--inflight N[,N...]]\n       \
+                    "usage: bench-tunnel [--quick] [--out DIR] [--handshakes N] [--inflight N[,N...]]\n                    \
+                     [--rounds N] [--handshakes-only] [--agent-arg ARG]... [--agent-default-limits]\n       \
                      bench-tunnel --render DIR/tunnel.json [--out DIR]\n\n\
                      Tunnel benchmark (needs root): Portcullis vs the stock `openvpn --server`,\n\
                      same stock openvpn 2.6 clients, AES-256-GCM over UDP: iperf3 throughput,\n\
@@ -186,6 +221,12 @@ fn parse_args(args: &[String]) -> Result<Args> {
                      --quick: short runs (under a minute) whose figures only show that the\n\
                      harness works. --handshakes, --inflight: the handshake-rate test's total\n\
                      and concurrencies (default 300 and 16,64,200; --quick 30 and 64).\n\
+                     --rounds: interleaved rounds (default 3; --quick 2). --handshakes-only: only\n\
+                     the warm-up and the handshake rate of each server (no memory, stock clients,\n\
+                     RTT or iperf3), e.g. to profile or A/B the control path. --agent-arg: one more\n\
+                     `portcullis run` argument (repeat it), e.g. for an A/B run of an agent option.\n\
+                     --agent-default-limits: keep the agent's default stateless-reset limiter\n\
+                     (otherwise raised as the stock server's connect-freq-initial).\n\
                      --render: rewrite tunnel.md and tunnel.svg from an existing tunnel.json."
                 );
                 std::process::exit(0);
@@ -276,6 +317,9 @@ fn run(args: Args) -> Result<()> {
             ping_interval: Duration::from_millis(20),
             gen_deadline: Duration::from_secs(30),
             rounds: 2,
+            handshakes_only: false,
+            agent_args: Vec::new(),
+            agent_default_limits: false,
         }
     } else {
         Settings {
@@ -293,6 +337,9 @@ fn run(args: Args) -> Result<()> {
             ping_interval: Duration::from_millis(20),
             gen_deadline: Duration::from_secs(90),
             rounds: 3,
+            handshakes_only: false,
+            agent_args: Vec::new(),
+            agent_default_limits: false,
         }
     };
     let mut s = s;
@@ -302,6 +349,15 @@ fn run(args: Args) -> Result<()> {
     if let Some(v) = args.inflight.clone().filter(|v| !v.is_empty()) {
         s.inflight = v;
     }
+    if let Some(n) = args.rounds {
+        s.rounds = n;
+    }
+    if args.handshakes_only {
+        s.handshakes_only = true;
+        s.memory_sessions = 0;
+    }
+    s.agent_args = args.agent_args.clone();
+    s.agent_default_limits = args.agent_default_limits;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut machine = machine();

@@ -338,7 +338,8 @@ pub(crate) fn connect_timed(
 }
 
 /// Every measurement against one server, in this order: warm-up handshakes, memory per
-/// session, handshake rate, stock clients (time to connected), idle RTT, iperf3 points.
+/// session, handshake rate, stock clients (time to connected), idle RTT, iperf3 points (only
+/// the first three with `handshakes_only`).
 pub(crate) fn measure_side(side: &Side, s: &Settings, c: &Cycles) -> Result<Value> {
     let mut notes: Vec<String> = Vec::new();
     let drain = Duration::from_secs(20);
@@ -421,6 +422,15 @@ pub(crate) fn measure_side(side: &Side, s: &Settings, c: &Cycles) -> Result<Valu
             ));
         }
         rates.push(rate);
+    }
+
+    if s.handshakes_only {
+        return Ok(json!({
+            "warmup": warmup,
+            "memory": memory,
+            "handshakes": rates,
+            "notes": notes,
+        }));
     }
 
     // ---- stock clients: time to connected ----------------------------------------------------------

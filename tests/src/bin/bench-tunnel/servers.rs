@@ -198,16 +198,18 @@ pub(crate) fn run_portcullis(s: &Settings, c: &Cycles) -> Result<Value> {
     // `portcullis run` as deployed: its own process in the gateway namespace, the endpoint file
     // with the connection and flow logs, the metrics listener and the admin socket on, a PKI
     // made with `portcullis pki`, the release binary (`$PORTCULLIS_BIN`, set by xtask). Its
-    // reset limiter raised as the stock server's `connect-freq-initial` ([`RESET_REPLIES`]).
+    // reset limiter raised as the stock server's `connect-freq-initial` ([`RESET_REPLIES`])
+    // unless `--agent-default-limits`.
     let endpoint = EndpointOpts {
-        udp_reset_replies: Some(RESET_REPLIES),
+        udp_reset_replies: (!s.agent_default_limits).then_some(RESET_REPLIES),
         ..EndpointOpts::default()
     };
+    let run_args: Vec<&str> = s.agent_args.iter().map(String::as_str).collect();
     let lab = AgentLab::with_endpoint(
         s.max_clients(),
         DEFAULT_CLIENTS,
         AGENT_POLICY,
-        &[],
+        &run_args,
         &endpoint,
     );
     let agent = lab.agent();
