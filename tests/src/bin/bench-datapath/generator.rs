@@ -477,6 +477,7 @@ mod checks {
             request: Request::Auto,
             kind: Some(Kind::AfPacket),
             refused: vec![(Kind::LiveFrames, "Operation not permitted".into())],
+            skipped: None,
         };
         let j = c.to_json();
         assert_eq!(j["kind"], "af_packet");
@@ -496,5 +497,9 @@ mod checks {
             none.not_measured_reason(),
             "no traffic generator works here: live_frames: EPERM; af_packet: EACCES"
         );
+        // --prog-test-run-only: nothing tried, and the report says why.
+        let skipped = Choice::skipped(Request::Auto, "not asked for");
+        assert_eq!(skipped.not_measured_reason(), "not asked for");
+        assert_eq!(skipped.to_json()["kind"], serde_json::Value::Null);
     }
 }
