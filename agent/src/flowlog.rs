@@ -8,10 +8,10 @@ use std::io::Write;
 use std::path::Path;
 use std::time::SystemTime;
 
-use portcullis_common::{
-    CtEntry, DenyEvent, DropReason, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-};
+use portcullis_common::{DenyEvent, DropReason, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use serde_json::json;
+
+use crate::datapath::maps::Flow;
 
 use crate::explain::{explain_with_groups, Destination};
 use crate::policy::PolicyInput;
@@ -104,7 +104,7 @@ impl FlowLog {
 /// expires between two scans is not seen, and `flow-end` carries the counters of the last scan.
 #[derive(Default)]
 pub struct FlowTracker {
-    seen: HashMap<FlowKey, (CtEntry, Option<String>)>,
+    seen: HashMap<FlowKey, (Flow, Option<String>)>,
 }
 
 impl FlowTracker {
@@ -112,7 +112,7 @@ impl FlowTracker {
     /// `user` resolves a session slot.
     pub fn scan(
         &mut self,
-        flows: &[(FlowKey, CtEntry)],
+        flows: &[(FlowKey, Flow)],
         now_ns: u64,
         user: &dyn Fn(u32) -> Option<FlowUser>,
         policy: &PolicyInput,
@@ -183,7 +183,7 @@ fn flow_json(event: &str, k: &FlowKey, user: Option<&str>) -> serde_json::Value 
 }
 
 /// An allowed flow's record: [`flow_json`] and its translated source.
-fn allowed_json(event: &str, k: &FlowKey, e: &CtEntry, user: Option<&str>) -> serde_json::Value {
+fn allowed_json(event: &str, k: &FlowKey, e: &Flow, user: Option<&str>) -> serde_json::Value {
     let mut v = flow_json(event, k, user);
     let a = e.nat_addr;
     v["snat-address"] = json!(std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string());
@@ -203,18 +203,7 @@ mod tests {
         let p: PolicyInput = toml::from_str(include_str!("demo/policy.toml")).unwrap();
         let buf = Arc::new(Mutex::new(Vec::new()));
         let mut log = FlowLog::to_writer(Box::new(Shared(buf.clone())));
-        let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
-        src[..4].copy_from_slice(&[10, 100, 0, 3]);
-        dst[..4].copy_from_slice(&[10, 0, 0, 10]);
-        let flow = FlowKey {
-            src,
-            dst,
-            sport: 40000,
-            dport: 80,
-            proto: PROTO_TCP,
-            family: portcullis_common::FAMILY_V4,
-            _pad: [0; 2],
-        };
+        let flow = FlowKey::v4(PROTO_TCP, [10, 100, 0, 3], 40000, [10, 0, 0, 10], 80);
         let ev = DenyEvent {
             timestamp_ns: 1,
             flow,
@@ -243,15 +232,15 @@ mod tests {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let mut log = FlowLog::to_writer(Box::new(Shared(buf.clone())));
         let k = FlowKey::v4(PROTO_TCP, [10, 100, 0, 3], 40000, [10, 0, 0, 10], 80);
-        let e = CtEntry {
+        let e = Flow {
             created_ns: 1_000_000_000,
             last_seen_ns: 4_000_000_000,
             packets_out: 5,
             bytes_out: 500,
             slot: 7,
-            nat_addr: portcullis_common::v4_addr([10, 0, 0, 1]),
+            nat_addr: [10, 0, 0, 1],
             nat_port: 40000,
-            ..bytemuck::Zeroable::zeroed()
+            ..Flow::default()
         };
         // A directory user: no local groups, "engineering" from the directory. The rule that
         // allowed the flow is worked out with the groups the session has.

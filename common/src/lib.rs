@@ -5,9 +5,11 @@
 //! With the `user` feature the types also implement `aya::Pod` and `bytemuck::Pod`
 //! (the latter rejects any implicit padding at compile time).
 //!
-//! Addresses are stored as network-order bytes in 16-byte fields: IPv4 uses the first four
-//! bytes and `family = FAMILY_V4`. Keys are shaped for IPv6 now so IPv6 support does not
-//! need a map redesign.
+//! Session and policy keys store addresses as network-order bytes in 16-byte fields: IPv4
+//! uses the first four bytes and `family = FAMILY_V4`. The per-packet flow maps do not: their
+//! key is IPv4 only ([`FlowKey`], 16 bytes), because the established fast path pays for every
+//! byte of it on every packet; IPv6 flows will get maps of their own (as Cilium keeps
+//! `ct4`/`ct6`), not a wider key for all.
 #![no_std]
 
 use core::mem::size_of;
@@ -24,6 +26,7 @@ pub mod map_names {
     pub const TARGETS: [&str; 2] = ["targets_0", "targets_1"];
     pub const CONNTRACK: &str = "conntrack";
     pub const NAT_REV: &str = "nat_rev";
+    pub const CLIENTS_EPOCH: &str = "clients_epoch";
     pub const FLOWS_OPENED: &str = "flows_opened";
     pub const FLOWS_CLOSED: &str = "flows_closed";
     pub const EGRESS_PORTS: &str = "egress_ports";
@@ -33,7 +36,7 @@ pub mod map_names {
     pub const DENY_EVENTS: &str = "deny_events";
     pub const DENY_BUCKET: &str = "deny_bucket";
     /// Every map the data path owns, for pinning and cleanup.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 24] = [
         CLIENTS,
         POLICY_ACTIVE,
         POLICY_META,
@@ -49,6 +52,7 @@ pub mod map_names {
         TARGETS[1],
         CONNTRACK,
         NAT_REV,
+        CLIENTS_EPOCH,
         FLOWS_OPENED,
         FLOWS_CLOSED,
         EGRESS_PORTS,
@@ -395,8 +399,12 @@ pub mod ct_flags {
     pub const REVOKED: u8 = 1;
     /// Client-to-client flow: no address translation.
     pub const LOCAL: u8 = 2;
-    /// `CtEntry::seq_in_end` holds the network side's sequence number.
+    /// `NatRev::seq_in_end` holds the network side's sequence number.
     pub const REPLY_SEQ: u8 = 4;
+    /// `CtEntry::fib_*` hold a next hop looked up in the [`super::FIB_TICK_SHIFT`] tick of
+    /// `last_seen_ns`. Whoever moves `last_seen_ns` into a later tick clears it, so the
+    /// flag alone says the result is from the current tick: no timestamp is stored.
+    pub const FIB_VALID: u8 = 8;
 }
 
 /// How far from the network side's tracked sequence number an RST or FIN may be and still
@@ -535,33 +543,36 @@ pub struct PolicyMeta {
     pub _pad: [u8; 3],
 }
 
-/// A flow, oriented the way the packet travels. Ports are host order. For ICMP echo the
-/// identifier is the client-side port and the other port is 0.
+/// An IPv4 flow, oriented the way the packet travels: addresses in network order, ports
+/// host order. For ICMP echo the identifier is the client-side port and the other port is 0.
+///
+/// 16 bytes: the kernel's hash-table element header is 48, so header and key fill exactly
+/// one cache line and the value starts on the next (see docs/datapath.md, "Flow maps").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
-    pub src: Addr,
-    pub dst: Addr,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub family: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
 }
 
-/// Value of the `conntrack` map, keyed by the client → network [`FlowKey`].
+/// Value of the `conntrack` map, keyed by the client → network [`FlowKey`]: the forward
+/// half of a flow, everything the established fast path on the TAP reads or writes, and
+/// nothing else, in one 64-byte cache line. The reply direction's counters and TCP window
+/// and the flow's cold facts live in its [`NatRev`] (the reply half), which the fast path
+/// never touches.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {
     /// `bpf_ktime_get_ns()` of the last packet in either direction (CLOCK_MONOTONIC).
     pub last_seen_ns: u64,
-    pub created_ns: u64,
     pub packets_out: u64,
     pub bytes_out: u64,
-    pub packets_in: u64,
-    pub bytes_in: u64,
     /// Translated source address (equal to the client address for client-to-client flows).
-    pub nat_addr: Addr,
+    pub nat_addr: [u8; 4],
     /// Translated source port / ICMP identifier.
     pub nat_port: u16,
     /// One of [`ct_state`].
@@ -572,32 +583,43 @@ pub struct CtEntry {
     pub generation: u32,
     /// Session slot of the owning client.
     pub slot: u32,
-    /// Target network index, or [`TARGET_TUNNEL`].
-    pub target: u32,
-    /// When the next hop below was looked up (0 = never). The fast path reuses it for up to
-    /// [`FIB_CACHE_NS`] instead of calling `bpf_fib_lookup` on every packet.
-    pub fib_at_ns: u64,
+    /// The `clients_epoch` under which the owner's `clients` entry was last seen with this
+    /// `slot`. While it is current (and the frame's MAC names `slot`), the fast path skips
+    /// the `clients` lookup: the agent bumps the epoch after every change to `clients`.
+    pub clients_epoch: u32,
+    /// TCP: the client's next sequence number (highest seq + length seen going out).
+    pub seq_out_end: u32,
+    /// Next hop of the translated packet, valid while `ct_flags::FIB_VALID` is set: the fast
+    /// path reuses it within one [`FIB_TICK_SHIFT`] tick instead of calling
+    /// `bpf_fib_lookup` on every packet.
     pub fib_ifindex: u32,
     pub fib_dmac: [u8; 6],
     pub fib_smac: [u8; 6],
-    /// TCP: the client's next sequence number (highest seq + length seen going out).
-    pub seq_out_end: u32,
-    /// TCP: the network side's next sequence number, valid once `ct_flags::REPLY_SEQ` is
-    /// set (by a SYN-ACK that acknowledges the client's SYN). RST and FIN from the network
-    /// are accepted only near it (see `TCP_RST_WINDOW`).
-    pub seq_in_end: u32,
 }
 
-/// How long a flow may reuse its cached FIB result: bounds how stale a next hop can be
-/// after a kernel route or neighbour change (a policy change clears the cache at once).
-pub const FIB_CACHE_NS: u64 = NS_PER_SEC;
+/// A cached FIB result serves the packets of the 2^30 ns (about 1.07 s) tick of
+/// `bpf_ktime_get_ns()` it was looked up in: that bounds how stale a next hop can be after
+/// a kernel route or neighbour change (a policy change clears the cache at once).
+pub const FIB_TICK_SHIFT: u32 = 30;
 
 /// Value of the `nat_rev` map, keyed by the reply's [`FlowKey`] as it arrives on the
-/// target interface: the forward key of the flow it belongs to.
+/// target interface: the reply half of a flow. Inserting it with `BPF_NOEXIST` is the SNAT
+/// port claim; it names the forward key, holds what only the reply direction writes (so
+/// the two directions' CPUs mostly write different cache lines) and the flow's cold facts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatRev {
     pub fwd: FlowKey,
+    /// `bpf_ktime_get_ns()` when the flow was admitted.
+    pub created_ns: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// TCP: the network side's next sequence number, valid once `ct_flags::REPLY_SEQ` is
+    /// set in the forward half (by a SYN-ACK that acknowledges the client's SYN). RST and
+    /// FIN from the network are accepted only near it (see `TCP_RST_WINDOW`).
+    pub seq_in_end: u32,
+    /// Target network index, or [`TARGET_TUNNEL`].
+    pub target: u32,
 }
 
 /// Per-session counters (`session_stats`, per CPU, indexed by session slot).
@@ -644,11 +666,12 @@ const _: () = {
     assert!(size_of::<SgNode>() == 24);
     assert!(size_of::<PortRange>() == 4);
     assert!(size_of::<PolicyMeta>() == 8);
-    assert!(size_of::<FlowKey>() == 40);
-    assert!(size_of::<CtEntry>() == 112);
-    assert!(size_of::<NatRev>() == 40);
+    assert!(size_of::<FlowKey>() == 16);
+    // One cache line: the established fast path touches no other line of the value.
+    assert!(size_of::<CtEntry>() == 64);
+    assert!(size_of::<NatRev>() == 48);
     assert!(size_of::<SessionStats>() == 32);
-    assert!(size_of::<DenyEvent>() == 56);
+    assert!(size_of::<DenyEvent>() == 32);
     assert!(size_of::<TokenBucket>() == 16);
 };
 
@@ -684,22 +707,22 @@ mod user {
 
     // bytemuck::Pod by hand does not check padding; these do, by summing field sizes.
     const _: () = {
-        assert!(size_of::<CtEntry>() == 6 * 8 + 16 + 2 + 1 + 1 + 3 * 4 + 8 + 4 + 6 + 6 + 4 + 4);
-        assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
+        assert!(size_of::<CtEntry>() == 3 * 8 + 4 + 2 + 1 + 1 + 5 * 4 + 6 + 6);
+        assert!(size_of::<FlowKey>() == 4 + 4 + 2 + 2 + 1 + 3);
+        assert!(size_of::<NatRev>() == 16 + 3 * 8 + 4 + 4);
         assert!(size_of::<Target>() == 4 + 1 + 1 + 2 + 16 + 2 + 2 + 4);
-        assert!(size_of::<DenyEvent>() == 8 + 40 + 4 + 1 + 3);
+        assert!(size_of::<DenyEvent>() == 8 + 16 + 4 + 1 + 3);
     };
 
     impl FlowKey {
         pub fn v4(proto: u8, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Self {
             FlowKey {
-                src: v4_addr(src),
-                dst: v4_addr(dst),
+                src,
+                dst,
                 sport,
                 dport,
                 proto,
-                family: FAMILY_V4,
-                _pad: [0; 2],
+                _pad: [0; 3],
             }
         }
         pub fn src_v4(&self) -> core::net::Ipv4Addr {

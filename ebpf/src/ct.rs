@@ -1,16 +1,16 @@
 //! Conntrack: flow admission, TCP state, re-checks after a policy change.
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use portcullis_common::{
-    ct_flags, ct_state, flow_timeout_ns, ClientInfo, CtEntry, DropReason, Event, FlowKey, Target,
-    PROTO_TCP, TARGET_TUNNEL, TCP_RST_WINDOW,
+    ct_flags, ct_state, flow_timeout_ns, ClientInfo, CtEntry, DropReason, Event, FlowKey, NatRev,
+    Target, FIB_TICK_SHIFT, PROTO_TCP, TARGET_TUNNEL, TCP_RST_WINDOW,
 };
 
 use crate::{
-    keys::{client_key, v4_of},
+    keys::{client_key, reply_key, v4_of},
     nat,
     packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     policy::{self, Generation},
-    stats, CLIENTS, CONNTRACK, FLOWS_CLOSED, FLOWS_OPENED, NAT_REV,
+    stats, CLIENTS, CLIENTS_EPOCH, CONNTRACK, FLOWS_CLOSED, FLOWS_OPENED, NAT_REV,
 };
 
 const EEXIST: i32 = 17;
@@ -18,6 +18,27 @@ const EEXIST: i32 = 17;
 #[inline(always)]
 pub fn expired(e: &CtEntry, proto: u8, now: u64) -> bool {
     now.saturating_sub(e.last_seen_ns) > flow_timeout_ns(proto, e.state)
+}
+
+/// The current `clients_epoch`. Read before the `clients` lookup it vouches for: the agent
+/// changes `clients` first and bumps the epoch after, so an entry stamped with the epoch
+/// read here was checked against a `clients` map at least that new.
+#[inline(always)]
+pub fn clients_epoch() -> u32 {
+    CLIENTS_EPOCH.get(0).copied().unwrap_or(0)
+}
+
+/// A packet of the flow at `now`: moves `last_seen_ns`, and drops the cached next hop when
+/// that crosses into a later FIB tick (see `ct_flags::FIB_VALID`). Every writer of
+/// `last_seen_ns` goes through here, which is what lets the flag stand for a timestamp.
+#[inline(always)]
+pub fn touch(e: *mut CtEntry, now: u64) {
+    unsafe {
+        if (*e).last_seen_ns >> FIB_TICK_SHIFT != now >> FIB_TICK_SHIFT {
+            (*e).flags &= !ct_flags::FIB_VALID;
+        }
+        (*e).last_seen_ns = now;
+    }
 }
 
 /// `a` is later than `b` in TCP sequence space (RFC 1982 arithmetic).
@@ -55,31 +76,38 @@ pub fn track_forward(e: *mut CtEntry, proto: u8, tcp_flags: u8, seq_end: u32) {
 /// SYN exactly, afterwards its sequence number must be within [`TCP_RST_WINDOW`] of the
 /// network side's tracked one. Other segments always pass (the client's stack judges them).
 #[inline(always)]
-pub fn reply_in_window(e: &CtEntry, tcp_flags: u8, seq: u32, ack: u32) -> bool {
+pub fn reply_in_window(e: &CtEntry, r: &NatRev, tcp_flags: u8, seq: u32, ack: u32) -> bool {
     if tcp_flags & (TCP_RST | TCP_FIN) == 0 {
         return true;
     }
     if e.flags & ct_flags::REPLY_SEQ == 0 {
         return tcp_flags & TCP_ACK != 0 && ack == e.seq_out_end;
     }
-    (seq.wrapping_sub(e.seq_in_end) as i32).unsigned_abs() <= TCP_RST_WINDOW
+    (seq.wrapping_sub(r.seq_in_end) as i32).unsigned_abs() <= TCP_RST_WINDOW
 }
 
 /// Follow the network side's sequence numbers: learnt from the SYN-ACK that acknowledges
 /// the client's SYN, then advanced only by segments near it, so a spoofed segment cannot
 /// drag the window to where a spoofed RST would land.
 #[inline(always)]
-pub fn track_reply_seq(e: *mut CtEntry, tcp_flags: u8, seq: u32, ack: u32, seq_end: u32) {
+pub fn track_reply_seq(
+    e: *mut CtEntry,
+    r: *mut NatRev,
+    tcp_flags: u8,
+    seq: u32,
+    ack: u32,
+    seq_end: u32,
+) {
     unsafe {
         if (*e).flags & ct_flags::REPLY_SEQ == 0 {
             if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK && ack == (*e).seq_out_end {
-                (*e).seq_in_end = seq_end;
+                (*r).seq_in_end = seq_end;
                 (*e).flags |= ct_flags::REPLY_SEQ;
             }
-        } else if (seq.wrapping_sub((*e).seq_in_end) as i32).unsigned_abs() <= TCP_RST_WINDOW
-            && after(seq_end, (*e).seq_in_end)
+        } else if (seq.wrapping_sub((*r).seq_in_end) as i32).unsigned_abs() <= TCP_RST_WINDOW
+            && after(seq_end, (*r).seq_in_end)
         {
-            (*e).seq_in_end = seq_end;
+            (*r).seq_in_end = seq_end;
         }
     }
 }
@@ -102,20 +130,29 @@ pub fn track_reply(e: *mut CtEntry, proto: u8, tcp_flags: u8) {
     }
 }
 
+/// The target network a translated flow was admitted to (kept in its reply half, which the
+/// fast path does not read: only a re-check needs it).
+#[inline(always)]
+fn admitted_target(e: &CtEntry, key: &FlowKey) -> Option<u32> {
+    let r = unsafe { NAT_REV.get(&reply_key(key, e.nat_addr, e.nat_port)) }?;
+    Some(r.target)
+}
+
 /// Re-check a flow against the active generation (after a policy change or expiry).
 /// The flow keeps its translation, so it only stays allowed if the policy still sends it
 /// to the same place with the same source address.
 #[inline(always)]
 pub fn revalidate(e: *mut CtEntry, key: &FlowKey, g: Generation) -> Result<(), DropReason> {
-    let ok = match unsafe { CLIENTS.get(client_key(v4_of(&key.src))) } {
+    let ok = match unsafe { CLIENTS.get(client_key(key.src)) } {
         None => false,
-        Some(client) => match policy::check(g, client, v4_of(&key.dst), key.proto, key.dport) {
+        Some(client) => match policy::check(g, client, key.dst, key.proto, key.dport) {
             Ok(TARGET_TUNNEL) => unsafe { (*e).flags & ct_flags::LOCAL != 0 },
             Ok(idx) => match policy::target(g, idx) {
                 Some(t) => unsafe {
                     (*e).flags & ct_flags::LOCAL == 0
-                        && (*e).target == idx
-                        && t.snat_addr == (*e).nat_addr
+                        && u32::from_ne_bytes(v4_of(&t.snat_addr))
+                            == u32::from_ne_bytes((*e).nat_addr)
+                        && admitted_target(&*e, key) == Some(idx)
                 },
                 None => false,
             },
@@ -125,7 +162,7 @@ pub fn revalidate(e: *mut CtEntry, key: &FlowKey, g: Generation) -> Result<(), D
     unsafe {
         (*e).generation = g.number;
         // The route may have changed with the policy: look the next hop up again.
-        (*e).fib_at_ns = 0;
+        (*e).flags &= !ct_flags::FIB_VALID;
         if ok {
             (*e).flags &= !ct_flags::REVOKED;
         } else {
@@ -140,12 +177,15 @@ pub fn revalidate(e: *mut CtEntry, key: &FlowKey, g: Generation) -> Result<(), D
     }
 }
 
-/// Admit a new flow: quota, SNAT/PAT claim, CONNTRACK insert. Returns the new entry.
+/// Admit a new flow: quota, SNAT/PAT claim (the reply half), CONNTRACK insert (the forward
+/// half, stamped with `epoch`, read before the `clients` lookup that found `client`).
+/// Returns the new entry.
 #[inline(always)]
 pub fn create(
     ctx: &XdpContext,
     key: &FlowKey,
     client: &ClientInfo,
+    epoch: u32,
     target_idx: u32,
     g: Generation,
     now: u64,
@@ -163,7 +203,6 @@ pub fn create(
 
     let mut entry = CtEntry {
         last_seen_ns: now,
-        created_ns: now,
         packets_out: 1,
         bytes_out: bytes,
         nat_addr: key.src,
@@ -172,34 +211,32 @@ pub fn create(
         flags: 0,
         generation: g.number,
         slot,
-        target: TARGET_TUNNEL,
+        clients_epoch: epoch,
         seq_out_end: seq_end,
         ..CtEntry::default()
     };
-    let mut rev = FlowKey {
-        src: key.dst,
-        dst: key.src,
-        sport: key.dport,
-        dport: key.sport,
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
+    let mut rev = reply_key(key, key.src, key.sport);
+    let mut half = NatRev {
+        fwd: *key,
+        created_ns: now,
+        target: TARGET_TUNNEL,
+        ..NatRev::default()
     };
     if target_idx == TARGET_TUNNEL {
-        if unsafe { CLIENTS.get(client_key(v4_of(&key.dst))) }.is_none() {
+        if unsafe { CLIENTS.get(client_key(key.dst)) }.is_none() {
             return Err(DropReason::ClientUnreachable);
         }
         entry.flags = ct_flags::LOCAL;
         // Both ends are clients: a collision means the peer opened the same tuple.
-        if !nat::claim(&rev, key)? {
+        if !nat::claim(&rev, &half)? {
             return Err(DropReason::PortsExhausted);
         }
     } else {
         let t: &Target = policy::target(g, target_idx).ok_or(DropReason::BadTarget)?;
-        entry.target = target_idx;
-        entry.nat_addr = t.snat_addr;
-        rev.dst = t.snat_addr;
-        nat::claim_port(ctx, &mut rev, key, t)?;
+        half.target = target_idx;
+        entry.nat_addr = v4_of(&t.snat_addr);
+        rev.dst = entry.nat_addr;
+        nat::claim_port(ctx, &mut rev, &half, t)?;
         entry.nat_port = rev.dport;
     }
     if let Err(e) = CONNTRACK.insert(key, entry, BPF_NOEXIST as u64) {

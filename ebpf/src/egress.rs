@@ -1,12 +1,10 @@
 //! Network → client: the program on every target-network interface. Only packets that
 //! match a translation this data path created are touched; everything else is the host's.
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
-use portcullis_common::{
-    ct_flags, DropReason, Event, FlowKey, FAMILY_V4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-};
+use portcullis_common::{ct_flags, DropReason, Event, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    ct, keys,
+    ct,
     nat::{self, INNER_IP, INNER_L4},
     packet::{
         self, be16, ptr_at, IcmpHdr, Ipv4Hdr, L4Ports, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY,
@@ -23,13 +21,12 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
         return Ok(pass_host());
     };
     let mut key = FlowKey {
-        src: keys::v4(p.src),
-        dst: keys::v4(p.dst),
+        src: p.src,
+        dst: p.dst,
         sport: 0,
         dport: 0,
         proto: p.proto,
-        family: FAMILY_V4,
-        _pad: [0; 2],
+        _pad: [0; 3],
     };
     let mut tcp_flags = 0;
     let (mut seq, mut ack, mut seq_end) = (0u32, 0u32, 0u32);
@@ -72,10 +69,10 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
         _ => return Ok(pass_host()),
     }
 
-    let Some(rev) = (unsafe { NAT_REV.get(&key) }) else {
+    let Some(r) = NAT_REV.get_ptr_mut(&key) else {
         return Ok(pass_host());
     };
-    let fwd = rev.fwd;
+    let fwd = unsafe { (*r).fwd };
     let Some(e) = CONNTRACK.get_ptr_mut(&fwd) else {
         return Ok(pass_host());
     };
@@ -99,16 +96,18 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
     }
     let bytes = u64::from(p.tot_len);
     if p.proto == PROTO_TCP {
-        if !ct::reply_in_window(unsafe { &*e }, tcp_flags, seq, ack) {
+        if !ct::reply_in_window(unsafe { &*e }, unsafe { &*r }, tcp_flags, seq, ack) {
             return Err(DropReason::TcpOutOfWindow);
         }
-        ct::track_reply_seq(e, tcp_flags, seq, ack, seq_end);
+        ct::track_reply_seq(e, r, tcp_flags, seq, ack, seq_end);
     }
     ct::track_reply(e, fwd.proto, tcp_flags);
+    ct::touch(e, now);
+    // The reply direction's counters are in the reply half: the TAP's fast path never
+    // writes that line, this path rarely writes the forward one.
     let slot = unsafe {
-        (*e).last_seen_ns = now;
-        (*e).packets_in += 1;
-        (*e).bytes_in += bytes;
+        (*r).packets_in += 1;
+        (*r).bytes_in += bytes;
         (*e).slot
     };
     if p.ttl <= 1 {
@@ -121,7 +120,7 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
     nat::dnat(ctx, &p, &key, &fwd)?;
     stats::event(Event::ReverseNat);
     stats::egress(slot, bytes);
-    into_tap(ctx, p.ip, keys::v4_of(&fwd.src))
+    into_tap(ctx, p.ip, fwd.src)
 }
 
 #[inline(always)]
@@ -157,13 +156,12 @@ fn icmp_error(ctx: &XdpContext, p: &packet::Parsed) -> Result<u32, DropReason> {
     }
     // The embedded packet went client → network after translation: src = SNAT address.
     let mut key = FlowKey {
-        src: keys::v4(idst),
-        dst: keys::v4(isrc),
+        src: idst,
+        dst: isrc,
         sport: 0,
         dport: 0,
         proto: iproto,
-        family: FAMILY_V4,
-        _pad: [0; 2],
+        _pad: [0; 3],
     };
     let words = unsafe { *inner_l4 };
     match iproto {
@@ -179,7 +177,7 @@ fn icmp_error(ctx: &XdpContext, p: &packet::Parsed) -> Result<u32, DropReason> {
         }
         _ => return Ok(pass_host()),
     }
-    if keys::v4(p.dst) != key.dst {
+    if u32::from_ne_bytes(p.dst) != u32::from_ne_bytes(key.dst) {
         return Ok(pass_host());
     }
     let Some(rev) = (unsafe { NAT_REV.get(&key) }) else {
@@ -205,5 +203,5 @@ fn icmp_error(ctx: &XdpContext, p: &packet::Parsed) -> Result<u32, DropReason> {
     nat::icmp_error_back(ctx, p, inner, iproto, isrc, &fwd)?;
     stats::event(Event::IcmpErrorTranslated);
     stats::egress(unsafe { (*e).slot }, u64::from(p.tot_len));
-    into_tap(ctx, p.ip, keys::v4_of(&fwd.src))
+    into_tap(ctx, p.ip, fwd.src)
 }

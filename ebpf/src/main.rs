@@ -100,14 +100,19 @@ static TARGETS_0: Array<Target, { MAX_TARGETS as usize }> = Array::new();
 #[btf_map(name = "targets_1")]
 static TARGETS_1: Array<Target, { MAX_TARGETS as usize }> = Array::new();
 
-/// Forward flows (client → network), keyed as the client sent them. A plain hash map, not
-/// an LRU: live flows are never evicted behind the user's back; the agent expires them.
+/// Forward flows (client → network), keyed as the client sent them: the forward half of
+/// each flow. A plain hash map, not an LRU: live flows are never evicted behind the user's
+/// back; the agent expires them. Preallocated, so with the 16-byte key and the 64-byte
+/// value every element is two whole cache lines (48-byte header + key, then the value).
 #[btf_map(name = "conntrack")]
 static CONNTRACK: HashMap<FlowKey, CtEntry, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
-/// Reply key (as it arrives from the network) → forward key. Inserting with BPF_NOEXIST is
-/// the SNAT port claim.
+/// Reply key (as it arrives from the network) → the reply half of the flow (its forward
+/// key, reply counters, cold facts). Inserting with BPF_NOEXIST is the SNAT port claim.
 #[btf_map(name = "nat_rev")]
 static NAT_REV: HashMap<FlowKey, NatRev, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
+/// Element 0: bumped by the agent after every change to `clients` (see `tap::run`).
+#[btf_map(name = "clients_epoch")]
+static CLIENTS_EPOCH: Array<u32, 1> = Array::new();
 /// Flows ever opened per session slot (written by XDP with atomic adds only).
 #[btf_map(name = "flows_opened")]
 static FLOWS_OPENED: Array<u64, { MAX_CLIENTS as usize }> = Array::new();

@@ -13,7 +13,6 @@ use portcullis_common::{
 
 use crate::{
     csum,
-    keys::v4_of,
     packet::{
         be16, ptr_at, set_be16, IcmpHdr, Ipv4Hdr, L4Ports, Parsed, L4_OFF, TCP_CSUM_OFF,
         UDP_CSUM_OFF,
@@ -35,8 +34,8 @@ pub fn host_socket_owns(ctx: &XdpContext, rev: &FlowKey) -> bool {
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     unsafe {
         let t = &mut tuple.__bindgen_anon_1.ipv4;
-        t.saddr = u32::from_ne_bytes(v4_of(&rev.src));
-        t.daddr = u32::from_ne_bytes(v4_of(&rev.dst));
+        t.saddr = u32::from_ne_bytes(rev.src);
+        t.daddr = u32::from_ne_bytes(rev.dst);
         t.sport = rev.sport.to_be();
         t.dport = rev.dport.to_be();
     }
@@ -57,29 +56,29 @@ pub fn host_socket_owns(ctx: &XdpContext, rev: &FlowKey) -> bool {
     true
 }
 
-/// Claim the reply key with BPF_NOEXIST: the kernel arbitrates between CPUs, so a live
-/// mapping is never handed out twice.
+/// Claim the reply key with BPF_NOEXIST, storing the flow's reply half: the kernel
+/// arbitrates between CPUs, so a live mapping is never handed out twice.
 #[inline(always)]
-pub fn claim(rev: &FlowKey, fwd: &FlowKey) -> Result<bool, DropReason> {
-    match NAT_REV.insert(rev, NatRev { fwd: *fwd }, BPF_NOEXIST as u64) {
+pub fn claim(rev: &FlowKey, half: &NatRev) -> Result<bool, DropReason> {
+    match NAT_REV.insert(rev, *half, BPF_NOEXIST as u64) {
         Ok(()) => Ok(true),
         Err(e) if e == -EEXIST => Ok(false),
         Err(_) => Err(DropReason::ConntrackFull),
     }
 }
 
-/// Claim a reply key for `fwd` towards target `t`: the client's own port when neither
-/// another flow nor a host socket holds it, otherwise a free port of the PAT range
+/// Claim a reply key for the flow of `half` towards target `t`: the client's own port when
+/// neither another flow nor a host socket holds it, otherwise a free port of the PAT range
 /// (bounded tries). `rev` arrives as the reply key with the client's port; on success it
 /// holds the claimed key.
 #[inline(always)]
 pub fn claim_port(
     ctx: &XdpContext,
     rev: &mut FlowKey,
-    fwd: &FlowKey,
+    half: &NatRev,
     t: &Target,
 ) -> Result<(), DropReason> {
-    if !host_socket_owns(ctx, rev) && claim(rev, fwd)? {
+    if !host_socket_owns(ctx, rev) && claim(rev, half)? {
         stats::event(Event::PortKept);
         return Ok(());
     }
@@ -88,7 +87,7 @@ pub fn claim_port(
     let mut i = 0;
     while i < PAT_ATTEMPTS {
         rev.dport = t.port_min + ((start + i) % span) as u16;
-        if claim(rev, fwd)? {
+        if claim(rev, half)? {
             stats::event(Event::PortTranslated);
             return Ok(());
         }
@@ -100,7 +99,7 @@ pub fn claim_port(
 /// Rewrite source address and port to the flow's translation, patching checksums.
 #[inline(always)]
 pub fn snat(ctx: &XdpContext, p: &Parsed, key: &FlowKey, e: &CtEntry) -> Result<(), DropReason> {
-    let new_src = v4_of(&e.nat_addr);
+    let new_src = e.nat_addr;
     let ip = p.ip;
     unsafe {
         let c = csum::replace4(be16(&raw const (*ip).csum), p.src, new_src);
@@ -113,7 +112,7 @@ pub fn snat(ctx: &XdpContext, p: &Parsed, key: &FlowKey, e: &CtEntry) -> Result<
 /// Rewrite a reply's destination back to the client's address and port.
 #[inline(always)]
 pub fn dnat(ctx: &XdpContext, p: &Parsed, key: &FlowKey, fwd: &FlowKey) -> Result<(), DropReason> {
-    let client = v4_of(&fwd.src);
+    let client = fwd.src;
     let ip = p.ip;
     unsafe {
         let c = csum::replace4(be16(&raw const (*ip).csum), p.dst, client);
@@ -190,7 +189,7 @@ pub fn icmp_error_back(
     isrc: [u8; 4],
     fwd: &FlowKey,
 ) -> Result<(), DropReason> {
-    let client = v4_of(&fwd.src);
+    let client = fwd.src;
     let outer_icmp: *mut IcmpHdr = ptr_at(ctx, L4_OFF)?;
     let mut icsum = be16(unsafe { &raw const (*outer_icmp).csum });
     unsafe {

@@ -6,8 +6,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use portcullis_common::{
-    ct_flags, gateway_port, session_mac, CtEntry, DropReason, Event, FlowKey, FAMILY_V4,
-    FIB_CACHE_NS, MAX_GATEWAY_PORTS, NO_SLOT, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    ct_flags, gateway_port, session_mac, CtEntry, DropReason, Event, FlowKey, MAX_GATEWAY_PORTS,
+    NO_SLOT, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -44,13 +44,12 @@ pub fn parse_l4(ctx: &XdpContext, p: &Parsed) -> Result<L4, DropReason> {
         return Err(DropReason::Malformed);
     }
     let mut key = FlowKey {
-        src: keys::v4(p.src),
-        dst: keys::v4(p.dst),
+        src: p.src,
+        dst: p.dst,
         sport: 0,
         dport: 0,
         proto: p.proto,
-        family: FAMILY_V4,
-        _pad: [0; 2],
+        _pad: [0; 3],
     };
     let mut tcp_flags = 0;
     let mut icmp_type = 0;
@@ -98,12 +97,6 @@ pub fn tcp_seq_end(ctx: &XdpContext, p: &Parsed, doff: u8, flags: u8) -> Result<
         .wrapping_add(data)
         .wrapping_add(u32::from(flags & TCP_SYN != 0))
         .wrapping_add(u32::from(flags & TCP_FIN != 0)))
-}
-
-/// The L4 key for a deny event about a frame refused before its L4 header was checked.
-#[inline(always)]
-fn l4_or_default(ctx: &XdpContext, p: &Parsed) -> FlowKey {
-    parse_l4(ctx, p).map(|l4| l4.key).unwrap_or_default()
 }
 
 /// True when the frame's source MAC names session `slot` (see
@@ -191,58 +184,97 @@ fn deny(key: &FlowKey, slot: u32, r: DropReason) -> DropReason {
 
 pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
     let p = packet::parse_ipv4(ctx)?;
+    let epoch = ct::clients_epoch();
+    let parsed = parse_l4(ctx, &p);
+    let hit = match &parsed {
+        Ok(l4) => CONNTRACK.get_ptr_mut(&l4.key),
+        Err(_) => None,
+    };
+    // The fast path: an established flow needs nothing but its own entry (one hash
+    // lookup). The entry names the session slot that opened it; while the clients epoch it
+    // was stamped with is current, that session still owns the source address, so a frame
+    // whose MAC names the same slot passes the checks of `admit` exactly as if they had run
+    // (`clients` lookup, sender's slot, not the gateway). Anything else takes the full way.
+    let fast = match (hit, &parsed) {
+        (Some(e), Ok(_)) => unsafe {
+            (*e).clients_epoch == epoch
+                && from_session(ctx, (*e).slot)?
+                && p.dst != GATEWAY_ADDR.load()
+        },
+        _ => false,
+    };
+    let slot = if fast {
+        unsafe { (*hit.ok_or(DropReason::Malformed)?).slot }
+    } else {
+        match admit(ctx, &p, &parsed, hit, epoch)? {
+            Admitted::Established(slot) => slot,
+            Admitted::Done(action) => return Ok(action),
+        }
+    };
+    // One call site, so the established path is inlined once.
+    match (hit, &parsed) {
+        (Some(e), Ok(l4)) => established(ctx, &p, l4, e, slot),
+        _ => Err(DropReason::Malformed),
+    }
+}
+
+/// What the full checks decided for a packet the fast path did not take.
+enum Admitted {
+    /// A conntrack hit from the session in this slot: on to the established path.
+    Established(u32),
+    /// Handled here (passed to the host, a client-to-client reply, a new flow).
+    Done(u32),
+}
+
+/// The full way: anti-spoofing against `clients`, the L4 header, the gateway address, then
+/// a conntrack hit (re-stamped with `epoch`, read before the `clients` lookup), a reply in
+/// a client-to-client flow, or a new flow.
+#[inline(always)]
+fn admit(
+    ctx: &XdpContext,
+    p: &Parsed,
+    parsed: &Result<L4, DropReason>,
+    hit: Option<*mut CtEntry>,
+    epoch: u32,
+) -> Result<Admitted, DropReason> {
     let Some(client) = (unsafe { CLIENTS.get(keys::client_key(p.src)) }) else {
-        return Err(deny(&l4_or_default(ctx, &p), NO_SLOT, DropReason::Spoofed));
+        let key = parsed.as_ref().map(|l4| l4.key).unwrap_or_default();
+        return Err(deny(&key, NO_SLOT, DropReason::Spoofed));
     };
     if !from_session(ctx, client.slot)? {
-        return Err(deny(
-            &l4_or_default(ctx, &p),
-            NO_SLOT,
-            DropReason::ForgedSource,
-        ));
+        let key = parsed.as_ref().map(|l4| l4.key).unwrap_or_default();
+        return Err(deny(&key, NO_SLOT, DropReason::ForgedSource));
     }
-    let l4 = parse_l4(ctx, &p)?;
+    let l4 = match parsed {
+        Ok(l4) => l4,
+        Err(r) => return Err(*r),
+    };
     let key = l4.key;
     if p.dst == GATEWAY_ADDR.load() {
         // The one address of the host clients may reach, and only its open ports.
-        if !gateway_port_open(&l4) {
+        if !gateway_port_open(l4) {
             return Err(deny(&key, client.slot, DropReason::GatewayPortClosed));
         }
         stats::event(Event::PassLocal);
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(Admitted::Done(xdp_action::XDP_PASS));
+    }
+    if let Some(e) = hit {
+        // Checked the long way under `epoch`: later packets of the flow take the fast path
+        // (unless the entry still waits for the agent to give it this session's slot).
+        unsafe {
+            if (*e).slot == client.slot {
+                (*e).clients_epoch = epoch;
+            }
+        }
+        return Ok(Admitted::Established(client.slot));
     }
     let g = policy::active();
     let now = unsafe { bpf_ktime_get_ns() };
     let bytes = u64::from(p.tot_len);
 
-    // Conntrack first: established flows pay one hash lookup.
-    if let Some(e) = CONNTRACK.get_ptr_mut(&key) {
-        let e_ref = unsafe { &*e };
-        if e_ref.generation != g.number || ct::expired(e_ref, key.proto, now) {
-            if ct::expired(e_ref, key.proto, now) {
-                stats::event(Event::Revived);
-            }
-            ct::revalidate(e, &key, g).map_err(|r| deny(&key, client.slot, r))?;
-        } else if e_ref.flags & ct_flags::REVOKED != 0 {
-            return Err(deny(&key, client.slot, DropReason::PolicyRevoked));
-        }
-        if p.ttl <= 1 {
-            return ttl_expired(ctx, &p).map_err(|r| deny(&key, client.slot, r));
-        }
-        stats::event(Event::FastPath);
-        ct::track_forward(e, key.proto, l4.tcp_flags, l4.seq_end);
-        unsafe {
-            (*e).last_seen_ns = now;
-            (*e).packets_out += 1;
-            (*e).bytes_out += bytes;
-        }
-        stats::ingress(client.slot, bytes);
-        return forward(ctx, &p, &key, e, now);
-    }
-
     // A reply inside a client-to-client flow opened by the other client.
-    if let Some(r) = unsafe { NAT_REV.get(&key) } {
-        let fwd = r.fwd;
+    if let Some(r) = NAT_REV.get_ptr_mut(&key) {
+        let fwd = unsafe { (*r).fwd };
         if let Some(e) = CONNTRACK.get_ptr_mut(&fwd) {
             if unsafe { (*e).flags } & ct_flags::LOCAL != 0 {
                 if unsafe { (*e).generation } != g.number {
@@ -251,17 +283,19 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
                     return Err(deny(&key, client.slot, DropReason::PolicyRevoked));
                 }
                 if p.ttl <= 1 {
-                    return ttl_expired(ctx, &p).map_err(|r| deny(&key, client.slot, r));
+                    return ttl_expired(ctx, p)
+                        .map(Admitted::Done)
+                        .map_err(|r| deny(&key, client.slot, r));
                 }
                 ct::track_reply(e, key.proto, l4.tcp_flags);
+                ct::touch(e, now);
                 unsafe {
-                    (*e).last_seen_ns = now;
-                    (*e).packets_in += 1;
-                    (*e).bytes_in += bytes;
+                    (*r).packets_in += 1;
+                    (*r).bytes_in += bytes;
                 }
                 // Sent by this client, received by the flow's owner.
                 stats::ingress(client.slot, bytes);
-                return to_client(ctx, &p, p.dst);
+                return to_client(ctx, p, p.dst).map(Admitted::Done);
             }
         }
     }
@@ -282,35 +316,82 @@ pub fn run(ctx: &XdpContext) -> Result<u32, DropReason> {
     }
     if p.ttl <= 1 {
         // Authorized like any new flow, but nothing is forwarded: the kernel answers.
-        return ttl_expired(ctx, &p).map_err(|r| deny(&key, client.slot, r));
+        return ttl_expired(ctx, p)
+            .map(Admitted::Done)
+            .map_err(|r| deny(&key, client.slot, r));
     }
-    ct::create(ctx, &key, client, target_idx, g, now, bytes, l4.seq_end)
-        .map_err(|r| deny(&key, client.slot, r))?;
+    ct::create(
+        ctx, &key, client, epoch, target_idx, g, now, bytes, l4.seq_end,
+    )
+    .map_err(|r| deny(&key, client.slot, r))?;
     stats::ingress(client.slot, bytes);
     // The entry just inserted (the pointer lets forward() cache the next hop in it). It can
     // only be gone if the agent deleted it in between: count that as a full table.
     let e = CONNTRACK
         .get_ptr_mut(&key)
         .ok_or(DropReason::ConntrackFull)?;
-    forward(ctx, &p, &key, e, now)
+    forward(ctx, p, &key, e).map(Admitted::Done)
+}
+
+/// A packet of an established flow from the session in `slot`: re-check after a policy
+/// change or expiry, track, count, send on.
+#[inline(always)]
+fn established(
+    ctx: &XdpContext,
+    p: &Parsed,
+    l4: &L4,
+    e: *mut CtEntry,
+    slot: u32,
+) -> Result<u32, DropReason> {
+    let key = &l4.key;
+    let g = policy::active();
+    let now = unsafe { bpf_ktime_get_ns() };
+    let e_ref = unsafe { &*e };
+    let expired = ct::expired(e_ref, key.proto, now);
+    if e_ref.generation != g.number || expired {
+        if expired {
+            stats::event(Event::Revived);
+        }
+        ct::revalidate(e, key, g).map_err(|r| deny(key, slot, r))?;
+    } else if e_ref.flags & ct_flags::REVOKED != 0 {
+        return Err(deny(key, slot, DropReason::PolicyRevoked));
+    }
+    if p.ttl <= 1 {
+        return ttl_expired(ctx, p).map_err(|r| deny(key, slot, r));
+    }
+    stats::event(Event::FastPath);
+    ct::track_forward(e, key.proto, l4.tcp_flags, l4.seq_end);
+    let bytes = u64::from(p.tot_len);
+    ct::touch(e, now);
+    unsafe {
+        (*e).packets_out += 1;
+        (*e).bytes_out += bytes;
+    }
+    stats::ingress(slot, bytes);
+    forward(ctx, p, key, e)
 }
 
 /// Send an admitted packet on: back into the TAP for client-to-client flows, otherwise
 /// SNAT, FIB lookup and redirect to the target interface.
-#[inline(always)]
+///
+/// A BPF subprogram of its own, not inlined: inlined into both callers, LLVM merged its
+/// `pass_no_neighbour` exit with an error exit and spilled an undefined register there,
+/// which the verifier refuses (`R1 !read_ok`). The call costs a few ns on new flows and
+/// established ones alike.
+#[inline(never)]
 fn forward(
     ctx: &XdpContext,
     p: &Parsed,
     key: &FlowKey,
     ep: *mut CtEntry,
-    now: u64,
 ) -> Result<u32, DropReason> {
     let e = unsafe { &*ep };
     if e.flags & ct_flags::LOCAL != 0 {
         return to_client(ctx, p, p.dst);
     }
     nat::snat(ctx, p, key, e)?;
-    if e.fib_at_ns != 0 && now.wrapping_sub(e.fib_at_ns) < FIB_CACHE_NS {
+    // Valid only within the tick of `last_seen_ns`, which `ct::touch` just moved to now.
+    if e.flags & ct_flags::FIB_VALID != 0 {
         let (ifindex, dmac, smac) = (e.fib_ifindex, e.fib_dmac, e.fib_smac);
         packet::dec_ttl(p.ip);
         let eth: *mut EthHdr = ptr_at(ctx, 0)?;
@@ -331,7 +412,7 @@ fn forward(
     fib.ifindex = ctx.ingress_ifindex() as u32;
     unsafe {
         fib.__bindgen_anon_2.tos = (*p.ip).tos;
-        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(keys::v4_of(&e.nat_addr));
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(e.nat_addr);
         fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(p.dst);
     }
     let rc = unsafe {
@@ -354,7 +435,7 @@ fn forward(
         (*ep).fib_ifindex = fib.ifindex;
         (*ep).fib_dmac = fib.dmac;
         (*ep).fib_smac = fib.smac;
-        (*ep).fib_at_ns = now;
+        (*ep).flags |= ct_flags::FIB_VALID;
     }
     packet::dec_ttl(p.ip);
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;

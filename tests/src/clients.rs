@@ -26,6 +26,7 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use portcullis::{
+    datapath::maps::Flow,
     io::tap::tap_mac,
     netns::{Offloads, Veth, VethEnd},
 };
@@ -497,11 +498,23 @@ pub fn flow_quota_counters(pin_dir: &Path, slot: u32) -> (u64, u64) {
     (read(map_names::FLOWS_OPENED), read(map_names::FLOWS_CLOSED))
 }
 
-/// The conntrack entry of the flow `key`, if any.
-pub fn flow(gw: &Gateway, key: &FlowKey) -> Option<CtEntry> {
+/// The flow `key` (both halves joined), if any.
+pub fn flow(gw: &Gateway, key: &FlowKey) -> Option<Flow> {
     gw.dp
         .maps
         .flows()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, e)| e)
+}
+
+/// The forward half of the flow `key` as the data path keeps it (to change and write back
+/// with [`set_flow`]), if any.
+pub fn ct_entry(gw: &Gateway, key: &FlowKey) -> Option<CtEntry> {
+    gw.dp
+        .maps
+        .ct_entries()
         .unwrap()
         .into_iter()
         .find(|(k, _)| k == key)

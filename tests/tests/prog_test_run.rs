@@ -17,7 +17,7 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use portcullis::policy::PolicyInput;
+use portcullis::{datapath::maps::Flow, policy::PolicyInput};
 use portcullis_common::{
     ct_state, map_names, CtEntry, DenyEvent, DropReason, DropReason as D, Event, FlowKey,
     RouteValue, NO_SLOT, PROG_EGRESS, PROG_TAP,
@@ -185,6 +185,14 @@ fn sent(p: &Pkt) -> Pkt {
     p.clone().session(slot_of(p.src))
 }
 
+/// Give client `a`'s address to session `slot` (its `clients` entry only, as the agent does
+/// before it moves the flows), or back.
+fn move_client(env: &mut Env, a: Ipv4Addr, slot: u32) {
+    let mut info = env.gw.dp.maps.client(a).unwrap().expect("client entry");
+    info.slot = slot;
+    env.gw.dp.maps.upsert_client(a, info).unwrap();
+}
+
 /// A host socket on the SNAT address, port `port`, connected to the server's DNS port (a
 /// UDP connect sends nothing).
 fn host_socket(env: &mut Env, port: u16) {
@@ -225,7 +233,7 @@ impl Env {
         );
     }
 
-    fn flow(&self, p: &Pkt) -> CtEntry {
+    fn flow(&self, p: &Pkt) -> Flow {
         let k = key_of(p);
         self.gw
             .dp
@@ -1037,6 +1045,42 @@ fn table(env: &Env) -> Vec<Case> {
             ),
             &[FastPath],
         ),
+        // The fast path skips the `clients` lookup only while `clients_epoch` vouches for the
+        // entry's slot: once the address belongs to another session, the old session's
+        // frames are refused as before, and the new owner's take the full checks.
+        case(
+            "established, address moved to another session: the old session is refused",
+            Prog::Tap,
+            Pkt::tcp(A, 40000, SERVER, 80, tcp::ACK).session(0).frame(),
+        )
+        .key(key_of(&Pkt::tcp(A, 40000, SERVER, 80, tcp::ACK)))
+        .setup({
+            let syn = syn.clone();
+            move |env| {
+                env.send(&syn);
+                move_client(env, A, 5);
+            }
+        })
+        .drops(D::ForgedSource)
+        .check(|env| move_client(env, A, 0)),
+        case(
+            "established, address moved to another session: the new owner passes",
+            Prog::Tap,
+            Pkt::tcp(A, 40000, SERVER, 80, tcp::ACK).session(5).frame(),
+        )
+        .setup({
+            let syn = syn.clone();
+            move |env| {
+                env.send(&syn);
+                move_client(env, A, 5);
+            }
+        })
+        .gives(
+            XDP_REDIRECT,
+            Out::Frame(out_net(&Pkt::tcp(A, 40000, SERVER, 80, tcp::ACK), 40000).frame()),
+            &[FastPath],
+        )
+        .check(|env| move_client(env, A, 0)),
         tap(
             "established, PAT: fast path keeps the translated port",
             &Pkt::tcp(B, 40000, SERVER, 80, tcp::ACK),

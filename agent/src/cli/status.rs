@@ -18,7 +18,7 @@ pub fn print(dir: &Path, as_json: bool) -> Result<()> {
     let generation = maps.active_generation()?;
     let drops = maps.drop_counters()?;
     let events = maps.event_counters()?;
-    let flows = maps.flows()?;
+    let flows = maps.ct_entries()?;
     if as_json {
         let v = json!({
             "pins": dir.display().to_string(),

@@ -346,7 +346,7 @@ fn apply_recheck(ep: &mut Endpoint, results: recheck::RecheckResults, connection
                     }
                 }
                 if lost {
-                    let src = portcullis_common::v4_addr(addr.octets());
+                    let src = addr.octets();
                     let cut = dp.maps.delete_flows(|k, _| {
                         if k.src != src {
                             return false;

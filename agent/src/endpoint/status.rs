@@ -32,7 +32,7 @@ pub fn map_fill(
         ),
         (
             "conntrack",
-            conntrack.unwrap_or_else(|| dp.maps.flows().map_or(0, |f| f.len())),
+            conntrack.unwrap_or_else(|| dp.maps.ct_entries().map_or(0, |f| f.len())),
             flows_cap,
         ),
         ("nat_rev", dp.maps.nat_rev_len().unwrap_or(0), flows_cap),

@@ -8,8 +8,8 @@ use portcullis_common::{
 };
 use tests::{
     clients::{
-        echo_round_trip, flow, flow_quota_counters, read_line, set_flow, Clients, TcpServer,
-        UdpServer,
+        ct_entry, echo_round_trip, flow, flow_quota_counters, read_line, set_flow, Clients,
+        TcpServer, UdpServer,
     },
     gateway::{base_policy, Gateway, Options, GW_IF, SERVER, TAP},
     require_root,
@@ -412,7 +412,7 @@ fn expired_flows_are_revived_by_the_client_and_closed_to_the_network() {
     );
     let aged = monotonic_ns() - 301 * NS_PER_SEC;
     for k in [rkey, ckey] {
-        let mut e = flow(&gw, &k).unwrap();
+        let mut e = ct_entry(&gw, &k).unwrap();
         e.last_seen_ns = aged;
         set_flow(&pins, &k, e);
     }

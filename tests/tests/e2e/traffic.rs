@@ -92,8 +92,9 @@ fn allowed_tcp_udp_icmp_are_translated_both_ways_and_counted() {
     let flows = gw.dp.maps.flows().unwrap();
     assert_eq!(flows.len(), 3, "exactly the three flows: {flows:?}");
     let s = gw.dp.maps.session_stats(0).unwrap();
-    let sum =
-        |f: fn(&portcullis_common::CtEntry) -> u64| flows.iter().map(|(_, e)| f(e)).sum::<u64>();
+    let sum = |f: fn(&portcullis::datapath::maps::Flow) -> u64| {
+        flows.iter().map(|(_, e)| f(e)).sum::<u64>()
+    };
     assert_eq!(s.ingress_packets, sum(|e| e.packets_out));
     assert_eq!(s.egress_packets, sum(|e| e.packets_in));
     assert_eq!(s.ingress_bytes, sum(|e| e.bytes_out));

@@ -60,8 +60,7 @@ pub fn reverse_key(fwd: &FlowKey, e: &CtEntry) -> FlowKey {
         sport: fwd.dport,
         dport: e.nat_port,
         proto: fwd.proto,
-        family: fwd.family,
-        _pad: [0; 2],
+        _pad: [0; 3],
     }
 }
 
@@ -93,6 +92,8 @@ macro_rules! typed_ref {
 
 mod conntrack;
 mod slots;
+
+pub use conntrack::Flow;
 
 impl Maps {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
@@ -138,9 +139,26 @@ impl Maps {
 
     /// Admit a session: its address becomes a valid source, with its groups.
     pub fn upsert_client(&mut self, addr: Ipv4Addr, info: ClientInfo) -> Result<(), DatapathError> {
-        let mut m: HashMap<_, ClientKey, ClientInfo> = typed!(self, HashMap, map_names::CLIENTS);
-        m.insert(ClientKey::v4(addr), info, 0)
-            .map_err(|e| DatapathError::map(map_names::CLIENTS, e))
+        {
+            let mut m: HashMap<_, ClientKey, ClientInfo> =
+                typed!(self, HashMap, map_names::CLIENTS);
+            m.insert(ClientKey::v4(addr), info, 0)
+                .map_err(|e| DatapathError::map(map_names::CLIENTS, e))?;
+        }
+        self.bump_clients_epoch()
+    }
+
+    /// Tell the data path that `clients` changed, after the change: established flows then
+    /// check their owner in `clients` once more before they take the fast path again (see
+    /// `CtEntry::clients_epoch`). Always after the write, never before: a packet that
+    /// reads the new epoch must find the new `clients`.
+    fn bump_clients_epoch(&mut self) -> Result<(), DatapathError> {
+        let mut m: Array<_, u32> = typed!(self, Array, map_names::CLIENTS_EPOCH);
+        let cur = m
+            .get(&0, 0)
+            .map_err(|e| DatapathError::map(map_names::CLIENTS_EPOCH, e))?;
+        m.set(0, cur.wrapping_add(1), 0)
+            .map_err(|e| DatapathError::map(map_names::CLIENTS_EPOCH, e))
     }
 
     pub fn client(&self, addr: Ipv4Addr) -> Result<Option<ClientInfo>, DatapathError> {
@@ -161,9 +179,9 @@ impl Maps {
             info.slot = slot;
             self.upsert_client(addr, info)?;
         }
-        let a = portcullis_common::v4_addr(addr.octets());
+        let a = addr.octets();
         let mine: Vec<(FlowKey, CtEntry)> = self
-            .flows()?
+            .ct_entries()?
             .into_iter()
             .filter(|(k, e)| k.src == a && e.flags & ct_flags::LOCAL == 0)
             .collect();
@@ -218,7 +236,10 @@ impl Maps {
             absent_is_removed(m.remove(&ClientKey::v4(addr)))
                 .map_err(|e| DatapathError::map(map_names::CLIENTS, e))?;
         }
-        let a = portcullis_common::v4_addr(addr.octets());
+        // Before the flows go (which takes a scan of conntrack): from here on, no packet
+        // from `addr` takes the fast path, so none is forwarded meanwhile.
+        self.bump_clients_epoch()?;
+        let a = addr.octets();
         let cut =
             self.delete_flows(|k, e| k.src == a || (e.flags & ct_flags::LOCAL != 0 && k.dst == a))?;
         if let Some(slot) = slot {

@@ -101,6 +101,8 @@ pub struct Choice {
     /// `None`: no generator works; forwarding is not measured.
     pub kind: Option<Kind>,
     pub refused: Vec<(Kind, String)>,
+    /// Set when no generator was tried because part (b) was not asked for.
+    pub skipped: Option<&'static str>,
 }
 
 impl Choice {
@@ -113,9 +115,22 @@ impl Choice {
             .join("; ")
     }
 
-    /// Why part (b) was not measured (when no generator works).
+    /// No generator tried: part (b) was not asked for (`why` says so in the report).
+    pub fn skipped(request: Request, why: &'static str) -> Choice {
+        Choice {
+            request,
+            kind: None,
+            refused: Vec::new(),
+            skipped: Some(why),
+        }
+    }
+
+    /// Why part (b) was not measured (when no generator works, or none was asked for).
     pub fn not_measured_reason(&self) -> String {
-        format!("no traffic generator works here: {}", self.refusals())
+        match self.skipped {
+            Some(why) => why.to_string(),
+            None => format!("no traffic generator works here: {}", self.refusals()),
+        }
     }
 
     pub fn to_json(&self) -> Value {
@@ -149,6 +164,7 @@ pub fn choose(topo: &Topology, request: Request) -> Result<Choice> {
                     request,
                     kind: Some(kind),
                     refused,
+                    skipped: None,
                 })
             }
             Err(e) => {
@@ -167,6 +183,7 @@ pub fn choose(topo: &Topology, request: Request) -> Result<Choice> {
         request,
         kind: None,
         refused,
+        skipped: None,
     })
 }
 
@@ -460,6 +477,7 @@ mod checks {
             request: Request::Auto,
             kind: Some(Kind::AfPacket),
             refused: vec![(Kind::LiveFrames, "Operation not permitted".into())],
+            skipped: None,
         };
         let j = c.to_json();
         assert_eq!(j["kind"], "af_packet");
@@ -479,5 +497,9 @@ mod checks {
             none.not_measured_reason(),
             "no traffic generator works here: live_frames: EPERM; af_packet: EACCES"
         );
+        // --prog-test-run-only: nothing tried, and the report says why.
+        let skipped = Choice::skipped(Request::Auto, "not asked for");
+        assert_eq!(skipped.not_measured_reason(), "not asked for");
+        assert_eq!(skipped.to_json()["kind"], serde_json::Value::Null);
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! bench-datapath [--quick] [--out DIR] [--generator auto|live-frames|af-packet]
+//!                [--prog-test-run-only]
 //! ```
 //!
 //! Builds three network namespaces (generator, gateway, sink), loads the XDP data path in
@@ -78,7 +79,13 @@ struct Args {
     quick: bool,
     out: PathBuf,
     generator: Request,
+    /// Only part (a), the `BPF_PROG_TEST_RUN` cases: a data-path change is judged in seconds,
+    /// not in the suite's minutes.
+    prog_test_run_only: bool,
 }
+
+/// Why (a')-(c) are missing from a `--prog-test-run-only` report.
+const PROG_TEST_RUN_ONLY: &str = "not run: --prog-test-run-only (part (a) only)";
 
 pub struct Settings {
     runs_per_case: usize,
@@ -98,30 +105,38 @@ fn parse_args() -> Result<Args> {
         quick: false,
         out: PathBuf::from("target/bench"),
         generator: Request::Auto,
+        prog_test_run_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => args.quick = true,
+            "--prog-test-run-only" => args.prog_test_run_only = true,
             "--out" => args.out = it.next().context("--out needs a directory")?.into(),
             "--generator" => {
                 args.generator = Request::parse(&it.next().context("--generator needs a name")?)?
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench-datapath [--quick] [--out DIR] [--generator auto|live-frames|af-packet]\n\n\
+                    "usage: bench-datapath [--quick] [--out DIR] [--generator auto|live-frames|af-packet]\n\
+                     \x20                     [--prog-test-run-only]\n\n\
                      Data-path benchmark (needs root): BPF_PROG_TEST_RUN ns/packet and forwarding\n\
                      rate of XDP vs an nftables twin. Writes DIR/datapath.{{json,md,svg}}\n\
                      (default DIR: target/bench). --quick: short runs (about a minute) whose\n\
                      figures only show that the harness works. --generator: the forwarding\n\
                      benchmark's traffic generator; auto (default) takes live frames, else\n\
                      AF_PACKET, else reports the forwarding rate as not measured; naming one\n\
-                     uses only that one and fails if it cannot send."
+                     uses only that one and fails if it cannot send. --prog-test-run-only: part (a)\n\
+                     alone (the BPF_PROG_TEST_RUN cases, about a minute), no rule sweep,\n\
+                     forwarding or TAP input."
                 );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
+    }
+    if args.prog_test_run_only && args.generator != Request::Auto {
+        bail!("--generator applies to part (b), which --prog-test-run-only leaves out");
     }
     Ok(args)
 }
@@ -172,7 +187,7 @@ fn run(args: Args) -> Result<()> {
         bail!("needs root (network namespaces, XDP, nftables): run `cargo xtask bench` as root");
     }
     let started = Instant::now();
-    let s = if args.quick {
+    let mut s = if args.quick {
         Settings {
             runs_per_case: 2_000,
             rule_counts: vec![100, 10_000],
@@ -193,6 +208,9 @@ fn run(args: Args) -> Result<()> {
             repetitions: 3,
         }
     };
+    if args.prog_test_run_only {
+        s.rule_counts.clear();
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let machine = tests::benchreport::machine();
@@ -212,7 +230,11 @@ fn run(args: Args) -> Result<()> {
     })
     .context("attaching the sink's XDP_DROP program")?;
     // Before the data path is loaded: the probes' frames are forwarded by the kernel.
-    let generator = generator::choose(&topo, args.generator)?;
+    let generator = if args.prog_test_run_only {
+        generator::Choice::skipped(args.generator, PROG_TEST_RUN_ONLY)
+    } else {
+        generator::choose(&topo, args.generator)?
+    };
     match (generator.kind, args.generator) {
         (Some(k), _) => {
             println!("bench-datapath: traffic generator for (b): {}", k.name());
@@ -355,6 +377,9 @@ fn run(args: Args) -> Result<()> {
             .unwrap_or(f64::NAN)
     };
     let (fast, fast100k) = (median_of("fast_path"), median_of("fast_path_100k"));
+    // The ratio to XDP_PASS measured in the same interleaved rounds: the figure that carries
+    // over between machines (the baseline holds the test-run glue and the clock reads).
+    let baseline = median_of("baseline");
     let prog_test_run = json!({
         "method": "BPF_PROG_TEST_RUN via aya TestRun, repeat = 1 per run (the data path rewrites the packet, so a second repetition would see its own translation), ctx_in names the gateway's input veth, kernel-reported duration per run; cases interleaved in 10 rounds; runs on a thread pinned to CPU 1 at nice -20. program_only_mean_ns: a second pass with BPF_ENABLE_STATS (run time), mean of the program's own run time (half as many runs)",
         "runs_per_case": s.runs_per_case,
@@ -364,6 +389,9 @@ fn run(args: Args) -> Result<()> {
         "target_fast_path_ns": FAST_PATH_TARGET_NS,
         "fast_path_median_ns": fast,
         "fast_path_100k_median_ns": fast100k,
+        "baseline_median_ns": baseline,
+        "fast_path_over_baseline": fast / baseline,
+        "fast_path_100k_over_baseline": fast100k / baseline,
         "fast_path_meets_target": fast <= FAST_PATH_TARGET_NS && fast100k <= FAST_PATH_TARGET_NS,
     });
     for c in &pr.cases {
@@ -372,6 +400,11 @@ fn run(args: Args) -> Result<()> {
             c.name, c.median, c.p90, c.prog_only_mean
         );
     }
+    println!(
+        "  fast path / baseline: hot {:.2}x, 100k flows {:.2}x",
+        fast / baseline,
+        fast100k / baseline
+    );
 
     // ---- (a') cost per packet vs authorization rules ----------------------------------------
     // The same program with smaller policies (group bits kept), then the full one again for
@@ -442,13 +475,17 @@ fn run(args: Args) -> Result<()> {
     if let Some(d) = dp.take() {
         d.shutdown(false)?;
     }
-    println!("bench-datapath: (c) frames written into a TAP carrying the data path");
-    let tap_input = tapwrite::run(&topo, &input, &pins.0, &s).unwrap_or_else(|e| {
-        let why = format!("{e:#}");
-        println!("bench-datapath: (c) not measured: {why}");
-        notes.push(format!("TAP input not measured: {why}"));
-        json!({ "measured": false, "not_measured_reason": why })
-    });
+    let tap_input = if args.prog_test_run_only {
+        json!({ "measured": false, "not_measured_reason": PROG_TEST_RUN_ONLY })
+    } else {
+        println!("bench-datapath: (c) frames written into a TAP carrying the data path");
+        tapwrite::run(&topo, &input, &pins.0, &s).unwrap_or_else(|e| {
+            let why = format!("{e:#}");
+            println!("bench-datapath: (c) not measured: {why}");
+            notes.push(format!("TAP input not measured: {why}"));
+            json!({ "measured": false, "not_measured_reason": why })
+        })
+    };
     // ---- reports -------------------------------------------------------------------------------
     if std::thread::available_parallelism()
         .map(|n| n.get())

@@ -171,7 +171,7 @@ pub fn run(
         }
     }
     let fill_seconds = t.elapsed().as_secs_f64();
-    let conntrack_entries = dp.maps.flows()?.len();
+    let conntrack_entries = dp.maps.ct_entries()?.len();
 
     // ---- the cases ------------------------------------------------------------------------
     let sink = Ipv4Addr::new(198, 18, 0, 2);
