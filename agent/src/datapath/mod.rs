@@ -2,6 +2,7 @@
 //! `/sys/fs/bpf/portcullis/<endpoint>/`, attach to the TAP and the target interfaces, and
 //! re-adopt all of it after an agent restart.
 pub mod maps;
+mod pins;
 
 use std::{
     ffi::CString,
@@ -176,6 +177,10 @@ impl Datapath {
             *w = portcullis_common::gateway_port(proto, port);
         }
         let pins: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
+        let wrong = pins::mismatches(BPF_OBJECT, &pins)?;
+        if !wrong.is_empty() {
+            return Err(pins::refuse(&dir, &wrong));
+        }
         let mut loader = EbpfLoader::new();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());

@@ -318,3 +318,49 @@ fn restart_with_kept_maps_keeps_translated_flows() {
     // A clean stop without --keep-maps afterwards is not this test's business; the lab's drop
     // removes the pins either way.
 }
+
+/// Maps pinned by an agent of another layout (an upgrade that changed a key or a value) are
+/// refused with `--keep-maps`, naming the map, both layouts and the way out, instead of being
+/// adopted and misread (aya adopts a pin by name without comparing its definition).
+#[test]
+fn kept_maps_of_another_layout_are_refused_by_name() {
+    require_root!();
+    let mut lab = AgentLab::new_with(1, &["alice"], ENG_ALLOWED, &["--keep-maps"]);
+    let old = lab.agent.take().expect("the agent runs");
+    let st = old.stop();
+    assert!(st.is_some_and(|s| s.success()), "{}", old.log_tail(20));
+    // The conntrack map as an agent with 40-byte flow keys and 112-byte entries pinned it.
+    let pin = lab.pin_dir().join("conntrack");
+    std::fs::remove_file(&pin).expect("the kept conntrack pin");
+    let o = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args([
+            "type", "hash", "key", "40", "value", "112", "entries", "1024",
+        ])
+        .args(["name", "conntrack"])
+        .output()
+        .expect("bpftool");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = lab.dir.path().join("agent-layout.log");
+    let agent = tests::agent::Agent::start_with(
+        &lab.gw,
+        &lab.config,
+        &lab.pins.0,
+        &lab.socket,
+        &log,
+        &["--keep-maps".to_owned()],
+    );
+    let st = agent.wait_exit(Duration::from_secs(30));
+    let text = agent.log();
+    assert!(
+        st.is_some_and(|s| !s.success()),
+        "the agent adopted maps of another layout:\n{text}"
+    );
+    assert!(
+        text.contains(
+            "have another layout than this agent's: conntrack (pinned key/value 40/112 bytes"
+        ) && text.contains("start without --keep-maps"),
+        "{text}"
+    );
+}
