@@ -8,6 +8,20 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::{EndpointConfig, Listener};
 
+/// What a profile says after reloads: the listeners, names and TLS files the gateway started
+/// with (they change only with a restart), with what a reload or a fleet revision put in force
+/// for new sessions (who may log in, the ciphers, the gateways). Without a reload: `running`.
+pub fn in_force(running: &EndpointConfig, applied: Option<&EndpointConfig>) -> EndpointConfig {
+    let mut c = running.clone();
+    if let Some(a) = applied {
+        c.auth.methods = a.auth.methods.clone();
+        c.auth.static_challenge = a.auth.static_challenge.clone();
+        c.data_ciphers = a.data_ciphers.clone();
+        c.gateway_addresses = a.gateway_addresses.clone();
+    }
+    c
+}
+
 /// The profile text. `cert`/`key` (PEM files) are inlined when given; otherwise the user adds
 /// `cert`/`key` lines (or `<cert>`/`<key>` blocks) for their own certificate.
 pub fn render(cfg: &EndpointConfig, cert: Option<&Path>, key: Option<&Path>) -> Result<String> {
@@ -450,6 +464,49 @@ methods = {methods}
         let both = render(&cfg(r#"["certificate", "oidc"]"#), None, None).unwrap();
         assert!(!both.contains("auth-user-pass"), "{both}");
         assert!(both.contains("web browser"), "{both}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// After a reload (or a fleet revision) turns the directory on, profiles ask for the
+    /// password; the listeners stay the ones the gateway runs until a restart.
+    #[test]
+    fn profiles_follow_what_a_reload_put_in_force() {
+        let (dir, ca) = scratch("in-force");
+        let server = ca
+            .issue_server("vpn.example.com", Validity::days_from_now(2))
+            .unwrap();
+        std::fs::write(dir.join("server.crt"), &server.cert_pem).unwrap();
+        let parse = |methods: &str, listen: &str| {
+            let mut c = EndpointConfig::parse(&format!(
+                r#"
+name = "corp"
+client_cidr = "10.100.0.0/22"
+listen = ["{listen}"]
+public_address = "vpn.example.com"
+data_ciphers = ["AES-256-GCM"]
+[tls]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+[auth]
+methods = {methods}
+"#
+            ))
+            .unwrap();
+            c.tls.client_ca = dir.join("ca.crt");
+            c.tls.cert = dir.join("server.crt");
+            c
+        };
+        let running = parse(r#"["certificate"]"#, "udp://0.0.0.0:1194");
+        let mut applied = parse(r#"["certificate", "ldap"]"#, "udp://0.0.0.0:1195");
+        applied.data_ciphers = vec!["CHACHA20-POLY1305".into()];
+        let before = render(&in_force(&running, None), None, None).unwrap();
+        assert!(!before.contains("auth-user-pass"), "{before}");
+        let after = render(&in_force(&running, Some(&applied)), None, None).unwrap();
+        assert!(after.contains("\nauth-user-pass\n"), "{after}");
+        assert!(after.contains("data-ciphers CHACHA20-POLY1305"), "{after}");
+        // The new port waits for a restart: the profile keeps the one that answers.
+        assert!(after.contains("remote vpn.example.com 1194 udp"), "{after}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -46,6 +46,9 @@ pub struct Live {
     pub compiler: IncrementalCompiler,
     /// The last generation applied: a reload diffs only the map keys that changed.
     pub reconciler: Reconciler,
+    /// The configuration the last successful reload put in force (the file, in a fleet with
+    /// the published part), `None` before the first: what profiles tell new clients.
+    pub in_force: Option<EndpointConfig>,
 }
 
 /// A fleet gateway's following of the one policy.
@@ -271,6 +274,7 @@ pub fn reload(
             );
         }
         l.pending_restart = pending;
+        l.in_force = Some(cfg.clone());
         Ok((g, prepared, cfg.server_settings()))
     })();
     let l = guard;

@@ -241,6 +241,7 @@ impl Endpoint {
             // Until the first publish is applied, the local file's policy runs.
             fleet: cfg.fleet.as_ref().map(|_| live::FleetState::default()),
             rule_cache,
+            in_force: None,
         }));
         let local_groups: crate::auth::LocalGroups = {
             let live = live.clone();

@@ -267,7 +267,8 @@ impl AdminApi for Api<'_> {
     }
 
     fn profile(&mut self, user: &str, certificate: bool) -> Result<ProfileReply, ErrorReply> {
-        crate::profile::api(&self.ep.cfg, user, certificate)
+        let cfg = crate::profile::in_force(&self.ep.cfg, lock(&self.ep.live).in_force.as_ref());
+        crate::profile::api(&cfg, user, certificate)
     }
 }
 

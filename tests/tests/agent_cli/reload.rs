@@ -194,3 +194,34 @@ fn reload_changes_policy_live() {
     assert_eq!(conns[0]["id"], id, "{conns:#?}");
     eprintln!("done after {:?}", t0.elapsed());
 }
+
+/// A reload that changes what new sessions are told (here the data ciphers) reaches the
+/// profiles the admin API hands out (the console's and the portal's downloads), not only
+/// the tunnel.
+#[test]
+fn profiles_follow_a_reload() {
+    require_root!();
+    let lab = AgentLab::new(1, &["alice"], ENG_ALLOWED);
+    let profile = |lab: &AgentLab| {
+        let v = lab
+            .agent()
+            .admin(&serde_json::json!({"v": 1, "cmd": "profile", "user": "alice"}))
+            .expect("admin profile");
+        v["profile"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{v}"))
+            .to_owned()
+    };
+    let before = profile(&lab);
+    assert!(before.contains("data-ciphers AES-256-GCM"), "{before}");
+    lab.write_policy(&format!(
+        "data_ciphers = [\"CHACHA20-POLY1305\"]\n{ENG_ALLOWED}"
+    ));
+    let o = lab.reload();
+    assert!(o.success(), "{o}");
+    let after = profile(&lab);
+    assert!(
+        after.contains("data-ciphers CHACHA20-POLY1305\n"),
+        "the profile still has the ciphers of the start:\n{after}"
+    );
+}
