@@ -309,6 +309,38 @@ mod tests {
         (dir, ca)
     }
 
+    /// [`scratch`] with a server certificate for vpn.example.com in `server.crt`.
+    fn scratch_with_server(test: &str) -> std::path::PathBuf {
+        let (dir, ca) = scratch(test);
+        let server = ca
+            .issue_server("vpn.example.com", Validity::days_from_now(2))
+            .unwrap();
+        std::fs::write(dir.join("server.crt"), &server.cert_pem).unwrap();
+        dir
+    }
+
+    /// An endpoint on `listen` with `[auth] methods`, its TLS files in `dir`.
+    fn endpoint(dir: &std::path::Path, methods: &str, listen: &str) -> EndpointConfig {
+        let mut c = EndpointConfig::parse(&format!(
+            r#"
+name = "corp"
+client_cidr = "10.100.0.0/22"
+listen = ["{listen}"]
+public_address = "vpn.example.com"
+[tls]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+[auth]
+methods = {methods}
+"#
+        ))
+        .unwrap();
+        c.tls.client_ca = dir.join("ca.crt");
+        c.tls.cert = dir.join("server.crt");
+        c
+    }
+
     #[test]
     fn server_names_are_quoted_for_the_profile() {
         assert_eq!(quote("vpn.example.com"), "vpn.example.com");
@@ -429,31 +461,8 @@ client_ca = "ca.crt"
     /// carries neither.
     #[test]
     fn sso_profiles_give_stock_clients_what_they_need() {
-        let (dir, ca) = scratch("sso");
-        let server = ca
-            .issue_server("vpn.example.com", Validity::days_from_now(2))
-            .unwrap();
-        std::fs::write(dir.join("server.crt"), &server.cert_pem).unwrap();
-        let cfg = |methods: &str| {
-            let mut c = EndpointConfig::parse(&format!(
-                r#"
-name = "corp"
-client_cidr = "10.100.0.0/22"
-listen = ["udp://0.0.0.0:1194"]
-public_address = "vpn.example.com"
-[tls]
-cert = "server.crt"
-key = "server.key"
-client_ca = "ca.crt"
-[auth]
-methods = {methods}
-"#
-            ))
-            .unwrap();
-            c.tls.client_ca = dir.join("ca.crt");
-            c.tls.cert = dir.join("server.crt");
-            c
-        };
+        let dir = scratch_with_server("sso");
+        let cfg = |methods: &str| endpoint(&dir, methods, "udp://0.0.0.0:1194");
         let only = render(&cfg(r#"["oidc"]"#), None, None).unwrap();
         assert!(only.contains("\nauth-user-pass\n"), "{only}");
         assert!(
@@ -471,34 +480,9 @@ methods = {methods}
     /// password; the listeners stay the ones the gateway runs until a restart.
     #[test]
     fn profiles_follow_what_a_reload_put_in_force() {
-        let (dir, ca) = scratch("in-force");
-        let server = ca
-            .issue_server("vpn.example.com", Validity::days_from_now(2))
-            .unwrap();
-        std::fs::write(dir.join("server.crt"), &server.cert_pem).unwrap();
-        let parse = |methods: &str, listen: &str| {
-            let mut c = EndpointConfig::parse(&format!(
-                r#"
-name = "corp"
-client_cidr = "10.100.0.0/22"
-listen = ["{listen}"]
-public_address = "vpn.example.com"
-data_ciphers = ["AES-256-GCM"]
-[tls]
-cert = "server.crt"
-key = "server.key"
-client_ca = "ca.crt"
-[auth]
-methods = {methods}
-"#
-            ))
-            .unwrap();
-            c.tls.client_ca = dir.join("ca.crt");
-            c.tls.cert = dir.join("server.crt");
-            c
-        };
-        let running = parse(r#"["certificate"]"#, "udp://0.0.0.0:1194");
-        let mut applied = parse(r#"["certificate", "ldap"]"#, "udp://0.0.0.0:1195");
+        let dir = scratch_with_server("in-force");
+        let running = endpoint(&dir, r#"["certificate"]"#, "udp://0.0.0.0:1194");
+        let mut applied = endpoint(&dir, r#"["certificate", "ldap"]"#, "udp://0.0.0.0:1195");
         applied.data_ciphers = vec!["CHACHA20-POLY1305".into()];
         let before = render(&in_force(&running, None), None, None).unwrap();
         assert!(!before.contains("auth-user-pass"), "{before}");
