@@ -59,7 +59,7 @@ pub struct Shared {
 
 impl Shared {
     /// A client to etcd, or why there is none now.
-    pub fn client(&self) -> Result<Client, String> {
+    fn client(&self) -> Result<Client, String> {
         self.client
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -70,7 +70,7 @@ impl Shared {
     /// A client to etcd, waiting up to `within` for the member to be in the fleet again (an
     /// operator's command that comes while the member reconnects after losing an etcd
     /// member, about a second, is answered, not failed).
-    pub async fn client_within(&self, within: Duration) -> Result<Client, String> {
+    async fn client_within(&self, within: Duration) -> Result<Client, String> {
         let until = Instant::now() + within;
         loop {
             match self.client() {
