@@ -414,6 +414,15 @@ impl FleetLab {
 
 /// `gateway_addresses = [...]` naming the lab's first `n` gateways (a top-level line for a
 /// policy: profiles then list every gateway).
+/// `user@gateway` of a session as `connections list --json` lists it (`?` for a missing field).
+pub fn who(c: &serde_json::Value) -> String {
+    format!(
+        "{}@{}",
+        c["user"].as_str().unwrap_or("?"),
+        c["gateway"].as_str().unwrap_or("?")
+    )
+}
+
 pub fn gateway_addresses(n: usize) -> String {
     let list: Vec<String> = (0..n)
         .map(|i| format!("\"{}\"", underlay_addr(i)))

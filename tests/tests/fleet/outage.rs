@@ -254,13 +254,7 @@ fn all_of_etcd_stopped_and_back_without_a_gateway_restart() {
     let listed: Vec<String> = lab.gateways[0]
         .connections()
         .iter()
-        .map(|c| {
-            format!(
-                "{}@{}",
-                c["user"].as_str().unwrap_or("?"),
-                c["gateway"].as_str().unwrap_or("?")
-            )
-        })
+        .map(tests::fleet::who)
         .collect();
     let mut sorted = listed.clone();
     sorted.sort();

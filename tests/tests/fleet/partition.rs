@@ -76,11 +76,7 @@ fn in_use(lab: &FleetLab, i: usize) -> Vec<(String, Ipv4Addr)> {
         .iter()
         .map(|c| {
             (
-                format!(
-                    "{}@{}",
-                    c["user"].as_str().unwrap_or("?"),
-                    c["gateway"].as_str().unwrap_or("?")
-                ),
+                tests::fleet::who(c),
                 c["client_address"]
                     .as_str()
                     .and_then(|a| a.parse().ok())
